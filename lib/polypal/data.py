@@ -1,0 +1,251 @@
+"""Reading polyp frames and masks: folder layouts, decoding, validation and a resize cache.
+
+Frames are decoded and resized once into uint8 arrays (N, S, S, 3) and boolean
+masks (N, S, S); training then never touches the original JPEGs again. An
+optional on-disk cache (one .npz per folder, size and file stamps) makes the
+second run of an experiment start in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+MASK_THRESHOLD = 127  # Kvasir masks carry JPEG noise: foreground is > 127
+
+
+def image_id(path: str | Path) -> str:
+    """MONAI Label's id of a file: its name without the (possibly double) extension."""
+    name = Path(path).name
+    for ext in (".nii.gz",) + IMAGE_EXTENSIONS + (".nii", ".nrrd"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except UnidentifiedImageError:
+        raise DataError(path, "not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(path, f"corrupt or truncated image ({e})") from None
+    return img
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode any jpg/jpeg/png/tif frame to uint8 (H, W, 3). Grey, palette and RGBA become RGB."""
+    path = Path(path)
+    img = _open(path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0
+        arr = (arr / hi * 255.0) if hi > 255 else arr
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise DataError(path, f"unexpected image shape {arr.shape}")
+    return arr
+
+
+def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a mask to bool (H, W): any channel's grey value > 127 is polyp.
+
+    Raises DataError when the mask's size differs from ``expected_hw`` (its image's).
+    """
+    path = Path(path)
+    img = _open(path)
+    arr = np.asarray(img.convert("L"), dtype=np.uint8)
+    if expected_hw is not None and tuple(arr.shape) != tuple(expected_hw):
+        raise DataError(
+            path,
+            f"mask size {arr.shape[1]}x{arr.shape[0]} (WxH) differs from its image's "
+            f"{expected_hw[1]}x{expected_hw[0]}",
+        )
+    # Labels saved as 0/1 (MONAI Label convention) and 0/255 masks both work.
+    if arr.max() <= 1:
+        return arr > 0
+    return arr > MASK_THRESHOLD
+
+
+def resize_rgb(arr: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 (H, W, 3) to (size, size, 3) with bilinear filtering (antialiased)."""
+    return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Resize a bool mask to (size, size) by nearest neighbour."""
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(img.resize((size, size), Image.NEAREST)) > 127
+
+
+def normalize(images_uint8: np.ndarray) -> np.ndarray:
+    """The paper's normalisation (x/255 - 0.5)/0.5, as float32 channels-first (N, 3, S, S)."""
+    x = images_uint8.astype(np.float32) / 255.0
+    x = (x - 0.5) / 0.5
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Top-level image files of a folder, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "not a directory")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _find_mask(mask_dir: Path, stem: str) -> Path | None:
+    for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
+        p = mask_dir / f"{stem}{ext}"
+        if p.exists():
+            return p
+    return None
+
+
+def find_pairs(root: str | Path, require_masks: bool = True) -> list[tuple[Path, Path | None]]:
+    """(image, mask) pairs of a dataset folder in any of the supported layouts.
+
+    - ``images/`` + ``masks/`` (Kvasir-SEG: jpg, CVC-ClinicDB: png), matched by file stem;
+    - a MONAI Label datastore: images at the top, masks in ``labels/final/``.
+
+    With ``require_masks`` a frame without a mask raises DataError naming it;
+    otherwise its mask is None (an unlabeled frame).
+    """
+    root = Path(root)
+    if (root / "images").is_dir():
+        img_dir, mask_dir = root / "images", root / "masks"
+    elif root.is_dir():
+        img_dir, mask_dir = root, root / "labels" / "final"
+    else:
+        raise DataError(root, "dataset folder does not exist")
+    images = list_images(img_dir)
+    if not images:
+        raise DataError(img_dir, f"no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    pairs = []
+    for img in images:
+        mask = _find_mask(mask_dir, img.stem) if mask_dir.is_dir() else None
+        if mask is None and require_masks:
+            raise DataError(img, f"missing mask: no file named {img.stem}.* in {mask_dir}")
+        pairs.append((img, mask))
+    return pairs
+
+
+@dataclass
+class FrameSet:
+    """Frames resized to ``size``: uint8 images (N,S,S,3), bool masks (N,S,S) or None."""
+
+    names: list[str]
+    images: np.ndarray
+    masks: np.ndarray | None
+    original_hw: np.ndarray  # (N, 2) original heights and widths
+    size: int
+    paths: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, idx: Sequence[int]) -> "FrameSet":
+        idx = np.asarray(idx, dtype=np.int64)
+        return FrameSet(
+            names=[self.names[i] for i in idx],
+            images=self.images[idx],
+            masks=None if self.masks is None else self.masks[idx],
+            original_hw=self.original_hw[idx],
+            size=self.size,
+            paths=[self.paths[i] for i in idx] if self.paths else [],
+        )
+
+    def index_of(self, names: Iterable[str]) -> np.ndarray:
+        pos = {n: i for i, n in enumerate(self.names)}
+        return np.array([pos[n] for n in names], dtype=np.int64)
+
+
+def load_frame(image_path: str | Path, mask_path: str | Path | None, size: int):
+    """Decode, validate and resize one (image, mask) pair."""
+    rgb = read_rgb(image_path)
+    hw = rgb.shape[:2]
+    mask = None
+    if mask_path is not None:
+        mask = resize_mask(read_mask(mask_path, expected_hw=hw), size)
+    return resize_rgb(rgb, size), mask, hw
+
+
+def _cache_key(pairs, size: int) -> str:
+    h = hashlib.sha1(f"v1:{size}".encode())
+    for img, mask in pairs:
+        for p in (img, mask):
+            if p is None:
+                h.update(b"-")
+                continue
+            st = os.stat(p)
+            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def load_folder(
+    root: str | Path,
+    size: int,
+    cache_dir: str | Path | None = None,
+    require_masks: bool = True,
+    progress: bool = False,
+) -> FrameSet:
+    """Load a whole dataset folder (see find_pairs) resized to ``size``, decoding each file once.
+
+    With ``cache_dir`` the resized arrays are stored as one .npz keyed by every
+    file's path, size and mtime; a changed file invalidates the cache.
+    """
+    pairs = find_pairs(root, require_masks=require_masks)
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"frames-{Path(root).name}-{size}-{_cache_key(pairs, size)}.npz"
+        if cache_file.exists():
+            z = np.load(cache_file, allow_pickle=False)
+            masks = z["masks"] if z["has_masks"] else None
+            return FrameSet(
+                names=[str(n) for n in z["names"]], images=z["images"], masks=masks,
+                original_hw=z["original_hw"], size=size, paths=[str(p) for p, _ in pairs],
+            )
+    n = len(pairs)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    masks = np.zeros((n, size, size), dtype=bool)
+    has_mask = np.zeros(n, dtype=bool)
+    hws = np.empty((n, 2), dtype=np.int32)
+    it = pairs
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(pairs, desc=f"decode {Path(root).name}", unit="img")
+    for i, (img, mask) in enumerate(it):
+        im, m, hw = load_frame(img, mask, size)
+        images[i], hws[i] = im, hw
+        if m is not None:
+            masks[i], has_mask[i] = m, True
+    all_masks = bool(has_mask.all())
+    fs = FrameSet(
+        names=[p.stem for p, _ in pairs], images=images, masks=masks if all_masks else None,
+        original_hw=hws, size=size, paths=[str(p) for p, _ in pairs],
+    )
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp.npz")
+        np.savez(tmp, names=np.array(fs.names), images=images, masks=masks,
+                 has_masks=np.array(all_masks), original_hw=hws)
+        os.replace(tmp, cache_file)
+    return fs

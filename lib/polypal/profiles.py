@@ -1,0 +1,76 @@
+"""Training profiles: every setting that changes cost or results, in one named place.
+
+- ``paper``: the paper's settings (256x256, 512-d bottleneck, lr 2e-4, batch 8,
+  100 epochs). Meant for a GPU: about 4 h per AL cycle on a 2-core CPU.
+- ``cpu-lite``: 128x128, a 0.8M-parameter U-Net with a 256-d bottleneck and a
+  fixed step budget per cycle (600 steps, at most 40 epochs' worth of steps
+  rounded up to 600); lr 1e-3 because with 2e-4 and few labels the model is
+  still predicting "all polyp" after a few hundred steps (see
+  shared/docs/calibration.md). One Kvasir-SEG run of 5 stages (100 to 600
+  labels, 6 trainings) trains in about 10 minutes on 2 cores.
+- ``smoke``: 32x32, a tiny U-Net and a handful of steps, for tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    size: int  # frames are resized to size x size
+    channels: tuple[int, ...]  # U-Net widths; the last one is the latent dimension
+    strides: tuple[int, ...]
+    num_res_units: int
+    lr: float
+    batch_size: int
+    epochs: int
+    min_steps: int  # a cycle trains at least this many optimizer steps...
+    max_steps: int | None  # ...and at most this many (None: epochs decide)
+    val_every: int  # validate every this many steps (and at the end)
+    flips: bool  # random horizontal/vertical flips in training
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.channels[-1]
+
+    def steps_for(self, n_train: int) -> int:
+        """Optimizer steps for a training set of n_train frames."""
+        per_epoch = max(1, math.ceil(n_train / self.batch_size))
+        steps = max(self.epochs * per_epoch, self.min_steps)
+        if self.max_steps is not None:
+            steps = min(steps, self.max_steps)
+        return steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile(
+        name="paper", size=256, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2),
+        num_res_units=2, lr=2e-4, batch_size=8, epochs=100, min_steps=0, max_steps=None,
+        val_every=0, flips=False,
+    ),
+    "cpu-lite": Profile(
+        name="cpu-lite", size=128, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
+        num_res_units=1, lr=1e-3, batch_size=8, epochs=40, min_steps=600, max_steps=600,
+        val_every=100, flips=True,
+    ),
+    "smoke": Profile(
+        name="smoke", size=32, channels=(4, 8, 16), strides=(2, 2), num_res_units=0,
+        lr=1e-3, batch_size=4, epochs=1, min_steps=4, max_steps=6, val_every=3, flips=True,
+    ),
+}
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    """A profile by name, optionally with fields overridden (e.g. epochs=2)."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    p = PROFILES[name]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return replace(p, **overrides) if overrides else p

@@ -1,0 +1,168 @@
+"""Offline active-learning simulation: the paper's protocol on a labeled dataset.
+
+The oracle is the dataset's own masks. At each stage the learner is trained
+from scratch on the labeled set (best-validation model), evaluated on the test
+set, and, unless it is the last stage, the strategy picks the next ``budget``
+frames using that model. Each finished stage is appended at once to a JSONL
+file, so an interrupted run resumes where it stopped and reproduces the same
+picks (every random choice is seeded from (seed, stage)).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .data import FrameSet
+from .kcenter import k_center_greedy
+from .learner import predict, train
+from .metrics import evaluate
+from .profiles import Profile
+from .strategies import PoolInfo, pca_features, select, top_uncertain
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy as run in an experiment: base name, BvSB aggregation and gamma."""
+
+    name: str
+    aggregation: str = "mean"
+    gamma: float = 0.5
+
+    @property
+    def label(self) -> str:
+        s = self.name
+        if self.name == "unc_ta_coreset":
+            s += f"@g{self.gamma:g}"
+        if self.aggregation != "mean" and self.name in ("uncertainty", "unc_ta_coreset"):
+            s += f"+{self.aggregation}"
+        return s
+
+    @classmethod
+    def parse(cls, text: str, default_gamma: float = 0.5) -> "StrategySpec":
+        """'uncertainty', 'uncertainty:topk', 'unc_ta_coreset:mean:0.25', 'vaal'."""
+        parts = text.split(":")
+        agg = parts[1] if len(parts) > 1 and parts[1] else "mean"
+        gamma = float(parts[2]) if len(parts) > 2 else default_gamma
+        return cls(parts[0], agg, gamma)
+
+
+def initial_labeled(n_pool: int, n_initial: int, seed: int) -> np.ndarray:
+    """The same initial labeled set for every strategy at a given seed."""
+    return np.sort(np.random.default_rng(seed).choice(n_pool, size=min(n_initial, n_pool), replace=False))
+
+
+def read_records(path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a crash: ignore it, that stage reruns
+            break
+    return out
+
+
+def run(
+    pool: FrameSet,
+    val: FrameSet,
+    test: FrameSet,
+    spec: StrategySpec,
+    profile: Profile,
+    seed: int,
+    n_initial: int,
+    budget: int,
+    cycles: int,
+    out_file: str | Path,
+    device=None,
+    pca_feats: np.ndarray | None = None,
+    progress: Callable[[str], None] | None = None,
+    extras_dir: str | Path | None = None,
+) -> list[dict]:
+    """Run (or resume) one strategy at one seed; returns all stage records.
+
+    Stage k has n_initial + k*budget labels (k = 0..cycles).
+    """
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    records = read_records(out_file)
+    if records:
+        last = records[-1]
+        labeled = pool.index_of(last["labeled"] + last["selected"])
+        start = last["stage"] + 1
+    else:
+        labeled = initial_labeled(len(pool), n_initial, seed)
+        start = 0
+    for stage in range(start, cycles + 1):
+        t0 = time.perf_counter()
+        if progress:
+            progress(f"{spec.label} seed {seed} stage {stage}: training on {len(labeled)} labels")
+        tr = train(profile, pool.images[labeled], pool.masks[labeled], val.images, val.masks,
+                   seed=seed * 1000 + stage, device=device)
+        test_pred = predict(tr.model, test.images, aggregations=())
+        metrics = evaluate(test_pred.probs, test.masks)
+        metrics.pop("pooled")
+        rec = {
+            "strategy": spec.label, "base": spec.name, "aggregation": spec.aggregation, "gamma": spec.gamma,
+            "seed": seed, "stage": stage, "n_labeled": int(len(labeled)), "profile": profile.name,
+            "test": metrics, "val": tr.best_val, "best_step": tr.best_step, "steps": tr.steps,
+            "train_seconds": round(tr.seconds, 1), "labeled": [pool.names[i] for i in labeled],
+            "selected": [], "picked_by": [], "notes": [],
+        }
+        if stage < cycles:
+            sel, extra = _query(tr.model, pool, labeled, spec, budget, seed * 1000 + stage, pca_feats)
+            rec.update(extra)
+            rec["selected"] = [pool.names[i] for i in sel.indices]
+            rec["picked_by"] = sel.picked_by
+            rec["notes"] = sel.notes
+            if extras_dir is not None and stage == 2:
+                _save_latents(Path(extras_dir), spec, seed, pool, labeled, sel, tr.model)
+            labeled = np.sort(np.concatenate([labeled, sel.indices]))
+        rec["seconds"] = round(time.perf_counter() - t0, 1)
+        with open(out_file, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+        records.append(rec)
+        if progress:
+            progress(f"{spec.label} seed {seed} stage {stage}: paper_miou {metrics['paper_miou']:.4f} "
+                     f"polyp_dice {metrics['polyp_dice']:.4f} ({rec['seconds']} s)")
+    return records
+
+
+def _query(model, pool: FrameSet, labeled, spec: StrategySpec, budget: int, seed: int, pca_feats):
+    extra = {}
+    if spec.name == "vaal":
+        from .vaal import vaal_select
+
+        return vaal_select(pool.images, labeled, budget, seed=seed), extra
+    pred = predict(model, pool.images, aggregations=(spec.aggregation,), keep_probs=False)
+    scores = pred.scores[spec.aggregation]
+    info = PoolInfo(n=len(pool), scores=scores, latents=pred.latents, image_features=pca_feats)
+    if spec.name == "pca_coreset" and pca_feats is None:
+        info.image_features = pca_features(pool.images, seed=seed)
+    sel = select(spec.name, info, labeled, budget, seed=seed, gamma=spec.gamma)
+    # Fig 4: how many frames would both pure TA-Coreset and pure Uncertainty pick?
+    mask = np.ones(len(pool), dtype=bool)
+    mask[labeled] = False
+    unc = top_uncertain(scores, np.flatnonzero(mask), budget)
+    ta = k_center_greedy(pred.latents, labeled, budget, seed=seed)
+    extra["overlap_ta_unc"] = int(len(np.intersect1d(unc, ta)))
+    return sel, extra
+
+
+def _save_latents(folder: Path, spec, seed, pool, labeled, sel, model):
+    folder.mkdir(parents=True, exist_ok=True)
+    pred = predict(model, pool.images, aggregations=(), keep_probs=False)
+    np.savez_compressed(folder / f"latents-{spec.label}-seed{seed}-stage2.npz",
+                        latents=pred.latents.astype(np.float16), labeled=labeled, selected=sel.indices,
+                        picked_by=np.array(sel.picked_by), names=np.array(pool.names))

@@ -1,0 +1,84 @@
+"""Honest dataset splits for the paper's two benchmarks, written next to the results.
+
+- Kvasir-SEG: test = the 196 "sessile" frames (removed from pool and
+  validation, fixing the original code's leakage); 100 validation frames drawn
+  from the rest; the remainder is the pool.
+- CVC-ClinicDB: by video sequence (frames of one sequence are near-duplicates):
+  whole sequences go to test (~112 frames) and validation (~100 frames); the
+  rest is the pool. ``mode="frame"`` gives the paper's plain random split
+  (112 test, 100 val), which inflates results.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def read_names(path) -> list[str]:
+    return [line.strip().rsplit(".", 1)[0] if "." in line.strip() else line.strip()
+            for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def kvasir_split(names: list[str], sessile: list[str], n_val: int = 100, seed: int = 0) -> dict:
+    sess = set(sessile)
+    test = sorted(n for n in names if n in sess)
+    rest = sorted(n for n in names if n not in sess)
+    rng = np.random.default_rng(seed)
+    val = sorted(rng.choice(rest, size=min(n_val, len(rest) // 2), replace=False).tolist())
+    vs = set(val)
+    pool = [n for n in rest if n not in vs]
+    return {"test": test, "val": val, "pool": pool}
+
+
+def read_sequences(csv_path) -> dict[str, int]:
+    """CVC-ClinicDB frame name -> sequence id, from splits/cvc_clinicdb_sequences.csv."""
+    out = {}
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    header = [h.strip().lower() for h in rows[0]]
+    fi = next(i for i, h in enumerate(header) if "frame" in h or "image" in h or "name" in h)
+    si = next(i for i, h in enumerate(header) if "seq" in h or "video" in h)
+    for r in rows[1:]:
+        if len(r) > max(fi, si) and r[fi].strip():
+            name = r[fi].strip().rsplit(".", 1)[0]
+            out[name] = int(r[si])
+    return out
+
+
+def cvc_split(names: list[str], sequences: dict[str, int] | None, n_test: int = 112, n_val: int = 100,
+              seed: int = 0, mode: str = "sequence") -> dict:
+    rng = np.random.default_rng(seed)
+    names = sorted(names)
+    if mode == "frame" or sequences is None:
+        perm = rng.permutation(len(names))
+        test = sorted(names[i] for i in perm[:n_test])
+        val = sorted(names[i] for i in perm[n_test : n_test + n_val])
+        chosen = set(test) | set(val)
+        return {"test": test, "val": val, "pool": [n for n in names if n not in chosen], "mode": "frame"}
+    by_seq: dict[int, list[str]] = {}
+    for n in names:
+        key = sequences.get(n, sequences.get(n.lstrip("0"), -1))
+        by_seq.setdefault(key, []).append(n)
+    seqs = sorted(by_seq)
+    order = [seqs[i] for i in rng.permutation(len(seqs))]
+    test, val, pool = [], [], []
+    for s in order:
+        frames = by_seq[s]
+        if len(test) < n_test:
+            test += frames
+        elif len(val) < n_val:
+            val += frames
+        else:
+            pool += frames
+    return {"test": sorted(test), "val": sorted(val), "pool": sorted(pool), "mode": "sequence",
+            "sequences": {"test": sorted({sequences.get(n, -1) for n in test}),
+                          "val": sorted({sequences.get(n, -1) for n in val})}}
+
+
+def save_split(split: dict, path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(split, indent=1))

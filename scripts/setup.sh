@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One-command set-up: creates .venv/ at the repo root with everything polyp-al needs.
+# Usage: bash scripts/setup.sh      (idempotent; safe to rerun)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+# sam2 (a monailabel dependency) is an sdist whose build needs torch. Building it
+# against the venv's torch (no build isolation) avoids a second multi-GB torch
+# download into a temporary build environment; no CUDA kernels are compiled.
+export SAM2_BUILD_CUDA=0
+$PIP install --quiet --upgrade "setuptools>=70" wheel
+# torch/torchvision first, so later resolution keeps these exact versions.
+$PIP install --quiet "torch==${TORCH_VERSION:-2.14.1}" "torchvision==${TORCHVISION_VERSION:-0.29.1}"
+$PIP install --quiet --no-build-isolation -r requirements.txt
+$PIP install --quiet --no-build-isolation --no-deps -e .
+.venv/bin/python -c "import monailabel, monai, torch, polypal; print('polyp-al environment OK: monailabel', monailabel.__version__, 'monai', monai.__version__, 'torch', torch.__version__)"

@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import require_shared, write_dataset
+from polypal.data import DataError, find_pairs, load_folder, normalize, read_mask, read_rgb
+
+
+def test_kvasir_and_cvc_layouts(tmp_path):
+    k = write_dataset(tmp_path / "k", 5, layout="kvasir")
+    c = write_dataset(tmp_path / "c", 4, layout="cvc")
+    fk = load_folder(k, 32)
+    fc = load_folder(c, 16)
+    assert fk.images.shape == (5, 32, 32, 3) and fk.images.dtype == np.uint8
+    assert fk.masks.shape == (5, 32, 32) and fk.masks.dtype == bool and fk.masks.any()
+    assert fc.images.shape == (4, 16, 16, 3)
+    assert fk.names[0] == "frame000"
+    assert tuple(fk.original_hw[0]) == (72, 88)
+
+
+def test_monailabel_datastore_layout(tmp_path):
+    ds = tmp_path / "studies"
+    (ds / "labels" / "final").mkdir(parents=True)
+    img = np.zeros((20, 30, 3), np.uint8)
+    Image.fromarray(img).save(ds / "a.png")
+    Image.fromarray(img).save(ds / "b.jpeg")
+    m = np.zeros((20, 30), np.uint8)
+    m[5:10, 5:10] = 1  # MONAI Label labels are 0/1
+    Image.fromarray(m).save(ds / "labels" / "final" / "a.png")
+    pairs = find_pairs(ds, require_masks=False)
+    assert [(p.name, q.name if q else None) for p, q in pairs] == [("a.png", "a.png"), ("b.jpeg", None)]
+    fs = load_folder(ds, 10, require_masks=False)
+    assert fs.masks is None and len(fs) == 2
+    assert read_mask(ds / "labels" / "final" / "a.png").sum() == 25
+
+
+def test_grey_rgba_tif_become_rgb(tmp_path):
+    Image.fromarray(np.full((8, 9), 100, np.uint8)).save(tmp_path / "g.png")
+    Image.fromarray(np.full((8, 9, 4), 100, np.uint8), "RGBA").save(tmp_path / "a.png")
+    Image.fromarray(np.full((8, 9, 3), 100, np.uint8)).save(tmp_path / "t.tif")
+    for n in ("g.png", "a.png", "t.tif"):
+        assert read_rgb(tmp_path / n).shape == (8, 9, 3)
+
+
+def test_mask_threshold_ignores_jpeg_noise(tmp_path):
+    m = np.zeros((10, 10), np.uint8)
+    m[:5] = 255
+    m[5:, :3] = 120  # noise below the threshold
+    Image.fromarray(m).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png").sum() == 50
+
+
+def test_normalize_paper_formula():
+    x = np.array([[[[0, 255, 127]]]], np.uint8)
+    y = normalize(x)
+    assert y.shape == (1, 3, 1, 1)
+    np.testing.assert_allclose(y[0, :, 0, 0], [-1.0, 1.0, 127 / 255 * 2 - 1], atol=1e-6)
+
+
+def test_corrupt_image_names_file(tmp_path):
+    root = write_dataset(tmp_path / "d", 3)
+    bad = root / "images" / "frame001.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
+    with pytest.raises(DataError, match="frame001.jpg.*(corrupt|truncated|readable)"):
+        load_folder(root, 16)
+
+
+def test_non_image_file_names_file(tmp_path):
+    root = write_dataset(tmp_path / "d", 2)
+    (root / "images" / "frame000.jpg").write_text("hello, not an image")
+    with pytest.raises(DataError, match="frame000.jpg: not a readable image"):
+        load_folder(root, 16)
+
+
+def test_wrong_size_mask_names_file(tmp_path):
+    root = write_dataset(tmp_path / "d", 2)
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "masks" / "frame001.jpg")
+    with pytest.raises(DataError, match=r"frame001.jpg: mask size 5x5 \(WxH\) differs"):
+        load_folder(root, 16)
+
+
+def test_missing_mask_names_file(tmp_path):
+    root = write_dataset(tmp_path / "d", 3)
+    (root / "masks" / "frame002.jpg").unlink()
+    with pytest.raises(DataError, match="frame002.jpg: missing mask"):
+        load_folder(root, 16)
+
+
+def test_cache_decodes_once_and_invalidates(tmp_path):
+    root = write_dataset(tmp_path / "d", 3)
+    cache = tmp_path / "cache"
+    a = load_folder(root, 16, cache_dir=cache)
+    files = list(cache.glob("*.npz"))
+    assert len(files) == 1
+    b = load_folder(root, 16, cache_dir=cache)
+    np.testing.assert_array_equal(a.images, b.images)
+    # change a file: new key, new cache entry
+    img = np.zeros((72, 88, 3), np.uint8)
+    Image.fromarray(img).save(root / "images" / "frame000.jpg")
+    c = load_folder(root, 16, cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 2
+    assert c.images[0].max() < 10
+
+
+def test_real_frames_load():
+    root = require_shared("kvasir-seg")
+    from polypal.data import load_frame
+
+    pairs = find_pairs(root)[:3]
+    for img, mask in pairs:
+        im, m, hw = load_frame(img, mask, 64)
+        assert im.shape == (64, 64, 3) and m.shape == (64, 64)
+        assert 0.0 < m.mean() < 1.0

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from polypal.kcenter import k_center_greedy, min_sq_dists
+
+
+def brute_force_kcenter(x, labeled, budget, seed=0):
+    """Reference: full N x N float64 distance matrix, plain (x - c)^2 sums."""
+    x = np.asarray(x, dtype=np.float64)
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    n = len(x)
+    centers = list(labeled)
+    picks = []
+    avail = np.ones(n, dtype=bool)
+    avail[centers] = False
+    for _ in range(budget):
+        if not centers:
+            cand = np.flatnonzero(avail)
+            j = int(cand[np.random.default_rng(seed).integers(len(cand))])
+        else:
+            md = d[:, centers].min(axis=1)
+            md[~avail] = -1
+            j = int(np.argmax(md))
+        picks.append(j)
+        centers.append(j)
+        avail[j] = False
+    return np.array(picks)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("n_labeled", [0, 1, 7])
+def test_matches_brute_force(seed, n_labeled):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((120, 9))
+    labeled = rng.choice(120, size=n_labeled, replace=False)
+    got = k_center_greedy(x, labeled, 25, seed=seed, chunk=17)  # small chunk: exercise chunking
+    want = brute_force_kcenter(x, labeled.tolist(), 25, seed=seed)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_float32_matches_on_separated_data():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 32)).astype(np.float32)
+    labeled = rng.choice(300, size=20, replace=False)
+    np.testing.assert_array_equal(k_center_greedy(x, labeled, 40), brute_force_kcenter(x, labeled.tolist(), 40))
+
+
+def test_ties_broken_by_lowest_index():
+    # four points at equal distance from the single center: the lowest index wins
+    x = np.array([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=np.float64)
+    assert k_center_greedy(x, [0], 1).tolist() == [1]
+
+
+def test_never_picks_labeled_or_duplicates_and_caps_budget():
+    x = np.zeros((10, 3))  # all identical: every distance is zero
+    picks = k_center_greedy(x, [2, 5], 100)
+    assert len(picks) == 8 and len(set(picks.tolist())) == 8
+    assert not {2, 5} & set(picks.tolist())
+
+
+def test_empty_labeled_start_is_seeded():
+    x = np.random.default_rng(0).standard_normal((50, 4))
+    a = k_center_greedy(x, [], 5, seed=11)
+    b = k_center_greedy(x, [], 5, seed=11)
+    np.testing.assert_array_equal(a, b)
+    assert a[0] == np.random.default_rng(11).integers(50)
+
+
+def test_min_sq_dists_chunked():
+    rng = np.random.default_rng(3)
+    x, c = rng.standard_normal((200, 6)), rng.standard_normal((30, 6))
+    want = ((x[:, None] - c[None]) ** 2).sum(-1).min(1)
+    np.testing.assert_allclose(min_sq_dists(x, c, chunk=7), want, rtol=1e-9, atol=1e-9)

@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import require_shared, write_dataset
+from polypal.data import load_folder
+from polypal.learner import predict, train
+from polypal.model import PolypUNet, load_checkpoint, save_checkpoint
+from polypal.profiles import get_profile
+from polypal.simulate import StrategySpec, read_records, run
+
+
+def test_model_returns_logits_and_pooled_latent():
+    m = PolypUNet((8, 16, 32, 64), (2, 2, 2), num_res_units=1)
+    logits, z = m(torch.zeros(2, 3, 32, 32))
+    assert logits.shape == (2, 1, 32, 32) and z.shape == (2, 64)
+    assert get_profile("paper").latent_dim == 512
+    assert PolypUNet.from_profile(get_profile("paper"))(torch.zeros(1, 3, 64, 64))[1].shape == (1, 512)
+
+
+def test_profiles_budget():
+    lite = get_profile("cpu-lite")
+    assert lite.steps_for(80) == 600 and lite.steps_for(600) == 600
+    assert get_profile("paper").steps_for(100) == 100 * 13
+    with pytest.raises(ValueError, match="unknown profile"):
+        get_profile("huge")
+
+
+def test_training_is_deterministic_and_checkpoint_roundtrips(tmp_path, kvasir_like):
+    fs = load_folder(kvasir_like, 32)
+    prof = get_profile("smoke")
+    a = train(prof, fs.images[:12], fs.masks[:12], fs.images[12:], fs.masks[12:], seed=3, device="cpu")
+    b = train(prof, fs.images[:12], fs.masks[:12], fs.images[12:], fs.masks[12:], seed=3, device="cpu")
+    for k, v in a.model.state_dict().items():
+        torch.testing.assert_close(v, b.model.state_dict()[k])
+    assert a.best_val and 0 <= a.best_val["polyp_dice"] <= 1
+    pred = predict(a.model, fs.images, aggregations=("mean", "topk", "region"))
+    assert pred.probs.shape == (24, 32, 32) and pred.latents.shape == (24, 16)
+    assert set(pred.scores) == {"mean", "topk", "region"}
+    assert np.all((pred.scores["mean"] >= 0) & (pred.scores["mean"] <= 1))
+    save_checkpoint(tmp_path / "m.pt", a.model, prof)
+    m2, p2, _ = load_checkpoint(tmp_path / "m.pt", device="cpu")
+    assert p2 == prof
+    np.testing.assert_allclose(predict(m2, fs.images[:4]).probs, pred.probs[:4], atol=1e-6)
+
+
+def _smoke_loop(root, tmp_path, strategy):
+    fs = load_folder(root, 32)
+    pool, val, test = fs.subset(range(0, 28)), fs.subset(range(28, 34)), fs.subset(range(34, 40))
+    out = tmp_path / f"{strategy}.jsonl"
+    spec = StrategySpec.parse(strategy)
+    recs = run(pool, val, test, spec, get_profile("smoke"), seed=0, n_initial=6, budget=5, cycles=2,
+               out_file=out, device="cpu")
+    return pool, recs, out
+
+
+@pytest.mark.parametrize("strategy", ["random", "uncertainty", "ta_coreset", "pca_coreset", "unc_ta_coreset"])
+def test_smoke_al_loop_generated(tmp_path, strategy):
+    root = write_dataset(tmp_path / "d", 40, seed=2)
+    pool, recs, out = _smoke_loop(root, tmp_path, strategy)
+    assert [r["n_labeled"] for r in recs] == [6, 11, 16]
+    seen = set(recs[0]["labeled"])
+    for r in recs[:-1]:
+        assert len(r["selected"]) == 5 and not set(r["selected"]) & set(r["labeled"])
+        seen |= set(r["selected"])
+    assert set(recs[-1]["labeled"]) == seen
+    assert all(0 <= r["test"]["paper_miou"] <= 1 for r in recs)
+    assert len(read_records(out)) == 3
+
+
+def test_smoke_al_loop_real_frames(tmp_path):
+    root = require_shared("kvasir-seg")
+    # ~40 real frames copied as symlinks into a small dataset folder
+    sub = tmp_path / "real"
+    (sub / "images").mkdir(parents=True)
+    (sub / "masks").mkdir()
+    for p in sorted((root / "images").iterdir())[:40]:
+        (sub / "images" / p.name).symlink_to(p)
+        (sub / "masks" / p.name).symlink_to(root / "masks" / p.name)
+    _, recs, _ = _smoke_loop(sub, tmp_path, "unc_ta_coreset")
+    assert len(recs) == 3 and recs[-1]["n_labeled"] == 16

@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+
+from polypal.errors import EmptyPoolError
+from polypal.strategies import STRATEGIES, PoolInfo, pca_features, select, unc_ta_coreset
+
+
+def make_info(n=200, d=16, seed=0, with_features=True):
+    rng = np.random.default_rng(seed)
+    return PoolInfo(
+        n=n, scores=rng.random(n), latents=rng.standard_normal((n, d)).astype(np.float32),
+        image_features=rng.standard_normal((n, 8)).astype(np.float32) if with_features else None,
+    )
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_exactly_b_new_unique_indices(name, seed):
+    info = make_info(seed=seed)
+    labeled = np.random.default_rng(seed).choice(200, 30, replace=False)
+    sel = select(name, info, labeled, 37, seed=seed)
+    idx = sel.indices.tolist()
+    assert len(idx) == 37 and len(set(idx)) == 37
+    assert not set(idx) & set(labeled.tolist())
+    assert all(0 <= i < 200 for i in idx)
+    assert len(sel.picked_by) == 37
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_deterministic(name):
+    info = make_info()
+    a = select(name, info, [1, 2, 3], 20, seed=4).indices
+    b = select(name, info, [1, 2, 3], 20, seed=4).indices
+    np.testing.assert_array_equal(a, b)
+
+
+def test_random_is_without_replacement_and_seed_dependent():
+    info = PoolInfo(n=50)
+    a = select("random", info, [], 50, seed=0).indices
+    assert sorted(a.tolist()) == list(range(50))
+    assert select("random", info, [], 10, seed=0).indices.tolist() != select("random", info, [], 10, seed=1).indices.tolist()
+
+
+def test_uncertainty_takes_top_scores():
+    info = PoolInfo(n=6, scores=np.array([0.1, 0.9, 0.5, 0.95, 0.2, 0.9]))
+    sel = select("uncertainty", info, [3], 2)
+    assert sel.indices.tolist() == [1, 5]  # 3 is labeled; 1 and 5 tie at 0.9: lower index first
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gamma_extremes_equal_pure_strategies(seed):
+    info = make_info(seed=seed)
+    labeled = np.arange(0, 200, 9)
+    ta = select("ta_coreset", info, labeled, 30, seed=seed)
+    unc = select("uncertainty", info, labeled, 30, seed=seed)
+    g0 = select("unc_ta_coreset", info, labeled, 30, seed=seed, gamma=0.0)
+    g1 = select("unc_ta_coreset", info, labeled, 30, seed=seed, gamma=1.0)
+    np.testing.assert_array_equal(g0.indices, ta.indices)
+    np.testing.assert_array_equal(g1.indices, unc.indices)
+    assert set(g0.picked_by) == {"diversity"} and set(g1.picked_by) == {"uncertainty"}
+
+
+def test_algorithm1_split_and_refill():
+    # Make uncertainty and k-center agree on several frames, so overlaps must be refilled.
+    n = 100
+    rng = np.random.default_rng(0)
+    latents = rng.standard_normal((n, 4)) * 0.01
+    far = np.arange(10)
+    latents[far] += rng.standard_normal((10, 4)) * 10  # outliers: k-center's first picks
+    scores = rng.random(n) * 0.1
+    scores[far] = 1.0  # ... and the most uncertain too
+    sel = unc_ta_coreset(scores, latents, labeled=[50], budget=10, gamma=0.5)
+    assert len(sel.indices) == 10 and len(set(sel.indices.tolist())) == 10
+    assert 50 not in sel.indices
+    assert "both" in sel.picked_by  # at least one frame picked by both samplers
+    # the first B_u = 5 are the five most uncertain (ties by index: 0..4)
+    assert sel.indices[:5].tolist() == [0, 1, 2, 3, 4]
+    assert sel.picked_by[:5] == ["uncertainty"] * 5 or "both" in sel.picked_by[:5]
+    counts = {k: sel.picked_by.count(k) for k in set(sel.picked_by)}
+    assert sum(counts.values()) == 10
+
+
+def test_gamma_half_counts():
+    info = make_info(seed=3)
+    sel = select("unc_ta_coreset", info, [], 10, gamma=0.5, seed=3)
+    assert len(sel.indices) == 10
+    unc_like = sum(p in ("uncertainty", "both") for p in sel.picked_by)
+    assert unc_like >= 5
+
+
+def test_pool_smaller_than_budget_returns_all_with_note():
+    info = make_info(n=12)
+    sel = select("ta_coreset", info, list(range(5)), 50)
+    assert sorted(sel.indices.tolist()) == list(range(5, 12))
+    assert sel.notes and "only 7" in sel.notes[0]
+
+
+def test_empty_pool_raises():
+    with pytest.raises(EmptyPoolError, match="no unlabeled"):
+        select("random", PoolInfo(n=4), [0, 1, 2, 3], 2)
+
+
+def test_missing_model_outputs_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs latents"):
+        select("ta_coreset", PoolInfo(n=10), [], 2)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        select("nope", PoolInfo(n=10), [], 2)
+
+
+def test_pca_features_dimension():
+    imgs = np.random.default_rng(0).integers(0, 255, (20, 8, 8, 3), dtype=np.uint8)
+    f = pca_features(imgs)
+    assert f.shape == (20, 20)  # min(512, N, pixels)
+    np.testing.assert_allclose(f, pca_features(imgs))
