@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_CHUNK = 8192
+DEFAULT_CHUNK = 8192  # rows per update chunk
 
 
 def _sqnorms(x: np.ndarray, chunk: int) -> np.ndarray:
     out = np.empty(x.shape[0], dtype=np.float64)
     for s in range(0, x.shape[0], chunk):
-        xs = x[s : s + chunk].astype(np.float64)
-        out[s : s + chunk] = np.einsum("ij,ij->i", xs, xs)
+        xs = x[s : s + chunk]
+        out[s : s + chunk] = np.einsum("ij,ij->i", xs, xs, dtype=np.float64)
     return out
 
 
@@ -40,9 +40,9 @@ def min_sq_dists(x: np.ndarray, centers: np.ndarray, x_sq: np.ndarray | None = N
     if len(centers) == 0:
         return best
     c_sq = _sqnorms(centers, chunk)
-    # chunk sizes keep every temporary at most chunk*chunk_c doubles
+    # every temporary is at most chunk * 128 doubles (8 MiB by default)
     chunk_c = max(1, min(len(centers), 1024))
-    row_chunk = max(1, (chunk * 256) // chunk_c)
+    row_chunk = max(1, (chunk * 128) // chunk_c)
     for cs in range(0, len(centers), chunk_c):
         c = centers[cs : cs + chunk_c]
         csq = c_sq[cs : cs + chunk_c]

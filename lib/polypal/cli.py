@@ -1,0 +1,159 @@
+"""polypal-sim: run the paper's active-learning protocol offline, and report on it.
+
+    polypal-sim run --dataset cvc --data ../shared/datasets/cvc-clinicdb \
+        --splits ../shared/datasets/splits --strategies random,ta_coreset --seeds 0,1,2 \
+        --profile cpu-lite --out results/cvc-lite
+    polypal-sim report results/cvc-lite
+
+Every finished (strategy, seed, stage) is appended to
+``OUT/runs/<strategy>-seed<k>.jsonl`` at once; rerunning the same command skips
+what is done. The split is written to ``OUT/split.json`` and every invocation,
+with the machine it ran on, to ``OUT/commands.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+PROTOCOLS = {  # dataset -> (initial, budget per cycle, cycles)
+    "kvasir": (100, 100, 5),
+    "cvc": (40, 40, 5),
+    "folder": (10, 10, 2),
+}
+ALL_STRATEGIES = ("random", "uncertainty", "pca_coreset", "ta_coreset", "unc_ta_coreset", "vaal")
+
+
+def _machine() -> str:
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__} on {dev}, {torch.get_num_threads()} threads"
+
+
+def _make_split(args, names):
+    from . import splits
+
+    if args.dataset == "kvasir":
+        sess = splits.read_names(Path(args.splits) / "kvasir_sessile.txt")
+        return splits.kvasir_split(names, sess, n_val=args.n_val, seed=args.split_seed)
+    if args.dataset == "cvc":
+        seq = None
+        if args.cvc_split == "sequence":
+            seq = splits.read_sequences(Path(args.splits) / "cvc_clinicdb_sequences.csv")
+        return splits.cvc_split(names, seq, n_test=args.n_test, n_val=args.n_val, seed=args.split_seed,
+                                mode=args.cvc_split)
+    import numpy as np
+
+    rng = np.random.default_rng(args.split_seed)
+    perm = [names[i] for i in rng.permutation(len(names))]
+    nt = max(2, len(names) // 6)
+    return {"test": sorted(perm[:nt]), "val": sorted(perm[nt : 2 * nt]), "pool": sorted(perm[2 * nt :])}
+
+
+def cmd_run(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .data import load_folder
+    from .profiles import get_profile
+    from .simulate import StrategySpec, run
+    from .splits import save_split
+    from .strategies import pca_features
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "commands.txt", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  [{_machine()}]\n  "
+                f"{' '.join(shlex.quote(a) for a in sys.argv)}\n")
+    profile = get_profile(args.profile, max_steps=args.max_steps, min_steps=args.min_steps)
+    init, budget, cycles = PROTOCOLS[args.dataset]
+    init = args.initial or init
+    budget = args.budget or budget
+    cycles = args.cycles if args.cycles is not None else cycles
+    fs = load_folder(args.data, profile.size, cache_dir=args.cache_dir, progress=True)
+    split_file = out / "split.json"
+    if split_file.exists():
+        split = json.loads(split_file.read_text())
+    else:
+        split = _make_split(args, fs.names)
+        save_split(split, split_file)
+    pool, val, test = (fs.subset(fs.index_of(split[k])) for k in ("pool", "val", "test"))
+    assert not (set(split["test"]) & set(split["pool"])) and not (set(split["val"]) & set(split["pool"]))
+    tqdm.write(f"split: pool {len(pool)}, val {len(val)}, test {len(test)}; protocol {init} + {budget} x {cycles}; "
+               f"profile {profile.name}")
+    specs = [StrategySpec.parse(s, default_gamma=args.gamma) for s in args.strategies.split(",") if s]
+    for s in specs:
+        if s.name not in ALL_STRATEGIES:
+            raise SystemExit(f"unknown strategy {s.name!r}; choose from {', '.join(ALL_STRATEGIES)}")
+    pca = None
+    if any(s.name == "pca_coreset" for s in specs):
+        pca = pca_features(pool.images, seed=args.split_seed)
+    seeds = [int(s) for s in str(args.seeds).split(",") if s != ""]
+    jobs = [(seed, spec) for seed in seeds for spec in specs]
+    bar = tqdm(jobs, desc="runs", unit="run")
+    for seed, spec in bar:
+        bar.set_postfix_str(f"{spec.label} seed {seed}")
+        run(pool, val, test, spec, profile, seed, init, budget, cycles,
+            out / "runs" / f"{spec.label}-seed{seed}.jsonl", pca_feats=pca,
+            progress=tqdm.write, extras_dir=out / "extras")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import make_report
+
+    paths = make_report(Path(args.results), paper=args.paper)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="polypal-sim", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run (or resume) active-learning simulations")
+    r.add_argument("--dataset", choices=sorted(PROTOCOLS), required=True,
+                   help="protocol and split: kvasir (sessile test), cvc (sequence split), folder (any images/+masks/)")
+    r.add_argument("--data", required=True, help="dataset folder with images/ and masks/")
+    r.add_argument("--splits", default=None, help="folder with kvasir_sessile.txt / cvc_clinicdb_sequences.csv")
+    r.add_argument("--strategies", default=",".join(ALL_STRATEGIES),
+                   help="comma list; NAME[:aggregation[:gamma]], e.g. uncertainty:topk,unc_ta_coreset:mean:0.25")
+    r.add_argument("--seeds", default="0,1,2")
+    r.add_argument("--profile", default="cpu-lite", choices=["paper", "cpu-lite", "smoke"])
+    r.add_argument("--initial", type=int, default=None)
+    r.add_argument("--budget", type=int, default=None)
+    r.add_argument("--cycles", type=int, default=None)
+    r.add_argument("--gamma", type=float, default=0.5)
+    r.add_argument("--cvc-split", choices=["sequence", "frame"], default="sequence")
+    r.add_argument("--split-seed", type=int, default=0)
+    r.add_argument("--n-val", type=int, default=100)
+    r.add_argument("--n-test", type=int, default=112)
+    r.add_argument("--max-steps", type=int, default=None, help="override the profile's step cap")
+    r.add_argument("--min-steps", type=int, default=None, help="override the profile's step floor")
+    r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    r.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/polypal"))
+    r.add_argument("--out", required=True)
+    r.set_defaults(func=cmd_run)
+    p = sub.add_parser("report", help="tables and figures from a results folder")
+    p.add_argument("results")
+    p.add_argument("--paper", choices=["kvasir", "cvc", "none"], default=None,
+                   help="which paper table to show beside ours (default: from the folder's split)")
+    p.set_defaults(func=cmd_report)
+    args = ap.parse_args(argv)
+    if args.cmd == "run" and args.dataset in ("kvasir", "cvc") and not args.splits:
+        args.splits = str(Path(args.data).parent / "splits")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
