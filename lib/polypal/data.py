@@ -65,12 +65,52 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return arr
 
 
+VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
+LABEL_EXTENSIONS = IMAGE_EXTENSIONS + VOLUME_EXTENSIONS
+
+
+def _is_volume(path: Path) -> bool:
+    return any(path.name.lower().endswith(e) for e in VOLUME_EXTENSIONS)
+
+
+def _read_volume_mask(path: Path) -> np.ndarray:
+    """A single-slice label volume as 3D Slicer saves it: array (W, H[, 1]) in ITK's x, y order.
+
+    Returned as (H, W) uint8, so that it overlays the frame it was drawn on.
+    """
+    try:
+        if path.name.lower().endswith(".nrrd"):
+            import nrrd
+
+            arr, _ = nrrd.read(str(path))  # index order F: arr[x, y, z]
+        else:
+            import nibabel as nib
+
+            arr = np.asarray(nib.load(str(path)).dataobj)  # arr[i=x, j=y, k]
+    except Exception as e:  # noqa: BLE001 - any reader failure means an unusable file
+        raise DataError(path, f"not a readable label volume ({type(e).__name__}: {e})") from None
+    arr = np.asarray(arr)
+    while arr.ndim > 2 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise DataError(path, f"label volume must be a single 2D slice, got shape {arr.shape}")
+    return np.ascontiguousarray(arr.T)
+
+
 def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Decode a mask to bool (H, W): any channel's grey value > 127 is polyp.
 
-    Raises DataError when the mask's size differs from ``expected_hw`` (its image's).
+    Accepts images (png/jpg/tif: 0/255 masks or 0/1 label maps) and single-slice
+    NIfTI/NRRD volumes (any value > 0 is polyp). Raises DataError when the mask's
+    size differs from ``expected_hw`` (its image's).
     """
     path = Path(path)
+    if _is_volume(path):
+        vol = _read_volume_mask(path)
+        if expected_hw is not None and tuple(vol.shape) != tuple(expected_hw):
+            raise DataError(path, f"label volume size {vol.shape[1]}x{vol.shape[0]} (WxH) differs from its "
+                                  f"image's {expected_hw[1]}x{expected_hw[0]}")
+        return vol > 0
     img = _open(path)
     arr = np.asarray(img.convert("L"), dtype=np.uint8)
     if expected_hw is not None and tuple(arr.shape) != tuple(expected_hw):
@@ -85,9 +125,44 @@ def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> n
     return arr > MASK_THRESHOLD
 
 
+def write_label(mask_hw: np.ndarray, path: str | Path) -> Path:
+    """Write a (H, W) label map (polyp = 1) losslessly, by the file's extension.
+
+    - .png: uint8 (H, W);
+    - .nrrd / .nii / .nii.gz: a single-slice volume (W, H, 1) with identity
+      LPS geometry (origin 0, spacing 1), as 3D Slicer loads a 2D frame, so
+      the label overlays it.
+    """
+    path = Path(path)
+    m = np.asarray(mask_hw).astype(np.uint8)
+    name = path.name.lower()
+    if name.endswith(".png"):
+        Image.fromarray(m).save(path)
+    elif name.endswith(".nrrd"):
+        import nrrd
+
+        header = {"space": "left-posterior-superior", "space directions": np.eye(3),
+                  "space origin": np.zeros(3), "kinds": ["domain", "domain", "domain"]}
+        nrrd.write(str(path), m.T[:, :, None], header, index_order="F")
+    elif name.endswith(".nii") or name.endswith(".nii.gz"):
+        import nibabel as nib
+
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS identity expressed in NIfTI's RAS
+        nib.save(nib.Nifti1Image(m.T[:, :, None], affine), str(path))
+    else:
+        raise ValueError(f"{path}: unsupported label extension (use .png, .nrrd, .nii or .nii.gz)")
+    return path
+
+
 def resize_rgb(arr: np.ndarray, size: int) -> np.ndarray:
     """Resize uint8 (H, W, 3) to (size, size, 3) with bilinear filtering (antialiased)."""
     return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def resize_prob(prob: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Resize a float probability map to (H, W) with bilinear interpolation."""
+    img = Image.fromarray(np.asarray(prob, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((int(hw[1]), int(hw[0])), Image.BILINEAR), dtype=np.float32)
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
@@ -112,7 +187,7 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def _find_mask(mask_dir: Path, stem: str) -> Path | None:
-    for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
+    for ext in LABEL_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
         p = mask_dir / f"{stem}{ext}"
         if p.exists():
             return p

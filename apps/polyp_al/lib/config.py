@@ -1,0 +1,51 @@
+"""The app's settings, read once from ``--conf`` (all values arrive as strings)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from polypal.profiles import Profile, get_profile
+
+
+@dataclass
+class AppConfig:
+    profile: Profile
+    model_path: str
+    state_dir: str
+    batch_size: int
+    gamma: float
+    lease_seconds: float
+    aggregation: str
+    seed: int
+
+    @classmethod
+    def from_conf(cls, app_dir: str, studies: str, conf: dict) -> "AppConfig":
+        def num(key, default, kind=float):
+            raw = conf.get(key, default)
+            try:
+                return kind(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"--conf {key} must be a {kind.__name__}, got {raw!r}") from None
+
+        overrides = {}
+        if conf.get("train_steps"):  # a fixed step budget per training run (min = max)
+            overrides = {"min_steps": num("train_steps", 0, int), "max_steps": num("train_steps", 0, int)}
+        profile = get_profile(conf.get("profile", "cpu-lite"), **overrides)
+        model_dir = conf.get("model_dir") or os.path.join(app_dir, "model")
+        os.makedirs(model_dir, exist_ok=True)
+        gamma = num("gamma", 0.5)
+        if not 0 <= gamma <= 1:
+            raise ValueError(f"--conf gamma must be in [0, 1], got {gamma}")
+        state_dir = conf.get("state_dir") or os.path.join(studies, ".polypal") if not studies.startswith("http") \
+            else os.path.join(model_dir, "state")
+        return cls(
+            profile=profile,
+            model_path=os.path.join(model_dir, f"polyp_seg-{profile.name}.pt"),
+            state_dir=state_dir,
+            batch_size=max(1, num("batch_size", 100, int)),
+            gamma=gamma,
+            lease_seconds=num("lease_timeout", 3600),
+            aggregation=conf.get("aggregation", "mean"),
+            seed=num("seed", 0, int),
+        )

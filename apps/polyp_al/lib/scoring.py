@@ -1,0 +1,68 @@
+"""Scoring method ``polyp_al``: bring the active-learning state up to date.
+
+Runs in MONAI Label's scoring subprocess (at start-up, after each next-sample
+and after training). Work is incremental: thumbnails only for new frames,
+scores only for frames the current model has not scored, plans only when
+stale. Undecodable frames are recorded with their error and never served.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+
+from polypal.active import SERVER_STRATEGIES, THUMB, model_version
+from polypal.data import DataError, read_rgb, resize_rgb
+from polypal.learner import predict
+from polypal.model import load_checkpoint
+
+logger = logging.getLogger(__name__)
+CHUNK = 256  # frames decoded per step: bounded memory at any pool size
+
+
+class PolypScoring(ScoringMethod):
+    def __init__(self, cfg, state):
+        super().__init__("BvSB score + latent per unlabeled frame for the current model; plans AL batches")
+        self.cfg, self.state = cfg, state
+
+    def _decode(self, ids, datastore, size):
+        ok, arrays = [], []
+        for i in ids:
+            try:
+                arrays.append(resize_rgb(read_rgb(datastore.get_image_uri(i)), size))
+                ok.append(i)
+            except DataError as e:
+                logger.warning(f"skipping frame {i} in the pool: {e}")
+                self.state.mark_bad(i, str(e))
+        return ok, (np.stack(arrays) if arrays else np.empty((0, size, size, 3), np.uint8))
+
+    def __call__(self, request, datastore):
+        st = self.state
+        all_ids = datastore.list_images()
+        labeled = set(datastore.get_labeled_images())
+        todo = st.missing_thumbs(all_ids)
+        for s in range(0, len(todo), CHUNK):
+            ok, th = self._decode(todo[s : s + CHUNK], datastore, THUMB)
+            st.add_thumbs(ok, th)
+        version = model_version(self.cfg.model_path)
+        scored = 0
+        if version != "none":
+            model, _, _ = load_checkpoint(self.cfg.model_path)
+            # labeled frames are scored too: their latents are k-center's initial centers
+            todo = st.unscored(version, all_ids)
+            for s in range(0, len(todo), CHUNK):
+                ok, ims = self._decode(todo[s : s + CHUNK], datastore, self.cfg.profile.size)
+                if ok:
+                    pred = predict(model, ims, aggregations=(self.cfg.aggregation,), keep_probs=False)
+                    st.add_scores(version, ok, pred.scores[self.cfg.aggregation], pred.latents)
+                    scored += len(ok)
+        planned = []
+        for name in SERVER_STRATEGIES:
+            if st.plan_is_stale(name, version, all_ids, labeled):
+                if st.plan(name, all_ids, labeled, version) is not None:
+                    planned.append(name)
+        res = {"model_version": version, "scored": scored, "planned": planned, "bad_frames": len(st.bad_ids())}
+        logger.info(f"polyp_al scoring: {res}")
+        return res

@@ -1,0 +1,96 @@
+"""Train task ``polyp_seg``: the library's learner on the frames labeled so far.
+
+Runs in MONAI Label's training subprocess. Validation frames are chosen by a
+hash of the image id (about 1 in 5), so the split does not shift when labels
+are added; validation has no augmentation. The best-validation model is
+written atomically to the infer task's path, and the run's stats to a JSON
+file shown in /info.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+import numpy as np
+from monailabel.interfaces.tasks.train import TrainTask
+
+from polypal.data import DataError, load_frame
+from polypal.learner import train
+from polypal.model import save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def is_validation(image_id: str, fraction: int = 5) -> bool:
+    """Deterministic, label-order-independent split: sha1(id) mod fraction == 0."""
+    return int(hashlib.sha1(image_id.encode()).hexdigest(), 16) % fraction == 0
+
+
+class PolypSegTrain(TrainTask):
+    def __init__(self, cfg):
+        super().__init__("Train the polyp U-Net on the final labels (BCE + Dice, Adam)")
+        self.cfg = cfg
+        self.stats_path = cfg.model_path + ".stats.json"
+
+    def config(self):
+        p = self.cfg.profile
+        return {"profile": p.name, "size": p.size, "lr": p.lr, "batch_size": p.batch_size,
+                "steps": f"{p.min_steps}-{p.max_steps}" if p.max_steps else f"{p.epochs} epochs", "seed": self.cfg.seed}
+
+    def stats(self):
+        try:
+            with open(self.stats_path) as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def _write_stats(self, stats: dict) -> None:
+        tmp = self.stats_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(stats, f, indent=1)
+        os.replace(tmp, self.stats_path)
+
+    def __call__(self, request, datastore):
+        size = self.cfg.profile.size
+        ids = sorted(datastore.get_labeled_images())
+        images, masks, used, skipped = [], [], [], {}
+        for i in ids:
+            try:
+                im, m, _ = load_frame(datastore.get_image_uri(i), datastore.get_label_uri(i, "final"), size)
+            except DataError as e:
+                logger.warning(f"training skips {i}: {e}")
+                skipped[i] = str(e)
+                continue
+            images.append(im)
+            masks.append(m)
+            used.append(i)
+        if not used:
+            raise ValueError("no labeled frames to train on: save at least one final label first")
+        val = np.array([is_validation(i) for i in used])
+        if val.all() or len(used) < 5:  # too few labels: validate on nothing, keep the last weights
+            val[:] = False
+        images, masks = np.stack(images), np.stack(masks)
+        t0 = time.time()
+        self._write_stats({"status": "RUNNING", "started": t0, "labeled": len(used)})
+
+        def on_step(step, total, loss):
+            if step % 20 == 0 or step == total:
+                logger.info(f"train step {step}/{total} loss {loss:.4f}")
+
+        res = train(self.cfg.profile, images[~val], masks[~val], images[val], masks[val],
+                    seed=self.cfg.seed, on_step=on_step)
+        save_checkpoint(self.cfg.model_path, res.model, self.cfg.profile,
+                        extra={"trained_on": used, "best_val": res.best_val})
+        stats = {
+            "status": "DONE", "profile": self.cfg.profile.name, "train_frames": int((~val).sum()),
+            "val_frames": int(val.sum()), "steps": res.steps, "best_step": res.best_step,
+            "best_val": res.best_val, "seconds": round(res.seconds, 1), "finished": time.time(),
+            "skipped": skipped, "model": os.path.basename(self.cfg.model_path),
+        }
+        self._write_stats(stats)
+        logger.info(f"training done: {stats}")
+        return stats

@@ -1,0 +1,89 @@
+"""polyp-al: a MONAI Label app for task-aware active learning in polyp segmentation.
+
+    monailabel start_server --app apps/polyp_al --studies <folder of frames> \
+        --conf profile cpu-lite --conf batch_size 100 --conf gamma 0.5
+
+The classes here only wire MONAI Label to the polypal library (lib/ at the
+repository root): infer, train, scoring and every strategy call into it.
+"""
+
+import logging
+import os
+import tempfile
+from typing import Dict
+
+from fastapi import HTTPException
+from lib.config import AppConfig
+from lib.datastore import PolypDatastore
+from lib.infer import PolypSegInfer
+from lib.scoring import PolypScoring
+from lib.strategy import PlannedStrategy
+from lib.train import PolypSegTrain
+
+import monailabel
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
+from polypal.active import SERVER_STRATEGIES, ActiveLearningState
+from polypal.data import DataError
+
+logger = logging.getLogger(__name__)
+LABELS = {"polyp": 1}
+
+
+class PolypALApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        self.cfg = AppConfig.from_conf(app_dir, studies, conf)
+        self.state = ActiveLearningState(self.cfg.state_dir, batch_size=self.cfg.batch_size, gamma=self.cfg.gamma,
+                                         lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed)
+        logger.info(f"polyp-al: profile {self.cfg.profile.name}, model {self.cfg.model_path}, "
+                    f"batch {self.cfg.batch_size}, gamma {self.cfg.gamma}")
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="polyp-al",
+            description="Task-aware active learning for endoscopic polyp segmentation",
+            version=monailabel.__version__,
+            labels=LABELS,
+        )
+
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return PolypDatastore(self.studies)
+
+    def init_infers(self):
+        return {"polyp_seg": PolypSegInfer(self.cfg.model_path, self.cfg.profile, LABELS)}
+
+    def init_trainers(self):
+        return {"polyp_seg": PolypSegTrain(self.cfg)}
+
+    def init_scoring_methods(self):
+        return {"polyp_al": PolypScoring(self.cfg, self.state)}
+
+    def init_strategies(self) -> Dict:
+        return {name: PlannedStrategy(name, self.cfg, self.state) for name in SERVER_STRATEGIES}
+
+    def info(self):
+        meta = super().info()
+        meta["polyp_al"] = {"profile": self.cfg.profile.name, "batch_size": self.cfg.batch_size,
+                            "gamma": self.cfg.gamma, "state": self.state.summary()}
+        return meta
+
+    def infer(self, request, datastore=None):
+        image = request.get("image")
+        if isinstance(image, str):
+            ds = datastore or self.datastore()
+            if os.path.exists(image):
+                real = os.path.realpath(image)
+                allowed = (os.path.realpath(tempfile.gettempdir()), os.path.realpath(self.studies))
+                if not any(real.startswith(a + os.sep) for a in allowed):
+                    raise HTTPException(status_code=400, detail="image must be an id of the datastore")
+            elif not ds.get_image_uri(image):
+                raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
+        try:
+            return super().infer(request, datastore)
+        except DataError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from None
+        except ValueError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from None

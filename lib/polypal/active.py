@@ -1,0 +1,329 @@
+"""Live active learning for an annotation server: scores, plans, leases.
+
+Server-independent: the MONAI Label app calls this, and tests call it directly.
+
+State lives in one folder (SQLite in WAL mode, safe across the server and its
+scoring/training subprocesses, plus append-only memory-mapped arrays):
+
+- per model version: one BvSB score per frame (SQLite) and its latent vector
+  (a float32 memmap, row number in SQLite); frames already scored by a version
+  are skipped, and only the current version's scores are ever read;
+- small thumbnails of every frame (uint8 memmap) for PCA-Coreset, computed
+  before any model exists;
+- frames that could not be decoded, with the reason (never served);
+- per strategy, a planned batch of B frames (one AL cycle), selected with
+  polypal.strategies.select, served one per request in order;
+- leases: a served frame belongs to its client until it is labeled, the same
+  client asks again, or the lease times out.
+
+A plan is replaced (next cycle) when a new model version is published and
+scored, or when none of its frames is left to serve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .strategies import PoolInfo, pca_features, select
+
+logger = logging.getLogger(__name__)
+
+# server strategy name -> (library strategy, whether it needs a trained model)
+SERVER_STRATEGIES = {
+    "random": ("random", False),
+    "bvsb": ("uncertainty", True),
+    "ta_coreset": ("ta_coreset", True),
+    "pca_coreset": ("pca_coreset", False),
+    "bvsb_ta_coreset": ("unc_ta_coreset", True),
+}
+NO_MODEL = "none"
+THUMB = 32  # thumbnails for PCA-Coreset are THUMB x THUMB x 3 uint8
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS scores (version TEXT, image_id TEXT, score REAL, row INTEGER,
+                                   PRIMARY KEY (version, image_id));
+CREATE TABLE IF NOT EXISTS thumbs (image_id TEXT PRIMARY KEY, row INTEGER);
+CREATE TABLE IF NOT EXISTS bad (image_id TEXT PRIMARY KEY, error TEXT);
+CREATE TABLE IF NOT EXISTS plans (strategy TEXT, cycle INTEGER, pos INTEGER, image_id TEXT, score REAL,
+                                  picked_by TEXT, PRIMARY KEY (strategy, cycle, pos));
+CREATE TABLE IF NOT EXISTS plan_meta (strategy TEXT, cycle INTEGER, version TEXT, created REAL, size INTEGER,
+                                      note TEXT, PRIMARY KEY (strategy, cycle));
+CREATE TABLE IF NOT EXISTS versions (version TEXT PRIMARY KEY, dim INTEGER);
+CREATE TABLE IF NOT EXISTS leases (image_id TEXT PRIMARY KEY, client_id TEXT, strategy TEXT, expires REAL);
+"""
+
+
+def model_version(model_path: str | os.PathLike | None) -> str:
+    """A model's version: its file's mtime and size ("none" when there is no model yet)."""
+    if not model_path or not os.path.exists(model_path):
+        return NO_MODEL
+    st = os.stat(model_path)
+    return f"{st.st_mtime_ns}-{st.st_size}"
+
+
+class _RowStore:
+    """Append-only float32/uint8 rows in a flat file, read back as a memmap."""
+
+    def __init__(self, path: Path, width: int, dtype):
+        self.path, self.width, self.dtype = path, width, np.dtype(dtype)
+
+    def append(self, rows: np.ndarray) -> int:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype).reshape(-1, self.width)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as f:
+            start = f.tell() // (self.width * self.dtype.itemsize)
+            f.write(rows.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        return start
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) == 0:
+            return np.empty((0, self.width), self.dtype)
+        mm = np.memmap(self.path, dtype=self.dtype, mode="r").reshape(-1, self.width)
+        return np.asarray(mm[np.asarray(rows)])
+
+
+@dataclass
+class Served:
+    """What next_frame answers (as a dict for the client)."""
+
+    id: str
+    strategy: str
+    score: float | None
+    picked_by: str
+    cycle: int
+    position: int
+    batch_size: int
+    model_version: str
+    note: str | None = None
+
+    def to_dict(self) -> dict:
+        d = self.__dict__.copy()
+        d["al_strategy"] = d.pop("strategy")  # "strategy" is taken by MONAI Label's image info
+        if d["note"] is None:
+            d.pop("note")
+        return d
+
+
+class ActiveLearningState:
+    def __init__(self, folder: str | os.PathLike, batch_size: int = 100, gamma: float = 0.5,
+                 lease_seconds: float = 3600.0, seed: int = 0):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.batch_size, self.gamma, self.lease_seconds, self.seed = int(batch_size), float(gamma), lease_seconds, seed
+        self._local = threading.local()
+        self._conn().executescript(_SCHEMA)
+        self.thumbs = _RowStore(self.folder / "thumbs.u8", THUMB * THUMB * 3, np.uint8)
+
+    # -- storage -------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.folder / "state.sqlite", timeout=60, isolation_level=None)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = c
+        return c
+
+    @contextmanager
+    def _tx(self):
+        c = self._conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def _latents(self, version: str, dim: int) -> _RowStore:
+        return _RowStore(self.folder / "latents" / f"{version}.f32", dim, np.float32)
+
+    # -- features ------------------------------------------------------------------------
+    def missing_thumbs(self, image_ids: Iterable[str]) -> list[str]:
+        have = {r[0] for r in self._conn().execute("SELECT image_id FROM thumbs")}
+        have |= self.bad_ids()
+        return [i for i in image_ids if i not in have]
+
+    def add_thumbs(self, image_ids: list[str], thumbs: np.ndarray) -> None:
+        if not image_ids:
+            return
+        start = self.thumbs.append(thumbs)
+        with self._tx() as c:
+            c.executemany("INSERT OR REPLACE INTO thumbs VALUES (?, ?)",
+                          [(i, start + k) for k, i in enumerate(image_ids)])
+
+    def mark_bad(self, image_id: str, error: str) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO bad VALUES (?, ?)", (image_id, error))
+
+    def bad_ids(self) -> set[str]:
+        return {r[0] for r in self._conn().execute("SELECT image_id FROM bad")}
+
+    def bad(self) -> dict[str, str]:
+        return dict(self._conn().execute("SELECT image_id, error FROM bad"))
+
+    def unscored(self, version: str, image_ids: Iterable[str]) -> list[str]:
+        have = {r[0] for r in self._conn().execute("SELECT image_id FROM scores WHERE version=?", (version,))}
+        have |= self.bad_ids()
+        return [i for i in image_ids if i not in have]
+
+    def add_scores(self, version: str, image_ids: list[str], scores: np.ndarray, latents: np.ndarray) -> None:
+        if not image_ids:
+            return
+        start = self._latents(version, latents.shape[1]).append(latents)
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO versions VALUES (?, ?)", (version, int(latents.shape[1])))
+            c.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)",
+                          [(version, i, float(s), start + k) for k, (i, s) in enumerate(zip(image_ids, scores))])
+
+    def scores_for(self, version: str, image_ids: list[str]):
+        """(scores, latents) of these frames under this model version; None if any is missing."""
+        rows = dict((r[0], (r[1], r[2])) for r in self._conn().execute(
+            "SELECT image_id, score, row FROM scores WHERE version=?", (version,)))
+        if any(i not in rows for i in image_ids):
+            return None
+        dim = self._conn().execute("SELECT dim FROM versions WHERE version=?", (version,)).fetchone()
+        s = np.array([rows[i][0] for i in image_ids], dtype=np.float32)
+        lat = self._latents(version, int(dim[0])).read(np.array([rows[i][1] for i in image_ids], dtype=np.int64))
+        return s, lat
+
+    def thumbs_for(self, image_ids: list[str]) -> np.ndarray | None:
+        rows = dict(self._conn().execute("SELECT image_id, row FROM thumbs"))
+        if any(i not in rows for i in image_ids):
+            return None
+        return self.thumbs.read(np.array([rows[i] for i in image_ids], dtype=np.int64))
+
+    # -- planning ------------------------------------------------------------------------
+    def current_plan(self, strategy: str):
+        m = self._conn().execute(
+            "SELECT cycle, version, size, note FROM plan_meta WHERE strategy=? ORDER BY cycle DESC LIMIT 1",
+            (strategy,)).fetchone()
+        if m is None:
+            return None
+        rows = self._conn().execute(
+            "SELECT pos, image_id, score, picked_by FROM plans WHERE strategy=? AND cycle=? ORDER BY pos",
+            (strategy, m[0])).fetchall()
+        return {"cycle": m[0], "version": m[1], "size": m[2], "note": m[3], "rows": rows}
+
+    def plan(self, strategy: str, all_ids: list[str], labeled: set[str], version: str) -> dict | None:
+        """Select a new batch (next cycle) for a server strategy; None when nothing is left."""
+        if strategy not in SERVER_STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(SERVER_STRATEGIES)}")
+        lib_name, needs_model = SERVER_STRATEGIES[strategy]
+        bad = self.bad_ids()
+        universe = sorted(i for i in all_ids if i not in bad)
+        labeled_idx = np.array([k for k, i in enumerate(universe) if i in labeled], dtype=np.int64)
+        if len(universe) - len(labeled_idx) <= 0:
+            return None
+        note = None
+        info = PoolInfo(n=len(universe))
+        scores = None
+        if needs_model:
+            got = self.scores_for(version, [i for i in universe if i not in labeled]) if version != NO_MODEL else None
+            if got is None:
+                why = "no model yet" if version == NO_MODEL else f"model {version} not scored yet"
+                note = f"{why}: fell back to pca_coreset on image features"
+                lib_name = "pca_coreset"
+            else:
+                # labeled frames are centers for k-center: score them too if this version has them
+                full = self.scores_for(version, universe)
+                if full is None:
+                    # latents of labeled frames are missing (they were labeled before this model):
+                    # compute diversity among unlabeled only, with no labeled centers
+                    unl = [i for i in universe if i not in labeled]
+                    universe, labeled_idx = unl, np.empty(0, dtype=np.int64)
+                    info = PoolInfo(n=len(universe))
+                    full = got
+                scores, info.latents = full
+                info.scores = scores
+        if lib_name == "pca_coreset":
+            th = self.thumbs_for(universe)
+            if th is None:
+                note = (note + "; " if note else "") + "thumbnails not computed yet: fell back to random"
+                lib_name = "random"
+            else:
+                info.image_features = pca_features(th.reshape(len(universe), THUMB, THUMB, 3), seed=self.seed)
+        with self._tx() as c:
+            last = c.execute("SELECT MAX(cycle) FROM plan_meta WHERE strategy=?", (strategy,)).fetchone()[0] or 0
+            cycle = last + 1
+            sel = select(lib_name, info, labeled_idx, self.batch_size, seed=self.seed * 1000 + cycle,
+                         gamma=self.gamma)
+            if sel.notes:
+                note = "; ".join(([note] if note else []) + sel.notes)
+            rows = [(strategy, cycle, k + 1, universe[j], None if scores is None else float(scores[j]), by)
+                    for k, (j, by) in enumerate(zip(sel.indices.tolist(), sel.picked_by))]
+            c.executemany("INSERT INTO plans VALUES (?, ?, ?, ?, ?, ?)", rows)
+            c.execute("INSERT INTO plan_meta VALUES (?, ?, ?, ?, ?, ?)",
+                      (strategy, cycle, version, time.time(), len(rows), note))
+        logger.info(f"planned {strategy} cycle {cycle}: {len(rows)} frames (model {version}){'; ' + note if note else ''}")
+        return self.current_plan(strategy)
+
+    def plan_is_stale(self, strategy: str, version: str, all_ids: list[str], labeled: set[str]) -> bool:
+        """True when a (re)plan is due: none yet, or a newer model is published and scored."""
+        p = self.current_plan(strategy)
+        return p is None or self._needs_replan(strategy, p, version, all_ids, labeled)
+
+    # -- serving -------------------------------------------------------------------------
+    def next_frame(self, strategy: str, client_id: str, all_ids: list[str], labeled: set[str],
+                   version: str, now: float | None = None) -> Served | None:
+        """The next frame of the strategy's batch for this client, leased to it; None if none left."""
+        now = time.time() if now is None else now
+        client_id = client_id or "anonymous"
+        for attempt in range(2):
+            p = self.current_plan(strategy)
+            if p is None or (attempt == 0 and self._needs_replan(strategy, p, version, all_ids, labeled)):
+                p = self.plan(strategy, all_ids, labeled, version)
+                if p is None:
+                    return None
+            with self._tx() as c:
+                c.execute("DELETE FROM leases WHERE expires < ?", (now,))
+                # the client moved on: its unlabeled leases go back to the pool
+                c.execute("DELETE FROM leases WHERE client_id=?", (client_id,))
+                held = {r[0] for r in c.execute("SELECT image_id FROM leases")}
+                for pos, image_id, score, by in p["rows"]:
+                    if image_id in labeled or image_id in held:
+                        continue
+                    c.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
+                              (image_id, client_id, strategy, now + self.lease_seconds))
+                    return Served(image_id, strategy, score, by, p["cycle"], pos, p["size"], p["version"], p["note"])
+            # nothing servable in this plan: plan the next cycle once
+            if attempt == 0:
+                if self.plan(strategy, all_ids, labeled | held, version) is None:
+                    return None
+        return None
+
+    def _needs_replan(self, strategy, p, version, all_ids, labeled) -> bool:
+        if p["version"] == version or not SERVER_STRATEGIES[strategy][1]:
+            return False
+        # a newer model: re-plan once its scores cover the unlabeled pool
+        bad = self.bad_ids()
+        pool = [i for i in all_ids if i not in labeled and i not in bad]
+        return version != NO_MODEL and self.scores_for(version, pool) is not None
+
+    def release(self, image_id: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM leases WHERE image_id=?", (image_id,))
+
+    def summary(self) -> dict:
+        c = self._conn()
+        return {
+            "versions": dict(c.execute("SELECT version, COUNT(*) FROM scores GROUP BY version")),
+            "thumbnails": c.execute("SELECT COUNT(*) FROM thumbs").fetchone()[0],
+            "bad_frames": self.bad(),
+            "plans": {r[0]: {"cycle": r[1], "version": r[2], "size": r[3], "note": r[4]} for r in c.execute(
+                "SELECT strategy, MAX(cycle), version, size, note FROM plan_meta GROUP BY strategy")},
+            "leases": c.execute("SELECT COUNT(*) FROM leases").fetchone()[0],
+        }
