@@ -7,13 +7,15 @@ Memory: one float64 vector of N nearest-center squared distances, plus a
 chunk of at most ``chunk`` x L (initialisation) or ``chunk`` x d (updates);
 never an N x N or N x L matrix.
 
-Exactness: squared Euclidean distances are computed as |x|^2 - 2 x.c + |c|^2,
-the norms in float64 and the dot products by BLAS in the input's dtype (pass
-float64 features for bit-for-bit agreement with a float64 brute force; float32
-agrees except for candidates whose distances tie to ~1e-6 relative). Ties in
-the arg-max are broken by the lowest index. With no labeled set, the first center is
-``numpy.random.default_rng(seed).integers(N)``, and the greedy rule continues
-from there.
+Exactness: the greedy rule is applied exactly (no sampling, no
+approximation of the arg-max); ties are broken by the lowest index. Squared
+distances are |x|^2 - 2 x.c + |c|^2 with the norms in float64 and the dot
+products by BLAS in the input's dtype, so float64 features reproduce a float64
+brute force pick for pick. With float32 features, two candidates whose
+distances differ by less than float32 resolution (~1e-6 relative) may be
+ordered differently from a float64 computation; pass
+``features.astype(np.float64)`` when bit-for-bit agreement matters more than
+speed (3-6x slower per pick, twice the memory of the features).
 """
 
 from __future__ import annotations
