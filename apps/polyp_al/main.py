@@ -70,6 +70,25 @@ class PolypALApp(MONAILabelApp):
                             "gamma": self.cfg.gamma, "state": self.state.summary()}
         return meta
 
+    def next_sample(self, request):
+        """MONAI Label's next_sample, without a scoring subprocess after every request.
+
+        Scoring reruns when it can change the answer: when the frame came from a
+        fallback (no model scores or thumbnails yet) or at the end of a batch.
+        Training already triggers scoring when it publishes a model.
+        """
+        name = request.get("strategy") or "random"
+        task = self._strategies.get(name)
+        if task is None:
+            raise HTTPException(status_code=404, detail=f"no strategy {name!r}; available: {sorted(self._strategies)}")
+        res = task(request, self.datastore())
+        if not res or not res.get("id"):
+            return {}
+        res["path"] = self._datastore.get_image_uri(res["id"])
+        if self._auto_update_scoring and ("note" in res or res.get("position") == res.get("batch_size")):
+            self.async_scoring(None)
+        return res
+
     def infer(self, request, datastore=None):
         image = request.get("image")
         if isinstance(image, str):

@@ -229,11 +229,13 @@ class ActiveLearningState:
         if len(universe) - len(labeled_idx) <= 0:
             return None
         note = None
+        plan_version = version
         info = PoolInfo(n=len(universe))
         scores = None
         if needs_model:
             got = self.scores_for(version, [i for i in universe if i not in labeled]) if version != NO_MODEL else None
             if got is None:
+                plan_version = "fallback"  # differs from every model version: re-planned once scores exist
                 why = "no model yet" if version == NO_MODEL else f"model {version} not scored yet"
                 note = f"{why}: fell back to pca_coreset on image features"
                 lib_name = "pca_coreset"
@@ -267,7 +269,7 @@ class ActiveLearningState:
                     for k, (j, by) in enumerate(zip(sel.indices.tolist(), sel.picked_by))]
             c.executemany("INSERT INTO plans VALUES (?, ?, ?, ?, ?, ?)", rows)
             c.execute("INSERT INTO plan_meta VALUES (?, ?, ?, ?, ?, ?)",
-                      (strategy, cycle, version, time.time(), len(rows), note))
+                      (strategy, cycle, plan_version, time.time(), len(rows), note))
         logger.info(f"planned {strategy} cycle {cycle}: {len(rows)} frames (model {version}){'; ' + note if note else ''}")
         return self.current_plan(strategy)
 
@@ -277,17 +279,28 @@ class ActiveLearningState:
         return p is None or self._needs_replan(strategy, p, version, all_ids, labeled)
 
     # -- serving -------------------------------------------------------------------------
-    def next_frame(self, strategy: str, client_id: str, all_ids: list[str], labeled: set[str],
+    def next_frame(self, strategy: str, client_id: str, all_ids, labeled: set[str],
                    version: str, now: float | None = None) -> Served | None:
-        """The next frame of the strategy's batch for this client, leased to it; None if none left."""
+        """The next frame of the strategy's batch for this client, leased to it; None if none left.
+
+        ``all_ids`` is the list of frame ids, or a callable returning it: it is only
+        needed when a batch has to be (re)planned.
+        """
         now = time.time() if now is None else now
         client_id = client_id or "anonymous"
+        ids_cache = []
+
+        def ids():
+            if not ids_cache:
+                ids_cache.append(all_ids() if callable(all_ids) else list(all_ids))
+            return ids_cache[0]
+
+        p = self.current_plan(strategy)
+        if p is None or self._needs_replan(strategy, p, version, ids, labeled):
+            p = self.plan(strategy, ids(), labeled, version)
         for attempt in range(2):
-            p = self.current_plan(strategy)
-            if p is None or (attempt == 0 and self._needs_replan(strategy, p, version, all_ids, labeled)):
-                p = self.plan(strategy, all_ids, labeled, version)
-                if p is None:
-                    return None
+            if p is None:
+                return None
             with self._tx() as c:
                 c.execute("DELETE FROM leases WHERE expires < ?", (now,))
                 # the client moved on: its unlabeled leases go back to the pool
@@ -299,18 +312,17 @@ class ActiveLearningState:
                     c.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
                               (image_id, client_id, strategy, now + self.lease_seconds))
                     return Served(image_id, strategy, score, by, p["cycle"], pos, p["size"], p["version"], p["note"])
-            # nothing servable in this plan: plan the next cycle once
-            if attempt == 0:
-                if self.plan(strategy, all_ids, labeled | held, version) is None:
-                    return None
+            if attempt == 0:  # nothing servable left in this batch: plan the next cycle once
+                p = self.plan(strategy, ids(), labeled | held, version)
         return None
 
     def _needs_replan(self, strategy, p, version, all_ids, labeled) -> bool:
-        if p["version"] == version or not SERVER_STRATEGIES[strategy][1]:
+        if p["version"] == version or not SERVER_STRATEGIES[strategy][1] or version == NO_MODEL:
             return False
         # a newer model: re-plan once its scores cover the unlabeled pool
         bad = self.bad_ids()
-        pool = [i for i in all_ids if i not in labeled and i not in bad]
+        ids = all_ids() if callable(all_ids) else all_ids
+        pool = [i for i in ids if i not in labeled and i not in bad]
         return version != NO_MODEL and self.scores_for(version, pool) is not None
 
     def release(self, image_id: str) -> None:

@@ -1,40 +1,147 @@
-"""The app's local datastore: MONAI Label's LocalDatastore plus input checks.
+"""The app's datastore: MONAI Label's Datastore interface over polypal.framestore.
 
-- image ids and label tags that would leave the studies folder are refused;
+Same on-disk layout as MONAI Label's LocalDatastore (images at the top,
+``labels/final``, ``labels/original``), so its endpoints and clients work
+unchanged; metadata in SQLite instead of one rewritten JSON file (see
+polypal.framestore). On top of that:
+
+- image ids and label tags that would leave the studies folder get HTTP 400;
 - an uploaded label must be an image or a single-slice volume of the frame's
-  size, checked with the library's reader before anything is stored.
+  size, checked with the library's reader before anything is stored (422).
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, List, Optional
 
 from fastapi import HTTPException
-from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
 from polypal.data import DataError, read_mask, read_rgb
+from polypal.framestore import FrameStore, InvalidName, NotFound, check_name
 
 logger = logging.getLogger(__name__)
-EXTENSIONS = ["*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.PNG", "*.JPG", "*.JPEG", "*.TIF", "*.TIFF"]
-_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-def check_name(kind: str, value: str) -> str:
-    """Reject ids/tags with path separators, '..', NUL or an absolute path (HTTP 400)."""
-    if not value or "\x00" in value or "/" in value or "\\" in value or value in (".", "..") \
-            or value.startswith(".") or not _SAFE.match(value):
-        raise HTTPException(status_code=400, detail=f"invalid {kind} {value!r}: only letters, digits, '_', '-', '.'")
-    return value
+def _checked(kind: str, value: str) -> str:
+    try:
+        return check_name(kind, value)
+    except InvalidName as e:
+        raise HTTPException(status_code=400, detail=str(e)) from None
 
 
-class PolypDatastore(LocalDatastore):
-    def __init__(self, studies: str, **kw):
-        super().__init__(studies, extensions=EXTENSIONS, **kw)
+class PolypDatastore(Datastore):
+    def __init__(self, studies: str, read_only: bool = False):
+        self.store = FrameStore(studies, read_only=read_only)
+        self._path = self.store.root
 
-    def save_label(self, image_id, label_filename, label_tag, label_info):
-        check_name("image id", image_id)
-        check_name("label tag", label_tag)
+    # -- identity ----------------------------------------------------------------------------
+    def name(self) -> str:
+        return self.store.get_meta("name", "polyp-al studies")
+
+    def set_name(self, name: str):
+        self.store.set_meta("name", name)
+
+    def description(self) -> str:
+        return self.store.get_meta("description", "Endoscopy frames")
+
+    def set_description(self, description: str):
+        self.store.set_meta("description", description)
+
+    # -- reads -------------------------------------------------------------------------------
+    def datalist(self, full_path=True) -> List[Dict[str, Any]]:
+        out = []
+        for i in self.store.labeled_ids(DefaultLabelTag.FINAL.value):
+            out.append({"image": self.store.image_path(i), "label": self.store.label_path(i, "final")})
+        return out
+
+    def get_labels_by_image_id(self, image_id: str) -> Dict[str, str]:
+        return {tag: image_id for tag in self.store.labels_of(image_id)}
+
+    def get_label_by_image_id(self, image_id: str, tag: str) -> str:
+        return image_id if self.store.label_path(image_id, tag) else ""
+
+    def get_image(self, image_id: str, params=None) -> Any:
+        p = self.get_image_uri(image_id)
+        return open(p, "rb") if p else None
+
+    def get_image_uri(self, image_id: str) -> str:
+        return self.store.image_path(image_id)
+
+    def get_label(self, label_id: str, label_tag: str, params=None) -> Any:
+        p = self.get_label_uri(label_id, label_tag)
+        return open(p, "rb") if p else None
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        try:
+            check_name("label tag", label_tag)
+        except InvalidName:
+            return ""
+        return self.store.label_path(label_id, label_tag)
+
+    def get_image_info(self, image_id: str) -> Dict[str, Any]:
+        return self.store.image_info(image_id)
+
+    def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
+        return self.store.label_info(label_id, label_tag)
+
+    def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
+        return self.store.labeled_ids(label_tag or DefaultLabelTag.FINAL.value)
+
+    def get_unlabeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
+        return self.store.unlabeled_ids(label_tag or DefaultLabelTag.FINAL.value)
+
+    def list_images(self) -> List[str]:
+        return self.store.image_ids()
+
+    def get_dataset_archive(self, limit_cases: Optional[int]) -> str:
+        import zipfile
+
+        fd, path = tempfile.mkstemp(suffix=".zip")
+        os.close(fd)
+        with zipfile.ZipFile(path, "w") as z:
+            for k, item in enumerate(self.datalist()):
+                if limit_cases and k >= limit_cases:
+                    break
+                z.write(item["image"], os.path.join("images", os.path.basename(item["image"])))
+                z.write(item["label"], os.path.join("labels", os.path.basename(item["label"])))
+        return path
+
+    def refresh(self) -> None:
+        self.store.reconcile()
+
+    def status(self) -> Dict[str, Any]:
+        c = self.store.counts()
+        return {"total": c["total"], "completed": c["label_tags"].get("final", 0), "label_tags": c["label_tags"]}
+
+    def json(self):
+        """LocalDatastore's JSON shape (what `GET /datastore/?output=all` returns)."""
+        return {"name": self.name(), "description": self.description(), "images_dir": ".", "labels_dir": "labels",
+                "objects": self.store.objects()}
+
+    # -- writes ------------------------------------------------------------------------------
+    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        _checked("image id", image_id)
+        try:
+            read_rgb(image_filename)
+        except DataError as e:
+            raise HTTPException(status_code=422, detail=f"image {image_id} rejected: {e.problem}") from None
+        try:
+            return self.store.add_image(image_id, image_filename, image_info)
+        except ValueError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from None
+
+    def remove_image(self, image_id: str) -> None:
+        _checked("image id", image_id)
+        self.store.remove_image(image_id)
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        _checked("image id", image_id)
+        _checked("label tag", label_tag)
         uri = self.get_image_uri(image_id)
         if not uri:
             raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
@@ -47,5 +154,26 @@ class PolypDatastore(LocalDatastore):
         except DataError as e:
             logger.warning(f"label for {image_id} rejected: {e.problem}")
             raise HTTPException(status_code=422, detail=f"label for {image_id} rejected: {e.problem}") from None
-        logger.info(f"label for {image_id} accepted: {int(mask.sum())} polyp pixels")
-        return super().save_label(image_id, label_filename, label_tag, label_info)
+        try:
+            label_id = self.store.save_label(image_id, label_filename, label_tag, label_info)
+        except NotFound as e:
+            raise HTTPException(status_code=404, detail=str(e)) from None
+        logger.info(f"label {label_tag} for {image_id} stored: {int(mask.sum())} polyp pixels")
+        return label_id
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        _checked("image id", label_id)
+        _checked("label tag", label_tag)
+        self.store.remove_label(label_id, label_tag)
+
+    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
+        try:
+            self.store.update_image_info(image_id, info)
+        except NotFound as e:
+            raise HTTPException(status_code=404, detail=str(e)) from None
+
+    def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
+        try:
+            self.store.update_label_info(label_id, label_tag, info)
+        except NotFound as e:
+            raise HTTPException(status_code=404, detail=str(e)) from None

@@ -33,10 +33,10 @@ class PlannedStrategy(Strategy):
                 "lease_timeout_s": self.cfg.lease_seconds}
 
     def __call__(self, request, datastore):
-        all_ids = datastore.list_images()
         labeled = set(datastore.get_labeled_images())
-        served = self.state.next_frame(self.name, request.get("client_id") or "anonymous", all_ids, labeled,
-                                       model_version(self.cfg.model_path))
+        # the full image list is only read when a batch has to be (re)planned
+        served = self.state.next_frame(self.name, request.get("client_id") or "anonymous", datastore.list_images,
+                                       labeled, model_version(self.cfg.model_path))
         if served is None:
             logger.info(f"{self.name}: no unlabeled frame left to serve")
             return {}

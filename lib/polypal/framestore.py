@@ -1,0 +1,371 @@
+"""A frame/label store for annotation servers: SQLite metadata over MONAI Label's folder layout.
+
+Layout on disk is MONAI Label's own: images at the top of the studies folder,
+labels in ``labels/<tag>/<image id><ext>``. Metadata lives in
+``.polypal/datastore.sqlite`` (WAL mode), so:
+
+- every update touches one row (no whole-file rewrite), and readers never
+  block writers;
+- several processes (the server, its scoring and training subprocesses) see
+  each other's writes: nothing is cached in memory, so no update is lost;
+- a label is stored crash-safely: the upload is written to a temporary file in
+  the label folder, fsynced, renamed over the destination, the folder fsynced,
+  then its row is committed. A label acknowledged to a client is on disk, and
+  a label file without a row (a crash between the two steps) is picked up
+  again by ``reconcile`` at the next start;
+- ``reconcile`` also imports an existing ``datastore_v2.json`` (MONAI Label's
+  LocalDatastore) once, keeping every image and label info; the JSON file is
+  left untouched.
+
+Ids and tags are checked by ``check_name``: no separators, no '..', no NUL.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+IMAGE_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.nii.gz", "*.nii", "*.nrrd")
+_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
+_EXTS = (".nii.gz", ".seg.nrrd")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, ext TEXT NOT NULL, info TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS labels (image_id TEXT NOT NULL, tag TEXT NOT NULL, ext TEXT NOT NULL,
+                                   info TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (image_id, tag));
+CREATE INDEX IF NOT EXISTS labels_by_tag ON labels (tag);
+"""
+
+
+class InvalidName(ValueError):
+    """An image id or label tag that could leave the datastore folder."""
+
+
+class NotFound(KeyError):
+    pass
+
+
+def check_name(kind: str, value) -> str:
+    if not isinstance(value, str) or not value or "\x00" in value or value in (".", "..") or ".." in value \
+            or not _NAME.match(value):
+        raise InvalidName(f"invalid {kind} {value!r}: use letters, digits, '_', '-' and '.' only "
+                          f"(no path separators, '..' or NUL)")
+    return value
+
+
+def split_name(filename: str) -> tuple[str, str]:
+    """'a.nii.gz' -> ('a', '.nii.gz'); 'b.jpg' -> ('b', '.jpg')."""
+    low = filename.lower()
+    for e in _EXTS:
+        if low.endswith(e):
+            return filename[: -len(e)], filename[-len(e):]
+    stem, dot, ext = filename.rpartition(".")
+    return (stem, "." + ext) if dot and stem else (filename, "")
+
+
+def _label_file_exists(root: str, key: tuple[str, str], ext: str) -> bool:
+    """True when the label file of a row exists now (saved after the reconcile scan)."""
+    return os.path.exists(os.path.join(root, "labels", key[1], key[0] + ext))
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FrameStore:
+    def __init__(self, root: str | os.PathLike, patterns=IMAGE_PATTERNS, read_only: bool = False):
+        self.root = os.path.realpath(str(root))
+        self.patterns = tuple(patterns)
+        self.db_path = os.path.join(self.root, ".polypal", "datastore.sqlite")
+        os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
+        self._local = threading.local()
+        self._conn().executescript(_SCHEMA)
+        for tag in ("final", "original"):
+            os.makedirs(self.label_dir(tag), exist_ok=True)
+        if not read_only:
+            self.reconcile()
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.db_path, timeout=60, isolation_level=None, check_same_thread=False)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes (SIGKILL)
+            self._local.conn = c
+        return c
+
+    @contextmanager
+    def _tx(self):
+        c = self._conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def label_dir(self, tag: str) -> str:
+        return os.path.join(self.root, "labels", check_name("label tag", tag))
+
+    def _matches(self, name: str) -> bool:
+        low = name.lower()
+        return any(fnmatch.fnmatch(low, p) for p in self.patterns)
+
+    # -- start-up ----------------------------------------------------------------------------
+    def reconcile(self) -> dict:
+        """Bring the metadata in line with the files (one directory scan, one transaction)."""
+        t0 = time.perf_counter()
+        files = {}
+        with os.scandir(self.root) as it:
+            for e in it:
+                if e.name.startswith(".") or not self._matches(e.name):
+                    continue
+                if not e.is_file():  # follows symlinks
+                    continue
+                i, ext = split_name(e.name)
+                if _NAME.match(i) and ".." not in i:
+                    files.setdefault(i, ext)
+        label_files = {}
+        labels_root = os.path.join(self.root, "labels")
+        for tag in sorted(os.listdir(labels_root)) if os.path.isdir(labels_root) else []:
+            d = os.path.join(labels_root, tag)
+            if not os.path.isdir(d) or not _NAME.match(tag):
+                continue
+            for name in os.listdir(d):
+                if name.startswith("."):
+                    p = os.path.join(d, name)
+                    # an upload left by a crash was never acknowledged; a fresh one may be in flight
+                    if name.startswith(".upload-") and time.time() - os.path.getmtime(p) > 3600:
+                        os.unlink(p)
+                    continue
+                i, ext = split_name(name)
+                if i in files:
+                    label_files[(i, tag)] = ext
+        migrated = self._migrate_v2_json()
+        with self._tx() as c:
+            known = dict(c.execute("SELECT id, ext FROM images"))
+            new = [(i, e) for i, e in files.items() if i not in known]
+            # re-check under the write lock: another process may have added files since the scan
+            gone = [i for i in known if i not in files and not os.path.exists(os.path.join(self.root, i + known[i]))]
+            c.executemany("INSERT INTO images (id, ext) VALUES (?, ?)", new)
+            c.executemany("UPDATE images SET ext=? WHERE id=?", [(e, i) for i, e in files.items()
+                                                                 if i in known and known[i] != e])
+            c.executemany("DELETE FROM images WHERE id=?", [(i,) for i in gone])
+            c.executemany("DELETE FROM labels WHERE image_id=?", [(i,) for i in gone])
+            lk = {(r[0], r[1]): r[2] for r in c.execute("SELECT image_id, tag, ext FROM labels")}
+            c.executemany("INSERT OR REPLACE INTO labels (image_id, tag, ext, info) VALUES (?, ?, ?, "
+                          "COALESCE((SELECT info FROM labels WHERE image_id=? AND tag=?), '{}'))",
+                          [(i, t, e, i, t) for (i, t), e in label_files.items() if lk.get((i, t)) != e])
+            c.executemany("DELETE FROM labels WHERE image_id=? AND tag=?",
+                          [k for k, e in lk.items() if k not in label_files and not _label_file_exists(
+                              self.root, k, e)])
+        res = {"images": len(files), "added": len(new), "removed": len(gone), "labels": len(label_files),
+               "migrated": migrated, "seconds": round(time.perf_counter() - t0, 3)}
+        logger.info(f"datastore reconciled: {res}")
+        return res
+
+    def _migrate_v2_json(self) -> int:
+        path = os.path.join(self.root, "datastore_v2.json")
+        c = self._conn()
+        if not os.path.exists(path) or c.execute("SELECT 1 FROM meta WHERE key='migrated_v2'").fetchone():
+            return 0
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            logger.error(f"{path}: cannot be read ({e}); not migrated, left as it is")
+            return 0
+        n = 0
+        with self._tx() as c:
+            for k in ("name", "description"):
+                if old.get(k):
+                    c.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (k, old[k]))
+            for i, obj in (old.get("objects") or {}).items():
+                img = obj.get("image", {})
+                c.execute("INSERT INTO images (id, ext, info) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                          "info=excluded.info", (i, img.get("ext", ""), json.dumps(img.get("info", {}))))
+                for tag, lab in (obj.get("labels") or {}).items():
+                    c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)",
+                              (i, tag, lab.get("ext", ""), json.dumps(lab.get("info", {}))))
+                n += 1
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('migrated_v2', ?)", (str(time.time()),))
+        logger.info(f"migrated {n} images from {path}")
+        return n
+
+    # -- reads -------------------------------------------------------------------------------
+    def get_meta(self, key: str, default: str) -> str:
+        r = self._conn().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return r[0] if r else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def image_ids(self) -> list[str]:
+        return [r[0] for r in self._conn().execute("SELECT id FROM images ORDER BY id")]
+
+    def labeled_ids(self, tag: str = "final") -> list[str]:
+        return [r[0] for r in self._conn().execute("SELECT image_id FROM labels WHERE tag=? ORDER BY image_id",
+                                                   (tag,))]
+
+    def unlabeled_ids(self, tag: str = "final") -> list[str]:
+        return [r[0] for r in self._conn().execute(
+            "SELECT id FROM images WHERE id NOT IN (SELECT image_id FROM labels WHERE tag=?) ORDER BY id", (tag,))]
+
+    def image_ext(self, image_id: str) -> str | None:
+        r = self._conn().execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
+        return r[0] if r else None
+
+    def image_path(self, image_id: str) -> str:
+        ext = self.image_ext(image_id)
+        return os.path.join(self.root, image_id + ext) if ext is not None else ""
+
+    def image_info(self, image_id: str) -> dict:
+        r = self._conn().execute("SELECT ext, info FROM images WHERE id=?", (image_id,)).fetchone()
+        if not r:
+            return {}
+        info = json.loads(r[1])
+        info.setdefault("name", image_id + r[0])
+        return info
+
+    def labels_of(self, image_id: str) -> dict[str, str]:
+        """tag -> label file path."""
+        return {t: os.path.join(self.root, "labels", t, image_id + e) for t, e in self._conn().execute(
+            "SELECT tag, ext FROM labels WHERE image_id=?", (image_id,))}
+
+    def label_path(self, image_id: str, tag: str) -> str:
+        r = self._conn().execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
+        return os.path.join(self.label_dir(tag), image_id + r[0]) if r else ""
+
+    def label_info(self, image_id: str, tag: str) -> dict:
+        r = self._conn().execute("SELECT info FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
+        return json.loads(r[0]) if r else {}
+
+    def objects(self) -> dict:
+        """Every image with its labels, in LocalDatastore's JSON shape."""
+        c = self._conn()
+        out = {i: {"image": {"ext": e, "info": json.loads(info)}, "labels": {}}
+               for i, e, info in c.execute("SELECT id, ext, info FROM images ORDER BY id")}
+        for i, t, e, info in c.execute("SELECT image_id, tag, ext, info FROM labels"):
+            if i in out:
+                out[i]["labels"][t] = {"ext": e, "info": json.loads(info)}
+        return out
+
+    def counts(self) -> dict:
+        c = self._conn()
+        return {"total": c.execute("SELECT COUNT(*) FROM images").fetchone()[0],
+                "label_tags": dict(c.execute("SELECT tag, COUNT(*) FROM labels GROUP BY tag"))}
+
+    # -- writes ------------------------------------------------------------------------------
+    def save_label(self, image_id: str, src_file: str, tag: str, info: dict | None = None) -> str:
+        """Store a label file crash-safely; returns the label id (= the image id)."""
+        check_name("image id", image_id)
+        d = self.label_dir(tag)
+        if self.image_ext(image_id) is None:
+            raise NotFound(f"image {image_id!r} not found")
+        _, ext = split_name(os.path.basename(src_file))
+        if not ext:
+            raise ValueError(f"label file {src_file!r} has no extension")
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=d)
+        try:
+            with os.fdopen(fd, "wb") as out, open(src_file, "rb") as src:
+                while True:
+                    buf = src.read(1 << 20)
+                    if not buf:
+                        break
+                    out.write(buf)
+                out.flush()
+                os.fsync(out.fileno())
+            dest = os.path.join(d, image_id + ext)
+            os.replace(tmp, dest)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(d)
+        info = dict(info or {})
+        info["ts"] = int(time.time())
+        info["name"] = image_id + ext
+        with self._tx() as c:
+            old = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
+            c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)", (image_id, tag, ext, json.dumps(info)))
+        if old and old[0] != ext:  # one label per (image, tag): drop the file of the previous extension
+            try:
+                os.unlink(os.path.join(d, image_id + old[0]))
+            except FileNotFoundError:
+                pass
+        return image_id
+
+    def remove_label(self, image_id: str, tag: str) -> None:
+        p = self.label_path(check_name("image id", image_id), tag)
+        with self._tx() as c:
+            c.execute("DELETE FROM labels WHERE image_id=? AND tag=?", (image_id, tag))
+        if p and os.path.exists(p):
+            os.unlink(p)
+
+    def update_image_info(self, image_id: str, info: dict) -> None:
+        """Merge ``info`` into one image's info (read and written in one transaction)."""
+        with self._tx() as c:
+            r = c.execute("SELECT info FROM images WHERE id=?", (image_id,)).fetchone()
+            if r is None:
+                raise NotFound(f"image {image_id!r} not found")
+            cur = json.loads(r[0])
+            cur.update(info)
+            c.execute("UPDATE images SET info=? WHERE id=?", (json.dumps(cur), image_id))
+
+    def update_label_info(self, image_id: str, tag: str, info: dict) -> None:
+        with self._tx() as c:
+            r = c.execute("SELECT info FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
+            if r is None:
+                raise NotFound(f"label {image_id!r} with tag {tag!r} not found")
+            cur = json.loads(r[0])
+            cur.update(info)
+            c.execute("UPDATE labels SET info=? WHERE image_id=? AND tag=?", (json.dumps(cur), image_id, tag))
+
+    def add_image(self, image_id: str, src_file: str, info: dict | None = None) -> str:
+        check_name("image id", image_id)
+        _, ext = split_name(os.path.basename(src_file))
+        if not self._matches(image_id + ext):
+            raise ValueError(f"{src_file}: extension {ext!r} is not an accepted image type")
+        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=self.root)
+        os.close(fd)
+        import shutil
+
+        shutil.copyfile(src_file, tmp)
+        os.replace(tmp, os.path.join(self.root, image_id + ext))
+        _fsync_dir(self.root)
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (image_id, ext, json.dumps(info or {})))
+        return image_id
+
+    def remove_image(self, image_id: str) -> None:
+        p = self.image_path(check_name("image id", image_id))
+        labels = self.labels_of(image_id)
+        with self._tx() as c:
+            c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
+            c.execute("DELETE FROM images WHERE id=?", (image_id,))
+        for f in [p, *labels.values()]:
+            if f and os.path.exists(f):
+                os.unlink(f)

@@ -1,0 +1,96 @@
+"""The live AL state (polypal.active) without a server."""
+
+import numpy as np
+import pytest
+
+from polypal.active import ActiveLearningState, NO_MODEL
+
+
+def setup_state(tmp_path, n=30, batch=5, with_scores=True, version="v1"):
+    st = ActiveLearningState(tmp_path / "st", batch_size=batch, gamma=0.5, lease_seconds=100)
+    ids = [f"f{i:02d}" for i in range(n)]
+    rng = np.random.default_rng(0)
+    st.add_thumbs(ids, rng.integers(0, 255, (n, 32 * 32 * 3), dtype=np.uint8))
+    if with_scores:
+        st.add_scores(version, ids, rng.random(n), rng.standard_normal((n, 8)).astype(np.float32))
+    return st, ids
+
+
+def test_cold_start_falls_back_to_pca(tmp_path):
+    st, ids = setup_state(tmp_path, with_scores=False)
+    s = st.next_frame("bvsb_ta_coreset", "a", ids, set(), NO_MODEL)
+    assert "fell back to pca_coreset" in s.note and s.cycle == 1 and s.batch_size == 5
+
+
+def test_batch_served_in_order_and_leased(tmp_path):
+    st, ids = setup_state(tmp_path)
+    plan = st.plan("bvsb", ids, set(), "v1")
+    order = [r[1] for r in plan["rows"]]
+    a = st.next_frame("bvsb", "a", ids, set(), "v1")
+    b = st.next_frame("bvsb", "b", ids, set(), "v1")
+    assert [a.id, b.id] == order[:2] and a.picked_by == "uncertainty"
+    assert a.score >= b.score  # most uncertain first
+
+
+def test_client_asking_again_releases_its_previous_frame(tmp_path):
+    st, ids = setup_state(tmp_path)
+    a1 = st.next_frame("bvsb", "a", ids, set(), "v1")
+    a2 = st.next_frame("bvsb", "a", ids, set(), "v1")
+    assert a2.id == a1.id  # released and first in order again
+
+
+def test_labeled_never_served_and_next_cycle_planned(tmp_path):
+    st, ids = setup_state(tmp_path, n=12, batch=5)
+    labeled, seen = set(), []
+    while True:
+        s = st.next_frame("ta_coreset", "a", ids, labeled, "v1")
+        if s is None:
+            break
+        assert s.id not in labeled
+        seen.append(s)
+        labeled.add(s.id)
+    assert len(seen) == 12 and len({s.id for s in seen}) == 12
+    assert [s.cycle for s in seen] == [1] * 5 + [2] * 5 + [3] * 2
+
+
+def test_lease_timeout_frees_frame(tmp_path):
+    st, ids = setup_state(tmp_path)
+    a = st.next_frame("bvsb", "a", ids, set(), "v1", now=0)
+    b = st.next_frame("bvsb", "b", ids, set(), "v1", now=1)
+    assert b.id != a.id
+    c = st.next_frame("bvsb", "c", ids, set(), "v1", now=1000)  # a's and b's leases expired
+    assert c.id == a.id
+
+
+def test_new_model_replans_only_when_scored(tmp_path):
+    st, ids = setup_state(tmp_path)
+    first = st.next_frame("bvsb_ta_coreset", "a", ids, set(), "v1")
+    # model v2 published but not scored: keep serving the v1 plan
+    s = st.next_frame("bvsb_ta_coreset", "b", ids, set(), "v2")
+    assert s.cycle == first.cycle and s.model_version == "v1"
+    rng = np.random.default_rng(1)
+    st.add_scores("v2", ids, rng.random(len(ids)), rng.standard_normal((len(ids), 8)).astype(np.float32))
+    s = st.next_frame("bvsb_ta_coreset", "c", ids, set(), "v2")
+    assert s.cycle == first.cycle + 1 and s.model_version == "v2"
+
+
+def test_scores_of_older_model_never_used(tmp_path):
+    st, ids = setup_state(tmp_path, version="old")
+    p = st.plan("bvsb", ids, set(), "new")
+    assert "not scored yet" in p["note"]
+    assert all(r[2] is None for r in p["rows"])  # no (old) scores attached
+
+
+def test_bad_frames_never_planned(tmp_path):
+    st, ids = setup_state(tmp_path)
+    st.mark_bad("f03", "corrupt")
+    p = st.plan("random", ids, set(), "v1")
+    assert "f03" not in [r[1] for r in p["rows"]]
+    st.batch_size = 100
+    p = st.plan("random", ids, set(), "v1")
+    assert len(p["rows"]) == 29 and "only 29" in p["note"]
+
+
+def test_empty_pool_answers_none(tmp_path):
+    st, ids = setup_state(tmp_path, n=3)
+    assert st.next_frame("random", "a", ids, set(ids), "v1") is None
