@@ -1,0 +1,169 @@
+"""The app's datastore through a real server: crash safety (kill -9) and concurrency."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import synth_frame
+from server_utils import Server, http, multipart
+
+pytestmark = pytest.mark.server
+
+
+def make_frames(root: Path, n: int, seed: int = 0):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    masks = {}
+    for i in range(n):
+        img, m = synth_frame(rng, 48, 64)
+        Image.fromarray(img).save(root / f"fr{i:03d}.png")
+        masks[f"fr{i:03d}"] = m
+    return masks
+
+
+def put_label(url, image_id, mask, tag="final", timeout=30):
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8)).save(buf, format="PNG")
+    body, ct = multipart({"params": "{}"}, {"label": (f"{image_id}.png", buf.getvalue())})
+    return http("PUT", f"{url}/datastore/label?image={image_id}&tag={tag}", body, {"Content-Type": ct},
+                timeout=timeout)
+
+
+def stored_labels(server):
+    s, ds = http("GET", server.url + "/datastore/?output=all")
+    assert s == 200
+    return {k for k, v in ds["objects"].items() if "final" in v["labels"]}
+
+
+def test_kill9_during_label_saves_loses_nothing_acknowledged(tmp_path):
+    studies = tmp_path / "studies"
+    masks = make_frames(studies, 60)
+    ids = sorted(masks)
+    acked: list[str] = []
+    rnd = random.Random(7)
+    srv = Server(studies, tmp_path).start()
+    try:
+        pos = 0
+        for round_ in range(3):
+            stop = threading.Event()
+
+            def stream():
+                nonlocal pos
+                while not stop.is_set() and pos < len(ids):
+                    i = ids[pos]
+                    try:
+                        s, _ = put_label(srv.url, i, masks[i], timeout=10)
+                    except OSError:
+                        return  # server died mid-request: not acknowledged
+                    if s == 200:
+                        acked.append(i)
+                        pos += 1
+                    else:
+                        return
+
+            t = threading.Thread(target=stream)
+            t.start()
+            time.sleep(rnd.uniform(0.3, 2.0))
+            srv.stop(sig=signal.SIGKILL)  # the whole process group: server and any scoring subprocess
+            stop.set()
+            t.join(timeout=30)
+            srv = Server(studies, tmp_path, port=srv.port).start()  # must start again
+            have = stored_labels(srv)
+            missing = [i for i in acked if i not in have]
+            assert not missing, f"round {round_}: acknowledged labels lost after kill -9: {missing}"
+            for i in acked:
+                stored = np.asarray(Image.open(studies / "labels" / "final" / f"{i}.png"))
+                np.testing.assert_array_equal(stored > 0, masks[i])
+        assert len(acked) >= 3, "the stream should have saved some labels between kills"
+        assert http("GET", srv.url + "/info/")[0] == 200
+    finally:
+        srv.stop()
+
+
+def test_concurrent_label_saves_while_scoring(tmp_path):
+    from polypal.data import load_folder
+    from polypal.learner import train
+    from polypal.model import save_checkpoint
+    from polypal.profiles import get_profile
+
+    studies = tmp_path / "studies"
+    masks = make_frames(studies, 48, seed=3)
+    # a published model, so that start-up scoring computes a score + latent for every frame
+    prof = get_profile("smoke")
+    gen = tmp_path / "gen"
+    (gen / "images").mkdir(parents=True)
+    (gen / "masks").mkdir()
+    for i in list(masks)[:8]:
+        Image.open(studies / f"{i}.png").save(gen / "images" / f"{i}.png")
+        Image.fromarray(masks[i].astype(np.uint8) * 255).save(gen / "masks" / f"{i}.png")
+    fs = load_folder(gen, prof.size)
+    res = train(prof, fs.images, fs.masks, seed=0, device="cpu")
+    (tmp_path / "model").mkdir()
+    save_checkpoint(tmp_path / "model" / "polyp_seg-smoke.pt", res.model, prof)
+
+    srv = Server(studies, tmp_path).start()
+    try:
+        ids = sorted(masks)
+        errors = []
+
+        def client(k):
+            for i in ids[k::4]:
+                s, r = put_label(srv.url, i, masks[i])
+                if s != 200:
+                    errors.append((i, s, r))
+                # image-info updates from next-sample run at the same time
+                http("POST", f"{srv.url}/activelearning/random", json.dumps({"client_id": f"c{k}"}).encode(),
+                     {"Content-Type": "application/json"})
+
+        http("POST", srv.url + "/scoring/polyp_al", b"{}", {"Content-Type": "application/json"})
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert stored_labels(srv) == set(ids)
+
+        def all_scored():
+            versions = http("GET", srv.url + "/info/")[1]["polyp_al"]["state"]["versions"]
+            return versions if any(n == len(ids) for n in versions.values()) else None
+
+        srv.wait_for(all_scored, timeout=180, every=1, what="a score for every frame")
+        # the served-at info written by next-sample survived the concurrent writes
+        s, ds = http("GET", srv.url + "/datastore/?output=all")
+        served = [k for k, v in ds["objects"].items() if v["image"]["info"].get("strategy", {}).get("random")]
+        assert len(served) >= 1
+    finally:
+        srv.stop()
+
+
+def test_traversal_refused_on_every_label_endpoint(tmp_path):
+    studies = tmp_path / "studies"
+    masks = make_frames(studies, 3)
+    srv = Server(studies, tmp_path).start()
+    try:
+        i = sorted(masks)[0]
+        outside = tmp_path / "outside"
+        for tag in ("../../../outside", "..", "a/b", "/tmp/x", "x%00y"):
+            s, _ = put_label(srv.url, i, masks[i], tag=tag)
+            assert 400 <= s < 500, tag
+        for image in ("..%2F..%2Fetc", "%2Fetc%2Fpasswd"):
+            s, _ = put_label(srv.url, image, masks[i])
+            assert 400 <= s < 500, image
+        s, _ = http("DELETE", f"{srv.url}/datastore/label?id={i}&tag=..%2F..%2Fx")
+        assert 400 <= s < 500
+        assert not outside.exists() and not Path("/tmp/x").exists()
+        assert sorted(p.name for p in (studies / "labels").iterdir()) == ["final", "original"]
+    finally:
+        srv.stop()
