@@ -50,6 +50,10 @@ class PolypALApp(MONAILabelApp):
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
             return super().init_datastore()
+        if self.conf.get("datastore", "polypal") == "local":  # MONAI Label's own, for comparisons
+            from monailabel.datastore.local import LocalDatastore
+
+            return LocalDatastore(self.studies, extensions=["*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff"])
         return PolypDatastore(self.studies)
 
     def init_infers(self):
