@@ -80,6 +80,9 @@ def cmd_run(args) -> int:
     budget = args.budget or budget
     cycles = args.cycles if args.cycles is not None else cycles
     fs = load_folder(args.data, profile.size, cache_dir=args.cache_dir, progress=True)
+    (out / "run.json").write_text(json.dumps({"dataset": args.dataset, "data": str(Path(args.data).resolve()),
+                                              "profile": profile.to_dict(), "protocol": [init, budget, cycles]},
+                                             indent=1))
     split_file = out / "split.json"
     if split_file.exists():
         split = json.loads(split_file.read_text())

@@ -32,6 +32,7 @@ class Profile:
     val_every: int  # validate every this many steps (and at the end)
     flips: bool  # random horizontal/vertical flips in training
     betas: tuple[float, float] = (0.9, 0.999)
+    vaal_steps: int = 300  # VAAL baseline: VAE + discriminator steps per cycle
 
     @property
     def latent_dim(self) -> int:
@@ -53,7 +54,7 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper", size=256, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2),
         num_res_units=2, lr=2e-4, batch_size=8, epochs=100, min_steps=0, max_steps=None,
-        val_every=0, flips=False,
+        val_every=0, flips=False, vaal_steps=2000,
     ),
     "cpu-lite": Profile(
         name="cpu-lite", size=128, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
@@ -63,6 +64,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", size=32, channels=(4, 8, 16), strides=(2, 2), num_res_units=0,
         lr=1e-3, batch_size=4, epochs=1, min_steps=4, max_steps=6, val_every=3, flips=True,
+        vaal_steps=4,
     ),
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,9 +97,14 @@ def run(
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     records = read_records(out_file)
+    if out_file.exists() and out_file.read_text() != "".join(json.dumps(r) + "\n" for r in records):
+        # drop a line cut by a crash, so that new stages start on a clean line
+        tmp = out_file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, out_file)
     if records:
         last = records[-1]
-        labeled = pool.index_of(last["labeled"] + last["selected"])
+        labeled = np.sort(pool.index_of(last["labeled"] + last["selected"]))
         start = last["stage"] + 1
     else:
         labeled = initial_labeled(len(pool), n_initial, seed)
@@ -120,7 +126,8 @@ def run(
             "selected": [], "picked_by": [], "notes": [],
         }
         if stage < cycles:
-            sel, extra = _query(tr.model, pool, labeled, spec, budget, seed * 1000 + stage, pca_feats)
+            sel, extra = _query(tr.model, pool, labeled, spec, budget, seed * 1000 + stage, pca_feats,
+                                profile.vaal_steps)
             rec.update(extra)
             rec["selected"] = [pool.names[i] for i in sel.indices]
             rec["picked_by"] = sel.picked_by
@@ -139,12 +146,13 @@ def run(
     return records
 
 
-def _query(model, pool: FrameSet, labeled, spec: StrategySpec, budget: int, seed: int, pca_feats):
+def _query(model, pool: FrameSet, labeled, spec: StrategySpec, budget: int, seed: int, pca_feats,
+           vaal_steps: int = 300):
     extra = {}
     if spec.name == "vaal":
         from .vaal import vaal_select
 
-        return vaal_select(pool.images, labeled, budget, seed=seed), extra
+        return vaal_select(pool.images, labeled, budget, seed=seed, steps=vaal_steps), extra
     pred = predict(model, pool.images, aggregations=(spec.aggregation,), keep_probs=False)
     scores = pred.scores[spec.aggregation]
     info = PoolInfo(n=len(pool), scores=scores, latents=pred.latents, image_features=pca_feats)

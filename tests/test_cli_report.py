@@ -1,0 +1,86 @@
+"""The experiment CLI end to end (smoke profile), resume, splits, and the report."""
+
+import json
+import os
+
+import pytest
+
+from conftest import SHARED, require_shared, write_dataset
+from polypal.cli import main
+from polypal.simulate import read_records
+from polypal.splits import cvc_split, kvasir_split, read_names, read_sequences
+
+
+def run_cli(data, out, strategies="random,unc_ta_coreset,vaal", seeds="0", cycles=2, extra=()):
+    return main(["run", "--dataset", "folder", "--data", str(data), "--profile", "smoke", "--strategies", strategies,
+                 "--seeds", seeds, "--initial", "6", "--budget", "4", "--cycles", str(cycles),
+                 "--cache-dir", str(out / "cache"), "--out", str(out), *extra])
+
+
+def test_cli_end_to_end_and_report(tmp_path):
+    data = write_dataset(tmp_path / "d", 36, seed=4)
+    out = tmp_path / "res"
+    strategies = "random,uncertainty,uncertainty:region,pca_coreset,ta_coreset,unc_ta_coreset,unc_ta_coreset:mean:0.25,vaal"
+    assert run_cli(data, out, strategies, seeds="0,1", cycles=3) == 0
+    runs = sorted(p.name for p in (out / "runs").glob("*.jsonl"))
+    assert "unc_ta_coreset@g0.25-seed1.jsonl" in runs and "uncertainty+region-seed0.jsonl" in runs
+    assert len(runs) == 16
+    for f in (out / "runs").glob("*.jsonl"):
+        assert [r["n_labeled"] for r in read_records(f)] == [6, 10, 14, 18]
+    # same initial labeled set for every strategy at a seed
+    firsts = {read_records(f)[0]["strategy"]: read_records(f)[0]["labeled"] for f in (out / "runs").glob("*seed0.jsonl")}
+    assert len({tuple(v) for v in firsts.values()}) == 1
+    split = json.loads((out / "split.json").read_text())
+    assert not set(split["test"]) & set(split["pool"]) and not set(split["val"]) & set(split["pool"])
+    assert "commands.txt" in os.listdir(out)
+    assert main(["report", str(out), "--paper", "cvc"]) == 0
+    rep = out / "report"
+    for name in ("tables.md", "curves.png", "tsne_stage3.png", "gamma_sweep.png", "overlap.png", "gallery_stage3.png"):
+        assert (rep / name).stat().st_size > 1000, name
+    tables = (rep / "tables.md").read_text()
+    assert "paper_miou" in tables and "polyp_dice" in tables and "*paper: ta_coreset*" in tables
+    assert "± " in tables  # two seeds: mean ± std
+
+
+def test_resume_skips_finished_stages(tmp_path):
+    data = write_dataset(tmp_path / "d", 30, seed=5)
+    out = tmp_path / "res"
+    run_cli(data, out, "ta_coreset", cycles=2)
+    f = out / "runs" / "ta_coreset-seed0.jsonl"
+    full = read_records(f)
+    # simulate an interruption during stage 2: keep stages 0-1 and a half-written line
+    lines = f.read_text().splitlines()
+    f.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])
+    mtime_stage = [r["seconds"] for r in full]
+    run_cli(data, out, "ta_coreset", cycles=2)
+    again = read_records(f)
+    assert [r["stage"] for r in again] == [0, 1, 2]
+    assert [r["seconds"] for r in again[:2]] == mtime_stage[:2]  # not redone
+    assert again[2]["labeled"] == full[2]["labeled"]  # same picks as the uninterrupted run
+    # a complete run is not redone at all
+    before = f.read_text()
+    run_cli(data, out, "ta_coreset", cycles=2)
+    assert f.read_text() == before
+
+
+def test_kvasir_split_has_no_sessile_in_pool_or_val():
+    root = require_shared("splits")
+    names = [p[:-4] for p in os.listdir(SHARED / "kvasir-seg" / "images")]
+    sess = read_names(root / "kvasir_sessile.txt")
+    s = kvasir_split(names, sess)
+    assert len(s["test"]) == 196 and set(s["test"]) == set(sess)
+    assert not set(sess) & set(s["pool"]) and not set(sess) & set(s["val"])
+    assert len(s["val"]) == 100 and len(s["pool"]) == 704
+    assert not set(s["val"]) & set(s["pool"])
+
+
+def test_cvc_split_by_sequence_is_disjoint():
+    root = require_shared("splits")
+    names = [p[:-4] for p in os.listdir(SHARED / "cvc-clinicdb" / "images")]
+    seq = read_sequences(root / "cvc_clinicdb_sequences.csv")
+    s = cvc_split(names, seq)
+    seqs = {k: {seq[n] for n in s[k]} for k in ("test", "val", "pool")}
+    assert not seqs["test"] & seqs["pool"] and not seqs["val"] & seqs["pool"] and not seqs["test"] & seqs["val"]
+    assert 100 <= len(s["test"]) <= 140 and 90 <= len(s["val"]) <= 140
+    f = cvc_split(names, seq, mode="frame")
+    assert len(f["test"]) == 112 and len(f["val"]) == 100 and len(f["pool"]) == 400
