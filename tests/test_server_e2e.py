@@ -23,6 +23,9 @@ def server(tmp_path_factory):
     studies = make_studies(work / "studies", n=14)
     # a corrupt frame in the studies folder must be skipped, not crash anything
     (studies / "zz_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    # a CVC-style RGB TIFF frame
+    first = sorted(studies.glob("*.jpg"))[0]
+    Image.open(first).save(studies / "cvc_style.tif")
     srv = Server(studies, work).start()
     yield srv
     srv.stop()
@@ -36,7 +39,13 @@ def client(server):
 
 
 def frame_hw(server, image_id):
-    return Image.open(server.studies / f"{image_id}.jpg").size[::-1]
+    return Image.open(next(server.studies.glob(f"{image_id}.*"))).size[::-1]
+
+
+def mask_for(server, image_id):
+    """The sample mask of a frame; the TIFF frame is a copy of the first JPEG frame."""
+    m = sample_mask(image_id)
+    return m if m.exists() else sample_mask(sorted(server.studies.glob("*.jpg"))[0].stem)
 
 
 def labeled_ids(server):
@@ -55,7 +64,7 @@ def test_info_lists_tasks(client):
 
 def test_cold_start_falls_back_and_says_so(server, client):
     # start-up scoring computes thumbnails; wait for it so the fallback is PCA-Coreset
-    server.wait_for(lambda: client.info()["polyp_al"]["state"]["thumbnails"] >= 14, what="thumbnails")
+    server.wait_for(lambda: client.info()["polyp_al"]["state"]["thumbnails"] >= 15, what="thumbnails")
     r = client.next_sample("bvsb_ta_coreset", {})
     assert r["id"] and r["id"] != "zz_corrupt"
     assert r["al_strategy"] == "bvsb_ta_coreset"
@@ -115,7 +124,7 @@ def test_train_publishes_model_then_scoring_reruns(server, client):
     stats = info["train_stats"]["polyp_seg"]
     assert stats["status"] == "DONE" and stats["train_frames"] + stats["val_frames"] == 6
     # scoring reruns by itself for the new model: every readable frame gets a score
-    server.wait_for(lambda: any(n >= 14 for n in client.info()["polyp_al"]["state"]["versions"].values()),
+    server.wait_for(lambda: any(n >= 15 for n in client.info()["polyp_al"]["state"]["versions"].values()),
                     timeout=120, what="scores for the new model")
 
 
@@ -134,6 +143,11 @@ def test_infer_png_and_nrrd_at_frame_size(server, client):
     np.testing.assert_array_equal(vol[:, :, 0].T, arr)
 
 
+def test_infer_on_rgb_tiff(server, client):
+    out, params = client.infer("polyp_seg", "cvc_style", {})
+    assert np.asarray(Image.open(out)).shape == frame_hw(server, "cvc_style")
+
+
 def test_infer_unknown_id_is_404(server):
     s, r = http("POST", f"{server.url}/infer/polyp_seg?image=no_such_frame", b"", {})
     assert s == 404 and "unknown image id" in r["detail"]
@@ -144,7 +158,7 @@ def test_every_strategy_returns_unlabeled_ids(server, client):
     for name in STRATEGIES:
         r = client.next_sample(name, {})
         assert r["id"] not in labeled and r["id"] != "zz_corrupt", name
-        assert (server.studies / f"{r['id']}.jpg").exists()
+        assert list(server.studies.glob(f"{r['id']}.*"))
         if name in ("bvsb", "bvsb_ta_coreset", "ta_coreset"):
             assert r["model_version"] != "none"
             assert "note" not in r or "fell back" not in r["note"], r
@@ -174,7 +188,7 @@ def test_labeled_frames_never_come_back_until_empty(server, client):
             break
         assert r["id"] not in labeled_ids(server)
         served.append(r["id"])
-        client.save_label(r["id"], str(sample_mask(r["id"])), tag="final")
+        client.save_label(r["id"], str(mask_for(server, r["id"])), tag="final")
     assert not client.next_sample("ta_coreset", {})  # nothing left: a clean empty answer
     assert len(served) == len(set(served))
     assert http("GET", server.url + "/info/")[0] == 200
