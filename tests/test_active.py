@@ -1,7 +1,6 @@
 """The live AL state (polypal.active) without a server."""
 
 import numpy as np
-import pytest
 
 from polypal.active import ActiveLearningState, NO_MODEL
 

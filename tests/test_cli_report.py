@@ -3,7 +3,6 @@
 import json
 import os
 
-import pytest
 
 from conftest import SHARED, require_shared, write_dataset
 from polypal.cli import main

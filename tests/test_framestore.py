@@ -1,4 +1,3 @@
-import json
 import os
 import threading
 
@@ -86,7 +85,7 @@ def test_concurrent_label_saves_and_info_updates(tmp_path):
 
 def test_reconcile_picks_up_files_and_crash_leftovers(tmp_path):
     root = make_frames(tmp_path / "s", 3)
-    fs = FrameStore(root)
+    FrameStore(root)
     # a label file written but its row never committed (crash between the two steps)
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(root / "labels" / "final" / "f002.png")
     # a new frame dropped into the folder, and a frame deleted

@@ -22,19 +22,16 @@ scored, or when none of its frames is left to serve.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sqlite3
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from .sqlite_db import SQLiteDB
 from .strategies import PoolInfo, pca_features, select
 
 logger = logging.getLogger(__name__)
@@ -123,30 +120,15 @@ class ActiveLearningState:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.batch_size, self.gamma, self.lease_seconds, self.seed = int(batch_size), float(gamma), lease_seconds, seed
-        self._local = threading.local()
-        self._conn().executescript(_SCHEMA)
+        self._db = SQLiteDB(self.folder / "state.sqlite", _SCHEMA)
         self.thumbs = _RowStore(self.folder / "thumbs.u8", THUMB * THUMB * 3, np.uint8)
 
     # -- storage -------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        c = getattr(self._local, "conn", None)
-        if c is None:
-            c = sqlite3.connect(self.folder / "state.sqlite", timeout=60, isolation_level=None)
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = c
-        return c
+    def _conn(self):
+        return self._db.conn()
 
-    @contextmanager
     def _tx(self):
-        c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield c
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+        return self._db.tx()
 
     def _latents(self, version: str, dim: int) -> _RowStore:
         return _RowStore(self.folder / "latents" / f"{version}.f32", dim, np.float32)

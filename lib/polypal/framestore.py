@@ -27,12 +27,10 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import tempfile
-import threading
 import time
-from contextlib import contextmanager
-from pathlib import Path
+
+from .sqlite_db import SQLiteDB
 
 logger = logging.getLogger(__name__)
 
@@ -97,33 +95,18 @@ class FrameStore:
         self.patterns = tuple(patterns)
         self.db_path = os.path.join(self.root, ".polypal", "datastore.sqlite")
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
-        self._local = threading.local()
-        self._conn().executescript(_SCHEMA)
+        self._db = SQLiteDB(self.db_path, _SCHEMA)
         for tag in ("final", "original"):
             os.makedirs(self.label_dir(tag), exist_ok=True)
         if not read_only:
             self.reconcile()
 
     # -- plumbing --------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        c = getattr(self._local, "conn", None)
-        if c is None:
-            c = sqlite3.connect(self.db_path, timeout=60, isolation_level=None, check_same_thread=False)
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes (SIGKILL)
-            self._local.conn = c
-        return c
+    def _conn(self):
+        return self._db.conn()
 
-    @contextmanager
     def _tx(self):
-        c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield c
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+        return self._db.tx()
 
     def label_dir(self, tag: str) -> str:
         return os.path.join(self.root, "labels", check_name("label tag", tag))
