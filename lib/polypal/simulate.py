@@ -113,8 +113,12 @@ def run(
         t0 = time.perf_counter()
         if progress:
             progress(f"{spec.label} seed {seed} stage {stage}: training on {len(labeled)} labels")
+        bar = _bar(progress, f"stage {stage} train", profile.steps_for(len(labeled)), "step")
         tr = train(profile, pool.images[labeled], pool.masks[labeled], val.images, val.masks,
-                   seed=seed * 1000 + stage, device=device)
+                   seed=seed * 1000 + stage, device=device,
+                   on_step=(lambda step, total, loss: bar.update(1)) if bar else None)
+        if bar:
+            bar.close()
         test_pred = predict(tr.model, test.images, aggregations=())
         metrics = evaluate(test_pred.probs, test.masks)
         metrics.pop("pooled")
@@ -126,8 +130,11 @@ def run(
             "selected": [], "picked_by": [], "notes": [],
         }
         if stage < cycles:
+            bar = _bar(progress, f"stage {stage} score pool", len(pool), "img")
             sel, extra = _query(tr.model, pool, labeled, spec, budget, seed * 1000 + stage, pca_feats,
-                                profile.vaal_steps)
+                                profile.vaal_steps, bar.update if bar else None)
+            if bar:
+                bar.close()
             rec.update(extra)
             rec["selected"] = [pool.names[i] for i in sel.indices]
             rec["picked_by"] = sel.picked_by
@@ -146,14 +153,23 @@ def run(
     return records
 
 
+def _bar(progress, desc: str, total: int, unit: str):
+    """A tqdm bar when the caller shows progress (the CLI), else None."""
+    if progress is None:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)
+
+
 def _query(model, pool: FrameSet, labeled, spec: StrategySpec, budget: int, seed: int, pca_feats,
-           vaal_steps: int = 300):
+           vaal_steps: int = 300, on_batch=None):
     extra = {}
     if spec.name == "vaal":
         from .vaal import vaal_select
 
         return vaal_select(pool.images, labeled, budget, seed=seed, steps=vaal_steps), extra
-    pred = predict(model, pool.images, aggregations=(spec.aggregation,), keep_probs=False)
+    pred = predict(model, pool.images, aggregations=(spec.aggregation,), keep_probs=False, progress=on_batch)
     scores = pred.scores[spec.aggregation]
     info = PoolInfo(n=len(pool), scores=scores, latents=pred.latents, image_features=pca_feats)
     if spec.name == "pca_coreset" and pca_feats is None:
