@@ -83,7 +83,7 @@ def test_save_label_png_and_slicer_nifti(server, client):
     m = read_mask(sample_mask(i))
     vol = server.workdir / "slicer-label.nii.gz"
     write_label(m.astype(np.uint8), vol)
-    client.save_label(i, str(vol), tag="final")
+    client.save_label(i, str(vol), tag="final", params={"label_info": [{"name": "polyp", "idx": 1}]})
     assert {*ids[:6]} <= labeled_ids(server)
     stored = next((server.studies / "labels" / "final").glob(f"{i}.*"))
     np.testing.assert_array_equal(read_mask(stored, frame_hw(server, i)), m)
@@ -134,12 +134,16 @@ def test_infer_png_and_nrrd_at_frame_size(server, client):
     arr = np.asarray(Image.open(out))
     assert out.endswith(".png") and arr.shape == (h, w) and arr.dtype == np.uint8
     assert set(np.unique(arr)) <= {0, 1}
-    out2, _ = client.infer("polyp_seg", i, {"result_extension": ".nrrd"})
+    # the parameters the 3D Slicer plugin sends
+    slicer = {"result_extension": ".nrrd", "result_dtype": "uint8", "result_compress": False, "restore_label_idx": False}
+    out2, _ = client.infer("polyp_seg", i, slicer)
     import nrrd
 
     vol, hdr = nrrd.read(out2)
     assert vol.shape == (w, h, 1)  # (x, y, z) as Slicer expects, overlaying the frame
     np.testing.assert_array_equal(vol[:, :, 0].T, arr)
+    out3, _ = client.infer("polyp_seg", i, {"result_extension": ".nii.gz"})
+    np.testing.assert_array_equal(read_mask(out3, (h, w)), arr > 0)
 
 
 def test_infer_on_rgb_tiff(server, client):
