@@ -71,6 +71,9 @@ def test_cold_start_falls_back_and_says_so(server, client):
     assert r["cycle"] >= 1 and r["position"] >= 1 and r["batch_size"] == 4
     assert r["picked_by"] in ("diversity", "uncertainty", "both")
     assert "zz_corrupt" in client.info()["polyp_al"]["state"]["bad_frames"]
+    # no model yet: infer says so instead of answering with untrained weights
+    s, body = http("POST", f"{server.url}/infer/polyp_seg?image={r['id']}", b"", {})
+    assert s == 409 and "no model trained yet" in body["detail"]
 
 
 def test_save_label_png_and_slicer_nifti(server, client):
@@ -115,10 +118,10 @@ def test_bad_labels_rejected_and_datastore_unchanged(server):
 
 def test_train_publishes_model_then_scoring_reruns(server, client):
     client.train_start("polyp_seg", {})
-    server.wait_for(lambda: client.train_status(True) is False or client.train_status(True) == {},
-                    timeout=300, every=2, what="training to finish")
     model = server.workdir / "model" / "polyp_seg-smoke.pt"
-    server.wait_for(model.exists, timeout=30, what="model file")
+    server.wait_for(model.exists, timeout=300, every=1, what="the published model file")
+    server.wait_for(lambda: client.info()["train_stats"]["polyp_seg"].get("status") == "DONE", timeout=60,
+                    what="training stats")
     info = client.info()
     stats = info["train_stats"]["polyp_seg"]
     assert stats["status"] == "DONE" and stats["train_frames"] + stats["val_frames"] == 6

@@ -23,7 +23,7 @@ from lib.train import PolypSegTrain
 import monailabel
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
-from polypal.active import SERVER_STRATEGIES, ActiveLearningState
+from polypal.active import SERVER_STRATEGIES, ActiveLearningState, model_version
 from polypal.data import DataError
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,11 @@ class PolypALApp(MONAILabelApp):
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
+            # endoscopy frames are Modality ES (MONAI Label's default filter is CT)
+            from monailabel.config import settings
+
+            if settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER == {"Modality": "CT"}:
+                settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER = {"Modality": "ES"}
             return super().init_datastore()
         if self.conf.get("datastore", "polypal") == "local":  # MONAI Label's own, for comparisons
             from monailabel.datastore.local import LocalDatastore
@@ -78,7 +83,8 @@ class PolypALApp(MONAILabelApp):
         """MONAI Label's next_sample, without a scoring subprocess after every request.
 
         Scoring reruns when it can change the answer: when the frame came from a
-        fallback (no model scores or thumbnails yet) or at the end of a batch.
+        fallback (no model scores or thumbnails yet), from a batch planned with an
+        older model, or at the end of a batch.
         Training already triggers scoring when it publishes a model.
         """
         name = request.get("strategy") or "random"
@@ -89,11 +95,16 @@ class PolypALApp(MONAILabelApp):
         if not res or not res.get("id"):
             return {}
         res["path"] = self._datastore.get_image_uri(res["id"])
-        if self._auto_update_scoring and ("note" in res or res.get("position") == res.get("batch_size")):
+        stale = res.get("model_version") not in (model_version(self.cfg.model_path), "fallback", None) \
+            and SERVER_STRATEGIES[name][1]
+        if self._auto_update_scoring and ("note" in res or stale or res.get("position") == res.get("batch_size")):
             self.async_scoring(None)
         return res
 
     def infer(self, request, datastore=None):
+        if request.get("model") == "polyp_seg" and not os.path.exists(self.cfg.model_path):
+            raise HTTPException(status_code=409, detail="no model trained yet: save some final labels and run "
+                                                        "POST /train/polyp_seg first")
         image = request.get("image")
         if isinstance(image, str):
             ds = datastore or self.datastore()

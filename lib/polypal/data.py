@@ -51,6 +51,8 @@ def _open(path: Path) -> Image.Image:
 def read_rgb(path: str | Path) -> np.ndarray:
     """Decode any jpg/jpeg/png/tif frame to uint8 (H, W, 3). Grey, palette and RGBA become RGB."""
     path = Path(path)
+    if _is_volume(path):
+        return _read_volume_rgb(path)
     img = _open(path)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
@@ -95,6 +97,25 @@ def _read_volume_mask(path: Path) -> np.ndarray:
     if arr.ndim != 2:
         raise DataError(path, f"label volume must be a single 2D slice, got shape {arr.shape}")
     return np.ascontiguousarray(arr.T)
+
+
+def _read_volume_rgb(path: Path) -> np.ndarray:
+    """An RGB frame stored as a volume, as MONAI Label's DICOMweb datastore converts one:
+    NIfTI shaped (W, H, 1, 1, 3) in ITK's x, y order. Returned as (H, W, 3) uint8."""
+    try:
+        import nibabel as nib
+
+        arr = np.asarray(nib.load(str(path)).dataobj)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(path, f"not a readable image volume ({type(e).__name__}: {e})") from None
+    if arr.ndim < 3 or arr.shape[-1] != 3:
+        raise DataError(path, f"not an RGB frame: volume shape {arr.shape}")
+    arr = arr.reshape(arr.shape[0], arr.shape[1], -1, 3)
+    if arr.shape[2] != 1:
+        raise DataError(path, f"not a single 2D frame: volume shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise DataError(path, f"not 8-bit RGB (dtype {arr.dtype})")
+    return np.ascontiguousarray(arr[:, :, 0, :].transpose(1, 0, 2))
 
 
 def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:

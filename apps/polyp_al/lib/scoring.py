@@ -39,6 +39,15 @@ class PolypScoring(ScoringMethod):
         return ok, (np.stack(arrays) if arrays else np.empty((0, size, size, 3), np.uint8))
 
     def __call__(self, request, datastore):
+        # a model published while this run was scoring gets scored too: MONAI Label refuses to start a
+        # second scoring run while one is going, so the trigger from that training may have been lost
+        for _ in range(5):
+            res = self._run_once(datastore)
+            if model_version(self.cfg.model_path) == res["model_version"]:
+                return res
+        return res
+
+    def _run_once(self, datastore):
         st = self.state
         all_ids = datastore.list_images()
         labeled = set(datastore.get_labeled_images())
