@@ -4,13 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# Orthanc + its DICOMweb plugin (Debian packages) for the DICOMweb path and its tests.
-# Optional: installed when running as root with apt-get; the DICOMweb tests skip without it.
+# Orthanc + its DICOMweb plugin (Debian packages) for the DICOMweb path, and Chromium for the
+# OHIF browser tests. Optional: installed when running as root with apt-get; those tests skip without them.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "${POLYPAL_SKIP_APT:-0}" != 1 ] \
-   && ! command -v Orthanc >/dev/null && [ ! -x /usr/sbin/Orthanc ]; then
-  echo "installing Orthanc (apt-get install orthanc orthanc-dicomweb)..."
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb) \
-    >/dev/null 2>&1 || echo "warning: could not install Orthanc; the DICOMweb tests will skip"
+   && { ! [ -x /usr/sbin/Orthanc ] || ! command -v chromium >/dev/null; }; then
+  echo "installing Orthanc and Chromium (apt-get install orthanc orthanc-dicomweb chromium)..."
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb chromium) \
+    >/dev/null 2>&1 || echo "warning: could not install Orthanc/Chromium; the DICOMweb and browser tests will skip"
 fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

@@ -71,3 +71,55 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
         assert s == 409  # no model yet: a clear answer
     finally:
         srv.stop()
+
+
+def chromium(*args, timeout=120) -> str:
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe:
+        pytest.skip("Chromium not installed (apt-get install chromium; scripts/setup.sh does it as root)")
+    with tempfile.TemporaryDirectory() as profile:
+        r = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                            f"--user-data-dir={profile}", "--window-size=1280,800", "--virtual-time-budget=20000",
+                            *args], capture_output=True, text=True, timeout=timeout)
+    return r.stdout
+
+
+def page_text(html: str) -> str:
+    import re
+
+    t = re.sub(r"<script.*?</script>|<style.*?</style>", "", html, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", t))
+
+
+def test_ohif_lists_and_shows_frames(orthanc, tmp_path):
+    url, _ = orthanc
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    names = [p.stem for p in sorted((SAMPLE / "images").glob("*.jpg"))[6:8]]
+    for n in names:
+        shutil.copy(SAMPLE / "images" / f"{n}.jpg", frames / f"{n}.jpg")
+    dicomweb.load(url, frames)
+    srv = Server(url + "/dicom-web", tmp_path, conf={"batch_size": "2"}).start()
+    try:
+        # the study list, as served by the MONAI Label server's bundled OHIF, names our frames
+        text = page_text(chromium("--dump-dom", f"{srv.url}/ohif/"))
+        assert "Study List" in text, text[:500]
+        for n in names:
+            assert n in text, f"{n} not in OHIF's study list"
+        # the viewer opens one frame: its name is on the page and the viewport shows the colour frame
+        study = next(s["0020000D"]["Value"][0] for s in http("GET", url + "/dicom-web/studies")[1]
+                     if s["00100010"]["Value"][0]["Alphabetic"] == names[0])
+        viewer = f"{srv.url}/ohif/viewer?StudyInstanceUIDs={study}"
+        assert names[0] in page_text(chromium("--dump-dom", viewer))
+        shot = tmp_path / "viewer.png"
+        chromium(f"--screenshot={shot}", viewer)
+        px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+        viewport = px[60:700, 300:1230]
+        reddish = (viewport[..., 0] > 120) & (viewport[..., 0] > viewport[..., 2] + 40)
+        assert reddish.mean() > 0.2, f"viewport shows no endoscopy frame ({reddish.mean():.3f} reddish pixels)"
+    finally:
+        srv.stop()

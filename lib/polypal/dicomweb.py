@@ -11,7 +11,8 @@ own config and data folder, never the system service. Each frame (jpg, png,
 tif) becomes one study with one series and one instance of VL Endoscopic Image
 Storage (Modality ES, RGB, 8 bits). UIDs are derived from the frame's file
 name, so loading a folder twice stores nothing new; the name is kept in
-SeriesDescription and ImageComments so results can be traced back.
+PatientName (OHIF's study list shows it), SeriesDescription and ImageComments
+so results can be traced back.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def frame_to_dicom(path: Path) -> bytes:
     ds.SeriesInstanceUID = _uid(name, "series")
     ds.Modality = "ES"
     ds.PatientID = "polyp-al"
-    ds.PatientName = "polyp-al^frames"
+    ds.PatientName = name  # shown in OHIF's study list
     ds.StudyID = "1"
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
