@@ -69,6 +69,31 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
         np.testing.assert_array_equal(rgb, orig)
         s, _ = http("POST", f"{srv.url}/infer/polyp_seg?image={r['id']}", b"", {})
         assert s == 409  # no model yet: a clear answer
+        # a PNG mask saved from a client arrives in Orthanc as a DICOM SEG on that frame
+        from monailabel.client import MONAILabelClient
+
+        client = MONAILabelClient(srv.url, tmpdir=str(tmp_path), client_id="a")
+        client.save_label(r["id"], str(SAMPLE / "masks" / f"{desc}.png"), tag="final")
+        segs = http("GET", f"{url}/dicom-web/series?Modality=SEG")[1]
+        assert len(segs) == 1
+        seg_study = segs[0]["0020000D"]["Value"][0]
+        frame_study = http("GET", f"{url}/dicom-web/series?SeriesInstanceUID={r['id']}")[1][0]["0020000D"]["Value"][0]
+        assert seg_study == frame_study
+        # a mask of the wrong size is refused and nothing new reaches Orthanc
+        bad = tmp_path / "bad.png"
+        Image.fromarray(np.zeros((10, 10), np.uint8)).save(bad)
+        with pytest.raises(Exception, match="422"):
+            client.save_label(r["id"], str(bad), tag="final")
+        assert len(http("GET", f"{url}/dicom-web/series?Modality=SEG")[1]) == 1
+        # training reads that label; scoring then covers the DICOMweb frames; infer answers at frame size
+        client.train_start("polyp_seg", {})
+        model = tmp_path / "model" / "polyp_seg-smoke.pt"
+        srv.wait_for(model.exists, timeout=300, every=1, what="a model trained on the DICOMweb label")
+        n_frames = len(http("GET", f"{url}/dicom-web/series?Modality=ES")[1])
+        srv.wait_for(lambda: any(v >= n_frames for v in client.info()["polyp_al"]["state"]["versions"].values()),
+                     timeout=300, every=2, what="scores for every DICOMweb frame")
+        out, _ = client.infer("polyp_seg", r["id"], {})
+        assert np.asarray(Image.open(out)).shape == orig.shape[:2]
     finally:
         srv.stop()
 

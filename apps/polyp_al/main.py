@@ -9,6 +9,7 @@ repository root): infer, train, scoring and every strategy call into it.
 
 import logging
 import os
+import sys
 import tempfile
 from typing import Dict
 
@@ -32,6 +33,10 @@ LABELS = {"polyp": 1}
 
 class PolypALApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
+        # the venv's tools (dcmqi's itkimage2segimage) even when the server was started without activating it
+        bindir = os.path.dirname(sys.executable)
+        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         self.cfg = AppConfig.from_conf(app_dir, studies, conf)
         self.state = ActiveLearningState(self.cfg.state_dir, batch_size=self.cfg.batch_size, gamma=self.cfg.gamma,
                                          lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed)
@@ -54,12 +59,36 @@ class PolypALApp(MONAILabelApp):
 
             if settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER == {"Modality": "CT"}:
                 settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER = {"Modality": "ES"}
-            return super().init_datastore()
+            return self._dicomweb_datastore(settings)
         if self.conf.get("datastore", "polypal") == "local":  # MONAI Label's own, for comparisons
             from monailabel.datastore.local import LocalDatastore
 
             return LocalDatastore(self.studies, extensions=["*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff"])
         return PolypDatastore(self.studies)
+
+    def _dicomweb_datastore(self, settings):
+        """MONAI Label's DICOMweb datastore (as its base app builds it), with checked frame labels."""
+        from monailabel.datastore.dicom import DICOMwebClientX
+        from lib.dicomweb_datastore import PolypDICOMWebDatastore
+
+        self.studies = self.studies.rstrip("/").strip()
+        session = None
+        if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+            from dicomweb_client.session_utils import create_session_from_user_pass
+
+            session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
+                                                    settings.MONAI_LABEL_DICOMWEB_PASSWORD)
+        client = DICOMwebClientX(url=self.studies, session=session,
+                                 qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                                 wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                                 stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
+        self._download_dcmqi_tools()  # a no-op: dcmqi's itkimage2segimage comes from PyPI, in the venv
+        cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or None
+        ds = PolypDICOMWebDatastore(client=client, search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+                                    cache_path=cache, fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+                                    convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI)
+        ds.pending_dir = os.path.join(self.cfg.state_dir, "pending-labels")
+        return ds
 
     def init_infers(self):
         return {"polyp_seg": PolypSegInfer(self.cfg.model_path, self.cfg.profile, LABELS)}

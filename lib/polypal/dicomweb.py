@@ -169,6 +169,12 @@ def frame_to_dicom(path: Path) -> bytes:
     ds.HighBit = 7
     ds.PixelRepresentation = 0
     ds.PixelData = np.ascontiguousarray(rgb).tobytes()
+    # plane geometry (optional in this IOD): lets dcmqi build a DICOM SEG on the frame
+    ds.FrameOfReferenceUID = _uid(name, "frame-of-reference")
+    ds.ImagePositionPatient = [0, 0, 0]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [1, 1]
+    ds.SliceThickness = 1
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True) if "enforce_file_format" in ds.save_as.__code__.co_varnames \
         else ds.save_as(buf, write_like_original=False)

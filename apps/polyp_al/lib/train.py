@@ -18,7 +18,7 @@ import time
 import numpy as np
 from monailabel.interfaces.tasks.train import TrainTask
 
-from polypal.data import DataError, load_frame
+from polypal.data import DataError, image_id, load_frame
 from polypal.learner import train
 from polypal.model import save_checkpoint
 
@@ -56,11 +56,12 @@ class PolypSegTrain(TrainTask):
 
     def __call__(self, request, datastore):
         size = self.cfg.profile.size
-        ids = sorted(datastore.get_labeled_images())
+        # datalist(): (image, final label) file pairs; the DICOMweb datastore downloads SEGs as NIfTI here
+        pairs = sorted((image_id(d["image"]), d["image"], d["label"]) for d in datastore.datalist())
         images, masks, used, skipped = [], [], [], {}
-        for i in ids:
+        for i, image_path, label_path in pairs:
             try:
-                im, m, _ = load_frame(datastore.get_image_uri(i), datastore.get_label_uri(i, "final"), size)
+                im, m, _ = load_frame(image_path, label_path, size)
             except DataError as e:
                 logger.warning(f"training skips {i}: {e}")
                 skipped[i] = str(e)
