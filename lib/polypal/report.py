@@ -72,8 +72,8 @@ def markdown_tables(res: dict, paper_key: str | None) -> str:
                   "Mean ± std over seeds; (k) = number of seeds finished at that stage."
                   + (" Paper values (its \"mIoU\", same definition as `paper_miou`) in the rows marked *paper*."
                      if metric == "paper_miou" and paper_key else ""), "",
-                  "| strategy | " + " | ".join(str(s) for s in stages) + " |",
-                  "|---|" + "---|" * len(stages)]
+                  "| strategy | " + " | ".join(str(s) for s in stages) + " | mean after stage 0 |",
+                  "|---|" + "---|" * (len(stages) + 1)]
         for strat in _order(t):
             cells = []
             for s in stages:
@@ -84,13 +84,20 @@ def markdown_tables(res: dict, paper_key: str | None) -> str:
                     cells.append(f"{v[0]:.2f} (1)")
                 else:
                     cells.append(f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f} ({len(v)})")
-            lines.append(f"| {strat} | " + " | ".join(cells) + " |")
+            # mean over the queried stages, for seeds that finished all of them
+            later = stages[1:]
+            per_seed = [np.mean([100 * r["test"][metric] for r in recs if r["n_labeled"] in later])
+                        for recs in res[strat].values() if {r["n_labeled"] for r in recs} >= set(later)]
+            summary = (f"{np.mean(per_seed):.2f}" + (f" ± {np.std(per_seed, ddof=1):.2f}" if len(per_seed) > 1 else "")
+                       + f" ({len(per_seed)})") if per_seed else ""
+            lines.append(f"| {strat} | " + " | ".join(cells) + f" | {summary} |")
         if metric == "paper_miou" and paper_key in PAPER:
             p = PAPER[paper_key]
             for strat in _order(p["rows"]):
                 vals = dict(zip(p["stages"], p["rows"][strat]))
                 lines.append(f"| *paper: {strat}* | " + " | ".join(f"*{vals[s]:.2f}*" if s in vals else ""
-                                                                   for s in stages) + " |")
+                                                                   for s in stages)
+                             + f" | *{np.mean(p['rows'][strat]):.2f}* |")
         lines.append("")
     return "\n".join(lines)
 
