@@ -40,6 +40,7 @@ class PolypALApp(MONAILabelApp):
         self.cfg = AppConfig.from_conf(app_dir, studies, conf)
         self.state = ActiveLearningState(self.cfg.state_dir, batch_size=self.cfg.batch_size, gamma=self.cfg.gamma,
                                          lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed)
+        self.scorer = PolypScoring(self.cfg, self.state)
         logger.info(f"polyp-al: profile {self.cfg.profile.name}, model {self.cfg.model_path}, "
                     f"batch {self.cfg.batch_size}, gamma {self.cfg.gamma}")
         super().__init__(
@@ -94,10 +95,10 @@ class PolypALApp(MONAILabelApp):
         return {"polyp_seg": PolypSegInfer(self.cfg.model_path, self.cfg.profile, LABELS)}
 
     def init_trainers(self):
-        return {"polyp_seg": PolypSegTrain(self.cfg)}
+        return {"polyp_seg": PolypSegTrain(self.cfg, after_publish=lambda ds: self.scorer({}, ds))}
 
     def init_scoring_methods(self):
-        return {"polyp_al": PolypScoring(self.cfg, self.state)}
+        return {"polyp_al": self.scorer}
 
     def init_strategies(self) -> Dict:
         return {name: PlannedStrategy(name, self.cfg, self.state) for name in SERVER_STRATEGIES}

@@ -31,9 +31,10 @@ def is_validation(image_id: str, fraction: int = 5) -> bool:
 
 
 class PolypSegTrain(TrainTask):
-    def __init__(self, cfg):
+    def __init__(self, cfg, after_publish=None):
         super().__init__("Train the polyp U-Net on the final labels (BCE + Dice, Adam)")
         self.cfg = cfg
+        self.after_publish = after_publish  # e.g. score the pool with the new model, in this process
         self.stats_path = cfg.model_path + ".stats.json"
 
     def config(self):
@@ -94,4 +95,11 @@ class PolypSegTrain(TrainTask):
         }
         self._write_stats(stats)
         logger.info(f"training done: {stats}")
+        if self.after_publish is not None:
+            # MONAI Label's own trigger after training is refused while another scoring run is going,
+            # so the new model is scored here, before the training task ends
+            try:
+                stats["scoring"] = self.after_publish(datastore)
+            except Exception as e:  # noqa: BLE001 - the model is published; scoring can rerun later
+                logger.error(f"scoring after training failed: {e}")
         return stats
