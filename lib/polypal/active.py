@@ -215,22 +215,21 @@ class ActiveLearningState:
         info = PoolInfo(n=len(universe))
         scores = None
         if needs_model:
-            got = self.scores_for(version, [i for i in universe if i not in labeled]) if version != NO_MODEL else None
-            if got is None:
+            unl = [i for i in universe if i not in labeled]
+            # labeled frames are k-center's initial centers: use their latents when this model has them
+            full = self.scores_for(version, universe) if version != NO_MODEL else None
+            if full is None and version != NO_MODEL:
+                # labeled before this model (no latents): diversity among the unlabeled, no labeled centers
+                full = self.scores_for(version, unl)
+                if full is not None:
+                    universe, labeled_idx = unl, np.empty(0, dtype=np.int64)
+                    info = PoolInfo(n=len(universe))
+            if full is None:
                 plan_version = "fallback"  # differs from every model version: re-planned once scores exist
                 why = "no model yet" if version == NO_MODEL else f"model {version} not scored yet"
                 note = f"{why}: fell back to pca_coreset on image features"
                 lib_name = "pca_coreset"
             else:
-                # labeled frames are centers for k-center: score them too if this version has them
-                full = self.scores_for(version, universe)
-                if full is None:
-                    # latents of labeled frames are missing (they were labeled before this model):
-                    # compute diversity among unlabeled only, with no labeled centers
-                    unl = [i for i in universe if i not in labeled]
-                    universe, labeled_idx = unl, np.empty(0, dtype=np.int64)
-                    info = PoolInfo(n=len(universe))
-                    full = got
                 scores, info.latents = full
                 info.scores = scores
         if lib_name == "pca_coreset":
