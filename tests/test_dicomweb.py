@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,29 +99,61 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
         srv.stop()
 
 
-def chromium(*args, timeout=120) -> str:
-    import subprocess
-    import tempfile
+def _browser():
+    from browser import Browser, chromium_path
 
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not exe:
+    if not chromium_path():
         pytest.skip("Chromium not installed (apt-get install chromium; scripts/setup.sh does it as root)")
-    with tempfile.TemporaryDirectory() as profile:
-        r = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                            f"--user-data-dir={profile}", "--window-size=1280,800", "--virtual-time-budget=20000",
-                            *args], capture_output=True, text=True, timeout=timeout)
-    return r.stdout
+    return Browser()
 
 
-def page_text(html: str) -> str:
-    import re
+def _always_polyp_model(path: Path, profile: str = "smoke"):
+    """A real checkpoint in our format whose U-Net says "polyp" everywhere: a prediction SEG covering the frame."""
+    import torch
 
-    t = re.sub(r"<script.*?</script>|<style.*?</style>", "", html, flags=re.S)
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", t))
+    from polypal.model import PolypUNet, save_checkpoint
+    from polypal.profiles import get_profile
+
+    prof = get_profile(profile)
+    m = PolypUNet.from_profile(prof)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and mod.out_channels == 1:
+                mod.weight.zero_()
+                mod.bias.fill_(10.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, m, prof)
 
 
-def test_ohif_lists_and_shows_frames(orthanc, tmp_path):
+VIEWPORT = (slice(170, 600), slice(300, 1230))  # the viewer's viewport in headless Chromium's 1280x657 page, below
+#   the SEG prompt OHIF shows at its top
+
+
+def _overlay_fraction(px: np.ndarray) -> float:
+    """Share of viewport pixels under a SEG overlay. Mucosa is red; OHIF blends the segment's colour (green or
+    cyan here) over it, so an overlaid pixel is greener or bluer than red."""
+    v = px[VIEWPORT]
+    r, gb = v[..., 0], np.maximum(v[..., 1], v[..., 2])
+    return float(((gb > r + 30) & (gb > 110)).mean())
+
+
+def _open_seg(browser, description: str):
+    """Double-click the study browser's thumbnail of the SEG series with this description (as a user would)."""
+    xy = browser.wait_js(f"""(() => {{
+        const els = [...document.querySelectorAll('div')].filter(e => e.children.length > 0 && e.innerText
+            && e.innerText.trim().startsWith('SEG') && e.innerText.includes({json.dumps(description)}));
+        const e = els[els.length - 1]; if (!e) return null;
+        e.scrollIntoView({{block: 'center'}});
+        const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()""",
+                         60, f"the SEG thumbnail {description!r}")
+    for count in (1, 2):
+        for kind in ("mousePressed", "mouseReleased"):
+            browser.send("Input.dispatchMouseEvent", type=kind, x=xy[0], y=xy[1], button="left", clickCount=count)
+
+
+def test_ohif_lists_frames_and_shows_seg_overlays(orthanc, tmp_path):
+    """OHIF as served by polyp-al: the study list names the frames, the viewer shows one in colour, and both a
+    saved label and our model's prediction show over it as DICOM SEG overlays."""
     url, _ = orthanc
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -128,23 +161,161 @@ def test_ohif_lists_and_shows_frames(orthanc, tmp_path):
     for n in names:
         shutil.copy(SAMPLE / "images" / f"{n}.jpg", frames / f"{n}.jpg")
     dicomweb.load(url, frames)
+    frame = _series_by_name(url, names[0])
     srv = Server(url + "/dicom-web", tmp_path, conf={"batch_size": "2"}).start()
+    browser = _browser()
     try:
-        # the study list, as served by the MONAI Label server's bundled OHIF, names our frames
-        text = page_text(chromium("--dump-dom", f"{srv.url}/ohif/"))
-        assert "Study List" in text, text[:500]
-        for n in names:
-            assert n in text, f"{n} not in OHIF's study list"
-        # the viewer opens one frame: its name is on the page and the viewport shows the colour frame
-        study = next(s["0020000D"]["Value"][0] for s in http("GET", url + "/dicom-web/studies")[1]
-                     if s["00100010"]["Value"][0]["Alphabetic"] == names[0])
-        viewer = f"{srv.url}/ohif/viewer?StudyInstanceUIDs={study}"
-        assert names[0] in page_text(chromium("--dump-dom", viewer))
-        shot = tmp_path / "viewer.png"
-        chromium(f"--screenshot={shot}", viewer)
-        px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
-        viewport = px[60:700, 300:1230]
-        reddish = (viewport[..., 0] > 120) & (viewport[..., 0] > viewport[..., 2] + 40)
+        from monailabel.client import MONAILabelClient
+
+        client = MONAILabelClient(srv.url, tmpdir=str(tmp_path), client_id="a")
+        client.save_label(frame["series"], str(SAMPLE / "masks" / f"{names[0]}.png"), tag="final")
+        labeled = http("GET", srv.url + "/datastore/?output=stats")[1]["completed"]
+        assert labeled >= 1
+        _always_polyp_model(tmp_path / "model" / "polyp_seg-smoke.pt")
+        _, params = client.infer("polyp_seg", frame["series"], {"store_seg": True})
+        assert params["seg_series"], params
+        preds = [s for s in _segs_on(url, frame["study"]) if "prediction" in s["0008103E"]["Value"][0]]
+        assert [s["0020000E"]["Value"][0] for s in preds] == [params["seg_series"]]
+        # a prediction is not a label: the labeled frames are the same as before
+        s, ds = http("GET", srv.url + "/datastore/?output=stats")
+        assert ds["completed"] == labeled, ds
+
+        browser.goto(f"{srv.url}/ohif/")
+        browser.wait_js(" && ".join(f"document.body.innerText.includes({json.dumps(n)})" for n in names), 90,
+                        "the frames' names in OHIF's study list")
+        assert "Study List" in browser.text()
+
+        browser.goto(f"{srv.url}/ohif/viewer?StudyInstanceUIDs={frame['study']}")
+        browser.wait_js("document.body.innerText.includes('polyp-al prediction')", 90, "the viewer's series list")
+        # dismiss OHIF's "investigational use only" banner, which covers the lower part of the page
+        browser.js("[...document.querySelectorAll('button')].filter(b => b.innerText.includes('Confirm and Hide'))"
+                   ".forEach(b => b.click())")
+        time.sleep(4)
+        px = browser.screenshot(tmp_path / "frame.png")
+        v = px[VIEWPORT]
+        reddish = (v[..., 0] > 120) & (v[..., 0] > v[..., 2] + 40)
         assert reddish.mean() > 0.2, f"viewport shows no endoscopy frame ({reddish.mean():.3f} reddish pixels)"
+        before = _overlay_fraction(px)
+        assert before < 0.01, before
+
+        mask = np.asarray(Image.open(SAMPLE / "masks" / f"{names[0]}.png").convert("L")) > 127
+        _open_seg(browser, "polyp-al label")
+        label = _wait_fraction(browser, 0.25 * mask.mean(), tmp_path / "label.png")
+        assert label < 2.0 * mask.mean() + 0.05, f"the label overlay covers far more than the polyp ({label:.3f})"
+        _open_seg(browser, "polyp-al prediction")
+        _wait_fraction(browser, max(0.3, 2 * label), tmp_path / "prediction.png")  # this model: polyp everywhere
+    finally:
+        browser.close()
+        srv.stop()
+
+
+def _wait_fraction(browser, least: float, shot: Path, timeout: float = 60) -> float:
+    t0, f = time.time(), 0.0
+    while time.time() - t0 < timeout:
+        f = _overlay_fraction(browser.screenshot(shot))
+        if f > least:
+            return f
+        time.sleep(1)
+    raise AssertionError(f"no SEG overlay in the viewer ({f:.3f} of the viewport, expected > {least:.3f}); "
+                         f"see {shot}")
+
+
+def _series_by_name(url: str, name: str) -> dict:
+    for s in http("GET", url + "/dicom-web/series?Modality=ES")[1]:
+        if s["0008103E"]["Value"][0] == name:
+            return {"series": s["0020000E"]["Value"][0], "study": s["0020000D"]["Value"][0]}
+    raise AssertionError(f"{name} not in the DICOMweb server")
+
+
+def _segs_on(url: str, study: str) -> list:
+    return [s for s in http("GET", url + "/dicom-web/series?Modality=SEG")[1] if s["0020000D"]["Value"][0] == study]
+
+
+def _grey16_dicom(name: str) -> bytes:
+    """An ES frame that is 16-bit grey, not 8-bit RGB (as another modality's export might be)."""
+    import io
+
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(dicomweb.frame_to_dicom(SAMPLE / "images" / f"{name}.jpg")))
+    from pydicom.uid import generate_uid
+
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID, ds.SeriesDescription = generate_uid(), "grey16"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    del ds.PlanarConfiguration
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelData = (np.arange(ds.Rows * ds.Columns, dtype=np.uint16) % 4096).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+REJECT_SEG_LUA = """
+function ReceivedInstanceFilter(dicom, origin, info)
+   return dicom.Modality ~= 'SEG'
+end
+"""
+
+
+def test_dicomweb_server_down_or_rejecting_loses_no_label(tmp_path):
+    """Orthanc down at start-up, down mid-session, then refusing SEGs: clear answers, and every label arrives."""
+    if not (shutil.which("Orthanc") or Path("/usr/sbin/Orthanc").exists()):
+        pytest.skip("Orthanc not installed (apt-get install orthanc orthanc-dicomweb; scripts/setup.sh does it as root)")
+    from monailabel.client import MONAILabelClient
+
+    data, port = tmp_path / "orthanc", free_port()
+    url = f"http://127.0.0.1:{port}"
+    lua = tmp_path / "reject-seg.lua"
+    lua.write_text(REJECT_SEG_LUA)
+    srv = Server(url + "/dicom-web", tmp_path, conf={"batch_size": "2"}).start(timeout=120)
+    try:
+        # down at start-up: the server starts, /info says why, next-sample answers 503 naming the server
+        s, info = http("GET", srv.url + "/info/")
+        assert s == 200 and str(port) in info["datastore"]["error"]
+        s, r = http("POST", srv.url + "/activelearning/random", b"{}", {"Content-Type": "application/json"})
+        assert s == 503 and f"127.0.0.1:{port}" in r["detail"], r
+        # the server comes up: frames are served, a label arrives as SEG
+        dicomweb.up(data, port=port, dicom_port=free_port())
+        frames = tmp_path / "frames"
+        frames.mkdir()
+        names = [p.stem for p in sorted((SAMPLE / "images").glob("*.jpg"))[8:10]]
+        for n in names:
+            shutil.copy(SAMPLE / "images" / f"{n}.jpg", frames / f"{n}.jpg")
+        dicomweb.load(url, frames)
+        a, b = (_series_by_name(url, n) for n in names)
+        s, r = http("POST", srv.url + "/activelearning/random", b"{}", {"Content-Type": "application/json"})
+        assert s == 200 and r["id"] in (a["series"], b["series"])
+        client = MONAILabelClient(srv.url, tmpdir=str(tmp_path), client_id="a")
+        client.save_label(a["series"], str(SAMPLE / "masks" / f"{names[0]}.png"), tag="final")
+        assert len(_segs_on(url, a["study"])) == 1
+        # a frame that is not 8-bit RGB: a clear 422, nothing stored
+        assert http("POST", url + "/instances", _grey16_dicom(names[0]), {"Content-Type": "application/dicom"})[0] == 200
+        grey = next(s["0020000E"]["Value"][0] for s in http("GET", url + "/dicom-web/series?Modality=ES")[1]
+                    if s["0008103E"]["Value"][0] == "grey16")
+        with pytest.raises(Exception, match="422.*8-bit"):
+            client.save_label(grey, str(SAMPLE / "masks" / f"{names[0]}.png"), tag="final")
+        # down mid-session: the label is refused with 502, kept, and reported; the server keeps serving
+        assert http("GET", f"{srv.url}/datastore/image?image={b['series']}")[0] == 200  # frame now cached
+        dicomweb.down(data)
+        with pytest.raises(Exception, match="502.*kept"):
+            client.save_label(b["series"], str(SAMPLE / "masks" / f"{names[1]}.png"), tag="final")
+        s, info = http("GET", srv.url + "/info/")
+        assert s == 200 and info["datastore"]["pending_labels"] == 1
+        # back up, but refusing every SEG while answering "stored": caught by the check, still kept
+        dicomweb.up(data, port=port, dicom_port=free_port(), extra={"LuaScripts": [str(lua)]})
+        with pytest.raises(Exception, match="502.*does not have SEG"):
+            client.save_label(b["series"], str(SAMPLE / "masks" / f"{names[1]}.png"), tag="final")
+        assert _segs_on(url, b["study"]) == [] and http("GET", srv.url + "/info/")[1]["datastore"]["pending_labels"] == 1
+        # a normal server again: the next save also sends the kept label
+        dicomweb.down(data)
+        dicomweb.up(data, port=port, dicom_port=free_port())
+        client.save_label(a["series"], str(SAMPLE / "masks" / f"{names[0]}.png"), tag="final")
+        assert len(_segs_on(url, b["study"])) == 1
+        assert http("GET", srv.url + "/info/")[1]["datastore"]["pending_labels"] == 0
+        assert srv.proc.poll() is None
+        log = srv.log.read_text(errors="replace")
+        assert "kept at" in log and "unreachable" in log
     finally:
         srv.stop()
+        dicomweb.down(data)

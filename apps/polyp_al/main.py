@@ -69,8 +69,9 @@ class PolypALApp(MONAILabelApp):
 
     def _dicomweb_datastore(self, settings):
         """MONAI Label's DICOMweb datastore (as its base app builds it), with checked frame labels."""
-        from monailabel.datastore.dicom import DICOMwebClientX
-        from lib.dicomweb_datastore import PolypDICOMWebDatastore
+        import threading
+
+        from lib.dicomweb_datastore import PolypDICOMwebClient, PolypDICOMWebDatastore
 
         self.studies = self.studies.rstrip("/").strip()
         session = None
@@ -79,7 +80,7 @@ class PolypALApp(MONAILabelApp):
 
             session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
                                                     settings.MONAI_LABEL_DICOMWEB_PASSWORD)
-        client = DICOMwebClientX(url=self.studies, session=session,
+        client = PolypDICOMwebClient(url=self.studies, session=session,
                                  qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
                                  wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
                                  stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
@@ -89,6 +90,8 @@ class PolypALApp(MONAILabelApp):
                                     cache_path=cache, fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
                                     convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI)
         ds.pending_dir = os.path.join(self.cfg.state_dir, "pending-labels")
+        if ds.pending_labels():  # labels kept after a failed store in an earlier run: send them again
+            threading.Thread(target=ds.retry_pending, name="polypal-pending-labels", daemon=True).start()
         return ds
 
     def init_infers(self):
@@ -146,8 +149,31 @@ class PolypALApp(MONAILabelApp):
             elif not ds.get_image_uri(image):
                 raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
         try:
-            return super().infer(request, datastore)
+            res = super().infer(request, datastore)
         except DataError as e:
             raise HTTPException(status_code=422, detail=str(e)) from None
         except ValueError as e:
             raise HTTPException(status_code=400, detail=str(e)) from None
+        if request.get("store_seg") and res and res.get("file"):
+            self._store_prediction_seg(request, res)
+        return res
+
+    def _store_prediction_seg(self, request, res):
+        """params {"store_seg": true}: the prediction also goes to the DICOMweb server as a DICOM SEG
+        (series "polyp-al prediction <model>"), to view over the frame in OHIF. Not a training label."""
+        from lib.dicomweb_datastore import PREDICTION_DESCRIPTION, PolypDICOMWebDatastore
+
+        ds = self.datastore()
+        if not isinstance(ds, PolypDICOMWebDatastore):
+            raise HTTPException(status_code=400, detail="store_seg needs a DICOMweb datastore (--studies http://...)")
+        image = request.get("image")
+        if not isinstance(image, str) or os.path.exists(image):
+            raise HTTPException(status_code=400, detail="store_seg needs the image's id in the datastore")
+        import time
+
+        trained = time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(self.cfg.model_path)))
+        series = ds.store_prediction(image, res["file"], f"{PREDICTION_DESCRIPTION} (model {trained})")
+        res.setdefault("params", {})["seg_series"] = series
+        if not series:
+            res["params"]["seg_note"] = "no polyp predicted: nothing to show, no SEG stored"
+        logger.info(f"prediction for {image} stored as DICOM SEG series {series}")

@@ -108,13 +108,17 @@ def _read_volume_rgb(path: Path) -> np.ndarray:
         arr = np.asarray(nib.load(str(path)).dataobj)
     except Exception as e:  # noqa: BLE001
         raise DataError(path, f"not a readable image volume ({type(e).__name__}: {e})") from None
+    if arr.dtype == np.uint8 and arr.ndim >= 2 and arr.shape[-1] != 3 and np.squeeze(arr).ndim == 2:
+        arr = np.repeat(np.squeeze(arr)[:, :, None, None], 3, axis=-1)  # an 8-bit grey frame: as RGB
     if arr.ndim < 3 or arr.shape[-1] != 3:
-        raise DataError(path, f"not an RGB frame: volume shape {arr.shape}")
+        raise DataError(path, f"not an 8-bit RGB frame: volume shape {arr.shape}, dtype {arr.dtype} "
+                              f"(polyp-al reads RGB or grey 8-bit endoscopy frames)")
     arr = arr.reshape(arr.shape[0], arr.shape[1], -1, 3)
     if arr.shape[2] != 1:
         raise DataError(path, f"not a single 2D frame: volume shape {arr.shape}")
     if arr.dtype != np.uint8:
-        raise DataError(path, f"not 8-bit RGB (dtype {arr.dtype})")
+        raise DataError(path, f"not an 8-bit RGB frame: dtype {arr.dtype} (polyp-al reads RGB or grey 8-bit "
+                              f"endoscopy frames)")
     return np.ascontiguousarray(arr[:, :, 0, :].transpose(1, 0, 2))
 
 

@@ -81,8 +81,10 @@ def is_up(url: str) -> bool:
         return False
 
 
-def up(data: Path, port: int = 8042, dicom_port: int = 4243, timeout: float = 60) -> str:
-    """Start Orthanc on 127.0.0.1 with a config and storage in ``data``; no-op when already up."""
+def up(data: Path, port: int = 8042, dicom_port: int = 4243, timeout: float = 60, extra: dict | None = None) -> str:
+    """Start Orthanc on 127.0.0.1 with a config and storage in ``data``; no-op when already up.
+
+    ``extra`` is merged into Orthanc's configuration (e.g. ``{"LuaScripts": [...]}``)."""
     data = data.resolve()
     data.mkdir(parents=True, exist_ok=True)
     st = _state(data)
@@ -92,7 +94,7 @@ def up(data: Path, port: int = 8042, dicom_port: int = 4243, timeout: float = 60
         "Name": "polyp-al", "StorageDirectory": str(data / "storage"), "IndexDirectory": str(data / "storage"),
         "HttpPort": port, "DicomPort": dicom_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
         "HttpBindAddress": "127.0.0.1", "Plugins": [find_dicomweb_plugin()],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, **(extra or {}),
     }
     (data / "orthanc.json").write_text(json.dumps(cfg, indent=1))
     log = open(data / "orthanc.log", "ab")

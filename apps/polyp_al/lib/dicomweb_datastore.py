@@ -1,57 +1,277 @@
-"""MONAI Label's DICOMweb datastore, with frame-shaped labels and checked uploads.
+"""MONAI Label's DICOMweb datastore, with frame-shaped labels, checked uploads and a server that may be down.
 
 A client saves a label as for the local datastore (PNG/JPG mask, or a
 single-slice NIfTI/NRRD as 3D Slicer writes): it is checked against the
 frame's size with the library's reader, written as a NIfTI in the frame's own
-geometry (the (W, H, 1) grid of MONAI Label's converted frame), and handed to
-MONAI Label, which converts it to DICOM SEG (dcmqi) and stores it in the
-DICOMweb server. If that store fails, the label stays on disk in
-``<state>/pending-labels/`` and the client gets HTTP 502 saying where.
+geometry (the (W, H, 1) grid of MONAI Label's converted frame), converted to
+DICOM SEG (dcmqi) and stored in the DICOMweb server. The store is verified by
+asking the server for the new series: Orthanc's STOW answers "stored" even when
+its own filters drop an instance. If the store fails, the label stays on disk
+in ``<state>/pending-labels/``, the client gets HTTP 502 saying where, and the
+label is sent again after the next successful save, before training, and at
+start-up.
+
+When the DICOMweb server is unreachable, requests fail fast (short timeouts,
+one retry) with HTTP 503 naming the server; /info still answers and reports
+it. Predictions can be stored as SEG too (``store_prediction``), with a series
+description that keeps them out of the training labels.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 
 import nibabel as nib
 import numpy as np
+import requests
 from fastapi import HTTPException
-from monailabel.datastore.dicom import DICOMWebDatastore
+from monailabel.datastore.dicom import DICOMWebDatastore, DICOMwebClientX
+from monailabel.datastore.local import LocalDatastore
+from monailabel.datastore.utils.convert import nifti_to_dicom_seg
+from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
+from monailabel.interfaces.datastore import DefaultLabelTag
 
 from polypal.data import DataError, read_mask, read_rgb
 
 logger = logging.getLogger(__name__)
 
+LABEL_DESCRIPTION = "polyp-al label"
+PREDICTION_DESCRIPTION = "polyp-al prediction"
+TIMEOUT = (5, 120)  # seconds: connect, read
+
+
+class PolypDICOMwebClient(DICOMwebClientX):
+    """DICOMweb client that fails fast, and lists our prediction SEGs apart from labels."""
+
+    def __init__(self, *args, timeout=TIMEOUT, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_http_retry_params(retry=True, max_attempts=2, wait_exponential_multiplier=250)
+        self._session.request = functools.partial(self._session.request, timeout=timeout)
+
+    def search_for_series(self, *args, include_predictions: bool = False, **kwargs):
+        found = super().search_for_series(*args, **kwargs)
+        filters = kwargs.get("search_filters") or {}
+        if filters.get("Modality") == "SEG" and not include_predictions:
+            found = [s for s in found if not _description(s).startswith(PREDICTION_DESCRIPTION)]
+        return found
+
+
+def _segment(predicted: bool) -> dict:
+    """dcmqi segment attributes: SNOMED CT "polyp of colon". Colours that stand out on red mucosa:
+    green for labels, cyan for predictions."""
+    return {
+        "labelID": 1, "SegmentLabel": "polyp", "SegmentDescription": "polyp-al " + ("prediction" if predicted else "label"),
+        "SegmentAlgorithmType": "AUTOMATIC" if predicted else "MANUAL",
+        **({"SegmentAlgorithmName": "polyp-al U-Net"} if predicted else {}),
+        "SegmentedPropertyCategoryCodeSequence": {"CodeValue": "49755003", "CodingSchemeDesignator": "SCT",
+                                                  "CodeMeaning": "Morphologically Altered Structure"},
+        "SegmentedPropertyTypeCodeSequence": {"CodeValue": "68496003", "CodingSchemeDesignator": "SCT",
+                                              "CodeMeaning": "Polyp of colon"},
+        "recommendedDisplayRGBValue": [0, 200, 255] if predicted else [40, 230, 60],
+    }
+
+
+def _description(series_json: dict) -> str:
+    v = series_json.get("0008103E", {}).get("Value") or [""]
+    return str(v[0])
+
+
+def _unreachable(url: str, e: Exception) -> HTTPException:
+    msg = f"DICOMweb server {url} is unreachable or failing ({type(e).__name__}: {e})"
+    logger.error(msg)
+    return HTTPException(status_code=503, detail=msg)
+
+
+def _online(fn):
+    """Turn network failures of a datastore call into HTTP 503 naming the server."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except requests.RequestException as e:
+            raise _unreachable(self._client.base_url, e) from None
+
+    return wrapper
+
 
 class PolypDICOMWebDatastore(DICOMWebDatastore):
     pending_dir: str = ""
+    _retry_lock = threading.Lock()
 
-    def save_label(self, image_id, label_filename, label_tag, label_info, label_id=""):
+    # --- reads: 503 when the server is down ------------------------------------------------------
+    @_online
+    def list_images(self):
+        return super().list_images()
+
+    @_online
+    def get_labeled_images(self, label_tag=None, labels=None):
+        return super().get_labeled_images(label_tag, labels)
+
+    @_online
+    def get_unlabeled_images(self, label_tag=None, labels=None):
+        return super().get_unlabeled_images(label_tag, labels)
+
+    @_online
+    def get_image_uri(self, image_id: str) -> str:
+        return super().get_image_uri(image_id)
+
+    @_online
+    def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
+        return super().get_label_uri(label_id, label_tag, image_id)
+
+    @_online
+    def datalist(self, full_path=True):
+        self.retry_pending()
+        return super().datalist(full_path)
+
+    def status(self):
+        """Counts for /info; never raises, so that the server starts and answers with the DICOMweb server down."""
+        pending = len(self.pending_labels())
+        try:
+            out = super().status()
+        except (requests.RequestException, HTTPException) as e:
+            detail = e.detail if isinstance(e, HTTPException) else str(_unreachable(self._client.base_url, e).detail)
+            out = {"total": None, "completed": None, "label_tags": {}, "error": detail}
+        out["pending_labels"] = pending
+        if pending:
+            out["pending_dir"] = self.pending_dir
+        return out
+
+    # --- writes ----------------------------------------------------------------------------------
+    def _frame_nifti(self, image_id: str, mask_file: str) -> tuple[str, str]:
+        """(frame's DICOM folder, temp NIfTI of the checked mask in the frame's (W, H, 1) grid)."""
         image_uri = self.get_image_uri(image_id)
         if not image_uri:
             raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
         try:
             hw = read_rgb(image_uri).shape[:2]
-            mask = read_mask(label_filename, expected_hw=hw)
         except DataError as e:
+            logger.error(f"frame {image_id} is unusable: {e}")
+            raise HTTPException(status_code=422, detail=f"frame {image_id} is unusable: {e.problem}") from None
+        try:
+            mask = read_mask(mask_file, expected_hw=hw)
+        except DataError as e:
+            logger.error(f"label for {image_id} rejected: {e}")
             raise HTTPException(status_code=422, detail=f"label for {image_id} rejected: {e.problem}") from None
-        affine = nib.load(image_uri).affine
+        if not mask.any():
+            raise HTTPException(status_code=422, detail=f"mask for {image_id} has no polyp pixels: DICOM SEG cannot "
+                                                        f"hold an empty segment, so it is not stored in the DICOMweb "
+                                                        f"server (frames without a polyp need the local datastore)")
         fd, nii = tempfile.mkstemp(suffix=".nii.gz")
         os.close(fd)
-        nib.save(nib.Nifti1Image(mask.T[:, :, None].astype(np.uint8), affine), nii)
-        info = dict(label_info or {})
-        info.setdefault("label_info", [{"name": "polyp", "idx": 1, "model_name": "polyp-al"}])
+        nib.save(nib.Nifti1Image(mask.T[:, :, None].astype(np.uint8), nib.load(image_uri).affine), nii)
+        return os.path.realpath(os.path.join(self._datastore.image_path(), image_id)), nii
+
+    def _store_seg(self, image_dir: str, nii: str, description: str) -> str:
+        """Convert to DICOM SEG, upload, and check that the server really has it; returns its series UID."""
+        predicted = description.startswith(PREDICTION_DESCRIPTION)
+        seg = nifti_to_dicom_seg(image_dir, nii, [{"name": "polyp", "idx": 1, "model_name": description,
+                                                   "segmentAttribute": _segment(predicted)}])
+        if not seg:
+            raise RuntimeError("dcmqi produced no DICOM SEG")
         try:
-            return super().save_label(image_id, nii, label_tag, info, label_id)
-        except Exception as e:  # noqa: BLE001 - keep the label, tell the client
-            keep = os.path.join(self.pending_dir or tempfile.gettempdir(), f"{image_id}.{label_tag}.nii.gz")
-            os.makedirs(os.path.dirname(keep), exist_ok=True)
-            shutil.copy(nii, keep)
-            logger.error(f"label for {image_id} could not be stored in the DICOMweb server ({e}); kept at {keep}")
-            raise HTTPException(status_code=502, detail=f"the DICOMweb server did not store the label ({e}); "
-                                                        f"it is kept at {keep}") from None
+            series = dicom_web_upload_dcm(seg, self._client)
+        finally:
+            os.unlink(seg)
+        if not series or not self._client.search_for_series(search_filters={"SeriesInstanceUID": series},
+                                                            include_predictions=True):
+            raise RuntimeError(f"the server answered the upload but does not have SEG series {series or '?'} "
+                               f"(rejected by its filters or storage)")
+        DICOMWebDatastore.get_labeled_images.cache_clear()  # MONAI Label caches the label list for minutes
+        return series
+
+    def save_label(self, image_id, label_filename, label_tag, label_info, label_id=""):
+        try:
+            image_dir, nii = self._frame_nifti(image_id, label_filename)
+        except requests.RequestException as e:
+            raise _unreachable(self._client.base_url, e) from None
+        info = {k: v for k, v in dict(label_info or {}).items() if k != "label_info"}
+        try:
+            if label_tag == DefaultLabelTag.FINAL:
+                try:
+                    series = self._store_seg(image_dir, nii, LABEL_DESCRIPTION)
+                except Exception as e:  # noqa: BLE001 - keep the label, tell the client
+                    keep = self._keep(image_id, label_tag, nii, info)
+                    logger.error(f"label for {image_id} was not stored in the DICOMweb server "
+                                 f"{self._client.base_url} ({type(e).__name__}: {e}); kept at {keep}, will retry")
+                    raise HTTPException(status_code=502, detail=f"the DICOMweb server did not store the label "
+                                                                f"({type(e).__name__}: {e}); it is kept at {keep} "
+                                                                f"and will be sent again") from None
+                info["SeriesInstanceUID"] = series
+            label_id = LocalDatastore.save_label(self, image_id, nii, label_tag, info)
         finally:
             os.unlink(nii)
+        if label_tag == DefaultLabelTag.FINAL:
+            self.retry_pending()
+        return label_id
+
+    def store_prediction(self, image_id: str, mask_file: str, description: str = PREDICTION_DESCRIPTION) -> str:
+        """Store a predicted mask as a DICOM SEG on its frame (viewable in OHIF); not a training label.
+
+        Returns the SEG's series UID, or "" when the prediction has no polyp pixels (nothing to store)."""
+        if not read_mask(mask_file).any():
+            return ""
+        try:
+            image_dir, nii = self._frame_nifti(image_id, mask_file)
+            try:
+                return self._store_seg(image_dir, nii, description)
+            finally:
+                os.unlink(nii)
+        except requests.RequestException as e:
+            raise _unreachable(self._client.base_url, e) from None
+        except RuntimeError as e:
+            raise HTTPException(status_code=502, detail=f"prediction SEG not stored: {e}") from None
+
+    # --- labels that failed to store -------------------------------------------------------------
+    def _keep(self, image_id, tag, nii, info) -> str:
+        os.makedirs(self.pending_dir, exist_ok=True)
+        keep = os.path.join(self.pending_dir, f"{image_id}.{tag}.nii.gz")
+        shutil.copy(nii, keep + ".tmp")
+        os.replace(keep + ".tmp", keep)
+        with open(keep[: -len(".nii.gz")] + ".json", "w") as f:
+            json.dump(info, f)
+        return keep
+
+    def pending_labels(self) -> list[str]:
+        if not self.pending_dir or not os.path.isdir(self.pending_dir):
+            return []
+        return sorted(f for f in os.listdir(self.pending_dir) if f.endswith(".nii.gz"))
+
+    def retry_pending(self) -> dict:
+        """Send labels kept after a failed store; each one that arrives is removed from the pending folder."""
+        done, failed = [], {}
+        if not self._retry_lock.acquire(blocking=False):
+            return {"sent": done, "failed": failed}
+        try:
+            for name in self.pending_labels():
+                image_id, tag = name[: -len(".nii.gz")].rsplit(".", 1)
+                path = os.path.join(self.pending_dir, name)
+                meta = path[: -len(".nii.gz")] + ".json"
+                try:
+                    info = json.load(open(meta)) if os.path.exists(meta) else {}
+                    image_dir, nii = self._frame_nifti(image_id, path)
+                    try:
+                        info["SeriesInstanceUID"] = self._store_seg(image_dir, nii, LABEL_DESCRIPTION)
+                        LocalDatastore.save_label(self, image_id, nii, tag, info)
+                    finally:
+                        os.unlink(nii)
+                except Exception as e:  # noqa: BLE001 - stays pending
+                    failed[name] = f"{type(e).__name__}: {getattr(e, 'detail', e)}"
+                    continue
+                os.unlink(path)
+                if os.path.exists(meta):
+                    os.unlink(meta)
+                done.append(image_id)
+                logger.info(f"pending label for {image_id} stored in the DICOMweb server")
+            if failed:
+                logger.warning(f"{len(failed)} label(s) still pending in {self.pending_dir}: {failed}")
+        finally:
+            self._retry_lock.release()
+        return {"sent": done, "failed": failed}

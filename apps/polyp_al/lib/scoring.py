@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from fastapi import HTTPException
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from polypal.active import SERVER_STRATEGIES, THUMB, model_version
@@ -42,7 +43,11 @@ class PolypScoring(ScoringMethod):
         # a model published while this run was scoring gets scored too: MONAI Label refuses to start a
         # second scoring run while one is going, so the trigger from that training may have been lost
         for _ in range(5):
-            res = self._run_once(datastore)
+            try:
+                res = self._run_once(datastore)
+            except HTTPException as e:  # e.g. the DICOMweb server is down: try again on the next trigger
+                logger.error(f"scoring stopped: {e.detail}")
+                return {"error": e.detail}
             if model_version(self.cfg.model_path) == res["model_version"]:
                 return res
         return res

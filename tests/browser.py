@@ -1,0 +1,104 @@
+"""Headless Chromium driven through the DevTools protocol (for OHIF tests): open, click, read, screenshot."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1280,800", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0"]
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class Browser:
+    """One headless Chromium page. ``js`` evaluates an expression, ``wait_js`` polls one until truthy."""
+
+    def __init__(self):
+        import websocket  # websocket-client
+
+        self._profile = tempfile.mkdtemp(prefix="polypal-chromium-")
+        self.proc = subprocess.Popen([chromium_path(), *FLAGS, f"--user-data-dir={self._profile}", "about:blank"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        port_file = Path(self._profile) / "DevToolsActivePort"
+        t0 = time.time()
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if time.time() - t0 > 60 or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError("Chromium did not open its DevTools port")
+            time.sleep(0.2)
+        port = int(port_file.read_text().split()[0])
+        import urllib.request
+
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10).read())
+        page = next(t for t in targets if t.get("type") == "page")
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=120, suppress_origin=True)
+        self._id = 0
+        self.send("Page.enable")
+        self.send("Runtime.enable")
+
+    def send(self, method: str, **params):
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self._id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def goto(self, url: str):
+        self.send("Page.navigate", url=url)
+
+    def js(self, expr: str):
+        r = self.send("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in r:
+            raise RuntimeError(f"JS error in {expr[:80]!r}: {r['exceptionDetails'].get('text')}")
+        return r.get("result", {}).get("value")
+
+    def wait_js(self, expr: str, timeout: float = 60, what: str = ""):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            v = self.js(f"(() => {{ try {{ return ({expr}); }} catch (e) {{ return null; }} }})()")  # page may be loading
+            if v:
+                return v
+            time.sleep(0.5)
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or expr}")
+
+    def text(self) -> str:
+        return self.js("document.body ? document.body.innerText : ''") or ""
+
+    def screenshot(self, path: Path | None = None) -> np.ndarray:
+        from PIL import Image
+
+        png = base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"])
+        if path:
+            Path(path).write_bytes(png)
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+    def close(self):
+        try:
+            self.ws.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self._profile, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
