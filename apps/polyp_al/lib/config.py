@@ -37,8 +37,8 @@ class AppConfig:
         gamma = num("gamma", 0.5)
         if not 0 <= gamma <= 1:
             raise ValueError(f"--conf gamma must be in [0, 1], got {gamma}")
-        state_dir = conf.get("state_dir") or os.path.join(studies, ".polypal") if not studies.startswith("http") \
-            else os.path.join(model_dir, "state")
+        state_dir = conf.get("state_dir") or (os.path.join(model_dir, "state") if studies.startswith("http")
+                                              else os.path.join(studies, ".polypal"))
         return cls(
             profile=profile,
             model_path=os.path.join(model_dir, f"polyp_seg-{profile.name}.pt"),
