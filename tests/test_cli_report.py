@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 
 from conftest import SHARED, require_shared, write_dataset
 from polypal.cli import main
@@ -39,6 +40,12 @@ def test_cli_end_to_end_and_report(tmp_path):
     tables = (rep / "tables.md").read_text()
     assert "paper_miou" in tables and "polyp_dice" in tables and "*paper: ta_coreset*" in tables
     assert "± " in tables  # two seeds: mean ± std
+    # paired by seed against random: the printed difference is the runs' own means subtracted
+    assert "Paired by seed: strategy minus random" in tables
+    runs_mean = {k: np.mean([100 * r["test"]["paper_miou"] for r in read_records(out / "runs" / f"{k}-seed0.jsonl")[1:]])
+                 for k in ("random", "ta_coreset")}
+    row = next(line for line in tables.split("`paper_miou` (points):")[1].splitlines() if line.startswith("| ta_coreset |"))
+    assert f"s0: {runs_mean['ta_coreset'] - runs_mean['random']:+.1f}" in row and "/2 |" in row
 
 
 def test_resume_skips_finished_stages(tmp_path):

@@ -243,6 +243,44 @@ def plot_gallery(folder: Path, res, path: Path, per_group: int = 6) -> bool:
     return True
 
 
+def run_means(res: dict, metric: str) -> dict:
+    """{strategy: {seed: mean of the metric (%) over the queried stages}}, for runs that finished them all."""
+    stages = sorted({r["n_labeled"] for seeds in res.values() for recs in seeds.values() for r in recs})
+    later = set(stages[1:])
+    return {strat: {seed: float(np.mean([100 * r["test"][metric] for r in recs if r["n_labeled"] in later]))
+                    for seed, recs in seeds.items() if {r["n_labeled"] for r in recs} >= later}
+            for strat, seeds in res.items()}
+
+
+def paired_table(res: dict, baseline: str = "random") -> str:
+    """Each strategy minus the baseline at the same seed (same initial labeled set), mean over queried stages.
+
+    Pairing by seed removes the initial set's share of the seed-to-seed spread, so these differences are
+    the fairer read of "does strategy X beat random" than two unpaired means ± std."""
+    lines = []
+    for metric, title in METRICS:
+        m = run_means(res, metric)
+        if baseline not in m or not m[baseline]:
+            return ""
+        if not lines:
+            lines += [f"### Paired by seed: strategy minus {baseline}", "",
+                      f"Per seed, the run's mean over the queried stages minus {baseline}'s at the same seed "
+                      "(same initial labeled set); mean ± std over seeds, and on how many seeds it is ahead.", ""]
+        lines += [f"`{metric}` (points):", "", "| strategy | difference | ahead on | per seed |", "|---|---|---|---|"]
+        for strat in _order(m):
+            if strat == baseline:
+                continue
+            d = {s: v - m[baseline][s] for s, v in sorted(m[strat].items()) if s in m[baseline]}
+            if not d:
+                continue
+            v = np.array(list(d.values()))
+            spread = f" ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else ""
+            lines.append(f"| {strat} | {v.mean():+.2f}{spread} | {(v > 0).sum()}/{len(v)} | "
+                         + ", ".join(f"s{s}: {x:+.1f}" for s, x in d.items()) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def make_report(folder: Path, paper: str | None = None) -> list[Path]:
     folder = Path(folder)
     res = load_results(folder)
@@ -260,7 +298,7 @@ def make_report(folder: Path, paper: str | None = None) -> list[Path]:
     out.mkdir(exist_ok=True)
     made = []
     tables = out / "tables.md"
-    tables.write_text(f"# Results: {folder.name}\n\n" + markdown_tables(res, paper))
+    tables.write_text(f"# Results: {folder.name}\n\n" + markdown_tables(res, paper) + "\n" + paired_table(res))
     made.append(tables)
     plot_curves(res, out / "curves.png")
     made.append(out / "curves.png")
