@@ -289,6 +289,12 @@ def test_dicomweb_server_down_or_rejecting_loses_no_label(tmp_path):
         client = MONAILabelClient(srv.url, tmpdir=str(tmp_path), client_id="a")
         client.save_label(a["series"], str(SAMPLE / "masks" / f"{names[0]}.png"), tag="final")
         assert len(_segs_on(url, a["study"])) == 1
+        # an empty mask cannot become a DICOM SEG: a clear 422 rather than a label that silently vanishes
+        empty = tmp_path / "empty.png"
+        h, w = np.asarray(Image.open(SAMPLE / "masks" / f"{names[1]}.png")).shape[:2]
+        Image.fromarray(np.zeros((h, w), np.uint8)).save(empty)
+        with pytest.raises(Exception, match="422.*no polyp pixels"):
+            client.save_label(b["series"], str(empty), tag="final")
         # a frame that is not 8-bit RGB: a clear 422, nothing stored
         assert http("POST", url + "/instances", _grey16_dicom(names[0]), {"Content-Type": "application/dicom"})[0] == 200
         grey = next(s["0020000E"]["Value"][0] for s in http("GET", url + "/dicom-web/series?Modality=ES")[1]

@@ -145,7 +145,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         return out
 
     # --- writes ----------------------------------------------------------------------------------
-    def _frame_nifti(self, image_id: str, mask_file: str) -> tuple[str, str]:
+    def _frame_nifti(self, image_id: str, mask_file: str, for_seg: bool = True) -> tuple[str, str]:
         """(frame's DICOM folder, temp NIfTI of the checked mask in the frame's (W, H, 1) grid)."""
         image_uri = self.get_image_uri(image_id)
         if not image_uri:
@@ -160,7 +160,8 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         except DataError as e:
             logger.error(f"label for {image_id} rejected: {e}")
             raise HTTPException(status_code=422, detail=f"label for {image_id} rejected: {e.problem}") from None
-        if not mask.any():
+        if for_seg and not mask.any():
+            logger.warning(f"label for {image_id} is empty: not stored (DICOM SEG cannot hold an empty segment)")
             raise HTTPException(status_code=422, detail=f"mask for {image_id} has no polyp pixels: DICOM SEG cannot "
                                                         f"hold an empty segment, so it is not stored in the DICOMweb "
                                                         f"server (frames without a polyp need the local datastore)")
@@ -189,7 +190,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
 
     def save_label(self, image_id, label_filename, label_tag, label_info, label_id=""):
         try:
-            image_dir, nii = self._frame_nifti(image_id, label_filename)
+            image_dir, nii = self._frame_nifti(image_id, label_filename, for_seg=label_tag == DefaultLabelTag.FINAL)
         except requests.RequestException as e:
             raise _unreachable(self._client.base_url, e) from None
         info = {k: v for k, v in dict(label_info or {}).items() if k != "label_info"}
