@@ -159,6 +159,15 @@ def test_infer_unknown_id_is_404(server):
     assert s == 404 and "unknown image id" in r["detail"]
 
 
+def test_store_seg_needs_a_dicomweb_datastore(server):
+    """Storing the prediction as DICOM SEG is for DICOMweb frames: a folder datastore gets a clear 400."""
+    i = http("GET", f"{server.url}/datastore/?output=all")[1]["objects"]
+    some = sorted(i)[0]
+    s, r = http("POST", f"{server.url}/infer/polyp_seg?image={some}", b'params={"store_seg": true}',
+                {"Content-Type": "application/x-www-form-urlencoded"})
+    assert s == 400 and "DICOMweb" in r["detail"], (s, r)
+
+
 def test_every_strategy_returns_unlabeled_ids(server, client):
     labeled = labeled_ids(server)
     for name in STRATEGIES:

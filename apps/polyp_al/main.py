@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 import tempfile
+import threading
+import time
 from typing import Dict
 
 from fastapi import HTTPException
@@ -69,8 +71,6 @@ class PolypALApp(MONAILabelApp):
 
     def _dicomweb_datastore(self, settings):
         """MONAI Label's DICOMweb datastore (as its base app builds it), with checked frame labels."""
-        import threading
-
         from lib.dicomweb_datastore import PolypDICOMwebClient, PolypDICOMWebDatastore
 
         self.studies = self.studies.rstrip("/").strip()
@@ -81,9 +81,9 @@ class PolypALApp(MONAILabelApp):
             session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
                                                     settings.MONAI_LABEL_DICOMWEB_PASSWORD)
         client = PolypDICOMwebClient(url=self.studies, session=session,
-                                 qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
-                                 wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
-                                 stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
+                                     qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                                     wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                                     stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
         self._download_dcmqi_tools()  # a no-op: dcmqi's itkimage2segimage comes from PyPI, in the venv
         cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or None
         ds = PolypDICOMWebDatastore(client=client, search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
@@ -148,6 +148,8 @@ class PolypALApp(MONAILabelApp):
                     raise HTTPException(status_code=400, detail="image must be an id of the datastore")
             elif not ds.get_image_uri(image):
                 raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
+        if request.get("store_seg"):
+            self._check_store_seg(request)
         try:
             res = super().infer(request, datastore)
         except DataError as e:
@@ -158,19 +160,21 @@ class PolypALApp(MONAILabelApp):
             self._store_prediction_seg(request, res)
         return res
 
-    def _store_prediction_seg(self, request, res):
-        """params {"store_seg": true}: the prediction also goes to the DICOMweb server as a DICOM SEG
-        (series "polyp-al prediction <model>"), to view over the frame in OHIF. Not a training label."""
-        from lib.dicomweb_datastore import PREDICTION_DESCRIPTION, PolypDICOMWebDatastore
+    def _check_store_seg(self, request):
+        from lib.dicomweb_datastore import PolypDICOMWebDatastore
 
-        ds = self.datastore()
-        if not isinstance(ds, PolypDICOMWebDatastore):
+        if not isinstance(self.datastore(), PolypDICOMWebDatastore):
             raise HTTPException(status_code=400, detail="store_seg needs a DICOMweb datastore (--studies http://...)")
         image = request.get("image")
         if not isinstance(image, str) or os.path.exists(image):
             raise HTTPException(status_code=400, detail="store_seg needs the image's id in the datastore")
-        import time
 
+    def _store_prediction_seg(self, request, res):
+        """params {"store_seg": true}: the prediction also goes to the DICOMweb server as a DICOM SEG
+        (series "polyp-al prediction (model <date>)"), to view over the frame in OHIF. Not a training label."""
+        from lib.dicomweb_datastore import PREDICTION_DESCRIPTION
+
+        ds, image = self.datastore(), request["image"]
         trained = time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(self.cfg.model_path)))
         series = ds.store_prediction(image, res["file"], f"{PREDICTION_DESCRIPTION} (model {trained})")
         res.setdefault("params", {})["seg_series"] = series
