@@ -26,6 +26,23 @@ from polypal.framestore import FrameStore, InvalidName, NotFound, check_name
 logger = logging.getLogger(__name__)
 
 
+
+def checked_mask(image_id: str, image_uri: str | None, label_file: str):
+    """The label file as a bool (H, W) mask, checked against its frame: 404 unknown frame, 422 unreadable
+    frame or a mask that is not a mask of that frame's size (logged, naming the frame and the problem)."""
+    if not image_uri:
+        raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
+    try:
+        hw = read_rgb(image_uri).shape[:2]
+    except DataError as e:
+        logger.error(f"frame {image_id} is unusable: {e}")
+        raise HTTPException(status_code=422, detail=f"frame {image_id} is unusable: {e.problem}") from None
+    try:
+        return read_mask(label_file, expected_hw=hw)
+    except DataError as e:
+        logger.warning(f"label for {image_id} rejected: {e}")
+        raise HTTPException(status_code=422, detail=f"label for {image_id} rejected: {e.problem}") from None
+
 def _checked(kind: str, value: str) -> str:
     try:
         return check_name(kind, value)
@@ -141,18 +158,7 @@ class PolypDatastore(Datastore):
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         _checked("image id", image_id)
         _checked("label tag", label_tag)
-        uri = self.get_image_uri(image_id)
-        if not uri:
-            raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
-        try:
-            hw = read_rgb(uri).shape[:2]
-        except DataError as e:
-            raise HTTPException(status_code=422, detail=f"frame {image_id} cannot be read: {e.problem}") from None
-        try:
-            mask = read_mask(label_filename, expected_hw=hw)
-        except DataError as e:
-            logger.warning(f"label for {image_id} rejected: {e.problem}")
-            raise HTTPException(status_code=422, detail=f"label for {image_id} rejected: {e.problem}") from None
+        mask = checked_mask(image_id, self.get_image_uri(image_id), label_filename)
         try:
             label_id = self.store.save_label(image_id, label_filename, label_tag, label_info)
         except NotFound as e:

@@ -37,7 +37,8 @@ from monailabel.datastore.utils.convert import nifti_to_dicom_seg
 from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from polypal.data import DataError, read_mask, read_rgb
+from lib.datastore import checked_mask
+from polypal.data import read_mask
 
 logger = logging.getLogger(__name__)
 
@@ -148,18 +149,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
     def _frame_nifti(self, image_id: str, mask_file: str, for_seg: bool = True) -> tuple[str, str]:
         """(frame's DICOM folder, temp NIfTI of the checked mask in the frame's (W, H, 1) grid)."""
         image_uri = self.get_image_uri(image_id)
-        if not image_uri:
-            raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
-        try:
-            hw = read_rgb(image_uri).shape[:2]
-        except DataError as e:
-            logger.error(f"frame {image_id} is unusable: {e}")
-            raise HTTPException(status_code=422, detail=f"frame {image_id} is unusable: {e.problem}") from None
-        try:
-            mask = read_mask(mask_file, expected_hw=hw)
-        except DataError as e:
-            logger.error(f"label for {image_id} rejected: {e}")
-            raise HTTPException(status_code=422, detail=f"label for {image_id} rejected: {e.problem}") from None
+        mask = checked_mask(image_id, image_uri, mask_file)
         if for_seg and not mask.any():
             logger.warning(f"label for {image_id} is empty: not stored (DICOM SEG cannot hold an empty segment)")
             raise HTTPException(status_code=422, detail=f"mask for {image_id} has no polyp pixels: DICOM SEG cannot "
