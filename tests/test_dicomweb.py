@@ -155,12 +155,7 @@ def test_ohif_lists_frames_and_shows_seg_overlays(orthanc, tmp_path):
     """OHIF as served by polyp-al: the study list names the frames, the viewer shows one in colour, and both a
     saved label and our model's prediction show over it as DICOM SEG overlays."""
     url, _ = orthanc
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    names = [p.stem for p in sorted((SAMPLE / "images").glob("*.jpg"))[6:8]]
-    for n in names:
-        shutil.copy(SAMPLE / "images" / f"{n}.jpg", frames / f"{n}.jpg")
-    dicomweb.load(url, frames)
+    names = _load_sample_frames(url, tmp_path, slice(6, 8))
     frame = _series_by_name(url, names[0])
     srv = Server(url + "/dicom-web", tmp_path, conf={"batch_size": "2"}).start()
     browser = _browser()
@@ -220,6 +215,17 @@ def _wait_fraction(browser, least: float, shot: Path, timeout: float = 60) -> fl
                          f"see {shot}")
 
 
+def _load_sample_frames(url: str, tmp_path: Path, which: slice) -> list[str]:
+    """Upload some sample frames to the DICOMweb server; returns their names."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    names = [p.stem for p in sorted((SAMPLE / "images").glob("*.jpg"))[which]]
+    for n in names:
+        shutil.copy(SAMPLE / "images" / f"{n}.jpg", frames / f"{n}.jpg")
+    dicomweb.load(url, frames)
+    return names
+
+
 def _series_by_name(url: str, name: str) -> dict:
     for s in http("GET", url + "/dicom-web/series?Modality=ES")[1]:
         if s["0008103E"]["Value"][0] == name:
@@ -277,12 +283,7 @@ def test_dicomweb_server_down_or_rejecting_loses_no_label(tmp_path):
         assert s == 503 and f"127.0.0.1:{port}" in r["detail"], r
         # the server comes up: frames are served, a label arrives as SEG
         dicomweb.up(data, port=port, dicom_port=free_port())
-        frames = tmp_path / "frames"
-        frames.mkdir()
-        names = [p.stem for p in sorted((SAMPLE / "images").glob("*.jpg"))[8:10]]
-        for n in names:
-            shutil.copy(SAMPLE / "images" / f"{n}.jpg", frames / f"{n}.jpg")
-        dicomweb.load(url, frames)
+        names = _load_sample_frames(url, tmp_path, slice(8, 10))
         a, b = (_series_by_name(url, n) for n in names)
         s, r = http("POST", srv.url + "/activelearning/random", b"{}", {"Content-Type": "application/json"})
         assert s == 200 and r["id"] in (a["series"], b["series"])
