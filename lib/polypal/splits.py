@@ -59,10 +59,13 @@ def cvc_split(names: list[str], sequences: dict[str, int] | None, n_test: int = 
         val = sorted(names[i] for i in perm[n_test : n_test + n_val])
         chosen = set(test) | set(val)
         return {"test": test, "val": val, "pool": [n for n in names if n not in chosen], "mode": "frame"}
+
+    def seq_of(n: str) -> int:  # "0012" finds sequence of "12"; frames without one share the id -1
+        return sequences.get(n, sequences.get(n.lstrip("0"), -1))
+
     by_seq: dict[int, list[str]] = {}
     for n in names:
-        key = sequences.get(n, sequences.get(n.lstrip("0"), -1))
-        by_seq.setdefault(key, []).append(n)
+        by_seq.setdefault(seq_of(n), []).append(n)
     seqs = sorted(by_seq)
     order = [seqs[i] for i in rng.permutation(len(seqs))]
     test, val, pool = [], [], []
@@ -75,8 +78,7 @@ def cvc_split(names: list[str], sequences: dict[str, int] | None, n_test: int = 
         else:
             pool += frames
     return {"test": sorted(test), "val": sorted(val), "pool": sorted(pool), "mode": "sequence",
-            "sequences": {"test": sorted({sequences.get(n, -1) for n in test}),
-                          "val": sorted({sequences.get(n, -1) for n in val})}}
+            "sequences": {"test": sorted({seq_of(n) for n in test}), "val": sorted({seq_of(n) for n in val})}}
 
 
 def save_split(split: dict, path) -> None:
