@@ -85,6 +85,18 @@ def unc_ta_coreset(scores, latents, labeled, budget: int, gamma: float = 0.5, se
     centers are the labeled set plus everything picked in earlier rounds. A
     frame chosen by both counts once ("both"), and the shortfall is filled by
     repeating the same split on what is missing until exactly B are chosen.
+
+    Rounding: B_u is ``round(gamma * r)`` for the r frames still missing in
+    each round, with Python's rounding (exact halves go to the even integer).
+    With gamma = 0.5: B_u = 2 for r = 5 but 4 for r = 7, 2 for r = 3, 0 for
+    r = 1 (so a one-frame refill always goes to k-center); gamma = 0.25, 0.75
+    round 2.5 to 2 and 4.5 to 4 alike. The paper's budgets (100, 40) never
+    round; refill rounds can. tests/test_algorithm1_reference.py holds the
+    table and an independent reference implementation.
+
+    Pick order: each round's uncertainty picks (most uncertain first, ties to
+    the lower index), then its k-center picks not already taken (greedy order,
+    ties to the lower index).
     """
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
