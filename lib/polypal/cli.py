@@ -3,11 +3,14 @@
     polypal-sim run --dataset cvc --data ../shared/datasets/cvc-clinicdb \
         --splits ../shared/datasets/splits --strategies random,ta_coreset --seeds 0,1,2 \
         --profile cpu-lite --out results/cvc-lite
+    polypal-sim ceiling --dataset cvc --data ../shared/datasets/cvc-clinicdb --seeds 0,1,2 --out results/cvc-lite
     polypal-sim report results/cvc-lite
 
 Every finished (strategy, seed, stage) is appended to
 ``OUT/runs/<strategy>-seed<k>.jsonl`` at once; rerunning the same command skips
-what is done. The split is written to ``OUT/split.json`` and every invocation,
+what is done. ``ceiling`` trains on the whole pool (same split, profile and
+validation) and appends one line per seed to ``OUT/ceiling.jsonl``: the
+full-pool model that the report's label savings are measured against. The split is written to ``OUT/split.json`` and every invocation,
 with the machine it ran on, to ``OUT/commands.txt``.
 """
 
@@ -57,32 +60,36 @@ def _make_split(args, names):
     return {"test": sorted(perm[:nt]), "val": sorted(perm[nt : 2 * nt]), "pool": sorted(perm[2 * nt :])}
 
 
-def cmd_run(args) -> int:
+def _log_command(out: Path) -> None:
+    with open(out / "commands.txt", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  [{_machine()}]\n  "
+                f"{' '.join(shlex.quote(a) for a in sys.argv)}\n")
+
+
+def _setup(args):
+    """Threads, output folder, command log, profile, protocol, data and split: shared by run and ceiling."""
     import torch
     from tqdm import tqdm
 
     from .data import load_folder
     from .profiles import get_profile
-    from .simulate import StrategySpec, run
     from .splits import save_split
-    from .strategies import pca_features
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "commands.txt", "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  [{_machine()}]\n  "
-                f"{' '.join(shlex.quote(a) for a in sys.argv)}\n")
+    _log_command(out)
     profile = get_profile(args.profile, max_steps=args.max_steps, min_steps=args.min_steps)
     init, budget, cycles = PROTOCOLS[args.dataset]
     init = args.initial or init
     budget = args.budget or budget
     cycles = args.cycles if args.cycles is not None else cycles
     fs = load_folder(args.data, profile.size, cache_dir=args.cache_dir, progress=True)
-    (out / "run.json").write_text(json.dumps({"dataset": args.dataset, "data": str(Path(args.data).resolve()),
-                                              "profile": profile.to_dict(), "protocol": [init, budget, cycles]},
-                                             indent=1))
+    meta = {"dataset": args.dataset, "data": str(Path(args.data).resolve()), "profile": profile.to_dict(),
+            "protocol": [init, budget, cycles]}
+    if args.cmd == "run" or not (out / "run.json").exists():
+        (out / "run.json").write_text(json.dumps(meta, indent=1))
     split_file = out / "split.json"
     if split_file.exists():
         split = json.loads(split_file.read_text())
@@ -93,6 +100,16 @@ def cmd_run(args) -> int:
     assert not (set(split["test"]) & set(split["pool"])) and not (set(split["val"]) & set(split["pool"]))
     tqdm.write(f"split: pool {len(pool)}, val {len(val)}, test {len(test)}; protocol {init} + {budget} x {cycles}; "
                f"profile {profile.name}")
+    return out, profile, (init, budget, cycles), pool, val, test
+
+
+def cmd_run(args) -> int:
+    from tqdm import tqdm
+
+    from .simulate import StrategySpec, run
+    from .strategies import pca_features
+
+    out, profile, (init, budget, cycles), pool, val, test = _setup(args)
     specs = [StrategySpec.parse(s, default_gamma=args.gamma) for s in args.strategies.split(",") if s]
     for s in specs:
         if s.name not in ALL_STRATEGIES:
@@ -111,6 +128,21 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_ceiling(args) -> int:
+    """Train on the whole pool (the full-pool ceiling) at each seed; one line per seed in OUT/ceiling.jsonl."""
+    from .simulate import full_pool_ceiling
+
+    out, profile, _, pool, val, test = _setup(args)
+    seeds = [int(s) for s in str(args.seeds).split(",") if s != ""]
+    from tqdm import tqdm
+
+    for seed in seeds:
+        rec = full_pool_ceiling(pool, val, test, profile, seed, out / "ceiling.jsonl", progress=tqdm.write)
+        tqdm.write(f"ceiling seed {seed}: {len(pool)} labels, paper_miou {rec['test']['paper_miou']:.4f} "
+                   f"polyp_dice {rec['test']['polyp_dice']:.4f}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import make_report
 
@@ -125,35 +157,38 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run (or resume) active-learning simulations")
-    r.add_argument("--dataset", choices=sorted(PROTOCOLS), required=True,
-                   help="protocol and split: kvasir (sessile test), cvc (sequence split), folder (any images/+masks/)")
-    r.add_argument("--data", required=True, help="dataset folder with images/ and masks/")
-    r.add_argument("--splits", default=None, help="folder with kvasir_sessile.txt / cvc_clinicdb_sequences.csv")
+    c = sub.add_parser("ceiling", help="train on the whole pool (the full-pool ceiling) at some seeds; resumable")
+    for a in (r, c):
+        a.add_argument("--dataset", choices=sorted(PROTOCOLS), required=True,
+                       help="protocol and split: kvasir (sessile test), cvc (sequence split), folder (any images/+masks/)")
+        a.add_argument("--data", required=True, help="dataset folder with images/ and masks/")
+        a.add_argument("--splits", default=None, help="folder with kvasir_sessile.txt / cvc_clinicdb_sequences.csv")
+        a.add_argument("--seeds", default="0,1,2")
+        a.add_argument("--profile", default="cpu-lite", choices=["paper", "cpu-lite", "smoke"])
+        a.add_argument("--initial", type=int, default=None)
+        a.add_argument("--budget", type=int, default=None)
+        a.add_argument("--cycles", type=int, default=None)
+        a.add_argument("--cvc-split", choices=["sequence", "frame"], default="sequence")
+        a.add_argument("--split-seed", type=int, default=0)
+        a.add_argument("--n-val", type=int, default=100)
+        a.add_argument("--n-test", type=int, default=112)
+        a.add_argument("--max-steps", type=int, default=None, help="override the profile's step cap")
+        a.add_argument("--min-steps", type=int, default=None, help="override the profile's step floor")
+        a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+        a.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/polypal"))
+        a.add_argument("--out", required=True)
     r.add_argument("--strategies", default=",".join(ALL_STRATEGIES),
                    help="comma list; NAME[:aggregation[:gamma]], e.g. uncertainty:topk,unc_ta_coreset:mean:0.25")
-    r.add_argument("--seeds", default="0,1,2")
-    r.add_argument("--profile", default="cpu-lite", choices=["paper", "cpu-lite", "smoke"])
-    r.add_argument("--initial", type=int, default=None)
-    r.add_argument("--budget", type=int, default=None)
-    r.add_argument("--cycles", type=int, default=None)
     r.add_argument("--gamma", type=float, default=0.5)
-    r.add_argument("--cvc-split", choices=["sequence", "frame"], default="sequence")
-    r.add_argument("--split-seed", type=int, default=0)
-    r.add_argument("--n-val", type=int, default=100)
-    r.add_argument("--n-test", type=int, default=112)
-    r.add_argument("--max-steps", type=int, default=None, help="override the profile's step cap")
-    r.add_argument("--min-steps", type=int, default=None, help="override the profile's step floor")
-    r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    r.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/polypal"))
-    r.add_argument("--out", required=True)
     r.set_defaults(func=cmd_run)
+    c.set_defaults(func=cmd_ceiling)
     p = sub.add_parser("report", help="tables and figures from a results folder")
     p.add_argument("results")
     p.add_argument("--paper", choices=["kvasir", "cvc", "none"], default=None,
                    help="which paper table to show beside ours (default: from the folder's split)")
     p.set_defaults(func=cmd_report)
     args = ap.parse_args(argv)
-    if args.cmd == "run" and args.dataset in ("kvasir", "cvc") and not args.splits:
+    if args.cmd in ("run", "ceiling") and args.dataset in ("kvasir", "cvc") and not args.splits:
         args.splits = str(Path(args.data).parent / "splits")
     return args.func(args)
 

@@ -2,15 +2,19 @@
 
 Training: BCE + Dice (MONAI's DiceCELoss with a sigmoid), Adam with the
 profile's lr and betas, batch from the profile. The step budget is
-``profile.steps_for(n_train)``; validation runs every ``val_every`` steps and at
-the end, and the weights with the best validation polyp Dice are kept. Seeded
-and deterministic on the CPU.
+``profile.steps_for(n_train)``; the learning rate follows ``profile.schedule``
+(constant, or linear warm-up then cosine decay); augmentation follows
+``profile.augment`` (``polypal.augment``); an EMA of the weights is kept when
+``profile.ema`` > 0. Validation runs every ``val_every`` steps and at the end,
+and ``profile.select`` says which weights are returned (best validation Dice,
+last, EMA). Seeded and deterministic on the CPU.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
+from .augment import Augmenter, augment_kind
 from .data import normalize
 from .metrics import evaluate
 from .model import PolypUNet, default_device
@@ -44,6 +49,7 @@ class TrainResult:
     steps: int
     seconds: float
     history: list = field(default_factory=list)
+    variants: dict = field(default_factory=dict)  # selection rule -> model (train(keep_variants=True))
 
 
 @dataclass
@@ -92,6 +98,19 @@ def validate(model: PolypUNet, images, masks, batch_size: int = 32) -> dict:
     return evaluate(pred.probs, masks)
 
 
+def lr_factor(profile: Profile, step: int, steps: int) -> float:
+    """The learning rate at optimizer step ``step`` (0-based) of ``steps``, as a fraction of ``profile.lr``."""
+    if profile.schedule == "constant":
+        return 1.0
+    if profile.schedule != "cosine":
+        raise ValueError(f"unknown lr schedule {profile.schedule!r}; choose constant or cosine")
+    warm = int(round(profile.warmup * steps))
+    if step < warm:
+        return (step + 1) / warm
+    t = (step - warm) / max(1, steps - warm)
+    return profile.min_lr + (1 - profile.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
 def train(
     profile: Profile,
     train_images: np.ndarray,
@@ -103,15 +122,23 @@ def train(
     init_state: dict | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    keep_variants: bool = False,
 ) -> TrainResult:
-    """Train a fresh U-Net (or continue from ``init_state``) and return the best-validation model.
+    """Train a fresh U-Net (or continue from ``init_state``) and return the weights ``profile.select`` picks.
 
-    Without a validation set the last weights are returned.
+    ``best_val``: the weights with the best validation polyp Dice; ``last``: the final weights; ``ema``:
+    the exponential moving average of the weights at the end; ``ema_best_val``: the EMA weights at their
+    best validation Dice. Without a validation set the last (or EMA) weights are returned.
+    ``keep_variants`` also returns every rule's model in ``TrainResult.variants`` (for calibration).
     """
     if len(train_images) == 0:
         raise ValueError("cannot train on an empty labeled set")
     if train_masks is None or len(train_masks) != len(train_images):
         raise ValueError("every training image needs a mask")
+    if profile.select not in ("best_val", "last", "ema", "ema_best_val"):
+        raise ValueError(f"unknown selection rule {profile.select!r}")
+    if profile.select.startswith("ema") and not profile.ema:
+        raise ValueError(f"selection {profile.select!r} needs an EMA decay (profile.ema > 0)")
     device = torch.device(device) if device else default_device()
     seed_everything(seed)
     model = PolypUNet.from_profile(profile).to(device)
@@ -122,9 +149,18 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     n = len(train_images)
     steps = profile.steps_for(n)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(profile, s, steps))
+    aug_kind = augment_kind(profile)
+    augmenter = Augmenter(aug_kind, profile.size, seed) if profile.augment else None
+    ema_model = None
+    if profile.ema:
+        ema_model = copy.deepcopy(model)
+        ema_params = [v for v in ema_model.state_dict().values() if v.dtype.is_floating_point]
+        model_params = [v for v in model.state_dict().values() if v.dtype.is_floating_point]
     val_every = profile.val_every or max(1, int(np.ceil(n / profile.batch_size)))  # 0: once per epoch
     has_val = val_images is not None and len(val_images) > 0
-    best_state, best_val, best_step = None, None, -1
+    best = {"raw": (None, None, -1), "ema": (None, None, -1)}  # state, val metrics, step
+    last_val = {}
     history = []
     t0 = time.perf_counter()
     order = torch.randperm(n, generator=gen)
@@ -137,7 +173,10 @@ def train(
         pos += profile.batch_size
         x = _to_tensor(train_images[idx], device)
         y = torch.from_numpy(train_masks[idx].astype(np.float32)).unsqueeze(1).to(device)
-        if profile.flips:
+        if augmenter is not None:
+            x, y = augmenter(x.cpu(), y.cpu())
+            x, y = x.to(device), y.to(device)
+        elif aug_kind == "flips":  # the old recipe's flips, kept bit for bit
             if torch.rand(1, generator=gen).item() < 0.5:
                 x, y = x.flip(-1), y.flip(-1)
             if torch.rand(1, generator=gen).item() < 0.5:
@@ -147,24 +186,58 @@ def train(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
+        if ema_model is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, model_params, 1.0 - profile.ema)
         if on_step:
             on_step(step, steps, loss.item())
         last = step == steps or (should_stop is not None and should_stop())
         if has_val and (step % val_every == 0 or last):
-            m = validate(model, val_images, val_masks)
-            m.pop("pooled", None)
-            history.append({"step": step, "loss": loss.item(), **m})
-            if best_val is None or m["polyp_dice"] > best_val["polyp_dice"]:
-                best_val, best_step = m, step
-                best_state = copy.deepcopy(model.state_dict())
+            entry = {"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]}
+            for kind, m_ in (("raw", model), ("ema", ema_model)):
+                if m_ is None:
+                    continue
+                m = validate(m_, val_images, val_masks)
+                m.pop("pooled", None)
+                entry.update(m if kind == "raw" else {f"ema_{k}": v for k, v in m.items()})
+                if last:
+                    last_val[kind] = m
+                if best[kind][1] is None or m["polyp_dice"] > best[kind][1]["polyp_dice"]:
+                    best[kind] = (copy.deepcopy(m_.state_dict()), m, step)
+            history.append(entry)
             model.train()
         if last:
             steps = step
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    seconds = time.perf_counter() - t0
+
+    def build(state):
+        m = PolypUNet.from_profile(profile).to(device)
+        m.load_state_dict(state)
+        return m.eval()
+
+    variants = {}
+    if keep_variants:
+        variants["last"] = build(model.state_dict())
+        if best["raw"][0] is not None:
+            variants["best_val"] = build(best["raw"][0])
+        if ema_model is not None:
+            variants["ema"] = build(ema_model.state_dict())
+            if best["ema"][0] is not None:
+                variants["ema_best_val"] = build(best["ema"][0])
+    rule = profile.select
+    if rule == "best_val" and best["raw"][0] is not None:
+        model.load_state_dict(best["raw"][0])
+        val, chosen_step = best["raw"][1], best["raw"][2]
+    elif rule == "ema_best_val" and best["ema"][0] is not None:
+        model.load_state_dict(best["ema"][0])
+        val, chosen_step = best["ema"][1], best["ema"][2]
+    elif rule.startswith("ema"):
+        model.load_state_dict(ema_model.state_dict())
+        val, chosen_step = last_val.get("ema", {}), steps
     else:
-        best_step = steps
+        val, chosen_step = last_val.get("raw", {}), steps
     model.eval()
-    return TrainResult(model=model, best_val=best_val or {}, best_step=best_step, steps=steps,
-                       seconds=time.perf_counter() - t0, history=history)
+    return TrainResult(model=model, best_val=val or {}, best_step=chosen_step, steps=steps,
+                       seconds=seconds, history=history, variants=variants)

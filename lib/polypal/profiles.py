@@ -33,6 +33,14 @@ class Profile:
     flips: bool  # random horizontal/vertical flips in training
     betas: tuple[float, float] = (0.9, 0.999)
     vaal_steps: int = 300  # VAAL baseline: VAE + discriminator steps per cycle
+    # the training recipe (results/calibration/ measures each of these)
+    schedule: str = "constant"  # "constant", or "cosine": linear warm-up, then cosine decay to lr * min_lr
+    warmup: float = 0.0  # warm-up length, as a fraction of the cycle's step budget
+    min_lr: float = 0.0  # the cosine schedule's floor, as a fraction of lr
+    augment: str = ""  # "": flips only (when `flips`); "endo": flips, 90-degree rotations, scale/shift, colour
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: no EMA)
+    select: str = "best_val"  # which weights a cycle returns: "best_val", "last", "ema" (EMA at the end),
+    #                           "ema_best_val" (EMA weights at their best validation Dice)
 
     @property
     def latent_dim(self) -> int:

@@ -102,6 +102,10 @@ def run(
         tmp = out_file.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
         os.replace(tmp, out_file)
+    rh = recipe_hash(profile)
+    if records and records[0].get("recipe", rh) != rh:
+        raise ValueError(f"{out_file} was written with another training recipe ({records[0].get('recipe')}, "
+                         f"now {rh}): use a new output folder")
     if records:
         last = records[-1]
         labeled = np.sort(pool.index_of(last["labeled"] + last["selected"]))
@@ -124,7 +128,7 @@ def run(
         metrics.pop("pooled")
         rec = {
             "strategy": spec.label, "base": spec.name, "aggregation": spec.aggregation, "gamma": spec.gamma,
-            "seed": seed, "stage": stage, "n_labeled": int(len(labeled)), "profile": profile.name,
+            "seed": seed, "stage": stage, "n_labeled": int(len(labeled)), "profile": profile.name, "recipe": rh,
             "test": metrics, "val": tr.best_val, "best_step": tr.best_step, "steps": tr.steps,
             "train_seconds": round(tr.seconds, 1), "labeled": [pool.names[i] for i in labeled],
             "selected": [], "picked_by": [], "notes": [],
@@ -151,6 +155,42 @@ def run(
             progress(f"{spec.label} seed {seed} stage {stage}: paper_miou {metrics['paper_miou']:.4f} "
                      f"polyp_dice {metrics['polyp_dice']:.4f} ({rec['seconds']} s)")
     return records
+
+
+def full_pool_ceiling(pool: FrameSet, val: FrameSet, test: FrameSet, profile: Profile, seed: int,
+                      out_file: str | Path, device=None, progress: Callable[[str], None] | None = None) -> dict:
+    """Train on every pool frame (the full-pool ceiling) with training seed ``seed*1000 + 999``.
+
+    Appends one record per seed to ``out_file``; a seed already there (same profile recipe) is not redone.
+    """
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    rh = recipe_hash(profile)
+    for r in read_records(out_file):
+        if r["seed"] == seed and r.get("recipe") == rh:
+            return r
+    if progress:
+        progress(f"ceiling seed {seed}: training on the whole pool ({len(pool)} labels)")
+    bar = _bar(progress, "ceiling train", profile.steps_for(len(pool)), "step")
+    tr = train(profile, pool.images, pool.masks, val.images, val.masks, seed=seed * 1000 + 999, device=device,
+               on_step=(lambda step, total, loss: bar.update(1)) if bar else None)
+    if bar:
+        bar.close()
+    metrics = evaluate(predict(tr.model, test.images, aggregations=()).probs, test.masks)
+    metrics.pop("pooled")
+    rec = {"kind": "ceiling", "seed": seed, "n_labeled": len(pool), "profile": profile.name, "recipe": rh,
+           "test": metrics, "val": tr.best_val, "best_step": tr.best_step, "steps": tr.steps,
+           "train_seconds": round(tr.seconds, 1)}
+    with open(out_file, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    return rec
+
+
+def recipe_hash(profile: Profile) -> str:
+    """A short fingerprint of every profile field: records from different recipes never mix."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps(profile.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _bar(progress, desc: str, total: int, unit: str):
