@@ -86,14 +86,33 @@ def test_missing_mask_names_file(tmp_path):
         load_folder(root, 16)
 
 
-def test_cache_decodes_once_and_invalidates(tmp_path):
+def test_cache_decodes_once_and_invalidates(tmp_path, monkeypatch):
+    import collections
+
+    import polypal.data as data
+
+    opened = collections.Counter()
+    real_open = data._open
+
+    def counting_open(path):
+        opened[str(path)] += 1
+        return real_open(path)
+
+    monkeypatch.setattr(data, "_open", counting_open)
     root = write_dataset(tmp_path / "d", 3)
     cache = tmp_path / "cache"
     a = load_folder(root, 16, cache_dir=cache)
     files = list(cache.glob("*.npz"))
     assert len(files) == 1
+    # every image and every mask decoded exactly once
+    want = {str(p) for p in (root / "images").iterdir()} | {str(p) for p in (root / "masks").iterdir()}
+    assert set(opened) == want and set(opened.values()) == {1}
+    opened.clear()
     b = load_folder(root, 16, cache_dir=cache)
+    assert not opened  # served from the cache: nothing decoded
     np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.masks, b.masks)
+    assert b.names == a.names and np.array_equal(b.original_hw, a.original_hw)
     # change a file: new key, new cache entry
     img = np.zeros((72, 88, 3), np.uint8)
     Image.fromarray(img).save(root / "images" / "frame000.jpg")

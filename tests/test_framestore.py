@@ -47,7 +47,66 @@ def test_layout_and_basic_flow(tmp_path):
     assert sorted(os.listdir(root / "labels" / "final")) == ["f001.nii.gz"]
     with pytest.raises(InvalidName):
         fs.save_label("f001", str(mask_file(tmp_path)), "../../../tmp/evil")
-    assert not any(n.startswith(".upload-") for n in os.listdir(root / "labels" / "final"))
+    assert uploads(root) == []
+
+
+def uploads(root, tag="final"):
+    return [n for n in os.listdir(root / "labels" / tag) if n.startswith(".upload-")]
+
+
+def test_failed_saves_leave_no_upload_file_and_keep_the_old_label(tmp_path, monkeypatch):
+    import polypal.framestore as framestore
+
+    root = make_frames(tmp_path / "s", 3)
+    fs = FrameStore(root)
+    good = mask_file(tmp_path)
+    fs.save_label("f001", str(good), "final", {"v": 1})
+    before = (root / "labels" / "final" / "f001.png").read_bytes()
+    assert uploads(root) == []
+    # 1. the rename fails after the upload was copied into the label folder
+    seen = []
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if os.path.basename(src).startswith(".upload-"):
+            seen.append(sorted(uploads(root)))  # the temporary file really exists at this point
+            raise OSError("disk full (simulated)")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(framestore.os, "replace", failing_replace)
+    other = tmp_path / "other.png"
+    Image.fromarray(np.full((20, 30), 255, np.uint8)).save(other)
+    with pytest.raises(OSError, match="simulated"):
+        fs.save_label("f001", str(other), "final", {"v": 2})
+    monkeypatch.setattr(framestore.os, "replace", real_replace)
+    assert len(seen) == 1 and len(seen[0]) == 1
+    assert uploads(root) == []
+    assert (root / "labels" / "final" / "f001.png").read_bytes() == before
+    assert fs.label_info("f001", "final")["v"] == 1
+    # 2. the copy itself fails half-way (the source vanishes or is unreadable)
+    real_copy = framestore.shutil.copyfileobj
+
+    def failing_copy(f, out, *a):
+        out.write(b"partial")
+        raise OSError("read error (simulated)")
+
+    monkeypatch.setattr(framestore.shutil, "copyfileobj", failing_copy)
+    with pytest.raises(OSError, match="simulated"):
+        fs.save_label("f002", str(other), "final")
+    monkeypatch.setattr(framestore.shutil, "copyfileobj", real_copy)
+    assert uploads(root) == [] and fs.labeled_ids() == ["f001"]
+    assert not (root / "labels" / "final" / "f002.png").exists()
+
+
+def test_reconcile_removes_only_stale_uploads(tmp_path):
+    root = make_frames(tmp_path / "s", 2)
+    FrameStore(root)
+    d = root / "labels" / "final"
+    (d / ".upload-stale").write_bytes(b"x")
+    os.utime(d / ".upload-stale", (0, 0))  # left by a crash long ago
+    (d / ".upload-fresh").write_bytes(b"y")  # may be in flight in another process
+    FrameStore(root)
+    assert uploads(root) == [".upload-fresh"]
 
 
 def test_info_updates_from_two_processes_are_not_lost(tmp_path):
@@ -59,28 +118,50 @@ def test_info_updates_from_two_processes_are_not_lost(tmp_path):
 
 
 def test_concurrent_label_saves_and_info_updates(tmp_path):
-    root = make_frames(tmp_path / "s", 40)
+    """Four handles write the SAME frames at once, each its own mask and its own info key.
+
+    Every label file must be one thread's mask whole (never a mix, never missing), its row
+    must say so, and every thread's info key must survive (a lost read-modify-write drops one).
+    """
+    n_frames, n_threads, rounds = 10, 4, 3
+    root = make_frames(tmp_path / "s", n_frames)
     fs = FrameStore(root)
-    m = mask_file(tmp_path)
+    masks = []
+    for k in range(n_threads):
+        p = tmp_path / f"mask{k}.png"
+        Image.fromarray(np.full((20, 30), 10 * (k + 1), np.uint8)).save(p)
+        masks.append(p)
     errors = []
+    start = threading.Barrier(n_threads)
 
     def saver(k):
         try:
             other = FrameStore(root, read_only=True)
-            for i in range(k, 40, 4):
-                other.save_label(f"f{i:03d}", str(m), "final")
-                other.update_image_info(f"f{i:03d}", {"score": i})
+            start.wait()
+            for r in range(rounds):
+                for i in range(n_frames):
+                    other.save_label(f"f{i:03d}", str(masks[k]), "final", {"by": k})
+                    other.update_image_info(f"f{i:03d}", {f"t{k}": r, "last": k})
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
-    threads = [threading.Thread(target=saver, args=(k,)) for k in range(4)]
+    threads = [threading.Thread(target=saver, args=(k,)) for k in range(n_threads)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors
-    assert len(fs.labeled_ids()) == 40
-    assert all(fs.image_info(f"f{i:03d}")["score"] == i for i in range(40))
+    assert fs.labeled_ids() == [f"f{i:03d}" for i in range(n_frames)]
+    contents = {p.read_bytes(): k for k, p in enumerate(masks)}
+    for i in range(n_frames):
+        fid = f"f{i:03d}"
+        assert os.listdir(root / "labels" / "final").count(f"{fid}.png") == 1
+        data = (root / "labels" / "final" / f"{fid}.png").read_bytes()
+        assert data in contents, f"{fid}: the stored label is no thread's mask"
+        info = fs.image_info(fid)
+        assert all(info[f"t{k}"] == rounds - 1 for k in range(n_threads)), info  # no update lost
+    assert uploads(root) == []
+    assert FrameStore(root).labeled_ids() == fs.labeled_ids()  # a restart agrees with the rows
 
 
 def test_reconcile_picks_up_files_and_crash_leftovers(tmp_path):
