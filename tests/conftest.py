@@ -48,7 +48,15 @@ def kvasir_like(tmp_path):
 
 
 def require_shared(sub: str) -> Path:
+    """The real-data folder ``SHARED/sub``; skips with the reason when absent.
+
+    With POLYPAL_REQUIRE_DATA=1 (a machine that is meant to have the data) a
+    missing folder fails instead of skipping.
+    """
     p = SHARED / sub
     if not p.exists():
-        pytest.skip(f"real data absent: {p} not found (set POLYP_DATA to the shared datasets folder)")
+        why = f"real data absent: {p} not found (set POLYP_DATA to the shared datasets folder)"
+        if os.environ.get("POLYPAL_REQUIRE_DATA") == "1":
+            pytest.fail(why + "; POLYPAL_REQUIRE_DATA=1 makes this an error")
+        pytest.skip(why)
     return p

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from conftest import SHARED, require_shared, write_dataset
+from conftest import require_shared, write_dataset
 from polypal.cli import main
 from polypal.simulate import read_records
 from polypal.splits import cvc_split, kvasir_split, read_names, read_sequences
@@ -77,7 +77,7 @@ def test_resume_skips_finished_stages(tmp_path):
 
 def test_kvasir_split_has_no_sessile_in_pool_or_val():
     root = require_shared("splits")
-    names = [p[:-4] for p in os.listdir(SHARED / "kvasir-seg" / "images")]
+    names = [p[:-4] for p in os.listdir(require_shared("kvasir-seg/images"))]
     sess = read_names(root / "kvasir_sessile.txt")
     s = kvasir_split(names, sess)
     assert len(s["test"]) == 196 and set(s["test"]) == set(sess)
@@ -88,7 +88,7 @@ def test_kvasir_split_has_no_sessile_in_pool_or_val():
 
 def test_cvc_split_by_sequence_is_disjoint():
     root = require_shared("splits")
-    names = [p[:-4] for p in os.listdir(SHARED / "cvc-clinicdb" / "images")]
+    names = [p[:-4] for p in os.listdir(require_shared("cvc-clinicdb/images"))]
     seq = read_sequences(root / "cvc_clinicdb_sequences.csv")
     s = cvc_split(names, seq)
     seqs = {k: {seq[n] for n in s[k]} for k in ("test", "val", "pool")}
