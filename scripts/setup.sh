@@ -5,12 +5,29 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # Orthanc + its DICOMweb plugin (Debian packages) for the DICOMweb path, and Chromium for the
-# OHIF browser tests. Optional: installed when running as root with apt-get; those tests skip without them.
+# OHIF browser tests. Installed when running as root with apt-get (POLYPAL_SKIP_APT=1 opts out;
+# without root or apt-get those tests skip and say why). When the install is attempted and fails,
+# set-up fails: CI must not pass with the DICOMweb and browser tests silently skipped.
+have_dicomweb_stack() {
+  [ -x /usr/sbin/Orthanc ] && command -v chromium >/dev/null \
+    && { [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || [ -e /usr/lib/orthanc/plugins/libOrthancDicomWeb.so ]; }
+}
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "${POLYPAL_SKIP_APT:-0}" != 1 ] \
-   && { ! [ -x /usr/sbin/Orthanc ] || ! command -v chromium >/dev/null; }; then
+   && ! have_dicomweb_stack; then
   echo "installing Orthanc and Chromium (apt-get install orthanc orthanc-dicomweb chromium)..."
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb chromium) \
-    >/dev/null 2>&1 || echo "warning: could not install Orthanc/Chromium; the DICOMweb and browser tests will skip"
+  APT_LOG=$(mktemp)
+  if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb chromium) \
+       >"$APT_LOG" 2>&1; then
+    tail -n 30 "$APT_LOG" >&2
+    echo "error: could not install Orthanc/Chromium (log above); the DICOMweb and browser tests would skip." \
+         "Fix the install, or set POLYPAL_SKIP_APT=1 to go on without them." >&2
+    exit 1
+  fi
+  rm -f "$APT_LOG"
+  if ! have_dicomweb_stack; then
+    echo "error: apt-get succeeded but Orthanc, its DICOMweb plugin or Chromium is still missing" >&2
+    exit 1
+  fi
 fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
