@@ -43,11 +43,16 @@ def test_grey_rgba_tif_become_rgb(tmp_path):
 
 
 def test_mask_threshold_ignores_jpeg_noise(tmp_path):
-    m = np.zeros((10, 10), np.uint8)
-    m[:5] = 255
-    m[5:, :3] = 120  # noise below the threshold
+    m = np.zeros((100, 100), np.uint8)
+    m[:50] = 255
+    m[50:, :1] = 120  # 0.5% of the pixels: noise below the threshold
+    m[50:, 1:2] = 129  # ...and above it
     Image.fromarray(m).save(tmp_path / "m.png")
-    assert read_mask(tmp_path / "m.png").sum() == 50
+    assert read_mask(tmp_path / "m.png").sum() == 5050
+    m[50:, :30] = 120  # 15% mid-grey: not a mask any more
+    Image.fromarray(m).save(tmp_path / "m.png")
+    with pytest.raises(DataError, match="photograph"):
+        read_mask(tmp_path / "m.png")
 
 
 def test_normalize_paper_formula():

@@ -27,10 +27,18 @@ import monailabel
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from polypal.active import SERVER_STRATEGIES, ActiveLearningState, model_version
-from polypal.data import DataError
+from polypal.data import DataError, TooLarge
+from polypal.framestore import InvalidName, check_name
 
 logger = logging.getLogger(__name__)
 LABELS = {"polyp": 1}
+
+
+def _is_upload(path: str) -> bool:
+    """A file MONAI Label's infer endpoint wrote from this request's upload (tempfile in the temp dir).
+    The endpoint refuses a client-given path before it gets here (lib.security)."""
+    return os.path.isabs(path) and os.path.dirname(path) == tempfile.gettempdir() \
+        and os.path.basename(path).startswith("tmp") and os.path.isfile(path)
 
 
 class PolypALApp(MONAILabelApp):
@@ -54,6 +62,19 @@ class PolypALApp(MONAILabelApp):
             version=monailabel.__version__,
             labels=LABELS,
         )
+
+    def _load_sessions(self, load=False):
+        """MONAI Label's sessions are off in this app: it cannot use them (infer takes an image id or a
+        file), and their upload unpacks archives without checking member paths."""
+        return None
+
+    def on_init_complete(self):
+        """Server process only (MONAI Label calls this once the app exists): narrow the HTTP surface."""
+        super().on_init_complete()
+        import monailabel.app
+        from lib.security import harden
+
+        harden(monailabel.app.app, self, self.cfg.allowed_origins, self.cfg.allowed_hosts)
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
@@ -121,6 +142,10 @@ class PolypALApp(MONAILabelApp):
         Training already triggers scoring when it publishes a model.
         """
         name = request.get("strategy") or "random"
+        client = request.get("client_id")
+        if client is not None and (not isinstance(client, (str, int)) or isinstance(client, bool)
+                                   or len(str(client)) > 128):
+            raise HTTPException(status_code=400, detail="client_id must be a string of at most 128 characters")
         task = self._strategies.get(name)
         if task is None:
             raise HTTPException(status_code=404, detail=f"no strategy {name!r}; available: {sorted(self._strategies)}")
@@ -135,27 +160,47 @@ class PolypALApp(MONAILabelApp):
         return res
 
     def infer(self, request, datastore=None):
+        """MONAI Label's infer, with: image ids only (a path is "unknown image id" unless it is this
+        request's own upload), predictions never saved over a label (tag "original" only), and clear
+        4xx errors that name the image, not a server path. An uploaded file is deleted on failure."""
+        if request.get("model") not in self._infers:
+            raise HTTPException(status_code=404, detail=f"no model {str(request.get('model'))[:80]!r}; "
+                                                        f"this app serves {sorted(self._infers)}")
         if request.get("model") == "polyp_seg" and not os.path.exists(self.cfg.model_path):
             raise HTTPException(status_code=409, detail="no model trained yet: save some final labels and run "
                                                         "POST /train/polyp_seg first")
         image = request.get("image")
-        if isinstance(image, str):
-            ds = datastore or self.datastore()
-            if os.path.exists(image):
-                real = os.path.realpath(image)
-                allowed = (os.path.realpath(tempfile.gettempdir()), os.path.realpath(self.studies))
-                if not any(real.startswith(a + os.sep) for a in allowed):
-                    raise HTTPException(status_code=400, detail="image must be an id of the datastore")
-            elif not ds.get_image_uri(image):
+        upload = None
+        if not isinstance(image, str):
+            raise HTTPException(status_code=400, detail="image must be an image id of the datastore")
+        ds = datastore or self.datastore()
+        if _is_upload(image):
+            upload = image
+        else:
+            try:
+                check_name("image id", image)
+            except InvalidName:
+                raise HTTPException(status_code=404, detail=f"unknown image id {image[:80]!r}") from None
+            if not ds.get_image_uri(image):
                 raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
+        if request.get("save_label"):
+            request["label_tag"] = "original"  # a prediction never replaces an annotator's label
         if request.get("store_seg"):
             self._check_store_seg(request)
+        name = "the uploaded image" if upload else f"image {image}"
         try:
-            res = super().infer(request, datastore)
-        except DataError as e:
-            raise HTTPException(status_code=422, detail=str(e)) from None
-        except ValueError as e:
-            raise HTTPException(status_code=400, detail=str(e)) from None
+            try:
+                res = super().infer(request, datastore)
+            except TooLarge as e:
+                raise HTTPException(status_code=413, detail=f"{name}: {e.problem}") from None
+            except DataError as e:
+                raise HTTPException(status_code=422, detail=f"{name}: {e.problem}") from None
+            except ValueError as e:
+                raise HTTPException(status_code=400, detail=str(e).replace(tempfile.gettempdir(), "<tmp>")) from None
+        except BaseException:
+            if upload and os.path.exists(upload):
+                os.unlink(upload)
+            raise
         if request.get("store_seg") and res and res.get("file"):
             self._store_prediction_seg(request, res)
         return res

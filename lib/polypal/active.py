@@ -70,16 +70,32 @@ def model_version(model_path: str | os.PathLike | None) -> str:
 
 
 class _RowStore:
-    """Append-only float32/uint8 rows in a flat file, read back as a memmap."""
+    """Append-only float32/uint8 rows in a flat file, read back as a memmap.
+
+    A torn append (a crash mid-write, stray bytes) leaves a partial last row: appends
+    trim it first, and readers only see whole rows (``rows()``); row numbers recorded
+    beyond the file's end count as missing, so the frames are scored again."""
 
     def __init__(self, path: Path, width: int, dtype):
         self.path, self.width, self.dtype = path, width, np.dtype(dtype)
+        self.row_bytes = self.width * self.dtype.itemsize
+
+    def rows(self) -> int:
+        try:
+            return os.path.getsize(self.path) // self.row_bytes
+        except FileNotFoundError:
+            return 0
 
     def append(self, rows: np.ndarray) -> int:
         rows = np.ascontiguousarray(rows, dtype=self.dtype).reshape(-1, self.width)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab") as f:
-            start = f.tell() // (self.width * self.dtype.itemsize)
+            end = f.seek(0, os.SEEK_END)
+            if end % self.row_bytes:
+                logger.warning(f"{self.path}: {end % self.row_bytes} stray bytes after the last whole row; trimmed")
+                f.truncate(end - end % self.row_bytes)
+                f.seek(0, os.SEEK_END)
+            start = f.tell() // self.row_bytes
             f.write(rows.tobytes())
             f.flush()
             os.fsync(f.fileno())
@@ -88,7 +104,8 @@ class _RowStore:
     def read(self, rows: np.ndarray) -> np.ndarray:
         if len(rows) == 0:
             return np.empty((0, self.width), self.dtype)
-        mm = np.memmap(self.path, dtype=self.dtype, mode="r").reshape(-1, self.width)
+        n = self.rows()
+        mm = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(n, self.width))
         return np.asarray(mm[np.asarray(rows)])
 
 
@@ -135,7 +152,8 @@ class ActiveLearningState:
 
     # -- features ------------------------------------------------------------------------
     def missing_thumbs(self, image_ids: Iterable[str]) -> list[str]:
-        have = {r[0] for r in self._conn().execute("SELECT image_id FROM thumbs")}
+        n = self.thumbs.rows()  # rows past the end of a torn file are computed again
+        have = {r[0] for r in self._conn().execute("SELECT image_id FROM thumbs WHERE row < ?", (n,))}
         have |= self.bad_ids()
         return [i for i in image_ids if i not in have]
 
@@ -158,7 +176,10 @@ class ActiveLearningState:
         return dict(self._conn().execute("SELECT image_id, error FROM bad"))
 
     def unscored(self, version: str, image_ids: Iterable[str]) -> list[str]:
-        have = {r[0] for r in self._conn().execute("SELECT image_id FROM scores WHERE version=?", (version,))}
+        dim = self._conn().execute("SELECT dim FROM versions WHERE version=?", (version,)).fetchone()
+        n = self._latents(version, int(dim[0])).rows() if dim else 0
+        have = {r[0] for r in self._conn().execute("SELECT image_id FROM scores WHERE version=? AND row < ?",
+                                                   (version, n))}
         have |= self.bad_ids()
         return [i for i in image_ids if i not in have]
 
@@ -173,17 +194,18 @@ class ActiveLearningState:
 
     def scores_for(self, version: str, image_ids: list[str]):
         """(scores, latents) of these frames under this model version; None if any is missing."""
+        dim = self._conn().execute("SELECT dim FROM versions WHERE version=?", (version,)).fetchone()
+        n = self._latents(version, int(dim[0])).rows() if dim else 0
         rows = dict((r[0], (r[1], r[2])) for r in self._conn().execute(
-            "SELECT image_id, score, row FROM scores WHERE version=?", (version,)))
+            "SELECT image_id, score, row FROM scores WHERE version=? AND row < ?", (version, n)))
         if any(i not in rows for i in image_ids):
             return None
-        dim = self._conn().execute("SELECT dim FROM versions WHERE version=?", (version,)).fetchone()
         s = np.array([rows[i][0] for i in image_ids], dtype=np.float32)
         lat = self._latents(version, int(dim[0])).read(np.array([rows[i][1] for i in image_ids], dtype=np.int64))
         return s, lat
 
     def thumbs_for(self, image_ids: list[str]) -> np.ndarray | None:
-        rows = dict(self._conn().execute("SELECT image_id, row FROM thumbs"))
+        rows = dict(self._conn().execute("SELECT image_id, row FROM thumbs WHERE row < ?", (self.thumbs.rows(),)))
         if any(i not in rows for i in image_ids):
             return None
         return self.thumbs.read(np.array([rows[i] for i in image_ids], dtype=np.int64))

@@ -24,6 +24,32 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 MASK_THRESHOLD = 127  # Kvasir masks carry JPEG noise: foreground is > 127
+# Frames and labels larger than this are refused before decoding (a 20 KB PNG can declare 400 MP).
+# 4K endoscopy frames are 8.3 MP. Servers set it from ``--conf max_pixels``; POLYPAL_MAX_PIXELS overrides.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+MAX_PIXELS = int(os.environ.get("POLYPAL_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+# A mask whose pixels are more than this fraction "neither background nor polyp" (between 25% and 75%
+# of its maximum) is a photograph, not a mask. Measured: real Kvasir-SEG/CVC-ClinicDB masks (JPEG noise
+# included) <= 0.0001; their frames 0.10 to 0.78.
+MAX_AMBIGUOUS_FRACTION = 0.02
+
+
+class TooLarge(DataError):
+    """An image with more pixels than MAX_PIXELS (refused before decoding)."""
+
+
+def set_max_pixels(n: int) -> None:
+    """The pixel cap for every reader in this process."""
+    global MAX_PIXELS
+    if int(n) < 4:
+        raise ValueError(f"max_pixels must be at least 4, got {n}")
+    MAX_PIXELS = int(n)
+
+
+def _check_pixels(path, w: int, h: int, what: str = "image") -> None:
+    if int(w) * int(h) > MAX_PIXELS:
+        raise TooLarge(path, f"{what} of {w}x{h} pixels is larger than the limit of {MAX_PIXELS} pixels "
+                             f"(server setting max_pixels)")
 
 
 def image_id(path: str | Path) -> str:
@@ -38,11 +64,16 @@ def image_id(path: str | Path) -> str:
 def _open(path: Path) -> Image.Image:
     try:
         img = Image.open(path)
+        _check_pixels(path, *img.size)
         img.load()
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except UnidentifiedImageError:
         raise DataError(path, "not a readable image (unknown or corrupt format)") from None
+    except Image.DecompressionBombError as e:
+        raise TooLarge(path, f"image too large to decode ({e})") from None
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(path, f"corrupt or truncated image ({e})") from None
     return img
@@ -75,6 +106,13 @@ def _is_volume(path: Path) -> bool:
     return any(path.name.lower().endswith(e) for e in VOLUME_EXTENSIONS)
 
 
+def _plane(shape) -> tuple[int, int]:
+    """(pixels of the first two axes, the product of the others): a slice's size times the slices."""
+    shape = [int(x) for x in shape] + [1, 1]
+    rest = int(np.prod(shape[2:]))
+    return shape[0], shape[1] * max(rest, 1)
+
+
 def _read_volume_mask(path: Path) -> np.ndarray:
     """A single-slice label volume as 3D Slicer saves it: array (W, H[, 1]) in ITK's x, y order.
 
@@ -84,11 +122,17 @@ def _read_volume_mask(path: Path) -> np.ndarray:
         if path.name.lower().endswith(".nrrd"):
             import nrrd
 
+            header = nrrd.read_header(str(path))
+            _check_pixels(path, *_plane(header.get("sizes", [0, 0])), what="label volume")
             arr, _ = nrrd.read(str(path))  # index order F: arr[x, y, z]
         else:
             import nibabel as nib
 
-            arr = np.asarray(nib.load(str(path)).dataobj)  # arr[i=x, j=y, k]
+            vol = nib.load(str(path))
+            _check_pixels(path, *_plane(vol.shape), what="label volume")
+            arr = np.asarray(vol.dataobj)  # arr[i=x, j=y, k]
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001 - any reader failure means an unusable file
         raise DataError(path, f"not a readable label volume ({type(e).__name__}: {e})") from None
     arr = np.asarray(arr)
@@ -105,7 +149,11 @@ def _read_volume_rgb(path: Path) -> np.ndarray:
     try:
         import nibabel as nib
 
-        arr = np.asarray(nib.load(str(path)).dataobj)
+        vol = nib.load(str(path))
+        _check_pixels(path, *_plane(vol.shape[:2] + (int(np.prod(vol.shape[2:-1] or (1,))),)))
+        arr = np.asarray(vol.dataobj)
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise DataError(path, f"not a readable image volume ({type(e).__name__}: {e})") from None
     if arr.dtype == np.uint8 and arr.ndim >= 2 and arr.shape[-1] != 3 and np.squeeze(arr).ndim == 2:
@@ -123,11 +171,16 @@ def _read_volume_rgb(path: Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode a mask to bool (H, W): any channel's grey value > 127 is polyp.
+    """Decode a mask to bool (H, W), as its author meant it, or raise DataError saying why not.
 
-    Accepts images (png/jpg/tif: 0/255 masks or 0/1 label maps) and single-slice
-    NIfTI/NRRD volumes (any value > 0 is polyp). Raises DataError when the mask's
-    size differs from ``expected_hw`` (its image's).
+    - images (png/jpg/tif): the polyp is any colour channel at or above half of the mask's maximum,
+      so 0/255 masks, 0/1 or 0/k label maps (even JPEG-compressed: 0/1 becomes 0..2) and a polyp
+      drawn in red all read right. An RGBA mask whose colour is uniform is read from its alpha
+      channel. An all-zero mask is a frame with no polyp.
+    - single-slice NIfTI/NRRD volumes (label maps): any value > 0 is polyp.
+    - refused: a mask whose size differs from ``expected_hw`` (its frame's); anything that looks
+      like a photograph (more than MAX_AMBIGUOUS_FRACTION of the pixels neither near 0 nor near the
+      maximum); a volume with non-integer values or more than 16 distinct values.
     """
     path = Path(path)
     if _is_volume(path):
@@ -135,19 +188,44 @@ def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> n
         if expected_hw is not None and tuple(vol.shape) != tuple(expected_hw):
             raise DataError(path, f"label volume size {vol.shape[1]}x{vol.shape[0]} (WxH) differs from its "
                                   f"image's {expected_hw[1]}x{expected_hw[0]}")
+        if vol.dtype.kind == "f" and not np.all(np.isfinite(vol) & (vol == np.round(vol))):
+            raise DataError(path, "label volume has non-integer values: it looks like an image, not a label map")
+        values = np.unique(vol)
+        if len(values) > 16:
+            raise DataError(path, f"label volume has {len(values)} distinct values: it looks like an image, "
+                                  f"not a label map")
         return vol > 0
     img = _open(path)
-    arr = np.asarray(img.convert("L"), dtype=np.uint8)
-    if expected_hw is not None and tuple(arr.shape) != tuple(expected_hw):
-        raise DataError(
-            path,
-            f"mask size {arr.shape[1]}x{arr.shape[0]} (WxH) differs from its image's "
-            f"{expected_hw[1]}x{expected_hw[0]}",
-        )
-    # Labels saved as 0/1 (MONAI Label convention) and 0/255 masks both work.
-    if arr.max() <= 1:
-        return arr > 0
-    return arr > MASK_THRESHOLD
+    w, h = img.size
+    if expected_hw is not None and (h, w) != tuple(expected_hw):
+        raise DataError(path, f"mask size {w}x{h} (WxH) differs from its image's {expected_hw[1]}x{expected_hw[0]}")
+    return mask_from_pixels(path, img)
+
+
+def mask_from_pixels(path, img: Image.Image) -> np.ndarray:
+    """The polyp mask an image means (see read_mask), or DataError naming the problem."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)[..., None]
+    else:
+        has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+        rgba = np.asarray(img.convert("RGBA" if has_alpha else "RGB"), dtype=np.int16)
+        arr = rgba[..., :3]
+        if has_alpha:
+            alpha = rgba[..., 3]
+            if int(arr.max() - arr.min()) == 0 and int(alpha.max()) != int(alpha.min()):
+                arr = alpha[..., None]  # drawn only in the alpha channel
+    g = arr.max(axis=-1)
+    hi = float(g.max()) if g.size else 0.0
+    if hi <= 0:
+        return np.zeros(g.shape, dtype=bool)
+    if hi > 16:  # an intensity mask (0/255, JPEG noise): nearly every pixel is near 0 or near the maximum
+        ambiguous = float(((g > 0.25 * hi) & (g < 0.75 * hi)).mean())
+        if ambiguous > MAX_AMBIGUOUS_FRACTION:
+            colours = len(np.unique(arr.reshape(-1, arr.shape[-1]), axis=0))
+            raise DataError(path, f"label looks like a photograph, not a mask: {colours} distinct colours, "
+                                  f"{100 * ambiguous:.0f}% of the pixels neither background nor polyp "
+                                  f"(send 0/1 or 0/255 masks)")
+    return 2 * g >= hi
 
 
 def write_label(mask_hw: np.ndarray, path: str | Path) -> Path:

@@ -17,7 +17,15 @@ labels in ``labels/<tag>/<image id><ext>``. Metadata lives in
   LocalDatastore) once, keeping every image and label info; the JSON file is
   left untouched.
 
-Ids and tags are checked by ``check_name``: no separators, no '..', no NUL.
+Ids and tags are checked by ``check_name``: no separators, no '..', no NUL, at most
+MAX_NAME characters.
+
+Nothing a client does loses a frame or a label for good: deleting a frame or a
+label, replacing a frame (``replace=True``; otherwise an existing id is refused
+with ``Exists``) and overwriting a label move the old files into
+``.polypal/trash/<time>-<id>/`` with a ``manifest.json`` saying what they were.
+To restore one, move its files back to where the manifest says and restart the
+server (``reconcile`` picks them up).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 
@@ -37,6 +46,9 @@ logger = logging.getLogger(__name__)
 IMAGE_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.nii.gz", "*.nii", "*.nrrd")
 _NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
 _EXTS = (".nii.gz", ".seg.nrrd")
+MAX_NAME = 128
+# label files are stored in the formats the readers know, nothing else
+LABEL_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -55,7 +67,13 @@ class NotFound(KeyError):
     pass
 
 
+class Exists(ValueError):
+    """An image id that is already in the store (and replacing it was not asked for)."""
+
+
 def check_name(kind: str, value) -> str:
+    if isinstance(value, str) and len(value) > MAX_NAME:
+        raise InvalidName(f"invalid {kind} {value[:40]!r}...: longer than {MAX_NAME} characters")
     if not isinstance(value, str) or not value or "\x00" in value or value in (".", "..") or ".." in value \
             or not _NAME.match(value):
         raise InvalidName(f"invalid {kind} {value!r}: use letters, digits, '_', '-' and '.' only "
@@ -89,6 +107,21 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _copy_fsynced(src: str, dir_: str) -> str:
+    """Copy ``src`` to a new hidden temporary file in ``dir_`` (fsynced); returns its path."""
+    fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=dir_)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
 class FrameStore:
     def __init__(self, root: str | os.PathLike, patterns=IMAGE_PATTERNS, read_only: bool = False):
         self.root = os.path.realpath(str(root))
@@ -107,6 +140,36 @@ class FrameStore:
 
     def _tx(self):
         return self._db.tx()
+
+    def trash(self, files: dict[str, str], reason: str, keep_source: bool = False) -> str | None:
+        """Move (or, with keep_source, hard-link/copy) files into a new trash folder.
+
+        ``files`` maps a name in the trash folder to an existing path. Returns the folder, or None
+        when none of the files exists."""
+        files = {k: v for k, v in files.items() if v and os.path.exists(v)}
+        if not files:
+            return None
+        base = os.path.join(self.root, ".polypal", "trash")
+        os.makedirs(base, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=base)
+        manifest = {"reason": reason, "time": time.time(), "files": {}}
+        for name, src in files.items():
+            dest = os.path.join(folder, name)
+            if keep_source:
+                try:
+                    os.link(src, dest)
+                except OSError:
+                    shutil.copy2(src, dest)
+            else:
+                os.replace(src, dest)
+            manifest["files"][name] = os.path.relpath(src, self.root)
+        with open(os.path.join(folder, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(folder)
+        logger.info(f"kept in {os.path.relpath(folder, self.root)}: {manifest['files']} ({reason})")
+        return folder
 
     def label_dir(self, tag: str) -> str:
         return os.path.join(self.root, "labels", check_name("label tag", tag))
@@ -262,26 +325,25 @@ class FrameStore:
 
     # -- writes ------------------------------------------------------------------------------
     def save_label(self, image_id: str, src_file: str, tag: str, info: dict | None = None) -> str:
-        """Store a label file crash-safely; returns the label id (= the image id)."""
+        """Store a label file crash-safely; returns the label id (= the image id).
+
+        The label it replaces, if any, is kept in the trash (hard link taken before the rename)."""
         check_name("image id", image_id)
         d = self.label_dir(tag)
         if self.image_ext(image_id) is None:
             raise NotFound(f"image {image_id!r} not found")
         _, ext = split_name(os.path.basename(src_file))
-        if not ext:
-            raise ValueError(f"label file {src_file!r} has no extension")
+        if ext.lower() not in LABEL_EXTS:
+            raise ValueError(f"label file type {ext or '(no extension)'!r} not accepted; use one of "
+                             f"{', '.join(LABEL_EXTS)}")
         os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=d)
+        tmp = _copy_fsynced(src_file, d)
+        dest = os.path.join(d, image_id + ext)
         try:
-            with os.fdopen(fd, "wb") as out, open(src_file, "rb") as src:
-                while True:
-                    buf = src.read(1 << 20)
-                    if not buf:
-                        break
-                    out.write(buf)
-                out.flush()
-                os.fsync(out.fileno())
-            dest = os.path.join(d, image_id + ext)
+            old = self.label_path(image_id, tag)
+            if old and os.path.exists(old):
+                self.trash({f"labels-{tag}-{os.path.basename(old)}": old}, f"label {tag} of {image_id} replaced",
+                           keep_source=True)
             os.replace(tmp, dest)
         except BaseException:
             if os.path.exists(tmp):
@@ -294,7 +356,7 @@ class FrameStore:
         with self._tx() as c:
             old = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
             c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)", (image_id, tag, ext, json.dumps(info)))
-        if old and old[0] != ext:  # one label per (image, tag): drop the file of the previous extension
+        if old and old[0] != ext:  # one label per (image, tag): the file of the previous extension (kept above)
             try:
                 os.unlink(os.path.join(d, image_id + old[0]))
             except FileNotFoundError:
@@ -302,11 +364,13 @@ class FrameStore:
         return image_id
 
     def remove_label(self, image_id: str, tag: str) -> None:
+        """Forget a label; its file goes to the trash."""
         p = self.label_path(check_name("image id", image_id), tag)
+        if not p:
+            raise NotFound(f"label {image_id!r} with tag {tag!r} not found")
         with self._tx() as c:
             c.execute("DELETE FROM labels WHERE image_id=? AND tag=?", (image_id, tag))
-        if p and os.path.exists(p):
-            os.unlink(p)
+        self.trash({f"labels-{tag}-{os.path.basename(p)}": p}, f"label {tag} of {image_id} removed")
 
     def update_image_info(self, image_id: str, info: dict) -> None:
         """Merge ``info`` into one image's info (read and written in one transaction)."""
@@ -327,28 +391,43 @@ class FrameStore:
             cur.update(info)
             c.execute("UPDATE labels SET info=? WHERE image_id=? AND tag=?", (json.dumps(cur), image_id, tag))
 
-    def add_image(self, image_id: str, src_file: str, info: dict | None = None) -> str:
+    def add_image(self, image_id: str, src_file: str, info: dict | None = None, replace: bool = False) -> str:
+        """Add a frame. An id already in the store raises Exists unless ``replace``: then the old
+        frame and all its labels go to the trash first (a label of the old frame never stays on the new)."""
         check_name("image id", image_id)
         _, ext = split_name(os.path.basename(src_file))
         if not self._matches(image_id + ext):
-            raise ValueError(f"{src_file}: extension {ext!r} is not an accepted image type")
-        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=self.root)
-        os.close(fd)
-        import shutil
-
-        shutil.copyfile(src_file, tmp)
-        os.replace(tmp, os.path.join(self.root, image_id + ext))
+            raise ValueError(f"extension {ext!r} is not an accepted image type "
+                             f"({', '.join(p.lstrip('*') for p in self.patterns)})")
+        if self.image_ext(image_id) is not None and not replace:
+            raise Exists(f"image {image_id!r} already exists; to replace it (the old frame and its labels are "
+                         f"kept in the datastore's trash) send params {{\"replace\": true}}")
+        tmp = _copy_fsynced(src_file, self.root)
+        try:
+            if self.image_ext(image_id) is not None:
+                self._remove_image_files(image_id, f"image {image_id} replaced by an upload")
+            os.replace(tmp, os.path.join(self.root, image_id + ext))
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         _fsync_dir(self.root)
         with self._tx() as c:
             c.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (image_id, ext, json.dumps(info or {})))
         return image_id
 
-    def remove_image(self, image_id: str) -> None:
-        p = self.image_path(check_name("image id", image_id))
+    def _remove_image_files(self, image_id: str, reason: str) -> None:
+        p = self.image_path(image_id)
         labels = self.labels_of(image_id)
         with self._tx() as c:
             c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
             c.execute("DELETE FROM images WHERE id=?", (image_id,))
-        for f in [p, *labels.values()]:
-            if f and os.path.exists(f):
-                os.unlink(f)
+        files = {os.path.basename(p): p} if p else {}
+        files.update({f"labels-{t}-{os.path.basename(f)}": f for t, f in labels.items()})
+        self.trash(files, reason)
+
+    def remove_image(self, image_id: str) -> None:
+        """Forget a frame and its labels; the files go to the trash."""
+        if self.image_ext(check_name("image id", image_id)) is None:
+            raise NotFound(f"image {image_id!r} not found")
+        self._remove_image_files(image_id, f"image {image_id} removed")

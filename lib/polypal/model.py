@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from monai.networks.nets import UNet
 from monai.networks.layers.simplelayers import SkipConnection
 from torch import nn
 
+from .errors import PolypalError
 from .profiles import Profile
 
 
@@ -60,24 +63,69 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def save_checkpoint(path, model: PolypUNet, profile: Profile, extra: dict | None = None) -> None:
-    """Write a self-describing checkpoint atomically (tmp file, then rename)."""
-    import os
+class CheckpointError(PolypalError):
+    """A checkpoint that cannot be served: unreadable, not ours, or another architecture."""
 
-    payload = {"state_dict": model.state_dict(), "profile": profile.to_dict(), "extra": extra or {}}
+    def __init__(self, path, problem: str):
+        self.path, self.problem = str(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
+def save_checkpoint(path, model: PolypUNet, profile: Profile, extra: dict | None = None) -> None:
+    """Write a self-describing checkpoint atomically (tmp file, then rename).
+
+    Tensors and plain data only (dicts, lists, str, numbers), so that it loads with
+    ``weights_only=True``: a checkpoint can never carry code."""
+    payload = {"state_dict": model.state_dict(), "profile": _plain(profile.to_dict()), "extra": _plain(extra or {})}
     tmp = f"{path}.tmp"
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, device=None) -> tuple[PolypUNet, Profile, dict]:
-    from .profiles import Profile as P
+def _plain(x):
+    """Numbers, strings, lists and dicts only (numpy scalars and tuples converted)."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (str, bool, int, float)) or x is None:
+        return x
+    if hasattr(x, "item"):  # numpy / torch scalars
+        return x.item()
+    raise TypeError(f"checkpoint metadata must be plain data, got {type(x).__name__}")
 
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    pd = dict(ck["profile"])
-    pd["channels"], pd["strides"], pd["betas"] = tuple(pd["channels"]), tuple(pd["strides"]), tuple(pd["betas"])
-    profile = P(**pd)
-    model = PolypUNet.from_profile(profile)
-    model.load_state_dict(ck["state_dict"])
+
+def load_checkpoint(path, device=None, expect: Profile | None = None) -> tuple[PolypUNet, Profile, dict]:
+    """Load a checkpoint with ``weights_only=True`` (no pickled code runs) into a fresh PolypUNet.
+
+    Raises CheckpointError naming the file when it is not a polyp-al checkpoint, when its weights
+    do not fit its profile's U-Net, or (with ``expect``) when its architecture differs from that profile's.
+    """
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(path, "file not found") from None
+    except Exception as e:  # noqa: BLE001 - pickle's UnpicklingError, zip errors, ...: all mean "refused"
+        raise CheckpointError(path, f"not a loadable polyp-al checkpoint (tensors and plain data only): "
+                                    f"{type(e).__name__}: {str(e)[:300]}") from None
+    if not isinstance(ck, dict) or not isinstance(ck.get("state_dict"), dict) or not isinstance(ck.get("profile"), dict):
+        raise CheckpointError(path, "not a polyp-al checkpoint (needs 'state_dict' and 'profile')")
+    try:
+        pd = {k: tuple(v) if isinstance(v, list) else v for k, v in ck["profile"].items()}
+        known = set(Profile.__dataclass_fields__)
+        profile = Profile(**{k: v for k, v in pd.items() if k in known})
+        model = PolypUNet.from_profile(profile)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(path, f"bad profile in checkpoint ({type(e).__name__}: {e})") from None
+    if expect is not None:
+        arch = ("channels", "strides", "num_res_units")
+        if any(getattr(profile, a) != getattr(expect, a) for a in arch):
+            raise CheckpointError(path, f"architecture {[getattr(profile, a) for a in arch]} differs from this "
+                                        f"server's profile {expect.name!r} {[getattr(expect, a) for a in arch]}")
+    try:
+        model.load_state_dict(ck["state_dict"], strict=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(path, f"weights do not fit the U-Net of its profile: {str(e)[:300]}") from None
+    extra = ck.get("extra", {})
     model.to(device or default_device()).eval()
-    return model, profile, ck.get("extra", {})
+    return model, profile, extra if isinstance(extra, dict) else {}

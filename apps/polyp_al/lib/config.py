@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from polypal.data import DEFAULT_MAX_PIXELS, set_max_pixels
 from polypal.profiles import Profile, get_profile
 
 
@@ -18,6 +19,10 @@ class AppConfig:
     lease_seconds: float
     aggregation: str
     seed: int
+    allow_model_upload: bool = False
+    allowed_origins: str = ""
+    allowed_hosts: str = ""
+    max_pixels: int = 0
 
     @classmethod
     def from_conf(cls, app_dir: str, studies: str, conf: dict) -> "AppConfig":
@@ -39,6 +44,11 @@ class AppConfig:
             raise ValueError(f"--conf gamma must be in [0, 1], got {gamma}")
         state_dir = conf.get("state_dir") or (os.path.join(model_dir, "state") if studies.startswith("http")
                                               else os.path.join(studies, ".polypal"))
+        flag = str(conf.get("allow_model_upload", "false")).strip().lower()
+        if flag not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"--conf allow_model_upload must be true or false, got {flag!r}")
+        max_pixels = num("max_pixels", DEFAULT_MAX_PIXELS, int)
+        set_max_pixels(max_pixels)  # every reader of this process (server, training, scoring) obeys it
         return cls(
             profile=profile,
             model_path=os.path.join(model_dir, f"polyp_seg-{profile.name}.pt"),
@@ -48,4 +58,8 @@ class AppConfig:
             lease_seconds=num("lease_timeout", 3600),
             aggregation=conf.get("aggregation", "mean"),
             seed=num("seed", 0, int),
+            allow_model_upload=flag in ("true", "1", "yes"),
+            allowed_origins=str(conf.get("allowed_origins", "")),
+            allowed_hosts=str(conf.get("allowed_hosts", "")),
+            max_pixels=max_pixels,
         )

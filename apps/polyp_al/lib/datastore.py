@@ -6,8 +6,16 @@ unchanged; metadata in SQLite instead of one rewritten JSON file (see
 polypal.framestore). On top of that:
 
 - image ids and label tags that would leave the studies folder get HTTP 400;
-- an uploaded label must be an image or a single-slice volume of the frame's
-  size, checked with the library's reader before anything is stored (422).
+- an uploaded label must be a mask (not a photograph) or a single-slice label
+  volume of the frame's size, checked with the library's reader before anything
+  is stored (422); mask images are stored as lossless 0/1 PNG, so the stored
+  label is what the annotator meant (a 0/1 JPEG, a 0/5 map, a red or
+  alpha-only drawing all become the same 0/1 mask);
+- uploading to an existing image id answers 409 unless params say
+  ``{"replace": true}``; deletes and replacements keep the old files in
+  ``.polypal/trash`` (polypal.framestore);
+- images over the pixel cap answer 413; a refused upload's temporary file is
+  deleted.
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ from typing import Any, Dict, List, Optional
 from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
-from polypal.data import DataError, read_mask, read_rgb
-from polypal.framestore import FrameStore, InvalidName, NotFound, check_name
+from polypal.data import VOLUME_EXTENSIONS, DataError, TooLarge, read_mask, read_rgb, write_label
+from polypal.framestore import Exists, FrameStore, InvalidName, NotFound, check_name, split_name
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +42,27 @@ def checked_mask(image_id: str, image_uri: str | None, label_file: str):
         raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
     try:
         hw = read_rgb(image_uri).shape[:2]
+    except TooLarge as e:
+        raise HTTPException(status_code=413, detail=f"frame {image_id}: {e.problem}") from None
     except DataError as e:
         logger.error(f"frame {image_id} is unusable: {e}")
         raise HTTPException(status_code=422, detail=f"frame {image_id} is unusable: {e.problem}") from None
     try:
         return read_mask(label_file, expected_hw=hw)
+    except TooLarge as e:
+        raise HTTPException(status_code=413, detail=f"label for {image_id} rejected: {e.problem}") from None
     except DataError as e:
         logger.warning(f"label for {image_id} rejected: {e}")
         raise HTTPException(status_code=422, detail=f"label for {image_id} rejected: {e.problem}") from None
+
+def _consumed(path: str) -> None:
+    """Delete a refused upload: MONAI Label's endpoint only deletes its temporary file on success."""
+    try:
+        if os.path.dirname(os.path.realpath(path)) == os.path.realpath(tempfile.gettempdir()):
+            os.unlink(path)
+    except OSError:
+        pass
+
 
 def _checked(kind: str, value: str) -> str:
     try:
@@ -119,12 +140,19 @@ class PolypDatastore(Datastore):
 
         fd, path = tempfile.mkstemp(suffix=".zip")
         os.close(fd)
-        with zipfile.ZipFile(path, "w") as z:
-            for k, item in enumerate(self.datalist()):
-                if limit_cases and k >= limit_cases:
-                    break
-                z.write(item["image"], os.path.join("images", os.path.basename(item["image"])))
-                z.write(item["label"], os.path.join("labels", os.path.basename(item["label"])))
+        from lib.security import scratch_file
+
+        scratch_file(path)  # deleted once the request is answered
+        try:
+            with zipfile.ZipFile(path, "w") as z:
+                for k, item in enumerate(self.datalist()):
+                    if limit_cases and k >= limit_cases:
+                        break
+                    z.write(item["image"], os.path.join("images", os.path.basename(item["image"])))
+                    z.write(item["label"], os.path.join("labels", os.path.basename(item["label"])))
+        except BaseException:
+            os.unlink(path)
+            raise
         return path
 
     def refresh(self) -> None:
@@ -141,35 +169,70 @@ class PolypDatastore(Datastore):
 
     # -- writes ------------------------------------------------------------------------------
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
-        _checked("image id", image_id)
         try:
-            read_rgb(image_filename)
-        except DataError as e:
-            raise HTTPException(status_code=422, detail=f"image {image_id} rejected: {e.problem}") from None
-        try:
-            return self.store.add_image(image_id, image_filename, image_info)
-        except ValueError as e:
-            raise HTTPException(status_code=422, detail=str(e)) from None
+            _checked("image id", image_id)
+            info = dict(image_info or {})
+            replace = info.pop("replace", False) is True
+            try:
+                read_rgb(image_filename)
+            except TooLarge as e:
+                raise HTTPException(status_code=413, detail=f"image {image_id} rejected: {e.problem}") from None
+            except DataError as e:
+                raise HTTPException(status_code=422, detail=f"image {image_id} rejected: {e.problem}") from None
+            try:
+                return self.store.add_image(image_id, image_filename, info, replace=replace)
+            except Exists as e:
+                raise HTTPException(status_code=409, detail=str(e)) from None
+            except ValueError as e:
+                raise HTTPException(status_code=422, detail=f"image {image_id} rejected: {e}") from None
+        except BaseException:
+            _consumed(image_filename)
+            raise
 
     def remove_image(self, image_id: str) -> None:
         _checked("image id", image_id)
-        self.store.remove_image(image_id)
-
-    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
-        _checked("image id", image_id)
-        _checked("label tag", label_tag)
-        mask = checked_mask(image_id, self.get_image_uri(image_id), label_filename)
         try:
-            label_id = self.store.save_label(image_id, label_filename, label_tag, label_info)
+            self.store.remove_image(image_id)
         except NotFound as e:
             raise HTTPException(status_code=404, detail=str(e)) from None
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        try:
+            _checked("image id", image_id)
+            _checked("label tag", label_tag)
+            _, ext = split_name(os.path.basename(label_filename))
+            if ext.lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff") + VOLUME_EXTENSIONS:
+                raise HTTPException(status_code=415, detail=f"label for {image_id}: file type "
+                                                            f"{ext or '(no extension)'!r} not accepted; send a "
+                                                            f"png/jpg/tif mask or a .nii.gz/.nii/.nrrd label map")
+            mask = checked_mask(image_id, self.get_image_uri(image_id), label_filename)
+            stored = label_filename
+            if not any(ext.lower() == v for v in VOLUME_EXTENSIONS):  # a mask image: stored as 0/1 PNG
+                fd, stored = tempfile.mkstemp(suffix=".png")
+                os.close(fd)
+                write_label(mask, stored)
+            try:
+                label_id = self.store.save_label(image_id, stored, label_tag, label_info)
+            except NotFound as e:
+                raise HTTPException(status_code=404, detail=str(e)) from None
+            except ValueError as e:
+                raise HTTPException(status_code=415, detail=f"label for {image_id}: {e}") from None
+            finally:
+                if stored != label_filename:
+                    os.unlink(stored)
+        except BaseException:
+            _consumed(label_filename)
+            raise
         logger.info(f"label {label_tag} for {image_id} stored: {int(mask.sum())} polyp pixels")
         return label_id
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         _checked("image id", label_id)
         _checked("label tag", label_tag)
-        self.store.remove_label(label_id, label_tag)
+        try:
+            self.store.remove_label(label_id, label_tag)
+        except NotFound as e:
+            raise HTTPException(status_code=404, detail=str(e)) from None
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
         try:

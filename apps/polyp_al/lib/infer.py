@@ -9,12 +9,13 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
+from fastapi import HTTPException
 from monai.inferers import Inferer
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from polypal.data import normalize, read_rgb, resize_prob, resize_rgb, write_label
-from polypal.model import PolypUNet
+from polypal.model import CheckpointError, PolypUNet, load_checkpoint
 
 logger = logging.getLogger(__name__)
 LABEL_EXTENSIONS = (".png", ".nrrd", ".nii.gz", ".nii")
@@ -53,6 +54,7 @@ class LogitsInferer(Inferer):
 
 class PolypSegInfer(BasicInferTask):
     def __init__(self, model_path: str, profile, labels: dict):
+        self.profile = profile
         super().__init__(
             path=model_path,
             network=PolypUNet.from_profile(profile),
@@ -67,6 +69,25 @@ class PolypSegInfer(BasicInferTask):
 
     def is_valid(self) -> bool:  # listed in /info even before the first model is trained
         return True
+
+    def _get_network(self, device, data):
+        """The served model, loaded with weights_only=True and checked against this profile (cached by
+        the file's mtime). A file that fails to load is never served: 503 naming the problem."""
+        path = self.get_path()
+        if not path or not os.path.exists(path):
+            raise HTTPException(status_code=409, detail="no model trained yet: save some final labels and run "
+                                                        "POST /train/polyp_seg first")
+        st = os.stat(path)
+        cached = self._networks.get(device)
+        if cached and cached[1] == (st.st_mtime_ns, st.st_size):
+            return cached[0]
+        try:
+            network, _, _ = load_checkpoint(path, device=device, expect=self.profile)
+        except CheckpointError as e:
+            logger.error(f"model not served: {e}")
+            raise HTTPException(status_code=503, detail=f"the model file cannot be served: {e.problem}") from None
+        self._networks[device] = (network, (st.st_mtime_ns, st.st_size))
+        return network
 
     def pre_transforms(self, data=None):
         return [LoadFramed(self.profile.size)]

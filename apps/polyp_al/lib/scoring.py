@@ -17,7 +17,7 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from polypal.active import SERVER_STRATEGIES, THUMB, model_version
 from polypal.data import DataError, read_rgb, resize_rgb
 from polypal.learner import predict
-from polypal.model import load_checkpoint
+from polypal.model import CheckpointError, load_checkpoint
 
 logger = logging.getLogger(__name__)
 CHUNK = 256  # frames decoded per step: bounded memory at any pool size
@@ -62,8 +62,13 @@ class PolypScoring(ScoringMethod):
             st.add_thumbs(ok, th)
         version = model_version(self.cfg.model_path)
         scored = 0
+        model = None
         if version != "none":
-            model, _, _ = load_checkpoint(self.cfg.model_path)
+            try:
+                model, _, _ = load_checkpoint(self.cfg.model_path, expect=self.cfg.profile)
+            except CheckpointError as e:  # never score with (or serve) a file that does not load
+                logger.error(f"scoring skipped: {e}")
+        if model is not None:
             # labeled frames are scored too: their latents are k-center's initial centers
             todo = st.unscored(version, all_ids)
             for s in range(0, len(todo), CHUNK):

@@ -30,12 +30,43 @@ def is_validation(image_id: str, fraction: int = 5) -> bool:
     return int(hashlib.sha1(image_id.encode()).hexdigest(), 16) % fraction == 0
 
 
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class PolypSegTrain(TrainTask):
     def __init__(self, cfg, after_publish=None):
         super().__init__("Train the polyp U-Net on the final labels (BCE + Dice, Adam)")
         self.cfg = cfg
         self.after_publish = after_publish  # e.g. score the pool with the new model, in this process
         self.stats_path = cfg.model_path + ".stats.json"
+        self.recover()
+
+    def recover(self) -> None:
+        """After a crash during training: /info said RUNNING forever and a partial ``.pt.tmp`` stayed.
+        A run whose process is gone is marked INTERRUPTED and its partial file removed."""
+        st = self.stats()
+        running = st.get("status") == "RUNNING"
+        if running and _alive(st.get("pid")):
+            return
+        tmp = self.cfg.model_path + ".tmp"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+            logger.warning(f"removed {tmp}, left by an unfinished save")
+        if not running:
+            return
+        st.update(status="INTERRUPTED", note="the training process ended without finishing (crash or kill); "
+                                             "the previous model, if any, is still served")
+        self._write_stats(st)
+        logger.warning(f"training started at {st.get('started')} was interrupted; marked INTERRUPTED")
 
     def config(self):
         p = self.cfg.profile
@@ -77,7 +108,7 @@ class PolypSegTrain(TrainTask):
             val[:] = False
         images, masks = np.stack(images), np.stack(masks)
         t0 = time.time()
-        self._write_stats({"status": "RUNNING", "started": t0, "labeled": len(used)})
+        self._write_stats({"status": "RUNNING", "started": t0, "labeled": len(used), "pid": os.getpid()})
 
         def on_step(step, total, loss):
             if step % 20 == 0 or step == total:

@@ -1,0 +1,77 @@
+"""``PUT/DELETE /model/polyp_seg`` when the operator turned them on (``--conf allow_model_upload true``).
+
+An upload is written next to the served model, loaded with ``weights_only=True``
+and checked against this server's profile (same U-Net); only then is it
+renamed over the served model (atomic). The model it replaces, and a deleted
+model, are kept beside it as ``<model>.<time>.replaced`` / ``.deleted``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+from fastapi import HTTPException
+
+from polypal.model import CheckpointError, load_checkpoint
+
+logger = logging.getLogger(__name__)
+MAX_MODEL_BYTES = 1 << 30
+
+
+def _check_model_name(app, model: str) -> None:
+    if model not in app._infers:
+        raise HTTPException(status_code=404, detail=f"no model {model[:80]!r}; this app serves {sorted(app._infers)}")
+
+
+def model_api(app):
+    """A small FastAPI app answering PUT/DELETE /model/{model} (the Gate sends those requests here)."""
+    from fastapi import FastAPI, UploadFile
+
+    api = FastAPI()
+
+    @api.put("/model/{model}")
+    def update_model(model: str, file: UploadFile):
+        _check_model_name(app, model)
+        dest = app.cfg.model_path
+        fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".pt", dir=os.path.dirname(dest))
+        try:
+            with os.fdopen(fd, "wb") as out:
+                n = 0
+                while True:
+                    buf = file.file.read(1 << 20)
+                    if not buf:
+                        break
+                    n += len(buf)
+                    if n > MAX_MODEL_BYTES:
+                        raise HTTPException(status_code=413, detail=f"model file larger than {MAX_MODEL_BYTES} bytes")
+                    out.write(buf)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                _, profile, _ = load_checkpoint(tmp, device="cpu", expect=app.cfg.profile)
+            except CheckpointError as e:
+                raise HTTPException(status_code=422, detail=f"model refused: {e.problem}") from None
+            if os.path.exists(dest):
+                shutil.copy2(dest, f"{dest}.{time.strftime('%Y%m%d-%H%M%S')}.replaced")
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        logger.info(f"model {model} replaced by an upload ({n} bytes, profile {profile.name})")
+        st = os.stat(dest)
+        return {"modified_time": int(st.st_mtime), "size": st.st_size}
+
+    @api.delete("/model/{model}")
+    def delete_model(model: str):
+        _check_model_name(app, model)
+        dest = app.cfg.model_path
+        if not os.path.exists(dest):
+            raise HTTPException(status_code=404, detail=f"no trained model for {model}")
+        os.replace(dest, f"{dest}.{time.strftime('%Y%m%d-%H%M%S')}.deleted")
+        return {}
+
+    return api
