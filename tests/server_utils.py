@@ -51,8 +51,9 @@ def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
 
 
 class Server:
-    def __init__(self, studies: Path, workdir: Path, conf: dict | None = None, port: int | None = None):
-        self.studies, self.workdir = studies, workdir
+    def __init__(self, studies: Path, workdir: Path, conf: dict | None = None, port: int | None = None,
+                 env: dict | None = None):
+        self.studies, self.workdir, self.extra_env = studies, workdir, dict(env or {})
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.conf = {"profile": "smoke", "model_dir": str(workdir / "model"), "batch_size": "4", **(conf or {})}
@@ -67,6 +68,7 @@ class Server:
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("MONAI_LABEL_APP_DIR", str(APP))
+        env.update(self.extra_env)
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(args, cwd=str(self.workdir), stdout=self._logf, stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True)
