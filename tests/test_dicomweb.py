@@ -17,6 +17,31 @@ from server_utils import SAMPLE, Server, free_port, http
 pytestmark = pytest.mark.server
 
 
+def up_reaped(data: Path, **kw) -> str:
+    """``dicomweb.up``, and reap Orthanc (this process's child) when it exits, so that ``dicomweb.down``
+    (which waits for the pid to vanish) returns at once instead of waiting 10 s on a zombie."""
+    import os
+    import threading
+
+    url = dicomweb.up(data, **kw)
+    pid = json.loads((Path(data).resolve() / "polypal-orthanc.json").read_text())["pid"]
+
+    def reap():
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped elsewhere (subprocess's own clean-up), or not our child
+            pass
+
+    threading.Thread(target=reap, daemon=True).start()
+    return url
+
+
+def timed_down(data: Path) -> float:
+    t0 = time.monotonic()
+    dicomweb.down(data)
+    return time.monotonic() - t0
+
+
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
     if not (shutil.which("Orthanc") or Path("/usr/sbin/Orthanc").exists()):
@@ -26,9 +51,9 @@ def orthanc(tmp_path_factory):
     except SystemExit as e:
         pytest.skip(str(e))
     data = tmp_path_factory.mktemp("orthanc")
-    url = dicomweb.up(data, port=free_port(), dicom_port=free_port())
+    url = up_reaped(data, port=free_port(), dicom_port=free_port())
     yield url, data
-    dicomweb.down(data)
+    assert timed_down(data) < 5  # reaped: no 10 s wait on a zombie
 
 
 def test_load_is_idempotent_and_traceable(orthanc, tmp_path):
@@ -80,6 +105,9 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
         seg_study = segs[0]["0020000D"]["Value"][0]
         frame_study = http("GET", f"{url}/dicom-web/series?SeriesInstanceUID={r['id']}")[1][0]["0020000D"]["Value"][0]
         assert seg_study == frame_study
+        # the SEG read back from Orthanc is the uploaded mask, pixel for pixel
+        mask = np.asarray(Image.open(SAMPLE / "masks" / f"{desc}.png").convert("L")) > 127
+        np.testing.assert_array_equal(_seg_pixels(url, segs[0]["0020000E"]["Value"][0]), mask)
         # a mask of the wrong size is refused and nothing new reaches Orthanc
         bad = tmp_path / "bad.png"
         Image.fromarray(np.zeros((10, 10), np.uint8)).save(bad)
@@ -97,6 +125,24 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
         assert np.asarray(Image.open(out)).shape == orig.shape[:2]
     finally:
         srv.stop()
+
+
+def _seg_pixels(url: str, seg_series: str) -> np.ndarray:
+    """The one segment of a single-frame SEG series, fetched from Orthanc as a DICOM file: bool (H, W)."""
+    import io
+
+    from pydicom import dcmread
+
+    sops = http("GET", f"{url}/dicom-web/instances?SeriesInstanceUID={seg_series}")[1]
+    assert len(sops) == 1
+    found = http("POST", url + "/tools/lookup", sops[0]["00080018"]["Value"][0].encode())[1]
+    raw = http("GET", f"{url}/instances/{found[0]['ID']}/file")[1]
+    ds = dcmread(io.BytesIO(raw))
+    assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY" and len(ds.SegmentSequence) == 1
+    px = ds.pixel_array
+    px = px[0] if px.ndim == 3 else px
+    assert px.shape == (ds.Rows, ds.Columns)
+    return px.astype(bool)
 
 
 def _browser():
@@ -282,7 +328,7 @@ def test_dicomweb_server_down_or_rejecting_loses_no_label(tmp_path):
         s, r = http("POST", srv.url + "/activelearning/random", b"{}", {"Content-Type": "application/json"})
         assert s == 503 and f"127.0.0.1:{port}" in r["detail"], r
         # the server comes up: frames are served, a label arrives as SEG
-        dicomweb.up(data, port=port, dicom_port=free_port())
+        up_reaped(data, port=port, dicom_port=free_port())
         names = _load_sample_frames(url, tmp_path, slice(8, 10))
         a, b = (_series_by_name(url, n) for n in names)
         s, r = http("POST", srv.url + "/activelearning/random", b"{}", {"Content-Type": "application/json"})
@@ -304,19 +350,19 @@ def test_dicomweb_server_down_or_rejecting_loses_no_label(tmp_path):
             client.save_label(grey, str(SAMPLE / "masks" / f"{names[0]}.png"), tag="final")
         # down mid-session: the label is refused with 502, kept, and reported; the server keeps serving
         assert http("GET", f"{srv.url}/datastore/image?image={b['series']}")[0] == 200  # frame now cached
-        dicomweb.down(data)
+        assert timed_down(data) < 5
         with pytest.raises(Exception, match="502.*kept"):
             client.save_label(b["series"], str(SAMPLE / "masks" / f"{names[1]}.png"), tag="final")
         s, info = http("GET", srv.url + "/info/")
         assert s == 200 and info["datastore"]["pending_labels"] == 1
         # back up, but refusing every SEG while answering "stored": caught by the check, still kept
-        dicomweb.up(data, port=port, dicom_port=free_port(), extra={"LuaScripts": [str(lua)]})
+        up_reaped(data, port=port, dicom_port=free_port(), extra={"LuaScripts": [str(lua)]})
         with pytest.raises(Exception, match="502.*does not have SEG"):
             client.save_label(b["series"], str(SAMPLE / "masks" / f"{names[1]}.png"), tag="final")
         assert _segs_on(url, b["study"]) == [] and http("GET", srv.url + "/info/")[1]["datastore"]["pending_labels"] == 1
         # a normal server again: the next save also sends the kept label
         dicomweb.down(data)
-        dicomweb.up(data, port=port, dicom_port=free_port())
+        up_reaped(data, port=port, dicom_port=free_port())
         client.save_label(a["series"], str(SAMPLE / "masks" / f"{names[0]}.png"), tag="final")
         assert len(_segs_on(url, b["study"])) == 1
         assert http("GET", srv.url + "/info/")[1]["datastore"]["pending_labels"] == 0
