@@ -231,11 +231,16 @@ def test_ohif_lists_frames_and_shows_seg_overlays(orthanc, tmp_path):
         # dismiss OHIF's "investigational use only" banner, which covers the lower part of the page
         browser.js("[...document.querySelectorAll('button')].filter(b => b.innerText.includes('Confirm and Hide'))"
                    ".forEach(b => b.click())")
-        time.sleep(4)
-        px = browser.screenshot(tmp_path / "frame.png")
-        v = px[VIEWPORT]
-        reddish = (v[..., 0] > 120) & (v[..., 0] > v[..., 2] + 40)
-        assert reddish.mean() > 0.2, f"viewport shows no endoscopy frame ({reddish.mean():.3f} reddish pixels)"
+        # wait for the frame itself to be drawn (no fixed sleep): the viewport turns reddish
+        t0, shown = time.time(), 0.0
+        while time.time() - t0 < 60:
+            px = browser.screenshot(tmp_path / "frame.png")
+            v = px[VIEWPORT]
+            shown = float(((v[..., 0] > 120) & (v[..., 0] > v[..., 2] + 40)).mean())
+            if shown > 0.2:
+                break
+            time.sleep(0.5)
+        assert shown > 0.2, f"viewport shows no endoscopy frame ({shown:.3f} reddish pixels); see frame.png"
         before = _overlay_fraction(px)
         assert before < 0.01, before
 
