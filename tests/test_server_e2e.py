@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from polypal.active import model_version
 from polypal.data import read_mask, write_label
 from server_utils import Server, http, make_studies, multipart, sample_mask
 
@@ -37,6 +38,74 @@ def client(server):
     return MONAILabelClient(server.url, tmpdir=str(server.workdir), client_id="annotator-1")
 
 
+@pytest.fixture(scope="module")
+def cold_server(tmp_path_factory):
+    """A server that never gets a model, for the cold-start behaviour (whatever ran before)."""
+    work = tmp_path_factory.mktemp("cold")
+    studies = make_studies(work / "studies", n=5)
+    (studies / "zz_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    srv = Server(studies, work).start()
+    yield srv
+    srv.stop()
+
+
+def readable_ids(server):
+    return sorted(p.stem for p in server.studies.iterdir()
+                  if p.suffix in (".jpg", ".tif") and p.stem != "zz_corrupt")
+
+
+def al_state(server):
+    """The server's active-learning state (scores, plans, leases), opened from the test process."""
+    from polypal.active import ActiveLearningState
+
+    return ActiveLearningState(server.studies / ".polypal")
+
+
+def held_by_others(server, client_id):
+    import time
+
+    rows = al_state(server)._conn().execute("SELECT image_id, client_id, expires FROM leases").fetchall()
+    return {i for i, c, exp in rows if c != client_id and exp > time.time()}
+
+
+def library_prediction(model_path, frame_path):
+    """What the library predicts for one frame: probabilities at the profile size, latent, BvSB mean score."""
+    from polypal.data import read_rgb, resize_rgb
+    from polypal.learner import predict
+    from polypal.model import load_checkpoint
+
+    model, prof, _ = load_checkpoint(model_path, device="cpu")
+    rgb = read_rgb(frame_path)
+    pred = predict(model, resize_rgb(rgb, prof.size)[None], aggregations=("mean",))
+    return rgb.shape[:2], pred
+
+
+N_TRAIN_LABELS = 6
+
+
+@pytest.fixture(scope="module")
+def trained(server, client):
+    """A model trained through the server on the first 6 frames, and the pool scored with it.
+
+    Any test that needs a model asks for this fixture, so tests pass alone and in any order."""
+    model = server.workdir / "model" / "polyp_seg-smoke.pt"
+    if not model.exists():
+        have = labeled_ids(server)
+        for i in sorted(p.stem for p in server.studies.glob("*.jpg"))[:N_TRAIN_LABELS]:
+            if i not in have:
+                client.save_label(i, str(sample_mask(i)), tag="final")
+        assert len(labeled_ids(server)) == N_TRAIN_LABELS
+        client.train_start("polyp_seg", {})
+        server.wait_for(model.exists, timeout=300, every=1, what="the published model file")
+    server.wait_for(lambda: client.info()["train_stats"]["polyp_seg"].get("status") == "DONE", timeout=60,
+                    what="training stats")
+    # scoring reruns by itself for the new model: every readable frame gets a score
+    n = len(readable_ids(server))
+    server.wait_for(lambda: client.info()["polyp_al"]["state"]["versions"].get(model_version(model), 0) >= n,
+                    timeout=120, what="scores for the new model")
+    return model
+
+
 def frame_hw(server, image_id):
     return Image.open(next(server.studies.glob(f"{image_id}.*"))).size[::-1]
 
@@ -61,9 +130,14 @@ def test_info_lists_tasks(client):
     assert info["models"]["polyp_seg"]["labels"] == {"polyp": 1}
 
 
-def test_cold_start_falls_back_and_says_so(server, client):
+def test_cold_start_falls_back_and_says_so(cold_server):
+    from monailabel.client import MONAILabelClient
+
+    server = cold_server
+    client = MONAILabelClient(server.url, tmpdir=str(server.workdir), client_id="annotator-1")
     # start-up scoring computes thumbnails; wait for it so the fallback is PCA-Coreset
-    server.wait_for(lambda: client.info()["polyp_al"]["state"]["thumbnails"] >= 15, what="thumbnails")
+    n = len(readable_ids(server))
+    server.wait_for(lambda: client.info()["polyp_al"]["state"]["thumbnails"] >= n, what="thumbnails")
     r = client.next_sample("bvsb_ta_coreset", {})
     assert r["id"] and r["id"] != "zz_corrupt"
     assert r["al_strategy"] == "bvsb_ta_coreset"
@@ -116,21 +190,15 @@ def test_bad_labels_rejected_and_datastore_unchanged(server):
     assert http("GET", server.url + "/info/")[0] == 200  # still serving
 
 
-def test_train_publishes_model_then_scoring_reruns(server, client):
-    client.train_start("polyp_seg", {})
-    model = server.workdir / "model" / "polyp_seg-smoke.pt"
-    server.wait_for(model.exists, timeout=300, every=1, what="the published model file")
-    server.wait_for(lambda: client.info()["train_stats"]["polyp_seg"].get("status") == "DONE", timeout=60,
-                    what="training stats")
-    info = client.info()
-    stats = info["train_stats"]["polyp_seg"]
-    assert stats["status"] == "DONE" and stats["train_frames"] + stats["val_frames"] == 6
-    # scoring reruns by itself for the new model: every readable frame gets a score
-    server.wait_for(lambda: any(n >= 15 for n in client.info()["polyp_al"]["state"]["versions"].values()),
-                    timeout=120, what="scores for the new model")
+def test_train_publishes_model_then_scoring_reruns(server, client, trained):
+    # the fixture trained through POST /train and waited for the published file and the new scores
+    stats = client.info()["train_stats"]["polyp_seg"]
+    assert stats["status"] == "DONE" and stats["train_frames"] + stats["val_frames"] == N_TRAIN_LABELS
+    versions = client.info()["polyp_al"]["state"]["versions"]
+    assert versions[model_version(trained)] == len(readable_ids(server))  # every readable frame, once
 
 
-def test_infer_png_and_nrrd_at_frame_size(server, client):
+def test_infer_png_and_nrrd_at_frame_size(server, client, trained):
     i = sorted(p.stem for p in server.studies.glob("*.jpg"))[0]
     h, w = frame_hw(server, i)
     out, params = client.infer("polyp_seg", i, {})
@@ -149,7 +217,7 @@ def test_infer_png_and_nrrd_at_frame_size(server, client):
     np.testing.assert_array_equal(read_mask(out3, (h, w)), arr > 0)
 
 
-def test_infer_on_rgb_tiff(server, client):
+def test_infer_on_rgb_tiff(server, client, trained):
     out, params = client.infer("polyp_seg", "cvc_style", {})
     assert np.asarray(Image.open(out)).shape == frame_hw(server, "cvc_style")
 
@@ -168,7 +236,7 @@ def test_store_seg_needs_a_dicomweb_datastore(server):
     assert s == 400 and "DICOMweb" in r["detail"], (s, r)
 
 
-def test_every_strategy_returns_unlabeled_ids(server, client):
+def test_every_strategy_returns_unlabeled_ids(server, client, trained):
     labeled = labeled_ids(server)
     for name in STRATEGIES:
         r = client.next_sample(name, {})
@@ -179,7 +247,7 @@ def test_every_strategy_returns_unlabeled_ids(server, client):
             assert "note" not in r or "fell back" not in r["note"], r
 
 
-def test_concurrent_clients_get_different_frames(server):
+def test_concurrent_clients_get_different_frames(server, trained):
     from monailabel.client import MONAILabelClient
 
     got = {}
@@ -196,14 +264,72 @@ def test_concurrent_clients_get_different_frames(server):
 
 
 def test_labeled_frames_never_come_back_until_empty(server, client):
+    before = labeled_ids(server)
     served = []
-    for _ in range(20):
-        r = client.next_sample("ta_coreset", {})
-        if not r:
+    try:
+        for _ in range(20):
+            r = client.next_sample("ta_coreset", {})
+            if not r:
+                break
+            assert r["id"] not in labeled_ids(server)
+            served.append(r["id"])
+            client.save_label(r["id"], str(mask_for(server, r["id"])), tag="final")
+        assert not client.next_sample("ta_coreset", {})  # nothing left: a clean empty answer
+        assert len(served) == len(set(served))
+        # every readable frame was served, labeled before, or leased to another client
+        assert set(served) | before | held_by_others(server, "annotator-1") == set(readable_ids(server))
+        assert http("GET", server.url + "/info/")[0] == 200
+    finally:  # give the pool back, so the other tests do not depend on running before this one
+        for i in served:
+            s, _ = http("DELETE", f"{server.url}/datastore/label?id={i}&tag=final")
+            assert s == 200, (i, s)
+    assert labeled_ids(server) == before
+
+
+# -- the app against the library ---------------------------------------------------------------
+
+def test_server_inference_equals_library_prediction(server, client, trained):
+    from polypal.data import resize_prob
+
+    for i in readable_ids(server)[:3] + ["cvc_style"]:
+        path = next(server.studies.glob(f"{i}.*"))
+        out, _ = client.infer("polyp_seg", i, {})
+        served = np.asarray(Image.open(out))
+        hw, pred = library_prediction(trained, path)
+        prob = resize_prob(pred.probs[0], hw)
+        want = (prob > 0.5).astype(np.uint8)
+        assert served.shape == want.shape
+        differ = served != want
+        # only pixels within float noise of the threshold may differ
+        assert not differ.any() or np.abs(prob[differ] - 0.5).max() < 1e-4, (i, int(differ.sum()))
+        assert want.sum() == served.sum() or differ.sum() <= 2, i
+
+
+def test_stored_scores_equal_library_scores(server, trained):
+    ids = readable_ids(server)
+    stored = al_state(server).scores_for(model_version(trained), ids)
+    assert stored is not None, "some readable frame has no score for the published model"
+    scores, latents = stored
+    for k, i in enumerate(ids):
+        _, pred = library_prediction(trained, next(server.studies.glob(f"{i}.*")))
+        assert scores[k] == pytest.approx(float(pred.scores["mean"][0]), abs=1e-5), i
+        np.testing.assert_allclose(latents[k], pred.latents[0], rtol=1e-4, atol=1e-5, err_msg=i)
+
+
+def test_bvsb_serves_the_top_scored_unlabeled_frame(server, trained):
+    from monailabel.client import MONAILabelClient
+
+    ids = readable_ids(server)
+    scores, _ = al_state(server).scores_for(model_version(trained), ids)
+    by_id = dict(zip(ids, scores.tolist()))
+    for k in range(3):  # three clients in turn: each gets the best frame nobody else holds
+        cid = f"bvsb-check-{k}"
+        free = [i for i in ids if i not in labeled_ids(server) and i not in held_by_others(server, cid)]
+        if not free:
             break
-        assert r["id"] not in labeled_ids(server)
-        served.append(r["id"])
-        client.save_label(r["id"], str(mask_for(server, r["id"])), tag="final")
-    assert not client.next_sample("ta_coreset", {})  # nothing left: a clean empty answer
-    assert len(served) == len(set(served))
-    assert http("GET", server.url + "/info/")[0] == 200
+        best = max(by_id[i] for i in free)
+        r = MONAILabelClient(server.url, client_id=cid).next_sample("bvsb", {})
+        assert r["id"] in free
+        assert by_id[r["id"]] == best, (r["id"], by_id[r["id"]], best)
+        assert r["id"] == min(i for i in free if by_id[i] == best)  # ties: the first id
+        assert r["model_version"] == model_version(trained)
