@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 
-from fastapi import HTTPException
+from fastapi import FastAPI, File, HTTPException, UploadFile
 
 from polypal.model import CheckpointError, load_checkpoint
 
@@ -29,12 +29,10 @@ def _check_model_name(app, model: str) -> None:
 
 def model_api(app):
     """A small FastAPI app answering PUT/DELETE /model/{model} (the Gate sends those requests here)."""
-    from fastapi import FastAPI, UploadFile
-
     api = FastAPI()
 
     @api.put("/model/{model}")
-    def update_model(model: str, file: UploadFile):
+    def update_model(model: str, file: UploadFile = File(...)):
         _check_model_name(app, model)
         dest = app.cfg.model_path
         fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".pt", dir=os.path.dirname(dest))

@@ -175,7 +175,14 @@ class Gate:
         for key in ("image", "id", "label"):
             for v in q.get(key, []):
                 if v and not _valid_id(v):
-                    return await self._answer(scope, receive, send, 404, f"unknown image id {v[:80]!r}")
+                    shown = "(a path: send the id of a datastore image)" if ("/" in v or "\\" in v) else repr(v[:80])
+                    if path.startswith("/infer/") or method in ("GET", "HEAD"):
+                        return await self._answer(scope, receive, send, 404, f"unknown image id {shown}")
+                    return await self._answer(scope, receive, send, 400, f"invalid image id {shown}: use "
+                                              f"letters, digits, '_', '-' and '.' only, at most 128 characters")
+        if path.startswith("/infer/") and any(q.get("session_id", [])):
+            return await self._answer(scope, receive, send, 400, "sessions are off in polyp-al: send an image id "
+                                                                 "or upload the image")
         for v in q.get("tag", []):
             if v and not _valid_id(v):
                 return await self._answer(scope, receive, send, 400, f"invalid label tag {v[:80]!r}")

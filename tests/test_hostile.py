@@ -1,0 +1,549 @@
+"""A hostile client against the real server (issue 10): no code runs from uploads, nothing is written
+outside the datastore, no request destroys a frame or an acknowledged label, every bad input gets a 4xx.
+
+Each test names the item of the issue it covers. One shared server (smoke profile, generated frames,
+an untrained model on disk) serves most tests; the others start their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+import threading
+import time
+import urllib.parse
+import zlib
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import synth_frame
+from server_utils import Server, http, multipart
+
+pytestmark = pytest.mark.server
+
+H, W = 48, 64
+
+
+class Pwn:
+    """A pickled object that creates a file when unpickled (what a hostile checkpoint carries)."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def write_model(path: Path, profile_name="smoke", **arch):
+    from polypal.model import PolypUNet, save_checkpoint
+    from polypal.profiles import get_profile
+
+    prof = get_profile(profile_name, **arch)
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, PolypUNet.from_profile(prof), prof)
+    return path
+
+
+def hostile_checkpoint(path: Path, target: Path):
+    """A real smoke checkpoint whose metadata carries a pickled object that writes ``target``."""
+    from polypal.model import PolypUNet
+    from polypal.profiles import get_profile
+
+    prof = get_profile("smoke")
+    payload = {"state_dict": PolypUNet.from_profile(prof).state_dict(), "profile": prof.to_dict(),
+               "extra": {"x": Pwn(target)}}
+    torch.save(payload, path)
+    return path
+
+
+def png_bytes(arr) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpg_bytes(arr, quality=90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def bomb_png(w: int, h: int) -> bytes:
+    """A valid grey PNG of w x h zeros, a few KB compressed (built row by row, never held decoded)."""
+    def chunk(t, data):
+        return struct.pack(">I", len(data)) + t + data + struct.pack(">I", zlib.crc32(t + data) & 0xFFFFFFFF)
+
+    row = b"\x00" + b"\x00" * w
+    comp = zlib.compressobj(9)
+    parts = [comp.compress(row) for _ in range(min(h, 64))]
+    # the same row again and again compresses to almost nothing; feed it in blocks
+    block = row * 64
+    for _ in range(h // 64 - 1):
+        parts.append(comp.compress(block))
+    parts.append(comp.flush())
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+def put_image(url, image_id, data: bytes, name="f.png", params=None):
+    body, ct = multipart({"params": json.dumps(params or {})}, {"file": (name, data)})
+    return http("PUT", f"{url}/datastore/?image={urllib.parse.quote(image_id)}", body, {"Content-Type": ct})
+
+
+def put_label(url, image_id, data: bytes, name="m.png", tag="final"):
+    body, ct = multipart({"params": "{}"}, {"label": (name, data)})
+    q = urllib.parse.urlencode({"image": image_id, "tag": tag})
+    return http("PUT", f"{url}/datastore/label?{q}", body, {"Content-Type": ct})
+
+
+def infer_upload(url, data: bytes, name="x.png"):
+    body, ct = multipart({"params": "{}"}, {"file": (name, data)})
+    return http("POST", f"{url}/infer/polyp_seg?output=json", body, {"Content-Type": ct}, timeout=120)
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def stored_mask(studies: Path, image_id: str, tag="final") -> np.ndarray:
+    from polypal.data import read_mask
+
+    files = list((studies / "labels" / tag).glob(f"{image_id}.*"))
+    assert len(files) == 1, files
+    return read_mask(files[0])
+
+
+def make_frames(root: Path, n: int):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    masks = {}
+    for i in range(n):
+        img, m = synth_frame(rng, H, W)
+        Image.fromarray(img).save(root / f"fr{i:03d}.png")
+        masks[f"fr{i:03d}"] = m
+    return masks
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("hostile")
+    studies = base / "studies"
+    masks = make_frames(studies, 12)
+    tmpdir = base / "tmp"
+    tmpdir.mkdir()
+    (studies / "trap.png").mkdir()  # a folder where an upload's file would go: its rename fails
+    model = write_model(base / "model" / "polyp_seg-smoke.pt")
+    srv = Server(studies, base, env={"TMPDIR": str(tmpdir)}).start()
+    yield {"srv": srv, "url": srv.url, "studies": studies, "masks": masks, "tmp": tmpdir, "model": model,
+           "base": base}
+    srv.stop()
+
+
+def temp_leftovers(tmpdir: Path):
+    return sorted(p.name for p in tmpdir.iterdir())
+
+
+def wait_clean(srv, tmpdir: Path, before):
+    """Background deletes run after the answer: wait (on the condition) until the temp dir holds
+    nothing new (``before``: what the server wrote at start, e.g. its log config)."""
+    srv.wait_for(lambda: set(temp_leftovers(tmpdir)) <= set(before), timeout=20,
+                 what=f"no new files in {tmpdir}")
+
+
+# -- 1. code execution through the model endpoint ----------------------------------------------------
+def test_library_refuses_pickled_code(tmp_path):
+    from polypal.model import CheckpointError, load_checkpoint
+
+    target = tmp_path / "PWNED"
+    ck = hostile_checkpoint(tmp_path / "evil.pt", target)
+    with pytest.raises(CheckpointError, match="not a loadable"):
+        load_checkpoint(ck, device="cpu")
+    assert not target.exists()
+
+
+def test_model_upload_is_off_by_default(env):
+    url, model = env["url"], env["model"]
+    before = sha(model)
+    target = env["base"] / "PWNED-upload"
+    evil = hostile_checkpoint(env["base"] / "evil.pt", target).read_bytes()
+    body, ct = multipart({}, {"file": ("m.pt", evil)})
+    s, r = http("PUT", f"{url}/model/polyp_seg", body, {"Content-Type": ct})
+    assert s == 403 and "allow_model_upload" in r["detail"]
+    s, r = http("DELETE", f"{url}/model/polyp_seg")
+    assert s == 403
+    assert sha(model) == before
+    assert not target.exists()
+
+
+def test_hostile_model_file_never_runs_nor_is_served(tmp_path):
+    """A hostile file placed as the model (not through the API): scoring, infer and a restart never
+    unpickle it; infer answers 503 naming the problem; scoring logs and skips."""
+    studies = tmp_path / "studies"
+    make_frames(studies, 4)
+    target = tmp_path / "PWNED"
+    model = tmp_path / "model" / "polyp_seg-smoke.pt"
+    model.parent.mkdir()
+    hostile_checkpoint(model, target)
+    srv = Server(studies, tmp_path).start()
+    try:
+        # the start-up scoring run may still be going (429): run it again once it has finished
+        srv.wait_for(lambda: http("POST", f"{srv.url}/scoring/polyp_al?run_sync=true", timeout=120)[0] == 200,
+                     timeout=120, what="a synchronous scoring run")
+        s, r = http("POST", f"{srv.url}/activelearning/bvsb_ta_coreset", json.dumps({}).encode(),
+                    {"Content-Type": "application/json"})
+        assert s == 200
+        s, r = http("POST", f"{srv.url}/infer/polyp_seg?image=fr000&output=json")
+        assert s == 503 and "cannot be served" in r["detail"], (s, r)
+        assert "scoring skipped" in srv.tail(400)
+    finally:
+        srv.stop()
+    assert not target.exists()
+
+
+def test_model_upload_when_on_is_checked_and_atomic(tmp_path):
+    studies = tmp_path / "studies"
+    make_frames(studies, 4)
+    model = write_model(tmp_path / "model" / "polyp_seg-smoke.pt")
+    before = sha(model)
+    target = tmp_path / "PWNED"
+    srv = Server(studies, tmp_path, conf={"allow_model_upload": "true"}).start()
+    try:
+        def upload(data):
+            body, ct = multipart({}, {"file": ("m.pt", data)})
+            return http("PUT", f"{srv.url}/model/polyp_seg", body, {"Content-Type": ct})
+
+        s, r = upload(hostile_checkpoint(tmp_path / "evil.pt", target).read_bytes())
+        assert s == 422 and "refused" in r["detail"]
+        s, r = upload(b"not a checkpoint at all")
+        assert s == 422
+        other = write_model(tmp_path / "other.pt", channels=(8, 16, 32))  # another architecture
+        s, r = upload(other.read_bytes())
+        assert s == 422 and "architecture" in r["detail"]
+        assert sha(model) == before  # nothing refused ever became the served model
+        assert not list(model.parent.glob(".upload-*"))
+        good = write_model(tmp_path / "good.pt")
+        torch.manual_seed(1)
+        s, r = upload(good.read_bytes())
+        assert s == 200, r
+        assert sha(model) == sha(good)
+        assert list(model.parent.glob("polyp_seg-smoke.pt.*.replaced"))
+        s, r = http("POST", f"{srv.url}/infer/polyp_seg?image=fr000&output=json")
+        assert s == 200, r
+        s, r = upload(b"")
+        assert s == 422
+        s, _ = http("DELETE", f"{srv.url}/model/polyp_seg")
+        assert s == 200 and not model.exists() and list(model.parent.glob("*.deleted"))
+    finally:
+        srv.stop()
+    assert not target.exists()
+
+
+# -- 2. tar slip through sessions ----------------------------------------------------------------
+def test_sessions_are_off_no_archive_is_unpacked(env, tmp_path):
+    buf = io.BytesIO()
+    outside = env["base"] / "slip.txt"
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name in ("../../slip.txt", str(outside), "link"):
+            info = tarfile.TarInfo(name)
+            if name == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, str(env["base"])
+                t.addfile(info)
+            else:
+                data = b"slip"
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    body, ct = multipart({}, {"files": ("x.tar", buf.getvalue())})
+    s, r = http("PUT", f"{env['url']}/session/?uncompress=true", body, {"Content-Type": ct})
+    assert s == 406, (s, r)
+    assert not outside.exists()
+    s, r = http("POST", f"{env['url']}/infer/polyp_seg?session_id=abc&output=json")
+    assert 400 <= s < 500
+
+
+# -- 3. cross-site requests ----------------------------------------------------------------------
+def test_other_origins_and_hosts_are_refused(env):
+    url = env["url"]
+    s, r = http("OPTIONS", f"{url}/datastore/", headers={"Origin": "http://evil.example",
+                                                         "Access-Control-Request-Method": "PUT"})
+    assert s == 403
+    s, r = http("GET", f"{url}/datastore/dataset", headers={"Origin": "http://evil.example"})
+    assert s == 403 and "evil.example" in r["detail"]
+    body, ct = multipart({"params": "{}"}, {"label": ("m.png", png_bytes(np.zeros((H, W), np.uint8)))})
+    s, r = http("PUT", f"{url}/datastore/label?image=fr000", body,
+                {"Content-Type": ct, "Origin": "http://evil.example"})
+    assert s == 403
+    s, r = http("GET", f"{url}/datastore/", headers={"Host": "evil.example:80"})  # DNS rebinding
+    assert s == 403
+    # the same origin (OHIF served by this server) and plain clients work
+    s, r = http("GET", f"{url}/datastore/", headers={"Origin": url})
+    assert s == 200
+    s, r = http("GET", f"{url}/datastore/")
+    assert s == 200
+
+
+# -- 4. frames and labels cannot be destroyed ------------------------------------------------------
+def test_existing_frames_are_not_overwritten_and_deletes_are_recoverable(env):
+    url, studies, masks = env["url"], env["studies"], env["masks"]
+    m = masks["fr001"].astype(np.uint8)
+    s, _ = put_label(url, "fr001", png_bytes(m))
+    assert s == 200
+    frame_before, label_before = sha(studies / "fr001.png"), sha(studies / "labels" / "final" / "fr001.png")
+    other = synth_frame(np.random.default_rng(9), H, W)[0]
+    s, r = put_image(url, "fr001", png_bytes(other))
+    assert s == 409 and "replace" in r["detail"]
+    s, r = put_image(url, "fr001", jpg_bytes(other), name="f.jpg")  # another extension: same id
+    assert s == 409
+    assert sha(studies / "fr001.png") == frame_before and not (studies / "fr001.jpg").exists()
+    assert sha(studies / "labels" / "final" / "fr001.png") == label_before
+    # replacing on purpose: the old frame and its label are kept, the label does not stay on the new frame
+    s, r = put_image(url, "fr001", jpg_bytes(other), name="f.jpg", params={"replace": True})
+    assert s == 200, r
+    assert (studies / "fr001.jpg").exists() and not (studies / "fr001.png").exists()
+    assert not (studies / "labels" / "final" / "fr001.png").exists()
+    kept = {p.name: p for p in (studies / ".polypal" / "trash").rglob("*") if p.is_file()}
+    assert any(sha(p) == frame_before for p in kept.values())
+    assert any(sha(p) == label_before for p in kept.values())
+    # deletes go to the trash
+    s, _ = put_label(url, "fr002", png_bytes(masks["fr002"].astype(np.uint8)))
+    assert s == 200
+    lab = sha(studies / "labels" / "final" / "fr002.png")
+    s, _ = http("DELETE", f"{url}/datastore/label?id=fr002&tag=final")
+    assert s == 200
+    s, _ = http("DELETE", f"{url}/datastore/?id=fr003")
+    assert s == 200 and not (studies / "fr003.png").exists()
+    kept = [p for p in (studies / ".polypal" / "trash").rglob("*") if p.is_file()]
+    assert any(sha(p) == lab for p in kept)
+    assert any(p.name == "fr003.png" for p in kept)
+    manifests = [json.loads(p.read_text()) for p in kept if p.name == "manifest.json"]
+    assert any("fr003.png" in m["files"].values() for m in manifests)
+    s, _ = http("DELETE", f"{url}/datastore/?id=nosuchframe")
+    assert s == 404
+
+
+def test_relabeling_keeps_the_previous_label(env):
+    url, studies, masks = env["url"], env["studies"], env["masks"]
+    s, _ = put_label(url, "fr004", png_bytes(masks["fr004"].astype(np.uint8)))
+    assert s == 200
+    first = sha(studies / "labels" / "final" / "fr004.png")
+    s, _ = put_label(url, "fr004", png_bytes(np.zeros((H, W), np.uint8)))
+    assert s == 200
+    assert stored_mask(studies, "fr004").sum() == 0
+    assert any(sha(p) == first for p in (studies / ".polypal" / "trash").rglob("*.png"))
+
+
+def test_predictions_never_overwrite_a_final_label(env):
+    url, studies, masks = env["url"], env["studies"], env["masks"]
+    s, _ = put_label(url, "fr005", png_bytes(masks["fr005"].astype(np.uint8)))
+    before = sha(studies / "labels" / "final" / "fr005.png")
+    body, ct = multipart({"params": json.dumps({"save_label": True, "label_tag": "final"})}, {})
+    s, r = http("POST", f"{url}/infer/polyp_seg?image=fr005&output=json", body, {"Content-Type": ct})
+    assert s == 200, r
+    assert sha(studies / "labels" / "final" / "fr005.png") == before
+
+
+# -- 5. labels stored as meant, or refused -----------------------------------------------------------
+def test_labels_are_stored_as_the_uploader_meant(env):
+    url, studies, masks = env["url"], env["studies"], env["masks"]
+    m = masks["fr006"]
+    cases = {
+        "jpeg01": (jpg_bytes(m.astype(np.uint8)), "m.jpg"),  # 0/1 saved as JPEG: values 0..2
+        "value5": (png_bytes(m.astype(np.uint8) * 5), "m.png"),
+        "red": (png_bytes(np.stack([m * 255, 0 * m, 0 * m], -1).astype(np.uint8)), "m.png"),
+        "alpha": (png_bytes(np.dstack([np.zeros((H, W, 3), np.uint8), (m * 255).astype(np.uint8)])), "m.png"),
+    }
+    for name, (data, fname) in cases.items():
+        s, r = put_label(url, "fr006", data, name=fname)
+        assert s == 200, (name, r)
+        got = stored_mask(studies, "fr006")
+        assert (got != m).mean() < 0.02, (name, int(got.sum()), int(m.sum()))
+        assert got.sum() > 0.9 * m.sum(), name
+        assert (studies / "labels" / "final" / "fr006.png").exists()  # stored as a 0/1 PNG
+    # an empty label (a frame with no polyp) stays possible
+    s, r = put_label(url, "fr006", png_bytes(np.zeros((H, W), np.uint8)))
+    assert s == 200 and stored_mask(studies, "fr006").sum() == 0
+    # a photograph of the frame is refused, and the empty label stays
+    photo = np.asarray(Image.open(studies / "fr006.png").convert("RGB"))
+    s, r = put_label(url, "fr006", png_bytes(photo))
+    assert s == 422 and "photograph" in r["detail"], r
+    assert stored_mask(studies, "fr006").sum() == 0
+
+
+# -- 6. unbounded inputs -----------------------------------------------------------------------------
+def test_pixel_bombs_get_413(env):
+    url = env["url"]
+    big = bomb_png(20000, 20000)
+    assert len(big) < 1_000_000
+    s, r = put_image(url, "bomb", big)
+    assert s == 413 and "limit" in r["detail"], r
+    s, r = put_label(url, "fr007", big)
+    assert s == 413, r
+    s, r = infer_upload(url, big)
+    assert s == 413, r
+    s, r = put_image(url, "big13k", bomb_png(13000, 13000))
+    assert s == 413
+    assert not (env["studies"] / "bomb.png").exists() and not (env["studies"] / "big13k.png").exists()
+
+
+def test_other_requests_are_answered_while_an_inference_runs(env):
+    """An inference of a large frame (4096x4096, under the cap) runs off the event loop: a datastore
+    listing started after the inference began is answered before the inference ends."""
+    url, srv = env["url"], env["srv"]
+    yy, xx = np.mgrid[0:4096, 0:4096]
+    frame = np.stack([(xx % 256), (yy % 256), ((xx + yy) % 256)], -1).astype(np.uint8)
+    data = png_bytes(frame)
+    done = {}
+    marker = len(srv.log.read_bytes())
+
+    def run():
+        done["infer"] = infer_upload(url, data)
+        done["infer_t"] = time.monotonic()
+
+    t = threading.Thread(target=run)
+    t.start()
+    srv.wait_for(lambda: b"Infer Request" in srv.log.read_bytes()[marker:], timeout=60, every=0.05,
+                 what="the inference to start")
+    s, _ = http("GET", f"{url}/datastore/")
+    got = time.monotonic()
+    t.join(120)
+    assert s == 200
+    assert done["infer"][0] == 200, done["infer"]
+    assert got < done["infer_t"], "the listing waited for the inference to finish"
+
+
+# -- 7. temporary files ------------------------------------------------------------------------------
+def test_no_temporary_files_are_left(env):
+    url, tmpdir, studies = env["url"], env["tmp"], env["studies"]
+    before = temp_leftovers(tmpdir)
+    photo = np.asarray(Image.open(studies / "fr008.png").convert("RGB"))
+    for _ in range(3):
+        s, _ = put_label(url, "fr008", png_bytes(photo))
+        assert s == 422
+    s, _ = put_image(url, "junk", b"not an image")
+    assert s == 422
+    s, _ = infer_upload(url, b"not an image either")
+    assert s == 422
+    s, _ = put_label(url, "fr008", png_bytes(np.zeros((H + 1, W), np.uint8)))  # wrong size
+    assert s == 422
+    s, body = http("GET", f"{url}/datastore/dataset")
+    assert s == 200 and body[:2] == b"PK"
+    s, r = put_image(url, "trap", png_bytes(np.zeros((H, W, 3), np.uint8)))  # the rename fails
+    assert 400 <= s < 600
+    assert not [p for p in studies.iterdir() if p.name.startswith(".upload-")]
+    wait_clean(env["srv"], tmpdir, before)
+
+
+# -- 8. a torn append ----------------------------------------------------------------------------------
+def test_torn_thumbnail_file_recovers(tmp_path):
+    studies = tmp_path / "studies"
+    make_frames(studies, 6)
+    srv = Server(studies, tmp_path).start()
+    try:
+        srv.wait_for(lambda: http("GET", f"{srv.url}/info/")[1]["polyp_al"]["state"]["thumbnails"] == 6,
+                     timeout=120, what="thumbnails of the 6 frames")
+    finally:
+        srv.stop()
+    thumbs = studies / ".polypal" / "thumbs.u8"
+    with open(thumbs, "ab") as f:
+        f.write(b"\x01\x02")  # a torn append
+    make_frames(studies / "more", 1)
+    os.replace(studies / "more" / "fr000.png", studies / "fr100.png")
+    srv = Server(studies, tmp_path).start()
+    try:
+        srv.wait_for(lambda: http("GET", f"{srv.url}/info/")[1]["polyp_al"]["state"]["thumbnails"] == 7,
+                     timeout=120, what="the new frame's thumbnail")
+        s, r = http("POST", f"{srv.url}/activelearning/pca_coreset", b"{}", {"Content-Type": "application/json"})
+        assert s == 200 and r.get("id"), r
+        assert "cannot reshape" not in srv.tail(400)
+    finally:
+        srv.stop()
+    from polypal.active import THUMB
+
+    assert thumbs.stat().st_size % (THUMB * THUMB * 3) == 0
+
+
+# -- 9. keys the app owns ----------------------------------------------------------------------------
+def test_clients_cannot_set_the_apps_keys(env):
+    url = env["url"]
+    for key in ("id", "path", "al_strategy", "strategy"):
+        body, ct = multipart({"info": json.dumps({key: "spoofed"})}, {})
+        s, r = http("PUT", f"{url}/datastore/image/info?image=fr009", body, {"Content-Type": ct})
+        assert s == 400 and key in r["detail"], (key, s, r)
+    body, ct = multipart({"info": json.dumps(["not", "a", "dict"])}, {})
+    s, r = http("PUT", f"{url}/datastore/image/info?image=fr009", body, {"Content-Type": ct})
+    assert s == 400
+    body, ct = multipart({"info": json.dumps({"comment": "blurry"})}, {})
+    s, r = http("PUT", f"{url}/datastore/image/info?image=fr009", body, {"Content-Type": ct})
+    assert s == 200
+    s, info = http("GET", f"{url}/datastore/image/info?image=fr009")
+    assert info.get("comment") == "blurry" and "al_strategy" not in info and "path" not in info
+
+
+# -- 10. paths where an id is expected ---------------------------------------------------------------
+def test_infer_takes_ids_not_paths(env):
+    url, studies = env["url"], env["studies"]
+    for image in ("/etc/passwd", str(studies / "fr000.png"), str(env["tmp"]), "../studies/fr000", "nosuchid"):
+        s, r = http("POST", f"{url}/infer/polyp_seg?{urllib.parse.urlencode({'image': image})}&output=json")
+        assert s == 404 and "unknown image id" in r["detail"], (image, s, r)
+        assert str(studies) not in json.dumps(r) and "/etc" not in r["detail"].replace(image, "")
+    s, r = http("POST", f"{url}/infer/polyp?image=fr000&output=json")  # a model that does not exist
+    assert s == 404
+    s, r = infer_upload(url, b"garbage")
+    assert s == 422 and str(env["tmp"]) not in json.dumps(r)
+
+
+# -- 11. malformed names and values -------------------------------------------------------------------
+def test_malformed_names_get_4xx(env):
+    url, studies = env["url"], env["studies"]
+    zeros = png_bytes(np.zeros((H, W), np.uint8))
+    s, _ = put_image(url, "a" * 5000, png_bytes(np.zeros((H, W, 3), np.uint8)))
+    assert s == 400
+    s, _ = put_label(url, "fr010", zeros, tag="t" * 5000)
+    assert 400 <= s < 500
+    s, _ = put_label(url, "fr010\x00x", zeros)
+    assert 400 <= s < 500
+    s, r = put_label(url, "fr010", zeros, name="noextension")
+    assert s == 415, r
+    s, r = put_label(url, "fr010", zeros, name="x.exe")
+    assert s == 415, r
+    assert not list((studies / "labels" / "final").glob("fr010.*"))
+    for cid in ({"a": 1}, ["a"], "c" * 1000):
+        s, r = http("POST", f"{url}/activelearning/random", json.dumps({"client_id": cid}).encode(),
+                    {"Content-Type": "application/json"})
+        assert s == 400, (cid, s, r)
+    s, r = http("POST", f"{url}/activelearning/random", json.dumps({"client_id": "ok"}).encode(),
+                {"Content-Type": "application/json"})
+    assert s == 200 and r["id"]
+
+
+# -- 12. a crash during training ------------------------------------------------------------------------
+def test_interrupted_training_is_cleaned_at_start(tmp_path):
+    import subprocess
+    import sys
+
+    studies = tmp_path / "studies"
+    make_frames(studies, 4)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (model_dir / "polyp_seg-smoke.pt.stats.json").write_text(json.dumps(
+        {"status": "RUNNING", "started": time.time() - 60, "labeled": 3, "pid": dead.pid}))
+    (model_dir / "polyp_seg-smoke.pt.tmp").write_bytes(b"")
+    srv = Server(studies, tmp_path).start()
+    try:
+        s, info = http("GET", f"{srv.url}/info/")
+        stats = info["train_stats"]["polyp_seg"]
+        assert stats["status"] == "INTERRUPTED", stats
+        assert not (model_dir / "polyp_seg-smoke.pt.tmp").exists()
+    finally:
+        srv.stop()
