@@ -45,7 +45,7 @@ BUGS = {
         "b_u = int(round(gamma * need))",
         "b_u = min(need, int(round(gamma * budget)))",
         "Algorithm 1: refill rounds reuse the first round's B_u instead of splitting the shortfall"),
-    "both_counted_as_diversity": (
+    "both_reported_as_uncertainty": (
         "strategies.py",
         "                by[j] = BOTH",
         "                by[j] = by[j]",
