@@ -95,6 +95,19 @@ def bomb_png(w: int, h: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
 
 
+def nifti_header_bomb() -> bytes:
+    """A .nii.gz whose header declares a 20000 x 20000 slice (the data is never needed to refuse it)."""
+    import gzip
+
+    import nibabel as nib
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_data_shape((20000, 20000, 1))
+    raw = hdr.binaryblock + b"\x00" * 4 + b"\x00" * 4096
+    return gzip.compress(raw)
+
+
 def put_image(url, image_id, data: bytes, name="f.png", params=None):
     body, ct = multipart({"params": json.dumps(params or {})}, {"file": (name, data)})
     return http("PUT", f"{url}/datastore/?image={urllib.parse.quote(image_id)}", body, {"Content-Type": ct})
@@ -391,6 +404,8 @@ def test_pixel_bombs_get_413(env):
     assert s == 413, r
     s, r = put_image(url, "big13k", bomb_png(13000, 13000))
     assert s == 413
+    s, r = put_label(url, "fr007", nifti_header_bomb(), name="m.nii.gz")  # label volumes are capped too
+    assert s == 413, r
     assert not (env["studies"] / "bomb.png").exists() and not (env["studies"] / "big13k.png").exists()
 
 

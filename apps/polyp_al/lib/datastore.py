@@ -183,6 +183,10 @@ class PolypDatastore(Datastore):
                 return self.store.add_image(image_id, image_filename, info, replace=replace)
             except Exists as e:
                 raise HTTPException(status_code=409, detail=str(e)) from None
+            except OSError as e:  # e.g. a folder of that name in the studies folder
+                logger.error(f"image {image_id} could not be stored: {e}")
+                raise HTTPException(status_code=409 if isinstance(e, IsADirectoryError) else 500,
+                                    detail=f"image {image_id} could not be stored: {e.strerror}") from None
             except ValueError as e:
                 raise HTTPException(status_code=422, detail=f"image {image_id} rejected: {e}") from None
         except BaseException:
