@@ -93,3 +93,45 @@ def test_bad_frames_never_planned(tmp_path):
 def test_empty_pool_answers_none(tmp_path):
     st, ids = setup_state(tmp_path, n=3)
     assert st.next_frame("random", "a", ids, set(ids), "v1") is None
+
+
+def test_background_replan_serves_the_old_batch_then_swaps(tmp_path):
+    """Server mode: the request due for a re-plan is answered from the current batch at once; the new
+    batch (the same one a synchronous re-plan picks) is swapped in when its thread finishes."""
+    import time
+
+    st, ids = setup_state(tmp_path)
+    st.background = True
+    first = st.next_frame("bvsb_ta_coreset", "a", ids, set(), "v1")  # no plan yet: planned before answering
+    assert first.cycle == 1
+    rng = np.random.default_rng(1)
+    scores, lat = rng.random(len(ids)), rng.standard_normal((len(ids), 8)).astype(np.float32)
+    st.add_scores("v2", ids, scores, lat)
+    s = st.next_frame("bvsb_ta_coreset", "b", ids, set(), "v2")
+    assert s.cycle == 1 and s.model_version == "v1"  # served from the old batch
+    t0 = time.time()
+    while st.planning() and time.time() - t0 < 30:
+        time.sleep(0.01)
+    assert not st.planning()
+    s = st.next_frame("bvsb_ta_coreset", "c", ids, set(), "v2")
+    assert s.cycle == 2 and s.model_version == "v2"
+    new = [r[1] for r in st.current_plan("bvsb_ta_coreset")["rows"]]
+    # the same batch as a synchronous re-plan of the same state
+    ref, _ = setup_state(tmp_path / "ref")
+    ref.next_frame("bvsb_ta_coreset", "a", ids, set(), "v1")
+    ref.add_scores("v2", ids, scores, lat)
+    ref.next_frame("bvsb_ta_coreset", "b", ids, set(), "v2")
+    assert [r[1] for r in ref.current_plan("bvsb_ta_coreset")["rows"]] == new
+
+
+def test_a_plan_made_elsewhere_meanwhile_is_kept(tmp_path):
+    """Two processes planning the same cycle: the first to commit wins, the other keeps its plan."""
+    st, ids = setup_state(tmp_path)
+    other = ActiveLearningState(tmp_path / "st", batch_size=5, gamma=0.5, lease_seconds=100)
+    p1 = other.plan("random", ids, set(), "v1")
+    real_last = st._last_cycle
+    st._last_cycle = lambda strategy: 0  # as if st had read the cycle before `other` committed
+    p2 = st.plan("random", ids, set(), "v1")
+    st._last_cycle = real_last
+    assert p2["cycle"] == p1["cycle"] == 1 and p2["rows"] == p1["rows"]
+    assert len(st._conn().execute("SELECT * FROM plan_meta").fetchall()) == 1

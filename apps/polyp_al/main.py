@@ -49,7 +49,7 @@ class PolypALApp(MONAILabelApp):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         self.cfg = AppConfig.from_conf(app_dir, studies, conf)
         self.state = ActiveLearningState(self.cfg.state_dir, batch_size=self.cfg.batch_size, gamma=self.cfg.gamma,
-                                         lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed)
+                                         lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed, background=True)
         self.scorer = PolypScoring(self.cfg, self.state)
         logger.info(f"polyp-al: profile {self.cfg.profile.name}, model {self.cfg.model_path}, "
                     f"batch {self.cfg.batch_size}, gamma {self.cfg.gamma}")

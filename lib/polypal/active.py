@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,12 +134,17 @@ class Served:
 
 class ActiveLearningState:
     def __init__(self, folder: str | os.PathLike, batch_size: int = 100, gamma: float = 0.5,
-                 lease_seconds: float = 3600.0, seed: int = 0):
+                 lease_seconds: float = 3600.0, seed: int = 0, background: bool = False):
+        """``background``: a re-plan for a newer model runs in a thread while the current batch keeps
+        being served (the server); otherwise next_frame plans before answering (tests, scripts)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.batch_size, self.gamma, self.lease_seconds, self.seed = int(batch_size), float(gamma), lease_seconds, seed
         self._db = SQLiteDB(self.folder / "state.sqlite", _SCHEMA)
         self.thumbs = _RowStore(self.folder / "thumbs.u8", THUMB * THUMB * 3, np.uint8)
+        self.background = background
+        self._planning: set[str] = set()
+        self._planning_lock = threading.Lock()
 
     # -- storage -------------------------------------------------------------------------
     def _conn(self):
@@ -261,20 +267,31 @@ class ActiveLearningState:
                 lib_name = "random"
             else:
                 info.image_features = pca_features(th.reshape(len(universe), THUMB, THUMB, 3), seed=self.seed)
-        with self._tx() as c:
-            last = c.execute("SELECT MAX(cycle) FROM plan_meta WHERE strategy=?", (strategy,)).fetchone()[0] or 0
-            cycle = last + 1
-            sel = select(lib_name, info, labeled_idx, self.batch_size, seed=self.seed * 1000 + cycle,
-                         gamma=self.gamma)
-            if sel.notes:
-                note = "; ".join(([note] if note else []) + sel.notes)
-            rows = [(strategy, cycle, k + 1, universe[j], None if scores is None else float(scores[j]), by)
-                    for k, (j, by) in enumerate(zip(sel.indices.tolist(), sel.picked_by))]
-            c.executemany("INSERT INTO plans VALUES (?, ?, ?, ?, ?, ?)", rows)
-            c.execute("INSERT INTO plan_meta VALUES (?, ?, ?, ?, ?, ?)",
-                      (strategy, cycle, plan_version, time.time(), len(rows), note))
-        logger.info(f"planned {strategy} cycle {cycle}: {len(rows)} frames (model {version}){'; ' + note if note else ''}")
+        last = self._last_cycle(strategy)
+        cycle = last + 1
+        # the selection (seconds at 100,000 frames) runs outside any lock: other annotators keep being served
+        sel = select(lib_name, info, labeled_idx, self.batch_size, seed=self.seed * 1000 + cycle, gamma=self.gamma)
+        if sel.notes:
+            note = "; ".join(([note] if note else []) + sel.notes)
+        rows = [(strategy, cycle, k + 1, universe[j], None if scores is None else float(scores[j]), by)
+                for k, (j, by) in enumerate(zip(sel.indices.tolist(), sel.picked_by))]
+        with self._tx() as c:  # swapped in atomically, unless another process planned this cycle meanwhile
+            now_last = c.execute("SELECT MAX(cycle) FROM plan_meta WHERE strategy=?", (strategy,)).fetchone()[0] or 0
+            if now_last != last:
+                logger.info(f"{strategy}: cycle {cycle} was planned elsewhere meanwhile; keeping that plan")
+                rows = None
+            else:
+                c.executemany("INSERT INTO plans VALUES (?, ?, ?, ?, ?, ?)", rows)
+                c.execute("INSERT INTO plan_meta VALUES (?, ?, ?, ?, ?, ?)",
+                          (strategy, cycle, plan_version, time.time(), len(rows), note))
+        if rows is not None:
+            logger.info(f"planned {strategy} cycle {cycle}: {len(rows)} frames (model {version})"
+                        f"{'; ' + note if note else ''}")
         return self.current_plan(strategy)
+
+    def _last_cycle(self, strategy: str) -> int:
+        return self._conn().execute("SELECT MAX(cycle) FROM plan_meta WHERE strategy=?",
+                                    (strategy,)).fetchone()[0] or 0
 
     def plan_is_stale(self, strategy: str, version: str, all_ids: list[str], labeled: set[str]) -> bool:
         """True when a (re)plan is due: none yet, or a newer model is published and scored."""
@@ -299,7 +316,11 @@ class ActiveLearningState:
             return ids_cache[0]
 
         p = self.current_plan(strategy)
-        if p is None or self._needs_replan(strategy, p, version, ids, labeled):
+        due = p is None or (strategy not in self._planning and self._needs_replan(strategy, p, version, ids, labeled))
+        if due and self.background and p is not None:
+            # a newer model: the re-plan runs in a thread; this batch keeps being served until it is swapped in
+            self._plan_in_background(strategy, all_ids, labeled, version)
+        elif due:
             p = self.plan(strategy, ids(), labeled, version)
         for attempt in range(2):
             if p is None:
@@ -319,14 +340,45 @@ class ActiveLearningState:
                 p = self.plan(strategy, ids(), labeled | held, version)
         return None
 
+    def _plan_in_background(self, strategy: str, all_ids, labeled: set[str], version: str) -> None:
+        with self._planning_lock:
+            if strategy in self._planning:
+                return
+            self._planning.add(strategy)
+
+        def run():
+            try:
+                self.plan(strategy, all_ids() if callable(all_ids) else list(all_ids), set(labeled), version)
+            except Exception:  # noqa: BLE001 - logged; the previous plan keeps being served
+                logger.exception(f"background re-plan of {strategy} failed")
+            finally:
+                with self._planning_lock:
+                    self._planning.discard(strategy)
+
+        threading.Thread(target=run, name=f"polypal-plan-{strategy}", daemon=True).start()
+
+    def planning(self) -> set[str]:
+        """Strategies whose re-plan is running in a background thread of this process."""
+        with self._planning_lock:
+            return set(self._planning)
+
     def _needs_replan(self, strategy, p, version, all_ids, labeled) -> bool:
         if p["version"] == version or not SERVER_STRATEGIES[strategy][1] or version == NO_MODEL:
             return False
         # a newer model: re-plan once its scores cover the unlabeled pool
         bad = self.bad_ids()
         ids = all_ids() if callable(all_ids) else all_ids
-        pool = [i for i in ids if i not in labeled and i not in bad]
-        return version != NO_MODEL and self.scores_for(version, pool) is not None
+        scored = self._scored_ids(version)
+        return all(i in scored for i in ids if i not in labeled and i not in bad)
+
+    def _scored_ids(self, version: str) -> set[str]:
+        """Frames with a score and a whole latent row under this version (no latent is read)."""
+        dim = self._conn().execute("SELECT dim FROM versions WHERE version=?", (version,)).fetchone()
+        if not dim:
+            return set()
+        n = self._latents(version, int(dim[0])).rows()
+        return {r[0] for r in self._conn().execute("SELECT image_id FROM scores WHERE version=? AND row < ?",
+                                                   (version, n))}
 
     def release(self, image_id: str) -> None:
         with self._tx() as c:
