@@ -144,6 +144,7 @@ class ActiveLearningState:
         self.thumbs = _RowStore(self.folder / "thumbs.u8", THUMB * THUMB * 3, np.uint8)
         self.background = background
         self._planning: set[str] = set()
+        self._not_before: dict[tuple[str, str], float] = {}
         self._planning_lock = threading.Lock()
 
     # -- storage -------------------------------------------------------------------------
@@ -316,11 +317,11 @@ class ActiveLearningState:
             return ids_cache[0]
 
         p = self.current_plan(strategy)
-        due = p is None or (strategy not in self._planning and self._needs_replan(strategy, p, version, ids, labeled))
-        if due and self.background and p is not None:
-            # a newer model: the re-plan runs in a thread; this batch keeps being served until it is swapped in
+        if p is not None and self.background and self._may_need_replan(strategy, p, version):
+            # a newer model: checking its scores and re-planning run in a thread; this batch keeps being
+            # served until the new one is swapped in
             self._plan_in_background(strategy, all_ids, labeled, version)
-        elif due:
+        elif p is None or (not self.background and self._needs_replan(strategy, p, version, ids, labeled)):
             p = self.plan(strategy, ids(), labeled, version)
         for attempt in range(2):
             if p is None:
@@ -342,13 +343,18 @@ class ActiveLearningState:
 
     def _plan_in_background(self, strategy: str, all_ids, labeled: set[str], version: str) -> None:
         with self._planning_lock:
-            if strategy in self._planning:
+            if strategy in self._planning or time.time() < self._not_before.get((strategy, version), 0):
                 return
             self._planning.add(strategy)
 
         def run():
             try:
-                self.plan(strategy, all_ids() if callable(all_ids) else list(all_ids), set(labeled), version)
+                ids = all_ids() if callable(all_ids) else list(all_ids)
+                p = self.current_plan(strategy)
+                if p is None or self._needs_replan(strategy, p, version, ids, labeled):
+                    self.plan(strategy, ids, set(labeled), version)
+                else:  # the new model is not scored yet: look again in a while, not at every request
+                    self._not_before[(strategy, version)] = time.time() + 2.0
             except Exception:  # noqa: BLE001 - logged; the previous plan keeps being served
                 logger.exception(f"background re-plan of {strategy} failed")
             finally:
@@ -362,8 +368,12 @@ class ActiveLearningState:
         with self._planning_lock:
             return set(self._planning)
 
+    def _may_need_replan(self, strategy, p, version) -> bool:
+        """The cheap part of _needs_replan: a newer model than the plan's, for a strategy that uses it."""
+        return not (p["version"] == version or not SERVER_STRATEGIES[strategy][1] or version == NO_MODEL)
+
     def _needs_replan(self, strategy, p, version, all_ids, labeled) -> bool:
-        if p["version"] == version or not SERVER_STRATEGIES[strategy][1] or version == NO_MODEL:
+        if not self._may_need_replan(strategy, p, version):
             return False
         # a newer model: re-plan once its scores cover the unlabeled pool
         bad = self.bad_ids()
