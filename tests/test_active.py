@@ -135,3 +135,22 @@ def test_a_plan_made_elsewhere_meanwhile_is_kept(tmp_path):
     st._last_cycle = real_last
     assert p2["cycle"] == p1["cycle"] == 1 and p2["rows"] == p1["rows"]
     assert len(st._conn().execute("SELECT * FROM plan_meta").fetchall()) == 1
+
+
+def test_random_fallback_is_replaced_once_thumbnails_exist(tmp_path):
+    """First cycle: asked before any thumbnail exists, a plan falls back to random; once the thumbnails
+    of the pool are computed the next request gets a PCA-Coreset plan, and the answer says which."""
+    from polypal.active import FALLBACK_PCA, FALLBACK_RANDOM
+
+    st = ActiveLearningState(tmp_path / "st", batch_size=5, lease_seconds=100)
+    ids = [f"f{i:02d}" for i in range(30)]
+    s = st.next_frame("bvsb_ta_coreset", "a", ids, set(), NO_MODEL)
+    assert s.model_version == FALLBACK_RANDOM and "random" in s.note and s.picked_by == "random"
+    st.add_thumbs(ids[:10], np.zeros((10, 32 * 32 * 3), np.uint8))
+    s = st.next_frame("bvsb_ta_coreset", "b", ids, set(), NO_MODEL)  # thumbnails incomplete: same plan
+    assert s.model_version == FALLBACK_RANDOM and s.cycle == 1
+    rng = np.random.default_rng(0)
+    st.add_thumbs(ids[10:], rng.integers(0, 255, (20, 32 * 32 * 3), dtype=np.uint8))
+    s = st.next_frame("bvsb_ta_coreset", "c", ids, set(), NO_MODEL)
+    assert s.cycle == 2 and s.model_version == FALLBACK_PCA and "pca_coreset" in s.note
+    assert s.picked_by != "random"

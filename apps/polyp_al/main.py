@@ -26,7 +26,7 @@ from lib.train import PolypSegTrain
 import monailabel
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
-from polypal.active import SERVER_STRATEGIES, ActiveLearningState, model_version
+from polypal.active import SERVER_STRATEGIES, ActiveLearningState, is_fallback, model_version
 from polypal.data import DataError, TooLarge
 from polypal.framestore import InvalidName, check_name
 
@@ -51,6 +51,10 @@ class PolypALApp(MONAILabelApp):
         self.state = ActiveLearningState(self.cfg.state_dir, batch_size=self.cfg.batch_size, gamma=self.cfg.gamma,
                                          lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed, background=True)
         self.scorer = PolypScoring(self.cfg, self.state)
+        self._last_scoring = (None, 0.0)
+        import torch
+
+        torch.set_num_threads(self.cfg.threads)  # training and scoring never run at once (lib.scoring)
         logger.info(f"polyp-al: profile {self.cfg.profile.name}, model {self.cfg.model_path}, "
                     f"batch {self.cfg.batch_size}, gamma {self.cfg.gamma}")
         super().__init__(
@@ -75,6 +79,16 @@ class PolypALApp(MONAILabelApp):
         from lib.security import harden
 
         harden(monailabel.app.app, self, self.cfg.allowed_origins, self.cfg.allowed_hosts)
+
+    def precheck(self, method: str, path: str):
+        """(status, sentence) for a request that cannot work, before MONAI Label starts a subprocess for it."""
+        if method == "POST" and (path == "/train/" or path.startswith("/train/")):
+            name = path[len("/train/"):].strip("/")
+            if name and name not in self._trainers:
+                return 404, f"no trainer {name[:80]!r}; this app trains {sorted(self._trainers)}"
+            if not self.datastore().get_labeled_images():
+                return 409, "nothing to train on yet: save at least one final label (PUT /datastore/label) first"
+        return None
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
@@ -153,10 +167,34 @@ class PolypALApp(MONAILabelApp):
         if not res or not res.get("id"):
             return {}
         res["path"] = self._datastore.get_image_uri(res["id"])
-        stale = res.get("model_version") not in (model_version(self.cfg.model_path), "fallback", None) \
-            and SERVER_STRATEGIES[name][1]
-        if self._auto_update_scoring and ("note" in res or stale or res.get("position") == res.get("batch_size")):
-            self.async_scoring(None)
+        stale = res.get("model_version") not in (model_version(self.cfg.model_path), None) \
+            and not is_fallback(res.get("model_version")) and SERVER_STRATEGIES[name][1]
+        if self._auto_update_scoring and (is_fallback(res.get("model_version")) or stale
+                                          or res.get("position") == res.get("batch_size")):
+            self._score_if_useful()
+        return res
+
+    def _score_if_useful(self):
+        """Start one scoring run, unless one is running or the last one saw the same state (model
+        version, frames, labels): then it would change nothing."""
+        from monailabel.utils.async_tasks.task import AsyncTask
+
+        ds = self.datastore()
+        key = (model_version(self.cfg.model_path), len(ds.list_images()), len(ds.get_labeled_images()))
+        now = time.time()
+        if key == self._last_scoring[0] and now - self._last_scoring[1] < 300:
+            return
+        res, why = AsyncTask.run("scoring", request={"method": "polyp_al"}, enqueue=False)
+        if res is not None:
+            self._last_scoring = (key, now)
+
+    def async_scoring(self, method, params=None):
+        """MONAI Label queues a scoring run per trigger (a storm on a busy server): at most one runs."""
+        from monailabel.utils.async_tasks.task import AsyncTask
+
+        if not self._server_mode:
+            return super().async_scoring(method, params)
+        res, _ = AsyncTask.run("scoring", request={"method": method or "polyp_al"}, params=params, enqueue=False)
         return res
 
     def infer(self, request, datastore=None):

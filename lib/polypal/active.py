@@ -46,6 +46,13 @@ SERVER_STRATEGIES = {
     "bvsb_ta_coreset": ("unc_ta_coreset", True),
 }
 NO_MODEL = "none"
+# the version a plan records when it was made by a fallback: it is replaced once the better inputs exist
+FALLBACK_PCA = "fallback:pca_coreset"  # no (scored) model yet: PCA-Coreset on thumbnails
+FALLBACK_RANDOM = "fallback:random"  # no thumbnails yet either: random
+
+
+def is_fallback(plan_version) -> bool:
+    return isinstance(plan_version, str) and plan_version.startswith("fallback")
 THUMB = 32  # thumbnails for PCA-Coreset are THUMB x THUMB x 3 uint8
 
 _SCHEMA = """
@@ -254,7 +261,7 @@ class ActiveLearningState:
                     universe, labeled_idx = unl, np.empty(0, dtype=np.int64)
                     info = PoolInfo(n=len(universe))
             if full is None:
-                plan_version = "fallback"  # differs from every model version: re-planned once scores exist
+                plan_version = FALLBACK_PCA  # differs from every model version: re-planned once scores exist
                 why = "no model yet" if version == NO_MODEL else f"model {version} not scored yet"
                 note = f"{why}: fell back to pca_coreset on image features"
                 lib_name = "pca_coreset"
@@ -265,6 +272,7 @@ class ActiveLearningState:
             th = self.thumbs_for(universe)
             if th is None:
                 note = (note + "; " if note else "") + "thumbnails not computed yet: fell back to random"
+                plan_version = FALLBACK_RANDOM  # re-planned as soon as the thumbnails exist
                 lib_name = "random"
             else:
                 info.image_features = pca_features(th.reshape(len(universe), THUMB, THUMB, 3), seed=self.seed)
@@ -369,10 +377,21 @@ class ActiveLearningState:
             return set(self._planning)
 
     def _may_need_replan(self, strategy, p, version) -> bool:
-        """The cheap part of _needs_replan: a newer model than the plan's, for a strategy that uses it."""
+        """The cheap part of _needs_replan: a plan made by the random fallback, or a newer model than the
+        plan's for a strategy that uses it."""
+        if p["version"] == FALLBACK_RANDOM:
+            return True
         return not (p["version"] == version or not SERVER_STRATEGIES[strategy][1] or version == NO_MODEL)
 
     def _needs_replan(self, strategy, p, version, all_ids, labeled) -> bool:
+        if p["version"] == FALLBACK_RANDOM:  # thumbnails of the whole pool computed since: plan properly
+            ids = all_ids() if callable(all_ids) else all_ids
+            bad = self.bad_ids()
+            n = self.thumbs.rows()
+            have = {r[0] for r in self._conn().execute("SELECT image_id FROM thumbs WHERE row < ?", (n,))}
+            if all(i in have for i in ids if i not in bad):
+                return True
+            return False
         if not self._may_need_replan(strategy, p, version):
             return False
         # a newer model: re-plan once its scores cover the unlabeled pool

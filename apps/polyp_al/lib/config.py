@@ -23,6 +23,7 @@ class AppConfig:
     allowed_origins: str = ""
     allowed_hosts: str = ""
     max_pixels: int = 0
+    threads: int = 1
 
     @classmethod
     def from_conf(cls, app_dir: str, studies: str, conf: dict) -> "AppConfig":
@@ -62,4 +63,5 @@ class AppConfig:
             allowed_origins=str(conf.get("allowed_origins", "")),
             allowed_hosts=str(conf.get("allowed_hosts", "")),
             max_pixels=max_pixels,
+            threads=max(1, num("threads", os.cpu_count() or 1, int)),
         )

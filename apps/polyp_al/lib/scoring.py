@@ -40,6 +40,11 @@ class PolypScoring(ScoringMethod):
         return ok, (np.stack(arrays) if arrays else np.empty((0, size, size, 3), np.uint8))
 
     def __call__(self, request, datastore):
+        from lib.train import training_running
+
+        if training_running(self.cfg):  # never compete with training: it scores its model when it publishes
+            logger.info("polyp_al scoring skipped: a training is running")
+            return {"skipped": "a training is running; its model is scored when published"}
         # a model published while this run was scoring gets scored too: MONAI Label refuses to start a
         # second scoring run while one is going, so the trigger from that training may have been lost
         for _ in range(5):

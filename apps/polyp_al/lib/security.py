@@ -151,8 +151,8 @@ def _in_thread(app, scope, receive, send, loop):
 class Gate:
     """ASGI middleware in front of MONAI Label's app: see the module docstring."""
 
-    def __init__(self, app, guard: OriginGuard, model_app=None):
-        self.app, self.guard, self.model_app = app, guard, model_app
+    def __init__(self, app, guard: OriginGuard, model_app=None, precheck=None):
+        self.app, self.guard, self.model_app, self.precheck = app, guard, model_app, precheck
 
     async def _answer(self, scope, receive, send, status: int, detail: str):
         logger.warning(f"refused {scope.get('method')} {scope.get('path')}: {detail}")
@@ -186,6 +186,13 @@ class Gate:
         for v in q.get("tag", []):
             if v and not _valid_id(v):
                 return await self._answer(scope, receive, send, 400, f"invalid label tag {v[:80]!r}")
+        if self.precheck is not None:
+            try:
+                problem = await anyio.to_thread.run_sync(self.precheck, method, path)
+            except Exception:  # noqa: BLE001 - e.g. the DICOMweb server is down: let the endpoint answer
+                problem = None
+            if problem:
+                return await self._answer(scope, receive, send, *problem)
         if path in _INFO and method == "PUT":
             receive, problem = await _check_info_form(scope, receive, *_INFO[path])
             if problem:
@@ -259,6 +266,7 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
     if fastapi_app.middleware_stack is None:
         fastapi_app.middleware_stack = fastapi_app.build_middleware_stack()
     fastapi_app.middleware_stack = Gate(fastapi_app.middleware_stack, OriginGuard(None, origins,
-                                                                                   _split(allowed_hosts)), model_app)
+                                                                                   _split(allowed_hosts)), model_app,
+                                        precheck=getattr(app, "precheck", None))
     logger.info(f"HTTP surface hardened: model upload {'on' if model_app else 'off'}, sessions off, "
                 f"origins allowed: same-origin{', ' + ', '.join(origins) if origins else ''}")

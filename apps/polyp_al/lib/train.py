@@ -30,6 +30,11 @@ def is_validation(image_id: str, fraction: int = 5) -> bool:
     return int(hashlib.sha1(image_id.encode()).hexdigest(), 16) % fraction == 0
 
 
+def _iso(t: float) -> str:
+    """A local time as ISO 8601 with its offset, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+
+
 def _alive(pid) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -40,6 +45,16 @@ def _alive(pid) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def training_running(cfg) -> bool:
+    """True while another process is training (its stats say RUNNING and it is alive)."""
+    try:
+        with open(cfg.model_path + ".stats.json") as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return st.get("status") == "RUNNING" and st.get("pid") != os.getpid() and _alive(st.get("pid"))
 
 
 class PolypSegTrain(TrainTask):
@@ -108,11 +123,22 @@ class PolypSegTrain(TrainTask):
             val[:] = False
         images, masks = np.stack(images), np.stack(masks)
         t0 = time.time()
-        self._write_stats({"status": "RUNNING", "started": t0, "labeled": len(used), "pid": os.getpid()})
+        running = {"status": "RUNNING", "started": t0, "started_at": _iso(t0), "labeled": len(used),
+                   "pid": os.getpid(), "train_frames": int((~val).sum()), "val_frames": int(val.sum())}
+        self._write_stats(running)
+        last = [0.0]
 
         def on_step(step, total, loss):
             if step % 20 == 0 or step == total:
                 logger.info(f"train step {step}/{total} loss {loss:.4f}")
+            now = time.time()
+            if now - last[0] >= 2.0 or step == total:  # progress for /info: step, loss, elapsed, time left
+                last[0] = now
+                elapsed = now - t0
+                eta = elapsed / step * (total - step) if step else None
+                self._write_stats({**running, "step": step, "total_steps": total, "loss": round(float(loss), 4),
+                                   "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(eta, 1),
+                                   "eta_at": None if eta is None else _iso(now + eta)})
 
         res = train(self.cfg.profile, images[~val], masks[~val], images[val], masks[val],
                     seed=self.cfg.seed, on_step=on_step)
@@ -122,6 +148,7 @@ class PolypSegTrain(TrainTask):
             "status": "DONE", "profile": self.cfg.profile.name, "train_frames": int((~val).sum()),
             "val_frames": int(val.sum()), "steps": res.steps, "best_step": res.best_step,
             "best_val": res.best_val, "seconds": round(res.seconds, 1), "finished": time.time(),
+            "started_at": _iso(t0), "finished_at": _iso(time.time()),
             "skipped": skipped, "model": os.path.basename(self.cfg.model_path),
         }
         self._write_stats(stats)
