@@ -53,5 +53,23 @@ def test_errors_scoring_storm_and_training_stats(tmp_path):
         assert st["status"] == "DONE" and st["steps"] >= 1
         assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}$", st["finished_at"]), st
         assert st["train_frames"] + st["val_frames"] == 3
+        # a label saved for a frame the model never trained on: its Dice, equal to the library's
+        new = ids[4]
+        body, ct = multipart({"params": "{}"}, {"label": (f"{new}.png", sample_mask(new).read_bytes())})
+        s, r = http("PUT", f"{url}/datastore/label?image={new}&tag=final", body, {"Content-Type": ct})
+        assert s == 200 and "model_dice" in r, r
+        from polypal.data import read_mask, read_rgb, resize_mask, resize_rgb
+        from polypal.learner import predict
+        from polypal.model import load_checkpoint
+        from polypal.quality import label_dice
+
+        model, prof, _ = load_checkpoint(tmp_path / "model" / "polyp_seg-smoke.pt", device="cpu")
+        rgb = read_rgb(studies / f"{new}.jpg")
+        prob = predict(model, resize_rgb(rgb, prof.size)[None], aggregations=()).probs[0]
+        want = label_dice(prob > 0.5, resize_mask(read_mask(sample_mask(new), rgb.shape[:2]), prof.size))
+        assert abs(r["model_dice"] - want) < 1e-4
+        q = http("GET", f"{url}/info/")[1]["polyp_al"]["quality"]
+        assert q["by_model"][0]["labels"] == 1 and abs(q["by_model"][0]["mean_dice"] - want) < 1e-4
+        assert q["stopping"] is None  # one model, one label: no signal
     finally:
         srv.stop()

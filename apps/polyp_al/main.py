@@ -19,6 +19,7 @@ from fastapi import HTTPException
 from lib.config import AppConfig
 from lib.datastore import PolypDatastore
 from lib.infer import PolypSegInfer
+from lib.quality import LabelQuality
 from lib.scoring import PolypScoring
 from lib.strategy import PlannedStrategy
 from lib.train import PolypSegTrain
@@ -52,6 +53,7 @@ class PolypALApp(MONAILabelApp):
                                          lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed, background=True)
         self.scorer = PolypScoring(self.cfg, self.state)
         self._last_scoring = (None, 0.0)
+        self.quality = LabelQuality(self.cfg, self.state)
         import torch
 
         torch.set_num_threads(self.cfg.threads)  # training and scoring never run at once (lib.scoring)
@@ -144,8 +146,26 @@ class PolypALApp(MONAILabelApp):
     def info(self):
         meta = super().info()
         meta["polyp_al"] = {"profile": self.cfg.profile.name, "batch_size": self.cfg.batch_size,
-                            "gamma": self.cfg.gamma, "state": self.state.summary()}
+                            "gamma": self.cfg.gamma, "state": self.state.summary(),
+                            "quality": {**self.state.quality(),
+                                        "what": "per model: polyp Dice of its prediction on frames labeled while it "
+                                                "was current and that it never trained on (harder frames than "
+                                                "average when the strategy picks uncertain ones)"}}
         return meta
+
+    def on_save_label(self, image_id, label_id):
+        """After a label is saved: the current model's Dice on it (a free quality measurement), in the answer."""
+        res = super().on_save_label(image_id, label_id) or {}
+        if not isinstance(self._datastore, PolypDatastore):
+            return res
+        try:
+            dice = self.quality(self._datastore, image_id)
+        except Exception as e:  # noqa: BLE001 - the label is saved; quality is a bonus
+            logger.warning(f"label quality for {image_id} not measured: {e}")
+            dice = None
+        if dice is not None:
+            res["model_dice"] = round(dice, 4)
+        return res
 
     def next_sample(self, request):
         """MONAI Label's next_sample, without a scoring subprocess after every request.
@@ -167,6 +187,9 @@ class PolypALApp(MONAILabelApp):
         if not res or not res.get("id"):
             return {}
         res["path"] = self._datastore.get_image_uri(res["id"])
+        stop = self.state.quality()["stopping"]
+        if stop:
+            res["note"] = f"{res['note']}; {stop}" if res.get("note") else stop
         stale = res.get("model_version") not in (model_version(self.cfg.model_path), None) \
             and not is_fallback(res.get("model_version")) and SERVER_STRATEGIES[name][1]
         if self._auto_update_scoring and (is_fallback(res.get("model_version")) or stale

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS plan_meta (strategy TEXT, cycle INTEGER, version TEXT
                                       note TEXT, PRIMARY KEY (strategy, cycle));
 CREATE TABLE IF NOT EXISTS versions (version TEXT PRIMARY KEY, dim INTEGER);
 CREATE TABLE IF NOT EXISTS leases (image_id TEXT PRIMARY KEY, client_id TEXT, strategy TEXT, expires REAL);
+CREATE TABLE IF NOT EXISTS quality (image_id TEXT, version TEXT, dice REAL, ts REAL, PRIMARY KEY (image_id, version));
 """
 
 
@@ -408,6 +409,26 @@ class ActiveLearningState:
         n = self._latents(version, int(dim[0])).rows()
         return {r[0] for r in self._conn().execute("SELECT image_id FROM scores WHERE version=? AND row < ?",
                                                    (version, n))}
+
+    # -- quality -------------------------------------------------------------------------
+    def add_quality(self, image_id: str, version: str, dice: float, ts: float | None = None) -> None:
+        """The Dice of a model's prediction against a label saved while it was current (once per frame)."""
+        with self._tx() as c:
+            c.execute("INSERT OR IGNORE INTO quality VALUES (?, ?, ?, ?)",
+                      (image_id, version, float(dice), time.time() if ts is None else ts))
+
+    def has_quality(self, image_id: str, version: str) -> bool:
+        return self._conn().execute("SELECT 1 FROM quality WHERE image_id=? AND version=?",
+                                    (image_id, version)).fetchone() is not None
+
+    def quality(self) -> dict:
+        """The per-model curve and the stopping signal (polypal.quality)."""
+        from .quality import stopping_signal, summarize
+
+        curve = summarize(self._conn().execute("SELECT version, dice, ts FROM quality").fetchall())
+        for c in curve:
+            c["first_measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(c["first_measured"]))
+        return {"by_model": curve, "stopping": stopping_signal(curve)}
 
     def release(self, image_id: str) -> None:
         with self._tx() as c:

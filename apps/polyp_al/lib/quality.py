@@ -1,0 +1,53 @@
+"""Label-time quality: the current model's Dice on each frame an annotator labels (polypal.quality)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from polypal.active import NO_MODEL, model_version
+from polypal.data import DataError, read_mask, read_rgb, resize_mask, resize_rgb
+from polypal.learner import predict
+from polypal.model import CheckpointError, load_checkpoint
+from polypal.quality import label_dice
+
+logger = logging.getLogger(__name__)
+
+
+class LabelQuality:
+    def __init__(self, cfg, state):
+        self.cfg, self.state = cfg, state
+        self._lock = threading.Lock()
+        self._model = (None, None, set())  # version, network, frames it trained on
+
+    def _current(self, version):
+        with self._lock:
+            if self._model[0] != version:
+                model, _, extra = load_checkpoint(self.cfg.model_path, device="cpu", expect=self.cfg.profile)
+                self._model = (version, model, set(extra.get("trained_on") or []))
+            return self._model[1], self._model[2]
+
+    def __call__(self, datastore, image_id: str) -> float | None:
+        """Dice of the current model on this frame's final label, recorded once per (frame, model);
+        None when there is no model, no final label, or the model trained on this frame."""
+        version = model_version(self.cfg.model_path)
+        if version == NO_MODEL or self.state.has_quality(image_id, version):
+            return None
+        label, image = datastore.get_label_uri(image_id, "final"), datastore.get_image_uri(image_id)
+        if not label or not image:
+            return None
+        try:
+            model, trained_on = self._current(version)
+            if image_id in trained_on:
+                return None
+            rgb = read_rgb(image)
+            mask = read_mask(label, expected_hw=rgb.shape[:2])
+        except (CheckpointError, DataError) as e:
+            logger.warning(f"label quality for {image_id} not measured: {e}")
+            return None
+        size = self.cfg.profile.size
+        with self._lock:
+            prob = predict(model, resize_rgb(rgb, size)[None], aggregations=(), keep_probs=True).probs[0]
+        dice = label_dice(prob > 0.5, resize_mask(mask, size))
+        self.state.add_quality(image_id, version, dice)
+        return dice

@@ -1,0 +1,62 @@
+"""Model quality measured on the annotators' own work, and a signal for when labels stopped helping.
+
+When an annotator saves a final label for a frame the current model never trained
+on, the Dice between the model's prediction for that frame and the label is a free
+and honest measurement of that model. Grouped by model (one per AL cycle), these
+form a learning curve with no extra annotation.
+
+Limits, said where the numbers are shown: the frames measured are the ones the
+strategy chose (with uncertainty sampling: the hard ones), so the values are
+lower than on a random test set, and two models are measured on different frames.
+The stopping rule compares the last two models only; it says "may have stopped",
+never more.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .metrics import per_image_scores
+
+MIN_LABELS = 10  # a model needs this many measured labels before it enters the stopping rule
+
+
+def label_dice(pred_mask, label_mask) -> float:
+    """Polyp Dice of one predicted mask against one label (both empty counts as 1.0)."""
+    return float(per_image_scores(np.asarray(pred_mask)[None], np.asarray(label_mask)[None])["dice"][0])
+
+
+def summarize(records) -> list[dict]:
+    """Per model, in the order the models were first measured: n, mean Dice, its standard error.
+
+    ``records``: (model version, dice, time) tuples."""
+    by: dict[str, list] = {}
+    first: dict[str, float] = {}
+    for version, dice, ts in records:
+        by.setdefault(version, []).append(float(dice))
+        first[version] = min(first.get(version, ts), ts)
+    out = []
+    for k, v in enumerate(sorted(by, key=first.get), start=1):
+        x = np.asarray(by[v])
+        se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
+        out.append({"model": k, "version": v, "labels": len(x), "mean_dice": round(float(x.mean()), 4),
+                    "se": None if se is None else round(se, 4), "first_measured": first[v]})
+    return out
+
+
+def stopping_signal(curve: list[dict], min_labels: int = MIN_LABELS) -> str | None:
+    """A sentence when the last model is not better than the one before by more than two standard
+    errors of the difference (both measured on at least ``min_labels`` labels); else None."""
+    ready = [c for c in curve if c["labels"] >= min_labels and c["se"] is not None]
+    if len(ready) < 2:
+        return None
+    prev, last = ready[-2], ready[-1]
+    diff = last["mean_dice"] - prev["mean_dice"]
+    se = math.sqrt(prev["se"] ** 2 + last["se"] ** 2)
+    if diff > 2 * se:
+        return None
+    return (f"labels may have stopped helping: model {last['model']} scores Dice {last['mean_dice']:.3f} on "
+            f"{last['labels']} new labels, model {prev['model']} {prev['mean_dice']:.3f} on {prev['labels']} "
+            f"(difference {diff:+.3f}, within twice its standard error {se:.3f})")

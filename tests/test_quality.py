@@ -1,0 +1,39 @@
+"""polypal.quality: the per-model curve and the stopping rule, against hand-computed values."""
+
+import math
+
+import numpy as np
+
+from polypal.quality import label_dice, stopping_signal, summarize
+
+
+def test_label_dice_hand_computed():
+    p = np.zeros((4, 4), bool)
+    t = np.zeros((4, 4), bool)
+    p[:2] = True  # 8 pixels
+    t[1:3] = True  # 8 pixels, 4 shared
+    assert math.isclose(label_dice(p, t), 2 * 4 / 16)
+    assert label_dice(np.zeros((4, 4), bool), np.zeros((4, 4), bool)) == 1.0
+
+
+def test_summarize_orders_models_by_first_measurement():
+    recs = [("b", 0.5, 20.0), ("a", 0.2, 10.0), ("a", 0.4, 11.0), ("b", 0.7, 21.0), ("b", 0.6, 22.0)]
+    c = summarize(recs)
+    assert [x["version"] for x in c] == ["a", "b"] and [x["model"] for x in c] == [1, 2]
+    assert c[0]["labels"] == 2 and math.isclose(c[0]["mean_dice"], 0.3)
+    assert math.isclose(c[0]["se"], round(np.std([0.2, 0.4], ddof=1) / math.sqrt(2), 4))
+    assert math.isclose(c[1]["mean_dice"], 0.6) and math.isclose(c[1]["se"], round(0.1 / math.sqrt(3), 4))
+
+
+def test_stopping_rule():
+    def model(k, mean, se, n=10):
+        return {"model": k, "version": str(k), "labels": n, "mean_dice": mean, "se": se}
+
+    # improvement 0.10 > 2 * sqrt(0.02^2 + 0.02^2) = 0.0566: keep going
+    assert stopping_signal([model(1, 0.50, 0.02), model(2, 0.60, 0.02)]) is None
+    # improvement 0.05 < 0.0566: may have stopped
+    msg = stopping_signal([model(1, 0.50, 0.02), model(2, 0.55, 0.02)])
+    assert msg and "model 2" in msg and "+0.050" in msg
+    # too few labels on the last model: the rule looks at the two last models with enough labels
+    assert stopping_signal([model(1, 0.50, 0.02), model(2, 0.55, 0.02, n=9)]) is None
+    assert stopping_signal([model(1, 0.5, 0.02)]) is None
