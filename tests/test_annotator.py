@@ -71,5 +71,17 @@ def test_errors_scoring_storm_and_training_stats(tmp_path):
         q = http("GET", f"{url}/info/")[1]["polyp_al"]["quality"]
         assert q["by_model"][0]["labels"] == 1 and abs(q["by_model"][0]["mean_dice"] - want) < 1e-4
         assert q["stopping"] is None  # one model, one label: no signal
+        # the labeled set as a zip in the export layout, with the manifest
+        import io
+        import zipfile
+
+        s, data = http("GET", f"{url}/datastore/dataset")
+        assert s == 200
+        z = zipfile.ZipFile(io.BytesIO(data))
+        names = set(z.namelist())
+        for i in ids[:3] + [new]:
+            assert f"images/{i}.jpg" in names and f"masks/{i}.png" in names
+        frames = json.loads(z.read("manifest.json"))["frames"]
+        assert sorted(r["id"] for r in frames) == sorted(ids[:3] + [new])
     finally:
         srv.stop()

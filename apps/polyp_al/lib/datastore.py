@@ -136,23 +136,30 @@ class PolypDatastore(Datastore):
         return self.store.image_ids()
 
     def get_dataset_archive(self, limit_cases: Optional[int]) -> str:
+        """GET /datastore/dataset: the labeled set as polypal-export writes it (images/, masks/ 0/255,
+        manifest.json/.csv), zipped. The zip is deleted once sent (lib.security)."""
+        import shutil
         import zipfile
+
+        from lib.security import scratch_file
+        from polypal.export import export_labeled
 
         fd, path = tempfile.mkstemp(suffix=".zip")
         os.close(fd)
-        from lib.security import scratch_file
-
-        scratch_file(path)  # deleted once the request is answered
+        scratch_file(path)
+        tmp = tempfile.mkdtemp(prefix="polypal-export-")
         try:
+            export_labeled(self.store.root, tmp, limit=limit_cases or None)
             with zipfile.ZipFile(path, "w") as z:
-                for k, item in enumerate(self.datalist()):
-                    if limit_cases and k >= limit_cases:
-                        break
-                    z.write(item["image"], os.path.join("images", os.path.basename(item["image"])))
-                    z.write(item["label"], os.path.join("labels", os.path.basename(item["label"])))
+                for root, _, files in os.walk(tmp):
+                    for f in sorted(files):
+                        full = os.path.join(root, f)
+                        z.write(full, os.path.relpath(full, tmp))
         except BaseException:
             os.unlink(path)
             raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     def refresh(self) -> None:

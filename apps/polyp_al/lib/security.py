@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 # image info keys written by the server (next-sample answers merge image info over their own fields)
 RESERVED_IMAGE_KEYS = frozenset({"id", "path", "name", "ext", "ts", "user", "strategy", "al_strategy", "score",
-                                 "picked_by", "cycle", "position", "batch_size", "model_version", "note"})
+                                 "picked_by", "cycle", "position", "batch_size", "model_version", "note",
+                                 "served"})
 RESERVED_LABEL_KEYS = frozenset({"id", "name", "ext", "ts", "user"})
 
 

@@ -1,0 +1,43 @@
+"""polypal-export: the labeled set in the Kvasir layout, readable by polypal.data, with a manifest."""
+
+import csv
+import json
+
+import numpy as np
+from PIL import Image
+
+from conftest import synth_frame
+from polypal.data import load_folder
+from polypal.export import main
+from polypal.framestore import FrameStore
+
+
+def test_export_round_trip(tmp_path):
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    rng = np.random.default_rng(0)
+    masks = {}
+    for i in range(5):
+        img, m = synth_frame(rng, 40, 56)
+        Image.fromarray(img).save(studies / f"fr{i}.png")
+        masks[f"fr{i}"] = m
+    store = FrameStore(studies)
+    for i in ("fr1", "fr3"):  # saved as 0/1 label maps, exported as 0/255
+        Image.fromarray(masks[i].astype(np.uint8)).save(tmp_path / "l.png")
+        store.save_label(i, str(tmp_path / "l.png"), "final", {"client_id": "dr-a"})
+    store.update_image_info("fr3", {"served": {"al_strategy": "bvsb", "picked_by": "uncertainty", "cycle": 2,
+                                               "model_version": "v9", "client_id": "dr-b"}})
+    out = tmp_path / "out"
+    assert main([str(studies), str(out)]) == 0
+    fs = load_folder(out, size=32)
+    assert fs.names == ["fr1", "fr3"]
+    for i in ("fr1", "fr3"):
+        got = np.asarray(Image.open(out / "masks" / f"{i}.png"))
+        assert set(np.unique(got)) <= {0, 255} and ((got > 0) == masks[i]).all()
+    rows = json.loads((out / "manifest.json").read_text())["frames"]
+    r3 = next(r for r in rows if r["id"] == "fr3")
+    assert r3["annotator"] == "dr-a" and r3["picked_by"] == "uncertainty" and r3["cycle"] == 2
+    assert r3["served_by_strategy"] == "bvsb" and r3["model_version"] == "v9" and r3["labeled_at"]
+    with open(out / "manifest.csv") as f:
+        assert [r["id"] for r in csv.DictReader(f)] == ["fr1", "fr3"]
+    assert main([str(studies), str(out)]) == 2  # never into a non-empty folder
