@@ -44,6 +44,10 @@ CONFIGS = {
     "cos-endo-lr3e-3": dict(schedule="cosine", warmup=0.05, min_lr=0.02, ema=0.99, augment="endo", lr=3e-3),
     "cos-endo-b16": dict(schedule="cosine", warmup=0.05, min_lr=0.02, ema=0.99, augment="endo", batch_size=16),
     "endo": dict(ema=0.99, augment="endo"),
+    "cos-rot": dict(schedule="cosine", warmup=0.05, min_lr=0.02, ema=0.99, augment="rot"),
+    "cos-1000": dict(schedule="cosine", warmup=0.05, min_lr=0.02, ema=0.99, min_steps=1000, max_steps=1000),
+    "cos-endo-1500": dict(schedule="cosine", warmup=0.05, min_lr=0.02, ema=0.99, augment="endo",
+                          min_steps=1500, max_steps=1500),
 }
 
 

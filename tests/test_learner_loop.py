@@ -21,7 +21,9 @@ def test_model_returns_logits_and_pooled_latent():
 
 def test_profiles_budget():
     lite = get_profile("cpu-lite")
-    assert lite.steps_for(80) == 600 and lite.steps_for(600) == 600
+    # a budget that grows with the labeled set: 40 epochs' worth, at least 600 and at most 1500 steps
+    assert lite.steps_for(80) == 600 and lite.steps_for(200) == 1000 and lite.steps_for(600) == 1500
+    assert lite.ema == 0.99 and lite.select == "ema"
     assert get_profile("paper").steps_for(100) == 100 * 13
     with pytest.raises(ValueError, match="unknown profile"):
         get_profile("huge")
@@ -88,3 +90,42 @@ def test_smoke_al_loop_real_frames(tmp_path):
         (sub / "masks" / p.name).symlink_to(root / "masks" / p.name)
     _, recs, _ = _smoke_loop(sub, tmp_path, "unc_ta_coreset")
     assert len(recs) == 3 and recs[-1]["n_labeled"] == 16
+
+
+def test_lr_schedule_warmup_then_cosine():
+    from polypal.learner import lr_factor
+
+    p = get_profile("smoke", schedule="cosine", warmup=0.1, min_lr=0.05)
+    f = [lr_factor(p, s, 100) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # decays monotonically after the warm-up
+    assert lr_factor(p, 100, 100) == pytest.approx(0.05)
+    assert lr_factor(get_profile("smoke", schedule="constant"), 50, 100) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["flips", "rot", "endo"])
+def test_augmentation_is_seeded_and_keeps_masks_binary(kind):
+    from polypal.augment import Augmenter
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 32, 32, generator=g) * 2 - 1
+    y = (torch.rand(4, 1, 32, 32, generator=g) > 0.7).float()
+    a1, a2 = Augmenter(kind, 32, 5), Augmenter(kind, 32, 5)
+    (x1, y1), (x2, y2) = a1(x, y), a2(x, y)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert x1.shape == x.shape and y1.shape == y.shape and set(y1.unique().tolist()) <= {0.0, 1.0}
+    assert x1.min() >= -1 and x1.max() <= 1
+    if kind != "endo":  # flips and rotations only permute pixels: the mask's area is unchanged
+        assert torch.equal(y1.sum(dim=(1, 2, 3)), y.sum(dim=(1, 2, 3)))
+
+
+def test_selection_rules_and_variants(kvasir_like):
+    fs = load_folder(kvasir_like, 32)
+    prof = get_profile("smoke", schedule="cosine", warmup=0.2, ema=0.9, select="ema", augment="rot")
+    r = train(prof, fs.images[:12], fs.masks[:12], fs.images[12:], fs.masks[12:], seed=1, device="cpu",
+              keep_variants=True)
+    assert set(r.variants) == {"best_val", "last", "ema", "ema_best_val"}
+    for k, v in r.model.state_dict().items():
+        torch.testing.assert_close(v, r.variants["ema"].state_dict()[k])
+    with pytest.raises(ValueError, match="needs an EMA"):
+        train(get_profile("smoke", select="ema"), fs.images[:4], fs.masks[:4], device="cpu")

@@ -1,6 +1,7 @@
 """Training augmentation for endoscopy frames, built from MONAI transforms.
 
 ``flips``: random horizontal and vertical flips (the old recipe).
+``rot``: flips and 90-degree rotations.
 ``endo``: flips, 90-degree rotations (an endoscope has no "up"), a random
 scale (0.8-1.25) with a random shift (a random scale/crop of the frame, reflected
 at the border), then brightness, contrast, saturation and hue jitter (light and
@@ -69,15 +70,16 @@ def make_transforms(kind: str, size: int) -> Compose | None:
     if kind in ("", "none"):
         return None
     t = [RandFlipd(keys, prob=0.5, spatial_axis=1), RandFlipd(keys, prob=0.5, spatial_axis=0)]
+    if kind in ("rot", "endo"):
+        t.append(RandRotate90d(keys, prob=0.5, max_k=3))
     if kind == "endo":
         t += [
-            RandRotate90d(keys, prob=0.5, max_k=3),
             RandAffined(keys, prob=0.7, scale_range=(0.2, 0.2), translate_range=(size / 8, size / 8),
                         mode=("bilinear", "nearest"), padding_mode="reflection"),
             RandColourJitterd(["image"], prob=0.8),
         ]
-    elif kind != "flips":
-        raise ValueError(f"unknown augmentation {kind!r}; choose none, flips or endo")
+    elif kind not in ("flips", "rot"):
+        raise ValueError(f"unknown augmentation {kind!r}; choose none, flips, rot or endo")
     return Compose(t)
 
 

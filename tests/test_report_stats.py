@@ -1,0 +1,159 @@
+"""The report's statistics against hand-computed values, summary.json, the smoke warning, and the new recipe."""
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from polypal.cli import main
+from polypal.report import bootstrap_ci, make_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+STAGES = [40, 80, 120]
+# paper_miou and polyp_dice (fractions) per strategy, seed, stage: small hand-made numbers
+MIOU = {
+    "random": {0: [0.50, 0.60, 0.70], 1: [0.52, 0.58, 0.66], 2: [0.48, 0.62, 0.68], 3: [0.51, 0.57, 0.71]},
+    "unc_ta_coreset@g0.5": {0: [0.50, 0.63, 0.72], 1: [0.52, 0.57, 0.70], 2: [0.48, 0.66, 0.69], 3: [0.51, 0.61, 0.75]},
+}
+DICE = {
+    "random": {0: [0.30, 0.50, 0.60], 1: [0.32, 0.46, 0.62], 2: [0.28, 0.54, 0.58], 3: [0.30, 0.50, 0.64]},
+    "unc_ta_coreset@g0.5": {0: [0.30, 0.56, 0.66], 1: [0.32, 0.52, 0.64], 2: [0.28, 0.60, 0.62], 3: [0.30, 0.56, 0.68]},
+}
+CEILING_DICE = [0.64, 0.66]  # two ceiling seeds: mean 0.65
+
+
+def write_folder(root: Path, profile: str = "cpu-lite") -> Path:
+    (root / "runs").mkdir(parents=True)
+    (root / "run.json").write_text(json.dumps({"dataset": "cvc", "data": "/nonexistent", "profile": {"name": profile},
+                                               "protocol": [40, 40, 2]}))
+    for strat in MIOU:
+        base = "unc_ta_coreset" if strat.startswith("unc") else strat
+        for seed in MIOU[strat]:
+            lines = []
+            for k, n in enumerate(STAGES):
+                m, d = MIOU[strat][seed][k], DICE[strat][seed][k]
+                lines.append(json.dumps({"strategy": strat, "base": base, "seed": seed, "stage": k, "n_labeled": n,
+                                         "profile": profile, "test": {"paper_miou": m, "polyp_dice": d, "polyp_iou": d / 2},
+                                         "labeled": [], "selected": [], "picked_by": [], "notes": []}))
+            (root / "runs" / f"{strat}-seed{seed}.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "ceiling.jsonl").write_text("".join(
+        json.dumps({"kind": "ceiling", "seed": s, "n_labeled": 300, "profile": profile,
+                    "test": {"paper_miou": 0.8, "polyp_dice": d, "polyp_iou": d / 2}}) + "\n"
+        for s, d in enumerate(CEILING_DICE)))
+    return root
+
+
+def brute_ci(values, level=0.95):
+    """Percentile bootstrap by brute force: all k^k equally likely index tuples, inverse-CDF quantiles."""
+    k = len(values)
+    means = sorted(sum(values[i] for i in t) / k for t in itertools.product(range(k), repeat=k))
+    n = len(means)
+    a = (1 - level) / 2
+    return means[math.ceil(a * n) - 1], means[math.ceil((1 - a) * n) - 1]
+
+
+def test_bootstrap_ci_matches_brute_force():
+    for vals in ([1.0, 2.0, 4.0], [3.0, -1.0, 0.5, 2.5], [0.1, 0.4, -0.3, 0.9, 0.2]):
+        lo, hi = bootstrap_ci(vals)
+        blo, bhi = brute_ci(vals)
+        assert lo == pytest.approx(blo, abs=1e-12) and hi == pytest.approx(bhi, abs=1e-12)
+    assert bootstrap_ci([1.0]) is None
+    # the Monte Carlo branch is seeded: the same call gives the same bounds
+    vals = list(np.linspace(-1, 2, 12))
+    assert bootstrap_ci(vals) == bootstrap_ci(vals)
+    lo, hi = bootstrap_ci(vals)
+    assert lo < np.mean(vals) < hi
+
+
+def test_report_statistics_equal_hand_computed_values(tmp_path):
+    folder = write_folder(tmp_path / "res")
+    made = make_report(folder, paper="none")
+    summ = json.loads((folder / "report" / "summary.json").read_text())
+    assert folder / "report" / "summary.json" in made and (folder / "report" / "aulc_diff.png").stat().st_size > 1000
+    assert summ["smoke"] is False and summ["stages"] == STAGES
+    strat = "unc_ta_coreset@g0.5"
+    vs = summ["metrics"]["paper_miou"]["vs_random"][strat]
+
+    # per-stage difference at 80 labels, by hand: seeds 0-3 -> +3, -1, +4, +4 points
+    d80 = [100 * (MIOU[strat][s][1] - MIOU["random"][s][1]) for s in range(4)]
+    assert d80 == pytest.approx([3, -1, 4, 4])
+    st = vs["per_stage"]["80"]
+    assert st["mean"] == pytest.approx(2.5) and st["ahead"] == 3 and st["seeds"] == 4
+    # 4^4 = 256 resamples: the 2.5% quantile is the 7th smallest mean, the 97.5% the 250th
+    lo, hi = brute_ci(d80)
+    assert st["ci95"] == pytest.approx([lo, hi])
+    assert (lo, hi) == pytest.approx((0.25, 4.0))  # worked out by hand in test_ci_lower_bound_by_hand
+    # stage 40 is the same initial set: difference 0 everywhere, 0 seeds ahead
+    assert vs["per_stage"]["40"]["mean"] == 0 and vs["per_stage"]["40"]["ahead"] == 0
+
+    # normalised AULC over 40-120 labels: trapezoids / 80 labels
+    def aulc(y):
+        return ((y[0] + y[1]) / 2 * 40 + (y[1] + y[2]) / 2 * 40) / 80
+
+    da = [100 * (aulc(MIOU[strat][s]) - aulc(MIOU["random"][s])) for s in range(4)]
+    # seed 0: ((0+3)/2 + (3+2)/2)/2 = 2.0; seed 1: ((0-1)/2 + (-1+4)/2)/2 = 0.5; seed 2: ((0+4)/2+(4+1)/2)/2 = 2.25;
+    # seed 3: ((0+4)/2 + (4+4)/2)/2 = 3.0
+    assert da == pytest.approx([2.0, 0.5, 2.25, 3.0])
+    a = vs["aulc"]
+    assert a["mean"] == pytest.approx(np.mean(da)) and a["ahead"] == 4 and a["seeds"] == 4
+    assert a["std"] == pytest.approx(np.std(da, ddof=1))
+    assert a["ci95"] == pytest.approx(list(brute_ci(da)))
+    assert a["per_seed"] == pytest.approx({str(s): v for s, v in enumerate(da)})
+
+    # ceiling and label savings on polyp Dice: target 0.95 * 65 = 61.75
+    assert summ["ceiling"]["polyp_dice"] == pytest.approx(65.0) and summ["ceiling"]["seeds"] == [0, 1]
+    ls = summ["label_savings"]
+    assert ls["target"] == pytest.approx(61.75)
+    # random's mean curve: 30, 50, 61 -> never reaches 61.75 by 120 labels
+    assert ls["strategies"]["random"]["labels"] is None
+    # unc_ta's mean curve: 30, 56, 65 -> crosses between 80 and 120: 80 + (61.75 - 56) / (65 - 56) * 40
+    assert ls["strategies"][strat]["labels"] == pytest.approx(80 + (61.75 - 56) / 9 * 40)
+    tables = (folder / "report" / "tables.md").read_text()
+    assert "95% bootstrap" in tables and "not reached by 120" in tables and "SMOKE" not in tables
+
+
+def test_ci_lower_bound_by_hand():
+    # d = (3, -1, 4, 4): sorted resample means; the 7th smallest of 256 is reached by resamples with
+    # three -1s and one 3 or 4 (means 0.0, 0.25): P(mean <= -1) = 1/256, P(<= 0) = 1 + 4 (three -1s and a 3)
+    # = 5/256, P(<= 0.25) = 5 + 8 (three -1s and a 4: 4 orders x 2 fours) = 13/256 >= 6.4/256 -> 0.25
+    lo, hi = bootstrap_ci([3.0, -1.0, 4.0, 4.0])
+    assert lo == pytest.approx(0.25)
+    # upper: P(mean >= 4) = (2/4)^4 = 16/256; 97.5% quantile sits inside that top block -> 4.0
+    assert hi == pytest.approx(4.0)
+
+
+def test_smoke_report_says_numbers_mean_nothing(tmp_path, capsys):
+    folder = write_folder(tmp_path / "res", profile="smoke")
+    assert main(["report", str(folder), "--paper", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "SMOKE PROFILE: these numbers mean nothing" in out
+    summ = json.loads((folder / "report" / "summary.json").read_text())
+    assert summ["smoke"] is True and "mean nothing" in summ["warning"]
+    assert "SMOKE PROFILE" in (folder / "report" / "tables.md").read_text()
+
+
+def test_new_recipe_trains_and_beats_an_untrained_model():
+    """cpu-lite's recipe (lr, flips, EMA of the weights returned) at smoke sizes (64 px, 300 steps) on
+    16 real Kvasir-SEG frames (4 for validation), tested on the other 10."""
+    from polypal.data import load_folder
+    from polypal.learner import predict, train
+    from polypal.metrics import evaluate
+    from polypal.model import PolypUNet
+    from polypal.profiles import get_profile
+
+    torch.set_num_threads(1)
+    fs = load_folder(REPO / "sample-datasets" / "kvasir-seg-mini", 64)
+    tr_i, va_i, te_i = np.arange(0, 16), np.arange(16, 20), np.arange(20, 30)
+    prof = get_profile("cpu-lite", size=64, min_steps=300, max_steps=300, val_every=100)
+    assert prof.select == "ema" and prof.ema > 0
+    res = train(prof, fs.images[tr_i], fs.masks[tr_i], fs.images[va_i], fs.masks[va_i], seed=0, device="cpu")
+    trained = evaluate(predict(res.model, fs.images[te_i]).probs, fs.masks[te_i])
+    torch.manual_seed(0)
+    untrained = evaluate(predict(PolypUNet.from_profile(prof), fs.images[te_i]).probs, fs.masks[te_i])
+    assert trained["polyp_dice"] > untrained["polyp_dice"] + 0.1
+    assert trained["paper_miou"] > untrained["paper_miou"] + 0.1
