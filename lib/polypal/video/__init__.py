@@ -1,0 +1,10 @@
+"""Colonoscopy video in: ``polypal-ingest`` (ingest.py), frame measures (frames.py), the ingest records
+(store.py) and one-frame-per-group serving order (select.py)."""
+
+from .frames import DUP_BITS, flags, measure
+from .ingest import VideoError, ingest_video, sanitize
+from .select import dedupe_candidates, dedupe_tiers
+from .store import VideoIndex, load_index
+
+__all__ = ["DUP_BITS", "VideoError", "VideoIndex", "dedupe_candidates", "dedupe_tiers", "flags", "ingest_video",
+           "load_index", "measure", "sanitize"]

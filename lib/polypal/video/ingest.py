@@ -1,0 +1,196 @@
+"""Decode colonoscopy videos into a studies folder, one PNG per kept frame, with groups and flags.
+
+Per video: open and decode with PyAV (FFmpeg), keep every N-th frame or one
+frame per 1/fps seconds, measure each kept frame (``frames.measure``), write it
+as ``<video>_<frame>.png`` into a staging folder ``.polypal/ingest-tmp/``,
+check the stream was complete, record the frames and their groups in
+``.polypal/video.sqlite``, and only then rename each frame into the studies
+folder (same file system, so each frame appears whole or not at all). A video
+that fails anywhere leaves nothing behind but its error message.
+
+PNG, not JPEG: the decoded frame has already been through the video codec's
+lossy compression; a second lossy generation would change what the model
+trains on and what the annotator sees for no gain but disk space
+(compress_level 1 keeps the writing fast).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+
+import av
+from PIL import Image
+from tqdm import tqdm
+
+from . import frames as F
+from .store import VideoDB
+
+VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".wmv")
+FRAME_DIGITS = 6
+MAX_ID = 128
+STAGING = os.path.join(".polypal", "ingest-tmp")
+
+
+class VideoError(Exception):
+    """A video that cannot be ingested; the message names the file."""
+
+
+def sanitize(stem: str, digits: int = FRAME_DIGITS) -> str:
+    """A video file's stem as an id prefix: letters, digits, '_', '-', '.' (no '..', no leading '.'),
+    short enough that '<prefix>_<frame>' fits framestore.check_name's 128 characters."""
+    s = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem)
+    s = re.sub(r"\.{2,}", "_", s).lstrip(".")
+    s = s[: MAX_ID - 1 - digits - 3].rstrip(".")  # room for '-NN' when names collide
+    return s or "video"
+
+
+def fingerprint(path: str) -> str:
+    """Size plus SHA-256 of the first and last MiB: the same file gives the same value, cheaply."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:32]
+
+
+def _clean_staging(studies: str) -> None:
+    """Remove staging folders of ingest processes that no longer run."""
+    root = os.path.join(studies, STAGING)
+    for d in os.listdir(root) if os.path.isdir(root) else []:
+        pid = d.split("-", 1)[0]
+        try:
+            os.kill(int(pid), 0)
+            continue
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+def _decode(path: str, stage: str, name: str, every: int | None, fps: float | None, quiet: bool) -> tuple:
+    """Decode ``path``, writing kept frames into ``stage``. Returns (rows, decoded, stream fps)."""
+    try:
+        container = av.open(path)
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise VideoError(f"{path}: not a readable video ({e})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoError(f"{path}: no video stream in the file")
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+        declared = stream.frames or 0
+        if not declared and container.duration and rate:
+            declared = int(container.duration / av.time_base * rate)
+        rows, n, next_t = [], 0, 0.0
+        bar = tqdm(total=declared or None, unit="frame", desc=name[:30], disable=quiet, leave=False)
+        try:
+            for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else (n / rate if rate else float(n))
+                if fps:
+                    keep = t + 1e-6 >= next_t
+                    if keep:
+                        while next_t <= t + 1e-6:
+                            next_t += 1.0 / fps
+                else:
+                    keep = n % (every or 1) == 0
+                if keep:
+                    rgb = frame.to_ndarray(format="rgb24")
+                    fid = f"{name}_{n:0{FRAME_DIGITS}d}"
+                    Image.fromarray(rgb).save(os.path.join(stage, fid + ".png"), compress_level=1)
+                    rows.append({"id": fid, "frame": n, "time_s": round(t, 4), **F.measure(rgb)})
+                n += 1
+                bar.update(1)
+        except (av.FFmpegError, OSError, ValueError) as e:
+            raise VideoError(f"{path}: damaged or truncated video after {n} frames ({e})") from None
+        finally:
+            bar.close()
+    if n == 0:
+        raise VideoError(f"{path}: no frame could be decoded (empty or damaged video)")
+    if declared and n < 0.98 * declared - 1:
+        raise VideoError(f"{path}: truncated or damaged: the file declares {declared} frames, "
+                         f"only {n} could be decoded")
+    return rows, n, rate
+
+
+def ingest_video(path: str, studies: str, every: int | None = None, fps: float | None = None,
+                 max_bits: int = F.DUP_BITS, quiet: bool = False) -> dict:
+    """Ingest one video into ``studies``; raises VideoError (naming the file) and leaves nothing behind."""
+    path, studies = str(path), str(studies)
+    if not os.path.isfile(path):
+        raise VideoError(f"{path}: no such file")
+    settings = json.dumps({"every": every, "fps": fps}, sort_keys=True)
+    db = VideoDB(studies)
+    fp = fingerprint(path)
+    done = db.find(fp, settings)
+    if done:
+        return {"video": done["name"], "source": path, "decoded": done["decoded"], "kept": done["kept"],
+                "written": 0, "note": "already ingested with these settings: nothing added"}
+    name = db.name_for(sanitize(os.path.splitext(os.path.basename(path))[0]), fp)
+    stage = os.path.join(studies, STAGING, f"{os.getpid()}-{name}")
+    os.makedirs(stage, exist_ok=True)
+    try:
+        rows, decoded, rate = _decode(path, stage, name, every, fps, quiet)
+        video = {"name": name, "source": os.path.abspath(path), "size": os.path.getsize(path), "fingerprint": fp,
+                 "settings": settings, "fps": rate, "decoded": decoded, "kept": len(rows),
+                 "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        res = db.add(video, rows, max_bits)  # groups recorded before the frames appear
+        written = 0
+        for r in rows:
+            src, dst = os.path.join(stage, r["id"] + ".png"), os.path.join(studies, r["id"] + ".png")
+            if os.path.exists(dst):  # an earlier run (other settings, or interrupted) wrote it
+                continue
+            os.replace(src, dst)
+            written += 1
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {"video": name, "source": path, "decoded": decoded, "kept": len(rows), "written": written, **res}
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="polypal-ingest", description="Decode colonoscopy videos into a studies "
+                                 "folder (one PNG per kept frame), group near-duplicates, flag useless frames.")
+    ap.add_argument("videos", nargs="+", metavar="VIDEO", help="mp4/avi/mkv/... files")
+    ap.add_argument("--studies", required=True, help="studies folder (created if missing; may be served)")
+    rate = ap.add_mutually_exclusive_group()
+    rate.add_argument("--fps", type=float, help="keep about this many frames per second of video")
+    rate.add_argument("--every", type=int, help="keep every N-th decoded frame (default: every frame)")
+    ap.add_argument("--dup-bits", type=int, default=F.DUP_BITS,
+                    help=f"dHash Hamming distance (of {F.HASH * F.HASH} bits) for near-duplicates "
+                         f"(default {F.DUP_BITS})")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    a = ap.parse_args(argv)
+    if (a.fps is not None and a.fps <= 0) or (a.every is not None and a.every < 1):
+        ap.error("--fps must be > 0 and --every >= 1")
+    os.makedirs(a.studies, exist_ok=True)
+    _clean_staging(a.studies)
+    failed = 0
+    for v in tqdm(a.videos, unit="video", disable=a.quiet or len(a.videos) < 2):
+        try:
+            r = ingest_video(v, a.studies, a.every, a.fps, a.dup_bits, a.quiet)
+        except VideoError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            continue
+        print(json.dumps(r), flush=True)
+    if os.path.exists(os.path.join(a.studies, ".polypal", "datastore.sqlite")):
+        from ..framestore import FrameStore  # a served folder: its datastore lists the new frames now
+
+        FrameStore(a.studies).reconcile()
+    if failed:
+        print(f"{failed} of {len(a.videos)} video(s) failed; nothing was written for them", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

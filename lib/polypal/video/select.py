@@ -1,0 +1,65 @@
+"""One frame per group of near-duplicates, informative frames first: a pure function for the server
+and ``polypal-sim``.
+
+``dedupe_candidates(ids, groups, flagged, representatives, labeled)`` takes
+frame ids in the order a strategy would serve them (a planned batch, a ranked
+pool, or the pool in any order) and returns them
+
+- with at most one frame per group: the group's representative when it is
+  among ``ids`` and not flagged, else the group's first unflagged id in
+  ``ids``, else its first id, placed at the position of the group's
+  first-ranked member;
+- in tiers, each keeping the input order:
+  0. representatives and frames of no group, not flagged;
+  1. other unflagged frames (their group's representative is labeled or not
+     in ``ids``);
+  2. frames of a group that already holds a labeled frame;
+  3. flagged frames (blurred, black, overexposed).
+
+So the first B ids never hold two frames of one group, and a flagged frame or a
+second frame of a labeled group only comes when nothing better is left. Ids
+not in ``groups`` are their own group (frames that did not come from a video).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+
+TIER_NAMES = ("representative", "non_representative", "group_labeled", "flagged")
+
+
+def dedupe_tiers(ids: Iterable[str], groups: Mapping[str, str], flagged: Collection[str] = (),
+                 representatives: Collection[str] | None = None,
+                 labeled: Iterable[str] = ()) -> list[tuple[str, int]]:
+    """(id, tier) pairs, one per group, in serving order (see the module docstring)."""
+    ids = list(dict.fromkeys(ids))
+    flagged = set(flagged)
+    reps = set(representatives) if representatives is not None else None
+    labeled = set(labeled)
+    labeled_groups = {groups.get(i, i) for i in labeled}
+    members: dict[str, list[str]] = {}
+    for i in ids:
+        members.setdefault(groups.get(i, i), []).append(i)
+    out: list[tuple[str, int]] = []
+    for g, ms in members.items():  # dict order = position of the group's first-ranked member
+        rep = [i for i in ms if reps is not None and i in reps and i not in flagged]
+        clean = [i for i in ms if i not in flagged]
+        pick = (rep or clean or ms)[0]
+        if pick in flagged:
+            tier = 3
+        elif g in labeled_groups and pick not in labeled:
+            tier = 2
+        elif reps is None or pick in reps or pick not in groups:
+            tier = 0
+        else:
+            tier = 1
+        out.append((pick, tier))
+    return sorted(out, key=lambda t: t[1])  # stable: input order within a tier
+
+
+def dedupe_candidates(ids: Iterable[str], groups: Mapping[str, str], flagged: Collection[str] = (),
+                      representatives: Collection[str] | None = None, labeled: Iterable[str] = (),
+                      max_tier: int = 3) -> list[str]:
+    """Ids in serving order, at most one per group (see the module docstring). ``max_tier`` drops
+    worse tiers (``max_tier=0``: only clean representatives and ungrouped frames)."""
+    return [i for i, t in dedupe_tiers(ids, groups, flagged, representatives, labeled) if t <= max_tier]

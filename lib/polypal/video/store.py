@@ -1,0 +1,121 @@
+"""What ingest knows about videos and their frames: ``<studies>/.polypal/video.sqlite``.
+
+Kept apart from the datastore's own database (``datastore.sqlite``), whose schema
+is not touched. Tables:
+
+- ``videos``: one row per ingested video (its id prefix ``name``, source path,
+  size, a content fingerprint, the rate settings, frames decoded and kept);
+- ``frames``: one row per ingested frame: ``id`` (the image id), ``video``,
+  ``frame`` (0-based index in the decoded stream), ``time_s``, the dHash (hex),
+  the quality measures, ``flags`` (comma-separated, '' when fine), ``grp``
+  (the id of the group's first frame) and ``representative`` (1 for the one
+  frame of its group to annotate).
+
+``load_index(studies)`` reads it back for the server or ``polypal-sim``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..sqlite_db import SQLiteDB
+from . import frames as F
+
+DB_NAME = "video.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS videos (name TEXT PRIMARY KEY, source TEXT NOT NULL, size INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL, settings TEXT NOT NULL, fps REAL, decoded INTEGER, kept INTEGER,
+    ingested_at TEXT);
+CREATE TABLE IF NOT EXISTS frames (id TEXT PRIMARY KEY, video TEXT NOT NULL, frame INTEGER NOT NULL,
+    time_s REAL, dhash TEXT NOT NULL, lapvar REAL, mean REAL, bright REAL, flags TEXT NOT NULL DEFAULT '',
+    grp TEXT, representative INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS frames_by_video ON frames (video, frame);
+"""
+
+
+def db_path(studies) -> str:
+    return os.path.join(str(studies), ".polypal", DB_NAME)
+
+
+class VideoDB:
+    def __init__(self, studies):
+        os.makedirs(os.path.join(str(studies), ".polypal"), exist_ok=True)
+        self.db = SQLiteDB(db_path(studies), _SCHEMA)
+
+    def find(self, fingerprint: str, settings: str) -> dict | None:
+        r = self.db.conn().execute("SELECT name, decoded, kept FROM videos WHERE fingerprint=? AND settings=?",
+                                   (fingerprint, settings)).fetchone()
+        return None if r is None else {"name": r[0], "decoded": r[1], "kept": r[2]}
+
+    def name_for(self, base: str, fingerprint: str) -> str:
+        """``base``, or ``base-2``, ``base-3``... when another video already uses that name."""
+        c = self.db.conn()
+        k, name = 1, base
+        while True:
+            r = c.execute("SELECT fingerprint FROM videos WHERE name=?", (name,)).fetchone()
+            if r is None or r[0] == fingerprint:
+                return name
+            k += 1
+            name = f"{base}-{k}"
+
+    def add(self, video: dict, rows: list[dict], max_bits: int) -> dict:
+        """Record a video's frames and regroup all of that video's frames (one transaction)."""
+        with self.db.tx() as c:
+            c.executemany("INSERT OR IGNORE INTO frames (id, video, frame, time_s, dhash, lapvar, mean, bright, "
+                          "flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          [(r["id"], video["name"], r["frame"], r["time_s"], r["dhash"], r["lapvar"], r["mean"],
+                            r["bright"], ",".join(F.flags(r))) for r in rows])
+            allf = [dict(zip(("id", "dhash", "lapvar", "mean", "bright"), t)) for t in c.execute(
+                "SELECT id, dhash, lapvar, mean, bright FROM frames WHERE video=? ORDER BY frame", (video["name"],))]
+            gi = F.group_consecutive([f["dhash"] for f in allf], max_bits)
+            groups: dict[int, list[int]] = {}
+            for i, g in enumerate(gi):
+                groups.setdefault(g, []).append(i)
+            upd = []
+            for members in groups.values():
+                rep = F.representative(members, allf)
+                upd += [(allf[members[0]]["id"], int(i == rep), allf[i]["id"]) for i in members]
+            c.executemany("UPDATE frames SET grp=?, representative=? WHERE id=?", upd)
+            c.execute("INSERT OR REPLACE INTO videos (name, source, size, fingerprint, settings, fps, decoded, kept, "
+                      "ingested_at) VALUES (:name, :source, :size, :fingerprint, :settings, :fps, :decoded, :kept, "
+                      ":ingested_at)", video)
+        return {"frames": len(allf), "groups": len(groups),
+                "flagged": sum(1 for f in allf if F.flags(f))}
+
+
+@dataclass
+class VideoIndex:
+    """Groups and flags of every ingested frame (ids not in ``video_of`` came from elsewhere)."""
+
+    groups: dict[str, str] = field(default_factory=dict)  # frame id -> group id
+    flagged: dict[str, str] = field(default_factory=dict)  # frame id -> "blurred" / "black" / ...
+    representatives: set[str] = field(default_factory=set)
+    video_of: dict[str, str] = field(default_factory=dict)  # frame id -> video name
+
+    def summary(self) -> dict:
+        return {"videos": len(set(self.video_of.values())), "frames": len(self.video_of),
+                "groups": len(set(self.groups.values())), "flagged": len(self.flagged)}
+
+
+def load_index(studies) -> VideoIndex:
+    """The ingest records of a studies folder (an empty index when nothing was ingested). Read-only."""
+    p = db_path(studies)
+    idx = VideoIndex()
+    if not os.path.exists(p):
+        return idx
+    import sqlite3
+
+    c = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=60)
+    try:
+        for i, video, grp, rep, fl in c.execute("SELECT id, video, grp, representative, flags FROM frames"):
+            idx.video_of[i] = video
+            idx.groups[i] = grp or i
+            if rep:
+                idx.representatives.add(i)
+            if fl:
+                idx.flagged[i] = fl
+    finally:
+        c.close()
+    return idx
