@@ -68,7 +68,12 @@ def test_errors_scoring_storm_and_training_stats(tmp_path):
         prob = predict(model, resize_rgb(rgb, prof.size)[None], aggregations=()).probs[0]
         want = label_dice(prob > 0.5, resize_mask(read_mask(sample_mask(new), rgb.shape[:2]), prof.size))
         assert abs(r["model_dice"] - want) < 1e-4
-        q = http("GET", f"{url}/info/")[1]["polyp_al"]["quality"]
+        info = http("GET", f"{url}/info/")[1]["polyp_al"]
+        assert info["model"].startswith("model 1, trained ") and info["model"].endswith(" on 3 labels"), info["model"]
+        # every frame was served to one of c0..c11 above: the 4 labels are counted for those annotators
+        assert sum(v["labels"] for v in info["annotators"].values()) == 4
+        assert set(info["annotators"]) <= {f"c{k}" for k in range(12)}, info["annotators"]
+        q = info["quality"]
         assert q["by_model"][0]["labels"] == 1 and abs(q["by_model"][0]["mean_dice"] - want) < 1e-4
         assert q["stopping"] is None  # one model, one label: no signal
         # the labeled set as a zip in the export layout, with the manifest

@@ -145,19 +145,44 @@ class PolypALApp(MONAILabelApp):
 
     def info(self):
         meta = super().info()
+        state = self.state.summary()
+        try:
+            labeled = set(self.datastore().get_labeled_images())
+            for name, p in state["plans"].items():
+                cur = self.state.current_plan(name)
+                p["left_to_label"] = sum(1 for r in cur["rows"] if r[1] not in labeled) if cur else 0
+        except Exception as e:  # noqa: BLE001 - e.g. the DICOMweb server is down: /info still answers
+            logger.debug(f"plan counts not available: {e}")
         meta["polyp_al"] = {"profile": self.cfg.profile.name, "batch_size": self.cfg.batch_size,
-                            "gamma": self.cfg.gamma, "state": self.state.summary(),
+                            "gamma": self.cfg.gamma, "model": self._model_name(), "state": state,
+                            "annotators": self.state.annotators(),
                             "quality": {**self.state.quality(),
                                         "what": "per model: polyp Dice of its prediction on frames labeled while it "
                                                 "was current and that it never trained on (harder frames than "
                                                 "average when the strategy picks uncertain ones)"}}
         return meta
 
+    def _model_name(self) -> str:
+        """e.g. "model 3, trained 2026-11-28T10:02:11+0000 on 40 labels" (or "no model yet")."""
+        if not os.path.exists(self.cfg.model_path):
+            return "no model yet"
+        st = self._trainers["polyp_seg"].stats() if "polyp_seg" in self._trainers else {}
+        n = st.get("model_number") if st.get("status") != "RUNNING" else (st.get("model_number") or 1) - 1
+        when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(os.path.getmtime(self.cfg.model_path)))
+        labels = st.get("labeled") or (st.get("train_frames", 0) + st.get("val_frames", 0)) or "?"
+        return f"{'model ' + str(n) + ', ' if n else ''}trained {when} on {labels} labels"
+
     def on_save_label(self, image_id, label_id):
         """After a label is saved: the current model's Dice on it (a free quality measurement), in the answer."""
         res = super().on_save_label(image_id, label_id) or {}
         if not isinstance(self._datastore, PolypDatastore):
             return res
+        try:
+            served = (self._datastore.get_image_info(image_id) or {}).get("served") or {}
+            self.state.add_effort(image_id, str(served.get("client_id") or "unknown"), served.get("ts"), time.time(),
+                                  model_version(self.cfg.model_path))
+        except Exception as e:  # noqa: BLE001 - bookkeeping only
+            logger.debug(f"effort not recorded for {image_id}: {e}")
         try:
             dice = self.quality(self._datastore, image_id)
         except Exception as e:  # noqa: BLE001 - the label is saved; quality is a bonus

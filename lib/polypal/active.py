@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS plan_meta (strategy TEXT, cycle INTEGER, version TEXT
                                       note TEXT, PRIMARY KEY (strategy, cycle));
 CREATE TABLE IF NOT EXISTS versions (version TEXT PRIMARY KEY, dim INTEGER);
 CREATE TABLE IF NOT EXISTS leases (image_id TEXT PRIMARY KEY, client_id TEXT, strategy TEXT, expires REAL);
+CREATE TABLE IF NOT EXISTS effort (image_id TEXT PRIMARY KEY, client_id TEXT, served REAL, labeled REAL,
+                                   version TEXT);
 CREATE TABLE IF NOT EXISTS quality (image_id TEXT, version TEXT, dice REAL, ts REAL, PRIMARY KEY (image_id, version));
 """
 
@@ -430,6 +432,25 @@ class ActiveLearningState:
             c["first_measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(c["first_measured"]))
         return {"by_model": curve, "stopping": stopping_signal(curve)}
 
+    # -- annotation effort -----------------------------------------------------------------
+    def add_effort(self, image_id: str, client_id: str, served: float | None, labeled: float, version: str) -> None:
+        """Who labeled a frame, when it was served and labeled, and the model current at the time."""
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO effort VALUES (?, ?, ?, ?, ?)",
+                      (image_id, client_id, served, labeled, version))
+
+    def annotators(self) -> dict:
+        """Per annotator: labels saved and the median seconds from serving to saving."""
+        out: dict[str, list] = {}
+        for client, served, labeled in self._conn().execute("SELECT client_id, served, labeled FROM effort"):
+            out.setdefault(client, []).append(None if served is None else labeled - served)
+        res = {}
+        for client, secs in sorted(out.items()):
+            known = sorted(x for x in secs if x is not None and x >= 0)
+            res[client] = {"labels": len(secs),
+                           "median_seconds_per_label": round(float(np.median(known)), 1) if known else None}
+        return res
+
     def release(self, image_id: str) -> None:
         with self._tx() as c:
             c.execute("DELETE FROM leases WHERE image_id=?", (image_id,))
@@ -440,7 +461,9 @@ class ActiveLearningState:
             "versions": dict(c.execute("SELECT version, COUNT(*) FROM scores GROUP BY version")),
             "thumbnails": c.execute("SELECT COUNT(*) FROM thumbs").fetchone()[0],
             "bad_frames": self.bad(),
-            "plans": {r[0]: {"cycle": r[1], "version": r[2], "size": r[3], "note": r[4]} for r in c.execute(
-                "SELECT strategy, MAX(cycle), version, size, note FROM plan_meta GROUP BY strategy")},
+            "plans": {r[0]: {"cycle": r[1], "version": r[2], "size": r[3], "note": r[4],
+                             "planned_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(r[5]))}
+                      for r in c.execute("SELECT strategy, MAX(cycle), version, size, note, created FROM plan_meta "
+                                         "GROUP BY strategy")},
             "leases": c.execute("SELECT COUNT(*) FROM leases").fetchone()[0],
         }

@@ -123,7 +123,8 @@ class PolypSegTrain(TrainTask):
             val[:] = False
         images, masks = np.stack(images), np.stack(masks)
         t0 = time.time()
-        running = {"status": "RUNNING", "started": t0, "started_at": _iso(t0), "labeled": len(used),
+        number = int(self.stats().get("model_number") or 0) + 1
+        running = {"status": "RUNNING", "model_number": number, "started": t0, "started_at": _iso(t0), "labeled": len(used),
                    "pid": os.getpid(), "train_frames": int((~val).sum()), "val_frames": int(val.sum())}
         self._write_stats(running)
         last = [0.0]
@@ -145,7 +146,7 @@ class PolypSegTrain(TrainTask):
         save_checkpoint(self.cfg.model_path, res.model, self.cfg.profile,
                         extra={"trained_on": used, "best_val": res.best_val})
         stats = {
-            "status": "DONE", "profile": self.cfg.profile.name, "train_frames": int((~val).sum()),
+            "status": "DONE", "model_number": number, "profile": self.cfg.profile.name, "train_frames": int((~val).sum()),
             "val_frames": int(val.sum()), "steps": res.steps, "best_step": res.best_step,
             "best_val": res.best_val, "seconds": round(res.seconds, 1), "finished": time.time(),
             "started_at": _iso(t0), "finished_at": _iso(time.time()),
