@@ -107,6 +107,8 @@ def test_report_statistics_equal_hand_computed_values(tmp_path):
 
     # ceiling and label savings on polyp Dice: target 0.95 * 65 = 61.75
     assert summ["ceiling"]["polyp_dice"] == pytest.approx(65.0) and summ["ceiling"]["seeds"] == [0, 1]
+    # Random at 120 labels: mean Dice (60+62+58+64)/4 = 61 -> 61/65 of the ceiling
+    assert summ["random_last_stage_fraction_of_ceiling"]["polyp_dice"] == pytest.approx(61 / 65)
     ls = summ["label_savings"]
     assert ls["target"] == pytest.approx(61.75)
     # random's mean curve: 30, 50, 61 -> never reaches 61.75 by 120 labels

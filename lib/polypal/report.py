@@ -545,8 +545,21 @@ def summary(folder: Path, res: dict, dataset: str | None) -> dict:
         "ci_method": "percentile bootstrap of the mean over seeds, 95%, exact enumeration up to 10 seeds",
         "metrics": {m: {"strategies": strategy_stats(res, m), "vs_random": paired_stats(res, m)} for m, _ in METRICS},
         "ceiling": ceiling,
+        "random_last_stage_fraction_of_ceiling": _random_fraction(res, ceiling),
         "label_savings": label_savings(res, ceiling),
     }
+
+
+def _random_fraction(res: dict, ceiling: dict | None) -> dict | None:
+    """Random's mean at the last stage divided by the full-pool value, per metric (None without both)."""
+    stages = all_stages(res)
+    if not ceiling or "random" not in res or not stages:
+        return None
+    out = {"n_labeled": stages[-1]}
+    for m, _ in METRICS:
+        st = strategy_stats(res, m)["random"]["stages"].get(str(stages[-1]))
+        out[m] = st["mean"] / ceiling[m] if st and ceiling[m] else None
+    return out
 
 
 def _title(folder: Path, res: dict, dataset: str | None) -> str:
