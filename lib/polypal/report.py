@@ -480,8 +480,9 @@ def ci_tables(res: dict, ceiling: dict | None) -> str:
     lines = ["## Against Random, paired by seed, with 95% bootstrap CIs", "",
              "Strategy minus Random at the same seed (same initial labeled set), in points: mean "
              "[95% CI] (seeds ahead / seeds). The CI is the percentile bootstrap of the mean over seeds, "
-             "exact (every resample of the seeds enumerated); with 3-5 seeds it is narrow-biased, so read "
-             "a CI that excludes 0 as an indication, not proof. AULC = area under the learning curve over "
+             "exact (every resample of the seeds enumerated). With 3 seeds it is simply the range of the "
+             "per-seed differences, and with 3-5 seeds it is narrow-biased: read a CI that excludes 0 as an "
+             "indication, not proof. AULC = area under the learning curve over "
              f"all stages ({stages[0] if stages else ''}-{stages[-1] if stages else ''} labels) divided by the "
              "label range, i.e. the curve's mean height.", ""]
     for metric, title in METRICS[:2]:
