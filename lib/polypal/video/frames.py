@@ -9,10 +9,15 @@ README "Video in" and ``results/video/thresholds.md``
   one bit per horizontal neighbour pair (left < right). Two frames are
   near-duplicates when the Hamming distance of their hashes is at most
   ``DUP_BITS`` (of HASH*HASH bits).
-- **Blur**: variance of the 4-neighbour Laplacian on the central 70% of the
-  frame (away from the black border and burned-in text, which stay sharp when
-  the scene is blurred), after resizing to ``MEASURE_WIDTH`` pixels wide so the
-  value does not depend on the video's resolution.
+- **Blur**: variance of the 4-neighbour Laplacian (``lapvar``) on the central
+  70% of the frame (away from the black border and burned-in text, which stay
+  sharp when the scene is blurred), after resizing to ``MEASURE_WIDTH`` pixels
+  wide so the value does not depend on the video's resolution; divided by the
+  squared mean absolute horizontal gradient (``sharp``), so that it measures
+  how fine the detail is rather than how much texture or contrast the scene
+  has (on CVC-ClinicDB, raw ``lapvar`` of sharp frames spans 10-430 and
+  overlaps Gaussian-blurred copies; ``sharp`` does not). Flagged below
+  ``BLUR_SHARP``.
 - **Black**: mean grey of the central crop below ``BLACK_MEAN``.
 - **Overexposed**: more than ``BRIGHT_FRAC`` of the central crop at grey >= 250.
 """
@@ -23,12 +28,12 @@ import numpy as np
 from PIL import Image
 
 HASH = 16  # 256-bit hash
-DUP_BITS = 40  # Hamming distance (of 256) at or below which consecutive frames are one group
+DUP_BITS = 24  # Hamming distance (of 256) at or below which consecutive frames are one group
 MEASURE_WIDTH = 256
 CROP = 0.70
-BLUR_LAPVAR = 30.0
+BLUR_SHARP = 3.0
 BLACK_MEAN = 25.0
-BRIGHT_FRAC = 0.35
+BRIGHT_FRAC = 0.25
 
 
 def grey(rgb: np.ndarray) -> Image.Image:
@@ -76,7 +81,9 @@ def measure(rgb: np.ndarray) -> dict:
     """Hash and quality measures of one RGB frame (H, W, 3 uint8)."""
     g = grey(rgb)
     c = _central(g)
-    return {"dhash": hash_hex(dhash(g)), "lapvar": round(laplacian_var(c), 2),
+    lv = laplacian_var(c)
+    grad = float(np.abs(np.diff(c, axis=1)).mean()) if c.shape[1] > 1 else 0.0
+    return {"dhash": hash_hex(dhash(g)), "lapvar": round(lv, 2), "sharp": round(lv / (grad * grad + 1.0), 3),
             "mean": round(float(c.mean()), 2), "bright": round(float((c >= 250).mean()), 4)}
 
 
@@ -87,7 +94,7 @@ def flags(m: dict) -> list[str]:
         out.append("black")
     elif m["bright"] > BRIGHT_FRAC:
         out.append("overexposed")
-    elif m["lapvar"] < BLUR_LAPVAR:
+    elif m["sharp"] < BLUR_SHARP:
         out.append("blurred")
     return out
 
@@ -109,4 +116,4 @@ def group_consecutive(hashes: list[str], max_bits: int = DUP_BITS) -> list[int]:
 def representative(members: list[int], ms: list[dict]) -> int:
     """The group's frame to annotate: the sharpest unflagged one (the sharpest of all if all are flagged)."""
     clean = [i for i in members if not flags(ms[i])]
-    return max(clean or members, key=lambda i: (ms[i]["lapvar"], -i))
+    return max(clean or members, key=lambda i: (ms[i]["sharp"], -i))

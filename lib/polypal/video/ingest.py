@@ -45,7 +45,7 @@ def sanitize(stem: str, digits: int = FRAME_DIGITS) -> str:
     """A video file's stem as an id prefix: letters, digits, '_', '-', '.' (no '..', no leading '.'),
     short enough that '<prefix>_<frame>' fits framestore.check_name's 128 characters."""
     s = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem)
-    s = re.sub(r"\.{2,}", "_", s).lstrip(".")
+    s = re.sub(r"_{2,}", "_", re.sub(r"\.{2,}", "_", s)).strip("._")
     s = s[: MAX_ID - 1 - digits - 3].rstrip(".")  # room for '-NN' when names collide
     return s or "video"
 

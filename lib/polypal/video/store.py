@@ -7,7 +7,7 @@ is not touched. Tables:
   size, a content fingerprint, the rate settings, frames decoded and kept);
 - ``frames``: one row per ingested frame: ``id`` (the image id), ``video``,
   ``frame`` (0-based index in the decoded stream), ``time_s``, the dHash (hex),
-  the quality measures, ``flags`` (comma-separated, '' when fine), ``grp``
+  the quality measures (``lapvar``, ``sharp``, ``mean``, ``bright``), ``flags`` (comma-separated, '' when fine), ``grp``
   (the id of the group's first frame) and ``representative`` (1 for the one
   frame of its group to annotate).
 
@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS videos (name TEXT PRIMARY KEY, source TEXT NOT NULL, 
     fingerprint TEXT NOT NULL, settings TEXT NOT NULL, fps REAL, decoded INTEGER, kept INTEGER,
     ingested_at TEXT);
 CREATE TABLE IF NOT EXISTS frames (id TEXT PRIMARY KEY, video TEXT NOT NULL, frame INTEGER NOT NULL,
-    time_s REAL, dhash TEXT NOT NULL, lapvar REAL, mean REAL, bright REAL, flags TEXT NOT NULL DEFAULT '',
+    time_s REAL, dhash TEXT NOT NULL, lapvar REAL, sharp REAL, mean REAL, bright REAL, flags TEXT NOT NULL DEFAULT '',
     grp TEXT, representative INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS frames_by_video ON frames (video, frame);
 """
@@ -63,12 +63,12 @@ class VideoDB:
     def add(self, video: dict, rows: list[dict], max_bits: int) -> dict:
         """Record a video's frames and regroup all of that video's frames (one transaction)."""
         with self.db.tx() as c:
-            c.executemany("INSERT OR IGNORE INTO frames (id, video, frame, time_s, dhash, lapvar, mean, bright, "
-                          "flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                          [(r["id"], video["name"], r["frame"], r["time_s"], r["dhash"], r["lapvar"], r["mean"],
-                            r["bright"], ",".join(F.flags(r))) for r in rows])
-            allf = [dict(zip(("id", "dhash", "lapvar", "mean", "bright"), t)) for t in c.execute(
-                "SELECT id, dhash, lapvar, mean, bright FROM frames WHERE video=? ORDER BY frame", (video["name"],))]
+            c.executemany("INSERT OR IGNORE INTO frames (id, video, frame, time_s, dhash, lapvar, sharp, mean, bright, "
+                          "flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          [(r["id"], video["name"], r["frame"], r["time_s"], r["dhash"], r["lapvar"], r["sharp"],
+                            r["mean"], r["bright"], ",".join(F.flags(r))) for r in rows])
+            allf = [dict(zip(("id", "dhash", "lapvar", "sharp", "mean", "bright"), t)) for t in c.execute(
+                "SELECT id, dhash, lapvar, sharp, mean, bright FROM frames WHERE video=? ORDER BY frame", (video["name"],))]
             gi = F.group_consecutive([f["dhash"] for f in allf], max_bits)
             groups: dict[int, list[int]] = {}
             for i, g in enumerate(gi):
