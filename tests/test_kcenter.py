@@ -71,3 +71,16 @@ def test_min_sq_dists_chunked():
     x, c = rng.standard_normal((200, 6)), rng.standard_normal((30, 6))
     want = ((x[:, None] - c[None]) ** 2).sum(-1).min(1)
     np.testing.assert_allclose(min_sq_dists(x, c, chunk=7), want, rtol=1e-9, atol=1e-9)
+
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_duplicates_of_labeled_frames_come_last(dtype):
+    """A frame identical to a labeled one is at distance ~0 (float rounding of |x|^2 - 2x.c + |c|^2 aside):
+    every distinct frame is picked before any duplicate."""
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal((50, 16)) * 1000).astype(dtype)
+    new = (rng.standard_normal((10, 16)) * 1000).astype(dtype)
+    x = np.concatenate([a, a[:10], new])  # 50..59 duplicate labeled frames, 60..69 are new
+    picks = k_center_greedy(x, np.arange(50), 20).tolist()
+    assert sorted(picks[:10]) == list(range(60, 70)) and sorted(picks[10:]) == list(range(50, 60))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from polypal.errors import EmptyPoolError
-from polypal.strategies import STRATEGIES, PoolInfo, pca_features, select, unc_ta_coreset
+from polypal.strategies import STRATEGIES, PoolInfo, pca_features, select, top_uncertain, unc_ta_coreset
 
 
 def make_info(n=200, d=16, seed=0, with_features=True):
@@ -112,3 +112,16 @@ def test_pca_features_dimension():
     f = pca_features(imgs)
     assert f.shape == (20, 20)  # min(512, N, pixels)
     np.testing.assert_allclose(f, pca_features(imgs))
+
+
+def test_top_uncertain_k_zero_or_negative_is_empty():
+    scores = np.array([0.3, 0.9, 0.1])
+    assert top_uncertain(scores, [0, 1, 2], 0).tolist() == []
+    assert top_uncertain(scores, [0, 1, 2], -1).tolist() == []
+    assert top_uncertain(scores, [2, 0, 1], 2).tolist() == [1, 0]  # candidate order does not matter
+
+
+@pytest.mark.parametrize("bad", [[-1], [0, 200], [-2, 3]])
+def test_labeled_outside_the_universe_is_refused(bad):
+    with pytest.raises(ValueError, match="labeled indices"):
+        select("random", make_info(), bad, 3)
