@@ -127,6 +127,8 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
     path, studies = str(path), str(studies)
     if not os.path.isfile(path):
         raise VideoError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: empty file (zero frames)")
     settings = json.dumps({"every": every, "fps": fps}, sort_keys=True)
     db = VideoDB(studies)
     fp = fingerprint(path)
@@ -152,6 +154,10 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
             written += 1
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        try:
+            os.rmdir(os.path.dirname(stage))  # only when no other ingest is staging
+        except OSError:
+            pass
     return {"video": name, "source": path, "decoded": decoded, "kept": len(rows), "written": written, **res}
 
 

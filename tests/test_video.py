@@ -1,0 +1,209 @@
+"""polypal-ingest and one-frame-per-group selection: tiny videos generated here with PyAV, and one clip
+encoded from real CVC-ClinicDB frames when ../shared/datasets is present."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+av = pytest.importorskip("av")
+
+from polypal.framestore import FrameStore, check_name  # noqa: E402
+from polypal.video import dedupe_candidates, dedupe_tiers, load_index, sanitize  # noqa: E402
+from polypal.video import frames as F  # noqa: E402
+from polypal.video.ingest import main as ingest_main  # noqa: E402
+
+DATA = Path(os.environ.get("POLYP_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+CVC = DATA / "cvc-clinicdb" / "images"
+SEQ_CSV = DATA / "splits" / "cvc_clinicdb_sequences.csv"
+
+
+def write_video(path, frames, fps=25, codec="libx264"):
+    c = av.open(str(path), "w")
+    s = c.add_stream(codec, rate=fps)
+    s.height, s.width = frames[0].shape[:2]
+    s.pix_fmt = "yuv420p"
+    for a in frames:
+        for pk in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format="rgb24")):
+            c.mux(pk)
+    for pk in s.encode():
+        c.mux(pk)
+    c.close()
+    return path
+
+
+def scene(seed, h=120, w=160):
+    """A sharp, textured frame (blocks of random colour); different seeds give different scenes."""
+    rng = np.random.default_rng(seed)
+    return np.kron(rng.integers(20, 235, (h // 10, w // 10, 3)).astype(np.uint8), np.ones((10, 10, 1), np.uint8))
+
+
+def pngs(d):
+    return sorted(p.name for p in Path(d).glob("*.png"))
+
+
+@pytest.fixture
+def clip(tmp_path):
+    """20 frames: 4 scenes x 5 near-identical frames (a little noise each)."""
+    rng = np.random.default_rng(0)
+    fr = [np.clip(scene(s).astype(int) + rng.integers(-3, 4, (120, 160, 3)), 0, 255).astype(np.uint8)
+          for s in range(4) for _ in range(5)]
+    return write_video(tmp_path / "Patient 7 (left).mp4", fr)
+
+
+def test_frames_ids_rate_and_groups(clip, tmp_path):
+    st = tmp_path / "st"
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0
+    names = pngs(st)
+    assert names == [f"Patient_7_left_{i:06d}.png" for i in range(20)]
+    for n in names:
+        check_name("image id", n[:-4])
+    idx = load_index(st)
+    assert idx.summary() == {"videos": 1, "frames": 20, "groups": 4, "flagged": 0}
+    assert {idx.groups[f"Patient_7_left_{i:06d}"] for i in range(5)} == {"Patient_7_left_000000"}
+    assert len(idx.representatives) == 4 and {idx.groups[r] for r in idx.representatives} == set(idx.groups.values())
+    assert not (st / ".polypal" / "ingest-tmp").exists()
+    # another rate on another folder: every 3rd frame; --fps 5 of a 25 fps video = every 5th
+    assert ingest_main([str(clip), "--studies", str(tmp_path / "e3"), "--every", "3", "--quiet"]) == 0
+    assert pngs(tmp_path / "e3") == [f"Patient_7_left_{i:06d}.png" for i in range(0, 20, 3)]
+    assert ingest_main([str(clip), "--studies", str(tmp_path / "f5"), "--fps", "5", "--quiet"]) == 0
+    assert pngs(tmp_path / "f5") == [f"Patient_7_left_{i:06d}.png" for i in range(0, 20, 5)]
+    a = np.asarray(Image.open(st / names[7]))
+    err = [np.abs(a.astype(int) - scene(k)).mean() for k in range(4)]  # frame 7 is scene 1, decoded
+    assert a.shape == (120, 160, 3) and err[1] < 12 and min(err[0], err[2], err[3]) > 4 * err[1]
+
+
+def test_idempotent_and_name_collision(clip, tmp_path, capsys):
+    st = tmp_path / "st"
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in st.glob("*.png")}
+    rows = sqlite3.connect(st / ".polypal" / "video.sqlite").execute("SELECT * FROM frames ORDER BY id").fetchall()
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0
+    assert "nothing added" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in st.glob("*.png")} == before
+    assert sqlite3.connect(st / ".polypal" / "video.sqlite").execute(
+        "SELECT * FROM frames ORDER BY id").fetchall() == rows
+    # a different video with the same file name gets its own prefix, nothing overwritten
+    other = tmp_path / "other"
+    other.mkdir()
+    write_video(other / clip.name, [scene(9)] * 3)
+    assert ingest_main([str(other / clip.name), "--studies", str(st), "--quiet"]) == 0
+    assert len(before) + 3 == len(pngs(st)) and "Patient_7_left-2_000002.png" in pngs(st)
+    assert {p.name: p.stat().st_mtime_ns for p in st.glob("*.png") if p.name in before} == before
+
+
+def test_bad_inputs_named_and_nothing_written(clip, tmp_path, capsys):
+    st = tmp_path / "st"
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    empty = tmp_path / "empty.avi"
+    empty.write_bytes(b"")
+    data = write_video(tmp_path / "cut.mkv", [scene(s) for s in range(30)]).read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    for bad in (text, empty, cut, tmp_path / "missing.mp4"):
+        assert ingest_main([str(bad), "--studies", str(st), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert str(bad) in err, err
+        assert pngs(st) == [] and not (st / ".polypal" / "ingest-tmp").exists()
+    assert "truncated" in (ingest_main([str(cut), "--studies", str(st), "--quiet"]) and capsys.readouterr().err)
+    # one bad video among good ones: the good one is ingested, the exit code still says failure
+    assert ingest_main([str(text), str(clip), "--studies", str(st), "--quiet"]) == 1
+    assert len(pngs(st)) == 20
+
+
+def test_served_folder_sees_new_frames(clip, tmp_path):
+    st = tmp_path / "st"
+    st.mkdir()
+    Image.fromarray(scene(5)).save(st / "still.png")
+    store = FrameStore(st)
+    store.reconcile()
+    assert store.image_ids() == ["still"]
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet", "--every", "5"]) == 0
+    assert sorted(FrameStore(st).image_ids()) == ["Patient_7_left_000000", "Patient_7_left_000005",
+                                                  "Patient_7_left_000010", "Patient_7_left_000015", "still"]
+
+
+def test_flags_black_overexposed_blurred():
+    sharp = scene(3, 288, 384)
+    assert F.flags(F.measure(sharp)) == []
+    assert F.flags(F.measure((sharp * 0.05).astype(np.uint8))) == ["black"]
+    assert F.flags(F.measure(np.full_like(sharp, 252))) == ["overexposed"]
+    blurred = np.asarray(Image.fromarray(sharp).filter(ImageFilter.GaussianBlur(4)))
+    assert F.flags(F.measure(blurred)) == ["blurred"]
+
+
+def test_sanitize():
+    assert sanitize("my clip (1)") == "my_clip_1"
+    assert sanitize("..x..y") == "x_y" and sanitize("") == "video" and sanitize("***") == "video"
+    long = sanitize("a" * 400)
+    check_name("image id", f"{long}-99_{123456:06d}")
+
+
+def test_dedupe_candidates():
+    groups = {"a1": "a1", "a2": "a1", "a3": "a1", "b1": "b1", "b2": "b1", "c1": "c1", "d1": "d1", "d2": "d1"}
+    reps = {"a2", "b1", "c1", "d1"}
+    flagged = {"c1", "d1"}
+    # strategy order: a3 first (non-representative), a1, x (not from a video), b2, c1 (flagged), d2
+    ids = ["a3", "a1", "x", "b2", "b1", "c1", "d2"]
+    out = dedupe_candidates(ids, groups, flagged, reps)
+    assert out == ["x", "b1", "a3", "d2", "c1"]
+    assert dict(dedupe_tiers(ids, groups, flagged, reps)) == {"x": 0, "b1": 0, "a3": 1, "d2": 1, "c1": 3}
+    # the representative is served for its group when it is a candidate, at the group's first position
+    assert dedupe_candidates(["a3", "a2", "b2"], groups, (), reps) == ["a2", "b2"]
+    # a group that already holds a labeled frame comes after fresh groups
+    assert dedupe_candidates(["b1", "a2", "c1"], groups, (), reps, labeled={"a1"}) == ["b1", "c1", "a2"]
+    assert dedupe_candidates(["b1", "a2", "c1"], groups, flagged, reps, max_tier=0) == ["b1", "a2"]
+    # no video data at all: unchanged
+    assert dedupe_candidates(["q", "p", "q"], {}, (), None) == ["q", "p"]
+    # property: never two of one group in the output, and nothing invented
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        pool = [f"f{i}" for i in range(40)]
+        g = {f: f"g{rng.integers(0, 12)}" for f in pool if rng.random() < 0.8}
+        fl = {f for f in pool if rng.random() < 0.2}
+        rp = {next(f for f in pool if g.get(f) == gg) for gg in set(g.values())}
+        order = list(rng.permutation(pool))
+        out = dedupe_candidates(order, g, fl, rp, labeled=set(order[:3]))
+        assert set(out) <= set(order) and len({g.get(f, f) for f in out}) == len(out)
+        assert len(out) == len({g.get(f, f) for f in order})
+        tiers = [t for _, t in dedupe_tiers(order, g, fl, rp, labeled=set(order[:3]))]
+        assert tiers == sorted(tiers)
+
+
+@pytest.mark.realdata
+def test_real_clip_groups_near_duplicates(tmp_path):
+    if not CVC.is_dir() or not SEQ_CSV.exists():
+        pytest.skip(f"real-data clip needs CVC-ClinicDB at {CVC} and {SEQ_CSV} (set POLYP_DATA)")
+    from polypal.splits import read_sequences
+
+    seq = read_sequences(SEQ_CSV)
+    by = {}
+    for n in sorted(seq, key=int):
+        by.setdefault(seq[n], []).append(n)
+    # two sequences back to back, each frame held for 3 video frames with a 1-px-per-frame camera drift: a 25 fps clip
+    fr = []
+    for s in (1, 2):
+        for n in by[s][:4]:
+            a = np.asarray(Image.open(CVC / f"{n}.png").convert("RGB"))
+            fr += [np.ascontiguousarray(a[:286, k:k + 380]) for k in (0, 1, 2)]
+    clip = write_video(tmp_path / "cvc_seq1_seq2.mp4", fr)
+    st = tmp_path / "st"
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0
+    idx = load_index(st)
+    assert len(idx.video_of) == 24
+    ids = sorted(idx.video_of)
+    grp = [idx.groups[i] for i in ids]
+    # a still and its 1-px shifted copy are near-duplicates; nothing groups across the two sequences
+    con = sqlite3.connect(st / ".polypal" / "video.sqlite")
+    h = [r[0] for r in con.execute("SELECT dhash FROM frames ORDER BY frame")]
+    assert max(F.hamming(h[k], h[k + 1]) for k in range(0, 24, 3)) <= F.DUP_BITS
+    assert min(F.hamming(a, b) for a in h[:12] for b in h[12:]) > F.DUP_BITS
+    assert not set(grp[:12]) & set(grp[12:])
+    assert 2 <= len(set(grp)) <= 12, grp
+    assert len(dedupe_candidates(ids, idx.groups, idx.flagged, idx.representatives)) == len(set(grp))
