@@ -562,3 +562,113 @@ def test_interrupted_training_is_cleaned_at_start(tmp_path):
         assert not (model_dir / "polyp_seg-smoke.pt.tmp").exists()
     finally:
         srv.stop()
+
+
+# -- found by a second hostile probe --------------------------------------------------------------------
+def test_bundle_path_cannot_put_an_upload_on_a_subprocess_path(env):
+    """A frame with a ZIP appended (Python imports modules from a ZIP on PYTHONPATH) uploaded, then named
+    as ``bundle_path`` in a scoring/training request: MONAI Label would put it on the subprocess's path."""
+    import zipfile
+
+    url, base = env["url"], env["base"]
+    target = base / "PWNED-bundle"
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w") as z:
+        for mod in ("argparse", "json", "logging"):
+            z.writestr(f"{mod}.py", f"open({str(target)!r}, 'a').write('{mod}')\n")
+    frame = png_bytes(np.zeros((H, W, 3), np.uint8)) + zbuf.getvalue()
+    s, _ = put_image(url, "polyglot", frame)
+    stored = str(env["studies"] / "polyglot.png")
+    for path in ("/scoring/polyp_al", "/train/polyp_seg", "/scoring/", "/batch/infer/polyp_seg"):
+        s, r = http("POST", f"{url}{path}", json.dumps({"bundle_path": stored}).encode(),
+                    {"Content-Type": "application/json"})
+        assert s in (400, 404), (path, s, r)
+    s, r = http("POST", f"{url}/scoring/nosuch?run_sync=true")
+    assert s == 404
+    s, r = http("POST", f"{url}/reload")
+    assert s == 404
+    assert not target.exists()
+
+
+def test_concurrent_saves_in_two_formats_never_lose_the_label(env):
+    import nibabel as nib
+
+    url, studies, masks = env["url"], env["studies"], env["masks"]
+    m = masks["fr011"]
+    nii = env["base"] / "m.nii.gz"
+    nib.save(nib.Nifti1Image(m.T[:, :, None].astype(np.uint8), np.eye(4)), str(nii))
+    payloads = [(png_bytes(m.astype(np.uint8)), "m.png"), (nii.read_bytes(), "m.nii.gz")]
+    for _ in range(6):
+        res = []
+        threads = [threading.Thread(target=lambda p=p: res.append(put_label(url, "fr011", p[0], name=p[1])))
+                   for p in payloads]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [s for s, _ in res] == [200, 200], res
+        s, data = http("GET", f"{url}/datastore/label?label=fr011&tag=final")
+        assert s == 200, "the acknowledged label is gone"
+        files = list((studies / "labels" / "final").glob("fr011.*"))
+        assert len(files) == 1
+        from polypal.data import read_mask
+
+        assert (read_mask(files[0]) == m).all()
+
+
+def test_ids_that_alias_another_file_are_refused(env):
+    url, studies = env["url"], env["studies"]
+    zeros = png_bytes(np.zeros((H, W), np.uint8))
+    s, _ = put_label(url, "fr000", png_bytes(env["masks"]["fr000"].astype(np.uint8)))
+    assert s == 200
+    before = sha(studies / "labels" / "final" / "fr000.png")
+    s, r = put_image(url, "fr000.seg", png_bytes(np.zeros((H, W, 3), np.uint8)))
+    assert s == 200, r  # an odd id, but its own file
+    import nrrd
+
+    nrrd.write(str(env["base"] / "z.nrrd"), np.zeros((W, H, 1), np.uint8), index_order="F")
+    s, r = put_label(url, "fr000.seg", (env["base"] / "z.nrrd").read_bytes(), name="z.nrrd")
+    assert s == 400, r  # labels/final/fr000.seg.nrrd would read back as fr000's label
+    s, r = put_image(url, "fr000.nii", b"\x1f\x8b" + zeros, name="x.gz")
+    assert 400 <= s < 500
+    assert sha(studies / "labels" / "final" / "fr000.png") == before
+    s, r = put_image(url, "nl%0a", zeros)  # a trailing newline in an id
+    assert 400 <= s < 500
+
+
+def test_nrrd_labels_cannot_read_other_files_or_inflate(env):
+    url = env["url"]
+    hdr = f"NRRD0004\ntype: uint8\ndimension: 2\nsizes: {W} {H}\nencoding: raw\ndata file: /etc/passwd\n\n"
+    s, r = put_label(url, "fr010", hdr.encode(), name="x.nrrd")
+    assert s == 422 and "detached" in r["detail"], r
+    import gzip
+
+    bomb = f"NRRD0004\ntype: uint8\ndimension: 2\nsizes: {W} {H}\nencoding: gzip\n\n".encode() + \
+        gzip.compress(b"\x00" * (100 << 20), compresslevel=9)  # ~100 KB inflating to 100 MB
+    s, r = put_label(url, "fr010", bomb, name="x.nrrd")
+    assert s == 422 and "declared" in r["detail"], r
+
+
+def test_concurrent_inferences_all_answer(env):
+    url = env["url"]
+    res = []
+    threads = [threading.Thread(target=lambda k=k: res.append(http(
+        "POST", f"{url}/infer/polyp_seg?image=fr00{k % 3}&output=json", timeout=120)[0])) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert res == [200] * 8, res
+
+
+def test_upload_params_are_checked(env):
+    url = env["url"]
+    frame = png_bytes(np.zeros((H, W, 3), np.uint8))
+    s, r = put_image(url, "spoof", frame, params={"id": "fr001", "path": "/etc/passwd"})
+    assert s == 400 and "id" in r["detail"]
+    body, ct = multipart({"params": "{bad"}, {"label": ("m.png", png_bytes(np.zeros((H, W), np.uint8)))})
+    s, r = http("PUT", f"{url}/datastore/label?image=fr010", body, {"Content-Type": ct})
+    assert s == 400, r
+    body, ct = multipart({"params": json.dumps({"logging": "CRITICAL"})}, {})
+    s, r = http("POST", f"{url}/infer/polyp_seg?image=fr000&output=json", body, {"Content-Type": ct})
+    assert s == 400

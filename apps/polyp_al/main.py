@@ -82,8 +82,17 @@ class PolypALApp(MONAILabelApp):
 
         harden(monailabel.app.app, self, self.cfg.allowed_origins, self.cfg.allowed_hosts)
 
+    def bundle_path(self, model):
+        """No MONAI bundles here. (MONAI Label puts a request's ``bundle_path`` on a subprocess's PYTHONPATH;
+        lib.security refuses that key from clients.)"""
+        return None
+
     def precheck(self, method: str, path: str):
         """(status, sentence) for a request that cannot work, before MONAI Label starts a subprocess for it."""
+        if method == "POST" and path.startswith("/scoring/") and path.strip("/") != "scoring":
+            name = path[len("/scoring/"):].strip("/")
+            if name not in self._scoring_methods:
+                return 404, f"no scoring method {name[:80]!r}; this app has {sorted(self._scoring_methods)}"
         if method == "POST" and (path == "/train/" or path.startswith("/train/")):
             name = path[len("/train/"):].strip("/")
             if name and name not in self._trainers:
@@ -288,8 +297,10 @@ class PolypALApp(MONAILabelApp):
                 raise HTTPException(status_code=413, detail=f"{name}: {e.problem}") from None
             except DataError as e:
                 raise HTTPException(status_code=422, detail=f"{name}: {e.problem}") from None
-            except ValueError as e:
-                raise HTTPException(status_code=400, detail=str(e).replace(tempfile.gettempdir(), "<tmp>")) from None
+            except (ValueError, TypeError, AttributeError, KeyError) as e:  # bad request parameters
+                logger.warning(f"infer refused: {type(e).__name__}: {e}")
+                raise HTTPException(status_code=400, detail=f"bad request parameters: "
+                                    f"{str(e).replace(tempfile.gettempdir(), '<tmp>')[:200]}") from None
         except BaseException:
             if upload and os.path.exists(upload):
                 os.unlink(upload)

@@ -106,6 +106,14 @@ def _is_volume(path: Path) -> bool:
     return any(path.name.lower().endswith(e) for e in VOLUME_EXTENSIONS)
 
 
+def _check_compressed(path, raw_bytes: int) -> None:
+    """A file larger than the data it declares (plus headroom for headers and compression overhead)
+    hides something: refused before it is decompressed (a few MB of zeros inflate to gigabytes)."""
+    size = os.path.getsize(path)
+    if size > raw_bytes * 1.05 + (64 << 10):
+        raise DataError(path, f"file of {size} bytes for {raw_bytes} bytes of declared data: refused")
+
+
 def _plane(shape) -> tuple[int, int]:
     """(pixels of the first two axes, the product of the others): a slice's size times the slices."""
     shape = [int(x) for x in shape] + [1, 1]
@@ -123,14 +131,21 @@ def _read_volume_mask(path: Path) -> np.ndarray:
             import nrrd
 
             header = nrrd.read_header(str(path))
-            _check_pixels(path, *_plane(header.get("sizes", [0, 0])), what="label volume")
+            detached = [k for k in header if k.replace(" ", "").lower() in ("datafile", "data_file")]
+            if detached or any(k in header for k in ("byte skip", "byteskip", "line skip", "lineskip")):
+                raise DataError(path, "NRRD with detached data or skips is not accepted: save the label as one "
+                                      "self-contained .nrrd, .nii.gz or .png")
+            sizes = [int(x) for x in header.get("sizes", [0, 0])]
+            _check_pixels(path, *_plane(sizes), what="label volume")
+            _check_compressed(path, int(np.prod(sizes)) * np.dtype(nrrd.reader._determine_datatype(header)).itemsize)
             arr, _ = nrrd.read(str(path))  # index order F: arr[x, y, z]
         else:
             import nibabel as nib
 
             vol = nib.load(str(path))
             _check_pixels(path, *_plane(vol.shape), what="label volume")
-            arr = np.asarray(vol.dataobj)  # arr[i=x, j=y, k]
+            _check_compressed(path, int(np.prod(vol.shape)) * vol.get_data_dtype().itemsize)
+            arr = np.asarray(vol.dataobj.get_unscaled())  # arr[i=x, j=y, k]; a label map is never scaled
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - any reader failure means an unusable file
@@ -150,8 +165,14 @@ def _read_volume_rgb(path: Path) -> np.ndarray:
         import nibabel as nib
 
         vol = nib.load(str(path))
-        _check_pixels(path, *_plane(vol.shape[:2] + (int(np.prod(vol.shape[2:-1] or (1,))),)))
-        arr = np.asarray(vol.dataobj)
+        shape = [int(x) for x in vol.shape]
+        _check_pixels(path, shape[0], int(np.prod(shape[1:])) // 3 if shape and shape[-1] == 3 else
+                      int(np.prod(shape[1:])))
+        if vol.get_data_dtype() != np.uint8:
+            raise DataError(path, f"not an 8-bit RGB frame: dtype {vol.get_data_dtype()} (polyp-al reads RGB or "
+                                  f"grey 8-bit endoscopy frames)")
+        _check_compressed(path, int(np.prod(shape)))
+        arr = np.asarray(vol.dataobj.get_unscaled())
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001

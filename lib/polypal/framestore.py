@@ -75,10 +75,18 @@ def check_name(kind: str, value) -> str:
     if isinstance(value, str) and len(value) > MAX_NAME:
         raise InvalidName(f"invalid {kind} {value[:40]!r}...: longer than {MAX_NAME} characters")
     if not isinstance(value, str) or not value or "\x00" in value or value in (".", "..") or ".." in value \
-            or not _NAME.match(value):
+            or not _NAME.fullmatch(value):
         raise InvalidName(f"invalid {kind} {value!r}: use letters, digits, '_', '-' and '.' only "
                           f"(no path separators, '..' or NUL)")
     return value
+
+
+def check_alias(image_id: str, ext: str) -> None:
+    """Refuse an id + extension whose file name reads back as another id (``vol1.nii`` + ``.gz`` is
+    ``vol1.nii.gz``, the file of id ``vol1``): one file, two ids, and a silent overwrite."""
+    if split_name(image_id + ext) != (image_id, ext):
+        raise InvalidName(f"id {image_id!r} with a {ext!r} file would be read back as "
+                          f"{split_name(image_id + ext)[0]!r}: choose an id that does not end like an extension")
 
 
 def split_name(filename: str) -> tuple[str, str]:
@@ -190,13 +198,13 @@ class FrameStore:
                 if not e.is_file():  # follows symlinks
                     continue
                 i, ext = split_name(e.name)
-                if _NAME.match(i) and ".." not in i:
+                if _NAME.fullmatch(i) and ".." not in i:
                     files.setdefault(i, ext)
         label_files = {}
         labels_root = os.path.join(self.root, "labels")
         for tag in sorted(os.listdir(labels_root)) if os.path.isdir(labels_root) else []:
             d = os.path.join(labels_root, tag)
-            if not os.path.isdir(d) or not _NAME.match(tag):
+            if not os.path.isdir(d) or not _NAME.fullmatch(tag):
                 continue
             for name in os.listdir(d):
                 if name.startswith("."):
@@ -336,31 +344,31 @@ class FrameStore:
         if ext.lower() not in LABEL_EXTS:
             raise ValueError(f"label file type {ext or '(no extension)'!r} not accepted; use one of "
                              f"{', '.join(LABEL_EXTS)}")
+        check_alias(image_id, ext)
         os.makedirs(d, exist_ok=True)
         tmp = _copy_fsynced(src_file, d)
         dest = os.path.join(d, image_id + ext)
+        info = dict(info or {})
+        info["ts"] = int(time.time())
+        info["name"] = image_id + ext
         try:
-            old = self.label_path(image_id, tag)
-            if old and os.path.exists(old):
-                self.trash({f"labels-{tag}-{os.path.basename(old)}": old}, f"label {tag} of {image_id} replaced",
-                           keep_source=True)
-            os.replace(tmp, dest)
+            # one save per (image, tag) at a time, across processes: keep, rename, record, clean up
+            with self._tx() as c:
+                old = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
+                old_path = os.path.join(d, image_id + old[0]) if old else None
+                if old_path and os.path.exists(old_path):
+                    self.trash({f"labels-{tag}-{os.path.basename(old_path)}": old_path},
+                               f"label {tag} of {image_id} replaced", keep_source=True)
+                os.replace(tmp, dest)
+                _fsync_dir(d)
+                c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)",
+                          (image_id, tag, ext, json.dumps(info)))
+                if old_path and old_path != dest and os.path.exists(old_path):
+                    os.unlink(old_path)  # its copy is in the trash (above)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        _fsync_dir(d)
-        info = dict(info or {})
-        info["ts"] = int(time.time())
-        info["name"] = image_id + ext
-        with self._tx() as c:
-            old = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
-            c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)", (image_id, tag, ext, json.dumps(info)))
-        if old and old[0] != ext:  # one label per (image, tag): the file of the previous extension (kept above)
-            try:
-                os.unlink(os.path.join(d, image_id + old[0]))
-            except FileNotFoundError:
-                pass
         return image_id
 
     def remove_label(self, image_id: str, tag: str) -> None:
@@ -399,6 +407,7 @@ class FrameStore:
         if not self._matches(image_id + ext):
             raise ValueError(f"extension {ext!r} is not an accepted image type "
                              f"({', '.join(p.lstrip('*') for p in self.patterns)})")
+        check_alias(image_id, ext)
         if self.image_ext(image_id) is not None and not replace:
             raise Exists(f"image {image_id!r} already exists; to replace it (the old frame and its labels are "
                          f"kept in the datastore's trash) send params {{\"replace\": true}}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 from monai.networks.nets import UNet
@@ -41,16 +42,15 @@ class PolypUNet(nn.Module):
             strides=tuple(strides), num_res_units=num_res_units,
         )
         self.latent_dim = int(channels[-1])
-        self._latent = None
+        self._latents: dict[int, torch.Tensor] = {}  # per thread: a served model runs several at once
         _bottleneck(self.unet).register_forward_hook(self._keep)
 
     def _keep(self, module, inputs, output):
-        self._latent = output
+        self._latents[threading.get_ident()] = output
 
     def forward(self, x: torch.Tensor):
         logits = self.unet(x)
-        z = self._latent.mean(dim=(2, 3))
-        self._latent = None
+        z = self._latents.pop(threading.get_ident()).mean(dim=(2, 3))
         return logits, z
 
     @classmethod
@@ -114,14 +114,17 @@ def load_checkpoint(path, device=None, expect: Profile | None = None) -> tuple[P
         pd = {k: tuple(v) if isinstance(v, list) else v for k, v in ck["profile"].items()}
         known = set(Profile.__dataclass_fields__)
         profile = Profile(**{k: v for k, v in pd.items() if k in known})
-        model = PolypUNet.from_profile(profile)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(path, f"bad profile in checkpoint ({type(e).__name__}: {e})") from None
-    if expect is not None:
+    if expect is not None:  # before building anything: a hostile profile could ask for a huge network
         arch = ("channels", "strides", "num_res_units")
         if any(getattr(profile, a) != getattr(expect, a) for a in arch):
             raise CheckpointError(path, f"architecture {[getattr(profile, a) for a in arch]} differs from this "
                                         f"server's profile {expect.name!r} {[getattr(expect, a) for a in arch]}")
+    try:
+        model = PolypUNet.from_profile(profile)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(path, f"bad profile in checkpoint ({type(e).__name__}: {e})") from None
     try:
         model.load_state_dict(ck["state_dict"], strict=True)
     except Exception as e:  # noqa: BLE001

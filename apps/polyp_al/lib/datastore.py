@@ -121,7 +121,13 @@ class PolypDatastore(Datastore):
         return self.store.label_path(label_id, label_tag)
 
     def get_image_info(self, image_id: str) -> Dict[str, Any]:
-        return self.store.image_info(image_id)
+        """The frame's info, without keys only the server may set that a client slipped in (next-sample
+        answers are merged with this, so a spoofed ``id`` or ``path`` would mislead the annotator)."""
+        info = self.store.image_info(image_id)
+        for k in ("id", "path", "al_strategy", "score", "picked_by", "cycle", "position", "batch_size",
+                  "model_version", "note"):
+            info.pop(k, None)
+        return info
 
     def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
         return self.store.label_info(label_id, label_tag)
@@ -190,6 +196,8 @@ class PolypDatastore(Datastore):
                 return self.store.add_image(image_id, image_filename, info, replace=replace)
             except Exists as e:
                 raise HTTPException(status_code=409, detail=str(e)) from None
+            except InvalidName as e:
+                raise HTTPException(status_code=400, detail=f"image {image_id} rejected: {e}") from None
             except OSError as e:  # e.g. a folder of that name in the studies folder
                 logger.error(f"image {image_id} could not be stored: {e}")
                 raise HTTPException(status_code=409 if isinstance(e, IsADirectoryError) else 500,
@@ -217,20 +225,23 @@ class PolypDatastore(Datastore):
                                                             f"{ext or '(no extension)'!r} not accepted; send a "
                                                             f"png/jpg/tif mask or a .nii.gz/.nii/.nrrd label map")
             mask = checked_mask(image_id, self.get_image_uri(image_id), label_filename)
-            stored = label_filename
-            if not any(ext.lower() == v for v in VOLUME_EXTENSIONS):  # a mask image: stored as 0/1 PNG
-                fd, stored = tempfile.mkstemp(suffix=".png")
-                os.close(fd)
-                write_label(mask, stored)
+            # stored re-encoded, never as uploaded: mask images as 0/1 PNG, label volumes as a clean volume
+            # of the same format (no trailing bytes, detached data or odd headers survive)
+            is_volume = any(ext.lower() == v for v in VOLUME_EXTENSIONS)
+            fd, stored = tempfile.mkstemp(suffix=(".seg.nrrd" if ext.lower() == ".seg.nrrd" else ext.lower())
+                                          if is_volume else ".png")
+            os.close(fd)
+            write_label(mask, stored)
             try:
                 label_id = self.store.save_label(image_id, stored, label_tag, label_info)
             except NotFound as e:
                 raise HTTPException(status_code=404, detail=str(e)) from None
+            except InvalidName as e:
+                raise HTTPException(status_code=400, detail=str(e)) from None
             except ValueError as e:
                 raise HTTPException(status_code=415, detail=f"label for {image_id}: {e}") from None
             finally:
-                if stored != label_filename:
-                    os.unlink(stored)
+                os.unlink(stored)
         except BaseException:
             _consumed(label_filename)
             raise

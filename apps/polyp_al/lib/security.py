@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 from typing import Iterable
 
@@ -112,10 +113,19 @@ def _query(scope) -> dict[str, list[str]]:
     return parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
 
 
-_OFFLOAD = ("/infer/", "/datastore", "/activelearning/", "/train", "/scoring", "/batch/")
-_INFO = {"/datastore/image/info": (RESERVED_IMAGE_KEYS, "image info", "info"),
-         "/datastore/label/info": (RESERVED_LABEL_KEYS, "label info", "info"),
-         "/datastore/updatelabelinfo": (RESERVED_LABEL_KEYS, "label info", "params")}
+_OFFLOAD = ("/infer/", "/datastore", "/activelearning/", "/train", "/scoring")
+_GONE = ("/infer/wsi", "/batch/", "/reload", "/logs/gpu")  # not part of polyp-al (batch infer: use the export)
+_JSON_PATHS = ("/activelearning/", "/train", "/scoring")  # their JSON body becomes a subprocess request
+_FORBIDDEN_KEYS = frozenset({"bundle_path", "model_filename", "logging", "device", "gpus", "multi_gpu"})
+_FORMS = {  # multipart uploads: (form field holding JSON, reserved keys)
+    "/datastore/": ("params", RESERVED_IMAGE_KEYS), "/datastore/image": ("params", RESERVED_IMAGE_KEYS),
+    "/datastore/label": ("params", RESERVED_LABEL_KEYS), "/infer/": ("params", _FORBIDDEN_KEYS),
+    "/datastore/image/info": ("info", RESERVED_IMAGE_KEYS), "/datastore/label/info": ("info", RESERVED_LABEL_KEYS),
+    "/datastore/updatelabelinfo": ("params", RESERVED_LABEL_KEYS),
+}
+MAX_BODY = 1 << 30  # bytes of one request body (a model upload is the largest legitimate one)
+MAX_PARSED_BODY = 64 << 20  # multipart bodies up to this size are checked before the endpoint sees them
+BODY_TIMEOUT = 60.0  # seconds a client may pause while sending a body
 _scratch = threading.local()
 
 
@@ -127,19 +137,128 @@ def scratch_file(path: str) -> None:
     files.append(path)
 
 
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str):
+        self.status, self.detail = status, detail
+
+
+async def _spool_body(receive):
+    """The whole request body, read on the event loop (so a slow client holds no worker thread) into a
+    spooled temporary file; 413 over MAX_BODY, 408 when the client pauses longer than BODY_TIMEOUT."""
+    spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)
+    total, more = 0, True
+    try:
+        while more:
+            try:
+                m = await asyncio.wait_for(receive(), timeout=BODY_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise _Refused(408, f"the request body did not arrive within {BODY_TIMEOUT:.0f} s") from None
+            if m["type"] == "http.disconnect":
+                raise _Refused(400, "the client went away")
+            chunk = m.get("body", b"")
+            total += len(chunk)
+            if total > MAX_BODY:
+                raise _Refused(413, f"request body larger than {MAX_BODY} bytes")
+            spool.write(chunk)
+            more = m.get("more_body", False)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool, total
+
+
+def _replay(spool, receive, loop=None, size=None):
+    """An ASGI receive that hands out the spooled body in 1 MB chunks, then waits on the real one."""
+    end = _size(spool) if size is None else size
+    done = False
+
+    async def r():
+        nonlocal done
+        if not done:
+            chunk = spool.read(1 << 20)
+            done = spool.tell() >= end
+            return {"type": "http.request", "body": chunk, "more_body": not done}
+        if receive is None:
+            return {"type": "http.disconnect"}
+        if loop is None:
+            return await receive()
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(receive(), loop))
+
+    return r
+
+
+def _size(spool) -> int:
+    pos = spool.tell()
+    spool.seek(0, os.SEEK_END)
+    n = spool.tell()
+    spool.seek(pos)
+    return n
+
+
+def _json_object(raw, what: str) -> dict:
+    try:
+        v = json.loads(raw) if raw not in (None, b"", "") else {}
+    except (TypeError, ValueError):
+        raise _Refused(400, f"{what} must be a JSON object") from None
+    if not isinstance(v, dict):
+        raise _Refused(400, f"{what} must be a JSON object, got {type(v).__name__}")
+    return v
+
+
+def _check_keys(d: dict, keys: frozenset, what: str) -> None:
+    bad = sorted(set(d) & keys)
+    if bad:
+        raise _Refused(400, f"{what} keys {bad} are set by the server, not by clients")
+
+
+async def _check_body(scope, spool, size: int, path: str) -> None:
+    """JSON bodies of requests that start subprocesses, and small multipart forms: a JSON object each,
+    no keys the server owns (e.g. ``bundle_path``, which MONAI Label puts on a subprocess's PYTHONPATH),
+    file names without NUL and of a sane length."""
+    from starlette.requests import Request
+
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    ctype = headers.get("content-type", "")
+    if path.startswith(_JSON_PATHS):
+        if size > (1 << 20):
+            raise _Refused(413, "JSON body larger than 1 MB")
+        body = spool.read()
+        spool.seek(0)
+        if body.strip():
+            _check_keys(_json_object(body, "the request body"), _FORBIDDEN_KEYS, "request")
+        return
+    form_key = next((k for k in _FORMS if path == k or (k == "/infer/" and path.startswith(k))), None)
+    if form_key is None or "multipart/form-data" not in ctype or size > MAX_PARSED_BODY:
+        return
+    field, keys = _FORMS[form_key]
+    try:
+        form = await Request(scope, _replay(spool, None, size=size)).form()
+    except Exception:  # noqa: BLE001 - a malformed body
+        raise _Refused(400, "malformed multipart body") from None
+    finally:
+        spool.seek(0)
+    try:
+        for _, v in form.multi_items():
+            name = getattr(v, "filename", None)
+            if name is not None and ("\x00" in name or len(name) > 255):
+                raise _Refused(400, "uploaded file name has a NUL or is longer than 255 characters")
+        if field in form:
+            _check_keys(_json_object(form[field], field), keys, field)
+    finally:
+        await form.close()
+
+
 def _in_thread(app, scope, receive, send, loop):
     """Run one request through ``app`` on a new event loop in this worker thread (MONAI Label's
     endpoints are ``async def`` but block inside), talking to the server's loop for I/O."""
-
-    async def r():
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(receive(), loop))
 
     async def s(message):
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(send(message), loop))
 
     _scratch.files = []
     try:
-        asyncio.run(app(scope, r, s))
+        asyncio.run(app(scope, receive, s))
     finally:
         for f in _scratch.files:
             try:
@@ -162,15 +281,21 @@ class Gate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        try:
+            return await self._handle(scope, receive, send)
+        except _Refused as e:
+            return await self._answer(scope, receive, send, e.status, e.detail)
+
+    async def _handle(self, scope, receive, send):
         why = self.guard._refuse(scope)
         if why:
-            return await self._answer(scope, receive, send, 403, why)
+            raise _Refused(403, why)
         path, method = scope.get("path", ""), scope.get("method", "GET")
-        if path.startswith("/infer/wsi"):
-            return await self._answer(scope, receive, send, 404, "whole-slide inference is not part of polyp-al")
+        if path.startswith(_GONE) or ".." in path or "\x00" in path:
+            raise _Refused(404, f"{path[:80]!r} is not part of polyp-al")
         if path.startswith("/model/") and method in ("PUT", "DELETE"):
             if self.model_app is None:
-                return await self._answer(scope, receive, send, 403, MODEL_UPLOAD_OFF)
+                raise _Refused(403, MODEL_UPLOAD_OFF)
             return await self.model_app(scope, receive, send)
         q = _query(scope) if path.startswith(("/infer/", "/datastore", "/activelearning/")) else {}
         for key in ("image", "id", "label"):
@@ -178,30 +303,44 @@ class Gate:
                 if v and not _valid_id(v):
                     shown = "(a path: send the id of a datastore image)" if ("/" in v or "\\" in v) else repr(v[:80])
                     if path.startswith("/infer/") or method in ("GET", "HEAD"):
-                        return await self._answer(scope, receive, send, 404, f"unknown image id {shown}")
-                    return await self._answer(scope, receive, send, 400, f"invalid image id {shown}: use "
-                                              f"letters, digits, '_', '-' and '.' only, at most 128 characters")
+                        raise _Refused(404, f"unknown image id {shown}")
+                    raise _Refused(400, f"invalid image id {shown}: use letters, digits, '_', '-' and '.' only, "
+                                        f"at most 128 characters")
         if path.startswith("/infer/") and any(q.get("session_id", [])):
-            return await self._answer(scope, receive, send, 400, "sessions are off in polyp-al: send an image id "
-                                                                 "or upload the image")
+            raise _Refused(400, "sessions are off in polyp-al: send an image id or upload the image")
         for v in q.get("tag", []):
             if v and not _valid_id(v):
-                return await self._answer(scope, receive, send, 400, f"invalid label tag {v[:80]!r}")
-        if self.precheck is not None:
-            try:
-                problem = await anyio.to_thread.run_sync(self.precheck, method, path)
-            except Exception:  # noqa: BLE001 - e.g. the DICOMweb server is down: let the endpoint answer
-                problem = None
-            if problem:
-                return await self._answer(scope, receive, send, *problem)
-        if path in _INFO and method == "PUT":
-            receive, problem = await _check_info_form(scope, receive, *_INFO[path])
-            if problem:
-                return await self._answer(scope, receive, send, 400, problem)
-        if path.startswith(_OFFLOAD) and method != "OPTIONS":
+                raise _Refused(400, f"invalid label tag {v[:80]!r}")
+        with_body = path.startswith(_OFFLOAD) and method not in ("OPTIONS", "HEAD", "GET")
+        spool, size = (await _spool_body(receive)) if with_body else (None, 0)
+        try:
+            if spool is not None:
+                await _check_body(scope, spool, size, path)
+            if self.precheck is not None:
+                try:
+                    problem = await anyio.to_thread.run_sync(self.precheck, method, path)
+                except Exception:  # noqa: BLE001 - e.g. the DICOMweb server is down: let the endpoint answer
+                    problem = None
+                if problem:
+                    raise _Refused(*problem)
+            if spool is None:
+                if path.startswith(_OFFLOAD) and method == "GET":  # downloads (the dataset zip) off the loop too
+                    loop = asyncio.get_running_loop()
+                    return await anyio.to_thread.run_sync(_in_thread, self.app, scope, _threadsafe(receive, loop),
+                                                          send, loop)
+                return await self.app(scope, receive, send)
             loop = asyncio.get_running_loop()
-            return await anyio.to_thread.run_sync(_in_thread, self.app, scope, receive, send, loop)
-        return await self.app(scope, receive, send)
+            return await anyio.to_thread.run_sync(_in_thread, self.app, scope, _replay(spool, receive, loop, size),
+                                                  send, loop)
+        finally:
+            if spool is not None:
+                spool.close()
+
+
+def _threadsafe(receive, loop):
+    async def r():
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(receive(), loop))
+    return r
 
 
 def _valid_id(v: str) -> bool:
@@ -210,44 +349,6 @@ def _valid_id(v: str) -> bool:
         return True
     except InvalidName:
         return False
-
-
-async def _check_info_form(scope, receive, keys: frozenset, what: str, field: str):
-    """Read the (small) form body, check its JSON field; returns a receive that replays the body."""
-    from starlette.requests import Request
-
-    chunks, more = [], True
-    while more:
-        m = await receive()
-        if m["type"] != "http.request":
-            break
-        chunks.append(m.get("body", b""))
-        more = m.get("more_body", False)
-    body = b"".join(chunks)
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    async def once():
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(scope, once).form()
-        raw = form.get(field, "{}")
-        info = json.loads(raw) if raw else {}
-    except Exception:  # noqa: BLE001 - any unparsable body
-        return replay, f"{what} must be a JSON object in the form field {field!r}"
-    if not isinstance(info, dict):
-        return replay, f"{what} must be a JSON object, got {type(info).__name__}"
-    bad = sorted(set(info) & keys)
-    if bad:
-        return replay, f"{what} keys {bad} are set by the server, not by clients"
-    return replay, None
 
 
 MODEL_UPLOAD_OFF = ("model upload/delete through the API is off; start the server with --conf allow_model_upload "
