@@ -115,6 +115,12 @@ def test_report_statistics_equal_hand_computed_values(tmp_path):
     assert ls["strategies"]["random"]["labels"] is None
     # unc_ta's mean curve: 30, 56, 65 -> crosses between 80 and 120: 80 + (61.75 - 56) / (65 - 56) * 40
     assert ls["strategies"][strat]["labels"] == pytest.approx(80 + (61.75 - 56) / 9 * 40)
+    # stability: random's means rise (50.25, 59.25, 68.75); its largest std after stage 0 is at 80 or 120 labels
+    stab = summ["stability"]
+    assert stab["random_mean_rises_every_stage"] is True
+    assert stab["random_max_seed_std_after_stage0"] == pytest.approx(max(
+        np.std([100 * MIOU["random"][s][k] for s in range(4)], ddof=1) for k in (1, 2)))
+    assert stab["drops_over_threshold"] == []
     tables = (folder / "report" / "tables.md").read_text()
     assert "95% bootstrap" in tables and "not reached by 120" in tables and "SMOKE" not in tables
 

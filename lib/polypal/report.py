@@ -524,6 +524,46 @@ def ci_tables(res: dict, ceiling: dict | None) -> str:
     return "\n".join(lines)
 
 
+def stability(res: dict, metric: str = "paper_miou", max_drop: float = 3.0, max_std: float = 2.0) -> dict:
+    """Issue 11's training-stability targets, checked on the runs present (points of ``metric``)."""
+    stages = all_stages(res)
+    out: dict = {"metric": metric}
+    if "random" in res:
+        st = strategy_stats(res, metric)["random"]["stages"]
+        means = [(n, st[str(n)]["mean"]) for n in stages if str(n) in st]
+        falls = [f"{a}->{b}" for (a, ma), (b, mb) in zip(means, means[1:]) if mb <= ma]
+        stds = {str(n): st[str(n)]["std"] for n in stages[1:] if str(n) in st and st[str(n)]["std"] is not None}
+        out["random_mean_rises_every_stage"] = not falls
+        out["random_mean_falls"] = falls
+        out["random_max_seed_std_after_stage0"] = max(stds.values()) if stds else None
+        out["random_std_ok"] = (max(stds.values()) <= max_std) if stds else None
+    drops = []
+    for strat, seeds in res.items():
+        for seed, recs in seeds.items():
+            c = sorted(_curve(recs, metric).items())
+            for (a, ya), (b, yb) in zip(c, c[1:]):
+                if ya - yb > max_drop:
+                    drops.append({"strategy": strat, "seed": seed, "from": a, "to": b, "drop": ya - yb})
+    out["drops_over_threshold"] = drops
+    out["threshold"] = max_drop
+    return out
+
+
+def _stability_md(res: dict) -> str:
+    st = stability(res)
+    lines = ["## Training stability (issue 11's targets, paper mIoU)", ""]
+    if "random_mean_rises_every_stage" in st:
+        lines.append(f"- Random's mean curve rises at every stage: {'yes' if st['random_mean_rises_every_stage'] else 'no (' + ', '.join(st['random_mean_falls']) + ')'}.")
+        if st["random_max_seed_std_after_stage0"] is not None:
+            lines.append(f"- Largest seed std of Random after stage 0: {st['random_max_seed_std_after_stage0']:.2f} points "
+                         f"(target at most 2: {'met' if st['random_std_ok'] else 'not met'}).")
+    d = st["drops_over_threshold"]
+    lines.append(f"- Runs dropping more than {st['threshold']:g} points from one stage to the next: "
+                 + (", ".join(f"{x['strategy']} seed {x['seed']} {x['from']}->{x['to']} (-{x['drop']:.1f})" for x in d)
+                    if d else "none") + ".")
+    return "\n".join(lines) + "\n"
+
+
 def _profile_name(folder: Path, res: dict) -> str:
     meta = folder / "run.json"
     if meta.exists():
@@ -547,6 +587,7 @@ def summary(folder: Path, res: dict, dataset: str | None) -> dict:
         "metrics": {m: {"strategies": strategy_stats(res, m), "vs_random": paired_stats(res, m)} for m, _ in METRICS},
         "ceiling": ceiling,
         "random_last_stage_fraction_of_ceiling": _random_fraction(res, ceiling),
+        "stability": stability(res),
         "label_savings": label_savings(res, ceiling),
     }
 
@@ -619,7 +660,8 @@ def make_report(folder: Path, paper: str | None = None) -> list[Path]:
     head = f"# Results: {folder.name}\n\n" + (f"**{SMOKE_WARNING}**\n\n" if smoke else "")
     tables = out / "tables.md"
     ceiling = load_ceiling(folder)
-    tables.write_text(head + ci_tables(res, ceiling) + "\n" + markdown_tables(res, paper) + "\n" + paired_table(res))
+    tables.write_text(head + ci_tables(res, ceiling) + "\n" + _stability_md(res) + "\n" + markdown_tables(res, paper)
+                      + "\n" + paired_table(res))
     made.append(tables)
     summ = out / "summary.json"
     summ.write_text(json.dumps(summary(folder, res, dataset), indent=1))
