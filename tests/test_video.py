@@ -14,7 +14,7 @@ from PIL import Image, ImageFilter
 av = pytest.importorskip("av")
 
 from polypal.framestore import FrameStore, check_name  # noqa: E402
-from polypal.video import dedupe_candidates, dedupe_tiers, load_index, sanitize  # noqa: E402
+from polypal.video import dedupe_candidates, dedupe_tiers, load_index, sanitize, spread_across_videos  # noqa: E402
 from polypal.video import frames as F  # noqa: E402
 from polypal.video.ingest import main as ingest_main  # noqa: E402
 
@@ -174,6 +174,19 @@ def test_dedupe_candidates():
         assert len(out) == len({g.get(f, f) for f in order})
         tiers = [t for _, t in dedupe_tiers(order, g, fl, rp, labeled=set(order[:3]))]
         assert tiers == sorted(tiers)
+
+
+def test_spread_across_videos():
+    video_of = {f"a{i}": "A" for i in range(10)} | {f"b{i}": "B" for i in range(3)} | {"c0": "C"}
+    ranked = [f"a{i}" for i in range(10)] + ["b0", "b1", "b2", "c0", "still"]
+    # 3 videos (+ a still, not capped), batch of 6: at most 2 per video, rank order otherwise
+    out = spread_across_videos(ranked, video_of, 6)
+    assert out[:6] == ["a0", "a1", "b0", "b1", "c0", "still"] and sorted(out) == sorted(ranked)
+    assert spread_across_videos(ranked, video_of, 6, max_per_video=4)[:6] == ["a0", "a1", "a2", "a3", "b0", "b1"]
+    # one video only: nothing to spread, the batch is still full
+    assert spread_across_videos([f"a{i}" for i in range(10)], video_of, 4)[:4] == ["a0", "a1", "a2", "a3"]
+    # too few other frames: the cap leaves the batch short, the best-ranked deferred fill it
+    assert spread_across_videos(["a0", "a1", "a2", "b0"], video_of, 4) == ["a0", "a1", "b0", "a2"]
 
 
 @pytest.mark.realdata

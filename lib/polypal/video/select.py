@@ -19,6 +19,9 @@ pool, or the pool in any order) and returns them
 So the first B ids never hold two frames of one group, and a flagged frame or a
 second frame of a labeled group only comes when nothing better is left. Ids
 not in ``groups`` are their own group (frames that did not come from a video).
+
+``spread_across_videos(ids, video_of, batch_size)`` then caps how many frames
+of one video the first ``batch_size`` ids hold (procedure-aware batches).
 """
 
 from __future__ import annotations
@@ -63,3 +66,28 @@ def dedupe_candidates(ids: Iterable[str], groups: Mapping[str, str], flagged: Co
     """Ids in serving order, at most one per group (see the module docstring). ``max_tier`` drops
     worse tiers (``max_tier=0``: only clean representatives and ungrouped frames)."""
     return [i for i, t in dedupe_tiers(ids, groups, flagged, representatives, labeled) if t <= max_tier]
+
+
+def spread_across_videos(ids: Iterable[str], video_of: Mapping[str, str], batch_size: int,
+                         max_per_video: int | None = None) -> list[str]:
+    """Reorder ranked ids so the first ``batch_size`` take at most ``max_per_video`` frames of one video
+    (default: ceil(batch_size / videos among ids)), keeping rank order otherwise. When the cap leaves
+    the batch short (too few videos), the best-ranked deferred ids fill it. Ids not in ``video_of``
+    (stills) are not capped. Returns every id once."""
+    ids = list(dict.fromkeys(ids))
+    videos = {video_of[i] for i in ids if i in video_of}
+    cap = max_per_video or max(1, -(-batch_size // max(1, len(videos))))
+    taken, deferred, count = [], [], {}
+    for i in ids:
+        v = video_of.get(i)
+        if len(taken) < batch_size and (v is None or count.get(v, 0) < cap):
+            taken.append(i)
+            if v is not None:
+                count[v] = count.get(v, 0) + 1
+        else:
+            deferred.append(i)
+    fill = batch_size - len(taken)
+    if fill > 0:
+        taken += deferred[:fill]
+        deferred = deferred[fill:]
+    return taken + deferred
