@@ -84,3 +84,28 @@ def test_duplicates_of_labeled_frames_come_last(dtype):
     x = np.concatenate([a, a[:10], new])  # 50..59 duplicate labeled frames, 60..69 are new
     picks = k_center_greedy(x, np.arange(50), 20).tolist()
     assert sorted(picks[:10]) == list(range(60, 70)) and sorted(picks[10:]) == list(range(50, 60))
+
+
+def test_default_seed_is_zero_and_features_must_be_2d():
+    x = np.random.default_rng(1).standard_normal((30, 3))
+    np.testing.assert_array_equal(k_center_greedy(x, [], 4), k_center_greedy(x, [], 4, seed=0))
+    for bad in (x[:, 0], x[None]):
+        with pytest.raises(ValueError, match="2-D"):
+            k_center_greedy(bad, [], 2)
+
+
+def test_memory_stays_linear_in_n():
+    """No N x (centers) distance matrix: with 600 centers and chunk=16 the temporaries stay small."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20000, 4))
+    labeled = np.arange(600)
+    want = k_center_greedy(x, labeled, 3)  # default chunk, as a reference for the picks
+    tracemalloc.start()
+    got = k_center_greedy(x, labeled, 3, chunk=16)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    np.testing.assert_array_equal(got, want)
+    # a dense 20000 x 600 float64 block would be 96 MB; N-vectors are 160 kB each
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB"

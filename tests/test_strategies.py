@@ -125,3 +125,16 @@ def test_top_uncertain_k_zero_or_negative_is_empty():
 def test_labeled_outside_the_universe_is_refused(bad):
     with pytest.raises(ValueError, match="labeled indices"):
         select("random", make_info(), bad, 3)
+
+
+def test_budget_below_one_is_refused():
+    for b in (0, -3):
+        with pytest.raises(ValueError, match="budget must be >= 1"):
+            select("random", make_info(), [], b)
+
+
+def test_unc_ta_coreset_default_seed_is_zero():
+    info = make_info(n=40)
+    a = unc_ta_coreset(info.scores, info.latents, [], 7)
+    b = unc_ta_coreset(info.scores, info.latents, [], 7, gamma=0.5, seed=0)
+    assert a.indices.tolist() == b.indices.tolist()
