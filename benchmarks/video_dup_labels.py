@@ -8,6 +8,8 @@ already holds a labeled frame (labeled earlier, or earlier in the same batch).
 
 - "recorded" rows read the picks of finished ``polypal-sim`` runs (no
   grouping), e.g. ``results/cvc-lite/runs/*.jsonl`` (sequence split).
+- writes ``cvc_groups.json`` (groups at the default threshold, by CVC frame
+  name) for ``polypal-sim run --video-groups``.
 - "random" rows re-draw random batches on the same split and initial sets,
   once from the whole unlabeled pool and once from
   ``dedupe_candidates(..., max_tier=0)`` (one clean representative per group
@@ -105,6 +107,10 @@ def main():
     runs = Path(a.runs)
     pool = json.loads((runs / "split.json").read_text())["pool"]
     res = {"pool": len(pool), "runs": str(runs), "thresholds": {}}
+    g, fl, rp = grouping(rows, F.DUP_BITS)  # for polypal-sim run --video-groups
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    Path(a.out, "cvc_groups.json").write_text(json.dumps(
+        {"dup_bits": F.DUP_BITS, "groups": g, "flagged": sorted(fl), "representatives": sorted(rp)}))
     for bits in map(int, a.bits.split(",")):
         groups, flagged, reps = grouping(rows, bits)
         pool_groups = {groups[n] for n in pool}

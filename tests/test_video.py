@@ -16,6 +16,7 @@ av = pytest.importorskip("av")
 from polypal.framestore import FrameStore, check_name  # noqa: E402
 from polypal.video import dedupe_candidates, dedupe_tiers, load_index, sanitize, spread_across_videos  # noqa: E402
 from polypal.video import frames as F  # noqa: E402
+from polypal.video.select import grouped_candidates  # noqa: E402
 from polypal.video.ingest import main as ingest_main  # noqa: E402
 
 DATA = Path(os.environ.get("POLYP_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -174,6 +175,15 @@ def test_dedupe_candidates():
         assert len(out) == len({g.get(f, f) for f in order})
         tiers = [t for _, t in dedupe_tiers(order, g, fl, rp, labeled=set(order[:3]))]
         assert tiers == sorted(tiers)
+
+
+def test_grouped_candidates_for_the_simulation():
+    names = ["a1", "a2", "b1", "b2", "c1", "s"]
+    groups = {"a1": "a1", "a2": "a1", "b1": "b1", "b2": "b1", "c1": "c1"}
+    # a1 labeled: group a is done; b's representative b2; c1 flagged; the still s is its own group
+    assert grouped_candidates(names, [0], groups, {"c1"}, {"a2", "b2", "c1"}) == [3, 5]
+    # nothing clean left: every unlabeled frame
+    assert grouped_candidates(names, [0, 3, 5], groups, {"c1"}, {"a2", "b2", "c1"}) == [1, 2, 4]
 
 
 def test_spread_across_videos():

@@ -118,13 +118,17 @@ def cmd_run(args) -> int:
     if any(s.name == "pca_coreset" for s in specs):
         pca = pca_features(pool.images, seed=args.split_seed)
     seeds = [int(s) for s in str(args.seeds).split(",") if s != ""]
+    vg = None
+    if args.video_groups:
+        vg = {k: v for k, v in json.loads(Path(args.video_groups).read_text()).items()
+              if k in ("groups", "flagged", "representatives")}
     jobs = [(seed, spec) for seed in seeds for spec in specs]
     bar = tqdm(jobs, desc="runs", unit="run")
     for seed, spec in bar:
         bar.set_postfix_str(f"{spec.label} seed {seed}")
         run(pool, val, test, spec, profile, seed, init, budget, cycles,
             out / "runs" / f"{spec.label}-seed{seed}.jsonl", pca_feats=pca,
-            progress=tqdm.write, extras_dir=out / "extras")
+            progress=tqdm.write, extras_dir=out / "extras", video_groups=vg)
     return 0
 
 
@@ -180,6 +184,9 @@ def main(argv=None) -> int:
     r.add_argument("--strategies", default=",".join(ALL_STRATEGIES),
                    help="comma list; NAME[:aggregation[:gamma]], e.g. uncertainty:topk,unc_ta_coreset:mean:0.25")
     r.add_argument("--gamma", type=float, default=0.5)
+    r.add_argument("--video-groups", default=None,
+                   help="JSON {groups, flagged, representatives} by frame name (benchmarks/video_dup_labels.py): "
+                        "pick only one clean representative per group of near-duplicates with no label yet")
     r.set_defaults(func=cmd_run)
     c.set_defaults(func=cmd_ceiling)
     p = sub.add_parser("report", help="tables and figures from a results folder")

@@ -89,10 +89,14 @@ def run(
     pca_feats: np.ndarray | None = None,
     progress: Callable[[str], None] | None = None,
     extras_dir: str | Path | None = None,
+    video_groups: dict | None = None,
 ) -> list[dict]:
     """Run (or resume) one strategy at one seed; returns all stage records.
 
-    Stage k has n_initial + k*budget labels (k = 0..cycles).
+    Stage k has n_initial + k*budget labels (k = 0..cycles). ``video_groups``
+    ({"groups", "flagged", "representatives"} as ``polypal.video`` records
+    them, keyed by frame name): each query picks only among one clean
+    representative per group of near-duplicates with no label yet.
     """
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +140,7 @@ def run(
         if stage < cycles:
             bar = _bar(progress, f"stage {stage} score pool", len(pool), "img")
             sel, extra = _query(tr.model, pool, labeled, spec, budget, seed * 1000 + stage, pca_feats,
-                                profile.vaal_steps, bar.update if bar else None)
+                                profile.vaal_steps, bar.update if bar else None, video_groups)
             if bar:
                 bar.close()
             rec.update(extra)
@@ -203,7 +207,7 @@ def _bar(progress, desc: str, total: int, unit: str):
 
 
 def _query(model, pool: FrameSet, labeled, spec: StrategySpec, budget: int, seed: int, pca_feats,
-           vaal_steps: int = 300, on_batch=None):
+           vaal_steps: int = 300, on_batch=None, video_groups: dict | None = None):
     extra = {}
     if spec.name == "vaal":
         from .vaal import vaal_select
@@ -214,7 +218,17 @@ def _query(model, pool: FrameSet, labeled, spec: StrategySpec, budget: int, seed
     info = PoolInfo(n=len(pool), scores=scores, latents=pred.latents, image_features=pca_feats)
     if spec.name == "pca_coreset" and pca_feats is None:
         info.image_features = pca_features(pool.images, seed=seed)
-    sel = select(spec.name, info, labeled, budget, seed=seed, gamma=spec.gamma)
+    if video_groups:  # pick in the sub-universe of labeled frames + one representative per fresh group
+        from .video.select import grouped_candidates
+
+        sub = np.union1d(labeled, grouped_candidates(pool.names, labeled, **video_groups)).astype(np.int64)
+        part = PoolInfo(n=len(sub), scores=scores[sub], latents=pred.latents[sub],
+                        image_features=None if info.image_features is None else info.image_features[sub])
+        sel = select(spec.name, part, np.searchsorted(sub, labeled), budget, seed=seed, gamma=spec.gamma)
+        sel.indices = sub[sel.indices]
+        extra["grouped_candidates"] = int(len(sub) - len(labeled))
+    else:
+        sel = select(spec.name, info, labeled, budget, seed=seed, gamma=spec.gamma)
     # Fig 4: how many frames would both pure TA-Coreset and pure Uncertainty pick?
     mask = np.ones(len(pool), dtype=bool)
     mask[labeled] = False

@@ -91,3 +91,14 @@ def spread_across_videos(ids: Iterable[str], video_of: Mapping[str, str], batch_
         taken += deferred[:fill]
         deferred = deferred[fill:]
     return taken + deferred
+
+
+def grouped_candidates(names: list[str], labeled_idx, groups: Mapping[str, str], flagged: Collection[str] = (),
+                       representatives: Collection[str] | None = None) -> list[int]:
+    """Indices into ``names`` that a strategy may pick from when near-duplicates are grouped: tier 0 of
+    ``dedupe_candidates`` (one clean representative per group that holds no label yet, and ungrouped
+    frames); every unlabeled index when no such frame is left."""
+    labeled = {names[i] for i in labeled_idx}
+    unlabeled = [n for n in names if n not in labeled]
+    keep = set(dedupe_candidates(unlabeled, groups, flagged, representatives, labeled, max_tier=0) or unlabeled)
+    return [i for i, n in enumerate(names) if n in keep]
