@@ -109,3 +109,13 @@ def test_memory_stays_linear_in_n():
     np.testing.assert_array_equal(got, want)
     # a dense 20000 x 600 float64 block would be 96 MB; N-vectors are 160 kB each
     assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_min_sq_dists_tiny_chunk_many_centers():
+    # chunk * 128 < number of centers: at least one row per block, never a zero-row step
+    rng = np.random.default_rng(4)
+    x, c = rng.standard_normal((40, 3)), rng.standard_normal((300, 3))
+    want = ((x[:, None] - c[None]) ** 2).sum(-1).min(1)
+    np.testing.assert_allclose(min_sq_dists(x, c, chunk=1), want, rtol=1e-9, atol=1e-9)
+    picks = k_center_greedy(np.concatenate([c, x]), np.arange(300), 5, chunk=1)
+    np.testing.assert_array_equal(picks, brute_force_kcenter(np.concatenate([c, x]), list(range(300)), 5))

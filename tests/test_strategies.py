@@ -138,3 +138,21 @@ def test_unc_ta_coreset_default_seed_is_zero():
     a = unc_ta_coreset(info.scores, info.latents, [], 7)
     b = unc_ta_coreset(info.scores, info.latents, [], 7, gamma=0.5, seed=0)
     assert a.indices.tolist() == b.indices.tolist()
+
+
+def test_pca_features_are_in_pixel_units():
+    """Pixels scaled to [0, 1] before PCA: two frames one full-scale pixel apart are 1.0 apart."""
+    imgs = np.zeros((2, 4, 4, 3), np.uint8)
+    imgs[1, 0, 0, 0] = 255
+    f = pca_features(imgs)
+    assert f.shape == (2, 2)
+    assert np.linalg.norm(f[0] - f[1]) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("attr", ["scores", "latents", "image_features"])
+def test_model_outputs_of_the_wrong_length_are_refused(attr):
+    info = make_info(n=30)
+    setattr(info, attr, getattr(info, attr)[:-1])
+    name = {"scores": "uncertainty", "latents": "ta_coreset", "image_features": "pca_coreset"}[attr]
+    with pytest.raises(ValueError, match=f"{attr} has 29 rows for a universe of 30"):
+        select(name, info, [], 3)
