@@ -118,6 +118,31 @@ def test_bad_inputs_named_and_nothing_written(clip, tmp_path, capsys):
     assert len(pngs(st)) == 20
 
 
+def test_interrupted_move_resumes(clip, tmp_path, monkeypatch, capsys):
+    """A failure while frames are moved into place: every frame there is whole, the video is not marked
+    done, and the next run finishes it without duplicates."""
+    import polypal.video.ingest as ing
+
+    st, real, calls = tmp_path / "st", os.replace, []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(ing.os, "replace", flaky)
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 1
+    assert "No space left" in capsys.readouterr().err and len(pngs(st)) == 3
+    assert all(Image.open(p).size == (160, 120) for p in st.glob("*.png"))
+    assert not (st / ".polypal" / "ingest-tmp").exists()
+    monkeypatch.setattr(ing.os, "replace", real)
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0
+    assert '"written": 17' in capsys.readouterr().out
+    assert pngs(st) == [f"Patient_7_left_{i:06d}.png" for i in range(20)]
+    assert load_index(st).summary() == {"videos": 1, "frames": 20, "groups": 4, "flagged": 0}
+
+
 def test_served_folder_sees_new_frames(clip, tmp_path):
     st = tmp_path / "st"
     st.mkdir()

@@ -105,7 +105,10 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
                 if keep:
                     rgb = frame.to_ndarray(format="rgb24")
                     fid = f"{name}_{n:0{FRAME_DIGITS}d}"
-                    Image.fromarray(rgb).save(os.path.join(stage, fid + ".png"), compress_level=1)
+                    try:
+                        Image.fromarray(rgb).save(os.path.join(stage, fid + ".png"), compress_level=1)
+                    except OSError as e:  # disk full, permissions: not the video's fault
+                        raise VideoError(f"{path}: cannot write its frames under {stage}: {e}") from None
                     rows.append({"id": fid, "frame": n, "time_s": round(t, 4), **F.measure(rgb)})
                 n += 1
                 bar.update(1)
@@ -131,7 +134,10 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
         raise VideoError(f"{path}: empty file (zero frames)")
     settings = json.dumps({"every": every, "fps": fps}, sort_keys=True)
     db = VideoDB(studies)
-    fp = fingerprint(path)
+    try:
+        fp = fingerprint(path)
+    except OSError as e:
+        raise VideoError(f"{path}: cannot read it ({e})") from None
     done = db.find(fp, settings)
     if done:
         return {"video": done["name"], "source": path, "decoded": done["decoded"], "kept": done["kept"],
@@ -150,8 +156,13 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
             src, dst = os.path.join(stage, r["id"] + ".png"), os.path.join(studies, r["id"] + ".png")
             if os.path.exists(dst):  # an earlier run (other settings, or interrupted) wrote it
                 continue
-            os.replace(src, dst)
+            try:
+                os.replace(src, dst)
+            except OSError as e:
+                raise VideoError(f"{path}: cannot move frame {r['id']} into {studies}: {e}; "
+                                 f"{written} frames moved, run again to finish") from None
             written += 1
+        db.finish(name)  # only now does a re-run skip this video
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         try:
@@ -187,6 +198,10 @@ def main(argv=None) -> int:
         except VideoError as e:
             failed += 1
             print(f"error: {e}", file=sys.stderr, flush=True)
+            continue
+        except OSError as e:  # the studies folder (not the video) failed: say which video was being ingested
+            failed += 1
+            print(f"error: {v}: {e}", file=sys.stderr, flush=True)
             continue
         print(json.dumps(r), flush=True)
     if os.path.exists(os.path.join(a.studies, ".polypal", "datastore.sqlite")):

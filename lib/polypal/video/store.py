@@ -4,7 +4,8 @@ Kept apart from the datastore's own database (``datastore.sqlite``), whose schem
 is not touched. Tables:
 
 - ``videos``: one row per ingested video (its id prefix ``name``, source path,
-  size, a content fingerprint, the rate settings, frames decoded and kept);
+  size, a content fingerprint, the rate settings, frames decoded and kept,
+  ``done`` once all its frames are in the studies folder);
 - ``frames``: one row per ingested frame: ``id`` (the image id), ``video``,
   ``frame`` (0-based index in the decoded stream), ``time_s``, the dHash (hex),
   the quality measures (``lapvar``, ``sharp``, ``mean``, ``bright``), ``flags`` (comma-separated, '' when fine), ``grp``
@@ -27,7 +28,7 @@ DB_NAME = "video.sqlite"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS videos (name TEXT PRIMARY KEY, source TEXT NOT NULL, size INTEGER NOT NULL,
     fingerprint TEXT NOT NULL, settings TEXT NOT NULL, fps REAL, decoded INTEGER, kept INTEGER,
-    ingested_at TEXT);
+    ingested_at TEXT, done INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS frames (id TEXT PRIMARY KEY, video TEXT NOT NULL, frame INTEGER NOT NULL,
     time_s REAL, dhash TEXT NOT NULL, lapvar REAL, sharp REAL, mean REAL, bright REAL, flags TEXT NOT NULL DEFAULT '',
     grp TEXT, representative INTEGER NOT NULL DEFAULT 0);
@@ -45,7 +46,7 @@ class VideoDB:
         self.db = SQLiteDB(db_path(studies), _SCHEMA)
 
     def find(self, fingerprint: str, settings: str) -> dict | None:
-        r = self.db.conn().execute("SELECT name, decoded, kept FROM videos WHERE fingerprint=? AND settings=?",
+        r = self.db.conn().execute("SELECT name, decoded, kept FROM videos WHERE fingerprint=? AND settings=? AND done=1",
                                    (fingerprint, settings)).fetchone()
         return None if r is None else {"name": r[0], "decoded": r[1], "kept": r[2]}
 
@@ -61,8 +62,12 @@ class VideoDB:
             name = f"{base}-{k}"
 
     def add(self, video: dict, rows: list[dict], max_bits: int) -> dict:
-        """Record a video's frames and regroup all of that video's frames (one transaction)."""
+        """Record a video (not done yet: its name is reserved) and its frames, and regroup all of that
+        video's frames, in one transaction."""
         with self.db.tx() as c:
+            c.execute("INSERT OR REPLACE INTO videos (name, source, size, fingerprint, settings, fps, decoded, kept, "
+                      "ingested_at, done) VALUES (:name, :source, :size, :fingerprint, :settings, :fps, :decoded, "
+                      ":kept, :ingested_at, 0)", video)
             c.executemany("INSERT OR IGNORE INTO frames (id, video, frame, time_s, dhash, lapvar, sharp, mean, bright, "
                           "flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                           [(r["id"], video["name"], r["frame"], r["time_s"], r["dhash"], r["lapvar"], r["sharp"],
@@ -78,11 +83,13 @@ class VideoDB:
                 rep = F.representative(members, allf)
                 upd += [(allf[members[0]]["id"], int(i == rep), allf[i]["id"]) for i in members]
             c.executemany("UPDATE frames SET grp=?, representative=? WHERE id=?", upd)
-            c.execute("INSERT OR REPLACE INTO videos (name, source, size, fingerprint, settings, fps, decoded, kept, "
-                      "ingested_at) VALUES (:name, :source, :size, :fingerprint, :settings, :fps, :decoded, :kept, "
-                      ":ingested_at)", video)
         return {"frames": len(allf), "groups": len(groups),
                 "flagged": sum(1 for f in allf if F.flags(f))}
+
+    def finish(self, name: str) -> None:
+        """Mark a video ingested (after its frames are in place): a re-run with its settings adds nothing."""
+        with self.db.tx() as c:
+            c.execute("UPDATE videos SET done=1 WHERE name=?", (name,))
 
 
 @dataclass
