@@ -243,6 +243,8 @@ async def _check_body(scope, spool, size: int, path: str) -> None:
             name = getattr(v, "filename", None)
             if name is not None and ("\x00" in name or len(name) > 255):
                 raise _Refused(400, "uploaded file name has a NUL or is longer than 255 characters")
+        if form_key == "/infer/" and getattr(form.get("label"), "filename", None) is not None:
+            raise _Refused(400, "polyp-al's inference takes an image, not a label (no scribbles)")
         if field in form:
             _check_keys(_json_object(form[field], field), keys, field)
     finally:
@@ -306,6 +308,9 @@ class Gate:
                         raise _Refused(404, f"unknown image id {shown}")
                     raise _Refused(400, f"invalid image id {shown}: use letters, digits, '_', '-' and '.' only, "
                                         f"at most 128 characters")
+        if path.startswith("/infer/") and "dicom_seg" in q.get("output", []):
+            raise _Refused(400, "output=dicom_seg is not supported by polyp-al; with a DICOMweb datastore send "
+                                "params {\"store_seg\": true} to store the prediction as DICOM SEG")
         if path.startswith("/infer/") and any(q.get("session_id", [])):
             raise _Refused(400, "sessions are off in polyp-al: send an image id or upload the image")
         for v in q.get("tag", []):
