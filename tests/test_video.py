@@ -16,7 +16,7 @@ av = pytest.importorskip("av")
 from polypal.framestore import FrameStore, check_name  # noqa: E402
 from polypal.video import dedupe_candidates, dedupe_tiers, load_index, sanitize, spread_across_videos  # noqa: E402
 from polypal.video import frames as F  # noqa: E402
-from polypal.video.select import grouped_candidates  # noqa: E402
+from polypal.video.select import grouped_candidates, plan_universe  # noqa: E402
 from polypal.video.ingest import main as ingest_main  # noqa: E402
 
 DATA = Path(os.environ.get("POLYP_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -209,6 +209,25 @@ def test_grouped_candidates_for_the_simulation():
     assert grouped_candidates(names, [0], groups, {"c1"}, {"a2", "b2", "c1"}) == [3, 5]
     # nothing clean left: every unlabeled frame
     assert grouped_candidates(names, [0, 3, 5], groups, {"c1"}, {"a2", "b2", "c1"}) == [1, 2, 4]
+
+
+def test_plan_universe_with_a_real_strategy(clip, tmp_path):
+    """The call the server's planner makes: a plan over plan_universe never holds two frames of a group."""
+    from polypal.strategies import PoolInfo, select
+
+    st = tmp_path / "st"
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0
+    idx = load_index(st)
+    universe = sorted(idx.video_of) + ["still_1", "still_2"]
+    labeled = {"Patient_7_left_000001"}  # a frame of the first group
+    sub = plan_universe(universe, labeled, idx.groups, idx.flagged, idx.representatives)
+    assert len(sub) == 1 + 3 + 2  # the label, one representative of each of the 3 other groups, 2 stills
+    lab = [k for k, i in enumerate(sub) if i in labeled]
+    for name in ("random", "ta_coreset"):
+        rng = np.random.default_rng(0)
+        info = PoolInfo(n=len(sub), scores=rng.random(len(sub)), latents=rng.random((len(sub), 4)))
+        picks = [sub[j] for j in select(name, info, lab, 10, seed=1).indices]
+        assert len(picks) == 5 and len({idx.groups.get(p, p) for p in picks} | {"Patient_7_left_000000"}) == 6
 
 
 def test_spread_across_videos():

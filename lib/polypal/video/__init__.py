@@ -3,8 +3,8 @@
 
 from .frames import DUP_BITS, flags, measure
 from .ingest import VideoError, ingest_video, sanitize
-from .select import dedupe_candidates, dedupe_tiers, spread_across_videos
+from .select import dedupe_candidates, dedupe_tiers, grouped_candidates, plan_universe, spread_across_videos
 from .store import VideoIndex, load_index
 
 __all__ = ["DUP_BITS", "VideoError", "VideoIndex", "dedupe_candidates", "dedupe_tiers", "flags", "ingest_video",
-           "load_index", "measure", "sanitize", "spread_across_videos"]
+           "grouped_candidates", "load_index", "measure", "plan_universe", "sanitize", "spread_across_videos"]

@@ -102,3 +102,15 @@ def grouped_candidates(names: list[str], labeled_idx, groups: Mapping[str, str],
     unlabeled = [n for n in names if n not in labeled]
     keep = set(dedupe_candidates(unlabeled, groups, flagged, representatives, labeled, max_tier=0) or unlabeled)
     return [i for i, n in enumerate(names) if n in keep]
+
+
+def plan_universe(universe: list[str], labeled: Collection[str], groups: Mapping[str, str],
+                  flagged: Collection[str] = (), representatives: Collection[str] | None = None) -> list[str]:
+    """The frames a batch may be planned over: every labeled frame (k-center's centers) plus
+    ``grouped_candidates`` (one clean representative per group with no label yet), in ``universe`` order.
+    A plan over this universe never holds two frames of one group, nor a frame whose group is labeled,
+    nor a flagged frame, while such frames are left."""
+    labeled = set(labeled)
+    lab_idx = [k for k, i in enumerate(universe) if i in labeled]
+    keep = set(grouped_candidates(universe, lab_idx, groups, flagged, representatives)) | set(lab_idx)
+    return [i for k, i in enumerate(universe) if k in keep]
