@@ -7,11 +7,10 @@ import os
 import sqlite3
 from pathlib import Path
 
+import av  # a requirement: CI must fail, not skip, without it
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
-
-av = pytest.importorskip("av")
 
 from polypal.framestore import FrameStore, check_name  # noqa: E402
 from polypal.video import dedupe_candidates, dedupe_tiers, load_index, sanitize, spread_across_videos  # noqa: E402
