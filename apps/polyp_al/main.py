@@ -27,7 +27,8 @@ from lib.train import PolypSegTrain
 import monailabel
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
-from polypal.active import SERVER_STRATEGIES, ActiveLearningState, is_fallback, model_version
+from polypal.active import ActiveLearningState, is_fallback, model_version
+from polypal.strategies import server_strategies
 from polypal.data import DataError, TooLarge
 from polypal.framestore import InvalidName, check_name
 
@@ -50,7 +51,8 @@ class PolypALApp(MONAILabelApp):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         self.cfg = AppConfig.from_conf(app_dir, studies, conf)
         self.state = ActiveLearningState(self.cfg.state_dir, batch_size=self.cfg.batch_size, gamma=self.cfg.gamma,
-                                         lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed, background=True)
+                                         lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed, background=True,
+                                         studies=None if studies.startswith(("http://", "https://")) else studies)
         self.scorer = PolypScoring(self.cfg, self.state)
         self._last_scoring = (None, 0.0)
         self.quality = LabelQuality(self.cfg, self.state)
@@ -150,7 +152,7 @@ class PolypALApp(MONAILabelApp):
         return {"polyp_al": self.scorer}
 
     def init_strategies(self) -> Dict:
-        return {name: PlannedStrategy(name, self.cfg, self.state) for name in SERVER_STRATEGIES}
+        return {name: PlannedStrategy(name, self.cfg, self.state) for name in server_strategies()}
 
     def info(self):
         meta = super().info()
@@ -164,12 +166,21 @@ class PolypALApp(MONAILabelApp):
             logger.debug(f"plan counts not available: {e}")
         meta["polyp_al"] = {"profile": self.cfg.profile.name, "batch_size": self.cfg.batch_size,
                             "gamma": self.cfg.gamma, "model": self._model_name(), "state": state,
-                            "annotators": self.state.annotators(),
+                            "annotators": self.state.annotators(), "video": self._video_summary(),
                             "quality": {**self.state.quality(),
                                         "what": "per model: polyp Dice of its prediction on frames labeled while it "
                                                 "was current and that it never trained on (harder frames than "
                                                 "average when the strategy picks uncertain ones)"}}
         return meta
+
+    def _video_summary(self):
+        """Videos, frames, near-duplicate groups and flagged frames of an ingested folder (None otherwise)."""
+        if not self.state.studies:
+            return None
+        from polypal.video import load_index
+
+        vi = load_index(self.state.studies)
+        return vi.summary() if vi.video_of else None
 
     def _model_name(self) -> str:
         """e.g. "model 3, trained 2026-11-28T10:02:11+0000 on 40 labels" (or "no model yet")."""
@@ -232,7 +243,7 @@ class PolypALApp(MONAILabelApp):
         if stop:
             res["note"] = f"{res['note']}; {stop}" if res.get("note") else stop
         stale = res.get("model_version") not in (model_version(self.cfg.model_path), None) \
-            and not is_fallback(res.get("model_version")) and SERVER_STRATEGIES[name][1]
+            and not is_fallback(res.get("model_version")) and server_strategies()[name].needs_model
         if self._auto_update_scoring and (is_fallback(res.get("model_version")) or stale
                                           or res.get("position") == res.get("batch_size")):
             self._score_if_useful()

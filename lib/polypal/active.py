@@ -33,22 +33,14 @@ from typing import Iterable
 import numpy as np
 
 from .sqlite_db import SQLiteDB
-from .strategies import PoolInfo, pca_features, select
+from .strategies import PoolInfo, pca_features, resolve, select, server_strategies
 
 logger = logging.getLogger(__name__)
 
-# server strategy name -> (library strategy, whether it needs a trained model)
-SERVER_STRATEGIES = {
-    "random": ("random", False),
-    "bvsb": ("uncertainty", True),
-    "ta_coreset": ("ta_coreset", True),
-    "pca_coreset": ("pca_coreset", False),
-    "bvsb_ta_coreset": ("unc_ta_coreset", True),
-}
 NO_MODEL = "none"
 # the version a plan records when it was made by a fallback: it is replaced once the better inputs exist
 FALLBACK_PCA = "fallback:pca_coreset"  # no (scored) model yet: PCA-Coreset on thumbnails
-FALLBACK_RANDOM = "fallback:random"  # no thumbnails yet either: random
+FALLBACK_RANDOM = "fallback:random"  # no thumbnails yet either: random (the chain is in the registry)
 
 
 def is_fallback(plan_version) -> bool:
@@ -144,15 +136,19 @@ class Served:
 
 class ActiveLearningState:
     def __init__(self, folder: str | os.PathLike, batch_size: int = 100, gamma: float = 0.5,
-                 lease_seconds: float = 3600.0, seed: int = 0, background: bool = False):
+                 lease_seconds: float = 3600.0, seed: int = 0, background: bool = False,
+                 studies: str | os.PathLike | None = None):
         """``background``: a re-plan for a newer model runs in a thread while the current batch keeps
-        being served (the server); otherwise next_frame plans before answering (tests, scripts)."""
+        being served (the server); otherwise next_frame plans before answering (tests, scripts).
+        ``studies``: a folder with ingested video (polypal.video): batches are planned over one clean
+        representative per group of near-duplicates."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.batch_size, self.gamma, self.lease_seconds, self.seed = int(batch_size), float(gamma), lease_seconds, seed
         self._db = SQLiteDB(self.folder / "state.sqlite", _SCHEMA)
         self.thumbs = _RowStore(self.folder / "thumbs.u8", THUMB * THUMB * 3, np.uint8)
         self.background = background
+        self.studies = str(studies) if studies else None
         self._planning: set[str] = set()
         self._not_before: dict[tuple[str, str], float] = {}
         self._planning_lock = threading.Lock()
@@ -241,44 +237,40 @@ class ActiveLearningState:
 
     def plan(self, strategy: str, all_ids: list[str], labeled: set[str], version: str) -> dict | None:
         """Select a new batch (next cycle) for a server strategy; None when nothing is left."""
-        if strategy not in SERVER_STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(SERVER_STRATEGIES)}")
-        lib_name, needs_model = SERVER_STRATEGIES[strategy]
+        servable = server_strategies()
+        if strategy not in servable:
+            raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(servable)}")
+        spec = servable[strategy]
         bad = self.bad_ids()
         universe = sorted(i for i in all_ids if i not in bad)
+        notes = []
+        if self.studies:  # ingested video: never two near-duplicates (or a useless frame) in one batch
+            from .video import load_index, plan_universe
+
+            vi = load_index(self.studies)
+            if vi.groups:
+                n0 = len(universe)
+                universe = plan_universe(universe, labeled, vi.groups, vi.flagged, vi.representatives)
+                if len(universe) < n0:
+                    notes.append(f"video: {n0 - len(universe)} near-duplicate or flagged frames set aside")
         labeled_idx = np.array([k for k, i in enumerate(universe) if i in labeled], dtype=np.int64)
         if len(universe) - len(labeled_idx) <= 0:
             return None
-        note = None
         plan_version = version
         info = PoolInfo(n=len(universe))
-        scores = None
-        if needs_model:
-            unl = [i for i in universe if i not in labeled]
-            # labeled frames are k-center's initial centers: use their latents when this model has them
-            full = self.scores_for(version, universe) if version != NO_MODEL else None
-            if full is None and version != NO_MODEL:
-                # labeled before this model (no latents): diversity among the unlabeled, no labeled centers
-                full = self.scores_for(version, unl)
-                if full is not None:
-                    universe, labeled_idx = unl, np.empty(0, dtype=np.int64)
-                    info = PoolInfo(n=len(universe))
-            if full is None:
-                plan_version = FALLBACK_PCA  # differs from every model version: re-planned once scores exist
-                why = "no model yet" if version == NO_MODEL else f"model {version} not scored yet"
-                note = f"{why}: fell back to pca_coreset on image features"
-                lib_name = "pca_coreset"
-            else:
-                scores, info.latents = full
-                info.scores = scores
-        if lib_name == "pca_coreset":
-            th = self.thumbs_for(universe)
-            if th is None:
-                note = (note + "; " if note else "") + "thumbnails not computed yet: fell back to random"
-                plan_version = FALLBACK_RANDOM  # re-planned as soon as the thumbnails exist
-                lib_name = "random"
-            else:
-                info.image_features = pca_features(th.reshape(len(universe), THUMB, THUMB, 3), seed=self.seed)
+        # the registry's fallback chain: while this strategy's inputs are missing, use its fallback
+        while True:
+            missing, universe, labeled_idx, info = self._inputs(spec, info, universe, labeled, labeled_idx, version)
+            if missing is None:
+                break
+            if spec.fallback is None:
+                raise RuntimeError(f"strategy {spec.name!r} lacks {missing} and has no fallback")
+            notes.append(f"{missing}: fell back to {spec.fallback}" +
+                         (" on image features" if spec.fallback == "pca_coreset" else ""))
+            plan_version = f"fallback:{spec.fallback}"  # differs from every model version: replaced once inputs exist
+            spec = resolve(spec.fallback)
+        lib_name, scores = spec.name, info.scores
+        note = "; ".join(notes) or None
         last = self._last_cycle(strategy)
         cycle = last + 1
         # the selection (seconds at 100,000 frames) runs outside any lock: other annotators keep being served
@@ -300,6 +292,28 @@ class ActiveLearningState:
             logger.info(f"planned {strategy} cycle {cycle}: {len(rows)} frames (model {version})"
                         f"{'; ' + note if note else ''}")
         return self.current_plan(strategy)
+
+    def _inputs(self, spec, info, universe, labeled, labeled_idx, version):
+        """Fill what ``spec`` needs into ``info``: (what is missing or None, universe, labeled_idx, info)."""
+        if {"scores", "latents"} & set(spec.needs):
+            if version == NO_MODEL:
+                return "no model yet", universe, labeled_idx, info
+            # labeled frames are k-center's initial centers: use their latents when this model has them
+            full = self.scores_for(version, universe)
+            if full is None:
+                # labeled before this model (no latents): diversity among the unlabeled, no labeled centers
+                unl = [i for i in universe if i not in labeled]
+                full = self.scores_for(version, unl)
+                if full is None:
+                    return f"model {version} not scored yet", universe, labeled_idx, info
+                universe, labeled_idx, info = unl, np.empty(0, dtype=np.int64), PoolInfo(n=len(unl))
+            info.scores, info.latents = full
+        if "image_features" in spec.needs:
+            th = self.thumbs_for(universe)
+            if th is None:
+                return "thumbnails not computed yet", universe, labeled_idx, info
+            info.image_features = pca_features(th.reshape(len(universe), THUMB, THUMB, 3), seed=self.seed)
+        return None, universe, labeled_idx, info
 
     def _last_cycle(self, strategy: str) -> int:
         return self._conn().execute("SELECT MAX(cycle) FROM plan_meta WHERE strategy=?",
@@ -384,7 +398,7 @@ class ActiveLearningState:
         plan's for a strategy that uses it."""
         if p["version"] == FALLBACK_RANDOM:
             return True
-        return not (p["version"] == version or not SERVER_STRATEGIES[strategy][1] or version == NO_MODEL)
+        return not (p["version"] == version or not server_strategies()[strategy].needs_model or version == NO_MODEL)
 
     def _needs_replan(self, strategy, p, version, all_ids, labeled) -> bool:
         if p["version"] == FALLBACK_RANDOM:  # thumbnails of the whole pool computed since: plan properly

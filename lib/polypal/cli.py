@@ -25,12 +25,16 @@ import sys
 import time
 from pathlib import Path
 
+from .strategies import REGISTRY
+
 PROTOCOLS = {  # dataset -> (initial, budget per cycle, cycles)
     "kvasir": (100, 100, 5),
     "cvc": (40, 40, 5),
     "folder": (10, 10, 2),
 }
-ALL_STRATEGIES = ("random", "uncertainty", "pca_coreset", "ta_coreset", "unc_ta_coreset", "vaal")
+# the registry's strategies (polypal.strategies.REGISTRY), plus VAAL, which trains its own networks on the
+# raw frames and is run by polypal.simulate directly
+ALL_STRATEGIES = (*REGISTRY, "vaal")
 
 
 def _machine() -> str:

@@ -12,13 +12,13 @@ The live server and the offline simulation both call ``select``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from .errors import EmptyPoolError
 from .kcenter import k_center_greedy
 
-STRATEGIES = ("random", "uncertainty", "ta_coreset", "pca_coreset", "unc_ta_coreset")
 UNCERTAINTY, DIVERSITY, BOTH, RANDOM = "uncertainty", "diversity", "both", "random"
 
 
@@ -136,13 +136,12 @@ def select(
     seed: int = 0,
     gamma: float = 0.5,
 ) -> Selection:
-    """Pick ``budget`` new frames with strategy ``name`` (one of STRATEGIES).
+    """Pick ``budget`` new frames with strategy ``name`` (a registered name or alias).
 
     Raises EmptyPoolError when nothing is unlabeled. A pool smaller than the
     budget gives the whole pool, with a note saying so.
     """
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    resolve(name)  # unknown names raise here, before any work
     if budget < 1:
         raise ValueError(f"budget must be >= 1, got {budget}")
     labeled = np.unique(np.asarray(labeled, dtype=np.int64))
@@ -156,20 +155,93 @@ def select(
         notes.append(f"pool has only {len(available)} unlabeled frames (< budget {budget}): returning all of them")
         budget = len(available)
 
-    if name == "random":
-        idx = np.random.default_rng(seed).choice(available, size=budget, replace=False)
-        sel = Selection(idx.astype(np.int64), [RANDOM] * budget)
-    elif name == "uncertainty":
-        idx = top_uncertain(_require(info, "scores", name), available, budget)
-        sel = Selection(idx, [UNCERTAINTY] * budget)
-    elif name == "ta_coreset":
-        idx = k_center_greedy(_require(info, "latents", name), labeled, budget, seed=seed)
-        sel = Selection(idx, [DIVERSITY] * budget)
-    elif name == "pca_coreset":
-        idx = k_center_greedy(_require(info, "image_features", name), labeled, budget, seed=seed)
-        sel = Selection(idx, [DIVERSITY] * budget)
-    else:
-        sel = unc_ta_coreset(_require(info, "scores", name), _require(info, "latents", name),
-                             labeled, budget, gamma=gamma, seed=seed)
+    spec = resolve(name)
+    sel = spec.fn(info, labeled, available, budget, seed, gamma)
     sel.notes = notes + sel.notes
     return sel
+
+
+# -- the registry ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StrategySpec:
+    """One selection strategy, declared once; the server, polypal-sim and /info read it from REGISTRY.
+
+    ``fn(info, labeled, available, budget, seed, gamma) -> Selection`` picks from ``available``
+    (unlabeled indices); ``needs`` are PoolInfo fields it uses; ``fallback`` is the strategy used when
+    they are missing (the live server before a model exists); ``server_name`` is its name on
+    ``/activelearning/<name>`` (None: offline only); ``aliases`` are other accepted names.
+    """
+
+    name: str
+    description: str
+    fn: Callable
+    needs: tuple[str, ...] = ()
+    fallback: str | None = None
+    server_name: str | None = None
+    aliases: tuple[str, ...] = ()
+    uses_gamma: bool = False  # takes the uncertainty share gamma
+
+    @property
+    def needs_model(self) -> bool:
+        return bool({"scores", "latents"} & set(self.needs))
+
+
+REGISTRY: dict[str, StrategySpec] = {}
+
+
+def register(spec: StrategySpec) -> StrategySpec:
+    """Add a strategy (its name and aliases must be new)."""
+    for n in (spec.name, *spec.aliases, *((spec.server_name,) if spec.server_name else ())):
+        other = next((s for s in REGISTRY.values() if n in (s.name, *s.aliases, s.server_name)), None)
+        if other is not None and other.name != spec.name:
+            raise ValueError(f"strategy name {n!r} is taken by {other.name!r}")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def resolve(name: str) -> StrategySpec:
+    """The strategy of a name, alias or server name."""
+    for s in REGISTRY.values():
+        if name in (s.name, *s.aliases) or name == s.server_name:
+            return s
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(REGISTRY)}")
+
+
+def server_strategies() -> dict[str, StrategySpec]:
+    """Server name -> strategy, for every strategy the live server offers."""
+    return {s.server_name: s for s in REGISTRY.values() if s.server_name}
+
+
+def _random(info, labeled, available, budget, seed, gamma):
+    idx = np.random.default_rng(seed).choice(available, size=budget, replace=False)
+    return Selection(idx.astype(np.int64), [RANDOM] * budget)
+
+
+def _uncertainty(info, labeled, available, budget, seed, gamma):
+    return Selection(top_uncertain(_require(info, "scores", "uncertainty"), available, budget), [UNCERTAINTY] * budget)
+
+
+def _coreset(field, name):
+    def fn(info, labeled, available, budget, seed, gamma):
+        return Selection(k_center_greedy(_require(info, field, name), labeled, budget, seed=seed), [DIVERSITY] * budget)
+    return fn
+
+
+def _unc_ta(info, labeled, available, budget, seed, gamma):
+    return unc_ta_coreset(_require(info, "scores", "unc_ta_coreset"), _require(info, "latents", "unc_ta_coreset"),
+                          labeled, budget, gamma=gamma, seed=seed)
+
+
+register(StrategySpec("random", "Random frames (without replacement)", _random, server_name="random"))
+register(StrategySpec("uncertainty", "Most uncertain frames by Best-vs-Second-Best (paper eqn 4)", _uncertainty,
+                      needs=("scores",), fallback="pca_coreset", server_name="bvsb", aliases=("bvsb",)))
+register(StrategySpec("ta_coreset", "Task-aware coreset: k-center greedy on the U-Net bottleneck latents",
+                      _coreset("latents", "ta_coreset"), needs=("latents",), fallback="pca_coreset",
+                      server_name="ta_coreset"))
+register(StrategySpec("pca_coreset", "k-center greedy on PCA features of the raw frames",
+                      _coreset("image_features", "pca_coreset"), needs=("image_features",), fallback="random",
+                      server_name="pca_coreset"))
+register(StrategySpec("unc_ta_coreset", "The paper's method: gamma*B by BvSB, the rest by task-aware coreset",
+                      _unc_ta, needs=("scores", "latents"), fallback="pca_coreset", server_name="bvsb_ta_coreset",
+                      aliases=("bvsb_ta_coreset",), uses_gamma=True))
+STRATEGIES = tuple(REGISTRY)  # the built-in strategies, in this order

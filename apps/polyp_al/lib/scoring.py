@@ -14,10 +14,11 @@ import numpy as np
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from polypal.active import SERVER_STRATEGIES, THUMB, model_version
+from polypal.active import THUMB, model_version
 from polypal.data import DataError, read_rgb, resize_rgb
 from polypal.learner import predict
 from polypal.model import CheckpointError, load_checkpoint
+from polypal.strategies import server_strategies
 
 logger = logging.getLogger(__name__)
 CHUNK = 256  # frames decoded per step: bounded memory at any pool size
@@ -83,7 +84,7 @@ class PolypScoring(ScoringMethod):
                     st.add_scores(version, ok, pred.scores[self.cfg.aggregation], pred.latents)
                     scored += len(ok)
         planned = []
-        for name in SERVER_STRATEGIES:
+        for name in server_strategies():
             if st.plan_is_stale(name, version, all_ids, labeled):
                 if st.plan(name, all_ids, labeled, version) is not None:
                     planned.append(name)

@@ -6,31 +6,25 @@ import logging
 
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from polypal.active import SERVER_STRATEGIES, model_version
+from polypal.active import model_version
+from polypal.strategies import server_strategies
 
 logger = logging.getLogger(__name__)
-
-DESCRIPTIONS = {
-    "random": "Random frames (without replacement)",
-    "bvsb": "Most uncertain frames by Best-vs-Second-Best (paper eqn 4)",
-    "ta_coreset": "Task-aware coreset: k-center greedy on the U-Net bottleneck latents",
-    "pca_coreset": "k-center greedy on PCA features of the raw frames",
-    "bvsb_ta_coreset": "The paper's method: gamma*B by BvSB, the rest by task-aware coreset",
-}
 
 
 class PlannedStrategy(Strategy):
     """Serves the next frame of this strategy's planned batch, leased to the asking client."""
 
     def __init__(self, name: str, cfg, state):
-        assert name in SERVER_STRATEGIES
-        super().__init__(DESCRIPTIONS[name])
+        spec = server_strategies()[name]
+        super().__init__(spec.description)
         self.name, self.cfg, self.state = name, cfg, state
 
     def info(self):
+        spec = server_strategies()[self.name]
         return {"description": self.description, "batch_size": self.cfg.batch_size,
-                "gamma": self.cfg.gamma if self.name == "bvsb_ta_coreset" else None,
-                "lease_timeout_s": self.cfg.lease_seconds}
+                "gamma": self.cfg.gamma if spec.uses_gamma else None, "library_name": spec.name,
+                "needs": list(spec.needs), "fallback": spec.fallback, "lease_timeout_s": self.cfg.lease_seconds}
 
     def __call__(self, request, datastore):
         labeled = set(datastore.get_labeled_images())
