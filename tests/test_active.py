@@ -154,3 +154,13 @@ def test_random_fallback_is_replaced_once_thumbnails_exist(tmp_path):
     s = st.next_frame("bvsb_ta_coreset", "c", ids, set(), NO_MODEL)
     assert s.cycle == 2 and s.model_version == FALLBACK_PCA and "pca_coreset" in s.note
     assert s.picked_by != "random"
+
+
+def test_a_model_free_strategy_on_the_random_fallback_is_not_replanned_by_a_model(tmp_path):
+    """pca_coreset fell back to random (no thumbnails): a scored model must not re-plan it at every request."""
+    st = ActiveLearningState(tmp_path / "st", batch_size=5, lease_seconds=100)
+    ids = [f"f{i:02d}" for i in range(30)]
+    rng = np.random.default_rng(0)
+    st.add_scores("v1", ids, rng.random(30), rng.standard_normal((30, 8)).astype(np.float32))
+    cycles = {st.next_frame("pca_coreset", f"c{k}", ids, set(), "v1").cycle for k in range(4)}
+    assert cycles == {1}

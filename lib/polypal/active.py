@@ -408,8 +408,7 @@ class ActiveLearningState:
             have = {r[0] for r in self._conn().execute("SELECT image_id FROM thumbs WHERE row < ?", (n,))}
             if all(i in have for i in ids if i not in bad):
                 return True
-            return False
-        if not self._may_need_replan(strategy, p, version):
+        if p["version"] == version or version == NO_MODEL or not server_strategies()[strategy].needs_model:
             return False
         # a newer model: re-plan once its scores cover the unlabeled pool
         bad = self.bad_ids()
