@@ -55,6 +55,16 @@ EQUIVALENT = {
         "`chunk_c = max(0, ...)`: there is at least one center here (an empty set returned earlier)",
     ("lib/polypal/kcenter.py", "core/NumberReplacer", 16):
         "`row_chunk = max(2, ...)`: a chunk size",
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 15):
+        "`min(len(centers), 1023)`: a chunk size",
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 18):
+        "`chunk * 129`: a chunk size (a 1% larger block)",
+    ("lib/polypal/kcenter.py", "core/ReplaceBinaryOperator_Mul_Add", 0):
+        "`(chunk + 128) // chunk_c`: smaller blocks, same distances",
+    ("lib/polypal/kcenter.py", "core/ReplaceComparisonOperator_Eq_LtE", 0):
+        "`len(centers) <= 0`: a length is never negative",
+    ("lib/polypal/kcenter.py", "core/ReplaceComparisonOperator_Eq_LtE", 2):
+        "`len(labeled) <= 0`: a length is never negative",
     ("lib/polypal/kcenter.py", "core/NumberReplacer", 29):
         "clamp at -1 instead of 0 after the initial distances: only squared distances that are 0 up to "
         "float rounding go below 0; their order is rounding noise either way (module docstring)",

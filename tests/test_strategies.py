@@ -156,3 +156,24 @@ def test_model_outputs_of_the_wrong_length_are_refused(attr):
     name = {"scores": "uncertainty", "latents": "ta_coreset", "image_features": "pca_coreset"}[attr]
     with pytest.raises(ValueError, match=f"{attr} has 29 rows for a universe of 30"):
         select(name, info, [], 3)
+
+
+def test_pca_features_512_dims_and_seeded():
+    """The paper's 512 dimensions when N and the pixel count allow; sklearn's randomized solver (used at
+    this size) is seeded, default seed 0."""
+    imgs = np.random.default_rng(0).integers(0, 255, (1000, 16, 16, 3), dtype=np.uint8)
+    f = pca_features(imgs)
+    assert f.shape == (1000, 512)
+    np.testing.assert_array_equal(f, pca_features(imgs, seed=0))
+
+
+@pytest.mark.parametrize("gamma", [-0.1, 1.1, float("nan")])
+def test_gamma_outside_unit_interval_is_refused(gamma):
+    with pytest.raises(ValueError, match="gamma must be in"):
+        select("unc_ta_coreset", make_info(), [], 5, gamma=gamma)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_select_default_seed_is_zero(name):
+    info = make_info(n=60)
+    assert select(name, info, [], 6).indices.tolist() == select(name, info, [], 6, seed=0).indices.tolist()
