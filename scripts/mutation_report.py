@@ -65,6 +65,21 @@ EQUIVALENT = {
         "`len(centers) <= 0`: a length is never negative",
     ("lib/polypal/kcenter.py", "core/ReplaceComparisonOperator_Eq_LtE", 2):
         "`len(labeled) <= 0`: a length is never negative",
+    ("lib/polypal/strategies.py", "core/ReplaceComparisonOperator_Lt_NotEq", 0):
+        "`while len(chosen) != budget`: a round adds at most the shortfall, so the count never passes B",
+    ("lib/polypal/strategies.py", "core/ReplaceTrueWithFalse", 0):
+        "`setdiff1d(..., assume_unique=False)`: both inputs are unique, same sorted result",
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 0):
+        "DEFAULT_CHUNK 8193: a chunk size",
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 14):
+        "`min(len(centers), 1025)`: a chunk size",
+    ("lib/polypal/kcenter.py", "core/ReplaceBinaryOperator_Mul_Sub", 0):
+        "`(chunk - 128) // chunk_c`: smaller blocks (at least one row), same distances",
+    ("lib/polypal/kcenter.py", "core/ReplaceComparisonOperator_Eq_Lt", 0):
+        "`len(centers) < 0`: with no centers the loops run zero times and every distance stays inf, "
+        "as the early return gives",
+    ("lib/polypal/kcenter.py", "core/ReplaceComparisonOperator_Eq_LtE", 1):
+        "`k <= 0` for the pick counter: k is never negative",
     ("lib/polypal/kcenter.py", "core/NumberReplacer", 29):
         "clamp at -1 instead of 0 after the initial distances: only squared distances that are 0 up to "
         "float rounding go below 0; their order is rounding noise either way (module docstring)",

@@ -119,3 +119,11 @@ def test_min_sq_dists_tiny_chunk_many_centers():
     np.testing.assert_allclose(min_sq_dists(x, c, chunk=1), want, rtol=1e-9, atol=1e-9)
     picks = k_center_greedy(np.concatenate([c, x]), np.arange(300), 5, chunk=1)
     np.testing.assert_array_equal(picks, brute_force_kcenter(np.concatenate([c, x]), list(range(300)), 5))
+
+
+def test_float64_features_keep_float64_resolution():
+    # 1 and 1 + 1e-9 are one float32 number: only float64 arithmetic sees that frame 2 is farther
+    x = np.array([[0.0], [1.0], [1.0 + 1e-9]])
+    assert k_center_greedy(x, [0], 1).tolist() == [2]
+    assert k_center_greedy(x.astype(np.float32), [0], 1).tolist() == [1]  # a tie in float32: lowest index
+    assert k_center_greedy(np.array([[0], [3], [5]]), [0], 1).tolist() == [2]  # integers work too

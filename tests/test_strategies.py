@@ -147,15 +147,20 @@ def test_pca_features_are_in_pixel_units():
     f = pca_features(imgs)
     assert f.shape == (2, 2)
     assert np.linalg.norm(f[0] - f[1]) == pytest.approx(1.0, abs=1e-5)
+    # more frames than pixels: the dimension is the pixel count
+    many = np.random.default_rng(1).integers(0, 255, (30, 2, 2, 3), dtype=np.uint8)
+    assert pca_features(many).shape == (30, 12)
 
 
 @pytest.mark.parametrize("attr", ["scores", "latents", "image_features"])
 def test_model_outputs_of_the_wrong_length_are_refused(attr):
-    info = make_info(n=30)
-    setattr(info, attr, getattr(info, attr)[:-1])
     name = {"scores": "uncertainty", "latents": "ta_coreset", "image_features": "pca_coreset"}[attr]
-    with pytest.raises(ValueError, match=f"{attr} has 29 rows for a universe of 30"):
-        select(name, info, [], 3)
+    for rows in (29, 31):
+        info = make_info(n=30)
+        full = getattr(make_info(n=31), attr)
+        setattr(info, attr, full[:rows])
+        with pytest.raises(ValueError, match=f"{attr} has {rows} rows for a universe of 30"):
+            select(name, info, [], 3)
 
 
 def test_pca_features_512_dims_and_seeded():
