@@ -90,3 +90,79 @@ def test_errors_scoring_storm_and_training_stats(tmp_path):
         assert sorted(r["id"] for r in frames) == sorted(ids[:3] + [new])
     finally:
         srv.stop()
+
+
+def test_two_cycles_progress_quality_export(tmp_path):
+    """The annotator's loop twice: progress while training, quality per model, an export polypal reads,
+    and no scoring storm (scoring runs started <= models published + label batches)."""
+    import time
+
+    from polypal.data import load_folder
+
+    studies = make_studies(tmp_path / "studies", 14)
+    srv = Server(studies, tmp_path, conf={"batch_size": "4", "train_steps": "400", "threads": "1"}).start()
+    url = srv.url
+
+    def label(i):
+        body, ct = multipart({"params": "{}"}, {"label": (f"{i}.png", sample_mask(i).read_bytes())})
+        s, r = http("PUT", f"{url}/datastore/label?image={i}&tag=final", body, {"Content-Type": ct})
+        assert s == 200, r
+        return r
+
+    def next_ids(k, cycle_at_least):
+        out = []
+        for j in range(k):
+            s, r = http("POST", f"{url}/activelearning/bvsb_ta_coreset",
+                        json.dumps({"client_id": f"a{j}"}).encode(), {"Content-Type": "application/json"})
+            assert s == 200 and r["id"], r
+            assert r["cycle"] >= cycle_at_least, r
+            out.append(r["id"])
+        return out
+
+    def train_and_watch(number):
+        s, r = http("POST", f"{url}/train/polyp_seg")
+        assert s == 200, r
+        seen_progress = False
+        t0 = time.time()
+        while time.time() - t0 < 300:
+            st = http("GET", f"{url}/info/")[1].get("train_stats", {}).get("polyp_seg", {})
+            if st.get("status") == "RUNNING" and "step" in st:
+                assert st["total_steps"] == 400 and st["eta_at"] and st["loss"] >= 0
+                seen_progress = True
+            task = http("GET", f"{url}/train/")[1]  # MONAI Label's task: done once the subprocess ended
+            if st.get("status") == "DONE" and st.get("model_number") == number and \
+                    isinstance(task, dict) and task.get("status") not in ("RUNNING", "QUEUED"):
+                return seen_progress, st
+            time.sleep(0.2)
+        raise AssertionError(f"training did not finish\n{srv.tail()}")
+
+    try:
+        srv.wait_for(lambda: http("GET", f"{url}/info/")[1]["polyp_al"]["state"]["thumbnails"] == 14,
+                     timeout=120, what="thumbnails")
+        runs0 = len(re.findall(r"Scoring request", srv.log.read_text(errors="replace")))
+        for i in next_ids(4, 1):
+            label(i)
+        progress, st = train_and_watch(1)
+        assert progress, "no step/loss/ETA seen while training"
+        assert st["model_number"] == 1
+        # cycle 2: a batch planned with model 1 (after its scoring); its labels measure model 1
+        srv.wait_for(lambda: http("GET", f"{url}/info/")[1]["polyp_al"]["state"]["plans"]
+                     .get("bvsb_ta_coreset", {}).get("version", "").startswith("fallback") is False,
+                     timeout=120, what="a plan made with model 1")
+        dice = [label(i).get("model_dice") for i in next_ids(4, 2)]
+        assert all(d is not None and 0 <= d <= 1 for d in dice), dice
+        train_and_watch(2)
+        for i in next_ids(2, 3):
+            label(i)
+        q = http("GET", f"{url}/info/")[1]["polyp_al"]["quality"]
+        assert [m["labels"] for m in q["by_model"]] == [4, 2], q
+        runs = len(re.findall(r"Scoring request", srv.log.read_text(errors="replace"))) - runs0
+        assert runs <= 2 + 3, f"{runs} scoring runs for 2 models and 3 label batches"
+        out = tmp_path / "export"
+        from polypal.export import main as export
+
+        assert export([str(studies), str(out)]) == 0
+        fs = load_folder(out, size=32)
+        assert len(fs) == 10 and fs.masks is not None
+    finally:
+        srv.stop()
