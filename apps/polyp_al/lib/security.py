@@ -119,7 +119,8 @@ _JSON_PATHS = ("/activelearning/", "/train", "/scoring")  # their JSON body beco
 _FORBIDDEN_KEYS = frozenset({"bundle_path", "model_filename", "logging", "device", "gpus", "multi_gpu"})
 _FORMS = {  # multipart uploads: (form field holding JSON, reserved keys)
     "/datastore/": ("params", RESERVED_IMAGE_KEYS), "/datastore/image": ("params", RESERVED_IMAGE_KEYS),
-    "/datastore/label": ("params", RESERVED_LABEL_KEYS), "/infer/": ("params", _FORBIDDEN_KEYS),
+    "/datastore/label": ("params", RESERVED_LABEL_KEYS),
+    "/infer/": ("params", _FORBIDDEN_KEYS | {"image", "model", "label", "session", "session_id"}),
     "/datastore/image/info": ("info", RESERVED_IMAGE_KEYS), "/datastore/label/info": ("info", RESERVED_LABEL_KEYS),
     "/datastore/updatelabelinfo": ("params", RESERVED_LABEL_KEYS),
 }
