@@ -452,14 +452,20 @@ def label_savings(res: dict, ceiling: dict | None, fraction: float = 0.95, metri
         return None
     target = fraction * ceiling[metric]
     stages = all_stages(res)
-    out = {"metric": metric, "fraction": fraction, "target": target, "ceiling": ceiling[metric], "strategies": {}}
-    for strat, st in strategy_stats(res, metric).items():
-        xs = [n for n in stages if str(n) in st["stages"]]
-        ys = [st["stages"][str(n)]["mean"] for n in xs]
-        out["strategies"][strat] = {"labels": labels_to_reach(xs, ys, target), "max_labels": xs[-1] if xs else None}
+    out = {"metric": metric, "fraction": fraction, "target": target, "ceiling": ceiling[metric], "strategies": {},
+           "note": "mean curve over the seeds that finished every stage"}
+    for strat, seeds in res.items():
+        curves = [_curve(recs, metric) for recs in seeds.values()]
+        curves = [c for c in curves if set(stages) <= set(c)]
+        if not curves:
+            continue
+        ys = [float(np.mean([c[n] for c in curves])) for n in stages]
+        out["strategies"][strat] = {"labels": labels_to_reach(stages, ys, target), "max_labels": stages[-1],
+                                    "seeds": len(curves)}
     base = out["strategies"].get("random", {}).get("labels")
     for strat, v in out["strategies"].items():
-        v["saved_vs_random"] = (base - v["labels"]) if (base is not None and v["labels"] is not None) else None
+        v["saved_vs_random"] = ((base - v["labels"]) if (base is not None and v["labels"] is not None
+                                                         and strat != "random") else None)
         # Random never got there: the savings are at least (Random's last stage - these labels)
         rnd = out["strategies"].get("random")
         v["saved_vs_random_at_least"] = ((rnd["max_labels"] - v["labels"]) if (rnd and base is None and
@@ -511,13 +517,14 @@ def ci_tables(res: dict, ceiling: dict | None) -> str:
                              f"of the full-pool polyp Dice and {100 * lastm['mean'] / ceiling['paper_miou']:.1f}% of its "
                              f"paper mIoU ({last['seeds']} seeds).")
         lines += ["", f"Labels needed to reach 95% of the full-pool polyp Dice ({sv['target']:.2f}), interpolated "
-                  "on each strategy's mean curve:", "", "| strategy | labels | saved vs Random |", "|---|---|---|"]
+                  "on each strategy's mean curve (over its seeds that finished every stage):", "",
+                  "| strategy | seeds | labels | saved vs Random |", "|---|---|---|---|"]
         for strat, v in sv["strategies"].items():
             lab = f"{v['labels']:.0f}" if v["labels"] is not None else f"not reached by {v['max_labels']}"
             sav = (f"{v['saved_vs_random']:+.0f}" if v["saved_vs_random"] is not None else
                    f"at least {v['saved_vs_random_at_least']:+.0f} (Random does not reach it)"
                    if v["saved_vs_random_at_least"] is not None else "")
-            lines.append(f"| {strat} | {lab} | {sav} |")
+            lines.append(f"| {strat} | {v['seeds']} | {lab} | {sav} |")
         lines.append("")
     else:
         lines += ["No full-pool ceiling measured yet (`polypal-sim ceiling ... --out THIS_FOLDER`): no label savings.", ""]
