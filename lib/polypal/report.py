@@ -179,7 +179,7 @@ def plot_gamma(res, path: Path, title: str = "") -> bool:
     return True
 
 
-def plot_overlap(res, path: Path) -> bool:
+def plot_overlap(res, path: Path, title: str = "") -> bool:
     per = defaultdict(list)
     for seeds in res.values():
         for recs in seeds.values():
@@ -194,13 +194,15 @@ def plot_overlap(res, path: Path) -> bool:
     ax.bar([str(x) for x in xs], [np.mean(per[x]) for x in xs], yerr=[np.std(per[x]) for x in xs], capsize=3)
     ax.set_xlabel("labeled frames when querying")
     ax.set_ylabel("frames picked by both TA-Coreset and Uncertainty")
+    if title:
+        ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
 
-def plot_tsne(folder: Path, path: Path) -> bool:
+def plot_tsne(folder: Path, path: Path, title: str = "") -> bool:
     files = sorted((folder / "extras").glob("latents-*-seed*-stage2.npz"))
     by_strat = {}
     for f in files:
@@ -230,13 +232,15 @@ def plot_tsne(folder: Path, path: Path) -> bool:
         ax.legend(fontsize=6, loc="best")
         ax.set_xticks([])
         ax.set_yticks([])
+    if title:
+        fig.suptitle(title + " · t-SNE of the latents at the third stage (lowest seed)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
 
-def plot_gallery(folder: Path, res, path: Path, per_group: int = 6) -> bool:
+def plot_gallery(folder: Path, res, path: Path, per_group: int = 6, title: str = "") -> bool:
     meta = folder / "run.json"
     strat = next((s for s in ("unc_ta_coreset@g0.5",) if s in res), None)
     if strat is None or not meta.exists():
@@ -261,6 +265,8 @@ def plot_gallery(folder: Path, res, path: Path, per_group: int = 6) -> bool:
             if name and name in paths:
                 ax.imshow(resize_rgb(read_rgb(paths[name]), 128))
         row[0].set_title(f"picked by {k} ({len(groups[k])})", fontsize=9, loc="left")
+    if title:
+        fig.suptitle(f"{title} · {strat} seed {seed}, frames picked at the third stage", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -677,9 +683,9 @@ def make_report(folder: Path, paper: str | None = None) -> list[Path]:
     plot_curves(res, out / "curves.png", title=title, ceiling=ceiling)
     made.append(out / "curves.png")
     for fn, name in ((lambda p: plot_aulc_diff(res, p, title), "aulc_diff.png"),
-                     (lambda p: plot_tsne(folder, p), "tsne_stage3.png"), (lambda p: plot_gamma(res, p, title), "gamma_sweep.png"),
-                     (lambda p: plot_overlap(res, p), "overlap.png"),
-                     (lambda p: plot_gallery(folder, res, p), "gallery_stage3.png")):
+                     (lambda p: plot_tsne(folder, p, title), "tsne_stage3.png"), (lambda p: plot_gamma(res, p, title), "gamma_sweep.png"),
+                     (lambda p: plot_overlap(res, p, title), "overlap.png"),
+                     (lambda p: plot_gallery(folder, res, p, title=title), "gallery_stage3.png")):
         if fn(out / name):
             made.append(out / name)
     return made
