@@ -80,6 +80,15 @@ EQUIVALENT = {
         "as the early return gives",
     ("lib/polypal/kcenter.py", "core/ReplaceComparisonOperator_Eq_LtE", 1):
         "`k <= 0` for the pick counter: k is never negative",
+    ("lib/polypal/strategies.py", "core/ReplaceComparisonOperator_Eq_GtE", 2):
+        "`name >= 'uncertainty'` in the elif chain: of the names left, only 'uncertainty' sorts at or "
+        "after it ('unc_ta_coreset' < 'uncertainty')",
+    ("lib/polypal/strategies.py", "core/ReplaceComparisonOperator_LtE_Lt", 0):
+        "`k < 0` in top_uncertain: k = 0 slices `order[:0]`, empty either way",
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 11):
+        "`len(centers) == -1`: as `< 0`, no centers leave every distance at inf",
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 52):
+        "sentinel -2 instead of -1 for non-candidates: any negative value is below every squared distance",
     ("lib/polypal/kcenter.py", "core/NumberReplacer", 29):
         "clamp at -1 instead of 0 after the initial distances: only squared distances that are 0 up to "
         "float rounding go below 0; their order is rounding noise either way (module docstring)",

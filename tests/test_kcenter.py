@@ -89,6 +89,7 @@ def test_duplicates_of_labeled_frames_come_last(dtype):
 def test_default_seed_is_zero_and_features_must_be_2d():
     x = np.random.default_rng(1).standard_normal((30, 3))
     np.testing.assert_array_equal(k_center_greedy(x, [], 4), k_center_greedy(x, [], 4, seed=0))
+    assert k_center_greedy(x, [], 0).tolist() == [] and k_center_greedy(x, [], -2).tolist() == []
     for bad in (x[:, 0], x[None]):
         with pytest.raises(ValueError, match="2-D"):
             k_center_greedy(bad, [], 2)
