@@ -89,6 +89,8 @@ EQUIVALENT = {
         "`len(centers) == -1`: as `< 0`, no centers leave every distance at inf",
     ("lib/polypal/kcenter.py", "core/NumberReplacer", 52):
         "sentinel -2 instead of -1 for non-candidates: any negative value is below every squared distance",
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 19):
+        "`chunk * 127`: a chunk size",
     ("lib/polypal/kcenter.py", "core/NumberReplacer", 29):
         "clamp at -1 instead of 0 after the initial distances: only squared distances that are 0 up to "
         "float rounding go below 0; their order is rounding noise either way (module docstring)",
@@ -104,7 +106,7 @@ def survivors(group: str) -> tuple[int, list[dict]]:
     total, alive = 0, []
     for line in out.splitlines():
         w, r = json.loads(line)
-        if not r or r.get("worker_outcome") == "skipped":
+        if not r or r.get("worker_outcome") == "skipped":  # not run yet (an unfinished session), or filtered
             continue
         total += 1
         if r.get("test_outcome") == "survived":
@@ -156,10 +158,10 @@ def main() -> int:
         eq, killed_later, real = [], [], []
         for m in alive:
             key = (m["module"], m["operator"], m["occurrence"])
-            if recheck(g, m):
-                killed_later.append(m)
-            elif key in EQUIVALENT:
+            if key in EQUIVALENT:  # argued above; not re-run
                 eq.append((m, EQUIVALENT[key]))
+            elif recheck(g, m):
+                killed_later.append(m)
             else:
                 real.append(m)
             print(f"{g}: {key} -> {'killed now' if m in killed_later else 'equivalent' if key in EQUIVALENT else 'SURVIVES'}",
