@@ -111,3 +111,24 @@ def test_bvsb_multiclass_matches_numpy():
     want = 1 - (s[:, -1] - s[:, -2])
     got = bvsb_multiclass(torch.from_numpy(probs), dim=1).numpy()
     np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_aggregation_defaults_are_the_documented_ones():
+    """topk: the 5% most uncertain pixels; region: the predicted polyp dilated by 3 px (README)."""
+    from scipy.ndimage import binary_dilation
+
+    rng = np.random.default_rng(3)
+    p = rng.random((2, 20, 20)).astype(np.float32) * 0.4  # nothing above 0.5 ...
+    p[1, 8:11, 8:11] = 0.9  # ... except a 3x3 polyp in the second frame
+    px = 1.0 - np.abs(2 * p - 1)
+    k = 20  # 5% of 400 pixels
+    topk = np.sort(px.reshape(2, -1), axis=1)[:, ::-1][:, :k].mean(1)
+    np.testing.assert_allclose(image_scores(p, "topk"), topk, atol=1e-6)
+    region = binary_dilation(p[1] > 0.5, structure=np.ones((7, 7), bool))
+    np.testing.assert_allclose(image_scores(p, "region"), [topk[0], px[1][region].mean()], atol=1e-6)
+    # at least one pixel, however small the frame
+    q = np.full((1, 2, 2), 0.3, np.float32)
+    q[0, 0, 0] = 0.5
+    assert image_scores(q, "topk")[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="needs the probability map"):
+        aggregate(torch.from_numpy(px), None, "region")
