@@ -132,3 +132,12 @@ def test_aggregation_defaults_are_the_documented_ones():
     assert image_scores(q, "topk")[0] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="needs the probability map"):
         aggregate(torch.from_numpy(px), None, "region")
+
+
+def test_paper_miou_single_pixel_classes():
+    """One polyp pixel (or one background pixel) predicted right: that class's IoU is 1, not a fraction."""
+    one = np.zeros((1, 3, 3), bool)
+    one[0, 1, 1] = True
+    assert paper_miou(one, one) == 1.0
+    assert paper_miou(~one, ~one) == 1.0
+    assert per_image_scores(one, one)["mean_iou"] == 1.0
