@@ -182,3 +182,16 @@ def test_gamma_outside_unit_interval_is_refused(gamma):
 def test_select_default_seed_is_zero(name):
     info = make_info(n=60)
     assert select(name, info, [], 6).indices.tolist() == select(name, info, [], 6, seed=0).indices.tolist()
+
+
+def test_each_coreset_uses_its_own_features():
+    from polypal.kcenter import k_center_greedy
+
+    info = make_info(n=50)
+    lab = [3, 9]
+    pca = select("pca_coreset", PoolInfo(n=50, image_features=info.image_features), lab, 6)
+    np.testing.assert_array_equal(pca.indices, k_center_greedy(info.image_features, lab, 6))
+    assert select("pca_coreset", info, lab, 6).indices.tolist() == pca.indices.tolist()  # latents ignored
+    ta = select("ta_coreset", PoolInfo(n=50, latents=info.latents), lab, 6)
+    np.testing.assert_array_equal(ta.indices, k_center_greedy(info.latents, lab, 6))
+    assert ta.indices.tolist() != pca.indices.tolist()
