@@ -63,5 +63,7 @@ class AppConfig:
             allowed_origins=str(conf.get("allowed_origins", "")),
             allowed_hosts=str(conf.get("allowed_hosts", "")),
             max_pixels=max_pixels,
-            threads=max(1, num("threads", os.cpu_count() or 1, int)),
+            # half the cores: measured on 2 cores beside other CPU work, 1 thread trained 7x faster than 2
+            # (results/benchmarks/training-contention.txt); alone, more threads help less than that
+            threads=max(1, num("threads", max(1, (os.cpu_count() or 2) // 2), int)),
         )
