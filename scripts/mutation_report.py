@@ -94,6 +94,9 @@ EQUIVALENT = {
     ("lib/polypal/metrics.py", "core/ReplaceTrueWithFalse", 0):
         "`include_background=False` for MONAI's confusion matrix: with one channel MONAI keeps it anyway "
         "(it can only drop a background channel when there are two or more)",
+    ("lib/polypal/metrics.py", "core/ReplaceTrueWithFalse", 1):
+        "`include_background=False` for MONAI's compute_iou: with one channel MONAI keeps it (checked: "
+        "same values)",
     ("lib/polypal/kcenter.py", "core/NumberReplacer", 29):
         "clamp at -1 instead of 0 after the initial distances: only squared distances that are 0 up to "
         "float rounding go below 0; their order is rounding noise either way (module docstring)",
