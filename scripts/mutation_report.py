@@ -97,6 +97,8 @@ EQUIVALENT = {
     ("lib/polypal/metrics.py", "core/ReplaceTrueWithFalse", 1):
         "`include_background=False` for MONAI's compute_iou: with one channel MONAI keeps it (checked: "
         "same values)",
+    ("lib/polypal/metrics.py", "core/ReplaceTrueWithFalse", 2):
+        "`include_background=False` for MONAI's compute_dice: as for compute_iou, one channel is kept",
     ("lib/polypal/kcenter.py", "core/NumberReplacer", 29):
         "clamp at -1 instead of 0 after the initial distances: only squared distances that are 0 up to "
         "float rounding go below 0; their order is rounding noise either way (module docstring)",
