@@ -141,3 +141,9 @@ def test_paper_miou_single_pixel_classes():
     assert paper_miou(one, one) == 1.0
     assert paper_miou(~one, ~one) == 1.0
     assert per_image_scores(one, one)["mean_iou"] == 1.0
+
+
+def test_region_of_one_pixel_is_that_pixel():
+    p = np.full((1, 5, 5), 0.1, np.float32)
+    p[0, 2, 2] = 0.8  # one predicted polyp pixel, no band: the region is that pixel alone
+    assert image_scores(p, "region", band=0)[0] == pytest.approx(1 - abs(2 * 0.8 - 1), abs=1e-6)
