@@ -99,6 +99,9 @@ EQUIVALENT = {
         "same values)",
     ("lib/polypal/metrics.py", "core/ReplaceTrueWithFalse", 2):
         "`include_background=False` for MONAI's compute_dice: as for compute_iou, one channel is kept",
+    ("lib/polypal/uncertainty.py", "core/NumberReplacer", 53):
+        "`area.clamp(min=0)`: only an empty region divides by 0, and torch.where then takes the topk "
+        "branch (no gradient flows here, so the unused NaN never shows)",
     ("lib/polypal/kcenter.py", "core/NumberReplacer", 29):
         "clamp at -1 instead of 0 after the initial distances: only squared distances that are 0 up to "
         "float rounding go below 0; their order is rounding noise either way (module docstring)",

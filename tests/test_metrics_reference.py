@@ -147,3 +147,9 @@ def test_region_of_one_pixel_is_that_pixel():
     p = np.full((1, 5, 5), 0.1, np.float32)
     p[0, 2, 2] = 0.8  # one predicted polyp pixel, no band: the region is that pixel alone
     assert image_scores(p, "region", band=0)[0] == pytest.approx(1 - abs(2 * 0.8 - 1), abs=1e-6)
+
+
+def test_bvsb_multiclass_default_class_dim_is_1():
+    probs = torch.softmax(torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0)), dim=1)
+    np.testing.assert_allclose(bvsb_multiclass(probs).numpy(), bvsb_multiclass(probs, dim=1).numpy())
+    assert bvsb_multiclass(probs).shape == (2, 4, 5)
