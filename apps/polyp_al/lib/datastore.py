@@ -123,9 +123,10 @@ class PolypDatastore(Datastore):
     def get_image_info(self, image_id: str) -> Dict[str, Any]:
         """The frame's info, without keys only the server may set that a client slipped in (next-sample
         answers are merged with this, so a spoofed ``id`` or ``path`` would mislead the annotator)."""
+        from lib.security import RESERVED_IMAGE_KEYS
+
         info = self.store.image_info(image_id)
-        for k in ("id", "path", "al_strategy", "score", "picked_by", "cycle", "position", "batch_size",
-                  "model_version", "note"):
+        for k in RESERVED_IMAGE_KEYS - {"name", "ext", "ts", "user", "strategy", "served"}:  # the server's own
             info.pop(k, None)
         return info
 

@@ -11,13 +11,18 @@ middleware (``Gate``) in front of it, which:
 - turns model upload/delete off (403) unless ``--conf allow_model_upload true``;
   then an upload is checked (loads with weights_only, this profile's
   architecture) before it atomically becomes the served model;
-- removes the WSI endpoints (this app serves 2D frames);
-- runs the heavy endpoints (infer, datastore, next sample, training/scoring
+- answers 404 for what polyp-al does not offer (WSI, batch infer, /reload, ``..`` in a path);
+- reads each request body to the end on the event loop (spooled, capped, with
+  a pause timeout) and checks it: JSON bodies that become subprocess requests
+  and the ``params``/``info`` of small multipart forms must be JSON objects
+  without server-owned keys (``bundle_path`` would put an uploaded file on a
+  subprocess's PYTHONPATH);
+- then runs the heavy endpoints (infer, datastore, next sample, training/scoring
   requests) each on its own event loop in a worker thread, so that one
   inference of a large frame does not stall every other request;
-- refuses image paths where an image id is expected (404 "unknown image id"),
-  info keys the app owns and info that is not a JSON object (400); deletes
-  a request's scratch files (the dataset zip) once it is answered.
+- refuses image paths where an image id is expected (404 "unknown image id")
+  and invalid ids/tags (400); deletes a request's scratch files (the dataset
+  zip) once it is answered.
 """
 
 from __future__ import annotations
@@ -70,17 +75,17 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-class OriginGuard:
-    """ASGI middleware: refuse cross-origin requests and foreign Host headers with 403."""
+class OriginPolicy:
+    """Which web origins and Host headers may use the server (the Gate answers 403 to the others)."""
 
-    def __init__(self, app, origins: Iterable[str], hosts: Iterable[str]):
-        self.app = app
+    def __init__(self, origins: Iterable[str], hosts: Iterable[str]):
         self.origins = {o.lower() for o in origins}
         self.any_host = "*" in set(hosts)
         self.hosts = {h.lower() for h in hosts} | {"localhost", socket.gethostname().lower(),
                                                    socket.getfqdn().lower()}
 
-    def _refuse(self, scope) -> str | None:
+    def refusal(self, scope) -> str | None:
+        """Why this request is refused, or None."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         host = headers.get("host", "")
         hostname = _host_only(host)
@@ -95,15 +100,6 @@ class OriginGuard:
             return None
         return (f"requests from the web origin {origin!r} are not allowed (server setting allowed_origins; "
                 f"see the README's Security model)")
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            why = self._refuse(scope)
-            if why:
-                logger.warning(f"refused {scope.get('method')} {scope.get('path')}: {why}")
-                await JSONResponse({"detail": why}, status_code=403)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 # -- the gate ----------------------------------------------------------------------------------
@@ -274,7 +270,7 @@ def _in_thread(app, scope, receive, send, loop):
 class Gate:
     """ASGI middleware in front of MONAI Label's app: see the module docstring."""
 
-    def __init__(self, app, guard: OriginGuard, model_app=None, precheck=None):
+    def __init__(self, app, guard: OriginPolicy, model_app=None, precheck=None):
         self.app, self.guard, self.model_app, self.precheck = app, guard, model_app, precheck
 
     async def _answer(self, scope, receive, send, status: int, detail: str):
@@ -290,7 +286,7 @@ class Gate:
             return await self._answer(scope, receive, send, e.status, e.detail)
 
     async def _handle(self, scope, receive, send):
-        why = self.guard._refuse(scope)
+        why = self.guard.refusal(scope)
         if why:
             raise _Refused(403, why)
         path, method = scope.get("path", ""), scope.get("method", "GET")
@@ -373,8 +369,8 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
     origins = _split(allowed_origins) + _split(settings.MONAI_LABEL_CORS_ORIGINS)
     if fastapi_app.middleware_stack is None:
         fastapi_app.middleware_stack = fastapi_app.build_middleware_stack()
-    fastapi_app.middleware_stack = Gate(fastapi_app.middleware_stack, OriginGuard(None, origins,
-                                                                                   _split(allowed_hosts)), model_app,
+    policy = OriginPolicy(origins, _split(allowed_hosts))
+    fastapi_app.middleware_stack = Gate(fastapi_app.middleware_stack, policy, model_app,
                                         precheck=getattr(app, "precheck", None))
     logger.info(f"HTTP surface hardened: model upload {'on' if model_app else 'off'}, sessions off, "
                 f"origins allowed: same-origin{', ' + ', '.join(origins) if origins else ''}")
