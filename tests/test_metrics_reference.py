@@ -153,3 +153,10 @@ def test_bvsb_multiclass_default_class_dim_is_1():
     probs = torch.softmax(torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0)), dim=1)
     np.testing.assert_allclose(bvsb_multiclass(probs).numpy(), bvsb_multiclass(probs, dim=1).numpy())
     assert bvsb_multiclass(probs).shape == (2, 4, 5)
+
+
+@pytest.mark.parametrize("bad", ["bogus", "nope", "zzz", "Mean"])
+def test_unknown_aggregation_is_refused_even_with_probabilities(bad):
+    p = torch.full((1, 4, 4), 0.7)
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        aggregate(bvsb_binary(p), p, bad)
