@@ -3,7 +3,8 @@
 Usage: .venv/bin/python scripts/mutation_report.py [--out results/test-audit/mutation.md] [group ...]
 
 For every mutant that survived a group's cosmic-ray session (in $WORK/<group>/session.sqlite), the
-mutant is applied again to a fresh scratch copy of lib/ and the group's tests as they are NOW are run
+mutant is applied again to a fresh copy of the session's lib/ (the source it was numbered on) and the
+group's tests as they are NOW are run
 (one core): a survivor killed by a test added after the session counts as killed. The mutants still
 alive are either listed in EQUIVALENT below, with the reason no test can tell them apart, or are
 real holes. Score = killed / (all mutants run - equivalent).
@@ -131,7 +132,8 @@ def recheck(group: str, mut: dict) -> bool:
     """True when today's tests kill the mutant."""
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        shutil.copytree(REPO / "lib", t / "lib", ignore=shutil.ignore_patterns("__pycache__"))
+        # the session's own copy of lib/: the source the occurrences were numbered on (lib/ may have moved on)
+        shutil.copytree(WORK / group / "lib", t / "lib", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(REPO / "tests", t / "tests", ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
         shutil.copy(REPO / "pyproject.toml", t)
         subprocess.run([str(CR / "cosmic-ray"), "apply", mut["module"], mut["operator"], str(mut["occurrence"])],

@@ -146,6 +146,7 @@ def test_paper_miou_single_pixel_classes():
 def test_region_of_one_pixel_is_that_pixel():
     p = np.full((1, 5, 5), 0.1, np.float32)
     p[0, 2, 2] = 0.8  # one predicted polyp pixel, no band: the region is that pixel alone
+    p[0, 0, 0] = 0.45  # more uncertain, but outside the region (the topk fallback would take it)
     assert image_scores(p, "region", band=0)[0] == pytest.approx(1 - abs(2 * 0.8 - 1), abs=1e-6)
 
 

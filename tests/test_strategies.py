@@ -121,7 +121,7 @@ def test_top_uncertain_k_zero_or_negative_is_empty():
     assert top_uncertain(scores, [2, 0, 1], 2).tolist() == [1, 0]  # candidate order does not matter
 
 
-@pytest.mark.parametrize("bad", [[-1], [0, 200], [-2, 3]])
+@pytest.mark.parametrize("bad", [[-1], [0, 200], [-2, 3], [0, 250]])
 def test_labeled_outside_the_universe_is_refused(bad):
     with pytest.raises(ValueError, match="labeled indices"):
         select("random", make_info(), bad, 3)
