@@ -45,6 +45,7 @@ class Browser:
         page = next(t for t in targets if t.get("type") == "page")
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=120, suppress_origin=True)
         self._id = 0
+        self.events: list[dict] = []  # DevTools events seen while waiting for answers (console, exceptions)
         self.send("Page.enable")
         self.send("Runtime.enable")
 
@@ -53,6 +54,9 @@ class Browser:
         self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
         while True:
             msg = json.loads(self.ws.recv())
+            if "method" in msg and msg["method"] in ("Runtime.consoleAPICalled", "Runtime.exceptionThrown"):
+                self.events.append(msg)
+                del self.events[:-500]
             if msg.get("id") == self._id:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
@@ -75,6 +79,53 @@ class Browser:
                 return v
             time.sleep(0.5)
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or expr}")
+
+    def console(self, types=("error", "warning")) -> list[str]:
+        """Console messages of these types and uncaught exceptions seen so far, as text."""
+        out = []
+        for e in self.events:
+            p = e["params"]
+            if e["method"] == "Runtime.exceptionThrown":
+                d = p.get("exceptionDetails", {})
+                out.append("exception: " + str(d.get("exception", {}).get("description") or d.get("text"))[:500])
+            elif p.get("type") in types:
+                out.append(p["type"] + ": " + " ".join(str(a.get("value", a.get("description", "")))[:300]
+                                                      for a in p.get("args", [])))
+        return out
+
+    # real input events (Input.dispatchMouseEvent), in CSS pixels of the page
+    def mouse(self, kind: str, x: float, y: float, buttons: int = 0, button: str = "none", **kw):
+        self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, buttons=buttons, button=button, **kw)
+
+    def click(self, x: float, y: float):
+        self.mouse("mouseMoved", x, y)
+        self.mouse("mousePressed", x, y, buttons=1, button="left", clickCount=1)
+        self.mouse("mouseReleased", x, y, buttons=0, button="left", clickCount=1)
+
+    def drag(self, points, step_px: float = 4.0, pause: float = 0.0):
+        """Press at the first point, move along the polyline (a move every ``step_px``), release at the last."""
+        (x0, y0), rest = points[0], points[1:]
+        self.mouse("mouseMoved", x0, y0)
+        self.mouse("mousePressed", x0, y0, buttons=1, button="left", clickCount=1)
+        for x1, y1 in rest:
+            n = max(1, int(np.hypot(x1 - x0, y1 - y0) / step_px))
+            for i in range(1, n + 1):
+                self.mouse("mouseMoved", x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n, buttons=1, button="left")
+                if pause:
+                    time.sleep(pause)
+            x0, y0 = x1, y1
+        self.mouse("mouseReleased", x0, y0, buttons=0, button="left", clickCount=1)
+
+    def rect(self, selector: str) -> dict | None:
+        """The bounding box (CSS px) of the first element matching ``selector``, or None."""
+        return self.js(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null; "
+                       f"const r = e.getBoundingClientRect(); return {{x: r.x, y: r.y, w: r.width, h: r.height}}; }})()")
+
+    def click_selector(self, selector: str):
+        r = self.rect(selector)
+        if not r:
+            raise AssertionError(f"no element {selector!r} on the page")
+        self.click(r["x"] + r["w"] / 2, r["y"] + r["h"] / 2)
 
     def text(self) -> str:
         return self.js("document.body ? document.body.innerText : ''") or ""

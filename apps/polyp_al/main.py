@@ -83,6 +83,9 @@ class PolypALApp(MONAILabelApp):
         from lib.security import harden
 
         harden(monailabel.app.app, self, self.cfg.allowed_origins, self.cfg.allowed_hosts)
+        from lib.annotate import mount  # the annotator's page: OHIF under /annotate/ (read-only files)
+
+        mount(monailabel.app.app, self.conf.get("ohif_dir") or None)
 
     def bundle_path(self, model):
         """No MONAI bundles here. (MONAI Label puts a request's ``bundle_path`` on a subprocess's PYTHONPATH;

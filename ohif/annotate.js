@@ -1,0 +1,378 @@
+/* polyp-al in OHIF 3.13.2: the next frame, the model's prediction as an editable labelmap, Save / Next / Train.
+ *
+ * Loaded by /annotate/ (ohif/start.html: asks polyp-al for the next frame, then opens it) and by OHIF's
+ * own index.html (ohif/install.sh adds it before OHIF's bundle). Talks only to its own origin: the
+ * MONAI Label API (/activelearning, /infer, /datastore/label, /train, /info). OHIF's runtime is reached
+ * through the globals its cornerstone extension sets (window.services, window.cornerstone,
+ * window.cornerstoneTools): a newer OHIF may rename them, which is why the version is pinned.
+ */
+(function () {
+  'use strict';
+  const BASE = '/annotate/';
+  const DEFAULT_STRATEGY = 'bvsb_ta_coreset';
+  const MODEL = 'polyp_seg';
+  const q = new URLSearchParams(location.search);
+  const state = (window.polypal = { phase: 'starting', dirty: false, saved: null, error: null, log: [] });
+
+  function log(msg) {
+    state.log.push(new Date().toISOString().slice(11, 19) + ' ' + msg);
+    console.log('[polyp-al] ' + msg);
+  }
+
+  function randomId() {
+    const a = new Uint8Array(8);
+    crypto.getRandomValues(a); // also in non-secure contexts (unlike crypto.randomUUID)
+    return 'browser-' + Array.from(a, x => x.toString(16).padStart(2, '0')).join('');
+  }
+
+  // one client id per browser profile (localStorage), unless the address names one (?client=)
+  function clientId() {
+    let c = q.get('client');
+    if (c && /^[A-Za-z0-9_.-]{1,64}$/.test(c)) {
+      localStorage.setItem('polypal.client', c);
+      return c;
+    }
+    c = localStorage.getItem('polypal.client');
+    if (!c) {
+      c = randomId();
+      localStorage.setItem('polypal.client', c);
+    }
+    return c;
+  }
+
+  function strategy() {
+    let s = q.get('strategy');
+    if (s && /^[A-Za-z0-9_-]{1,64}$/.test(s)) sessionStorage.setItem('polypal.strategy', s);
+    return sessionStorage.getItem('polypal.strategy') || DEFAULT_STRATEGY;
+  }
+
+  async function api(method, path, body, headers) {
+    const r = await fetch(path, { method, body, headers, credentials: 'same-origin' });
+    const text = await r.text();
+    let data = text;
+    try {
+      data = JSON.parse(text);
+    } catch (e) {
+      /* not JSON */
+    }
+    if (!r.ok) {
+      const d = data && data.detail !== undefined ? data.detail : text;
+      const err = new Error(r.status + ': ' + (typeof d === 'string' ? d : JSON.stringify(d)).slice(0, 400));
+      err.status = r.status;
+      throw err;
+    }
+    return data;
+  }
+
+  function el(tag, attrs, text) {
+    const e = document.createElement(tag);
+    Object.entries(attrs || {}).forEach(([k, v]) => e.setAttribute(k, v));
+    if (text) e.textContent = text;
+    return e;
+  }
+
+  function nextUrl() {
+    return BASE + '?strategy=' + encodeURIComponent(strategy());
+  }
+
+  // ---------------------------------------------------------------- the start page (/annotate/)
+  async function startPage() {
+    const status = document.getElementById('polypal-status');
+    const actions = document.getElementById('polypal-actions');
+    const say = t => {
+      status.textContent = t;
+      log(t);
+    };
+    const cid = clientId();
+    say(`Asking polyp-al (strategy ${strategy()}) for the next frame for this browser (client ${cid})...`);
+    let r;
+    try {
+      r = await api('POST', '/activelearning/' + encodeURIComponent(strategy()),
+        JSON.stringify({ client_id: cid }), { 'Content-Type': 'application/json' });
+    } catch (e) {
+      state.error = e.message;
+      say('Could not get the next frame: ' + e.message);
+      return;
+    }
+    if (!r || !r.id) {
+      state.phase = 'nothing-left';
+      say('Nothing left to annotate: every frame has a label (or is leased to another annotator). ' +
+        'Train the model, or come back later.');
+      const b = el('button', { 'data-polypal': 'train' }, 'Train model');
+      b.onclick = () => startTraining(t => (status.textContent = t));
+      actions.appendChild(b);
+      return;
+    }
+    if (!r.StudyInstanceUID) {
+      state.error = 'no StudyInstanceUID';
+      say(`polyp-al served frame ${r.id}, but not from a DICOMweb server: OHIF can only show frames stored ` +
+        'in one. Start polyp-al with --studies http://127.0.0.1:8042/dicom-web (README "Annotating in OHIF").');
+      return;
+    }
+    sessionStorage.setItem('polypal.frame.' + r.id, JSON.stringify(r));
+    state.phase = 'redirect';
+    location.replace(BASE + 'segmentation?StudyInstanceUIDs=' + encodeURIComponent(r.StudyInstanceUID) +
+      '&polypal_image=' + encodeURIComponent(r.id) + '&strategy=' + encodeURIComponent(strategy()));
+  }
+
+  // ---------------------------------------------------------------- training from the browser
+  let trainPoll = null;
+
+  function describeTraining(st) {
+    if (!st || !st.status) return 'No training yet.';
+    if (st.status === 'RUNNING') {
+      const eta = st.eta_s != null ? `, about ${Math.round(st.eta_s)} s left` : '';
+      return `Training model #${st.model_number} on ${st.labeled} labels: step ${st.step || 0}/${st.total_steps || '?'}` +
+        (st.loss != null ? `, loss ${st.loss}` : '') + eta;
+    }
+    if (st.status === 'DONE') {
+      return `Model #${st.model_number} trained on ${st.train_frames} frames (+${st.val_frames} validation) ` +
+        `in ${st.seconds} s, finished ${String(st.finished_at || '').slice(11, 19)}.`;
+    }
+    return `Training ${st.status}${st.note ? ': ' + st.note : ''}`;
+  }
+
+  async function pollTraining(show) {
+    try {
+      const info = await api('GET', '/info/');
+      const st = (info.train_stats || {})[MODEL] || {};
+      state.train = st;
+      show(describeTraining(st));
+      if (st.status !== 'RUNNING' && trainPoll && state.trainStarted) {
+        clearInterval(trainPoll);
+        trainPoll = null;
+      }
+    } catch (e) {
+      show('Training status unavailable: ' + e.message);
+    }
+  }
+
+  async function startTraining(show) {
+    try {
+      await api('POST', '/train/' + MODEL, '{}', { 'Content-Type': 'application/json' });
+      state.trainStarted = true;
+      show('Training started...');
+    } catch (e) {
+      show('Could not start training: ' + e.message);
+      if (e.status !== 429) return; // 429: one is already running: show its progress
+    }
+    if (!trainPoll) trainPoll = setInterval(() => pollTraining(show), 2000);
+  }
+
+  // ---------------------------------------------------------------- the viewer page
+  const imageId = q.get('polypal_image');
+  let bar, statusLine, trainLine;
+
+  function say(t) {
+    if (statusLine) statusLine.textContent = t;
+    log(t);
+  }
+
+  function buildBar() {
+    bar = el('div', { id: 'polypal-bar' });
+    bar.style.cssText = 'position:fixed;right:6px;bottom:6px;width:268px;z-index:10000;background:#090c29;' +
+      'border:1px solid #5acce6;border-radius:6px;padding:8px;color:#ddd;font:13px sans-serif;line-height:1.35';
+    const frame = JSON.parse(sessionStorage.getItem('polypal.frame.' + imageId) || '{}');
+    state.frame = frame;
+    const title = el('div', {}, 'polyp-al');
+    title.style.cssText = 'font-weight:bold;color:#5acce6;margin-bottom:4px';
+    const what = el('div', { 'data-polypal': 'frame' });
+    what.textContent = (frame.al_strategy ? `${frame.al_strategy}` : strategy()) +
+      (frame.position != null ? `, frame ${frame.position + 1}/${frame.batch_size} of cycle ${frame.cycle}` : '') +
+      (frame.picked_by ? ` (${frame.picked_by})` : '') + (frame.note ? `. ${frame.note}` : '');
+    const help = el('div', {}, 'Paint the polyp with the Brush (Label map tools), fix it with the Eraser, then Save.');
+    help.style.cssText = 'color:#999;margin:4px 0';
+    const buttons = el('div');
+    buttons.style.cssText = 'display:flex;gap:6px;margin:6px 0';
+    const mk = (key, label, fn) => {
+      const b = el('button', { 'data-polypal': key }, label);
+      b.style.cssText = 'flex:1;background:#1b2553;color:#fff;border:1px solid #5acce6;border-radius:4px;' +
+        'padding:5px 2px;cursor:pointer;font-size:13px';
+      b.onclick = fn;
+      buttons.appendChild(b);
+      return b;
+    };
+    mk('save', 'Save label', () => save());
+    mk('next', 'Next frame', () => next());
+    mk('train', 'Train', () => startTraining(t => (trainLine.textContent = t)));
+    statusLine = el('div', { 'data-polypal': 'status' }, 'Loading the frame...');
+    trainLine = el('div', { 'data-polypal': 'training' }, '');
+    trainLine.style.cssText = 'color:#aaa;margin-top:4px';
+    [title, what, help, buttons, statusLine, trainLine].forEach(x => bar.appendChild(x));
+    document.body.appendChild(bar);
+    pollTraining(t => (trainLine.textContent = t));
+  }
+
+  function sleep(ms) {
+    return new Promise(r => setTimeout(r, ms));
+  }
+
+  async function waitFor(fn, what, timeoutMs) {
+    const t0 = Date.now();
+    for (;;) {
+      let v = null;
+      try {
+        v = fn();
+      } catch (e) {
+        v = null;
+      }
+      if (v) return v;
+      if (Date.now() - t0 > timeoutMs) throw new Error('timed out waiting for ' + what);
+      await sleep(200);
+    }
+  }
+
+  function frameViewport() {
+    const S = window.services;
+    const vs = S.cornerstoneViewportService;
+    for (const vid of vs.getViewportIds()) {
+      const vp = vs.getCornerstoneViewport(vid);
+      if (vp && vp.getCurrentImageId && vp.getCurrentImageId() &&
+        vp.getCurrentImageId().includes('/series/' + imageId + '/')) {
+        return { viewportId: vid, viewport: vp };
+      }
+    }
+    return null;
+  }
+
+  function labelmapImage() {
+    const ids = window.cornerstoneTools.segmentation.getLabelmapImageIds(state.segmentationId);
+    return window.cornerstone.cache.getImage(ids[0]);
+  }
+
+  function labelmapData(img) {
+    return img.voxelManager ? img.voxelManager.getScalarData() : img.getPixelData();
+  }
+
+  function labelmapChanged() {
+    window.cornerstoneTools.segmentation.triggerSegmentationEvents.triggerSegmentationDataModified(
+      state.segmentationId);
+  }
+
+  async function loadPrediction(img) {
+    const t0 = performance.now();
+    let blob;
+    try {
+      const r = await fetch(`/infer/${MODEL}?image=${encodeURIComponent(imageId)}&output=image`,
+        { method: 'POST', credentials: 'same-origin' });
+      if (r.status === 409) return 'No model yet: nothing predicted, paint the polyp from scratch.';
+      if (!r.ok) return `The model's prediction could not be loaded (${r.status}): paint from scratch.`;
+      blob = await r.blob();
+    } catch (e) {
+      return "The model's prediction could not be loaded: " + e.message;
+    }
+    const bmp = await createImageBitmap(blob, { premultiplyAlpha: 'none', colorSpaceConversion: 'none' });
+    if (bmp.width !== img.columns || bmp.height !== img.rows) {
+      return `The prediction is ${bmp.width}x${bmp.height}, the frame ${img.columns}x${img.rows}: not loaded.`;
+    }
+    const c = new OffscreenCanvas(bmp.width, bmp.height);
+    const ctx = c.getContext('2d', { willReadFrequently: true });
+    ctx.drawImage(bmp, 0, 0);
+    const px = ctx.getImageData(0, 0, bmp.width, bmp.height).data;
+    const data = labelmapData(img);
+    let n = 0;
+    for (let i = 0; i < data.length; i++) {
+      const v = px[4 * i] > 0 ? 1 : 0; // the label PNG: polyp = 1, grey
+      data[i] = v;
+      n += v;
+    }
+    if (img.voxelManager && img.voxelManager.setScalarData) img.voxelManager.setScalarData(data);
+    labelmapChanged();
+    state.predictionPixels = n;
+    log(`prediction loaded in ${Math.round(performance.now() - t0)} ms: ${n} polyp pixels`);
+    return n ? `The model's prediction is loaded (${n} polyp pixels): correct it, then Save.`
+      : 'The model predicts no polyp here: paint it if there is one, then Save.';
+  }
+
+  async function viewerPage() {
+    buildBar();
+    try {
+      await waitFor(() => window.services && window.cornerstoneTools && frameViewport(), 'the frame', 120000);
+      const { viewportId } = frameViewport();
+      const S = window.services;
+      const ds = await waitFor(() => S.displaySetService.getActiveDisplaySets()
+        .find(d => d.SeriesInstanceUID === imageId), 'the display set', 30000);
+      state.segmentationId = await S.segmentationService.createLabelmapForDisplaySet(ds, {
+        label: 'polyp-al label', segments: { 1: { label: 'polyp', active: true } },
+      });
+      await S.segmentationService.addSegmentationRepresentation(viewportId, {
+        segmentationId: state.segmentationId,
+      });
+      const img = await waitFor(() => labelmapImage(), 'the labelmap', 30000);
+      state.rows = img.rows;
+      state.columns = img.columns;
+      const msg = await loadPrediction(img);
+      const modified = window.cornerstoneTools.Enums.Events.SEGMENTATION_DATA_MODIFIED;
+      window.cornerstone.eventTarget.addEventListener(modified, () => {
+        if (state.phase === 'ready') state.dirty = true;
+      });
+      await sleep(50);
+      state.dirty = false;
+      state.phase = 'ready';
+      say(msg);
+    } catch (e) {
+      state.phase = 'error';
+      state.error = e.message;
+      say('Could not set up the labelmap: ' + e.message);
+    }
+  }
+
+  async function maskPng() {
+    const img = labelmapImage();
+    const data = labelmapData(img);
+    const c = new OffscreenCanvas(img.columns, img.rows);
+    const ctx = c.getContext('2d');
+    const out = ctx.createImageData(img.columns, img.rows);
+    let n = 0;
+    for (let i = 0; i < data.length; i++) {
+      const v = data[i] > 0 ? 255 : 0; // row-major: index = row * columns + column, as the frame's pixels
+      out.data[4 * i] = out.data[4 * i + 1] = out.data[4 * i + 2] = v;
+      out.data[4 * i + 3] = 255;
+      n += v ? 1 : 0;
+    }
+    ctx.putImageData(out, 0, 0);
+    return { blob: await c.convertToBlob({ type: 'image/png' }), pixels: n };
+  }
+
+  async function save() {
+    if (state.phase !== 'ready') return say('Not ready yet: ' + (state.error || state.phase));
+    state.phase = 'saving';
+    const t0 = performance.now();
+    try {
+      const { blob, pixels } = await maskPng();
+      const form = new FormData();
+      form.append('params', '{}');
+      form.append('label', blob, imageId + '.png');
+      const r = await api('PUT', `/datastore/label?image=${encodeURIComponent(imageId)}&tag=final`, form);
+      const ms = Math.round(performance.now() - t0);
+      state.saved = { pixels, ms, answer: r };
+      state.dirty = false;
+      const dice = r && r.model_dice != null ? `; the model's Dice on it: ${Number(r.model_dice).toFixed(2)}` : '';
+      say(`Saved: ${pixels} polyp pixels, in ${ms} ms${dice}. Next frame when ready.`);
+    } catch (e) {
+      state.saveError = e.message;
+      say('Not saved: ' + e.message);
+    } finally {
+      state.phase = 'ready';
+    }
+  }
+
+  function next() {
+    if (state.dirty && !state.confirmNext) {
+      state.confirmNext = true;
+      return say('Unsaved changes: Save first, or press Next frame again to leave them.');
+    }
+    location.href = nextUrl();
+  }
+
+  // ---------------------------------------------------------------- dispatch
+  function main() {
+    const p = location.pathname;
+    if (p === BASE || p === BASE + 'start.html') return startPage();
+    if (imageId && p.startsWith(BASE + 'segmentation')) return viewerPage();
+    state.phase = 'plain-viewer';
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', main);
+  else main();
+})();

@@ -1,0 +1,46 @@
+/** OHIF 3.13.2 configuration for polyp-al (served at /annotate/app-config.js by the polyp-al server).
+ * Same origin as the MONAI Label API: DICOMweb goes through the server's /proxy/dicom to Orthanc,
+ * labels through PUT /datastore/label (ohif/annotate.js). No public demo server, no URL-given data
+ * sources or configurations. */
+window.config = {
+  name: 'polyp-al',
+  routerBasename: '/annotate',
+  extensions: [],
+  modes: [],
+  customizationService: {},
+  showStudyList: true,
+  maxNumberOfWebWorkers: 2,
+  showWarningMessageForCrossOrigin: false,
+  showCPUFallbackMessage: true,
+  showLoadingIndicator: true,
+  experimentalStudyBrowserSort: false,
+  strictZSpacingForVolumeViewport: true,
+  groupEnabledModesFirst: true,
+  investigationalUseDialog: { option: 'never' },
+  maxNumRequests: { interaction: 100, thumbnail: 5, prefetch: 10 },
+  showErrorDetails: 'always',
+  defaultDataSourceName: 'polypal',
+  dataSources: [
+    {
+      namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
+      sourceName: 'polypal',
+      configuration: {
+        friendlyName: 'polyp-al (Orthanc through the MONAI Label server)',
+        name: 'polypal',
+        wadoUriRoot: '/proxy/dicom/wado',
+        qidoRoot: '/proxy/dicom/qido',
+        wadoRoot: '/proxy/dicom/wado',
+        qidoSupportsIncludeField: false,
+        imageRendering: 'wadors',
+        thumbnailRendering: 'wadors',
+        enableStudyLazyLoad: true,
+        supportsFuzzyMatching: false,
+        supportsWildcard: true,
+        staticWado: false,
+        singlepart: 'bulkdata,video',
+        bulkDataURI: { enabled: true, relativeResolution: 'studies' },
+        omitQuotationForMultipartRequest: true,
+      },
+    },
+  ],
+};
