@@ -132,15 +132,23 @@
     return `Training ${st.status}${st.note ? ': ' + st.note : ''}`;
   }
 
+  // the training this page asked for: done once /info shows a model number past the one before the request
+  async function trainStats() {
+    const info = await api('GET', '/info/');
+    return (info.train_stats || {})[MODEL] || {};
+  }
+
   async function pollTraining(show) {
     try {
-      const info = await api('GET', '/info/');
-      const st = (info.train_stats || {})[MODEL] || {};
+      const st = await trainStats();
       state.train = st;
-      show(describeTraining(st));
-      if (st.status !== 'RUNNING' && trainPoll && state.trainStarted) {
+      const waiting = state.trainBefore !== undefined && st.status !== 'RUNNING' &&
+        !((st.model_number || 0) > state.trainBefore);
+      show(waiting ? 'Training requested: waiting for it to start...' : describeTraining(st));
+      if (trainPoll && !waiting && st.status !== 'RUNNING') {
         clearInterval(trainPoll);
         trainPoll = null;
+        state.trainBefore = undefined;
       }
     } catch (e) {
       show('Training status unavailable: ' + e.message);
@@ -149,14 +157,15 @@
 
   async function startTraining(show) {
     try {
+      const before = await trainStats();
       await api('POST', '/train/' + MODEL, '{}', { 'Content-Type': 'application/json' });
-      state.trainStarted = true;
-      show('Training started...');
+      state.trainBefore = before.status === 'RUNNING' ? (before.model_number || 1) - 1 : before.model_number || 0;
+      show('Training requested: waiting for it to start...');
     } catch (e) {
       show('Could not start training: ' + e.message);
       if (e.status !== 429) return; // 429: one is already running: show its progress
     }
-    if (!trainPoll) trainPoll = setInterval(() => pollTraining(show), 2000);
+    if (!trainPoll) trainPoll = setInterval(() => pollTraining(show), 1500);
   }
 
   // ---------------------------------------------------------------- the viewer page
@@ -170,7 +179,7 @@
 
   function buildBar() {
     bar = el('div', { id: 'polypal-bar' });
-    bar.style.cssText = 'position:fixed;right:6px;bottom:6px;width:268px;z-index:10000;background:#090c29;' +
+    bar.style.cssText = 'position:fixed;left:6px;bottom:6px;width:272px;z-index:10000;background:#090c29;' +
       'border:1px solid #5acce6;border-radius:6px;padding:8px;color:#ddd;font:13px sans-serif;line-height:1.35';
     const frame = JSON.parse(sessionStorage.getItem('polypal.frame.' + imageId) || '{}');
     state.frame = frame;
