@@ -29,6 +29,22 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "${POLYPAL_SKIP_APT:
     exit 1
   fi
 fi
+# The OHIF Viewer for the annotator's page (/annotate/): @ohif/app's prebuilt dist from the npm registry,
+# pinned and checked in ohif/install.sh, into build/ohif/ (git-ignored); npm (Debian's) only for that
+# download, nothing runs under Node. A failed install fails set-up (POLYPAL_SKIP_OHIF=1 opts out).
+if [ "${POLYPAL_SKIP_OHIF:-0}" != 1 ]; then
+  if ! command -v npm >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing npm (apt-get install nodejs npm) to fetch the OHIF viewer..."
+    NPM_LOG=$(mktemp)
+    if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm) >"$NPM_LOG" 2>&1; then
+      tail -n 30 "$NPM_LOG" >&2
+      echo "error: could not install npm (log above); set POLYPAL_SKIP_OHIF=1 to go on without OHIF." >&2
+      exit 1
+    fi
+    rm -f "$NPM_LOG"
+  fi
+  bash ohif/install.sh
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -46,6 +46,7 @@ class Browser:
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=120, suppress_origin=True)
         self._id = 0
         self.events: list[dict] = []  # DevTools events seen while waiting for answers (console, exceptions)
+        self.requests: list[str] = []  # URLs the page asked for (after ``watch_network``)
         self.send("Page.enable")
         self.send("Runtime.enable")
 
@@ -57,10 +58,17 @@ class Browser:
             if "method" in msg and msg["method"] in ("Runtime.consoleAPICalled", "Runtime.exceptionThrown"):
                 self.events.append(msg)
                 del self.events[:-500]
+            if msg.get("method") == "Network.requestWillBeSent":
+                self.requests.append(msg["params"]["request"]["url"])
+                del self.requests[:-5000]
             if msg.get("id") == self._id:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg.get("result", {})
+
+    def watch_network(self):
+        """Record every URL the page requests from now on (``self.requests``)."""
+        self.send("Network.enable")
 
     def goto(self, url: str):
         self.send("Page.navigate", url=url)

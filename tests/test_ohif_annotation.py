@@ -223,6 +223,7 @@ def test_annotate_in_ohif_draw_save_next_train_and_edit_a_prediction(stack, shot
     srv, url, work = stack
     measures = {}
     a, b = _browser(), _browser()
+    a.watch_network()
     try:
         # 1. two browsers (their own profiles, so their own client ids) open the one address
         sa = _open_next(a, srv)
@@ -287,6 +288,11 @@ def test_annotate_in_ohif_draw_save_next_train_and_edit_a_prediction(stack, shot
         m["save_ms"] = s["ms"]
         measures["eraser"] = m
         assert label[~_stadium(rows, cols, p0, p1, BRUSH_RADIUS + 3)].all(), "the eraser removed more than its band"
+
+        # works offline: the page asked nothing of any other origin
+        foreign = [u for u in a.requests if not u.startswith((srv.url + "/", "data:", "blob:"))]
+        assert not foreign, foreign[:10]
+        measures["requests_seen"] = len(a.requests)
     finally:
         for br, name in ((a, "a"), (b, "b")):
             try:
@@ -297,3 +303,47 @@ def test_annotate_in_ohif_draw_save_next_train_and_edit_a_prediction(stack, shot
             br.close()
         (shots / "measures.json").write_text(json.dumps(measures, indent=1))
         print(json.dumps(measures, indent=1))
+
+
+def test_annotate_route_keeps_the_gate_and_serves_only_its_files(stack):
+    """/annotate/ is behind the same Gate as the API (foreign Origin or Host: 403), read-only, and serves no
+    file outside OHIF's dist and our ohif/ folder."""
+    srv = stack[0]
+    s, body = http("GET", srv.url + "/annotate/")
+    assert s == 200 and b"annotate.js" in body
+    assert http("GET", srv.url + "/annotate/", headers={"Origin": "http://evil.example"})[0] == 403
+    assert http("GET", srv.url + "/annotate/", headers={"Host": "evil.example"})[0] == 403
+    assert http("GET", srv.url + "/annotate/", headers={"Origin": srv.url})[0] == 200  # same origin
+    for method in ("PUT", "POST", "DELETE"):
+        assert http(method, srv.url + "/annotate/app-config.js", b"x")[0] in (403, 404, 405), method
+    for path in ("/annotate/../../setup.py", "/annotate/%2e%2e/%2e%2e/README.md", "/annotate/..%2f..%2fREADME.md",
+                 "/annotate/polypal/../../README.md", "/annotate/%2fetc%2fpasswd", "/annotate/nope.js"):
+        s, body = http("GET", srv.url + path)
+        assert s == 404 or (s == 200 and body.startswith(b"<!doctype html>")), (path, s, body[:80])
+
+
+def test_annotate_routes_resolve_inside_their_folders(tmp_path):
+    """No server needed: a symlink out of the dist folder is not followed, a missing dist says how to install."""
+    import importlib.util
+
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    spec = importlib.util.spec_from_file_location("polypal_annotate", REPO / "apps" / "polyp_al" / "lib" / "annotate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    (dist / "index.html").write_text("<!doctype html>index")
+    (dist / "app.bundle.1.js").write_text("js")
+    (tmp_path / "secret.txt").write_text("secret")
+    (dist / "leak.txt").symlink_to(tmp_path / "secret.txt")
+    c = TestClient(Starlette(routes=mod.make_routes(dist)))
+    assert c.get("/annotate/app.bundle.1.js").text == "js"
+    assert c.get("/annotate/segmentation").text == "<!doctype html>index"  # a page of the single-page app
+    assert c.get("/annotate/leak.txt").status_code == 404
+    assert c.get("/annotate/app-config.js").text.startswith("/**")  # ours, not the dist's
+    assert c.put("/annotate/app-config.js").status_code == 405
+    c2 = TestClient(Starlette(routes=mod.make_routes(tmp_path / "absent")))
+    r = c2.get("/annotate/segmentation")
+    assert r.status_code == 503 and "setup.sh" in r.text
