@@ -34,8 +34,10 @@ from pathlib import Path
 dist = Path(sys.argv[1])
 index = dist / "index.html"
 html = index.read_text()
+assert html.count('window.PUBLIC_URL="/"') == 2, "index.html layout changed: cannot move PUBLIC_URL"
 html = html.replace('window.PUBLIC_URL="/"', 'window.PUBLIC_URL="/annotate/"')
-html = re.sub(r'(src|href)="/(?!/)', r'\1="/annotate/', html)
+html, n = re.subn(r'(src|href)="/(?!/)', r'\1="/annotate/', html)
+assert n > 5, "index.html layout changed: cannot move its links"
 # our annotation bar, before OHIF's bundle
 html = html.replace('<script defer src="/annotate/app.bundle',
                     '<script src="/annotate/polypal/annotate.js"></script><script defer src="/annotate/app.bundle', 1)

@@ -234,6 +234,12 @@ def test_annotate_in_ohif_draw_save_next_train_and_edit_a_prediction(stack, shot
         assert "No model yet" in a.js("document.querySelector('[data-polypal=status]').innerText")
         a.screenshot(shots / "1-next-frame-no-model.png")
 
+        # an empty labelmap cannot be a DICOM SEG: the server's 422 shows in the box, nothing is stored
+        b.click_selector('[data-polypal="save"]')
+        b.wait_js("window.polypal.saveError", 60, "the refusal of an empty label")
+        assert "422" in b.js("window.polypal.saveError")
+        assert "422" in b.js("document.querySelector('[data-polypal=status]').innerText")
+
         # 2. each paints a known horizontal stroke with the Brush (real mouse events) and saves
         saved = {}
         for br, st, (fx, fy) in ((a, sa, (0.2, 0.3)), (b, sb, (0.45, 0.65))):
@@ -255,6 +261,15 @@ def test_annotate_in_ohif_draw_save_next_train_and_edit_a_prediction(stack, shot
             m.update(save_ms=s["ms"], frame=[rows, cols], page_px_per_frame_px=round(scale, 3))
             measures.setdefault("brush", []).append(m)
             saved[st["image"]] = label
+
+        # an unsaved edit holds Next back once
+        rows, cols = sb["rows"], sb["columns"]
+        mapping, _ = _page_mapping(b, cols, rows)
+        _stroke(b, "Brush", mapping, (round(0.1 * cols), round(0.9 * rows)), (round(0.2 * cols), round(0.9 * rows)))
+        where = b.js("location.href")
+        b.click_selector('[data-polypal="next"]')
+        b.wait_js("document.querySelector('[data-polypal=status]').innerText.includes('Unsaved changes')", 10)
+        assert b.js("location.href") == where
 
         # 3. training started from the browser counts both labels, its progress shown in the bar
         a.click_selector('[data-polypal="train"]')
