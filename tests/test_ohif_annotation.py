@@ -262,6 +262,17 @@ def test_annotate_in_ohif_draw_save_next_train_and_edit_a_prediction(stack, shot
             measures.setdefault("brush", []).append(m)
             saved[st["image"]] = label
 
+        # OHIF's own "store segmentation" (STOW to Orthanc through /proxy/dicom, around the label checks) is
+        # refused: the proxy is read-only, and nothing new reaches Orthanc
+        n_seg = len(http("GET", url + "/dicom-web/series?Modality=SEG")[1])
+        stored = a.js("""(async () => { try {
+            const g = await window.commandsManager.runCommand('generateSegmentation',
+                {segmentationId: window.polypal.segmentationId, options: {SeriesDescription: 'viewer store'}});
+            await window.extensionManager.getActiveDataSource()[0].store.dicom(g.dataset);
+            return 'stored'; } catch (e) { return 'refused: ' + String(e && (e.message || e.status || e)); } })()""")
+        assert stored.startswith("refused"), stored
+        assert len(http("GET", url + "/dicom-web/series?Modality=SEG")[1]) == n_seg
+
         # an unsaved edit holds Next back once
         rows, cols = sb["rows"], sb["columns"]
         mapping, _ = _page_mapping(b, cols, rows)
@@ -331,6 +342,9 @@ def test_annotate_route_keeps_the_gate_and_serves_only_its_files(stack):
     assert http("GET", srv.url + "/annotate/", headers={"Origin": srv.url})[0] == 200  # same origin
     for method in ("PUT", "POST", "DELETE"):
         assert http(method, srv.url + "/annotate/app-config.js", b"x")[0] in (403, 404, 405), method
+    assert http("GET", srv.url + "/proxy/dicom/qido/studies")[0] == 200  # what OHIF reads through
+    for path in ("/proxy/dicom/wado/studies", "/proxy/dicom/stow/studies", "/proxy/dicom/studies"):
+        assert http("POST", srv.url + path, b"x", {"Content-Type": "application/dicom"})[0] == 405, path
     for path in ("/annotate/../../setup.py", "/annotate/%2e%2e/%2e%2e/README.md", "/annotate/..%2f..%2fREADME.md",
                  "/annotate/polypal/../../README.md", "/annotate/%2fetc%2fpasswd", "/annotate/nope.js"):
         s, body = http("GET", srv.url + path)

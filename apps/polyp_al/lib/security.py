@@ -12,6 +12,8 @@ middleware (``Gate``) in front of it, which:
   then an upload is checked (loads with weights_only, this profile's
   architecture) before it atomically becomes the served model;
 - answers 404 for what polyp-al does not offer (WSI, batch infer, /reload, ``..`` in a path);
+- keeps MONAI Label's DICOMweb proxy (``/proxy/dicom``, which OHIF reads through) read-only (405),
+  so no browser stores a SEG in the DICOMweb server around the label checks;
 - reads each request body to the end on the event loop (spooled, capped, with
   a pause timeout) and checks it: JSON bodies that become subprocess requests
   and the ``params``/``info`` of small multipart forms must be JSON objects
@@ -292,6 +294,9 @@ class Gate:
         path, method = scope.get("path", ""), scope.get("method", "GET")
         if path.startswith(_GONE) or ".." in path or "\x00" in path:
             raise _Refused(404, f"{path[:80]!r} is not part of polyp-al")
+        if path.startswith("/proxy/") and method not in ("GET", "HEAD"):  # OHIF's "store SEG" would skip the checks
+            raise _Refused(405, "the DICOMweb proxy is read-only in polyp-al: save labels with PUT /datastore/label "
+                                "(checked, then stored as DICOM SEG)")
         if path.startswith("/model/") and method in ("PUT", "DELETE"):
             if self.model_app is None:
                 raise _Refused(403, MODEL_UPLOAD_OFF)
