@@ -19,7 +19,7 @@ import tracemalloc
 import numpy as np
 from sklearn.metrics import pairwise_distances
 
-from polypal.kcenter import k_center_greedy
+from polypal.sampler import k_center_greedy
 
 
 def reference_kcenter(x, labeled, budget):

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from server_utils import SAMPLE, free_port, http  # noqa: E402
 
-from polypal.active import ActiveLearningState, model_version  # noqa: E402
+from polypal.serving import ActiveLearningState, model_version  # noqa: E402
 
 
 def build(base: Path, n: int, labeled: int, dim: int, batch: int) -> dict:

@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 
 from polypal.data import list_images, read_rgb, resize_rgb
-from polypal.learner import predict
-from polypal.model import PolypUNet
-from polypal.profiles import get_profile
+from polypal.learner import PolypUNet, get_profile, predict
+from polypal.sampler import BvSB
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,9 +38,9 @@ def main():
 
         x = np.stack(ims)
         model = PolypUNet.from_profile(p).eval()
-        predict(model, x[:8], aggregations=("mean",), keep_probs=False)  # warm-up
+        predict(model, x[:8], scorers=(BvSB("mean"),), keep_probs=False)  # warm-up
         t = time.perf_counter()
-        predict(model, x, aggregations=("mean",), keep_probs=False)
+        predict(model, x, scorers=(BvSB("mean"),), keep_probs=False)
         t_fwd = time.perf_counter() - t
         print(f"{name:9s} {p.size}px: decode+resize {len(x) / t_dec:6.1f} frames/s, model pass {len(x) / t_fwd:6.1f} "
               f"frames/s, together {len(x) / (t_dec + t_fwd):6.1f} frames/s")

@@ -5,7 +5,7 @@
         --out results/calibration/raw/cvc-n80.jsonl
 
 The labeled set at seed k is the AL protocol's initial draw of n frames from the
-pool (``polypal.simulate.initial_labeled``: the same as Random's labeled set of
+pool (``polypal.experiments.simulate.initial_labeled``: the same as Random's labeled set of
 that size), on the same split as ``polypal-sim run`` (split seed 0, CVC by
 video sequence, Kvasir tested on the sessile frames). Training seed k*1000.
 Every selection rule the config's training supports (best-val, last, EMA,
@@ -25,12 +25,10 @@ from pathlib import Path
 
 import torch
 
-from polypal.cli import _make_split
+from polypal.experiments.cli import _make_split
 from polypal.data import load_folder
-from polypal.learner import predict, train
-from polypal.metrics import evaluate
-from polypal.profiles import get_profile
-from polypal.simulate import initial_labeled
+from polypal.learner import evaluate, get_profile, predict, train
+from polypal.experiments.simulate import initial_labeled
 
 # every config is cpu-lite with these fields overridden (the profile as it was before calibration is "old")
 OLD = dict(epochs=40, min_steps=600, max_steps=600, schedule="constant", warmup=0.0, min_lr=0.0, augment="",
@@ -82,7 +80,7 @@ def main(argv=None) -> int:
         rec = {"config": args.config, "dataset": args.dataset, "n": args.n, "seed": seed,
                "steps": tr.steps, "train_seconds": round(tr.seconds, 1), "overrides": over, "test": {}}
         for rule, m in tr.variants.items():
-            met = evaluate(predict(m, test.images, aggregations=()).probs, test.masks)
+            met = evaluate(predict(m, test.images, scorers=()).probs, test.masks)
             met.pop("pooled")
             rec["test"][rule] = {k: round(float(v), 4) for k, v in met.items()}
         rec["history"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()

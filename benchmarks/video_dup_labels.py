@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from video_thresholds import encode  # noqa: E402
 
-from polypal.splits import read_sequences  # noqa: E402
+from polypal.experiments.splits import read_sequences  # noqa: E402
 from polypal.video import dedupe_candidates  # noqa: E402
 from polypal.video import frames as F  # noqa: E402
 from polypal.video.ingest import ingest_video  # noqa: E402

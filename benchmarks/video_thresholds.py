@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
-from polypal.splits import read_sequences  # noqa: E402
+from polypal.experiments.splits import read_sequences  # noqa: E402
 from polypal.video import frames as F  # noqa: E402
 from polypal.video.ingest import ingest_video  # noqa: E402
 

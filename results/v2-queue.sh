@@ -10,9 +10,9 @@ V="--dataset cvc --data ../shared/datasets/cvc-clinicdb --profile cpu-lite --thr
 K="--dataset kvasir --data ../shared/datasets/kvasir-seg --profile cpu-lite --threads 1 --out results/kvasir-v2"
 $S ceiling $V --seeds 0
 $S run $V --strategies random,unc_ta_coreset --seeds 0,1,2
+$S run $V --strategies random,unc_ta_coreset --seeds 3,4
 $S ceiling $K --seeds 0
 $S run $K --strategies random,unc_ta_coreset --seeds 0,1,2
-$S run $V --strategies random,unc_ta_coreset --seeds 3,4
 $S run $K --strategies random,unc_ta_coreset --seeds 3,4
 $S ceiling $V --seeds 1,2
 $S ceiling $K --seeds 1,2

@@ -18,9 +18,7 @@ import numpy as np
 import torch
 
 from polypal.data import load_folder
-from polypal.learner import predict, train
-from polypal.metrics import per_image_scores
-from polypal.profiles import get_profile
+from polypal.learner import get_profile, per_image_scores, predict, train
 
 
 def main(root: str, split_path: str, n_train: int = 400, seed: int = 0) -> None:

@@ -28,13 +28,13 @@ mkdir -p "$OUT"
 for group in "${GROUPS_[@]}"; do
   case $group in
     sampler)
-      modules='["lib/polypal/strategies.py", "lib/polypal/kcenter.py"]'
+      modules='["lib/polypal/sampler/strategies.py", "lib/polypal/sampler/kcenter.py"]'
       tests="tests/test_algorithm1_reference.py tests/test_strategies.py tests/test_kcenter.py tests/test_strategy_properties.py";;
     metrics)
-      modules='["lib/polypal/metrics.py"]'
+      modules='["lib/polypal/learner/metrics.py"]'
       tests="tests/test_uncertainty_metrics.py tests/test_metrics_reference.py";;
     uncertainty)
-      modules='["lib/polypal/uncertainty.py"]'
+      modules='["lib/polypal/sampler/uncertainty.py"]'
       tests="tests/test_uncertainty_metrics.py tests/test_metrics_reference.py";;
     *) echo "unknown group $group (sampler, metrics, uncertainty)" >&2; exit 2;;
   esac

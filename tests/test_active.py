@@ -1,8 +1,8 @@
-"""The live AL state (polypal.active) without a server."""
+"""The live AL state (polypal.serving.state) without a server."""
 
 import numpy as np
 
-from polypal.active import ActiveLearningState, NO_MODEL
+from polypal.serving import ActiveLearningState, NO_MODEL
 
 
 def setup_state(tmp_path, n=30, batch=5, with_scores=True, version="v1"):
@@ -129,10 +129,10 @@ def test_a_plan_made_elsewhere_meanwhile_is_kept(tmp_path):
     st, ids = setup_state(tmp_path)
     other = ActiveLearningState(tmp_path / "st", batch_size=5, gamma=0.5, lease_seconds=100)
     p1 = other.plan("random", ids, set(), "v1")
-    real_last = st._last_cycle
-    st._last_cycle = lambda strategy: 0  # as if st had read the cycle before `other` committed
+    real_last = st.plans.last_cycle
+    st.plans.last_cycle = lambda strategy: 0  # as if st had read the cycle before `other` committed
     p2 = st.plan("random", ids, set(), "v1")
-    st._last_cycle = real_last
+    st.plans.last_cycle = real_last
     assert p2["cycle"] == p1["cycle"] == 1 and p2["rows"] == p1["rows"]
     assert len(st._conn().execute("SELECT * FROM plan_meta").fetchall()) == 1
 
@@ -140,7 +140,7 @@ def test_a_plan_made_elsewhere_meanwhile_is_kept(tmp_path):
 def test_random_fallback_is_replaced_once_thumbnails_exist(tmp_path):
     """First cycle: asked before any thumbnail exists, a plan falls back to random; once the thumbnails
     of the pool are computed the next request gets a PCA-Coreset plan, and the answer says which."""
-    from polypal.active import FALLBACK_PCA, FALLBACK_RANDOM
+    from polypal.serving import FALLBACK_PCA, FALLBACK_RANDOM
 
     st = ActiveLearningState(tmp_path / "st", batch_size=5, lease_seconds=100)
     ids = [f"f{i:02d}" for i in range(30)]

@@ -1,7 +1,7 @@
 """Algorithm 1 (Unc + TA-Coreset) against an independent brute-force reference.
 
 The reference below is written from the paper (Poudel et al., section 2.2 and
-Algorithm 2), not from ``polypal.strategies``:
+Algorithm 2), not from ``polypal.sampler.strategies``:
 
     B_u = gamma * B frames by BvSB uncertainty, B_d = (1 - gamma) * B frames by
     k-center greedy on the latents with the labeled set as initial centers; the
@@ -39,8 +39,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from polypal.kcenter import k_center_greedy
-from polypal.strategies import PoolInfo, select, unc_ta_coreset
+from polypal.sampler import PoolInfo, k_center_greedy, select, unc_ta_coreset
 
 GAMMAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 

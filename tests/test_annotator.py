@@ -59,13 +59,12 @@ def test_errors_scoring_storm_and_training_stats(tmp_path):
         s, r = http("PUT", f"{url}/datastore/label?image={new}&tag=final", body, {"Content-Type": ct})
         assert s == 200 and "model_dice" in r, r
         from polypal.data import read_mask, read_rgb, resize_mask, resize_rgb
-        from polypal.learner import predict
-        from polypal.model import load_checkpoint
-        from polypal.quality import label_dice
+        from polypal.learner import load_checkpoint, predict
+        from polypal.serving.quality import label_dice
 
         model, prof, _ = load_checkpoint(tmp_path / "model" / "polyp_seg-smoke.pt", device="cpu")
         rgb = read_rgb(studies / f"{new}.jpg")
-        prob = predict(model, resize_rgb(rgb, prof.size)[None], aggregations=()).probs[0]
+        prob = predict(model, resize_rgb(rgb, prof.size)[None], scorers=()).probs[0]
         want = label_dice(prob > 0.5, resize_mask(read_mask(sample_mask(new), rgb.shape[:2]), prof.size))
         assert abs(r["model_dice"] - want) < 1e-4
         info = http("GET", f"{url}/info/")[1]["polyp_al"]
@@ -159,7 +158,7 @@ def test_two_cycles_progress_quality_export(tmp_path):
         runs = len(re.findall(r"Scoring request", srv.log.read_text(errors="replace"))) - runs0
         assert runs <= 2 + 3, f"{runs} scoring runs for 2 models and 3 label batches"
         out = tmp_path / "export"
-        from polypal.export import main as export
+        from polypal.serving.export import main as export
 
         assert export([str(studies), str(out)]) == 0
         fs = load_folder(out, size=32)

@@ -6,9 +6,9 @@ import os
 import numpy as np
 
 from conftest import require_shared, write_dataset
-from polypal.cli import main
-from polypal.simulate import read_records
-from polypal.splits import cvc_split, kvasir_split, read_names, read_sequences
+from polypal.experiments.cli import main
+from polypal.experiments.simulate import read_records
+from polypal.experiments.splits import cvc_split, kvasir_split, read_names, read_sequences
 
 
 def run_cli(data, out, strategies="random,unc_ta_coreset,vaal", seeds="0", cycles=2, extra=()):

@@ -94,16 +94,18 @@ def test_missing_mask_names_file(tmp_path):
 def test_cache_decodes_once_and_invalidates(tmp_path, monkeypatch):
     import collections
 
-    import polypal.data as data
+    import polypal.data.images as images
+    import polypal.data.masks as masks
 
     opened = collections.Counter()
-    real_open = data._open
+    real_open = images._open
 
     def counting_open(path):
         opened[str(path)] += 1
         return real_open(path)
 
-    monkeypatch.setattr(data, "_open", counting_open)
+    monkeypatch.setattr(images, "_open", counting_open)  # frames
+    monkeypatch.setattr(masks, "_open", counting_open)  # masks
     root = write_dataset(tmp_path / "d", 3)
     cache = tmp_path / "cache"
     a = load_folder(root, 16, cache_dir=cache)

@@ -102,8 +102,8 @@ def test_kill9_during_label_saves_loses_nothing_acknowledged(tmp_path):
 def test_concurrent_label_saves_while_scoring(tmp_path):
     from polypal.data import load_folder
     from polypal.learner import train
-    from polypal.model import save_checkpoint
-    from polypal.profiles import get_profile
+    from polypal.learner.model import save_checkpoint
+    from polypal.learner import get_profile
 
     studies = tmp_path / "studies"
     masks = make_frames(studies, 48, seed=3)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from polypal import dicomweb
+from polypal.serving import dicomweb
 from server_utils import SAMPLE, Server, free_port, http
 
 pytestmark = pytest.mark.server
@@ -157,8 +157,8 @@ def _always_polyp_model(path: Path, profile: str = "smoke"):
     """A real checkpoint in our format whose U-Net says "polyp" everywhere: a prediction SEG covering the frame."""
     import torch
 
-    from polypal.model import PolypUNet, save_checkpoint
-    from polypal.profiles import get_profile
+    from polypal.learner.model import PolypUNet, save_checkpoint
+    from polypal.learner import get_profile
 
     prof = get_profile(profile)
     m = PolypUNet.from_profile(prof)

@@ -8,8 +8,8 @@ from PIL import Image
 
 from conftest import synth_frame
 from polypal.data import load_folder
-from polypal.export import main
-from polypal.framestore import FrameStore
+from polypal.serving.export import main
+from polypal.serving.framestore import FrameStore
 
 
 def test_export_round_trip(tmp_path):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from polypal.framestore import FrameStore, InvalidName, check_name
+from polypal.serving.framestore import FrameStore
+from polypal.vocab import InvalidName, check_name
 
 
 def make_frames(root, n, size=(20, 30)):
@@ -55,7 +56,7 @@ def uploads(root, tag="final"):
 
 
 def test_failed_saves_leave_no_upload_file_and_keep_the_old_label(tmp_path, monkeypatch):
-    import polypal.framestore as framestore
+    import polypal.serving.framestore as framestore
 
     root = make_frames(tmp_path / "s", 3)
     fs = FrameStore(root)

@@ -44,8 +44,8 @@ class Pwn:
 
 
 def write_model(path: Path, profile_name="smoke", **arch):
-    from polypal.model import PolypUNet, save_checkpoint
-    from polypal.profiles import get_profile
+    from polypal.learner.model import PolypUNet, save_checkpoint
+    from polypal.learner import get_profile
 
     prof = get_profile(profile_name, **arch)
     torch.manual_seed(0)
@@ -56,8 +56,7 @@ def write_model(path: Path, profile_name="smoke", **arch):
 
 def hostile_checkpoint(path: Path, target: Path):
     """A real smoke checkpoint whose metadata carries a pickled object that writes ``target``."""
-    from polypal.model import PolypUNet
-    from polypal.profiles import get_profile
+    from polypal.learner import PolypUNet, get_profile
 
     prof = get_profile("smoke")
     payload = {"state_dict": PolypUNet.from_profile(prof).state_dict(), "profile": prof.to_dict(),
@@ -175,7 +174,7 @@ def wait_clean(srv, tmpdir: Path, before):
 
 # -- 1. code execution through the model endpoint ----------------------------------------------------
 def test_library_refuses_pickled_code(tmp_path):
-    from polypal.model import CheckpointError, load_checkpoint
+    from polypal.learner import CheckpointError, load_checkpoint
 
     target = tmp_path / "PWNED"
     ck = hostile_checkpoint(tmp_path / "evil.pt", target)
@@ -481,7 +480,7 @@ def test_torn_thumbnail_file_recovers(tmp_path):
         assert "cannot reshape" not in srv.tail(400)
     finally:
         srv.stop()
-    from polypal.active import THUMB
+    from polypal.serving import THUMB
 
     assert thumbs.stat().st_size % (THUMB * THUMB * 3) == 0
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from polypal.kcenter import k_center_greedy, min_sq_dists
+from polypal.sampler.kcenter import k_center_greedy, min_sq_dists
 
 
 def brute_force_kcenter(x, labeled, budget, seed=0):

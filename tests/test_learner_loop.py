@@ -3,12 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_shared, write_dataset
+from conftest import REPO, require_shared, write_dataset
 from polypal.data import load_folder
-from polypal.learner import predict, train
-from polypal.model import PolypUNet, load_checkpoint, save_checkpoint
-from polypal.profiles import get_profile
-from polypal.simulate import StrategySpec, read_records, run
+from polypal.learner import PolypUNet, get_profile, load_checkpoint, predict, save_checkpoint, train
+from polypal.sampler import BvSB
+from polypal.experiments.simulate import RunSpec, read_records, run
 
 
 def test_model_returns_logits_and_pooled_latent():
@@ -45,7 +44,7 @@ def test_training_is_deterministic_and_checkpoint_roundtrips(tmp_path, kvasir_li
         assert v == pytest.approx(again[k], abs=1e-6), k
     if prof.select == "best_val" and a.history:  # and they are the best seen during training
         assert a.best_val["polyp_dice"] == max(h["polyp_dice"] for h in a.history)
-    pred = predict(a.model, fs.images, aggregations=("mean", "topk", "region"))
+    pred = predict(a.model, fs.images, scorers=(BvSB("mean"), BvSB("topk"), BvSB("region")))
     assert pred.probs.shape == (24, 32, 32) and pred.latents.shape == (24, 16)
     assert set(pred.scores) == {"mean", "topk", "region"}
     assert np.all((pred.scores["mean"] >= 0) & (pred.scores["mean"] <= 1))
@@ -59,7 +58,7 @@ def _smoke_loop(root, tmp_path, strategy):
     fs = load_folder(root, 32)
     pool, val, test = fs.subset(range(0, 28)), fs.subset(range(28, 34)), fs.subset(range(34, 40))
     out = tmp_path / f"{strategy}.jsonl"
-    spec = StrategySpec.parse(strategy)
+    spec = RunSpec.parse(strategy)
     recs = run(pool, val, test, spec, get_profile("smoke"), seed=0, n_initial=6, budget=5, cycles=2,
                out_file=out, device="cpu")
     return pool, recs, out
@@ -93,7 +92,7 @@ def test_smoke_al_loop_real_frames(tmp_path):
 
 
 def test_lr_schedule_warmup_then_cosine():
-    from polypal.learner import lr_factor
+    from polypal.learner.training import lr_factor
 
     p = get_profile("smoke", schedule="cosine", warmup=0.1, min_lr=0.05)
     f = [lr_factor(p, s, 100) for s in range(100)]
@@ -105,7 +104,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 @pytest.mark.parametrize("kind", ["flips", "rot", "endo"])
 def test_augmentation_is_seeded_and_keeps_masks_binary(kind):
-    from polypal.augment import Augmenter
+    from polypal.learner.augment import Augmenter
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 3, 32, 32, generator=g) * 2 - 1
@@ -129,3 +128,26 @@ def test_selection_rules_and_variants(kvasir_like):
         torch.testing.assert_close(v, r.variants["ema"].state_dict()[k])
     with pytest.raises(ValueError, match="needs an EMA"):
         train(get_profile("smoke", select="ema"), fs.images[:4], fs.masks[:4], device="cpu")
+
+
+def test_hash_validation_yields_validation_frames_on_small_sets():
+    """The live server's split: a fifth of the labels validate even on a small set, stably, order-free."""
+    import hashlib
+
+    from polypal.learner import hash_validation
+
+    def by_hash(i):  # the split's first rule: sha1(id) mod 5 == 0
+        return int(hashlib.sha1(i.encode()).hexdigest(), 16) % 5 == 0
+
+    from polypal.data import find_pairs, frame_id
+
+    sample = [frame_id(i) for i, _ in find_pairs(REPO / "sample-datasets" / "kvasir-seg-mini")]
+    assert len(sample) == 30 and sum(map(by_hash, sample)) == 2  # the modulo alone: 2 of the 30 bundled frames
+    for n in (5, 12, 20, 30):
+        ids = sample[:n]
+        val = hash_validation(ids)
+        assert val.sum() >= n // 5 and not val.all(), n
+        assert list(hash_validation(ids[::-1])[::-1]) == list(val)  # independent of the order
+        # a frame that validates by its hash keeps validating as labels are added
+        assert all(val[k] for k, i in enumerate(ids) if by_hash(i))
+    assert not hash_validation(sample[:4]).any()  # too few labels: all train

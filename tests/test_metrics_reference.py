@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from polypal.metrics import evaluate, paper_miou, per_image_scores, pooled_confusion
-from polypal.uncertainty import aggregate, bvsb_binary, bvsb_multiclass, image_scores
+from polypal.learner.metrics import evaluate, paper_miou, per_image_scores, pooled_confusion
+from polypal.sampler import aggregate, bvsb_binary, bvsb_multiclass, image_scores
 
 
 def ref_paper_miou(pred, target):

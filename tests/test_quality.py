@@ -1,10 +1,10 @@
-"""polypal.quality: the per-model curve and the stopping rule, against hand-computed values."""
+"""polypal.serving.quality: the per-model curve and the stopping rule, against hand-computed values."""
 
 import math
 
 import numpy as np
 
-from polypal.quality import label_dice, stopping_signal, summarize
+from polypal.serving.quality import label_dice, stopping_signal, summarize
 
 
 def test_label_dice_hand_computed():

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from conftest import write_dataset
-from polypal import strategies
-from polypal.active import ActiveLearningState
-from polypal.strategies import DIVERSITY, REGISTRY, Selection, StrategySpec, register, resolve, server_strategies
+from polypal.sampler import strategies
+from polypal.serving import ActiveLearningState
+from polypal.sampler import DIVERSITY, REGISTRY, Selection, StrategySpec, register, resolve, server_strategies
 
 
 @pytest.fixture
@@ -40,12 +40,12 @@ def test_registered_strategy_is_served_by_the_live_planner(tmp_path, toy):
 
 def test_registered_strategy_is_simulated(tmp_path, toy):
     from polypal.data import load_folder
-    from polypal.profiles import get_profile
-    from polypal.simulate import StrategySpec as SimSpec, run
+    from polypal.learner import get_profile
+    from polypal.experiments.simulate import RunSpec, run
 
     fs = load_folder(write_dataset(tmp_path / "d", 30, seed=4), size=32)
     pool, val, test = fs.subset(range(0, 20)), fs.subset(range(20, 25)), fs.subset(range(25, 30))
-    recs = run(pool, val, test, SimSpec.parse("toynorm"), get_profile("smoke"), seed=0, n_initial=4, budget=3,
+    recs = run(pool, val, test, RunSpec.parse("toynorm"), get_profile("smoke"), seed=0, n_initial=4, budget=3,
                cycles=1, out_file=tmp_path / "toy.jsonl", device="cpu")
     assert [r["n_labeled"] for r in recs] == [4, 7]
     assert len(recs[0]["selected"]) == 3

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from polypal.cli import main
-from polypal.report import bootstrap_ci, make_report
+from polypal.experiments.cli import main
+from polypal.experiments.report import bootstrap_ci, make_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,10 +149,7 @@ def test_new_recipe_trains_and_beats_an_untrained_model():
     """cpu-lite's recipe (lr, flips, EMA of the weights returned) at smoke sizes (64 px, 300 steps) on
     16 real Kvasir-SEG frames (4 for validation), tested on the other 10."""
     from polypal.data import load_folder
-    from polypal.learner import predict, train
-    from polypal.metrics import evaluate
-    from polypal.model import PolypUNet
-    from polypal.profiles import get_profile
+    from polypal.learner import PolypUNet, evaluate, get_profile, predict, train
 
     torch.set_num_threads(1)
     fs = load_folder(REPO / "sample-datasets" / "kvasir-seg-mini", 64)

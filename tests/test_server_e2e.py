@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from polypal.active import model_version
+from polypal.serving import model_version
 from polypal.data import read_mask, write_label
 from server_utils import Server, http, make_studies, multipart, sample_mask
 
@@ -56,7 +56,7 @@ def readable_ids(server):
 
 def al_state(server):
     """The server's active-learning state (scores, plans, leases), opened from the test process."""
-    from polypal.active import ActiveLearningState
+    from polypal.serving import ActiveLearningState
 
     return ActiveLearningState(server.studies / ".polypal")
 
@@ -71,12 +71,12 @@ def held_by_others(server, client_id):
 def library_prediction(model_path, frame_path):
     """What the library predicts for one frame: probabilities at the profile size, latent, BvSB mean score."""
     from polypal.data import read_rgb, resize_rgb
-    from polypal.learner import predict
-    from polypal.model import load_checkpoint
+    from polypal.learner import load_checkpoint, predict
+    from polypal.sampler import BvSB
 
     model, prof, _ = load_checkpoint(model_path, device="cpu")
     rgb = read_rgb(frame_path)
-    pred = predict(model, resize_rgb(rgb, prof.size)[None], aggregations=("mean",))
+    pred = predict(model, resize_rgb(rgb, prof.size)[None], scorers=(BvSB("mean"),))
     return rgb.shape[:2], pred
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from polypal.splits import cvc_split, kvasir_split, read_names, read_sequences, save_split
+from polypal.experiments.splits import cvc_split, kvasir_split, read_names, read_sequences, save_split
 
 
 def names_of(n, prefix="f"):

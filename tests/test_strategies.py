@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from polypal.errors import EmptyPoolError
-from polypal.strategies import STRATEGIES, PoolInfo, pca_features, select, top_uncertain, unc_ta_coreset
+from polypal.sampler import STRATEGIES, PoolInfo, pca_features, select, top_uncertain, unc_ta_coreset
 
 
 def make_info(n=200, d=16, seed=0, with_features=True):
@@ -185,7 +185,7 @@ def test_select_default_seed_is_zero(name):
 
 
 def test_each_coreset_uses_its_own_features():
-    from polypal.kcenter import k_center_greedy
+    from polypal.sampler import k_center_greedy
 
     info = make_info(n=50)
     lab = [3, 9]

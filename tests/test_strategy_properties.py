@@ -14,8 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from polypal.errors import EmptyPoolError
-from polypal.kcenter import k_center_greedy
-from polypal.strategies import STRATEGIES, PoolInfo, select
+from polypal.sampler import PoolInfo, STRATEGIES, k_center_greedy, select
 
 SETTINGS = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 SAMPLERS = {

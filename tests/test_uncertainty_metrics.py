@@ -2,8 +2,8 @@ import numpy as np
 import torch
 import pytest
 
-from polypal.metrics import evaluate, paper_miou, per_image_scores, pooled_confusion
-from polypal.uncertainty import aggregate, bvsb_binary, bvsb_multiclass, image_scores
+from polypal.learner.metrics import evaluate, paper_miou, per_image_scores, pooled_confusion
+from polypal.sampler import aggregate, bvsb_binary, bvsb_multiclass, image_scores
 
 
 def test_bvsb_binary_hand_values():

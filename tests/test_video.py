@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from polypal.framestore import FrameStore, check_name  # noqa: E402
+from polypal.serving.framestore import FrameStore  # noqa: E402
+from polypal.vocab import check_name  # noqa: E402
 from polypal.video import dedupe_candidates, dedupe_tiers, load_index, sanitize, spread_across_videos  # noqa: E402
 from polypal.video import frames as F  # noqa: E402
 from polypal.video.select import grouped_candidates, plan_universe  # noqa: E402
@@ -212,7 +213,7 @@ def test_grouped_candidates_for_the_simulation():
 
 def test_plan_universe_with_a_real_strategy(clip, tmp_path):
     """The call the server's planner makes: a plan over plan_universe never holds two frames of a group."""
-    from polypal.strategies import PoolInfo, select
+    from polypal.sampler import PoolInfo, select
 
     st = tmp_path / "st"
     assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0
@@ -246,7 +247,7 @@ def test_spread_across_videos():
 def test_real_clip_groups_near_duplicates(tmp_path):
     if not CVC.is_dir() or not SEQ_CSV.exists():
         pytest.skip(f"real-data clip needs CVC-ClinicDB at {CVC} and {SEQ_CSV} (set POLYP_DATA)")
-    from polypal.splits import read_sequences
+    from polypal.experiments.splits import read_sequences
 
     seq = read_sequences(SEQ_CSV)
     by = {}

@@ -5,6 +5,9 @@
 
 The classes here only wire MONAI Label to the polypal library (lib/ at the
 repository root): infer, train, scoring and every strategy call into it.
+
+Size (over ~250 lines): every method is a hook MONAI Label calls on its app class (init_*,
+info, next_sample, infer, on_save_label, async_scoring); the work is in lib/ and polypal.
 """
 
 import logging
@@ -27,10 +30,10 @@ from lib.train import PolypSegTrain
 import monailabel
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
-from polypal.active import ActiveLearningState, is_fallback, model_version
-from polypal.strategies import server_strategies
+from polypal.serving import ActiveLearningState, model_version, refresh_due
+from polypal.sampler import server_strategies
 from polypal.data import DataError, TooLarge
-from polypal.framestore import InvalidName, check_name
+from polypal.vocab import IMAGE_EXTENSIONS, InvalidName, check_name, patterns
 
 logger = logging.getLogger(__name__)
 LABELS = {"polyp": 1}
@@ -117,7 +120,7 @@ class PolypALApp(MONAILabelApp):
         if self.conf.get("datastore", "polypal") == "local":  # MONAI Label's own, for comparisons
             from monailabel.datastore.local import LocalDatastore
 
-            return LocalDatastore(self.studies, extensions=["*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff"])
+            return LocalDatastore(self.studies, extensions=list(patterns(IMAGE_EXTENSIONS)))
         return PolypDatastore(self.studies)
 
     def _dicomweb_datastore(self, settings):
@@ -159,14 +162,12 @@ class PolypALApp(MONAILabelApp):
 
     def info(self):
         meta = super().info()
-        state = self.state.summary()
         try:
             labeled = set(self.datastore().get_labeled_images())
-            for name, p in state["plans"].items():
-                cur = self.state.current_plan(name)
-                p["left_to_label"] = sum(1 for r in cur["rows"] if r[1] not in labeled) if cur else 0
         except Exception as e:  # noqa: BLE001 - e.g. the DICOMweb server is down: /info still answers
             logger.debug(f"plan counts not available: {e}")
+            labeled = None
+        state = self.state.summary(labeled)
         meta["polyp_al"] = {"profile": self.cfg.profile.name, "batch_size": self.cfg.batch_size,
                             "gamma": self.cfg.gamma, "model": self._model_name(), "state": state,
                             "annotators": self.state.annotators(), "video": self._video_summary(),
@@ -245,10 +246,7 @@ class PolypALApp(MONAILabelApp):
         stop = self.state.quality()["stopping"]
         if stop:
             res["note"] = f"{res['note']}; {stop}" if res.get("note") else stop
-        stale = res.get("model_version") not in (model_version(self.cfg.model_path), None) \
-            and not is_fallback(res.get("model_version")) and server_strategies()[name].needs_model
-        if self._auto_update_scoring and (is_fallback(res.get("model_version")) or stale
-                                          or res.get("position") == res.get("batch_size")):
+        if self._auto_update_scoring and refresh_due(res, model_version(self.cfg.model_path)):
             self._score_if_useful()
         return res
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from polypal.data import DEFAULT_MAX_PIXELS, set_max_pixels
-from polypal.profiles import Profile, get_profile
+from polypal.learner import Profile, get_profile
 
 
 @dataclass

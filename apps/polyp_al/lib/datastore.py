@@ -1,9 +1,9 @@
-"""The app's datastore: MONAI Label's Datastore interface over polypal.framestore.
+"""The app's datastore: MONAI Label's Datastore interface over polypal.serving.framestore.
 
 Same on-disk layout as MONAI Label's LocalDatastore (images at the top,
 ``labels/final``, ``labels/original``), so its endpoints and clients work
 unchanged; metadata in SQLite instead of one rewritten JSON file (see
-polypal.framestore). On top of that:
+polypal.serving.framestore). On top of that:
 
 - image ids and label tags that would leave the studies folder get HTTP 400;
 - an uploaded label must be a mask (not a photograph) or a single-slice label
@@ -13,9 +13,12 @@ polypal.framestore). On top of that:
   alpha-only drawing all become the same 0/1 mask);
 - uploading to an existing image id answers 409 unless params say
   ``{"replace": true}``; deletes and replacements keep the old files in
-  ``.polypal/trash`` (polypal.framestore);
+  ``.polypal/trash`` (polypal.serving.framestore);
 - images over the pixel cap answer 413; a refused upload's temporary file is
   deleted.
+
+Size (over ~250 lines): MONAI Label's ``Datastore`` interface has some thirty abstract
+methods, each a thin call into ``FrameStore``; splitting them would scatter one interface.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
 from polypal.data import VOLUME_EXTENSIONS, DataError, TooLarge, read_mask, read_rgb, write_label
-from polypal.framestore import Exists, FrameStore, InvalidName, NotFound, check_name, split_name
+from polypal.serving.framestore import Exists, FrameStore, NotFound
+from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, split_name
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +153,7 @@ class PolypDatastore(Datastore):
         import zipfile
 
         from lib.security import scratch_file
-        from polypal.export import export_labeled
+        from polypal.serving.export import export_labeled
 
         fd, path = tempfile.mkstemp(suffix=".zip")
         os.close(fd)
@@ -221,7 +225,7 @@ class PolypDatastore(Datastore):
             _checked("image id", image_id)
             _checked("label tag", label_tag)
             _, ext = split_name(os.path.basename(label_filename))
-            if ext.lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff") + VOLUME_EXTENSIONS:
+            if ext.lower() not in LABEL_EXTENSIONS:
                 raise HTTPException(status_code=415, detail=f"label for {image_id}: file type "
                                                             f"{ext or '(no extension)'!r} not accepted; send a "
                                                             f"png/jpg/tif mask or a .nii.gz/.nii/.nrrd label map")

@@ -15,6 +15,12 @@ When the DICOMweb server is unreachable, requests fail fast (short timeouts,
 one retry) with HTTP 503 naming the server; /info still answers and reports
 it. Predictions can be stored as SEG too (``store_prediction``), with a series
 description that keeps them out of the training labels.
+
+start.
+
+Size (over ~250 lines): MONAI Label's DICOMweb datastore class and its client are extended
+here in one place because the pending-label queue, the SEG conversion and the verified store
+share state and must be read together.
 """
 
 from __future__ import annotations

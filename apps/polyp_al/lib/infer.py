@@ -15,10 +15,10 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from polypal.data import normalize, read_rgb, resize_prob, resize_rgb, write_label
-from polypal.model import CheckpointError, PolypUNet, load_checkpoint
+from polypal.learner import CheckpointError, PolypUNet, load_checkpoint
+from polypal.vocab import WRITE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
-LABEL_EXTENSIONS = (".png", ".nrrd", ".nii.gz", ".nii")
 
 
 class LoadFramed:
@@ -102,8 +102,8 @@ class PolypSegInfer(BasicInferTask):
         ext = (extension or data.get("result_extension") or ".png").lower()
         if not ext.startswith("."):
             ext = "." + ext
-        if ext not in LABEL_EXTENSIONS:
-            raise ValueError(f"result_extension {ext!r} not supported; use one of {', '.join(LABEL_EXTENSIONS)}")
+        if ext not in WRITE_EXTENSIONS:
+            raise ValueError(f"result_extension {ext!r} not supported; use one of {', '.join(WRITE_EXTENSIONS)}")
         fd, path = tempfile.mkstemp(suffix=ext)
         os.close(fd)
         write_label(data["pred"], path)

@@ -16,7 +16,7 @@ import time
 
 from fastapi import FastAPI, File, HTTPException, UploadFile
 
-from polypal.model import CheckpointError, load_checkpoint
+from polypal.learner import CheckpointError, load_checkpoint
 
 logger = logging.getLogger(__name__)
 MAX_MODEL_BYTES = 1 << 30

@@ -1,15 +1,14 @@
-"""Label-time quality: the current model's Dice on each frame an annotator labels (polypal.quality)."""
+"""Label-time quality: the current model's Dice on each frame an annotator labels (polypal.serving.quality)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 
-from polypal.active import NO_MODEL, model_version
+from polypal.serving import NO_MODEL, model_version
 from polypal.data import DataError, read_mask, read_rgb, resize_mask, resize_rgb
-from polypal.learner import predict
-from polypal.model import CheckpointError, load_checkpoint
-from polypal.quality import label_dice
+from polypal.learner import CheckpointError, load_checkpoint, predict
+from polypal.serving.quality import label_dice
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ class LabelQuality:
             return None
         size = self.cfg.profile.size
         with self._lock:
-            prob = predict(model, resize_rgb(rgb, size)[None], aggregations=(), keep_probs=True).probs[0]
+            prob = predict(model, resize_rgb(rgb, size)[None], scorers=(), keep_probs=True).probs[0]
         dice = label_dice(prob > 0.5, resize_mask(mask, size))
         self.state.add_quality(image_id, version, dice)
         return dice

@@ -1,4 +1,4 @@
-"""Active-learning strategies as served: thin wrappers over polypal.active."""
+"""Active-learning strategies as served: thin wrappers over polypal.serving.state."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import logging
 
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from polypal.active import model_version
-from polypal.strategies import server_strategies
+from polypal.serving import model_version
+from polypal.sampler import server_strategies
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ file shown in /info.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,16 +17,10 @@ import time
 import numpy as np
 from monailabel.interfaces.tasks.train import TrainTask
 
-from polypal.data import DataError, image_id, load_frame
-from polypal.learner import train
-from polypal.model import save_checkpoint
+from polypal.data import DataError, frame_id, load_frame
+from polypal.learner import hash_validation, save_checkpoint, train
 
 logger = logging.getLogger(__name__)
-
-
-def is_validation(image_id: str, fraction: int = 5) -> bool:
-    """Deterministic, label-order-independent split: sha1(id) mod fraction == 0."""
-    return int(hashlib.sha1(image_id.encode()).hexdigest(), 16) % fraction == 0
 
 
 def _iso(t: float) -> str:
@@ -104,7 +97,7 @@ class PolypSegTrain(TrainTask):
     def __call__(self, request, datastore):
         size = self.cfg.profile.size
         # datalist(): (image, final label) file pairs; the DICOMweb datastore downloads SEGs as NIfTI here
-        pairs = sorted((image_id(d["image"]), d["image"], d["label"]) for d in datastore.datalist())
+        pairs = sorted((frame_id(d["image"]), d["image"], d["label"]) for d in datastore.datalist())
         images, masks, used, skipped = [], [], [], {}
         for i, image_path, label_path in pairs:
             try:
@@ -118,9 +111,7 @@ class PolypSegTrain(TrainTask):
             used.append(i)
         if not used:
             raise ValueError("no labeled frames to train on: save at least one final label first")
-        val = np.array([is_validation(i) for i in used])
-        if val.all() or len(used) < 5:  # too few labels: validate on nothing, keep the last weights
-            val[:] = False
+        val = hash_validation(used)  # a fifth of the labels (none below 5 labels), stable as labels are added
         images, masks = np.stack(images), np.stack(masks)
         t0 = time.time()
         number = int(self.stats().get("model_number") or 0) + 1

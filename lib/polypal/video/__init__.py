@@ -1,10 +1,10 @@
 """Colonoscopy video in: ``polypal-ingest`` (ingest.py), frame measures (frames.py), the ingest records
 (store.py) and one-frame-per-group serving order (select.py)."""
 
-from .frames import DUP_BITS, flags, measure
-from .ingest import VideoError, ingest_video, sanitize
-from .select import dedupe_candidates, dedupe_tiers, grouped_candidates, plan_universe, spread_across_videos
-from .store import VideoIndex, load_index
+from polypal.video.frames import DUP_BITS, flags, measure
+from polypal.video.ingest import VideoError, ingest_video, sanitize
+from polypal.video.select import dedupe_candidates, dedupe_tiers, grouped_candidates, plan_universe, spread_across_videos
+from polypal.video.store import VideoIndex, load_index
 
 __all__ = ["DUP_BITS", "VideoError", "VideoIndex", "dedupe_candidates", "dedupe_tiers", "flags", "ingest_video",
            "grouped_candidates", "load_index", "measure", "plan_universe", "sanitize", "spread_across_videos"]

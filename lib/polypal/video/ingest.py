@@ -28,8 +28,8 @@ import av
 from PIL import Image
 from tqdm import tqdm
 
-from . import frames as F
-from .store import VideoDB
+from polypal.video import frames as F
+from polypal.video.store import VideoDB
 
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".wmv")
 FRAME_DIGITS = 6
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
             continue
         print(json.dumps(r), flush=True)
     if os.path.exists(os.path.join(a.studies, ".polypal", "datastore.sqlite")):
-        from ..framestore import FrameStore  # a served folder: its datastore lists the new frames now
+        from polypal.serving.framestore import FrameStore  # a served folder: its datastore lists the new frames now
 
         FrameStore(a.studies).reconcile()
     if failed:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..sqlite_db import SQLiteDB
-from . import frames as F
+from polypal.serving.sqlite_db import SQLiteDB
+from polypal.video import frames as F
 
 DB_NAME = "video.sqlite"
 

@@ -20,19 +20,16 @@ from typing import Callable
 
 import numpy as np
 
-from .data import FrameSet
-from .kcenter import k_center_greedy
-from .learner import predict, train
-from .metrics import evaluate
-from .profiles import Profile
-from .strategies import PoolInfo, pca_features, select, top_uncertain
+from polypal.data import FrameSet
+from polypal.learner import Profile, evaluate, predict, train
+from polypal.sampler import BvSB, PoolInfo, k_center_greedy, pca_features, resolve, select, top_uncertain
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class StrategySpec:
-    """A strategy as run in an experiment: base name, BvSB aggregation and gamma."""
+class RunSpec:
+    """A strategy as run in an experiment: a registered strategy, its BvSB aggregation and gamma."""
 
     name: str
     aggregation: str = "mean"
@@ -40,15 +37,17 @@ class StrategySpec:
 
     @property
     def label(self) -> str:
+        """The run's name in file names and tables, e.g. ``unc_ta_coreset@g0.5+topk``."""
+        strategy = resolve(self.name)
         s = self.name
-        if self.name == "unc_ta_coreset":
+        if strategy.uses_gamma:
             s += f"@g{self.gamma:g}"
-        if self.aggregation != "mean" and self.name in ("uncertainty", "unc_ta_coreset"):
+        if self.aggregation != "mean" and "scores" in strategy.needs:
             s += f"+{self.aggregation}"
         return s
 
     @classmethod
-    def parse(cls, text: str, default_gamma: float = 0.5) -> "StrategySpec":
+    def parse(cls, text: str, default_gamma: float = 0.5) -> "RunSpec":
         """'uncertainty', 'uncertainty:topk', 'unc_ta_coreset:mean:0.25', 'vaal'."""
         parts = text.split(":")
         agg = parts[1] if len(parts) > 1 and parts[1] else "mean"
@@ -78,7 +77,7 @@ def run(
     pool: FrameSet,
     val: FrameSet,
     test: FrameSet,
-    spec: StrategySpec,
+    spec: RunSpec,
     profile: Profile,
     seed: int,
     n_initial: int,
@@ -127,7 +126,7 @@ def run(
                    on_step=(lambda step, total, loss: bar.update(1)) if bar else None)
         if bar:
             bar.close()
-        test_pred = predict(tr.model, test.images, aggregations=())
+        test_pred = predict(tr.model, test.images, scorers=())
         metrics = evaluate(test_pred.probs, test.masks)
         metrics.pop("pooled")
         rec = {
@@ -180,7 +179,7 @@ def full_pool_ceiling(pool: FrameSet, val: FrameSet, test: FrameSet, profile: Pr
                on_step=(lambda step, total, loss: bar.update(1)) if bar else None)
     if bar:
         bar.close()
-    metrics = evaluate(predict(tr.model, test.images, aggregations=()).probs, test.masks)
+    metrics = evaluate(predict(tr.model, test.images, scorers=()).probs, test.masks)
     metrics.pop("pooled")
     rec = {"kind": "ceiling", "seed": seed, "n_labeled": len(pool), "profile": profile.name, "recipe": rh,
            "test": metrics, "val": tr.best_val, "best_step": tr.best_step, "steps": tr.steps,
@@ -206,24 +205,26 @@ def _bar(progress, desc: str, total: int, unit: str):
     return tqdm(total=total, desc=desc, unit=unit, leave=False)
 
 
-def _query(model, pool: FrameSet, labeled, spec: StrategySpec, budget: int, seed: int, pca_feats,
+def _query(model, pool: FrameSet, labeled, spec: RunSpec, budget: int, seed: int, pca_feats,
            vaal_steps: int = 300, on_batch=None, video_groups: dict | None = None):
     extra = {}
-    if spec.name == "vaal":
-        from .vaal import vaal_select
-
-        return vaal_select(pool.images, labeled, budget, seed=seed, steps=vaal_steps), extra
-    pred = predict(model, pool.images, aggregations=(spec.aggregation,), keep_probs=False, progress=on_batch)
-    scores = pred.scores[spec.aggregation]
-    info = PoolInfo(n=len(pool), scores=scores, latents=pred.latents, image_features=pca_feats)
-    if spec.name == "pca_coreset" and pca_feats is None:
+    strategy = resolve(spec.name)
+    scorer = BvSB(spec.aggregation)
+    pred = predict(model, pool.images, scorers=(scorer,), keep_probs=False, progress=on_batch)
+    scores = pred.scores[scorer.name]
+    info = PoolInfo(n=len(pool), scores=scores, latents=pred.latents, image_features=pca_feats,
+                    options={"vaal_steps": vaal_steps})
+    if "image_features" in strategy.needs and pca_feats is None:
         info.image_features = pca_features(pool.images, seed=seed)
+    if "images" in strategy.needs:
+        info.images = pool.images
     if video_groups:  # pick in the sub-universe of labeled frames + one representative per fresh group
-        from .video.select import grouped_candidates
+        from polypal.video.select import grouped_candidates
 
         sub = np.union1d(labeled, grouped_candidates(pool.names, labeled, **video_groups)).astype(np.int64)
-        part = PoolInfo(n=len(sub), scores=scores[sub], latents=pred.latents[sub],
-                        image_features=None if info.image_features is None else info.image_features[sub])
+        part = PoolInfo(n=len(sub), scores=scores[sub], latents=pred.latents[sub], options=info.options,
+                        image_features=None if info.image_features is None else info.image_features[sub],
+                        images=None if info.images is None else info.images[sub])
         sel = select(spec.name, part, np.searchsorted(sub, labeled), budget, seed=seed, gamma=spec.gamma)
         sel.indices = sub[sel.indices]
         extra["grouped_candidates"] = int(len(sub) - len(labeled))
@@ -240,7 +241,7 @@ def _query(model, pool: FrameSet, labeled, spec: StrategySpec, budget: int, seed
 
 def _save_latents(folder: Path, spec, seed, pool, labeled, sel, model):
     folder.mkdir(parents=True, exist_ok=True)
-    pred = predict(model, pool.images, aggregations=(), keep_probs=False)
+    pred = predict(model, pool.images, scorers=(), keep_probs=False)
     np.savez_compressed(folder / f"latents-{spec.label}-seed{seed}-stage2.npz",
                         latents=pred.latents.astype(np.float16), labeled=labeled, selected=sel.indices,
                         picked_by=np.array(sel.picked_by), names=np.array(pool.names))

@@ -26,6 +26,10 @@ with ``Exists``) and overwriting a label move the old files into
 ``.polypal/trash/<time>-<id>/`` with a ``manifest.json`` saying what they were.
 To restore one, move its files back to where the manifest says and restart the
 server (``reconcile`` picks them up).
+
+Size (over ~250 lines): one class whose crash-safety rests on invariants shared by every
+method (reconcile at open, temp file + fsync + rename, trash before delete); kept together so
+they are read together.
 """
 
 from __future__ import annotations
@@ -34,21 +38,16 @@ import fnmatch
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
 
-from .sqlite_db import SQLiteDB
+from polypal.serving.sqlite_db import SQLiteDB
+from polypal.vocab import FRAME_EXTENSIONS, LABEL_EXTENSIONS, check_alias, check_name, patterns, plain_name, split_name
 
 logger = logging.getLogger(__name__)
 
-IMAGE_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.nii.gz", "*.nii", "*.nrrd")
-_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
-_EXTS = (".nii.gz", ".seg.nrrd")
-MAX_NAME = 128
-# label files are stored in the formats the readers know, nothing else
-LABEL_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
+IMAGE_PATTERNS = patterns(FRAME_EXTENSIONS)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -59,44 +58,12 @@ CREATE INDEX IF NOT EXISTS labels_by_tag ON labels (tag);
 """
 
 
-class InvalidName(ValueError):
-    """An image id or label tag that could leave the datastore folder."""
-
-
 class NotFound(KeyError):
     pass
 
 
 class Exists(ValueError):
     """An image id that is already in the store (and replacing it was not asked for)."""
-
-
-def check_name(kind: str, value) -> str:
-    if isinstance(value, str) and len(value) > MAX_NAME:
-        raise InvalidName(f"invalid {kind} {value[:40]!r}...: longer than {MAX_NAME} characters")
-    if not isinstance(value, str) or not value or "\x00" in value or value in (".", "..") or ".." in value \
-            or not _NAME.fullmatch(value):
-        raise InvalidName(f"invalid {kind} {value!r}: use letters, digits, '_', '-' and '.' only "
-                          f"(no path separators, '..' or NUL)")
-    return value
-
-
-def check_alias(image_id: str, ext: str) -> None:
-    """Refuse an id + extension whose file name reads back as another id (``vol1.nii`` + ``.gz`` is
-    ``vol1.nii.gz``, the file of id ``vol1``): one file, two ids, and a silent overwrite."""
-    if split_name(image_id + ext) != (image_id, ext):
-        raise InvalidName(f"id {image_id!r} with a {ext!r} file would be read back as "
-                          f"{split_name(image_id + ext)[0]!r}: choose an id that does not end like an extension")
-
-
-def split_name(filename: str) -> tuple[str, str]:
-    """'a.nii.gz' -> ('a', '.nii.gz'); 'b.jpg' -> ('b', '.jpg')."""
-    low = filename.lower()
-    for e in _EXTS:
-        if low.endswith(e):
-            return filename[: -len(e)], filename[-len(e):]
-    stem, dot, ext = filename.rpartition(".")
-    return (stem, "." + ext) if dot and stem else (filename, "")
 
 
 def _label_file_exists(root: str, key: tuple[str, str], ext: str) -> bool:
@@ -198,13 +165,13 @@ class FrameStore:
                 if not e.is_file():  # follows symlinks
                     continue
                 i, ext = split_name(e.name)
-                if _NAME.fullmatch(i) and ".." not in i:
+                if plain_name(i):
                     files.setdefault(i, ext)
         label_files = {}
         labels_root = os.path.join(self.root, "labels")
         for tag in sorted(os.listdir(labels_root)) if os.path.isdir(labels_root) else []:
             d = os.path.join(labels_root, tag)
-            if not os.path.isdir(d) or not _NAME.fullmatch(tag):
+            if not os.path.isdir(d) or not plain_name(tag):
                 continue
             for name in os.listdir(d):
                 if name.startswith("."):
@@ -341,9 +308,9 @@ class FrameStore:
         if self.image_ext(image_id) is None:
             raise NotFound(f"image {image_id!r} not found")
         _, ext = split_name(os.path.basename(src_file))
-        if ext.lower() not in LABEL_EXTS:
+        if ext.lower() not in LABEL_EXTENSIONS:
             raise ValueError(f"label file type {ext or '(no extension)'!r} not accepted; use one of "
-                             f"{', '.join(LABEL_EXTS)}")
+                             f"{', '.join(LABEL_EXTENSIONS)}")
         check_alias(image_id, ext)
         os.makedirs(d, exist_ok=True)
         tmp = _copy_fsynced(src_file, d)

@@ -10,8 +10,8 @@ from monai.networks.nets import UNet
 from monai.networks.layers.simplelayers import SkipConnection
 from torch import nn
 
-from .errors import PolypalError
-from .profiles import Profile
+from polypal.errors import PolypalError
+from polypal.learner.profiles import Profile
 
 
 def _bottleneck(unet: UNet) -> nn.Module:

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .metrics import per_image_scores
+from polypal.learner import per_image_scores
 
 MIN_LABELS = 10  # a model needs this many measured labels before it enters the stopping rule
 

@@ -1,10 +1,10 @@
-"""The Learner: train the U-Net on labeled frames, predict a pool in one pass.
+"""The Learner's training: the U-Net on the labeled frames, with the profile's recipe.
 
 Training: BCE + Dice (MONAI's DiceCELoss with a sigmoid), Adam with the
 profile's lr and betas, batch from the profile. The step budget is
 ``profile.steps_for(n_train)``; the learning rate follows ``profile.schedule``
 (constant, or linear warm-up then cosine decay); augmentation follows
-``profile.augment`` (``polypal.augment``); an EMA of the weights is kept when
+``profile.augment`` (``polypal.learner.augment``); an EMA of the weights is kept when
 ``profile.ema`` > 0. Validation runs every ``val_every`` steps and at the end,
 and ``profile.select`` says which weights are returned (best validation Dice,
 last, EMA). Seeded and deterministic on the CPU.
@@ -23,12 +23,10 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from .augment import Augmenter, augment_kind
-from .data import normalize
-from .metrics import evaluate
-from .model import PolypUNet, default_device
-from .profiles import Profile
-from .uncertainty import aggregate, bvsb_binary
+from polypal.learner.augment import Augmenter, augment_kind
+from polypal.learner.model import PolypUNet, default_device
+from polypal.learner.inference import _to_tensor, validate
+from polypal.learner.profiles import Profile
 
 logger = logging.getLogger(__name__)
 
@@ -52,50 +50,27 @@ class TrainResult:
     variants: dict = field(default_factory=dict)  # selection rule -> model (train(keep_variants=True))
 
 
-@dataclass
-class PoolPrediction:
-    """One eval-mode, no-grad pass over a set of frames."""
+def hash_validation(ids, fraction: int = 5, min_labels: int = 5) -> np.ndarray:
+    """Which of ``ids`` validate (bool array): deterministic and independent of the labeling order.
 
-    probs: np.ndarray  # (N, S, S) float32 sigmoid probabilities
-    latents: np.ndarray  # (N, d) float32
-    scores: dict  # aggregation name -> (N,) BvSB image scores
+    A frame validates when sha1(id) mod ``fraction`` is 0, so it stays on its side as labels are added.
+    A small set can have none that way (2 of the 30 sample frames): it is topped up with the frames of
+    the smallest hashes to ``len(ids) // fraction``. Fewer than ``min_labels`` labels: nothing validates.
+    """
+    import hashlib
 
-
-def _to_tensor(images_uint8: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(normalize(images_uint8)).to(device)
-
-
-@torch.no_grad()
-def predict(model: PolypUNet, images_uint8: np.ndarray, batch_size: int = 32, device=None,
-            aggregations=("mean",), keep_probs: bool = True, progress: Callable | None = None) -> PoolPrediction:
-    """Probabilities, latents and BvSB image scores for every frame in one batched pass."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    n = len(images_uint8)
-    size = images_uint8.shape[1:3]
-    probs = np.empty((n, *size), dtype=np.float32) if keep_probs else None
-    latents = np.empty((n, model.latent_dim), dtype=np.float32)
-    scores = {a: np.empty(n, dtype=np.float32) for a in aggregations}
-    for s in range(0, n, batch_size):
-        x = _to_tensor(images_uint8[s : s + batch_size], device)
-        logits, z = model(x)
-        p = torch.sigmoid(logits)[:, 0]
-        px = bvsb_binary(p)
-        for a in aggregations:
-            scores[a][s : s + len(x)] = aggregate(px, p, a).cpu().numpy()
-        latents[s : s + len(x)] = z.cpu().numpy()
-        if keep_probs:
-            probs[s : s + len(x)] = p.cpu().numpy()
-        if progress:
-            progress(len(x))
-    model.train(was_training)
-    return PoolPrediction(probs=probs, latents=latents, scores=scores)
-
-
-def validate(model: PolypUNet, images, masks, batch_size: int = 32) -> dict:
-    pred = predict(model, images, batch_size=batch_size, aggregations=())
-    return evaluate(pred.probs, masks)
+    h = [int(hashlib.sha1(str(i).encode()).hexdigest(), 16) for i in ids]
+    val = np.array([x % fraction == 0 for x in h], dtype=bool)
+    if len(ids) < min_labels:
+        return np.zeros(len(ids), dtype=bool)
+    want = len(ids) // fraction
+    for k in sorted(range(len(ids)), key=lambda k: h[k]):
+        if val.sum() >= want:
+            break
+        val[k] = True
+    if val.all():
+        val[:] = False
+    return val
 
 
 def lr_factor(profile: Profile, step: int, steps: int) -> float:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import read_mask, read_rgb
-from .framestore import FrameStore
+from polypal.data import read_mask, read_rgb
+from polypal.serving.framestore import FrameStore
 
 FIELDS = ("id", "image", "mask", "polyp_pixels", "labeled_at", "annotator", "served_by_strategy", "picked_by",
           "cycle", "model_version")

@@ -25,16 +25,14 @@ import sys
 import time
 from pathlib import Path
 
-from .strategies import REGISTRY
+from polypal.sampler import REGISTRY
 
 PROTOCOLS = {  # dataset -> (initial, budget per cycle, cycles)
     "kvasir": (100, 100, 5),
     "cvc": (40, 40, 5),
     "folder": (10, 10, 2),
 }
-# the registry's strategies (polypal.strategies.REGISTRY), plus VAAL, which trains its own networks on the
-# raw frames and is run by polypal.simulate directly
-ALL_STRATEGIES = (*REGISTRY, "vaal")
+ALL_STRATEGIES = tuple(REGISTRY)  # every registered strategy (polypal.sampler.REGISTRY), VAAL included
 
 
 def _machine() -> str:
@@ -45,7 +43,7 @@ def _machine() -> str:
 
 
 def _make_split(args, names):
-    from . import splits
+    from polypal.experiments import splits
 
     if args.dataset == "kvasir":
         sess = splits.read_names(Path(args.splits) / "kvasir_sessile.txt")
@@ -75,9 +73,9 @@ def _setup(args):
     import torch
     from tqdm import tqdm
 
-    from .data import load_folder
-    from .profiles import get_profile
-    from .splits import save_split
+    from polypal.data import load_folder
+    from polypal.learner import get_profile
+    from polypal.experiments.splits import save_split
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,11 +108,11 @@ def _setup(args):
 def cmd_run(args) -> int:
     from tqdm import tqdm
 
-    from .simulate import StrategySpec, run
-    from .strategies import pca_features
+    from polypal.experiments.simulate import RunSpec, run
+    from polypal.sampler import pca_features
 
     out, profile, (init, budget, cycles), pool, val, test = _setup(args)
-    specs = [StrategySpec.parse(s, default_gamma=args.gamma) for s in args.strategies.split(",") if s]
+    specs = [RunSpec.parse(s, default_gamma=args.gamma) for s in args.strategies.split(",") if s]
     for s in specs:
         if s.name not in ALL_STRATEGIES:
             raise SystemExit(f"unknown strategy {s.name!r}; choose from {', '.join(ALL_STRATEGIES)}")
@@ -138,7 +136,7 @@ def cmd_run(args) -> int:
 
 def cmd_ceiling(args) -> int:
     """Train on the whole pool (the full-pool ceiling) at each seed; one line per seed in OUT/ceiling.jsonl."""
-    from .simulate import full_pool_ceiling
+    from polypal.experiments.simulate import full_pool_ceiling
 
     out, profile, _, pool, val, test = _setup(args)
     seeds = [int(s) for s in str(args.seeds).split(",") if s != ""]
@@ -152,7 +150,7 @@ def cmd_ceiling(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import make_report
+    from polypal.experiments.report import make_report
 
     paths = make_report(Path(args.results), paper=args.paper)
     for p in paths:

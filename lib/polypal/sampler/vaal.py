@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import normalize
-from .strategies import Selection
+from polypal.data import normalize
+from polypal.sampler.selection import Selection
 
 
 class _VAE(nn.Module):

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import list_images, read_rgb
-from .errors import DataError
+from polypal.data import list_images, read_rgb
+from polypal.errors import DataError
 
 VL_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1"
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins")

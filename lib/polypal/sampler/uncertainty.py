@@ -13,6 +13,8 @@ background; two aggregations focus on where the model hesitates:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -50,6 +52,29 @@ def aggregate(pixel_scores: torch.Tensor, probs: torch.Tensor | None = None, met
         mean_in = (s * region).sum(dim=1) / area.clamp(min=1)
         return torch.where(area > 0, mean_in, topk)
     raise ValueError(f"unknown aggregation {method!r}; choose one of {AGGREGATIONS}")
+
+
+@dataclass(frozen=True)
+class BvSB:
+    """A scorer for ``polypal.learner.inference``: BvSB per pixel (eqn 4), aggregated per image.
+
+    Its ``name`` keys ``PoolPrediction.scores``: the aggregation's name ("mean" is the paper's score).
+    """
+
+    aggregation: str = "mean"
+    topk_frac: float = 0.05
+    band: int = 3
+
+    def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}; choose one of {AGGREGATIONS}")
+
+    @property
+    def name(self) -> str:
+        return self.aggregation
+
+    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
+        return aggregate(bvsb_binary(probs), probs, self.aggregation, self.topk_frac, self.band)
 
 
 def image_scores(probs, method: str = "mean", **kw) -> np.ndarray:

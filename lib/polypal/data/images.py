@@ -1,0 +1,153 @@
+"""Decoding frames: any jpg/png/tif (or single-slice RGB volume) to uint8 RGB, with a pixel cap.
+
+Also the resizes and the paper's normalisation. Files larger than ``MAX_PIXELS`` are refused
+before they are decoded; a compressed volume larger than its declared data is refused before
+it is decompressed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from polypal.errors import DataError
+from polypal.vocab import VOLUME_EXTENSIONS
+
+# Frames and labels larger than this are refused before decoding (a 20 KB PNG can declare 400 MP).
+# 4K endoscopy frames are 8.3 MP. Servers set it from ``--conf max_pixels``; POLYPAL_MAX_PIXELS overrides.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+MAX_PIXELS = int(os.environ.get("POLYPAL_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+
+
+class TooLarge(DataError):
+    """An image with more pixels than MAX_PIXELS (refused before decoding)."""
+
+
+def set_max_pixels(n: int) -> None:
+    """The pixel cap for every reader in this process."""
+    global MAX_PIXELS
+    if int(n) < 4:
+        raise ValueError(f"max_pixels must be at least 4, got {n}")
+    MAX_PIXELS = int(n)
+
+
+def _check_pixels(path, w: int, h: int, what: str = "image") -> None:
+    if int(w) * int(h) > MAX_PIXELS:
+        raise TooLarge(path, f"{what} of {w}x{h} pixels is larger than the limit of {MAX_PIXELS} pixels "
+                             f"(server setting max_pixels)")
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        _check_pixels(path, *img.size)
+        img.load()
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except UnidentifiedImageError:
+        raise DataError(path, "not a readable image (unknown or corrupt format)") from None
+    except Image.DecompressionBombError as e:
+        raise TooLarge(path, f"image too large to decode ({e})") from None
+    except DataError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(path, f"corrupt or truncated image ({e})") from None
+    return img
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode any jpg/jpeg/png/tif frame to uint8 (H, W, 3). Grey, palette and RGBA become RGB."""
+    path = Path(path)
+    if _is_volume(path):
+        return _read_volume_rgb(path)
+    img = _open(path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0
+        arr = (arr / hi * 255.0) if hi > 255 else arr
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise DataError(path, f"unexpected image shape {arr.shape}")
+    return arr
+
+
+def _is_volume(path: Path) -> bool:
+    return any(path.name.lower().endswith(e) for e in VOLUME_EXTENSIONS)
+
+
+def _check_compressed(path, raw_bytes: int) -> None:
+    """A file larger than the data it declares (plus headroom for headers and compression overhead)
+    hides something: refused before it is decompressed (a few MB of zeros inflate to gigabytes)."""
+    size = os.path.getsize(path)
+    if size > raw_bytes * 1.05 + (64 << 10):
+        raise DataError(path, f"file of {size} bytes for {raw_bytes} bytes of declared data: refused")
+
+
+def _plane(shape) -> tuple[int, int]:
+    """(pixels of the first two axes, the product of the others): a slice's size times the slices."""
+    shape = [int(x) for x in shape] + [1, 1]
+    rest = int(np.prod(shape[2:]))
+    return shape[0], shape[1] * max(rest, 1)
+
+
+def _read_volume_rgb(path: Path) -> np.ndarray:
+    """An RGB frame stored as a volume, as MONAI Label's DICOMweb datastore converts one:
+    NIfTI shaped (W, H, 1, 1, 3) in ITK's x, y order. Returned as (H, W, 3) uint8."""
+    try:
+        import nibabel as nib
+
+        vol = nib.load(str(path))
+        shape = [int(x) for x in vol.shape]
+        _check_pixels(path, shape[0], int(np.prod(shape[1:])) // 3 if shape and shape[-1] == 3 else
+                      int(np.prod(shape[1:])))
+        if vol.get_data_dtype() != np.uint8:
+            raise DataError(path, f"not an 8-bit RGB frame: dtype {vol.get_data_dtype()} (polyp-al reads RGB or "
+                                  f"grey 8-bit endoscopy frames)")
+        _check_compressed(path, int(np.prod(shape)))
+        arr = np.asarray(vol.dataobj.get_unscaled())
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise DataError(path, f"not a readable image volume ({type(e).__name__}: {e})") from None
+    if arr.dtype == np.uint8 and arr.ndim >= 2 and arr.shape[-1] != 3 and np.squeeze(arr).ndim == 2:
+        arr = np.repeat(np.squeeze(arr)[:, :, None, None], 3, axis=-1)  # an 8-bit grey frame: as RGB
+    if arr.ndim < 3 or arr.shape[-1] != 3:
+        raise DataError(path, f"not an 8-bit RGB frame: volume shape {arr.shape}, dtype {arr.dtype} "
+                              f"(polyp-al reads RGB or grey 8-bit endoscopy frames)")
+    arr = arr.reshape(arr.shape[0], arr.shape[1], -1, 3)
+    if arr.shape[2] != 1:
+        raise DataError(path, f"not a single 2D frame: volume shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise DataError(path, f"not an 8-bit RGB frame: dtype {arr.dtype} (polyp-al reads RGB or grey 8-bit "
+                              f"endoscopy frames)")
+    return np.ascontiguousarray(arr[:, :, 0, :].transpose(1, 0, 2))
+
+
+def resize_rgb(arr: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 (H, W, 3) to (size, size, 3) with bilinear filtering (antialiased)."""
+    return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def resize_prob(prob: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Resize a float probability map to (H, W) with bilinear interpolation."""
+    img = Image.fromarray(np.asarray(prob, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((int(hw[1]), int(hw[0])), Image.BILINEAR), dtype=np.float32)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Resize a bool mask to (size, size) by nearest neighbour."""
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(img.resize((size, size), Image.NEAREST)) > 127
+
+
+def normalize(images_uint8: np.ndarray) -> np.ndarray:
+    """The paper's normalisation (x/255 - 0.5)/0.5, as float32 channels-first (N, 3, S, S)."""
+    x = images_uint8.astype(np.float32) / 255.0
+    x = (x - 0.5) / 0.5
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))

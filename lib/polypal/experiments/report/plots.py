@@ -1,0 +1,208 @@
+"""The report's figures (matplotlib, drawn off-screen).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from polypal.experiments.report.results import METRICS, _order, load_results, run_meta, stage_table
+from polypal.sampler import REGISTRY
+from polypal.experiments.report.stats import bootstrap_ci, paired_stats
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(res, path: Path, title: str = "", ceiling: dict | None = None, per_panel: int = 5):
+    """Mean curve ± std per strategy; at most ``per_panel`` lines a panel (Random in every row); ceiling dashed."""
+    plt = _plt()
+    strats = _order(res, res)
+    others = [s for s in strats if s != "random"]
+    step = per_panel - 1 if "random" in res else per_panel
+    groups = [(["random"] if "random" in res else []) + others[i : i + step] for i in range(0, max(1, len(others)), step)]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(12, 4.2 * len(groups)), squeeze=False)
+    for row, group in zip(axes, groups):
+        for ax, (metric, label) in zip(row, METRICS[:2]):
+            t = stage_table(res, metric)
+            for strat in group:
+                xs = sorted(t[strat])
+                m = np.array([np.mean(t[strat][x]) for x in xs])
+                sd = np.array([np.std(t[strat][x], ddof=1) if len(t[strat][x]) > 1 else 0 for x in xs])
+                ax.plot(xs, m, marker="o", label=f"{strat} ({len(res[strat])} seeds)")
+                ax.fill_between(xs, m - sd, m + sd, alpha=0.15)
+            if ceiling:
+                ax.axhline(ceiling[metric], color="k", ls="--", lw=1,
+                           label=f"full pool ({ceiling['n_labeled']} labels): {ceiling[metric]:.1f}")
+            ax.set_xlabel("labeled frames")
+            ax.set_ylabel({"paper_miou": "paper mIoU", "polyp_dice": "per-image polyp Dice"}[metric] + " (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title + " · mean ± std over seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gamma(res, path: Path, title: str = "") -> bool:
+    gam = {}
+    meta = run_meta(res)
+    for label, (base, gamma, agg) in meta.items():  # Algorithm 1 at each gamma, the paper's mean BvSB
+        if base in REGISTRY and REGISTRY[base].uses_gamma and agg == "mean":
+            gam[gamma] = label
+    for label, (base, gamma, agg) in meta.items():  # its two ends: gamma 0 is TA-Coreset, 1 is Uncertainty
+        if base == "ta_coreset" or (base == "uncertainty" and agg == "mean"):
+            gam.setdefault(0.0 if base == "ta_coreset" else 1.0, label)
+    if len(gam) < 2:
+        return False
+    plt = _plt()
+    t = stage_table(res, "paper_miou")
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    stages = sorted({n for s in gam.values() for n in t[s]})
+    for st in stages[1:]:
+        gs = sorted(g for g in gam if t[gam[g]].get(st))
+        m = np.array([np.mean(t[gam[g]][st]) for g in gs])
+        cis = [bootstrap_ci(t[gam[g]][st]) or (mu, mu) for g, mu in zip(gs, m)]
+        ax.errorbar(gs, m, yerr=[m - np.array([c[0] for c in cis]), np.array([c[1] for c in cis]) - m],
+                    marker="o", capsize=3, label=f"{st} labels")
+    ax.set_title(title + "\nmean and 95% bootstrap CI over seeds", fontsize=9)
+    ax.set_xlabel("gamma (0 = TA-Coreset, 1 = Uncertainty)")
+    ax.set_ylabel("paper mIoU (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_overlap(res, path: Path, title: str = "") -> bool:
+    per = defaultdict(list)
+    for seeds in res.values():
+        for recs in seeds.values():
+            for r in recs:
+                if "overlap_ta_unc" in r:
+                    per[r["n_labeled"]].append(r["overlap_ta_unc"])
+    if not per:
+        return False
+    plt = _plt()
+    xs = sorted(per)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar([str(x) for x in xs], [np.mean(per[x]) for x in xs], yerr=[np.std(per[x]) for x in xs], capsize=3)
+    ax.set_xlabel("labeled frames when querying")
+    ax.set_ylabel("frames picked by both TA-Coreset and Uncertainty")
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_tsne(folder: Path, path: Path, title: str = "") -> bool:
+    files = sorted((folder / "extras").glob("latents-*-seed*-stage2.npz"))
+    by_strat = {}
+    for f in files:
+        strat = f.name[len("latents-"):].rsplit("-seed", 1)[0]
+        by_strat.setdefault(strat, f)  # the lowest seed
+    if not by_strat:
+        return False
+    from sklearn.manifold import TSNE
+
+    plt = _plt()
+    strats = _order(by_strat, load_results(folder))
+    ncol = min(3, len(strats))
+    nrow = -(-len(strats) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 4 * nrow), squeeze=False)
+    for ax in axes.flat[len(strats):]:
+        ax.axis("off")
+    for ax, s in zip(axes.flat, strats):
+        z = np.load(by_strat[s])
+        lat = z["latents"].astype(np.float32)
+        emb = TSNE(n_components=2, init="pca", random_state=0, perplexity=min(30, len(lat) - 1)).fit_transform(lat)
+        lab, sel = z["labeled"], z["selected"]
+        unl = np.setdiff1d(np.arange(len(lat)), np.concatenate([lab, sel]))
+        ax.scatter(*emb[unl].T, s=4, c="lightgrey", label="unlabeled")
+        ax.scatter(*emb[lab].T, s=6, c="tab:blue", label="labeled")
+        ax.scatter(*emb[sel].T, s=10, c="tab:red", label="selected")
+        ax.set_title(s, fontsize=9)
+        ax.legend(fontsize=6, loc="best")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title + " · t-SNE of the latents at the third stage (lowest seed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_gallery(folder: Path, res, path: Path, per_group: int = 6, title: str = "") -> bool:
+    meta = folder / "run.json"
+    strat = next((label for label, m in run_meta(res).items() if m == ("unc_ta_coreset", 0.5, "mean")), None)
+    if strat is None or not meta.exists():
+        return False
+    data = Path(json.loads(meta.read_text())["data"])
+    seed = min(res[strat])
+    recs = res[strat][seed]
+    if len(recs) < 3 or not recs[2]["selected"]:
+        return False
+    from polypal.data import find_pairs, read_rgb, resize_rgb
+
+    paths = {p.stem: p for p, _ in find_pairs(data, require_masks=False)}
+    groups = defaultdict(list)
+    for name, by in zip(recs[2]["selected"], recs[2]["picked_by"]):
+        groups[by].append(name)
+    plt = _plt()
+    keys = sorted(groups)
+    fig, axes = plt.subplots(len(keys), per_group, figsize=(2 * per_group, 2.1 * len(keys)), squeeze=False)
+    for row, k in zip(axes, keys):
+        for ax, name in zip(row, groups[k][:per_group] + [None] * per_group):
+            ax.axis("off")
+            if name and name in paths:
+                ax.imshow(resize_rgb(read_rgb(paths[name]), 128))
+        row[0].set_title(f"picked by {k} ({len(groups[k])})", fontsize=9, loc="left")
+    if title:
+        fig.suptitle(f"{title} · {strat} seed {seed}, frames picked at the third stage", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def plot_aulc_diff(res: dict, path: Path, title: str) -> bool:
+    """Paired normalised-AULC difference against Random with its 95% CI, one row per strategy, per metric."""
+    stats = {m: paired_stats(res, m) for m, _ in METRICS[:2]}
+    strats = [s for s in stats["paper_miou"] if stats["paper_miou"][s]["aulc"]]
+    if not strats:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(strats) + 2), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], METRICS[:2]):
+        for i, st in enumerate(strats):
+            a = stats[metric][st]["aulc"]
+            lo, hi = a["ci95"] if a["ci95"] else (a["mean"], a["mean"])
+            ax.errorbar(a["mean"], i, xerr=[[a["mean"] - lo], [hi - a["mean"]]], fmt="o", capsize=4,
+                        color="tab:green" if lo > 0 else ("tab:red" if hi < 0 else "tab:grey"))
+            ax.text(a["mean"], i + 0.2, f"{a['ahead']}/{a['seeds']} ahead", fontsize=7, ha="center")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(strats)))
+        ax.set_yticklabels(strats, fontsize=8)
+        ax.set_ylim(-0.6, len(strats) - 0.4)
+        ax.set_xlabel(f"normalised AULC minus Random (points of {metric}), 95% CI")
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(title + " · paired by seed", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

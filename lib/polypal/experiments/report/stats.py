@@ -1,0 +1,194 @@
+"""The report's statistics: bootstrap CIs over seeds, normalised AULC, paired differences against
+Random, labels needed to reach a fraction of the ceiling, and the stability checks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from polypal.experiments.report.results import METRICS, _order, all_stages
+
+
+def bootstrap_ci(values, level: float = 0.95, max_exact: int = 10, n_boot: int = 20000, seed: int = 0):
+    """Percentile bootstrap CI of the mean of ``values`` (one value per seed); None for fewer than 2 values.
+
+    With up to ``max_exact`` values the bootstrap distribution is exact: every resample of the k values
+    (k^k equally likely index tuples, grouped into multisets with their multinomial probabilities) is
+    enumerated, so the bounds need no random numbers. The bounds are the lower and upper
+    (1 - level)/2 quantiles of that distribution, as inverse CDF: the smallest resample mean whose
+    cumulative probability reaches q. Above ``max_exact`` values: ``n_boot`` resamples from
+    ``numpy.random.default_rng(seed)``, same quantile rule.
+    """
+    from itertools import combinations_with_replacement
+    from math import factorial
+
+    x = np.asarray(values, dtype=np.float64)
+    k = len(x)
+    if k < 2:
+        return None
+    a = (1 - level) / 2
+    if k <= max_exact:
+        means, probs = [], []
+        for combo in combinations_with_replacement(range(k), k):
+            counts = np.bincount(combo, minlength=k)
+            w = factorial(k)
+            for c in counts:
+                w //= factorial(int(c))
+            means.append(float(counts @ x) / k)
+            probs.append(w / k**k)
+        means, probs = np.asarray(means), np.asarray(probs)
+    else:
+        idx = np.random.default_rng(seed).integers(0, k, size=(n_boot, k))
+        means, probs = x[idx].mean(axis=1), np.full(n_boot, 1.0 / n_boot)
+    order = np.argsort(means, kind="stable")
+    means, cum = means[order], np.cumsum(probs[order])
+
+    def q(p):
+        return float(means[min(int(np.searchsorted(cum, p - 1e-12, side="left")), len(means) - 1)])
+
+    return (q(a), q(1 - a))
+
+
+def normalised_aulc(xs, ys) -> float:
+    """Area under the learning curve (trapezoids) divided by the label range: the curve's mean height."""
+    xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    if len(xs) < 2:
+        return float(ys[0])
+    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2) / (xs[-1] - xs[0]))
+
+
+def _curve(recs, metric) -> dict:
+    return {r["n_labeled"]: 100 * r["test"][metric] for r in recs}
+
+
+def _diff_stats(d: dict) -> dict:
+    """{seed: difference} -> mean, std, 95% CI, seeds ahead."""
+    v = np.array([d[s] for s in sorted(d)])
+    ci = bootstrap_ci(v)
+    return {"mean": float(v.mean()), "std": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+            "ci95": list(ci) if ci else None, "ahead": int((v > 0).sum()), "seeds": len(v),
+            "per_seed": {str(s): float(d[s]) for s in sorted(d)}}
+
+
+def paired_stats(res: dict, metric: str = "paper_miou", baseline: str = "random") -> dict:
+    """Each strategy against the baseline at the same seed: per-stage and normalised-AULC differences (points)."""
+    stages = all_stages(res)
+    out = {}
+    if baseline not in res:
+        return out
+    base = {s: _curve(recs, metric) for s, recs in res[baseline].items()}
+    for strat in _order(res, res):
+        if strat == baseline:
+            continue
+        per_stage = {}
+        for n in stages:
+            d = {s: _curve(recs, metric)[n] - base[s][n] for s, recs in res[strat].items()
+                 if s in base and n in base[s] and n in _curve(recs, metric)}
+            if d:
+                per_stage[str(n)] = _diff_stats(d)
+        aulc = {}
+        for s, recs in res[strat].items():
+            c = _curve(recs, metric)
+            if s in base and set(stages) <= set(c) and set(stages) <= set(base[s]):
+                aulc[s] = normalised_aulc(stages, [c[n] for n in stages]) - normalised_aulc(stages, [base[s][n] for n in stages])
+        out[strat] = {"per_stage": per_stage, "aulc": _diff_stats(aulc) if aulc else None}
+    return out
+
+
+def strategy_stats(res: dict, metric: str = "paper_miou") -> dict:
+    """Per strategy: mean, std and seed count at each stage, and the normalised AULC of complete runs."""
+    stages = all_stages(res)
+    out = {}
+    for strat in _order(res, res):
+        t = defaultdict(list)
+        aulcs = []
+        for recs in res[strat].values():
+            c = _curve(recs, metric)
+            for n, v in c.items():
+                t[n].append(v)
+            if set(stages) <= set(c):
+                aulcs.append(normalised_aulc(stages, [c[n] for n in stages]))
+        out[strat] = {
+            "stages": {str(n): {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+                                "seeds": len(v)} for n, v in sorted(t.items())},
+            "aulc": {"mean": float(np.mean(aulcs)), "std": float(np.std(aulcs, ddof=1)) if len(aulcs) > 1 else None,
+                     "seeds": len(aulcs)} if aulcs else None,
+        }
+    return out
+
+
+def labels_to_reach(xs, ys, target: float):
+    """Labels at which the curve first reaches ``target`` (linear interpolation between stages); None if never."""
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if y >= target:
+            if i == 0:
+                return float(x)
+            x0, y0 = xs[i - 1], ys[i - 1]
+            return float(x0 + (target - y0) * (x - x0) / (y - y0))
+    return None
+
+
+def label_savings(res: dict, ceiling: dict | None, fraction: float = 0.95, metric: str = "polyp_dice") -> dict | None:
+    """Labels each strategy needs for ``fraction`` of the full-pool ``metric``, on its mean curve, vs Random's."""
+    if not ceiling:
+        return None
+    target = fraction * ceiling[metric]
+    stages = all_stages(res)
+    out = {"metric": metric, "fraction": fraction, "target": target, "ceiling": ceiling[metric], "strategies": {},
+           "note": "mean curve over the seeds that finished every stage"}
+    for strat, seeds in res.items():
+        curves = [_curve(recs, metric) for recs in seeds.values()]
+        curves = [c for c in curves if set(stages) <= set(c)]
+        if not curves:
+            continue
+        ys = [float(np.mean([c[n] for c in curves])) for n in stages]
+        out["strategies"][strat] = {"labels": labels_to_reach(stages, ys, target), "max_labels": stages[-1],
+                                    "seeds": len(curves)}
+    base = out["strategies"].get("random", {}).get("labels")
+    for strat, v in out["strategies"].items():
+        v["saved_vs_random"] = ((base - v["labels"]) if (base is not None and v["labels"] is not None
+                                                         and strat != "random") else None)
+        # Random never got there: the savings are at least (Random's last stage - these labels)
+        rnd = out["strategies"].get("random")
+        v["saved_vs_random_at_least"] = ((rnd["max_labels"] - v["labels"]) if (rnd and base is None and
+                                         v["labels"] is not None and strat != "random") else None)
+    return out
+
+
+def stability(res: dict, metric: str = "paper_miou", max_drop: float = 3.0, max_std: float = 2.0) -> dict:
+    """Issue 11's training-stability targets, checked on the runs present (points of ``metric``)."""
+    stages = all_stages(res)
+    out: dict = {"metric": metric}
+    if "random" in res:
+        st = strategy_stats(res, metric)["random"]["stages"]
+        means = [(n, st[str(n)]["mean"]) for n in stages if str(n) in st]
+        falls = [f"{a}->{b}" for (a, ma), (b, mb) in zip(means, means[1:]) if mb <= ma]
+        stds = {str(n): st[str(n)]["std"] for n in stages[1:] if str(n) in st and st[str(n)]["std"] is not None}
+        out["random_mean_rises_every_stage"] = not falls
+        out["random_mean_falls"] = falls
+        out["random_max_seed_std_after_stage0"] = max(stds.values()) if stds else None
+        out["random_std_ok"] = (max(stds.values()) <= max_std) if stds else None
+    drops = []
+    for strat, seeds in res.items():
+        for seed, recs in seeds.items():
+            c = sorted(_curve(recs, metric).items())
+            for (a, ya), (b, yb) in zip(c, c[1:]):
+                if ya - yb > max_drop:
+                    drops.append({"strategy": strat, "seed": seed, "from": a, "to": b, "drop": ya - yb})
+    out["drops_over_threshold"] = drops
+    out["threshold"] = max_drop
+    return out
+
+
+def _random_fraction(res: dict, ceiling: dict | None) -> dict | None:
+    """Random's mean at the last stage divided by the full-pool value, per metric (None without both)."""
+    stages = all_stages(res)
+    if not ceiling or "random" not in res or not stages:
+        return None
+    out = {"n_labeled": stages[-1]}
+    for m, _ in METRICS:
+        st = strategy_stats(res, m)["random"]["stages"].get(str(stages[-1]))
+        out[m] = st["mean"] / ceiling[m] if st and ceiling[m] else None
+    return out

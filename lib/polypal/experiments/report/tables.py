@@ -1,0 +1,150 @@
+"""The report's Markdown tables (``tables.md``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from polypal.experiments.report.results import METRICS, PAPER, _order, all_stages, run_means, stage_table
+from polypal.experiments.report.stats import label_savings, paired_stats, stability, strategy_stats
+
+
+def markdown_tables(res: dict, paper_key: str | None) -> str:
+    lines = []
+    for metric, title in METRICS:
+        t = stage_table(res, metric)
+        stages = sorted({n for s in t.values() for n in s})
+        lines += [f"### {title} (`{metric}`, %)", "",
+                  "Mean ± std over seeds; (k) = number of seeds finished at that stage."
+                  + (" Paper values (its \"mIoU\", same definition as `paper_miou`) in the rows marked *paper*."
+                     if metric == "paper_miou" and paper_key else ""), "",
+                  "| strategy | " + " | ".join(str(s) for s in stages) + " | mean after stage 0 |",
+                  "|---|" + "---|" * (len(stages) + 1)]
+        for strat in _order(t, res):
+            cells = []
+            for s in stages:
+                v = t[strat].get(s, [])
+                if not v:
+                    cells.append("")
+                elif len(v) == 1:
+                    cells.append(f"{v[0]:.2f} (1)")
+                else:
+                    cells.append(f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f} ({len(v)})")
+            # mean over the queried stages, for seeds that finished all of them
+            later = stages[1:]
+            per_seed = [np.mean([100 * r["test"][metric] for r in recs if r["n_labeled"] in later])
+                        for recs in res[strat].values() if {r["n_labeled"] for r in recs} >= set(later)]
+            summary = (f"{np.mean(per_seed):.2f}" + (f" ± {np.std(per_seed, ddof=1):.2f}" if len(per_seed) > 1 else "")
+                       + f" ({len(per_seed)})") if per_seed else ""
+            lines.append(f"| {strat} | " + " | ".join(cells) + f" | {summary} |")
+        if metric == "paper_miou" and paper_key in PAPER:
+            p = PAPER[paper_key]
+            for strat in p["rows"]:  # the paper's Table 2 order
+                vals = dict(zip(p["stages"], p["rows"][strat]))
+                lines.append(f"| *paper: {strat}* | " + " | ".join(f"*{vals[s]:.2f}*" if s in vals else ""
+                                                                   for s in stages)
+                             + f" | *{np.mean(p['rows'][strat]):.2f}* |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def paired_table(res: dict, baseline: str = "random") -> str:
+    """Each strategy minus the baseline at the same seed (same initial labeled set), mean over queried stages.
+
+    Pairing by seed removes the initial set's share of the seed-to-seed spread, so these differences are
+    the fairer read of "does strategy X beat random" than two unpaired means ± std."""
+    lines = []
+    for metric, title in METRICS:
+        m = run_means(res, metric)
+        if baseline not in m or not m[baseline]:
+            return ""
+        if not lines:
+            lines += [f"### Paired by seed: strategy minus {baseline}", "",
+                      f"Per seed, the run's mean over the queried stages minus {baseline}'s at the same seed "
+                      "(same initial labeled set); mean ± std over seeds, and on how many seeds it is ahead.", ""]
+        lines += [f"`{metric}` (points):", "", "| strategy | difference | ahead on | per seed |", "|---|---|---|---|"]
+        for strat in _order(m, res):
+            if strat == baseline:
+                continue
+            d = {s: v - m[baseline][s] for s, v in sorted(m[strat].items()) if s in m[baseline]}
+            if not d:
+                continue
+            v = np.array(list(d.values()))
+            spread = f" ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else ""
+            lines.append(f"| {strat} | {v.mean():+.2f}{spread} | {(v > 0).sum()}/{len(v)} | "
+                         + ", ".join(f"s{s}: {x:+.1f}" for s, x in d.items()) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt_ci(st: dict | None, digits: int = 2) -> str:
+    if not st:
+        return ""
+    ci = st["ci95"]
+    body = f"{st['mean']:+.{digits}f}" + (f" [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]" if ci else "")
+    return body + f" ({st['ahead']}/{st['seeds']})"
+
+
+def ci_tables(res: dict, ceiling: dict | None) -> str:
+    stages = all_stages(res)
+    lines = ["## Against Random, paired by seed, with 95% bootstrap CIs", "",
+             "Strategy minus Random at the same seed (same initial labeled set), in points: mean "
+             "[95% CI] (seeds ahead / seeds). The CI is the percentile bootstrap of the mean over seeds, "
+             "exact (every resample of the seeds enumerated). With 3 seeds it is simply the range of the "
+             "per-seed differences, and with 3-5 seeds it is narrow-biased: read a CI that excludes 0 as an "
+             "indication, not proof. AULC = area under the learning curve over "
+             f"all stages ({stages[0] if stages else ''}-{stages[-1] if stages else ''} labels) divided by the "
+             "label range, i.e. the curve's mean height.", ""]
+    for metric, title in METRICS[:2]:
+        ps = paired_stats(res, metric)
+        if not ps:
+            continue
+        lines += [f"### `{metric}` ({title})", "",
+                  "| strategy | AULC difference | " + " | ".join(str(n) for n in stages[1:]) + " |",
+                  "|---|---|" + "---|" * len(stages[1:])]
+        for strat, v in ps.items():
+            lines.append(f"| {strat} | {_fmt_ci(v['aulc'])} | "
+                         + " | ".join(_fmt_ci(v["per_stage"].get(str(n))) for n in stages[1:]) + " |")
+        lines.append("")
+    sv = label_savings(res, ceiling)
+    if ceiling:
+        lines += ["## Full-pool ceiling and label savings", "",
+                  f"Full pool ({ceiling['n_labeled']} labels, seeds {ceiling['seeds']}): paper mIoU "
+                  f"{ceiling['paper_miou']:.2f}, polyp Dice {ceiling['polyp_dice']:.2f}."]
+        st = strategy_stats(res, "polyp_dice").get("random")
+        stm = strategy_stats(res, "paper_miou").get("random")
+        if st and stages:
+            last = st["stages"].get(str(stages[-1]))
+            lastm = stm["stages"].get(str(stages[-1]))
+            if last:
+                lines.append(f"Random at {stages[-1]} labels reaches {100 * last['mean'] / ceiling['polyp_dice']:.1f}% "
+                             f"of the full-pool polyp Dice and {100 * lastm['mean'] / ceiling['paper_miou']:.1f}% of its "
+                             f"paper mIoU ({last['seeds']} seeds).")
+        lines += ["", f"Labels needed to reach 95% of the full-pool polyp Dice ({sv['target']:.2f}), interpolated "
+                  "on each strategy's mean curve (over its seeds that finished every stage):", "",
+                  "| strategy | seeds | labels | saved vs Random |", "|---|---|---|---|"]
+        for strat, v in sv["strategies"].items():
+            lab = f"{v['labels']:.0f}" if v["labels"] is not None else f"not reached by {v['max_labels']}"
+            sav = (f"{v['saved_vs_random']:+.0f}" if v["saved_vs_random"] is not None else
+                   f"at least {v['saved_vs_random_at_least']:+.0f} (Random does not reach it)"
+                   if v["saved_vs_random_at_least"] is not None else "")
+            lines.append(f"| {strat} | {v['seeds']} | {lab} | {sav} |")
+        lines.append("")
+    else:
+        lines += ["No full-pool ceiling measured yet (`polypal-sim ceiling ... --out THIS_FOLDER`): no label savings.", ""]
+    return "\n".join(lines)
+
+
+def _stability_md(res: dict) -> str:
+    st = stability(res)
+    lines = ["## Training stability (issue 11's targets, paper mIoU)", ""]
+    if "random_mean_rises_every_stage" in st:
+        lines.append(f"- Random's mean curve rises at every stage: {'yes' if st['random_mean_rises_every_stage'] else 'no (' + ', '.join(st['random_mean_falls']) + ')'}.")
+        if st["random_max_seed_std_after_stage0"] is not None:
+            lines.append(f"- Largest seed std of Random after stage 0: {st['random_max_seed_std_after_stage0']:.2f} points "
+                         f"(target at most 2: {'met' if st['random_std_ok'] else 'not met'}).")
+    d = st["drops_over_threshold"]
+    lines.append(f"- Runs dropping more than {st['threshold']:g} points from one stage to the next: "
+                 + (", ".join(f"{x['strategy']} seed {x['seed']} {x['from']}->{x['to']} (-{x['drop']:.1f})" for x in d)
+                    if d else "none") + ".")
+    return "\n".join(lines) + "\n"

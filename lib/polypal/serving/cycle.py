@@ -1,0 +1,86 @@
+"""The refresh step of the live AL cycle: thumbnails -> scores -> re-plans, incrementally.
+
+Thumbnails only for new frames, scores (one inference pass: image score + latent) only for
+frames the current model has not scored, plans only when stale. Undecodable frames are
+recorded with their error and never served. Memory stays bounded at any pool size
+(frames are decoded ``chunk`` at a time).
+
+``frames`` is anything with MONAI Label's datastore methods ``list_images()``,
+``get_labeled_images()`` and ``get_image_uri(id)``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from polypal.data import DataError, read_rgb, resize_rgb
+from polypal.learner import CheckpointError, load_checkpoint, predict
+from polypal.sampler import BvSB, resolve, server_strategies
+from polypal.serving.features import NO_MODEL, THUMB, model_version
+from polypal.serving.planner import is_fallback
+
+logger = logging.getLogger(__name__)
+CHUNK = 256  # frames decoded per step
+
+
+def _decode(state, frames, ids, size):
+    ok, arrays = [], []
+    for i in ids:
+        try:
+            arrays.append(resize_rgb(read_rgb(frames.get_image_uri(i)), size))
+            ok.append(i)
+        except DataError as e:
+            logger.warning(f"skipping frame {i} in the pool: {e}")
+            state.mark_bad(i, str(e))
+    return ok, (np.stack(arrays) if arrays else np.empty((0, size, size, 3), np.uint8))
+
+
+def refresh_due(served: dict, current_version: str) -> bool:
+    """Whether a refresh could change the answers, judging by a next-sample answer (``Served.to_dict``):
+    the frame came from a fallback plan (no scores or thumbnails yet), from a batch planned with an
+    older model by a strategy that uses the model, or it was the last of its batch."""
+    planned_with = served.get("model_version")
+    if is_fallback(planned_with):
+        return True
+    stale = planned_with not in (current_version, None) and resolve(served["al_strategy"]).needs_model
+    return stale or served.get("position") == served.get("batch_size")
+
+
+def refresh(state, frames, model_path, profile, aggregation: str = "mean", chunk: int = CHUNK) -> dict:
+    """Bring ``state`` (an ActiveLearningState) up to date with the frames and the model at ``model_path``.
+
+    Returns {"model_version", "scored", "planned", "bad_frames"}. A model file that does not load
+    (``CheckpointError``) is never used: nothing is scored with it and the plans stay as they are.
+    """
+    all_ids = frames.list_images()
+    labeled = set(frames.get_labeled_images())
+    todo = state.missing_thumbs(all_ids)
+    for s in range(0, len(todo), chunk):
+        ok, th = _decode(state, frames, todo[s : s + chunk], THUMB)
+        state.add_thumbs(ok, th)
+    version = model_version(model_path)
+    scored = 0
+    model = None
+    if version != NO_MODEL:
+        try:
+            model, _, _ = load_checkpoint(model_path, expect=profile)
+        except CheckpointError as e:  # never score with (or serve) a file that does not load
+            logger.error(f"scoring skipped: {e}")
+    if model is not None:
+        scorer = BvSB(aggregation)
+        # labeled frames are scored too: their latents are k-center's initial centers
+        todo = state.unscored(version, all_ids)
+        for s in range(0, len(todo), chunk):
+            ok, ims = _decode(state, frames, todo[s : s + chunk], profile.size)
+            if ok:
+                pred = predict(model, ims, scorers=(scorer,), keep_probs=False)
+                state.add_scores(version, ok, pred.scores[scorer.name], pred.latents)
+                scored += len(ok)
+    planned = []
+    for name in server_strategies():
+        if state.plan_is_stale(name, version, all_ids, labeled):
+            if state.plan(name, all_ids, labeled, version) is not None:
+                planned.append(name)
+    return {"model_version": version, "scored": scored, "planned": planned, "bad_frames": len(state.bad_ids())}

@@ -1,0 +1,173 @@
+"""The feature store: what the server knows about each frame, kept across restarts.
+
+- per model version: one image score per frame (SQLite) and its latent vector (a float32
+  row file, row number in SQLite); only the current version's scores are ever read;
+- small thumbnails of every frame (uint8 rows) for PCA-Coreset, computed before any model exists;
+- frames that could not be decoded, with the reason (never served).
+
+Rows are append-only files read back as memory maps (``RowStore``); SQLite (WAL) is shared
+safely by the server and its scoring/training subprocesses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+NO_MODEL = "none"
+THUMB = 32  # thumbnails for PCA-Coreset are THUMB x THUMB x 3 uint8
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS scores (version TEXT, image_id TEXT, score REAL, row INTEGER,
+                                   PRIMARY KEY (version, image_id));
+CREATE TABLE IF NOT EXISTS thumbs (image_id TEXT PRIMARY KEY, row INTEGER);
+CREATE TABLE IF NOT EXISTS bad (image_id TEXT PRIMARY KEY, error TEXT);
+CREATE TABLE IF NOT EXISTS versions (version TEXT PRIMARY KEY, dim INTEGER);
+"""
+
+
+def model_version(model_path: str | os.PathLike | None) -> str:
+    """A model's version: its file's mtime and size ("none" when there is no model yet)."""
+    if not model_path or not os.path.exists(model_path):
+        return NO_MODEL
+    st = os.stat(model_path)
+    return f"{st.st_mtime_ns}-{st.st_size}"
+
+
+class RowStore:
+    """Append-only float32/uint8 rows in a flat file, read back as a memmap.
+
+    A torn append (a crash mid-write, stray bytes) leaves a partial last row: appends
+    trim it first, and readers only see whole rows (``rows()``); row numbers recorded
+    beyond the file's end count as missing, so the frames are scored again."""
+
+    def __init__(self, path: Path, width: int, dtype):
+        self.path, self.width, self.dtype = path, width, np.dtype(dtype)
+        self.row_bytes = self.width * self.dtype.itemsize
+
+    def rows(self) -> int:
+        try:
+            return os.path.getsize(self.path) // self.row_bytes
+        except FileNotFoundError:
+            return 0
+
+    def append(self, rows: np.ndarray) -> int:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype).reshape(-1, self.width)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end % self.row_bytes:
+                logger.warning(f"{self.path}: {end % self.row_bytes} stray bytes after the last whole row; trimmed")
+                f.truncate(end - end % self.row_bytes)
+                f.seek(0, os.SEEK_END)
+            start = f.tell() // self.row_bytes
+            f.write(rows.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        return start
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) == 0:
+            return np.empty((0, self.width), self.dtype)
+        n = self.rows()
+        mm = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(n, self.width))
+        return np.asarray(mm[np.asarray(rows)])
+
+
+class FeatureStore:
+    """Scores, latents, thumbnails and undecodable frames, in ``folder`` and the shared SQLite ``db``."""
+
+    def __init__(self, folder: Path, db):
+        self.folder, self._db = Path(folder), db
+        self.thumbs = RowStore(self.folder / "thumbs.u8", THUMB * THUMB * 3, np.uint8)
+
+    def _conn(self):
+        return self._db.conn()
+
+    def _latents(self, version: str, dim: int) -> RowStore:
+        return RowStore(self.folder / "latents" / f"{version}.f32", dim, np.float32)
+
+    def _latent_rows(self, version: str) -> tuple[int | None, int]:
+        """(latent dim, whole rows on disk) of a version; (None, 0) before its first score."""
+        dim = self._conn().execute("SELECT dim FROM versions WHERE version=?", (version,)).fetchone()
+        return (int(dim[0]), self._latents(version, int(dim[0])).rows()) if dim else (None, 0)
+
+    # -- thumbnails ------------------------------------------------------------------------
+    def thumbed_ids(self) -> set[str]:
+        n = self.thumbs.rows()  # rows past the end of a torn file are computed again
+        return {r[0] for r in self._conn().execute("SELECT image_id FROM thumbs WHERE row < ?", (n,))}
+
+    def missing_thumbs(self, image_ids: Iterable[str]) -> list[str]:
+        have = self.thumbed_ids() | self.bad_ids()
+        return [i for i in image_ids if i not in have]
+
+    def add_thumbs(self, image_ids: list[str], thumbs: np.ndarray) -> None:
+        if not image_ids:
+            return
+        start = self.thumbs.append(thumbs)
+        with self._db.tx() as c:
+            c.executemany("INSERT OR REPLACE INTO thumbs VALUES (?, ?)",
+                          [(i, start + k) for k, i in enumerate(image_ids)])
+
+    def thumbs_for(self, image_ids: list[str]) -> np.ndarray | None:
+        rows = dict(self._conn().execute("SELECT image_id, row FROM thumbs WHERE row < ?", (self.thumbs.rows(),)))
+        if any(i not in rows for i in image_ids):
+            return None
+        return self.thumbs.read(np.array([rows[i] for i in image_ids], dtype=np.int64))
+
+    # -- undecodable frames ----------------------------------------------------------------
+    def mark_bad(self, image_id: str, error: str) -> None:
+        with self._db.tx() as c:
+            c.execute("INSERT OR REPLACE INTO bad VALUES (?, ?)", (image_id, error))
+
+    def bad_ids(self) -> set[str]:
+        return {r[0] for r in self._conn().execute("SELECT image_id FROM bad")}
+
+    def bad(self) -> dict[str, str]:
+        return dict(self._conn().execute("SELECT image_id, error FROM bad"))
+
+    # -- scores and latents ------------------------------------------------------------------
+    def scored_ids(self, version: str) -> set[str]:
+        """Frames with a score and a whole latent row under this version (no latent is read)."""
+        dim, n = self._latent_rows(version)
+        if dim is None:
+            return set()
+        return {r[0] for r in self._conn().execute("SELECT image_id FROM scores WHERE version=? AND row < ?",
+                                                   (version, n))}
+
+    def unscored(self, version: str, image_ids: Iterable[str]) -> list[str]:
+        have = self.scored_ids(version) | self.bad_ids()
+        return [i for i in image_ids if i not in have]
+
+    def add_scores(self, version: str, image_ids: list[str], scores: np.ndarray, latents: np.ndarray) -> None:
+        if not image_ids:
+            return
+        start = self._latents(version, latents.shape[1]).append(latents)
+        with self._db.tx() as c:
+            c.execute("INSERT OR REPLACE INTO versions VALUES (?, ?)", (version, int(latents.shape[1])))
+            c.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)",
+                          [(version, i, float(s), start + k) for k, (i, s) in enumerate(zip(image_ids, scores))])
+
+    def scores_for(self, version: str, image_ids: list[str]):
+        """(scores, latents) of these frames under this model version; None if any is missing."""
+        dim, n = self._latent_rows(version)
+        if dim is None:
+            return None
+        rows = dict((r[0], (r[1], r[2])) for r in self._conn().execute(
+            "SELECT image_id, score, row FROM scores WHERE version=? AND row < ?", (version, n)))
+        if any(i not in rows for i in image_ids):
+            return None
+        s = np.array([rows[i][0] for i in image_ids], dtype=np.float32)
+        lat = self._latents(version, dim).read(np.array([rows[i][1] for i in image_ids], dtype=np.int64))
+        return s, lat
+
+    def summary(self) -> dict:
+        c = self._conn()
+        return {"versions": dict(c.execute("SELECT version, COUNT(*) FROM scores GROUP BY version")),
+                "thumbnails": c.execute("SELECT COUNT(*) FROM thumbs").fetchone()[0], "bad_frames": self.bad()}

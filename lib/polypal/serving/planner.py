@@ -1,0 +1,98 @@
+"""The planner: one AL cycle's batch for a strategy, from the frames and what is known about them.
+
+``plan_batch`` is a pure function of its inputs (the frame ids, the labeled set, the model
+version and a read-only view of the feature store): it runs outside any lock, and the
+caller swaps the result in atomically (``plans.PlanBook``). Before a strategy's inputs
+exist (no model, model not scored yet, no thumbnails) the registry's fallback chain is
+followed, and the plan records a ``fallback:<name>`` version so that it is replaced once
+the better inputs exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from polypal.sampler import PoolInfo, pca_features, resolve, select
+from polypal.serving.features import NO_MODEL, THUMB
+
+FALLBACK_PCA = "fallback:pca_coreset"  # no (scored) model yet: PCA-Coreset on thumbnails
+FALLBACK_RANDOM = "fallback:random"  # no thumbnails yet either: random (the chain is in the registry)
+
+
+def is_fallback(plan_version) -> bool:
+    return isinstance(plan_version, str) and plan_version.startswith("fallback")
+
+
+@dataclass
+class Plan:
+    """A planned batch: (image id, score or None, picked by) in serving order."""
+
+    rows: list[tuple[str, float | None, str]]
+    version: str  # the model version it was planned with, or "fallback:<strategy>"
+    note: str | None = None
+
+
+def plan_batch(strategy: str, all_ids: list[str], labeled: set[str], version: str, features, batch_size: int,
+               gamma: float, seed: int, cycle: int, video=None) -> Plan | None:
+    """Select the batch of ``cycle`` for a registered strategy; None when nothing is left to label.
+
+    ``features``: a ``FeatureStore`` (only read); ``video``: a ``polypal.video.VideoIndex`` whose
+    groups of near-duplicates and flagged frames are set aside (one representative per group).
+    """
+    spec = resolve(strategy)
+    bad = features.bad_ids()
+    universe = sorted(i for i in all_ids if i not in bad)
+    notes = []
+    if video is not None and video.groups:  # never two near-duplicates (or a useless frame) in one batch
+        from polypal.video import plan_universe
+
+        n0 = len(universe)
+        universe = plan_universe(universe, labeled, video.groups, video.flagged, video.representatives)
+        if len(universe) < n0:
+            notes.append(f"video: {n0 - len(universe)} near-duplicate or flagged frames set aside")
+    labeled_idx = np.array([k for k, i in enumerate(universe) if i in labeled], dtype=np.int64)
+    if len(universe) - len(labeled_idx) <= 0:
+        return None
+    plan_version = version
+    info = PoolInfo(n=len(universe))
+    while True:  # the registry's fallback chain: while this strategy's inputs are missing, use its fallback
+        missing, universe, labeled_idx, info = _inputs(spec, info, universe, labeled, labeled_idx, version,
+                                                       features, seed)
+        if missing is None:
+            break
+        if spec.fallback is None:
+            raise RuntimeError(f"strategy {spec.name!r} lacks {missing} and has no fallback")
+        notes.append(f"{missing}: fell back to {spec.fallback}" +
+                     (" on image features" if spec.fallback == "pca_coreset" else ""))
+        plan_version = f"fallback:{spec.fallback}"  # differs from every model version: replaced once inputs exist
+        spec = resolve(spec.fallback)
+    sel = select(spec.name, info, labeled_idx, batch_size, seed=seed * 1000 + cycle, gamma=gamma)
+    notes += sel.notes
+    rows = [(universe[j], None if info.scores is None else float(info.scores[j]), by)
+            for j, by in zip(sel.indices.tolist(), sel.picked_by)]
+    return Plan(rows, plan_version, "; ".join(notes) or None)
+
+
+def _inputs(spec, info, universe, labeled, labeled_idx, version, features, seed):
+    """Fill what ``spec`` needs into ``info``: (what is missing or None, universe, labeled_idx, info)."""
+    if {"scores", "latents"} & set(spec.needs):
+        if version == NO_MODEL:
+            return "no model yet", universe, labeled_idx, info
+        # labeled frames are k-center's initial centers: use their latents when this model has them
+        full = features.scores_for(version, universe)
+        if full is None:
+            # labeled before this model (no latents): diversity among the unlabeled, no labeled centers
+            unl = [i for i in universe if i not in labeled]
+            full = features.scores_for(version, unl)
+            if full is None:
+                return f"model {version} not scored yet", universe, labeled_idx, info
+            universe, labeled_idx, info = unl, np.empty(0, dtype=np.int64), PoolInfo(n=len(unl))
+        info.scores, info.latents = full
+    if "image_features" in spec.needs:
+        th = features.thumbs_for(universe)
+        if th is None:
+            return "thumbnails not computed yet", universe, labeled_idx, info
+        info.image_features = pca_features(th.reshape(len(universe), THUMB, THUMB, 3), seed=seed)
+    return None, universe, labeled_idx, info
