@@ -31,82 +31,84 @@ TESTS = {
     "uncertainty": ["tests/test_uncertainty_metrics.py", "tests/test_metrics_reference.py"],
 }
 
-# (module, operator, occurrence) -> why the mutant cannot change any result
+# (module, operator, occurrence) -> why the mutant cannot change any result. The modules are named as they
+# were when results/test-audit was made (commit cbcc6e5, before the library moved into packages in 4ab922b):
+# a new run (scripts/mutation_test.sh, new paths) numbers its mutants anew, so these must be argued again.
 EQUIVALENT = {
-    ("lib/polypal/sampler/strategies.py", "core/ReplaceComparisonOperator_Eq_LtE", 0):
+    ("lib/polypal/strategies.py", "core/ReplaceComparisonOperator_Eq_LtE", 0):
         "`len(available) <= 0`: a length is never negative",
-    ("lib/polypal/sampler/strategies.py", "core/ReplaceComparisonOperator_Eq_LtE", 4):
+    ("lib/polypal/strategies.py", "core/ReplaceComparisonOperator_Eq_LtE", 4):
         "`name <= 'pca_coreset'` in the elif chain: only 'pca_coreset' and 'unc_ta_coreset' reach it "
         "(names are checked first), and 'unc_ta_coreset' > 'pca_coreset'",
-    ("lib/polypal/sampler/strategies.py", "core/NumberReplacer", 1):
+    ("lib/polypal/strategies.py", "core/NumberReplacer", 1):
         "`k <= -1` in top_uncertain: k = 0 slices `order[:0]`, empty either way",
-    ("lib/polypal/sampler/strategies.py", "core/NumberReplacer", 8):
+    ("lib/polypal/strategies.py", "core/NumberReplacer", 8):
         "`reshape(n, -2)`: numpy 1.26 takes any negative size as 'infer'",
-    ("lib/polypal/sampler/strategies.py", "core/ReplaceUnaryOperator_USub_Invert", 1):
+    ("lib/polypal/strategies.py", "core/ReplaceUnaryOperator_USub_Invert", 1):
         "`reshape(n, ~1)` is reshape(n, -2): numpy 1.26 takes any negative size as 'infer'",
-    ("lib/polypal/sampler/kcenter.py", "core/ReplaceComparisonOperator_LtE_Lt", 0):
+    ("lib/polypal/kcenter.py", "core/ReplaceComparisonOperator_LtE_Lt", 0):
         "`budget < 0`: with budget 0 the loop runs zero times and returns the same empty array",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 45):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 45):
         "`budget <= -1`: as above, budget 0 returns the same empty array",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 1):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 1):
         "DEFAULT_CHUNK 8191: a chunk size, results are identical",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 12):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 12):
         "`chunk_c = max(2, ...)`: a chunk size (slicing past the end is harmless)",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 13):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 13):
         "`chunk_c = max(0, ...)`: there is at least one center here (an empty set returned earlier)",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 16):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 16):
         "`row_chunk = max(2, ...)`: a chunk size",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 15):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 15):
         "`min(len(centers), 1023)`: a chunk size",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 18):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 18):
         "`chunk * 129`: a chunk size (a 1% larger block)",
-    ("lib/polypal/sampler/kcenter.py", "core/ReplaceBinaryOperator_Mul_Add", 0):
+    ("lib/polypal/kcenter.py", "core/ReplaceBinaryOperator_Mul_Add", 0):
         "`(chunk + 128) // chunk_c`: smaller blocks, same distances",
-    ("lib/polypal/sampler/kcenter.py", "core/ReplaceComparisonOperator_Eq_LtE", 0):
+    ("lib/polypal/kcenter.py", "core/ReplaceComparisonOperator_Eq_LtE", 0):
         "`len(centers) <= 0`: a length is never negative",
-    ("lib/polypal/sampler/kcenter.py", "core/ReplaceComparisonOperator_Eq_LtE", 2):
+    ("lib/polypal/kcenter.py", "core/ReplaceComparisonOperator_Eq_LtE", 2):
         "`len(labeled) <= 0`: a length is never negative",
-    ("lib/polypal/sampler/strategies.py", "core/ReplaceComparisonOperator_Lt_NotEq", 0):
+    ("lib/polypal/strategies.py", "core/ReplaceComparisonOperator_Lt_NotEq", 0):
         "`while len(chosen) != budget`: a round adds at most the shortfall, so the count never passes B",
-    ("lib/polypal/sampler/strategies.py", "core/ReplaceTrueWithFalse", 0):
+    ("lib/polypal/strategies.py", "core/ReplaceTrueWithFalse", 0):
         "`setdiff1d(..., assume_unique=False)`: both inputs are unique, same sorted result",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 0):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 0):
         "DEFAULT_CHUNK 8193: a chunk size",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 14):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 14):
         "`min(len(centers), 1025)`: a chunk size",
-    ("lib/polypal/sampler/kcenter.py", "core/ReplaceBinaryOperator_Mul_Sub", 0):
+    ("lib/polypal/kcenter.py", "core/ReplaceBinaryOperator_Mul_Sub", 0):
         "`(chunk - 128) // chunk_c`: smaller blocks (at least one row), same distances",
-    ("lib/polypal/sampler/kcenter.py", "core/ReplaceComparisonOperator_Eq_Lt", 0):
+    ("lib/polypal/kcenter.py", "core/ReplaceComparisonOperator_Eq_Lt", 0):
         "`len(centers) < 0`: with no centers the loops run zero times and every distance stays inf, "
         "as the early return gives",
-    ("lib/polypal/sampler/kcenter.py", "core/ReplaceComparisonOperator_Eq_LtE", 1):
+    ("lib/polypal/kcenter.py", "core/ReplaceComparisonOperator_Eq_LtE", 1):
         "`k <= 0` for the pick counter: k is never negative",
-    ("lib/polypal/sampler/strategies.py", "core/ReplaceComparisonOperator_Eq_GtE", 2):
+    ("lib/polypal/strategies.py", "core/ReplaceComparisonOperator_Eq_GtE", 2):
         "`name >= 'uncertainty'` in the elif chain: of the names left, only 'uncertainty' sorts at or "
         "after it ('unc_ta_coreset' < 'uncertainty')",
-    ("lib/polypal/sampler/strategies.py", "core/ReplaceComparisonOperator_LtE_Lt", 0):
+    ("lib/polypal/strategies.py", "core/ReplaceComparisonOperator_LtE_Lt", 0):
         "`k < 0` in top_uncertain: k = 0 slices `order[:0]`, empty either way",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 11):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 11):
         "`len(centers) == -1`: as `< 0`, no centers leave every distance at inf",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 52):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 52):
         "sentinel -2 instead of -1 for non-candidates: any negative value is below every squared distance",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 19):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 19):
         "`chunk * 127`: a chunk size",
-    ("lib/polypal/learner/metrics.py", "core/ReplaceTrueWithFalse", 0):
+    ("lib/polypal/metrics.py", "core/ReplaceTrueWithFalse", 0):
         "`include_background=False` for MONAI's confusion matrix: with one channel MONAI keeps it anyway "
         "(it can only drop a background channel when there are two or more)",
-    ("lib/polypal/learner/metrics.py", "core/ReplaceTrueWithFalse", 1):
+    ("lib/polypal/metrics.py", "core/ReplaceTrueWithFalse", 1):
         "`include_background=False` for MONAI's compute_iou: with one channel MONAI keeps it (checked: "
         "same values)",
-    ("lib/polypal/learner/metrics.py", "core/ReplaceTrueWithFalse", 2):
+    ("lib/polypal/metrics.py", "core/ReplaceTrueWithFalse", 2):
         "`include_background=False` for MONAI's compute_dice: as for compute_iou, one channel is kept",
-    ("lib/polypal/sampler/uncertainty.py", "core/NumberReplacer", 53):
+    ("lib/polypal/uncertainty.py", "core/NumberReplacer", 53):
         "`area.clamp(min=0)`: only an empty region divides by 0, and torch.where then takes the topk "
         "branch (no gradient flows here, so the unused NaN never shows)",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 29):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 29):
         "clamp at -1 instead of 0 after the initial distances: only squared distances that are 0 up to "
         "float rounding go below 0; their order is rounding noise either way (module docstring)",
-    ("lib/polypal/sampler/kcenter.py", "core/NumberReplacer", 37):
+    ("lib/polypal/kcenter.py", "core/NumberReplacer", 37):
         "clamp at -1 instead of 0 in the updates: as above, only distances that are 0 up to rounding",
 }
 

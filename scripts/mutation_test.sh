@@ -28,8 +28,8 @@ mkdir -p "$OUT"
 for group in "${GROUPS_[@]}"; do
   case $group in
     sampler)
-      modules='["lib/polypal/sampler/strategies.py", "lib/polypal/sampler/kcenter.py"]'
-      tests="tests/test_algorithm1_reference.py tests/test_strategies.py tests/test_kcenter.py tests/test_strategy_properties.py";;
+      modules='["lib/polypal/sampler/selection.py", "lib/polypal/sampler/registry.py", "lib/polypal/sampler/strategies.py", "lib/polypal/sampler/kcenter.py"]'
+      tests="tests/test_algorithm1_reference.py tests/test_strategies.py tests/test_kcenter.py tests/test_strategy_properties.py tests/test_registry.py";;
     metrics)
       modules='["lib/polypal/learner/metrics.py"]'
       tests="tests/test_uncertainty_metrics.py tests/test_metrics_reference.py";;

@@ -31,27 +31,27 @@ FAST_TESTS = [
 # name -> (module, old text, new text, what it breaks)
 BUGS = {
     "refill_forgets_chosen_centers": (
-        "sampler/strategies.py",
+        "sampler/selection.py",
         "centers = np.concatenate([labeled, np.asarray(chosen, dtype=np.int64)])",
         "centers = labeled",
         "Algorithm 1: refill rounds leave this cycle's picks out of k-center's centers"),
     "b_u_rounds_half_up": (
-        "sampler/strategies.py",
+        "sampler/selection.py",
         "b_u = int(round(gamma * need))",
         "b_u = int(np.floor(gamma * need + 0.5))",
         "Algorithm 1: B_u rounded half up instead of half to even"),
     "refill_splits_whole_budget": (
-        "sampler/strategies.py",
+        "sampler/selection.py",
         "b_u = int(round(gamma * need))",
         "b_u = min(need, int(round(gamma * budget)))",
         "Algorithm 1: refill rounds reuse the first round's B_u instead of splitting the shortfall"),
     "both_reported_as_uncertainty": (
-        "sampler/strategies.py",
+        "sampler/selection.py",
         "                by[j] = BOTH",
         "                by[j] = by[j]",
         "Algorithm 1: frames chosen by both samplers reported as 'uncertainty'"),
     "uncertainty_ties_to_higher_index": (
-        "sampler/strategies.py",
+        "sampler/selection.py",
         "cand = np.sort(np.asarray(candidates, dtype=np.int64))",
         "cand = np.sort(np.asarray(candidates, dtype=np.int64))[::-1]",
         "top_uncertain: ties go to the higher index"),
