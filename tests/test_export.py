@@ -41,3 +41,24 @@ def test_export_round_trip(tmp_path):
     with open(out / "manifest.csv") as f:
         assert [r["id"] for r in csv.DictReader(f)] == ["fr1", "fr3"]
     assert main([str(studies), str(out)]) == 2  # never into a non-empty folder
+    assert not (out / "quality.png").exists()  # never served: no quality curve
+
+
+def test_export_carries_the_quality_curve(tmp_path):
+    """Once the folder was served, the export has the per-model quality curve as JSON and as a PNG."""
+    from polypal.serving import ActiveLearningState
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    img, m = synth_frame(np.random.default_rng(1), 40, 56)
+    Image.fromarray(img).save(studies / "fr0.png")
+    st = ActiveLearningState(studies / ".polypal")  # where the server keeps its state (--conf state_dir)
+    for k, d in enumerate((0.4, 0.5, 0.6)):
+        st.add_quality(f"a{k}", "v1", d, ts=100.0 + k)
+    st.add_quality("b0", "v2", 0.8, ts=200.0)
+    out = tmp_path / "out"
+    assert main([str(studies), str(out)]) == 0
+    q = json.loads((out / "quality.json").read_text())
+    assert [(c["model"], c["labels"], c["mean_dice"]) for c in q["by_model"]] == [(1, 3, 0.5), (2, 1, 0.8)]
+    png = Image.open(out / "quality.png")
+    assert png.format == "PNG" and png.size[0] > 300

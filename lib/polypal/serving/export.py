@@ -1,6 +1,7 @@
 """Export the labeled set of a studies folder in the Kvasir-SEG layout, with a manifest.
 
     polypal-export STUDIES OUT        # OUT/images/, OUT/masks/ (PNG 0/255), OUT/manifest.json, .csv
+                                      # + quality.json/.png: the per-model curve, once the folder was served
 
 The layout is what ``polypal.data.load_folder`` and ``polypal-sim --data`` read,
 and what most segmentation tools expect. The manifest says, per frame: who
@@ -63,7 +64,25 @@ def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str 
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
+    _export_quality(Path(studies) / ".polypal" / "state.sqlite", out)
     return rows
+
+
+def _export_quality(state_db: Path, out: Path) -> None:
+    """The server's per-model quality curve (``/info`` polyp_al.quality) as quality.json and quality.png,
+    when the studies folder has been served (read only: no schema is created)."""
+    if not state_db.exists():
+        return
+    from polypal.serving.annotations import AnnotationLog
+    from polypal.serving.quality import plot_quality
+    from polypal.serving.sqlite_db import SQLiteDB
+
+    try:
+        q = AnnotationLog(SQLiteDB(state_db)).quality()
+    except Exception:  # noqa: BLE001 - an older state without the quality table: nothing to export
+        return
+    (out / "quality.json").write_text(json.dumps(q, indent=1))
+    plot_quality(q["by_model"], out / "quality.png", q["stopping"])
 
 
 def main(argv=None) -> int:

@@ -60,3 +60,35 @@ def stopping_signal(curve: list[dict], min_labels: int = MIN_LABELS) -> str | No
     return (f"labels may have stopped helping: model {last['model']} scores Dice {last['mean_dice']:.3f} on "
             f"{last['labels']} new labels, model {prev['model']} {prev['mean_dice']:.3f} on {prev['labels']} "
             f"(difference {diff:+.3f}, within twice its standard error {se:.3f})")
+
+
+def plot_quality(curve: list[dict], path, stopping: str | None = None) -> bool:
+    """The curve as a PNG: mean Dice per model with ± 2 standard errors, labels measured under each point.
+    False (nothing written) when no model has been measured yet."""
+    if not curve:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [c["model"] for c in curve]
+    ys = [c["mean_dice"] for c in curve]
+    err = [2 * c["se"] if c["se"] is not None else 0.0 for c in curve]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=4)
+    for c in curve:
+        ax.annotate(f"{c['labels']} labels", (c["model"], c["mean_dice"]), textcoords="offset points",
+                    xytext=(0, -16), ha="center", fontsize=7)
+    ax.set_xticks(xs)
+    ax.set_xlabel("model (one per training)")
+    ax.set_ylabel("polyp Dice on newly labeled frames")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    title = "Model quality from the annotators' labels (± 2 SE)"
+    ax.set_title(title + ("\n" + stopping[:90] + ("..." if len(stopping) > 90 else "") if stopping else ""),
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
