@@ -122,11 +122,12 @@
     if (!st || !st.status) return 'No training yet.';
     if (st.status === 'RUNNING') {
       const eta = st.eta_s != null ? `, about ${Math.round(st.eta_s)} s left` : '';
-      return `Training model #${st.model_number} on ${st.labeled} labels: step ${st.step || 0}/${st.total_steps || '?'}` +
+      return `Training model #${st.model_number} on ${st.labeled} label${st.labeled === 1 ? '' : 's'}: step ${st.step || 0}/${st.total_steps || '?'}` +
         (st.loss != null ? `, loss ${st.loss}` : '') + eta;
     }
     if (st.status === 'DONE') {
-      return `Model #${st.model_number} trained on ${st.train_frames} frames (+${st.val_frames} validation) ` +
+      return `Model #${st.model_number} trained on ${st.train_frames} frame${st.train_frames === 1 ? '' : 's'} ` +
+        `(+${st.val_frames} validation) ` +
         `in ${st.seconds} s, finished ${String(st.finished_at || '').slice(11, 19)}.`;
     }
     return `Training ${st.status}${st.note ? ': ' + st.note : ''}`;
