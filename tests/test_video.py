@@ -39,9 +39,13 @@ def write_video(path, frames, fps=25, codec="libx264"):
 
 
 def scene(seed, h=120, w=160):
-    """A sharp, textured frame (blocks of random colour); different seeds give different scenes."""
+    """A sharp, textured frame (blocks of random brightness), reddish like mucosa (red well above green
+    and blue, so not out-of-body); different seeds give different scenes."""
     rng = np.random.default_rng(seed)
-    return np.kron(rng.integers(20, 235, (h // 10, w // 10, 3)).astype(np.uint8), np.ones((10, 10, 1), np.uint8))
+    base = rng.integers(60, 236, (h // 10, w // 10, 1)).astype(np.float64)
+    tint = np.stack([np.ones_like(base[..., 0]), rng.uniform(0.3, 0.6, base.shape[:2]),
+                     rng.uniform(0.3, 0.6, base.shape[:2])], axis=-1)
+    return np.kron(np.round(base * tint).astype(np.uint8), np.ones((10, 10, 1), np.uint8))
 
 
 def pngs(d):
@@ -155,13 +159,20 @@ def test_served_folder_sees_new_frames(clip, tmp_path):
                                                   "Patient_7_left_000010", "Patient_7_left_000015", "still"]
 
 
-def test_flags_black_overexposed_blurred():
+def test_flags_black_overexposed_blurred_out_of_body():
     sharp = scene(3, 288, 384)
     assert F.flags(F.measure(sharp)) == []
     assert F.flags(F.measure((sharp * 0.05).astype(np.uint8))) == ["black"]
     assert F.flags(F.measure(np.full_like(sharp, 252))) == ["overexposed"]
     blurred = np.asarray(Image.fromarray(sharp).filter(ImageFilter.GaussianBlur(4)))
     assert F.flags(F.measure(blurred)) == ["blurred"]
+    # out of body: the same texture in neutral grey or in cool colours (drapes, a room); a warm scene is not
+    assert F.flags(F.measure(np.repeat(sharp[..., :1], 3, axis=-1))) == ["out_of_body"]
+    assert F.flags(F.measure(np.ascontiguousarray(sharp[..., ::-1]))) == ["out_of_body"]
+    assert F.measure(sharp)["red"] == 1.0 and F.measure(np.full_like(sharp, 128))["red"] == 0.0
+    dark_edges = sharp.copy()
+    dark_edges[:, :150] = 5  # unlit pixels have no colour: they neither count for nor against
+    assert F.flags(F.measure(dark_edges)) == []
 
 
 def test_sanitize():
@@ -274,3 +285,183 @@ def test_real_clip_groups_near_duplicates(tmp_path):
     assert not set(grp[:12]) & set(grp[12:])
     assert 2 <= len(set(grp)) <= 12, grp
     assert len(dedupe_candidates(ids, idx.groups, idx.flagged, idx.representatives)) == len(set(grp))
+
+
+def _pool(n_a=60, n_b=4, n_c=4, stills=0, seed=0):
+    """A pool dominated by one video (A), two short ones (B, C) and some stills; A's frames are the most
+    uncertain and the farthest apart, so an uncapped strategy fills the batch from A."""
+    from polypal.sampler import PoolInfo
+
+    rng = np.random.default_rng(seed)
+    vids = ["A"] * n_a + ["B"] * n_b + ["C"] * n_c + [None] * stills
+    scores = np.concatenate([0.5 + 0.5 * rng.random(n_a), 0.4 * rng.random(len(vids) - n_a)])
+    lat = np.concatenate([10 * rng.random((n_a, 3)), rng.random((len(vids) - n_a, 3))]).astype(np.float64)
+    return vids, PoolInfo(n=len(vids), scores=scores, latents=lat, image_features=lat)
+
+
+def test_capped_select_spreads_a_pool_dominated_by_one_video():
+    from collections import Counter
+
+    from polypal.sampler import select
+    from polypal.video import capped_select
+
+    vids, info = _pool()
+    labeled = [0, 60]  # one frame of A, one of B
+    for name in ("random", "uncertainty", "ta_coreset", "pca_coreset", "unc_ta_coreset"):
+        plain = select(name, info, labeled, 12, seed=3)
+        if name != "random":
+            assert Counter(vids[j] for j in plain.indices)["A"] >= 9, name  # uncapped: mostly A
+        sel = capped_select(name, info, labeled, 12, vids, seed=3)  # auto: ceil(12 / 3) = 4 per video ...
+        c = Counter(vids[j] for j in sel.indices)
+        assert len(sel) == 12 and len(set(sel.indices.tolist())) == 12 and not set(sel.indices.tolist()) & {0, 60}
+        # ... but B has only 3 unlabeled frames: 4 + 3 + 4 < 12, so the cap is raised to 5 to fill the batch
+        assert c == {"A": 5, "B": 3, "C": 4}, (name, c)
+        assert "at most 5 frames per video (raised from 4" in sel.notes[-1], sel.notes
+        c9 = Counter(vids[j] for j in capped_select(name, info, labeled, 9, vids, seed=3).indices)
+        assert c9 == {"A": 3, "B": 3, "C": 3}, (name, c9)  # 9 / 3 videos: exactly 3 each
+        assert len(sel.picked_by) == 12
+        # deterministic
+        again = capped_select(name, info, labeled, 12, vids, seed=3)
+        assert again.indices.tolist() == sel.indices.tolist() and again.picked_by == sel.picked_by
+        # an explicit cap; 'off' and no video info give the strategy's own selection
+        c2 = Counter(vids[j] for j in capped_select(name, info, labeled, 12, vids, cap=6, seed=3).indices)
+        assert c2["A"] == 6 and len(c2) == 3 and sum(c2.values()) == 12, c2
+        for same in (capped_select(name, info, labeled, 12, vids, cap="off", seed=3),
+                     capped_select(name, info, labeled, 12, [None] * info.n, seed=3)):
+            assert same.indices.tolist() == plain.indices.tolist()
+
+
+def test_capped_select_is_the_greedy_rule_under_the_cap():
+    """uncertainty and k-center under the cap = their greedy rule over the videos still below it."""
+    from polypal.sampler import k_center_greedy
+    from polypal.video import capped_select
+
+    vids, info = _pool(stills=3, seed=1)
+    labeled, cap, b = [1, 62], 3, 10
+
+    def reference(pick_next):
+        picked, count = [], {}
+        while len(picked) < b:
+            ok = [j for j in range(info.n) if j not in labeled and j not in picked
+                  and (vids[j] is None or count.get(vids[j], 0) < cap)]
+            j = pick_next(picked, ok)
+            picked.append(j)
+            if vids[j] is not None:
+                count[vids[j]] = count.get(vids[j], 0) + 1
+        return picked
+
+    unc = reference(lambda picked, ok: max(ok, key=lambda j: (info.scores[j], -j)))
+    assert capped_select("uncertainty", info, labeled, b, vids, cap=cap).indices.tolist() == unc
+    kc = reference(lambda picked, ok: int(k_center_greedy(info.latents, labeled + picked, 1, candidates=ok)[0]))
+    assert capped_select("ta_coreset", info, labeled, b, vids, cap=cap).indices.tolist() == kc
+
+
+def test_capped_select_property():
+    from collections import Counter
+
+    from polypal.sampler import PoolInfo
+    from polypal.video import capped_select
+    from polypal.video.select import fill_cap
+
+    rng = np.random.default_rng(0)
+    for t in range(60):
+        n = int(rng.integers(5, 60))
+        vids = [None if rng.random() < 0.1 else f"v{rng.integers(0, 1 + rng.integers(1, 6))}" for _ in range(n)]
+        info = PoolInfo(n=n, scores=rng.random(n), latents=rng.random((n, 3)))
+        labeled = rng.choice(n, size=int(rng.integers(0, n // 2)), replace=False)
+        b = int(rng.integers(1, 20))
+        name = ("random", "uncertainty", "ta_coreset", "unc_ta_coreset")[t % 4]
+        sel = capped_select(name, info, labeled, b, vids, seed=t)
+        left = [j for j in range(n) if j not in set(labeled.tolist())]
+        assert len(sel) == min(b, len(left)) and len(set(sel.indices.tolist())) == len(sel)
+        assert not set(sel.indices.tolist()) & set(labeled.tolist())
+        per = Counter(vids[j] for j in left if vids[j] is not None)
+        if per:
+            cap = fill_cap(per, sum(v is None for j, v in enumerate(vids) if j in left), min(b, len(left)),
+                           -(-min(b, len(left)) // len(per)))
+            got = Counter(vids[j] for j in sel.indices if vids[j] is not None)
+            assert max(got.values(), default=0) <= cap, (t, got, cap)
+
+
+def test_video_split_never_splits_a_video():
+    from polypal.experiments.splits import video_split
+    from polypal.video.store import videos_from_ids
+
+    names = [f"proc{v}_{f:06d}" for v in range(9) for f in range(0, 30 * (v % 3 + 1), 3)] + ["still_a", "still_b"]
+    vo = videos_from_ids(names)
+    assert len(vo) == len(names) - 2 and vo["proc3_000009"] == "proc3"
+    sp = video_split(names, vo, n_test=20, n_val=20, seed=0)
+    assert sorted(sp["test"] + sp["val"] + sp["pool"]) == sorted(names)
+    side = {n: k for k in ("test", "val", "pool") for n in sp[k]}
+    for v in set(vo.values()):
+        assert len({side[n] for n in names if vo.get(n) == v}) == 1, v
+    assert len(sp["test"]) >= 20 and len(sp["val"]) >= 20 and sp["pool"] and sp["mode"] == "video"
+    assert sp == video_split(list(reversed(names)), vo, n_test=20, n_val=20, seed=0)  # deterministic
+    assert sp != video_split(names, vo, n_test=20, n_val=20, seed=1)
+    # three videos: one each, whatever the sizes asked
+    three = [f"p{v}_{f:06d}" for v in range(3) for f in range(5)]
+    sp3 = video_split(three, videos_from_ids(three), n_test=100, n_val=100)
+    assert all(len(sp3[k]) == 5 for k in ("test", "val", "pool"))
+    with pytest.raises(ValueError, match="at least 3 videos"):
+        video_split(three[:10], videos_from_ids(three[:10]), 2, 2)
+
+
+def test_old_records_get_the_red_column(tmp_path):
+    """A video.sqlite written before the out-of-body measure: opened for a new ingest, it gains the column;
+    its old frames keep their flags (no measure, no out_of_body flag)."""
+    from polypal.video.store import VideoDB, db_path
+
+    st = tmp_path / "st"
+    (st / ".polypal").mkdir(parents=True)
+    c = sqlite3.connect(db_path(st))
+    c.executescript("CREATE TABLE frames (id TEXT PRIMARY KEY, video TEXT NOT NULL, frame INTEGER NOT NULL, "
+                    "time_s REAL, dhash TEXT NOT NULL, lapvar REAL, sharp REAL, mean REAL, bright REAL, "
+                    "flags TEXT NOT NULL DEFAULT '', grp TEXT, representative INTEGER NOT NULL DEFAULT 0);"
+                    "INSERT INTO frames (id, video, frame, dhash) VALUES ('old_000000', 'old', 0, '00');")
+    c.commit()
+    c.close()
+    VideoDB(st)
+    cols = [r[1] for r in sqlite3.connect(db_path(st)).execute("PRAGMA table_info(frames)")]
+    assert "red" in cols and load_index(st).video_of == {"old_000000": "old"}
+    assert F.flags({"mean": 100, "bright": 0, "sharp": 10}) == []
+
+
+def test_polypal_sim_split_by_video_and_cap(tmp_path):
+    """polypal-sim on a folder of <video>_<frame> frames: --split-by-video on puts whole videos on each side,
+    --video-cap auto keeps every query within its cap; without them the split is by frame (unchanged)."""
+    import json
+    import re
+    from collections import Counter
+
+    from conftest import write_dataset
+    from polypal.experiments.cli import main
+    from polypal.experiments.simulate import read_records
+
+    d = write_dataset(tmp_path / "d", 44, seed=3)
+    names = [f"procA_{i:06d}" for i in range(16)] + [f"proc{v}_{i:06d}" for v in "BCDEFGH" for i in range(4)]
+    for sub in ("images", "masks"):
+        for k, p in enumerate(sorted((d / sub).glob("*.jpg"))):
+            p.rename(p.with_name(names[k] + ".jpg"))
+
+    def sim(out, *extra):
+        return main(["run", "--dataset", "folder", "--data", str(d), "--profile", "smoke", "--seeds", "0",
+                     "--strategies", "random,unc_ta_coreset", "--initial", "4", "--budget", "6", "--cycles", "2",
+                     "--cache-dir", str(tmp_path / "cache"), "--out", str(out), *extra])
+
+    assert sim(tmp_path / "v", "--split-by-video", "on", "--video-cap", "auto") == 0
+    split = json.loads((tmp_path / "v" / "split.json").read_text())
+    assert split["mode"] == "video"
+    side = {n: k for k in ("test", "val", "pool") for n in split[k]}
+    assert all(len({side[n] for n in names if n.startswith(f"proc{v}_")}) == 1 for v in "ABCDEFGH")
+    for f in (tmp_path / "v" / "runs").glob("*.jsonl"):
+        recs = read_records(f)
+        assert [r["n_labeled"] for r in recs] == [4, 10, 16]
+        for r in recs[:-1]:
+            note = next(n for n in r["notes"] if n.startswith("video cap"))
+            cap = int(re.search(r"at most (\d+) frames", note).group(1))
+            assert max(Counter(n.split("_")[0] for n in r["selected"]).values()) <= cap, (note, r["selected"])
+    # default: no video options, the folder's frame split and no cap notes (the committed protocol)
+    assert sim(tmp_path / "f", "--split-by-video", "auto") == 0
+    assert "mode" not in json.loads((tmp_path / "f" / "split.json").read_text())
+    assert not any(n.startswith("video cap") for f in (tmp_path / "f" / "runs").glob("*.jsonl")
+                   for r in read_records(f) for n in r["notes"])

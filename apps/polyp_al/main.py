@@ -55,6 +55,7 @@ class PolypALApp(MONAILabelApp):
         self.cfg = AppConfig.from_conf(app_dir, studies, conf)
         self.state = ActiveLearningState(self.cfg.state_dir, batch_size=self.cfg.batch_size, gamma=self.cfg.gamma,
                                          lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed, background=True,
+                                         video_cap=self.cfg.video_cap,
                                          studies=None if studies.startswith(("http://", "https://")) else studies)
         self.scorer = PolypScoring(self.cfg, self.state)
         self._last_scoring = (None, 0.0)

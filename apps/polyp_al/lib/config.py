@@ -24,6 +24,7 @@ class AppConfig:
     allowed_hosts: str = ""
     max_pixels: int = 0
     threads: int = 1
+    video_cap: int | str = "auto"  # --conf video_cap: at most this many frames of one video per batch
 
     @classmethod
     def from_conf(cls, app_dir: str, studies: str, conf: dict) -> "AppConfig":
@@ -49,6 +50,12 @@ class AppConfig:
         if flag not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError(f"--conf allow_model_upload must be true or false, got {flag!r}")
         max_pixels = num("max_pixels", DEFAULT_MAX_PIXELS, int)
+        from polypal.video.select import parse_cap
+
+        try:
+            video_cap = parse_cap(conf.get("video_cap", "auto"))
+        except ValueError as e:
+            raise ValueError(f"--conf video_cap: {e}") from None
         set_max_pixels(max_pixels)  # every reader of this process (server, training, scoring) obeys it
         return cls(
             profile=profile,
@@ -63,6 +70,7 @@ class AppConfig:
             allowed_origins=str(conf.get("allowed_origins", "")),
             allowed_hosts=str(conf.get("allowed_hosts", "")),
             max_pixels=max_pixels,
+            video_cap=video_cap,
             # half the cores: measured on 2 cores beside other CPU work, 1 thread trained 7x faster than 2
             # (results/benchmarks/training-contention.txt); alone, more threads help less than that
             threads=max(1, num("threads", max(1, (os.cpu_count() or 2) // 2), int)),

@@ -56,10 +56,51 @@ def _make_split(args, names):
                                 mode=args.cvc_split)
     import numpy as np
 
+    nt = max(2, len(names) // 6)
+    by_video = getattr(args, "split_by_video", "off")
+    if by_video != "off":
+        from polypal.video.store import folder_index
+
+        vo = _video_of(args, names, quiet=True) if by_video == "on" else \
+            {n: v for n, v in folder_index(args.data).video_of.items() if n in set(names)}
+        if vo:
+            try:
+                return splits.video_split(names, vo, n_test=nt, n_val=nt, seed=args.split_seed)
+            except ValueError as e:
+                raise SystemExit(f"{args.data}: {e}; --split-by-video off splits by frame (frames of one video "
+                                 "then land on both sides)") from None
+        if by_video == "on":
+            raise SystemExit(f"--split-by-video on: no video of any frame in {args.data} (no .polypal/video.sqlite, "
+                             "no <video>_<frame> ids)")
     rng = np.random.default_rng(args.split_seed)
     perm = [names[i] for i in rng.permutation(len(names))]
-    nt = max(2, len(names) // 6)
     return {"test": sorted(perm[:nt]), "val": sorted(perm[nt : 2 * nt]), "pool": sorted(perm[2 * nt :])}
+
+
+def _video_of(args, names, quiet: bool = False) -> dict:
+    """Frame name -> video for --video-cap and --split-by-video, from the first source that has any: the
+    data folder's .polypal/video.sqlite (polypal-ingest), the --video-groups JSON's "video_of", the
+    CVC-ClinicDB sequences (--dataset cvc), ids shaped <video>_<6 digits>. {} when none does."""
+    from polypal.video.store import folder_index, videos_from_ids
+
+    names = set(names)
+    vo = {n: v for n, v in folder_index(args.data).video_of.items() if n in names}
+    if not vo and getattr(args, "video_groups", None):
+        vo = {n: v for n, v in json.loads(Path(args.video_groups).read_text()).get("video_of", {}).items()
+              if n in names}
+    if not vo and args.dataset == "cvc" and args.splits:
+        from polypal.experiments import splits
+
+        csv = Path(args.splits) / "cvc_clinicdb_sequences.csv"
+        if csv.exists():
+            seq = splits.read_sequences(csv)
+            vo = {n: f"seq{seq.get(n, seq.get(n.lstrip('0')))}" for n in names
+                  if seq.get(n, seq.get(n.lstrip("0"))) is not None}
+    if not vo:
+        vo = videos_from_ids(names)
+    if not quiet:
+        print(f"videos: {len(set(vo.values()))} videos over {len(vo)} of {len(names)} frames", file=sys.stderr)
+    return vo
 
 
 def _log_command(out: Path) -> None:
@@ -124,13 +165,20 @@ def cmd_run(args) -> int:
     if args.video_groups:
         vg = {k: v for k, v in json.loads(Path(args.video_groups).read_text()).items()
               if k in ("groups", "flagged", "representatives")}
+    video_of, cap = None, args.video_cap
+    if cap != "off":
+        video_of = _video_of(args, pool.names)
+        if not video_of:
+            raise SystemExit(f"--video-cap {cap}: no video of any pool frame (no .polypal/video.sqlite in "
+                             f"{args.data}, no video_of in --video-groups, no <video>_<frame> ids)")
     jobs = [(seed, spec) for seed in seeds for spec in specs]
     bar = tqdm(jobs, desc="runs", unit="run")
     for seed, spec in bar:
         bar.set_postfix_str(f"{spec.label} seed {seed}")
         run(pool, val, test, spec, profile, seed, init, budget, cycles,
             out / "runs" / f"{spec.label}-seed{seed}.jsonl", pca_feats=pca,
-            progress=tqdm.write, extras_dir=out / "extras", video_groups=vg)
+            progress=tqdm.write, extras_dir=out / "extras", video_groups=vg,
+            video_of=video_of, video_cap=cap)
     return 0
 
 
@@ -158,6 +206,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _cap_arg(text: str):
+    from polypal.video.select import parse_cap
+
+    try:
+        return parse_cap(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="polypal-sim", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,6 +232,9 @@ def main(argv=None) -> int:
         a.add_argument("--budget", type=int, default=None)
         a.add_argument("--cycles", type=int, default=None)
         a.add_argument("--cvc-split", choices=["sequence", "frame"], default="sequence")
+        a.add_argument("--split-by-video", choices=["auto", "on", "off"], default="auto",
+                       help="--dataset folder: whole videos to test/val/pool (auto: when the folder has "
+                            ".polypal/video.sqlite; on: also from <video>_<frame> ids)")
         a.add_argument("--split-seed", type=int, default=0)
         a.add_argument("--n-val", type=int, default=100)
         a.add_argument("--n-test", type=int, default=112)
@@ -189,6 +249,10 @@ def main(argv=None) -> int:
     r.add_argument("--video-groups", default=None,
                    help="JSON {groups, flagged, representatives} by frame name (benchmarks/video_dup_labels.py): "
                         "pick only one clean representative per group of near-duplicates with no label yet")
+    r.add_argument("--video-cap", default="off", type=_cap_arg,
+                   help="at most this many frames of one video per query: an int, 'auto' (ceil(budget / videos), "
+                        "raised when needed to fill the batch) or 'off' (default). Videos from the folder's "
+                        ".polypal/video.sqlite, --video-groups' video_of, CVC's sequences or <video>_<frame> ids")
     r.set_defaults(func=cmd_run)
     c.set_defaults(func=cmd_ceiling)
     p = sub.add_parser("report", help="tables and figures from a results folder")

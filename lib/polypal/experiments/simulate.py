@@ -89,13 +89,17 @@ def run(
     progress: Callable[[str], None] | None = None,
     extras_dir: str | Path | None = None,
     video_groups: dict | None = None,
+    video_of: dict | None = None,
+    video_cap: int | str = "off",
 ) -> list[dict]:
     """Run (or resume) one strategy at one seed; returns all stage records.
 
     Stage k has n_initial + k*budget labels (k = 0..cycles). ``video_groups``
     ({"groups", "flagged", "representatives"} as ``polypal.video`` records
     them, keyed by frame name): each query picks only among one clean
-    representative per group of near-duplicates with no label yet.
+    representative per group of near-duplicates with no label yet. ``video_of`` (frame name -> video)
+    with ``video_cap`` ('auto', an int; default 'off'): each query takes at most that many frames of
+    one video (``polypal.video.capped_select``).
     """
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +143,8 @@ def run(
         if stage < cycles:
             bar = _bar(progress, f"stage {stage} score pool", len(pool), "img")
             sel, extra = _query(tr.model, pool, labeled, spec, budget, seed * 1000 + stage, pca_feats,
-                                profile.vaal_steps, bar.update if bar else None, video_groups)
+                                profile.vaal_steps, bar.update if bar else None, video_groups,
+                                video_of, video_cap)
             if bar:
                 bar.close()
             rec.update(extra)
@@ -206,7 +211,8 @@ def _bar(progress, desc: str, total: int, unit: str):
 
 
 def _query(model, pool: FrameSet, labeled, spec: RunSpec, budget: int, seed: int, pca_feats,
-           vaal_steps: int = 300, on_batch=None, video_groups: dict | None = None):
+           vaal_steps: int = 300, on_batch=None, video_groups: dict | None = None, video_of: dict | None = None,
+           video_cap: int | str = "off"):
     extra = {}
     strategy = resolve(spec.name)
     scorer = BvSB(spec.aggregation)
@@ -225,11 +231,12 @@ def _query(model, pool: FrameSet, labeled, spec: RunSpec, budget: int, seed: int
         part = PoolInfo(n=len(sub), scores=scores[sub], latents=pred.latents[sub], options=info.options,
                         image_features=None if info.image_features is None else info.image_features[sub],
                         images=None if info.images is None else info.images[sub])
-        sel = select(spec.name, part, np.searchsorted(sub, labeled), budget, seed=seed, gamma=spec.gamma)
+        sel = _select(spec, part, np.searchsorted(sub, labeled), budget, seed, [pool.names[i] for i in sub],
+                      video_of, video_cap)
         sel.indices = sub[sel.indices]
         extra["grouped_candidates"] = int(len(sub) - len(labeled))
     else:
-        sel = select(spec.name, info, labeled, budget, seed=seed, gamma=spec.gamma)
+        sel = _select(spec, info, labeled, budget, seed, pool.names, video_of, video_cap)
     # Fig 4: how many frames would both pure TA-Coreset and pure Uncertainty pick?
     mask = np.ones(len(pool), dtype=bool)
     mask[labeled] = False
@@ -237,6 +244,16 @@ def _query(model, pool: FrameSet, labeled, spec: RunSpec, budget: int, seed: int
     ta = k_center_greedy(pred.latents, labeled, budget, seed=seed)
     extra["overlap_ta_unc"] = int(len(np.intersect1d(unc, ta)))
     return sel, extra
+
+
+def _select(spec: RunSpec, info: PoolInfo, labeled, budget: int, seed: int, names, video_of, video_cap):
+    """The strategy's selection; with video info and a cap other than 'off', spread across videos."""
+    if video_of and str(video_cap).lower() != "off":
+        from polypal.video.select import capped_select
+
+        return capped_select(spec.name, info, labeled, budget, [video_of.get(n) for n in names], cap=video_cap,
+                             seed=seed, gamma=spec.gamma)
+    return select(spec.name, info, labeled, budget, seed=seed, gamma=spec.gamma)
 
 
 def _save_latents(folder: Path, spec, seed, pool, labeled, sel, model):

@@ -7,6 +7,8 @@
   whole sequences go to test (~112 frames) and validation (~100 frames); the
   rest is the pool. ``mode="frame"`` gives the paper's plain random split
   (112 test, 100 val), which inflates results.
+- An ingested video folder (``polypal-sim --dataset folder``): by video
+  (``video_split``), whole videos to test, validation and pool.
 """
 
 from __future__ import annotations
@@ -79,6 +81,32 @@ def cvc_split(names: list[str], sequences: dict[str, int] | None, n_test: int = 
             pool += frames
     return {"test": sorted(test), "val": sorted(val), "pool": sorted(pool), "mode": "sequence",
             "sequences": {"test": sorted({seq_of(n) for n in test}), "val": sorted({seq_of(n) for n in val})}}
+
+
+def video_split(names: list[str], video_of: dict[str, str], n_test: int, n_val: int, seed: int = 0) -> dict:
+    """By video (frames of an ingested folder): whole videos go to test until it holds ``n_test``
+    frames, then to validation until ``n_val``, the rest to the pool, in a seeded random order of the
+    videos; a frame of no video (a still) is its own unit. Frames of one video are never on two sides.
+    Needs at least three videos (or stills); a side may overshoot its size by up to one video."""
+    names = sorted(names)
+    by: dict[str, list[str]] = {}
+    for n in names:
+        by.setdefault(video_of.get(n, "\0still:" + n), []).append(n)  # a still's key sorts apart from videos
+    units = sorted(by)
+    if len(units) < 3:
+        raise ValueError(f"a split by video needs at least 3 videos, found {len(units)}")
+    order = [units[i] for i in np.random.default_rng(seed).permutation(len(units))]
+    test, val, pool = [], [], []
+    for k, u in enumerate(order):
+        rest = len(order) - k - 1  # units after this one: enough must remain for the sides still empty
+        if len(test) < n_test and rest >= (not val) + (not pool):
+            test += by[u]
+        elif len(val) < n_val and rest >= (not pool):
+            val += by[u]
+        else:
+            pool += by[u]
+    vids = {s: sorted({video_of[n] for n in part if n in video_of}) for s, part in (("test", test), ("val", val))}
+    return {"test": sorted(test), "val": sorted(val), "pool": sorted(pool), "mode": "video", "videos": vids}
 
 
 def save_split(split: dict, path) -> None:

@@ -35,11 +35,13 @@ class Plan:
 
 
 def plan_batch(strategy: str, all_ids: list[str], labeled: set[str], version: str, features, batch_size: int,
-               gamma: float, seed: int, cycle: int, video=None) -> Plan | None:
+               gamma: float, seed: int, cycle: int, video=None, video_cap="auto") -> Plan | None:
     """Select the batch of ``cycle`` for a registered strategy; None when nothing is left to label.
 
     ``features``: a ``FeatureStore`` (only read); ``video``: a ``polypal.video.VideoIndex`` whose
-    groups of near-duplicates and flagged frames are set aside (one representative per group).
+    groups of near-duplicates and flagged frames are set aside (one representative per group), and
+    whose videos a batch is spread across: at most ``video_cap`` new frames of one video ('auto':
+    ceil(batch / videos), 'off', or an int; ``polypal.video.capped_select``).
     """
     spec = resolve(strategy)
     bad = features.bad_ids()
@@ -68,7 +70,13 @@ def plan_batch(strategy: str, all_ids: list[str], labeled: set[str], version: st
                      (" on image features" if spec.fallback == "pca_coreset" else ""))
         plan_version = f"fallback:{spec.fallback}"  # differs from every model version: replaced once inputs exist
         spec = resolve(spec.fallback)
-    sel = select(spec.name, info, labeled_idx, batch_size, seed=seed * 1000 + cycle, gamma=gamma)
+    if video is not None and video.video_of and str(video_cap).lower() != "off":  # spread the batch across videos
+        from polypal.video import capped_select
+
+        sel = capped_select(spec.name, info, labeled_idx, batch_size, [video.video_of.get(i) for i in universe],
+                            cap=video_cap, seed=seed * 1000 + cycle, gamma=gamma)
+    else:
+        sel = select(spec.name, info, labeled_idx, batch_size, seed=seed * 1000 + cycle, gamma=gamma)
     notes += sel.notes
     rows = [(universe[j], None if info.scores is None else float(info.scores[j]), by)
             for j, by in zip(sel.indices.tolist(), sel.picked_by)]

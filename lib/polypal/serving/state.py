@@ -57,11 +57,12 @@ class Served:
 class ActiveLearningState:
     def __init__(self, folder: str | os.PathLike, batch_size: int = 100, gamma: float = 0.5,
                  lease_seconds: float = 3600.0, seed: int = 0, background: bool = False,
-                 studies: str | os.PathLike | None = None):
+                 studies: str | os.PathLike | None = None, video_cap: int | str = "auto"):
         """``background``: a re-plan for a newer model runs in a thread while the current batch keeps
         being served (the server); otherwise next_frame plans before answering (tests, scripts).
         ``studies``: a folder with ingested video (polypal.video): batches are planned over one clean
-        representative per group of near-duplicates."""
+        representative per group of near-duplicates, at most ``video_cap`` frames of one video per batch
+        ('auto': ceil(batch / videos); 'off'; polypal.video.capped_select)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.batch_size, self.gamma, self.lease_seconds, self.seed = int(batch_size), float(gamma), lease_seconds, seed
@@ -71,6 +72,7 @@ class ActiveLearningState:
         self.log = AnnotationLog(self._db)
         self.background = background
         self.studies = str(studies) if studies else None
+        self.video_cap = video_cap
         self._planning: set[str] = set()
         self._not_before: dict[tuple[str, str], float] = {}
         self._planning_lock = threading.Lock()
@@ -101,7 +103,7 @@ class ActiveLearningState:
             video = load_index(self.studies)
         cycle = self.plans.last_cycle(strategy) + 1
         p = plan_batch(strategy, all_ids, labeled, version, self.features, self.batch_size, self.gamma, self.seed,
-                       cycle, video=video)
+                       cycle, video=video, video_cap=self.video_cap)
         if p is None:
             return None
         if self.plans.swap_in(strategy, cycle, p):

@@ -3,8 +3,9 @@
 
 from polypal.video.frames import DUP_BITS, flags, measure
 from polypal.video.ingest import VideoError, ingest_video, sanitize
-from polypal.video.select import dedupe_candidates, dedupe_tiers, grouped_candidates, plan_universe, spread_across_videos
+from polypal.video.select import (capped_select, dedupe_candidates, dedupe_tiers, grouped_candidates, parse_cap,
+                                  plan_universe, spread_across_videos)
 from polypal.video.store import VideoIndex, load_index
 
-__all__ = ["DUP_BITS", "VideoError", "VideoIndex", "dedupe_candidates", "dedupe_tiers", "flags", "ingest_video",
-           "grouped_candidates", "load_index", "measure", "plan_universe", "sanitize", "spread_across_videos"]
+__all__ = ["DUP_BITS", "VideoError", "VideoIndex", "capped_select", "dedupe_candidates", "dedupe_tiers", "flags", "ingest_video",
+           "grouped_candidates", "load_index", "measure", "parse_cap", "plan_universe", "sanitize", "spread_across_videos"]

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 
+import numpy as np
+
 TIER_NAMES = ("representative", "non_representative", "group_labeled", "flagged")
 
 
@@ -114,3 +116,120 @@ def plan_universe(universe: list[str], labeled: Collection[str], groups: Mapping
     lab_idx = [k for k, i in enumerate(universe) if i in labeled]
     keep = set(grouped_candidates(universe, lab_idx, groups, flagged, representatives)) | set(lab_idx)
     return [i for k, i in enumerate(universe) if k in keep]
+
+
+# -- procedure-aware batches: a cap on how many frames of one video a batch holds ---------------------
+
+CAP_OFF, CAP_AUTO = "off", "auto"
+
+
+def parse_cap(value) -> int | str:
+    """A cap setting (``--conf video_cap`` / ``polypal-sim --video-cap``): 'auto', 'off' or an int >= 1."""
+    s = str(value if value is not None else CAP_AUTO).strip().lower()
+    if s in (CAP_OFF, CAP_AUTO):
+        return s
+    try:
+        n = int(s)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"video cap must be 'auto', 'off' or an integer >= 1, got {value!r}")
+    return n
+
+
+def fill_cap(per_video: Mapping, stills: int, budget: int, cap: int) -> int:
+    """The smallest cap >= ``cap`` with which the batch can still be filled: sum over videos of
+    min(frames available, cap) plus the stills (never capped) reaches ``budget`` (or every frame)."""
+    avail = sorted(per_video.values())
+    need = min(budget, stills + sum(avail))
+
+    def room(c):
+        return stills + sum(min(a, c) for a in avail)
+
+    while room(cap) < need:  # at most max(avail) steps; batches are small
+        cap += 1
+    return cap
+
+
+def _sub_info(info, sub: np.ndarray):
+    from polypal.sampler import PoolInfo
+
+    def cut(a):
+        return None if a is None else a[sub]
+
+    return PoolInfo(n=len(sub), scores=cut(info.scores), latents=cut(info.latents),
+                    image_features=cut(info.image_features), images=cut(info.images), options=info.options)
+
+
+def capped_select(name: str, info, labeled, budget: int, video_of_idx, cap: int | str = CAP_AUTO,
+                  seed: int = 0, gamma: float = 0.5):
+    """A registered strategy's selection with at most ``cap`` new frames of one video in the batch.
+
+    ``video_of_idx[j]``: the video of universe index j, or None (a still: never capped).
+    ``cap``: an int, ``'auto'`` (ceil(budget / videos with unlabeled frames)) or ``'off'``; either
+    number is raised to the smallest cap that still fills the batch (``fill_cap``: a pool with too
+    few frames outside one video gives a full batch, as even as the pool allows, not a short one).
+
+    Method: run the strategy; accept its picks in pick order up to the first pick whose video is
+    already at the cap; then run the strategy again for the shortfall on the universe without the
+    unlabeled frames of the videos at the cap, with every accepted pick added to the labeled set (so
+    they are k-center's centers and no strategy picks them again, like Algorithm 1's refill); repeat
+    until the batch is full. For strategies that pick greedily one frame at a time (uncertainty's
+    top-k, k-center greedy) this is exactly the strategy's greedy rule restricted to the videos
+    below the cap at each pick; for random it is a uniform draw under the cap; for unc_ta_coreset
+    each rerun splits the shortfall by gamma as Algorithm 1's own refill does. When the cap does
+    not bind, the result is the strategy's own selection (one run). Every round accepts at least
+    one pick, so there are at most (videos that reach the cap) + 1 runs. Deterministic: the same
+    inputs and seed give the same selection.
+
+    Returns the strategy's ``Selection`` (indices into the universe, in accepted order) with a note.
+    """
+    from polypal.sampler import Selection, select
+
+    labeled = np.unique(np.asarray(labeled, dtype=np.int64))
+    vid = list(video_of_idx)
+    if len(vid) != info.n:
+        raise ValueError(f"video_of_idx has {len(vid)} entries for a universe of {info.n}")
+    cap = parse_cap(cap)
+    lab = set(labeled.tolist())
+    avail = [j for j in range(info.n) if j not in lab]
+    per_video: dict = {}
+    for j in avail:
+        if vid[j] is not None:
+            per_video[vid[j]] = per_video.get(vid[j], 0) + 1
+    if cap == CAP_OFF or not per_video:
+        return select(name, info, labeled, budget, seed=seed, gamma=gamma)
+    b = min(int(budget), len(avail))
+    asked = -(-b // len(per_video)) if cap == CAP_AUTO else int(cap)
+    cap_n = fill_cap(per_video, len(avail) - sum(per_video.values()), b, max(1, asked))
+    accepted: list[int] = []
+    by: list[str] = []
+    count: dict = {}
+    full: set = set()
+    notes: list[str] = []
+    rounds = 0
+    while len(accepted) < b:
+        rounds += 1
+        taken = lab | set(accepted)
+        sub = np.asarray([j for j in range(info.n) if j in taken or vid[j] is None or vid[j] not in full],
+                         dtype=np.int64)
+        sub_lab = np.searchsorted(sub, np.asarray(sorted(taken), dtype=np.int64))
+        sel = select(name, _sub_info(info, sub) if len(sub) < info.n else info, sub_lab, b - len(accepted),
+                     seed=seed, gamma=gamma)
+        if rounds == 1:
+            notes += sel.notes
+        for j, pb in zip(sub[sel.indices].tolist(), sel.picked_by):
+            v = vid[j]
+            if v is not None and count.get(v, 0) >= cap_n:
+                full.add(v)
+                break
+            accepted.append(j)
+            by.append(pb)
+            if v is not None:
+                count[v] = count.get(v, 0) + 1
+                if count[v] >= cap_n:
+                    full.add(v)
+    raised = f" (raised from {asked} to fill the batch)" if cap_n > asked else ""
+    notes.append(f"video cap: at most {cap_n} frames per video{raised}; {len(per_video)} videos, "
+                 f"{rounds} selection run{'s' if rounds > 1 else ''}")
+    return Selection(np.asarray(accepted, dtype=np.int64), by, notes)

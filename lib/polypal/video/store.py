@@ -8,7 +8,7 @@ is not touched. Tables:
   ``done`` once all its frames are in the studies folder);
 - ``frames``: one row per ingested frame: ``id`` (the image id), ``video``,
   ``frame`` (0-based index in the decoded stream), ``time_s``, the dHash (hex),
-  the quality measures (``lapvar``, ``sharp``, ``mean``, ``bright``), ``flags`` (comma-separated, '' when fine), ``grp``
+  the quality measures (``lapvar``, ``sharp``, ``mean``, ``bright``, ``red``), ``flags`` (comma-separated, '' when fine), ``grp``
   (the id of the group's first frame) and ``representative`` (1 for the one
   frame of its group to annotate).
 
@@ -18,7 +18,9 @@ is not touched. Tables:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from polypal.serving.sqlite_db import SQLiteDB
 from polypal.video import frames as F
@@ -30,7 +32,7 @@ CREATE TABLE IF NOT EXISTS videos (name TEXT PRIMARY KEY, source TEXT NOT NULL, 
     fingerprint TEXT NOT NULL, settings TEXT NOT NULL, fps REAL, decoded INTEGER, kept INTEGER,
     ingested_at TEXT, done INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS frames (id TEXT PRIMARY KEY, video TEXT NOT NULL, frame INTEGER NOT NULL,
-    time_s REAL, dhash TEXT NOT NULL, lapvar REAL, sharp REAL, mean REAL, bright REAL, flags TEXT NOT NULL DEFAULT '',
+    time_s REAL, dhash TEXT NOT NULL, lapvar REAL, sharp REAL, mean REAL, bright REAL, red REAL, flags TEXT NOT NULL DEFAULT '',
     grp TEXT, representative INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS frames_by_video ON frames (video, frame);
 """
@@ -44,6 +46,9 @@ class VideoDB:
     def __init__(self, studies):
         os.makedirs(os.path.join(str(studies), ".polypal"), exist_ok=True)
         self.db = SQLiteDB(db_path(studies), _SCHEMA)
+        with self.db.tx() as c:  # records written before the out-of-body measure existed: add its column
+            if "red" not in {r[1] for r in c.execute("PRAGMA table_info(frames)")}:
+                c.execute("ALTER TABLE frames ADD COLUMN red REAL")
 
     def find(self, fingerprint: str, settings: str) -> dict | None:
         r = self.db.conn().execute("SELECT name, decoded, kept FROM videos WHERE fingerprint=? AND settings=? AND done=1",
@@ -69,11 +74,12 @@ class VideoDB:
                       "ingested_at, done) VALUES (:name, :source, :size, :fingerprint, :settings, :fps, :decoded, "
                       ":kept, :ingested_at, 0)", video)
             c.executemany("INSERT OR IGNORE INTO frames (id, video, frame, time_s, dhash, lapvar, sharp, mean, bright, "
-                          "flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          "red, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                           [(r["id"], video["name"], r["frame"], r["time_s"], r["dhash"], r["lapvar"], r["sharp"],
-                            r["mean"], r["bright"], ",".join(F.flags(r))) for r in rows])
-            allf = [dict(zip(("id", "dhash", "lapvar", "sharp", "mean", "bright"), t)) for t in c.execute(
-                "SELECT id, dhash, lapvar, sharp, mean, bright FROM frames WHERE video=? ORDER BY frame", (video["name"],))]
+                            r["mean"], r["bright"], r.get("red"), ",".join(F.flags(r))) for r in rows])
+            allf = [dict(zip(("id", "dhash", "lapvar", "sharp", "mean", "bright", "red"), t)) for t in c.execute(
+                "SELECT id, dhash, lapvar, sharp, mean, bright, red FROM frames WHERE video=? ORDER BY frame",
+                (video["name"],))]
             gi = F.group_consecutive([f["dhash"] for f in allf], max_bits)
             groups: dict[int, list[int]] = {}
             for i, g in enumerate(gi):
@@ -126,3 +132,25 @@ def load_index(studies) -> VideoIndex:
     finally:
         c.close()
     return idx
+
+
+FRAME_ID = re.compile(r"^(?P<video>.+)_(?P<frame>\d{6})$")  # polypal-ingest's ids: <video>_<frame, 6 digits>
+
+
+def folder_index(root) -> VideoIndex:
+    """The ingest records of a dataset folder: ``root/.polypal/video.sqlite`` (a studies folder) or
+    ``root/images/.polypal/video.sqlite`` (images/ + masks/); an empty index when there are none."""
+    for d in (Path(root), Path(root) / "images"):
+        if os.path.exists(db_path(d)):
+            return load_index(d)
+    return VideoIndex()
+
+
+def videos_from_ids(names) -> dict[str, str]:
+    """frame name -> video for the names shaped like polypal-ingest's ids (``<video>_<6 digits>``)."""
+    out = {}
+    for n in names:
+        m = FRAME_ID.match(n)
+        if m:
+            out[n] = m.group("video")
+    return out
