@@ -149,7 +149,8 @@ def _stadium(rows: int, cols: int, p0, p1, r: float) -> np.ndarray:
 
 def _stroke(b, tool: str, mapping, p0, p1):
     b.click_selector(f'[data-cy="{tool}-btn"]')  # a real click: a DOM .click() does not activate OHIF's tools
-    time.sleep(0.3)
+    b.wait_js("window.cornerstoneTools.ToolGroupManager.getToolGroupForViewport('default')"
+              f".getActivePrimaryMouseButtonTool().includes('{tool}')", 15, f"OHIF's {tool} tool active")
     b.drag([mapping(*p0), mapping(*p1)], step_px=3)
     time.sleep(0.3)
 
