@@ -324,7 +324,8 @@ def test_annotate_in_ohif_draw_save_next_train_and_edit_a_prediction(stack, shot
         for br, name in ((a, "a"), (b, "b")):
             try:
                 errors = [c for c in br.console(("error",)) if "hanging protocol" not in c]
-                (shots / f"console-{name}.txt").write_text("\n".join(errors[-50:]))
+                if errors:  # kept beside the screenshots when the page logged any
+                    (shots / f"console-{name}.txt").write_text("\n".join(errors[-50:]))
             except Exception:  # noqa: BLE001
                 pass
             br.close()
