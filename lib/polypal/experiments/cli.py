@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from polypal.experiments.videos import video_of_frames
 from polypal.sampler import REGISTRY
 
 PROTOCOLS = {  # dataset -> (initial, budget per cycle, cycles)
@@ -61,7 +62,7 @@ def _make_split(args, names):
     if by_video != "off":
         from polypal.video.store import folder_index
 
-        vo = _video_of(args, names, quiet=True) if by_video == "on" else \
+        vo = video_of_frames(args, names, quiet=True) if by_video == "on" else \
             {n: v for n, v in folder_index(args.data).video_of.items() if n in set(names)}
         if vo:
             try:
@@ -75,32 +76,6 @@ def _make_split(args, names):
     rng = np.random.default_rng(args.split_seed)
     perm = [names[i] for i in rng.permutation(len(names))]
     return {"test": sorted(perm[:nt]), "val": sorted(perm[nt : 2 * nt]), "pool": sorted(perm[2 * nt :])}
-
-
-def _video_of(args, names, quiet: bool = False) -> dict:
-    """Frame name -> video for --video-cap and --split-by-video, from the first source that has any: the
-    data folder's .polypal/video.sqlite (polypal-ingest), the --video-groups JSON's "video_of", the
-    CVC-ClinicDB sequences (--dataset cvc), ids shaped <video>_<6 digits>. {} when none does."""
-    from polypal.video.store import folder_index, videos_from_ids
-
-    names = set(names)
-    vo = {n: v for n, v in folder_index(args.data).video_of.items() if n in names}
-    if not vo and getattr(args, "video_groups", None):
-        vo = {n: v for n, v in json.loads(Path(args.video_groups).read_text()).get("video_of", {}).items()
-              if n in names}
-    if not vo and args.dataset == "cvc" and args.splits:
-        from polypal.experiments import splits
-
-        csv = Path(args.splits) / "cvc_clinicdb_sequences.csv"
-        if csv.exists():
-            seq = splits.read_sequences(csv)
-            vo = {n: f"seq{seq.get(n, seq.get(n.lstrip('0')))}" for n in names
-                  if seq.get(n, seq.get(n.lstrip("0"))) is not None}
-    if not vo:
-        vo = videos_from_ids(names)
-    if not quiet:
-        print(f"videos: {len(set(vo.values()))} videos over {len(vo)} of {len(names)} frames", file=sys.stderr)
-    return vo
 
 
 def _log_command(out: Path) -> None:
@@ -167,7 +142,7 @@ def cmd_run(args) -> int:
               if k in ("groups", "flagged", "representatives")}
     video_of, cap = None, args.video_cap
     if cap != "off":
-        video_of = _video_of(args, pool.names)
+        video_of = video_of_frames(args, pool.names)
         if not video_of:
             raise SystemExit(f"--video-cap {cap}: no video of any pool frame (no .polypal/video.sqlite in "
                              f"{args.data}, no video_of in --video-groups, no <video>_<frame> ids)")
@@ -184,7 +159,7 @@ def cmd_run(args) -> int:
 
 def cmd_ceiling(args) -> int:
     """Train on the whole pool (the full-pool ceiling) at each seed; one line per seed in OUT/ceiling.jsonl."""
-    from polypal.experiments.simulate import full_pool_ceiling
+    from polypal.experiments.ceiling import full_pool_ceiling
 
     out, profile, _, pool, val, test = _setup(args)
     seeds = [int(s) for s in str(args.seeds).split(",") if s != ""]

@@ -165,35 +165,6 @@ def run(
     return records
 
 
-def full_pool_ceiling(pool: FrameSet, val: FrameSet, test: FrameSet, profile: Profile, seed: int,
-                      out_file: str | Path, device=None, progress: Callable[[str], None] | None = None) -> dict:
-    """Train on every pool frame (the full-pool ceiling) with training seed ``seed*1000 + 999``.
-
-    Appends one record per seed to ``out_file``; a seed already there (same profile recipe) is not redone.
-    """
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    rh = recipe_hash(profile)
-    for r in read_records(out_file):
-        if r["seed"] == seed and r.get("recipe") == rh:
-            return r
-    if progress:
-        progress(f"ceiling seed {seed}: training on the whole pool ({len(pool)} labels)")
-    bar = _bar(progress, "ceiling train", profile.steps_for(len(pool)), "step")
-    tr = train(profile, pool.images, pool.masks, val.images, val.masks, seed=seed * 1000 + 999, device=device,
-               on_step=(lambda step, total, loss: bar.update(1)) if bar else None)
-    if bar:
-        bar.close()
-    metrics = evaluate(predict(tr.model, test.images, scorers=()).probs, test.masks)
-    metrics.pop("pooled")
-    rec = {"kind": "ceiling", "seed": seed, "n_labeled": len(pool), "profile": profile.name, "recipe": rh,
-           "test": metrics, "val": tr.best_val, "best_step": tr.best_step, "steps": tr.steps,
-           "train_seconds": round(tr.seconds, 1)}
-    with open(out_file, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-    return rec
-
-
 def recipe_hash(profile: Profile) -> str:
     """A short fingerprint of every profile field: records from different recipes never mix."""
     import hashlib
