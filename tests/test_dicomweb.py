@@ -377,3 +377,50 @@ def test_dicomweb_server_down_or_rejecting_loses_no_label(tmp_path):
     finally:
         srv.stop()
         dicomweb.down(data)
+
+
+def _not_a_seg(url: str, frame: dict, name: str) -> bytes:
+    """A "SEG" put straight into the DICOMweb server by another tool: Modality SEG, referencing the frame,
+    but not a Segmentation Storage object (as OHIF's own store or a misconfigured exporter can produce)."""
+    import io
+
+    from pydicom import Dataset, dcmread
+    from pydicom.sequence import Sequence
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(io.BytesIO(dicomweb.frame_to_dicom(SAMPLE / "images" / f"{name}.jpg")))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID, ds.SeriesDescription, ds.Modality = generate_uid(), "not a seg", "SEG"
+    ds.StudyInstanceUID = frame["study"]
+    ref = Dataset()
+    ref.SeriesInstanceUID = frame["series"]
+    ds.ReferencedSeriesSequence = Sequence([ref])
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def test_an_unreadable_seg_in_the_server_does_not_stop_training(orthanc, tmp_path):
+    """One bad SEG stored around polyp-al is left out of training with its reason; the good labels train."""
+    url, _ = orthanc
+    good, bad = _load_sample_frames(url, tmp_path, slice(12, 14))
+    srv = Server(url + "/dicom-web", tmp_path, conf={"batch_size": "2"}).start()
+    try:
+        from monailabel.client import MONAILabelClient
+
+        client = MONAILabelClient(srv.url, tmpdir=str(tmp_path), client_id="a")
+        client.save_label(_series_by_name(url, good)["series"], str(SAMPLE / "masks" / f"{good}.png"), tag="final")
+        frame = _series_by_name(url, bad)
+        s, _ = http("POST", url + "/instances", _not_a_seg(url, frame, bad), {"Content-Type": "application/dicom"})
+        assert s == 200 and _segs_on(url, frame["study"])  # Orthanc holds the bad SEG on that frame
+        client.train_start("polyp_seg", {})
+        stats = tmp_path / "model" / "polyp_seg-smoke.pt.stats.json"
+        srv.wait_for(lambda: stats.exists() and json.loads(stats.read_text()).get("status") in ("DONE", "FAILED"),
+                     timeout=300, every=1, what="the training to end")
+        st = json.loads(stats.read_text())
+        assert st["status"] == "DONE", st
+        # trained on the good label (others' labels in this shared Orthanc may add to it), the bad one named
+        assert st["train_frames"] + st["val_frames"] >= 1
+        assert frame["series"] in st["skipped"] and "not a readable DICOM SEG" in st["skipped"][frame["series"]]
+    finally:
+        srv.stop()

@@ -24,21 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from server_utils import REPO, SAMPLE, Server, free_port, http
 
-# the library is being split into subpackages: the one place to fix if a module moves
-try:
-    from polypal.serving import dicomweb
-except ImportError:  # before the split
-    from polypal import dicomweb
-try:
-    from polypal.learner import get_profile
-    from polypal.learner.model import PolypUNet, save_checkpoint
-except ImportError:  # before the split
-    from polypal.model import PolypUNet, save_checkpoint
-    from polypal.profiles import get_profile
+from polypal.learner import PolypUNet, get_profile, save_checkpoint
+from polypal.serving import dicomweb
 
 pytestmark = pytest.mark.server
 

@@ -108,8 +108,12 @@ def _online(fn):
     return wrapper
 
 
+_LISTING = threading.local()  # set while datalist() downloads the labels (per thread)
+
+
 class PolypDICOMWebDatastore(DICOMWebDatastore):
     pending_dir: str = ""
+    unreadable_labels: dict = {}  # frame id -> why its SEG was left out of the last datalist()
     _retry_lock = threading.Lock()
 
     # --- reads: 503 when the server is down ------------------------------------------------------
@@ -131,12 +135,29 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
 
     @_online
     def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
-        return super().get_label_uri(label_id, label_tag, image_id)
+        try:
+            return super().get_label_uri(label_id, label_tag, image_id)
+        except (requests.RequestException, HTTPException):
+            raise
+        except Exception as e:  # noqa: BLE001 - e.g. pydicom_seg: "not a DICOM-SEG storage"
+            if not getattr(_LISTING, "active", False):
+                raise
+            # while listing the training set, one SEG that does not convert (stored by another tool, straight
+            # into the DICOMweb server) is left out with its reason, instead of failing every training
+            why = f"label series {label_id} of frame {image_id} is not a readable DICOM SEG ({type(e).__name__}: {e})"
+            logger.error(f"{why}: left out of training")
+            self.unreadable_labels[image_id or label_id] = why
+            return ""
 
     @_online
     def datalist(self, full_path=True):
         self.retry_pending()
-        return super().datalist(full_path)
+        self.unreadable_labels = {}
+        _LISTING.active = True
+        try:
+            return super().datalist(full_path)
+        finally:
+            _LISTING.active = False
 
     def status(self):
         """Counts for /info; never raises, so that the server starts and answers with the DICOMweb server down."""

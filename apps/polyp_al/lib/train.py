@@ -98,7 +98,7 @@ class PolypSegTrain(TrainTask):
         size = self.cfg.profile.size
         # datalist(): (image, final label) file pairs; the DICOMweb datastore downloads SEGs as NIfTI here
         pairs = sorted((frame_id(d["image"]), d["image"], d["label"]) for d in datastore.datalist())
-        images, masks, used, skipped = [], [], [], {}
+        images, masks, used, skipped = [], [], [], dict(getattr(datastore, "unreadable_labels", None) or {})
         for i, image_path, label_path in pairs:
             try:
                 im, m, _ = load_frame(image_path, label_path, size)
