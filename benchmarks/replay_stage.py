@@ -1,0 +1,63 @@
+"""Replay one recorded stage's training with every selection rule kept, to see why a run collapsed.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/replay_stage.py results/cvc-v2 \
+        "unc_ta_coreset@g0.5" 3 2 --data ../shared/datasets/cvc-clinicdb
+
+Reads the stage's labeled set, the split and the profile from the results folder, trains exactly as
+``polypal-sim`` did (training seed seed*1000+stage), checks that the chosen weights give the recorded
+test metrics (same numbers = a faithful replay), and prints, for every selection rule (last, EMA,
+best-val, EMA best-val), the test and validation polyp Dice and the share of test pixels predicted polyp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from polypal.data import load_folder
+from polypal.experiments.simulate import read_records
+from polypal.learner import Profile, evaluate, predict, train
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder")
+    ap.add_argument("run", help="run label, e.g. unc_ta_coreset@g0.5")
+    ap.add_argument("seed", type=int)
+    ap.add_argument("stage", type=int)
+    ap.add_argument("--data", required=True)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    folder = Path(a.folder)
+    rec = read_records(folder / "runs" / f"{a.run}-seed{a.seed}.jsonl")[a.stage]
+    prof = Profile(**json.loads((folder / "run.json").read_text())["profile"])
+    split = json.loads((folder / "split.json").read_text())
+    fs = load_folder(a.data, prof.size)
+    pool, val, test = (fs.subset(fs.index_of(split[k])) for k in ("pool", "val", "test"))
+    lab = np.sort(pool.index_of(rec["labeled"]))
+    tr = train(prof, pool.images[lab], pool.masks[lab], val.images, val.masks, seed=a.seed * 1000 + a.stage,
+               keep_variants=True)
+    chosen = evaluate(predict(tr.model, test.images, scorers=()).probs, test.masks)
+    same = all(abs(chosen[k] - rec["test"][k]) < 1e-9 for k in rec["test"])
+    print(f"{a.run} seed {a.seed} stage {a.stage}: {len(lab)} labels, {tr.steps} steps, rule {prof.select}; "
+          f"replay {'matches' if same else 'DIFFERS FROM'} the record (test polyp Dice {chosen['polyp_dice']:.4f} "
+          f"vs {rec['test']['polyp_dice']:.4f})")
+    for rule, m in tr.variants.items():
+        p = predict(m, test.images, scorers=()).probs
+        t = evaluate(p, test.masks)
+        v = evaluate(predict(m, val.images, scorers=()).probs, val.masks)
+        print(f"  {rule:13s} test Dice {t['polyp_dice']:.4f} mIoU {t['paper_miou']:.4f}  val Dice {v['polyp_dice']:.4f}"
+              f"  test pixels predicted polyp {100 * (p > 0.5).mean():.2f}% (true {100 * test.masks.mean():.2f}%)")
+    last = tr.history[-5:]
+    print("  last validations:", [(h["step"], round(h.get("polyp_dice", 0), 3), round(h.get("ema_polyp_dice", 0), 3),
+                                   round(h["loss"], 3)) for h in last])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
