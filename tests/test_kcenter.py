@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
+from polypal.sampler import kcenter as _kc
 from polypal.sampler.kcenter import k_center_greedy, min_sq_dists
+
+
+@pytest.fixture(autouse=True)
+def _pruned_path_even_for_small_inputs(monkeypatch):
+    """Small inputs go to the one-pass version by default; here every test runs the pruned one."""
+    monkeypatch.setattr(_kc, "ONE_PASS_MAX_ELEMENTS", 0)
 
 
 def brute_force_kcenter(x, labeled, budget, seed=0):
@@ -128,3 +135,135 @@ def test_float64_features_keep_float64_resolution():
     assert k_center_greedy(x, [0], 1).tolist() == [2]
     assert k_center_greedy(x.astype(np.float32), [0], 1).tolist() == [1]  # a tie in float32: lowest index
     assert k_center_greedy(np.array([[0], [3], [5]]), [0], 1).tolist() == [2]  # integers work too
+
+
+# ---------------------------------------------------------------- pruning (triangle inequality)
+
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+
+def clustered(n, d, k, seed, spread=0.3, offset=0.0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((k, d))
+    lab = rng.integers(k, size=n)
+    x = offset + centers[lab] + spread * rng.uniform(0.5, 1.5, size=k)[lab, None] * rng.standard_normal((n, d))
+    return x.astype(dtype)
+
+
+def one_pass(x, labeled, budget, **kw):
+    return _kc._k_center_greedy_one_pass(x, labeled, budget, **kw)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("n_labeled", [0, 1, 15])
+def test_pruned_matches_brute_force_on_clustered_float64(seed, n_labeled):
+    x = clustered(300, 12, 8, seed)
+    labeled = np.random.default_rng(seed).choice(300, size=n_labeled, replace=False)
+    want = brute_force_kcenter(x, labeled.tolist(), 60, seed=seed)
+    np.testing.assert_array_equal(k_center_greedy(x, labeled, 60, seed=seed, chunk=37), want)
+    np.testing.assert_array_equal(k_center_greedy(x, labeled, 60, seed=seed), want)
+
+
+def test_pruning_skips_most_rows_on_clustered_data():
+    x = clustered(4000, 32, 40, 0, spread=0.1)
+    labeled = np.arange(0, 4000, 100)
+    n, _ = x.shape
+    mask = np.ones(n, dtype=bool)
+    mask[labeled] = False
+    run = _kc._Pruned(x, x.dtype, labeled, mask, 200, 0, _kc.DEFAULT_CHUNK)
+    picks = run.run()
+    np.testing.assert_array_equal(picks, one_pass(x, labeled, 200))
+    # the one-pass version reads 200 x 4000 rows
+    assert run.stats["rows_read"] < 0.2 * 200 * n, run.stats
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["clustered", "offset", "duplicates", "lattice", "candidates", "unlabeled"])
+def test_pruned_equals_one_pass(case, dtype, threads):
+    """The same picks as the version it replaced, bit-level ties included, at 1 and 2 BLAS threads,
+    with N and chunk not multiples of 4 (rows in OpenBLAS's remainder kernel)."""
+    rng = np.random.default_rng(7)
+    n, d = 2003, 24
+    cand = None
+    if case == "clustered":
+        x = clustered(n, d, 30, 1, spread=0.2)
+    elif case == "offset":  # uncentered like the U-Net latents: norms >> distances
+        x = clustered(n, d, 30, 2, spread=0.2, offset=40.0)
+    elif case == "duplicates":  # exact copies of rows, some of them labeled: exact ties
+        base = clustered(500, d, 10, 3)
+        x = base[rng.integers(500, size=n)]
+    elif case == "lattice":  # small integers: many exactly equal distances
+        x = rng.integers(-2, 3, size=(n, d)).astype(np.float64)
+    elif case == "candidates":
+        x = clustered(n, d, 30, 4)
+        cand = rng.choice(n, size=700, replace=True)
+    else:
+        x = clustered(n, d, 30, 5)
+    x = x.astype(dtype)
+    labeled = [] if case == "unlabeled" else rng.choice(n, size=60, replace=False)
+    with threadpool_limits(threads, user_api="blas"):
+        for chunk in (_kc.DEFAULT_CHUNK, 501):
+            want = one_pass(x, labeled, 150, candidates=cand, seed=3, chunk=chunk)
+            got = k_center_greedy(x, labeled, 150, candidates=cand, seed=3, chunk=chunk)
+            np.testing.assert_array_equal(got, want)
+
+
+def test_pruned_float32_vs_float64():
+    """float32 agrees with the float64 brute force on clustered data whose gaps exceed float32 rounding."""
+    x = clustered(400, 16, 10, 9, spread=0.3)
+    labeled = np.arange(0, 400, 40)
+    want = brute_force_kcenter(x, labeled.tolist(), 50)
+    np.testing.assert_array_equal(k_center_greedy(x, labeled, 50), want)
+    np.testing.assert_array_equal(k_center_greedy(x.astype(np.float32), labeled, 50), want)
+
+
+def test_float16_memmap_is_read_in_blocks(tmp_path):
+    """A float16 memory map is never cast whole: peak numpy allocations stay below one float32 copy."""
+    import tracemalloc
+
+    n, d = 40000, 128
+    x = clustered(n, d, 50, 11, spread=0.2).astype(np.float16)
+    path = tmp_path / "lat.bin"
+    x.tofile(path)
+    mm = np.memmap(path, dtype=np.float16, mode="r", shape=(n, d))
+    labeled = np.arange(0, n, 300)
+    want = one_pass(x, labeled, 40)  # casts the whole matrix to float32 (19.5 MiB)
+    tracemalloc.start()
+    got = k_center_greedy(mm, labeled, 40, chunk=1024)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    np.testing.assert_array_equal(got, want)
+    assert peak < 0.5 * n * d * 4, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_non_contiguous_input_uses_one_pass():
+    x = np.asfortranarray(clustered(500, 8, 6, 12))
+    labeled = [1, 2, 3]
+    np.testing.assert_array_equal(k_center_greedy(x, labeled, 30), one_pass(x, labeled, 30))
+    np.testing.assert_array_equal(k_center_greedy(x, labeled, 30), k_center_greedy(np.ascontiguousarray(x), labeled, 30))
+
+
+@pytest.mark.skipif(_kc._blas_threads() == 0, reason="numpy's BLAS is not OpenBLAS")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gathered_dots_have_the_one_pass_bits(threads, dtype):
+    """_OldLayout.dots on any row subset gives the bits of the one-pass version's chunked GEMV."""
+    rng = np.random.default_rng(0)
+    n, d, chunk = 3001, 40, 1003
+    x = (rng.standard_normal((n, d)) * rng.exponential(3, (n, d))).astype(dtype)
+    c = (rng.standard_normal(d) * 10).astype(dtype)
+    with threadpool_limits(threads, user_api="blas"):
+        want = np.concatenate([x[s : s + chunk] @ c for s in range(0, n, chunk)])
+        layout = _kc._OldLayout(n, d, chunk, _kc._blas_threads())
+        for rows in (np.arange(n), np.sort(rng.choice(n, 777, replace=False)), np.array([n - 1]), layout.rem):
+            np.testing.assert_array_equal(layout.dots(x, rows, c, dtype, 256), want[rows])
+
+
+def test_small_inputs_use_the_one_pass_version(monkeypatch):
+    x = clustered(500, 8, 6, 13, dtype=np.float32)
+    labeled = [0, 5, 9]
+    pruned = k_center_greedy(x, labeled, 40)
+    monkeypatch.setattr(_kc, "ONE_PASS_MAX_ELEMENTS", 1 << 21)
+    monkeypatch.setattr(_kc, "_Pruned", None)  # would fail if used
+    np.testing.assert_array_equal(k_center_greedy(x, labeled, 40), pruned)
