@@ -180,8 +180,9 @@ def _blas_threads() -> int:
         if _BLAS_CTL is None:
             from threadpoolctl import ThreadpoolController
 
-            libs = [c for c in ThreadpoolController().lib_controllers
-                    if c.internal_api == "openblas" and "numpy" in str(c.filepath)]
+            blas = [c for c in ThreadpoolController().lib_controllers if c.internal_api == "openblas"]
+            ours = [c for c in blas if "numpy" in str(c.filepath)]  # numpy's wheel bundles its own
+            libs = ours or (blas if len(blas) == 1 else [])  # else: a single OpenBLAS (conda, distro)
             _BLAS_CTL = libs[0] if libs else False
         return int(_BLAS_CTL.num_threads) if _BLAS_CTL else 0
     except Exception:  # pragma: no cover - threadpoolctl missing or broken
