@@ -51,6 +51,9 @@ ids), the centers' rows (K x d in the working dtype; the one-pass version also
 copied the labeled rows) and temporaries of at most ``chunk`` rows. float16 or
 integer features (a memory-mapped file, for instance) are cast to float32 one
 block at a time, never as a whole; float32 features are never copied whole.
+
+Size (over ~250 lines): the pruned greedy and the one-pass version it must reproduce bit for bit
+live side by side, with the BLAS-layout emulation that ties them; they are read together.
 """
 
 from __future__ import annotations
