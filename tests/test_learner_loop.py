@@ -151,3 +151,27 @@ def test_hash_validation_yields_validation_frames_on_small_sets():
         # a frame that validates by its hash keeps validating as labels are added
         assert all(val[k] for k, i in enumerate(ids) if by_hash(i))
     assert not hash_validation(sample[:4]).any()  # too few labels: all train
+
+
+def test_a_collapsed_training_is_redone_from_a_fresh_network(tmp_path):
+    """profile.collapse_retries: weights that predict no polyp on their own frames are trained again."""
+    from polypal.learner import predicts_no_polyp
+    from polypal.experiments.simulate import recipe_hash
+
+    fs = load_folder(write_dataset(tmp_path / "d", 8, seed=5), size=32)
+    assert fs.masks.any()
+    # lr 0: the weights stay where they start; a start whose output bias is -1000 predicts nothing anywhere
+    frozen = get_profile("smoke", lr=0.0)
+    dead = PolypUNet.from_profile(frozen).state_dict()
+    out_bias = [k for k in dead if k.endswith("bias")][-1]
+    dead[out_bias] = torch.full_like(dead[out_bias], -1000.0)
+    res = train(frozen, fs.images, fs.masks, init_state=dead, seed=0, device="cpu")
+    assert predicts_no_polyp(res.model, fs.images, fs.masks) and res.retries == 0  # off by default
+    guarded = get_profile("smoke", lr=0.0, collapse_retries=2)
+    res = train(guarded, fs.images, fs.masks, init_state=dead, seed=0, device="cpu")
+    # the retry starts from a fresh network (seed + 1000003), which at lr 0 predicts polyp somewhere
+    assert res.retries == 1 and not predicts_no_polyp(res.model, fs.images, fs.masks)
+    assert not predicts_no_polyp(res.model, fs.images, np.zeros_like(fs.masks))  # empty masks: never "collapsed"
+    # the guard off keeps a recipe's fingerprint; on, it is another recipe
+    assert recipe_hash(get_profile("cpu-lite")) == "96c5035cda"  # the fingerprint of results/cvc-v2
+    assert recipe_hash(get_profile("cpu-lite", collapse_retries=1)) != "96c5035cda"

@@ -38,6 +38,10 @@ class AppConfig:
         overrides = {}
         if conf.get("train_steps"):  # a fixed step budget per training run (min = max)
             overrides = {"min_steps": num("train_steps", 0, int), "max_steps": num("train_steps", 0, int)}
+        # a collapsed training (no polyp predicted on any of its own frames) is redone once from a fresh network
+        overrides["collapse_retries"] = num("collapse_retries", 1, int)
+        if overrides["collapse_retries"] < 0:
+            raise ValueError("--conf collapse_retries must be >= 0")
         profile = get_profile(conf.get("profile", "cpu-lite"), **overrides)
         model_dir = conf.get("model_dir") or os.path.join(app_dir, "model")
         os.makedirs(model_dir, exist_ok=True)

@@ -138,7 +138,7 @@ class PolypSegTrain(TrainTask):
                         extra={"trained_on": used, "best_val": res.best_val})
         stats = {
             "status": "DONE", "model_number": number, "profile": self.cfg.profile.name, "train_frames": int((~val).sum()),
-            "val_frames": int(val.sum()), "steps": res.steps, "best_step": res.best_step,
+            "val_frames": int(val.sum()), "steps": res.steps, "best_step": res.best_step, "retries": res.retries,
             "best_val": res.best_val, "seconds": round(res.seconds, 1), "finished": time.time(),
             "started_at": _iso(t0), "finished_at": _iso(time.time()),
             "skipped": skipped, "model": os.path.basename(self.cfg.model_path),

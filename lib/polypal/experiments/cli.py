@@ -98,7 +98,8 @@ def _setup(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _log_command(out)
-    profile = get_profile(args.profile, max_steps=args.max_steps, min_steps=args.min_steps)
+    profile = get_profile(args.profile, max_steps=args.max_steps, min_steps=args.min_steps,
+                          collapse_retries=args.collapse_retries)
     init, budget, cycles = PROTOCOLS[args.dataset]
     init = args.initial or init
     budget = args.budget or budget
@@ -215,6 +216,9 @@ def main(argv=None) -> int:
         a.add_argument("--n-test", type=int, default=112)
         a.add_argument("--max-steps", type=int, default=None, help="override the profile's step cap")
         a.add_argument("--min-steps", type=int, default=None, help="override the profile's step floor")
+        a.add_argument("--collapse-retries", type=int, default=None,
+                       help="redo a training whose model predicts no polyp on its own frames (at most N times; "
+                            "changes the recipe's fingerprint: use a new --out)")
         a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         a.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/polypal"))
         a.add_argument("--out", required=True)

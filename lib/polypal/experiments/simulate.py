@@ -138,6 +138,7 @@ def run(
             "seed": seed, "stage": stage, "n_labeled": int(len(labeled)), "profile": profile.name, "recipe": rh,
             "test": metrics, "val": tr.best_val, "best_step": tr.best_step, "steps": tr.steps,
             "train_seconds": round(tr.seconds, 1), "labeled": [pool.names[i] for i in labeled],
+            **({"retries": tr.retries} if tr.retries else {}),
             "selected": [], "picked_by": [], "notes": [],
         }
         if stage < cycles:

@@ -15,6 +15,9 @@
   were measured and not kept). One Kvasir-SEG run (6 trainings) in about 25-30
   minutes on 2 cores.
 - ``smoke``: 32x32, a tiny U-Net and a handful of steps, for tests.
+
+``collapse_retries`` (off in every profile; the server turns it on) redoes a training whose model
+predicts no polyp on its own frames (results/calibration/collapse-replay.md).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class Profile:
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: no EMA)
     select: str = "best_val"  # which weights a cycle returns: "best_val", "last", "ema" (EMA at the end),
     #                           "ema_best_val" (EMA weights at their best validation Dice)
+    collapse_retries: int = 0  # retrain from scratch (next seed) when the returned weights predict no polyp on any
+    #                            training frame although the masks have polyps; at most this many times
 
     @property
     def latent_dim(self) -> int:
@@ -61,7 +66,16 @@ class Profile:
         return steps
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, except fields added after recipes were fingerprinted while they are off: a recipe
+        that does not use them keeps its fingerprint (polypal.experiments.simulate.recipe_hash)."""
+        d = asdict(self)
+        for k, off in _ADDED_LATER.items():
+            if d.get(k) == off:
+                d.pop(k)
+        return d
+
+
+_ADDED_LATER = {"collapse_retries": 0}
 
 
 PROFILES: dict[str, Profile] = {

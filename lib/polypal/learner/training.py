@@ -25,7 +25,7 @@ from monai.losses import DiceCELoss
 
 from polypal.learner.augment import Augmenter, augment_kind
 from polypal.learner.model import PolypUNet, default_device
-from polypal.learner.inference import _to_tensor, validate
+from polypal.learner.inference import _to_tensor, predicts_no_polyp, validate
 from polypal.learner.profiles import Profile
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class TrainResult:
     seconds: float
     history: list = field(default_factory=list)
     variants: dict = field(default_factory=dict)  # selection rule -> model (train(keep_variants=True))
+    retries: int = 0  # trainings redone after a collapse (profile.collapse_retries)
 
 
 def hash_validation(ids, fraction: int = 5, min_labels: int = 5) -> np.ndarray:
@@ -105,7 +106,38 @@ def train(
     the exponential moving average of the weights at the end; ``ema_best_val``: the EMA weights at their
     best validation Dice. Without a validation set the last (or EMA) weights are returned.
     ``keep_variants`` also returns every rule's model in ``TrainResult.variants`` (for calibration).
+    With ``profile.collapse_retries`` > 0, a training whose weights predict no polyp on any training frame
+    (``predicts_no_polyp``) is done again from a fresh network with seed ``seed + 1000003 * k``, at most that
+    many times; ``TrainResult.retries`` says how many were needed.
     """
+    args = (profile, train_images, train_masks, val_images, val_masks)
+    res = _train_once(*args, seed=seed, device=device, init_state=init_state, on_step=on_step,
+                      should_stop=should_stop, keep_variants=keep_variants)
+    for k in range(1, profile.collapse_retries + 1):
+        if not predicts_no_polyp(res.model, train_images, train_masks):
+            break
+        logger.warning(f"training collapsed (no polyp predicted on any training frame): retry {k} with a fresh "
+                       f"network, seed {seed + 1000003 * k}")
+        res = _train_once(*args, seed=seed + 1000003 * k, device=device, on_step=on_step, should_stop=should_stop,
+                          keep_variants=keep_variants)
+        res.retries = k
+    return res
+
+
+def _train_once(
+    profile: Profile,
+    train_images: np.ndarray,
+    train_masks: np.ndarray,
+    val_images: np.ndarray | None = None,
+    val_masks: np.ndarray | None = None,
+    seed: int = 0,
+    device=None,
+    init_state: dict | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    keep_variants: bool = False,
+) -> TrainResult:
+    """One training run (``train`` adds the retry on collapse)."""
     if len(train_images) == 0:
         raise ValueError("cannot train on an empty labeled set")
     if train_masks is None or len(train_masks) != len(train_images):
