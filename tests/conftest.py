@@ -60,3 +60,25 @@ def require_shared(sub: str) -> Path:
             pytest.fail(why + "; POLYPAL_REQUIRE_DATA=1 makes this an error")
         pytest.skip(why)
     return p
+
+
+def always_polyp_model(path, profile: str = "smoke"):
+    """A real checkpoint whose U-Net says "polyp" everywhere (its output convolutions: weight 0, bias 10),
+    written atomically, e.g. over a model a server is serving."""
+    import torch
+
+    from polypal.learner import PolypUNet, get_profile, save_checkpoint
+
+    path = Path(path)
+    prof = get_profile(profile)
+    m = PolypUNet.from_profile(prof)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and mod.out_channels == 1:
+                mod.weight.zero_()
+                mod.bias.fill_(10.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".test-tmp")
+    save_checkpoint(tmp, m, prof)
+    os.replace(tmp, path)
+

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from polypal.serving import dicomweb
+from conftest import always_polyp_model
 from server_utils import SAMPLE, Server, free_port, http
 
 pytestmark = pytest.mark.server
@@ -153,24 +154,6 @@ def _browser():
     return Browser()
 
 
-def _always_polyp_model(path: Path, profile: str = "smoke"):
-    """A real checkpoint in our format whose U-Net says "polyp" everywhere: a prediction SEG covering the frame."""
-    import torch
-
-    from polypal.learner.model import PolypUNet, save_checkpoint
-    from polypal.learner import get_profile
-
-    prof = get_profile(profile)
-    m = PolypUNet.from_profile(prof)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and mod.out_channels == 1:
-                mod.weight.zero_()
-                mod.bias.fill_(10.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, m, prof)
-
-
 VIEWPORT = (slice(170, 600), slice(300, 1230))  # the viewer's viewport in headless Chromium's 1280x657 page, below
 #   the SEG prompt OHIF shows at its top
 
@@ -212,7 +195,7 @@ def test_ohif_lists_frames_and_shows_seg_overlays(orthanc, tmp_path):
         client.save_label(frame["series"], str(SAMPLE / "masks" / f"{names[0]}.png"), tag="final")
         labeled = http("GET", srv.url + "/datastore/?output=stats")[1]["completed"]
         assert labeled >= 1
-        _always_polyp_model(tmp_path / "model" / "polyp_seg-smoke.pt")
+        always_polyp_model(tmp_path / "model" / "polyp_seg-smoke.pt")
         _, params = client.infer("polyp_seg", frame["series"], {"store_seg": True})
         assert params["seg_series"], params
         preds = [s for s in _segs_on(url, frame["study"]) if "prediction" in s["0008103E"]["Value"][0]]

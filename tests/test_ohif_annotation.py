@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import always_polyp_model
 from server_utils import REPO, SAMPLE, Server, free_port, http
 
-from polypal.learner import PolypUNet, get_profile, save_checkpoint
 from polypal.serving import dicomweb
 
 pytestmark = pytest.mark.server
@@ -179,22 +179,6 @@ def _frame_size(url: str, series: str) -> tuple[int, int]:
     return int(inst["00280010"]["Value"][0]), int(inst["00280011"]["Value"][0])  # rows, columns
 
 
-def _always_polyp_model(path: Path, profile: str = "smoke"):
-    """A real checkpoint whose U-Net says "polyp" everywhere, written atomically over the served model."""
-    import torch
-
-    prof = get_profile(profile)
-    m = PolypUNet.from_profile(prof)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and mod.out_channels == 1:
-                mod.weight.zero_()
-                mod.bias.fill_(10.0)
-    tmp = path.with_name(path.name + ".test-tmp")
-    save_checkpoint(tmp, m, prof)
-    os.replace(tmp, path)
-
-
 def _check_painted(label: np.ndarray, expect: np.ndarray, what: str) -> dict:
     area, want = int(label.sum()), int(expect.sum())
     ys, xs = np.nonzero(label)
@@ -285,7 +269,7 @@ def test_annotate_in_ohif_draw_save_next_train_and_edit_a_prediction(stack, shot
 
         # 4. a model that says "polyp" everywhere: Next brings a frame with that prediction as the labelmap;
         #    an Eraser stroke removes a band, and the stored label has that band gone
-        _always_polyp_model(work / "model" / "polyp_seg-smoke.pt")
+        always_polyp_model(work / "model" / "polyp_seg-smoke.pt")
         time.sleep(1.1)  # the infer task reloads the model when the file's mtime changes
         a.click_selector('[data-polypal="next"]')
         a.wait_js("location.pathname === '/annotate/'", 30, "the start page")

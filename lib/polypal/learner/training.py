@@ -124,19 +124,8 @@ def train(
     return res
 
 
-def _train_once(
-    profile: Profile,
-    train_images: np.ndarray,
-    train_masks: np.ndarray,
-    val_images: np.ndarray | None = None,
-    val_masks: np.ndarray | None = None,
-    seed: int = 0,
-    device=None,
-    init_state: dict | None = None,
-    on_step: Callable[[int, int, float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    keep_variants: bool = False,
-) -> TrainResult:
+def _train_once(profile: Profile, train_images, train_masks, val_images, val_masks, *, seed, device, on_step,
+                should_stop, keep_variants, init_state=None) -> TrainResult:
     """One training run (``train`` adds the retry on collapse)."""
     if len(train_images) == 0:
         raise ValueError("cannot train on an empty labeled set")
