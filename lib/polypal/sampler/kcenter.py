@@ -176,6 +176,12 @@ def _k_center_greedy_one_pass(
 _BLAS_CTL = None
 
 
+def seeded_first_center(mask: np.ndarray, seed: int) -> int:
+    """The first center when nothing is labeled: a uniform choice among the candidates (``mask``), seeded."""
+    cand_idx = np.flatnonzero(mask)
+    return int(cand_idx[np.random.default_rng(seed).integers(len(cand_idx))])
+
+
 def _blas_threads() -> int:
     """Threads numpy's OpenBLAS uses now (0 when numpy's BLAS is not OpenBLAS or unknown)."""
     global _BLAS_CTL
@@ -482,8 +488,7 @@ class _Pruned:
             np.maximum.at(self.radius, comp, self.best[rows])
         else:
             self.best[mask] = np.inf
-            cand_idx = np.flatnonzero(mask)
-            j = int(cand_idx[np.random.default_rng(self.seed).integers(len(cand_idx))])
+            j = seeded_first_center(mask, self.seed)
             picks[0] = j
             self.best[j] = -1.0
             self._add_center(j, 0)

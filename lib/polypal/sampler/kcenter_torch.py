@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from polypal.sampler.kcenter import seeded_first_center
+
 
 def k_center_greedy_torch(features, labeled, budget: int, candidates=None, seed: int = 0, device=None,
                           chunk: int = 65536) -> np.ndarray:
@@ -55,8 +57,7 @@ def k_center_greedy_torch(features, labeled, budget: int, candidates=None, seed:
     picks = np.empty(budget, dtype=np.int64)
     for k in range(budget):
         if k == 0 and len(labeled) == 0:
-            cand_idx = np.flatnonzero(mask)
-            j = int(cand_idx[np.random.default_rng(seed).integers(len(cand_idx))])
+            j = seeded_first_center(mask, seed)
         else:
             j = int(torch.argmax(torch.where(mask_t, best, torch.tensor(-1.0, dtype=best.dtype, device=device))))
         picks[k] = j
