@@ -3,6 +3,8 @@
 # process at a time, 1 torch thread. Resumable: rerun this script and every finished stage / ceiling
 # seed is skipped (polypal-sim appends each finished stage to OUT/runs/*.jsonl).
 #   nohup bash results/v2-queue.sh > results/v2-queue.log 2>&1 &
+# A second lane (results/v2-queue-b.sh) runs Kvasir seeds 3-4 and the Kvasir ceilings 1-2 beside it, on the
+# machine's second core; the two lanes write disjoint run files.
 set -x
 export OMP_NUM_THREADS=1
 S=.venv/bin/polypal-sim
@@ -13,9 +15,7 @@ $S run $V --strategies random,unc_ta_coreset --seeds 0,1,2
 $S run $V --strategies random,unc_ta_coreset --seeds 3,4
 $S ceiling $K --seeds 0
 $S run $K --strategies random,unc_ta_coreset --seeds 0,1,2
-$S run $K --strategies random,unc_ta_coreset --seeds 3,4
 $S ceiling $V --seeds 1,2
-$S ceiling $K --seeds 1,2
 $S run $V --strategies uncertainty,ta_coreset,pca_coreset,vaal,unc_ta_coreset:mean:0.25,unc_ta_coreset:mean:0.75 --seeds 0,1,2
 $S run $K --strategies uncertainty,ta_coreset,pca_coreset,vaal --seeds 0,1,2
 echo QUEUE DONE

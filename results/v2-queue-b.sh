@@ -1,0 +1,10 @@
+#!/bin/bash
+# Second lane of the issue-11 queue (see results/v2-queue.sh): runs disjoint from lane A. Resumable.
+#   nohup bash results/v2-queue-b.sh > results/v2-queue-b.log 2>&1 &
+set -x
+export OMP_NUM_THREADS=1
+S=.venv/bin/polypal-sim
+K="--dataset kvasir --data ../shared/datasets/kvasir-seg --profile cpu-lite --threads 1 --out results/kvasir-v2"
+$S run $K --strategies random,unc_ta_coreset --seeds 3,4
+$S ceiling $K --seeds 1,2
+echo LANE B DONE
