@@ -164,3 +164,40 @@ def test_a_model_free_strategy_on_the_random_fallback_is_not_replanned_by_a_mode
     st.add_scores("v1", ids, rng.random(30), rng.standard_normal((30, 8)).astype(np.float32))
     cycles = {st.next_frame("pca_coreset", f"c{k}", ids, set(), "v1").cycle for k in range(4)}
     assert cycles == {1}
+
+
+def test_summary_counts_scored_frames_per_version_rescored_ones_once(tmp_path):
+    st, ids = setup_state(tmp_path)  # 30 frames scored under v1
+    rng = np.random.default_rng(1)
+    st.add_scores("v1", ids[:10], rng.random(10), rng.standard_normal((10, 8)).astype(np.float32))  # re-scored
+    st.add_scores("v2", ids[:7], rng.random(7), rng.standard_normal((7, 8)).astype(np.float32))
+    assert st.summary()["versions"] == {"v1": 30, "v2": 7}
+
+
+def test_a_store_made_before_the_version_count_is_migrated(tmp_path):
+    """state.sqlite written by the code before `versions.n` existed: opened, it reports the same counts."""
+    import sqlite3
+
+    st, ids = setup_state(tmp_path)
+    st.add_scores("v2", ids[:4], np.zeros(4), np.zeros((4, 8), np.float32))
+    db = tmp_path / "st" / "state.sqlite"
+    c = sqlite3.connect(db)
+    c.executescript("CREATE TABLE v_old (version TEXT PRIMARY KEY, dim INTEGER);"
+                    "INSERT INTO v_old SELECT version, dim FROM versions; DROP TABLE versions;"
+                    "ALTER TABLE v_old RENAME TO versions;")
+    c.commit()
+    c.close()
+    again = ActiveLearningState(tmp_path / "st", batch_size=5, gamma=0.5, lease_seconds=100)
+    assert again.summary()["versions"] == {"v1": 30, "v2": 4}
+    again.add_scores("v2", ids[4:6], np.zeros(2), np.zeros((2, 8), np.float32))
+    assert again.summary()["versions"] == {"v1": 30, "v2": 6}
+
+
+def test_a_cycle_planned_by_another_process_is_read_not_the_cached_one(tmp_path):
+    st, ids = setup_state(tmp_path)
+    first = st.plan("random", ids, set(), "v1")
+    assert st.current_plan("random")["rows"] == first["rows"]  # now cached in this process
+    other = ActiveLearningState(tmp_path / "st", batch_size=5, gamma=0.5, lease_seconds=100)
+    second = other.plan("random", ids, {r[1] for r in first["rows"]}, "v1")
+    assert second["cycle"] == 2 and second["rows"] != first["rows"]
+    assert st.current_plan("random")["rows"] == second["rows"] and st.current_plan("random")["cycle"] == 2

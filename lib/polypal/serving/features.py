@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import Iterable
 
@@ -28,7 +29,7 @@ CREATE TABLE IF NOT EXISTS scores (version TEXT, image_id TEXT, score REAL, row 
                                    PRIMARY KEY (version, image_id));
 CREATE TABLE IF NOT EXISTS thumbs (image_id TEXT PRIMARY KEY, row INTEGER);
 CREATE TABLE IF NOT EXISTS bad (image_id TEXT PRIMARY KEY, error TEXT);
-CREATE TABLE IF NOT EXISTS versions (version TEXT PRIMARY KEY, dim INTEGER);
+CREATE TABLE IF NOT EXISTS versions (version TEXT PRIMARY KEY, dim INTEGER, n INTEGER);
 """
 
 
@@ -86,6 +87,19 @@ class FeatureStore:
     def __init__(self, folder: Path, db):
         self.folder, self._db = Path(folder), db
         self.thumbs = RowStore(self.folder / "thumbs.u8", THUMB * THUMB * 3, np.uint8)
+        self._add_count_column()
+
+    def _add_count_column(self) -> None:
+        """Stores made before the per-version count (``versions.n``) get the column, filled once. Two processes may race here: the loser's "duplicate column" is harmless."""
+        if "n" in {r[1] for r in self._conn().execute("PRAGMA table_info(versions)")}:
+            return
+        try:
+            with self._db.tx() as c:
+                c.execute("ALTER TABLE versions ADD COLUMN n INTEGER")
+                c.execute("UPDATE versions SET n=(SELECT COUNT(*) FROM scores WHERE scores.version=versions.version)")
+        except sqlite3.OperationalError as e:
+            if "duplicate column" not in str(e):
+                raise
 
     def _conn(self):
         return self._db.conn()
@@ -150,9 +164,13 @@ class FeatureStore:
             return
         start = self._latents(version, latents.shape[1]).append(latents)
         with self._db.tx() as c:
-            c.execute("INSERT OR REPLACE INTO versions VALUES (?, ?)", (version, int(latents.shape[1])))
+            c.execute("INSERT OR IGNORE INTO versions (version, dim) VALUES (?, ?)", (version, int(latents.shape[1])))
+            c.execute("UPDATE versions SET dim=? WHERE version=?", (int(latents.shape[1]), version))
             c.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)",
                           [(version, i, float(s), start + k) for k, (i, s) in enumerate(zip(image_ids, scores))])
+            # kept here so that /info (read on every next-sample request) never counts 100,000s of rows
+            c.execute("UPDATE versions SET n=(SELECT COUNT(*) FROM scores WHERE version=?) WHERE version=?",
+                      (version, version))
 
     def scores_for(self, version: str, image_ids: list[str]):
         """(scores, latents) of these frames under this model version; None if any is missing."""
@@ -169,5 +187,8 @@ class FeatureStore:
 
     def summary(self) -> dict:
         c = self._conn()
-        return {"versions": dict(c.execute("SELECT version, COUNT(*) FROM scores GROUP BY version")),
+        versions = dict(c.execute("SELECT version, n FROM versions"))
+        for v in [v for v, n in versions.items() if n is None]:  # a store made before the count was kept
+            versions[v] = c.execute("SELECT COUNT(*) FROM scores WHERE version=?", (v,)).fetchone()[0]
+        return {"versions": versions,
                 "thumbnails": c.execute("SELECT COUNT(*) FROM thumbs").fetchone()[0], "bad_frames": self.bad()}

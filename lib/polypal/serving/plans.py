@@ -25,6 +25,9 @@ CREATE TABLE IF NOT EXISTS leases (image_id TEXT PRIMARY KEY, client_id TEXT, st
 class PlanBook:
     def __init__(self, db):
         self._db = db
+        # a stored batch never changes (plans are append-only, one transaction each), so its rows are
+        # read from SQLite once per process: the latest cycle per strategy, {strategy: (cycle, rows)}
+        self._rows: dict[str, tuple[int, list]] = {}
 
     def current(self, strategy: str) -> dict | None:
         """The latest batch: {"cycle", "version", "size", "note", "rows": [(pos, id, score, picked_by)]}."""
@@ -33,8 +36,13 @@ class PlanBook:
                       (strategy,)).fetchone()
         if m is None:
             return None
-        rows = c.execute("SELECT pos, image_id, score, picked_by FROM plans WHERE strategy=? AND cycle=? ORDER BY pos",
-                         (strategy, m[0])).fetchall()
+        cached = self._rows.get(strategy)
+        if cached is not None and cached[0] == m[0]:
+            rows = cached[1]
+        else:
+            rows = c.execute("SELECT pos, image_id, score, picked_by FROM plans WHERE strategy=? AND cycle=? "
+                             "ORDER BY pos", (strategy, m[0])).fetchall()
+            self._rows[strategy] = (m[0], rows)
         return {"cycle": m[0], "version": m[1], "size": m[2], "note": m[3], "rows": rows}
 
     def last_cycle(self, strategy: str) -> int:
