@@ -1,7 +1,7 @@
 """Offline active-learning simulation: the paper's protocol on a labeled dataset.
 
 The oracle is the dataset's own masks. At each stage the learner is trained
-from scratch on the labeled set (best-validation model), evaluated on the test
+from scratch on the labeled set (the profile's model rule: the EMA of the weights), evaluated on the test
 set, and, unless it is the last stage, the strategy picks the next ``budget``
 frames using that model. Each finished stage is appended at once to a JSONL
 file, so an interrupted run resumes where it stopped and reproduces the same

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -110,5 +111,9 @@ def video_split(names: list[str], video_of: dict[str, str], n_test: int, n_val: 
 
 
 def save_split(split: dict, path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(split, indent=1))
+    """Written whole or not at all (runs started side by side read it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(split, indent=1))
+    os.replace(tmp, path)
