@@ -1,7 +1,7 @@
 """Replay one recorded stage's training with every selection rule kept, to see why a run collapsed.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/replay_stage.py results/cvc-v2 \
-        "unc_ta_coreset@g0.5" 3 2 --data ../shared/datasets/cvc-clinicdb
+        "unc_ta_coreset@g0.5" 3 2 --data ../shared/datasets/cvc-clinicdb [--collapse-retries 1]
 
 Reads the stage's labeled set, the split and the profile from the results folder, trains exactly as
 ``polypal-sim`` did (training seed seed*1000+stage), checks that the chosen weights give the recorded
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,9 @@ def main(argv=None) -> int:
     ap.add_argument("seed", type=int)
     ap.add_argument("stage", type=int)
     ap.add_argument("--data", required=True)
+    ap.add_argument("--collapse-retries", type=int, default=0,
+                    help="train once more with the collapse guard on (at most N retries) and print where that "
+                         "model lands against the run's neighbouring stages")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     folder = Path(a.folder)
@@ -56,6 +60,16 @@ def main(argv=None) -> int:
     last = tr.history[-5:]
     print("  last validations:", [(h["step"], round(h.get("polyp_dice", 0), 3), round(h.get("ema_polyp_dice", 0), 3),
                                    round(h["loss"], 3)) for h in last])
+    if a.collapse_retries:
+        guarded = train(replace(prof, collapse_retries=a.collapse_retries), pool.images[lab], pool.masks[lab],
+                        val.images, val.masks, seed=a.seed * 1000 + a.stage)
+        g = evaluate(predict(guarded.model, test.images, scorers=()).probs, test.masks)
+        print(f"  with collapse_retries={a.collapse_retries}: {guarded.retries} retr{'y' if guarded.retries == 1 else 'ies'}"
+              f", test Dice {g['polyp_dice']:.4f} mIoU {g['paper_miou']:.4f}")
+        recs = read_records(folder / "runs" / f"{a.run}-seed{a.seed}.jsonl")
+        for r in recs[max(0, a.stage - 1):a.stage + 2]:
+            print(f"  recorded stage {r['stage']} ({r['n_labeled']} labels): test Dice {r['test']['polyp_dice']:.4f} "
+                  f"mIoU {r['test']['paper_miou']:.4f}")
     return 0
 
 
