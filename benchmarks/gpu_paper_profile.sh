@@ -77,7 +77,7 @@ EOF
   for seed in "${seeds[@]}"; do
     for s in "${strats[@]}"; do
       # one process per (strategy, seed); OMP 2 threads each for the CPU-side work (data, k-center)
-      OMP_NUM_THREADS=2 timeout -s INT "$BUDGET" python -m polypal.experiments.cli run --dataset kvasir \
+      OMP_NUM_THREADS=2 timeout -s INT -k 30 "$BUDGET" python -m polypal.experiments.cli run --dataset kvasir \
         --data "$GPU/kvasir-256" --splits "$GPU/splits" --profile "$PROFILE" --threads 2 \
         --strategies "$s" --seeds "$seed" --out "$OUTDIR" > "$OUT/log-$s-$seed.txt" 2>&1 &
       pids+=($!)
