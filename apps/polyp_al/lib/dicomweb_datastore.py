@@ -25,6 +25,7 @@ share state and must be read together.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
@@ -263,11 +264,21 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         return sorted(f for f in os.listdir(self.pending_dir) if f.endswith(".nii.gz"))
 
     def retry_pending(self) -> dict:
-        """Send labels kept after a failed store; each one that arrives is removed from the pending folder."""
+        """Send labels kept after a failed store; each one that arrives is removed from the pending folder.
+
+        One sender at a time across threads and processes (the server and its training/scoring
+        subprocesses all retry): a thread lock plus an flock on the pending folder, both non-blocking, so
+        a kept label is never sent twice (two SEGs for one label)."""
         done, failed = [], {}
-        if not self._retry_lock.acquire(blocking=False):
+        if not self.pending_labels() or not self._retry_lock.acquire(blocking=False):
             return {"sent": done, "failed": failed}
+        lock_fd = None
         try:
+            lock_fd = os.open(os.path.join(self.pending_dir, ".retry.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another process is sending them now
+                return {"sent": done, "failed": failed}
             for name in self.pending_labels():
                 image_id, tag = name[: -len(".nii.gz")].rsplit(".", 1)
                 path = os.path.join(self.pending_dir, name)
@@ -291,5 +302,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             if failed:
                 logger.warning(f"{len(failed)} label(s) still pending in {self.pending_dir}: {failed}")
         finally:
+            if lock_fd is not None:
+                os.close(lock_fd)  # releases the flock
             self._retry_lock.release()
         return {"sent": done, "failed": failed}
