@@ -267,3 +267,149 @@ def test_small_inputs_use_the_one_pass_version(monkeypatch):
     monkeypatch.setattr(_kc, "ONE_PASS_MAX_ELEMENTS", 1 << 21)
     monkeypatch.setattr(_kc, "_Pruned", None)  # would fail if used
     np.testing.assert_array_equal(k_center_greedy(x, labeled, 40), pruned)
+
+
+# ---------------------------------------------------------------- mutation survivors (issue 17)
+
+
+@pytest.mark.parametrize("path", ["pruned", "one_pass"])
+def test_small_scale_features_match_brute_force(path, monkeypatch):
+    """Distances far below 1 (features in [0, 0.01]): every clamp is at 0, never at a positive value."""
+    if path == "one_pass":
+        monkeypatch.setattr(_kc, "ONE_PASS_MAX_ELEMENTS", 1 << 21)
+    rng = np.random.default_rng(21)
+    x = rng.uniform(0, 0.01, size=(80, 5))
+    for labeled in ([], [3, 40]):
+        want = brute_force_kcenter(x, labeled, 30, seed=2)
+        np.testing.assert_array_equal(k_center_greedy(x, labeled, 30, seed=2), want)
+        np.testing.assert_array_equal(k_center_greedy(x, labeled, 30, seed=2, chunk=7), want)
+
+
+def test_min_sq_dists_is_never_negative():
+    """|x|^2 - 2 x.c + |c|^2 rounds below 0 for a row that is its own center: returned as 0, not negative."""
+    rng = np.random.default_rng(0)
+    for x in (rng.standard_normal((200, 16)).astype(np.float32), 40 + rng.standard_normal((200, 16))):
+        d = min_sq_dists(x, x[:50])
+        assert (d >= 0).all() and (d[:50] < 1e-3).all()
+        np.testing.assert_array_equal(d[50:] > 0, True)
+
+
+@pytest.mark.parametrize("path", ["pruned", "one_pass"])
+def test_identical_rows_without_labels_are_each_picked_once(path, monkeypatch):
+    """All distances 0: the seeded first center, then the lowest indices in order, none picked twice."""
+    if path == "one_pass":
+        monkeypatch.setattr(_kc, "ONE_PASS_MAX_ELEMENTS", 1 << 21)
+    x = np.ones((7, 3))
+    for seed in range(4):
+        first = int(np.random.default_rng(seed).integers(7))
+        want = [first] + [i for i in range(7) if i != first]
+        assert k_center_greedy(x, [], 7, seed=seed).tolist() == want
+        assert k_center_greedy(x, [], 100, seed=seed).tolist() == want
+
+
+@pytest.mark.parametrize("path", ["pruned", "one_pass"])
+def test_labeled_candidates_are_never_picked_even_when_the_budget_covers_all(path, monkeypatch):
+    if path == "one_pass":
+        monkeypatch.setattr(_kc, "ONE_PASS_MAX_ELEMENTS", 1 << 21)
+    x = clustered(60, 4, 3, 14)
+    labeled = [2, 7, 30]
+    cand = [1, 2, 3, 7, 8, 9, 30, 31, 31]  # labeled frames and a repeat among the candidates
+    picks = k_center_greedy(x, labeled, 100, candidates=cand)
+    assert sorted(picks.tolist()) == [1, 3, 8, 9, 31]
+    assert picks.tolist() == brute_force_kcenter_candidates(x, labeled, [1, 3, 8, 9, 31])
+
+
+def brute_force_kcenter_candidates(x, labeled, cand):
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    centers, left, picks = list(labeled), list(cand), []
+    while left:
+        md = [d[i, centers].min() for i in left]
+        j = left[int(np.argmax(md))]  # first among equal maxima: candidates are in increasing order
+        picks.append(j)
+        centers.append(j)
+        left.remove(j)
+    return picks
+
+
+def test_one_pass_reference_default_seed_is_zero():
+    x = np.random.default_rng(2).standard_normal((40, 3))
+    np.testing.assert_array_equal(one_pass(x, [], 5), one_pass(x, [], 5, seed=0))
+    assert one_pass(x, [], 1)[0] == np.random.default_rng(0).integers(40)
+
+
+@pytest.mark.parametrize("path", ["pruned", "one_pass"])
+def test_never_picks_labeled_with_the_budget_above_the_pool(path, monkeypatch):
+    if path == "one_pass":
+        monkeypatch.setattr(_kc, "ONE_PASS_MAX_ELEMENTS", 1 << 21)
+    x = np.random.default_rng(3).standard_normal((10, 3))
+    picks = k_center_greedy(x, [2, 5], 100)
+    assert sorted(picks.tolist()) == [0, 1, 3, 4, 6, 7, 8, 9]
+    assert picks.tolist() == brute_force_kcenter(x, [2, 5], 8).tolist()
+
+
+def test_contiguous_1d_features_are_refused_on_the_pruned_path():
+    with pytest.raises(ValueError, match="2-D"):
+        k_center_greedy(np.zeros(30), [], 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pruned_equals_one_pass_through_the_duplicates(dtype):
+    """Picking every frame of a pool of copies: after the distinct frames the order is set by distances that
+    are 0 up to rounding (some round below 0 and are clamped to 0); the pruned version stores the same values."""
+    rng = np.random.default_rng(4)
+    base = (rng.standard_normal((6, 16)) * 37.3 + 11.1).astype(dtype)
+    frame = rng.permutation(np.repeat(np.arange(6), 5))
+    x = base[frame]  # 30 rows, 5 copies of each frame
+    for labeled in ([], [0]):
+        got = k_center_greedy(x, labeled, 30 - len(labeled), seed=1)
+        np.testing.assert_array_equal(got, one_pass(x, labeled, 30 - len(labeled), seed=1))
+        first = frame[got[: 6 - len(labeled)]].tolist()  # one copy of each frame not labeled comes first
+        assert sorted(first) == sorted(set(range(6)) - set(frame[labeled].tolist()))
+
+
+def test_pruning_statistics_of_a_first_center():
+    """No labeled frame and one pick: the seeded center, then one full pass over every row."""
+    x = clustered(50, 4, 3, 15)
+    mask = np.ones(50, dtype=bool)
+    run = _kc._Pruned(x, x.dtype, np.empty(0, np.int64), mask, 1, 0, _kc.DEFAULT_CHUNK)
+    assert run.stats == {"rows_read": 0, "full_passes": 0, "groups_checked": 0}
+    assert run.run().tolist() == [int(np.random.default_rng(0).integers(50))]
+    assert run.stats == {"rows_read": 50, "full_passes": 1, "groups_checked": 0}
+
+
+def test_more_than_1024_labeled_frames():
+    """Labeled centers in more than one block of 1024: each candidate's nearest center is found across blocks."""
+    x = clustered(1400, 5, 30, 16, spread=0.5)
+    labeled = np.random.default_rng(16).choice(1400, size=1100, replace=False)
+    want = brute_force_kcenter(x, labeled.tolist(), 40)
+    np.testing.assert_array_equal(k_center_greedy(x, labeled, 40), want)
+    np.testing.assert_array_equal(one_pass(x, labeled, 40), want)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pruned_equals_one_pass_far_from_the_origin_float32(seed):
+    """Norms 10^4 times the distances (float32): the rounding of |x|^2 - 2 x.c + |c|^2 is far larger than many
+    gaps, so the pruning is only right because its margin covers that rounding (see _rounding_bound)."""
+    x = clustered(1500, 16, 20, seed, spread=0.2, offset=3000.0, dtype=np.float32)
+    labeled = np.random.default_rng(seed).choice(1500, 30, replace=False)
+    with threadpool_limits(1, user_api="blas"):
+        np.testing.assert_array_equal(k_center_greedy(x, labeled, 100), one_pass(x, labeled, 100))
+
+
+def test_pruning_bound_uses_the_distance_between_centers():
+    """On a line: the new center +10 is 20 from the labeled -10, so a frame may skip it only when nearer than
+    10 to -10. Frame 0.3 (9.7 from +10) must move to +10; then -0.2 (9.8 from -10) is the farthest."""
+    x = np.array([[-10.0], [10.0], [0.3], [-0.2]])
+    assert k_center_greedy(x, [0], 2).tolist() == [1, 3]
+    assert brute_force_kcenter(x, [0], 2).tolist() == [1, 3]
+
+
+def test_one_pass_reference_negative_budget_is_empty():
+    x = np.random.default_rng(2).standard_normal((10, 3))
+    assert one_pass(x, [], -2).tolist() == [] and one_pass(x, [1], 0).tolist() == []
+
+
+def test_one_pass_reference_refuses_non_2d_features():
+    for bad in (np.zeros(5), np.zeros((5, 2, 2))):
+        with pytest.raises(ValueError, match="features must be 2-D"):
+            one_pass(bad, [], 1)

@@ -161,3 +161,36 @@ def test_unknown_aggregation_is_refused_even_with_probabilities(bad):
     p = torch.full((1, 4, 4), 0.7)
     with pytest.raises(ValueError, match="unknown aggregation"):
         aggregate(bvsb_binary(p), p, bad)
+
+
+def test_bvsb_scorer_defaults_are_the_documented_ones():
+    """The scorer the learner, polypal-sim and the server build (``BvSB(aggregation)``): the same defaults,
+    topk = the 5% most uncertain pixels, region = the predicted polyp dilated by 3 px; named by its aggregation."""
+    from scipy.ndimage import binary_dilation
+
+    from polypal.sampler import BvSB
+
+    rng = np.random.default_rng(4)
+    p = rng.random((2, 20, 20)).astype(np.float32) * 0.4
+    p[1, 5:8, 12:14] = 0.85  # a 3x2 polyp in the second frame
+    px = 1.0 - np.abs(2 * p - 1)
+    topk = np.sort(px.reshape(2, -1), axis=1)[:, ::-1][:, :20].mean(1)  # 5% of 400 pixels
+    region = binary_dilation(p[1] > 0.5, structure=np.ones((7, 7), bool))
+    t = torch.from_numpy(p)
+    np.testing.assert_allclose(BvSB("mean")(t).numpy(), px.reshape(2, -1).mean(1), atol=1e-6)
+    np.testing.assert_allclose(BvSB("topk")(t).numpy(), topk, atol=1e-6)
+    np.testing.assert_allclose(BvSB("region")(t).numpy(), [topk[0], px[1][region].mean()], atol=1e-6)
+    assert BvSB().name == "mean" and BvSB("topk").name == "topk" and BvSB("region").name == "region"
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        BvSB("median")
+
+
+def test_bvsb_scorers_are_frozen_values():
+    import dataclasses
+
+    from polypal.sampler import BvSB
+
+    s = BvSB("topk")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.aggregation = "mean"
+    assert len({BvSB("topk"), BvSB("topk", 0.05, 3), BvSB("region")}) == 2  # hashable, equal by value

@@ -195,3 +195,75 @@ def test_each_coreset_uses_its_own_features():
     ta = select("ta_coreset", PoolInfo(n=50, latents=info.latents), lab, 6)
     np.testing.assert_array_equal(ta.indices, k_center_greedy(info.latents, lab, 6))
     assert ta.indices.tolist() != pca.indices.tolist()
+
+
+# ------------------------------------------------------------------ the registry's declarations (mutation survivors)
+
+
+def test_needs_model_follows_the_declared_needs():
+    """A strategy needs a model when it reads scores or latents; what the server's stale-plan check relies on."""
+    from polypal.sampler import REGISTRY, StrategySpec
+
+    want = {"random": False, "uncertainty": True, "ta_coreset": True, "pca_coreset": False, "unc_ta_coreset": True,
+            "vaal": False}
+    assert {n: s.needs_model for n, s in REGISTRY.items() if n in want} == want
+    assert StrategySpec("t", "t", len, needs=("scores", "latents")).needs_model is True
+    assert StrategySpec("t", "t", len, needs=()).needs_model is False
+
+
+def test_specs_are_frozen():
+    import dataclasses
+
+    from polypal.sampler import REGISTRY
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        REGISTRY["random"].name = "other"
+
+
+def test_name_collisions_are_refused_whatever_the_order_and_re_registering_is_not():
+    from polypal.sampler import REGISTRY, StrategySpec, register, strategies
+
+    before = dict(REGISTRY)
+    # an existing strategy's server name, alias or name, taken by a name sorting after and before it
+    for spec in (StrategySpec("zzz", "x", strategies._random, server_name="bvsb"),
+                 StrategySpec("aaa", "x", strategies._random, server_name="bvsb"),
+                 StrategySpec("zzz", "x", strategies._random, aliases=("random",)),
+                 StrategySpec("aaa", "x", strategies._random, aliases=("unc_ta_coreset",))):
+        with pytest.raises(ValueError, match="is taken by"):
+            register(spec)
+    assert REGISTRY == before
+    assert register(REGISTRY["random"]) is before["random"]  # the same spec again: allowed, nothing changes
+    assert REGISTRY == before
+
+
+def test_only_unc_ta_coreset_uses_gamma():
+    """``uses_gamma`` (what polypal-sim and the report read) is true exactly for the strategies whose picks
+    depend on gamma."""
+    from polypal.sampler import REGISTRY
+
+    info = make_info(n=60)
+    for name in STRATEGIES:
+        a = select(name, info, [0, 1, 2], 8, gamma=0.0).indices.tolist()
+        b = select(name, info, [0, 1, 2], 8, gamma=1.0).indices.tolist()
+        assert (a != b) == REGISTRY[name].uses_gamma, name
+    assert [n for n, s in REGISTRY.items() if s.uses_gamma] == ["unc_ta_coreset"]
+
+
+def _frames(n):
+    return np.random.default_rng(0).integers(0, 255, (n, 8, 8, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("rows", [None, 9, 11])
+def test_vaal_needs_one_image_per_frame(rows):
+    info = PoolInfo(n=10, images=None if rows is None else _frames(rows), options={"vaal_steps": 1})
+    with pytest.raises(ValueError, match="strategy 'vaal' needs the pool's images"):
+        select("vaal", info, [0, 1], 3)
+
+
+def test_vaal_keeps_the_strategy_contract():
+    info = PoolInfo(n=10, images=_frames(10), options={"vaal_steps": 1})
+    sel = select("vaal", info, [0, 1], 3, seed=2)
+    idx = sel.indices.tolist()
+    assert len(idx) == 3 and len(set(idx)) == 3 and not {0, 1} & set(idx) and all(2 <= i < 10 for i in idx)
+    assert sel.picked_by == ["vaal"] * 3
+    assert select("vaal", info, [0, 1], 3, seed=2).indices.tolist() == idx
