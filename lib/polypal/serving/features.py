@@ -90,7 +90,8 @@ class FeatureStore:
         self._add_count_column()
 
     def _add_count_column(self) -> None:
-        """Stores made before the per-version count (``versions.n``) get the column, filled once. Two processes may race here: the loser's "duplicate column" is harmless."""
+        """Stores made before the per-version count (``versions.n``) get the column, filled once.
+        Two processes may race here: the loser's "duplicate column" is harmless."""
         if "n" in {r[1] for r in self._conn().execute("PRAGMA table_info(versions)")}:
             return
         try:
