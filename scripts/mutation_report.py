@@ -161,6 +161,10 @@ EQUIVALENT = {
         "values, no warning)",
     (MET, OP + "ReplaceTrueWithFalse", 1): "`include_background=False` for compute_iou: as above, one channel is kept",
     (MET, OP + "ReplaceTrueWithFalse", 2): "`include_background=False` for compute_dice: as above, one channel is kept",
+    # -- uncertainty.py
+    (UNC, OP + "NumberReplacer", 53):
+        "`area.clamp(min=0)`: only an empty region divides by 0, and torch.where then takes the topk branch "
+        "(no gradient flows here, so the unused NaN never shows)",
 }
 
 # Survivors left on purpose (real differences no fast test can show), with the reason; listed as holes.
