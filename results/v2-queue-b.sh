@@ -7,4 +7,5 @@ S=.venv/bin/polypal-sim
 K="--dataset kvasir --data ../shared/datasets/kvasir-seg --profile cpu-lite --threads 1 --out results/kvasir-v2"
 $S run $K --strategies random,unc_ta_coreset --seeds 3,4
 $S ceiling $K --seeds 1,2
+$S run $K --strategies uncertainty,ta_coreset,pca_coreset,vaal --seeds 0,1,2
 echo LANE B DONE

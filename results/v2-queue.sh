@@ -4,7 +4,7 @@
 # seed is skipped (polypal-sim appends each finished stage to OUT/runs/*.jsonl).
 #   nohup bash results/v2-queue.sh > results/v2-queue.log 2>&1 &
 # A second lane (results/v2-queue-b.sh) runs Kvasir seeds 3-4 and the Kvasir ceilings 1-2 beside it, on the
-# machine's second core; the two lanes write disjoint run files.
+# machine's second core; the two lanes write disjoint run files. Lane B also runs Kvasir's other strategies.
 set -x
 export OMP_NUM_THREADS=1
 S=.venv/bin/polypal-sim
@@ -17,5 +17,4 @@ $S ceiling $K --seeds 0
 $S run $K --strategies random,unc_ta_coreset --seeds 0,1,2
 $S ceiling $V --seeds 1,2
 $S run $V --strategies uncertainty,ta_coreset,pca_coreset,vaal,unc_ta_coreset:mean:0.25,unc_ta_coreset:mean:0.75 --seeds 0,1,2
-$S run $K --strategies uncertainty,ta_coreset,pca_coreset,vaal --seeds 0,1,2
 echo QUEUE DONE
