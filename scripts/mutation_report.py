@@ -138,9 +138,8 @@ EQUIVALENT = {
     **_same("a full pass when no group is active: then no candidate is left (every live row keeps its group "
             "active), so the pass changes nothing; gid is never negative",
             (KC, "ReplaceComparisonOperator_Eq_GtE", 12), (KC, "ReplaceComparisonOperator_Eq_LtE", 12)),
-    **_same("which center rows enter the GEMV for the center-center distances: the same products up to the last "
-            "bit, which the 1e-12 factor of the bound absorbs", (KC, "ReplaceBinaryOperator_FloorDiv_Div", 10),
-            (KC, "ReplaceBinaryOperator_FloorDiv_Div", 11), (KC, "ReplaceComparisonOperator_Gt_GtE", 5)),
+    **_same("`len(act) > gid / 2` is the same test as `len(act) > gid // 2` for an integer length",
+            (KC, "ReplaceBinaryOperator_FloorDiv_Div", 10), (KC, "ReplaceBinaryOperator_FloorDiv_Div", 11)),
     **_same("a wider skipping margin (more rows re-read): " + PERF.split(": ", 1)[1],
             (KC, "NumberReplacer", 248), (KC, "NumberReplacer", 250), (KC, "NumberReplacer", 252),
             (KC, "NumberReplacer", 254), (KC, "ReplaceBinaryOperator_Add_Div", 43),
@@ -165,6 +164,44 @@ EQUIVALENT = {
     (UNC, OP + "NumberReplacer", 53):
         "`area.clamp(min=0)`: only an empty region divides by 0, and torch.where then takes the topk branch "
         "(no gradient flows here, so the unused NaN never shows)",
+    (UNC, OP + "ReplaceComparisonOperator_Gt_NotEq", 1):
+        "`area != 0`: the area counts pixels, it is never negative",
+    # -- data readers (images.py, masks.py, folders.py)
+    (IMG, OP + "NumberReplacer", 14): "clip at 256: the values are at most 255 here (scaled to the maximum when it "
+                                       "is above 255)",
+    (IMG, OP + "ReplaceComparisonOperator_NotEq_Lt", 1): "`arr.ndim < 3`: an RGB PIL image is always (H, W, 3)",
+    (IMG, OP + "ReplaceComparisonOperator_NotEq_Gt", 3):
+        "`dtype > uint8` (numpy's safe-cast order): only int8 is neither; it is refused a few lines later with "
+        "the same DataError ('not an 8-bit RGB frame'), after the same size checks",
+    (IMG, OP + "NumberReplacer", 61): "`arr.ndim >= 1`: a 1-D array squeezes to at most one axis, never two",
+    (IMG, OP + "ReplaceComparisonOperator_Eq_LtE", 1):
+        "`arr.dtype <= uint8`: only bool casts safely to uint8, and a NIfTI volume has no bool type",
+    (IMG, OP + "ReplaceUnaryOperator_USub_Invert", 4): "`reshape(w, h, ~1, 3)` is -2: numpy 1.26 takes any "
+                                                        "negative size as 'infer'",
+    (IMG, OP + "NumberReplacer", 91): "`arr[:, :, -1, :]`: that axis was just checked to have length 1",
+    (IMG, OP + "NumberReplacer", 103): "`mask * 254`: 0/254 and 0/255 fall on the same sides of 127",
+    (IMG, OP + "NumberReplacer", 105): "`> 126`: nearest-neighbour resizing keeps only the values 0 and 255",
+    (MSK, OP + "NumberReplacer", 1): "MASK_THRESHOLD = 126: exported, read nowhere (read_mask thresholds at half "
+                                      "the maximum)",
+    **_same("the default `sizes` of an NRRD header without one: [0, 0], [1, 0] and [0, 1] all declare 0 bytes, "
+            "and nrrd.read then refuses the file ('not a readable label volume')",
+            (MSK, "NumberReplacer", 4), (MSK, "NumberReplacer", 6)),
+    (MSK, OP + "NumberReplacer", 15): "`arr[..., -1]`: that axis has length 1",
+    (MSK, OP + "ReplaceBinaryOperator_BitAnd_Mul", 0): "`isfinite * (vol == round(vol))`: a product of booleans "
+                                                        "is their and",
+    (MSK, OP + "ReplaceComparisonOperator_Eq_GtE", 1):
+        "`kind >= 'f'` adds the integer kinds 'i' and 'u', whose values are always integral",
+    **_same("`transparency` on a mode other than P is one colour made transparent, so the alpha varies only "
+            "where the colour does and the colour is read either way; a P image without it converts with alpha "
+            "255 everywhere (uniform: ignored)", (MSK, "ReplaceAndWithOr", 4),
+            (MSK, "ReplaceComparisonOperator_Eq_GtE", 3), (MSK, "ReplaceComparisonOperator_Eq_LtE", 3)),
+    (MSK, OP + "NumberReplacer", 42): "an image with no pixel: either maximum gives the same empty mask (and PIL "
+                                       "cannot open a 0-pixel file)",
+    (MSK, OP + "NumberReplacer", 52): "`reshape(-2, c)`: numpy 1.26 takes any negative size as 'infer'",
+    **_same("the affine's homogeneous corner: NIfTI stores its top three rows only, read back with 1 there",
+            (MSK, "NumberReplacer", 72), (MSK, "NumberReplacer", 73)),
+    (FLD, OP + "ReplaceContinueWithBreak", 0): "the None is the pair's last path, so `break` ends the inner loop "
+                                                "as `continue` does",
 }
 
 # Survivors left on purpose (real differences no fast test can show), with the reason; listed as holes.
@@ -177,22 +214,27 @@ LEFT = {
                                        "norms 10^4 times the gaps included)",
     (KC, OP + "ReplaceBinaryOperator_Mul_Sub", 29): "a margin of eps + 1.25 instead of 1.25 eps: smaller only "
                                                      "when eps > 5, and still above the actual rounding there",
+    (MSK, OP + "ReplaceComparisonOperator_Eq_LtE", 1):
+        "`kind <= 'f'` also checks complex label volumes for integral values: today a complex NIfTI label "
+        "is not refused (numpy orders complex numbers, so `vol > 0` reads it); the mutant is stricter",
 }
 
 
-def survivors(group: str) -> tuple[int, int, int, list[dict]]:
-    """(mutants run, mutants skipped by the filters, mutants not run yet, survivors)."""
+def survivors(group: str) -> tuple[int, dict, int, list[dict]]:
+    """(mutants run, {why skipped: how many}, mutants not run yet, survivors)."""
     sess = WORK / group / "session.sqlite"
     out = subprocess.run([str(CR / "cosmic-ray"), "dump", str(sess)], capture_output=True, text=True,
                          check=True).stdout
-    total, skipped, pending, alive = 0, 0, 0, []
+    total, skipped, pending, alive = 0, {}, 0, []
     for line in out.splitlines():
         w, r = json.loads(line)
         if not r:  # not run yet (an unfinished session)
             pending += 1
             continue
         if r.get("worker_outcome") == "skipped":  # filtered: operator, type annotation, SKIP_DEFS
-            skipped += 1
+            why = {"Filtered operator": "operator filter", "in a type annotation": "in annotations"}.get(
+                r.get("output"), "in definitions not run")
+            skipped[why] = skipped.get(why, 0) + 1
             continue
         total += 1
         if r.get("test_outcome") == "survived":
@@ -202,16 +244,24 @@ def survivors(group: str) -> tuple[int, int, int, list[dict]]:
     return total, skipped, pending, alive
 
 
-def recheck(group: str, mut: dict) -> bool:
-    """True when today's tests kill the mutant."""
+def pristine_lib(group: str) -> Path:
+    """The session's unmutated lib/: lib.orig when the session kept one (a killed cosmic-ray leaves its last
+    mutant applied in lib/), else lib/ (checked by the baseline run in check_group)."""
+    orig = WORK / group / "lib.orig"
+    return orig if orig.is_dir() else WORK / group / "lib"
+
+
+def recheck(group: str, mut: dict | None) -> bool:
+    """True when today's tests kill the mutant (mut None: the unmutated source, the baseline)."""
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         # the session's own copy of lib/: the source the occurrences were numbered on (lib/ may have moved on)
-        shutil.copytree(WORK / group / "lib", t / "lib", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(pristine_lib(group), t / "lib", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(REPO / "tests", t / "tests", ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
         shutil.copy(REPO / "pyproject.toml", t)
-        subprocess.run([str(CR / "cosmic-ray"), "apply", mut["module"], mut["operator"], str(mut["occurrence"])],
-                       cwd=t, check=True, capture_output=True)
+        if mut is not None:
+            subprocess.run([str(CR / "cosmic-ray"), "apply", mut["module"], mut["operator"], str(mut["occurrence"])],
+                           cwd=t, check=True, capture_output=True)
         env = dict(os.environ, PYTHONPATH="lib", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    PYTHONDONTWRITEBYTECODE="1")
         r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
@@ -225,19 +275,43 @@ def changed_lines(diff: str) -> str:
     return "<br>".join(f"`{ln[0]} {ln[1:].strip()}`" for ln in keep)
 
 
+def tests_hash(tests: list[str]) -> str:
+    """What a recheck's verdict depends on besides the mutant: the group's test files and conftest.py."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for t in sorted(tests) + ["tests/conftest.py"]:
+        h.update(t.encode() + b"\0" + (REPO / t).read_bytes())
+    return h.hexdigest()
+
+
 def check_group(g: str, trust_equivalent: bool) -> dict:
-    """Recheck every survivor of group g against today's tests; the verdicts, for the report."""
+    """Recheck every survivor of group g against today's tests; the verdicts, for the report.
+
+    A verdict from the group's last check is reused when its test files are unchanged (same hash)."""
     modules, tests = session_config(g)
+    if recheck(g, None):  # every mutant would count as killed
+        sys.exit(f"{g}: today's tests fail on the session's unmutated lib/ ({pristine_lib(g)}); restore it "
+                 "(RESUME=1 in scripts/mutation_test.sh) or run the session again")
     total, skipped, pending, alive = survivors(g)
+    th = tests_hash(tests)
+    last = WORK / g / "report.json"
+    cache = {}
+    if last.exists():
+        prev = json.loads(last.read_text())
+        if prev.get("tests_hash") == th:
+            cache = prev.get("verdicts", {})
+    verdicts = {}
     sess = WORK / g
     minutes = (os.path.getmtime(sess / "session.sqlite") - os.path.getmtime(sess / "cosmic-ray.toml")) / 60
     out = {"group": g, "modules": modules, "tests": tests, "total": total, "skipped": skipped, "pending": pending,
            "minutes": round(minutes), "killed_later": [], "equivalent": [], "real": [], "contradictions": []}
     for m in alive:
         key = (m["module"], m["operator"], m["occurrence"])
-        if key in EQUIVALENT and trust_equivalent:
+        ks = "|".join(map(str, key))
+        if key in EQUIVALENT and trust_equivalent and ks not in cache:
             verdict = "equivalent"
-        elif recheck(g, m):
+        elif verdicts.setdefault(ks, cache[ks] if ks in cache else recheck(g, m)):
             verdict = "killed now"
             if key in EQUIVALENT or key in LEFT:  # argued wrongly: a test tells it apart
                 out["contradictions"].append(list(key))
@@ -252,6 +326,7 @@ def check_group(g: str, trust_equivalent: bool) -> dict:
         print(f"{g}: {key} -> {verdict}", flush=True)
     keys = {(m["module"], m["operator"], m["occurrence"]) for m in alive}
     out["stale"] = [list(k) for k in list(EQUIVALENT) + list(LEFT) if k[0] in modules and k not in keys]
+    out["tests_hash"], out["verdicts"] = th, verdicts
     return out
 
 
@@ -292,7 +367,7 @@ def main() -> int:
         unfinished = f"; {r['pending']} not run (session unfinished)" if r["pending"] else ""
         lines.append(f"| {g} | {', '.join(Path(x).name for x in r['modules'])} | "
                      f"{', '.join(Path(x).stem.removeprefix('test_') for x in r['tests'])} | {r['total']} "
-                     f"({r['skipped']} skipped by the filters{unfinished}) | {killed} "
+                     f"(not run: {', '.join(f'{v} {k}' for k, v in r['skipped'].items())}{unfinished}) | {killed} "
                      f"({len(killed_later)} by tests added after the session) | {len(eq)} | {len(real)} | "
                      f"{100 * score:.1f}% | {r['minutes']} |")
         holes += len(real)

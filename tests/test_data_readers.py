@@ -634,3 +634,77 @@ def test_progress_bar_loads_the_same(tmp_path, capsys):
     fs = load_folder(tmp_path, 4, require_masks=False, progress=True)
     assert fs.names == ["a"] and (fs.images == 40).all()
     assert f"decode {tmp_path.name}" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ more boundaries (mutation survivors)
+
+
+def test_volume_frames_in_other_layouts(tmp_path):
+    import nibabel as nib
+
+    rgb = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(rgb.transpose(1, 0, 2)), np.eye(4)), str(tmp_path / "rgb3.nii"))
+    np.testing.assert_array_equal(read_rgb(tmp_path / "rgb3.nii"), rgb)  # (W, H, 3): no singleton axes
+    g = np.arange(14, dtype=np.uint8).reshape(2, 7)  # a grey frame 2 pixels high: (W, H) = (7, 2)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(g.T), np.eye(4)), str(tmp_path / "g2.nii"))
+    np.testing.assert_array_equal(read_rgb(tmp_path / "g2.nii"), np.repeat(g[..., None], 3, axis=2))
+
+
+def test_grey_volume_with_a_slice_axis_counts_its_pixels(tmp_path, monkeypatch):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((7, 5, 1), np.uint8), np.eye(4)), str(tmp_path / "g.nii"))  # 35 pixels
+    monkeypatch.setattr(images, "MAX_PIXELS", 35)
+    assert read_rgb(tmp_path / "g.nii").shape == (5, 7, 3)
+    monkeypatch.setattr(images, "MAX_PIXELS", 34)
+    with pytest.raises(TooLarge, match=r"image of 7x5 pixels"):
+        read_rgb(tmp_path / "g.nii")
+
+
+def test_one_row_label_volume(tmp_path):
+    import nibabel as nib
+
+    lab = np.zeros((7, 1, 1), np.uint8)  # W = 7, H = 1, one slice
+    lab[2] = 1
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "row.nii"))
+    np.testing.assert_array_equal(read_mask(tmp_path / "row.nii"), [[False, False, True, False, False, False, False]])
+
+
+def test_no_progress_bar_by_default(tmp_path, capsys):
+    Image.fromarray(np.full((6, 8, 3), 40, np.uint8)).save(tmp_path / "a.png")
+    load_folder(tmp_path, 4, require_masks=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_cache_files_are_never_unpickled(tmp_path):
+    """A cache entry holding Python objects (planted or corrupt) is refused, never unpickled."""
+    Image.fromarray(np.full((6, 8, 3), 40, np.uint8)).save(tmp_path / "a.png")
+    cache = tmp_path.parent / (tmp_path.name + "-pcache")
+    load_folder(tmp_path, 4, cache_dir=cache, require_masks=False)
+    (entry,) = cache.iterdir()
+    z = dict(np.load(entry))
+    z["names"] = np.array(["a"], dtype=object)  # an object array: stored as a pickle
+    np.savez(entry, **z)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_folder(tmp_path, 4, cache_dir=cache, require_masks=False)
+
+
+def test_grey_volume_frames_three_pixels_wide_or_high(tmp_path):
+    """A grey frame whose width or height is 3 is still grey (only a last axis of 3 on a 3-D+ volume is RGB)."""
+    import nibabel as nib
+
+    g = np.arange(15, dtype=np.uint8).reshape(5, 3)  # H = 5, W = 3
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(g.T), np.eye(4)), str(tmp_path / "w3.nii"))
+    np.testing.assert_array_equal(read_rgb(tmp_path / "w3.nii"), np.repeat(g[..., None], 3, axis=2))
+    h = np.arange(21, dtype=np.uint8).reshape(3, 7)  # H = 3, W = 7, with a slice axis
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(h.T)[:, :, None], np.eye(4)), str(tmp_path / "h3.nii"))
+    np.testing.assert_array_equal(read_rgb(tmp_path / "h3.nii"), np.repeat(h[..., None], 3, axis=2))
+    nib.save(nib.Nifti1Image(np.zeros((7, 1), np.uint8), np.eye(4)), str(tmp_path / "h1.nii"))  # one row
+    with pytest.raises(DataError, match=r"h1.nii: not an 8-bit RGB frame: volume shape \(7, 1\)"):
+        read_rgb(tmp_path / "h1.nii")
+
+
+def test_label_volume_with_an_empty_axis_is_refused(tmp_path):
+    (tmp_path / "z.nrrd").write_bytes(b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 7 5 0\nencoding: raw\n\n")
+    with pytest.raises(DataError, match=r"z.nrrd: label volume must be a single 2D slice, got shape \(7, 5, 0\)"):
+        read_mask(tmp_path / "z.nrrd")
