@@ -8,6 +8,7 @@ label volumes) and write_label's formats.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 
@@ -338,7 +339,8 @@ def test_palette_mask_with_transparency(tmp_path):
 
 
 @pytest.mark.parametrize("value, n, refused", [(50, 2000, False), (51, 2000, True), (150, 2000, False),
-                                               (149, 2000, True), (100, 200, False), (100, 201, True)])
+                                               (149, 2000, True), (100, 200, False), (100, 201, True),
+                                               (100, 6000, True)])
 def test_photograph_rule_boundaries(tmp_path, value, n, refused):
     """Ambiguous: strictly between 25% and 75% of the maximum (200 here); more than 2% of pixels refuses."""
     m = np.zeros(10_000, np.uint8)
@@ -708,3 +710,89 @@ def test_label_volume_with_an_empty_axis_is_refused(tmp_path):
     (tmp_path / "z.nrrd").write_bytes(b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 7 5 0\nencoding: raw\n\n")
     with pytest.raises(DataError, match=r"z.nrrd: label volume must be a single 2D slice, got shape \(7, 5, 0\)"):
         read_mask(tmp_path / "z.nrrd")
+
+
+def test_volume_frame_with_no_slice_is_refused(tmp_path):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((7, 5, 0, 1, 3), np.uint8), np.eye(4)), str(tmp_path / "z.nii"))
+    with pytest.raises(DataError, match=r"z.nii: not a single 2D frame: volume shape \(7, 5, 0, 3\)"):
+        read_rgb(tmp_path / "z.nii")
+
+
+def test_16bit_grey_volume_frame_is_refused_for_its_dtype(tmp_path):
+    """Refused by its dtype, from the header, before its data is read (not for its shape afterwards)."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((7, 5), np.uint16), np.eye(4)), str(tmp_path / "g16.nii"))
+    with pytest.raises(DataError, match=r"g16.nii: not an 8-bit RGB frame: dtype uint16 \(polyp-al reads"):
+        read_rgb(tmp_path / "g16.nii")
+
+
+def test_2d_grey_volume_frames_by_height(tmp_path):
+    """A 2-D (W, H) grey volume is read as grey at any height but 3; at 3 its last axis could be RGB
+    (one row of W colour pixels), and it is refused with a clear error, never a crash."""
+    import nibabel as nib
+
+    g = np.arange(28, dtype=np.uint8).reshape(4, 7)  # H = 4, W = 7
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(g.T), np.eye(4)), str(tmp_path / "h4.nii"))
+    np.testing.assert_array_equal(read_rgb(tmp_path / "h4.nii"), np.repeat(g[..., None], 3, axis=2))
+    nib.save(nib.Nifti1Image(np.zeros((7, 3), np.uint8), np.eye(4)), str(tmp_path / "h3.nii"))
+    with pytest.raises(DataError, match=r"h3.nii: not an 8-bit RGB frame: volume shape \(7, 3\), dtype uint8"):
+        read_rgb(tmp_path / "h3.nii")
+
+
+def test_cache_dir_is_made_with_its_parents_and_named_by_a_16_digit_key(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    Image.fromarray(np.full((6, 8, 3), 40, np.uint8)).save(root / "a.png")
+    cache = tmp_path / "not" / "yet"  # neither folder exists
+    fs = load_folder(root, 4, cache_dir=cache, require_masks=False)
+    (entry,) = cache.iterdir()
+    assert re.fullmatch(r"frames-data-4-[0-9a-f]{16}\.npz", entry.name), entry.name
+    again = load_folder(root, 4, cache_dir=cache, require_masks=False)
+    np.testing.assert_array_equal(again.images, fs.images)
+
+
+def test_float_label_volume_with_fractions_above_a_half_is_refused(tmp_path):
+    import nibabel as nib
+
+    f = np.zeros((7, 5), np.float32)
+    f[2, 2] = 2.7  # rounds up: 2.7 < round(2.7)
+    nib.save(nib.Nifti1Image(f, np.eye(4)), str(tmp_path / "f.nii"))
+    with pytest.raises(DataError, match="f.nii: label volume has non-integer values"):
+        read_mask(tmp_path / "f.nii")
+
+
+def test_label_volume_larger_than_its_frame_is_refused(tmp_path):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((7, 5), np.uint8), np.eye(4)), str(tmp_path / "l.nii"))  # H 5, W 7
+    for hw in ((4, 7), (5, 6)):
+        with pytest.raises(DataError, match=rf"l.nii: label volume size 7x5 \(WxH\) differs from its image's "
+                                            rf"{hw[1]}x{hw[0]}"):
+            read_mask(tmp_path / "l.nii", expected_hw=hw)
+
+
+@pytest.mark.parametrize("shape", [(7,), (1,)])
+def test_one_dimensional_label_volume_is_refused(tmp_path, shape):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), np.eye(4)), str(tmp_path / "v.nii"))
+    with pytest.raises(DataError, match=rf"v.nii: label volume must be a single 2D slice, got shape \({shape[0]},\)"):
+        read_mask(tmp_path / "v.nii")
+
+
+def test_masks_with_no_positive_value_are_empty(tmp_path):
+    Image.fromarray(np.full((4, 5), -np.inf, np.float32)).save(tmp_path / "inf.tif")
+    Image.fromarray(np.array([[-5, -1, -3]] * 2, np.int32)).save(tmp_path / "neg.tif")
+    for name in ("inf.tif", "neg.tif"):
+        m = read_mask(tmp_path / name)
+        assert m.dtype == bool and not m.any(), name
+
+
+def test_polyp_drawn_in_blue_or_green(tmp_path):
+    for channel in (1, 2):
+        rgb = np.zeros((4, 5, 3), np.uint8)
+        rgb[1:3, 2:4, channel] = 255
+        np.testing.assert_array_equal(read_mask(_save(tmp_path, rgb, f"c{channel}.png")), rgb[..., channel] > 0)
