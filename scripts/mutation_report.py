@@ -180,12 +180,32 @@ EQUIVALENT = {
                                                         "negative size as 'infer'",
     (IMG, OP + "NumberReplacer", 91): "`arr[:, :, -1, :]`: that axis was just checked to have length 1",
     (IMG, OP + "NumberReplacer", 103): "`mask * 254`: 0/254 and 0/255 fall on the same sides of 127",
-    (IMG, OP + "NumberReplacer", 105): "`> 126`: nearest-neighbour resizing keeps only the values 0 and 255",
-    (MSK, OP + "NumberReplacer", 1): "MASK_THRESHOLD = 126: exported, read nowhere (read_mask thresholds at half "
-                                      "the maximum)",
-    **_same("the default `sizes` of an NRRD header without one: [0, 0], [1, 0] and [0, 1] all declare 0 bytes, "
-            "and nrrd.read then refuses the file ('not a readable label volume')",
-            (MSK, "NumberReplacer", 4), (MSK, "NumberReplacer", 6)),
+    **_same("`> 126`, `> 128`, `>= 127`: nearest-neighbour resizing of the 0/255 image keeps only the values 0 and 255",
+            (IMG, "NumberReplacer", 105), (IMG, "NumberReplacer", 104), (IMG, "ReplaceComparisonOperator_Gt_GtE", 3)),
+    **_same("the shape check after `convert('RGB')`: an RGB PIL image is always (H, W, 3), so `ndim > 3`, "
+            "`shape[2] < 3`, `shape[2] > 3` and `ndim != 3 and shape[2] != 3` are false as the original's first two "
+            "terms are; only the 2x2 terms refuse (test_frames_must_be_at_least_2x2)",
+            (IMG, "ReplaceComparisonOperator_NotEq_Lt", 2), (IMG, "ReplaceComparisonOperator_NotEq_Gt", 1),
+            (IMG, "ReplaceComparisonOperator_NotEq_Gt", 2), (IMG, "ReplaceOrWithAnd", 0)),
+    (IMG, OP + "ReplaceComparisonOperator_Eq_GtE", 1):
+        "`arr.dtype >= uint8` in the grey-frame test: the header check above refuses every volume not stored as "
+        "uint8 and get_unscaled returns the stored dtype, so arr is uint8 here and `>=` is as true as `==`",
+    **_same("`arr.dtype < uint8` / `> uint8` in the last dtype check: arr is uint8 there (the header check above "
+            "refuses any other stored dtype, get_unscaled returns the stored one), so the check is false with `!=`, "
+            "`<` or `>`", (IMG, "ReplaceComparisonOperator_NotEq_Lt", 7), (IMG, "ReplaceComparisonOperator_NotEq_Gt", 7)),
+    (IMG, OP + "ReplaceComparisonOperator_Gt_GtE", 1):
+        "`hi >= 255` also rescales a 16-bit/int/float frame whose maximum is exactly 255, by x / 255 * 255: float64 "
+        "gives back each integer 0..255 exactly (checked), and a float32 non-integer is at least 2^-16 from the next "
+        "integer, far above the ~1e-13 rounding, so the truncation to uint8 is the same",
+    **_same("the maximum of an empty 16-bit/int/float frame: 0, 1 and -1 are all at most 255, so it is not scaled "
+            "either way (and PIL cannot open a 0-pixel file)", (IMG, "NumberReplacer", 6), (IMG, "NumberReplacer", 7)),
+    (IMG, OP + "NumberReplacer", 82): "`reshape(w, h, -2, 3)`: numpy 1.26 takes any negative size as 'infer'",
+    **_same("MASK_THRESHOLD = 126 or 128: exported, read nowhere in lib/ or scripts/ (read_mask thresholds at "
+            "half the maximum)", (MSK, "NumberReplacer", 0), (MSK, "NumberReplacer", 1)),
+    **_same("the default `sizes` of an NRRD header without one: [0, 0], [1, 0], [0, 1], [-1, 0] and [0, -1] all "
+            "declare 0 pixels and 0 bytes (so neither size check refuses), and nrrd.read then refuses the file "
+            "('not a readable label volume')", (MSK, "NumberReplacer", 4), (MSK, "NumberReplacer", 5),
+            (MSK, "NumberReplacer", 6), (MSK, "NumberReplacer", 7)),
     (MSK, OP + "NumberReplacer", 15): "`arr[..., -1]`: that axis has length 1",
     (MSK, OP + "ReplaceBinaryOperator_BitAnd_Mul", 0): "`isfinite * (vol == round(vol))`: a product of booleans "
                                                         "is their and",
@@ -195,9 +215,15 @@ EQUIVALENT = {
             "where the colour does and the colour is read either way; a P image without it converts with alpha "
             "255 everywhere (uniform: ignored)", (MSK, "ReplaceAndWithOr", 4),
             (MSK, "ReplaceComparisonOperator_Eq_GtE", 3), (MSK, "ReplaceComparisonOperator_Eq_LtE", 3)),
-    (MSK, OP + "NumberReplacer", 42): "an image with no pixel: either maximum gives the same empty mask (and PIL "
-                                       "cannot open a 0-pixel file)",
-    (MSK, OP + "NumberReplacer", 52): "`reshape(-2, c)`: numpy 1.26 takes any negative size as 'infer'",
+    **_same("an image with no pixel: a default maximum of 0, 1 or -1 gives the same empty (H, W) mask (and PIL "
+            "cannot open a 0-pixel file)", (MSK, "NumberReplacer", 42), (MSK, "NumberReplacer", 43)),
+    **_same("`reshape(-2, c)` (also written `~1`): numpy 1.26 takes any negative size as 'infer'",
+            (MSK, "NumberReplacer", 52), (MSK, "ReplaceUnaryOperator_USub_Invert", 2)),
+    (MSK, OP + "ReplaceBinaryOperator_BitAnd_Mul", 1): "`(g > a) * (g < b)` in the photograph rule: a product of "
+                                                        "booleans is their and",
+    **_same("`max - min <= 0`, `alpha.max() > alpha.min()`: a maximum is never below the minimum, so `<= 0` is "
+            "`== 0` and `>` is `!=`", (MSK, "ReplaceComparisonOperator_Eq_LtE", 4),
+            (MSK, "ReplaceComparisonOperator_NotEq_Gt", 3)),
     **_same("the affine's homogeneous corner: NIfTI stores its top three rows only, read back with 1 there",
             (MSK, "NumberReplacer", 72), (MSK, "NumberReplacer", 73)),
     (FLD, OP + "ReplaceContinueWithBreak", 0): "the None is the pair's last path, so `break` ends the inner loop "

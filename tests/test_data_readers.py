@@ -796,3 +796,15 @@ def test_polyp_drawn_in_blue_or_green(tmp_path):
         rgb = np.zeros((4, 5, 3), np.uint8)
         rgb[1:3, 2:4, channel] = 255
         np.testing.assert_array_equal(read_mask(_save(tmp_path, rgb, f"c{channel}.png")), rgb[..., channel] > 0)
+
+
+def test_resize_mask_pixels_are_pinned():
+    """Nearest neighbour as PIL samples an 8-bit image (the masks the results in results/ were trained on).
+
+    16 -> 22 rows puts output rows 5 and 16 exactly on a source border (4.0 and 12.0): the 8-bit path takes
+    source rows 4 and 11 there (PIL's 16-bit path takes 12 for row 16)."""
+    m = np.zeros((16, 14), bool)
+    m[::2] = True  # the even source rows
+    out = resize_mask(m, 22)
+    want = np.array([1, 0, 0, 1, 0, 1, 1, 0, 1, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0, 1, 1, 0], bool)
+    np.testing.assert_array_equal(out, np.repeat(want[:, None], 22, axis=1))
