@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from polypal.experiments.cli import main
-from polypal.experiments.report import bootstrap_ci, make_report
+from polypal.experiments.report import bootstrap_ci, make_report, student_t_ci
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +63,7 @@ def test_bootstrap_ci_matches_brute_force():
         blo, bhi = brute_ci(vals)
         assert lo == pytest.approx(blo, abs=1e-12) and hi == pytest.approx(bhi, abs=1e-12)
     assert bootstrap_ci([1.0]) is None
+    assert student_t_ci([1.0]) is None and student_t_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, None)
     # the Monte Carlo branch is seeded: the same call gives the same bounds
     vals = list(np.linspace(-1, 2, 12))
     assert bootstrap_ci(vals) == bootstrap_ci(vals)
@@ -104,6 +105,14 @@ def test_report_statistics_equal_hand_computed_values(tmp_path):
     assert a["std"] == pytest.approx(np.std(da, ddof=1))
     assert a["ci95"] == pytest.approx(list(brute_ci(da)))
     assert a["per_seed"] == pytest.approx({str(s): v for s, v in enumerate(da)})
+    # the Student-t view: mean 1.9375, sd sqrt(3.296875 / 3), t(0.975, 3 df) = 3.182446 (printed tables)
+    sem = np.sqrt(3.296875 / 3) / 2
+    assert a["t95"] == pytest.approx([1.9375 - 3.182446 * sem, 1.9375 + 3.182446 * sem], abs=1e-5)
+    # p of t = 1.9375 / sem on 3 df, from the closed-form CDF of Student's t with 3 degrees of freedom:
+    # F(t) = 1/2 + (theta + sin(theta) cos(theta)) / pi, theta = atan(t / sqrt(3))
+    th = np.arctan(1.9375 / sem / np.sqrt(3))
+    assert a["p_t"] == pytest.approx(2 * (0.5 - (th + np.sin(th) * np.cos(th)) / np.pi), rel=1e-9)
+    assert 0.03 < a["p_t"] < 0.04
 
     # ceiling and label savings on polyp Dice: target 0.95 * 65 = 61.75
     assert summ["ceiling"]["polyp_dice"] == pytest.approx(65.0) and summ["ceiling"]["seeds"] == [0, 1]
@@ -123,6 +132,7 @@ def test_report_statistics_equal_hand_computed_values(tmp_path):
     assert stab["drops_over_threshold"] == []
     tables = (folder / "report" / "tables.md").read_text()
     assert "95% bootstrap" in tables and "not reached by 120" in tables and "SMOKE" not in tables
+    assert f"[{a['t95'][0]:+.2f}, {a['t95'][1]:+.2f}] p=0.03" in tables
 
 
 def test_ci_lower_bound_by_hand():

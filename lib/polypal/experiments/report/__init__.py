@@ -30,11 +30,11 @@ from polypal.experiments.report.plots import (plot_aulc_diff, plot_curves, plot_
 from polypal.experiments.report.results import (METRICS, SMOKE_WARNING, _profile_name, _title, all_stages,
                                                 load_ceiling, load_results, run_meta)
 from polypal.experiments.report.stats import (_random_fraction, bootstrap_ci, label_savings, normalised_aulc,
-                                              paired_stats, stability, strategy_stats)
+                                              paired_stats, stability, strategy_stats, student_t_ci)
 from polypal.experiments.report.tables import _stability_md, ci_tables, markdown_tables, paired_table
 
 __all__ = ["bootstrap_ci", "load_results", "make_report", "normalised_aulc", "paired_stats", "run_meta", "stability",
-           "strategy_stats", "summary"]
+           "strategy_stats", "student_t_ci", "summary"]
 
 
 def summary(folder: Path, res: dict, dataset: str | None) -> dict:

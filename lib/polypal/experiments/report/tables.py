@@ -85,6 +85,13 @@ def _fmt_ci(st: dict | None, digits: int = 2) -> str:
     return body + f" ({st['ahead']}/{st['seeds']})"
 
 
+def _fmt_t(st: dict | None, digits: int = 2) -> str:
+    if not st or not st.get("t95"):
+        return ""
+    lo, hi = st["t95"]
+    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" + (f" p={st['p_t']:.2f}" if st.get("p_t") is not None else "")
+
+
 def ci_tables(res: dict, ceiling: dict | None) -> str:
     stages = all_stages(res)
     lines = ["## Against Random, paired by seed, with 95% bootstrap CIs", "",
@@ -92,7 +99,9 @@ def ci_tables(res: dict, ceiling: dict | None) -> str:
              "[95% CI] (seeds ahead / seeds). The CI is the percentile bootstrap of the mean over seeds, "
              "exact (every resample of the seeds enumerated). With 3 seeds it is simply the range of the "
              "per-seed differences, and with 3-5 seeds it is narrow-biased: read a CI that excludes 0 as an "
-             "indication, not proof. AULC = area under the learning curve over "
+             "indication, not proof. The column 't-interval' is a second, wider view of the AULC difference: "
+             "the Student-t 95% interval of the mean over seeds and the paired t-test's p (assumes roughly "
+             "normal differences). AULC = area under the learning curve over "
              f"all stages ({stages[0] if stages else ''}-{stages[-1] if stages else ''} labels) divided by the "
              "label range, i.e. the curve's mean height.", ""]
     for metric, title in METRICS[:2]:
@@ -100,10 +109,10 @@ def ci_tables(res: dict, ceiling: dict | None) -> str:
         if not ps:
             continue
         lines += [f"### `{metric}` ({title})", "",
-                  "| strategy | AULC difference | " + " | ".join(str(n) for n in stages[1:]) + " |",
-                  "|---|---|" + "---|" * len(stages[1:])]
+                  "| strategy | AULC difference | AULC t-interval (p) | " + " | ".join(str(n) for n in stages[1:]) + " |",
+                  "|---|---|---|" + "---|" * len(stages[1:])]
         for strat, v in ps.items():
-            lines.append(f"| {strat} | {_fmt_ci(v['aulc'])} | "
+            lines.append(f"| {strat} | {_fmt_ci(v['aulc'])} | {_fmt_t(v['aulc'])} | "
                          + " | ".join(_fmt_ci(v["per_stage"].get(str(n))) for n in stages[1:]) + " |")
         lines.append("")
     sv = label_savings(res, ceiling)
