@@ -172,3 +172,29 @@ def test_new_recipe_trains_and_beats_an_untrained_model():
     untrained = evaluate(predict(PolypUNet.from_profile(prof), fs.images[te_i]).probs, fs.masks[te_i])
     assert trained["polyp_dice"] > untrained["polyp_dice"] + 0.1
     assert trained["paper_miou"] > untrained["paper_miou"] + 0.1
+
+
+def test_gamma_sweep_compares_only_the_seeds_every_gamma_has():
+    from polypal.experiments.report.stats import gamma_sweep
+
+    def run(label, base, gamma, seed, mious):
+        return [{"strategy": label, "base": base, "gamma": gamma, "aggregation": "mean", "seed": seed,
+                 "stage": i, "n_labeled": 40 * (i + 1), "test": {"paper_miou": m}} for i, m in enumerate(mious)]
+
+    res = {"unc_ta_coreset@g0.5": {s: run("unc_ta_coreset@g0.5", "unc_ta_coreset", 0.5, s, [0.5, 0.6 + 0.01 * s])
+                                   for s in range(5)},
+           # uncertainty: seed 0 finished both stages, seed 1 only the first
+           "uncertainty": {0: run("uncertainty", "uncertainty", 0.5, 0, [0.5, 0.7]),
+                           1: run("uncertainty", "uncertainty", 0.5, 1, [0.52])}}
+    sw = gamma_sweep(res)
+    assert list(sw) == [80]  # stage 0 (the shared initial set) is not a point of the sweep
+    p = sw[80]
+    assert p["gammas"] == [0.5, 1.0] and p["seeds"] == [0]  # not the mean over 5 seeds at gamma 0.5
+    assert p["means"] == pytest.approx([60.0, 70.0]) and np.allclose(p["ci95"], [[60.0, 60.0], [70.0, 70.0]])
+    # one gamma only: no sweep
+    assert gamma_sweep({"unc_ta_coreset@g0.5": res["unc_ta_coreset@g0.5"]}) == {}
+    # both complete at seeds 0-1: both seeds, bootstrap CI over them
+    res["uncertainty"][1] = run("uncertainty", "uncertainty", 0.5, 1, [0.52, 0.74])
+    p = gamma_sweep(res)[80]
+    assert p["seeds"] == [0, 1] and p["means"] == pytest.approx([60.5, 72.0])
+    assert p["ci95"][1] == pytest.approx([70.0, 74.0])

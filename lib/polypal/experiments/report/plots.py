@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from polypal.experiments.report.results import METRICS, _order, load_results, run_meta, stage_table
-from polypal.sampler import REGISTRY
-from polypal.experiments.report.stats import bootstrap_ci, paired_stats
+from polypal.experiments.report.stats import bootstrap_ci, gamma_sweep, paired_stats
 
 
 def _plt():
@@ -55,27 +54,17 @@ def plot_curves(res, path: Path, title: str = "", ceiling: dict | None = None, p
 
 
 def plot_gamma(res, path: Path, title: str = "") -> bool:
-    gam = {}
-    meta = run_meta(res)
-    for label, (base, gamma, agg) in meta.items():  # Algorithm 1 at each gamma, the paper's mean BvSB
-        if base in REGISTRY and REGISTRY[base].uses_gamma and agg == "mean":
-            gam[gamma] = label
-    for label, (base, gamma, agg) in meta.items():  # its two ends: gamma 0 is TA-Coreset, 1 is Uncertainty
-        if base == "ta_coreset" or (base == "uncertainty" and agg == "mean"):
-            gam.setdefault(0.0 if base == "ta_coreset" else 1.0, label)
-    if len(gam) < 2:
+    sweep = gamma_sweep(res)
+    if not sweep:
         return False
     plt = _plt()
-    t = stage_table(res, "paper_miou")
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    stages = sorted({n for s in gam.values() for n in t[s]})
-    for st in stages[1:]:
-        gs = sorted(g for g in gam if t[gam[g]].get(st))
-        m = np.array([np.mean(t[gam[g]][st]) for g in gs])
-        cis = [bootstrap_ci(t[gam[g]][st]) or (mu, mu) for g, mu in zip(gs, m)]
-        ax.errorbar(gs, m, yerr=[m - np.array([c[0] for c in cis]), np.array([c[1] for c in cis]) - m],
-                    marker="o", capsize=3, label=f"{st} labels")
-    ax.set_title(title + "\nmean and 95% bootstrap CI over seeds", fontsize=9)
+    for st, p in sweep.items():
+        gs, m = p["gammas"], np.array(p["means"])
+        lo, hi = np.array([c[0] for c in p["ci95"]]), np.array([c[1] for c in p["ci95"]])
+        k = len(p["seeds"])
+        ax.errorbar(gs, m, yerr=[m - lo, hi - m], marker="o", capsize=3, label=f"{st} labels ({k} seed{'s' * (k > 1)})")
+    ax.set_title(title + "\nmean and 95% bootstrap CI over the seeds every gamma has at that stage", fontsize=9)
     ax.set_xlabel("gamma (0 = TA-Coreset, 1 = Uncertainty)")
     ax.set_ylabel("paper mIoU (%)")
     ax.legend(fontsize=8)

@@ -8,7 +8,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from polypal.experiments.report.results import METRICS, _order, all_stages
+from polypal.experiments.report.results import METRICS, _order, all_stages, run_meta
+from polypal.sampler import REGISTRY
 
 
 def bootstrap_ci(values, level: float = 0.95, max_exact: int = 10, n_boot: int = 20000, seed: int = 0):
@@ -214,4 +215,39 @@ def _random_fraction(res: dict, ceiling: dict | None) -> dict | None:
     for m, _ in METRICS:
         st = strategy_stats(res, m)["random"]["stages"].get(str(stages[-1]))
         out[m] = st["mean"] / ceiling[m] if st and ceiling[m] else None
+    return out
+
+
+def gamma_sweep(res: dict, metric: str = "paper_miou") -> dict:
+    """Algorithm 1 across gamma (0 = TA-Coreset, 1 = Uncertainty, the mean-BvSB variants): per queried stage,
+    {"gammas", "means", "ci95", "seeds"} in points, or {} with fewer than two gamma values.
+
+    Each stage uses only the seeds that every gamma has there, so one line compares the same initial labeled
+    sets (a partial queue would otherwise set 5 seeds at one gamma beside 1 at another).
+    """
+    gam = {}
+    meta = run_meta(res)
+    for label, (base, gamma, agg) in meta.items():
+        if base in REGISTRY and REGISTRY[base].uses_gamma and agg == "mean":
+            gam[gamma] = label
+    for label, (base, gamma, agg) in meta.items():
+        if base == "ta_coreset" or (base == "uncertainty" and agg == "mean"):
+            gam.setdefault(0.0 if base == "ta_coreset" else 1.0, label)
+    if len(gam) < 2:
+        return {}
+    val = {g: {(r["n_labeled"], s): 100 * r["test"][metric] for s, recs in res[label].items() for r in recs}
+           for g, label in gam.items()}
+    out = {}
+    stages = sorted({n for v in val.values() for n, _ in v})
+    for st in stages[1:]:
+        gs = sorted(g for g in gam if any(n == st for n, _ in val[g]))
+        if len(gs) < 2:
+            continue
+        common = sorted(set.intersection(*({s for n, s in val[g] if n == st} for g in gs)))
+        if not common:
+            continue
+        ys = [[val[g][(st, s)] for s in common] for g in gs]
+        means = [float(np.mean(y)) for y in ys]
+        out[st] = {"gammas": gs, "means": means, "seeds": common,
+                   "ci95": [list(bootstrap_ci(y) or (mu, mu)) for y, mu in zip(ys, means)]}
     return out
