@@ -240,11 +240,21 @@ LEFT = {
                                        "norms 10^4 times the gaps included)",
     (KC, OP + "ReplaceBinaryOperator_Mul_Sub", 29): "a margin of eps + 1.25 instead of 1.25 eps: smaller only "
                                                      "when eps > 5, and still above the actual rounding there",
+    (IMG, OP + "ReplaceComparisonOperator_NotEq_Gt", 6):
+        "`shape[2] > 1` let an empty slice axis through to a crash; only the no-slice test told it apart, and "
+        "that test now expects the empty-volume error added since (left out of the rechecks: AFTER_SESSION); "
+        "today an empty volume is refused before this line",
+    (IMG, OP + "NumberReplacer", 64):
+        "`shape[-1] != 4` reads a 2-D (W, 3) volume as grey: what the code does since (a fix after the session, "
+        "test_2d_grey_volume_frames_by_height, left out of the rechecks)",
+    (IMG, OP + "NumberReplacer", 73):
+        "`ndim < 2` let a 2-D (W, 3) volume reach the RGB reshape (a crash); since the fix after the session "
+        "such a volume is grey and never reaches it (its test is left out of the rechecks: AFTER_SESSION)",
     (MSK, OP + "ReplaceComparisonOperator_Eq_LtE", 1):
-        "`kind <= 'f'` also checks complex label volumes for integral values: today a complex NIfTI label "
-        "is not refused (numpy orders complex numbers, so `vol > 0` reads it: 0.5+0j everywhere reads as all "
-        "polyp); the mutant is stricter and more right. Fixing it (refuse kinds other than b/i/u/f) needs a test "
-        "that fails on the session's lib.orig, which the report's baseline check refuses: left for the lead",
+        "`kind <= 'f'` also checks complex label volumes for integral values: the session's source read a "
+        "complex NIfTI label as labels (0.5+0j everywhere as all polyp), the mutant half-refused it. Fixed "
+        "since (complex volumes are refused, test_complex_label_volume_is_refused); on the session's source "
+        "nothing else tells the two apart",
 }
 
 
@@ -272,6 +282,22 @@ def survivors(group: str) -> tuple[int, dict, int, list[dict]]:
     return total, skipped, pending, alive
 
 
+# Tests of fixes made in lib/ after a group's session: they fail on the session's source by design, so the
+# rechecks of that group leave them out (each with the fix it tests). Every other test must pass there.
+AFTER_SESSION = {
+    "data": {
+        "tests/test_data_readers.py::test_2d_grey_volume_frames_by_height":
+            "a 2-D volume 3 pixels high is read as grey (the session's source refused it)",
+        "tests/test_data_readers.py::test_empty_rgb_volume_is_refused_clearly":
+            "an empty RGB volume is a DataError (the session's source raised numpy's ValueError)",
+        "tests/test_data_readers.py::test_complex_label_volume_is_refused":
+            "complex label volumes are refused (the session's source read them as labels)",
+        "tests/test_data_readers.py::test_volume_frame_with_no_slice_is_refused":
+            "a volume with an empty axis is refused as empty, before its shape is checked",
+    },
+}
+
+
 def pristine_lib(group: str) -> Path:
     """The session's unmutated lib/: lib.orig when the session kept one (a killed cosmic-ray leaves its last
     mutant applied in lib/), else lib/ (checked by the baseline run in check_group)."""
@@ -292,9 +318,12 @@ def recheck(group: str, mut: dict | None) -> bool:
                            cwd=t, check=True, capture_output=True)
         env = dict(os.environ, PYTHONPATH="lib", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    PYTHONDONTWRITEBYTECODE="1")
+        skip = [a for node in AFTER_SESSION.get(group, {}) for a in ("--deselect", node)]
         r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                            "--hypothesis-seed=0", *session_config(group)[1]], cwd=t, env=env, capture_output=True,
-                           text=True)
+                            "--hypothesis-seed=0", *skip, *session_config(group)[1]], cwd=t, env=env,
+                           capture_output=True, text=True)
+        if mut is None and r.returncode != 0:
+            print(r.stdout[-3000:], file=sys.stderr)
         return r.returncode != 0
 
 
@@ -378,7 +407,12 @@ def main() -> int:
              "as killed; the mutants listed as equivalent are re-run too, and none is killed).",
              "Operator subset and what is not run: see the filters in `scripts/mutation_test.sh`. Score = killed /",
              "(mutants run - equivalent). Minutes: the session's wall time on one core of this 2-core machine, shared",
-             "with two training queues.", "",
+             "with two training queues.", ""]
+    after = [f"`{node.split('::')[1]}` ({why})" for g in GROUPS for node, why in AFTER_SESSION.get(g, {}).items()]
+    if after:
+        lines += ["Tests of fixes made after a session, left out of that group's rechecks (they fail on the session's "
+                  "source by design): " + "; ".join(after) + ".", ""]
+    lines += [
              "| group | modules | tests | mutants run | killed | equivalent | real survivors | score | minutes |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     detail, holes, problems = [], 0, []

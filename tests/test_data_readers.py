@@ -716,7 +716,7 @@ def test_volume_frame_with_no_slice_is_refused(tmp_path):
     import nibabel as nib
 
     nib.save(nib.Nifti1Image(np.zeros((7, 5, 0, 1, 3), np.uint8), np.eye(4)), str(tmp_path / "z.nii"))
-    with pytest.raises(DataError, match=r"z.nii: not a single 2D frame: volume shape \(7, 5, 0, 3\)"):
+    with pytest.raises(DataError, match=r"z.nii: empty image volume: shape \(7, 5, 0, 1, 3\)"):
         read_rgb(tmp_path / "z.nii")
 
 
@@ -729,17 +729,34 @@ def test_16bit_grey_volume_frame_is_refused_for_its_dtype(tmp_path):
         read_rgb(tmp_path / "g16.nii")
 
 
-def test_2d_grey_volume_frames_by_height(tmp_path):
-    """A 2-D (W, H) grey volume is read as grey at any height but 3; at 3 its last axis could be RGB
-    (one row of W colour pixels), and it is refused with a clear error, never a crash."""
+def test_2d_grey_volume_frames_by_height(tmp_path, monkeypatch):
+    """A 2-D (W, H) volume is a grey frame at any height, 3 included (an RGB frame needs (W, H, ..., 3));
+    its pixels are counted as W x H against the size limit."""
     import nibabel as nib
 
-    g = np.arange(28, dtype=np.uint8).reshape(4, 7)  # H = 4, W = 7
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(g.T), np.eye(4)), str(tmp_path / "h4.nii"))
-    np.testing.assert_array_equal(read_rgb(tmp_path / "h4.nii"), np.repeat(g[..., None], 3, axis=2))
-    nib.save(nib.Nifti1Image(np.zeros((7, 3), np.uint8), np.eye(4)), str(tmp_path / "h3.nii"))
-    with pytest.raises(DataError, match=r"h3.nii: not an 8-bit RGB frame: volume shape \(7, 3\), dtype uint8"):
+    for h in (4, 3):
+        g = np.arange(7 * h, dtype=np.uint8).reshape(h, 7)  # H = h, W = 7
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(g.T), np.eye(4)), str(tmp_path / f"h{h}.nii"))
+        np.testing.assert_array_equal(read_rgb(tmp_path / f"h{h}.nii"), np.repeat(g[..., None], 3, axis=2))
+    monkeypatch.setattr(images, "MAX_PIXELS", 20)
+    with pytest.raises(TooLarge, match=r"image of 7x3 pixels"):
         read_rgb(tmp_path / "h3.nii")
+
+
+def test_empty_rgb_volume_is_refused_clearly(tmp_path):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((0, 5, 1, 1, 3), np.uint8), np.eye(4)), str(tmp_path / "e.nii"))
+    with pytest.raises(DataError, match=r"e.nii: empty image volume: shape \(0, 5, 1, 1, 3\)"):
+        read_rgb(tmp_path / "e.nii")
+
+
+def test_complex_label_volume_is_refused(tmp_path):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.full((7, 5), 0.5 + 0j, np.complex64), np.eye(4)), str(tmp_path / "c.nii"))
+    with pytest.raises(DataError, match=r"c.nii: label volume of dtype complex64: a label map holds integers"):
+        read_mask(tmp_path / "c.nii")
 
 
 def test_cache_dir_is_made_with_its_parents_and_named_by_a_16_digit_key(tmp_path):

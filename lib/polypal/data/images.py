@@ -104,7 +104,7 @@ def _read_volume_rgb(path: Path) -> np.ndarray:
 
         vol = nib.load(str(path))
         shape = [int(x) for x in vol.shape]
-        _check_pixels(path, shape[0], int(np.prod(shape[1:])) // 3 if shape and shape[-1] == 3 else
+        _check_pixels(path, shape[0], int(np.prod(shape[1:])) // 3 if len(shape) >= 3 and shape[-1] == 3 else
                       int(np.prod(shape[1:])))
         if vol.get_data_dtype() != np.uint8:
             raise DataError(path, f"not an 8-bit RGB frame: dtype {vol.get_data_dtype()} (polyp-al reads RGB or "
@@ -115,7 +115,10 @@ def _read_volume_rgb(path: Path) -> np.ndarray:
         raise
     except Exception as e:  # noqa: BLE001
         raise DataError(path, f"not a readable image volume ({type(e).__name__}: {e})") from None
-    if arr.dtype == np.uint8 and arr.ndim >= 2 and arr.shape[-1] != 3 and np.squeeze(arr).ndim == 2:
+    if arr.size == 0:
+        raise DataError(path, f"empty image volume: shape {arr.shape}")
+    # a 2-D volume is always grey (W, H), even 3 pixels high; an RGB frame has a last axis of 3 after (W, H)
+    if arr.dtype == np.uint8 and arr.ndim >= 2 and (arr.ndim == 2 or arr.shape[-1] != 3) and np.squeeze(arr).ndim == 2:
         arr = np.repeat(np.squeeze(arr)[:, :, None, None], 3, axis=-1)  # an 8-bit grey frame: as RGB
     if arr.ndim < 3 or arr.shape[-1] != 3:
         raise DataError(path, f"not an 8-bit RGB frame: volume shape {arr.shape}, dtype {arr.dtype} "

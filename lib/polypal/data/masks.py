@@ -76,6 +76,8 @@ def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> n
         if expected_hw is not None and tuple(vol.shape) != tuple(expected_hw):
             raise DataError(path, f"label volume size {vol.shape[1]}x{vol.shape[0]} (WxH) differs from its "
                                   f"image's {expected_hw[1]}x{expected_hw[0]}")
+        if vol.dtype.kind not in "biuf":  # complex, strings, objects: not a label map
+            raise DataError(path, f"label volume of dtype {vol.dtype}: a label map holds integers")
         if vol.dtype.kind == "f" and not np.all(np.isfinite(vol) & (vol == np.round(vol))):
             raise DataError(path, "label volume has non-integer values: it looks like an image, not a label map")
         values = np.unique(vol)
