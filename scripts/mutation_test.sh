@@ -64,10 +64,22 @@ for group in "${GROUPS_[@]}"; do
   # a shared machine: while $QUIET exists (someone measures latency), no group starts
   while [ -e "$QUIET" ]; do echo "waiting: $QUIET exists" >&2; sleep 30; done
   w=$WORK/$group
-  if [ -n "${RESUME:-}" ] && [ -f "$w/session.sqlite" ] && [ -d "$w/lib.orig" ]; then
-    rm -rf "$w/lib" && cp -r "$w/lib.orig" "$w/lib"
-    (cd "$w" && "$CR_VENV/bin/cosmic-ray" baseline cosmic-ray.toml && "$CR_VENV/bin/cosmic-ray" exec cosmic-ray.toml session.sqlite
-     "$CR_VENV/bin/cr-report" --surviving-only --show-diff session.sqlite > "$OUT/mutation-$group.txt" || true)
+  if [ -n "${RESUME:-}" ]; then
+    # continue, never restart: a session without its pristine source or its filters cannot be resumed safely
+    if [ ! -f "$w/session.sqlite" ] || [ ! -d "$w/lib.orig" ] || [ ! -f "$w/filtered" ]; then
+      echo "$group: no resumable session in $w (needs session.sqlite, lib.orig and the filtered mark);" \
+           "run without RESUME to start it again" >&2
+      exit 1
+    fi
+    rm -rf "$w/lib"
+    cp -r "$w/lib.orig" "$w/lib"
+    (
+      cd "$w"
+      "$CR_VENV/bin/cosmic-ray" baseline cosmic-ray.toml || { echo "$group: baseline failed in $w" >&2; exit 1; }
+      "$CR_VENV/bin/cosmic-ray" exec cosmic-ray.toml session.sqlite
+      "$CR_VENV/bin/cr-report" --surviving-only --show-diff session.sqlite > "$OUT/mutation-$group.txt" || true
+    )
+    tail -n 3 "$OUT/mutation-$group.txt"
     continue
   fi
   rm -rf "$w"
@@ -151,6 +163,7 @@ with use_db(sys.argv[1]) as db:
 print(f"{n} mutants in type annotations and {n_def} in definitions not run skipped; {sum(left.values())} to run:",
       ", ".join(f"{k} {v}" for k, v in sorted(left.items())))
 PYEOF
+    touch filtered  # init and filters done: the session can be resumed from here
     [ -n "${COUNT_ONLY:-}" ] && exit 0  # COUNT_ONLY=1: stop after counting (no baseline, no run)
     # the unmutated copy must pass, or every mutant would count as killed
     "$CR_VENV/bin/cosmic-ray" baseline cosmic-ray.toml

@@ -681,7 +681,7 @@ def test_no_progress_bar_by_default(tmp_path, capsys):
 def test_cache_files_are_never_unpickled(tmp_path):
     """A cache entry holding Python objects (planted or corrupt) is refused, never unpickled."""
     Image.fromarray(np.full((6, 8, 3), 40, np.uint8)).save(tmp_path / "a.png")
-    cache = tmp_path.parent / (tmp_path.name + "-pcache")
+    cache = tmp_path / "pcache"
     load_folder(tmp_path, 4, cache_dir=cache, require_masks=False)
     (entry,) = cache.iterdir()
     z = dict(np.load(entry))
@@ -825,3 +825,14 @@ def test_resize_mask_pixels_are_pinned():
     out = resize_mask(m, 22)
     want = np.array([1, 0, 0, 1, 0, 1, 1, 0, 1, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0, 1, 1, 0], bool)
     np.testing.assert_array_equal(out, np.repeat(want[:, None], 22, axis=1))
+
+
+def test_rgb24_nifti_is_refused_for_its_dtype(tmp_path):
+    """NIfTI's RGB24 colour type loads as a structured dtype: refused from the header as not 8-bit RGB
+    frames in polyp-al's layout, not later as a size mismatch that reads like a compression bomb."""
+    import nibabel as nib
+
+    rgb = np.zeros((30, 20), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(tmp_path / "rgb24.nii"))
+    with pytest.raises(DataError, match=r"rgb24.nii: not an 8-bit RGB frame: dtype \["):
+        read_rgb(tmp_path / "rgb24.nii")

@@ -64,6 +64,8 @@ def test_bootstrap_ci_matches_brute_force():
         assert lo == pytest.approx(blo, abs=1e-12) and hi == pytest.approx(bhi, abs=1e-12)
     assert bootstrap_ci([1.0]) is None
     assert student_t_ci([1.0]) is None and student_t_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, None)
+    lo, hi, p = student_t_ci([0.1] * 3)  # the mean of equal floats rounds: still no spread, no p
+    assert p is None and lo == hi
     # the Monte Carlo branch is seeded: the same call gives the same bounds
     vals = list(np.linspace(-1, 2, 12))
     assert bootstrap_ci(vals) == bootstrap_ci(vals)

@@ -67,7 +67,7 @@ def student_t_ci(values, level: float = 0.95):
     if k < 2:
         return None
     m, sem = float(x.mean()), float(np.std(x, ddof=1) / np.sqrt(k))
-    if sem == 0:
+    if np.ptp(x) == 0:  # not sem == 0: the mean of equal floats can round, leaving a tiny sem and p ~ 1e-30
         return (m, m, None)
     half = float(stats.t.ppf(0.5 + level / 2, k - 1)) * sem
     p = float(2 * stats.t.sf(abs(m) / sem, k - 1))

@@ -85,11 +85,15 @@ def _fmt_ci(st: dict | None, digits: int = 2) -> str:
     return body + f" ({st['ahead']}/{st['seeds']})"
 
 
+def _fmt_p(p: float | None) -> str:
+    return "" if p is None else " p<0.01" if p < 0.01 else f" p={p:.2f}"
+
+
 def _fmt_t(st: dict | None, digits: int = 2) -> str:
     if not st or not st.get("t95"):
         return ""
     lo, hi = st["t95"]
-    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" + (f" p={st['p_t']:.2f}" if st.get("p_t") is not None else "")
+    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" + _fmt_p(st.get("p_t"))
 
 
 def ci_tables(res: dict, ceiling: dict | None) -> str:
