@@ -7,6 +7,8 @@ Reads the stage's labeled set, the split and the profile from the results folder
 ``polypal-sim`` did (training seed seed*1000+stage), checks that the chosen weights give the recorded
 test metrics (same numbers = a faithful replay), and prints, for every selection rule (last, EMA,
 best-val, EMA best-val), the test and validation polyp Dice and the share of test pixels predicted polyp.
+With ``--train-seeds 1,2,3,4``: retrains the same labeled set with other training seeds instead, to separate
+training noise from the spread that comes from which frames were labeled.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def main(argv=None) -> int:
     ap.add_argument("--collapse-retries", type=int, default=0,
                     help="train once more with the collapse guard on (at most N retries) and print where that "
                          "model lands against the run's neighbouring stages")
+    ap.add_argument("--train-seeds", default="",
+                    help="instead: retrain the stage's labeled set with these training seeds (e.g. 1,2,3,4,5) and "
+                         "print the spread of the test metrics: training noise alone, the labeled set held fixed")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     folder = Path(a.folder)
@@ -44,6 +49,8 @@ def main(argv=None) -> int:
     fs = load_folder(a.data, prof.size)
     pool, val, test = (fs.subset(fs.index_of(split[k])) for k in ("pool", "val", "test"))
     lab = np.sort(pool.index_of(rec["labeled"]))
+    if a.train_seeds:
+        return training_noise(a, prof, rec, pool, val, test, lab)
     tr = train(prof, pool.images[lab], pool.masks[lab], val.images, val.masks, seed=a.seed * 1000 + a.stage,
                keep_variants=True)
     chosen = evaluate(predict(tr.model, test.images, scorers=()).probs, test.masks)
@@ -70,6 +77,28 @@ def main(argv=None) -> int:
         for r in recs[max(0, a.stage - 1):a.stage + 2]:
             print(f"  recorded stage {r['stage']} ({r['n_labeled']} labels): test Dice {r['test']['polyp_dice']:.4f} "
                   f"mIoU {r['test']['paper_miou']:.4f}")
+    return 0
+
+
+def training_noise(a, prof, rec, pool, val, test, lab) -> int:
+    """Train the recorded labeled set once per training seed; print each result and the std over seeds,
+    beside the recorded run's own result (its training seed is seed*1000+stage)."""
+    rows = {"recorded": rec["test"]}
+    own = a.seed * 1000 + a.stage
+    for ts in (int(x) for x in a.train_seeds.split(",")):
+        if ts == own:  # the recorded training itself: already in rows
+            print(f"  training seed {ts}: the recorded run's own (seed*1000+stage), not trained twice", flush=True)
+            continue
+        tr = train(prof, pool.images[lab], pool.masks[lab], val.images, val.masks, seed=ts)
+        rows[ts] = evaluate(predict(tr.model, test.images, scorers=()).probs, test.masks)
+        print(f"  training seed {ts}: test mIoU {100 * rows[ts]['paper_miou']:.2f} Dice {100 * rows[ts]['polyp_dice']:.2f}"
+              f" ({tr.steps} steps)", flush=True)
+    print(f"{a.run} seed {a.seed} stage {a.stage} ({len(lab)} labels), recorded: mIoU "
+          f"{100 * rec['test']['paper_miou']:.2f} Dice {100 * rec['test']['polyp_dice']:.2f}")
+    for k in ("paper_miou", "polyp_dice"):
+        v = np.array([100 * r[k] for r in rows.values()])
+        print(f"  {k}: mean {v.mean():.2f}, std over {len(v)} trainings (recorded included) {np.std(v, ddof=1):.2f}, "
+              f"range {v.min():.2f}-{v.max():.2f}")
     return 0
 
 

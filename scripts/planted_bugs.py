@@ -79,7 +79,7 @@ BUGS = {
         "sampler/kcenter.py",
         "np.random.default_rng(seed).integers(len(cand_idx))",
         "np.random.default_rng().integers(len(cand_idx))",
-        "k-center: the first center with no labeled set ignores the seed"),
+        "k-center: the first center with no labeled set ignores the seed (in both code paths)", 2),
     "bvsb_half_scale": (
         "sampler/uncertainty.py",
         "return 1.0 - (2.0 * p - 1.0).abs()",
