@@ -250,7 +250,7 @@ LEFT = {
     (MSK, OP + "ReplaceComparisonOperator_Eq_LtE", 1):
         "`kind <= 'f'` also checks complex label volumes for integral values: the session's source read a "
         "complex NIfTI label as labels (0.5+0j everywhere as all polyp), the mutant half-refused it. Fixed "
-        "since (complex volumes are refused, test_complex_label_volume_is_refused); on the session's source "
+        "since (complex volumes are refused, test_volume_refused_with_a_clear_error[complex-label]); on the session's source "
         "nothing else tells the two apart",
 }
 
@@ -285,11 +285,11 @@ AFTER_SESSION = {
     "data": {
         "tests/test_data_readers.py::test_2d_grey_volume_frames_by_height":
             "a 2-D volume 3 pixels high is read as grey (the session's source refused it)",
-        "tests/test_data_readers.py::test_empty_rgb_volume_is_refused_clearly":
+        "tests/test_data_readers.py::test_volume_refused_with_a_clear_error[empty-rgb]":
             "an empty RGB volume is a DataError (the session's source raised numpy's ValueError)",
-        "tests/test_data_readers.py::test_complex_label_volume_is_refused":
+        "tests/test_data_readers.py::test_volume_refused_with_a_clear_error[complex-label]":
             "complex label volumes are refused (the session's source read them as labels)",
-        "tests/test_data_readers.py::test_volume_frame_with_no_slice_is_refused":
+        "tests/test_data_readers.py::test_volume_refused_with_a_clear_error[no-slice]":
             "a volume with an empty axis is refused as empty, before its shape is checked",
     },
 }
