@@ -113,7 +113,8 @@ def ci_tables(res: dict, ceiling: dict | None) -> str:
         if not ps:
             continue
         lines += [f"### `{metric}` ({title})", "",
-                  "| strategy | AULC difference | AULC t-interval (p) | " + " | ".join(str(n) for n in stages[1:]) + " |",
+                  "| strategy | AULC difference | AULC t-interval (p) | "
+                  + " | ".join(str(n) for n in stages[1:]) + " |",
                   "|---|---|---|" + "---|" * len(stages[1:])]
         for strat, v in ps.items():
             lines.append(f"| {strat} | {_fmt_ci(v['aulc'])} | {_fmt_t(v['aulc'])} | "
