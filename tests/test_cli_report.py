@@ -35,8 +35,15 @@ def test_cli_end_to_end_and_report(tmp_path):
     assert "commands.txt" in os.listdir(out)
     assert main(["report", str(out), "--paper", "cvc"]) == 0
     rep = out / "report"
-    for name in ("tables.md", "curves.png", "tsne_stage3.png", "gamma_sweep.png", "overlap.png", "gallery_stage3.png"):
+    for name in ("tables.md", "curves.png", "aulc_diff.png", "tsne_stage3.png", "gamma_sweep.png", "overlap.png",
+                 "gallery_stage3.png"):
         assert (rep / name).stat().st_size > 1000, name
+    # the machine-readable summary: every strategy against Random, paired over both seeds, on the run's stages
+    summ = json.loads((rep / "summary.json").read_text())
+    assert summ["stages"] == [6, 10, 14, 18] and summ["profile"] == "smoke" and summ["smoke"] is True
+    vs = summ["metrics"]["paper_miou"]["vs_random"]
+    assert len(vs) == 7 and "random" not in vs
+    assert all(v["aulc"]["seeds"] == 2 and len(v["aulc"]["ci95"]) == 2 for v in vs.values())
     tables = (rep / "tables.md").read_text()
     assert "paper_miou" in tables and "polyp_dice" in tables and "*paper: ta_coreset*" in tables
     assert "± " in tables  # two seeds: mean ± std

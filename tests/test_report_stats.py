@@ -126,6 +126,21 @@ def test_report_statistics_equal_hand_computed_values(tmp_path):
     assert ls["strategies"]["random"]["labels"] is None
     # unc_ta's mean curve: 30, 56, 65 -> crosses between 80 and 120: 80 + (61.75 - 56) / (65 - 56) * 40
     assert ls["strategies"][strat]["labels"] == pytest.approx(80 + (61.75 - 56) / 9 * 40)
+    # per seed, each run's own curve (Dice): random s0 30,50,60 and s2 28,54,58 never reach 61.75;
+    # s1 32,46,62 -> 80 + 15.75/16*40; s3 30,50,64 -> 80 + 11.75/14*40. unc_ta: s0 30,56,66 -> 80 + 5.75/10*40,
+    # s1 32,52,64 -> 80 + 9.75/12*40, s2 28,60,62 -> 80 + 1.75/2*40, s3 30,56,68 -> 80 + 5.75/12*40
+    r_seed = {"0": None, "1": 80 + 15.75 / 16 * 40, "2": None, "3": 80 + 11.75 / 14 * 40}
+    u_seed = {"0": 103.0, "1": 112.5, "2": 115.0, "3": 80 + 5.75 / 12 * 40}
+    assert ls["strategies"]["random"]["per_seed"] == pytest.approx(r_seed)
+    assert ls["strategies"]["random"]["seeds_reaching"] == 2
+    assert ls["strategies"][strat]["per_seed"] == pytest.approx(u_seed)
+    # paired saving: Random's labels minus unc_ta's at each seed; a seed that never reaches counts as 120
+    saved = [120 - 103.0, r_seed["1"] - 112.5, 120 - 115.0, r_seed["3"] - u_seed["3"]]
+    ps = ls["strategies"][strat]["saved_vs_random_paired"]
+    assert ps["per_seed"] == pytest.approx({str(k): v for k, v in enumerate(saved)})
+    assert ps["mean"] == pytest.approx(np.mean(saved)) and ps["ahead"] == 4 and ps["censored_seeds"] == ["0", "2"]
+    assert ps["ci95"] == pytest.approx(list(brute_ci(saved)))
+    assert ls["strategies"]["random"]["saved_vs_random_paired"] is None
     # stability: random's means rise (50.25, 59.25, 68.75); its largest std after stage 0 is at 80 or 120 labels
     stab = summ["stability"]
     assert stab["random_mean_rises_every_stage"] is True
@@ -135,6 +150,26 @@ def test_report_statistics_equal_hand_computed_values(tmp_path):
     tables = (folder / "report" / "tables.md").read_text()
     assert "95% bootstrap" in tables and "not reached by 120" in tables and "SMOKE" not in tables
     assert f"[{a['t95'][0]:+.2f}, {a['t95'][1]:+.2f}] p=0.03" in tables
+
+
+def _recs(curve: dict) -> list:
+    return [{"n_labeled": n, "test": {"paper_miou": v / 100, "polyp_dice": v / 100, "polyp_iou": v / 200}}
+            for n, v in curve.items()]
+
+
+def test_stability_flags_drops_and_falls_by_hand():
+    from polypal.experiments.report.stats import stability
+
+    res = {"random": {0: _recs({40: 60.0, 80: 64.0, 120: 63.0}), 1: _recs({40: 62.0, 80: 66.0, 120: 66.5})},
+           "uncertainty": {0: _recs({40: 60.0, 80: 66.0, 120: 62.9}), 1: _recs({40: 62.0, 80: 65.0, 120: 62.0})}}
+    st = stability(res)
+    # Random's means: 61, 65, 64.75 -> falls from 80 to 120; stds after stage 0: sqrt(2) at 80, 3.5/sqrt(2) at 120
+    assert st["random_mean_rises_every_stage"] is False and st["random_mean_falls"] == ["80->120"]
+    assert st["random_max_seed_std_after_stage0"] == pytest.approx(3.5 / np.sqrt(2)) and st["random_std_ok"] is False
+    # drops over 3 points: uncertainty seed 0 80->120 (3.1); seed 1 drops exactly 3.0 (not over); Random's 1.0 not
+    assert [(d["strategy"], d["seed"], d["from"], d["to"]) for d in st["drops_over_threshold"]] == \
+        [("uncertainty", 0, 80, 120)]
+    assert st["drops_over_threshold"][0]["drop"] == pytest.approx(3.1)
 
 
 def test_ci_lower_bound_by_hand():

@@ -22,10 +22,21 @@ def _plt():
     return plt
 
 
+def _colours(strats) -> dict:
+    """One colour per strategy for the whole report, so a line keeps its colour from row to row."""
+    cyc = [f"C{i}" for i in range(10)] + ["tab:olive", "tab:cyan", "k"]
+    return {s: cyc[i % len(cyc)] for i, s in enumerate(strats)}
+
+
+def _seeds(k: int) -> str:
+    return f"{k} seed{'s' * (k != 1)}"
+
+
 def plot_curves(res, path: Path, title: str = "", ceiling: dict | None = None, per_panel: int = 5):
     """Mean curve ± std per strategy; at most ``per_panel`` lines a panel (Random in every row); ceiling dashed."""
     plt = _plt()
     strats = _order(res, res)
+    colour = _colours(strats)
     others = [s for s in strats if s != "random"]
     step = per_panel - 1 if "random" in res else per_panel
     groups = [(["random"] if "random" in res else []) + others[i : i + step] for i in range(0, max(1, len(others)), step)]
@@ -37,8 +48,8 @@ def plot_curves(res, path: Path, title: str = "", ceiling: dict | None = None, p
                 xs = sorted(t[strat])
                 m = np.array([np.mean(t[strat][x]) for x in xs])
                 sd = np.array([np.std(t[strat][x], ddof=1) if len(t[strat][x]) > 1 else 0 for x in xs])
-                ax.plot(xs, m, marker="o", label=f"{strat} ({len(res[strat])} seeds)")
-                ax.fill_between(xs, m - sd, m + sd, alpha=0.15)
+                ax.plot(xs, m, marker="o", color=colour[strat], label=f"{strat} ({_seeds(len(res[strat]))})")
+                ax.fill_between(xs, m - sd, m + sd, color=colour[strat], alpha=0.15)
             if ceiling:
                 ax.axhline(ceiling[metric], color="k", ls="--", lw=1,
                            label=f"full pool ({ceiling['n_labeled']} labels): {ceiling[metric]:.1f}")
@@ -170,27 +181,37 @@ def plot_gallery(folder: Path, res, path: Path, per_group: int = 6, title: str =
 
 
 def plot_aulc_diff(res: dict, path: Path, title: str) -> bool:
-    """Paired normalised-AULC difference against Random with its 95% CI, one row per strategy, per metric."""
+    """Paired normalised-AULC difference against Random, one row per strategy, per metric: the 95% bootstrap
+    CI (thick) and the Student-t interval (thin). Coloured only when both intervals exclude 0; grey otherwise,
+    and hollow with fewer than 2 seeds (no interval at all)."""
     stats = {m: paired_stats(res, m) for m, _ in METRICS[:2]}
     strats = [s for s in stats["paper_miou"] if stats["paper_miou"][s]["aulc"]]
     if not strats:
         return False
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(strats) + 2), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.55 * len(strats) + 2.3), squeeze=False)
     for ax, (metric, label) in zip(axes[0], METRICS[:2]):
         for i, st in enumerate(strats):
             a = stats[metric][st]["aulc"]
-            lo, hi = a["ci95"] if a["ci95"] else (a["mean"], a["mean"])
-            ax.errorbar(a["mean"], i, xerr=[[a["mean"] - lo], [hi - a["mean"]]], fmt="o", capsize=4,
-                        color="tab:green" if lo > 0 else ("tab:red" if hi < 0 else "tab:grey"))
-            ax.text(a["mean"], i + 0.2, f"{a['ahead']}/{a['seeds']} ahead", fontsize=7, ha="center")
+            m, boot, t = a["mean"], a["ci95"], a.get("t95")
+            if boot and t:
+                lo, hi = min(boot[0], t[0]), max(boot[1], t[1])
+                c = "tab:green" if lo > 0 else ("tab:red" if hi < 0 else "tab:grey")
+                ax.errorbar(m, i, xerr=[[m - t[0]], [t[1] - m]], fmt="none", ecolor=c, elinewidth=1, capsize=3)
+                ax.errorbar(m, i, xerr=[[m - boot[0]], [boot[1] - m]], fmt="o", color=c, elinewidth=3.5, capsize=0)
+            else:
+                ax.plot(m, i, "o", mfc="none", color="tab:grey")
+            note = f"{a['ahead']}/{a['seeds']} ahead" + ("" if a["seeds"] > 1 else ", 1 seed: no interval")
+            ax.text(m, i + 0.22, note, fontsize=7, ha="center")
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(range(len(strats)))
         ax.set_yticklabels(strats, fontsize=8)
-        ax.set_ylim(-0.6, len(strats) - 0.4)
-        ax.set_xlabel(f"normalised AULC minus Random (points of {metric}), 95% CI")
+        ax.set_ylim(-0.6, len(strats) - 0.3)
+        ax.set_title({"paper_miou": "paper mIoU", "polyp_dice": "per-image polyp Dice"}[metric], fontsize=9)
+        ax.set_xlabel("normalised AULC minus Random (points)", fontsize=9)
         ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(title + " · paired by seed", fontsize=10)
+    fig.suptitle(title + " · paired by seed · thick: 95% bootstrap CI, thin: Student-t 95% interval;"
+                 " coloured only when both exclude 0", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

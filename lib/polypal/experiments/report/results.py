@@ -114,4 +114,6 @@ SMOKE_WARNING = ("SMOKE PROFILE: these numbers mean nothing. The smoke profile t
 
 def _title(folder: Path, res: dict, dataset: str | None) -> str:
     seeds = sorted({s for v in res.values() for s in v})
-    return f"{dataset or folder.name} · profile {_profile_name(folder, res)} · seeds {','.join(map(str, seeds))}"
+    uneven = len({tuple(sorted(v)) for v in res.values()}) > 1
+    return (f"{dataset or folder.name} · profile {_profile_name(folder, res)} · seeds {','.join(map(str, seeds))}"
+            + (" (not every strategy has all: see the seed counts)" if uneven else ""))

@@ -168,8 +168,11 @@ def label_savings(res: dict, ceiling: dict | None, fraction: float = 0.95, metri
         if not curves:
             continue
         ys = [float(np.mean([c[n] for c in curves])) for n in stages]
+        per_seed = {str(s): labels_to_reach(stages, [c[n] for n in stages], target)
+                    for s, c in sorted((s, _curve(r, metric)) for s, r in seeds.items()) if set(stages) <= set(c)}
         out["strategies"][strat] = {"labels": labels_to_reach(stages, ys, target), "max_labels": stages[-1],
-                                    "seeds": len(curves)}
+                                    "seeds": len(curves), "per_seed": per_seed,
+                                    "seeds_reaching": sum(v is not None for v in per_seed.values())}
     base = out["strategies"].get("random", {}).get("labels")
     for strat, v in out["strategies"].items():
         v["saved_vs_random"] = ((base - v["labels"]) if (base is not None and v["labels"] is not None
@@ -178,6 +181,18 @@ def label_savings(res: dict, ceiling: dict | None, fraction: float = 0.95, metri
         rnd = out["strategies"].get("random")
         v["saved_vs_random_at_least"] = ((rnd["max_labels"] - v["labels"]) if (rnd and base is None and
                                          v["labels"] is not None and strat != "random") else None)
+        # the same per seed, paired with Random's run at that seed: the spread behind the mean-curve figure
+        # above, which has no uncertainty of its own. A seed that never reaches the target counts as reaching
+        # it at the last stage (censored: that flatters it, so a strategy's failed seeds still cost it labels
+        # instead of dropping out of the mean); how many seeds were censored is kept beside the numbers.
+        last = stages[-1]
+        both = {s: (rnd["per_seed"][s] if rnd["per_seed"][s] is not None else last)
+                - (x if x is not None else last) for s, x in v["per_seed"].items()
+                if rnd and strat != "random" and s in rnd["per_seed"]}
+        v["saved_vs_random_paired"] = _diff_stats(both) if both else None
+        if both:
+            v["saved_vs_random_paired"]["censored_seeds"] = sorted(
+                s for s in both if v["per_seed"][s] is None or rnd["per_seed"][s] is None)
     return out
 
 
