@@ -8,7 +8,8 @@ Reads the stage's labeled set, the split and the profile from the results folder
 test metrics (same numbers = a faithful replay), and prints, for every selection rule (last, EMA,
 best-val, EMA best-val), the test and validation polyp Dice and the share of test pixels predicted polyp.
 With ``--train-seeds 1,2,3,4``: retrains the same labeled set with other training seeds instead, to separate
-training noise from the spread that comes from which frames were labeled.
+training noise from the spread that comes from which frames were labeled; add ``--set min_steps=1200`` (any
+profile field, repeatable) to measure a candidate recipe's training noise on the same labeled set.
 """
 
 from __future__ import annotations
@@ -40,11 +41,30 @@ def main(argv=None) -> int:
     ap.add_argument("--train-seeds", default="",
                     help="instead: retrain the stage's labeled set with these training seeds (e.g. 1,2,3,4,5) and "
                          "print the spread of the test metrics: training noise alone, the labeled set held fixed")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="with --train-seeds: change a field of the run's profile (e.g. min_steps=1200, ema=0.995, "
+                         "batch_size=16), to measure a candidate recipe's training noise on the same labeled set")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     folder = Path(a.folder)
     rec = read_records(folder / "runs" / f"{a.run}-seed{a.seed}.jsonl")[a.stage]
     prof = Profile(**json.loads((folder / "run.json").read_text())["profile"])
+    if a.set:
+        if not a.train_seeds:
+            ap.error("--set needs --train-seeds (a replay of the recorded training uses the recorded profile)")
+        changes = {}
+        for item in a.set:
+            key, _, val = item.partition("=")
+            if key not in prof.__dataclass_fields__ or not val:
+                ap.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of the profile's fields")
+            try:
+                v = json.loads(val)
+            except json.JSONDecodeError:  # a bare word: a string field such as augment=endo
+                v = val
+            cur = getattr(prof, key)
+            changes[key] = type(cur)(v) if cur is not None and not isinstance(cur, str) else v
+        prof = replace(prof, **changes)
+        print(f"profile changed: {changes}", flush=True)
     split = json.loads((folder / "split.json").read_text())
     fs = load_folder(a.data, prof.size)
     pool, val, test = (fs.subset(fs.index_of(split[k])) for k in ("pool", "val", "test"))
