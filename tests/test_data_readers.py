@@ -807,3 +807,11 @@ def test_volume_refused_with_a_clear_error(tmp_path, name):
     nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / f"{name}.nii"))
     with pytest.raises(DataError, match=re.escape(f"{name}.nii: ") + message):
         read(tmp_path / f"{name}.nii")
+
+
+def test_nan_in_a_float_mask_is_refused(tmp_path):
+    m = np.zeros((4, 5), np.float32)
+    m[1, 1] = np.nan
+    Image.fromarray(m).save(tmp_path / "nan.tif")
+    with pytest.raises(DataError, match="NaN"):
+        read_mask(tmp_path / "nan.tif")

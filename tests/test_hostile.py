@@ -671,3 +671,129 @@ def test_upload_params_are_checked(env):
     body, ct = multipart({"params": json.dumps({"logging": "CRITICAL"})}, {})
     s, r = http("POST", f"{url}/infer/polyp_seg?image=fr000&output=json", body, {"Content-Type": ct})
     assert s == 400
+
+
+# -- 12. the Gate's checks hold whatever the encoding (found by a hostile probe, 2026-12-04) -------------
+def test_forms_are_checked_whatever_their_encoding(env):
+    url, tmpdir = env["url"], env["tmp"]
+    spoof = json.dumps({"path": "/etc/passwd", "id": "fr002", "served": "x"})
+    # urlencoded (what MONAI Label's own openapi.json gives for these endpoints)
+    form = urllib.parse.urlencode({"info": spoof}).encode()
+    s, r = http("PUT", f"{url}/datastore/image/info?image=fr009", form,
+                {"Content-Type": "application/x-www-form-urlencoded"})
+    assert s == 400 and "set by the server" in r["detail"], (s, r)
+    form = urllib.parse.urlencode({"info": json.dumps({"ts": 1, "user": "x"})}).encode()
+    s, r = http("PUT", f"{url}/datastore/label/info?label=fr009&tag=final", form,
+                {"Content-Type": "application/x-www-form-urlencoded"})
+    assert s == 400, (s, r)
+    # multipart with the media type in capitals
+    body, ct = multipart({"info": spoof}, {})
+    s, r = http("PUT", f"{url}/datastore/image/info?image=fr009", body,
+                {"Content-Type": ct.replace("multipart/form-data", "Multipart/Form-Data")})
+    assert s == 400, (s, r)
+    # a body over 64 MB (the old limit of the check): a big file part beside spoofed params
+    body, ct = multipart({"params": json.dumps({"served": {"client_id": "spoofed"}, "path": "/etc/passwd"})},
+                         {"file": ("f.png", png_bytes(np.zeros((H, W, 3), np.uint8)) + b"\0" * (65 << 20))})
+    s, r = http("PUT", f"{url}/datastore/?image=big_spoof", body, {"Content-Type": ct}, timeout=120)
+    assert s == 400, (s, r)
+    # two copies of the field: both are checked (a parser may keep either)
+    body = (f"info={urllib.parse.quote(json.dumps({'comment': 'ok'}))}&info={urllib.parse.quote(spoof)}").encode()
+    s, r = http("PUT", f"{url}/datastore/image/info?image=fr009", body,
+                {"Content-Type": "application/x-www-form-urlencoded"})
+    assert s == 400, (s, r)
+    s, info = http("GET", f"{url}/datastore/image/info?image=fr009")
+    assert "path" not in info and info.get("id", "fr009") == "fr009" and "served" not in info
+    s, _ = http("GET", f"{url}/datastore/dataset")
+    assert s == 200
+    # infer: a params image naming a temp file is refused in every encoding, and the file stays
+    canary = tmpdir / "tmpcanary.txt"
+    canary.write_text("not yours")
+    for enc in ("urlencoded", "Multipart/Form-Data"):
+        p = json.dumps({"image": str(canary)})
+        if enc == "urlencoded":
+            body, ct = urllib.parse.urlencode({"params": p}).encode(), "application/x-www-form-urlencoded"
+        else:
+            body, ct = multipart({"params": p}, {})
+            ct = ct.replace("multipart/form-data", enc)
+        s, r = http("POST", f"{url}/infer/polyp_seg?image=fr000&output=json", body, {"Content-Type": ct})
+        assert s == 400 and "image" in r["detail"], (enc, s, r)
+        assert canary.exists()
+    canary.unlink()
+
+
+def test_infer_keys_read_after_the_writer_are_refused_and_nothing_is_left(env):
+    url, tmpdir = env["url"], env["tmp"]
+    before = temp_leftovers(tmpdir)
+    for params in ({"centroids": 5}, {"centroids": 5, "result_extension": ".nii"}, {"skip_writer": True}):
+        body, ct = multipart({"params": json.dumps(params)}, {})
+        s, r = http("POST", f"{url}/infer/polyp_seg?image=fr000&output=json", body, {"Content-Type": ct})
+        assert s == 400 and "set by the server" in r["detail"], (params, s, r)
+    wait_clean(env["srv"], tmpdir, before)
+
+
+def test_requests_answered_before_their_body_is_read(env):
+    import socket
+
+    host, port = "127.0.0.1", int(env["url"].rsplit(":", 1)[1])
+    for method, path in (("PUT", "/session/"), ("POST", "/session/"), ("PUT", "/session/abc")):
+        with socket.create_connection((host, port), timeout=10) as sock:
+            # a 300 MB body is announced; only its first bytes are sent: the answer must not wait for the rest
+            sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; "
+                         f"boundary=x\r\nContent-Length: 300000000\r\n\r\n--x\r\n".encode())
+            head = sock.recv(4096).decode("latin-1")
+        assert head.startswith("HTTP/1.1 406"), (path, head[:200])
+
+
+def test_trainings_are_not_queued_by_clients(env):
+    url = env["url"]
+    s, r = http("POST", f"{url}/train/polyp_seg?enqueue=true", b"{}", {"Content-Type": "application/json"})
+    assert s == 400 and "queues none" in r["detail"], (s, r)
+    s, r = http("POST", f"{url}/train/", b"{}", {"Content-Type": "application/json"})
+    assert s == 400 and "/train/polyp_seg" in r["detail"], (s, r)
+    s, r = http("POST", f"{url}/train/polyp_seg", json.dumps({"model": "zz"}).encode(),
+                {"Content-Type": "application/json"})
+    assert s == 400 and "model" in r["detail"], (s, r)
+    s, r = http("GET", f"{url}/train/?all=true")  # 404: no training task was ever started
+    assert s == 404 or (s == 200 and "SUBMITTED" not in json.dumps(r)), (s, r)
+
+
+def test_deeply_nested_json_gets_400(env):
+    url = env["url"]
+    for path in ("/activelearning/random", "/train/polyp_seg"):
+        s, r = http("POST", f"{url}{path}", b"[" * 200000, {"Content-Type": "application/json"})
+        assert s == 400, (path, s, r)
+    s, _ = http("GET", f"{url}/info/")
+    assert s == 200
+
+
+def test_nan_masks_are_refused_not_stored_as_empty(env):
+    url, studies = env["url"], env["studies"]
+    before = stored_mask(studies, "fr011") if list((studies / "labels" / "final").glob("fr011.*")) else None
+    buf = io.BytesIO()
+    Image.fromarray(np.full((H, W), np.nan, np.float32)).save(buf, format="TIFF")
+    s, r = put_label(url, "fr011", buf.getvalue(), name="m.tif")
+    assert s == 422 and "NaN" in r["detail"], (s, r)
+    after = stored_mask(studies, "fr011") if list((studies / "labels" / "final").glob("fr011.*")) else None
+    assert (before is None and after is None) or np.array_equal(before, after)
+
+
+def test_logs_are_capped_and_answers_refuse_framing(env):
+    url = env["url"]
+    for lines in ("0", "-5", "x", "100000"):
+        s, r = http("GET", f"{url}/logs/?lines={lines}&text=true")
+        assert s == 400, (lines, s)
+    s, r = http("GET", f"{url}/logs/?lines=5&text=true")
+    assert s == 200
+    req = urllib.request.Request(f"{url}/info/")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.headers["X-Frame-Options"] == "SAMEORIGIN"
+        assert "frame-ancestors 'self'" in resp.headers["Content-Security-Policy"]
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_unreadable_volumes_do_not_tell_the_server_path(env):
+    url, tmpdir = env["url"], env["tmp"]
+    s, r = infer_upload(url, b"NRRD0004\ntype: nonsense\n\n", name="x.nrrd")
+    assert 400 <= s < 500 and str(tmpdir) not in json.dumps(r) and "/tmp" not in json.dumps(r), (s, r)
+    s, r = put_image(url, "vol_junk", b"\x00" * 400, name="v.nii")
+    assert 400 <= s < 500 and str(tmpdir) not in json.dumps(r), (s, r)

@@ -21,7 +21,7 @@ from typing import Dict
 from fastapi import HTTPException
 from lib.config import AppConfig
 from lib.datastore import PolypDatastore
-from lib.infer import PolypSegInfer
+from lib.infer import PolypSegInfer, written_results
 from lib.quality import LabelQuality
 from lib.scoring import PolypScoring
 from lib.strategy import PlannedStrategy
@@ -303,9 +303,11 @@ class PolypALApp(MONAILabelApp):
         if request.get("store_seg"):
             self._check_store_seg(request)
         name = "the uploaded image" if upload else f"image {image}"
+        written: list = []
         try:
             try:
-                res = super().infer(request, datastore)
+                with written_results() as written:
+                    res = super().infer(request, datastore)
             except TooLarge as e:
                 raise HTTPException(status_code=413, detail=f"{name}: {e.problem}") from None
             except DataError as e:
@@ -315,8 +317,9 @@ class PolypALApp(MONAILabelApp):
                 raise HTTPException(status_code=400, detail=f"bad request parameters: "
                                     f"{str(e).replace(tempfile.gettempdir(), '<tmp>')[:200]}") from None
         except BaseException:
-            if upload and os.path.exists(upload):
-                os.unlink(upload)
+            for f in ([upload] if upload else []) + written:
+                if os.path.exists(f):
+                    os.unlink(f)
             raise
         if request.get("store_seg") and res and res.get("file"):
             self._store_prediction_seg(request, res)

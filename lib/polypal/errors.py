@@ -10,8 +10,10 @@ class DataError(PolypalError, ValueError):
 
     def __init__(self, path, problem: str):
         self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        # ``problem`` alone is what a server answers a client: a reader's own message can hold the
+        # (server-side, temporary) path, which is not the client's business
+        self.problem = problem.replace(self.path, "<file>") if self.path else problem
+        super().__init__(f"{self.path}: {self.problem}")
 
 
 class EmptyPoolError(PolypalError, ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from typing import Any, Dict, Tuple
 
 import numpy as np
@@ -19,6 +20,21 @@ from polypal.learner import CheckpointError, PolypUNet, load_checkpoint
 from polypal.vocab import WRITE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
+_written = threading.local()  # result files this thread's inference wrote (deleted if the request then fails)
+
+
+class written_results:
+    """``with written_results() as files:`` collects the result files the writer makes in this thread, so
+    that a request which fails after the writer ran (MONAI Label still reads request keys after it) can
+    delete them instead of leaving them in TMPDIR."""
+
+    def __enter__(self) -> list:
+        _written.files = []
+        return _written.files
+
+    def __exit__(self, *exc):
+        _written.files = None
+        return False
 
 
 class LoadFramed:
@@ -106,6 +122,8 @@ class PolypSegInfer(BasicInferTask):
             raise ValueError(f"result_extension {ext!r} not supported; use one of {', '.join(WRITE_EXTENSIONS)}")
         fd, path = tempfile.mkstemp(suffix=ext)
         os.close(fd)
+        if getattr(_written, "files", None) is not None:
+            _written.files.append(path)
         write_label(data["pred"], path)
         h, w = data["pred"].shape
         return path, {"label_names": self.labels, "width": w, "height": h,

@@ -22,6 +22,8 @@ middleware (``Gate``) in front of it, which:
 - then runs the heavy endpoints (infer, datastore, next sample, training/scoring
   requests) each on its own event loop in a worker thread, so that one
   inference of a large frame does not stall every other request;
+- answers sessions (406) and a POST /train/ that would queue trainings (400) before reading any body,
+  caps GET /logs lines, and adds anti-framing and no-sniff headers to every answer;
 - refuses image paths where an image id is expected (404 "unknown image id")
   and invalid ids/tags (400); deletes a request's scratch files (the dataset
   zip) once it is answered.
@@ -121,13 +123,19 @@ _FORBIDDEN_KEYS = frozenset({"bundle_path", "model_filename", "logging", "device
 _FORMS = {  # multipart uploads: (form field holding JSON, reserved keys)
     "/datastore/": ("params", RESERVED_IMAGE_KEYS), "/datastore/image": ("params", RESERVED_IMAGE_KEYS),
     "/datastore/label": ("params", RESERVED_LABEL_KEYS),
-    "/infer/": ("params", _FORBIDDEN_KEYS | {"image", "model", "label", "session", "session_id"}),
+    # infer: no path where the image goes (MONAI Label lets params override the upload's own path), and
+    # none of the keys MONAI Label's infer task reads after its writer (a failure there strands the result)
+    "/infer/": ("params", _FORBIDDEN_KEYS | {"image", "image_path", "model", "label", "session", "session_id",
+                                             "centroids", "skip_writer", "pred", "latencies"}),
     "/datastore/image/info": ("info", RESERVED_IMAGE_KEYS), "/datastore/label/info": ("info", RESERVED_LABEL_KEYS),
     "/datastore/updatelabelinfo": ("params", RESERVED_LABEL_KEYS),
 }
 MAX_BODY = 1 << 30  # bytes of one request body (a model upload is the largest legitimate one)
-MAX_PARSED_BODY = 64 << 20  # multipart bodies up to this size are checked before the endpoint sees them
 BODY_TIMEOUT = 60.0  # seconds a client may pause while sending a body
+MAX_LOG_LINES = 10000  # GET /logs/?lines=N answers at most this many lines
+# on every answer: no other site may frame the annotator's page (its Save/Train buttons), no MIME sniffing
+_SAFE_HEADERS = ((b"x-frame-options", b"SAMEORIGIN"), (b"content-security-policy", b"frame-ancestors 'self'"),
+                 (b"x-content-type-options", b"nosniff"))
 _scratch = threading.local()
 
 
@@ -201,7 +209,7 @@ def _size(spool) -> int:
 def _json_object(raw, what: str) -> dict:
     try:
         v = json.loads(raw) if raw not in (None, b"", "") else {}
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep to parse
         raise _Refused(400, f"{what} must be a JSON object") from None
     if not isinstance(v, dict):
         raise _Refused(400, f"{what} must be a JSON object, got {type(v).__name__}")
@@ -215,29 +223,31 @@ def _check_keys(d: dict, keys: frozenset, what: str) -> None:
 
 
 async def _check_body(scope, spool, size: int, path: str) -> None:
-    """JSON bodies of requests that start subprocesses, and small multipart forms: a JSON object each,
-    no keys the server owns (e.g. ``bundle_path``, which MONAI Label puts on a subprocess's PYTHONPATH),
-    file names without NUL and of a sane length."""
+    """JSON bodies of requests that start subprocesses, and forms: a JSON object each, no keys the server
+    owns (e.g. ``bundle_path``, which MONAI Label puts on a subprocess's PYTHONPATH), file names without NUL
+    and of a sane length. A form is checked whatever its encoding (multipart or urlencoded, any letter
+    case), size or Content-Type header: it is parsed here exactly as the endpoint will parse it."""
     from starlette.requests import Request
 
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-    ctype = headers.get("content-type", "")
     if path.startswith(_JSON_PATHS):
         if size > (1 << 20):
             raise _Refused(413, "JSON body larger than 1 MB")
         body = spool.read()
         spool.seek(0)
         if body.strip():
-            _check_keys(_json_object(body, "the request body"), _FORBIDDEN_KEYS, "request")
+            req = _json_object(body, "the request body")
+            _check_keys(req, _FORBIDDEN_KEYS, "request")
+            if path.startswith("/train/") and "model" in req and req["model"] != path[len("/train/"):].strip("/"):
+                raise _Refused(400, "the request body's model differs from the one in the path")
         return
     form_key = next((k for k in _FORMS if path == k or (k == "/infer/" and path.startswith(k))), None)
-    if form_key is None or "multipart/form-data" not in ctype or size > MAX_PARSED_BODY:
+    if form_key is None:
         return
     field, keys = _FORMS[form_key]
     try:
         form = await Request(scope, _replay(spool, None, size=size)).form()
     except Exception:  # noqa: BLE001 - a malformed body
-        raise _Refused(400, "malformed multipart body") from None
+        raise _Refused(400, "malformed form body") from None
     finally:
         spool.seek(0)
     try:
@@ -247,8 +257,10 @@ async def _check_body(scope, spool, size: int, path: str) -> None:
                 raise _Refused(400, "uploaded file name has a NUL or is longer than 255 characters")
         if form_key == "/infer/" and getattr(form.get("label"), "filename", None) is not None:
             raise _Refused(400, "polyp-al's inference takes an image, not a label (no scribbles)")
-        if field in form:
-            _check_keys(_json_object(form[field], field), keys, field)
+        for value in form.getlist(field):  # every copy of the field, not only the one a parser keeps
+            if not isinstance(value, str):
+                raise _Refused(400, f"{field} must be a JSON object, not a file")
+            _check_keys(_json_object(value, field), keys, field)
     finally:
         await form.close()
 
@@ -285,6 +297,7 @@ class Gate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        send = _with_safe_headers(send)
         try:
             return await self._handle(scope, receive, send)
         except _Refused as e:
@@ -297,6 +310,23 @@ class Gate:
         path, method = scope.get("path", ""), scope.get("method", "GET")
         if path.startswith(_GONE) or ".." in path or "\x00" in path:
             raise _Refused(404, f"{path[:80]!r} is not part of polyp-al")
+        if path.rstrip("/") == "/session" or path.startswith("/session/"):  # answered before any body is read
+            raise _Refused(406, "sessions are off in polyp-al: send an image id or upload the image")
+        if path.rstrip("/") == "/logs":  # MONAI Label sends the whole log file for lines <= 0
+            for v in _query(scope).get("lines", []):
+                try:
+                    n = int(v)
+                except ValueError:
+                    n = 0
+                if not 0 < n <= MAX_LOG_LINES:
+                    raise _Refused(400, f"lines must be 1-{MAX_LOG_LINES}")
+        if path.startswith("/train") and method == "POST":
+            q = _query(scope)
+            if path.rstrip("/") == "/train":  # MONAI Label queues one training per trainer for this one
+                raise _Refused(400, "name the model: POST /train/polyp_seg")
+            if any(v.lower() in ("1", "true", "yes", "on") for v in q.get("enqueue", [])):
+                raise _Refused(400, "polyp-al trains one model at a time and queues none: POST again when the "
+                                    "running training has finished (GET /train/ shows it)")
         if path.startswith("/proxy/") and method not in ("GET", "HEAD"):  # OHIF's "store SEG" would skip the checks
             raise _Refused(405, "the DICOMweb proxy is read-only in polyp-al: save labels with PUT /datastore/label "
                                 "(checked, then stored as DICOM SEG)")
@@ -345,6 +375,16 @@ class Gate:
         finally:
             if spool is not None:
                 spool.close()
+
+
+def _with_safe_headers(send):
+    async def s(message):
+        if message["type"] == "http.response.start":
+            have = {k.lower() for k, _ in message.get("headers", [])}
+            message = dict(message, headers=list(message.get("headers", [])) +
+                           [(k, v) for k, v in _SAFE_HEADERS if k not in have])
+        await send(message)
+    return s
 
 
 def _threadsafe(receive, loop):

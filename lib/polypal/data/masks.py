@@ -96,6 +96,8 @@ def mask_from_pixels(path, img: Image.Image) -> np.ndarray:
     """The polyp mask an image means (see read_mask), or DataError naming the problem."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)[..., None]
+        if np.isnan(arr).any():  # NaN compares False everywhere: it would read as an "empty" mask nobody drew
+            raise DataError(path, "mask has NaN values: send 0/1 or 0/255 masks")
     else:
         has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
         rgba = np.asarray(img.convert("RGBA" if has_alpha else "RGB"), dtype=np.int16)
