@@ -797,3 +797,33 @@ def test_unreadable_volumes_do_not_tell_the_server_path(env):
     assert 400 <= s < 500 and str(tmpdir) not in json.dumps(r) and "/tmp" not in json.dumps(r), (s, r)
     s, r = put_image(url, "vol_junk", b"\x00" * 400, name="v.nii")
     assert 400 <= s < 500 and str(tmpdir) not in json.dumps(r), (s, r)
+
+
+def test_deleting_a_frame_while_its_label_is_saved_leaves_no_orphan(env):
+    url, studies, masks = env["url"], env["studies"], env["masks"]
+    frame = (studies / "fr010.png").read_bytes()
+    mask = png_bytes(masks["fr010"].astype(np.uint8))
+    acked = []
+    for k in range(12):
+        rid = f"race{k}"
+        s, r = put_image(url, rid, frame)
+        assert s == 200, (s, r)
+        res = {}
+        q = urllib.parse.urlencode({"id": rid})
+        threads = [threading.Thread(target=lambda: res.__setitem__("label", put_label(url, rid, mask))),
+                   threading.Thread(target=lambda: res.__setitem__("delete", http("DELETE", f"{url}/datastore/?{q}")))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert res["delete"][0] == 200, res
+        assert res["label"][0] in (200, 404, 422), res  # saved before the delete, or refused after it
+        if res["label"][0] == 200:
+            acked.append(rid)
+    # no label is left without its frame, on disk or in the store
+    assert not list((studies / "labels" / "final").glob("race*")), "a label outlived its frame"
+    s, objs = http("GET", f"{url}/datastore/?output=all")
+    assert s == 200 and not [i for i in objs if str(i).startswith("race")], objs
+    # every acknowledged label went to the trash with its frame
+    trashed = {p.name for p in (studies / ".polypal" / "trash").rglob("labels-final-race*")}
+    assert {f"labels-final-{rid}.png" for rid in acked} <= trashed, (acked, trashed)

@@ -321,6 +321,10 @@ class FrameStore:
         try:
             # one save per (image, tag) at a time, across processes: keep, rename, record, clean up
             with self._tx() as c:
+                # the frame again, inside the transaction: a delete of it may have committed since the check
+                # above, and a label must never outlive its frame (remove_image reads labels in its own tx)
+                if c.execute("SELECT 1 FROM images WHERE id=?", (image_id,)).fetchone() is None:
+                    raise NotFound(f"image {image_id!r} not found (deleted while its label was being saved)")
                 old = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
                 old_path = os.path.join(d, image_id + old[0]) if old else None
                 if old_path and os.path.exists(old_path):
@@ -393,9 +397,13 @@ class FrameStore:
         return image_id
 
     def _remove_image_files(self, image_id: str, reason: str) -> None:
-        p = self.image_path(image_id)
-        labels = self.labels_of(image_id)
+        # the frame's file and labels are read in the deleting transaction: a label saved just before
+        # it is trashed with its frame, one saved after it finds no frame (save_label checks in its tx)
         with self._tx() as c:
+            r = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
+            p = os.path.join(self.root, image_id + r[0]) if r else ""
+            labels = {t: os.path.join(self.root, "labels", t, image_id + e) for t, e in c.execute(
+                "SELECT tag, ext FROM labels WHERE image_id=?", (image_id,))}
             c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
             c.execute("DELETE FROM images WHERE id=?", (image_id,))
         files = {os.path.basename(p): p} if p else {}
