@@ -827,3 +827,33 @@ def test_deleting_a_frame_while_its_label_is_saved_leaves_no_orphan(env):
     # every acknowledged label went to the trash with its frame
     trashed = {p.name for p in (studies / ".polypal" / "trash").rglob("labels-final-race*")}
     assert {f"labels-final-{rid}.png" for rid in acked} <= trashed, (acked, trashed)
+
+
+def test_deleted_frames_are_not_served_and_leased_out_is_not_all_done(tmp_path):
+    studies = tmp_path / "studies"
+    masks = make_frames(studies, 6)
+    srv = Server(studies, tmp_path).start()
+    try:
+        def ask(cid, status=200):
+            s, r = http("POST", f"{srv.url}/activelearning/random", json.dumps({"client_id": cid}).encode(),
+                        {"Content-Type": "application/json"})
+            assert s == status, (s, r)
+            return r
+
+        first = ask("a")["id"]
+        s, _ = http("DELETE", f"{srv.url}/datastore/?{urllib.parse.urlencode({'id': first})}")
+        assert s == 200
+        # "a" moves on (its lease is released): the deleted frame, still in the planned batch, is not served
+        served = {ask("a")["id"]}
+        for k in range(4):
+            served.add(ask(f"mallory-{k}")["id"])
+        assert first not in served and served == set(masks) - {first}, served
+        # every unlabeled frame is leased to someone else: not "all done" (200 {}), a 409 that says why
+        r = ask("honest", status=409)
+        assert "5 unlabeled frames are leased to other annotators" in r["detail"], r
+        for i in set(masks) - {first}:
+            s, _ = put_label(srv.url, i, png_bytes(masks[i].astype(np.uint8)))
+            assert s == 200
+        assert ask("honest") == {}  # all labeled: nothing left, no note
+    finally:
+        srv.stop()

@@ -29,8 +29,11 @@ class PlannedStrategy(Strategy):
     def __call__(self, request, datastore):
         labeled = set(datastore.get_labeled_images())
         # the full image list is only read when a batch has to be (re)planned
+        # a cheap "is it still there" for our own datastore (a DICOMweb lookup per row would be a download)
+        store = getattr(datastore, "store", None)
+        exists = (lambda i: store.image_ext(i) is not None) if store is not None else None
         served = self.state.next_frame(self.name, request.get("client_id") or "anonymous", datastore.list_images,
-                                       labeled, model_version(self.cfg.model_path))
+                                       labeled, model_version(self.cfg.model_path), exists=exists)
         if served is None:
             logger.info(f"{self.name}: no unlabeled frame left to serve")
             return {}

@@ -73,9 +73,10 @@ class LeaseBook:
     def __init__(self, db, lease_seconds: float):
         self._db, self.lease_seconds = db, lease_seconds
 
-    def lease_next(self, strategy: str, plan: dict, client_id: str, labeled: set[str], now: float):
+    def lease_next(self, strategy: str, plan: dict, client_id: str, labeled: set[str], now: float, exists=None):
         """Lease this client the first frame of ``plan`` that is neither labeled nor held by another
-        client; (plan row or None, ids held by others). The client's earlier leases are released."""
+        client (and, with ``exists``, still in the datastore: a frame deleted after its batch was planned
+        is skipped); (plan row or None, ids held by others). The client's earlier leases are released."""
         with self._db.tx() as c:
             c.execute("DELETE FROM leases WHERE expires < ?", (now,))
             # the client moved on: its unlabeled leases go back to the pool
@@ -83,7 +84,7 @@ class LeaseBook:
             held = {r[0] for r in c.execute("SELECT image_id FROM leases")}
             for row in plan["rows"]:
                 image_id = row[1]
-                if image_id in labeled or image_id in held:
+                if image_id in labeled or image_id in held or (exists is not None and not exists(image_id)):
                     continue
                 c.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
                           (image_id, client_id, strategy, now + self.lease_seconds))

@@ -164,11 +164,12 @@ class ActiveLearningState:
 
     # -- serving -------------------------------------------------------------------------
     def next_frame(self, strategy: str, client_id: str, all_ids, labeled: set[str],
-                   version: str, now: float | None = None) -> Served | None:
+                   version: str, now: float | None = None, exists=None) -> Served | None:
         """The next frame of the strategy's batch for this client, leased to it; None if none left.
 
         ``all_ids`` is the list of frame ids, or a callable returning it: it is only
-        needed when a batch has to be (re)planned.
+        needed when a batch has to be (re)planned. ``exists(id)``, when given, skips frames deleted
+        since the batch was planned.
         """
         now = time.time() if now is None else now
         client_id = client_id or "anonymous"
@@ -189,7 +190,7 @@ class ActiveLearningState:
         for attempt in range(2):
             if p is None:
                 return None
-            row, held = self.leases.lease_next(strategy, p, client_id, labeled, now)
+            row, held = self.leases.lease_next(strategy, p, client_id, labeled, now, exists=exists)
             if row is not None:
                 pos, image_id, score, by = row
                 return Served(image_id, strategy, score, by, p["cycle"], pos, p["size"], p["version"], p["note"])
