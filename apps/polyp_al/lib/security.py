@@ -116,7 +116,8 @@ def _query(scope) -> dict[str, list[str]]:
     return parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
 
 
-_OFFLOAD = ("/infer/", "/datastore", "/activelearning/", "/train", "/scoring")
+# run in a worker thread: also the DICOMweb proxy, whose ``async def`` calls the blocking requests.get
+_OFFLOAD = ("/infer/", "/datastore", "/activelearning/", "/train", "/scoring", "/proxy/")
 _GONE = ("/infer/wsi", "/batch/", "/reload", "/logs/gpu")  # not part of polyp-al (batch infer: use the export)
 _JSON_PATHS = ("/activelearning/", "/train", "/scoring")  # their JSON body becomes a subprocess request
 _FORBIDDEN_KEYS = frozenset({"bundle_path", "model_filename", "logging", "device", "gpus", "multi_gpu"})
