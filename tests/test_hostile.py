@@ -857,3 +857,60 @@ def test_deleted_frames_are_not_served_and_leased_out_is_not_all_done(tmp_path):
         assert ask("honest") == {}  # all labeled: nothing left, no note
     finally:
         srv.stop()
+
+
+def test_one_training_and_one_scoring_at_a_time_whatever_the_route(tmp_path):
+    studies = tmp_path / "studies"
+    masks = make_frames(studies, 8)
+    srv = Server(studies, tmp_path).start()
+    try:
+        for i in list(masks)[:5]:
+            s, _ = put_label(srv.url, i, png_bytes(masks[i].astype(np.uint8)))
+            assert s == 200
+        # queued trainings / scorings, in every spelling pydantic reads as true, and the run-all routes
+        for q in ("enqueue=true", "enqueue=t", "enqueue=Y", "enqueue=on", "enqueue=1"):
+            s, r = http("POST", f"{srv.url}/train/polyp_seg?{q}", b"{}", {"Content-Type": "application/json"})
+            assert s == 400, (q, s, r)
+        for path in ("/train/", "/scoring/"):
+            s, r = http("POST", f"{srv.url}{path}?run_sync=true", b"{}", {"Content-Type": "application/json"})
+            assert s == 400, (path, s, r)
+        s, r = http("POST", f"{srv.url}/scoring/polyp_al", json.dumps({"method": "nosuch"}).encode(),
+                    {"Content-Type": "application/json"})
+        assert s == 400, (s, r)
+        # trainings run in the server's own threads (run_sync) at the same time: one runs, the others get 429,
+        # never a 500, and the model numbers only go up
+        numbers = []
+        for _ in range(3):
+            res = []
+            threads = [threading.Thread(target=lambda: res.append(
+                http("POST", f"{srv.url}/train/polyp_seg?run_sync=true", timeout=300))) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            codes = sorted(s for s, _ in res)
+            assert set(codes) <= {200, 429} and 200 in codes, res
+            numbers += [r["model_number"] for s, r in res if s == 200]
+            assert all("already running" in r["detail"] for s, r in res if s == 429)
+        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), numbers
+        s, info = http("GET", f"{srv.url}/info/")
+        assert info["train_stats"]["polyp_seg"]["model_number"] == max(numbers)
+    finally:
+        srv.stop()
+
+
+def test_values_that_would_break_later_answers_are_refused(env):
+    url = env["url"]
+    for bad in ('{"a": NaN}', '{"a": Infinity}', '{"a": -Infinity}'):
+        form = urllib.parse.urlencode({"info": bad}).encode()
+        s, r = http("PUT", f"{url}/datastore/image/info?image=fr009", form,
+                    {"Content-Type": "application/x-www-form-urlencoded"})
+        assert s == 400, (bad, s, r)
+    s, _ = http("GET", f"{url}/datastore/?output=all")
+    assert s == 200
+    s, r = http("POST", f"{url}/activelearning/random", json.dumps({"strategy": ["random"]}).encode(),
+                {"Content-Type": "application/json"})
+    assert s == 400, (s, r)
+    body, ct = multipart({"params": "{}"}, {})  # neither an image id nor a file: MONAI Label answers 500
+    s, r = http("POST", f"{url}/infer/polyp_seg?output=json", body, {"Content-Type": ct})
+    assert s == 400 and "image" in r["detail"], (s, r)

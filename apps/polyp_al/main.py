@@ -241,6 +241,8 @@ class PolypALApp(MONAILabelApp):
         Training already triggers scoring when it publishes a model.
         """
         name = request.get("strategy") or "random"
+        if not isinstance(name, str):
+            raise HTTPException(status_code=400, detail="strategy must be a string")
         client = request.get("client_id")
         if client is not None and (not isinstance(client, (str, int)) or isinstance(client, bool)
                                    or len(str(client)) > 128):

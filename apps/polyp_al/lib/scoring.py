@@ -22,11 +22,19 @@ class PolypScoring(ScoringMethod):
         self.cfg, self.state = cfg, state
 
     def __call__(self, request, datastore):
-        from lib.train import training_running
+        from lib.train import Busy, exclusive, training_running
 
         if training_running(self.cfg):  # never compete with training: it scores its model when it publishes
             logger.info("polyp_al scoring skipped: a training is running")
             return {"skipped": "a training is running; its model is scored when published"}
+        try:
+            with exclusive(self.cfg.model_path + ".score.lock"):
+                return self._score(datastore)
+        except Busy:
+            logger.info("polyp_al scoring skipped: another scoring run is going")
+            return {"skipped": "another scoring run is going; it scores the newest model before it ends"}
+
+    def _score(self, datastore):
         # a model published while this run was scoring gets scored too: MONAI Label refuses to start a
         # second scoring run while one is going, so the trigger from that training may have been lost
         for _ in range(5):

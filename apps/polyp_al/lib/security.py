@@ -133,6 +133,7 @@ _FORMS = {  # multipart uploads: (form field holding JSON, reserved keys)
 }
 MAX_BODY = 1 << 30  # bytes of one request body (a model upload is the largest legitimate one)
 BODY_TIMEOUT = 60.0  # seconds a client may pause while sending a body
+_FALSE = ("", "0", "false", "f", "no", "n", "off")  # enqueue values that do not queue (pydantic's falsy words)
 MAX_LOG_LINES = 10000  # GET /logs/?lines=N answers at most this many lines
 # on every answer: no other site may frame the annotator's page (its Save/Train buttons), no MIME sniffing
 _SAFE_HEADERS = ((b"x-frame-options", b"SAMEORIGIN"), (b"content-security-policy", b"frame-ancestors 'self'"),
@@ -207,11 +208,15 @@ def _size(spool) -> int:
     return n
 
 
+def _no_constant(name):
+    raise ValueError(f"{name} is not JSON")  # NaN / Infinity: stored, they make every later listing a 500
+
+
 def _json_object(raw, what: str) -> dict:
     try:
-        v = json.loads(raw) if raw not in (None, b"", "") else {}
+        v = json.loads(raw, parse_constant=_no_constant) if raw not in (None, b"", "") else {}
     except (TypeError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep to parse
-        raise _Refused(400, f"{what} must be a JSON object") from None
+        raise _Refused(400, f"{what} must be a JSON object (no NaN or Infinity)") from None
     if not isinstance(v, dict):
         raise _Refused(400, f"{what} must be a JSON object, got {type(v).__name__}")
     return v
@@ -240,6 +245,10 @@ async def _check_body(scope, spool, size: int, path: str) -> None:
             _check_keys(req, _FORBIDDEN_KEYS, "request")
             if path.startswith("/train/") and "model" in req and req["model"] != path[len("/train/"):].strip("/"):
                 raise _Refused(400, "the request body's model differs from the one in the path")
+            if path.startswith("/scoring/") and "method" in req and req["method"] != path[len("/scoring/"):].strip("/"):
+                raise _Refused(400, "the request body's method differs from the one in the path")
+            if path.startswith("/activelearning/") and not isinstance(req.get("strategy", ""), str):
+                raise _Refused(400, "strategy must be a string")
         return
     form_key = next((k for k in _FORMS if path == k or (k == "/infer/" and path.startswith(k))), None)
     if form_key is None:
@@ -258,6 +267,9 @@ async def _check_body(scope, spool, size: int, path: str) -> None:
                 raise _Refused(400, "uploaded file name has a NUL or is longer than 255 characters")
         if form_key == "/infer/" and getattr(form.get("label"), "filename", None) is not None:
             raise _Refused(400, "polyp-al's inference takes an image, not a label (no scribbles)")
+        if form_key == "/infer/" and not any(_query(scope).get("image", [])) and \
+                getattr(form.get("file"), "filename", None) is None:
+            raise _Refused(400, "send an image id (?image=ID) or upload the image (form field 'file')")
         for value in form.getlist(field):  # every copy of the field, not only the one a parser keeps
             if not isinstance(value, str):
                 raise _Refused(400, f"{field} must be a JSON object, not a file")
@@ -321,13 +333,15 @@ class Gate:
                     n = 0
                 if not 0 < n <= MAX_LOG_LINES:
                     raise _Refused(400, f"lines must be 1-{MAX_LOG_LINES}")
-        if path.startswith("/train") and method == "POST":
+        if path.startswith(("/train", "/scoring")) and method == "POST":
             q = _query(scope)
             if path.rstrip("/") == "/train":  # MONAI Label queues one training per trainer for this one
                 raise _Refused(400, "name the model: POST /train/polyp_seg")
-            if any(v.lower() in ("1", "true", "yes", "on") for v in q.get("enqueue", [])):
-                raise _Refused(400, "polyp-al trains one model at a time and queues none: POST again when the "
-                                    "running training has finished (GET /train/ shows it)")
+            if path.rstrip("/") == "/scoring":  # ...and one scoring run per method
+                raise _Refused(400, "name the method: POST /scoring/polyp_al")
+            if any(v.strip().lower() not in _FALSE for v in q.get("enqueue", [])):
+                raise _Refused(400, "polyp-al runs one training (and one scoring) at a time and queues none: POST "
+                                    "again when the running one has finished (GET /train/ shows it)")
         if path.startswith("/proxy/") and method not in ("GET", "HEAD"):  # OHIF's "store SEG" would skip the checks
             raise _Refused(405, "the DICOMweb proxy is read-only in polyp-al: save labels with PUT /datastore/label "
                                 "(checked, then stored as DICOM SEG)")

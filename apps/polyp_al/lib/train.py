@@ -9,10 +9,12 @@ file shown in /info.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 
 import numpy as np
 from monailabel.interfaces.tasks.train import TrainTask
@@ -38,6 +40,28 @@ def _alive(pid) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class Busy(Exception):
+    """Another thread or process holds the lock."""
+
+
+@contextmanager
+def exclusive(path: str):
+    """A cross-process, non-blocking lock on ``path`` (flock): one training, or one scoring run, at a time,
+    whichever way it was started (a subprocess task, or ``run_sync`` inside the server). Raises Busy."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Busy(path) from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def training_running(cfg) -> bool:
@@ -95,6 +119,16 @@ class PolypSegTrain(TrainTask):
         os.replace(tmp, self.stats_path)
 
     def __call__(self, request, datastore):
+        try:
+            with exclusive(self.cfg.model_path + ".train.lock"):
+                return self._train(datastore)
+        except Busy:
+            from fastapi import HTTPException
+
+            raise HTTPException(status_code=429, detail="a training is already running: one at a time "
+                                                        "(GET /info shows its progress)") from None
+
+    def _train(self, datastore):
         size = self.cfg.profile.size
         # datalist(): (image, final label) file pairs; the DICOMweb datastore downloads SEGs as NIfTI here
         pairs = sorted((frame_id(d["image"]), d["image"], d["label"]) for d in datastore.datalist())
