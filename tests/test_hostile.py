@@ -854,7 +854,7 @@ def test_deleted_frames_are_not_served_and_leased_out_is_not_all_done(tmp_path):
         for i in set(masks) - {first}:
             s, _ = put_label(srv.url, i, png_bytes(masks[i].astype(np.uint8)))
             assert s == 200
-        assert ask("honest") == {}  # all labeled: nothing left, no note
+        assert ask("honest") == {}  # all labeled: 200 with nothing in it
     finally:
         srv.stop()
 
