@@ -895,13 +895,35 @@ def test_one_training_and_one_scoring_at_a_time_whatever_the_route(tmp_path):
         assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), numbers
         s, info = http("GET", f"{srv.url}/info/")
         assert info["train_stats"]["polyp_seg"]["model_number"] == max(numbers)
+        # while a training holds the lock (held here by this test process, as a training subprocess would),
+        # an in-server training gets 429 and an in-server scoring run stands aside
+        import fcntl
+
+        fd = os.open(str(tmp_path / "model" / "polyp_seg-smoke.pt.train.lock"), os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            s, r = http("POST", f"{srv.url}/train/polyp_seg?run_sync=true", timeout=120)
+            assert s == 429, (s, r)
+            got = []  # a scoring task started by the last training may still be running: 429 until it ends
+            srv.wait_for(lambda: got.append(http("POST", f"{srv.url}/scoring/polyp_al?run_sync=true", timeout=120))
+                         or got[-1][0] != 429, timeout=120, what="no scoring task running")
+            s, r = got[-1]
+            assert s == 200 and "a training is running" in r.get("skipped", ""), (s, r)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        s, r = http("POST", f"{srv.url}/scoring/polyp_al?run_sync=true", timeout=120)
+        assert s == 200 and "a training is running" not in r.get("skipped", ""), (s, r)
     finally:
         srv.stop()
 
 
 def test_values_that_would_break_later_answers_are_refused(env):
     url = env["url"]
-    for bad in ('{"a": NaN}', '{"a": Infinity}', '{"a": -Infinity}'):
+    for path in ("/train/polyp_seg", "/scoring/polyp_al", "/activelearning/random"):
+        s, r = http("POST", f"{url}{path}", b'{"x": 1e999}', {"Content-Type": "application/json"})
+        assert s == 400, (path, s, r)
+    for bad in ('{"a": NaN}', '{"a": Infinity}', '{"a": -Infinity}', '{"a": 1e999}', '{"a": [-1e400]}'):
         form = urllib.parse.urlencode({"info": bad}).encode()
         s, r = http("PUT", f"{url}/datastore/image/info?image=fr009", form,
                     {"Content-Type": "application/x-www-form-urlencoded"})
@@ -914,3 +936,34 @@ def test_values_that_would_break_later_answers_are_refused(env):
     body, ct = multipart({"params": "{}"}, {})  # neither an image id nor a file: MONAI Label answers 500
     s, r = http("POST", f"{url}/infer/polyp_seg?output=json", body, {"Content-Type": ct})
     assert s == 400 and "image" in r["detail"], (s, r)
+
+
+def test_a_body_dripping_in_is_cut_off(tmp_path):
+    import socket
+
+    studies = tmp_path / "studies"
+    make_frames(studies, 2)
+    srv = Server(studies, tmp_path, env={"POLYPAL_BODY_TIMEOUT": "2"}).start()
+    try:
+        port = int(srv.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(f"POST /activelearning/random HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                         f"application/json\r\nContent-Length: 100\r\n\r\n".encode())
+            t0 = time.time()
+            head = b""
+            sock.settimeout(0.5)
+            while time.time() - t0 < 20 and not head:
+                try:
+                    sock.sendall(b" ")  # one byte a second: never a pause over 2 s, far below 10 kB/s
+                except OSError:
+                    break
+                try:
+                    head = sock.recv(4096)
+                except socket.timeout:
+                    time.sleep(0.5)
+        assert head.startswith(b"HTTP/1.1 408"), head[:200]
+        assert time.time() - t0 < 10
+        s, _ = http("GET", f"{srv.url}/info/")
+        assert s == 200
+    finally:
+        srv.stop()

@@ -42,6 +42,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 from typing import Iterable
 
 import anyio
@@ -132,7 +133,8 @@ _FORMS = {  # multipart uploads: (form field holding JSON, reserved keys)
     "/datastore/updatelabelinfo": ("params", RESERVED_LABEL_KEYS),
 }
 MAX_BODY = 1 << 30  # bytes of one request body (a model upload is the largest legitimate one)
-BODY_TIMEOUT = 60.0  # seconds a client may pause while sending a body
+BODY_TIMEOUT = float(os.environ.get("POLYPAL_BODY_TIMEOUT", 60))  # seconds a client may pause in a body...
+MIN_BODY_RATE = 10_000  # ...and after that long, bytes per second it must have kept up on average
 _FALSE = ("", "0", "false", "f", "no", "n", "off")  # enqueue values that do not queue (pydantic's falsy words)
 MAX_LOG_LINES = 10000  # GET /logs/?lines=N answers at most this many lines
 # on every answer: no other site may frame the annotator's page (its Save/Train buttons), no MIME sniffing
@@ -159,6 +161,7 @@ async def _spool_body(receive):
     spooled temporary file; 413 over MAX_BODY, 408 when the client pauses longer than BODY_TIMEOUT."""
     spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)
     total, more = 0, True
+    t0 = time.monotonic()
     try:
         while more:
             try:
@@ -171,6 +174,9 @@ async def _spool_body(receive):
             total += len(chunk)
             if total > MAX_BODY:
                 raise _Refused(413, f"request body larger than {MAX_BODY} bytes")
+            elapsed = time.monotonic() - t0
+            if elapsed > BODY_TIMEOUT and total < MIN_BODY_RATE * elapsed:  # a drip: a socket held for ever
+                raise _Refused(408, f"the request body is arriving slower than {MIN_BODY_RATE // 1000} kB/s")
             spool.write(chunk)
             more = m.get("more_body", False)
     except BaseException:
@@ -212,9 +218,16 @@ def _no_constant(name):
     raise ValueError(f"{name} is not JSON")  # NaN / Infinity: stored, they make every later listing a 500
 
 
+def _finite(text):
+    v = float(text)
+    if v != v or v in (float("inf"), float("-inf")):  # 1e999 parses to inf without parse_constant's help
+        raise ValueError(f"{text[:20]} is out of range")
+    return v
+
+
 def _json_object(raw, what: str) -> dict:
     try:
-        v = json.loads(raw, parse_constant=_no_constant) if raw not in (None, b"", "") else {}
+        v = json.loads(raw, parse_constant=_no_constant, parse_float=_finite) if raw not in (None, b"", "") else {}
     except (TypeError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep to parse
         raise _Refused(400, f"{what} must be a JSON object (no NaN or Infinity)") from None
     if not isinstance(v, dict):

@@ -65,13 +65,13 @@ def exclusive(path: str):
 
 
 def training_running(cfg) -> bool:
-    """True while another process is training (its stats say RUNNING and it is alive)."""
+    """True while a training holds the train lock: in another process, or in this one (``run_sync``).
+    (flock locks belong to an open file, so this process's own training blocks this probe too.)"""
     try:
-        with open(cfg.model_path + ".stats.json") as f:
-            st = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return st.get("status") == "RUNNING" and st.get("pid") != os.getpid() and _alive(st.get("pid"))
+        with exclusive(cfg.model_path + ".train.lock"):
+            return False
+    except Busy:
+        return True
 
 
 class PolypSegTrain(TrainTask):
@@ -121,12 +121,21 @@ class PolypSegTrain(TrainTask):
     def __call__(self, request, datastore):
         try:
             with exclusive(self.cfg.model_path + ".train.lock"):
-                return self._train(datastore)
+                stats = self._train(datastore)
         except Busy:
             from fastapi import HTTPException
 
             raise HTTPException(status_code=429, detail="a training is already running: one at a time "
                                                         "(GET /info shows its progress)") from None
+        if self.after_publish is not None:
+            # after the lock is released (scoring holds off while a training holds it). MONAI Label's own
+            # trigger after training is refused while another scoring run is going, so the new model is
+            # scored here, before the training task ends
+            try:
+                stats["scoring"] = self.after_publish(datastore)
+            except Exception as e:  # noqa: BLE001 - the model is published; scoring can rerun later
+                logger.error(f"scoring after training failed: {e}")
+        return stats
 
     def _train(self, datastore):
         size = self.cfg.profile.size
@@ -179,11 +188,4 @@ class PolypSegTrain(TrainTask):
         }
         self._write_stats(stats)
         logger.info(f"training done: {stats}")
-        if self.after_publish is not None:
-            # MONAI Label's own trigger after training is refused while another scoring run is going,
-            # so the new model is scored here, before the training task ends
-            try:
-                stats["scoring"] = self.after_publish(datastore)
-            except Exception as e:  # noqa: BLE001 - the model is published; scoring can rerun later
-                logger.error(f"scoring after training failed: {e}")
         return stats
