@@ -217,21 +217,6 @@ class PolypALApp(MONAILabelApp):
             res["model_dice"] = round(dice, 4)
         return res
 
-    def _nothing_to_serve(self) -> dict:
-        """{} when every frame is labeled; 409 naming the reason when unlabeled frames are only leased to
-        other clients, so that "come back later" does not read as "all done" (MONAI Label's endpoint
-        takes any non-empty answer for a frame, so the reason cannot travel in a 200)."""
-        try:
-            labeled = set(self._datastore.get_labeled_images())
-            left = sum(1 for i in self._datastore.list_images() if i not in labeled)
-        except Exception:  # noqa: BLE001 - the answer is still "nothing now"
-            return {}
-        if not left:
-            return {}
-        raise HTTPException(status_code=409, detail=(
-            f"{left} unlabeled frame{'s are' if left != 1 else ' is'} leased to other annotators; a lease ends "
-            f"when its annotator asks for the next frame or after {self.cfg.lease_seconds:.0f} s: ask again later"))
-
     def next_sample(self, request):
         """MONAI Label's next_sample, without a scoring subprocess after every request.
 
@@ -252,7 +237,9 @@ class PolypALApp(MONAILabelApp):
             raise HTTPException(status_code=404, detail=f"no strategy {name!r}; available: {sorted(self._strategies)}")
         res = task(request, self.datastore())
         if not res or not res.get("id"):
-            return self._nothing_to_serve()
+            # every frame labeled, or the rest leased to other annotators: {} either way, as MONAI Label's
+            # clients expect (a 409 for "leased" made Slicer and MONAILabelClient raise at a pool's end)
+            return {}
         res["path"] = self._datastore.get_image_uri(res["id"])
         try:  # how the frame was served, for the export's manifest
             self._datastore.update_image_info(res["id"], {"served": {
