@@ -966,3 +966,21 @@ def test_a_body_dripping_in_is_cut_off(tmp_path):
         assert s == 200
     finally:
         srv.stop()
+
+
+def test_a_frame_that_cannot_be_decoded_is_never_served(tmp_path):
+    studies = tmp_path / "studies"
+    make_frames(studies, 3)
+    good = (studies / "fr000.png").read_bytes()
+    (studies / "broken.png").write_bytes(good[: len(good) // 2])  # truncated: only a full decode finds it
+    srv = Server(studies, tmp_path).start()
+    try:
+        served = []
+        for k in range(4):  # no model, no thumbnails yet: the random fallback's batch holds every frame
+            s, r = http("POST", f"{srv.url}/activelearning/random", json.dumps({"client_id": f"c{k}"}).encode(),
+                        {"Content-Type": "application/json"})
+            assert s == 200, (s, r)
+            served.append(r.get("id"))
+        assert sorted(x for x in served if x) == ["fr000", "fr001", "fr002"] and "broken" not in served, served
+    finally:
+        srv.stop()

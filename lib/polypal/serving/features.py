@@ -118,6 +118,11 @@ class FeatureStore:
         n = self.thumbs.rows()  # rows past the end of a torn file are computed again
         return {r[0] for r in self._conn().execute("SELECT image_id FROM thumbs WHERE row < ?", (n,))}
 
+    def has_thumb(self, image_id: str) -> bool:
+        """One frame's thumbnail is stored (it decoded once): a single indexed lookup."""
+        return self._conn().execute("SELECT 1 FROM thumbs WHERE image_id=? AND row < ?",
+                                    (image_id, self.thumbs.rows())).fetchone() is not None
+
     def missing_thumbs(self, image_ids: Iterable[str]) -> list[str]:
         have = self.thumbed_ids() | self.bad_ids()
         return [i for i in image_ids if i not in have]
