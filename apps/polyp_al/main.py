@@ -108,6 +108,10 @@ class PolypALApp(MONAILabelApp):
                 return 404, f"no trainer {name[:80]!r}; this app trains {sorted(self._trainers)}"
             if not self.datastore().get_labeled_images():
                 return 409, "nothing to train on yet: save at least one final label (PUT /datastore/label) first"
+            from lib.train import training_running
+
+            if training_running(self.cfg):  # before a subprocess is started that would only find the lock held
+                return 429, "a training is already running: one at a time (GET /info shows its progress)"
         return None
 
     def init_datastore(self) -> Datastore:
@@ -320,13 +324,13 @@ class PolypALApp(MONAILabelApp):
                 logger.warning(f"infer refused: {type(e).__name__}: {e}")
                 raise HTTPException(status_code=400, detail=f"bad request parameters: "
                                     f"{str(e).replace(tempfile.gettempdir(), '<tmp>')[:200]}") from None
+            if request.get("store_seg") and res and res.get("file"):
+                self._store_prediction_seg(request, res)
         except BaseException:
             for f in ([upload] if upload else []) + written:
                 if os.path.exists(f):
                     os.unlink(f)
             raise
-        if request.get("store_seg") and res and res.get("file"):
-            self._store_prediction_seg(request, res)
         return res
 
     def _check_store_seg(self, request):

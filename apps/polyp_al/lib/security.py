@@ -266,6 +266,15 @@ async def _check_body(scope, spool, size: int, path: str) -> None:
     form_key = next((k for k in _FORMS if path == k or (k == "/infer/" and path.startswith(k))), None)
     if form_key is None:
         return
+    if size > (1 << 20):  # parsing a large upload (up to MAX_BODY) must not stall the event loop
+        await anyio.to_thread.run_sync(lambda: asyncio.run(_check_form(scope, spool, size, form_key)))
+    else:
+        await _check_form(scope, spool, size, form_key)
+
+
+async def _check_form(scope, spool, size: int, form_key: str) -> None:
+    from starlette.requests import Request
+
     field, keys = _FORMS[form_key]
     try:
         form = await Request(scope, _replay(spool, None, size=size)).form()

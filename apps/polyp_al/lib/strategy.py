@@ -7,7 +7,7 @@ import os
 
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from polypal.data import DataError, read_rgb
+from polypal.data import DataError, TooLarge, read_rgb
 from polypal.serving import model_version
 from polypal.sampler import server_strategies
 
@@ -23,36 +23,35 @@ class PlannedStrategy(Strategy):
         self.name, self.cfg, self.state = name, cfg, state
         self._readable: set[tuple] = set()  # (id, path, mtime) of frames known to decode
 
-    def _servable(self, store):
-        """``exists`` for next_frame: the frame is still in the datastore and can be decoded. Frames with a
-        thumbnail decoded once already; the others (a random fallback before the first scoring) are decoded
-        here, once per process, and an unreadable one is recorded as bad (as scoring would) and skipped."""
-        features = self.state.features
-        bad = features.bad_ids()
+    def _exists(self, store, skip: set):
+        """``exists`` for next_frame, run inside the lease's transaction, so only cheap lookups: the frame is
+        still in the datastore, not recorded as unreadable, and not already refused in this request."""
+        bad = self.state.features.bad_ids() | skip
+        return lambda image_id: image_id not in bad and store.image_ext(image_id) is not None
 
-        def ok(image_id: str) -> bool:
-            if store.image_ext(image_id) is None or image_id in bad:
-                return False
-            path = store.image_path(image_id)
-            try:
-                key = (image_id, path, os.stat(path).st_mtime_ns)  # a replaced frame is checked again
-            except OSError:
-                return False
-            if key in self._readable:
-                return True
-            if not features.has_thumb(image_id):
-                try:
-                    read_rgb(path)
-                except DataError as e:  # recorded after the lease's transaction (see __call__)
-                    logger.warning(f"not serving {image_id}: {e.problem}")
-                    bad.add(image_id)
-                    ok.newly_bad[image_id] = e.problem
-                    return False
-            self._readable.add(key)
+    def _decodes(self, store, image_id: str) -> bool:
+        """The leased frame decodes (outside any transaction; once per file: frames with a thumbnail
+        decoded already). An unreadable file is recorded as bad, as scoring would; a missing file (a
+        replace in flight) or one over the pixel cap is skipped for now, not recorded."""
+        path = store.image_path(image_id)
+        try:
+            key = (image_id, path, os.stat(path).st_mtime_ns)
+        except OSError:
+            return False
+        if key in self._readable or self.state.features.has_thumb(image_id):
             return True
-
-        ok.newly_bad = {}
-        return ok
+        try:
+            read_rgb(path)
+        except TooLarge:
+            return False
+        except DataError as e:
+            if not os.path.exists(path):
+                return False
+            logger.warning(f"not serving {image_id}: {e.problem}")
+            self.state.features.mark_bad(image_id, e.problem)
+            return False
+        self._readable.add(key)
+        return True
 
     def info(self):
         spec = server_strategies()[self.name]
@@ -63,12 +62,19 @@ class PlannedStrategy(Strategy):
     def __call__(self, request, datastore):
         labeled = set(datastore.get_labeled_images())
         # the full image list is only read when a batch has to be (re)planned
-        store = getattr(datastore, "store", None)
-        exists = self._servable(store) if store is not None else None  # (DICOMweb: a check would be a download)
-        served = self.state.next_frame(self.name, request.get("client_id") or "anonymous", datastore.list_images,
-                                       labeled, model_version(self.cfg.model_path), exists=exists)
-        for image_id, problem in (getattr(exists, "newly_bad", None) or {}).items():
-            self.state.features.mark_bad(image_id, problem)
+        store = getattr(datastore, "store", None)  # our datastore (for DICOMweb each check would be a download)
+        client = request.get("client_id") or "anonymous"
+        skip: set[str] = set()
+        for _ in range(20):  # a frame that fails to decode is skipped (recorded as bad) and the next one leased
+            served = self.state.next_frame(self.name, client, datastore.list_images, labeled,
+                                           model_version(self.cfg.model_path),
+                                           exists=self._exists(store, skip) if store is not None else None)
+            if served is None or store is None or self._decodes(store, served.id):
+                break
+            skip.add(served.id)
+            self.state.leases.release(served.id)
+        else:
+            served = None
         if served is None:
             logger.info(f"{self.name}: no unlabeled frame left to serve")
             return {}

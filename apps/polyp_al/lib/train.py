@@ -47,16 +47,22 @@ class Busy(Exception):
 
 
 @contextmanager
-def exclusive(path: str):
-    """A cross-process, non-blocking lock on ``path`` (flock): one training, or one scoring run, at a time,
-    whichever way it was started (a subprocess task, or ``run_sync`` inside the server). Raises Busy."""
+def exclusive(path: str, wait: float = 0.0):
+    """A cross-process lock on ``path`` (flock): one training, or one scoring run, at a time, whichever way
+    it was started (a subprocess task, or ``run_sync`` inside the server). Tries for ``wait`` seconds (a
+    probe such as training_running holds it for microseconds), then raises Busy."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise Busy(path) from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise Busy(path) from None
+            time.sleep(0.05)
     try:
         yield
     finally:
@@ -120,7 +126,7 @@ class PolypSegTrain(TrainTask):
 
     def __call__(self, request, datastore):
         try:
-            with exclusive(self.cfg.model_path + ".train.lock"):
+            with exclusive(self.cfg.model_path + ".train.lock", wait=2.0):
                 stats = self._train(datastore)
         except Busy:
             from fastapi import HTTPException
