@@ -210,7 +210,7 @@ def plot_aulc_diff(res: dict, path: Path, title: str) -> bool:
         ax.set_title({"paper_miou": "paper mIoU", "polyp_dice": "per-image polyp Dice"}[metric], fontsize=9)
         ax.set_xlabel("normalised AULC minus Random (points)", fontsize=9)
         ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(title + " · paired by seed · thick: 95% bootstrap CI, thin: Student-t 95% interval;"
+    fig.suptitle(title + "\npaired by seed · thick: 95% bootstrap CI, thin: Student-t 95% interval;"
                  " coloured only when both exclude 0", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
