@@ -150,6 +150,11 @@ def test_report_statistics_equal_hand_computed_values(tmp_path):
     tables = (folder / "report" / "tables.md").read_text()
     assert "95% bootstrap" in tables and "not reached by 120" in tables and "SMOKE" not in tables
     assert f"[{a['t95'][0]:+.2f}, {a['t95'][1]:+.2f}] p=0.03" in tables
+    # the summary table (the README's): one row, the AULC means, CIs and the paired label saving from above
+    summary = tables.split("## Summary: every strategy against Random")[1].split("## Against Random")[0]
+    row = next(line for line in summary.splitlines() if line.startswith(f"| {strat} |"))
+    assert row.startswith(f"| {strat} | 4 | {a['mean']:+.2f} [{a['ci95'][0]:+.2f}, {a['ci95'][1]:+.2f}] |"), row
+    assert f"| 4/4 | {ps['mean']:+.0f} [{ps['ci95'][0]:+.0f}, {ps['ci95'][1]:+.0f}] (2 censored) |" in row, row
 
 
 def _recs(curve: dict) -> list:
