@@ -985,3 +985,15 @@ def test_a_frame_that_cannot_be_decoded_is_never_served(tmp_path):
         assert sorted(x for x in served if x) == ["fr000", "fr001", "fr002"] and "broken" not in served, served
     finally:
         srv.stop()
+
+
+def test_head_requests_are_answered(env):
+    url = env["url"]
+    for path in ("/datastore/image?image=fr000", "/info/"):
+        req = urllib.request.Request(url + path, method="HEAD")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                status = r.status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        assert status in (200, 405), (path, status)  # answered (405 where MONAI Label has no HEAD route)

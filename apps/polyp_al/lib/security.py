@@ -401,7 +401,7 @@ class Gate:
                 if problem:
                     raise _Refused(*problem)
             if spool is None:
-                if path.startswith(_OFFLOAD) and method == "GET":  # downloads (the dataset zip) off the loop too
+                if path.startswith(_OFFLOAD) and method in ("GET", "HEAD"):  # downloads, the proxy: off the loop
                     loop = asyncio.get_running_loop()
                     return await anyio.to_thread.run_sync(_in_thread, self.app, scope, _threadsafe(receive, loop),
                                                           send, loop)
