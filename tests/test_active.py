@@ -174,6 +174,21 @@ def test_summary_counts_scored_frames_per_version_rescored_ones_once(tmp_path):
     assert st.summary()["versions"] == {"v1": 30, "v2": 7}
 
 
+def test_a_replaced_frame_is_forgotten_and_computed_again(tmp_path):
+    """A frame whose file changed (replaced or deleted and re-added) keeps nothing of the old file: no
+    score under any version, no thumbnail, no "undecodable" mark; the counts follow."""
+    st, ids = setup_state(tmp_path)
+    st.add_scores("v2", ids[:5], np.ones(5), np.ones((5, 8), np.float32))
+    st.mark_bad("f01", "corrupt")
+    st.features.forget("f01")
+    assert st.unscored("v1", ids) == ["f01"] and st.unscored("v2", ids[:5]) == ["f01"]
+    assert st.missing_thumbs(ids) == ["f01"] and st.bad_ids() == set()
+    assert st.thumbs_for(ids) is None and st.scores_for("v1", ["f00", "f02"]) is not None
+    assert st.summary()["versions"] == {"v1": 29, "v2": 4}
+    st.features.forget("nosuch")  # nothing known: nothing happens
+    assert st.summary()["versions"] == {"v1": 29, "v2": 4}
+
+
 def test_a_store_made_before_the_version_count_is_migrated(tmp_path):
     """state.sqlite written by the code before `versions.n` existed: opened, it reports the same counts."""
     import sqlite3

@@ -197,3 +197,33 @@ def test_migrates_monailabel_local_datastore_json(tmp_path):
     # second start: no double import, info kept
     fs.update_image_info("f003", {"note": "kept"})
     assert FrameStore(root).image_info("f003")["note"] == "kept"
+
+
+def test_a_frame_added_again_while_its_delete_finishes_is_never_the_file_trashed(tmp_path):
+    """Two clients: one deletes frame x, the other adds a new x at that moment. The delete's trashing of
+    files is the interleaving point (the other client's add runs there, in its own thread and connection);
+    whichever of the two wins, a frame row never points at a file the delete moved away."""
+    root = make_frames(tmp_path / "s", 1)
+    src = root / "f000.png"
+    outcome = []
+
+    class OtherClientAddsDuringTrash(FrameStore):
+        def trash(self, files, reason, keep_source=False):
+            if reason == "image x removed" and not outcome:
+                def add():
+                    try:
+                        FrameStore(root, read_only=True).add_image("x", str(src))
+                        outcome.append("added")
+                    except Exception as e:
+                        outcome.append(type(e).__name__)
+                t = threading.Thread(target=add)
+                t.start()
+                t.join(30)
+            return super().trash(files, reason, keep_source)
+
+    fs = OtherClientAddsDuringTrash(root)
+    fs.add_image("x", str(src))
+    fs.remove_image("x")
+    assert outcome in (["Exists"], ["added"]), outcome
+    ext = fs.image_ext("x")
+    assert ext is None or (root / f"x{ext}").exists(), (outcome, ext)

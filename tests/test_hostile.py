@@ -983,6 +983,12 @@ def test_a_frame_that_cannot_be_decoded_is_never_served(tmp_path):
             assert s == 200, (s, r)
             served.append(r.get("id"))
         assert sorted(x for x in served if x) == ["fr000", "fr001", "fr002"] and "broken" not in served, served
+        # the file replaced with a good one (an upload with replace): it is a frame like any other again
+        s, r = put_image(srv.url, "broken", good, params={"replace": True})
+        assert s == 200, (s, r)
+        s, r = http("POST", f"{srv.url}/activelearning/random", json.dumps({"client_id": "c9"}).encode(),
+                    {"Content-Type": "application/json"})
+        assert s == 200 and r.get("id") == "broken", (s, r)
     finally:
         srv.stop()
 
@@ -997,3 +1003,33 @@ def test_head_requests_are_answered(env):
         except urllib.error.HTTPError as e:
             status = e.code
         assert status in (200, 405), (path, status)  # answered (405 where MONAI Label has no HEAD route)
+
+
+def test_result_files_of_a_request_are_tracked_when_inference_runs_in_a_thread_pool(tmp_path):
+    """With MONAI_LABEL_INFER_CONCURRENCY > 0 MONAI Label runs the infer task in a pool thread (a deep copy
+    of the request): the result file it writes is still known to the request, so a failure after the
+    writer can delete it. The app's infer module and a real smoke model; the pool is the one MONAI Label
+    uses (concurrent.futures)."""
+    import copy
+    import importlib.util
+    from concurrent.futures import ThreadPoolExecutor
+
+    from polypal.learner import get_profile
+
+    spec = importlib.util.spec_from_file_location(
+        "polyp_al_infer_under_test", Path(__file__).resolve().parents[1] / "apps" / "polyp_al" / "lib" / "infer.py")
+    infer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(infer)
+    model = write_model(tmp_path / "model" / "polyp_seg-smoke.pt")
+    frame = tmp_path / "f.png"
+    Image.fromarray(synth_frame(np.random.default_rng(0), H, W)[0]).save(frame)
+    task = infer.PolypSegInfer(str(model), get_profile("smoke"), {"polyp": 1})
+    request = {"image": str(frame), "model": "polyp_seg"}
+    with infer.written_results(request) as files, ThreadPoolExecutor(1) as pool:
+        path, _ = pool.submit(task, copy.deepcopy(request)).result(timeout=120)
+        other, _ = pool.submit(task, {"image": str(frame), "model": "polyp_seg"}).result(timeout=120)
+    try:
+        assert files == [path] and os.path.exists(path), (files, path)  # another request's file is not ours
+    finally:
+        for f in (path, other):
+            os.unlink(f)

@@ -126,7 +126,7 @@ class PolypALApp(MONAILabelApp):
             from monailabel.datastore.local import LocalDatastore
 
             return LocalDatastore(self.studies, extensions=list(patterns(IMAGE_EXTENSIONS)))
-        return PolypDatastore(self.studies)
+        return PolypDatastore(self.studies, on_change=self.state.features.forget)
 
     def _dicomweb_datastore(self, settings):
         """MONAI Label's DICOMweb datastore (as its base app builds it), with checked frame labels."""
@@ -314,7 +314,7 @@ class PolypALApp(MONAILabelApp):
         written: list = []
         try:
             try:
-                with written_results() as written:
+                with written_results(request) as written:
                     res = super().infer(request, datastore)
             except TooLarge as e:
                 raise HTTPException(status_code=413, detail=f"{name}: {e.problem}") from None

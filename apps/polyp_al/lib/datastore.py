@@ -76,9 +76,20 @@ def _checked(kind: str, value: str) -> str:
 
 
 class PolypDatastore(Datastore):
-    def __init__(self, studies: str, read_only: bool = False):
+    def __init__(self, studies: str, read_only: bool = False, on_change=None):
+        """``on_change(image_id)``: called after a frame is added, replaced or deleted (the server drops
+        what it knew about the old file: its thumbnail, scores and an "undecodable" mark)."""
         self.store = FrameStore(studies, read_only=read_only)
         self._path = self.store.root
+        self._on_change = on_change
+
+    def _changed(self, image_id: str) -> None:
+        if self._on_change is None:
+            return
+        try:
+            self._on_change(image_id)
+        except Exception as e:  # the frame is stored; stale scores only cost a worse pick until re-scored
+            logger.error(f"frame {image_id} changed but its old features could not be dropped: {e}")
 
     # -- identity ----------------------------------------------------------------------------
     def name(self) -> str:
@@ -198,7 +209,9 @@ class PolypDatastore(Datastore):
             except DataError as e:
                 raise HTTPException(status_code=422, detail=f"image {image_id} rejected: {e.problem}") from None
             try:
-                return self.store.add_image(image_id, image_filename, info, replace=replace)
+                out = self.store.add_image(image_id, image_filename, info, replace=replace)
+                self._changed(image_id)
+                return out
             except Exists as e:
                 raise HTTPException(status_code=409, detail=str(e)) from None
             except InvalidName as e:
@@ -219,6 +232,7 @@ class PolypDatastore(Datastore):
             self.store.remove_image(image_id)
         except NotFound as e:
             raise HTTPException(status_code=404, detail=str(e)) from None
+        self._changed(image_id)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         try:

@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 import threading
+import uuid
 from typing import Any, Dict, Tuple
 
 import numpy as np
@@ -20,21 +21,38 @@ from polypal.learner import CheckpointError, PolypUNet, load_checkpoint
 from polypal.vocab import WRITE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
-_written = threading.local()  # result files this thread's inference wrote (deleted if the request then fails)
+_written: dict[str, list] = {}  # request token -> result files its inference wrote (deleted if it then fails)
+_written_lock = threading.Lock()
+TOKEN = "_polypal_request"  # set by the server on each infer request (a client's value is overwritten)
 
 
 class written_results:
-    """``with written_results() as files:`` collects the result files the writer makes in this thread, so
-    that a request which fails after the writer ran (MONAI Label still reads request keys after it) can
-    delete them instead of leaving them in TMPDIR."""
+    """``with written_results(request) as files:`` collects the result files the writer makes for this
+    request, so that a request which fails after the writer ran can delete them instead of leaving them
+    in TMPDIR. Keyed by a token in the request (it travels with the request's data into the writer), so it
+    also holds when MONAI Label runs inferences in a thread pool (MONAI_LABEL_INFER_CONCURRENCY > 0)."""
+
+    def __init__(self, request: dict):
+        self.token = uuid.uuid4().hex
+        request[TOKEN] = self.token
 
     def __enter__(self) -> list:
-        _written.files = []
-        return _written.files
+        files: list = []
+        with _written_lock:
+            _written[self.token] = files
+        return files
 
     def __exit__(self, *exc):
-        _written.files = None
+        with _written_lock:
+            _written.pop(self.token, None)
         return False
+
+
+def _record_written(data: dict, path: str) -> None:
+    with _written_lock:
+        files = _written.get(data.get(TOKEN)) if isinstance(data.get(TOKEN), str) else None
+        if files is not None:
+            files.append(path)
 
 
 class LoadFramed:
@@ -122,8 +140,7 @@ class PolypSegInfer(BasicInferTask):
             raise ValueError(f"result_extension {ext!r} not supported; use one of {', '.join(WRITE_EXTENSIONS)}")
         fd, path = tempfile.mkstemp(suffix=ext)
         os.close(fd)
-        if getattr(_written, "files", None) is not None:
-            _written.files.append(path)
+        _record_written(data, path)
         write_label(data["pred"], path)
         h, w = data["pred"].shape
         return path, {"label_names": self.labels, "width": w, "height": h,

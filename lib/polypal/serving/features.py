@@ -141,6 +141,18 @@ class FeatureStore:
             return None
         return self.thumbs.read(np.array([rows[i] for i in image_ids], dtype=np.int64))
 
+    def forget(self, image_id: str) -> None:
+        """Drop what is known about a frame (thumbnail, scores under every version, a bad mark): its file
+        was replaced or deleted, so all of it describes another image. It is computed again when next
+        needed (rows in the flat files stay, unreferenced)."""
+        with self._db.tx() as c:
+            versions = [r[0] for r in c.execute("SELECT version FROM scores WHERE image_id=?", (image_id,))]
+            for table in ("thumbs", "scores", "bad"):
+                c.execute(f"DELETE FROM {table} WHERE image_id=?", (image_id,))
+            for v in versions:
+                c.execute("UPDATE versions SET n=(SELECT COUNT(*) FROM scores WHERE version=?) WHERE version=?",
+                          (v, v))
+
     # -- undecodable frames ----------------------------------------------------------------
     def mark_bad(self, image_id: str, error: str) -> None:
         with self._db.tx() as c:

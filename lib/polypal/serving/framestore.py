@@ -344,12 +344,17 @@ class FrameStore:
 
     def remove_label(self, image_id: str, tag: str) -> None:
         """Forget a label; its file goes to the trash."""
-        p = self.label_path(check_name("image id", image_id), tag)
-        if not p:
-            raise NotFound(f"label {image_id!r} with tag {tag!r} not found")
+        check_name("image id", image_id)
+        d = self.label_dir(tag)
+        # read, trashed and forgotten in one transaction: a save of the same label committed just before
+        # is what goes to the trash; one after it finds no row and stores its file afresh (never trashed)
         with self._tx() as c:
+            r = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
+            if r is None:
+                raise NotFound(f"label {image_id!r} with tag {tag!r} not found")
+            p = os.path.join(d, image_id + r[0])
+            self.trash({f"labels-{tag}-{os.path.basename(p)}": p}, f"label {tag} of {image_id} removed")
             c.execute("DELETE FROM labels WHERE image_id=? AND tag=?", (image_id, tag))
-        self.trash({f"labels-{tag}-{os.path.basename(p)}": p}, f"label {tag} of {image_id} removed")
 
     def update_image_info(self, image_id: str, info: dict) -> None:
         """Merge ``info`` into one image's info (read and written in one transaction)."""
@@ -397,18 +402,19 @@ class FrameStore:
         return image_id
 
     def _remove_image_files(self, image_id: str, reason: str) -> None:
-        # the frame's file and labels are read in the deleting transaction: a label saved just before
-        # it is trashed with its frame, one saved after it finds no frame (save_label checks in its tx)
+        # the frame's file and labels are read, and moved to the trash, in the deleting transaction: a label
+        # saved just before it is trashed with its frame, one saved after it finds no frame (save_label checks
+        # in its tx), and a frame of the same id added after it is never the file that gets trashed
         with self._tx() as c:
             r = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
             p = os.path.join(self.root, image_id + r[0]) if r else ""
             labels = {t: os.path.join(self.root, "labels", t, image_id + e) for t, e in c.execute(
                 "SELECT tag, ext FROM labels WHERE image_id=?", (image_id,))}
+            files = {os.path.basename(p): p} if p else {}
+            files.update({f"labels-{t}-{os.path.basename(f)}": f for t, f in labels.items()})
+            self.trash(files, reason)
             c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
             c.execute("DELETE FROM images WHERE id=?", (image_id,))
-        files = {os.path.basename(p): p} if p else {}
-        files.update({f"labels-{t}-{os.path.basename(f)}": f for t, f in labels.items()})
-        self.trash(files, reason)
 
     def remove_image(self, image_id: str) -> None:
         """Forget a frame and its labels; the files go to the trash."""
