@@ -175,6 +175,32 @@ def test_stability_flags_drops_and_falls_by_hand():
     assert [(d["strategy"], d["seed"], d["from"], d["to"]) for d in st["drops_over_threshold"]] == \
         [("uncertainty", 0, 80, 120)]
     assert st["drops_over_threshold"][0]["drop"] == pytest.approx(3.1)
+    # the steps of Random's mean paired by seed: 40->80 +4 and +4 (no spread: a zero-width interval, no p);
+    # 80->120 -1 and +0.5: mean -0.25, sd 1.5/sqrt(2), sem 0.75, t(0.975, 1 df) = 12.706 -> -0.25 -+ 9.53
+    s1, s2 = st["random_steps"]
+    assert (s1["from"], s1["to"], s1["mean"], s1["t95"], s1["p_t"], s1["seeds"]) == (40, 80, 4.0, [4.0, 4.0], None, 2)
+    assert s2["mean"] == pytest.approx(-0.25) and s2["t95"] == pytest.approx([-0.25 - 12.7062 * 0.75, -0.25 + 12.7062 * 0.75],
+                                                                             abs=1e-3)
+    # the largest std (120 labels, s = 3.5/sqrt(2), 1 df): s * sqrt(1 / chi2) with chi2(0.975, 1) = 5.02389 and
+    # chi2(0.025, 1) = 0.000982069 (table values)
+    s = 3.5 / np.sqrt(2)
+    assert st["random_max_std_stage"] == 120 and st["random_max_std_seeds"] == 2
+    assert st["random_max_std_ci95"] == pytest.approx([s / np.sqrt(5.02389), s / np.sqrt(0.000982069)], rel=1e-4)
+    from polypal.experiments.report.tables import _stability_md
+
+    md = _stability_md(res)
+    assert "80->120: -0.25, paired t interval [-9.78, +9.28] over 2 seeds, within noise" in md, md
+    assert "2.47 points at 120 labels; 95% chi-square interval 1.10 to 78.97 over 2 seeds (target at most 2: not met " \
+           "by the estimate; the interval holds 2, so these seeds cannot tell)" in md, md
+
+
+def test_std_interval_with_five_seeds_by_hand():
+    from polypal.experiments.report.stats import std_ci
+
+    # values 1..5: s = sqrt(2.5); chi2(0.975, 4) = 11.1433, chi2(0.025, 4) = 0.484419 (table values)
+    lo, hi = std_ci([1, 2, 3, 4, 5])
+    assert lo == pytest.approx(np.sqrt(2.5 * 4 / 11.1433), rel=1e-4) and hi == pytest.approx(np.sqrt(2.5 * 4 / 0.484419), rel=1e-4)
+    assert std_ci([3.0]) is None
 
 
 def test_ci_lower_bound_by_hand():

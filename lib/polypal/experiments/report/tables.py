@@ -194,10 +194,31 @@ def _stability_md(res: dict) -> str:
     st = stability(res)
     lines = ["## Training stability (issue 11's targets, paper mIoU)", ""]
     if "random_mean_rises_every_stage" in st:
-        lines.append(f"- Random's mean curve rises at every stage: {'yes' if st['random_mean_rises_every_stage'] else 'no (' + ', '.join(st['random_mean_falls']) + ')'}.")
+        steps = {f"{x['from']}->{x['to']}": x for x in st["random_steps"]}
+        falls = []
+        for f in st["random_mean_falls"]:
+            x = steps.get(f)
+            if x and x["t95"]:
+                noise = "within noise" if x["t95"][0] <= 0 <= x["t95"][1] else "a real fall"
+                falls.append(f"{f}: {x['mean']:+.2f}, paired t interval [{x['t95'][0]:+.2f}, {x['t95'][1]:+.2f}] "
+                             f"over {x['seeds']} seeds, {noise}")
+            else:
+                falls.append(f)
+        lines.append(f"- Random's mean curve rises at every stage: {'yes' if st['random_mean_rises_every_stage'] else 'no (' + '; '.join(falls) + ')'}.")
         if st["random_max_seed_std_after_stage0"] is not None:
-            lines.append(f"- Largest seed std of Random after stage 0: {st['random_max_seed_std_after_stage0']:.2f} points "
-                         f"(target at most 2: {'met' if st['random_std_ok'] else 'not met'}).")
+            ci = st.get("random_max_std_ci95")
+            span = (f" at {st['random_max_std_stage']} labels; 95% chi-square interval {ci[0]:.2f} to {ci[1]:.2f} over "
+                    f"{st['random_max_std_seeds']} seeds" if ci else "")
+            target = st["std_target"]
+            verdict = "met" if st["random_std_ok"] else "not met"
+            if ci and ci[0] <= target <= ci[1]:
+                verdict += f" by the estimate; the interval holds {target:g}, so these seeds cannot tell"
+            lines.append(f"- Largest seed std of Random after stage 0: {st['random_max_seed_std_after_stage0']:.2f} points"
+                         f"{span} (target at most {target:g}: {verdict}).")
+        if st["random_steps"]:
+            lines.append("- Random's mean step from stage to stage, paired by seed (points): " + ", ".join(
+                f"{x['from']}->{x['to']} {x['mean']:+.2f}" + (f" [{x['t95'][0]:+.2f}, {x['t95'][1]:+.2f}]" if x["t95"] else "")
+                for x in st["random_steps"]) + ".")
     d = st["drops_over_threshold"]
     lines.append(f"- Runs dropping more than {st['threshold']:g} points from one stage to the next: "
                  + (", ".join(f"{x['strategy']} seed {x['seed']} {x['from']}->{x['to']} (-{x['drop']:.1f})" for x in d)
