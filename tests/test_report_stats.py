@@ -148,6 +148,11 @@ def test_report_statistics_equal_hand_computed_values(tmp_path):
         np.std([100 * MIOU["random"][s][k] for s in range(4)], ddof=1) for k in (1, 2)))
     assert stab["drops_over_threshold"] == []
     tables = (folder / "report" / "tables.md").read_text()
+    from polypal.experiments.report.stats import detectable
+
+    det = detectable(list(a["per_seed"].values()))
+    assert a["detectable"] == pytest.approx(det)
+    assert f"- {strat}: 4 seeds detect a difference of {det['mde']:.2f} points or more" in tables
     assert "95% bootstrap" in tables and "not reached by 120" in tables and "SMOKE" not in tables
     assert f"[{a['t95'][0]:+.2f}, {a['t95'][1]:+.2f}] p=0.03" in tables
     # the summary table (the README's): one row, the AULC means, CIs and the paired label saving from above
@@ -266,3 +271,27 @@ def test_gamma_sweep_compares_only_the_seeds_every_gamma_has():
     p = gamma_sweep(res)[80]
     assert p["seeds"] == [0, 1] and p["means"] == pytest.approx([60.5, 72.0])
     assert p["ci95"][1] == pytest.approx([70.0, 74.0])
+
+
+def _mc_power(n, delta, sd, draws=200_000, seed=0):
+    """The paired t-test's power by simulation (two-sided 5%): independent of the noncentral-t code."""
+    from scipy import stats
+
+    x = np.random.default_rng(seed).normal(delta, sd, (draws, n))
+    t = x.mean(1) / (x.std(1, ddof=1) / np.sqrt(n))
+    return float((np.abs(t) > stats.t.ppf(0.975, n - 1)).mean())
+
+
+def test_detectable_differences_match_a_simulation():
+    from polypal.experiments.report.stats import detectable
+
+    v = [1.0, 2.0, 3.0, 4.0, 5.0]  # mean 3, sd sqrt(2.5)
+    d = detectable(v)
+    sd = np.sqrt(2.5)
+    # a paired t-test with 5 seeds finds a true difference of `mde` 4 times in 5
+    assert _mc_power(5, d["mde"], sd) == pytest.approx(0.8, abs=0.005)
+    # the observed mean (3) needs 5 seeds: 4 are not enough, 5 are
+    assert d["seeds_for_mean"] == 5 and _mc_power(4, 3.0, sd) < 0.79 and _mc_power(5, 3.0, sd) >= 0.79
+    # a mean near 0 against this spread: beyond 1000 seeds; no spread or one seed: nothing to say
+    assert detectable([0.5, -0.5, 0.1])["seeds_for_mean"] is None
+    assert detectable([1.0, 1.0, 1.0]) is None and detectable([2.0]) is None

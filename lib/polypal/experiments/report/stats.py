@@ -89,6 +89,41 @@ def std_ci(values, level: float = 0.95):
             s * float(np.sqrt((k - 1) / stats.chi2.ppf(a, k - 1))))
 
 
+def paired_t_power(n: int, delta: float, sd: float, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test at level ``alpha`` with ``n`` pairs whose differences have mean
+    ``delta`` and standard deviation ``sd`` (noncentral t)."""
+    from scipy import stats
+
+    df, nc = n - 1, delta / (sd / np.sqrt(n))
+    tc = stats.t.ppf(1 - alpha / 2, df)
+    p = float(stats.nct.sf(tc, df, nc) + stats.nct.cdf(-tc, df, nc))
+    return 1.0 if np.isnan(p) else p  # scipy gives NaN far out in the tail (a huge nc), where the power is ~1
+
+
+def detectable(values, power: float = 0.8, max_seeds: int = 1000) -> dict | None:
+    """What these seeds can show: ``mde``, the smallest mean difference a paired t-test (two-sided, 5%) with
+    this many seeds detects with ``power``, given the differences' observed sd; and ``seeds_for_mean``, the
+    seeds needed to detect the observed mean difference with that power (None beyond ``max_seeds``, or when
+    the mean is 0). None for fewer than 2 values or no spread."""
+    from scipy.optimize import brentq
+
+    x = np.asarray(values, dtype=np.float64)
+    k = len(x)
+    if k < 2 or np.ptp(x) == 0:
+        return None
+    sd, m = float(np.std(x, ddof=1)), abs(float(x.mean()))
+    mde = brentq(lambda d: paired_t_power(k, d, sd) - power, 1e-9 * sd, 100 * sd)
+    need = None
+    if m > 0:
+        lo, hi = 2, max_seeds
+        if paired_t_power(hi, m, sd) >= power:
+            while lo < hi:  # power grows with n: the smallest n that reaches it
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if paired_t_power(mid, m, sd) >= power else (mid + 1, hi)
+            need = lo
+    return {"power": power, "mde": float(mde), "seeds_for_mean": need}
+
+
 def normalised_aulc(xs, ys) -> float:
     """Area under the learning curve (trapezoids) divided by the label range: the curve's mean height."""
     xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
@@ -107,7 +142,7 @@ def _diff_stats(d: dict) -> dict:
     ci, t = bootstrap_ci(v), student_t_ci(v)
     return {"mean": float(v.mean()), "std": float(np.std(v, ddof=1)) if len(v) > 1 else None,
             "ci95": list(ci) if ci else None, "t95": list(t[:2]) if t else None, "p_t": t[2] if t else None,
-            "ahead": int((v > 0).sum()), "seeds": len(v),
+            "ahead": int((v > 0).sum()), "seeds": len(v), "detectable": detectable(v),
             "per_seed": {str(s): float(d[s]) for s in sorted(d)}}
 
 

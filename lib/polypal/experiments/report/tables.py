@@ -116,12 +116,33 @@ def summary_table(res: dict, ceiling: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _detectable_md(res: dict) -> str:
+    """What the seeds at hand can detect, per strategy (paper-mIoU AULC difference against Random)."""
+    rows = []
+    for strat, v in paired_stats(res, "paper_miou").items():
+        d = (v["aulc"] or {}).get("detectable")
+        if not d or v["aulc"]["seeds"] < 3:  # the spread of 2 differences says next to nothing
+            continue
+        need = (f"{d['seeds_for_mean']} seeds" if d["seeds_for_mean"] else "more than 1000 seeds")
+        rows.append(f"- {strat}: {v['aulc']['seeds']} seeds detect a difference of {d['mde']:.2f} points or more; "
+                    f"the observed {v['aulc']['mean']:+.2f} would need {need}.")
+    if not rows:
+        return ""
+    return "\n".join(["What these seeds can detect: the smallest paper-mIoU AULC difference that a paired t-test "
+                      "(two-sided, 5%) finds 4 times in 5 with this many seeds, given the spread of the per-seed "
+                      "differences seen here (noncentral t), and the seeds the observed mean difference would need "
+                      "for the same power (strategies with 3 seeds or more; the spread is itself estimated from few "
+                      "seeds). A strategy whose true gain is below that line is not ruled out by a "
+                      "\"no measurable gain\".", ""] + rows) + "\n"
+
+
 def ci_tables(res: dict, ceiling: dict | None) -> str:
     stages = all_stages(res)
     lines = ["## Summary: every strategy against Random", "",
              "Normalised AULC, strategy minus Random at the same seed, in points; labels saved: Random's "
              "labels to 95% of the full-pool Dice minus the strategy's, per seed (details below).", "",
              summary_table(res, ceiling),
+             _detectable_md(res),
              "## Against Random, paired by seed, with 95% bootstrap CIs", "",
              "Strategy minus Random at the same seed (same initial labeled set), in points: mean "
              "[95% CI] (seeds ahead / seeds). The CI is the percentile bootstrap of the mean over seeds, "
