@@ -1033,3 +1033,81 @@ def test_result_files_of_a_request_are_tracked_when_inference_runs_in_a_thread_p
     finally:
         for f in (path, other):
             os.unlink(f)
+
+
+class _StallingDICOMweb:
+    """A DICOMweb stand-in on loopback (not our code): answers '[]' at once, except paths holding 'stall',
+    which it holds until ``release`` is set (at most 120 s). Counts the stalled requests it has open."""
+
+    def __init__(self):
+        import http.server
+
+        self.release, self.open, self.lock = threading.Event(), 0, threading.Lock()
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                if "stall" in self.path:
+                    with outer.lock:
+                        outer.open += 1
+                    outer.release.wait(120)
+                    with outer.lock:
+                        outer.open -= 1
+                body = b"[]"
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/dicom+json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the proxy gave up on it (timeout)
+                    pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/dicom-web"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.release.set()
+        self.httpd.shutdown()
+
+
+def test_a_stalled_dicomweb_server_holds_neither_the_workers_nor_the_proxy_for_ever(tmp_path):
+    """MONAI Label's proxy calls the DICOMweb server without a timeout, in a worker thread. A server that
+    stops answering (or a client asking it for slow things 50 times) used to hold every worker thread: then
+    next-sample, uploads and inference waited too. Now the proxy has its own few threads and a timeout."""
+    pacs = _StallingDICOMweb()
+    srv = Server(pacs.url, tmp_path, env={"POLYPAL_PROXY_TIMEOUT": "20", "POLYPAL_PROXY_THREADS": "4"}).start()
+    try:
+        answers = []
+
+        def stalled(k):
+            answers.append(http("GET", f"{srv.url}/proxy/dicom/wado/stall/{k}", timeout=180)[0])
+
+        threads = [threading.Thread(target=stalled, args=(k,)) for k in range(48)]  # more than anyio's 40 threads
+        for t in threads:
+            t.start()
+        srv.wait_for(lambda: pacs.open >= 4, timeout=30, what="the proxy's threads all waiting on the DICOMweb server")
+        time.sleep(1)
+        assert pacs.open == 4  # the others wait for a proxy thread, holding none
+        # a request that needs a worker thread is answered while the DICOMweb server still holds the proxy
+        t0 = time.monotonic()
+        s, r = http("POST", f"{srv.url}/activelearning/random", b"{}", {"Content-Type": "application/json"}, timeout=60)
+        took = time.monotonic() - t0
+        assert s == 200 and pacs.open == 4 and not pacs.release.is_set(), (s, r, took)
+        pacs.release.set()  # the DICOMweb server answers again: every queued proxy request is answered
+        for t in threads:
+            t.join(120)
+        assert sorted(answers) == [200] * 48, answers
+        # stalled for longer than the timeout: 504 naming the cause, and the thread is free again
+        pacs.release.clear()
+        t0 = time.monotonic()
+        s, r = http("GET", f"{srv.url}/proxy/dicom/wado/stall/once", timeout=120)
+        assert s == 504 and "did not answer within 20 s" in r["detail"] and time.monotonic() - t0 < 60, (s, r)
+    finally:
+        pacs.stop()
+        srv.stop()

@@ -13,7 +13,9 @@ middleware (``Gate``) in front of it, which:
   architecture) before it atomically becomes the served model;
 - answers 404 for what polyp-al does not offer (WSI, batch infer, /reload, ``..`` in a path);
 - keeps MONAI Label's DICOMweb proxy (``/proxy/dicom``, which OHIF reads through) read-only (405),
-  so no browser stores a SEG in the DICOMweb server around the label checks;
+  so no browser stores a SEG in the DICOMweb server around the label checks; its calls to the DICOMweb
+  server time out (504) and take at most ``POLYPAL_PROXY_THREADS`` worker threads, so a slow or stalled
+  DICOMweb server cannot hold the threads that uploads, inference and next-sample need;
 - reads each request body to the end on the event loop (spooled, capped, with
   a pause timeout) and checks it: JSON bodies that become subprocess requests
   and the ``params``/``info`` of small multipart forms must be JSON objects
@@ -133,6 +135,67 @@ _FORMS = {  # multipart uploads: (form field holding JSON, reserved keys)
     "/datastore/updatelabelinfo": ("params", RESERVED_LABEL_KEYS),
 }
 MAX_BODY = 1 << 30  # bytes of one request body (a model upload is the largest legitimate one)
+PROXY_TIMEOUT = float(os.environ.get("POLYPAL_PROXY_TIMEOUT", 60))  # seconds the DICOMweb server may pause
+PROXY_THREADS = max(1, int(os.environ.get("POLYPAL_PROXY_THREADS", 8)))  # proxy requests answered at once
+_proxy_limiter: anyio.CapacityLimiter | None = None
+
+
+def _limiter(path: str):
+    """The proxy's own thread limit (made on first use, on the server's loop); None: anyio's default (40)."""
+    global _proxy_limiter
+    if not path.startswith("/proxy/"):
+        return None
+    if _proxy_limiter is None:
+        _proxy_limiter = anyio.CapacityLimiter(PROXY_THREADS)
+    return _proxy_limiter
+
+
+class _ProxyRequests:
+    """What MONAI Label's proxy module sees as ``requests``: the same calls, with a timeout (it sets none, so
+    a stalled DICOMweb server held a worker thread for ever) and the body read inside it; a timeout is a
+    504 and an unreachable server a 502, not a 500."""
+
+    def __getattr__(self, name):
+        import requests
+
+        return getattr(requests, name)
+
+    @staticmethod
+    def _call(method: str, url: str, **kw):
+        import io
+
+        import requests
+        from fastapi import HTTPException
+        from urllib3.exceptions import HTTPError as Urllib3Error
+        from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+        kw["timeout"] = (min(10.0, PROXY_TIMEOUT), PROXY_TIMEOUT)
+        try:
+            r = requests.request(method, url, **kw)
+            if kw.get("stream"):  # the proxy reads r.raw: read it here, under the timeout, and hand over the bytes
+                r.raw = io.BytesIO(r.raw.read())
+            return r
+        except (requests.Timeout, Urllib3Timeout) as e:
+            logger.warning(f"DICOMweb proxy: no answer within {PROXY_TIMEOUT:g} s ({type(e).__name__})")
+            raise HTTPException(status_code=504, detail=f"the DICOMweb server did not answer within "
+                                                        f"{PROXY_TIMEOUT:g} s") from None
+        except (requests.ConnectionError, Urllib3Error) as e:
+            logger.warning(f"DICOMweb proxy: {type(e).__name__}")
+            raise HTTPException(status_code=502, detail="the DICOMweb server is unreachable or broke off") from None
+
+    def get(self, url, **kw):
+        return self._call("GET", url, **kw)
+
+    def post(self, url, **kw):
+        return self._call("POST", url, **kw)
+
+
+def _guard_proxy() -> None:
+    import monailabel.endpoints.proxy as proxy
+
+    proxy.requests = _ProxyRequests()
+
+
 BODY_TIMEOUT = float(os.environ.get("POLYPAL_BODY_TIMEOUT", 60))  # seconds a client may pause in a body...
 MIN_BODY_RATE = 10_000  # ...and after that long, bytes per second it must have kept up on average
 _FALSE = ("", "0", "false", "f", "no", "n", "off")  # enqueue values that do not queue (pydantic's falsy words)
@@ -404,7 +467,7 @@ class Gate:
                 if path.startswith(_OFFLOAD) and method in ("GET", "HEAD"):  # downloads, the proxy: off the loop
                     loop = asyncio.get_running_loop()
                     return await anyio.to_thread.run_sync(_in_thread, self.app, scope, _threadsafe(receive, loop),
-                                                          send, loop)
+                                                          send, loop, limiter=_limiter(path))
                 return await self.app(scope, receive, send)
             loop = asyncio.get_running_loop()
             return await anyio.to_thread.run_sync(_in_thread, self.app, scope, _replay(spool, receive, loop, size),
@@ -454,6 +517,7 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
     origins = _split(allowed_origins) + _split(settings.MONAI_LABEL_CORS_ORIGINS)
     if fastapi_app.middleware_stack is None:
         fastapi_app.middleware_stack = fastapi_app.build_middleware_stack()
+    _guard_proxy()
     policy = OriginPolicy(origins, _split(allowed_hosts))
     fastapi_app.middleware_stack = Gate(fastapi_app.middleware_stack, policy, model_app,
                                         precheck=getattr(app, "precheck", None))
