@@ -24,8 +24,8 @@ Nothing a client does loses a frame or a label for good: deleting a frame or a
 label, replacing a frame (``replace=True``; otherwise an existing id is refused
 with ``Exists``) and overwriting a label move the old files into
 ``.polypal/trash/<time>-<id>/`` with a ``manifest.json`` saying what they were.
-To restore one, move its files back to where the manifest says and restart the
-server (``reconcile`` picks them up).
+``polypal-trash restore`` (polypal.serving.trash) puts one back while the server
+runs: it links the files back, never over a file, and reconciles.
 
 Size (over ~250 lines): one class whose crash-safety rests on invariants shared by every
 method (reconcile at open, temp file + fsync + rename, trash before delete); kept together so
