@@ -1,5 +1,7 @@
 """The live AL state (polypal.serving.state) without a server."""
 
+import os
+
 import numpy as np
 
 from polypal.serving import ActiveLearningState, NO_MODEL
@@ -216,3 +218,44 @@ def test_a_cycle_planned_by_another_process_is_read_not_the_cached_one(tmp_path)
     second = other.plan("random", ids, {r[1] for r in first["rows"]}, "v1")
     assert second["cycle"] == 2 and second["rows"] != first["rows"]
     assert st.current_plan("random")["rows"] == second["rows"] and st.current_plan("random")["cycle"] == 2
+
+
+def test_a_frame_replaced_while_the_pool_is_read_is_read_again(tmp_path):
+    """refresh reads a chunk of frames, then stores their thumbnails (and scores). A frame replaced in between
+    (an upload with replace, whose features the server drops) must not get the old file's back: it is left
+    for the next refresh, which reads the new file."""
+    from PIL import Image
+
+    from polypal.data import read_rgb, resize_rgb
+    from polypal.serving import refresh
+    from polypal.serving.features import THUMB
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k, i in enumerate(("a", "b", "c")):
+        Image.fromarray(np.full((24, 24, 3), 40 * k, np.uint8)).save(folder / f"{i}.png")
+    new = np.random.default_rng(0).integers(0, 255, (24, 24, 3), dtype=np.uint8)
+
+    class Frames:  # MONAI Label's datastore calls that refresh uses, over a folder
+        replaced = False
+
+        def list_images(self):
+            return ["a", "b", "c"]
+
+        def get_labeled_images(self):
+            return []
+
+        def get_image_uri(self, i):
+            if i == "b" and not self.replaced:  # "a" was read already: another client replaces it now
+                self.replaced = True
+                tmp = folder / "a.tmp.png"
+                Image.fromarray(new).save(tmp)
+                os.replace(tmp, folder / "a.png")
+            return str(folder / f"{i}.png")
+
+    st = ActiveLearningState(tmp_path / "st", batch_size=2)
+    refresh(st, Frames(), None, None)
+    assert st.missing_thumbs(["a", "b", "c"]) == ["a"]
+    refresh(st, Frames(), None, None)
+    assert st.missing_thumbs(["a", "b", "c"]) == []
+    assert np.array_equal(st.thumbs_for(["a"])[0], resize_rgb(read_rgb(str(folder / "a.png")), THUMB).reshape(-1))

@@ -12,6 +12,7 @@ recorded with their error and never served. Memory stays bounded at any pool siz
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 
@@ -25,16 +26,48 @@ logger = logging.getLogger(__name__)
 CHUNK = 256  # frames decoded per step
 
 
+def _signature(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class _Decoded(list):
+    """The ids that decoded (a list), with each file's path and signature when it was read."""
+
+    def unchanged(self) -> list:
+        """Those whose file is still the one that was read: a frame replaced meanwhile had its features
+        dropped (FeatureStore.forget), and storing what was computed from its old file would bring them back."""
+        return [i for i in self if _signature(self.paths[i]) == self.sigs[i]]
+
+
 def _decode(state, frames, ids, size):
-    ok, arrays = [], []
+    ok, arrays = _Decoded(), []
+    ok.paths, ok.sigs = {}, {}
     for i in ids:
         try:
-            arrays.append(resize_rgb(read_rgb(frames.get_image_uri(i)), size))
+            uri = frames.get_image_uri(i)
+            sig = _signature(uri) if isinstance(uri, str) else None
+            arrays.append(resize_rgb(read_rgb(uri), size))
             ok.append(i)
+            ok.paths[i], ok.sigs[i] = uri, sig
         except DataError as e:
             logger.warning(f"skipping frame {i} in the pool: {e}")
             state.mark_bad(i, str(e))
     return ok, (np.stack(arrays) if arrays else np.empty((0, size, size, 3), np.uint8))
+
+
+def _keep_unchanged(ok: _Decoded, *arrays: np.ndarray):
+    """(ids, *rows of each array) for the frames whose file did not change while they were computed."""
+    keep = ok.unchanged()
+    if len(keep) == len(ok):
+        return (list(ok), *arrays)
+    logger.info(f"{len(ok) - len(keep)} frames changed while being read; computed again next time")
+    kept = set(keep)
+    idx = [k for k, i in enumerate(ok) if i in kept]
+    return (keep, *(a[idx] for a in arrays))
 
 
 def refresh_due(served: dict, current_version: str) -> bool:
@@ -59,7 +92,7 @@ def refresh(state, frames, model_path, profile, aggregation: str = "mean", chunk
     todo = state.missing_thumbs(all_ids)
     for s in range(0, len(todo), chunk):
         ok, th = _decode(state, frames, todo[s : s + chunk], THUMB)
-        state.add_thumbs(ok, th)
+        state.add_thumbs(*_keep_unchanged(ok, th))
     version = model_version(model_path)
     scored = 0
     model = None
@@ -76,8 +109,9 @@ def refresh(state, frames, model_path, profile, aggregation: str = "mean", chunk
             ok, ims = _decode(state, frames, todo[s : s + chunk], profile.size)
             if ok:
                 pred = predict(model, ims, scorers=(scorer,), keep_probs=False)
-                state.add_scores(version, ok, pred.scores[scorer.name], pred.latents)
-                scored += len(ok)
+                keep, sc, lat = _keep_unchanged(ok, np.asarray(pred.scores[scorer.name]), pred.latents)
+                state.add_scores(version, keep, sc, lat)
+                scored += len(keep)
     planned = []
     for name in server_strategies():
         if state.plan_is_stale(name, version, all_ids, labeled):
