@@ -227,3 +227,16 @@ def test_a_frame_added_again_while_its_delete_finishes_is_never_the_file_trashed
     assert outcome in (["Exists"], ["added"]), outcome
     ext = fs.image_ext("x")
     assert ext is None or (root / f"x{ext}").exists(), (outcome, ext)
+
+
+def test_a_trash_that_fails_half_way_puts_the_moved_files_back(tmp_path):
+    """Deletes trash files inside their transaction; if trashing fails (here: the second file's name cannot be
+    created in the trash folder), the transaction rolls back, so the first file must be where its row says."""
+    root = make_frames(tmp_path / "s", 2)
+    fs = FrameStore(root)
+    a, b = root / "f000.png", root / "f001.png"
+    before = a.read_bytes()
+    with pytest.raises(OSError):
+        fs.trash({"f000.png": str(a), "no-such-dir/f001.png": str(b)}, "test")
+    assert a.read_bytes() == before and b.exists()
+    assert not any((root / ".polypal" / "trash").iterdir())  # no half-filled trash folder left

@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import tarfile
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -1005,7 +1006,7 @@ def test_head_requests_are_answered(env):
         assert status in (200, 405), (path, status)  # answered (405 where MONAI Label has no HEAD route)
 
 
-def test_result_files_of_a_request_are_tracked_when_inference_runs_in_a_thread_pool(tmp_path):
+def test_result_files_of_a_request_are_tracked_when_inference_runs_in_a_thread_pool(tmp_path, monkeypatch):
     """With MONAI_LABEL_INFER_CONCURRENCY > 0 MONAI Label runs the infer task in a pool thread (a deep copy
     of the request): the result file it writes is still known to the request, so a failure after the
     writer can delete it. The app's infer module and a real smoke model; the pool is the one MONAI Label
@@ -1033,6 +1034,21 @@ def test_result_files_of_a_request_are_tracked_when_inference_runs_in_a_thread_p
     finally:
         for f in (path, other):
             os.unlink(f)
+    # MONAI Label stopped waiting (its infer timeout): the request has ended when the pool thread writes,
+    # so that file is deleted at once instead of being left in TMPDIR
+    gate = threading.Event()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # the writer's mkstemp: only this test's files
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(gate.wait, 60)  # the pool's one thread is busy
+        request = {"image": str(frame), "model": "polyp_seg"}
+        with infer.written_results(request) as files:
+            late = pool.submit(task, copy.deepcopy(request))
+        gate.set()
+        with pytest.raises(TimeoutError, match="request ended"):
+            late.result(timeout=120)
+    assert files == [] and list(scratch.iterdir()) == []
 
 
 class _StallingDICOMweb:

@@ -126,7 +126,7 @@ class PolypALApp(MONAILabelApp):
             from monailabel.datastore.local import LocalDatastore
 
             return LocalDatastore(self.studies, extensions=list(patterns(IMAGE_EXTENSIONS)))
-        return PolypDatastore(self.studies, on_change=self.state.features.forget)
+        return PolypDatastore(self.studies, on_change=self._frame_changed)
 
     def _dicomweb_datastore(self, settings):
         """MONAI Label's DICOMweb datastore (as its base app builds it), with checked frame labels."""
@@ -259,13 +259,20 @@ class PolypALApp(MONAILabelApp):
             self._score_if_useful()
         return res
 
+    def _frame_changed(self, image_id: str):
+        """A frame was added, replaced or deleted: what was known of its old file goes, and the next scoring
+        run is not skipped as "nothing changed" (a replace leaves the frame and label counts as they were)."""
+        self.state.features.forget(image_id)
+        self._frame_changes = getattr(self, "_frame_changes", 0) + 1
+
     def _score_if_useful(self):
         """Start one scoring run, unless one is running or the last one saw the same state (model
-        version, frames, labels): then it would change nothing."""
+        version, frames, labels, frame replacements): then it would change nothing."""
         from monailabel.utils.async_tasks.task import AsyncTask
 
         ds = self.datastore()
-        key = (model_version(self.cfg.model_path), len(ds.list_images()), len(ds.get_labeled_images()))
+        key = (model_version(self.cfg.model_path), len(ds.list_images()), len(ds.get_labeled_images()),
+               getattr(self, "_frame_changes", 0))
         now = time.time()
         if key == self._last_scoring[0] and now - self._last_scoring[1] < 300:
             return

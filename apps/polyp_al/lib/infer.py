@@ -49,10 +49,17 @@ class written_results:
 
 
 def _record_written(data: dict, path: str) -> None:
+    """Record a result file for its request; a request that has ended already (MONAI Label stopped waiting
+    for a thread-pool inference: MONAI_LABEL_INFER_TIMEOUT) gets none: the file is deleted at once."""
+    token = data.get(TOKEN)
     with _written_lock:
-        files = _written.get(data.get(TOKEN)) if isinstance(data.get(TOKEN), str) else None
+        files = _written.get(token) if isinstance(token, str) else None
         if files is not None:
             files.append(path)
+            return
+    if isinstance(token, str):
+        os.unlink(path)
+        raise TimeoutError("the request ended before its inference finished; result discarded")
 
 
 class LoadFramed:

@@ -175,6 +175,9 @@ class _ProxyRequests:
             if kw.get("stream"):  # the proxy reads r.raw: read it here, under the timeout, and hand over the bytes
                 r.raw = io.BytesIO(r.raw.read())
             return r
+        except requests.ConnectTimeout:  # also a Timeout: a host that drops connections is unreachable
+            logger.warning("DICOMweb proxy: no connection to the DICOMweb server")
+            raise HTTPException(status_code=502, detail="the DICOMweb server is unreachable") from None
         except (requests.Timeout, Urllib3Timeout) as e:
             logger.warning(f"DICOMweb proxy: no answer within {PROXY_TIMEOUT:g} s ({type(e).__name__})")
             raise HTTPException(status_code=504, detail=f"the DICOMweb server did not answer within "

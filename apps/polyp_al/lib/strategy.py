@@ -45,7 +45,10 @@ class PlannedStrategy(Strategy):
         except TooLarge:
             return False
         except DataError as e:
-            if not os.path.exists(path):
+            try:
+                if os.stat(path).st_mtime_ns != key[2]:  # replaced while being read: judge the new file next time
+                    return False
+            except OSError:
                 return False
             logger.warning(f"not serving {image_id}: {e.problem}")
             self.state.features.mark_bad(image_id, e.problem)

@@ -47,6 +47,7 @@ def _decode(state, frames, ids, size):
     ok, arrays = _Decoded(), []
     ok.paths, ok.sigs = {}, {}
     for i in ids:
+        uri = sig = None
         try:
             uri = frames.get_image_uri(i)
             sig = _signature(uri) if isinstance(uri, str) else None
@@ -54,6 +55,9 @@ def _decode(state, frames, ids, size):
             ok.append(i)
             ok.paths[i], ok.sigs[i] = uri, sig
         except DataError as e:
+            if sig is not None and _signature(uri) != sig:  # replaced meanwhile: the new file is read next time
+                logger.info(f"frame {i} changed while being read; read again next time")
+                continue
             logger.warning(f"skipping frame {i} in the pool: {e}")
             state.mark_bad(i, str(e))
     return ok, (np.stack(arrays) if arrays else np.empty((0, size, size, 3), np.uint8))

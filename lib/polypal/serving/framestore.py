@@ -128,21 +128,37 @@ class FrameStore:
         os.makedirs(base, exist_ok=True)
         folder = tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=base)
         manifest = {"reason": reason, "time": time.time(), "files": {}}
-        for name, src in files.items():
-            dest = os.path.join(folder, name)
-            if keep_source:
+        moved = []
+        try:
+            for name, src in files.items():
+                dest = os.path.join(folder, name)
+                if keep_source:
+                    try:
+                        os.link(src, dest)
+                    except OSError:
+                        shutil.copy2(src, dest)
+                else:
+                    os.replace(src, dest)
+                    moved.append((dest, src))
+                manifest["files"][name] = os.path.relpath(src, self.root)
+            with open(os.path.join(folder, "manifest.json"), "w") as f:
+                json.dump(manifest, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(folder)
+        except BaseException:
+            # callers trash inside their transaction, which then rolls back: the files go back where the
+            # rows say they are (a disk full while writing the manifest must not leave rows without files)
+            stuck = False
+            for dest, src in reversed(moved):
                 try:
-                    os.link(src, dest)
-                except OSError:
-                    shutil.copy2(src, dest)
-            else:
-                os.replace(src, dest)
-            manifest["files"][name] = os.path.relpath(src, self.root)
-        with open(os.path.join(folder, "manifest.json"), "w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(folder)
+                    os.replace(dest, src)
+                except OSError as e:
+                    stuck = True
+                    logger.error(f"could not move {dest} back to {src}: {e}")
+            if not stuck:  # what is left there are copies/links of files still in place
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         logger.info(f"kept in {os.path.relpath(folder, self.root)}: {manifest['files']} ({reason})")
         return folder
 

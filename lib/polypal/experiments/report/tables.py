@@ -220,7 +220,9 @@ def _stability_md(res: dict) -> str:
         for f in st["random_mean_falls"]:
             x = steps.get(f)
             if x and x["t95"]:
-                noise = "within noise" if x["t95"][0] <= 0 <= x["t95"][1] else "a real fall"
+                lo, hi = x["t95"]
+                noise = "within noise" if lo <= 0 <= hi else ("a real fall" if hi < 0 else
+                                                                 "yet the step paired by seed rises")
                 falls.append(f"{f}: {x['mean']:+.2f}, paired t interval [{x['t95'][0]:+.2f}, {x['t95'][1]:+.2f}] "
                              f"over {x['seeds']} seeds, {noise}")
             else:
