@@ -38,6 +38,22 @@ def test_cli_end_to_end_and_report(tmp_path):
     for name in ("tables.md", "curves.png", "aulc_diff.png", "tsne_stage3.png", "gamma_sweep.png", "overlap.png",
                  "gallery_stage3.png"):
         assert (rep / name).stat().st_size > 1000, name
+    # the t-SNE embeddings are kept (one per strategy's latents file); a second report reuses them and draws
+    # the same panel; a changed latents file gets a new embedding in place of the old one
+    cached = sorted((rep / ".tsne-cache").glob("*.npy"))
+    assert len(cached) == 8, cached
+    first = (rep / "tsne_stage3.png").read_bytes()
+    stamps = {f: f.stat().st_mtime_ns for f in cached}
+    assert main(["report", str(out), "--paper", "cvc"]) == 0
+    assert (rep / "tsne_stage3.png").read_bytes() == first
+    assert {f: f.stat().st_mtime_ns for f in sorted((rep / ".tsne-cache").glob("*.npy"))} == stamps
+    lat = out / "extras" / "latents-random-seed0-stage2.npz"
+    z = dict(np.load(lat))
+    z["latents"] = z["latents"] * 2
+    np.savez(lat, **z)
+    assert main(["report", str(out), "--paper", "cvc"]) == 0
+    now = sorted((rep / ".tsne-cache").glob("latents-random-seed0-stage2-*.npy"))
+    assert len(now) == 1 and now[0] not in stamps
     # the machine-readable summary: every strategy against Random, paired over both seeds, on the run's stages
     summ = json.loads((rep / "summary.json").read_text())
     assert summ["stages"] == [6, 10, 14, 18] and summ["profile"] == "smoke" and summ["smoke"] is True

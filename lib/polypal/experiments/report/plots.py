@@ -109,6 +109,30 @@ def plot_overlap(res, path: Path, title: str = "") -> bool:
     return True
 
 
+def _tsne_cached(src: Path, lat: np.ndarray, cache: Path) -> np.ndarray:
+    """The 2-d t-SNE of ``lat`` (seeded), kept in ``cache`` under a hash of the latents file and the
+    settings: a report made again after more stages landed does not recompute it (minutes per strategy)."""
+    import hashlib
+
+    import sklearn
+    from sklearn.manifold import TSNE
+
+    perplexity = min(30, len(lat) - 1)
+    h = hashlib.sha256(src.read_bytes())
+    h.update(f"tsne pca seed0 perplexity{perplexity} sklearn{sklearn.__version__}".encode())
+    f = cache / f"{src.stem}-{h.hexdigest()[:16]}.npy"
+    if f.exists():
+        return np.load(f)
+    emb = TSNE(n_components=2, init="pca", random_state=0, perplexity=perplexity).fit_transform(lat)
+    cache.mkdir(parents=True, exist_ok=True)
+    for old in cache.glob(f"{src.stem}-*.npy"):  # an earlier version of the same file
+        old.unlink()
+    tmp = f.with_suffix(".tmp.npy")
+    np.save(tmp, emb)
+    tmp.replace(f)
+    return emb
+
+
 def plot_tsne(folder: Path, path: Path, title: str = "") -> bool:
     files = sorted((folder / "extras").glob("latents-*-seed*-stage2.npz"))
     by_strat = {}
@@ -117,8 +141,6 @@ def plot_tsne(folder: Path, path: Path, title: str = "") -> bool:
         by_strat.setdefault(strat, f)  # the lowest seed
     if not by_strat:
         return False
-    from sklearn.manifold import TSNE
-
     plt = _plt()
     strats = _order(by_strat, load_results(folder))
     ncol = min(3, len(strats))
@@ -129,7 +151,7 @@ def plot_tsne(folder: Path, path: Path, title: str = "") -> bool:
     for ax, s in zip(axes.flat, strats):
         z = np.load(by_strat[s])
         lat = z["latents"].astype(np.float32)
-        emb = TSNE(n_components=2, init="pca", random_state=0, perplexity=min(30, len(lat) - 1)).fit_transform(lat)
+        emb = _tsne_cached(by_strat[s], lat, path.parent / ".tsne-cache")
         lab, sel = z["labeled"], z["selected"]
         unl = np.setdiff1d(np.arange(len(lat)), np.concatenate([lab, sel]))
         ax.scatter(*emb[unl].T, s=4, c="lightgrey", label="unlabeled")
