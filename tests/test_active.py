@@ -259,3 +259,21 @@ def test_a_frame_replaced_while_the_pool_is_read_is_read_again(tmp_path):
     refresh(st, Frames(), None, None)
     assert st.missing_thumbs(["a", "b", "c"]) == []
     assert np.array_equal(st.thumbs_for(["a"])[0], resize_rgb(read_rgb(str(folder / "a.png")), THUMB).reshape(-1))
+
+
+def test_a_few_frames_added_since_scoring_wait_for_a_later_batch_not_the_whole_batch(tmp_path):
+    """30 frames scored by v1, then 2 uploaded (no score, no thumbnail yet): the model's strategies plan over
+    the 30 and say so; PCA-Coreset over the thumbnailed ones. With many new frames (more than a tenth of the
+    unlabeled ones) the strategy waits on its fallback as before."""
+    st, ids = setup_state(tmp_path)
+    labeled = set(ids[:4])
+    p = st.plan("bvsb_ta_coreset", ids + ["new1", "new2"], labeled, "v1")
+    planned = [r[1] for r in p["rows"]]  # rows: (position, id, score, picked_by)
+    assert p["version"] == "v1" and "2 new or changed frames not scored by this model yet" in p["note"]
+    assert len(planned) == 5 and set(planned) <= set(ids) - labeled and all(r[2] is not None for r in p["rows"])
+    q = st.plan("pca_coreset", ids + ["new1", "new2"], labeled, "v1")
+    assert "2 new or changed frames not thumbnailed yet" in q["note"]
+    assert len(q["rows"]) == 5 and {r[1] for r in q["rows"]} <= set(ids) - labeled
+    many = ids + [f"new{k}" for k in range(4)]  # 4 of 30 unlabeled: over a tenth
+    r = st.plan("bvsb_ta_coreset", many, labeled, "v1")
+    assert r["version"].startswith("fallback") and "not scored yet" in r["note"]

@@ -5,7 +5,9 @@ version and a read-only view of the feature store): it runs outside any lock, an
 caller swaps the result in atomically (``plans.PlanBook``). Before a strategy's inputs
 exist (no model, model not scored yet, no thumbnails) the registry's fallback chain is
 followed, and the plan records a ``fallback:<name>`` version so that it is replaced once
-the better inputs exist.
+the better inputs exist. Frames added or replaced since the last scoring run do not send a
+whole batch there: while they are at most ``MAX_UNSCORED`` of the unlabeled frames, the plan
+leaves them out (its note says how many) and a later batch considers them.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def plan_batch(strategy: str, all_ids: list[str], labeled: set[str], version: st
     info = PoolInfo(n=len(universe))
     while True:  # the registry's fallback chain: while this strategy's inputs are missing, use its fallback
         missing, universe, labeled_idx, info = _inputs(spec, info, universe, labeled, labeled_idx, version,
-                                                       features, seed)
+                                                       features, seed, notes)
         if missing is None:
             break
         if spec.fallback is None:
@@ -83,7 +85,28 @@ def plan_batch(strategy: str, all_ids: list[str], labeled: set[str], version: st
     return Plan(rows, plan_version, "; ".join(notes) or None)
 
 
-def _inputs(spec, info, universe, labeled, labeled_idx, version, features, seed):
+MAX_UNSCORED = 0.10  # a plan leaves out frames not yet scored (or thumbnailed) when they are at most this share
+#                      of the unlabeled ones; above it, the strategy waits for them on its fallback
+
+
+def _restrict(universe, labeled, have: set, what: str):
+    """(universe, note) keeping the frames in ``have``, when few unlabeled ones are missing; None otherwise.
+    Frames added since the last scoring run (or replaced) join a later batch instead of sending the whole
+    batch to the fallback."""
+    unl = [i for i in universe if i not in labeled]
+    missing = sum(1 for i in unl if i not in have)
+    if not unl or missing == len(unl) or missing > MAX_UNSCORED * len(unl):
+        return None
+    keep = [i for i in universe if i in have]
+    note = f"{missing} new or changed frames not {what} yet: left for a later batch" if missing else None
+    return keep, note
+
+
+def _reindex(universe, labeled):
+    return np.array([k for k, i in enumerate(universe) if i in labeled], dtype=np.int64), PoolInfo(n=len(universe))
+
+
+def _inputs(spec, info, universe, labeled, labeled_idx, version, features, seed, notes):
     """Fill what ``spec`` needs into ``info``: (what is missing or None, universe, labeled_idx, info)."""
     if {"scores", "latents"} & set(spec.needs):
         if version == NO_MODEL:
@@ -91,16 +114,27 @@ def _inputs(spec, info, universe, labeled, labeled_idx, version, features, seed)
         # labeled frames are k-center's initial centers: use their latents when this model has them
         full = features.scores_for(version, universe)
         if full is None:
-            # labeled before this model (no latents): diversity among the unlabeled, no labeled centers
-            unl = [i for i in universe if i not in labeled]
-            full = features.scores_for(version, unl)
-            if full is None:
+            # frames this model has not scored: labeled ones (scored before it) are left out of the centers,
+            # and a few unlabeled ones (new or replaced since its scoring run) wait for a later batch
+            r = _restrict(universe, labeled, features.scored_ids(version), "scored by this model")
+            if r is None:
                 return f"model {version} not scored yet", universe, labeled_idx, info
-            universe, labeled_idx, info = unl, np.empty(0, dtype=np.int64), PoolInfo(n=len(unl))
+            universe, note = r
+            if note:
+                notes.append(note)
+            labeled_idx, info = _reindex(universe, labeled)
+            full = features.scores_for(version, universe)
         info.scores, info.latents = full
     if "image_features" in spec.needs:
         th = features.thumbs_for(universe)
         if th is None:
-            return "thumbnails not computed yet", universe, labeled_idx, info
+            r = _restrict(universe, labeled, features.thumbed_ids(), "thumbnailed")
+            if r is None:
+                return "thumbnails not computed yet", universe, labeled_idx, info
+            universe, note = r
+            if note:
+                notes.append(note)
+            labeled_idx, info = _reindex(universe, labeled)
+            th = features.thumbs_for(universe)
         info.image_features = pca_features(th.reshape(len(universe), THUMB, THUMB, 3), seed=seed)
     return None, universe, labeled_idx, info
