@@ -118,6 +118,9 @@ def training_noise(a, prof, rec, pool, val, test, lab) -> int:
           f"{100 * rec['test']['paper_miou']:.2f} Dice {100 * rec['test']['polyp_dice']:.2f}")
     for k in ("paper_miou", "polyp_dice"):
         v = np.array([100 * r[k] for r in rows.values()])
+        if len(v) < 2:  # one training (e.g. the recorded seed with --set: a paired comparison, no spread)
+            print(f"  {k}: {v[0]:.2f}, recorded {100 * rec['test'][k]:.2f}, difference {v[0] - 100 * rec['test'][k]:+.2f}")
+            continue
         print(f"  {k}: mean {v.mean():.2f}, std over {len(v)} trainings{'' if a.set else ' (recorded included)'} "
               f"{np.std(v, ddof=1):.2f}, "
               f"range {v.min():.2f}-{v.max():.2f}")
