@@ -240,3 +240,20 @@ def test_a_trash_that_fails_half_way_puts_the_moved_files_back(tmp_path):
         fs.trash({"f000.png": str(a), "no-such-dir/f001.png": str(b)}, "test")
     assert a.read_bytes() == before and b.exists()
     assert not any((root / ".polypal" / "trash").iterdir())  # no half-filled trash folder left
+
+
+def test_a_crafted_local_datastore_json_imports_no_path_outside(tmp_path):
+    """datastore_v2.json is imported once; entries whose id, extension or tag are not plain names (a path
+    out of the studies folder) are skipped, the rest imported."""
+    import json
+
+    root = make_frames(tmp_path / "s", 2)
+    (tmp_path / "secret").write_text("x")
+    (root / "datastore_v2.json").write_text(json.dumps({"objects": {
+        "../secret": {"image": {"ext": ""}, "labels": {}},
+        "f000": {"image": {"ext": ".png", "info": {"a": 1}}, "labels": {"../../x": {"ext": ".png"}}},
+        "f001": {"image": {"ext": "/../../secret"}}}}))
+    fs = FrameStore(root)
+    assert fs.image_ids() == ["f000", "f001"] and fs.image_ext("f001") == ".png"
+    assert fs.image_info("f000")["a"] == 1 and fs.labels_of("f000") == {}
+    assert all(os.path.dirname(fs.image_path(i)) == str(root) for i in fs.image_ids())

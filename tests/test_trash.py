@@ -77,3 +77,52 @@ def test_purge_says_first_and_deletes_only_old_folders_with_yes(tmp_path, capsys
     assert main(["purge", str(root), "--older-than", "30", "--yes"]) == 0
     assert [e["name"] for e in list_trash(root)] == [young["name"]]
     assert main(["list", str(tmp_path)]) == 2  # not a studies folder a server has used
+
+
+def test_labels_of_a_replaced_frame_never_land_on_the_new_one(tmp_path):
+    root, fs, m = make_store(tmp_path)
+    fs.save_label("f000", str(m), "final")
+    fs.save_label("f001", str(m), "final")
+    fs.remove_label("f001", "final")  # kept with the signature of f001's file at that time
+    Image.fromarray(np.full((20, 30, 3), 77, np.uint8)).save(tmp_path / "new.jpg")
+    fs.add_image("f000", str(tmp_path / "new.jpg"), replace=True)  # old f000.png and its label to the trash
+    fs.add_image("f001", str(tmp_path / "new.jpg"), replace=True)  # f001 replaced after its label was kept
+    names = {e["reason"]: e["name"] for e in list_trash(root)}
+    r = restore(root, names["image f000 replaced by an upload"])
+    assert r["restored"] == [] and "is in the datastore again" in r["refused"]["f000.png"]
+    assert "was not restored" in r["refused"][os.path.join("labels", "final", "f000.png")]
+    r = restore(root, names["label final of f001 removed"])
+    assert "was replaced after this label was kept" in next(iter(r["refused"].values()))
+    assert not fs.label_path("f000", "final") and not fs.label_path("f001", "final")
+
+
+def test_a_crafted_trash_folder_brings_nothing_in(tmp_path, capsys):
+    root, fs, m = make_store(tmp_path)
+    fs.remove_image("f002")
+    [entry] = list_trash(root)
+    folder = root / ".polypal" / "trash" / entry["name"]
+    outside = tmp_path / "secret.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(outside)
+    (folder / "zz.png").symlink_to(outside)  # a link to a file outside the studies folder
+    (folder / "d.json").write_text("{}")
+    man = json.loads((folder / "manifest.json").read_text())
+    man["files"].update({"zz.png": "zz.png", "d.json": "datastore_v2.json", "f002.png": "../f002.png"})
+    (folder / "manifest.json").write_text(json.dumps(man))
+    r = restore(root, entry["name"])
+    assert r["restored"] == [] and set(r["refused"]) == {"zz.png", "datastore_v2.json", "../f002.png"}
+    assert "not a plain file" in r["refused"]["zz.png"]
+    assert not (root / "zz.png").exists() and not (root / "datastore_v2.json").exists() and fs.image_ext("zz") is None
+    # a trash folder that is a link to another folder is not one; manifests that are not objects are skipped
+    (root / ".polypal" / "trash" / "linked").symlink_to(tmp_path)
+    assert main(["restore", str(root), "linked"]) == 2 and "no trash folder" in capsys.readouterr().err
+    (folder / "manifest.json").write_text("[1, 2]")
+    assert [e["reason"] for e in list_trash(root)] == ["(no readable manifest)"] and purge(root, 0, dry_run=True)
+
+
+def test_a_frame_file_on_disk_without_its_row_blocks_a_restore_of_its_id(tmp_path):
+    root, fs, m = make_store(tmp_path)
+    fs.remove_image("f001")
+    [entry] = list_trash(root)
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(root / "f001.jpg")  # dropped in; no row yet
+    r = restore(root, entry["name"])
+    assert "is in the datastore again" in r["refused"]["f001.png"] and not (root / "f001.png").exists()

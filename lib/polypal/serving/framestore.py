@@ -71,6 +71,11 @@ def _label_file_exists(root: str, key: tuple[str, str], ext: str) -> bool:
     return os.path.exists(os.path.join(root, "labels", key[1], key[0] + ext))
 
 
+def _plain_ext(ext) -> bool:
+    """An extension as the store records them: '' or '.' followed by a plain name ('.png', '.nii.gz')."""
+    return isinstance(ext, str) and (ext == "" or (ext.startswith(".") and plain_name(ext[1:])))
+
+
 def _fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -116,11 +121,25 @@ class FrameStore:
     def _tx(self):
         return self._db.tx()
 
-    def trash(self, files: dict[str, str], reason: str, keep_source: bool = False) -> str | None:
+    def frame_signature(self, image_id: str) -> list | None:
+        """[inode, mtime_ns, size] of a frame's file now (a replaced frame has another), None without one."""
+        path = self.image_path(image_id)
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        if st is None:
+            return None
+        return [st.st_ino, st.st_mtime_ns, st.st_size]
+
+    def trash(self, files: dict[str, str], reason: str, keep_source: bool = False,
+              frame: str | None = None) -> str | None:
         """Move (or, with keep_source, hard-link/copy) files into a new trash folder.
 
-        ``files`` maps a name in the trash folder to an existing path. Returns the folder, or None
-        when none of the files exists."""
+        ``files`` maps a name in the trash folder to an existing path. ``frame``: the id of the frame the
+        (label) files belong to; its file's signature is recorded, so that a restore can tell a label of
+        this frame from one of a frame that replaced it later. Returns the folder, or None when none of
+        the files exists."""
         files = {k: v for k, v in files.items() if v and os.path.exists(v)}
         if not files:
             return None
@@ -128,6 +147,8 @@ class FrameStore:
         os.makedirs(base, exist_ok=True)
         folder = tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=base)
         manifest = {"reason": reason, "time": time.time(), "files": {}}
+        if frame is not None:
+            manifest["frame"] = {"id": frame, "signature": self.frame_signature(frame)}
         moved = []
         try:
             for name, src in files.items():
@@ -202,18 +223,26 @@ class FrameStore:
         migrated = self._migrate_v2_json()
         with self._tx() as c:
             known = dict(c.execute("SELECT id, ext FROM images"))
-            new = [(i, e) for i, e in files.items() if i not in known]
-            # re-check under the write lock: another process may have added files since the scan
-            gone = [i for i in known if i not in files and not os.path.exists(os.path.join(self.root, i + known[i]))]
+
+            def there(i, e):
+                return os.path.exists(os.path.join(self.root, i + e))
+
+            # re-checked under the write lock: another process (the server, while polypal-trash restores) may
+            # have added, replaced or deleted files since the scan
+            new = [(i, e) for i, e in files.items() if i not in known and there(i, e)]
+            gone = [i for i in known if i not in files and not there(i, known[i])]
             c.executemany("INSERT INTO images (id, ext) VALUES (?, ?)", new)
             c.executemany("UPDATE images SET ext=? WHERE id=?", [(e, i) for i, e in files.items()
-                                                                 if i in known and known[i] != e])
+                                                                 if i in known and known[i] != e and there(i, e)
+                                                                 and not there(i, known[i])])
             c.executemany("DELETE FROM images WHERE id=?", [(i,) for i in gone])
             c.executemany("DELETE FROM labels WHERE image_id=?", [(i,) for i in gone])
             lk = {(r[0], r[1]): r[2] for r in c.execute("SELECT image_id, tag, ext FROM labels")}
             c.executemany("INSERT OR REPLACE INTO labels (image_id, tag, ext, info) VALUES (?, ?, ?, "
                           "COALESCE((SELECT info FROM labels WHERE image_id=? AND tag=?), '{}'))",
-                          [(i, t, e, i, t) for (i, t), e in label_files.items() if lk.get((i, t)) != e])
+                          [(i, t, e, i, t) for (i, t), e in label_files.items() if lk.get((i, t)) != e
+                           and _label_file_exists(self.root, (i, t), e)
+                           and c.execute("SELECT 1 FROM images WHERE id=?", (i,)).fetchone()])
             c.executemany("DELETE FROM labels WHERE image_id=? AND tag=?",
                           [k for k, e in lk.items() if k not in label_files and not _label_file_exists(
                               self.root, k, e)])
@@ -239,10 +268,15 @@ class FrameStore:
                 if old.get(k):
                     c.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (k, old[k]))
             for i, obj in (old.get("objects") or {}).items():
-                img = obj.get("image", {})
+                img = obj.get("image", {}) if isinstance(obj, dict) else {}
+                if not (plain_name(i) and isinstance(img, dict) and _plain_ext(img.get("ext", ""))):
+                    logger.warning(f"{path}: entry {str(i)[:80]!r} is not a plain image id and extension; skipped")
+                    continue
                 c.execute("INSERT INTO images (id, ext, info) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                           "info=excluded.info", (i, img.get("ext", ""), json.dumps(img.get("info", {}))))
                 for tag, lab in (obj.get("labels") or {}).items():
+                    if not (plain_name(tag) and isinstance(lab, dict) and _plain_ext(lab.get("ext", ""))):
+                        continue
                     c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)",
                               (i, tag, lab.get("ext", ""), json.dumps(lab.get("info", {}))))
                 n += 1
@@ -345,7 +379,7 @@ class FrameStore:
                 old_path = os.path.join(d, image_id + old[0]) if old else None
                 if old_path and os.path.exists(old_path):
                     self.trash({f"labels-{tag}-{os.path.basename(old_path)}": old_path},
-                               f"label {tag} of {image_id} replaced", keep_source=True)
+                               f"label {tag} of {image_id} replaced", keep_source=True, frame=image_id)
                 os.replace(tmp, dest)
                 _fsync_dir(d)
                 c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)",
@@ -369,7 +403,8 @@ class FrameStore:
             if r is None:
                 raise NotFound(f"label {image_id!r} with tag {tag!r} not found")
             p = os.path.join(d, image_id + r[0])
-            self.trash({f"labels-{tag}-{os.path.basename(p)}": p}, f"label {tag} of {image_id} removed")
+            self.trash({f"labels-{tag}-{os.path.basename(p)}": p}, f"label {tag} of {image_id} removed",
+                       frame=image_id)
             c.execute("DELETE FROM labels WHERE image_id=? AND tag=?", (image_id, tag))
 
     def update_image_info(self, image_id: str, info: dict) -> None:

@@ -124,6 +124,8 @@ def _inputs(spec, info, universe, labeled, labeled_idx, version, features, seed,
                 notes.append(note)
             labeled_idx, info = _reindex(universe, labeled)
             full = features.scores_for(version, universe)
+            if full is None:  # a frame's scores were dropped (replaced) since the line above read them
+                return f"model {version} not scored yet", universe, labeled_idx, info
         info.scores, info.latents = full
     if "image_features" in spec.needs:
         th = features.thumbs_for(universe)
@@ -136,5 +138,7 @@ def _inputs(spec, info, universe, labeled, labeled_idx, version, features, seed,
                 notes.append(note)
             labeled_idx, info = _reindex(universe, labeled)
             th = features.thumbs_for(universe)
+            if th is None:
+                return "thumbnails not computed yet", universe, labeled_idx, info
         info.image_features = pca_features(th.reshape(len(universe), THUMB, THUMB, 3), seed=seed)
     return None, universe, labeled_idx, info

@@ -15,60 +15,111 @@ A restored label comes back without its info (annotator, time): that lived in th
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 from pathlib import Path
 
 from polypal.serving.framestore import FrameStore
-from polypal.vocab import plain_name, split_name
+from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, plain_name, split_name
 
 
 def trash_dir(studies: str | os.PathLike) -> Path:
     return Path(os.path.realpath(str(studies))) / ".polypal" / "trash"
 
 
+def _folders(studies):
+    """The trash's folders (real ones: a symlink in the trash is never followed)."""
+    base = trash_dir(studies)
+    return [d for d in sorted(base.iterdir()) if not d.is_symlink() and d.is_dir()] if base.is_dir() else []
+
+
 def _manifest(folder: Path) -> dict:
+    """The folder's manifest with checked types; an unreadable one lists no files (nothing to restore)."""
+    fallback = {"reason": "(no readable manifest)", "time": folder.lstat().st_mtime, "files": {}}
     try:
         m = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
-        return {"reason": "(no readable manifest)", "time": folder.stat().st_mtime, "files": {}}
-    m.setdefault("files", {})
-    m.setdefault("time", folder.stat().st_mtime)
-    return m
+        return fallback
+    if not isinstance(m, dict):
+        return fallback
+    files = m.get("files")
+    files = {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(files, dict) else {}
+    try:
+        when = float(m.get("time", fallback["time"]))
+    except (TypeError, ValueError):
+        when = fallback["time"]
+    frame = m.get("frame") if isinstance(m.get("frame"), dict) else None
+    return {"reason": str(m.get("reason", "")), "time": when, "files": files, "frame": frame}
 
 
 def list_trash(studies) -> list[dict]:
     """One entry per trash folder, newest first: name, time, reason, files (trash name -> original path),
     bytes."""
-    base = trash_dir(studies)
     out = []
-    for d in sorted(base.iterdir()) if base.is_dir() else []:
-        if not d.is_dir():
-            continue
+    for d in _folders(studies):
         m = _manifest(d)
-        size = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
-        out.append({"name": d.name, "time": float(m["time"]), "reason": m.get("reason", ""), "files": m["files"],
-                    "bytes": size})
+        size = sum(p.lstat().st_size for p in d.iterdir() if p.is_file() and not p.is_symlink())
+        out.append({"name": d.name, "time": m["time"], "reason": m["reason"], "files": m["files"], "bytes": size})
     return sorted(out, key=lambda e: e["time"], reverse=True)
 
 
 def _folder(studies, name: str) -> Path:
     base = trash_dir(studies)
-    if not plain_name(name) or not (base / name).is_dir():
+    d = base / name if plain_name(name) else None
+    if d is None or d.is_symlink() or not d.is_dir():
         raise ValueError(f"no trash folder {name!r} in {base}")
-    return base / name
+    return d
 
 
-def _kind(rel: str):
-    """('frame', id) for a file at the top of the studies folder, ('label', id, tag) under labels/<tag>/."""
+def _kind(store: FrameStore, rel: str):
+    """('frame', id, ext) for a frame file at the top of the studies folder, ('label', id, ext, tag) for a
+    label file under labels/<tag>/; None for anything else (no other file is ever put back)."""
     parts = Path(rel).parts
-    if len(parts) == 1:
-        return ("frame", split_name(parts[0])[0])
-    if len(parts) == 3 and parts[0] == "labels":
-        return ("label", split_name(parts[2])[0], parts[1])
+    try:
+        if len(parts) == 1 and store._matches(parts[0]):
+            i, ext = split_name(parts[0])
+            return ("frame", check_name("image id", i), ext)
+        if len(parts) == 3 and parts[0] == "labels":
+            i, ext = split_name(parts[2])
+            if ext.lower() in LABEL_EXTENSIONS:
+                return ("label", check_name("image id", i), ext, check_name("label tag", parts[1]))
+    except InvalidName:
+        return None
+    return None
+
+
+def _on_disk(root: Path, store: FrameStore, image_id: str) -> list[str]:
+    """Frame files of this id in the studies folder, whether or not the store has their row yet."""
+    return [p.name for p in root.glob(f"{glob.escape(image_id)}.*")
+            if split_name(p.name)[0] == image_id and store._matches(p.name)]
+
+
+def _why_not(store: FrameStore, root: Path, kind, src: Path, m: dict, frames_back: set, trashed_frames: set):
+    """Why this file cannot be put back now (None: it can)."""
+    st = os.lstat(src) if os.path.lexists(src) else None
+    if st is None:
+        return "missing from the trash folder"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a plain file in the trash folder"
+    if kind[0] == "frame":
+        if store.image_ext(kind[1]) is not None or _on_disk(root, store, kind[1]):
+            return f"frame id {kind[1]!r} is in the datastore again"
+        return None
+    _, image_id, _, tag = kind
+    if image_id in trashed_frames and image_id not in frames_back:
+        return f"its frame {image_id!r} was not restored (a label of the old frame never goes on a new one)"
+    if store.image_ext(image_id) is None and image_id not in frames_back:
+        return f"its frame {image_id!r} is not in the datastore"
+    fr = m.get("frame") or {}
+    if fr.get("id") == image_id and fr.get("signature") and store.frame_signature(image_id) != fr["signature"]:
+        return f"frame {image_id!r} was replaced after this label was kept"
+    if store.label_path(image_id, tag):
+        return f"frame {image_id!r} has a {tag!r} label again"
     return None
 
 
@@ -79,50 +130,43 @@ def restore(studies, name: str) -> dict:
     folder = _folder(studies, name)
     m = _manifest(folder)
     store = FrameStore(root, read_only=True)
-    items = []
-    for trash_name, rel in m["files"].items():
-        kind = _kind(rel)
-        src = folder / trash_name
-        if kind is None or not plain_name(trash_name) or any(not plain_name(p) for p in Path(rel).parts):
-            items.append((trash_name, rel, None, "not a frame or label path"))
-        elif not src.is_file():
-            items.append((trash_name, rel, None, "missing from the trash folder"))
-        else:
-            items.append((trash_name, rel, kind, None))
-    frames_back = {k[1] for _, _, k, why in items if k and k[0] == "frame" and why is None}
+    items = [(t, rel, _kind(store, rel)) for t, rel in m["files"].items()]
+    trashed_frames = {k[1] for _, _, k in items if k and k[0] == "frame"}
+    frames_back: set[str] = set()
     restored, refused = [], {}
     # frames first: a label is only restored beside its frame
-    for trash_name, rel, kind, why in sorted(items, key=lambda x: (x[2] or ("z",))[0] != "frame"):
-        dest = root / rel
-        if why is None and kind[0] == "frame" and store.image_ext(kind[1]) is not None:
-            why = f"frame id {kind[1]!r} is in the datastore again"
-        if why is None and kind[0] == "label" and store.image_ext(kind[1]) is None and kind[1] not in frames_back:
-            why = f"its frame {kind[1]!r} is not in the datastore"
-        if why is None and kind[0] == "label" and store.label_path(kind[1], kind[2]):
-            why = f"frame {kind[1]!r} has a {kind[2]!r} label again"
+    for trash_name, rel, kind in sorted(items, key=lambda x: not (x[2] and x[2][0] == "frame")):
+        src = folder / trash_name
+        why = "not a frame or label of this datastore" if kind is None or not plain_name(trash_name) else \
+            _why_not(store, root, kind, src, m, frames_back, trashed_frames)
         if why is None:
+            dest = root / rel
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                os.link(folder / trash_name, dest)  # never over an existing file, whoever wrote it meanwhile
+                os.link(src, dest, follow_symlinks=False)  # never over an existing file, whoever wrote it
             except FileExistsError:
                 why = "a file is in its place"
             except OSError as e:
                 why = f"could not be linked back: {e.strerror}"
         if why is not None:
             refused[rel] = why
-            if kind and kind[0] == "frame":
-                frames_back.discard(kind[1])
             continue
-        os.unlink(folder / trash_name)
+        os.unlink(src)
         restored.append(rel)
+        if kind[0] == "frame":
+            frames_back.add(kind[1])
     if restored:
         FrameStore(root)  # opening reconciles: the files' rows come back (the server sees them at once)
     left = {t: r for t, r in m["files"].items() if r in refused}
     if left:
         m["files"] = left
         (folder / "manifest.json").write_text(json.dumps(m, indent=1))
-    else:
-        shutil.rmtree(folder)
+    elif restored:
+        (folder / "manifest.json").unlink()
+        try:
+            folder.rmdir()
+        except OSError:  # files the manifest did not list: left as they are
+            pass
     return {"restored": restored, "refused": refused}
 
 
@@ -132,7 +176,7 @@ def purge(studies, older_than_days: float, dry_run: bool = True) -> list[dict]:
     old = [e for e in list_trash(studies) if e["time"] < cutoff]
     if not dry_run:
         for e in old:
-            shutil.rmtree(trash_dir(studies) / e["name"])
+            shutil.rmtree(trash_dir(studies) / e["name"])  # real folders only (_folders): no link followed
     return old
 
 
