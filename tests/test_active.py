@@ -277,3 +277,27 @@ def test_a_few_frames_added_since_scoring_wait_for_a_later_batch_not_the_whole_b
     many = ids + [f"new{k}" for k in range(4)]  # 4 of 30 unlabeled: over a tenth
     r = st.plan("bvsb_ta_coreset", many, labeled, "v1")
     assert r["version"].startswith("fallback") and "not scored yet" in r["note"]
+
+
+def test_what_was_read_before_a_frame_changed_is_not_stored(tmp_path):
+    """A reader notes when it started reading (read_since); a frame replaced (forget) after that gets neither
+    its thumbnail, nor its scores, nor a bad mark from that read, checked in the storing transaction. A read
+    that started after the change stores as usual."""
+    import time
+
+    st, ids = setup_state(tmp_path, n=4, with_scores=False)
+    st.features.forget("f01")
+    st.features.forget("f02")
+    before = time.time()
+    time.sleep(0.01)
+    st.features.forget("f01")  # replaced while being read
+    th = np.zeros((2, 32 * 32 * 3), np.uint8)
+    st.add_thumbs(["f01", "f02"], th, read_since=before)
+    assert st.missing_thumbs(ids) == ["f01"]
+    st.add_scores("v1", ["f01", "f02"], np.ones(2), np.ones((2, 8), np.float32), read_since=before)
+    assert st.unscored("v1", ids) == ["f00", "f01", "f03"]
+    st.mark_bad("f01", "corrupt", read_since=before)
+    assert st.bad_ids() == set()
+    st.add_thumbs(["f01"], th[:1], read_since=time.time())
+    st.mark_bad("f03", "corrupt", read_since=before)  # f03 did not change: marked
+    assert st.missing_thumbs(ids) == [] and st.bad_ids() == {"f03"}

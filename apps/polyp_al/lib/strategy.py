@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from monailabel.interfaces.tasks.strategy import Strategy
 
@@ -40,6 +41,7 @@ class PlannedStrategy(Strategy):
             return False
         if key in self._readable or self.state.features.has_thumb(image_id):
             return True
+        since = time.time()
         try:
             read_rgb(path)
         except TooLarge:
@@ -51,7 +53,7 @@ class PlannedStrategy(Strategy):
             except OSError:
                 return False
             logger.warning(f"not serving {image_id}: {e.problem}")
-            self.state.features.mark_bad(image_id, e.problem)
+            self.state.features.mark_bad(image_id, e.problem, read_since=since)
             return False
         self._readable.add(key)
         return True

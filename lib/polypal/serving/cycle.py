@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class _Decoded(list):
 
 def _decode(state, frames, ids, size):
     ok, arrays = _Decoded(), []
-    ok.paths, ok.sigs = {}, {}
+    ok.paths, ok.sigs, ok.since = {}, {}, time.time()
     for i in ids:
         uri = sig = None
         try:
@@ -59,7 +60,7 @@ def _decode(state, frames, ids, size):
                 logger.info(f"frame {i} changed while being read; read again next time")
                 continue
             logger.warning(f"skipping frame {i} in the pool: {e}")
-            state.mark_bad(i, str(e))
+            state.mark_bad(i, str(e), read_since=ok.since)
     return ok, (np.stack(arrays) if arrays else np.empty((0, size, size, 3), np.uint8))
 
 
@@ -96,7 +97,7 @@ def refresh(state, frames, model_path, profile, aggregation: str = "mean", chunk
     todo = state.missing_thumbs(all_ids)
     for s in range(0, len(todo), chunk):
         ok, th = _decode(state, frames, todo[s : s + chunk], THUMB)
-        state.add_thumbs(*_keep_unchanged(ok, th))
+        state.add_thumbs(*_keep_unchanged(ok, th), read_since=ok.since)
     version = model_version(model_path)
     scored = 0
     model = None
@@ -114,7 +115,7 @@ def refresh(state, frames, model_path, profile, aggregation: str = "mean", chunk
             if ok:
                 pred = predict(model, ims, scorers=(scorer,), keep_probs=False)
                 keep, sc, lat = _keep_unchanged(ok, np.asarray(pred.scores[scorer.name]), pred.latents)
-                state.add_scores(version, keep, sc, lat)
+                state.add_scores(version, keep, sc, lat, read_since=ok.since)
                 scored += len(keep)
     planned = []
     for name in server_strategies():

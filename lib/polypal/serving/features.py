@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -30,6 +31,7 @@ CREATE TABLE IF NOT EXISTS scores (version TEXT, image_id TEXT, score REAL, row 
 CREATE TABLE IF NOT EXISTS thumbs (image_id TEXT PRIMARY KEY, row INTEGER);
 CREATE TABLE IF NOT EXISTS bad (image_id TEXT PRIMARY KEY, error TEXT);
 CREATE TABLE IF NOT EXISTS versions (version TEXT PRIMARY KEY, dim INTEGER, n INTEGER);
+CREATE TABLE IF NOT EXISTS changed (image_id TEXT PRIMARY KEY, ts REAL);
 """
 
 
@@ -127,13 +129,29 @@ class FeatureStore:
         have = self.thumbed_ids() | self.bad_ids()
         return [i for i in image_ids if i not in have]
 
-    def add_thumbs(self, image_ids: list[str], thumbs: np.ndarray) -> None:
+    @staticmethod
+    def _changed_since(c, image_ids, read_since: float | None) -> set:
+        """Of these frames, those whose file changed (``forget``) at or after ``read_since``: what a reader
+        computed from them describes the old file, and is not stored (checked in the storing transaction)."""
+        if read_since is None or not image_ids:
+            return set()
+        ids = list(image_ids)
+        out = set()
+        for s in range(0, len(ids), 500):
+            part = ids[s:s + 500]
+            out |= {r[0] for r in c.execute(
+                f"SELECT image_id FROM changed WHERE ts >= ? AND image_id IN ({','.join('?' * len(part))})",
+                (read_since, *part))}
+        return out
+
+    def add_thumbs(self, image_ids: list[str], thumbs: np.ndarray, read_since: float | None = None) -> None:
         if not image_ids:
             return
         start = self.thumbs.append(thumbs)
         with self._db.tx() as c:
+            skip = self._changed_since(c, image_ids, read_since)
             c.executemany("INSERT OR REPLACE INTO thumbs VALUES (?, ?)",
-                          [(i, start + k) for k, i in enumerate(image_ids)])
+                          [(i, start + k) for k, i in enumerate(image_ids) if i not in skip])
 
     def thumbs_for(self, image_ids: list[str]) -> np.ndarray | None:
         rows = dict(self._conn().execute("SELECT image_id, row FROM thumbs WHERE row < ?", (self.thumbs.rows(),)))
@@ -149,14 +167,17 @@ class FeatureStore:
             versions = [r[0] for r in c.execute("SELECT version FROM scores WHERE image_id=?", (image_id,))]
             for table in ("thumbs", "scores", "bad"):
                 c.execute(f"DELETE FROM {table} WHERE image_id=?", (image_id,))
+            # when: a reader that started before this (add_*/mark_bad with read_since) read the old file
+            c.execute("INSERT OR REPLACE INTO changed VALUES (?, ?)", (image_id, time.time()))
             for v in versions:
                 c.execute("UPDATE versions SET n=(SELECT COUNT(*) FROM scores WHERE version=?) WHERE version=?",
                           (v, v))
 
     # -- undecodable frames ----------------------------------------------------------------
-    def mark_bad(self, image_id: str, error: str) -> None:
+    def mark_bad(self, image_id: str, error: str, read_since: float | None = None) -> None:
         with self._db.tx() as c:
-            c.execute("INSERT OR REPLACE INTO bad VALUES (?, ?)", (image_id, error))
+            if image_id not in self._changed_since(c, [image_id], read_since):
+                c.execute("INSERT OR REPLACE INTO bad VALUES (?, ?)", (image_id, error))
 
     def bad_ids(self) -> set[str]:
         return {r[0] for r in self._conn().execute("SELECT image_id FROM bad")}
@@ -177,15 +198,18 @@ class FeatureStore:
         have = self.scored_ids(version) | self.bad_ids()
         return [i for i in image_ids if i not in have]
 
-    def add_scores(self, version: str, image_ids: list[str], scores: np.ndarray, latents: np.ndarray) -> None:
+    def add_scores(self, version: str, image_ids: list[str], scores: np.ndarray, latents: np.ndarray,
+                   read_since: float | None = None) -> None:
         if not image_ids:
             return
         start = self._latents(version, latents.shape[1]).append(latents)
         with self._db.tx() as c:
+            skip = self._changed_since(c, image_ids, read_since)
             c.execute("INSERT OR IGNORE INTO versions (version, dim) VALUES (?, ?)", (version, int(latents.shape[1])))
             c.execute("UPDATE versions SET dim=? WHERE version=?", (int(latents.shape[1]), version))
             c.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)",
-                          [(version, i, float(s), start + k) for k, (i, s) in enumerate(zip(image_ids, scores))])
+                          [(version, i, float(s), start + k) for k, (i, s) in enumerate(zip(image_ids, scores))
+                           if i not in skip])
             # kept here so that /info (read on every next-sample request) never counts 100,000s of rows
             c.execute("UPDATE versions SET n=(SELECT COUNT(*) FROM scores WHERE version=?) WHERE version=?",
                       (version, version))
