@@ -333,3 +333,16 @@ def test_bvsb_serves_the_top_scored_unlabeled_frame(server, trained):
         assert by_id[r["id"]] == best, (r["id"], by_id[r["id"]], best)
         assert r["id"] == min(i for i in free if by_id[i] == best)  # ties: the first id
         assert r["model_version"] == model_version(trained)
+
+
+def test_the_server_trains_at_least_1200_steps_unless_told_otherwise(tmp_path):
+    """cpu-lite's budget (40 epochs, 600-1500 steps) gets the server's floor of 1200 steps
+    (results/calibration/README.md); --conf min_steps sets another."""
+    studies = make_studies(tmp_path / "studies", 4)
+    for conf, steps in (({}, "1200-1500"), ({"min_steps": "600"}, "600-1500")):
+        srv = Server(studies, tmp_path, conf={"profile": "cpu-lite", **conf}).start()
+        try:
+            info = http("GET", srv.url + "/info/")[1]
+            assert info["trainers"]["polyp_seg"]["config"]["steps"] == steps, info["trainers"]
+        finally:
+            srv.stop()

@@ -109,7 +109,8 @@ class PolypSegTrain(TrainTask):
     def config(self):
         p = self.cfg.profile
         return {"profile": p.name, "size": p.size, "lr": p.lr, "batch_size": p.batch_size,
-                "steps": f"{p.min_steps}-{p.max_steps}" if p.max_steps else f"{p.epochs} epochs", "seed": self.cfg.seed}
+                "steps": f"{p.min_steps}-{p.max_steps}" if p.max_steps else f"{p.epochs} epochs, at least {p.min_steps}",
+                "seed": self.cfg.seed}
 
     def stats(self):
         try:
