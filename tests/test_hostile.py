@@ -937,6 +937,18 @@ def test_values_that_would_break_later_answers_are_refused(env):
     body, ct = multipart({"params": "{}"}, {})  # neither an image id nor a file: MONAI Label answers 500
     s, r = http("POST", f"{url}/infer/polyp_seg?output=json", body, {"Content-Type": ct})
     assert s == 400 and "image" in r["detail"], (s, r)
+    # a lone surrogate ("\ud800" is valid JSON, not valid Unicode): stored, it made every listing, /train
+    # and lease query that met it a 500
+    lone = json.dumps({"client_id": "\ud800", "x": ["ok", {"\udfff": 1}]}).encode()
+    for path in ("/activelearning/random", "/train/polyp_seg", "/scoring/polyp_al"):
+        s, r = http("POST", f"{url}{path}", lone, {"Content-Type": "application/json"})
+        assert s == 400 and "surrogate" in r["detail"], (path, s, r)
+    s, r = put_image(url, "sur1", png_bytes(np.zeros((H, W, 3), np.uint8)), params={"comment": "\ud800"})
+    assert s == 400, (s, r)
+    form = urllib.parse.urlencode({"info": json.dumps({"note": "\udfff"})}).encode()
+    s, r = http("PUT", f"{url}/datastore/image/info?image=fr009", form, {"Content-Type": "application/x-www-form-urlencoded"})
+    assert s == 400, (s, r)
+    assert http("GET", f"{url}/datastore/?output=all")[0] == 200 and http("GET", f"{url}/info/")[0] == 200
 
 
 def test_a_body_dripping_in_is_cut_off(tmp_path):
@@ -992,6 +1004,12 @@ def test_a_frame_that_cannot_be_decoded_is_never_served(tmp_path):
         assert s == 200 and r.get("id") == "broken", (s, r)
     finally:
         srv.stop()
+
+
+def test_the_dicomweb_proxy_without_a_dicomweb_server_is_404(env):
+    for path in ("/proxy/dicom/studies", "/proxy/dicom/wado?requestType=WADO", "/proxy/dicom/qido/studies"):
+        s, r = http("GET", env["url"] + path)
+        assert s == 404 and "no DICOMweb server" in r["detail"], (path, s, r)
 
 
 def test_head_requests_are_answered(env):

@@ -169,6 +169,8 @@ class _ProxyRequests:
         from urllib3.exceptions import HTTPError as Urllib3Error
         from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
+        if not str(url).lower().startswith(("http://", "https://")):  # frames in a folder: nothing to proxy to
+            raise HTTPException(status_code=404, detail="no DICOMweb server is configured (--studies is a folder)")
         kw["timeout"] = (min(10.0, PROXY_TIMEOUT), PROXY_TIMEOUT)
         try:
             r = requests.request(method, url, **kw)
@@ -182,7 +184,7 @@ class _ProxyRequests:
             logger.warning(f"DICOMweb proxy: no answer within {PROXY_TIMEOUT:g} s ({type(e).__name__})")
             raise HTTPException(status_code=504, detail=f"the DICOMweb server did not answer within "
                                                         f"{PROXY_TIMEOUT:g} s") from None
-        except (requests.ConnectionError, Urllib3Error) as e:
+        except (requests.RequestException, Urllib3Error) as e:
             logger.warning(f"DICOMweb proxy: {type(e).__name__}")
             raise HTTPException(status_code=502, detail="the DICOMweb server is unreachable or broke off") from None
 
@@ -298,7 +300,28 @@ def _json_object(raw, what: str) -> dict:
         raise _Refused(400, f"{what} must be a JSON object (no NaN or Infinity)") from None
     if not isinstance(v, dict):
         raise _Refused(400, f"{what} must be a JSON object, got {type(v).__name__}")
+    if not _encodable(v):
+        raise _Refused(400, f"{what} holds text that is not valid Unicode (a lone surrogate such as \\ud800)")
     return v
+
+
+def _encodable(v) -> bool:
+    """Every key and string in a parsed JSON value encodes as UTF-8. JSON allows "\\ud800" (a lone
+    surrogate); stored, it makes every later answer that contains it (listings, /train, leases) a 500."""
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return True
 
 
 def _check_keys(d: dict, keys: frozenset, what: str) -> None:
