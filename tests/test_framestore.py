@@ -257,3 +257,21 @@ def test_a_crafted_local_datastore_json_imports_no_path_outside(tmp_path):
     assert fs.image_ids() == ["f000", "f001"] and fs.image_ext("f001") == ".png"
     assert fs.image_info("f000")["a"] == 1 and fs.labels_of("f000") == {}
     assert all(os.path.dirname(fs.image_path(i)) == str(root) for i in fs.image_ids())
+
+
+def test_a_label_checked_against_a_frame_replaced_since_is_refused(tmp_path):
+    """The server checks a label against its frame, then stores it. A frame replaced in between (same id,
+    here even the same size) must not receive a label drawn for the old one."""
+    from polypal.serving.framestore import FrameChanged
+
+    root = make_frames(tmp_path / "s", 2)
+    fs = FrameStore(root)
+    sig = fs.frame_signature("f000")
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(tmp_path / "new.png")
+    fs.add_image("f000", str(tmp_path / "new.png"), replace=True)
+    with pytest.raises(FrameChanged, match="replaced while its label was being saved"):
+        fs.save_label("f000", str(mask_file(tmp_path)), "final", frame_signature=sig)
+    assert fs.label_path("f000", "final") == "" and not list((root / "labels" / "final").iterdir())
+    # checked against the frame as it is now: stored
+    fs.save_label("f000", str(mask_file(tmp_path)), "final", frame_signature=fs.frame_signature("f000"))
+    assert fs.label_path("f000", "final")

@@ -32,7 +32,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
 from polypal.data import VOLUME_EXTENSIONS, DataError, TooLarge, read_mask, read_rgb, write_label
-from polypal.serving.framestore import Exists, FrameStore, NotFound
+from polypal.serving.framestore import Exists, FrameChanged, FrameStore, NotFound
 from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, split_name
 
 logger = logging.getLogger(__name__)
@@ -243,6 +243,7 @@ class PolypDatastore(Datastore):
                 raise HTTPException(status_code=415, detail=f"label for {image_id}: file type "
                                                             f"{ext or '(no extension)'!r} not accepted; send a "
                                                             f"png/jpg/tif mask or a .nii.gz/.nii/.nrrd label map")
+            frame = self.store.frame_signature(image_id)  # the file the mask is checked against
             mask = checked_mask(image_id, self.get_image_uri(image_id), label_filename)
             # stored re-encoded, never as uploaded: mask images as 0/1 PNG, label volumes as a clean volume
             # of the same format (no trailing bytes, detached data or odd headers survive)
@@ -252,9 +253,11 @@ class PolypDatastore(Datastore):
             os.close(fd)
             write_label(mask, stored)
             try:
-                label_id = self.store.save_label(image_id, stored, label_tag, label_info)
+                label_id = self.store.save_label(image_id, stored, label_tag, label_info, frame_signature=frame)
             except NotFound as e:
                 raise HTTPException(status_code=404, detail=str(e)) from None
+            except FrameChanged as e:
+                raise HTTPException(status_code=409, detail=str(e)) from None
             except InvalidName as e:
                 raise HTTPException(status_code=400, detail=str(e)) from None
             except ValueError as e:

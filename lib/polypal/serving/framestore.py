@@ -66,6 +66,10 @@ class Exists(ValueError):
     """An image id that is already in the store (and replacing it was not asked for)."""
 
 
+class FrameChanged(Exception):
+    """The frame a label was checked against was replaced before the label could be stored."""
+
+
 def _label_file_exists(root: str, key: tuple[str, str], ext: str) -> bool:
     """True when the label file of a row exists now (saved after the reconcile scan)."""
     return os.path.exists(os.path.join(root, "labels", key[1], key[0] + ext))
@@ -349,9 +353,12 @@ class FrameStore:
                 "label_tags": dict(c.execute("SELECT tag, COUNT(*) FROM labels GROUP BY tag"))}
 
     # -- writes ------------------------------------------------------------------------------
-    def save_label(self, image_id: str, src_file: str, tag: str, info: dict | None = None) -> str:
+    def save_label(self, image_id: str, src_file: str, tag: str, info: dict | None = None,
+                   frame_signature: list | None = None) -> str:
         """Store a label file crash-safely; returns the label id (= the image id).
 
+        ``frame_signature`` (``frame_signature()`` taken when the label was checked against its frame): the
+        label is refused (``FrameChanged``) if the frame's file is another one by the time it is stored.
         The label it replaces, if any, is kept in the trash (hard link taken before the rename)."""
         check_name("image id", image_id)
         d = self.label_dir(tag)
@@ -373,8 +380,18 @@ class FrameStore:
             with self._tx() as c:
                 # the frame again, inside the transaction: a delete of it may have committed since the check
                 # above, and a label must never outlive its frame (remove_image reads labels in its own tx)
-                if c.execute("SELECT 1 FROM images WHERE id=?", (image_id,)).fetchone() is None:
+                row = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
+                if row is None:
                     raise NotFound(f"image {image_id!r} not found (deleted while its label was being saved)")
+                if frame_signature is not None:
+                    try:
+                        st = os.stat(os.path.join(self.root, image_id + row[0]))
+                        now = [st.st_ino, st.st_mtime_ns, st.st_size]
+                    except OSError:
+                        now = None
+                    if now != list(frame_signature):
+                        raise FrameChanged(f"frame {image_id!r} was replaced while its label was being saved; "
+                                           f"look at the new frame and label it again")
                 old = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
                 old_path = os.path.join(d, image_id + old[0]) if old else None
                 if old_path and os.path.exists(old_path):
