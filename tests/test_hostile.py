@@ -1145,3 +1145,36 @@ def test_a_stalled_dicomweb_server_holds_neither_the_workers_nor_the_proxy_for_e
     finally:
         pacs.stop()
         srv.stop()
+
+
+def test_a_download_survives_its_file_being_moved_and_a_gone_file_is_404(tmp_path):
+    """Frame and label downloads open the file when the answer is made (the app's FileResponse for MONAI
+    Label's datastore endpoints): a delete or replace that moves it to the trash just after still sends the
+    whole file (before: a 500, or headers then a cut body); a file already gone is a 404."""
+    import asyncio
+    import importlib.util
+
+    from fastapi import HTTPException
+
+    spec = importlib.util.spec_from_file_location(
+        "polyp_al_security_under_test", Path(__file__).resolve().parents[1] / "apps" / "polyp_al" / "lib" / "security.py")
+    sec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sec)
+    Held = sec._held_file_response()
+    f = tmp_path / "fr.png"
+    data = os.urandom(200_000)
+    f.write_bytes(data)
+    resp = Held(str(f), media_type="image/png", filename="fr.png")
+    os.replace(f, tmp_path / "trashed.png")  # the delete lands between the answer and its body
+    sent = []
+
+    async def send(m):
+        sent.append(m)
+
+    asyncio.run(resp(dict(type="http", method="GET"), None, send))
+    headers = dict(sent[0]["headers"])
+    assert sent[0]["status"] == 200 and int(headers[b"content-length"]) == len(data)
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == data and sent[-1]["more_body"] is False
+    with pytest.raises(HTTPException) as e:
+        Held(str(f), media_type="image/png", filename="fr.png")
+    assert e.value.status_code == 404

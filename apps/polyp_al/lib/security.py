@@ -201,6 +201,50 @@ def _guard_proxy() -> None:
     proxy.requests = _ProxyRequests()
 
 
+def _held_file_response():
+    """MONAI Label's frame and label downloads, with the file opened when the answer is made: a file deleted
+    or replaced (moved to the trash) a moment later is still sent whole from the open handle, and one already
+    gone is a 404, not a 500 or a body cut short after its headers."""
+    from fastapi import HTTPException
+    from starlette.responses import FileResponse
+
+    class HeldFileResponse(FileResponse):
+        def __init__(self, path, *args, **kwargs):
+            try:
+                self._fh = open(path, "rb")
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                raise HTTPException(status_code=404, detail="not found (deleted or replaced just now)") from None
+            kwargs["stat_result"] = os.fstat(self._fh.fileno())
+            super().__init__(path, *args, **kwargs)
+            del self.headers["accept-ranges"]  # the whole file is sent; a Range header is not honoured
+
+        async def __call__(self, scope, receive, send):
+            block = 1 << 16
+            try:
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                if scope.get("method", "GET").upper() != "HEAD":
+                    while True:
+                        chunk = await anyio.to_thread.run_sync(self._fh.read, block)
+                        more = len(chunk) == block
+                        await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                        if not more:
+                            break
+                else:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                self._fh.close()
+            if self.background is not None:
+                await self.background()
+
+    return HeldFileResponse
+
+
+def _guard_downloads() -> None:
+    import monailabel.endpoints.datastore as ds
+
+    ds.FileResponse = _held_file_response()
+
+
 BODY_TIMEOUT = float(os.environ.get("POLYPAL_BODY_TIMEOUT", 60))  # seconds a client may pause in a body...
 MIN_BODY_RATE = 10_000  # ...and after that long, bytes per second it must have kept up on average
 _FALSE = ("", "0", "false", "f", "no", "n", "off")  # enqueue values that do not queue (pydantic's falsy words)
@@ -544,6 +588,7 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
     if fastapi_app.middleware_stack is None:
         fastapi_app.middleware_stack = fastapi_app.build_middleware_stack()
     _guard_proxy()
+    _guard_downloads()
     policy = OriginPolicy(origins, _split(allowed_hosts))
     fastapi_app.middleware_stack = Gate(fastapi_app.middleware_stack, policy, model_app,
                                         precheck=getattr(app, "precheck", None))

@@ -457,32 +457,40 @@ class FrameStore:
                          f"kept in the datastore's trash) send params {{\"replace\": true}}")
         tmp = _copy_fsynced(src_file, self.root)
         try:
-            if self.image_ext(image_id) is not None:
-                self._remove_image_files(image_id, f"image {image_id} replaced by an upload")
-            os.replace(tmp, os.path.join(self.root, image_id + ext))
+            # the check, the old frame's trashing, the swap and the new row in one transaction (the store's
+            # write lock): a plain upload racing a replace of the same id is refused, never trashes its file
+            with self._tx() as c:
+                if c.execute("SELECT 1 FROM images WHERE id=?", (image_id,)).fetchone() is not None:
+                    if not replace:
+                        raise Exists(f"image {image_id!r} already exists; to replace it (the old frame and its "
+                                     f"labels are kept in the datastore's trash) send params {{\"replace\": true}}")
+                    self._trash_image(c, image_id, f"image {image_id} replaced by an upload")
+                os.replace(tmp, os.path.join(self.root, image_id + ext))
+                _fsync_dir(self.root)
+                c.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (image_id, ext, json.dumps(info or {})))
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        _fsync_dir(self.root)
-        with self._tx() as c:
-            c.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (image_id, ext, json.dumps(info or {})))
         return image_id
 
+    def _trash_image(self, c, image_id: str, reason: str) -> None:
+        """In the caller's transaction ``c``: the frame's file and labels are read, moved to the trash and
+        forgotten. A label saved just before is trashed with its frame, one saved after finds no frame
+        (save_label checks in its tx), and a frame of the same id added after is never the file trashed."""
+        r = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
+        p = os.path.join(self.root, image_id + r[0]) if r else ""
+        labels = {t: os.path.join(self.root, "labels", t, image_id + e) for t, e in c.execute(
+            "SELECT tag, ext FROM labels WHERE image_id=?", (image_id,))}
+        files = {os.path.basename(p): p} if p else {}
+        files.update({f"labels-{t}-{os.path.basename(f)}": f for t, f in labels.items()})
+        self.trash(files, reason)
+        c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
+        c.execute("DELETE FROM images WHERE id=?", (image_id,))
+
     def _remove_image_files(self, image_id: str, reason: str) -> None:
-        # the frame's file and labels are read, and moved to the trash, in the deleting transaction: a label
-        # saved just before it is trashed with its frame, one saved after it finds no frame (save_label checks
-        # in its tx), and a frame of the same id added after it is never the file that gets trashed
         with self._tx() as c:
-            r = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
-            p = os.path.join(self.root, image_id + r[0]) if r else ""
-            labels = {t: os.path.join(self.root, "labels", t, image_id + e) for t, e in c.execute(
-                "SELECT tag, ext FROM labels WHERE image_id=?", (image_id,))}
-            files = {os.path.basename(p): p} if p else {}
-            files.update({f"labels-{t}-{os.path.basename(f)}": f for t, f in labels.items()})
-            self.trash(files, reason)
-            c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
-            c.execute("DELETE FROM images WHERE id=?", (image_id,))
+            self._trash_image(c, image_id, reason)
 
     def remove_image(self, image_id: str) -> None:
         """Forget a frame and its labels; the files go to the trash."""
