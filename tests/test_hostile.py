@@ -1178,3 +1178,25 @@ def test_a_download_survives_its_file_being_moved_and_a_gone_file_is_404(tmp_pat
     with pytest.raises(HTTPException) as e:
         Held(str(f), media_type="image/png", filename="fr.png")
     assert e.value.status_code == 404
+
+
+def test_training_reports_a_skipped_label_without_server_paths(tmp_path):
+    """A label that does not fit its frame (put on disk by hand, or left by a race) is skipped by training;
+    /info names the frame and the problem, not where the server keeps its files."""
+    studies = tmp_path / "studies"
+    masks = make_frames(studies, 4)
+    (studies / "labels" / "final").mkdir(parents=True)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(studies / "labels" / "final" / "fr003.png")  # wrong size
+    srv = Server(studies, tmp_path).start()
+    try:
+        for i in ("fr000", "fr001"):
+            assert put_label(srv.url, i, png_bytes(masks[i].astype(np.uint8)))[0] == 200
+        s, r = http("POST", f"{srv.url}/train/polyp_seg?run_sync=true", b"{}", {"Content-Type": "application/json"},
+                    timeout=300)
+        assert s == 200, (s, r)
+        info = http("GET", f"{srv.url}/info/")[1]
+        skipped = info["train_stats"]["polyp_seg"]["skipped"]
+        assert list(skipped) == ["fr003"] and skipped["fr003"].startswith("label: "), skipped
+        assert str(tmp_path) not in json.dumps(info), json.dumps(info)[:500]
+    finally:
+        srv.stop()

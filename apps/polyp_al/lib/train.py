@@ -154,7 +154,8 @@ class PolypSegTrain(TrainTask):
                 im, m, _ = load_frame(image_path, label_path, size)
             except DataError as e:
                 logger.warning(f"training skips {i}: {e}")
-                skipped[i] = str(e)
+                # shown in /info: which file and the problem, not the server's path
+                skipped[i] = f"{'label' if e.path == str(label_path) else 'frame'}: {e.problem}"
                 continue
             images.append(im)
             masks.append(m)
