@@ -12,7 +12,6 @@ recorded with their error and never served. Memory stays bounded at any pool siz
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import numpy as np
@@ -21,18 +20,11 @@ from polypal.data import DataError, read_rgb, resize_rgb
 from polypal.learner import CheckpointError, load_checkpoint, predict
 from polypal.sampler import BvSB, resolve, server_strategies
 from polypal.serving.features import NO_MODEL, THUMB, model_version
+from polypal.serving.framestore import file_signature
 from polypal.serving.planner import is_fallback
 
 logger = logging.getLogger(__name__)
 CHUNK = 256  # frames decoded per step
-
-
-def _signature(path: str):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class _Decoded(list):
@@ -41,7 +33,7 @@ class _Decoded(list):
     def unchanged(self) -> list:
         """Those whose file is still the one that was read: a frame replaced meanwhile had its features
         dropped (FeatureStore.forget), and storing what was computed from its old file would bring them back."""
-        return [i for i in self if _signature(self.paths[i]) == self.sigs[i]]
+        return [i for i in self if file_signature(self.paths[i]) == self.sigs[i]]
 
 
 def _decode(state, frames, ids, size):
@@ -51,12 +43,12 @@ def _decode(state, frames, ids, size):
         uri = sig = None
         try:
             uri = frames.get_image_uri(i)
-            sig = _signature(uri) if isinstance(uri, str) else None
+            sig = file_signature(uri) if isinstance(uri, str) else None
             arrays.append(resize_rgb(read_rgb(uri), size))
             ok.append(i)
             ok.paths[i], ok.sigs[i] = uri, sig
         except DataError as e:
-            if sig is not None and _signature(uri) != sig:  # replaced meanwhile: the new file is read next time
+            if sig is not None and file_signature(uri) != sig:  # replaced meanwhile: the new file is read next time
                 logger.info(f"frame {i} changed while being read; read again next time")
                 continue
             logger.warning(f"skipping frame {i} in the pool: {e}")

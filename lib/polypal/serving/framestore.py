@@ -75,6 +75,16 @@ def _label_file_exists(root: str, key: tuple[str, str], ext: str) -> bool:
     return os.path.exists(os.path.join(root, "labels", key[1], key[0] + ext))
 
 
+def file_signature(path) -> list | None:
+    """[inode, mtime_ns, size] of a file now, None when it is not there: a file replaced by a rename (an
+    upload, a replace) has another, so a reader can tell whether what it read is still the file."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return [st.st_ino, st.st_mtime_ns, st.st_size]
+
+
 def _plain_ext(ext) -> bool:
     """An extension as the store records them: '' or '.' followed by a plain name ('.png', '.nii.gz')."""
     return isinstance(ext, str) and (ext == "" or (ext.startswith(".") and plain_name(ext[1:])))
@@ -128,13 +138,7 @@ class FrameStore:
     def frame_signature(self, image_id: str) -> list | None:
         """[inode, mtime_ns, size] of a frame's file now (a replaced frame has another), None without one."""
         path = self.image_path(image_id)
-        try:
-            st = os.stat(path) if path else None
-        except OSError:
-            st = None
-        if st is None:
-            return None
-        return [st.st_ino, st.st_mtime_ns, st.st_size]
+        return file_signature(path) if path else None
 
     def trash(self, files: dict[str, str], reason: str, keep_source: bool = False,
               frame: str | None = None) -> str | None:
@@ -384,12 +388,7 @@ class FrameStore:
                 if row is None:
                     raise NotFound(f"image {image_id!r} not found (deleted while its label was being saved)")
                 if frame_signature is not None:
-                    try:
-                        st = os.stat(os.path.join(self.root, image_id + row[0]))
-                        now = [st.st_ino, st.st_mtime_ns, st.st_size]
-                    except OSError:
-                        now = None
-                    if now != list(frame_signature):
+                    if file_signature(os.path.join(self.root, image_id + row[0])) != list(frame_signature):
                         raise FrameChanged(f"frame {image_id!r} was replaced while its label was being saved; "
                                            f"look at the new frame and label it again")
                 old = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
