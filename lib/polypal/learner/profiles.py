@@ -17,10 +17,9 @@
 - ``smoke``: 32x32, a tiny U-Net and a handful of steps, for tests.
 
 ``collapse_retries`` (off in every profile; the server turns it on) redoes a training whose model
-predicts no polyp on its own frames (results/calibration/collapse-replay.md). The server also raises
-``min_steps`` to 1200 (``--conf min_steps``): 600 steps under-train small labeled sets
-(results/calibration/README.md, "a 1200-step floor"); ``cpu-lite`` itself keeps 600 while the v2 runs
-in results/ are made with it.
+predicts no polyp on its own frames (results/calibration/collapse-replay.md). A higher floor
+(``--conf min_steps 1200`` in the server) helps small CVC-ClinicDB labeled sets and costs Kvasir-SEG
+mIoU at 100 labels (results/calibration/README.md, "a 1200-step floor"): not a default.
 """
 
 from __future__ import annotations
