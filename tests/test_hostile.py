@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import tarfile
 import tempfile
 import threading
@@ -1198,5 +1199,79 @@ def test_training_reports_a_skipped_label_without_server_paths(tmp_path):
         skipped = info["train_stats"]["polyp_seg"]["skipped"]
         assert list(skipped) == ["fr003"] and skipped["fr003"].startswith("label: "), skipped
         assert str(tmp_path) not in json.dumps(info), json.dumps(info)[:500]
+    finally:
+        srv.stop()
+
+
+def _png(arr) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _raw_put(port: int, target: str, headers: str, body_chunks=()) -> bytes:
+    """The status line of a PUT sent by hand (a declared size, or a chunked body), read as soon as the
+    server answers (it may answer before the body is sent)."""
+    import select
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(f"PUT {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}\r\n".encode())
+        for chunk in body_chunks:
+            if select.select([sock], [], [], 0)[0]:  # answered already
+                break
+            try:
+                sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            except OSError:  # the server answered and closed: read its answer
+                break
+        return sock.recv(65536)
+
+
+def test_uploads_cannot_fill_the_disk(tmp_path):
+    """A write that would leave less than --conf min_free_mb free gets 507 and stores nothing: by its
+    declared size, while a chunked body arrives, and every write once the disk is under the floor; reads,
+    small labels and the rest of the server go on."""
+    studies = tmp_path / "studies"
+    masks = make_frames(studies, 3)
+    free_mb = min(shutil.disk_usage(p).free for p in (tmp_path, tempfile.gettempdir())) // (1 << 20)
+    if free_mb < 1024:
+        pytest.skip(f"needs 1 GB free on the test disks, has {free_mb} MB")
+    srv = Server(studies, tmp_path, conf={"min_free_mb": str(free_mb - 96)}).start()  # 96 MB of room
+    try:
+        port = int(srv.url.rsplit(":", 1)[1])
+        s, r = put_label(srv.url, "fr000", _png(masks["fr000"]))  # small: stored
+        assert s == 200, r
+        before = sorted(p.name for p in studies.iterdir())
+        head = _raw_put(port, "/datastore/?image=big", "Content-Type: multipart/form-data; boundary=x\r\n"
+                                                        f"Content-Length: {200 << 20}\r\n")
+        assert head.startswith(b"HTTP/1.1 507"), head[:300]
+        assert b"min_free_mb" in head and b"polypal-trash purge" in head and str(tmp_path).encode() not in head
+        chunks = (b"\0" * (1 << 20) for _ in range(200))  # 200 MB with no declared size: cut off on the way
+        head = _raw_put(port, "/datastore/?image=big2", "Content-Type: multipart/form-data; boundary=x\r\n"
+                                                         "Transfer-Encoding: chunked\r\n", chunks)
+        assert head.startswith(b"HTTP/1.1 507"), head[:300]
+        assert sorted(p.name for p in studies.iterdir()) == before
+        s, _ = http("GET", f"{srv.url}/datastore/label?label=fr000&tag=final")
+        assert s == 200
+    finally:
+        srv.stop()
+    full = tmp_path / "full"
+    full.mkdir()
+    srv = Server(studies, full, conf={"min_free_mb": str(free_mb * 1000)}).start()  # the disk is "full"
+    try:
+        s, r = put_label(srv.url, "fr001", _png(masks["fr001"]))
+        assert s == 507 and "min_free_mb" in r["detail"], r
+        s, r = put_image(srv.url, "fr009", _png(np.zeros((H, W, 3), np.uint8)))
+        assert s == 507, r
+        s, r = http("POST", f"{srv.url}/train/polyp_seg", b"{}", {"Content-Type": "application/json"})
+        assert s == 507, r
+        assert sorted(p.name for p in studies.iterdir()) == before
+        s, _ = http("GET", f"{srv.url}/datastore/label?label=fr001&tag=final")
+        assert s == 404  # nothing stored
+        for path in ("/info/", "/datastore/?output=all", "/datastore/label?label=fr000&tag=final"):
+            s, _ = http("GET", srv.url + path)
+            assert s == 200, path
+        s, r = http("DELETE", f"{srv.url}/datastore/label?id=fr000&tag=final")  # moves to the trash: allowed
+        assert s == 200, r
     finally:
         srv.stop()

@@ -25,6 +25,7 @@ class AppConfig:
     max_pixels: int = 0
     threads: int = 1
     video_cap: int | str = "auto"  # --conf video_cap: at most this many frames of one video per batch
+    min_free_mb: float = 1024  # --conf min_free_mb: uploads that would leave less free disk than this get 507
 
     @classmethod
     def from_conf(cls, app_dir: str, studies: str, conf: dict) -> "AppConfig":
@@ -68,6 +69,9 @@ class AppConfig:
             video_cap = parse_cap(conf.get("video_cap", "auto"))
         except ValueError as e:
             raise ValueError(f"--conf video_cap: {e}") from None
+        min_free_mb = num("min_free_mb", 1024)
+        if min_free_mb < 0:
+            raise ValueError(f"--conf min_free_mb must be >= 0 (0 turns the check off), got {min_free_mb}")
         set_max_pixels(max_pixels)  # every reader of this process (server, training, scoring) obeys it
         return cls(
             profile=profile,
@@ -83,6 +87,7 @@ class AppConfig:
             allowed_hosts=str(conf.get("allowed_hosts", "")),
             max_pixels=max_pixels,
             video_cap=video_cap,
+            min_free_mb=min_free_mb,
             # half the cores: measured on 2 cores beside other CPU work, 1 thread trained 7x faster than 2
             # (results/benchmarks/training-contention.txt); alone, more threads help less than that
             threads=max(1, num("threads", max(1, (os.cpu_count() or 2) // 2), int)),

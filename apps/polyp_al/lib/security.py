@@ -16,6 +16,10 @@ middleware (``Gate``) in front of it, which:
   so no browser stores a SEG in the DICOMweb server around the label checks; its calls to the DICOMweb
   server time out (504) and take at most ``POLYPAL_PROXY_THREADS`` worker threads, so a slow or stalled
   DICOMweb server cannot hold the threads that uploads, inference and next-sample need;
+- answers 507 to a write (an upload, a label, a model, a training or scoring request) that would leave
+  less than ``--conf min_free_mb`` free on the disks of the datastore, the app's state, the models or the
+  temp dir (by the declared body size, and while the body arrives), so a client cannot fill the disk the
+  datastore and its database live on;
 - reads each request body to the end on the event loop (spooled, capped, with
   a pause timeout) and checks it: JSON bodies that become subprocess requests
   and the ``params``/``info`` of small multipart forms must be JSON objects
@@ -41,6 +45,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -268,9 +273,62 @@ class _Refused(Exception):
         self.status, self.detail = status, detail
 
 
-async def _spool_body(receive):
+_WRITES = {"PUT": ("/datastore", "/model/"), "POST": ("/datastore", "/train", "/scoring")}
+
+
+def _writes(method: str, path: str) -> bool:
+    """A request that stores something lasting (deletes only move files to the trash: no room needed)."""
+    return path.startswith(_WRITES.get(method, ()))
+
+
+class DiskFloor:
+    """The free space a write request may use: the least free space over the disks of ``paths``, minus
+    ``floor`` bytes that the server keeps free (its database, the trash, training checkpoints)."""
+
+    def __init__(self, paths: Iterable[str], floor: int):
+        self.paths, self.floor = [p for p in paths if p], int(floor)
+
+    def free(self) -> int | None:
+        free = []
+        for p in self.paths:
+            try:
+                free.append(shutil.disk_usage(p).free)
+            except OSError:  # e.g. a folder not made yet: the others still count
+                continue
+        return min(free) if free else None
+
+    def room(self, declared: int | None) -> int | None:
+        """Bytes the request may bring (None: no limit); raises 507 when it has none or declares more."""
+        free = self.free() if self.floor > 0 else None
+        if free is None:
+            return None
+        room = free - self.floor
+        if room <= 0 or (declared is not None and declared > room):
+            raise _Refused(507, self.full(free, declared))
+        return room
+
+    def full(self, free: int, size: int | None = None) -> str:
+        mb = 1 << 20
+        need = f" and this request brings {size / mb:.1f} MB" if size else ""
+        return (f"not stored: the server's disk has {free / mb:.0f} MB free, it keeps {self.floor / mb:.0f} MB "
+                f"free (--conf min_free_mb){need}; make room (polypal-trash purge empties the trash of "
+                f"replaced frames and labels) and send it again")
+
+
+def _declared_size(scope) -> int | None:
+    for k, v in scope.get("headers", []):
+        if k.lower() == b"content-length":
+            try:
+                return max(0, int(v))
+            except ValueError:
+                raise _Refused(400, "Content-Length is not a number") from None
+    return None
+
+
+async def _spool_body(receive, room: int | None = None, disk: "DiskFloor | None" = None):
     """The whole request body, read on the event loop (so a slow client holds no worker thread) into a
-    spooled temporary file; 413 over MAX_BODY, 408 when the client pauses longer than BODY_TIMEOUT."""
+    spooled temporary file; 413 over MAX_BODY, 507 over ``room`` (the disk's free space above its floor),
+    408 when the client pauses longer than BODY_TIMEOUT."""
     spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)
     total, more = 0, True
     t0 = time.monotonic()
@@ -286,6 +344,8 @@ async def _spool_body(receive):
             total += len(chunk)
             if total > MAX_BODY:
                 raise _Refused(413, f"request body larger than {MAX_BODY} bytes")
+            if room is not None and total > room:
+                raise _Refused(507, disk.full(room + disk.floor, total))
             elapsed = time.monotonic() - t0
             if elapsed > BODY_TIMEOUT and total < MIN_BODY_RATE * elapsed:  # a drip: a socket held for ever
                 raise _Refused(408, f"the request body is arriving slower than {MIN_BODY_RATE // 1000} kB/s")
@@ -455,8 +515,8 @@ def _in_thread(app, scope, receive, send, loop):
 class Gate:
     """ASGI middleware in front of MONAI Label's app: see the module docstring."""
 
-    def __init__(self, app, guard: OriginPolicy, model_app=None, precheck=None):
-        self.app, self.guard, self.model_app, self.precheck = app, guard, model_app, precheck
+    def __init__(self, app, guard: OriginPolicy, model_app=None, precheck=None, disk: DiskFloor | None = None):
+        self.app, self.guard, self.model_app, self.precheck, self.disk = app, guard, model_app, precheck, disk
 
     async def _answer(self, scope, receive, send, status: int, detail: str):
         logger.warning(f"refused {scope.get('method')} {scope.get('path')}: {detail}")
@@ -500,9 +560,14 @@ class Gate:
         if path.startswith("/proxy/") and method not in ("GET", "HEAD"):  # OHIF's "store SEG" would skip the checks
             raise _Refused(405, "the DICOMweb proxy is read-only in polyp-al: save labels with PUT /datastore/label "
                                 "(checked, then stored as DICOM SEG)")
+        declared = _declared_size(scope)
+        if declared is not None and declared > MAX_BODY:
+            raise _Refused(413, f"request body larger than {MAX_BODY} bytes")
         if path.startswith("/model/") and method in ("PUT", "DELETE"):
             if self.model_app is None:
                 raise _Refused(403, MODEL_UPLOAD_OFF)
+            if self.disk is not None and _writes(method, path):
+                self.disk.room(declared)
             return await self.model_app(scope, receive, send)
         q = _query(scope) if path.startswith(("/infer/", "/datastore", "/activelearning/")) else {}
         for key in ("image", "id", "label"):
@@ -522,7 +587,8 @@ class Gate:
             if v and not _valid_id(v):
                 raise _Refused(400, f"invalid label tag {v[:80]!r}")
         with_body = path.startswith(_OFFLOAD) and method not in ("OPTIONS", "HEAD", "GET")
-        spool, size = (await _spool_body(receive)) if with_body else (None, 0)
+        room = self.disk.room(declared) if self.disk is not None and _writes(method, path) else None
+        spool, size = (await _spool_body(receive, room, self.disk)) if with_body else (None, 0)
         try:
             if spool is not None:
                 await _check_body(scope, spool, size, path)
@@ -590,7 +656,11 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
     _guard_proxy()
     _guard_downloads()
     policy = OriginPolicy(origins, _split(allowed_hosts))
+    cfg = app.cfg
+    disk = DiskFloor([None if app.studies.startswith(("http://", "https://")) else app.studies, cfg.state_dir,
+                      os.path.dirname(cfg.model_path), tempfile.gettempdir()], cfg.min_free_mb * (1 << 20))
     fastapi_app.middleware_stack = Gate(fastapi_app.middleware_stack, policy, model_app,
-                                        precheck=getattr(app, "precheck", None))
-    logger.info(f"HTTP surface hardened: model upload {'on' if model_app else 'off'}, sessions off, "
+                                        precheck=getattr(app, "precheck", None), disk=disk)
+    logger.info(f"HTTP surface hardened: model upload {'on' if model_app else 'off'}, sessions off, writes keep "
+                f"{cfg.min_free_mb:.0f} MB free, "
                 f"origins allowed: same-origin{', ' + ', '.join(origins) if origins else ''}")
