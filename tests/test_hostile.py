@@ -1257,8 +1257,14 @@ def test_uploads_cannot_fill_the_disk(tmp_path):
         srv.stop()
     full = tmp_path / "full"
     full.mkdir()
-    srv = Server(studies, full, conf={"min_free_mb": str(free_mb * 1000)}).start()  # the disk is "full"
+    model = write_model(full / "model" / "polyp_seg-smoke.pt")
+    srv = Server(studies, full, conf={"min_free_mb": str(free_mb * 1000),  # the disk is "full"
+                                      "allow_model_upload": "true"}).start()
     try:
+        body, ct = multipart({}, {"file": ("m.pt", write_model(tmp_path / "good.pt").read_bytes())})
+        s, r = http("PUT", f"{srv.url}/model/polyp_seg", body, {"Content-Type": ct})
+        assert s == 507, r
+        assert not list(model.parent.glob("*.replaced"))
         s, r = put_label(srv.url, "fr001", _png(masks["fr001"]))
         assert s == 507 and "min_free_mb" in r["detail"], r
         s, r = put_image(srv.url, "fr009", _png(np.zeros((H, W, 3), np.uint8)))

@@ -566,9 +566,14 @@ class Gate:
         if path.startswith("/model/") and method in ("PUT", "DELETE"):
             if self.model_app is None:
                 raise _Refused(403, MODEL_UPLOAD_OFF)
-            if self.disk is not None and _writes(method, path):
-                self.disk.room(declared)
-            return await self.model_app(scope, receive, send)
+            if method == "DELETE":
+                return await self.model_app(scope, receive, send)
+            room = self.disk.room(declared) if self.disk is not None else None
+            spool, size = await _spool_body(receive, room, self.disk)  # size, pace and disk limits as below
+            try:
+                return await self.model_app(scope, _replay(spool, receive, None, size), send)
+            finally:
+                spool.close()
         q = _query(scope) if path.startswith(("/infer/", "/datastore", "/activelearning/")) else {}
         for key in ("image", "id", "label"):
             for v in q.get(key, []):
