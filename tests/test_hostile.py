@@ -1209,9 +1209,11 @@ def _png(arr) -> bytes:
     return buf.getvalue()
 
 
-def _raw_put(port: int, target: str, headers: str, body_chunks=()) -> bytes:
-    """The status line of a PUT sent by hand (a declared size, or a chunked body), read as soon as the
-    server answers (it may answer before the body is sent)."""
+def _raw_put(port: int, target: str, headers: str, body_chunks=(), wait: float = 60):
+    """(status, body) of a PUT sent by hand (a declared size, or a chunked body), read as soon as the
+    server answers (it may answer before the body is sent); None when it has not answered within ``wait``
+    seconds of the last byte sent (it is waiting for the body)."""
+    import http.client
     import select
     import socket
 
@@ -1224,33 +1226,56 @@ def _raw_put(port: int, target: str, headers: str, body_chunks=()) -> bytes:
                 sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
             except OSError:  # the server answered and closed: read its answer
                 break
-        return sock.recv(65536)
+        if not select.select([sock], [], [], wait)[0]:
+            return None
+        r = http.client.HTTPResponse(sock)
+        r.begin()
+        return r.status, r.read()
+
+
+def _declared(port: int, target: str, size: int, wait: float = 60):
+    return _raw_put(port, target, f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {size}\r\n",
+                    wait=wait)
 
 
 def test_uploads_cannot_fill_the_disk(tmp_path):
-    """A write that would leave less than --conf min_free_mb free gets 507 and stores nothing: by its
-    declared size, while a chunked body arrives, and every write once the disk is under the floor; reads,
-    small labels and the rest of the server go on."""
+    """A body that would leave less than --conf min_free_mb free gets 507 and stores nothing: by its
+    declared size (charged 3 times: the copies a body has on disk while it is handled), while a chunked
+    body arrives, with bodies in flight counted together, and every write once the disk is under the
+    floor; reads, deletes, small labels and the rest of the server go on."""
+    import socket
+
     studies = tmp_path / "studies"
     masks = make_frames(studies, 3)
-    free_mb = min(shutil.disk_usage(p).free for p in (tmp_path, tempfile.gettempdir())) // (1 << 20)
-    if free_mb < 1024:
-        pytest.skip(f"needs 1 GB free on the test disks, has {free_mb} MB")
-    srv = Server(studies, tmp_path, conf={"min_free_mb": str(free_mb - 96)}).start()  # 96 MB of room
+    mb = 1 << 20
+    free_mb = min(shutil.disk_usage(p).free for p in (tmp_path, tempfile.gettempdir())) // mb
+    if free_mb < 2048:
+        pytest.skip(f"needs 2 GB free on the test disks, has {free_mb} MB")
+    srv = Server(studies, tmp_path, conf={"min_free_mb": str(free_mb - 400)}).start()  # 400 MB of room
     try:
         port = int(srv.url.rsplit(":", 1)[1])
         s, r = put_label(srv.url, "fr000", _png(masks["fr000"]))  # small: stored
         assert s == 200, r
         before = sorted(p.name for p in studies.iterdir())
-        head = _raw_put(port, "/datastore/?image=big", "Content-Type: multipart/form-data; boundary=x\r\n"
-                                                        f"Content-Length: {200 << 20}\r\n")
-        assert head.startswith(b"HTTP/1.1 507"), head[:300]
-        assert b"min_free_mb" in head and b"polypal-trash purge" in head and str(tmp_path).encode() not in head
-        chunks = (b"\0" * (1 << 20) for _ in range(200))  # 200 MB with no declared size: cut off on the way
-        head = _raw_put(port, "/datastore/?image=big2", "Content-Type: multipart/form-data; boundary=x\r\n"
-                                                         "Transfer-Encoding: chunked\r\n", chunks)
-        assert head.startswith(b"HTTP/1.1 507"), head[:300]
+        s, body = _declared(port, "/datastore/?image=big", 150 * mb)  # 150 MB fits once, not 3 times
+        assert s == 507, body[:300]
+        assert b"min_free_mb" in body and b"polypal-trash purge" in body and str(tmp_path).encode() not in body
+        chunks = (b"\0" * mb for _ in range(300))  # 300 MB with no declared size: cut off on the way
+        s, body = _raw_put(port, "/datastore/?image=big2", "Content-Type: multipart/form-data; boundary=x\r\n"
+                                                            "Transfer-Encoding: chunked\r\n", chunks)
+        assert s == 507, body[:300]
         assert sorted(p.name for p in studies.iterdir()) == before
+        # bodies in flight count together: one holding 120 MB (360 charged) leaves no room for 40 more
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as held:
+            held.sendall(f"PUT /datastore/?image=big3 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                         f"multipart/form-data; boundary=x\r\nContent-Length: {120 * mb}\r\n\r\n".encode())
+            srv.wait_for(lambda: _declared(port, "/datastore/?image=big4", 40 * mb, wait=2) is not None,
+                         timeout=20, what="a second upload refused while the first holds the room")
+            s, body = _declared(port, "/datastore/?image=big4", 40 * mb)
+            assert s == 507, body[:300]
+        # the first went away: its room is given back (a 100 MB upload is let in and waits for its body)
+        srv.wait_for(lambda: _declared(port, "/datastore/?image=big5", 100 * mb, wait=2) is None, timeout=20,
+                     what="the room of a request that went away given back")
         s, _ = http("GET", f"{srv.url}/datastore/label?label=fr000&tag=final")
         assert s == 200
     finally:
@@ -1270,6 +1295,8 @@ def test_uploads_cannot_fill_the_disk(tmp_path):
         s, r = put_image(srv.url, "fr009", _png(np.zeros((H, W, 3), np.uint8)))
         assert s == 507, r
         s, r = http("POST", f"{srv.url}/train/polyp_seg", b"{}", {"Content-Type": "application/json"})
+        assert s == 507, r
+        s, r = http("GET", f"{srv.url}/datastore/dataset?output=dataset")  # the export writes a zip: refused
         assert s == 507, r
         assert sorted(p.name for p in studies.iterdir()) == before
         s, _ = http("GET", f"{srv.url}/datastore/label?label=fr001&tag=final")

@@ -70,7 +70,7 @@ class AppConfig:
         except ValueError as e:
             raise ValueError(f"--conf video_cap: {e}") from None
         min_free_mb = num("min_free_mb", 1024)
-        if min_free_mb < 0:
+        if not 0 <= min_free_mb < float("inf"):
             raise ValueError(f"--conf min_free_mb must be >= 0 (0 turns the check off), got {min_free_mb}")
         set_max_pixels(max_pixels)  # every reader of this process (server, training, scoring) obeys it
         return cls(

@@ -16,10 +16,12 @@ middleware (``Gate``) in front of it, which:
   so no browser stores a SEG in the DICOMweb server around the label checks; its calls to the DICOMweb
   server time out (504) and take at most ``POLYPAL_PROXY_THREADS`` worker threads, so a slow or stalled
   DICOMweb server cannot hold the threads that uploads, inference and next-sample need;
-- answers 507 to a write (an upload, a label, a model, a training or scoring request) that would leave
-  less than ``--conf min_free_mb`` free on the disks of the datastore, the app's state, the models or the
-  temp dir (by the declared body size, and while the body arrives), so a client cannot fill the disk the
-  datastore and its database live on;
+- answers 507 to a request with a body (an upload, a label, a model, inference, next sample, training)
+  or a dataset export when it would leave less than ``--conf min_free_mb`` free on the disks of the
+  datastore, the app's state, the models or the temp dir: by its declared size (times the copies a body
+  has on disk while it is handled) before the body is read, by its bytes as they arrive, and with the
+  requests in flight counted together (DiskFloor), so clients cannot fill the disk the datastore and its
+  database live on;
 - reads each request body to the end on the event loop (spooled, capped, with
   a pause timeout) and checks it: JSON bodies that become subprocess requests
   and the ``params``/``info`` of small multipart forms must be JSON objects
@@ -126,6 +128,7 @@ def _query(scope) -> dict[str, list[str]]:
 
 # run in a worker thread: also the DICOMweb proxy, whose ``async def`` calls the blocking requests.get
 _OFFLOAD = ("/infer/", "/datastore", "/activelearning/", "/train", "/scoring", "/proxy/")
+_EXPORT = "/datastore/dataset"  # a GET that writes: the export's folder and zip in the temp dir
 _GONE = ("/infer/wsi", "/batch/", "/reload", "/logs/gpu")  # not part of polyp-al (batch infer: use the export)
 _JSON_PATHS = ("/activelearning/", "/train", "/scoring")  # their JSON body becomes a subprocess request
 _FORBIDDEN_KEYS = frozenset({"bundle_path", "model_filename", "logging", "device", "gpus", "multi_gpu"})
@@ -273,20 +276,18 @@ class _Refused(Exception):
         self.status, self.detail = status, detail
 
 
-_WRITES = {"PUT": ("/datastore", "/model/"), "POST": ("/datastore", "/train", "/scoring")}
-
-
-def _writes(method: str, path: str) -> bool:
-    """A request that stores something lasting (deletes only move files to the trash: no room needed)."""
-    return path.startswith(_WRITES.get(method, ()))
-
-
 class DiskFloor:
-    """The free space a write request may use: the least free space over the disks of ``paths``, minus
-    ``floor`` bytes that the server keeps free (its database, the trash, training checkpoints)."""
+    """Keeps ``floor`` bytes free on the disks of ``paths`` (datastore, state, models, temp dir) against
+    request bodies. A body is on disk about ``COPIES`` times while it is handled (the Gate's spool,
+    Starlette's copy of an upload, the endpoint's own temporary file: measured 450 MB for a 150 MB upload),
+    so that is what is charged, and bodies still being handled are charged together (``held``)."""
+
+    COPIES = 3
 
     def __init__(self, paths: Iterable[str], floor: int):
         self.paths, self.floor = [p for p in paths if p], int(floor)
+        self.held = 0
+        self._lock = threading.Lock()
 
     def free(self) -> int | None:
         free = []
@@ -297,22 +298,51 @@ class DiskFloor:
                 continue
         return min(free) if free else None
 
-    def room(self, declared: int | None) -> int | None:
-        """Bytes the request may bring (None: no limit); raises 507 when it has none or declares more."""
-        free = self.free() if self.floor > 0 else None
-        if free is None:
-            return None
-        room = free - self.floor
-        if room <= 0 or (declared is not None and declared > room):
-            raise _Refused(507, self.full(free, declared))
-        return room
+    def hold(self, nbytes: int) -> int:
+        """Charge a body of ``nbytes`` more bytes (0: a request that writes, before its body); 507 when it
+        does not fit above the floor. Returns what was charged, for ``release``."""
+        if self.floor <= 0:
+            return 0
+        need = nbytes * self.COPIES
+        with self._lock:
+            free = self.free()
+            if free is None:
+                return 0
+            room = free - self.floor - self.held
+            if room <= 0 or need > room:
+                logger.warning(f"disk floor: {free >> 20} MB free, {self.floor >> 20} MB kept free, "
+                               f"{self.held >> 20} MB held by requests in flight, {need >> 20} MB asked")
+                raise _Refused(507, "not stored: the server keeps the last --conf min_free_mb of its disk free and "
+                                    "this request does not fit; make room (polypal-trash purge empties the trash "
+                                    "of replaced frames and labels) and send it again")
+            self.held += need
+            return need
 
-    def full(self, free: int, size: int | None = None) -> str:
-        mb = 1 << 20
-        need = f" and this request brings {size / mb:.1f} MB" if size else ""
-        return (f"not stored: the server's disk has {free / mb:.0f} MB free, it keeps {self.floor / mb:.0f} MB "
-                f"free (--conf min_free_mb){need}; make room (polypal-trash purge empties the trash of "
-                f"replaced frames and labels) and send it again")
+    def release(self, charged: int) -> None:
+        with self._lock:
+            self.held -= charged
+
+
+class _Charge:
+    """What one request has been charged on a DiskFloor: its declared size up front, else 1 MB steps as its
+    body arrives; released once it is answered."""
+
+    STEP = 1 << 20
+
+    def __init__(self, disk: DiskFloor | None):
+        self.disk, self.covered, self.charged = disk, 0, 0
+
+    def cover(self, nbytes: int, step: int = STEP) -> None:
+        if self.disk is None or (nbytes <= self.covered and self.charged):
+            return
+        more = max(nbytes - self.covered, step) if nbytes > self.covered else 0
+        self.charged += self.disk.hold(more)
+        self.covered += more
+
+    def release(self) -> None:
+        if self.disk is not None and self.charged:
+            self.disk.release(self.charged)
+        self.charged = 0
 
 
 def _declared_size(scope) -> int | None:
@@ -325,10 +355,10 @@ def _declared_size(scope) -> int | None:
     return None
 
 
-async def _spool_body(receive, room: int | None = None, disk: "DiskFloor | None" = None):
+async def _spool_body(receive, charge: _Charge | None = None):
     """The whole request body, read on the event loop (so a slow client holds no worker thread) into a
-    spooled temporary file; 413 over MAX_BODY, 507 over ``room`` (the disk's free space above its floor),
-    408 when the client pauses longer than BODY_TIMEOUT."""
+    spooled temporary file; 413 over MAX_BODY, 507 when it outgrows the disk floor (``charge``), 408 when
+    the client pauses longer than BODY_TIMEOUT."""
     spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)
     total, more = 0, True
     t0 = time.monotonic()
@@ -344,8 +374,8 @@ async def _spool_body(receive, room: int | None = None, disk: "DiskFloor | None"
             total += len(chunk)
             if total > MAX_BODY:
                 raise _Refused(413, f"request body larger than {MAX_BODY} bytes")
-            if room is not None and total > room:
-                raise _Refused(507, disk.full(room + disk.floor, total))
+            if charge is not None:
+                charge.cover(total)
             elapsed = time.monotonic() - t0
             if elapsed > BODY_TIMEOUT and total < MIN_BODY_RATE * elapsed:  # a drip: a socket held for ever
                 raise _Refused(408, f"the request body is arriving slower than {MIN_BODY_RATE // 1000} kB/s")
@@ -568,12 +598,16 @@ class Gate:
                 raise _Refused(403, MODEL_UPLOAD_OFF)
             if method == "DELETE":
                 return await self.model_app(scope, receive, send)
-            room = self.disk.room(declared) if self.disk is not None else None
-            spool, size = await _spool_body(receive, room, self.disk)  # size, pace and disk limits as below
+            charge = _Charge(self.disk)
             try:
-                return await self.model_app(scope, _replay(spool, receive, None, size), send)
+                charge.cover(declared or 0)
+                spool, size = await _spool_body(receive, charge)  # size, pace and disk limits as below
+                try:
+                    return await self.model_app(scope, _replay(spool, receive, None, size), send)
+                finally:
+                    spool.close()
             finally:
-                spool.close()
+                charge.release()
         q = _query(scope) if path.startswith(("/infer/", "/datastore", "/activelearning/")) else {}
         for key in ("image", "id", "label"):
             for v in q.get(key, []):
@@ -592,8 +626,14 @@ class Gate:
             if v and not _valid_id(v):
                 raise _Refused(400, f"invalid label tag {v[:80]!r}")
         with_body = path.startswith(_OFFLOAD) and method not in ("OPTIONS", "HEAD", "GET")
-        room = self.disk.room(declared) if self.disk is not None and _writes(method, path) else None
-        spool, size = (await _spool_body(receive, room, self.disk)) if with_body else (None, 0)
+        charged = (with_body and method != "DELETE") or (method == "GET" and path.startswith(_EXPORT))
+        charge = _Charge(self.disk if charged else None)  # deletes move files to the trash: no room needed
+        try:
+            charge.cover(declared or 0)  # a write while the disk is under its floor: 507 before the body
+            spool, size = (await _spool_body(receive, charge)) if with_body else (None, 0)
+        except BaseException:
+            charge.release()
+            raise
         try:
             if spool is not None:
                 await _check_body(scope, spool, size, path)
@@ -616,6 +656,7 @@ class Gate:
         finally:
             if spool is not None:
                 spool.close()
+            charge.release()
 
 
 def _with_safe_headers(send):
