@@ -1249,33 +1249,40 @@ def test_uploads_cannot_fill_the_disk(tmp_path):
     masks = make_frames(studies, 3)
     mb = 1 << 20
     free_mb = min(shutil.disk_usage(p).free for p in (tmp_path, tempfile.gettempdir())) // mb
-    if free_mb < 2048:
-        pytest.skip(f"needs 2 GB free on the test disks, has {free_mb} MB")
-    srv = Server(studies, tmp_path, conf={"min_free_mb": str(free_mb - 400)}).start()  # 400 MB of room
+    if free_mb < 3072:
+        pytest.skip(f"needs 3 GB free on the test disks, has {free_mb} MB")
+    srv = Server(studies, tmp_path, conf={"min_free_mb": str(free_mb - 1000)}).start()  # 1000 MB of room
     try:
         port = int(srv.url.rsplit(":", 1)[1])
         s, r = put_label(srv.url, "fr000", _png(masks["fr000"]))  # small: stored
         assert s == 200, r
         before = sorted(p.name for p in studies.iterdir())
-        s, body = _declared(port, "/datastore/?image=big", 150 * mb)  # 150 MB fits once, not 3 times
+        s, body = _declared(port, "/datastore/?image=big", 400 * mb)  # 400 MB fits once, not 3 times
         assert s == 507, body[:300]
         assert b"min_free_mb" in body and b"polypal-trash purge" in body and str(tmp_path).encode() not in body
-        chunks = (b"\0" * mb for _ in range(300))  # 300 MB with no declared size: cut off on the way
+        chunks = (b"\0" * mb for _ in range(600))  # 600 MB with no declared size: cut off on the way
         s, body = _raw_put(port, "/datastore/?image=big2", "Content-Type: multipart/form-data; boundary=x\r\n"
                                                             "Transfer-Encoding: chunked\r\n", chunks)
         assert s == 507, body[:300]
         assert sorted(p.name for p in studies.iterdir()) == before
-        # bodies in flight count together: one holding 120 MB (360 charged) leaves no room for 40 more
-        with socket.create_connection(("127.0.0.1", port), timeout=60) as held:
-            held.sendall(f"PUT /datastore/?image=big3 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
-                         f"multipart/form-data; boundary=x\r\nContent-Length: {120 * mb}\r\n\r\n".encode())
-            srv.wait_for(lambda: _declared(port, "/datastore/?image=big4", 40 * mb, wait=2) is not None,
-                         timeout=20, what="a second upload refused while the first holds the room")
-            s, body = _declared(port, "/datastore/?image=big4", 40 * mb)
-            assert s == 507, body[:300]
-        # the first went away: its room is given back (a 100 MB upload is let in and waits for its body)
-        srv.wait_for(lambda: _declared(port, "/datastore/?image=big5", 100 * mb, wait=2) is None, timeout=20,
-                     what="the room of a request that went away given back")
+        # bodies in flight count together: one that has brought 200 MB (charged 3 times, and spooled) and
+        # pauses leaves no room for 150 MB more, while a client that declares a size and sends nothing
+        # reserves nothing
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as idle:
+            idle.sendall(f"PUT /datastore/?image=big3 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                         f"multipart/form-data; boundary=x\r\nContent-Length: {300 * mb}\r\n\r\n".encode())
+            assert _declared(port, "/datastore/?image=big4", 300 * mb, wait=3) is None  # let in: waits
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as held:
+                held.sendall(f"PUT /datastore/?image=big5 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                             f"multipart/form-data; boundary=x\r\nContent-Length: {300 * mb}\r\n\r\n".encode())
+                held.sendall(b"\0" * (200 * mb))
+                srv.wait_for(lambda: _declared(port, "/datastore/?image=big6", 150 * mb, wait=2) is not None,
+                             timeout=20, what="an upload refused while another holds the room")
+                s, body = _declared(port, "/datastore/?image=big6", 150 * mb)
+                assert s == 507, body[:300]
+        # both went away: the room is given back (a 300 MB upload is let in and waits for its body)
+        srv.wait_for(lambda: _declared(port, "/datastore/?image=big7", 300 * mb, wait=2) is None, timeout=20,
+                     what="the room of requests that went away given back")
         s, _ = http("GET", f"{srv.url}/datastore/label?label=fr000&tag=final")
         assert s == 200
     finally:

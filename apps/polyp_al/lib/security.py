@@ -19,9 +19,9 @@ middleware (``Gate``) in front of it, which:
 - answers 507 to a request with a body (an upload, a label, a model, inference, next sample, training)
   or a dataset export when it would leave less than ``--conf min_free_mb`` free on the disks of the
   datastore, the app's state, the models or the temp dir: by its declared size (times the copies a body
-  has on disk while it is handled) before the body is read, by its bytes as they arrive, and with the
-  requests in flight counted together (DiskFloor), so clients cannot fill the disk the datastore and its
-  database live on;
+  has on disk while it is handled) before the body is read, then by its bytes as they arrive, held with
+  those of the other requests in flight until it is answered (DiskFloor), so clients cannot fill the disk
+  the datastore and its database live on; an export is refused only while the disk is under the floor;
 - reads each request body to the end on the event loop (spooled, capped, with
   a pause timeout) and checks it: JSON bodies that become subprocess requests
   and the ``params``/``info`` of small multipart forms must be JSON objects
@@ -298,9 +298,10 @@ class DiskFloor:
                 continue
         return min(free) if free else None
 
-    def hold(self, nbytes: int) -> int:
-        """Charge a body of ``nbytes`` more bytes (0: a request that writes, before its body); 507 when it
-        does not fit above the floor. Returns what was charged, for ``release``."""
+    def hold(self, nbytes: int, keep: bool = True) -> int:
+        """Charge ``nbytes`` more bytes of a body (0: a request that writes, before its body); 507 when they
+        do not fit above the floor. Returns what was charged, for ``release``. ``keep=False`` only checks
+        (a declared size: holding it would let a client that sends nothing reserve the room)."""
         if self.floor <= 0:
             return 0
         need = nbytes * self.COPIES
@@ -315,6 +316,8 @@ class DiskFloor:
                 raise _Refused(507, "not stored: the server keeps the last --conf min_free_mb of its disk free and "
                                     "this request does not fit; make room (polypal-trash purge empties the trash "
                                     "of replaced frames and labels) and send it again")
+            if not keep:
+                return 0
             self.held += need
             return need
 
@@ -324,8 +327,9 @@ class DiskFloor:
 
 
 class _Charge:
-    """What one request has been charged on a DiskFloor: its declared size up front, else 1 MB steps as its
-    body arrives; released once it is answered."""
+    """What one request has been charged on a DiskFloor: 1 MB steps as its body arrives (its declared size
+    is only checked), released once it is answered. Conservative: the bytes spooled so far are both charged
+    and already gone from the measured free space."""
 
     STEP = 1 << 20
 
@@ -338,6 +342,10 @@ class _Charge:
         more = max(nbytes - self.covered, step) if nbytes > self.covered else 0
         self.charged += self.disk.hold(more)
         self.covered += more
+
+    def check(self, declared: int) -> None:
+        if self.disk is not None:
+            self.disk.hold(declared, keep=False)
 
     def release(self) -> None:
         if self.disk is not None and self.charged:
@@ -600,7 +608,7 @@ class Gate:
                 return await self.model_app(scope, receive, send)
             charge = _Charge(self.disk)
             try:
-                charge.cover(declared or 0)
+                charge.check(declared or 0)
                 spool, size = await _spool_body(receive, charge)  # size, pace and disk limits as below
                 try:
                     return await self.model_app(scope, _replay(spool, receive, None, size), send)
@@ -629,7 +637,7 @@ class Gate:
         charged = (with_body and method != "DELETE") or (method == "GET" and path.startswith(_EXPORT))
         charge = _Charge(self.disk if charged else None)  # deletes move files to the trash: no room needed
         try:
-            charge.cover(declared or 0)  # a write while the disk is under its floor: 507 before the body
+            charge.check((declared or 0) if with_body else 0)  # too large, or the disk under its floor: 507
             spool, size = (await _spool_body(receive, charge)) if with_body else (None, 0)
         except BaseException:
             charge.release()
