@@ -78,6 +78,12 @@ def main(argv=None) -> int:
     print(f"{a.run} seed {a.seed} stage {a.stage}: {len(lab)} labels, {tr.steps} steps, rule {prof.select}; "
           f"replay {'matches' if same else 'DIFFERS FROM'} the record (test polyp Dice {chosen['polyp_dice']:.4f} "
           f"vs {rec['test']['polyp_dice']:.4f})")
+    if not same:
+        from polypal.experiments.simulate import software_versions
+
+        now = software_versions()
+        print(f"  software now {now}; the record's {rec.get('env', 'not recorded (before 2026-12-05)')}"
+              + ("" if rec.get("env") == now else ": a different environment can explain the difference"))
     for rule, m in tr.variants.items():
         p = predict(m, test.images, scorers=()).probs
         t = evaluate(p, test.masks)

@@ -76,6 +76,10 @@ def test_smoke_al_loop_generated(tmp_path, strategy):
     assert set(recs[-1]["labeled"]) == seen
     assert all(0 <= r["test"]["paper_miou"] <= 1 for r in recs)
     assert len(read_records(out)) == 3
+    import torch  # every record says which software trained it (the recipe hash does not cover it)
+
+    assert all(r["env"]["torch"] == torch.__version__ for r in read_records(out))
+    assert {"python", "monai", "numpy", "pillow"} <= set(recs[0]["env"])
 
 
 def test_smoke_al_loop_real_frames(tmp_path):

@@ -139,6 +139,7 @@ def run(
             "test": metrics, "val": tr.best_val, "best_step": tr.best_step, "steps": tr.steps,
             "train_seconds": round(tr.seconds, 1), "labeled": [pool.names[i] for i in labeled],
             **({"retries": tr.retries} if tr.retries else {}),
+            "env": software_versions(),
             "selected": [], "picked_by": [], "notes": [],
         }
         if stage < cycles:
@@ -164,6 +165,24 @@ def run(
             progress(f"{spec.label} seed {seed} stage {stage}: paper_miou {metrics['paper_miou']:.4f} "
                      f"polyp_dice {metrics['polyp_dice']:.4f} ({rec['seconds']} s)")
     return records
+
+
+def software_versions() -> dict:
+    """The packages that decide a training's numbers. The recipe hash does not cover them: the same
+    recipe, seed and labeled set trained differently after the venv was rebuilt (results/cvc-v2:
+    Random seed 0 stage 0, test Dice 59.1 recorded on 2026-11-28, 62.9 replayed on 2026-12-05)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}  # with its build (+cpu, +cu130)
+    for name in ("monai", "numpy", "pillow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def recipe_hash(profile: Profile) -> str:
