@@ -336,10 +336,11 @@ class _Charge:
     def __init__(self, disk: DiskFloor | None):
         self.disk, self.covered, self.charged = disk, 0, 0
 
-    def cover(self, nbytes: int, step: int = STEP) -> None:
-        if self.disk is None or (nbytes <= self.covered and self.charged):
+    def cover(self, nbytes: int) -> None:
+        """The body has brought ``nbytes`` so far: hold the next MB step when it passes what is held."""
+        if self.disk is None or nbytes <= self.covered:
             return
-        more = max(nbytes - self.covered, step) if nbytes > self.covered else 0
+        more = max(nbytes - self.covered, self.STEP)
         self.charged += self.disk.hold(more)
         self.covered += more
 
