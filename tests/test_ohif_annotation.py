@@ -272,7 +272,7 @@ def test_annotate_in_ohif_draw_save_next_train_and_edit_a_prediction(stack, shot
         always_polyp_model(work / "model" / "polyp_seg-smoke.pt")
         time.sleep(1.1)  # the infer task reloads the model when the file's mtime changes
         a.click_selector('[data-polypal="next"]')
-        a.wait_js("location.pathname === '/annotate/'", 90, "the start page")  # a wait, not a speed check: 30 s timed out once with two suites on 2 cores
+        a.wait_js("location.pathname === '/annotate/'", 90, "the start page")  # a wait, not a speed check (30 s: too short under load)
         sn = _open_next(a, srv)
         assert sn["image"] not in saved and sn["image"] != sb["image"]
         rows, cols = sn["rows"], sn["columns"]
