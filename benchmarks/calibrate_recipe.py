@@ -32,7 +32,7 @@ from polypal.experiments.simulate import initial_labeled
 
 # every config is cpu-lite with these fields overridden (the profile as it was before calibration is "old")
 OLD = dict(epochs=40, min_steps=600, max_steps=600, schedule="constant", warmup=0.0, min_lr=0.0, augment="",
-           flips=True, ema=0.0, select="best_val", lr=1e-3, batch_size=8, val_every=100)
+           flips=True, ema=0.0, select="best_val", lr=1e-3, batch_size=8, val_every=100, collapse_retries=0)
 CONFIGS = {
     "old": {},  # the committed recipe: constant lr 1e-3, flips, 600 steps, best-val
     "cos": dict(schedule="cosine", warmup=0.05, min_lr=0.02, ema=0.99),

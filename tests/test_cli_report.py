@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -119,3 +120,38 @@ def test_cvc_split_by_sequence_is_disjoint():
     assert 100 <= len(s["test"]) <= 140 and 90 <= len(s["val"]) <= 140
     f = cvc_split(names, seq, mode="frame")
     assert len(f["test"]) == 112 and len(f["val"]) == 100 and len(f["pool"]) == 400
+
+
+def test_a_folder_keeps_its_recipe(tmp_path):
+    """A run with another training recipe into a folder is refused before anything is written (run.json kept),
+    naming what differs; --augment changes the recipe; the v2 folders' recipe is cpu-lite with the flags
+    their README gives."""
+    import pytest
+
+    from polypal.experiments.cli import _refuse_other_recipe
+    from polypal.learner import get_profile
+
+    data = write_dataset(tmp_path / "d", 36, seed=6)
+    out = tmp_path / "res"
+    assert run_cli(data, out, "random", cycles=1, extra=["--augment", "rot"]) == 0
+    meta = (out / "run.json").read_text()
+    assert json.loads(meta)["profile"]["augment"] == "rot"
+    runs = {p.name: p.read_text() for p in (out / "runs").glob("*.jsonl")}
+    with pytest.raises(SystemExit, match="augment 'rot' there, 'endo' now"):
+        run_cli(data, out, "random", cycles=2, extra=["--augment", "endo"])
+    assert (out / "run.json").read_text() == meta
+    assert {p.name: p.read_text() for p in (out / "runs").glob("*.jsonl")} == runs
+    assert run_cli(data, out, "random", cycles=2, extra=["--augment", "rot"]) == 0  # same recipe: resumes
+    # extending a finished run: its old last stage (which picked nothing) is redone, and its model picks
+    # the next batch; training is deterministic, so the redone stage's numbers are the first ones
+    short = json.loads(runs["random-seed0.jsonl"].splitlines()[-1])
+    longer = read_records(out / "runs" / "random-seed0.jsonl")
+    assert [r["n_labeled"] for r in longer] == [6, 10, 14] and short["selected"] == []
+    assert longer[1]["test"] == short["test"] and len(longer[1]["selected"]) == 4
+    # the committed v2 folders: today's cpu-lite is refused, the documented v2 flags are accepted
+    root = Path(__file__).resolve().parents[1] / "results"
+    for name in ("cvc-v2", "kvasir-v2"):
+        with pytest.raises(SystemExit, match="another training recipe"):
+            _refuse_other_recipe(root / name, get_profile("cpu-lite"))
+        _refuse_other_recipe(root / name, get_profile("cpu-lite", min_steps=600, augment="", flips=True,
+                                                      collapse_retries=0))

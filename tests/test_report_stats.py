@@ -229,7 +229,7 @@ def test_smoke_report_says_numbers_mean_nothing(tmp_path, capsys):
 
 
 def test_new_recipe_trains_and_beats_an_untrained_model():
-    """cpu-lite's recipe (lr, flips, EMA of the weights returned) at smoke sizes (64 px, 300 steps) on
+    """cpu-lite's recipe (lr, endoscopy augmentation, EMA of the weights returned) at smoke sizes (64 px, 300 steps) on
     16 real Kvasir-SEG frames (4 for validation), tested on the other 10."""
     from polypal.data import load_folder
     from polypal.learner import PolypUNet, evaluate, get_profile, predict, train
@@ -238,7 +238,7 @@ def test_new_recipe_trains_and_beats_an_untrained_model():
     fs = load_folder(REPO / "sample-datasets" / "kvasir-seg-mini", 64)
     tr_i, va_i, te_i = np.arange(0, 16), np.arange(16, 20), np.arange(20, 30)
     prof = get_profile("cpu-lite", size=64, min_steps=300, max_steps=300, val_every=100)
-    assert prof.select == "ema" and prof.ema > 0
+    assert prof.select == "ema" and prof.ema > 0 and prof.augment == "endo"
     res = train(prof, fs.images[tr_i], fs.masks[tr_i], fs.images[va_i], fs.masks[va_i], seed=0, device="cpu")
     trained = evaluate(predict(res.model, fs.images[te_i]).probs, fs.masks[te_i])
     torch.manual_seed(0)

@@ -336,13 +336,14 @@ def test_bvsb_serves_the_top_scored_unlabeled_frame(server, trained):
 
 
 def test_the_training_floor_is_the_profiles_unless_told_otherwise(tmp_path):
-    """cpu-lite's budget (40 epochs, 600-1500 steps) unless --conf min_steps raises its floor
-    (results/calibration/README.md: 1200 helps small CVC-ClinicDB sets, not Kvasir-SEG at 100 labels)."""
+    """cpu-lite's budget (40 epochs, 1200-1500 steps, endoscopy augmentation, 3 collapse retries) unless
+    --conf min_steps moves its floor (results/calibration/README.md, "v3")."""
     studies = make_studies(tmp_path / "studies", 4)
-    for conf, steps in (({}, "600-1500"), ({"min_steps": "1200"}, "1200-1500"), ({"min_steps": "2000"}, "2000-2000")):
+    for conf, steps in (({}, "1200-1500"), ({"min_steps": "600"}, "600-1500"), ({"min_steps": "2000"}, "2000-2000")):
         srv = Server(studies, tmp_path, conf={"profile": "cpu-lite", **conf}).start()
         try:
             info = http("GET", srv.url + "/info/")[1]
-            assert info["trainers"]["polyp_seg"]["config"]["steps"] == steps, info["trainers"]
+            cfg = info["trainers"]["polyp_seg"]["config"]
+            assert cfg["steps"] == steps and cfg["augment"] == "endo" and cfg["collapse_retries"] == 3, cfg
         finally:
             srv.stop()

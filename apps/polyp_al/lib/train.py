@@ -2,7 +2,8 @@
 
 Runs in MONAI Label's training subprocess. Validation frames are chosen by a
 hash of the image id (about 1 in 5), so the split does not shift when labels
-are added; validation has no augmentation. The best-validation model is
+are added; validation has no augmentation. The cycle's model (the profile's
+selection rule: for cpu-lite, the EMA of the weights at the end) is
 written atomically to the infer task's path, and the run's stats to a JSON
 file shown in /info.
 """
@@ -21,6 +22,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from polypal.data import DataError, frame_id, load_frame
 from polypal.learner import hash_validation, save_checkpoint, train
+from polypal.learner.augment import augment_kind
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ class PolypSegTrain(TrainTask):
         p = self.cfg.profile
         return {"profile": p.name, "size": p.size, "lr": p.lr, "batch_size": p.batch_size,
                 "steps": f"{p.min_steps}-{p.max_steps}" if p.max_steps else f"{p.epochs} epochs, at least {p.min_steps}",
-                "seed": self.cfg.seed}
+                "augment": augment_kind(p), "collapse_retries": p.collapse_retries, "seed": self.cfg.seed}
 
     def stats(self):
         try:

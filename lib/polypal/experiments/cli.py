@@ -84,6 +84,27 @@ def _log_command(out: Path) -> None:
                 f"{' '.join(shlex.quote(a) for a in sys.argv)}\n")
 
 
+def _refuse_other_recipe(out: Path, profile) -> None:
+    """A folder holds one training recipe: refuse, before anything is written, to add runs trained another way
+    (e.g. the results/*-v2 folders after cpu-lite moved to the v3 recipe), naming the flags that differ."""
+    from polypal.experiments.simulate import recipe_hash
+    from polypal.learner import Profile
+
+    try:
+        old = json.loads((out / "run.json").read_text())["profile"]
+        was = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in old.items()})
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no readable record of the folder's recipe: the per-run check in simulate still guards the runs
+    if recipe_hash(was) == recipe_hash(profile):
+        return
+    now = profile.to_dict()
+    diff = ", ".join(f"{k} {old.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(old) | set(now))
+                     if json.dumps(old.get(k)) != json.dumps(now.get(k)))
+    raise SystemExit(f"error: {out} holds runs of another training recipe ({diff}). Use a new --out, or the "
+                     f"flags that give the folder's recipe (the v2 folders: --min-steps 600 --augment flips "
+                     f"--collapse-retries 0).")
+
+
 def _setup(args):
     """Threads, output folder, command log, profile, protocol, data and split: shared by run and ceiling."""
     import torch
@@ -98,8 +119,9 @@ def _setup(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _log_command(out)
+    augment = {None: {}, "flips": {"augment": "", "flips": True}}.get(args.augment, {"augment": args.augment})
     profile = get_profile(args.profile, max_steps=args.max_steps, min_steps=args.min_steps,
-                          collapse_retries=args.collapse_retries)
+                          collapse_retries=args.collapse_retries, **augment)
     init, budget, cycles = PROTOCOLS[args.dataset]
     init = args.initial or init
     budget = args.budget or budget
@@ -107,6 +129,7 @@ def _setup(args):
     fs = load_folder(args.data, profile.size, cache_dir=args.cache_dir, progress=True)
     meta = {"dataset": args.dataset, "data": str(Path(args.data).resolve()), "profile": profile.to_dict(),
             "protocol": [init, budget, cycles]}
+    _refuse_other_recipe(out, profile)
     if args.cmd == "run" or not (out / "run.json").exists():
         (out / "run.json").write_text(json.dumps(meta, indent=1))
     split_file = out / "split.json"
@@ -216,6 +239,10 @@ def main(argv=None) -> int:
         a.add_argument("--n-test", type=int, default=112)
         a.add_argument("--max-steps", type=int, default=None, help="override the profile's step cap")
         a.add_argument("--min-steps", type=int, default=None, help="override the profile's step floor")
+        a.add_argument("--augment", choices=["flips", "rot", "endo"], default=None,
+                       help="override the profile's training augmentation: flips (the v2 recipe), rot (flips and "
+                            "90-degree rotations) or endo (rot, random scale/shift and colour jitter; "
+                            "polypal.learner.augment)")
         a.add_argument("--collapse-retries", type=int, default=None,
                        help="redo a training whose model predicts no polyp on its own frames (at most N times; "
                             "changes the recipe's fingerprint: use a new --out)")

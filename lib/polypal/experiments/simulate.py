@@ -113,6 +113,13 @@ def run(
     if records and records[0].get("recipe", rh) != rh:
         raise ValueError(f"{out_file} was written with another training recipe ({records[0].get('recipe')}, "
                          f"now {rh}): use a new output folder")
+    if records and not records[-1]["selected"] and records[-1]["stage"] < cycles:
+        # the run ended at an earlier protocol's last stage, which queried nothing: extending it redoes that stage
+        # (same training seed and labeled set) so that its model picks the next batch
+        records.pop()
+        tmp = out_file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, out_file)
     if records:
         last = records[-1]
         labeled = np.sort(pool.index_of(last["labeled"] + last["selected"]))

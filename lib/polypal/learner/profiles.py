@@ -1,25 +1,28 @@
 """Training profiles: every setting that changes cost or results, in one named place.
 
 - ``paper``: the paper's settings (256x256, 512-d bottleneck, lr 2e-4, batch 8,
-  100 epochs), plus what the cpu-lite calibration kept: the
-  EMA of the weights (decay 0.99) as the returned model. Meant for a GPU:
+  100 epochs), plus what the cpu-lite calibration kept: the endoscopy
+  augmentation, the EMA of the weights (decay 0.99) as the returned model and
+  3 retries of a collapsed training (measured at cpu-lite's sizes only, not
+  at 256 px on a GPU). Meant for a GPU:
   about 4 h per AL cycle on a 2-core CPU.
 - ``cpu-lite``: 128x128, a 0.8M-parameter U-Net with a 256-d bottleneck, lr
-  1e-3 (with 2e-4 and few labels the model still predicts "all polyp" after a
-  few hundred steps, shared/docs/calibration.md), random flips, a step budget
-  that grows with the labeled set (40 epochs' worth, at least 600 and at most
-  1500 steps: 600 up to 120 labels, 1500 from 300), and the EMA of the weights
-  (decay 0.99) at the end of the cycle as the model, instead of the
-  best-validation weights. Calibrated in results/calibration/ (a cosine
-  schedule, stronger endoscopy augmentation and best-validation selection
-  were measured and not kept). One Kvasir-SEG run (6 trainings) in about 25-30
+  1e-3 at constant rate (with 2e-4 and few labels the model still predicts
+  "all polyp" after a few hundred steps, shared/docs/calibration.md), the
+  endoscopy augmentation (``polypal.learner.augment``: flips, 90-degree rotations,
+  random scale/shift, colour jitter), a step budget that grows with the labeled
+  set (40 epochs' worth, at least 1200 and at most 1500 steps: 1200 up to 240
+  labels, 1500 from 300), the EMA of the weights (decay 0.99) at the end of the
+  cycle as the model, and up to 3 retries of a collapsed training. This is the
+  v3 recipe (results/calibration/README.md, "v3"): the v2 recipe (flips only, a
+  600-step floor, no retries; ``results/*-v2``) is ``--min-steps 600 --augment
+  flips --collapse-retries 0``. A cosine schedule and best-validation selection
+  were measured and not kept. One Kvasir-SEG run (6 trainings) in about 25-30
   minutes on 2 cores.
 - ``smoke``: 32x32, a tiny U-Net and a handful of steps, for tests.
 
-``collapse_retries`` (off in every profile; the server turns it on) redoes a training whose model
-predicts no polyp on its own frames (results/calibration/collapse-replay.md). A higher floor
-(``--conf min_steps 1200`` in the server) helps small CVC-ClinicDB labeled sets and costs Kvasir-SEG
-mIoU at 100 labels (results/calibration/README.md, "a 1200-step floor"): not a default.
+``collapse_retries`` (cpu-lite: 3; the server's default too) redoes a training whose model
+predicts no polyp on its own frames (results/calibration/collapse-replay.md).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class Profile:
     schedule: str = "constant"  # "constant", or "cosine": linear warm-up, then cosine decay to lr * min_lr
     warmup: float = 0.0  # warm-up length, as a fraction of the cycle's step budget
     min_lr: float = 0.0  # the cosine schedule's floor, as a fraction of lr
-    augment: str = ""  # "": flips only (when `flips`); "endo": flips, 90-degree rotations, scale/shift, colour
+    augment: str = ""  # "": flips only (when `flips`); "rot": flips, 90-degree rotations; "endo": rot, scale/shift, colour
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: no EMA)
     select: str = "best_val"  # which weights a cycle returns: "best_val", "last", "ema" (EMA at the end),
     #                           "ema_best_val" (EMA weights at their best validation Dice)
@@ -84,12 +87,12 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper", size=256, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2),
         num_res_units=2, lr=2e-4, batch_size=8, epochs=100, min_steps=0, max_steps=None,
-        val_every=0, flips=False, vaal_steps=2000, ema=0.99, select="ema",
+        val_every=0, flips=True, vaal_steps=2000, augment="endo", ema=0.99, select="ema", collapse_retries=3,
     ),
     "cpu-lite": Profile(
         name="cpu-lite", size=128, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
-        num_res_units=1, lr=1e-3, batch_size=8, epochs=40, min_steps=600, max_steps=1500,
-        val_every=100, flips=True, ema=0.99, select="ema",
+        num_res_units=1, lr=1e-3, batch_size=8, epochs=40, min_steps=1200, max_steps=1500,
+        val_every=100, flips=True, augment="endo", ema=0.99, select="ema", collapse_retries=3,
     ),
     "smoke": Profile(
         name="smoke", size=32, channels=(4, 8, 16), strides=(2, 2), num_res_units=0,
