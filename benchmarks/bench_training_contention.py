@@ -5,7 +5,10 @@ Each variant: the 30 bundled sample frames, 20 final labels, `POST /train/polyp_
 step budget); meanwhile one client asks `bvsb_ta_coreset` every second (on the baseline each answer with
 a note queues a scoring run) and a separate process multiplies matrices on one core. Reported: the
 training's own seconds (from its stats), scoring runs started while it trained, and the ratio to the
-baseline.
+baseline. Since the v3 recipe (2026-12-05) this tree's cpu-lite trains with the endoscopy augmentation
+and a baseline commit before it does not: the ratio then includes the augmentation's cost, so pick a
+baseline from after 2026-12-05 to measure contention alone (results/benchmarks/training-contention.txt
+was measured before).
 
     .venv/bin/python benchmarks/bench_training_contention.py --baseline f5ef9c8 --steps 150
 """

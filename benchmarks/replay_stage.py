@@ -63,6 +63,8 @@ def main(argv=None) -> int:
                 v = val
             cur = getattr(prof, key)
             changes[key] = type(cur)(v) if cur is not None and not isinstance(cur, str) else v
+            if key == "augment" and v == "flips":  # as polypal-sim's --augment flips: the v2 recipe's own flips
+                changes.update(augment="", flips=True)
         prof = replace(prof, **changes)
         print(f"profile changed: {changes}", flush=True)
     split = json.loads((folder / "split.json").read_text())

@@ -137,9 +137,10 @@ def test_a_folder_keeps_its_recipe(tmp_path):
     meta = (out / "run.json").read_text()
     assert json.loads(meta)["profile"]["augment"] == "rot"
     runs = {p.name: p.read_text() for p in (out / "runs").glob("*.jsonl")}
-    with pytest.raises(SystemExit, match="augment 'rot' there, 'endo' now"):
+    commands = (out / "commands.txt").read_text()
+    with pytest.raises(SystemExit, match="augment 'rot' there, 'endo' now.*these flags.*: --augment rot"):
         run_cli(data, out, "random", cycles=2, extra=["--augment", "endo"])
-    assert (out / "run.json").read_text() == meta
+    assert (out / "run.json").read_text() == meta and (out / "commands.txt").read_text() == commands
     assert {p.name: p.read_text() for p in (out / "runs").glob("*.jsonl")} == runs
     assert run_cli(data, out, "random", cycles=2, extra=["--augment", "rot"]) == 0  # same recipe: resumes
     # extending a finished run: its old last stage (which picked nothing) is redone, and its model picks
@@ -155,3 +156,22 @@ def test_a_folder_keeps_its_recipe(tmp_path):
             _refuse_other_recipe(root / name, get_profile("cpu-lite"))
         _refuse_other_recipe(root / name, get_profile("cpu-lite", min_steps=600, augment="", flips=True,
                                                       collapse_retries=0))
+
+
+def test_extending_a_run_that_cannot_go_on_keeps_its_records(tmp_path):
+    """A run whose last stage labeled the whole pool, extended by a cycle: the redo of that stage finds no frame
+    to pick, the command fails with the reason, and the run file is as it was."""
+    import pytest
+
+    data = write_dataset(tmp_path / "d", 36, seed=7)
+    out = tmp_path / "res"
+    assert run_cli(data, out, "random", cycles=0) == 0
+    pool = len(json.loads((out / "split.json").read_text())["pool"])
+    out2 = tmp_path / "res2"
+    assert run_cli(data, out2, "random", cycles=1, extra=["--initial", str(pool - 4)]) == 0
+    f = out2 / "runs" / "random-seed0.jsonl"
+    before = f.read_text()
+    assert [r["n_labeled"] for r in read_records(f)] == [pool - 4, pool]
+    with pytest.raises(Exception, match="(?i)pool|unlabeled|no frame"):
+        run_cli(data, out2, "random", cycles=2, extra=["--initial", str(pool - 4)])
+    assert f.read_text() == before

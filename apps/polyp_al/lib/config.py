@@ -41,7 +41,8 @@ class AppConfig:
         if conf.get("train_steps"):  # a fixed step budget per training run (min = max)
             overrides = {"min_steps": num("train_steps", 0, int), "max_steps": num("train_steps", 0, int)}
         elif conf.get("min_steps"):  # another floor under the profile's growing budget (cpu-lite: 1200, with the
-            # endoscopy augmentation; results/calibration/README.md "v3". 600 is the v2 floor: faster, lower models)
+            # endoscopy augmentation; results/calibration/README.md "v3". 600, the v2 floor, is faster; with the
+            # augmentation it is unmeasured)
             overrides["min_steps"] = num("min_steps", base.min_steps, int)
             if overrides["min_steps"] < 0:
                 raise ValueError("--conf min_steps must be >= 0")

@@ -84,25 +84,40 @@ def _log_command(out: Path) -> None:
                 f"{' '.join(shlex.quote(a) for a in sys.argv)}\n")
 
 
+_FLAGS = {"min_steps": "--min-steps", "max_steps": "--max-steps", "augment": "--augment",
+          "collapse_retries": "--collapse-retries"}
+
+
 def _refuse_other_recipe(out: Path, profile) -> None:
     """A folder holds one training recipe: refuse, before anything is written, to add runs trained another way
-    (e.g. the results/*-v2 folders after cpu-lite moved to the v3 recipe), naming the flags that differ."""
+    (e.g. the results/*-v2 folders after cpu-lite moved to the v3 recipe), naming what differs and the flags
+    that give the folder's recipe when flags can."""
+    from dataclasses import asdict, fields
+
     from polypal.experiments.simulate import recipe_hash
     from polypal.learner import Profile
 
     try:
         old = json.loads((out / "run.json").read_text())["profile"]
-        was = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in old.items()})
     except (OSError, ValueError, KeyError, TypeError):
-        return  # no readable record of the folder's recipe: the per-run check in simulate still guards the runs
+        return  # no readable record of the folder's recipe (a new folder)
+    known = {f.name for f in fields(Profile)}
+    if not isinstance(old, dict) or set(old) - known:
+        raise SystemExit(f"error: {out}/run.json describes a recipe this version cannot read (fields "
+                         f"{sorted(set(old) - known) if isinstance(old, dict) else old!r}): use a new --out")
+    was = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in old.items()})
     if recipe_hash(was) == recipe_hash(profile):
         return
-    now = profile.to_dict()
-    diff = ", ".join(f"{k} {old.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(old) | set(now))
-                     if json.dumps(old.get(k)) != json.dumps(now.get(k)))
-    raise SystemExit(f"error: {out} holds runs of another training recipe ({diff}). Use a new --out, or the "
-                     f"flags that give the folder's recipe (the v2 folders: --min-steps 600 --augment flips "
-                     f"--collapse-retries 0).")
+    then, now = asdict(was), asdict(profile)
+    differ = [k for k in then if then[k] != now[k] and not (k == "flips" and was.augment and profile.augment)]
+    diff = ", ".join(f"{k} {then[k]!r} there, {now[k]!r} now" for k in differ)
+    # flags can give it when only flag-set fields differ; --augment flips means flips on, no other augmentation
+    by_flags = set(differ) <= set(_FLAGS) and (then["augment"] or then["flips"])
+    flags = " ".join(f"{_FLAGS[k]} {then[k] if k != 'augment' else (then[k] or 'flips')}" for k in differ
+                     if k in _FLAGS)
+    hint = f"or these flags, which give the folder's recipe: {flags}" if by_flags else \
+        "no polypal-sim flags give the folder's recipe"
+    raise SystemExit(f"error: {out} holds runs of another training recipe ({diff}). Use a new --out; {hint}.")
 
 
 def _setup(args):
@@ -118,10 +133,11 @@ def _setup(args):
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _log_command(out)
     augment = {None: {}, "flips": {"augment": "", "flips": True}}.get(args.augment, {"augment": args.augment})
     profile = get_profile(args.profile, max_steps=args.max_steps, min_steps=args.min_steps,
                           collapse_retries=args.collapse_retries, **augment)
+    _refuse_other_recipe(out, profile)
+    _log_command(out)
     init, budget, cycles = PROTOCOLS[args.dataset]
     init = args.initial or init
     budget = args.budget or budget
@@ -129,7 +145,6 @@ def _setup(args):
     fs = load_folder(args.data, profile.size, cache_dir=args.cache_dir, progress=True)
     meta = {"dataset": args.dataset, "data": str(Path(args.data).resolve()), "profile": profile.to_dict(),
             "protocol": [init, budget, cycles]}
-    _refuse_other_recipe(out, profile)
     if args.cmd == "run" or not (out / "run.json").exists():
         (out / "run.json").write_text(json.dumps(meta, indent=1))
     split_file = out / "split.json"

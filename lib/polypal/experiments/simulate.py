@@ -113,13 +113,12 @@ def run(
     if records and records[0].get("recipe", rh) != rh:
         raise ValueError(f"{out_file} was written with another training recipe ({records[0].get('recipe')}, "
                          f"now {rh}): use a new output folder")
-    if records and not records[-1]["selected"] and records[-1]["stage"] < cycles:
+    redo = bool(records) and not records[-1]["selected"] and records[-1]["stage"] < cycles
+    if redo:
         # the run ended at an earlier protocol's last stage, which queried nothing: extending it redoes that stage
-        # (same training seed and labeled set) so that its model picks the next batch
+        # (same training seed and labeled set) so that its model picks the next batch; the old record is
+        # replaced only once the new one is complete (a failed redo leaves the file as it was)
         records.pop()
-        tmp = out_file.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, out_file)
     if records:
         last = records[-1]
         labeled = np.sort(pool.index_of(last["labeled"] + last["selected"]))
@@ -164,10 +163,16 @@ def run(
                 _save_latents(Path(extras_dir), spec, seed, pool, labeled, sel, tr.model)
             labeled = np.sort(np.concatenate([labeled, sel.indices]))
         rec["seconds"] = round(time.perf_counter() - t0, 1)
-        with open(out_file, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
         records.append(rec)
+        if redo:
+            tmp = out_file.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+            os.replace(tmp, out_file)
+            redo = False
+        else:
+            with open(out_file, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
         if progress:
             progress(f"{spec.label} seed {seed} stage {stage}: paper_miou {metrics['paper_miou']:.4f} "
                      f"polyp_dice {metrics['polyp_dice']:.4f} ({rec['seconds']} s)")
