@@ -295,3 +295,30 @@ def test_detectable_differences_match_a_simulation():
     # a mean near 0 against this spread: beyond 1000 seeds; no spread or one seed: nothing to say
     assert detectable([0.5, -0.5, 0.1])["seeds_for_mean"] is None
     assert detectable([1.0, 1.0, 1.0]) is None and detectable([2.0]) is None
+
+
+def test_the_ceiling_trains_its_epochs_not_the_stage_cap(tmp_path):
+    """The full-pool model trains the profile's epochs without the per-stage step cap (a capped full pool
+    trained fewer epochs than the stages under it and sat below them: cpu-lite v3 on CVC); the record keeps
+    the runs' recipe and says `uncapped`; the report prefers uncapped records over capped ones from before."""
+    from polypal.data import load_folder
+    from polypal.experiments.ceiling import full_pool_ceiling
+    from polypal.experiments.report.results import load_ceiling
+    from polypal.experiments.simulate import recipe_hash
+    from polypal.learner import get_profile
+
+    fs = load_folder(REPO / "sample-datasets" / "kvasir-seg-mini", 32)
+    pool, val, test = fs.subset(np.arange(0, 20)), fs.subset(np.arange(20, 25)), fs.subset(np.arange(25, 30))
+    prof = get_profile("smoke", epochs=3, max_steps=4)  # a stage of 20 frames would train 4 steps
+    assert prof.steps_for(20) == 4
+    out = tmp_path / "ceiling.jsonl"
+    capped = {"kind": "ceiling", "seed": 1, "n_labeled": 20, "profile": "smoke", "recipe": recipe_hash(prof),
+              "test": {"paper_miou": 0.1, "polyp_iou": 0.1, "polyp_dice": 0.1}, "steps": 4}
+    out.write_text(json.dumps(capped) + "\n")
+    assert load_ceiling(tmp_path)["polyp_dice"] == pytest.approx(10.0) and not load_ceiling(tmp_path)["uncapped"]
+    rec = full_pool_ceiling(pool, val, test, prof, 0, out)
+    assert rec["steps"] == 3 * 5 and rec["uncapped"] and rec["recipe"] == recipe_hash(prof)
+    assert full_pool_ceiling(pool, val, test, prof, 0, out) == rec and len(out.read_text().splitlines()) == 2
+    c = load_ceiling(tmp_path)
+    assert c["seeds"] == [0] and c["uncapped"] and c["steps"] == [15]
+    assert c["polyp_dice"] == pytest.approx(100 * rec["test"]["polyp_dice"])

@@ -9,7 +9,7 @@
 Every finished (strategy, seed, stage) is appended to
 ``OUT/runs/<strategy>-seed<k>.jsonl`` at once; rerunning the same command skips
 what is done. ``ceiling`` trains on the whole pool (same split, profile and
-validation) and appends one line per seed to ``OUT/ceiling.jsonl``: the
+validation; the profile's epochs without its per-stage step cap) and appends one line per seed to ``OUT/ceiling.jsonl``: the
 full-pool model that the report's label savings are measured against. The split is written to ``OUT/split.json`` and every invocation,
 with the machine it ran on, to ``OUT/commands.txt``.
 """

@@ -89,11 +89,17 @@ def all_stages(res: dict) -> list[int]:
 
 
 def load_ceiling(folder: Path) -> dict | None:
-    """Mean full-pool test metrics (%) over the ceiling seeds in ``ceiling.jsonl``, or None."""
+    """Mean full-pool test metrics (%) over the ceiling seeds in ``ceiling.jsonl``, or None.
+
+    Uncapped ceilings (trained the profile's epochs; ``polypal.experiments.ceiling``) replace the capped
+    ones of folders made before them, when a folder has both; ``uncapped`` says which were used."""
     recs = read_records(Path(folder) / "ceiling.jsonl")
     if not recs:
         return None
-    out = {"seeds": [r["seed"] for r in recs], "n_labeled": recs[0]["n_labeled"]}
+    uncapped = [r for r in recs if r.get("uncapped")]
+    recs = uncapped or recs
+    out = {"seeds": [r["seed"] for r in recs], "n_labeled": recs[0]["n_labeled"], "uncapped": bool(uncapped),
+           "steps": sorted({r.get("steps") for r in recs if r.get("steps")})}
     for m, _ in METRICS:
         v = [100 * r["test"][m] for r in recs]
         out[m] = float(np.mean(v))

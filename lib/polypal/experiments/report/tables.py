@@ -173,7 +173,9 @@ def ci_tables(res: dict, ceiling: dict | None) -> str:
     sv = label_savings(res, ceiling)
     if ceiling:
         lines += ["## Full-pool ceiling and label savings", "",
-                  f"Full pool ({ceiling['n_labeled']} labels, seeds {ceiling['seeds']}): paper mIoU "
+                  f"Full pool ({ceiling['n_labeled']} labels, seeds {ceiling['seeds']}, "
+                  f"{'/'.join(map(str, ceiling.get('steps') or [])) or '?'} steps"
+                  f"{'' if ceiling.get('uncapped') else ', capped like a stage'}): paper mIoU "
                   f"{ceiling['paper_miou']:.2f}, polyp Dice {ceiling['polyp_dice']:.2f}."]
         st = strategy_stats(res, "polyp_dice").get("random")
         stm = strategy_stats(res, "paper_miou").get("random")
