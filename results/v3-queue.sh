@@ -11,7 +11,10 @@ set -x
 export OMP_NUM_THREADS=1
 S=.venv/bin/polypal-sim
 if [ "$1" = cvc ]; then
-  A="--dataset cvc --data ../shared/datasets/cvc-clinicdb --profile cpu-lite --threads 1 --out results/cvc-v3"
+  # --max-steps 1500: the folder was started (2026-12-05 02:20) when v3's cap was 1500 steps; it was raised to
+  # 3000 at 03:20 because it bound Kvasir-SEG's larger stages. No CVC stage (40 to 240 labels: 1200 steps) and
+  # no ceiling (trained uncapped) reaches either cap, so every CVC training is the same under both.
+  A="--dataset cvc --data ../shared/datasets/cvc-clinicdb --profile cpu-lite --max-steps 1500 --threads 1 --out results/cvc-v3"
   OTHERS=uncertainty,ta_coreset,pca_coreset,vaal,unc_ta_coreset:mean:0.25,unc_ta_coreset:mean:0.75
 else
   A="--dataset kvasir --data ../shared/datasets/kvasir-seg --profile cpu-lite --threads 1 --out results/kvasir-v3"

@@ -23,9 +23,9 @@ def test_model_returns_logits_and_pooled_latent():
 def test_profiles_budget():
     lite = get_profile("cpu-lite")
     # the v3 recipe: a budget that grows with the labeled set (40 epochs' worth, at least 1200 and at most
-    # 1500 steps), the endoscopy augmentation, the EMA of the weights, 3 retries of a collapsed training
-    assert lite.steps_for(80) == 1200 and lite.steps_for(240) == 1200 and lite.steps_for(300) == 1500
-    assert lite.steps_for(600) == 1500
+    # 3000 steps), the endoscopy augmentation, the EMA of the weights, 3 retries of a collapsed training
+    assert lite.steps_for(80) == 1200 and lite.steps_for(240) == 1200 and lite.steps_for(300) == 1520
+    assert lite.steps_for(600) == 3000 and lite.steps_for(2000) == 3000
     assert lite.ema == 0.99 and lite.select == "ema" and lite.augment == "endo" and lite.collapse_retries == 3
     assert get_profile("paper").steps_for(100) == 100 * 13
     with pytest.raises(ValueError, match="unknown profile"):
