@@ -322,3 +322,23 @@ def test_the_ceiling_trains_its_epochs_not_the_stage_cap(tmp_path):
     c = load_ceiling(tmp_path)
     assert c["seeds"] == [0] and c["uncapped"] and c["steps"] == [15]
     assert c["polyp_dice"] == pytest.approx(100 * rec["test"]["polyp_dice"])
+
+
+def test_the_report_ignores_a_ceiling_of_another_recipe(tmp_path):
+    """A full-pool record trained with another recipe than the runs is no ceiling for them: the report leaves
+    it out (and says nothing about a ceiling rather than measure the runs against the wrong one)."""
+    folder = write_folder(tmp_path / "res")
+    for f in (folder / "runs").glob("*.jsonl"):
+        f.write_text("".join(json.dumps({**json.loads(l), "recipe": "aaaaaaaaaa"}) + "\n"
+                             for l in f.read_text().splitlines()))
+    ceil = [json.loads(l) for l in (folder / "ceiling.jsonl").read_text().splitlines()]
+    # seed 0 with the runs' recipe (Dice 0.64), seed 1 with another one (0.66)
+    (folder / "ceiling.jsonl").write_text(json.dumps({**ceil[0], "recipe": "aaaaaaaaaa"}) + "\n"
+                                          + json.dumps({**ceil[1], "recipe": "bbbbbbbbbb"}) + "\n")
+    make_report(folder, paper="none")
+    summ = json.loads((folder / "report" / "summary.json").read_text())
+    assert summ["ceiling"]["seeds"] == [0] and summ["ceiling"]["polyp_dice"] == pytest.approx(64.0)
+    (folder / "ceiling.jsonl").write_text(json.dumps({**ceil[1], "recipe": "bbbbbbbbbb"}) + "\n")
+    make_report(folder, paper="none")
+    summ = json.loads((folder / "report" / "summary.json").read_text())
+    assert summ["ceiling"] is None and "Full pool" not in (folder / "report" / "tables.md").read_text()

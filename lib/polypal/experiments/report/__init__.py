@@ -28,7 +28,7 @@ from pathlib import Path
 from polypal.experiments.report.plots import (plot_aulc_diff, plot_curves, plot_gallery, plot_gamma, plot_overlap,
                                               plot_tsne)
 from polypal.experiments.report.results import (METRICS, SMOKE_WARNING, _profile_name, _title, all_stages,
-                                                load_ceiling, load_results, run_meta)
+                                                load_ceiling, load_results, run_meta, run_recipes)
 from polypal.experiments.report.stats import (_random_fraction, bootstrap_ci, label_savings, normalised_aulc,
                                               paired_stats, stability, strategy_stats, student_t_ci)
 from polypal.experiments.report.tables import _stability_md, ci_tables, markdown_tables, paired_table
@@ -38,7 +38,7 @@ __all__ = ["bootstrap_ci", "load_results", "make_report", "normalised_aulc", "pa
 
 
 def summary(folder: Path, res: dict, dataset: str | None) -> dict:
-    ceiling = load_ceiling(folder)
+    ceiling = load_ceiling(folder, run_recipes(res))
     profile = _profile_name(folder, res)
     return {
         "folder": folder.name, "dataset": dataset, "profile": profile, "smoke": profile == "smoke",
@@ -76,7 +76,7 @@ def make_report(folder: Path, paper: str | None = None) -> list[Path]:
         print(SMOKE_WARNING)
     head = f"# Results: {folder.name}\n\n" + (f"**{SMOKE_WARNING}**\n\n" if smoke else "")
     tables = out / "tables.md"
-    ceiling = load_ceiling(folder)
+    ceiling = load_ceiling(folder, run_recipes(res))
     tables.write_text(head + ci_tables(res, ceiling) + "\n" + _stability_md(res) + "\n" + markdown_tables(res, paper)
                       + "\n" + paired_table(res))
     made.append(tables)

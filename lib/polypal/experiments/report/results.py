@@ -88,12 +88,21 @@ def all_stages(res: dict) -> list[int]:
     return sorted({r["n_labeled"] for seeds in res.values() for recs in seeds.values() for r in recs})
 
 
-def load_ceiling(folder: Path) -> dict | None:
+def run_recipes(res: dict) -> set:
+    """The recipe fingerprints of a folder's stage records (None for records made before fingerprints)."""
+    return {r.get("recipe") for seeds in res.values() for recs in seeds.values() for r in recs}
+
+
+def load_ceiling(folder: Path, recipes: set | None = None) -> dict | None:
     """Mean full-pool test metrics (%) over the ceiling seeds in ``ceiling.jsonl``, or None.
 
-    Uncapped ceilings (trained the profile's epochs; ``polypal.experiments.ceiling``) replace the capped
-    ones of folders made before them, when a folder has both; ``uncapped`` says which were used."""
+    With ``recipes`` (the runs' fingerprints, ``run_recipes``), a ceiling trained with another recipe is
+    left out: the runs could not be measured against it (records without a fingerprint, from before them,
+    are kept). Uncapped ceilings (trained the profile's epochs; ``polypal.experiments.ceiling``) replace the
+    capped ones of folders made before them, when a folder has both; ``uncapped`` says which were used."""
     recs = read_records(Path(folder) / "ceiling.jsonl")
+    if recipes:
+        recs = [r for r in recs if r.get("recipe") is None or r.get("recipe") in recipes]
     if not recs:
         return None
     uncapped = [r for r in recs if r.get("uncapped")]
