@@ -9,7 +9,7 @@ set -x
 export OMP_NUM_THREADS=1
 S=.venv/bin/polypal-sim
 # cpu-lite is the v3 recipe since 2026-12-05; these flags keep v2's (added then; a rerun resumes, as before)
-V2="--min-steps 600 --augment flips --collapse-retries 0"
+V2="--min-steps 600 --max-steps 1500 --augment flips --collapse-retries 0"
 V="--dataset cvc --data ../shared/datasets/cvc-clinicdb --profile cpu-lite $V2 --threads 1 --out results/cvc-v2"
 K="--dataset kvasir --data ../shared/datasets/kvasir-seg --profile cpu-lite $V2 --threads 1 --out results/kvasir-v2"
 seed=3; [ "$1" = B ] && seed=4

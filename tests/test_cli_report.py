@@ -154,8 +154,11 @@ def test_a_folder_keeps_its_recipe(tmp_path):
     for name in ("cvc-v2", "kvasir-v2"):
         with pytest.raises(SystemExit, match="another training recipe"):
             _refuse_other_recipe(root / name, get_profile("cpu-lite"))
-        _refuse_other_recipe(root / name, get_profile("cpu-lite", min_steps=600, augment="", flips=True,
-                                                      collapse_retries=0))
+        with pytest.raises(SystemExit, match="max_steps 1500 there, 3000 now.*--max-steps 1500"):
+            _refuse_other_recipe(root / name, get_profile("cpu-lite", min_steps=600, augment="", flips=True,
+                                                          collapse_retries=0))
+        _refuse_other_recipe(root / name, get_profile("cpu-lite", min_steps=600, max_steps=1500, augment="",
+                                                      flips=True, collapse_retries=0))
 
 
 def test_extending_a_run_that_cannot_go_on_keeps_its_records(tmp_path):

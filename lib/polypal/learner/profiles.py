@@ -16,7 +16,7 @@
   larger stages with the augmentation), the EMA of the weights (decay 0.99) at the end of the
   cycle as the model, and up to 3 retries of a collapsed training. This is the
   v3 recipe (results/calibration/README.md, "v3"): the v2 recipe (flips only, a
-  600-step floor, no retries; ``results/*-v2``) is ``--min-steps 600 --augment
+  600-step floor and a 1500-step cap, no retries; ``results/*-v2``) is ``--min-steps 600 --max-steps 1500 --augment
   flips --collapse-retries 0``. A cosine schedule and best-validation selection
   were measured and not kept. One Kvasir-SEG run (6 trainings) in about 25-30
   minutes on 2 cores.
