@@ -159,6 +159,11 @@ def test_a_folder_keeps_its_recipe(tmp_path):
                                                           collapse_retries=0))
         _refuse_other_recipe(root / name, get_profile("cpu-lite", min_steps=600, max_steps=1500, augment="",
                                                       flips=True, collapse_retries=0))
+    # the v3 folders, as results/v3-queue.sh runs them: Kvasir with today's cpu-lite, CVC with --max-steps 1500
+    _refuse_other_recipe(root / "kvasir-v3", get_profile("cpu-lite"))
+    _refuse_other_recipe(root / "cvc-v3", get_profile("cpu-lite", max_steps=1500))
+    with pytest.raises(SystemExit, match="max_steps 1500 there, 3000 now.*--max-steps 1500"):
+        _refuse_other_recipe(root / "cvc-v3", get_profile("cpu-lite"))
 
 
 def test_extending_a_run_that_cannot_go_on_keeps_its_records(tmp_path):

@@ -338,7 +338,18 @@ def test_the_report_ignores_a_ceiling_of_another_recipe(tmp_path):
     make_report(folder, paper="none")
     summ = json.loads((folder / "report" / "summary.json").read_text())
     assert summ["ceiling"]["seeds"] == [0] and summ["ceiling"]["polyp_dice"] == pytest.approx(64.0)
+    assert summ["ceiling_records_of_another_recipe"] == 1
+    assert "1 full-pool record(s) in ceiling.jsonl were trained with another recipe" in \
+        (folder / "report" / "tables.md").read_text()
     (folder / "ceiling.jsonl").write_text(json.dumps({**ceil[1], "recipe": "bbbbbbbbbb"}) + "\n")
     make_report(folder, paper="none")
     summ = json.loads((folder / "report" / "summary.json").read_text())
-    assert summ["ceiling"] is None and "Full pool" not in (folder / "report" / "tables.md").read_text()
+    tables = (folder / "report" / "tables.md").read_text()
+    assert summ["ceiling"] is None and "Full pool" not in tables and "no ceiling for these runs" in tables
+    # runs from before fingerprints: any ceiling stands beside them
+    for f in (folder / "runs").glob("*.jsonl"):
+        f.write_text("".join(json.dumps({k: v for k, v in json.loads(l).items() if k != "recipe"}) + "\n"
+                             for l in f.read_text().splitlines()))
+    make_report(folder, paper="none")
+    summ = json.loads((folder / "report" / "summary.json").read_text())
+    assert summ["ceiling"]["polyp_dice"] == pytest.approx(66.0) and summ["ceiling_records_of_another_recipe"] == 0

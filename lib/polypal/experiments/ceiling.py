@@ -17,9 +17,10 @@ def full_pool_ceiling(pool: FrameSet, val: FrameSet, test: FrameSet, profile: Pr
     """Train on every pool frame (the full-pool ceiling) with training seed ``seed*1000 + 999``.
 
     The profile's epochs decide the steps, without its cap (``max_steps``): the cap bounds each AL stage's
-    time, and a capped full pool trains fewer epochs than the stages below it (cpu-lite v3: 1500 steps are
-    30 epochs of CVC-ClinicDB's 398 pool frames, 17 of Kvasir-SEG's 704, against 40 for every stage up to
-    240 labels), so it was no ceiling: 76.3 paper mIoU on CVC, below Random's 78.1 at 240 labels.
+    time, and a capped full pool trains fewer epochs than the stages below it (cpu-lite v3 as first run,
+    capped at 1500 steps: 30 epochs of CVC-ClinicDB's 398 pool frames, 17 of Kvasir-SEG's 704, against 40
+    for every stage up to 240 labels), so it was no ceiling: 76.3 paper mIoU on CVC, below Random's 78.1 at
+    240 labels. Today's cap (3000) would still cut Kvasir-SEG's full pool (3520 steps).
     The record keeps the runs' recipe fingerprint (``recipe``) and says ``uncapped``. Appends one record
     per seed to ``out_file``; a seed already there (same recipe, uncapped) is not redone.
     """

@@ -18,8 +18,8 @@
   v3 recipe (results/calibration/README.md, "v3"): the v2 recipe (flips only, a
   600-step floor and a 1500-step cap, no retries; ``results/*-v2``) is ``--min-steps 600 --max-steps 1500 --augment
   flips --collapse-retries 0``. A cosine schedule and best-validation selection
-  were measured and not kept. One Kvasir-SEG run (6 trainings) in about 25-30
-  minutes on 2 cores.
+  were measured and not kept. A Kvasir-SEG run trains 11,440 steps (6
+  trainings; its time on this machine's CPU is in the README's results).
 - ``smoke``: 32x32, a tiny U-Net and a handful of steps, for tests.
 
 ``collapse_retries`` (cpu-lite: 3; the server's default too) redoes a training whose model

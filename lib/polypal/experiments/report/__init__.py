@@ -28,7 +28,8 @@ from pathlib import Path
 from polypal.experiments.report.plots import (plot_aulc_diff, plot_curves, plot_gallery, plot_gamma, plot_overlap,
                                               plot_tsne)
 from polypal.experiments.report.results import (METRICS, SMOKE_WARNING, _profile_name, _title, all_stages,
-                                                load_ceiling, load_results, run_meta, run_recipes)
+                                                ceilings_left_out, load_ceiling, load_results, run_meta,
+                                                run_recipes)
 from polypal.experiments.report.stats import (_random_fraction, bootstrap_ci, label_savings, normalised_aulc,
                                               paired_stats, stability, strategy_stats, student_t_ci)
 from polypal.experiments.report.tables import _stability_md, ci_tables, markdown_tables, paired_table
@@ -37,8 +38,10 @@ __all__ = ["bootstrap_ci", "load_results", "make_report", "normalised_aulc", "pa
            "strategy_stats", "student_t_ci", "summary"]
 
 
-def summary(folder: Path, res: dict, dataset: str | None) -> dict:
-    ceiling = load_ceiling(folder, run_recipes(res))
+def summary(folder: Path, res: dict, dataset: str | None, ceiling: dict | None = None) -> dict:
+    """The report's numbers, machine-readable (``ceiling``: as ``load_ceiling`` gives it for these runs)."""
+    if ceiling is None:
+        ceiling = load_ceiling(folder, run_recipes(res))
     profile = _profile_name(folder, res)
     return {
         "folder": folder.name, "dataset": dataset, "profile": profile, "smoke": profile == "smoke",
@@ -48,6 +51,7 @@ def summary(folder: Path, res: dict, dataset: str | None) -> dict:
         "ci_method": "percentile bootstrap of the mean over seeds, 95%, exact enumeration up to 10 seeds",
         "metrics": {m: {"strategies": strategy_stats(res, m), "vs_random": paired_stats(res, m)} for m, _ in METRICS},
         "ceiling": ceiling,
+        "ceiling_records_of_another_recipe": ceilings_left_out(folder, run_recipes(res)),
         "random_last_stage_fraction_of_ceiling": _random_fraction(res, ceiling),
         "stability": stability(res),
         "label_savings": label_savings(res, ceiling),
@@ -77,11 +81,15 @@ def make_report(folder: Path, paper: str | None = None) -> list[Path]:
     head = f"# Results: {folder.name}\n\n" + (f"**{SMOKE_WARNING}**\n\n" if smoke else "")
     tables = out / "tables.md"
     ceiling = load_ceiling(folder, run_recipes(res))
+    left_out = ceilings_left_out(folder, run_recipes(res))
+    if left_out:
+        head += (f"{left_out} full-pool record(s) in ceiling.jsonl were trained with another recipe than these "
+                 "runs and are left out" + ("" if ceiling else ": no ceiling for these runs") + ".\n\n")
     tables.write_text(head + ci_tables(res, ceiling) + "\n" + _stability_md(res) + "\n" + markdown_tables(res, paper)
                       + "\n" + paired_table(res))
     made.append(tables)
     summ = out / "summary.json"
-    summ.write_text(json.dumps(summary(folder, res, dataset), indent=1))
+    summ.write_text(json.dumps(summary(folder, res, dataset, ceiling), indent=1))
     made.append(summ)
     title = _title(folder, res, dataset) + (" · SMOKE: numbers mean nothing" if smoke else "")
     plot_curves(res, out / "curves.png", title=title, ceiling=ceiling)

@@ -93,16 +93,26 @@ def run_recipes(res: dict) -> set:
     return {r.get("recipe") for seeds in res.values() for recs in seeds.values() for r in recs}
 
 
+def _same_recipe(rec: dict, recipes: set | None) -> bool:
+    """Whether a ceiling record can stand beside runs of these fingerprints (any, when the runs or the record
+    predate fingerprints)."""
+    known = (recipes or set()) - {None}
+    return not known or rec.get("recipe") is None or rec.get("recipe") in known
+
+
+def ceilings_left_out(folder: Path, recipes: set | None) -> int:
+    """How many ceiling records ``load_ceiling`` leaves out for being of another recipe than the runs."""
+    return sum(not _same_recipe(r, recipes) for r in read_records(Path(folder) / "ceiling.jsonl"))
+
+
 def load_ceiling(folder: Path, recipes: set | None = None) -> dict | None:
     """Mean full-pool test metrics (%) over the ceiling seeds in ``ceiling.jsonl``, or None.
 
     With ``recipes`` (the runs' fingerprints, ``run_recipes``), a ceiling trained with another recipe is
-    left out: the runs could not be measured against it (records without a fingerprint, from before them,
-    are kept). Uncapped ceilings (trained the profile's epochs; ``polypal.experiments.ceiling``) replace the
+    left out: the runs could not be measured against it (runs or records without a fingerprint, from
+    before them, are taken as matching). Uncapped ceilings (trained the profile's epochs; ``polypal.experiments.ceiling``) replace the
     capped ones of folders made before them, when a folder has both; ``uncapped`` says which were used."""
-    recs = read_records(Path(folder) / "ceiling.jsonl")
-    if recipes:
-        recs = [r for r in recs if r.get("recipe") is None or r.get("recipe") in recipes]
+    recs = [r for r in read_records(Path(folder) / "ceiling.jsonl") if _same_recipe(r, recipes)]
     if not recs:
         return None
     uncapped = [r for r in recs if r.get("uncapped")]
