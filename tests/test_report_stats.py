@@ -199,6 +199,18 @@ def test_stability_flags_drops_and_falls_by_hand():
            "by the estimate; the interval holds 2, so these seeds cannot tell)" in md, md
 
 
+def test_a_seed_still_running_does_not_bend_randoms_mean_curve():
+    """The rise check compares each stage with the next over the seeds that have both: a seed that has only
+    its first stage so far (high, 80) would make the mean of all seeds fall from 40 to 80 labels."""
+    from polypal.experiments.report.stats import stability
+
+    res = {"random": {0: _recs({40: 60.0, 80: 64.0, 120: 64.0}), 1: _recs({40: 62.0, 80: 66.0, 120: 65.0}),
+                      2: _recs({40: 80.0})}}
+    st = stability(res)
+    # means over the seeds present: 67.33, 65, 64.5 (a fall 40->80); paired steps: +4 (2 seeds), -0.5 (2 seeds)
+    assert st["random_mean_falls"] == ["80->120"] and st["random_steps"][0]["seeds"] == 2
+
+
 def test_std_interval_with_five_seeds_by_hand():
     from polypal.experiments.report.stats import std_ci
 

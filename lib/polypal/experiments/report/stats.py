@@ -252,15 +252,9 @@ def stability(res: dict, metric: str = "paper_miou", max_drop: float = 3.0, max_
     out: dict = {"metric": metric}
     if "random" in res:
         st = strategy_stats(res, metric)["random"]["stages"]
-        means = [(n, st[str(n)]["mean"]) for n in stages if str(n) in st]
-        falls = [f"{a}->{b}" for (a, ma), (b, mb) in zip(means, means[1:]) if mb <= ma]
         stds = {str(n): st[str(n)]["std"] for n in stages[1:] if str(n) in st and st[str(n)]["std"] is not None}
-        out["random_mean_rises_every_stage"] = not falls
-        out["random_mean_falls"] = falls
-        out["random_max_seed_std_after_stage0"] = max(stds.values()) if stds else None
-        out["random_std_ok"] = (max(stds.values()) <= max_std) if stds else None
-        # the same checks with their noise: each step of the mean paired by seed (t interval), and the
-        # chi-square interval of the largest std (the largest of several stds is itself biased upwards)
+        # each step of the mean curve over the seeds that have both stages, paired by seed (t interval): a seed
+        # still running (fewer stages) would otherwise make the mean curve jump between seed sets
         curves = {seed: _curve(recs, metric) for seed, recs in res["random"].items()}
         steps = []
         for a, b in zip(stages, stages[1:]):
@@ -269,6 +263,13 @@ def stability(res: dict, metric: str = "paper_miou", max_drop: float = 3.0, max_
                 t = student_t_ci(d)
                 steps.append({"from": a, "to": b, "mean": float(np.mean(d)), "seeds": len(d),
                               "t95": list(t[:2]) if t else None, "p_t": t[2] if t else None})
+        falls = [f"{s['from']}->{s['to']}" for s in steps if s["mean"] <= 0]
+        out["random_mean_rises_every_stage"] = not falls
+        out["random_mean_falls"] = falls
+        out["random_max_seed_std_after_stage0"] = max(stds.values()) if stds else None
+        out["random_std_ok"] = (max(stds.values()) <= max_std) if stds else None
+        # the std check with its noise: the chi-square interval of the largest std (the largest of several
+        # stds is itself biased upwards)
         out["random_steps"] = steps
         if stds:
             n_max = max(stds, key=stds.get)

@@ -223,13 +223,12 @@ def _stability_md(res: dict) -> str:
             x = steps.get(f)
             if x and x["t95"]:
                 lo, hi = x["t95"]
-                noise = "within noise" if lo <= 0 <= hi else ("a real fall" if hi < 0 else
-                                                                 "yet the step paired by seed rises")
+                noise = "within noise" if lo <= 0 <= hi else "a real fall"
                 falls.append(f"{f}: {x['mean']:+.2f}, paired t interval [{x['t95'][0]:+.2f}, {x['t95'][1]:+.2f}] "
                              f"over {x['seeds']} seeds, {noise}")
             else:
                 falls.append(f)
-        lines.append(f"- Random's mean curve rises at every stage: {'yes' if st['random_mean_rises_every_stage'] else 'no (' + '; '.join(falls) + ')'}.")
+        lines.append(f"- Random's mean curve rises at every stage (each step over the seeds that have both stages): {'yes' if st['random_mean_rises_every_stage'] else 'no (' + '; '.join(falls) + ')'}.")
         if st["random_max_seed_std_after_stage0"] is not None:
             ci = st.get("random_max_std_ci95")
             span = (f" at {st['random_max_std_stage']} labels; 95% chi-square interval {ci[0]:.2f} to {ci[1]:.2f} over "
