@@ -80,8 +80,9 @@ def make_report(folder: Path, paper: str | None = None) -> list[Path]:
         print(SMOKE_WARNING)
     head = f"# Results: {folder.name}\n\n" + (f"**{SMOKE_WARNING}**\n\n" if smoke else "")
     tables = out / "tables.md"
-    ceiling = load_ceiling(folder, run_recipes(res))
-    left_out = ceilings_left_out(folder, run_recipes(res))
+    recipes = run_recipes(res)
+    ceiling = load_ceiling(folder, recipes)
+    left_out = ceilings_left_out(folder, recipes)
     if left_out:
         head += (f"{left_out} full-pool record(s) in ceiling.jsonl were trained with another recipe than these "
                  "runs and are left out" + ("" if ceiling else ": no ceiling for these runs") + ".\n\n")

@@ -110,8 +110,9 @@ def load_ceiling(folder: Path, recipes: set | None = None) -> dict | None:
 
     With ``recipes`` (the runs' fingerprints, ``run_recipes``), a ceiling trained with another recipe is
     left out: the runs could not be measured against it (runs or records without a fingerprint, from
-    before them, are taken as matching). Uncapped ceilings (trained the profile's epochs; ``polypal.experiments.ceiling``) replace the
-    capped ones of folders made before them, when a folder has both; ``uncapped`` says which were used."""
+    before them, are taken as matching). Uncapped ceilings (trained the profile's epochs;
+    ``polypal.experiments.ceiling``) replace the capped ones of folders made before them, when a folder
+    has both; ``uncapped`` says which were used."""
     recs = [r for r in read_records(Path(folder) / "ceiling.jsonl") if _same_recipe(r, recipes)]
     if not recs:
         return None
