@@ -45,6 +45,10 @@ def main(argv=None) -> int:
         ap.error(f"{a.data}: {n} frames; need at least 2")
     k = min(a.frames, n - 1)
     v = min(a.val, n - k)
+    if (k, v) != (a.frames, a.val):
+        print(f"warning: {a.data} has {n} frames, so {k} training and {v} validation frames instead of "
+              f"{a.frames} and {a.val}; the Kvasir projection below assumes 100 validation frames and full "
+              f"batches of {prof.batch_size}, so it reads low here", flush=True)
     x, y = fs.images[:k], fs.masks[:k]
     vx, vy = fs.images[k:k + v], fs.masks[k:k + v]
     print(f"{a.data}: {k} training frames, {v} validation frames, {prof.size} px, {a.steps} steps per variant; "
