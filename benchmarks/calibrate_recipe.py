@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for seed in [int(s) for s in args.seeds.split(",")]:
-        lab = initial_labeled(len(pool), args.n, seed)
+        lab = initial_labeled(len(pool), args.n, seed, "shared")  # as the v2/v3 folders drew them
         t0 = time.perf_counter()
         tr = train(profile, pool.images[lab], pool.masks[lab], val.images, val.masks, seed=seed * 1000,
                    device="cpu", keep_variants=True)

@@ -1315,3 +1315,103 @@ def test_uploads_cannot_fill_the_disk(tmp_path):
         assert s == 200, r
     finally:
         srv.stop()
+
+
+# -- 14. found by a hostile-client probe (2026-12-06) ---------------------------------------------------
+def _kept(studies: Path) -> set[str]:
+    return {sha(p) for p in (studies / ".polypal" / "trash").rglob("*") if p.is_file() and p.name != "manifest.json"}
+
+
+def test_frame_and_label_files_without_a_row_are_never_overwritten_unseen(env):
+    url, studies = env["url"], env["studies"]
+    # a frame copied into the studies folder while the server runs (not registered until the next start)
+    shutil.copyfile(studies / "fr000.png", studies / "late.png")
+    late = sha(studies / "late.png")
+    new = png_bytes(synth_frame(np.random.default_rng(21), H, W)[0])
+    s, r = put_image(url, "late", new)
+    assert s == 409 and "late.png" in r["detail"] and "replace" in r["detail"], (s, r)
+    assert sha(studies / "late.png") == late
+    s, r = put_image(url, "late", new, params={"replace": True})
+    assert s == 200, r
+    assert sha(studies / "late.png") != late and late in _kept(studies)
+    # one id under two extensions: the registered frame and the unregistered file are both kept on replace
+    s, r = put_image(url, "dupe", png_bytes(synth_frame(np.random.default_rng(22), H, W)[0]))
+    assert s == 200, r
+    registered = sha(studies / "dupe.png")
+    Image.fromarray(synth_frame(np.random.default_rng(23), H, W)[0]).save(studies / "dupe.jpg")
+    stray = sha(studies / "dupe.jpg")
+    s, r = put_image(url, "dupe", jpg_bytes(synth_frame(np.random.default_rng(24), H, W)[0]), name="f.jpg",
+                     params={"replace": True})
+    assert s == 200, r
+    assert {registered, stray} <= _kept(studies)
+    # a label file on disk that no row points to is kept in the trash when a label is saved over it
+    s, r = put_image(url, "strayl", png_bytes(synth_frame(np.random.default_rng(25), H, W)[0]))
+    assert s == 200, r
+    (studies / "labels" / "final").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((H, W), 255, np.uint8)).save(studies / "labels" / "final" / "strayl.png")
+    before = sha(studies / "labels" / "final" / "strayl.png")
+    s, r = put_label(url, "strayl", png_bytes(np.zeros((H, W), np.uint8)))
+    assert s == 200, r
+    assert before in _kept(studies) and stored_mask(studies, "strayl").sum() == 0
+
+
+def test_an_image_id_never_reaches_a_file_in_the_servers_working_directory(env):
+    url, base = env["url"], env["base"]  # the server runs in base (server_utils.Server's workdir)
+    Image.fromarray(np.zeros((2 * H + 3, 2 * W + 5, 3), np.uint8)).save(base / "outside.png")
+    s, r = put_image(url, "outside.png", png_bytes(synth_frame(np.random.default_rng(26), H, W)[0]))
+    assert s == 200, r
+    s, r = http("POST", f"{url}/infer/polyp_seg?image=outside.png&output=json", timeout=120)
+    assert s == 200, r
+    assert (r["width"], r["height"]) == (W, H), r  # the frame, not ./outside.png
+    # a frame whose id names a folder in the working directory is served too
+    s, r = put_image(url, "model", png_bytes(synth_frame(np.random.default_rng(27), H, W)[0]))
+    assert s == 200, r
+    s, r = http("POST", f"{url}/infer/polyp_seg?image=model&output=json", timeout=120)
+    assert s == 200 and (r["width"], r["height"]) == (W, H), (s, r)
+
+
+def test_long_file_names_and_bad_check_sums_get_400(env):
+    url, studies = env["url"], env["studies"]
+    name = "a" + ".b" * 122 + ".png"  # 249 characters: within 255, but MONAI Label's temp copy keeps the suffixes
+    frame = png_bytes(synth_frame(np.random.default_rng(28), H, W)[0])
+    s, r = put_image(url, "longname", frame, name=name)
+    assert s == 400 and "first '.'" in r["detail"], (s, r)
+    s, r = put_label(url, "fr009", png_bytes(np.zeros((H, W), np.uint8)), name=name)
+    assert s == 400, (s, r)
+    s, r = infer_upload(url, frame, name=name)
+    assert s == 400, (s, r)
+    s, r = put_image(url, "shortname", frame, name="frame.0001.2026.png")  # dots in a name stay fine
+    assert s == 200, r
+
+    def head(q):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"{url}/datastore/image?{q}", method="HEAD"),
+                                        timeout=30) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    digest = sha(studies / "fr000.png")
+    for bad in ("FOO:abc", ":", "a:b:c", "sha1:" + digest, "zz"):
+        assert head(urllib.parse.urlencode({"image": "fr000", "check_sum": bad})) == 400, bad
+    assert head(urllib.parse.urlencode({"image": "fr000", "check_sum": "SHA256:" + digest})) == 200
+    assert head(urllib.parse.urlencode({"image": "fr000", "check_sum": digest})) == 200
+    assert head(urllib.parse.urlencode({"image": "fr000", "check_sum": "SHA256:" + "0" * 64})) == 404
+
+
+def test_exported_csv_cells_cannot_be_formulas(env):
+    import csv
+    import zipfile
+
+    url, masks = env["url"], env["masks"]
+    body, ct = multipart({"params": json.dumps({"client_id": "=HYPERLINK(\"http://evil.example\",\"x\")"})},
+                         {"label": ("m.png", png_bytes(masks["fr010"].astype(np.uint8)))})
+    s, r = http("PUT", f"{url}/datastore/label?image=fr010&tag=final", body, {"Content-Type": ct})
+    assert s == 200, r
+    s, data = http("GET", f"{url}/datastore/dataset")
+    assert s == 200 and data[:2] == b"PK"
+    z = zipfile.ZipFile(io.BytesIO(data))
+    rows = {row["id"]: row for row in csv.DictReader(io.StringIO(z.read("manifest.csv").decode()))}
+    assert rows["fr010"]["annotator"].startswith("'="), rows["fr010"]
+    frames = {f["id"]: f for f in json.loads(z.read("manifest.json"))["frames"]}
+    assert frames["fr010"]["annotator"].startswith("=")  # the JSON keeps what was sent

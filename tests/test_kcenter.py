@@ -413,3 +413,17 @@ def test_one_pass_reference_refuses_non_2d_features():
     for bad in (np.zeros(5), np.zeros((5, 2, 2))):
         with pytest.raises(ValueError, match="features must be 2-D"):
             one_pass(bad, [], 1)
+
+
+def test_non_finite_features_are_refused_naming_the_row():
+    """A NaN latent (a diverged model) used to win the first pick and turn every distance into NaN, so the
+    other picks followed index order; both implementations now refuse it."""
+    from polypal.sampler.kcenter_torch import k_center_greedy_torch
+
+    x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    for bad in (np.nan, np.inf):
+        y = x.copy()
+        y[30, 2] = bad
+        for f in (k_center_greedy, lambda *a: k_center_greedy_torch(*a, device="cpu")):
+            with pytest.raises(ValueError, match="row 30"):
+                f(y, [0, 1], 8)

@@ -311,12 +311,17 @@ class PolypALApp(MONAILabelApp):
                 check_name("image id", image)
             except InvalidName:
                 raise HTTPException(status_code=404, detail=f"unknown image id {image[:80]!r}") from None
-            if not ds.get_image_uri(image):
+            uri = ds.get_image_uri(image)
+            if not uri:
                 raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
-        if request.get("save_label"):
-            request["label_tag"] = "original"  # a prediction never replaces an annotator's label
+        # MONAI Label reads request["image"] as a file path first when one of that name exists relative to the
+        # server's working directory: hand it the frame's absolute path, so an id never reaches a file outside
+        # the datastore, and save the prediction (tag "original" only, never over an annotator's label) here
         if request.get("store_seg"):
             self._check_store_seg(request)
+        save_as = image if (upload is None and request.get("save_label")) else None
+        if upload is None:
+            request = {**request, "image": os.path.abspath(uri), "save_label": False}
         name = "the uploaded image" if upload else f"image {image}"
         written: list = []
         try:
@@ -331,8 +336,11 @@ class PolypALApp(MONAILabelApp):
                 logger.warning(f"infer refused: {type(e).__name__}: {e}")
                 raise HTTPException(status_code=400, detail=f"bad request parameters: "
                                     f"{str(e).replace(tempfile.gettempdir(), '<tmp>')[:200]}") from None
+            if save_as and res and res.get("file") and os.path.exists(res["file"]):
+                res["label"] = ds.save_label(save_as, res["file"], "original",
+                                             {"model": request.get("model"), "params": res.get("params")})
             if request.get("store_seg") and res and res.get("file"):
-                self._store_prediction_seg(request, res)
+                self._store_prediction_seg({**request, "image": image}, res)
         except BaseException:
             for f in ([upload] if upload else []) + written:
                 if os.path.exists(f):

@@ -47,6 +47,8 @@ import ipaddress
 import json
 import logging
 import os
+import pathlib
+import re
 import shutil
 import socket
 import tempfile
@@ -251,11 +253,37 @@ def _guard_downloads() -> None:
     import monailabel.endpoints.datastore as ds
 
     ds.FileResponse = _held_file_response()
+    ds.download_image = _checked_download_image(ds.download_image)
+
+
+def _checked_download_image(download_image):
+    """HEAD /datastore/image?check_sum=...: MONAI Label 0.8.5 compares ``ALGO:hex`` with a digest whose
+    leading characters it strips (``lstrip``), so no sum ever matched. Here a sum (checked by the Gate:
+    ``[ALGO:]hex``, SHA256 by default) is compared with the frame's; 404 when it differs, as MONAI Label meant."""
+    from fastapi import HTTPException
+    from monailabel.interfaces.utils.app import app_instance
+    from monailabel.utils.others.generic import file_checksum
+
+    def checked(image: str, check_only=False, check_sum=None):
+        if not (check_only and check_sum):
+            return download_image(image, check_only=check_only, check_sum=check_sum)
+        path = app_instance().datastore().get_image_uri(image)
+        if not path or not os.path.isfile(path):
+            raise HTTPException(status_code=404, detail="Image NOT Found")
+        algo, _, digest = check_sum.rpartition(":")
+        algo = algo.upper() or "SHA256"
+        if file_checksum(path, algo=algo) != f"{algo}:{digest.lower()}":
+            raise HTTPException(status_code=404, detail="Image NOT Found (checksum failed)")
+        return {}
+
+    return checked
 
 
 BODY_TIMEOUT = float(os.environ.get("POLYPAL_BODY_TIMEOUT", 60))  # seconds a client may pause in a body...
 MIN_BODY_RATE = 10_000  # ...and after that long, bytes per second it must have kept up on average
 _FALSE = ("", "0", "false", "f", "no", "n", "off")  # enqueue values that do not queue (pydantic's falsy words)
+MAX_SUFFIXES = 64  # characters of an uploaded file name from its first '.' (".nii.gz", ".seg.nrrd", ...)
+_CHECK_SUM = re.compile(r"(?:(?:SHA256|SHA512|MD5):)?[0-9a-fA-F]{1,128}", re.IGNORECASE)
 MAX_LOG_LINES = 10000  # GET /logs/?lines=N answers at most this many lines
 # on every answer: no other site may frame the annotator's page (its Save/Train buttons), no MIME sniffing
 _SAFE_HEADERS = ((b"x-frame-options", b"SAMEORIGIN"), (b"content-security-policy", b"frame-ancestors 'self'"),
@@ -519,6 +547,11 @@ async def _check_form(scope, spool, size: int, form_key: str) -> None:
             name = getattr(v, "filename", None)
             if name is not None and ("\x00" in name or len(name) > 255):
                 raise _Refused(400, "uploaded file name has a NUL or is longer than 255 characters")
+            if name is not None and len("".join(pathlib.PurePath(name).suffixes)) > MAX_SUFFIXES:
+                # MONAI Label keeps every suffix on its temporary copy ("tmpXXXXXXXX" + suffixes): too long a
+                # name for the file system there (a 500), so refused here
+                raise _Refused(400, f"uploaded file name has more than {MAX_SUFFIXES} characters from its first "
+                                    f"'.': name it like frame.png or label.nii.gz")
         if form_key == "/infer/" and getattr(form.get("label"), "filename", None) is not None:
             raise _Refused(400, "polyp-al's inference takes an image, not a label (no scribbles)")
         if form_key == "/infer/" and not any(_query(scope).get("image", [])) and \
@@ -634,6 +667,9 @@ class Gate:
         for v in q.get("tag", []):
             if v and not _valid_id(v):
                 raise _Refused(400, f"invalid label tag {v[:80]!r}")
+        for v in q.get("check_sum", []):
+            if path.rstrip("/") == "/datastore/image" and not _CHECK_SUM.fullmatch(v):
+                raise _Refused(400, "check_sum must be a hex digest, optionally after SHA256:, SHA512: or MD5:")
         with_body = path.startswith(_OFFLOAD) and method not in ("OPTIONS", "HEAD", "GET")
         charged = (with_body and method != "DELETE") or (method == "GET" and path.startswith(_EXPORT))
         charge = _Charge(self.disk if charged else None)  # deletes move files to the trash: no room needed

@@ -120,6 +120,21 @@ def _refuse_other_recipe(out: Path, profile) -> None:
     raise SystemExit(f"error: {out} holds runs of another training recipe ({diff}). Use a new --out; {hint}.")
 
 
+def _folder_seeding(out: Path, asked: str | None) -> str:
+    """How the folder's initial labeled sets are drawn (``simulate.initial_labeled``): what its run.json says;
+    "shared" for a folder written before the choice existed (up to the v3 recipe), so that it resumes as it
+    was; "streams" for a new folder unless ``--seeding`` says otherwise. A different --seeding is refused."""
+    try:
+        meta = json.loads((out / "run.json").read_text())
+        has = meta.get("seeding", "shared") if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        has = None
+    if has is not None and asked is not None and asked != has:
+        raise SystemExit(f"error: {out} draws its initial labeled sets with --seeding {has}, not {asked}: "
+                         f"use a new --out")
+    return has or asked or "streams"
+
+
 def _setup(args):
     """Threads, output folder, command log, profile, protocol, data and split: shared by run and ceiling."""
     import torch
@@ -137,6 +152,7 @@ def _setup(args):
     profile = get_profile(args.profile, max_steps=args.max_steps, min_steps=args.min_steps,
                           collapse_retries=args.collapse_retries, **augment)
     _refuse_other_recipe(out, profile)
+    seeding = args.seeding = _folder_seeding(out, getattr(args, "seeding", None))
     _log_command(out)
     init, budget, cycles = PROTOCOLS[args.dataset]
     init = args.initial or init
@@ -144,7 +160,7 @@ def _setup(args):
     cycles = args.cycles if args.cycles is not None else cycles
     fs = load_folder(args.data, profile.size, cache_dir=args.cache_dir, progress=True)
     meta = {"dataset": args.dataset, "data": str(Path(args.data).resolve()), "profile": profile.to_dict(),
-            "protocol": [init, budget, cycles]}
+            "protocol": [init, budget, cycles], "seeding": seeding}
     if args.cmd == "run" or not (out / "run.json").exists():
         (out / "run.json").write_text(json.dumps(meta, indent=1))
     split_file = out / "split.json"
@@ -192,7 +208,7 @@ def cmd_run(args) -> int:
         run(pool, val, test, spec, profile, seed, init, budget, cycles,
             out / "runs" / f"{spec.label}-seed{seed}.jsonl", pca_feats=pca,
             progress=tqdm.write, extras_dir=out / "extras", video_groups=vg,
-            video_of=video_of, video_cap=cap)
+            video_of=video_of, video_cap=cap, seeding=args.seeding)
     return 0
 
 
@@ -261,6 +277,10 @@ def main(argv=None) -> int:
         a.add_argument("--collapse-retries", type=int, default=None,
                        help="redo a training whose model predicts no polyp on its own frames (at most N times; "
                             "changes the recipe's fingerprint: use a new --out)")
+        a.add_argument("--seeding", choices=["streams", "shared"], default=None,
+                       help="how the initial labeled set is drawn: streams (new folders: its own random stream) "
+                            "or shared (folders up to the v3 recipe: the stream of seed 0's first query); "
+                            "default: the folder's own, else streams")
         a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         a.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/polypal"))
         a.add_argument("--out", required=True)

@@ -55,9 +55,22 @@ class RunSpec:
         return cls(parts[0], agg, gamma)
 
 
-def initial_labeled(n_pool: int, n_initial: int, seed: int) -> np.ndarray:
-    """The same initial labeled set for every strategy at a given seed."""
-    return np.sort(np.random.default_rng(seed).choice(n_pool, size=min(n_initial, n_pool), replace=False))
+SEEDINGS = ("streams", "shared")
+_INITIAL_STREAM = 0x1A17  # the initial set's own stream: SeedSequence([seed, _INITIAL_STREAM])
+
+
+def initial_labeled(n_pool: int, n_initial: int, seed: int, seeding: str = "streams") -> np.ndarray:
+    """The same initial labeled set for every strategy at a given seed.
+
+    ``seeding``: "streams" (new folders) draws it from its own stream, independent of the queries' and
+    trainings' seeds (``seed * 1000 + stage``). "shared" is how folders written up to the v3 recipe drew it:
+    ``default_rng(seed)``, the very stream of seed 0's first query, so that seed's first Random batch took
+    the frames at the same relative pool positions as the initial set (next to them in a video's frame order).
+    Kept so that those folders resume and reproduce as they were."""
+    if seeding not in SEEDINGS:
+        raise ValueError(f"seeding must be one of {SEEDINGS}, not {seeding!r}")
+    rng = np.random.default_rng(seed if seeding == "shared" else np.random.SeedSequence([seed, _INITIAL_STREAM]))
+    return np.sort(rng.choice(n_pool, size=min(n_initial, n_pool), replace=False))
 
 
 def read_records(path) -> list[dict]:
@@ -91,8 +104,11 @@ def run(
     video_groups: dict | None = None,
     video_of: dict | None = None,
     video_cap: int | str = "off",
+    seeding: str = "streams",
 ) -> list[dict]:
     """Run (or resume) one strategy at one seed; returns all stage records.
+
+    ``seeding``: how the initial labeled set is drawn (``initial_labeled``); one value per results folder.
 
     Stage k has n_initial + k*budget labels (k = 0..cycles). ``video_groups``
     ({"groups", "flagged", "representatives"} as ``polypal.video`` records
@@ -124,7 +140,7 @@ def run(
         labeled = np.sort(pool.index_of(last["labeled"] + last["selected"]))
         start = last["stage"] + 1
     else:
-        labeled = initial_labeled(len(pool), n_initial, seed)
+        labeled = initial_labeled(len(pool), n_initial, seed, seeding)
         start = 0
     for stage in range(start, cycles + 1):
         t0 = time.perf_counter()
@@ -144,6 +160,7 @@ def run(
             "seed": seed, "stage": stage, "n_labeled": int(len(labeled)), "profile": profile.name, "recipe": rh,
             "test": metrics, "val": tr.best_val, "best_step": tr.best_step, "steps": tr.steps,
             "train_seconds": round(tr.seconds, 1), "labeled": [pool.names[i] for i in labeled],
+            **({"seeding": seeding} if seeding != "shared" else {}),
             **({"retries": tr.retries} if tr.retries else {}),
             "env": software_versions(),
             "selected": [], "picked_by": [], "notes": [],

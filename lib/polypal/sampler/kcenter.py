@@ -76,7 +76,18 @@ def _sqnorms(x: np.ndarray, chunk: int) -> np.ndarray:
     for s in range(0, x.shape[0], chunk):
         xs = np.asarray(x[s : s + chunk], dtype=dt)
         out[s : s + chunk] = np.einsum("ij,ij->i", xs, xs, dtype=np.float64)
+    _check_finite(out)
     return out
+
+
+def _check_finite(sq_norms) -> None:
+    """A NaN/inf feature row would win every arg-max and turn every distance into NaN (the rest of the
+    picks then follow index order): refused, naming the first such row. Checked on the squared norms,
+    which are computed anyway (no extra pass over a memory-mapped array)."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(sq_norms)))
+    if bad.size:
+        raise ValueError(f"features have {bad.size} row(s) with NaN or infinite values (first: row {bad[0]}); "
+                         f"k-center needs finite features")
 
 
 def min_sq_dists(x: np.ndarray, centers: np.ndarray, x_sq: np.ndarray | None = None,

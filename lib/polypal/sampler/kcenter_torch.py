@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from polypal.sampler.kcenter import seeded_first_center
+from polypal.sampler.kcenter import _check_finite, seeded_first_center
 
 
 def k_center_greedy_torch(features, labeled, budget: int, candidates=None, seed: int = 0, device=None,
@@ -44,6 +44,7 @@ def k_center_greedy_torch(features, labeled, budget: int, candidates=None, seed:
     if budget <= 0:
         return np.empty(0, dtype=np.int64)
     x_sq = (x.double() ** 2).sum(dim=1) if x.dtype == torch.float64 else _sq_chunked(x, chunk)
+    _check_finite(x_sq.cpu().numpy())
     best = torch.full((n,), float("inf"), dtype=torch.float64, device=device)
     lab = torch.as_tensor(labeled, device=device)
     for cs in range(0, len(labeled), 1024):  # initial centers, in blocks of 1024 centers x chunk rows

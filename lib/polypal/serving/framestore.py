@@ -396,6 +396,10 @@ class FrameStore:
                 if old_path and os.path.exists(old_path):
                     self.trash({f"labels-{tag}-{os.path.basename(old_path)}": old_path},
                                f"label {tag} of {image_id} replaced", keep_source=True, frame=image_id)
+                if dest != old_path and os.path.lexists(dest):  # a label file no row points to: kept, not lost
+                    self.trash({f"labels-{tag}-{os.path.basename(dest)}": dest},
+                               f"unregistered label file {tag}/{os.path.basename(dest)} replaced by a save",
+                               keep_source=True, frame=image_id)
                 os.replace(tmp, dest)
                 _fsync_dir(d)
                 c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)",
@@ -464,6 +468,16 @@ class FrameStore:
                         raise Exists(f"image {image_id!r} already exists; to replace it (the old frame and its "
                                      f"labels are kept in the datastore's trash) send params {{\"replace\": true}}")
                     self._trash_image(c, image_id, f"image {image_id} replaced by an upload")
+                # files of this id on disk without a row (copied into the folder while the server runs, or a
+                # second extension of one id): never overwritten unseen; refused, or kept in the trash on replace
+                strays = self._unregistered_frame_files(image_id, ext)
+                if strays and not replace:
+                    raise Exists(f"a file {os.path.basename(strays[0])!r} is already in the studies folder but not "
+                                 f"yet in the datastore (it is registered at the next start); to replace it (the "
+                                 f"file is kept in the datastore's trash) send params {{\"replace\": true}}")
+                if strays:
+                    self.trash({os.path.basename(p): p for p in strays}, f"unregistered file(s) of image {image_id} "
+                               f"replaced by an upload")
                 os.replace(tmp, os.path.join(self.root, image_id + ext))
                 _fsync_dir(self.root)
                 c.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (image_id, ext, json.dumps(info or {})))
@@ -472,6 +486,12 @@ class FrameStore:
                 os.unlink(tmp)
             raise
         return image_id
+
+    def _unregistered_frame_files(self, image_id: str, ext: str) -> list[str]:
+        """Files named like a frame of this id (``ext`` and every accepted image extension) that no row
+        points to: called after the id's registered frame, if any, has gone to the trash."""
+        exts = dict.fromkeys([ext] + [e for e in FRAME_EXTENSIONS] + [e.upper() for e in FRAME_EXTENSIONS])
+        return [p for p in (os.path.join(self.root, image_id + e) for e in exts) if os.path.lexists(p)]
 
     def _trash_image(self, c, image_id: str, reason: str) -> None:
         """In the caller's transaction ``c``: the frame's file and labels are read, moved to the trash and
