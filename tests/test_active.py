@@ -301,3 +301,75 @@ def test_what_was_read_before_a_frame_changed_is_not_stored(tmp_path):
     st.add_thumbs(["f01"], th[:1], read_since=time.time())
     st.mark_bad("f03", "corrupt", read_since=before)  # f03 did not change: marked
     assert st.missing_thumbs(ids) == [] and st.bad_ids() == {"f03"}
+
+
+# -- found by a review of the live cycle (2026-12-06) ------------------------------------------------
+def test_requests_without_a_client_id_get_different_frames(tmp_path):
+    """Anonymous requests cannot say who moved on: each keeps its frame (until labeled or timed out), so
+    two annotators whose clients send no client_id are not both given the first frame of the batch."""
+    st, ids = setup_state(tmp_path)
+    served = [st.next_frame("bvsb", None, ids, set(), "v1") for _ in range(3)]
+    assert len({s.id for s in served}) == 3
+    assert st.leases.count() == 3
+    # a named client still gives its previous frame back when it asks again
+    a1 = st.next_frame("bvsb", "a", ids, set(), "v1")
+    a2 = st.next_frame("bvsb", "a", ids, set(), "v1")
+    assert a1.id == a2.id and a1.id not in {s.id for s in served}
+
+
+def test_frames_that_cannot_be_served_do_not_start_a_cycle_per_request(tmp_path):
+    """The only unlabeled frame is gone from the datastore (``exists`` says no) without being marked bad:
+    the request answers None and no new cycle is stored, however often it is asked."""
+    st, ids = setup_state(tmp_path, n=6, batch=2)
+    labeled = set(ids[:5])
+    gone = ids[5]
+    for _ in range(4):
+        assert st.next_frame("bvsb", "a", ids, labeled, "v1", exists=lambda i: i != gone) is None
+    assert st.plans.last_cycle("bvsb") <= 1
+    # with a frame that can be served, it is served
+    s = st.next_frame("bvsb", "a", ids, set(ids[:4]), "v1", exists=lambda i: i != gone)
+    assert s is not None and s.id == ids[4]
+
+
+def test_labels_saved_while_the_pool_is_scored_are_not_planned(tmp_path):
+    """refresh reads the labeled set, scores the pool (minutes on a large one), then plans: labels saved
+    meanwhile are read again before planning, so the batch holds none of them."""
+    import torch
+    from PIL import Image
+
+    from polypal.learner import get_profile
+    from polypal.learner.model import PolypUNet, save_checkpoint
+    from polypal.serving import refresh
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    ids = [f"f{i:02d}" for i in range(12)]
+    for i in ids:
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    prof = get_profile("smoke")
+    torch.manual_seed(0)
+    model = tmp_path / "model.pt"
+    save_checkpoint(model, PolypUNet.from_profile(prof), prof)
+
+    class Frames:  # MONAI Label's datastore calls that refresh uses; labels arrive after the first read
+        def __init__(self, later: set[str]):
+            self.reads, self.later = 0, later
+
+        def list_images(self):
+            return list(ids)
+
+        def get_labeled_images(self):
+            self.reads += 1
+            return [] if self.reads == 1 else sorted(self.later)
+
+        def get_image_uri(self, i):
+            return str(folder / f"{i}.png")
+
+    ref = ActiveLearningState(tmp_path / "ref", batch_size=4)
+    refresh(ref, Frames(set()), str(model), prof, chunk=4)
+    first = [r[1] for r in ref.current_plan("bvsb")["rows"]]
+    st = ActiveLearningState(tmp_path / "st", batch_size=4)
+    refresh(st, Frames(set(first[:3])), str(model), prof, chunk=4)
+    planned = [r[1] for r in st.current_plan("bvsb")["rows"]]
+    assert len(planned) == 4 and not set(planned) & set(first[:3]), (first, planned)

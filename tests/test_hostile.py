@@ -1415,3 +1415,42 @@ def test_exported_csv_cells_cannot_be_formulas(env):
     assert rows["fr010"]["annotator"].startswith("'="), rows["fr010"]
     frames = {f["id"]: f for f in json.loads(z.read("manifest.json"))["frames"]}
     assert frames["fr010"]["annotator"].startswith("=")  # the JSON keeps what was sent
+
+
+def test_a_final_label_ends_its_lease_and_other_tags_are_not_labels(env):
+    url, masks = env["url"], env["masks"]
+
+    def leases():
+        return http("GET", f"{url}/info/")[1]["polyp_al"]["state"]["leases"]
+
+    s, r = http("POST", f"{url}/activelearning/random", json.dumps({"strategy": "bvsb_ta_coreset"}).encode(),
+                {"Content-Type": "application/json"})
+    assert s == 400 and "differs" in r["detail"], (s, r)  # the path names the strategy, not the body
+    s, r = http("POST", f"{url}/activelearning/random", json.dumps({"client_id": "leasetest"}).encode(),
+                {"Content-Type": "application/json"})
+    assert s == 200 and r["id"], r
+    frame, before = r["id"], leases()
+    assert before >= 1
+    m = png_bytes(masks[frame].astype(np.uint8)) if frame in masks else png_bytes(np.zeros((H, W), np.uint8))
+    s, r = put_label(url, frame, m, tag="original")  # a prediction-like tag: not a label, the lease stays
+    assert s == 200 and "model_dice" not in r, r
+    assert leases() == before
+    s, r = put_label(url, frame, m)
+    assert s == 200 and "model_dice" in r, r  # a final label of a frame the (untrained) model never saw
+    assert leases() == before - 1
+
+
+@pytest.mark.parametrize("value", ["-60", "0", "nan", "inf"])
+def test_lease_timeout_must_be_a_positive_number_of_seconds(tmp_path, value):
+    """A negative lease expired at once (two annotators got the same frame); nan never expired."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "polyp_al"))
+    try:
+        from lib.config import AppConfig
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "studies").mkdir()
+    with pytest.raises(ValueError, match="lease_timeout must be"):
+        AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"lease_timeout": value})
+    assert AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"lease_timeout": "90"}).lease_seconds == 90

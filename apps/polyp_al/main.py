@@ -20,7 +20,7 @@ from typing import Dict
 
 from fastapi import HTTPException
 from lib.config import AppConfig
-from lib.datastore import PolypDatastore
+from lib.datastore import PolypDatastore, take_saved_tag
 from lib.infer import PolypSegInfer, written_results
 from lib.quality import LabelQuality
 from lib.scoring import PolypScoring
@@ -29,7 +29,7 @@ from lib.train import PolypSegTrain
 
 import monailabel
 from monailabel.interfaces.app import MONAILabelApp
-from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from polypal.serving import ActiveLearningState, model_version, refresh_due
 from polypal.sampler import server_strategies
 from polypal.data import DataError, TooLarge
@@ -204,6 +204,12 @@ class PolypALApp(MONAILabelApp):
     def on_save_label(self, image_id, label_id):
         """After a label is saved: the current model's Dice on it (a free quality measurement), in the answer."""
         res = super().on_save_label(image_id, label_id) or {}
+        if take_saved_tag() != DefaultLabelTag.FINAL:  # e.g. a prediction saved as "original": not a label
+            return res
+        try:  # labeled: its lease is done (the leases /info counts are the frames being labeled now)
+            self.state.leases.release(image_id)
+        except Exception as e:  # noqa: BLE001 - the label is saved; an unreleased lease times out
+            logger.warning(f"lease of {image_id} not released: {e}")
         if not isinstance(self._datastore, PolypDatastore):
             return res
         try:

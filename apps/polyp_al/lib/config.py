@@ -74,6 +74,9 @@ class AppConfig:
         min_free_mb = num("min_free_mb", 1024)
         if not 0 <= min_free_mb < float("inf"):
             raise ValueError(f"--conf min_free_mb must be >= 0 (0 turns the check off), got {min_free_mb}")
+        lease_seconds = num("lease_timeout", 3600)
+        if not 0 < lease_seconds < float("inf"):  # negative: every lease expired at once; nan: none ever did
+            raise ValueError(f"--conf lease_timeout must be a number of seconds > 0, got {lease_seconds}")
         set_max_pixels(max_pixels)  # every reader of this process (server, training, scoring) obeys it
         return cls(
             profile=profile,
@@ -81,7 +84,7 @@ class AppConfig:
             state_dir=state_dir,
             batch_size=max(1, num("batch_size", 100, int)),
             gamma=gamma,
-            lease_seconds=num("lease_timeout", 3600),
+            lease_seconds=lease_seconds,
             aggregation=conf.get("aggregation", "mean"),
             seed=num("seed", 0, int),
             allow_model_upload=flag in ("true", "1", "yes"),

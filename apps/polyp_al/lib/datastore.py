@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from typing import Any, Dict, List, Optional
 
 from fastapi import HTTPException
@@ -73,6 +74,18 @@ def _checked(kind: str, value: str) -> str:
         return check_name(kind, value)
     except InvalidName as e:
         raise HTTPException(status_code=400, detail=str(e)) from None
+
+
+# The tag of the label this thread stored last: MONAI Label's PUT /datastore/label calls the app's on_save_label
+# (image, label id) right after the datastore's save_label, in the same thread, without the tag.
+LAST_SAVE = threading.local()
+
+
+def take_saved_tag() -> str | None:
+    """The tag this thread's last save_label stored (once; None when none since the last call)."""
+    tag = getattr(LAST_SAVE, "tag", None)
+    LAST_SAVE.tag = None
+    return tag
 
 
 class PolypDatastore(Datastore):
@@ -268,6 +281,7 @@ class PolypDatastore(Datastore):
             _consumed(label_filename)
             raise
         logger.info(f"label {label_tag} for {image_id} stored: {int(mask.sum())} polyp pixels")
+        LAST_SAVE.tag = label_tag
         return label_id
 
     def remove_label(self, label_id: str, label_tag: str) -> None:

@@ -44,7 +44,7 @@ from monailabel.datastore.utils.convert import nifti_to_dicom_seg
 from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from lib.datastore import checked_mask
+from lib.datastore import LAST_SAVE, checked_mask
 from polypal.data import read_mask
 
 logger = logging.getLogger(__name__)
@@ -227,6 +227,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             label_id = LocalDatastore.save_label(self, image_id, nii, label_tag, info)
         finally:
             os.unlink(nii)
+        LAST_SAVE.tag = label_tag
         if label_tag == DefaultLabelTag.FINAL:
             self.retry_pending()
         return label_id

@@ -20,11 +20,22 @@ class LabelQuality:
         self._model = (None, None, set())  # version, network, frames it trained on
 
     def _current(self, version):
+        """(version, network, frames it trained on) of the served model. A model published while it loads
+        (renamed over the path) would be measured under the older version: the version is read again after
+        the load, and the load retried until both reads agree."""
         with self._lock:
-            if self._model[0] != version:
+            for _ in range(5):
+                if self._model[0] == version:
+                    break
                 model, _, extra = load_checkpoint(self.cfg.model_path, device="cpu", expect=self.cfg.profile)
-                self._model = (version, model, set(extra.get("trained_on") or []))
-            return self._model[1], self._model[2]
+                after = model_version(self.cfg.model_path)
+                if after == version:
+                    self._model = (version, model, set(extra.get("trained_on") or []))
+                    break
+                version = after
+            else:
+                raise CheckpointError(self.cfg.model_path, "the model kept changing while it was loaded")
+            return self._model
 
     def __call__(self, datastore, image_id: str) -> float | None:
         """Dice of the current model on this frame's final label, recorded once per (frame, model);
@@ -36,8 +47,8 @@ class LabelQuality:
         if not label or not image:
             return None
         try:
-            model, trained_on = self._current(version)
-            if image_id in trained_on:
+            version, model, trained_on = self._current(version)
+            if image_id in trained_on or version == NO_MODEL or self.state.has_quality(image_id, version):
                 return None
             rgb = read_rgb(image)
             mask = read_mask(label, expected_hw=rgb.shape[:2])

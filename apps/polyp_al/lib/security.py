@@ -522,6 +522,9 @@ async def _check_body(scope, spool, size: int, path: str) -> None:
                 raise _Refused(400, "the request body's method differs from the one in the path")
             if path.startswith("/activelearning/") and not isinstance(req.get("strategy", ""), str):
                 raise _Refused(400, "strategy must be a string")
+            if path.startswith("/activelearning/") and "strategy" in req and \
+                    req["strategy"] != path[len("/activelearning/"):].strip("/"):
+                raise _Refused(400, "the request body's strategy differs from the one in the path")
         return
     form_key = next((k for k in _FORMS if path == k or (k == "/infer/" and path.startswith(k))), None)
     if form_key is None:

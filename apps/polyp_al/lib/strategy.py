@@ -10,6 +10,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 
 from polypal.data import DataError, TooLarge, read_rgb
 from polypal.serving import model_version
+from polypal.serving.plans import ANONYMOUS
 from polypal.sampler import server_strategies
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class PlannedStrategy(Strategy):
         labeled = set(datastore.get_labeled_images())
         # the full image list is only read when a batch has to be (re)planned
         store = getattr(datastore, "store", None)  # our datastore (for DICOMweb each check would be a download)
-        client = request.get("client_id") or "anonymous"
+        client = request.get("client_id") or ANONYMOUS
         skip: set[str] = set()
         for _ in range(20):  # a frame that fails to decode is skipped (recorded as bad) and the next one leased
             served = self.state.next_frame(self.name, client, datastore.list_images, labeled,

@@ -110,6 +110,8 @@ def refresh(state, frames, model_path, profile, aggregation: str = "mean", chunk
                 state.add_scores(version, keep, sc, lat, read_since=ok.since)
                 scored += len(keep)
     planned = []
+    # the labeled set again: labels saved while the pool was scored (minutes on a large pool) must not be planned
+    labeled = set(frames.get_labeled_images())
     for name in server_strategies():
         if state.plan_is_stale(name, version, all_ids, labeled):
             if state.plan(name, all_ids, labeled, version) is not None:

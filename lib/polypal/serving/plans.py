@@ -69,6 +69,9 @@ class PlanBook:
                     "SELECT strategy, MAX(cycle), version, size, note, created FROM plan_meta GROUP BY strategy")}
 
 
+ANONYMOUS = "anonymous"  # the client id of requests that send none
+
+
 class LeaseBook:
     def __init__(self, db, lease_seconds: float):
         self._db, self.lease_seconds = db, lease_seconds
@@ -76,20 +79,26 @@ class LeaseBook:
     def lease_next(self, strategy: str, plan: dict, client_id: str, labeled: set[str], now: float, exists=None):
         """Lease this client the first frame of ``plan`` that is neither labeled nor held by another
         client (and, with ``exists``, still in the datastore: a frame deleted after its batch was planned
-        is skipped); (plan row or None, ids held by others). The client's earlier leases are released."""
+        is skipped); (plan row or None, ids held by others, ids ``exists`` refused). The client's earlier
+        leases are released, except for ``ANONYMOUS`` (requests without a client id): those cannot say
+        who moved on, so each keeps its frame until it is labeled or the lease times out."""
+        gone: set[str] = set()
         with self._db.tx() as c:
             c.execute("DELETE FROM leases WHERE expires < ?", (now,))
-            # the client moved on: its unlabeled leases go back to the pool
-            c.execute("DELETE FROM leases WHERE client_id=?", (client_id,))
+            if client_id != ANONYMOUS:  # the client moved on: its unlabeled leases go back to the pool
+                c.execute("DELETE FROM leases WHERE client_id=?", (client_id,))
             held = {r[0] for r in c.execute("SELECT image_id FROM leases")}
             for row in plan["rows"]:
                 image_id = row[1]
-                if image_id in labeled or image_id in held or (exists is not None and not exists(image_id)):
+                if image_id in labeled or image_id in held:
+                    continue
+                if exists is not None and not exists(image_id):
+                    gone.add(image_id)
                     continue
                 c.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
                           (image_id, client_id, strategy, now + self.lease_seconds))
-                return row, held
-        return None, held
+                return row, held, gone
+        return None, held, gone
 
     def release(self, image_id: str) -> None:
         with self._db.tx() as c:

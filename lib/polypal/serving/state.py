@@ -26,7 +26,7 @@ from polypal.serving import annotations, features, plans
 from polypal.serving.annotations import AnnotationLog
 from polypal.serving.features import NO_MODEL, FeatureStore
 from polypal.serving.planner import FALLBACK_RANDOM, plan_batch
-from polypal.serving.plans import LeaseBook, PlanBook
+from polypal.serving.plans import ANONYMOUS, LeaseBook, PlanBook
 from polypal.serving.sqlite_db import SQLiteDB
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class ActiveLearningState:
         since the batch was planned.
         """
         now = time.time() if now is None else now
-        client_id = client_id or "anonymous"
+        client_id = client_id or ANONYMOUS
         ids_cache = []
 
         def ids():
@@ -190,12 +190,13 @@ class ActiveLearningState:
         for attempt in range(2):
             if p is None:
                 return None
-            row, held = self.leases.lease_next(strategy, p, client_id, labeled, now, exists=exists)
+            row, held, gone = self.leases.lease_next(strategy, p, client_id, labeled, now, exists=exists)
             if row is not None:
                 pos, image_id, score, by = row
                 return Served(image_id, strategy, score, by, p["cycle"], pos, p["size"], p["version"], p["note"])
-            if attempt == 0:  # nothing servable left in this batch: plan the next cycle once
-                p = self.plan(strategy, ids(), labeled | held, version)
+            if attempt == 0:  # nothing servable left in this batch: plan the next cycle once, without the
+                # frames that could not be served (else a batch of only those is planned again at every request)
+                p = self.plan(strategy, [i for i in ids() if i not in gone], labeled | held, version)
         return None
 
     def summary(self, labeled: set[str] | None = None) -> dict:
