@@ -13,7 +13,7 @@ from PIL import Image
 
 from polypal.serving import dicomweb
 from conftest import always_polyp_model
-from server_utils import SAMPLE, Server, free_port, http
+from server_utils import SAMPLE, Server, free_port, http, multipart
 
 pytestmark = pytest.mark.server
 
@@ -405,5 +405,78 @@ def test_an_unreadable_seg_in_the_server_does_not_stop_training(orthanc, tmp_pat
         # trained on the good label (others' labels in this shared Orthanc may add to it), the bad one named
         assert st["train_frames"] + st["val_frames"] >= 1
         assert frame["series"] in st["skipped"] and "not a readable DICOM SEG" in st["skipped"][frame["series"]]
+    finally:
+        srv.stop()
+
+
+def _instance(name: str, **tags) -> bytes:
+    """A sample frame as DICOM, with some of its UIDs replaced (what anyone who can store in Orthanc sends)."""
+    import io
+
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(io.BytesIO(dicomweb.frame_to_dicom(SAMPLE / "images" / f"{name}.jpg")))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = tags.pop("sop", generate_uid())
+    ds.SeriesInstanceUID = tags.pop("series", generate_uid())
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def test_hostile_series_write_nothing_outside_the_cache_and_get_4xx(orthanc, tmp_path):
+    """UIDs come from whoever stored the DICOM: a SOPInstanceUID that is a path ("/abs/x", "../../x") was the
+    file name MONAI Label saved the instance under; an unknown or non-frame series id was a 500, and a label
+    could be put on a SEG series. Also: Orthanc's DICOM listener (every interface, C-STORE from anyone) is off."""
+    import socket
+
+    url, data = orthanc
+    cfg = json.loads((Path(data).resolve() / "orthanc.json").read_text())
+    assert cfg["DicomServerEnabled"] is False
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", cfg["DicomPort"]), timeout=2).close()
+    names = [p.stem for p in sorted((SAMPLE / "images").glob("*.jpg"))[6:8]]
+    out_abs, out_rel = tmp_path / "ABS", tmp_path / "REL"
+    series = {}
+    for key, sop in (("abs", str(out_abs)), ("rel", "../../../../../../../../.." + str(out_rel))):
+        body = _instance(names[0], sop=sop, SeriesDescription=f"hostile-{key}")
+        assert http("POST", url + "/instances", body, {"Content-Type": "application/dicom"})[0] == 200
+        series[key] = next(s["0020000E"]["Value"][0] for s in http("GET", url + "/dicom-web/series?Modality=ES")[1]
+                           if s["0008103E"]["Value"][0] == f"hostile-{key}")
+    (tmp_path / "srv").mkdir()
+    srv = Server(url + "/dicom-web", tmp_path / "srv", conf={"batch_size": "2"},
+                 env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(tmp_path / "cache")}).start()
+    try:
+        for key, sid in series.items():
+            s, r = http("GET", f"{srv.url}/datastore/image?image={sid}")
+            assert s == 422 and "SOPInstanceUID" in r["detail"], (key, s, r)
+        assert not list(tmp_path.glob("ABS*")) and not list(tmp_path.glob("REL*"))
+        s, r = http("GET", f"{srv.url}/datastore/image?image=1.2.3.4.5.6")
+        assert s == 404, (s, r)
+        served = []
+        for k in range(12):  # next-sample skips them (marked bad), never a 500
+            s, r = http("POST", f"{srv.url}/activelearning/random", json.dumps({"client_id": f"c{k}"}).encode(),
+                        {"Content-Type": "application/json"})
+            assert s == 200, (s, r)
+            served.append(r.get("id"))
+        assert not set(served) & set(series.values()), served
+        # a label on a label (a SEG series) is refused: only the frames the search filter lists take labels
+        body = _instance(names[1], SeriesDescription="hostile-ok")
+        assert http("POST", url + "/instances", body, {"Content-Type": "application/dicom"})[0] == 200
+        frame = next(s["0020000E"]["Value"][0] for s in http("GET", url + "/dicom-web/series?Modality=ES")[1]
+                     if s["0008103E"]["Value"][0] == "hostile-ok")
+        mask = SAMPLE / "masks" / f"{names[1]}.png"
+        body_ct = multipart({"params": "{}"}, {"label": ("m.png", mask.read_bytes())})
+        s, r = http("PUT", f"{srv.url}/datastore/label?image={frame}&tag=final", body_ct[0],
+                    {"Content-Type": body_ct[1]})
+        assert s == 200, r
+        study = http("GET", f"{url}/dicom-web/series?SeriesInstanceUID={frame}")[1][0]["0020000D"]["Value"][0]
+        seg = _segs_on(url, study)[0]["0020000E"]["Value"][0]
+        s, r = http("PUT", f"{srv.url}/datastore/label?image={seg}&tag=final", body_ct[0], {"Content-Type": body_ct[1]})
+        assert s == 404, (s, r)
+        assert http("GET", srv.url + "/info/")[1]["datastore"]["pending_labels"] == 0
+        assert srv.proc.poll() is None
     finally:
         srv.stop()

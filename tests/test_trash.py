@@ -126,3 +126,25 @@ def test_a_frame_file_on_disk_without_its_row_blocks_a_restore_of_its_id(tmp_pat
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(root / "f001.jpg")  # dropped in; no row yet
     r = restore(root, entry["name"])
     assert "is in the datastore again" in r["refused"]["f001.png"] and not (root / "f001.png").exists()
+
+
+def test_odd_manifests_neither_crash_nor_bring_the_manifest_back(tmp_path, capsys):
+    import pytest
+
+    root, fs, m = make_store(tmp_path)
+    fs.remove_image("f001")
+    [entry] = list_trash(root)
+    folder = root / ".polypal" / "trash" / entry["name"]
+    man = json.loads((folder / "manifest.json").read_text())
+    for when in ("nan", 1e300, -5, "inf"):
+        (folder / "manifest.json").write_text(json.dumps({**man, "time": when}))
+        assert main(["list", str(root)]) == 0  # shown with the folder's own time, no traceback
+        assert abs(list_trash(root)[0]["time"] - folder.lstat().st_mtime) < 1
+    capsys.readouterr()
+    (folder / "manifest.json").write_text(json.dumps({**man, "files": {**man["files"], "manifest.json": "x.png"}}))
+    r = restore(root, entry["name"])
+    assert r["restored"] == ["f001.png"] and not (root / "x.png").exists()
+    for bad in ("nan", "-1", "inf"):
+        with pytest.raises(SystemExit):
+            main(["purge", str(root), "--older-than", bad])
+    assert "--older-than must be" in capsys.readouterr().err

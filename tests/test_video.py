@@ -127,7 +127,7 @@ def test_interrupted_move_resumes(clip, tmp_path, monkeypatch, capsys):
     done, and the next run finishes it without duplicates."""
     import polypal.video.ingest as ing
 
-    st, real, calls = tmp_path / "st", os.replace, []
+    st, real, calls = tmp_path / "st", os.link, []
 
     def flaky(src, dst):
         calls.append(dst)
@@ -135,16 +135,48 @@ def test_interrupted_move_resumes(clip, tmp_path, monkeypatch, capsys):
             raise OSError(28, "No space left on device")
         real(src, dst)
 
-    monkeypatch.setattr(ing.os, "replace", flaky)
+    monkeypatch.setattr(ing.os, "link", flaky)
     assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 1
     assert "No space left" in capsys.readouterr().err and len(pngs(st)) == 3
     assert all(Image.open(p).size == (160, 120) for p in st.glob("*.png"))
     assert not (st / ".polypal" / "ingest-tmp").exists()
-    monkeypatch.setattr(ing.os, "replace", real)
+    monkeypatch.setattr(ing.os, "link", real)
     assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0
     assert '"written": 17' in capsys.readouterr().out
     assert pngs(st) == [f"Patient_7_left_{i:06d}.png" for i in range(20)]
     assert load_index(st).summary() == {"videos": 1, "frames": 20, "groups": 4, "flagged": 0}
+
+
+def test_frame_ids_taken_by_other_files_are_never_replaced(clip, tmp_path, capsys):
+    """Frame ids are predictable (<video>_<frame>): a file already there under one (a client's upload, in
+    any image format) is left as it is, and the video is ingested under another name."""
+    st = tmp_path / "st"
+    st.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(st / "Patient_7_left_000001.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(st / "Patient_7_left_000002.jpg")
+    before = {p.name: p.read_bytes() for p in st.iterdir()}
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert "ingested as Patient_7_left-2" in out.err and '"video": "Patient_7_left-2"' in out.out
+    assert all((st / n).read_bytes() == b for n, b in before.items())
+    assert pngs(st) == sorted(["Patient_7_left_000001.png"] + [f"Patient_7_left-2_{i:06d}.png" for i in range(20)])
+    assert {r for r in load_index(st).summary()} and load_index(st).summary()["frames"] == 20
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0  # a re-run adds nothing
+    assert "already ingested" in capsys.readouterr().out
+
+
+def test_frames_over_the_pixel_cap_are_refused(clip, tmp_path, capsys):
+    from polypal.data import images
+
+    st, was = tmp_path / "st", images.MAX_PIXELS
+    images.set_max_pixels(160 * 120 - 1)  # the clip's frames are 160 x 120
+    try:
+        assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 1
+    finally:
+        images.set_max_pixels(was)
+    err = capsys.readouterr().err
+    assert "160 x 120 pixels are over the cap" in err and "Patient 7 (left).mp4" in err
+    assert pngs(st) == []
 
 
 def test_served_folder_sees_new_frames(clip, tmp_path):

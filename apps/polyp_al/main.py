@@ -245,12 +245,23 @@ class PolypALApp(MONAILabelApp):
         task = self._strategies.get(name)
         if task is None:
             raise HTTPException(status_code=404, detail=f"no strategy {name!r}; available: {sorted(self._strategies)}")
-        res = task(request, self.datastore())
-        if not res or not res.get("id"):
-            # every frame labeled, or the rest leased to other annotators: {} either way, as MONAI Label's
-            # clients expect (a 409 for "leased" made Slicer and MONAILabelClient raise at a pool's end)
+        for _ in range(5):  # a frame the datastore refuses (a DICOM series that is no frame: 4xx) is marked bad
+            res = task(request, self.datastore())
+            if not res or not res.get("id"):
+                # every frame labeled, or the rest leased to other annotators: {} either way, as MONAI Label's
+                # clients expect (a 409 for "leased" made Slicer and MONAILabelClient raise at a pool's end)
+                return {}
+            try:
+                res["path"] = self._datastore.get_image_uri(res["id"])
+                break
+            except HTTPException as e:
+                if not 400 <= e.status_code < 500:
+                    raise
+                logger.warning(f"not serving {res['id']}: {e.detail}")
+                self.state.features.mark_bad(res["id"], str(e.detail))
+                self.state.leases.release(res["id"])
+        else:
             return {}
-        res["path"] = self._datastore.get_image_uri(res["id"])
         try:  # how the frame was served, for the export's manifest
             self._datastore.update_image_info(res["id"], {"served": {
                 "al_strategy": name, "picked_by": res.get("picked_by"), "cycle": res.get("cycle"),

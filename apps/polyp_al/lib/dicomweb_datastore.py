@@ -30,14 +30,17 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
 
 import nibabel as nib
 import numpy as np
+import monailabel.datastore.dicom
 import requests
 from fastapi import HTTPException
+from pydicom.dataset import Dataset
 from monailabel.datastore.dicom import DICOMWebDatastore, DICOMwebClientX
 from monailabel.datastore.local import LocalDatastore
 from monailabel.datastore.utils.convert import nifti_to_dicom_seg
@@ -111,6 +114,62 @@ def _online(fn):
 
 _LISTING = threading.local()  # set while datalist() downloads the labels (per thread)
 
+# A DICOM UID: digits in dot-separated components, at most 64 characters. Series ids come from the DICOMweb
+# server (anyone who can store there chooses them) and become folder names in the cache: nothing else is listed,
+# served or downloaded.
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def is_uid(value) -> bool:
+    return isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
+def download_series(study_id, series_id, save_dir, client, frame_fetch=False):
+    """MONAI Label's ``dicom_web_download_series`` without its two hazards: each instance is saved as
+    ``<index>.dcm``, never under its SOPInstanceUID (a value the DICOM file chooses: "/tmp/x" or "../../x"
+    wrote outside the cache), and a series the server does not have is a 404, not an IndexError."""
+    if not is_uid(series_id):
+        raise HTTPException(status_code=404, detail=f"unknown image id {str(series_id)[:80]!r}")
+    if not study_id:
+        found = [s for s in client.search_for_series(search_filters={"SeriesInstanceUID": series_id})
+                 if (s.get("0020000E") or {}).get("Value") == [series_id]]
+        study = ((found[0].get("0020000D") or {}).get("Value") or [None])[0] if found else None
+        if not is_uid(study):
+            raise HTTPException(status_code=404, detail=f"series {series_id} not found in the DICOMweb server")
+        study_id = study
+    def check(sop) -> None:  # dcmqi cannot reference such an instance in a SEG either: never a frame
+        if not is_uid(str(sop)):
+            raise HTTPException(status_code=422, detail=f"series {series_id} has an instance whose SOPInstanceUID "
+                                                        f"is not a DICOM UID: not served as a frame")
+
+    if not frame_fetch:
+        instances = client.retrieve_series(study_id, series_id)
+        for instance in instances:
+            check(instance.get("SOPInstanceUID", ""))
+        os.makedirs(save_dir, exist_ok=True)
+        for k, instance in enumerate(instances):
+            instance.save_as(os.path.join(save_dir, f"{k:06d}.dcm"))
+        return
+    metas = [Dataset.from_json(m) for m in client.retrieve_series_metadata(study_id, series_id)]
+    for d in metas:
+        check(d.get("SOPInstanceUID", ""))
+    os.makedirs(save_dir, exist_ok=True)
+    for k, d in enumerate(metas):
+        sop = str(d["SOPInstanceUID"].value)
+        d.is_little_endian, d.is_implicit_VR = True, True
+        d.PixelData = client.retrieve_instance_frames(study_instance_uid=study_id, series_instance_uid=series_id,
+                                                      sop_instance_uid=sop, frame_numbers=[1])[0]
+        d.save_as(os.path.join(save_dir, f"{k:06d}.dcm"))
+
+
+monailabel.datastore.dicom.dicom_web_download_series = download_series  # what its datastore calls
+
+
+def _unreadable_series(series_id: str, e: Exception) -> HTTPException:
+    logger.error(f"series {series_id} cannot be read as a frame: {type(e).__name__}: {e}")
+    return HTTPException(status_code=422, detail=f"series {series_id} cannot be read as a frame "
+                                                 f"({type(e).__name__}: {str(e)[:200]})")
+
 
 class PolypDICOMWebDatastore(DICOMWebDatastore):
     pending_dir: str = ""
@@ -120,11 +179,15 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
     # --- reads: 503 when the server is down ------------------------------------------------------
     @_online
     def list_images(self):
-        return super().list_images()
+        ids = super().list_images()
+        bad = [i for i in ids if not is_uid(i)]
+        if bad:
+            logger.warning(f"{len(bad)} series with an invalid SeriesInstanceUID left out (e.g. {bad[0][:80]!r})")
+        return [i for i in ids if is_uid(i)]
 
     @_online
     def get_labeled_images(self, label_tag=None, labels=None):
-        return super().get_labeled_images(label_tag, labels)
+        return [i for i in super().get_labeled_images(label_tag, labels) if is_uid(i)]
 
     @_online
     def get_unlabeled_images(self, label_tag=None, labels=None):
@@ -132,10 +195,30 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
 
     @_online
     def get_image_uri(self, image_id: str) -> str:
-        return super().get_image_uri(image_id)
+        """The frame's NIfTI in the cache. Only a series the search filter lists is a frame (a SEG, or any
+        other series, is a 404 and never takes a label); one that does not convert is a 422 naming it."""
+        if not is_uid(image_id):
+            raise HTTPException(status_code=404, detail=f"unknown image id {str(image_id)[:80]!r}")
+        cache = os.path.join(self._datastore.image_path(), image_id)
+        if not (os.path.exists(cache + ".nii.gz") or (os.path.isdir(cache) and os.listdir(cache))):
+            frames = self._client.search_for_series(search_filters={**self._search_filter,
+                                                                    "SeriesInstanceUID": image_id})
+            if not any((f.get("0020000E") or {}).get("Value") == [image_id] for f in frames):
+                raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
+        try:
+            return super().get_image_uri(image_id)
+        except (requests.RequestException, HTTPException):
+            raise
+        except Exception as e:  # noqa: BLE001 - a series whose instances do not convert (pydicom, dicom2nifti)
+            raise _unreadable_series(image_id, e) from None
 
     @_online
     def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
+        if not (is_uid(label_id) and is_uid(image_id or label_id)):
+            if getattr(_LISTING, "active", False):
+                self.unreadable_labels[str(image_id or label_id)[:80]] = "invalid series UID: left out"
+                return ""
+            raise HTTPException(status_code=404, detail=f"unknown label {str(label_id)[:80]!r}")
         try:
             return super().get_label_uri(label_id, label_tag, image_id)
         except (requests.RequestException, HTTPException):
@@ -221,8 +304,9 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
                     logger.error(f"label for {image_id} was not stored in the DICOMweb server "
                                  f"{self._client.base_url} ({type(e).__name__}: {e}); kept at {keep}, will retry")
                     raise HTTPException(status_code=502, detail=f"the DICOMweb server did not store the label "
-                                                                f"({type(e).__name__}: {e}); it is kept at {keep} "
-                                                                f"and will be sent again") from None
+                                                                f"({type(e).__name__}: {e}); it is kept on the polyp-al "
+                                                                f"server (pending labels, /info) and will be sent "
+                                                                f"again") from None
                 info["SeriesInstanceUID"] = series
             label_id = LocalDatastore.save_label(self, image_id, nii, label_tag, info)
         finally:

@@ -282,7 +282,7 @@ def _checked_download_image(download_image):
 BODY_TIMEOUT = float(os.environ.get("POLYPAL_BODY_TIMEOUT", 60))  # seconds a client may pause in a body...
 MIN_BODY_RATE = 10_000  # ...and after that long, bytes per second it must have kept up on average
 _FALSE = ("", "0", "false", "f", "no", "n", "off")  # enqueue values that do not queue (pydantic's falsy words)
-MAX_SUFFIXES = 64  # characters of an uploaded file name from its first '.' (".nii.gz", ".seg.nrrd", ...)
+MAX_SUFFIXES = 200  # characters of an uploaded file name from its first "." (a DICOM UID + ".png" has 60-70)
 _CHECK_SUM = re.compile(r"(?:(?:SHA256|SHA512|MD5):)?[0-9a-fA-F]{1,128}", re.IGNORECASE)
 MAX_LOG_LINES = 10000  # GET /logs/?lines=N answers at most this many lines
 # on every answer: no other site may frame the annotator's page (its Save/Train buttons), no MIME sniffing

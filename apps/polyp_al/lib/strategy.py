@@ -29,6 +29,8 @@ class PlannedStrategy(Strategy):
         """``exists`` for next_frame, run inside the lease's transaction, so only cheap lookups: the frame is
         still in the datastore, not recorded as unreadable, and not already refused in this request."""
         bad = self.state.features.bad_ids() | skip
+        if store is None:  # a DICOMweb datastore: each lookup would be a request; frames found bad are skipped
+            return lambda image_id: image_id not in bad
         return lambda image_id: image_id not in bad and store.image_ext(image_id) is not None
 
     def _decodes(self, store, image_id: str) -> bool:
@@ -74,7 +76,7 @@ class PlannedStrategy(Strategy):
         for _ in range(20):  # a frame that fails to decode is skipped (recorded as bad) and the next one leased
             served = self.state.next_frame(self.name, client, datastore.list_images, labeled,
                                            model_version(self.cfg.model_path),
-                                           exists=self._exists(store, skip) if store is not None else None)
+                                           exists=self._exists(store, skip))
             if served is None or store is None or self._decodes(store, served.id):
                 break
             skip.add(served.id)

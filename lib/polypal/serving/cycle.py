@@ -53,6 +53,13 @@ def _decode(state, frames, ids, size):
                 continue
             logger.warning(f"skipping frame {i} in the pool: {e}")
             state.mark_bad(i, str(e), read_since=ok.since)
+        except Exception as e:  # noqa: BLE001 - only a datastore's refusal of this one frame (an HTTP 4xx)
+            status = getattr(e, "status_code", None)
+            if not (isinstance(status, int) and 400 <= status < 500):
+                raise
+            why = str(getattr(e, "detail", e))
+            logger.warning(f"skipping frame {i} in the pool: the datastore refused it ({status}: {why})")
+            state.mark_bad(i, why, read_since=ok.since)
     return ok, (np.stack(arrays) if arrays else np.empty((0, size, size, 3), np.uint8))
 
 

@@ -93,7 +93,10 @@ def up(data: Path, port: int = 8042, dicom_port: int = 4243, timeout: float = 60
     cfg = {
         "Name": "polyp-al", "StorageDirectory": str(data / "storage"), "IndexDirectory": str(data / "storage"),
         "HttpPort": port, "DicomPort": dicom_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "HttpBindAddress": "127.0.0.1", "Plugins": [find_dicomweb_plugin()],
+        "HttpBindAddress": "127.0.0.1",
+        # no DICOM listener: Orthanc binds it on every interface and takes C-STOREs from anyone there, which
+        # would let any host on the network add frames and labels (polyp-al talks DICOMweb over HTTP only)
+        "DicomServerEnabled": False, "Plugins": [find_dicomweb_plugin()],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, **(extra or {}),
     }
     (data / "orthanc.json").write_text(json.dumps(cfg, indent=1))
@@ -204,7 +207,8 @@ def main(argv=None) -> int:
     ap.add_argument("folder", nargs="?", help="frames to load (load)")
     ap.add_argument("--data", default="runs/orthanc", help="Orthanc's config, storage and log folder")
     ap.add_argument("--port", type=int, default=8042)
-    ap.add_argument("--dicom-port", type=int, default=4243)
+    ap.add_argument("--dicom-port", type=int, default=4243,
+                    help="Orthanc's DICOM port in its config; its DICOM listener is off (HTTP/DICOMweb only)")
     a = ap.parse_intermixed_args(argv)
     data = Path(a.data)
     if a.command == "up":

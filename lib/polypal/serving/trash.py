@@ -48,10 +48,13 @@ def _manifest(folder: Path) -> dict:
     if not isinstance(m, dict):
         return fallback
     files = m.get("files")
-    files = {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(files, dict) else {}
+    files = {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str) and k != "manifest.json"} \
+        if isinstance(files, dict) else {}  # the manifest itself is never a file to put back
     try:
         when = float(m.get("time", fallback["time"]))
     except (TypeError, ValueError):
+        when = fallback["time"]
+    if not 0 <= when <= time.time() + 86400 * 366:  # nan, inf, 1e300, negative: a time no clock gave
         when = fallback["time"]
     frame = m.get("frame") if isinstance(m.get("frame"), dict) else None
     return {"reason": str(m.get("reason", "")), "time": when, "files": files, "frame": frame}
@@ -202,6 +205,8 @@ def main(argv=None) -> int:
     p.add_argument("--older-than", type=float, required=True, metavar="DAYS")
     p.add_argument("--yes", action="store_true", help="delete them (without it: only say what would go)")
     a = ap.parse_args(argv)
+    if a.cmd == "purge" and not 0 <= a.older_than < float("inf"):
+        ap.error(f"--older-than must be a number of days >= 0, got {a.older_than}")
     if not (Path(a.studies) / ".polypal").is_dir():
         print(f"polypal-trash: {a.studies} is not a studies folder a polyp-al server has used (no .polypal/)",
               file=sys.stderr)

@@ -28,7 +28,9 @@ import av
 from PIL import Image
 from tqdm import tqdm
 
+from polypal.data import images
 from polypal.video import frames as F
+from polypal.vocab import FRAME_EXTENSIONS
 from polypal.video.store import VideoDB
 
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".wmv")
@@ -86,6 +88,11 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
         if not container.streams.video:
             raise VideoError(f"{path}: no video stream in the file")
         stream = container.streams.video[0]
+        cap = images.MAX_PIXELS
+        w, h = stream.codec_context.width or 0, stream.codec_context.height or 0
+        if w * h > cap:
+            raise VideoError(f"{path}: frames of {w} x {h} pixels are over the cap of {cap} pixels (the server "
+                             f"refuses such frames too; POLYPAL_MAX_PIXELS here and --conf max_pixels there raise it)")
         rate = float(stream.average_rate or stream.guessed_rate or 0) or None
         declared = stream.frames or 0
         if not declared and container.duration and rate:
@@ -102,6 +109,9 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
                             next_t += 1.0 / fps
                 else:
                     keep = n % (every or 1) == 0
+                if frame.width * frame.height > cap:  # a stream may change size midway
+                    raise VideoError(f"{path}: frame {n} is {frame.width} x {frame.height} pixels, over the cap of "
+                                     f"{cap} pixels")
                 if keep:
                     rgb = frame.to_ndarray(format="rgb24")
                     fid = f"{name}_{n:0{FRAME_DIGITS}d}"
@@ -122,6 +132,44 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
         raise VideoError(f"{path}: truncated or damaged: the file declares {declared} frames, "
                          f"only {n} could be decoded")
     return rows, n, rate
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.getsize(a) != os.path.getsize(b):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        return fa.read() == fb.read()
+
+
+def _taken(studies: str, fid: str, staged: str) -> bool:
+    """A file of this frame id is in the studies folder and is not this frame (written by an earlier run):
+    e.g. a client uploaded that id first (frame ids are predictable). Never replaced, never taken over."""
+    for ext in dict.fromkeys(FRAME_EXTENSIONS + tuple(e.upper() for e in FRAME_EXTENSIONS)):
+        p = os.path.join(studies, fid + ext)
+        if os.path.lexists(p) and not (ext == ".png" and os.path.isfile(p) and _same_file(staged, p)):
+            return True
+    return False
+
+
+def _untaken(db, studies: str, stage: str, name: str, fp: str, rows: list[dict]) -> tuple[str, list[dict]]:
+    """(name, rows) with no frame id taken by another file: the video is renamed ``<name>-k`` if needed."""
+    def clash(nm: str) -> bool:
+        return any(_taken(studies, f"{nm}_{r['frame']:0{FRAME_DIGITS}d}", os.path.join(stage, r["id"] + ".png"))
+                   for r in rows)
+
+    new, k = name, 1
+    while clash(new):
+        k += 1
+        new = db.name_for(f"{name}-{k}", fp)
+    if new == name:
+        return name, rows
+    out = []
+    for r in rows:
+        fid = f"{new}_{r['frame']:0{FRAME_DIGITS}d}"
+        os.rename(os.path.join(stage, r["id"] + ".png"), os.path.join(stage, fid + ".png"))
+        out.append({**r, "id": fid})
+    print(f"note: frame ids of {name} are taken by other files in {studies}: ingested as {new}", file=sys.stderr)
+    return new, out
 
 
 def ingest_video(path: str, studies: str, every: int | None = None, fps: float | None = None,
@@ -147,6 +195,7 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
     os.makedirs(stage, exist_ok=True)
     try:
         rows, decoded, rate = _decode(path, stage, name, every, fps, quiet)
+        name, rows = _untaken(db, studies, stage, name, fp, rows)
         video = {"name": name, "source": os.path.abspath(path), "size": os.path.getsize(path), "fingerprint": fp,
                  "settings": settings, "fps": rate, "decoded": decoded, "kept": len(rows),
                  "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -154,10 +203,14 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
         written = 0
         for r in rows:
             src, dst = os.path.join(stage, r["id"] + ".png"), os.path.join(studies, r["id"] + ".png")
-            if os.path.exists(dst):  # an earlier run (other settings, or interrupted) wrote it
+            if os.path.exists(dst) and _same_file(src, dst):  # an earlier run (other settings, or interrupted)
                 continue
             try:
-                os.replace(src, dst)
+                os.link(src, dst)  # never over a file: one that appeared since _untaken stays as it is
+                os.unlink(src)
+            except FileExistsError:
+                raise VideoError(f"{path}: frame id {r['id']} was taken by another file while ingesting; "
+                                 f"{written} frames moved, run again to finish under another name") from None
             except OSError as e:
                 raise VideoError(f"{path}: cannot move frame {r['id']} into {studies}: {e}; "
                                  f"{written} frames moved, run again to finish") from None
