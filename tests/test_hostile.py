@@ -1431,13 +1431,16 @@ def test_a_final_label_ends_its_lease_and_other_tags_are_not_labels(env):
     assert s == 200 and r["id"], r
     frame, before = r["id"], leases()
     assert before >= 1
+    def labels_by_leasetest():
+        return (http("GET", f"{url}/info/")[1]["polyp_al"]["annotators"].get("leasetest") or {}).get("labels", 0)
+
     m = png_bytes(masks[frame].astype(np.uint8)) if frame in masks else png_bytes(np.zeros((H, W), np.uint8))
     s, r = put_label(url, frame, m, tag="original")  # a prediction-like tag: not a label, the lease stays
     assert s == 200 and "model_dice" not in r, r
-    assert leases() == before
+    assert leases() == before and labels_by_leasetest() == 0
     s, r = put_label(url, frame, m)
-    assert s == 200 and "model_dice" in r, r  # a final label of a frame the (untrained) model never saw
-    assert leases() == before - 1
+    assert s == 200, r
+    assert leases() == before - 1 and labels_by_leasetest() == 1
 
 
 @pytest.mark.parametrize("value", ["-60", "0", "nan", "inf"])
