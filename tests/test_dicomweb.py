@@ -455,6 +455,11 @@ def test_hostile_series_write_nothing_outside_the_cache_and_get_4xx(orthanc, tmp
         assert not list(tmp_path.glob("ABS*")) and not list(tmp_path.glob("REL*"))
         s, r = http("GET", f"{srv.url}/datastore/image?image=1.2.3.4.5.6")
         assert s == 404, (s, r)
+        # the proxy stays in /dicom-web: a double-encoded ".." reached Orthanc's whole REST API (decoded twice)
+        assert http("GET", f"{srv.url}/proxy/dicom/studies")[0] == 200
+        for path in ("%252e%252e/system", "%252e%252e/instances", "%25252e%25252e/system"):
+            s, r = http("GET", f"{srv.url}/proxy/dicom/{path}")
+            assert s == 404, (path, s, r)
         served = []
         for k in range(12):  # next-sample skips them (marked bad), never a 500
             s, r = http("POST", f"{srv.url}/activelearning/random", json.dumps({"client_id": f"c{k}"}).encode(),

@@ -1382,6 +1382,11 @@ def test_long_file_names_and_bad_check_sums_get_400(env):
     assert s == 400, (s, r)
     s, r = put_image(url, "shortname", frame, name="frame.0001.2026.png")  # dots in a name stay fine
     assert s == 200, r
+    for name in ("a." + "\u00e9" * 150 + ".jpg", "a." + "\U0001F600" * 65 + ".png"):  # bytes, not characters
+        s, r = put_image(url, "longbytes", frame, name=name)
+        assert s == 400, (s, r)
+        s, r = infer_upload(url, frame, name=name)
+        assert s == 400, (s, r)
 
     def head(q):
         try:
@@ -1457,3 +1462,20 @@ def test_lease_timeout_must_be_a_positive_number_of_seconds(tmp_path, value):
     with pytest.raises(ValueError, match="lease_timeout must be"):
         AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"lease_timeout": value})
     assert AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"lease_timeout": "90"}).lease_seconds == 90
+
+
+def test_logs_are_plain_text_and_export_limits_are_checked(env):
+    url = env["url"]
+    for q in ("", "?lines=5", "?lines=5&text=false&html=true"):
+        req = urllib.request.Request(f"{url}/logs/{q}")
+        with urllib.request.urlopen(req, timeout=30) as resp:  # MONAI Label's HTML viewer pulls CDN scripts
+            assert resp.headers["content-type"].startswith("text/plain"), (q, resp.headers["content-type"])
+            assert b"<script" not in resp.read()
+    for bad in ("-1", "0", "x"):
+        s, r = http("GET", f"{url}/datastore/dataset?limit_cases={bad}")
+        assert s == 400 and "limit_cases" in r["detail"], (bad, s, r)
+    s, body = http("GET", f"{url}/datastore/dataset?limit_cases=2")
+    assert s == 200 and body[:2] == b"PK"
+    for path in ("/proxy/dicom/%252e%252e/system", "/annotate/%252e%252e/%252e%252e/README.md"):
+        s, r = http("GET", url + path)
+        assert s == 404, (path, s, r)

@@ -349,6 +349,10 @@ def test_annotate_routes_resolve_inside_their_folders(tmp_path):
     assert c.get("/annotate/leak.txt").status_code == 404
     assert c.get("/annotate/app-config.js").text.startswith("/**")  # ours, not the dist's
     assert c.put("/annotate/app-config.js").status_code == 405
+    # OHIF's other HTML pages load scripts from CDNs: never served in the API's origin
+    (dist / "silent-refresh.html").write_text('<script src="https://cdn.example/x.js"></script>')
+    assert c.get("/annotate/silent-refresh.html").status_code == 404
+    assert c.get("/annotate/polypal/annotate.js").status_code == 200
     c2 = TestClient(Starlette(routes=mod.make_routes(tmp_path / "absent")))
     r = c2.get("/annotate/segmentation")
     assert r.status_code == 503 and "setup.sh" in r.text

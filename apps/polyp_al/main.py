@@ -313,9 +313,6 @@ class PolypALApp(MONAILabelApp):
         if request.get("model") not in self._infers:
             raise HTTPException(status_code=404, detail=f"no model {str(request.get('model'))[:80]!r}; "
                                                         f"this app serves {sorted(self._infers)}")
-        if request.get("model") == "polyp_seg" and not os.path.exists(self.cfg.model_path):
-            raise HTTPException(status_code=409, detail="no model trained yet: save some final labels and run "
-                                                        "POST /train/polyp_seg first")
         image = request.get("image")
         upload = None
         if not isinstance(image, str):
@@ -331,6 +328,9 @@ class PolypALApp(MONAILabelApp):
             uri = ds.get_image_uri(image)
             if not uri:
                 raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
+        if request.get("model") == "polyp_seg" and not os.path.exists(self.cfg.model_path):  # after the id's 404
+            raise HTTPException(status_code=409, detail="no model trained yet: save some final labels and run "
+                                                        "POST /train/polyp_seg first")
         # MONAI Label reads request["image"] as a file path first when one of that name exists relative to the
         # server's working directory: hand it the frame's absolute path, so an id never reaches a file outside
         # the datastore, and save the prediction (tag "original" only, never over an annotator's label) here

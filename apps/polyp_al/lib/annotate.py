@@ -29,8 +29,7 @@ PREFIX = "/annotate"
 REPO = Path(__file__).resolve().parents[3]
 OVERLAY_DIR = REPO / "ohif"  # our files (app-config.js, start.html, annotate.js)
 DEFAULT_DIST = REPO / "build" / "ohif" / "dist"
-OVERLAY = {"": "start.html", "app-config.js": "app-config.js", "polypal/annotate.js": "annotate.js",
-           "polypal/annotate.css": "annotate.css"}
+OVERLAY = {"": "start.html", "app-config.js": "app-config.js", "polypal/annotate.js": "annotate.js"}
 NOT_INSTALLED = ("OHIF is not installed on this server: run `bash scripts/setup.sh` (or `bash ohif/install.sh`), "
                  "then restart the server.")
 mimetypes.add_type("application/wasm", ".wasm")
@@ -70,6 +69,10 @@ def make_routes(dist: Path | None = None, overlay: Path = OVERLAY_DIR) -> list[R
         if index is None:
             return PlainTextResponse(NOT_INSTALLED, status_code=503)
         f = _inside(dist, rel)
+        if f is not None and f.suffix.lower() in (".html", ".htm") and f.name != "index.html":
+            # OHIF's other pages (silent-refresh.html, for OIDC sign-in, which polyp-al does not use) load
+            # scripts from a CDN: not served in this origin, where a script has the whole API's rights
+            return PlainTextResponse("not found", status_code=404)
         if f is not None:
             return _file(f, cache=f.name != "index.html" and ".bundle." in f.name or f.suffix == ".wasm")
         if "." in rel.rsplit("/", 1)[-1]:  # a missing asset, not a page of the single-page app

@@ -54,6 +54,7 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.parse
 from typing import Iterable
 
 import anyio
@@ -548,12 +549,12 @@ async def _check_form(scope, spool, size: int, form_key: str) -> None:
     try:
         for _, v in form.multi_items():
             name = getattr(v, "filename", None)
-            if name is not None and ("\x00" in name or len(name) > 255):
-                raise _Refused(400, "uploaded file name has a NUL or is longer than 255 characters")
-            if name is not None and len("".join(pathlib.PurePath(name).suffixes)) > MAX_SUFFIXES:
+            if name is not None and ("\x00" in name or len(_utf8(name)) > 255):
+                raise _Refused(400, "uploaded file name has a NUL or is longer than 255 bytes")
+            if name is not None and len(_utf8("".join(pathlib.PurePath(name).suffixes))) > MAX_SUFFIXES:
                 # MONAI Label keeps every suffix on its temporary copy ("tmpXXXXXXXX" + suffixes): too long a
                 # name for the file system there (a 500), so refused here
-                raise _Refused(400, f"uploaded file name has more than {MAX_SUFFIXES} characters from its first "
+                raise _Refused(400, f"uploaded file name has more than {MAX_SUFFIXES} bytes from its first "
                                     f"'.': name it like frame.png or label.nii.gz")
         if form_key == "/infer/" and getattr(form.get("label"), "filename", None) is not None:
             raise _Refused(400, "polyp-al's inference takes an image, not a label (no scribbles)")
@@ -566,6 +567,22 @@ async def _check_form(scope, spool, size: int, form_key: str) -> None:
             _check_keys(_json_object(value, field), keys, field)
     finally:
         await form.close()
+
+
+def _utf8(text: str) -> bytes:
+    """A name as the file system counts it (255 bytes, not characters)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _decoded(path: str) -> str:
+    """The path percent-decoded until it no longer changes: what a server behind a proxy may finally see
+    (``%252e%252e`` is ``..`` to Orthanc behind MONAI Label's DICOMweb proxy)."""
+    for _ in range(5):
+        once = urllib.parse.unquote(path)
+        if once == path:
+            break
+        path = once
+    return path
 
 
 def _in_thread(app, scope, receive, send, loop):
@@ -611,7 +628,8 @@ class Gate:
         if why:
             raise _Refused(403, why)
         path, method = scope.get("path", ""), scope.get("method", "GET")
-        if path.startswith(_GONE) or ".." in path or "\x00" in path:
+        plain = _decoded(path)
+        if path.startswith(_GONE) or ".." in plain or "\x00" in plain or (path.startswith("/proxy/") and "%" in plain):
             raise _Refused(404, f"{path[:80]!r} is not part of polyp-al")
         if path.rstrip("/") == "/session" or path.startswith("/session/"):  # answered before any body is read
             raise _Refused(406, "sessions are off in polyp-al: send an image id or upload the image")
@@ -623,6 +641,10 @@ class Gate:
                     n = 0
                 if not 0 < n <= MAX_LOG_LINES:
                     raise _Refused(400, f"lines must be 1-{MAX_LOG_LINES}")
+            # MONAI Label's HTML log viewer loads jQuery and ACE from CDNs into this origin (where a script has
+            # the whole API's rights): the log is always answered as plain text
+            q = scope.get("query_string", b"")
+            scope = {**scope, "query_string": (q + b"&" if q else b"") + b"text=true&html=false"}
         if path.startswith(("/train", "/scoring")) and method == "POST":
             q = _query(scope)
             if path.rstrip("/") == "/train":  # MONAI Label queues one training per trainer for this one
@@ -670,6 +692,10 @@ class Gate:
         for v in q.get("tag", []):
             if v and not _valid_id(v):
                 raise _Refused(400, f"invalid label tag {v[:80]!r}")
+        if path.rstrip("/") == _EXPORT:
+            for v in _query(scope).get("limit_cases", []):
+                if not (v.isdigit() and int(v) >= 1):  # MONAI Label's [:limit]: -1 dropped the last frame
+                    raise _Refused(400, "limit_cases must be a whole number >= 1")
         for v in q.get("check_sum", []):
             if path.rstrip("/") == "/datastore/image" and not _CHECK_SUM.fullmatch(v):
                 raise _Refused(400, "check_sum must be a hex digest, optionally after SHA256:, SHA512: or MD5:")
