@@ -48,7 +48,7 @@ from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.datastore import LAST_SAVE, checked_mask
-from polypal.data import read_mask
+from polypal.data import images, read_mask
 
 logger = logging.getLogger(__name__)
 
@@ -137,22 +137,30 @@ def download_series(study_id, series_id, save_dir, client, frame_fetch=False):
         if not is_uid(study):
             raise HTTPException(status_code=404, detail=f"series {series_id} not found in the DICOMweb server")
         study_id = study
-    def check(sop) -> None:  # dcmqi cannot reference such an instance in a SEG either: never a frame
-        if not is_uid(str(sop)):
+    def check(d) -> None:
+        if not is_uid(str(d.get("SOPInstanceUID", ""))):  # dcmqi could not reference it in a SEG either
             raise HTTPException(status_code=422, detail=f"series {series_id} has an instance whose SOPInstanceUID "
                                                         f"is not a DICOM UID: not served as a frame")
+        try:  # declared size, before anything converts it (a small file may declare a huge image)
+            pixels = int(d.get("Rows", 0) or 0) * int(d.get("Columns", 0) or 0) * int(d.get("NumberOfFrames", 1) or 1)
+        except (TypeError, ValueError):
+            pixels = -1
+        if not 0 <= pixels <= images.MAX_PIXELS:
+            raise HTTPException(status_code=413 if pixels > 0 else 422,
+                                detail=f"series {series_id} declares {pixels} pixels per instance; frames are "
+                                       f"capped at {images.MAX_PIXELS} (--conf max_pixels)")
 
     if not frame_fetch:
         instances = client.retrieve_series(study_id, series_id)
         for instance in instances:
-            check(instance.get("SOPInstanceUID", ""))
+            check(instance)
         os.makedirs(save_dir, exist_ok=True)
         for k, instance in enumerate(instances):
             instance.save_as(os.path.join(save_dir, f"{k:06d}.dcm"))
         return
     metas = [Dataset.from_json(m) for m in client.retrieve_series_metadata(study_id, series_id)]
     for d in metas:
-        check(d.get("SOPInstanceUID", ""))
+        check(d)
     os.makedirs(save_dir, exist_ok=True)
     for k, d in enumerate(metas):
         sop = str(d["SOPInstanceUID"].value)
