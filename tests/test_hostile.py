@@ -1479,3 +1479,33 @@ def test_logs_are_plain_text_and_export_limits_are_checked(env):
     for path in ("/proxy/dicom/%252e%252e/system", "/annotate/%252e%252e/%252e%252e/README.md"):
         s, r = http("GET", url + path)
         assert s == 404, (path, s, r)
+
+
+def test_a_training_that_fails_says_so_and_keeps_no_broken_model(tmp_path):
+    """Every label unreadable: 422 naming them, /info FAILED with the reasons. A save that fails (here the
+    checkpoint's temporary path is taken by a folder): /info FAILED with the error, not RUNNING for ever,
+    and no model is published."""
+    studies = tmp_path / "studies"
+    masks = make_frames(studies, 3)
+    (studies / "labels" / "final").mkdir(parents=True)
+    for i in ("fr000", "fr001"):  # wrong size, put there by hand
+        Image.fromarray(np.zeros((10, 10), np.uint8)).save(studies / "labels" / "final" / f"{i}.png")
+    srv = Server(studies, tmp_path).start()
+    try:
+        train = lambda: http("POST", f"{srv.url}/train/polyp_seg?run_sync=true", b"{}",  # noqa: E731
+                             {"Content-Type": "application/json"}, timeout=300)
+        s, r = train()
+        assert s == 422 and "no labeled frame could be read" in r["detail"] and "fr000" in r["detail"], (s, r)
+        st = http("GET", f"{srv.url}/info/")[1]["train_stats"]["polyp_seg"]
+        assert st["status"] == "FAILED" and set(st["skipped"]) == {"fr000", "fr001"}, st
+        for i in ("fr000", "fr001"):
+            assert put_label(srv.url, i, png_bytes(masks[i].astype(np.uint8)))[0] == 200
+        model = Path(srv.conf["model_dir"]) / "polyp_seg-smoke.pt"
+        (Path(str(model) + ".tmp")).mkdir(parents=True)
+        s, r = train()
+        assert s >= 500 or s == 422, (s, r)
+        st = http("GET", f"{srv.url}/info/")[1]["train_stats"]["polyp_seg"]
+        assert st["status"] == "FAILED" and "Error" in st["error"] and st["model_number"] == 0, st
+        assert not model.exists()
+    finally:
+        srv.stop()

@@ -21,7 +21,7 @@ import numpy as np
 from monailabel.interfaces.tasks.train import TrainTask
 
 from polypal.data import DataError, frame_id, load_frame
-from polypal.learner import hash_validation, save_checkpoint, train
+from polypal.learner import hash_validation, predicts_no_polyp, save_checkpoint, train
 from polypal.learner.augment import augment_kind
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 def _iso(t: float) -> str:
     """A local time as ISO 8601 with its offset, to the second."""
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+
+
+class Unreadable(ValueError):
+    """Every labeled frame was skipped (unreadable frame or label): nothing to train on."""
 
 
 def _alive(pid) -> bool:
@@ -98,9 +102,12 @@ class PolypSegTrain(TrainTask):
         if running and _alive(st.get("pid")):
             return
         tmp = self.cfg.model_path + ".tmp"
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-            logger.warning(f"removed {tmp}, left by an unfinished save")
+        if os.path.lexists(tmp):
+            try:
+                os.unlink(tmp)
+                logger.warning(f"removed {tmp}, left by an unfinished save")
+            except OSError as e:  # e.g. a folder of that name: the next save fails and says so
+                logger.error(f"could not remove {tmp}: {e}")
         if not running:
             return
         st.update(status="INTERRUPTED", note="the training process ended without finishing (crash or kill); "
@@ -115,11 +122,17 @@ class PolypSegTrain(TrainTask):
                 "augment": augment_kind(p), "collapse_retries": p.collapse_retries, "seed": self.cfg.seed}
 
     def stats(self):
+        """The last training's record. RUNNING from a process that is gone reads INTERRUPTED (a training killed
+        mid-run, e.g. out of memory, never writes its end)."""
         try:
             with open(self.stats_path) as f:
-                return json.load(f)
+                st = json.load(f)
         except (OSError, json.JSONDecodeError):
             return {}
+        if isinstance(st, dict) and st.get("status") == "RUNNING" and not _alive(st.get("pid")):
+            st = {**st, "status": "INTERRUPTED", "note": "the training process ended without finishing; the "
+                                                          "previous model, if any, is still served"}
+        return st if isinstance(st, dict) else {}
 
     def _write_stats(self, stats: dict) -> None:
         tmp = self.stats_path + ".tmp"
@@ -136,6 +149,10 @@ class PolypSegTrain(TrainTask):
 
             raise HTTPException(status_code=429, detail="a training is already running: one at a time "
                                                         "(GET /info shows its progress)") from None
+        except Unreadable as e:
+            from fastapi import HTTPException
+
+            raise HTTPException(status_code=422, detail=str(e)) from None
         if self.after_publish is not None:
             # after the lock is released (scoring holds off while a training holds it). MONAI Label's own
             # trigger after training is refused while another scoring run is going, so the new model is
@@ -163,6 +180,13 @@ class PolypSegTrain(TrainTask):
             masks.append(m)
             used.append(i)
         if not used:
+            if skipped:  # every label there is unreadable: say which and why, in /info too
+                why = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:5])
+                self._write_stats({"status": "FAILED", "model_number": int(self.stats().get("model_number") or 0),
+                                   "failed_at": _iso(time.time()), "skipped": skipped,
+                                   "error": f"none of the {len(skipped)} labeled frames could be read"})
+                raise Unreadable(f"no labeled frame could be read ({len(skipped)} skipped: {why}); the previous "
+                                 f"model, if any, is still served")
             raise ValueError("no labeled frames to train on: save at least one final label first")
         val = hash_validation(used)  # a fifth of the labels (none below 5 labels), stable as labels are added
         images, masks = np.stack(images), np.stack(masks)
@@ -185,10 +209,25 @@ class PolypSegTrain(TrainTask):
                                    "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(eta, 1),
                                    "eta_at": None if eta is None else _iso(now + eta)})
 
-        res = train(self.cfg.profile, images[~val], masks[~val], images[val], masks[val],
-                    seed=self.cfg.seed, on_step=on_step)
-        save_checkpoint(self.cfg.model_path, res.model, self.cfg.profile,
-                        extra={"trained_on": used, "best_val": res.best_val})
+        kept = {"model_number": number - 1, "attempt": number, "started_at": _iso(t0), "skipped": skipped,
+                "note": "not published: the previous model, if any, is still served"}
+        try:
+            res = train(self.cfg.profile, images[~val], masks[~val], images[val], masks[val],
+                        seed=self.cfg.seed, on_step=on_step)
+            if predicts_no_polyp(res.model, images[~val], masks[~val]):  # collapsed after every retry
+                stats = {**kept, "status": "COLLAPSED", "retries": res.retries, "steps": res.steps,
+                         "finished_at": _iso(time.time()),
+                         "error": f"the model predicts no polyp on any of its training frames after "
+                                  f"{res.retries} retries"}
+                self._write_stats(stats)
+                logger.error(f"training collapsed: {stats}")
+                return stats
+            save_checkpoint(self.cfg.model_path, res.model, self.cfg.profile,
+                            extra={"trained_on": used, "best_val": res.best_val})
+        except BaseException as e:
+            self._write_stats({**kept, "status": "FAILED", "failed_at": _iso(time.time()),
+                               "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            raise
         stats = {
             "status": "DONE", "model_number": number, "profile": self.cfg.profile.name, "train_frames": int((~val).sum()),
             "val_frames": int(val.sum()), "steps": res.steps, "best_step": res.best_step, "retries": res.retries,
