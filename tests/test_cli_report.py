@@ -183,3 +183,40 @@ def test_extending_a_run_that_cannot_go_on_keeps_its_records(tmp_path):
     with pytest.raises(Exception, match="(?i)pool|unlabeled|no frame"):
         run_cli(data, out2, "random", cycles=2, extra=["--initial", str(pool - 4)])
     assert f.read_text() == before
+
+
+def test_cli_errors_are_one_line_and_leave_no_folder(tmp_path, capsys):
+    """Bad arguments and bad dataset files: a one-line error and exit code != 0, no traceback, and a new
+    --out folder is not created; a folder of another dataset is refused before it is touched."""
+    import pytest
+
+    data = write_dataset(tmp_path / "d", 12, seed=1)
+    for flag, value in (("--seeds", "a"), ("--budget", "0"), ("--initial", "0"), ("--cycles", "-1")):
+        with pytest.raises(SystemExit) as e:
+            main(["run", "--dataset", "folder", "--data", str(data), "--profile", "smoke", flag, value,
+                  "--out", str(tmp_path / "o1")])
+        assert e.value.code == 2 and flag in capsys.readouterr().err
+    bad = write_dataset(tmp_path / "bad", 12, seed=2)
+    sorted((bad / "masks").iterdir())[3].unlink()
+    assert run_cli(bad, tmp_path / "o2") == 2
+    assert "missing mask" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match="is a file"):
+        run_cli(data, tmp_path / "afile")
+    out = tmp_path / "o3"
+    assert run_cli(data, out, strategies="random", cycles=1) == 0
+    other = write_dataset(tmp_path / "other", 12, seed=3)
+    for p in list((other / "images").iterdir()) + list((other / "masks").iterdir()):
+        p.rename(p.with_name("g" + p.name))  # other frames
+    before = (out / "run.json").read_text()
+    with pytest.raises(SystemExit, match="another dataset"):
+        run_cli(other, out, strategies="random", cycles=1)
+    assert (out / "run.json").read_text() == before
+    # a damaged line with records after it is named; a cut last line is not an error
+    f = out / "runs" / "random-seed0.jsonl"
+    lines = f.read_text().splitlines()
+    f.write_text("\n".join([lines[0][:-5]] + lines[1:]) + "\n")
+    assert main(["report", str(out)]) == 2
+    assert "line 1 is not valid JSON" in capsys.readouterr().err
+    f.write_text("\n".join(lines[:-1] + [lines[-1][:-5]]) + "\n")
+    assert main(["report", str(out)]) == 0

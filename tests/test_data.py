@@ -137,3 +137,28 @@ def test_real_frames_load():
         im, m, hw = load_frame(img, mask, 64)
         assert im.shape == (64, 64, 3) and m.shape == (64, 64)
         assert 0.0 < m.mean() < 1.0
+
+
+def test_exif_rotated_frames_read_as_shown_and_one_frame_per_name(tmp_path):
+    """A JPEG whose EXIF says "rotate 90" (a camera held sideways) is read as every viewer shows it, so a
+    mask drawn on what the annotator saw fits it; two files of one name are refused by name."""
+    stored = np.zeros((40, 48, 3), np.uint8)  # stored 48 wide, 40 high; shown rotated: 40 wide, 48 high
+    stored[:10, :, 0] = 255  # a red band along the stored top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    Image.fromarray(stored).save(tmp_path / "f.jpg", exif=exif, quality=95)
+    shown = read_rgb(tmp_path / "f.jpg")
+    assert shown.shape == (48, 40, 3)
+    assert shown[:, -8:, 0].mean() > 200 and shown[:, :20, 0].mean() < 50  # the band is on the right as shown
+    mask = np.zeros((48, 40), np.uint8)
+    mask[:, -10:] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png", expected_hw=shown.shape[:2]).sum() == 480
+    d = tmp_path / "ds"
+    (d / "images").mkdir(parents=True)
+    (d / "masks").mkdir()
+    for ext in (".png", ".jpg"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "images" / f"f01{ext}")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / "masks" / "f01.png")
+    with pytest.raises(DataError, match="same name as f01"):
+        find_pairs(d)

@@ -62,3 +62,30 @@ def test_export_carries_the_quality_curve(tmp_path):
     assert [(c["model"], c["labels"], c["mean_dice"]) for c in q["by_model"]] == [(1, 3, 0.5), (2, 1, 0.8)]
     png = Image.open(out / "quality.png")
     assert png.format == "PNG" and png.size[0] > 300
+
+
+def test_export_cli_errors_leave_nothing_half_written(tmp_path, capsys):
+    """A label that does not fit its frame: an error naming it, and no output folder (a half export would
+    make the next try refuse a non-empty folder); a missing studies folder is not created."""
+    import numpy as np
+    from PIL import Image
+
+    from polypal.serving.export import main
+    from polypal.serving.framestore import FrameStore
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((20, 30, 3), 50 * i, np.uint8)).save(studies / f"f{i}.png")
+    store = FrameStore(studies)
+    for i in range(3):
+        m = tmp_path / f"m{i}.png"
+        Image.fromarray(np.ones((20, 30), np.uint8)).save(m)
+        store.save_label(f"f{i}", str(m), "final")
+    Image.fromarray(np.ones((5, 5), np.uint8)).save(studies / "labels" / "final" / "f1.png")  # by hand
+    assert main([str(studies), str(tmp_path / "out")]) == 1
+    assert "f1.png" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    assert main([str(tmp_path / "nope"), str(tmp_path / "out2")]) == 2 and not (tmp_path / "nope").exists()
+    Image.fromarray(np.ones((20, 30), np.uint8)).save(studies / "labels" / "final" / "f1.png")
+    assert main([str(studies), str(tmp_path / "out")]) == 0 and (tmp_path / "out" / "manifest.csv").exists()

@@ -56,6 +56,11 @@ def find_pairs(root: str | Path, require_masks: bool = True) -> list[tuple[Path,
     images = list_images(img_dir)
     if not images:
         raise DataError(img_dir, f"no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    seen: dict[str, Path] = {}
+    for img in images:  # a frame is named by its stem: two files of one stem would be one frame twice
+        if img.stem in seen:
+            raise DataError(img, f"same name as {seen[img.stem].name}: one frame per name (rename or remove one)")
+        seen[img.stem] = img
     pairs = []
     for img in images:
         mask = _find_mask(mask_dir, img.stem) if mask_dir.is_dir() else None

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from polypal.errors import DataError
 from polypal.vocab import VOLUME_EXTENSIONS
@@ -45,6 +45,8 @@ def _open(path: Path) -> Image.Image:
         img = Image.open(path)
         _check_pixels(path, *img.size)
         img.load()
+        if img.getexif().get(0x0112, 1) != 1:  # EXIF orientation: read as every viewer shows it (masks alike)
+            img = ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except UnidentifiedImageError:

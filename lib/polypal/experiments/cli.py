@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from polypal.errors import PolypalError
 from polypal.experiments.videos import video_of_frames
 from polypal.sampler import REGISTRY
 
@@ -135,6 +136,37 @@ def _folder_seeding(out: Path, asked: str | None) -> str:
     return has or asked or "streams"
 
 
+def _refuse_other_dataset(out: Path, dataset: str) -> None:
+    """A folder holds one dataset's runs: refuse, before anything is written, to add another's."""
+    try:
+        was = json.loads((out / "run.json").read_text()).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return
+    if was and was != dataset:
+        raise SystemExit(f"error: {out} holds runs of --dataset {was}, not {dataset}: use a new --out")
+
+
+def _count(low: int):
+    """argparse type: a whole number >= low."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    return parse
+
+
+def _seed_list(text: str) -> str:
+    """argparse type: comma-separated seeds >= 0 (kept as text: the commands log shows it as typed)."""
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give seeds as whole numbers >= 0, e.g. 0,1,2")
+    return text
+
+
 def _setup(args):
     """Threads, output folder, command log, profile, protocol, data and split: shared by run and ceiling."""
     import torch
@@ -146,29 +178,38 @@ def _setup(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not Path(args.data).is_dir():
+        raise SystemExit(f"error: --data {args.data}: no such folder (a dataset folder holds images/ and masks/)")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out} is a file, not a folder")
+    _refuse_other_dataset(out, args.dataset)
     augment = {None: {}, "flips": {"augment": "", "flips": True}}.get(args.augment, {"augment": args.augment})
     profile = get_profile(args.profile, max_steps=args.max_steps, min_steps=args.min_steps,
                           collapse_retries=args.collapse_retries, **augment)
     _refuse_other_recipe(out, profile)
     seeding = args.seeding = _folder_seeding(out, getattr(args, "seeding", None))
-    _log_command(out)
     init, budget, cycles = PROTOCOLS[args.dataset]
-    init = args.initial or init
-    budget = args.budget or budget
+    init = args.initial if args.initial is not None else init
+    budget = args.budget if args.budget is not None else budget
     cycles = args.cycles if args.cycles is not None else cycles
-    fs = load_folder(args.data, profile.size, cache_dir=args.cache_dir, progress=True)
+    fs = load_folder(args.data, profile.size, cache_dir=args.cache_dir, progress=True)  # a bad file: before OUT
+    out.mkdir(parents=True, exist_ok=True)
+    _log_command(out)
+    split_file = out / "split.json"
+    if split_file.exists():
+        split = json.loads(split_file.read_text())
+        missing = sorted({n for k in ("pool", "val", "test") for n in split[k]} - set(fs.names))
+        if missing:
+            raise SystemExit(f"error: {split_file} names {len(missing)} frames that --data {args.data} does not have "
+                             f"(e.g. {missing[0]!r}): the folder holds runs of another dataset; use a new --out")
+    else:
+        split = _make_split(args, fs.names)
+        save_split(split, split_file)
     meta = {"dataset": args.dataset, "data": str(Path(args.data).resolve()), "profile": profile.to_dict(),
             "protocol": [init, budget, cycles], "seeding": seeding}
     if args.cmd == "run" or not (out / "run.json").exists():
         (out / "run.json").write_text(json.dumps(meta, indent=1))
-    split_file = out / "split.json"
-    if split_file.exists():
-        split = json.loads(split_file.read_text())
-    else:
-        split = _make_split(args, fs.names)
-        save_split(split, split_file)
     pool, val, test = (fs.subset(fs.index_of(split[k])) for k in ("pool", "val", "test"))
     assert not (set(split["test"]) & set(split["pool"])) and not (set(split["val"]) & set(split["pool"]))
     tqdm.write(f"split: pool {len(pool)}, val {len(val)}, test {len(test)}; protocol {init} + {budget} x {cycles}; "
@@ -256,11 +297,11 @@ def main(argv=None) -> int:
                        help="protocol and split: kvasir (sessile test), cvc (sequence split), folder (any images/+masks/)")
         a.add_argument("--data", required=True, help="dataset folder with images/ and masks/")
         a.add_argument("--splits", default=None, help="folder with kvasir_sessile.txt / cvc_clinicdb_sequences.csv")
-        a.add_argument("--seeds", default="0,1,2")
+        a.add_argument("--seeds", default="0,1,2", type=_seed_list)
         a.add_argument("--profile", default="cpu-lite", choices=["paper", "cpu-lite", "smoke"])
-        a.add_argument("--initial", type=int, default=None)
-        a.add_argument("--budget", type=int, default=None)
-        a.add_argument("--cycles", type=int, default=None)
+        a.add_argument("--initial", type=_count(1), default=None, help="labels at the first stage")
+        a.add_argument("--budget", type=_count(1), default=None, help="labels added per cycle")
+        a.add_argument("--cycles", type=_count(0), default=None, help="queries after the first stage")
         a.add_argument("--cvc-split", choices=["sequence", "frame"], default="sequence")
         a.add_argument("--split-by-video", choices=["auto", "on", "off"], default="auto",
                        help="--dataset folder: whole videos to test/val/pool (auto: when the folder has "
@@ -304,7 +345,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.cmd in ("run", "ceiling") and args.dataset in ("kvasir", "cvc") and not args.splits:
         args.splits = str(Path(args.data).parent / "splits")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (PolypalError, OSError) as e:  # a file of the dataset or the results folder: one line, no traceback
+        print(f"polypal-sim: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from polypal.data import FrameSet
+from polypal.errors import DataError
 from polypal.learner import Profile, evaluate, predict, train
 from polypal.sampler import BvSB, PoolInfo, k_center_greedy, pca_features, resolve, select, top_uncertain
 
@@ -73,17 +74,41 @@ def initial_labeled(n_pool: int, n_initial: int, seed: int, seeding: str = "stre
     return np.sort(rng.choice(n_pool, size=min(n_initial, n_pool), replace=False))
 
 
-def read_records(path) -> list[dict]:
+def read_records(path, stages: bool = False) -> list[dict]:
+    """The records of a JSONL file. A last line cut by a crash is ignored (that stage reruns); a damaged line
+    with records after it is an error naming the line (resuming would otherwise drop, and redo, those).
+    ``stages``: each record must be a stage record (``_well_formed``), else an error naming the line."""
     path = Path(path)
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    lines = path.read_text().splitlines()
+    for k, line in enumerate(lines):
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash: ignore it, that stage reruns
-            break
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            later = sum(1 for x in lines[k + 1:] if x.strip())
+            if later:
+                raise DataError(path, f"line {k + 1} is not valid JSON and {later} record(s) follow it: fix or "
+                                      f"remove that line") from None
+            break  # a line cut by a crash
+        if stages and not _well_formed(rec):
+            raise DataError(path, f"line {k + 1} is not a stage record (needs strategy, seed, stage, n_labeled "
+                                  f"and numeric test metrics)")
+        out.append(rec)
     return out
+
+
+def _well_formed(rec) -> bool:
+    def num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not isinstance(rec, dict) or not all(num(rec.get(k)) for k in ("seed", "n_labeled")):
+        return False
+    test = rec.get("test")
+    if not isinstance(test, dict) or not all(num(v) for v in test.values() if not isinstance(v, (dict, list))):
+        return False
+    return rec.get("kind") == "ceiling" or (isinstance(rec.get("strategy"), str) and num(rec.get("stage")))
 
 
 def run(
@@ -119,7 +144,7 @@ def run(
     """
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    records = read_records(out_file)
+    records = read_records(out_file, stages=True)
     if out_file.exists() and out_file.read_text() != "".join(json.dumps(r) + "\n" for r in records):
         # drop a line cut by a crash, so that new stages start on a clean line
         tmp = out_file.with_suffix(".tmp")

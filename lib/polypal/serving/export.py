@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from polypal.data import read_mask, read_rgb
+from polypal.errors import PolypalError
 from polypal.serving.framestore import FrameStore
 
 FIELDS = ("id", "image", "mask", "polyp_pixels", "labeled_at", "annotator", "served_by_strategy", "picked_by",
@@ -99,10 +100,25 @@ def main(argv=None) -> int:
     ap.add_argument("out", help="output folder (created)")
     ap.add_argument("--tag", default="final")
     a = ap.parse_args(argv)
-    if Path(a.out).exists() and any(Path(a.out).iterdir()):
-        print(f"polypal-export: {a.out} is not empty; choose a new folder", file=sys.stderr)
+    out = Path(a.out)
+    if not Path(a.studies).is_dir():
+        print(f"polypal-export: {a.studies}: no such studies folder", file=sys.stderr)
         return 2
-    rows = export_labeled(a.studies, a.out, a.tag)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        print(f"polypal-export: {a.out} is {'a file' if not out.is_dir() else 'not empty'}; choose a new folder",
+              file=sys.stderr)
+        return 2
+    # written beside OUT, renamed into place when complete: a failure leaves no half export to be refused later
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        rows = export_labeled(a.studies, tmp, a.tag)
+        if out.exists():
+            out.rmdir()  # the empty folder checked above
+        os.replace(tmp, out)
+    except (PolypalError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"polypal-export: error: {e}; nothing was exported", file=sys.stderr)
+        return 1
     print(f"exported {len(rows)} labeled frames to {a.out} (images/, masks/, manifest.json, manifest.csv)")
     return 0
 

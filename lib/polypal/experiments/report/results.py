@@ -33,7 +33,7 @@ def load_results(folder: Path) -> dict:
     """strategy -> seed -> list of stage records (complete or not)."""
     out: dict = defaultdict(dict)
     for f in sorted((folder / "runs").glob("*.jsonl")):
-        recs = read_records(f)
+        recs = read_records(f, stages=True)
         if recs:
             out[recs[0]["strategy"]][recs[0]["seed"]] = recs
     return out

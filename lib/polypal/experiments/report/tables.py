@@ -141,6 +141,10 @@ def ci_tables(res: dict, ceiling: dict | None) -> str:
     lines = ["## Summary: every strategy against Random", "",
              "Normalised AULC, strategy minus Random at the same seed, in points; labels saved: Random's "
              "labels to 95% of the full-pool Dice minus the strategy's, per seed (details below).", "",
+             *(["**No Random runs in this folder: nothing can be compared against Random** (run "
+                "`--strategies random` at the same seeds).", ""] if "random" not in res else []),
+             *(["Rows with 1 seed have no interval (a CI needs 2 seeds or more).", ""]
+               if any(len(v) == 1 for v in res.values()) else []),
              summary_table(res, ceiling),
              _detectable_md(res),
              "## Against Random, paired by seed, with 95% bootstrap CIs", "",
