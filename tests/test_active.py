@@ -373,3 +373,21 @@ def test_labels_saved_while_the_pool_is_scored_are_not_planned(tmp_path):
     refresh(st, Frames(set(first[:3])), str(model), prof, chunk=4)
     planned = [r[1] for r in st.current_plan("bvsb")["rows"]]
     assert len(planned) == 4 and not set(planned) & set(first[:3]), (first, planned)
+
+
+def test_frames_with_nan_latents_wait_and_the_rest_is_planned(tmp_path):
+    """A model that outputs NaN on some frames: k-center refuses NaN (it would follow index order), so the
+    planner leaves those frames out with a note instead of failing next-sample."""
+    st = ActiveLearningState(tmp_path / "st", batch_size=5, gamma=0.5, lease_seconds=100)
+    ids = [f"f{i:02d}" for i in range(20)]
+    rng = np.random.default_rng(0)
+    lat = rng.standard_normal((20, 8)).astype(np.float32)
+    lat[7, 3] = np.nan
+    scores = rng.random(20)
+    scores[11] = np.nan
+    st.add_scores("v1", ids, scores, lat)
+    for strategy in ("ta_coreset", "bvsb_ta_coreset", "bvsb"):
+        p = st.plan(strategy, ids, set(ids[:3]), "v1")
+        planned = [r[1] for r in p["rows"]]
+        assert len(planned) == 5 and not {"f07", "f11"} & set(planned), (strategy, planned)
+        assert "2 frames with non-finite" in p["note"], p["note"]

@@ -32,6 +32,14 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
 
 
+def _interrupted(st: dict) -> dict:
+    """A RUNNING record whose process is gone: INTERRUPTED, numbered by the last model published."""
+    n = int(st.get("model_number") or 0)
+    return {**st, "status": "INTERRUPTED", "model_number": max(0, n - 1), "attempt": n,
+            "note": "the training process ended without finishing (crash or kill); the previous model, if any, "
+                    "is still served"}
+
+
 class Unreadable(ValueError):
     """Every labeled frame was skipped (unreadable frame or label): nothing to train on."""
 
@@ -97,7 +105,7 @@ class PolypSegTrain(TrainTask):
     def recover(self) -> None:
         """After a crash during training: /info said RUNNING forever and a partial ``.pt.tmp`` stayed.
         A run whose process is gone is marked INTERRUPTED and its partial file removed."""
-        st = self.stats()
+        st = self._read_stats()
         running = st.get("status") == "RUNNING"
         if running and _alive(st.get("pid")):
             return
@@ -110,9 +118,7 @@ class PolypSegTrain(TrainTask):
                 logger.error(f"could not remove {tmp}: {e}")
         if not running:
             return
-        st.update(status="INTERRUPTED", note="the training process ended without finishing (crash or kill); "
-                                             "the previous model, if any, is still served")
-        self._write_stats(st)
+        self._write_stats(_interrupted(st))
         logger.warning(f"training started at {st.get('started')} was interrupted; marked INTERRUPTED")
 
     def config(self):
@@ -121,18 +127,21 @@ class PolypSegTrain(TrainTask):
                 "steps": f"{p.min_steps}-{p.max_steps}" if p.max_steps else f"{p.epochs} epochs, at least {p.min_steps}",
                 "augment": augment_kind(p), "collapse_retries": p.collapse_retries, "seed": self.cfg.seed}
 
-    def stats(self):
-        """The last training's record. RUNNING from a process that is gone reads INTERRUPTED (a training killed
-        mid-run, e.g. out of memory, never writes its end)."""
+    def _read_stats(self) -> dict:
         try:
             with open(self.stats_path) as f:
                 st = json.load(f)
         except (OSError, json.JSONDecodeError):
             return {}
-        if isinstance(st, dict) and st.get("status") == "RUNNING" and not _alive(st.get("pid")):
-            st = {**st, "status": "INTERRUPTED", "note": "the training process ended without finishing; the "
-                                                          "previous model, if any, is still served"}
         return st if isinstance(st, dict) else {}
+
+    def stats(self):
+        """The last training's record. RUNNING from a process that is gone reads INTERRUPTED (a training killed
+        mid-run, e.g. out of memory, never writes its end)."""
+        st = self._read_stats()
+        if st.get("status") == "RUNNING" and not _alive(st.get("pid")):
+            st = _interrupted(st)
+        return st
 
     def _write_stats(self, stats: dict) -> None:
         tmp = self.stats_path + ".tmp"

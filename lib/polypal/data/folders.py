@@ -111,7 +111,7 @@ def load_frame(image_path: str | Path, mask_path: str | Path | None, size: int):
 
 
 def _cache_key(pairs, size: int) -> str:
-    h = hashlib.sha1(f"v1:{size}".encode())
+    h = hashlib.sha1(f"v2:{size}".encode())  # v2: EXIF orientation applied
     for img, mask in pairs:
         for p in (img, mask):
             if p is None:

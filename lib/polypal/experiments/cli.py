@@ -160,11 +160,11 @@ def _count(low: int):
 
 
 def _seed_list(text: str) -> str:
-    """argparse type: comma-separated seeds >= 0 (kept as text: the commands log shows it as typed)."""
-    parts = [p for p in text.split(",") if p.strip()]
-    if not parts or not all(p.strip().isdigit() for p in parts):
+    """argparse type: comma-separated seeds >= 0, as a clean "0,1,2" (commands.txt logs the command as typed)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
         raise argparse.ArgumentTypeError(f"{text!r}: give seeds as whole numbers >= 0, e.g. 0,1,2")
-    return text
+    return ",".join(parts)
 
 
 def _setup(args):
@@ -194,8 +194,6 @@ def _setup(args):
     budget = args.budget if args.budget is not None else budget
     cycles = args.cycles if args.cycles is not None else cycles
     fs = load_folder(args.data, profile.size, cache_dir=args.cache_dir, progress=True)  # a bad file: before OUT
-    out.mkdir(parents=True, exist_ok=True)
-    _log_command(out)
     split_file = out / "split.json"
     if split_file.exists():
         split = json.loads(split_file.read_text())
@@ -205,6 +203,9 @@ def _setup(args):
                              f"(e.g. {missing[0]!r}): the folder holds runs of another dataset; use a new --out")
     else:
         split = _make_split(args, fs.names)
+    out.mkdir(parents=True, exist_ok=True)
+    _log_command(out)
+    if not split_file.exists():
         save_split(split, split_file)
     meta = {"dataset": args.dataset, "data": str(Path(args.data).resolve()), "profile": profile.to_dict(),
             "protocol": [init, budget, cycles], "seeding": seeding}

@@ -126,7 +126,17 @@ def _inputs(spec, info, universe, labeled, labeled_idx, version, features, seed,
             full = features.scores_for(version, universe)
             if full is None:  # a frame's scores were dropped (replaced) since the line above read them
                 return f"model {version} not scored yet", universe, labeled_idx, info
-        info.scores, info.latents = full
+        scores, latents = full
+        ok = np.isfinite(np.asarray(scores, dtype=np.float64)) & np.isfinite(np.asarray(latents)).all(axis=1)
+        if not ok.all():  # a model that outputs NaN on some frames: those frames wait, k-center never sees NaN
+            notes.append(f"{int((~ok).sum())} frames with non-finite scores or latents from model {version} "
+                         f"left out")
+            universe = [i for i, k in zip(universe, ok) if k]
+            labeled_idx, info = _reindex(universe, labeled)
+            if len(universe) - len(labeled_idx) <= 0:
+                return f"model {version} gave no finite scores", universe, labeled_idx, info
+            scores, latents = scores[ok], latents[ok]
+        info.scores, info.latents = scores, latents
     if "image_features" in spec.needs:
         th = features.thumbs_for(universe)
         if th is None:

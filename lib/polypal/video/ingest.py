@@ -16,6 +16,7 @@ trains on and what the annotator sees for no gain but disk space
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -134,6 +135,23 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
     return rows, n, rate
 
 
+def _move_no_replace(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (FileExistsError): a hard link then an unlink, atomic;
+    on a file system without hard links (exFAT, some network shares), a check then a rename."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(dst) from None
+        os.replace(src, dst)
+        return
+    os.unlink(src)
+
+
 def _same_file(a: str, b: str) -> bool:
     if os.path.getsize(a) != os.path.getsize(b):
         return False
@@ -206,8 +224,7 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
             if os.path.exists(dst) and _same_file(src, dst):  # an earlier run (other settings, or interrupted)
                 continue
             try:
-                os.link(src, dst)  # never over a file: one that appeared since _untaken stays as it is
-                os.unlink(src)
+                _move_no_replace(src, dst)  # never over a file: one that appeared since _untaken stays as it is
             except FileExistsError:
                 raise VideoError(f"{path}: frame id {r['id']} was taken by another file while ingesting; "
                                  f"{written} frames moved, run again to finish under another name") from None
