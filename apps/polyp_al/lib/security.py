@@ -693,7 +693,7 @@ class Gate:
             if v and not _valid_id(v):
                 raise _Refused(400, f"invalid label tag {v[:80]!r}")
         if path.rstrip("/") == _EXPORT:
-            for v in _query(scope).get("limit_cases", []):
+            for v in q.get("limit_cases", []):
                 if not (v.isdigit() and int(v) >= 1):  # MONAI Label's [:limit]: -1 dropped the last frame
                     raise _Refused(400, "limit_cases must be a whole number >= 1")
         for v in q.get("check_sum", []):

@@ -17,6 +17,7 @@ trains on and what the annotator sees for no gain but disk space
 from __future__ import annotations
 
 import errno
+import filecmp
 import hashlib
 import json
 import os
@@ -152,19 +153,13 @@ def _move_no_replace(src: str, dst: str) -> None:
     os.unlink(src)
 
 
-def _same_file(a: str, b: str) -> bool:
-    if os.path.getsize(a) != os.path.getsize(b):
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        return fa.read() == fb.read()
-
-
 def _taken(studies: str, fid: str, staged: str) -> bool:
     """A file of this frame id is in the studies folder and is not this frame (written by an earlier run):
     e.g. a client uploaded that id first (frame ids are predictable). Never replaced, never taken over."""
     for ext in dict.fromkeys(FRAME_EXTENSIONS + tuple(e.upper() for e in FRAME_EXTENSIONS)):
         p = os.path.join(studies, fid + ext)
-        if os.path.lexists(p) and not (ext == ".png" and os.path.isfile(p) and _same_file(staged, p)):
+        if os.path.lexists(p) and not (ext == ".png" and os.path.isfile(p)
+                                       and filecmp.cmp(staged, p, shallow=False)):
             return True
     return False
 
@@ -221,7 +216,7 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
         written = 0
         for r in rows:
             src, dst = os.path.join(stage, r["id"] + ".png"), os.path.join(studies, r["id"] + ".png")
-            if os.path.exists(dst) and _same_file(src, dst):  # an earlier run (other settings, or interrupted)
+            if os.path.exists(dst) and filecmp.cmp(src, dst, shallow=False):  # an earlier run wrote it
                 continue
             try:
                 _move_no_replace(src, dst)  # never over a file: one that appeared since _untaken stays as it is
