@@ -391,3 +391,11 @@ def test_frames_with_nan_latents_wait_and_the_rest_is_planned(tmp_path):
         planned = [r[1] for r in p["rows"]]
         assert len(planned) == 5 and not {"f07", "f11"} & set(planned), (strategy, planned)
         assert "2 frames with non-finite" in p["note"], p["note"]
+
+
+def test_a_model_with_only_nan_outputs_falls_back_instead_of_failing(tmp_path):
+    st, ids = setup_state(tmp_path, with_scores=False)
+    st.add_scores("v1", ids, np.full(len(ids), np.nan), np.full((len(ids), 8), np.nan, np.float32))
+    p = st.plan("bvsb_ta_coreset", ids, set(ids[:3]), "v1")
+    assert p is not None and len(p["rows"]) == 5 and "gave no finite scores" in p["note"], p
+    assert p["version"].startswith("fallback")

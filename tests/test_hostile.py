@@ -243,6 +243,12 @@ def test_model_upload_when_on_is_checked_and_atomic(tmp_path):
         other = write_model(tmp_path / "other.pt", channels=(8, 16, 32))  # another architecture
         s, r = upload(other.read_bytes())
         assert s == 422 and "architecture" in r["detail"]
+        nan = tmp_path / "nan.pt"  # the right U-Net with NaN weights: it would make every score NaN
+        ck = torch.load(write_model(tmp_path / "base.pt"), weights_only=True)
+        ck["state_dict"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+        torch.save(ck, nan)
+        s, r = upload(nan.read_bytes())
+        assert s == 422 and "NaN" in r["detail"], (s, r)
         assert sha(model) == before  # nothing refused ever became the served model
         assert not list(model.parent.glob(".upload-*"))
         good = write_model(tmp_path / "good.pt")
@@ -257,6 +263,17 @@ def test_model_upload_when_on_is_checked_and_atomic(tmp_path):
         assert s == 422
         s, _ = http("DELETE", f"{srv.url}/model/polyp_seg")
         assert s == 200 and not model.exists() and list(model.parent.glob("*.deleted"))
+        # two replacements in one second: every replaced model is kept, none overwrites another's copy
+        for p in model.parent.glob("*.replaced"):
+            p.unlink()
+        base = tmp_path / "base.pt"
+        for m in (base, good, base):  # base replaced by good, good by base: two copies, usually in one second
+            assert upload(m.read_bytes())[0] == 200
+        copies = sorted(sha(p) for p in model.parent.glob("*.replaced"))
+        assert copies == sorted([sha(base), sha(good)]), copies
+        s, r = http("POST", f"{srv.url}/train/polyp_seg", json.dumps({"pad": "x" * 200_000}).encode(),
+                    {"Content-Type": "application/json"})
+        assert s == 413, (s, r)  # MONAI Label would put it on a command line: E2BIG, a task that never runs
     finally:
         srv.stop()
     assert not target.exists()

@@ -22,6 +22,14 @@ logger = logging.getLogger(__name__)
 MAX_MODEL_BYTES = 1 << 30
 
 
+
+def _kept_name(dest: str, why: str) -> str:
+    """``<model>.<time>.<why>``, with -2, -3... when that name is taken (two in one second kept both)."""
+    base, k = f"{dest}.{time.strftime('%Y%m%d-%H%M%S')}", 1
+    while os.path.lexists(name := f"{base}{'' if k == 1 else f'-{k}'}.{why}"):
+        k += 1
+    return name
+
 def _check_model_name(app, model: str) -> None:
     if model not in app._infers:
         raise HTTPException(status_code=404, detail=f"no model {model[:80]!r}; this app serves {sorted(app._infers)}")
@@ -54,7 +62,7 @@ def model_api(app):
             except CheckpointError as e:
                 raise HTTPException(status_code=422, detail=f"model refused: {e.problem}") from None
             if os.path.exists(dest):
-                shutil.copy2(dest, f"{dest}.{time.strftime('%Y%m%d-%H%M%S')}.replaced")
+                shutil.copy2(dest, _kept_name(dest, "replaced"))
             os.replace(tmp, dest)
         finally:
             if os.path.exists(tmp):
@@ -69,7 +77,7 @@ def model_api(app):
         dest = app.cfg.model_path
         if not os.path.exists(dest):
             raise HTTPException(status_code=404, detail=f"no trained model for {model}")
-        os.replace(dest, f"{dest}.{time.strftime('%Y%m%d-%H%M%S')}.deleted")
+        os.replace(dest, _kept_name(dest, "deleted"))
         return {}
 
     return api

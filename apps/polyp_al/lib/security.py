@@ -283,6 +283,7 @@ def _checked_download_image(download_image):
 BODY_TIMEOUT = float(os.environ.get("POLYPAL_BODY_TIMEOUT", 60))  # seconds a client may pause in a body...
 MIN_BODY_RATE = 10_000  # ...and after that long, bytes per second it must have kept up on average
 _FALSE = ("", "0", "false", "f", "no", "n", "off")  # enqueue values that do not queue (pydantic's falsy words)
+MAX_JSON = 64 * 1024  # bytes of a /train, /scoring or /activelearning JSON body
 MAX_SUFFIXES = 200  # characters of an uploaded file name from its first "." (a DICOM UID + ".png" has 60-70)
 _CHECK_SUM = re.compile(r"(?:(?:SHA256|SHA512|MD5):)?[0-9a-fA-F]{1,128}", re.IGNORECASE)
 MAX_LOG_LINES = 10000  # GET /logs/?lines=N answers at most this many lines
@@ -510,8 +511,8 @@ async def _check_body(scope, spool, size: int, path: str) -> None:
     from starlette.requests import Request
 
     if path.startswith(_JSON_PATHS):
-        if size > (1 << 20):
-            raise _Refused(413, "JSON body larger than 1 MB")
+        if size > MAX_JSON:  # MONAI Label puts it on a subprocess's command line (one argument: 128 KiB at most)
+            raise _Refused(413, f"JSON body larger than {MAX_JSON // 1024} KiB")
         body = spool.read()
         spool.seek(0)
         if body.strip():

@@ -129,6 +129,9 @@ def load_checkpoint(path, device=None, expect: Profile | None = None) -> tuple[P
         model.load_state_dict(ck["state_dict"], strict=True)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(path, f"weights do not fit the U-Net of its profile: {str(e)[:300]}") from None
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # a diverged training or a hostile upload: every prediction would be NaN
+        raise CheckpointError(path, f"weights hold NaN or infinite values ({len(bad)} tensors, e.g. {bad[0]})")
     extra = ck.get("extra", {})
     model.to(device or default_device()).eval()
     return model, profile, extra if isinstance(extra, dict) else {}

@@ -129,12 +129,13 @@ def _inputs(spec, info, universe, labeled, labeled_idx, version, features, seed,
         scores, latents = full
         ok = np.isfinite(np.asarray(scores, dtype=np.float64)) & np.isfinite(np.asarray(latents)).all(axis=1)
         if not ok.all():  # a model that outputs NaN on some frames: those frames wait, k-center never sees NaN
+            kept = [i for i, k in zip(universe, ok) if k]
+            kept_idx, kept_info = _reindex(kept, labeled)
+            if len(kept) - len(kept_idx) <= 0:  # nothing to pick: the fallback plans over the whole universe
+                return f"model {version} gave no finite scores", universe, labeled_idx, info
             notes.append(f"{int((~ok).sum())} frames with non-finite scores or latents from model {version} "
                          f"left out")
-            universe = [i for i, k in zip(universe, ok) if k]
-            labeled_idx, info = _reindex(universe, labeled)
-            if len(universe) - len(labeled_idx) <= 0:
-                return f"model {version} gave no finite scores", universe, labeled_idx, info
+            universe, labeled_idx, info = kept, kept_idx, kept_info
             scores, latents = scores[ok], latents[ok]
         info.scores, info.latents = scores, latents
     if "image_features" in spec.needs:
