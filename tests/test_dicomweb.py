@@ -352,8 +352,11 @@ def test_dicomweb_server_down_or_rejecting_loses_no_label(tmp_path):
         dicomweb.down(data)
         up_reaped(data, port=port, dicom_port=free_port())
         client.save_label(a["series"], str(SAMPLE / "masks" / f"{names[0]}.png"), tag="final")
+        # sent by this save's retry, or by a scoring subprocess's retry that held the pending folder's lock
+        srv.wait_for(lambda: len(_segs_on(url, b["study"])) == 1, timeout=120, what="the kept label sent")
+        srv.wait_for(lambda: http("GET", srv.url + "/info/")[1]["datastore"]["pending_labels"] == 0, timeout=60,
+                     what="no pending label")
         assert len(_segs_on(url, b["study"])) == 1
-        assert http("GET", srv.url + "/info/")[1]["datastore"]["pending_labels"] == 0
         assert srv.proc.poll() is None
         log = srv.log.read_text(errors="replace")
         assert "kept at" in log and "unreachable" in log
