@@ -13,7 +13,8 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$VERSION" ]; then
   exit 0
 fi
 if ! command -v npm >/dev/null; then
-  echo "error: npm not found (apt-get install nodejs npm); needed once to fetch @ohif/app@$VERSION" >&2
+  echo "error: npm not found (apt-get install nodejs npm); needed once to fetch @ohif/app@$VERSION." \
+       "To set up without the OHIF page (/annotate/), run set-up with POLYPAL_SKIP_OHIF=1." >&2
   exit 1
 fi
 TMP=$(mktemp -d)
