@@ -1432,13 +1432,19 @@ def test_exported_csv_cells_cannot_be_formulas(env):
                          {"label": ("m.png", png_bytes(masks["fr010"].astype(np.uint8)))})
     s, r = http("PUT", f"{url}/datastore/label?image=fr010&tag=final", body, {"Content-Type": ct})
     assert s == 200, r
+    buf = io.BytesIO()  # an image id is chosen by the client too, and may start with "-"
+    Image.open(env["studies"] / "fr010.png").save(buf, format="PNG")
+    assert put_image(url, "-1-1", buf.getvalue())[0] == 200
+    assert put_label(url, "-1-1", png_bytes(masks["fr010"].astype(np.uint8)))[0] == 200
     s, data = http("GET", f"{url}/datastore/dataset")
     assert s == 200 and data[:2] == b"PK"
     z = zipfile.ZipFile(io.BytesIO(data))
     rows = {row["id"]: row for row in csv.DictReader(io.StringIO(z.read("manifest.csv").decode()))}
     assert rows["fr010"]["annotator"].startswith("'="), rows["fr010"]
+    assert "'-1-1" in rows and "-1-1" not in rows, sorted(rows)
     frames = {f["id"]: f for f in json.loads(z.read("manifest.json"))["frames"]}
     assert frames["fr010"]["annotator"].startswith("=")  # the JSON keeps what was sent
+    assert "-1-1" in frames
 
 
 def test_a_final_label_ends_its_lease_and_other_tags_are_not_labels(env):
@@ -1525,3 +1531,45 @@ def test_a_training_that_fails_says_so_and_keeps_no_broken_model(tmp_path):
         assert not model.exists()
     finally:
         srv.stop()
+
+
+def test_odd_client_ids_digits_long_names_and_path_listings(env):
+    """Found by a hostile probe (2026-12-06): a 24-digit integer client id (SQLite cannot hold it), a
+    limit_cases of non-ASCII digits ("²".isdigit() is True) and a 128-character tag on a 120-character id
+    (the label's name in the trash went over 255 bytes: its saves, deletes and the frame's delete all gave
+    500) each answered 500; GET /datastore/?output=train listed every labeled file's absolute path."""
+    url, studies, masks = env["url"], env["studies"], env["masks"]
+    for cid in (10 ** 23, -(10 ** 23)):
+        s, r = http("POST", f"{url}/activelearning/random", json.dumps({"client_id": cid}).encode(),
+                    {"Content-Type": "application/json"})
+        assert s == 200, (s, r)
+    for v in ("%C2%B2", "%E2%91%A0"):
+        s, r = http("GET", f"{url}/datastore/dataset?limit_cases={v}")
+        assert s == 400 and "limit_cases" in r["detail"], (s, r)
+    s, r = http("GET", f"{url}/datastore/?output=train")
+    assert s == 403 and "output=all" in r["detail"], (s, r)
+    assert str(studies) not in json.dumps(r)
+    s, r = http("GET", f"{url}/datastore/?output=all")
+    assert s == 200 and str(studies) not in json.dumps(r)
+
+    long_id, long_tag = "a" * 120, "b" * 128
+    frame = Image.open(studies / "fr011.png")
+    buf = io.BytesIO()
+    frame.save(buf, format="PNG")
+    s, r = put_image(url, long_id, buf.getvalue())
+    assert s == 200, r
+    m = png_bytes(masks["fr011"].astype(np.uint8))
+    for _ in range(2):  # the second save trashes the first
+        s, r = put_label(url, long_id, m, tag=long_tag)
+        assert s == 200, r
+    s, r = http("DELETE", f"{url}/datastore/label?id={long_id}&tag={long_tag}")
+    assert s == 200, (s, r)
+    s, r = put_label(url, long_id, m, tag=long_tag)
+    assert s == 200, r
+    s, r = http("DELETE", f"{url}/datastore/?id={long_id}")
+    assert s == 200, (s, r)
+    assert not (studies / f"{long_id}.png").exists()
+    kept = [p for p in (studies / ".polypal" / "trash").rglob("*") if p.is_file() and p.name != "manifest.json"
+            and long_id in p.name]
+    assert len(kept) >= 4, kept  # two replaced/removed labels, the last label and the frame: all in the trash
+    assert all(len(p.name.encode()) <= 255 for p in kept)

@@ -154,12 +154,14 @@ def test_frame_ids_taken_by_other_files_are_never_replaced(clip, tmp_path, capsy
     st.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(st / "Patient_7_left_000001.png")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(st / "Patient_7_left_000002.jpg")
+    # any letter case of the extension is the same frame id to the datastore: "-2" is taken that way
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(st / "Patient_7_left-2_000003.Png", format="PNG")
     before = {p.name: p.read_bytes() for p in st.iterdir()}
     assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0
     out = capsys.readouterr()
-    assert "ingested as Patient_7_left-2" in out.err and '"video": "Patient_7_left-2"' in out.out
+    assert "ingested as Patient_7_left-3" in out.err and '"video": "Patient_7_left-3"' in out.out
     assert all((st / n).read_bytes() == b for n, b in before.items())
-    assert pngs(st) == sorted(["Patient_7_left_000001.png"] + [f"Patient_7_left-2_{i:06d}.png" for i in range(20)])
+    assert pngs(st) == sorted(["Patient_7_left_000001.png"] + [f"Patient_7_left-3_{i:06d}.png" for i in range(20)])
     assert {r for r in load_index(st).summary()} and load_index(st).summary()["frames"] == 20
     assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0  # a re-run adds nothing
     assert "already ingested" in capsys.readouterr().out

@@ -242,6 +242,8 @@ class PolypALApp(MONAILabelApp):
         if client is not None and (not isinstance(client, (str, int)) or isinstance(client, bool)
                                    or len(str(client)) > 128):
             raise HTTPException(status_code=400, detail="client_id must be a string of at most 128 characters")
+        if client is not None:  # an int id is kept as its text: SQLite cannot hold a 128-digit integer
+            request = {**request, "client_id": str(client)}
         task = self._strategies.get(name)
         if task is None:
             raise HTTPException(status_code=404, detail=f"no strategy {name!r}; available: {sorted(self._strategies)}")

@@ -646,6 +646,12 @@ class Gate:
             # the whole API's rights): the log is always answered as plain text
             q = scope.get("query_string", b"")
             scope = {**scope, "query_string": (q + b"&" if q else b"") + b"text=true&html=false"}
+        if path.rstrip("/") == "/datastore" and "train" in _query(scope).get("output", []):
+            # MONAI Label answers with every labeled frame's and label's absolute path on the server (and a
+            # DICOMweb datastore downloads every label first): ids and tags are in ?output=all
+            raise _Refused(403, "GET /datastore/?output=train is not served by polyp-al (it lists server file "
+                                "paths): ?output=all lists the frames and their label tags, polypal-export "
+                                "writes the labeled set")
         if path.startswith(("/train", "/scoring")) and method == "POST":
             q = _query(scope)
             if path.rstrip("/") == "/train":  # MONAI Label queues one training per trainer for this one
@@ -695,7 +701,8 @@ class Gate:
                 raise _Refused(400, f"invalid label tag {v[:80]!r}")
         if path.rstrip("/") == _EXPORT:
             for v in q.get("limit_cases", []):
-                if not (v.isdigit() and int(v) >= 1):  # MONAI Label's [:limit]: -1 dropped the last frame
+                # MONAI Label's [:limit]: -1 dropped the last frame; "²".isdigit() is True but int("²") fails
+                if not (v.isascii() and v.isdigit() and int(v) >= 1):
                     raise _Refused(400, "limit_cases must be a whole number >= 1")
         for v in q.get("check_sum", []):
             if path.rstrip("/") == "/datastore/image" and not _CHECK_SUM.fullmatch(v):

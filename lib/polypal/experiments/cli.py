@@ -162,7 +162,7 @@ def _count(low: int):
 def _seed_list(text: str) -> str:
     """argparse type: comma-separated seeds >= 0, as a clean "0,1,2" (commands.txt logs the command as typed)."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts):
+    if not parts or not all(p.isascii() and p.isdigit() for p in parts):  # "²".isdigit() is True
         raise argparse.ArgumentTypeError(f"{text!r}: give seeds as whole numbers >= 0, e.g. 0,1,2")
     return ",".join(parts)
 

@@ -64,14 +64,14 @@ def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str 
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
-        w.writerows({**r, "annotator": _cell(r["annotator"])} for r in rows)  # the one value a client sends
+        w.writerows({k: _cell(v) for k, v in r.items()} for r in rows)  # ids and annotators come from clients
     _export_quality(Path(studies) / ".polypal" / "state.sqlite", out)
     return rows
 
 
 def _cell(value):
-    """A CSV cell a spreadsheet shows as text: a client-given string (the annotator's client id) that starts
-    like a formula gets a leading ' (OWASP's advice on CSV injection); manifest.json keeps it as sent."""
+    """A CSV cell a spreadsheet shows as text: a string (an image id or annotator, both chosen by clients) that
+    starts like a formula gets a leading ' (OWASP's advice on CSV injection); manifest.json keeps it as sent."""
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value

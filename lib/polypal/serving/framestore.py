@@ -35,6 +35,7 @@ they are read together.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import logging
 import os
@@ -88,6 +89,16 @@ def file_signature(path) -> list | None:
 def _plain_ext(ext) -> bool:
     """An extension as the store records them: '' or '.' followed by a plain name ('.png', '.nii.gz')."""
     return isinstance(ext, str) and (ext == "" or (ext.startswith(".") and plain_name(ext[1:])))
+
+
+def _label_trash_name(tag: str, path: str) -> str:
+    """A label file's name in a trash folder: ``labels-<tag>-<file>``. A 128-character tag and a 128-character id
+    would make that longer than a file name may be (255 bytes): such a tag is replaced by a short digest
+    (the manifest keeps where the file was, so a restore does not need the name)."""
+    name = f"labels-{tag}-{os.path.basename(path)}"
+    if len(name.encode()) <= 200:
+        return name
+    return f"labels-{hashlib.sha256(tag.encode()).hexdigest()[:16]}-{os.path.basename(path)}"
 
 
 def _fsync_dir(path: str) -> None:
@@ -394,10 +405,10 @@ class FrameStore:
                 old = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
                 old_path = os.path.join(d, image_id + old[0]) if old else None
                 if old_path and os.path.exists(old_path):
-                    self.trash({f"labels-{tag}-{os.path.basename(old_path)}": old_path},
+                    self.trash({_label_trash_name(tag, old_path): old_path},
                                f"label {tag} of {image_id} replaced", keep_source=True, frame=image_id)
                 if dest != old_path and os.path.lexists(dest):  # a label file no row points to: kept, not lost
-                    self.trash({f"labels-{tag}-{os.path.basename(dest)}": dest},
+                    self.trash({_label_trash_name(tag, dest): dest},
                                f"unregistered label file {tag}/{os.path.basename(dest)} replaced by a save",
                                keep_source=True, frame=image_id)
                 os.replace(tmp, dest)
@@ -423,7 +434,7 @@ class FrameStore:
             if r is None:
                 raise NotFound(f"label {image_id!r} with tag {tag!r} not found")
             p = os.path.join(d, image_id + r[0])
-            self.trash({f"labels-{tag}-{os.path.basename(p)}": p}, f"label {tag} of {image_id} removed",
+            self.trash({_label_trash_name(tag, p): p}, f"label {tag} of {image_id} removed",
                        frame=image_id)
             c.execute("DELETE FROM labels WHERE image_id=? AND tag=?", (image_id, tag))
 
@@ -502,7 +513,7 @@ class FrameStore:
         labels = {t: os.path.join(self.root, "labels", t, image_id + e) for t, e in c.execute(
             "SELECT tag, ext FROM labels WHERE image_id=?", (image_id,))}
         files = {os.path.basename(p): p} if p else {}
-        files.update({f"labels-{t}-{os.path.basename(f)}": f for t, f in labels.items()})
+        files.update({_label_trash_name(t, f): f for t, f in labels.items()})
         self.trash(files, reason)
         c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
         c.execute("DELETE FROM images WHERE id=?", (image_id,))

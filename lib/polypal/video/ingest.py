@@ -153,22 +153,36 @@ def _move_no_replace(src: str, dst: str) -> None:
     os.unlink(src)
 
 
-def _taken(studies: str, fid: str, staged: str) -> bool:
+def _taken(studies: str, fid: str, staged: str, on_disk: dict[str, list[str]]) -> bool:
     """A file of this frame id is in the studies folder and is not this frame (written by an earlier run):
-    e.g. a client uploaded that id first (frame ids are predictable). Never replaced, never taken over."""
-    for ext in dict.fromkeys(FRAME_EXTENSIONS + tuple(e.upper() for e in FRAME_EXTENSIONS)):
-        p = os.path.join(studies, fid + ext)
-        if os.path.lexists(p) and not (ext == ".png" and os.path.isfile(p)
-                                       and filecmp.cmp(staged, p, shallow=False)):
-            return True
+    e.g. a client uploaded that id first (frame ids are predictable). Never replaced, never taken over.
+    ``on_disk``: the folder's file names by lower-cased name, so that "x.Png" counts as frame x as the
+    datastore counts it."""
+    for ext in {e.lower() for e in FRAME_EXTENSIONS}:
+        for n in on_disk.get((fid + ext).lower(), ()):
+            p = os.path.join(studies, n)
+            if not (n == fid + ".png" and os.path.isfile(p) and filecmp.cmp(staged, p, shallow=False)):
+                return True
     return False
+
+
+def _names_by_lower(studies: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    try:
+        for n in os.listdir(studies):
+            out.setdefault(n.lower(), []).append(n)
+    except FileNotFoundError:
+        pass
+    return out
 
 
 def _untaken(db, studies: str, stage: str, name: str, fp: str, rows: list[dict]) -> tuple[str, list[dict]]:
     """(name, rows) with no frame id taken by another file: the video is renamed ``<name>-k`` if needed."""
+    on_disk = _names_by_lower(studies)
+
     def clash(nm: str) -> bool:
-        return any(_taken(studies, f"{nm}_{r['frame']:0{FRAME_DIGITS}d}", os.path.join(stage, r["id"] + ".png"))
-                   for r in rows)
+        return any(_taken(studies, f"{nm}_{r['frame']:0{FRAME_DIGITS}d}", os.path.join(stage, r["id"] + ".png"),
+                          on_disk) for r in rows)
 
     new, k = name, 1
     while clash(new):
