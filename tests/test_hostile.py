@@ -1543,7 +1543,7 @@ def test_odd_client_ids_digits_long_names_and_path_listings(env):
         s, r = http("POST", f"{url}/activelearning/random", json.dumps({"client_id": cid}).encode(),
                     {"Content-Type": "application/json"})
         assert s == 200, (s, r)
-    for v in ("%C2%B2", "%E2%91%A0"):
+    for v in ("%C2%B2", "%E2%91%A0", "1" * 5000):  # int() refuses more than 4300 digits
         s, r = http("GET", f"{url}/datastore/dataset?limit_cases={v}")
         assert s == 400 and "limit_cases" in r["detail"], (s, r)
     s, r = http("GET", f"{url}/datastore/?output=train")
@@ -1566,10 +1566,20 @@ def test_odd_client_ids_digits_long_names_and_path_listings(env):
     assert s == 200, (s, r)
     s, r = put_label(url, long_id, m, tag=long_tag)
     assert s == 200, r
+    # a second tag that is the first one's digest: its name in the trash must still differ
+    import hashlib as _h
+    digest_tag = _h.sha256(long_tag.encode()).hexdigest()[:32]
+    s, r = put_label(url, long_id, m, tag=digest_tag)
+    assert s == 200, r
     s, r = http("DELETE", f"{url}/datastore/?id={long_id}")
     assert s == 200, (s, r)
     assert not (studies / f"{long_id}.png").exists()
+    assert not list((studies / "labels").rglob(f"{long_id}.*"))  # both labels went to the trash
+    assert put_image(url, long_id, buf.getvalue())[0] == 200  # the id again: a new frame, without labels
+    s, r = http("GET", f"{url}/datastore/?output=all")
+    assert s == 200 and not r["objects"][long_id].get("labels"), r["objects"][long_id]
+    assert http("DELETE", f"{url}/datastore/?id={long_id}")[0] == 200
     kept = [p for p in (studies / ".polypal" / "trash").rglob("*") if p.is_file() and p.name != "manifest.json"
             and long_id in p.name]
-    assert len(kept) >= 4, kept  # two replaced/removed labels, the last label and the frame: all in the trash
+    assert len(kept) >= 6, kept  # replaced/removed labels, the last two labels and the frame (twice): kept
     assert all(len(p.name.encode()) <= 255 for p in kept)

@@ -267,7 +267,7 @@ class PolypALApp(MONAILabelApp):
         try:  # how the frame was served, for the export's manifest
             self._datastore.update_image_info(res["id"], {"served": {
                 "al_strategy": name, "picked_by": res.get("picked_by"), "cycle": res.get("cycle"),
-                "model_version": res.get("model_version"), "client_id": str(client or "anonymous"),
+                "model_version": res.get("model_version"), "client_id": request.get("client_id") or "anonymous",
                 "ts": int(time.time())}})
         except Exception as e:  # noqa: BLE001 - e.g. a DICOMweb datastore: the answer matters more
             logger.debug(f"served-info not recorded for {res['id']}: {e}")

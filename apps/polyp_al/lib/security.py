@@ -701,8 +701,9 @@ class Gate:
                 raise _Refused(400, f"invalid label tag {v[:80]!r}")
         if path.rstrip("/") == _EXPORT:
             for v in q.get("limit_cases", []):
-                # MONAI Label's [:limit]: -1 dropped the last frame; "²".isdigit() is True but int("²") fails
-                if not (v.isascii() and v.isdigit() and int(v) >= 1):
+                # MONAI Label's [:limit]: -1 dropped the last frame; "²".isdigit() is True but int("²") fails,
+                # and so does int() of more than 4300 digits
+                if not (v.isascii() and v.isdigit() and len(v) <= 9 and int(v) >= 1):
                     raise _Refused(400, "limit_cases must be a whole number >= 1")
         for v in q.get("check_sum", []):
             if path.rstrip("/") == "/datastore/image" and not _CHECK_SUM.fullmatch(v):

@@ -159,11 +159,14 @@ def _count(low: int):
     return parse
 
 
+MAX_SEED = 10 ** 6  # seeds feed torch.manual_seed and seed * 1000 + stage streams: keep them small
+
+
 def _seed_list(text: str) -> str:
     """argparse type: comma-separated seeds >= 0, as a clean "0,1,2" (commands.txt logs the command as typed)."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isascii() and p.isdigit() for p in parts):  # "²".isdigit() is True
-        raise argparse.ArgumentTypeError(f"{text!r}: give seeds as whole numbers >= 0, e.g. 0,1,2")
+    if not parts or not all(p.isascii() and p.isdigit() and len(p) <= 7 and int(p) <= MAX_SEED for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give seeds as whole numbers 0 to {MAX_SEED}, e.g. 0,1,2")
     return ",".join(parts)
 
 

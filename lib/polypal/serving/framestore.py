@@ -93,12 +93,13 @@ def _plain_ext(ext) -> bool:
 
 def _label_trash_name(tag: str, path: str) -> str:
     """A label file's name in a trash folder: ``labels-<tag>-<file>``. A 128-character tag and a 128-character id
-    would make that longer than a file name may be (255 bytes): such a tag is replaced by a short digest
-    (the manifest keeps where the file was, so a restore does not need the name)."""
+    would make that longer than a file name may be (255 bytes): such a tag is replaced by its digest, after
+    another prefix (``label-sha256-``), so that no other tag's name can be the same (the manifest keeps
+    where the file was, so a restore does not need the name)."""
     name = f"labels-{tag}-{os.path.basename(path)}"
     if len(name.encode()) <= 200:
         return name
-    return f"labels-{hashlib.sha256(tag.encode()).hexdigest()[:16]}-{os.path.basename(path)}"
+    return f"label-sha256-{hashlib.sha256(tag.encode()).hexdigest()[:32]}-{os.path.basename(path)}"
 
 
 def _fsync_dir(path: str) -> None:
