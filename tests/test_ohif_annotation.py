@@ -353,6 +353,11 @@ def test_annotate_routes_resolve_inside_their_folders(tmp_path):
     (dist / "silent-refresh.html").write_text('<script src="https://cdn.example/x.js"></script>')
     assert c.get("/annotate/silent-refresh.html").status_code == 404
     assert c.get("/annotate/polypal/annotate.js").status_code == 200
+    # a path part longer than a file name may be, or a path of thousands of them: a page, never a 500
+    for rel in ("a" * 256, "a/" * 2100 + "x", "1" * 5000):
+        r = c.get(f"/annotate/{rel}")
+        assert r.status_code == 200 and r.text == "<!doctype html>index", (rel[:20], r.status_code)
+    assert c.get("/annotate/" + "a" * 300 + ".js").status_code == 404
     c2 = TestClient(Starlette(routes=mod.make_routes(tmp_path / "absent")))
     r = c2.get("/annotate/segmentation")
     assert r.status_code == 503 and "setup.sh" in r.text

@@ -43,9 +43,9 @@ def _inside(root: Path, rel: str) -> Path | None:
     try:
         root = root.resolve()
         f = (root / rel).resolve()
-    except (OSError, RuntimeError):
-        return None
-    if os.path.commonpath([str(root), str(f)]) != str(root) or not f.is_file():
+        if os.path.commonpath([str(root), str(f)]) != str(root) or not f.is_file():
+            return None
+    except (OSError, RuntimeError):  # is_file() raises ENAMETOOLONG for a path part over 255 bytes
         return None
     return f
 
