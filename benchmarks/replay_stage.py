@@ -6,7 +6,8 @@
 Reads the stage's labeled set, the split and the profile from the results folder, trains exactly as
 ``polypal-sim`` did (training seed seed*1000+stage), checks that the chosen weights give the recorded
 test metrics (same numbers = a faithful replay), and prints, for every selection rule (last, EMA,
-best-val, EMA best-val), the test and validation polyp Dice and the share of test pixels predicted polyp.
+best-val, EMA best-val), the test and validation polyp Dice, the Dice on the stage's own labeled frames
+(how well it fits what it was trained on) and the share of test pixels predicted polyp.
 With ``--train-seeds 1,2,3,4``: retrains the same labeled set with other training seeds instead, to separate
 training noise from the spread that comes from which frames were labeled; add ``--set min_steps=1200`` (any
 profile field, repeatable) to measure a candidate recipe's training noise on the same labeled set.
@@ -90,7 +91,9 @@ def main(argv=None) -> int:
         p = predict(m, test.images, scorers=()).probs
         t = evaluate(p, test.masks)
         v = evaluate(predict(m, val.images, scorers=()).probs, val.masks)
+        own = evaluate(predict(m, pool.images[lab], scorers=()).probs, pool.masks[lab])  # its own labeled frames
         print(f"  {rule:13s} test Dice {t['polyp_dice']:.4f} mIoU {t['paper_miou']:.4f}  val Dice {v['polyp_dice']:.4f}"
+              f"  labeled-set Dice {own['polyp_dice']:.4f}"
               f"  test pixels predicted polyp {100 * (p > 0.5).mean():.2f}% (true {100 * test.masks.mean():.2f}%)")
     last = tr.history[-5:]
     print("  last validations:", [(h["step"], round(h.get("polyp_dice", 0), 3), round(h.get("ema_polyp_dice", 0), 3),
