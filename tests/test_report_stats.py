@@ -365,3 +365,38 @@ def test_the_report_ignores_a_ceiling_of_another_recipe(tmp_path):
     make_report(folder, paper="none")
     summ = json.loads((folder / "report" / "summary.json").read_text())
     assert summ["ceiling"]["polyp_dice"] == pytest.approx(66.0) and summ["ceiling_records_of_another_recipe"] == 0
+
+
+def test_drops_expected_from_noise_by_hand():
+    """The drops that stage-to-stage noise alone would give: median and MAD spread of each step over all
+    runs (strategies pooled), normal tails; a drop far outside that spread is named as beyond the noise."""
+    from polypal.experiments.report.stats import drop_noise, stability
+    from polypal.experiments.report.tables import _stability_md
+
+    step1 = [-10, -4, -1, 0, 0, 1, 1, 2, 3]   # median 0; |dev| sorted 0,0,1,1,1,2,3,4,10: MAD 1
+    step2 = [-1, 0, 0, 1, 1, 1, 2, 2, 3]      # median 1; |dev| sorted 0,0,0,1,1,1,1,2,2: MAD 1
+    runs = {}
+    for k, (a, b) in enumerate(zip(step1, step2)):
+        runs[k] = _recs({40: 60.0, 80: 60.0 + a, 120: 60.0 + a + b})
+    res = {"random": {k: runs[k] for k in range(5)}, "uncertainty": {k - 5: runs[k] for k in range(5, 9)}}
+    dn = drop_noise(res)
+    phi = lambda x: 0.5 * math.erfc(-x / math.sqrt(2))  # noqa: E731
+    sd = 1.4826
+    p1, p2 = phi(-3 / sd), phi((-3 - 1) / sd)
+    assert [(s["from"], s["to"], s["runs"], s["observed"]) for s in dn["steps"]] == [(40, 80, 9, 2), (80, 120, 9, 0)]
+    assert dn["steps"][0]["median"] == pytest.approx(0) and dn["steps"][1]["median"] == pytest.approx(1)
+    assert [s["robust_sd"] for s in dn["steps"]] == pytest.approx([sd, sd])
+    assert dn["steps"][0]["p_drop"] == pytest.approx(p1, rel=1e-6) and dn["steps"][1]["p_drop"] == pytest.approx(p2, rel=1e-6)
+    assert dn["expected_drops"] == pytest.approx(9 * (p1 + p2), rel=1e-6)
+    assert dn["expected_runs_dropping"] == pytest.approx(9 * (1 - (1 - p1) * (1 - p2)), rel=1e-6)
+    assert (dn["observed_drops"], dn["observed_runs_dropping"], dn["runs"]) == (2, 2, 9)
+    # -10 is 6.7 spreads under the median: beyond the noise; -4 (z -2.7) is an ordinary drop
+    assert [(o["strategy"], o["seed"], o["from"], o["to"]) for o in dn["outliers"]] == [("random", 0, 40, 80)]
+    assert dn["outliers"][0]["z"] == pytest.approx(-10 / sd, rel=1e-6)
+    assert stability(res)["drops_from_noise"] == dn
+    md = _stability_md(res)
+    assert f"{9 * (p1 + p2):.1f} drops in {9 * (1 - (1 - p1) * (1 - p2)):.1f} runs, against 2 in 2 seen" in md, md
+    assert "random seed 0 40->80 (-10.0, z -6.7)" in md, md
+    # too few runs at a step for a spread: no estimate, and no line
+    few = {"random": {k: runs[k] for k in range(7)}}
+    assert drop_noise(few) is None and "noise alone" not in _stability_md(few)

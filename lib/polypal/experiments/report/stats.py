@@ -287,7 +287,51 @@ def stability(res: dict, metric: str = "paper_miou", max_drop: float = 3.0, max_
                     drops.append({"strategy": strat, "seed": seed, "from": a, "to": b, "drop": ya - yb})
     out["drops_over_threshold"] = drops
     out["threshold"], out["std_target"] = max_drop, max_std
+    out["drops_from_noise"] = drop_noise(res, metric, max_drop)
     return out
+
+
+def drop_noise(res: dict, metric: str = "paper_miou", max_drop: float = 3.0, min_runs: int = 8,
+               outlier_z: float = 4.0) -> dict | None:
+    """How many drops over ``max_drop`` ordinary stage-to-stage noise alone would give, against those seen.
+
+    Each step (one stage to the next) is taken over every run that has both stages, all strategies pooled.
+    Its centre and spread are the median and the MAD (x 1.4826), which one failed training cannot inflate;
+    a normal with them gives each run's chance of dropping more than ``max_drop`` at that step. Summed over
+    the runs: the drops, and the runs with at least one, that noise alone predicts. A drop whose robust z is
+    under ``-outlier_z`` is beyond that noise: a failed training rather than a noisy one. None when a step
+    has fewer than ``min_runs`` runs (too few for a spread)."""
+    from scipy import stats as sstats
+
+    by_step: dict = defaultdict(list)
+    for strat, seeds in res.items():
+        for seed, recs in seeds.items():
+            c = sorted(_curve(recs, metric).items())
+            for (a, ya), (b, yb) in zip(c, c[1:]):
+                by_step[(a, b)].append((strat, seed, yb - ya))
+    if not by_step or min(len(v) for v in by_step.values()) < min_runs:
+        return None
+    steps, outliers = [], []
+    p_none: dict = defaultdict(lambda: 1.0)  # per run: the chance that noise gives it no drop at all
+    expected = 0.0
+    for (a, b), rows in sorted(by_step.items()):
+        d = np.array([r[2] for r in rows])
+        med = float(np.median(d))
+        sd = float(1.4826 * np.median(np.abs(d - med)))
+        p = float(sstats.norm.cdf((-max_drop - med) / sd)) if sd > 0 else float(-max_drop > med)
+        expected += p * len(d)
+        for strat, seed, x in rows:
+            p_none[(strat, seed)] *= 1.0 - p
+            if sd > 0 and (x - med) / sd < -outlier_z:
+                outliers.append({"strategy": strat, "seed": seed, "from": a, "to": b, "drop": -x,
+                                 "z": (x - med) / sd})
+        steps.append({"from": a, "to": b, "runs": len(d), "median": med, "robust_sd": sd,
+                      "p_drop": p, "observed": int((d < -max_drop).sum())})
+    return {"steps": steps, "expected_drops": expected,
+            "expected_runs_dropping": float(sum(1.0 - q for q in p_none.values())),
+            "observed_drops": sum(s["observed"] for s in steps), "runs": len(p_none),
+            "observed_runs_dropping": len({(r[0], r[1]) for rows in by_step.values() for r in rows if r[2] < -max_drop}),
+            "outliers": outliers, "outlier_z": outlier_z}
 
 
 def _random_fraction(res: dict, ceiling: dict | None) -> dict | None:

@@ -251,4 +251,15 @@ def _stability_md(res: dict) -> str:
     lines.append(f"- Runs dropping more than {st['threshold']:g} points from one stage to the next: "
                  + (", ".join(f"{x['strategy']} seed {x['seed']} {x['from']}->{x['to']} (-{x['drop']:.1f})" for x in d)
                     if d else "none") + ".")
+    dn = st.get("drops_from_noise")
+    if dn:
+        beyond = ", ".join(f"{x['strategy']} seed {x['seed']} {x['from']}->{x['to']} (-{x['drop']:.1f}, z {x['z']:.1f})"
+                           for x in dn["outliers"]) or "none"
+        lines.append(
+            f"- Drops that ordinary stage-to-stage noise alone would give (each step over all {dn['runs']} runs, "
+            f"strategies pooled: median and MAD spread, normal tails): {dn['expected_drops']:.1f} drops in "
+            f"{dn['expected_runs_dropping']:.1f} runs, against {dn['observed_drops']} in {dn['observed_runs_dropping']} seen. Spread of each step "
+            "(points): " + ", ".join(f"{x['from']}->{x['to']} {x['robust_sd']:.2f}" for x in dn["steps"])
+            + f". Beyond that noise (robust z under -{dn['outlier_z']:g}, a failed training rather than a noisy "
+            f"one): {beyond}.")
     return "\n".join(lines) + "\n"
