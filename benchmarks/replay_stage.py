@@ -26,7 +26,7 @@ import torch
 
 from polypal.data import load_folder
 from polypal.experiments.simulate import read_records
-from polypal.learner import Profile, evaluate, predict, train
+from polypal.learner import Profile, evaluate, labeled_fit, predict, train
 
 
 def main(argv=None) -> int:
@@ -39,6 +39,11 @@ def main(argv=None) -> int:
     ap.add_argument("--collapse-retries", type=int, default=0,
                     help="train once more with the collapse guard on (at most N retries) and print where that "
                          "model lands against the run's neighbouring stages")
+    ap.add_argument("--fit-floor", type=float, default=0.0,
+                    help="with --collapse-retries: the guard also retries a model whose polyp Dice on its own labeled "
+                         "frames is under this (profile.fit_floor)")
+    ap.add_argument("--guard-only", action="store_true",
+                    help="with --collapse-retries: skip the replay of every selection rule, train only with the guard")
     ap.add_argument("--train-seeds", default="",
                     help="instead: retrain the stage's labeled set with these training seeds (e.g. 1,2,3,4,5) and "
                          "print the spread of the test metrics: training noise alone, the labeled set held fixed")
@@ -74,6 +79,27 @@ def main(argv=None) -> int:
     lab = np.sort(pool.index_of(rec["labeled"]))
     if a.train_seeds:
         return training_noise(a, prof, rec, pool, val, test, lab)
+    if a.guard_only and not a.collapse_retries:
+        ap.error("--guard-only needs --collapse-retries")
+    if not a.guard_only:
+        replay_rules(a, prof, rec, pool, val, test, lab)
+    if a.collapse_retries:
+        guarded = train(replace(prof, collapse_retries=a.collapse_retries, fit_floor=a.fit_floor), pool.images[lab],
+                        pool.masks[lab], val.images, val.masks, seed=a.seed * 1000 + a.stage)
+        g = evaluate(predict(guarded.model, test.images, scorers=()).probs, test.masks)
+        fit = "" if guarded.fit_dice is None else f", labeled-set Dice {guarded.fit_dice:.4f}"
+        print(f"  with collapse_retries={a.collapse_retries}" + (f", fit_floor={a.fit_floor:g}" if a.fit_floor else "")
+              + f": {guarded.retries} retr{'y' if guarded.retries == 1 else 'ies'}"
+              f", test Dice {g['polyp_dice']:.4f} mIoU {g['paper_miou']:.4f}{fit}")
+        recs = read_records(folder / "runs" / f"{a.run}-seed{a.seed}.jsonl")
+        for r in recs[max(0, a.stage - 1):a.stage + 2]:
+            print(f"  recorded stage {r['stage']} ({r['n_labeled']} labels): test Dice {r['test']['polyp_dice']:.4f} "
+                  f"mIoU {r['test']['paper_miou']:.4f}")
+    return 0
+
+
+def replay_rules(a, prof, rec, pool, val, test, lab) -> None:
+    """Replay the recorded training; print every selection rule's model on test, validation and its own frames."""
     tr = train(prof, pool.images[lab], pool.masks[lab], val.images, val.masks, seed=a.seed * 1000 + a.stage,
                keep_variants=True)
     chosen = evaluate(predict(tr.model, test.images, scorers=()).probs, test.masks)
@@ -91,24 +117,13 @@ def main(argv=None) -> int:
         p = predict(m, test.images, scorers=()).probs
         t = evaluate(p, test.masks)
         v = evaluate(predict(m, val.images, scorers=()).probs, val.masks)
-        own = evaluate(predict(m, pool.images[lab], scorers=()).probs, pool.masks[lab])  # its own labeled frames
+        own = labeled_fit(m, pool.images[lab], pool.masks[lab])  # its own labeled frames
         print(f"  {rule:13s} test Dice {t['polyp_dice']:.4f} mIoU {t['paper_miou']:.4f}  val Dice {v['polyp_dice']:.4f}"
-              f"  labeled-set Dice {own['polyp_dice']:.4f}"
+              f"  labeled-set Dice {own if own is None else format(own, '.4f')}"
               f"  test pixels predicted polyp {100 * (p > 0.5).mean():.2f}% (true {100 * test.masks.mean():.2f}%)")
     last = tr.history[-5:]
     print("  last validations:", [(h["step"], round(h.get("polyp_dice", 0), 3), round(h.get("ema_polyp_dice", 0), 3),
-                                   round(h["loss"], 3)) for h in last])
-    if a.collapse_retries:
-        guarded = train(replace(prof, collapse_retries=a.collapse_retries), pool.images[lab], pool.masks[lab],
-                        val.images, val.masks, seed=a.seed * 1000 + a.stage)
-        g = evaluate(predict(guarded.model, test.images, scorers=()).probs, test.masks)
-        print(f"  with collapse_retries={a.collapse_retries}: {guarded.retries} retr{'y' if guarded.retries == 1 else 'ies'}"
-              f", test Dice {g['polyp_dice']:.4f} mIoU {g['paper_miou']:.4f}")
-        recs = read_records(folder / "runs" / f"{a.run}-seed{a.seed}.jsonl")
-        for r in recs[max(0, a.stage - 1):a.stage + 2]:
-            print(f"  recorded stage {r['stage']} ({r['n_labeled']} labels): test Dice {r['test']['polyp_dice']:.4f} "
-                  f"mIoU {r['test']['paper_miou']:.4f}")
-    return 0
+                                   round(h["loss"], 3)) for h in last], flush=True)
 
 
 def training_noise(a, prof, rec, pool, val, test, lab) -> int:

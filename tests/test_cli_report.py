@@ -166,6 +166,25 @@ def test_a_folder_keeps_its_recipe(tmp_path):
         _refuse_other_recipe(root / "cvc-v3", get_profile("cpu-lite"))
 
 
+def test_a_fit_floor_is_part_of_the_recipe_and_its_fit_is_recorded(tmp_path):
+    """--fit-floor: run.json holds it (another recipe than the folder without it), and each stage record keeps
+    the returned model's polyp Dice on its own labeled frames; without it, no such field."""
+    import pytest
+
+    data = write_dataset(tmp_path / "d", 36, seed=6)
+    out = tmp_path / "res"
+    assert run_cli(data, out, "random", cycles=1, extra=["--collapse-retries", "1", "--fit-floor", "0.01"]) == 0
+    assert json.loads((out / "run.json").read_text())["profile"]["fit_floor"] == 0.01
+    recs = read_records(out / "runs" / "random-seed0.jsonl")
+    assert len(recs) == 2 and all(0 <= r["fit_dice"] <= 1 for r in recs), recs
+    with pytest.raises(SystemExit, match="fit_floor 0.01 there, 0.0 now.*--fit-floor 0.01"):
+        run_cli(data, out, "random", cycles=1, extra=["--collapse-retries", "1"])
+    plain = tmp_path / "plain"
+    assert run_cli(data, plain, "random", cycles=0) == 0
+    assert "fit_dice" not in read_records(plain / "runs" / "random-seed0.jsonl")[0]
+    assert "fit_floor" not in json.loads((plain / "run.json").read_text())["profile"]
+
+
 def test_extending_a_run_that_cannot_go_on_keeps_its_records(tmp_path, capsys):
     """A run whose last stage labeled the whole pool, extended by a cycle: the redo of that stage finds no frame
     to pick, the command fails with the reason, and the run file is as it was."""
@@ -192,7 +211,7 @@ def test_cli_errors_are_one_line_and_leave_no_folder(tmp_path, capsys):
 
     data = write_dataset(tmp_path / "d", 12, seed=1)
     for flag, value in (("--seeds", "a"), ("--seeds", "0,\u00b2"), ("--seeds", "1" * 5000), ("--budget", "0"), ("--initial", "0"),
-                        ("--cycles", "-1")):
+                        ("--cycles", "-1"), ("--fit-floor", "1.5"), ("--fit-floor", "nan"), ("--fit-floor", "x")):
         with pytest.raises(SystemExit) as e:
             main(["run", "--dataset", "folder", "--data", str(data), "--profile", "smoke", flag, value,
                   "--out", str(tmp_path / "o1")])

@@ -1489,6 +1489,23 @@ def test_lease_timeout_must_be_a_positive_number_of_seconds(tmp_path, value):
     assert AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"lease_timeout": "90"}).lease_seconds == 90
 
 
+@pytest.mark.parametrize("value", ["-0.1", "1", "nan", "inf", "x"])
+def test_fit_floor_must_be_a_dice_under_one(tmp_path, value):
+    """--conf fit_floor is a polyp Dice in [0, 1): 1 or more would retry every training, nan none."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "polyp_al"))
+    try:
+        from lib.config import AppConfig
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "studies").mkdir()
+    with pytest.raises(ValueError, match="fit_floor must be"):
+        AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"fit_floor": value})
+    assert AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {}).profile.fit_floor == 0
+    assert AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"fit_floor": "0.55"}).profile.fit_floor == 0.55
+
+
 def test_logs_are_plain_text_and_export_limits_are_checked(env):
     url = env["url"]
     for q in ("", "?lines=5", "?lines=5&text=false&html=true"):

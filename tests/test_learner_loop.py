@@ -184,3 +184,34 @@ def test_a_collapsed_training_is_redone_from_a_fresh_network(tmp_path):
     v2 = get_profile("cpu-lite", min_steps=600, max_steps=1500, augment="", collapse_retries=0)
     assert recipe_hash(v2) == "96c5035cda"  # the fingerprint of results/cvc-v2
     assert recipe_hash(replace(v2, collapse_retries=1)) != "96c5035cda"
+    assert recipe_hash(replace(v2, fit_floor=0.55)) != "96c5035cda"
+
+
+def test_a_training_that_fits_its_own_frames_poorly_is_redone_with_a_fit_floor(tmp_path, caplog):
+    """profile.fit_floor: with collapse retries on, a model whose polyp Dice on its own training frames is under
+    the floor is trained again (a model that predicts polyp somewhere, so not a collapse); the record keeps the
+    Dice of the model returned. Off (0), the fit is not even measured."""
+    import logging
+
+    from polypal.experiments.simulate import recipe_hash
+    from polypal.learner import labeled_fit, predicts_no_polyp
+
+    fs = load_folder(write_dataset(tmp_path / "d", 8, seed=5), size=32)
+    frozen = get_profile("smoke", lr=0.0, collapse_retries=2)  # lr 0: an untrained network, which fits nothing well
+    res = train(frozen, fs.images, fs.masks, seed=0, device="cpu")
+    assert res.retries == 0 and res.fit_dice is None  # the floor off: no retry, nothing measured
+    fit = labeled_fit(res.model, fs.images, fs.masks)
+    assert fit is not None and 0 < fit < 0.9 and not predicts_no_polyp(res.model, fs.images, fs.masks)
+    with caplog.at_level(logging.WARNING):
+        res = train(replace(frozen, fit_floor=0.9), fs.images, fs.masks, seed=0, device="cpu")
+    assert res.retries == 2  # every fresh untrained network fits under 0.9: both retries used
+    assert res.fit_dice == pytest.approx(labeled_fit(res.model, fs.images, fs.masks)) and res.fit_dice < 0.9
+    assert sum("under-fits its own frames" in r.getMessage() for r in caplog.records) == 2
+    # a floor under what the first training reaches: no retry, and the fit is recorded
+    res = train(replace(frozen, fit_floor=fit / 2), fs.images, fs.masks, seed=0, device="cpu")
+    assert res.retries == 0 and res.fit_dice == pytest.approx(fit)
+    # measured without retries too (collapse_retries 0): recorded, nothing redone
+    res = train(replace(frozen, collapse_retries=0, fit_floor=0.9), fs.images, fs.masks, seed=0, device="cpu")
+    assert res.retries == 0 and res.fit_dice == pytest.approx(fit)
+    assert labeled_fit(res.model, fs.images, np.zeros_like(fs.masks)) is None  # no polyp to fit
+    assert recipe_hash(replace(frozen, fit_floor=0.9)) != recipe_hash(frozen)

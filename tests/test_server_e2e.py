@@ -339,11 +339,13 @@ def test_the_training_floor_is_the_profiles_unless_told_otherwise(tmp_path):
     """cpu-lite's budget (40 epochs, 1200-3000 steps, endoscopy augmentation, 3 collapse retries) unless
     --conf min_steps moves its floor (results/calibration/README.md, "v3")."""
     studies = make_studies(tmp_path / "studies", 4)
-    for conf, steps in (({}, "1200-3000"), ({"min_steps": "600"}, "600-3000"), ({"min_steps": "4000"}, "4000-4000")):
+    for conf, steps, floor in (({}, "1200-3000", 0.0), ({"min_steps": "600", "fit_floor": "0.55"}, "600-3000", 0.55),
+                               ({"min_steps": "4000"}, "4000-4000", 0.0)):
         srv = Server(studies, tmp_path, conf={"profile": "cpu-lite", **conf}).start()
         try:
             info = http("GET", srv.url + "/info/")[1]
             cfg = info["trainers"]["polyp_seg"]["config"]
             assert cfg["steps"] == steps and cfg["augment"] == "endo" and cfg["collapse_retries"] == 3, cfg
+            assert cfg["fit_floor"] == floor, cfg  # the fit check: off unless asked for
         finally:
             srv.stop()

@@ -53,6 +53,12 @@ class AppConfig:
         overrides["collapse_retries"] = num("collapse_retries", 3, int)
         if overrides["collapse_retries"] < 0:
             raise ValueError("--conf collapse_retries must be >= 0")
+        # a candidate, off by default: also redo a training whose model fits its own frames poorly (polyp Dice
+        # under the floor; 0.55 caught CVC's two large v3 drops and no healthy stage, not Kvasir's drop:
+        # results/calibration/collapse-replay.md). Needs collapse_retries > 0 to act.
+        overrides["fit_floor"] = num("fit_floor", 0.0)
+        if not 0 <= overrides["fit_floor"] < 1:
+            raise ValueError(f"--conf fit_floor must be in [0, 1), got {overrides['fit_floor']}")
         profile = get_profile(conf.get("profile", "cpu-lite"), **overrides)
         model_dir = conf.get("model_dir") or os.path.join(app_dir, "model")
         os.makedirs(model_dir, exist_ok=True)

@@ -125,7 +125,8 @@ class PolypSegTrain(TrainTask):
         p = self.cfg.profile
         return {"profile": p.name, "size": p.size, "lr": p.lr, "batch_size": p.batch_size,
                 "steps": f"{p.min_steps}-{p.max_steps}" if p.max_steps else f"{p.epochs} epochs, at least {p.min_steps}",
-                "augment": augment_kind(p), "collapse_retries": p.collapse_retries, "seed": self.cfg.seed}
+                "augment": augment_kind(p), "collapse_retries": p.collapse_retries,
+                "fit_floor": p.fit_floor, "seed": self.cfg.seed}
 
     def _read_stats(self) -> dict:
         try:
@@ -240,6 +241,7 @@ class PolypSegTrain(TrainTask):
         stats = {
             "status": "DONE", "model_number": number, "profile": self.cfg.profile.name, "train_frames": int((~val).sum()),
             "val_frames": int(val.sum()), "steps": res.steps, "best_step": res.best_step, "retries": res.retries,
+            **({"fit_dice": round(res.fit_dice, 4)} if res.fit_dice is not None else {}),
             "best_val": res.best_val, "seconds": round(res.seconds, 1), "finished": time.time(),
             "started_at": _iso(t0), "finished_at": _iso(time.time()),
             "skipped": skipped, "model": os.path.basename(self.cfg.model_path),

@@ -86,7 +86,7 @@ def _log_command(out: Path) -> None:
 
 
 _FLAGS = {"min_steps": "--min-steps", "max_steps": "--max-steps", "augment": "--augment",
-          "collapse_retries": "--collapse-retries"}
+          "collapse_retries": "--collapse-retries", "fit_floor": "--fit-floor"}
 
 
 def _refuse_other_recipe(out: Path, profile) -> None:
@@ -159,6 +159,17 @@ def _count(low: int):
     return parse
 
 
+def _fit_floor(text: str) -> float:
+    """argparse type: a polyp Dice floor in [0, 1)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return v
+
+
 MAX_SEED = 10 ** 6  # seeds feed torch.manual_seed and seed * 1000 + stage streams: keep them small
 
 
@@ -189,7 +200,7 @@ def _setup(args):
     _refuse_other_dataset(out, args.dataset)
     augment = {None: {}, "flips": {"augment": "", "flips": True}}.get(args.augment, {"augment": args.augment})
     profile = get_profile(args.profile, max_steps=args.max_steps, min_steps=args.min_steps,
-                          collapse_retries=args.collapse_retries, **augment)
+                          collapse_retries=args.collapse_retries, fit_floor=args.fit_floor, **augment)
     _refuse_other_recipe(out, profile)
     seeding = args.seeding = _folder_seeding(out, getattr(args, "seeding", None))
     init, budget, cycles = PROTOCOLS[args.dataset]
@@ -322,6 +333,9 @@ def main(argv=None) -> int:
         a.add_argument("--collapse-retries", type=int, default=None,
                        help="redo a training whose model predicts no polyp on its own frames (at most N times; "
                             "changes the recipe's fingerprint: use a new --out)")
+        a.add_argument("--fit-floor", type=_fit_floor, default=None,
+                       help="with --collapse-retries: also redo a training whose model's polyp Dice on its own "
+                            "frames is under this (0 to 1; a candidate, off by default; changes the fingerprint)")
         a.add_argument("--seeding", choices=["streams", "shared"], default=None,
                        help="how the initial labeled set is drawn: streams (new folders: its own random stream) "
                             "or shared (folders up to the v3 recipe: the stream of seed 0's first query); "

@@ -187,6 +187,7 @@ def run(
             "train_seconds": round(tr.seconds, 1), "labeled": [pool.names[i] for i in labeled],
             **({"seeding": seeding} if seeding != "shared" else {}),
             **({"retries": tr.retries} if tr.retries else {}),
+            **({"fit_dice": round(tr.fit_dice, 4)} if tr.fit_dice is not None else {}),
             "env": software_versions(),
             "selected": [], "picked_by": [], "notes": [],
         }

@@ -81,3 +81,13 @@ def predicts_no_polyp(model: PolypUNet, images_uint8: np.ndarray, masks: np.ndar
     if not masks.any():
         return False
     return not (predict(model, images_uint8[:limit], scorers=(), keep_probs=True).probs > 0.5).any()
+
+
+def labeled_fit(model: PolypUNet, images_uint8: np.ndarray, masks: np.ndarray) -> float | None:
+    """How well a model fits the frames it was trained on: their mean polyp Dice, in eval mode, without
+    augmentation. A failed training fits its own frames worst (results/calibration/collapse-replay.md).
+    None when those masks are empty."""
+    masks = np.asarray(masks)
+    if not masks.any():
+        return None
+    return float(evaluate(predict(model, images_uint8, scorers=(), keep_probs=True).probs, masks)["polyp_dice"])

@@ -23,7 +23,10 @@
 - ``smoke``: 32x32, a tiny U-Net and a handful of steps, for tests.
 
 ``collapse_retries`` (cpu-lite: 3; the server's default too) redoes a training whose model
-predicts no polyp on its own frames (results/calibration/collapse-replay.md).
+predicts no polyp on its own frames (results/calibration/collapse-replay.md). ``fit_floor``
+(off everywhere by default) also redoes one whose model fits its own frames poorly (polyp Dice
+under the floor): a candidate that catches CVC's two large v3 drops, not Kvasir's
+(results/calibration/collapse-replay.md, "The threshold tested").
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class Profile:
     #                           "ema_best_val" (EMA weights at their best validation Dice)
     collapse_retries: int = 0  # retrain from scratch (next seed) when the returned weights predict no polyp on any
     #                            training frame although the masks have polyps; at most this many times
+    fit_floor: float = 0.0  # with collapse_retries: also retrain when the returned weights' polyp Dice on their own
+    #                         training frames is under this (0: off; a candidate, results/calibration/collapse-replay.md)
 
     @property
     def latent_dim(self) -> int:
@@ -81,7 +86,7 @@ class Profile:
         return d
 
 
-_ADDED_LATER = {"collapse_retries": 0}
+_ADDED_LATER = {"collapse_retries": 0, "fit_floor": 0.0}
 
 
 PROFILES: dict[str, Profile] = {

@@ -25,7 +25,7 @@ from monai.losses import DiceCELoss
 
 from polypal.learner.augment import Augmenter, augment_kind
 from polypal.learner.model import PolypUNet, default_device
-from polypal.learner.inference import _to_tensor, predicts_no_polyp, validate
+from polypal.learner.inference import _to_tensor, labeled_fit, predicts_no_polyp, validate
 from polypal.learner.profiles import Profile
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class TrainResult:
     history: list = field(default_factory=list)
     variants: dict = field(default_factory=dict)  # selection rule -> model (train(keep_variants=True))
     retries: int = 0  # trainings redone after a collapse (profile.collapse_retries)
+    fit_dice: float | None = None  # polyp Dice on the training frames (measured only with profile.fit_floor)
 
 
 def hash_validation(ids, fraction: int = 5, min_labels: int = 5) -> np.ndarray:
@@ -108,20 +109,35 @@ def train(
     ``keep_variants`` also returns every rule's model in ``TrainResult.variants`` (for calibration).
     With ``profile.collapse_retries`` > 0, a training whose weights predict no polyp on any training frame
     (``predicts_no_polyp``) is done again from a fresh network with seed ``seed + 1000003 * k``, at most that
-    many times; ``TrainResult.retries`` says how many were needed.
+    many times; ``TrainResult.retries`` says how many were needed. With ``profile.fit_floor`` > 0 as well,
+    so is one whose polyp Dice on its own training frames is under the floor (``TrainResult.fit_dice``).
     """
     args = (profile, train_images, train_masks, val_images, val_masks)
     res = _train_once(*args, seed=seed, device=device, init_state=init_state, on_step=on_step,
                       should_stop=should_stop, keep_variants=keep_variants)
     for k in range(1, profile.collapse_retries + 1):
-        if not predicts_no_polyp(res.model, train_images, train_masks):
+        why = _failed(res, profile, train_images, train_masks)
+        if why is None:
             break
-        logger.warning(f"training collapsed (no polyp predicted on any training frame): retry {k} with a fresh "
-                       f"network, seed {seed + 1000003 * k}")
+        logger.warning(f"training {why}: retry {k} with a fresh network, seed {seed + 1000003 * k}")
         res = _train_once(*args, seed=seed + 1000003 * k, device=device, on_step=on_step, should_stop=should_stop,
                           keep_variants=keep_variants)
         res.retries = k
+    if profile.fit_floor > 0 and res.fit_dice is None:
+        res.fit_dice = labeled_fit(res.model, train_images, train_masks)  # the last retry's, for the record
     return res
+
+
+def _failed(res: TrainResult, profile: Profile, train_images, train_masks) -> str | None:
+    """Why the returned weights count as a failed training, or None: no polyp predicted on any training
+    frame (a collapse), or, with ``profile.fit_floor``, a polyp Dice on the training frames under it."""
+    if predicts_no_polyp(res.model, train_images, train_masks):
+        return "collapsed (no polyp predicted on any training frame)"
+    if profile.fit_floor > 0:
+        res.fit_dice = labeled_fit(res.model, train_images, train_masks)
+        if res.fit_dice is not None and res.fit_dice < profile.fit_floor:
+            return f"under-fits its own frames (polyp Dice {res.fit_dice:.3f} under fit_floor {profile.fit_floor:g})"
+    return None
 
 
 def _train_once(profile: Profile, train_images, train_masks, val_images, val_masks, *, seed, device, on_step,
