@@ -299,7 +299,8 @@ def drop_noise(res: dict, metric: str = "paper_miou", max_drop: float = 3.0, min
     Its centre and spread are the median and the MAD (x 1.4826), which one failed training cannot inflate;
     a normal with them gives each run's chance of dropping more than ``max_drop`` at that step. Summed over
     the runs: the drops, and the runs with at least one, that noise alone predicts. A drop whose robust z is
-    under ``-outlier_z`` is beyond that noise: a failed training rather than a noisy one. None when a step
+    under ``-outlier_z`` is beyond that noise: a failed training, or a step that belongs to one strategy (the
+    spread pools them); a replay tells which (benchmarks/replay_stage.py). None when a step
     has fewer than ``min_runs`` runs (too few for a spread)."""
     from scipy import stats as sstats
 

@@ -260,6 +260,6 @@ def _stability_md(res: dict) -> str:
             f"strategies pooled: median and MAD spread, normal tails): {dn['expected_drops']:.1f} drops in "
             f"{dn['expected_runs_dropping']:.1f} runs, against {dn['observed_drops']} in {dn['observed_runs_dropping']} seen. Spread of each step "
             "(points): " + ", ".join(f"{x['from']}->{x['to']} {x['robust_sd']:.2f}" for x in dn["steps"])
-            + f". Beyond that noise (robust z under -{dn['outlier_z']:g}, a failed training rather than a noisy "
-            f"one): {beyond}.")
+            + f". Beyond that noise (robust z under -{dn['outlier_z']:g}: a failed training, or a dip of one "
+            f"strategy, which the pooled spread does not model; a replay tells which): {beyond}.")
     return "\n".join(lines) + "\n"
