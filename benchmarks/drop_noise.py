@@ -4,8 +4,9 @@
 
 The same numbers as the "Drops that ordinary stage-to-stage noise alone would give" line of ``polypal-sim
 report`` (``polypal.experiments.report.stats.drop_noise``), for several folders at once without rewriting
-their reports, plus the stage-to-stage spread under which noise alone would leave every run of the folder
-free of such drops with even odds.
+their reports, plus a stage-to-stage spread per step under which noise alone would leave every run of the
+folder free of such drops with even odds: the chance split equally over the steps, one allocation that
+suffices (not a bound: a step could be looser where another is tighter).
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ def main(argv=None) -> int:
             print(f"  {s['from']}->{s['to']}: {s['median']:+.2f}, {s['robust_sd']:.2f}, {s['p_drop']:.4f}, {s['observed']}")
         for o in r["outliers"]:
             print(f"  beyond the noise: {o['strategy']} seed {o['seed']} {o['from']}->{o['to']} -{o['drop']:.1f} (z {o['z']:.1f})")
-        # even odds of no drop at all over every step of every run: P(one step drops) <= 1 - 0.5^(1/steps)
+        # even odds of no drop at all over every step of every run, the chance split equally over the steps:
+        # P(one step drops) <= 1 - 0.5^(1/steps)
         n = sum(s["runs"] for s in r["steps"])
         z = stats.norm.ppf(1 - 0.5 ** (1 / n))
-        need = [(3 + s["median"]) / -z for s in r["steps"]]
-        print(f"  spread each step would need for even odds of no drop in {n} steps: "
-              + ", ".join(f"{s['from']}->{s['to']} {x:.2f}" for s, x in zip(r["steps"], need)))
+        need = [(r["threshold"] + s["median"]) / -z for s in r["steps"]]
+        print(f"  spread each step would need for even odds of no drop in {n} steps (equal split): "
+              + ", ".join(f"{s['from']}->{s['to']} " + (f"{x:.2f}" if x > 0 else "none suffices (median under "
+                                                         f"-{r['threshold']:g})") for s, x in zip(r["steps"], need)))
     return 0
 
 

@@ -11,6 +11,9 @@ best-val, EMA best-val), the test and validation polyp Dice, the Dice on the sta
 With ``--train-seeds 1,2,3,4``: retrains the same labeled set with other training seeds instead, to separate
 training noise from the spread that comes from which frames were labeled; add ``--set min_steps=1200`` (any
 profile field, repeatable) to measure a candidate recipe's training noise on the same labeled set.
+With ``--collapse-retries N [--fit-floor D]``: then trains once more with the retry guard on (a floor on the
+polyp Dice of the model on its own labeled frames too) and prints where that model lands against the run's
+neighbouring stages; ``--guard-only`` skips the replay of every selection rule.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 
 from polypal.data import load_folder
 from polypal.experiments.simulate import read_records
+from polypal.experiments.cli import _fit_floor
 from polypal.learner import Profile, evaluate, labeled_fit, predict, train
 
 
@@ -39,9 +43,9 @@ def main(argv=None) -> int:
     ap.add_argument("--collapse-retries", type=int, default=0,
                     help="train once more with the collapse guard on (at most N retries) and print where that "
                          "model lands against the run's neighbouring stages")
-    ap.add_argument("--fit-floor", type=float, default=0.0,
+    ap.add_argument("--fit-floor", type=_fit_floor, default=None,
                     help="with --collapse-retries: the guard also retries a model whose polyp Dice on its own labeled "
-                         "frames is under this (profile.fit_floor)")
+                         "frames is under this (profile.fit_floor, in [0, 1); default: the folder's recipe's)")
     ap.add_argument("--guard-only", action="store_true",
                     help="with --collapse-retries: skip the replay of every selection rule, train only with the guard")
     ap.add_argument("--train-seeds", default="",
@@ -51,6 +55,8 @@ def main(argv=None) -> int:
                     help="with --train-seeds: change a field of the run's profile (e.g. min_steps=1200, ema=0.995, "
                          "batch_size=16), to measure a candidate recipe's training noise on the same labeled set")
     a = ap.parse_args(argv)
+    if (a.guard_only or a.fit_floor is not None) and not a.collapse_retries:
+        ap.error("--guard-only and --fit-floor need --collapse-retries")
     torch.set_num_threads(1)
     folder = Path(a.folder)
     rec = read_records(folder / "runs" / f"{a.run}-seed{a.seed}.jsonl")[a.stage]
@@ -79,16 +85,18 @@ def main(argv=None) -> int:
     lab = np.sort(pool.index_of(rec["labeled"]))
     if a.train_seeds:
         return training_noise(a, prof, rec, pool, val, test, lab)
-    if a.guard_only and not a.collapse_retries:
-        ap.error("--guard-only needs --collapse-retries")
     if not a.guard_only:
         replay_rules(a, prof, rec, pool, val, test, lab)
     if a.collapse_retries:
-        guarded = train(replace(prof, collapse_retries=a.collapse_retries, fit_floor=a.fit_floor), pool.images[lab],
+        floor = prof.fit_floor if a.fit_floor is None else a.fit_floor
+        guarded = train(replace(prof, collapse_retries=a.collapse_retries, fit_floor=floor), pool.images[lab],
                         pool.masks[lab], val.images, val.masks, seed=a.seed * 1000 + a.stage)
         g = evaluate(predict(guarded.model, test.images, scorers=()).probs, test.masks)
         fit = "" if guarded.fit_dice is None else f", labeled-set Dice {guarded.fit_dice:.4f}"
-        print(f"  with collapse_retries={a.collapse_retries}" + (f", fit_floor={a.fit_floor:g}" if a.fit_floor else "")
+        if a.guard_only and guarded.retries == 0:  # its only try is the recorded training
+            same = all(abs(g[k] - rec["test"][k]) < 1e-9 for k in rec["test"])
+            fit += f"; no retry, so this is the recorded training, which it {'matches' if same else 'DIFFERS FROM'}"
+        print(f"  with collapse_retries={a.collapse_retries}" + (f", fit_floor={floor:g}" if floor else "")
               + f": {guarded.retries} retr{'y' if guarded.retries == 1 else 'ies'}"
               f", test Dice {g['polyp_dice']:.4f} mIoU {g['paper_miou']:.4f}{fit}")
         recs = read_records(folder / "runs" / f"{a.run}-seed{a.seed}.jsonl")

@@ -162,3 +162,14 @@ def test_exif_rotated_frames_read_as_shown_and_one_frame_per_name(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / "masks" / "f01.png")
     with pytest.raises(DataError, match="same name as f01"):
         find_pairs(d)
+
+
+def test_a_data_errors_problem_hides_the_path_only_where_it_stands_whole():
+    """DataError.problem (what a client is told) replaces the server-side path with <file>, but only whole
+    occurrences: a folder named "x" used to turn "does not exist" into "does not e<file>ist"."""
+    from polypal.errors import DataError
+
+    assert DataError("x", "does not exist: x").problem == "does not exist: <file>"
+    e = DataError("/srv/tmp/up1.png", "cannot identify image file '/srv/tmp/up1.png'")
+    assert e.problem == "cannot identify image file '<file>'" and str(e) == "/srv/tmp/up1.png: " + e.problem
+    assert DataError("/srv/d", "/srv/d/m.png is missing").problem == "<file>/m.png is missing"

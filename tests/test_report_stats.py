@@ -397,6 +397,25 @@ def test_drops_expected_from_noise_by_hand():
     md = _stability_md(res)
     assert f"{9 * (p1 + p2):.1f} drops in {9 * (1 - (1 - p1) * (1 - p2)):.1f} runs, against 2 in 2 seen" in md, md
     assert "random seed 0 40->80 (-10.0, z -6.7)" in md, md
-    # too few runs at a step for a spread: no estimate, and no line
+    # too few runs at every step for a spread: no estimate, and no line
     few = {"random": {k: runs[k] for k in range(7)}}
     assert drop_noise(few) is None and "noise alone" not in _stability_md(few)
+    # one run extended by a stage: that thin step is left out and named, the others still estimated
+    longer = {"random": dict(res["random"]), "uncertainty": res["uncertainty"]}
+    longer["random"][0] = _recs({40: 60.0, 80: 50.0, 120: 50.0, 160: 40.0})
+    dn2 = drop_noise(longer)
+    assert [(s["from"], s["to"]) for s in dn2["steps"]] == [(40, 80), (80, 120)]
+    assert dn2["thin_steps"] == [{"from": 120, "to": 160, "runs": 1}] and dn2["observed_drops"] == 2
+    assert "left out, too few runs for a spread: 120->160 (1)" in _stability_md(longer)
+    # an outlier is a drop: a step far under the median that still rises is not one
+    rises = {"random": {k: _recs({40: 60.0, 80: 65.0 + k % 3 * 0.1}) for k in range(9)}}
+    rises["random"][8] = _recs({40: 60.0, 80: 60.5})  # +0.5 against a median of +5.1: z about -31, no drop
+    assert drop_noise(rises)["outliers"] == []
+    # a step with no spread (most runs tied): a drop over 3 there is named beyond the noise, without a z
+    tied = {"random": {k: _recs({40: 60.0, 80: 61.0}) for k in range(8)}}
+    tied["random"][8] = _recs({40: 60.0, 80: 40.0})
+    dn3 = drop_noise(tied)
+    assert dn3["steps"][0]["robust_sd"] == 0 and dn3["expected_drops"] == 0
+    assert [(o["seed"], o["z"]) for o in dn3["outliers"]] == [(8, None)]
+    assert "random seed 8 40->80 (-20.0, a step with no spread)" in _stability_md(tied)
+    json.dumps(dn3, allow_nan=False)  # summary.json stays valid JSON

@@ -1,5 +1,7 @@
 """Errors raised by polypal. Each names the offending file or input and the problem."""
 
+import re
+
 
 class PolypalError(Exception):
     """Base class for every error polypal raises on purpose."""
@@ -11,8 +13,10 @@ class DataError(PolypalError, ValueError):
     def __init__(self, path, problem: str):
         self.path = str(path)
         # ``problem`` alone is what a server answers a client: a reader's own message can hold the
-        # (server-side, temporary) path, which is not the client's business
-        self.problem = problem.replace(self.path, "<file>") if self.path else problem
+        # (server-side, temporary) path, which is not the client's business. Whole occurrences only: a path
+        # "x" must not turn "exist" into "e<file>ist"
+        self.problem = re.sub(r"(?<![\w.])" + re.escape(self.path) + r"(?![\w])", lambda m: "<file>", problem) \
+            if self.path else problem
         super().__init__(f"{self.path}: {self.problem}")
 
 

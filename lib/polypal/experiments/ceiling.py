@@ -43,7 +43,8 @@ def full_pool_ceiling(pool: FrameSet, val: FrameSet, test: FrameSet, profile: Pr
     metrics.pop("pooled")
     rec = {"kind": "ceiling", "seed": seed, "n_labeled": len(pool), "profile": profile.name, "recipe": rh,
            "uncapped": True, "test": metrics, "val": tr.best_val, "best_step": tr.best_step, "steps": tr.steps,
-           "train_seconds": round(tr.seconds, 1)}
+           "train_seconds": round(tr.seconds, 1), **({"retries": tr.retries} if tr.retries else {}),
+           **({"fit_dice": round(tr.fit_dice, 4)} if tr.fit_dice is not None else {})}
     with open(out_file, "a") as f:
         f.write(json.dumps(rec) + "\n")
     return rec

@@ -110,19 +110,29 @@ def train(
     With ``profile.collapse_retries`` > 0, a training whose weights predict no polyp on any training frame
     (``predicts_no_polyp``) is done again from a fresh network with seed ``seed + 1000003 * k``, at most that
     many times; ``TrainResult.retries`` says how many were needed. With ``profile.fit_floor`` > 0 as well,
-    so is one whose polyp Dice on its own training frames is under the floor (``TrainResult.fit_dice``).
+    so is one whose polyp Dice on its own training frames is under the floor (``TrainResult.fit_dice``);
+    when every try fails, the one that fits its frames best is returned.
     """
     args = (profile, train_images, train_masks, val_images, val_masks)
     res = _train_once(*args, seed=seed, device=device, init_state=init_state, on_step=on_step,
                       should_stop=should_stop, keep_variants=keep_variants)
+    best = None  # of the tries that under-fit (fit_floor), the one that fits its frames best
     for k in range(1, profile.collapse_retries + 1):
         why = _failed(res, profile, train_images, train_masks)
         if why is None:
             break
+        if res.fit_dice is not None and (best is None or res.fit_dice > best.fit_dice):
+            best = res
         logger.warning(f"training {why}: retry {k} with a fresh network, seed {seed + 1000003 * k}")
         res = _train_once(*args, seed=seed + 1000003 * k, device=device, on_step=on_step, should_stop=should_stop,
                           keep_variants=keep_variants)
         res.retries = k
+    else:  # every retry used (or none allowed): the last try is judged too
+        if best is not None and _failed(res, profile, train_images, train_masks) is not None and \
+                (res.fit_dice is None or res.fit_dice < best.fit_dice):
+            logger.warning(f"every retry failed: keeping the try that fits its own frames best (polyp Dice "
+                           f"{best.fit_dice:.3f})")
+            best.retries, res = res.retries, best
     if profile.fit_floor > 0 and res.fit_dice is None:
         res.fit_dice = labeled_fit(res.model, train_images, train_masks)  # the last retry's, for the record
     return res

@@ -298,10 +298,12 @@ def drop_noise(res: dict, metric: str = "paper_miou", max_drop: float = 3.0, min
     Each step (one stage to the next) is taken over every run that has both stages, all strategies pooled.
     Its centre and spread are the median and the MAD (x 1.4826), which one failed training cannot inflate;
     a normal with them gives each run's chance of dropping more than ``max_drop`` at that step. Summed over
-    the runs: the drops, and the runs with at least one, that noise alone predicts. A drop whose robust z is
-    under ``-outlier_z`` is beyond that noise: a failed training, or a step that belongs to one strategy (the
-    spread pools them); a replay tells which (benchmarks/replay_stage.py). None when a step
-    has fewer than ``min_runs`` runs (too few for a spread)."""
+    the runs: the drops, and the runs with at least one, that noise alone predicts (steps taken as
+    independent, an approximation: neighbouring steps share a stage). A drop over ``max_drop`` whose robust
+    z is under ``-outlier_z`` (or any such drop where the spread is 0) is beyond that noise: a failed
+    training, or a step that belongs to one strategy (the spread pools them); a replay tells which
+    (benchmarks/replay_stage.py). Steps with fewer than ``min_runs`` runs (too few for a spread) are left out
+    and listed in ``thin_steps``; observed counts cover the estimated steps only. None when no step has enough."""
     from scipy import stats as sstats
 
     by_step: dict = defaultdict(list)
@@ -310,7 +312,9 @@ def drop_noise(res: dict, metric: str = "paper_miou", max_drop: float = 3.0, min
             c = sorted(_curve(recs, metric).items())
             for (a, ya), (b, yb) in zip(c, c[1:]):
                 by_step[(a, b)].append((strat, seed, yb - ya))
-    if not by_step or min(len(v) for v in by_step.values()) < min_runs:
+    thin = [{"from": a, "to": b, "runs": len(v)} for (a, b), v in sorted(by_step.items()) if len(v) < min_runs]
+    by_step = {k: v for k, v in by_step.items() if len(v) >= min_runs}
+    if not by_step:
         return None
     steps, outliers = [], []
     p_none: dict = defaultdict(lambda: 1.0)  # per run: the chance that noise gives it no drop at all
@@ -323,16 +327,16 @@ def drop_noise(res: dict, metric: str = "paper_miou", max_drop: float = 3.0, min
         expected += p * len(d)
         for strat, seed, x in rows:
             p_none[(strat, seed)] *= 1.0 - p
-            if sd > 0 and (x - med) / sd < -outlier_z:
-                outliers.append({"strategy": strat, "seed": seed, "from": a, "to": b, "drop": -x,
-                                 "z": (x - med) / sd})
+            z = (x - med) / sd if sd > 0 else None
+            if x < -max_drop and (z is None or z < -outlier_z):
+                outliers.append({"strategy": strat, "seed": seed, "from": a, "to": b, "drop": -x, "z": z})
         steps.append({"from": a, "to": b, "runs": len(d), "median": med, "robust_sd": sd,
                       "p_drop": p, "observed": int((d < -max_drop).sum())})
-    return {"steps": steps, "expected_drops": expected,
+    return {"steps": steps, "thin_steps": thin, "expected_drops": expected,
             "expected_runs_dropping": float(sum(1.0 - q for q in p_none.values())),
             "observed_drops": sum(s["observed"] for s in steps), "runs": len(p_none),
             "observed_runs_dropping": len({(r[0], r[1]) for rows in by_step.values() for r in rows if r[2] < -max_drop}),
-            "outliers": outliers, "outlier_z": outlier_z}
+            "outliers": outliers, "outlier_z": outlier_z, "threshold": max_drop}
 
 
 def _random_fraction(res: dict, ceiling: dict | None) -> dict | None:

@@ -253,11 +253,16 @@ def _stability_md(res: dict) -> str:
                     if d else "none") + ".")
     dn = st.get("drops_from_noise")
     if dn:
-        beyond = ", ".join(f"{x['strategy']} seed {x['seed']} {x['from']}->{x['to']} (-{x['drop']:.1f}, z {x['z']:.1f})"
+        beyond = ", ".join(f"{x['strategy']} seed {x['seed']} {x['from']}->{x['to']} (-{x['drop']:.1f}, "
+                           + (f"z {x['z']:.1f})" if x["z"] is not None else "a step with no spread)")
                            for x in dn["outliers"]) or "none"
+        thin = ("; left out, too few runs for a spread: " + ", ".join(f"{x['from']}->{x['to']} ({x['runs']})"
+                                                                       for x in dn["thin_steps"])
+                if dn["thin_steps"] else "")
         lines.append(
-            f"- Drops that ordinary stage-to-stage noise alone would give (each step over all {dn['runs']} runs, "
-            f"strategies pooled: median and MAD spread, normal tails): {dn['expected_drops']:.1f} drops in "
+            f"- Drops that ordinary stage-to-stage noise alone would give (each step over every run that has it, "
+            f"{dn['runs']} runs, strategies pooled: median and MAD spread, normal tails{thin}): "
+            f"{dn['expected_drops']:.1f} drops in "
             f"{dn['expected_runs_dropping']:.1f} runs, against {dn['observed_drops']} in {dn['observed_runs_dropping']} seen. Spread of each step "
             "(points): " + ", ".join(f"{x['from']}->{x['to']} {x['robust_sd']:.2f}" for x in dn["steps"])
             + f". Beyond that noise (robust z under -{dn['outlier_z']:g}: a failed training, or a dip of one "
