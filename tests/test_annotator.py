@@ -22,7 +22,8 @@ def scoring_runs_started(srv) -> int:
 def test_errors_scoring_storm_and_training_stats(tmp_path):
     studies = make_studies(tmp_path / "studies", 12)
     ids = sorted(p.stem for p in studies.glob("*.jpg"))
-    srv = Server(studies, tmp_path, conf={"batch_size": "100", "threads": "1"}).start()
+    # fit_floor (a candidate retry rule, off by default) on: training stats then keep the model's fit
+    srv = Server(studies, tmp_path, conf={"batch_size": "100", "threads": "1", "fit_floor": "0.01"}).start()
     try:
         url = srv.url
         # training with nothing to train on, an unknown trainer: a sentence, no subprocess
@@ -51,6 +52,7 @@ def test_errors_scoring_storm_and_training_stats(tmp_path):
         assert s == 200, r
         st = http("GET", f"{url}/info/")[1]["train_stats"]["polyp_seg"]
         assert st["status"] == "DONE" and st["steps"] >= 1
+        assert 0 <= st["fit_dice"] <= 1 and 0 <= st["retries"] <= 3, st  # polyp Dice on its own frames
         assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}$", st["finished_at"]), st
         assert st["train_frames"] + st["val_frames"] == 3
         # a label saved for a frame the model never trained on: its Dice, equal to the library's
