@@ -6,7 +6,7 @@
 # and healthy stages score above it. Replayed here, each a plain replay of the recorded training:
 #  - every other stage of results/{cvc,kvasir}-v3 that fell more than 3 paper-mIoU points from the stage
 #    before it (6 on CVC, 1 on Kvasir; the other 3 CVC drops are in collapse-replay.md);
-#  - a random sample of the stages that did not (random.seed(14); 7 of 131 on CVC, 3 of 119 on Kvasir; stage
+#  - a random sample of the stages that did not (run9-sample.py, random.seed(14); 7 of 131 on CVC, 3 of 119 on Kvasir; stage
 #    1 on, the 4 already replayed left out).
 # Lane A: the drops, then one Kvasir healthy stage; lane B: the other healthy stages.
 #   nohup nice -n 10 bash results/calibration/run9.sh A > /dev/null 2>&1 &
