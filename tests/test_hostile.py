@@ -1473,9 +1473,8 @@ def test_a_final_label_ends_its_lease_and_other_tags_are_not_labels(env):
     assert leases() == before - 1 and labels_by_leasetest() == 1
 
 
-@pytest.mark.parametrize("value", ["-60", "0", "nan", "inf"])
-def test_lease_timeout_must_be_a_positive_number_of_seconds(tmp_path, value):
-    """A negative lease expired at once (two annotators got the same frame); nan never expired."""
+def _app_config():
+    """The app's AppConfig class (apps/polyp_al/lib/config.py), imported the way MONAI Label loads the app."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "polyp_al"))
@@ -1483,6 +1482,13 @@ def test_lease_timeout_must_be_a_positive_number_of_seconds(tmp_path, value):
         from lib.config import AppConfig
     finally:
         sys.path.pop(0)
+    return AppConfig
+
+
+@pytest.mark.parametrize("value", ["-60", "0", "nan", "inf"])
+def test_lease_timeout_must_be_a_positive_number_of_seconds(tmp_path, value):
+    """A negative lease expired at once (two annotators got the same frame); nan never expired."""
+    AppConfig = _app_config()
     (tmp_path / "studies").mkdir()
     with pytest.raises(ValueError, match="lease_timeout must be"):
         AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"lease_timeout": value})
@@ -1492,13 +1498,7 @@ def test_lease_timeout_must_be_a_positive_number_of_seconds(tmp_path, value):
 @pytest.mark.parametrize("value", ["-0.1", "1", "nan", "inf", "x"])
 def test_fit_floor_must_be_a_dice_under_one(tmp_path, value):
     """--conf fit_floor is a polyp Dice in [0, 1): 1 or more would retry every training, nan none."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "polyp_al"))
-    try:
-        from lib.config import AppConfig
-    finally:
-        sys.path.pop(0)
+    AppConfig = _app_config()
     (tmp_path / "studies").mkdir()
     with pytest.raises(ValueError, match="fit_floor must be"):
         AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"fit_floor": value})
