@@ -194,7 +194,7 @@ def test_a_training_that_fits_its_own_frames_poorly_is_redone_with_a_fit_floor(t
     import logging
 
     from polypal.experiments.simulate import recipe_hash
-    from polypal.learner import labeled_fit, predicts_no_polyp
+    from polypal.learner import evaluate, labeled_fit, predicts_no_polyp
 
     fs = load_folder(write_dataset(tmp_path / "d", 8, seed=5), size=32)
     frozen = get_profile("smoke", lr=0.0, collapse_retries=2)  # lr 0: an untrained network, which fits nothing well
@@ -202,6 +202,9 @@ def test_a_training_that_fits_its_own_frames_poorly_is_redone_with_a_fit_floor(t
     assert res.retries == 0 and res.fit_dice is None  # the floor off: no retry, nothing measured
     fit = labeled_fit(res.model, fs.images, fs.masks)
     assert fit is not None and 0 < fit < 0.9 and not predicts_no_polyp(res.model, fs.images, fs.masks)
+    # taken in chunks, the same mean polyp Dice as one evaluation of every frame
+    whole = evaluate(predict(res.model, fs.images, scorers=()).probs, fs.masks)["polyp_dice"]
+    assert labeled_fit(res.model, fs.images, fs.masks, chunk=3) == pytest.approx(whole) == pytest.approx(fit)
     with caplog.at_level(logging.WARNING):
         res = train(replace(frozen, fit_floor=0.9), fs.images, fs.masks, seed=0, device="cpu")
     assert res.retries == 2  # every fresh untrained network fits under 0.9: both retries used

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from polypal.data import normalize
-from polypal.learner.metrics import evaluate
+from polypal.learner.metrics import evaluate, per_image_scores
 from polypal.learner.model import PolypUNet
 from polypal.sampler import BvSB
 
@@ -83,11 +83,14 @@ def predicts_no_polyp(model: PolypUNet, images_uint8: np.ndarray, masks: np.ndar
     return not (predict(model, images_uint8[:limit], scorers=(), keep_probs=True).probs > 0.5).any()
 
 
-def labeled_fit(model: PolypUNet, images_uint8: np.ndarray, masks: np.ndarray) -> float | None:
+def labeled_fit(model: PolypUNet, images_uint8: np.ndarray, masks: np.ndarray, chunk: int = 256) -> float | None:
     """How well a model fits the frames it was trained on: their mean polyp Dice, in eval mode, without
     augmentation. A failed training fits its own frames worst (results/calibration/collapse-replay.md).
+    Taken ``chunk`` frames at a time, so a large labeled set never holds all its probability maps at once.
     None when those masks are empty."""
     masks = np.asarray(masks)
     if not masks.any():
         return None
-    return float(evaluate(predict(model, images_uint8, scorers=(), keep_probs=True).probs, masks)["polyp_dice"])
+    dice = [per_image_scores(predict(model, images_uint8[s : s + chunk], scorers=()).probs > 0.5,
+                             masks[s : s + chunk])["dice"] for s in range(0, len(masks), chunk)]
+    return float(np.mean(np.concatenate(dice)))
