@@ -6,6 +6,7 @@
 # as results/cvc-v3, so each run follows its v3 twin exactly until the floor first fires; every stage record
 # keeps fit_dice. Resumable: rerun the same lane to continue.
 #   nohup nice -n 10 bash results/calibration/run11.sh A > /dev/null 2>&1 &   (then B, once run.json exists)
+# (The two .log files, tqdm progress bars only, were not kept; the records hold fit_dice and retries.)
 cd "$(dirname "$0")/../.."
 S=random; [ "$1" = B ] && S=unc_ta_coreset
 .venv/bin/polypal-sim run --dataset cvc --data ../shared/datasets/cvc-clinicdb --profile cpu-lite --max-steps 1500 \
