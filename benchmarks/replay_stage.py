@@ -64,19 +64,10 @@ def main(argv=None) -> int:
     if a.set:
         if not a.train_seeds:
             ap.error("--set needs --train-seeds (a replay of the recorded training uses the recorded profile)")
-        changes = {}
-        for item in a.set:
-            key, _, val = item.partition("=")
-            if key not in prof.__dataclass_fields__ or not val:
-                ap.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of the profile's fields")
-            try:
-                v = json.loads(val)
-            except json.JSONDecodeError:  # a bare word: a string field such as augment=endo
-                v = val
-            cur = getattr(prof, key)
-            changes[key] = type(cur)(v) if cur is not None and not isinstance(cur, str) else v
-            if key == "augment" and v == "flips":  # as polypal-sim's --augment flips: the v2 recipe's own flips
-                changes.update(augment="", flips=True)
+        try:
+            changes = profile_changes(prof, a.set)
+        except ValueError as e:
+            ap.error(str(e))
         prof = replace(prof, **changes)
         print(f"profile changed: {changes}", flush=True)
     split = json.loads((folder / "split.json").read_text())
@@ -104,6 +95,25 @@ def main(argv=None) -> int:
             print(f"  recorded stage {r['stage']} ({r['n_labeled']} labels): test Dice {r['test']['polyp_dice']:.4f} "
                   f"mIoU {r['test']['paper_miou']:.4f}")
     return 0
+
+
+def profile_changes(prof: Profile, items: list[str]) -> dict:
+    """``FIELD=VALUE`` strings as changes to a profile's fields (values as JSON, else a bare word), typed as
+    the field is; ``augment=flips`` means the v2 recipe's own flips, as polypal-sim's ``--augment flips``."""
+    changes = {}
+    for item in items:
+        key, _, val = item.partition("=")
+        if key not in prof.__dataclass_fields__ or not val:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of the profile's fields")
+        try:
+            v = json.loads(val)
+        except json.JSONDecodeError:  # a bare word: a string field such as augment=endo
+            v = val
+        cur = getattr(prof, key)
+        changes[key] = type(cur)(v) if cur is not None and not isinstance(cur, str) else v
+        if key == "augment" and v == "flips":
+            changes.update(augment="", flips=True)
+    return changes
 
 
 def replay_rules(a, prof, rec, pool, val, test, lab) -> None:
