@@ -31,30 +31,26 @@ import torch
 from scipy.stats import chi2
 from scipy.stats import t as t_dist
 
-from polypal.data import load_folder
 from polypal.experiments.simulate import read_records
 from polypal.learner import Profile, evaluate, predict, train
-from replay_stage import profile_changes  # benchmarks/ is on the path when this script runs
+from replay_stage import profile_changes, split_sets  # benchmarks/ is on the path when this script runs
 
 
-def _load(folder: Path, run: str, seed: int, stage: int, data: str):
-    rec = read_records(folder / "runs" / f"{run}-seed{seed}.jsonl")[stage]
-    prof = Profile(**json.loads((folder / "run.json").read_text())["profile"])
-    split = json.loads((folder / "split.json").read_text())
-    fs = load_folder(data, prof.size)
-    pool, val, test = (fs.subset(fs.index_of(split[k])) for k in ("pool", "val", "test"))
-    return rec, prof, pool, val, test
+def _profile(folder: Path) -> Profile:
+    return Profile(**json.loads((folder / "run.json").read_text())["profile"])
 
 
 def cmd_train(a) -> int:
     torch.set_num_threads(1)
     folder, out = Path(a.folder), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rec, prof, pool, val, test = _load(folder, a.run, a.seed, a.stage, a.data)
+    rec = read_records(folder / "runs" / f"{a.run}-seed{a.seed}.jsonl")[a.stage]
+    prof = _profile(folder)
     changes = profile_changes(prof, a.set) if a.set else {}
     if changes:
         prof = replace(prof, **changes)
         print(f"profile changed: {changes}", flush=True)
+    pool, val, test = split_sets(folder, a.data, prof.size)
     lab = np.sort(pool.index_of(rec["labeled"]))
     own = a.seed * 1000 + a.stage
     for ts in (int(x) for x in a.train_seeds.split(",")):
@@ -71,7 +67,8 @@ def cmd_train(a) -> int:
             same = all(abs(m[k] - rec["test"][k]) < 1e-9 for k in rec["test"])
             note = f"; the recorded training seed, replay {'matches' if same else 'DIFFERS FROM'} the record"
         meta = {"run": a.run, "seed": a.seed, "stage": a.stage, "train_seed": ts, "n_labeled": int(len(lab)),
-                "steps": tr.steps, "retries": tr.retries, "test": m, "tag": a.tag, "changes": changes, "recorded_test": rec["test"]}
+                "steps": tr.steps, "retries": tr.retries, "test": m, "tag": a.tag, "changes": changes,
+                "recorded_test": rec["test"]}
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, probs=probs.astype(np.float16), meta=json.dumps(meta))
         tmp.replace(path)
@@ -99,10 +96,7 @@ def cmd_analyse(a) -> int:
         (tagged if meta.get("tag") else sets)[(meta["run"], meta["seed"], meta["stage"])].append(
             (meta, z["probs"].astype(np.float32)))
     res = Path(a.results)  # the test masks: one split file for every set of one results folder
-    split = json.loads((res / "split.json").read_text())
-    prof = Profile(**json.loads((res / "run.json").read_text())["profile"])
-    fs = load_folder(a.data, prof.size)
-    masks = fs.subset(fs.index_of(split["test"])).masks
+    masks = split_sets(res, a.data, _profile(res).size)[2].masks
     keys = ("paper_miou", "polyp_dice")
     # per stage (one labeled-set size): single trainings and ensembles per set, ensemble gains
     single, ens, gain = (defaultdict(lambda: {k: [] for k in keys}) for _ in range(3))

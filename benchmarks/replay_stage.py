@@ -70,9 +70,7 @@ def main(argv=None) -> int:
             ap.error(str(e))
         prof = replace(prof, **changes)
         print(f"profile changed: {changes}", flush=True)
-    split = json.loads((folder / "split.json").read_text())
-    fs = load_folder(a.data, prof.size)
-    pool, val, test = (fs.subset(fs.index_of(split[k])) for k in ("pool", "val", "test"))
+    pool, val, test = split_sets(folder, a.data, prof.size)
     lab = np.sort(pool.index_of(rec["labeled"]))
     if a.train_seeds:
         return training_noise(a, prof, rec, pool, val, test, lab)
@@ -95,6 +93,14 @@ def main(argv=None) -> int:
             print(f"  recorded stage {r['stage']} ({r['n_labeled']} labels): test Dice {r['test']['polyp_dice']:.4f} "
                   f"mIoU {r['test']['paper_miou']:.4f}")
     return 0
+
+
+def split_sets(folder: Path, data: str, size: int):
+    """The pool, validation and test frames of a results folder's split (its ``split.json``), read from
+    ``data`` at ``size`` pixels."""
+    split = json.loads((Path(folder) / "split.json").read_text())
+    fs = load_folder(data, size)
+    return tuple(fs.subset(fs.index_of(split[k])) for k in ("pool", "val", "test"))
 
 
 def profile_changes(prof: Profile, items: list[str]) -> dict:
