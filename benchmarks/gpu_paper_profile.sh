@@ -12,8 +12,11 @@
 #      is already appended to results/kvasir-paper-gpu/runs/*.jsonl. $OUT/kvasir-paper-gpu.tar.gz comes back:
 #      tar xzf it at the repo root and commit. The runs RESUME: results/ travels with the tree, so the next
 #      lease continues from the committed stages (selection is recorded; no checkpoint is needed).
-#   CPU check of the whole path (tiny): PROFILE=smoke SEEDS=0 BUDGET=120 OUT=/tmp/gpu-out \
+#   CPU check of the whole path (tiny; the device's `python` is the one on PATH, so put the venv first):
+#      PATH=$PWD/.venv/bin:$PATH PROFILE=smoke SEEDS=0 BUDGET=120 OUT=/tmp/gpu-out \
 #      OUTDIR=/tmp/gpu-smoke bash benchmarks/gpu_paper_profile.sh run
+#   (checked 2026-12-06 on this CPU: smoke path 33 s end to end with the tar; the paper profile with
+#   BUDGET=45 reads the carried frames and the copied split and starts stage 0's 1300 steps.)
 #
 # Differences from the CPU runs, written into the results folder: the frames were re-encoded once as
 # JPEG q95 at 256 px (the CPU path decodes the original JPEGs), and GPU training is not bit-reproducible.
