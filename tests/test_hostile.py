@@ -164,7 +164,9 @@ def env(tmp_path_factory):
 
 
 def temp_leftovers(tmpdir: Path):
-    return sorted(p.name for p in tmpdir.iterdir())
+    """Files under the server's TMPDIR, sub-folders included (its result files go to a folder of its own
+    there, which stays while the server runs)."""
+    return sorted(str(p.relative_to(tmpdir)) for p in tmpdir.rglob("*") if not p.is_dir())
 
 
 def wait_clean(srv, tmpdir: Path, before):
@@ -742,6 +744,31 @@ def test_forms_are_checked_whatever_their_encoding(env):
     canary.unlink()
 
 
+def test_a_client_saving_results_in_the_servers_tmpdir_keeps_them(env):
+    """MONAILabelClient saves an inference as <its tmpdir>/<the server's file name>. On one machine both
+    default to the same TMPDIR: the server's result file was that very path, and its deletion after the
+    answer sometimes took the client's copy with it (1-2 in 20 calls). The server's results now live in a
+    folder of their own, so the client's copies stay, and the server's are still deleted."""
+    from monailabel.client import MONAILabelClient
+
+    url, tmpdir = env["url"], env["tmp"]
+    before = temp_leftovers(tmpdir)
+    client = MONAILabelClient(url, tmpdir=str(tmpdir), client_id="same-machine")
+    got = []
+    for _ in range(8):
+        path, _ = client.infer("polyp_seg", "fr001", {})
+        got.append(Path(path))
+        s, body = http("POST", f"{url}/infer/polyp_seg?image=fr001&output=image")  # a second answer's clean-up meanwhile
+        assert s == 200 and body[:4] == b"\x89PNG"
+    assert all(p.parent == tmpdir and p.is_file() for p in got), [str(p) for p in got if not p.exists()]
+    assert all(Image.open(p).size == (W, H) for p in got)
+    results = [p for p in tmpdir.iterdir() if p.is_dir() and p.name.startswith("polypal-results-")]
+    assert len(results) == 1, list(tmpdir.iterdir())  # the server's own folder, not TMPDIR itself
+    for p in got:
+        p.unlink()
+    wait_clean(env["srv"], tmpdir, before)  # and the server's copies are deleted after each answer
+
+
 def test_infer_keys_read_after_the_writer_are_refused_and_nothing_is_left(env):
     url, tmpdir = env["url"], env["tmp"]
     before = temp_leftovers(tmpdir)
@@ -1078,6 +1105,7 @@ def test_result_files_of_a_request_are_tracked_when_inference_runs_in_a_thread_p
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # the writer's mkstemp: only this test's files
+    monkeypatch.setattr(infer, "_results_dir", None)  # its result folder is made again, under scratch
     with ThreadPoolExecutor(1) as pool:
         pool.submit(gate.wait, 60)  # the pool's one thread is busy
         request = {"image": str(frame), "model": "polyp_seg"}
@@ -1086,7 +1114,7 @@ def test_result_files_of_a_request_are_tracked_when_inference_runs_in_a_thread_p
         gate.set()
         with pytest.raises(TimeoutError, match="request ended"):
             late.result(timeout=120)
-    assert files == [] and list(scratch.iterdir()) == []
+    assert files == [] and [p for p in scratch.rglob("*") if not p.is_dir()] == []
 
 
 class _StallingDICOMweb:

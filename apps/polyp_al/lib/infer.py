@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import uuid
@@ -46,6 +48,23 @@ class written_results:
         with _written_lock:
             _written.pop(self.token, None)
         return False
+
+
+_results_dir: str | None = None
+
+
+def _result_dir() -> str:
+    """This process's own folder for result files, made on first use and removed at exit.
+
+    Not TMPDIR itself: MONAILabelClient saves the answer as ``<its tmpdir>/<the server's file name>``,
+    by default TMPDIR too, so on one machine the client's copy was the server's path, and the server's
+    deletion of its result after answering sometimes deleted the client's copy."""
+    global _results_dir
+    with _written_lock:
+        if _results_dir is None or not os.path.isdir(_results_dir):
+            _results_dir = tempfile.mkdtemp(prefix="polypal-results-")
+            atexit.register(shutil.rmtree, _results_dir, True)
+        return _results_dir
 
 
 def _record_written(data: dict, path: str) -> None:
@@ -145,7 +164,7 @@ class PolypSegInfer(BasicInferTask):
             ext = "." + ext
         if ext not in WRITE_EXTENSIONS:
             raise ValueError(f"result_extension {ext!r} not supported; use one of {', '.join(WRITE_EXTENSIONS)}")
-        fd, path = tempfile.mkstemp(suffix=ext)
+        fd, path = tempfile.mkstemp(suffix=ext, prefix="polypal-", dir=_result_dir())
         os.close(fd)
         _record_written(data, path)
         write_label(data["pred"], path)
