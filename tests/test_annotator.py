@@ -120,13 +120,22 @@ def test_two_cycles_progress_quality_export(tmp_path):
             out.append(r["id"])
         return out
 
-    def train_and_watch(number):
+    def train_and_watch(number, served):
         s, r = http("POST", f"{url}/train/polyp_seg")
         assert s == 200, r
+        # at once: STARTING (the process is reading frames) or RUNNING, never the last training's DONE, so
+        # the README's loop (wait while STARTING or RUNNING) waits for this training
+        st = http("GET", f"{url}/info/")[1]["train_stats"]["polyp_seg"]
+        assert st["status"] in ("STARTING", "RUNNING"), st
         seen_progress = False
         t0 = time.time()
         while time.time() - t0 < 300:
-            st = http("GET", f"{url}/info/")[1].get("train_stats", {}).get("polyp_seg", {})
+            info = http("GET", f"{url}/info/")[1]
+            st = info.get("train_stats", {}).get("polyp_seg", {})
+            if st.get("status") in ("STARTING", "RUNNING"):  # /info names the served model, not this one
+                assert info["polyp_al"]["model"].endswith(served), (info["polyp_al"]["model"], st)
+            else:
+                assert st.get("status") == "DONE" and st.get("model_number") == number, st
             if st.get("status") == "RUNNING" and "step" in st:
                 assert st["total_steps"] == 400 and st["eta_at"] and st["loss"] >= 0
                 seen_progress = True
@@ -143,7 +152,7 @@ def test_two_cycles_progress_quality_export(tmp_path):
         runs0 = len(re.findall(r"Scoring request", srv.log.read_text(errors="replace")))
         for i in next_ids(4, 1):
             label(i)
-        progress, st = train_and_watch(1)
+        progress, st = train_and_watch(1, "no model yet")
         assert progress, "no step/loss/ETA seen while training"
         assert st["model_number"] == 1
         # cycle 2: a batch planned with model 1 (after its scoring); its labels measure model 1
@@ -152,7 +161,7 @@ def test_two_cycles_progress_quality_export(tmp_path):
                      timeout=120, what="a plan made with model 1")
         dice = [label(i).get("model_dice") for i in next_ids(4, 2)]
         assert all(d is not None and 0 <= d <= 1 for d in dice), dice
-        train_and_watch(2)
+        train_and_watch(2, " on 4 labels")
         for i in next_ids(2, 3):
             label(i)
         q = http("GET", f"{url}/info/")[1]["polyp_al"]["quality"]

@@ -10,6 +10,7 @@ Size (over ~250 lines): every method is a hook MONAI Label calls on its app clas
 info, next_sample, infer, on_save_label, async_scoring); the work is in lib/ and polypal.
 """
 
+import datetime
 import logging
 import os
 import sys
@@ -45,6 +46,31 @@ def _is_upload(path: str) -> bool:
     return os.path.isabs(path) and os.path.dirname(path) == tempfile.gettempdir() \
         and os.path.basename(path).startswith("tmp") and os.path.isfile(path)
 
+
+
+def _starting(st: dict) -> dict:
+    """A training that MONAI Label has accepted but whose process has not yet written RUNNING (it is loading
+    the labeled frames) reads STARTING, not the last training's DONE: a client that waits while the status
+    is STARTING or RUNNING no longer stops at once."""
+    from lib.train import served_labels
+    from monailabel.utils.async_tasks.utils import tasks
+
+    try:
+        last = (tasks("train") or [None])[-1]
+    except Exception:  # noqa: BLE001 - MONAI Label's bookkeeping: /info still answers
+        return st
+    if not isinstance(last, dict) or last.get("status") not in ("SUBMITTED", "RUNNING") or st.get("status") == "RUNNING":
+        return st
+    try:  # a record this task's process wrote already (e.g. DONE, then it scores the pool before it exits)
+        asked = time.mktime(time.strptime(str(last.get("start_ts")), "%Y-%m-%d %H:%M:%S"))
+        when = st.get("started_at") or st.get("failed_at")
+        if when and datetime.datetime.strptime(when, "%Y-%m-%dT%H:%M:%S%z").timestamp() >= asked:
+            return st
+    except (TypeError, ValueError, OverflowError):
+        pass
+    return {"status": "STARTING", "model_number": st.get("model_number"), "served_labeled": served_labels(st),
+            "requested_at": last.get("start_ts"), "note": "the training process is starting (reading the labeled "
+            "frames); the previous model, if any, is served meanwhile", "previous": st}
 
 class PolypALApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
@@ -167,6 +193,9 @@ class PolypALApp(MONAILabelApp):
 
     def info(self):
         meta = super().info()
+        stats = meta.get("train_stats") or {}
+        if isinstance(stats.get("polyp_seg"), dict):
+            stats["polyp_seg"] = _starting(stats["polyp_seg"])
         try:
             labeled = set(self.datastore().get_labeled_images())
         except Exception as e:  # noqa: BLE001 - e.g. the DICOMweb server is down: /info still answers
@@ -198,7 +227,9 @@ class PolypALApp(MONAILabelApp):
         st = self._trainers["polyp_seg"].stats() if "polyp_seg" in self._trainers else {}
         n = st.get("model_number") if st.get("status") != "RUNNING" else (st.get("model_number") or 1) - 1
         when = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(os.path.getmtime(self.cfg.model_path)))
-        labels = st.get("labeled") or (st.get("train_frames", 0) + st.get("val_frames", 0)) or "?"
+        from lib.train import served_labels
+
+        labels = served_labels(st) or "?"  # the served model's, not a running training's
         return f"{'model ' + str(n) + ', ' if n else ''}trained {when} on {labels} labels"
 
     def on_save_label(self, image_id, label_id):

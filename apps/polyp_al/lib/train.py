@@ -40,6 +40,16 @@ def _interrupted(st: dict) -> dict:
                     "is still served"}
 
 
+def served_labels(st: dict):
+    """The number of labels the served model was trained on, from a stats record (None: not known).
+    Every record carries ``served_labeled``; a DONE record written before that field counted its frames."""
+    if st.get("served_labeled") is not None:
+        return st["served_labeled"]
+    if st.get("status") == "DONE":
+        return (int(st.get("train_frames") or 0) + int(st.get("val_frames") or 0)) or None
+    return None
+
+
 class Unreadable(ValueError):
     """Every labeled frame was skipped (unreadable frame or label): nothing to train on."""
 
@@ -192,7 +202,9 @@ class PolypSegTrain(TrainTask):
         if not used:
             if skipped:  # every label there is unreadable: say which and why, in /info too
                 why = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:5])
-                self._write_stats({"status": "FAILED", "model_number": int(self.stats().get("model_number") or 0),
+                prev = self.stats()
+                self._write_stats({"status": "FAILED", "model_number": int(prev.get("model_number") or 0),
+                                   "served_labeled": served_labels(prev),
                                    "failed_at": _iso(time.time()), "skipped": skipped,
                                    "error": f"none of the {len(skipped)} labeled frames could be read"})
                 raise Unreadable(f"no labeled frame could be read ({len(skipped)} skipped: {why}); the previous "
@@ -201,9 +213,12 @@ class PolypSegTrain(TrainTask):
         val = hash_validation(used)  # a fifth of the labels (none below 5 labels), stable as labels are added
         images, masks = np.stack(images), np.stack(masks)
         t0 = time.time()
-        number = int(self.stats().get("model_number") or 0) + 1
+        prev = self.stats()
+        number = int(prev.get("model_number") or 0) + 1
+        served = served_labels(prev)  # the model still served while this one trains
         running = {"status": "RUNNING", "model_number": number, "started": t0, "started_at": _iso(t0), "labeled": len(used),
-                   "pid": os.getpid(), "train_frames": int((~val).sum()), "val_frames": int(val.sum())}
+                   "pid": os.getpid(), "train_frames": int((~val).sum()), "val_frames": int(val.sum()),
+                   "served_labeled": served}
         self._write_stats(running)
         last = [0.0]
 
@@ -219,7 +234,8 @@ class PolypSegTrain(TrainTask):
                                    "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(eta, 1),
                                    "eta_at": None if eta is None else _iso(now + eta)})
 
-        kept = {"model_number": number - 1, "attempt": number, "started_at": _iso(t0), "skipped": skipped,
+        kept = {"model_number": number - 1, "served_labeled": served, "attempt": number, "started_at": _iso(t0),
+                "skipped": skipped,
                 "note": "not published: the previous model, if any, is still served"}
         try:
             res = train(self.cfg.profile, images[~val], masks[~val], images[val], masks[val],
@@ -239,7 +255,8 @@ class PolypSegTrain(TrainTask):
                                "error": f"{type(e).__name__}: {str(e)[:300]}"})
             raise
         stats = {
-            "status": "DONE", "model_number": number, "profile": self.cfg.profile.name, "train_frames": int((~val).sum()),
+            "status": "DONE", "model_number": number, "served_labeled": len(used), "profile": self.cfg.profile.name,
+            "train_frames": int((~val).sum()),
             "val_frames": int(val.sum()), "steps": res.steps, "best_step": res.best_step, "retries": res.retries,
             **({"fit_dice": round(res.fit_dice, 4)} if res.fit_dice is not None else {}),
             "best_val": res.best_val, "seconds": round(res.seconds, 1), "finished": time.time(),
