@@ -514,6 +514,60 @@ def test_nrrd_without_sizes_is_unreadable(tmp_path):
         read_mask(tmp_path / "x.nrrd")
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "bzip2", "raw"])
+def test_compressed_nrrd_labels_read_and_inflating_ones_are_refused(tmp_path, encoding):
+    """A real compressed label reads; the same header over data that inflates one byte past its declared
+    size is refused (pynrrd would inflate it whole: bzip2 packs a GB of zeros into 785 bytes)."""
+    import bz2
+    import gzip
+
+    import nrrd
+
+    m = np.zeros((5, 7), np.uint8)
+    m[1:3, 2:5] = 1
+    nrrd.write(str(tmp_path / "ok.nrrd"), m.T, {"encoding": encoding}, index_order="F")
+    assert np.array_equal(read_mask(tmp_path / "ok.nrrd"), m)
+    if encoding == "raw":
+        return
+    pack = bz2.compress if encoding == "bzip2" else gzip.compress
+    head = f"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 7 5\nencoding: {encoding}\n\n".encode()
+    (tmp_path / "big.nrrd").write_bytes(head + pack(bytes(36)))
+    with pytest.raises(DataError, match="big.nrrd: NRRD .* data inflates past its declared 35 bytes"):
+        read_mask(tmp_path / "big.nrrd")
+
+
+def test_nifti_header_extensions_are_bounded(tmp_path):
+    """A small header extension (a comment) reads; one past the header cap, one larger than the room before
+    the data, and extensions with vox_offset 0 are refused before nibabel reads them."""
+    import gzip
+
+    import nibabel as nib
+
+    from polypal.data.volume_checks import MAX_HEADER_BYTES
+
+    rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)  # (H, W, 3)
+    img = nib.Nifti1Image(rgb.transpose(1, 0, 2)[:, :, None, None, :], np.eye(4))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"drawn in Slicer"))
+    nib.save(img, str(tmp_path / "ok.nii.gz"))
+    assert np.array_equal(read_rgb(tmp_path / "ok.nii.gz"), rgb)
+
+    def bomb(ext_bytes, vox_offset):
+        hdr = nib.Nifti1Header()
+        hdr.set_data_dtype(np.uint8)
+        hdr.set_data_shape((6, 4, 1, 1, 3))
+        hdr["vox_offset"] = vox_offset
+        return gzip.compress(hdr.binaryblock + b"\x01\x00\x00\x00" + struct.pack("<ii", ext_bytes, 0)
+                             + bytes(ext_bytes - 8) + bytes(72))
+
+    for name, data, why in (("far", bomb(MAX_HEADER_BYTES, 352 + MAX_HEADER_BYTES), "more than"),
+                            ("large", bomb(1 << 16, 352 + 16), "extension of 65536 bytes where 16"),
+                            ("zero", bomb(1 << 16, 0), "none stated")):
+        (tmp_path / f"{name}.nii.gz").write_bytes(data)
+        for reader in (read_rgb, read_mask):
+            with pytest.raises(DataError, match=f"{name}.nii.gz: NIfTI header .*{why}"):
+                reader(tmp_path / f"{name}.nii.gz")
+
+
 # ------------------------------------------------------------------ folders.py
 
 

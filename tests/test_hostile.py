@@ -7,6 +7,7 @@ an untrained model on disk) serves most tests; the others start their own.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -669,6 +670,48 @@ def test_nrrd_labels_cannot_read_other_files_or_inflate(env):
         gzip.compress(b"\x00" * (100 << 20), compresslevel=9)  # ~100 KB inflating to 100 MB
     s, r = put_label(url, "fr010", bomb, name="x.nrrd")
     assert s == 422 and "declared" in r["detail"], r
+    # smaller than the file-size check's headroom: bzip2 packs a GB of zeros into 785 bytes, gzip 48 MB into
+    # 47 KB; pynrrd inflated them whole before any check (2 GB of server memory per 800 bytes sent)
+    import bz2
+
+    head = f"NRRD0004\ntype: uint8\ndimension: 2\nsizes: {W} {H}\nencoding: %s\n\n"
+    for enc, data in (("bzip2", bz2.compress(b"\x00" * (64 << 20), 9)),
+                      ("gzip", gzip.compress(b"\x00" * (48 << 20), compresslevel=9))):
+        assert len(data) < 60 << 10
+        s, r = put_label(url, "fr010", (head % enc).encode() + data, name="x.nrrd")
+        assert s == 422 and "inflates past its declared" in r["detail"], (enc, r)
+    assert not (env["studies"] / "labels" / "final" / "fr010.nrrd").exists()
+
+
+def nifti_extension_bomb(shape=(W, H, 1, 1, 3), ext_bytes=32 << 20, vox_offset=None) -> bytes:
+    """A .nii.gz of a small frame whose header extension declares ext_bytes (zeros: a few KB gzipped).
+    nibabel reads an extension whole, at its declared size, before any data."""
+    import nibabel as nib
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_data_shape(shape)
+    hdr["vox_offset"] = 352 + ext_bytes if vox_offset is None else vox_offset
+    ext = struct.pack("<ii", ext_bytes, 0) + b"\x00" * (ext_bytes - 8)
+    return gzip.compress(hdr.binaryblock + b"\x01\x00\x00\x00" + ext + b"\x00" * int(np.prod(shape)), 9)
+
+
+def test_nifti_header_extensions_cannot_inflate(env):
+    """Frame, label and inference uploads: an extension past the header cap, one larger than the room before
+    the data, and a vox_offset of 0 (nibabel then reads extensions to the end of the stream)."""
+    url = env["url"]
+    bombs = [nifti_extension_bomb(), nifti_extension_bomb(vox_offset=352 + 16),
+             nifti_extension_bomb(vox_offset=0)]
+    for k, bomb in enumerate(bombs):
+        assert len(bomb) < 64 << 10
+        s, r = put_image(url, f"niibomb{k}", bomb, name="f.nii.gz")
+        assert s == 422 and "NIfTI header" in r["detail"], (k, s, r)
+        s, r = put_label(url, "fr011", bomb, name="m.nii.gz")
+        assert s == 422 and "NIfTI header" in r["detail"], (k, s, r)
+        s, r = infer_upload(url, bomb, name="x.nii.gz")
+        assert s == 422 and "NIfTI header" in r["detail"], (k, s, r)
+    assert not list(env["studies"].glob("niibomb*"))
+    assert not (env["studies"] / "labels" / "final" / "fr011.nii.gz").exists()
 
 
 def test_concurrent_inferences_all_answer(env):

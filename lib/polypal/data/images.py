@@ -2,7 +2,8 @@
 
 Also the resizes and the paper's normalisation. Files larger than ``MAX_PIXELS`` are refused
 before they are decoded; a compressed volume larger than its declared data is refused before
-it is decompressed.
+it is decompressed, and one whose header or data would inflate past what it declares is refused
+before the reader allocates it (``volume_checks``). Only PNG, JPEG and TIFF are decoded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from polypal.data.volume_checks import check_nifti_header
 from polypal.errors import DataError
 from polypal.vocab import VOLUME_EXTENSIONS
 
@@ -40,9 +42,14 @@ def _check_pixels(path, w: int, h: int, what: str = "image") -> None:
                              f"(server setting max_pixels)")
 
 
+# The formats of IMAGE_EXTENSIONS, whatever a file's name says: Pillow would otherwise open any format it
+# knows (EPS among them, which runs Ghostscript where it is installed) from an uploaded file.
+PIL_FORMATS = ("PNG", "JPEG", "TIFF")  # JPEG covers MPO (camera) files
+
+
 def _open(path: Path) -> Image.Image:
     try:
-        img = Image.open(path)
+        img = Image.open(path, formats=PIL_FORMATS)
         _check_pixels(path, *img.size)
         img.load()
         if img.getexif().get(0x0112, 1) != 1:  # EXIF orientation: read as every viewer shows it (masks alike)
@@ -104,6 +111,7 @@ def _read_volume_rgb(path: Path) -> np.ndarray:
     try:
         import nibabel as nib
 
+        check_nifti_header(path)  # before nibabel reads header extensions of any declared size
         vol = nib.load(str(path))
         shape = [int(x) for x in vol.shape]
         _check_pixels(path, shape[0], int(np.prod(shape[1:])) // 3 if len(shape) >= 3 and shape[-1] == 3 else

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from polypal.data.images import _check_compressed, _check_pixels, _is_volume, _open, _plane
+from polypal.data.volume_checks import check_nifti_header, check_nrrd_data
 from polypal.errors import DataError
 
 MASK_THRESHOLD = 127  # Kvasir masks carry JPEG noise: foreground is > 127
@@ -37,11 +38,14 @@ def _read_volume_mask(path: Path) -> np.ndarray:
                                       "self-contained .nrrd, .nii.gz or .png")
             sizes = [int(x) for x in header.get("sizes", [0, 0])]
             _check_pixels(path, *_plane(sizes), what="label volume")
-            _check_compressed(path, int(np.prod(sizes)) * np.dtype(nrrd.reader._determine_datatype(header)).itemsize)
+            declared = int(np.prod(sizes)) * np.dtype(nrrd.reader._determine_datatype(header)).itemsize
+            _check_compressed(path, declared)
+            check_nrrd_data(path, declared)  # pynrrd inflates gzip/bzip2 data whole, whatever sizes say
             arr, _ = nrrd.read(str(path))  # index order F: arr[x, y, z]
         else:
             import nibabel as nib
 
+            check_nifti_header(path)  # before nibabel reads header extensions of any declared size
             vol = nib.load(str(path))
             _check_pixels(path, *_plane(vol.shape), what="label volume")
             _check_compressed(path, int(np.prod(vol.shape)) * vol.get_data_dtype().itemsize)
