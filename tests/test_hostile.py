@@ -812,6 +812,55 @@ def test_a_client_saving_results_in_the_servers_tmpdir_keeps_them(env):
     wait_clean(env["srv"], tmpdir, before)  # and the server's copies are deleted after each answer
 
 
+def test_clients_that_never_read_downloads_cannot_hold_the_workers(tmp_path):
+    """40 downloads of a large frame whose clients read nothing: each held one of anyio's 40 worker threads
+    until the client read it, and the checks every request needs run on those threads, so the whole API
+    stopped (no timeout). Downloads now take threads of their own (POLYPAL_DOWNLOAD_THREADS) and are
+    abandoned after POLYPAL_SEND_TIMEOUT seconds of no reading."""
+    import socket
+
+    studies = tmp_path / "studies"
+    make_frames(studies, 3)
+    big = np.random.default_rng(0).integers(0, 256, (1800, 2400, 3), np.uint8)  # ~13 MB of PNG: no buffer holds it
+    Image.fromarray(big).save(studies / "big.png", compress_level=0)
+    srv = Server(studies, tmp_path, env={"POLYPAL_SEND_TIMEOUT": "4"}).start()
+    host, port = "127.0.0.1", srv.port
+    socks = []
+    try:
+        for _ in range(40):
+            k = socket.socket()
+            k.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            k.connect((host, port))
+            k.sendall(f"GET /datastore/image?image=big HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            socks.append(k)
+        time.sleep(1.0)
+        t0 = time.time()
+        s, info = http("GET", f"{srv.url}/info/", timeout=20)  # a check on a worker thread, then the answer
+        assert s == 200 and time.time() - t0 < 10, (s, time.time() - t0)
+        s, r = put_label(srv.url, "fr000", png_bytes(np.zeros((H, W), np.uint8)))
+        assert s == 200, r
+        # every stalled download is abandoned (16 at a time, 4 s each) and its connection closed: reading
+        # now ends short of the file
+        srv.wait_for(lambda: srv.log.read_text(errors="replace").count("the client read nothing for 4 s") >= 40,
+                     timeout=120, what="40 abandoned downloads")
+        size = (studies / "big.png").stat().st_size
+        for k in socks:
+            k.settimeout(30)
+            got = 0
+            while True:
+                chunk = k.recv(1 << 20)
+                if not chunk:
+                    break
+                got += len(chunk)
+            assert got < size, got
+        s, body = http("GET", f"{srv.url}/datastore/image?image=big", timeout=60)  # a reading client: whole
+        assert s == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(body))), big)
+    finally:
+        for k in socks:
+            k.close()
+        srv.stop()
+
+
 def test_infer_keys_read_after_the_writer_are_refused_and_nothing_is_left(env):
     url, tmpdir = env["url"], env["tmp"]
     before = temp_leftovers(tmpdir)

@@ -15,7 +15,9 @@ middleware (``Gate``) in front of it, which:
 - keeps MONAI Label's DICOMweb proxy (``/proxy/dicom``, which OHIF reads through) read-only (405),
   so no browser stores a SEG in the DICOMweb server around the label checks; its calls to the DICOMweb
   server time out (504) and take at most ``POLYPAL_PROXY_THREADS`` worker threads, so a slow or stalled
-  DICOMweb server cannot hold the threads that uploads, inference and next-sample need;
+  DICOMweb server cannot hold the threads that uploads, inference and next-sample need; downloads take at
+  most ``POLYPAL_DOWNLOAD_THREADS`` threads, and an answer the client reads none of for
+  ``POLYPAL_SEND_TIMEOUT`` seconds is abandoned, so clients that never read cannot hold the workers;
 - answers 507 to a request with a body (an upload, a label, a model, inference, next sample, training)
   or a dataset export when it would leave less than ``--conf min_free_mb`` free on the disks of the
   datastore, the app's state, the models or the temp dir: by its declared size (times the copies a body
@@ -148,17 +150,30 @@ _FORMS = {  # multipart uploads: (form field holding JSON, reserved keys)
 MAX_BODY = 1 << 30  # bytes of one request body (a model upload is the largest legitimate one)
 PROXY_TIMEOUT = float(os.environ.get("POLYPAL_PROXY_TIMEOUT", 60))  # seconds the DICOMweb server may pause
 PROXY_THREADS = max(1, int(os.environ.get("POLYPAL_PROXY_THREADS", 8)))  # proxy requests answered at once
+# downloads (frames, labels, models, the dataset zip) answered at once: each holds a worker thread until the
+# client has read it, so they get threads of their own, never all 40 of anyio's (which the checks, uploads,
+# inference and next-sample need); and a client that reads nothing for SEND_TIMEOUT seconds is cut off
+DOWNLOAD_THREADS = max(1, int(os.environ.get("POLYPAL_DOWNLOAD_THREADS", 16)))
+SEND_TIMEOUT = float(os.environ.get("POLYPAL_SEND_TIMEOUT", 60))
 _proxy_limiter: anyio.CapacityLimiter | None = None
+_download_limiter: anyio.CapacityLimiter | None = None
 
 
-def _limiter(path: str):
-    """The proxy's own thread limit (made on first use, on the server's loop); None: anyio's default (40)."""
-    global _proxy_limiter
-    if not path.startswith("/proxy/"):
-        return None
-    if _proxy_limiter is None:
-        _proxy_limiter = anyio.CapacityLimiter(PROXY_THREADS)
-    return _proxy_limiter
+def _limiter(path: str) -> anyio.CapacityLimiter:
+    """The thread limit of a download or proxy request (made on first use, on the server's loop): the proxy's
+    POLYPAL_PROXY_THREADS, the downloads' POLYPAL_DOWNLOAD_THREADS; both apart from anyio's default 40."""
+    global _proxy_limiter, _download_limiter
+    if path.startswith("/proxy/"):
+        if _proxy_limiter is None:
+            _proxy_limiter = anyio.CapacityLimiter(PROXY_THREADS)
+        return _proxy_limiter
+    if _download_limiter is None:
+        _download_limiter = anyio.CapacityLimiter(DOWNLOAD_THREADS)
+    return _download_limiter
+
+
+class _Stalled(Exception):
+    """The client read none of the answer for SEND_TIMEOUT seconds."""
 
 
 class _ProxyRequests:
@@ -591,11 +606,18 @@ def _in_thread(app, scope, receive, send, loop):
     endpoints are ``async def`` but block inside), talking to the server's loop for I/O."""
 
     async def s(message):
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(send(message), loop))
+        sent = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(send(message), loop))
+        try:
+            await asyncio.wait_for(sent, SEND_TIMEOUT)  # cancels the send on the server's loop when it times out
+        except asyncio.TimeoutError:
+            raise _Stalled() from None
 
     _scratch.files = []
     try:
         asyncio.run(app(scope, receive, s))
+    except _Stalled:  # the thread is free again; the server closes the connection (answer incomplete)
+        logger.warning(f"{scope.get('method')} {scope.get('path')}: the client read nothing for {SEND_TIMEOUT:g} s; "
+                       f"answer abandoned")
     finally:
         for f in _scratch.files:
             try:
