@@ -861,6 +861,21 @@ def test_clients_that_never_read_downloads_cannot_hold_the_workers(tmp_path):
         srv.stop()
 
 
+def test_viewer_folders_are_404_not_500(env):
+    """MONAI Label's /ohif/<path> answered a folder ('.', 'assets') with a 500 and a traceback."""
+    import http.client
+
+    host, port = "127.0.0.1", env["srv"].port
+    for path, want in (("/ohif/.", 404), ("/ohif/assets", 404), ("/ohif/index.html", 200)):
+        c = http.client.HTTPConnection(host, port, timeout=30)
+        c.request("GET", path)  # sent as is (no dot-segment removal)
+        r = c.getresponse()
+        r.read()
+        c.close()
+        assert r.status == want, (path, r.status)
+    assert "is not a file" not in env["srv"].log.read_text(errors="replace")
+
+
 def test_infer_keys_read_after_the_writer_are_refused_and_nothing_is_left(env):
     url, tmpdir = env["url"], env["tmp"]
     before = temp_leftovers(tmpdir)

@@ -601,6 +601,18 @@ def _decoded(path: str) -> str:
     return path
 
 
+def _ohif_folder(rel: str) -> bool:
+    """True where MONAI Label's /ohif/<rel> would answer with a folder (``.``, ``assets``): its handler checks
+    only that the path exists, and a FileResponse of a folder is a 500 with a traceback."""
+    if not rel:
+        return False
+    import monailabel.endpoints.ohif as ohif
+
+    root = os.path.join(os.path.dirname(os.path.realpath(ohif.__file__)), "static", "ohif")
+    target = os.path.join(root, rel.replace("/", os.pathsep))  # as MONAI Label builds it
+    return os.path.exists(target) and not os.path.isfile(target)
+
+
 def _in_thread(app, scope, receive, send, loop):
     """Run one request through ``app`` on a new event loop in this worker thread (MONAI Label's
     endpoints are ``async def`` but block inside), talking to the server's loop for I/O."""
@@ -654,6 +666,8 @@ class Gate:
         plain = _decoded(path)
         if path.startswith(_GONE) or ".." in plain or "\x00" in plain or (path.startswith("/proxy/") and "%" in plain):
             raise _Refused(404, f"{path[:80]!r} is not part of polyp-al")
+        if path.startswith("/ohif/") and _ohif_folder(plain[len("/ohif/"):]):
+            raise _Refused(404, "not a file of the viewer")  # MONAI Label's /ohif serves a folder: a 500
         if path.rstrip("/") == "/session" or path.startswith("/session/"):  # answered before any body is read
             raise _Refused(406, "sessions are off in polyp-al: send an image id or upload the image")
         if path.rstrip("/") == "/logs":  # MONAI Label sends the whole log file for lines <= 0
