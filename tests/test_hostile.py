@@ -861,6 +861,96 @@ def test_clients_that_never_read_downloads_cannot_hold_the_workers(tmp_path):
         srv.stop()
 
 
+def test_connections_that_send_no_request_are_closed(tmp_path):
+    """A socket that sends nothing, and one that sends a header byte now and then, stayed open for ever
+    (uvicorn has no timeout before a request's head): about 20,000 took every file descriptor of the
+    server. They are now closed after POLYPAL_HEADER_TIMEOUT seconds; a keep-alive client that asks
+    again in time, and a slow upload whose head has arrived, are not cut off."""
+    import socket
+
+    studies = tmp_path / "studies"
+    make_frames(studies, 3)
+    srv = Server(studies, tmp_path, env={"POLYPAL_HEADER_TIMEOUT": "3"}).start()
+    host, port = "127.0.0.1", srv.port
+
+    def closed_within(k, seconds, drip=None):
+        t0 = time.time()
+        k.settimeout(0.5)
+        while time.time() - t0 < seconds:
+            if drip:
+                try:
+                    k.sendall(drip)
+                except OSError:
+                    return time.time() - t0
+            try:
+                data = k.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return time.time() - t0
+            if not data:
+                return time.time() - t0
+        return None
+
+    try:
+        idle = socket.create_connection((host, port))
+        drip = socket.create_connection((host, port))
+        drip.sendall(b"GET /info/ HTTP/1.1\r\n")
+        t_idle = closed_within(idle, 20)
+        t_drip = closed_within(drip, 20, drip=b"X")
+        assert t_idle is not None and t_drip is not None, (t_idle, t_drip)
+        # a keep-alive client asking twice, 1 s apart, and an upload whose body comes slowly after its head
+        import http.client
+
+        c = http.client.HTTPConnection(host, port, timeout=30)
+        socks = set()
+        for _ in range(3):
+            c.request("GET", "/info/")
+            r = c.getresponse()
+            assert r.status == 200 and r.read()
+            socks.add(id(c.sock))
+            time.sleep(1)
+        c.close()
+        assert len(socks) == 1  # one connection, kept
+        frame = png_bytes(np.zeros((H, W, 3), np.uint8))
+        body, ct = multipart({"params": "{}"}, {"file": ("f.png", frame)})
+        up = socket.create_connection((host, port))
+        up.sendall(f"PUT /datastore/?image=slow HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ct}\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n".encode())
+        for i in range(0, len(body), max(1, len(body) // 5)):
+            up.sendall(body[i:i + max(1, len(body) // 5)])
+            time.sleep(1.2)  # 6 s in all, over the 3 s head timeout
+        up.settimeout(30)
+        assert up.recv(65536).startswith(b"HTTP/1.1 200")
+        up.close()
+        assert (studies / "slow.png").exists()
+    finally:
+        srv.stop()
+
+
+def test_failed_accepts_are_logged_once_a_minute():
+    """Out of file descriptors, asyncio logs every failed accept with a traceback (954,000 in 90 s, which
+    rotated every earlier line out of app.log): the server's filter keeps one a minute, with a count."""
+    import importlib.util
+    import logging
+
+    spec = importlib.util.spec_from_file_location(
+        "polyp_al_security_under_test", Path(__file__).resolve().parents[1] / "apps" / "polyp_al" / "lib" / "security.py")
+    security = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(security)
+    f = security._OncePerMinute()
+
+    def record(msg):
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None, None)
+
+    kept = [f.filter(record("socket.accept() out of system resource\nsocket: ...")) for _ in range(1000)]
+    assert kept.count(True) == 1 and kept[0]
+    assert all(f.filter(record("Task exception was never retrieved")) for _ in range(3))  # others untouched
+    f.last -= 61
+    r = record("socket.accept() out of system resource")
+    assert f.filter(r) and "999 more in the last minute" in r.msg
+
+
 def test_viewer_folders_are_404_not_500(env):
     """MONAI Label's /ohif/<path> answered a folder ('.', 'assets') with a 500 and a traceback."""
     import http.client

@@ -18,6 +18,8 @@ middleware (``Gate``) in front of it, which:
   DICOMweb server cannot hold the threads that uploads, inference and next-sample need; downloads take at
   most ``POLYPAL_DOWNLOAD_THREADS`` threads, and an answer the client reads none of for
   ``POLYPAL_SEND_TIMEOUT`` seconds is abandoned, so clients that never read cannot hold the workers;
+- closes a connection that sends no whole request head within ``POLYPAL_HEADER_TIMEOUT`` seconds (idle
+  sockets took every file descriptor), and logs failed accepts once a minute;
 - answers 507 to a request with a body (an upload, a label, a model, inference, next sample, training)
   or a dataset export when it would leave less than ``--conf min_free_mb`` free on the disks of the
   datastore, the app's state, the models or the temp dir: by its declared size (times the copies a body
@@ -263,6 +265,75 @@ def _held_file_response():
                 await self.background()
 
     return HeldFileResponse
+
+
+HEADER_TIMEOUT = float(os.environ.get("POLYPAL_HEADER_TIMEOUT", 30))  # seconds to send a request's headers
+
+
+def _guard_connections(seconds: float) -> None:
+    """Close a connection that has not sent a whole request head within ``seconds`` of opening (or of its
+    last answer). Uvicorn has no such timeout: a socket that sends nothing, or a header byte now and then,
+    stayed open for ever, and about 20,000 of them took every file descriptor of the server (then asyncio
+    logged each failed accept: the log rotated away every earlier line). Its keep-alive timeout only
+    starts after an answer, and any byte received cancels it."""
+    import importlib
+
+    for mod, cls in (("uvicorn.protocols.http.h11_impl", "H11Protocol"),
+                     ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol")):
+        try:
+            protocol = getattr(importlib.import_module(mod), cls)
+        except (ImportError, AttributeError):  # httptools is not installed: uvicorn uses h11
+            continue
+        if getattr(protocol, "_polypal_head_timeout", None) is not None:
+            protocol._polypal_head_timeout = seconds
+            continue
+        made, completed = protocol.connection_made, protocol.on_response_complete
+
+        def close_if_waiting(self):
+            self._polypal_head_timer = None
+            cycle = getattr(self, "cycle", None)
+            if (cycle is None or cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()  # no request under way: nothing is lost
+
+        def arm(self):
+            timer = getattr(self, "_polypal_head_timer", None)
+            if timer is not None:
+                timer.cancel()
+            self._polypal_head_timer = self.loop.call_later(type(self)._polypal_head_timeout, close_if_waiting, self)
+
+        def connection_made(self, transport, _made=made):
+            _made(self, transport)
+            arm(self)
+
+        def on_response_complete(self, _completed=completed):
+            _completed(self)
+            if not self.transport.is_closing():
+                arm(self)
+
+        protocol._polypal_head_timeout = seconds
+        protocol.connection_made, protocol.on_response_complete = connection_made, on_response_complete
+
+
+class _OncePerMinute(logging.Filter):
+    """asyncio logs every failed accept (out of file descriptors) with a traceback, thousands a second:
+    one such line a minute is kept, with the count of those dropped."""
+
+    def __init__(self):
+        super().__init__()
+        self.last, self.dropped = 0.0, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "socket.accept() out of system resource" not in str(record.msg):
+            return True
+        now = time.monotonic()
+        if now - self.last < 60:
+            self.dropped += 1
+            return False
+        self.last = now
+        if self.dropped:
+            record.msg = f"{record.msg} ({self.dropped} more in the last minute, not logged)"
+            self.dropped = 0
+        return True
 
 
 def _guard_downloads() -> None:
@@ -820,6 +891,9 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
         fastapi_app.middleware_stack = fastapi_app.build_middleware_stack()
     _guard_proxy()
     _guard_downloads()
+    _guard_connections(HEADER_TIMEOUT)
+    if not any(isinstance(f, _OncePerMinute) for f in logging.getLogger("asyncio").filters):
+        logging.getLogger("asyncio").addFilter(_OncePerMinute())
     policy = OriginPolicy(origins, _split(allowed_hosts))
     cfg = app.cfg
     disk = DiskFloor([None if app.studies.startswith(("http://", "https://")) else app.studies, cfg.state_dir,
