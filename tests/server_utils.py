@@ -64,7 +64,8 @@ class Server:
         args = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(APP),
                 "--studies", str(self.studies), "--host", "127.0.0.1", "--port", str(self.port)]
         for k, v in self.conf.items():
-            args += ["--conf", k, str(v)]
+            if v is not None:  # None: leave the key to the app's default (e.g. model_dir)
+                args += ["--conf", k, str(v)]
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("MONAI_LABEL_APP_DIR", str(APP))

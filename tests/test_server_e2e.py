@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 from polypal.serving import model_version
 from polypal.data import read_mask, write_label
-from server_utils import Server, http, make_studies, multipart, sample_mask
+from server_utils import APP, Server, http, make_studies, multipart, sample_mask
 
 pytestmark = pytest.mark.server
 STRATEGIES = ["random", "bvsb", "ta_coreset", "pca_coreset", "bvsb_ta_coreset"]
@@ -349,3 +350,57 @@ def test_the_training_floor_is_the_profiles_unless_told_otherwise(tmp_path):
             assert cfg["fit_floor"] == floor, cfg  # the fit check: off unless asked for
         finally:
             srv.stop()
+
+
+def test_each_studies_folder_keeps_its_own_model_by_default(tmp_path):
+    """Without --conf model_dir the model lives in <studies>/.polypal/model: a server started on other
+    frames neither serves nor overwrites it (all folders shared apps/polyp_al/model before), and the
+    model's files are not frames of the datastore."""
+    from monailabel.client import MONAILabelClient
+
+    a = make_studies(tmp_path / "a", 4)
+    b = make_studies(tmp_path / "b", 4)
+    srv = Server(a, tmp_path, conf={"model_dir": None}).start()
+    try:
+        client = MONAILabelClient(srv.url, tmpdir=str(tmp_path), client_id="annotator-1")
+        for i in sorted(p.stem for p in a.glob("*.jpg"))[:3]:
+            client.save_label(i, str(sample_mask(i)), tag="final")
+        s, r = http("POST", srv.url + "/train/polyp_seg?run_sync=true", timeout=600)
+        assert s == 200, r
+        assert (a / ".polypal" / "model" / "polyp_seg-smoke.pt").is_file()
+        assert http("GET", srv.url + "/info/")[1]["polyp_al"]["model"].startswith("model 1, trained ")
+        _, ds = http("GET", srv.url + "/datastore/?output=all")
+        assert sorted(ds["objects"]) == sorted(p.stem for p in a.glob("*.jpg"))  # no model file among frames
+    finally:
+        srv.stop()
+    other = Server(b, tmp_path, conf={"model_dir": None}).start()
+    try:
+        assert http("GET", other.url + "/info/")[1]["polyp_al"]["model"] == "no model yet"
+    finally:
+        other.stop()
+    assert not (b / ".polypal" / "model" / "polyp_seg-smoke.pt").exists()
+
+
+def test_a_model_left_in_the_old_shared_place_is_named_at_start(tmp_path, caplog, monkeypatch):
+    import importlib.util
+    import logging
+    import sys
+
+    spec = importlib.util.spec_from_file_location("polyp_al_config_under_test", APP / "lib" / "config.py")
+    config = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, config)  # its dataclass looks itself up there
+    spec.loader.exec_module(config)
+    app_dir, studies = tmp_path / "app", tmp_path / "studies"
+    new = config.default_model_dir(str(app_dir), str(studies))
+    assert new == str(studies / ".polypal" / "model")
+    assert config.default_model_dir(str(app_dir), "http://127.0.0.1:8042/dicom-web") == str(app_dir / "model")
+    (app_dir / "model").mkdir(parents=True)
+    (app_dir / "model" / "polyp_seg-smoke.pt").write_bytes(b"old")
+    with caplog.at_level(logging.WARNING):
+        config.warn_unused_model(str(app_dir), str(studies), {}, os.path.join(new, "polyp_seg-smoke.pt"))
+    assert "polyp_seg-smoke.pt is not served" in caplog.text and "--conf model_dir" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # chosen explicitly: nothing to say
+        config.warn_unused_model(str(app_dir), str(studies), {"model_dir": str(app_dir / "model")},
+                                 str(app_dir / "model" / "polyp_seg-smoke.pt"))
+    assert caplog.text == ""

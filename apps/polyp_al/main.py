@@ -20,7 +20,7 @@ import time
 from typing import Dict
 
 from fastapi import HTTPException
-from lib.config import AppConfig
+from lib.config import AppConfig, warn_unused_model
 from lib.datastore import PolypDatastore, take_saved_tag
 from lib.infer import PolypSegInfer, written_results
 from lib.quality import LabelQuality
@@ -79,6 +79,7 @@ class PolypALApp(MONAILabelApp):
         if bindir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         self.cfg = AppConfig.from_conf(app_dir, studies, conf)
+        warn_unused_model(app_dir, studies, conf, self.cfg.model_path)
         self.state = ActiveLearningState(self.cfg.state_dir, batch_size=self.cfg.batch_size, gamma=self.cfg.gamma,
                                          lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed, background=True,
                                          video_cap=self.cfg.video_cap,

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 from polypal.data import DEFAULT_MAX_PIXELS, set_max_pixels
 from polypal.learner import Profile, get_profile
+
+
+logger = logging.getLogger(__name__)
+
+
+def default_model_dir(app_dir: str, studies: str) -> str:
+    """Where the model lives without ``--conf model_dir``: beside the studies folder's AL state
+    (``<studies>/.polypal/model``), so that each folder of frames has its own model; a DICOMweb datastore
+    has no folder of ours: ``<app>/model``. Until 2026-12 every folder shared ``<app>/model``: a server
+    started on new frames served, and its first training overwrote, another folder's model."""
+    if studies.startswith(("http://", "https://")):
+        return os.path.join(app_dir, "model")
+    return os.path.join(studies, ".polypal", "model")
+
+
+def warn_unused_model(app_dir: str, studies: str, conf: dict, model_path: str) -> None:
+    """At start-up: a model in the old shared place that this folder does not use (named, with the fix)."""
+    old = os.path.join(app_dir, "model", os.path.basename(model_path))
+    if conf.get("model_dir") or os.path.exists(model_path) or not os.path.exists(old) or \
+            os.path.realpath(old) == os.path.realpath(model_path):
+        return
+    logger.warning(f"{old} is not served: each studies folder now keeps its own model in "
+                   f"<studies>/.polypal/model; to go on with that one, start with --conf model_dir "
+                   f"{os.path.dirname(old)} or copy it (and its .stats.json) into {os.path.dirname(model_path)}")
 
 
 @dataclass
@@ -60,7 +85,7 @@ class AppConfig:
         if not 0 <= overrides["fit_floor"] < 1:
             raise ValueError(f"--conf fit_floor must be in [0, 1), got {overrides['fit_floor']}")
         profile = get_profile(conf.get("profile", "cpu-lite"), **overrides)
-        model_dir = conf.get("model_dir") or os.path.join(app_dir, "model")
+        model_dir = conf.get("model_dir") or default_model_dir(app_dir, studies)
         os.makedirs(model_dir, exist_ok=True)
         gamma = num("gamma", 0.5)
         if not 0 <= gamma <= 1:
