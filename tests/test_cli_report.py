@@ -216,6 +216,20 @@ def test_cli_errors_are_one_line_and_leave_no_folder(tmp_path, capsys):
             main(["run", "--dataset", "folder", "--data", str(data), "--profile", "smoke", flag, value,
                   "--out", str(tmp_path / "o1")])
         assert e.value.code == 2 and flag in capsys.readouterr().err
+    # a bad strategy spec: refused before --out is made or anything trained (the gamma and aggregation were
+    # only checked at the first query, after stage 0's training, with a traceback)
+    for spec, why in (("unc_ta_coreset:mean:2", "gamma must be in"), ("uncertainty:bogus", "unknown aggregation"),
+                      ("foo", "unknown strategy"), ("random:mean:0.5:9", r"NAME\[:aggregation"),
+                      ("unc_ta_coreset:mean:x", "not a number"), (",", "names no strategy"),
+                      ("bvsb", "unknown strategy")):  # an alias: would file uncertainty under a second name
+        with pytest.raises(SystemExit, match=why):
+            main(["run", "--dataset", "folder", "--data", str(data), "--profile", "smoke", "--strategies", spec,
+                  "--out", str(tmp_path / "o0")])
+        assert not (tmp_path / "o0").exists(), spec
+    with pytest.raises(SystemExit, match="gamma must be in"):
+        main(["run", "--dataset", "folder", "--data", str(data), "--profile", "smoke", "--strategies",
+              "unc_ta_coreset", "--gamma", "-1", "--out", str(tmp_path / "o0")])
+    assert not (tmp_path / "o0").exists()
     bad = write_dataset(tmp_path / "bad", 12, seed=2)
     sorted((bad / "masks").iterdir())[3].unlink()
     assert run_cli(bad, tmp_path / "o2") == 2

@@ -2,9 +2,12 @@
 
     polypal-sim run --dataset cvc --data ../shared/datasets/cvc-clinicdb \
         --splits ../shared/datasets/splits --strategies random,ta_coreset --seeds 0,1,2 \
-        --profile cpu-lite --out results/cvc-lite
-    polypal-sim ceiling --dataset cvc --data ../shared/datasets/cvc-clinicdb --seeds 0,1,2 --out results/cvc-lite
-    polypal-sim report results/cvc-lite
+        --profile cpu-lite --out runs/cvc-mine
+    polypal-sim ceiling --dataset cvc --data ../shared/datasets/cvc-clinicdb --seeds 0,1,2 --out runs/cvc-mine
+    polypal-sim report runs/cvc-mine
+
+(results/ holds the project's committed runs, each of the recipe it was made with: a new run goes to a
+new folder.)
 
 Every finished (strategy, seed, stage) is appended to
 ``OUT/runs/<strategy>-seed<k>.jsonl`` at once; rerunning the same command skips
@@ -238,11 +241,16 @@ def cmd_run(args) -> int:
     from polypal.experiments.simulate import RunSpec, run
     from polypal.sampler import pca_features
 
-    out, profile, (init, budget, cycles), pool, val, test = _setup(args)
-    specs = [RunSpec.parse(s, default_gamma=args.gamma) for s in args.strategies.split(",") if s]
-    for s in specs:
+    try:  # before _setup writes anything into --out
+        specs = [RunSpec.parse(s, default_gamma=args.gamma) for s in args.strategies.split(",") if s.strip()]
+    except ValueError as e:
+        raise SystemExit(f"error: --strategies {e}") from None
+    if not specs:
+        raise SystemExit("error: --strategies names no strategy")
+    for s in specs:  # the registered names only: an alias would file the same strategy under a second name
         if s.name not in ALL_STRATEGIES:
-            raise SystemExit(f"unknown strategy {s.name!r}; choose from {', '.join(ALL_STRATEGIES)}")
+            raise SystemExit(f"error: --strategies: unknown strategy {s.name!r}; choose from {', '.join(ALL_STRATEGIES)}")
+    out, profile, (init, budget, cycles), pool, val, test = _setup(args)
     pca = None
     if any(s.name == "pca_coreset" for s in specs):
         pca = pca_features(pool.images, seed=args.split_seed)

@@ -49,10 +49,26 @@ class RunSpec:
 
     @classmethod
     def parse(cls, text: str, default_gamma: float = 0.5) -> "RunSpec":
-        """'uncertainty', 'uncertainty:topk', 'unc_ta_coreset:mean:0.25', 'vaal'."""
-        parts = text.split(":")
+        """'uncertainty', 'uncertainty:topk', 'unc_ta_coreset:mean:0.25', 'vaal'. Checked whole here (name,
+        aggregation, gamma in [0, 1]), so a bad one is refused before anything is written or trained."""
+        from polypal.sampler import AGGREGATIONS
+
+        parts = text.strip().split(":")
+        if len(parts) > 3 or not parts[0]:
+            raise ValueError(f"{text!r}: write a strategy as NAME[:aggregation[:gamma]], e.g. unc_ta_coreset:mean:0.25")
+        try:
+            resolve(parts[0])  # a registered name or alias
+        except ValueError as e:
+            raise ValueError(f"{text!r}: {e}") from None
         agg = parts[1] if len(parts) > 1 and parts[1] else "mean"
-        gamma = float(parts[2]) if len(parts) > 2 else default_gamma
+        if agg not in AGGREGATIONS:
+            raise ValueError(f"{text!r}: unknown aggregation {agg!r}; choose from {', '.join(AGGREGATIONS)}")
+        try:
+            gamma = float(parts[2]) if len(parts) > 2 and parts[2] else float(default_gamma)
+        except ValueError:
+            raise ValueError(f"{text!r}: gamma {parts[2]!r} is not a number") from None
+        if not 0 <= gamma <= 1:  # nan too
+            raise ValueError(f"{text!r}: gamma must be in [0, 1], got {gamma:g}")
         return cls(parts[0], agg, gamma)
 
 
