@@ -492,3 +492,20 @@ def test_hostile_series_write_nothing_outside_the_cache_and_get_4xx(orthanc, tmp
         assert srv.proc.poll() is None
     finally:
         srv.stop()
+
+
+def test_load_errors_are_one_line(tmp_path, capsys):
+    """A missing folder, or an Orthanc that does not answer: one line naming the problem, exit 2 (a
+    DataError traceback before). Needs no Orthanc."""
+    data = tmp_path / "orthanc"
+    data.mkdir()
+    (data / "polypal-orthanc.json").write_text(json.dumps({"port": free_port()}))  # started once, now gone
+    assert dicomweb.main(["load", "--data", str(data), str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "nope: not a directory" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(frames / "f1.png")
+    assert dicomweb.main(["load", "--data", str(data), str(frames)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("polypal-dicomweb load: error:") and len(err.strip().splitlines()) == 1, err

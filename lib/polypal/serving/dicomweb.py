@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from polypal.data import list_images, read_rgb
-from polypal.errors import DataError
+from polypal.errors import DataError, PolypalError
 
 VL_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1"
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins")
@@ -210,6 +210,14 @@ def main(argv=None) -> int:
     ap.add_argument("--dicom-port", type=int, default=4243,
                     help="Orthanc's DICOM port in its config; its DICOM listener is off (HTTP/DICOMweb only)")
     a = ap.parse_intermixed_args(argv)
+    try:
+        return _run(ap, a)
+    except (PolypalError, OSError, RuntimeError) as e:  # a one-line error naming the file or the problem
+        print(f"polypal-dicomweb {a.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(ap, a) -> int:
     data = Path(a.data)
     if a.command == "up":
         url = up(data, a.port, a.dicom_port)
