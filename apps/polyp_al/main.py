@@ -336,7 +336,11 @@ class PolypALApp(MONAILabelApp):
         from monailabel.utils.async_tasks.task import AsyncTask
 
         if not self._server_mode:
-            return super().async_scoring(method, params)
+            # a training subprocess: MONAI Label's trigger after training asked the server for a scoring run
+            # over HTTP, refused while the training's own scoring (after_publish, which scores the new model
+            # before the task ends) held it: an ERROR "Failed To Trigger Scoring" after every training
+            logger.debug("scoring trigger skipped outside the server: the training scored its model")
+            return None
         res, _ = AsyncTask.run("scoring", request={"method": method or "polyp_al"}, params=params, enqueue=False)
         return res
 
