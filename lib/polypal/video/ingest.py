@@ -80,12 +80,20 @@ def _clean_staging(studies: str) -> None:
             continue
 
 
+def _reason(e: Exception) -> str:
+    """FFmpeg's words without its error code and the path again ("[Errno 1094995529] Invalid data found
+    when processing input: 'x.mp4'" -> "Invalid data found when processing input")."""
+    if isinstance(e, av.FFmpegError) and getattr(e, "strerror", None):
+        return str(e.strerror)
+    return re.sub(r"^\[Errno -?\d+\] ", "", str(e))
+
+
 def _decode(path: str, stage: str, name: str, every: int | None, fps: float | None, quiet: bool) -> tuple:
     """Decode ``path``, writing kept frames into ``stage``. Returns (rows, decoded, stream fps)."""
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise VideoError(f"{path}: not a readable video ({e})") from None
+        raise VideoError(f"{path}: not a readable video ({_reason(e)})") from None
     with container:
         if not container.streams.video:
             raise VideoError(f"{path}: no video stream in the file")
@@ -125,7 +133,7 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
                 n += 1
                 bar.update(1)
         except (av.FFmpegError, OSError, ValueError) as e:
-            raise VideoError(f"{path}: damaged or truncated video after {n} frames ({e})") from None
+            raise VideoError(f"{path}: damaged or truncated video after {n} frames ({_reason(e)})") from None
         finally:
             bar.close()
     if n == 0:
