@@ -861,6 +861,38 @@ def test_clients_that_never_read_downloads_cannot_hold_the_workers(tmp_path):
         srv.stop()
 
 
+def test_inferences_at_once_are_capped(tmp_path):
+    """Each inference decodes and resizes its frame (about 200 MB at the pixel cap): with 40 worker threads,
+    40 at once could take 8 GB. POLYPAL_INFER_THREADS caps them (here 1); the others wait and all answer."""
+    studies = tmp_path / "studies"
+    make_frames(studies, 3)
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 256, (1500, 2000, 3), np.uint8)).save(studies / f"big{k}.png",
+                                                                               compress_level=1)
+    write_model(tmp_path / "model" / "polyp_seg-smoke.pt")
+    srv = Server(studies, tmp_path, env={"POLYPAL_INFER_THREADS": "1"}).start()
+    try:
+        res = []
+        threads = [threading.Thread(target=lambda k=k: res.append(http(
+            "POST", f"{srv.url}/infer/polyp_seg?image=big{k % 2}&output=json", timeout=300)[0])) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert res == [200] * 6, res
+        running, most = 0, 0
+        for line in srv.log.read_text(errors="replace").splitlines():
+            if "Infer Request: {" in line and "'image': 'big" in line:
+                running += 1
+                most = max(most, running)
+            elif "Result Json Keys" in line and running:
+                running -= 1
+        assert most == 1, most
+    finally:
+        srv.stop()
+
+
 def test_connections_that_send_no_request_are_closed(tmp_path):
     """A socket that sends nothing, and one that sends a header byte now and then, stayed open for ever
     (uvicorn has no timeout before a request's head): about 20,000 took every file descriptor of the

@@ -18,6 +18,8 @@ middleware (``Gate``) in front of it, which:
   DICOMweb server cannot hold the threads that uploads, inference and next-sample need; downloads take at
   most ``POLYPAL_DOWNLOAD_THREADS`` threads, and an answer the client reads none of for
   ``POLYPAL_SEND_TIMEOUT`` seconds is abandoned, so clients that never read cannot hold the workers;
+- runs at most ``POLYPAL_INFER_THREADS`` inferences at once (memory: a frame at the pixel cap takes about
+  200 MB to infer); the others wait;
 - closes a connection that sends no whole request head within ``POLYPAL_HEADER_TIMEOUT`` seconds (idle
   sockets took every file descriptor), and logs failed accepts once a minute;
 - answers 507 to a request with a body (an upload, a label, a model, inference, next sample, training)
@@ -172,6 +174,23 @@ def _limiter(path: str) -> anyio.CapacityLimiter:
     if _download_limiter is None:
         _download_limiter = anyio.CapacityLimiter(DOWNLOAD_THREADS)
     return _download_limiter
+
+
+# inferences at once: each decodes and resizes its frame (about 200 MB at the 4096 x 4096 pixel cap), so 40
+# at once (anyio's threads) could take 8 GB; beyond the cores they only share the CPU. The rest wait.
+INFER_THREADS = max(1, int(os.environ.get("POLYPAL_INFER_THREADS", 4)))
+_infer_limiter: anyio.CapacityLimiter | None = None
+
+
+def _body_limiter(path: str):
+    """The thread limit of a request with a body: inference has its own (POLYPAL_INFER_THREADS); None:
+    anyio's default."""
+    global _infer_limiter
+    if not path.startswith("/infer/"):
+        return None
+    if _infer_limiter is None:
+        _infer_limiter = anyio.CapacityLimiter(INFER_THREADS)
+    return _infer_limiter
 
 
 class _Stalled(Exception):
@@ -842,7 +861,7 @@ class Gate:
                 return await self.app(scope, receive, send)
             loop = asyncio.get_running_loop()
             return await anyio.to_thread.run_sync(_in_thread, self.app, scope, _replay(spool, receive, loop, size),
-                                                  send, loop)
+                                                  send, loop, limiter=_body_limiter(path))
         finally:
             if spool is not None:
                 spool.close()
