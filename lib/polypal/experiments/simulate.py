@@ -264,12 +264,16 @@ def recipe_hash(profile: Profile) -> str:
 
 
 def _bar(progress, desc: str, total: int, unit: str):
-    """A tqdm bar when the caller shows progress (the CLI), else None."""
+    """A tqdm bar when the caller shows progress (the CLI), else None. Not when stderr is a file (``nohup ...
+    > log``): a nested bar there leaves a cursor-up escape and a redrawn line per update; the stage lines
+    (``progress``) still say where a run is."""
     if progress is None:
         return None
+    import sys
+
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not sys.stderr.isatty())
 
 
 def _query(model, pool: FrameSet, labeled, spec: RunSpec, budget: int, seed: int, pca_feats,
