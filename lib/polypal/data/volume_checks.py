@@ -2,9 +2,9 @@
 NRRD compressed data, where a few KB can make the reader allocate gigabytes.
 
 - NIfTI (``nibabel``): the header extensions are read whole into memory before any data, each at the size
-  it declares (up to 2 GB), and with a ``vox_offset`` of 0 until the end of the (gzip) stream. Refused
-  here: extensions past ``MAX_HEADER_BYTES``, an extension larger than the room ``vox_offset`` leaves,
-  and an extension size under 8 (``read`` of a negative size reads everything).
+  it declares (up to 2 GB), and with a ``vox_offset`` of 0 until the end of the (gzip) stream. Here
+  nibabel's own header reader runs on a file object that refuses to read past ``MAX_HEADER_BYTES`` (or to
+  the end), before ``nib.load``.
 - NRRD (``pynrrd``): gzip or bzip2 data is decompressed whole, whatever the header's sizes say. Counted
   here, in bounded pieces and without keeping it: data that inflates past the declared size is refused
   as soon as it does.
@@ -13,9 +13,6 @@ NRRD compressed data, where a few KB can make the reader allocate gigabytes.
 from __future__ import annotations
 
 import bz2
-import gzip
-import math
-import struct
 import zlib
 from pathlib import Path
 
@@ -25,47 +22,60 @@ MAX_HEADER_BYTES = 1 << 20  # header extensions of a frame or label (3D Slicer w
 _PIECE = 1 << 20  # at most this much decompressed output is held at once
 
 
+class _TooMuch(Exception):
+    """A header read past the budget (or of everything that is left)."""
+
+
+class _Bounded:
+    """A file object that refuses any read past ``budget`` bytes in all, and ``read()``/``read(-1)``."""
+
+    def __init__(self, f, budget: int):
+        self.f, self.left = f, budget
+
+    def read(self, n=-1):
+        if n is None or n < 0 or n > self.left:
+            raise _TooMuch(n)
+        self.left -= n
+        return self.f.read(n)
+
+    def tell(self):
+        return self.f.tell()
+
+    def seek(self, *args):
+        return self.f.seek(*args)
+
+
 def check_nifti_header(path) -> None:
-    """Refuse a NIfTI-1/-2 file whose header extensions would make nibabel read more than
-    MAX_HEADER_BYTES (or the rest of the stream) before its data."""
+    """Refuse a NIfTI file whose header extensions would make nibabel read more than MAX_HEADER_BYTES (or
+    the rest of the stream) before its data. nibabel's own class choice (as ``nib.load``) and its own header
+    parser (byte order, ``sizeof_hdr`` fixes, ``vox_offset``) read the header here, through a reader that
+    refuses what goes past the budget: a check that parsed the header by hand read some headers otherwise
+    than nibabel does (a wrong ``sizeof_hdr``, mixed byte orders) and let their extensions through."""
+    from nibabel.imageclasses import all_image_classes
+    from nibabel.openers import ImageOpener
+
     path = Path(path)
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    sniff, klass = None, None
     try:
-        with opener(path, "rb") as f:
-            head = f.read(544)
-            if len(head) < 352:
-                return  # too short to be NIfTI: nibabel says why
-            for endian in "<>":
-                n = struct.unpack(endian + "i", head[:4])[0]
-                if n in (348, 540):
-                    break
-            else:
-                return  # not NIfTI: nibabel refuses it without reading extensions
-            ext_at = n
-            vox = struct.unpack(endian + ("f" if n == 348 else "q"), head[108:112] if n == 348 else head[168:176])[0]
-            flag = head[ext_at:ext_at + 4]
-            if len(flag) < 4 or flag[0] == 0:
-                return  # no extensions: nibabel goes straight to the data it declares
-            start = ext_at + 4
-            if not (math.isfinite(vox) and start <= vox <= MAX_HEADER_BYTES):
-                raise DataError(path, f"NIfTI header extensions up to byte {vox} (vox_offset): more than "
-                                      f"{MAX_HEADER_BYTES} bytes of header, or none stated: refused")
-            room = int(vox) - start
-            f.seek(start)  # the first extension (a gzip stream seeks by decompressing: a few hundred bytes)
-            while room >= 16:
-                d = f.read(8)
-                if len(d) < 8:
-                    return  # truncated: nibabel refuses it
-                esize = struct.unpack(endian + "i", d[:4])[0]
-                if esize < 8 or esize > room:
-                    raise DataError(path, f"NIfTI header extension of {esize} bytes where {room} bytes are left "
-                                          f"before the data: refused")
-                f.read(esize - 8)  # at most MAX_HEADER_BYTES in all
-                room -= esize
-    except DataError:
-        raise
-    except (OSError, EOFError, zlib.error, struct.error):
-        return  # unreadable before any extension was found too large: nibabel stops at the same place and says why
+        for candidate in all_image_classes:  # as nib.load picks the class
+            ok, sniff = candidate.path_maybe_image(str(path), sniff)
+            if ok:
+                klass = candidate
+                break
+    except Exception:  # noqa: BLE001 - nibabel cannot tell either: nib.load says why
+        return
+    header_class = getattr(klass, "header_class", None)
+    if header_class is None or not hasattr(header_class, "from_fileobj"):
+        return
+    size = getattr(getattr(header_class, "template_dtype", None), "itemsize", 0) or 540
+    try:
+        with ImageOpener(str(path), "rb") as f:
+            header_class.from_fileobj(_Bounded(f, size + 4 + MAX_HEADER_BYTES))
+    except _TooMuch:
+        raise DataError(path, f"NIfTI header extensions past {MAX_HEADER_BYTES} bytes, larger than the room "
+                              f"before the data, or read to the end (vox_offset 0): refused") from None
+    except Exception:  # noqa: BLE001 - unreadable within the budget: nibabel stops at the same place and says why
+        return
 
 
 def check_nrrd_data(path, declared_bytes: int) -> None:
