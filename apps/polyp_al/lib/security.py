@@ -163,14 +163,20 @@ _proxy_limiter: anyio.CapacityLimiter | None = None
 _download_limiter: anyio.CapacityLimiter | None = None
 
 
-def _limiter(path: str) -> anyio.CapacityLimiter:
-    """The thread limit of a download or proxy request (made on first use, on the server's loop): the proxy's
-    POLYPAL_PROXY_THREADS, the downloads' POLYPAL_DOWNLOAD_THREADS; both apart from anyio's default 40."""
+_DOWNLOADS = ("/datastore/image", "/datastore/label", "/datastore/dataset", "/model/")  # file answers
+
+
+def _limiter(path: str):
+    """The thread limit of a GET/HEAD handed to a worker thread (made on first use, on the server's loop):
+    the proxy's POLYPAL_PROXY_THREADS, the file downloads' POLYPAL_DOWNLOAD_THREADS, both apart from anyio's
+    default 40, which the rest (status, listings) keep (None)."""
     global _proxy_limiter, _download_limiter
     if path.startswith("/proxy/"):
         if _proxy_limiter is None:
             _proxy_limiter = anyio.CapacityLimiter(PROXY_THREADS)
         return _proxy_limiter
+    if not path.startswith(_DOWNLOADS):
+        return None
     if _download_limiter is None:
         _download_limiter = anyio.CapacityLimiter(DOWNLOAD_THREADS)
     return _download_limiter
@@ -191,10 +197,6 @@ def _body_limiter(path: str):
     if _infer_limiter is None:
         _infer_limiter = anyio.CapacityLimiter(INFER_THREADS)
     return _infer_limiter
-
-
-class _Stalled(Exception):
-    """The client read none of the answer for SEND_TIMEOUT seconds."""
 
 
 class _ProxyRequests:
@@ -289,12 +291,18 @@ def _held_file_response():
 HEADER_TIMEOUT = float(os.environ.get("POLYPAL_HEADER_TIMEOUT", 30))  # seconds to send a request's headers
 
 
-def _guard_connections(seconds: float) -> None:
-    """Close a connection that has not sent a whole request head within ``seconds`` of opening (or of its
-    last answer). Uvicorn has no such timeout: a socket that sends nothing, or a header byte now and then,
-    stayed open for ever, and about 20,000 of them took every file descriptor of the server (then asyncio
-    logged each failed accept: the log rotated away every earlier line). Its keep-alive timeout only
-    starts after an answer, and any byte received cancels it."""
+def _guard_connections(head_timeout: float, send_timeout: float) -> None:
+    """Two timeouts uvicorn lacks, on its HTTP protocol classes:
+
+    - a connection that has not sent a whole request head within ``head_timeout`` seconds of opening (or of
+      its last answer) is closed. A socket that sent nothing, or a header byte now and then, stayed open for
+      ever, and about 20,000 of them took every file descriptor of the server. (Uvicorn's keep-alive timeout
+      starts only after an answer, and any byte received cancels it.) A client still sending the body of a
+      request that was answered early (a 413 or 507 before the body) keeps the connection while it sends at
+      least 10 kB/s, so that it reads the answer instead of a reset;
+    - a connection whose client reads nothing of an answer for ``send_timeout`` seconds (the send buffer full
+      all that time) is aborted: its worker thread, socket and buffers are freed. A graceful close waits for
+      the buffer to drain, which a client that never reads never allows."""
     import importlib
 
     for mod, cls in (("uvicorn.protocols.http.h11_impl", "H11Protocol"),
@@ -303,34 +311,83 @@ def _guard_connections(seconds: float) -> None:
             protocol = getattr(importlib.import_module(mod), cls)
         except (ImportError, AttributeError):  # httptools is not installed: uvicorn uses h11
             continue
-        if getattr(protocol, "_polypal_head_timeout", None) is not None:
-            protocol._polypal_head_timeout = seconds
+        protocol._polypal_timeouts = (head_timeout, send_timeout)
+        if getattr(protocol, "_polypal_guarded", False):
             continue
-        made, completed = protocol.connection_made, protocol.on_response_complete
+        protocol._polypal_guarded = True
+        made, received, completed, lost = (protocol.connection_made, protocol.data_received,
+                                           protocol.on_response_complete, protocol.connection_lost)
+        pause, resume = protocol.pause_writing, protocol.resume_writing
 
-        def close_if_waiting(self):
+        def still_sending_body(self) -> bool:
+            conn = getattr(self, "conn", None)  # h11
+            if conn is None:
+                return False
+            import h11
+
+            return conn.our_state in (h11.DONE, h11.MUST_CLOSE) and conn.their_state is h11.SEND_BODY
+
+        def head_due(self):
             self._polypal_head_timer = None
             cycle = getattr(self, "cycle", None)
-            if (cycle is None or cycle.response_complete) and not self.transport.is_closing():
-                self.transport.close()  # no request under way: nothing is lost
+            if cycle is not None and not cycle.response_complete or self.transport.is_closing():
+                return  # a request under way: its body and answer have their own timeouts
+            got, self._polypal_got = getattr(self, "_polypal_got", 0), 0
+            if still_sending_body(self) and got >= 10_000 * type(self)._polypal_timeouts[0]:
+                arm_head(self)  # answered early, the body still coming at >= 10 kB/s: let it drain
+                return
+            self.transport.close()  # no request under way: nothing is lost
 
-        def arm(self):
+        def arm_head(self):
             timer = getattr(self, "_polypal_head_timer", None)
             if timer is not None:
                 timer.cancel()
-            self._polypal_head_timer = self.loop.call_later(type(self)._polypal_head_timeout, close_if_waiting, self)
+            self._polypal_got = 0
+            self._polypal_head_timer = self.loop.call_later(type(self)._polypal_timeouts[0], head_due, self)
+
+        def write_stalled(self):
+            self._polypal_write_timer = None
+            if not self.transport.is_closing() or self.transport.get_write_buffer_size():
+                logger.warning(f"{self.client}: the client read nothing for {type(self)._polypal_timeouts[1]:g} s; "
+                               f"connection aborted")
+                self.transport.abort()
+
+        def cancel(self, name):
+            timer = getattr(self, name, None)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
 
         def connection_made(self, transport, _made=made):
             _made(self, transport)
-            arm(self)
+            arm_head(self)
+
+        def data_received(self, data, _received=received):
+            self._polypal_got = getattr(self, "_polypal_got", 0) + len(data)
+            _received(self, data)
 
         def on_response_complete(self, _completed=completed):
             _completed(self)
             if not self.transport.is_closing():
-                arm(self)
+                arm_head(self)
 
-        protocol._polypal_head_timeout = seconds
-        protocol.connection_made, protocol.on_response_complete = connection_made, on_response_complete
+        def connection_lost(self, exc, _lost=lost):
+            cancel(self, "_polypal_head_timer")
+            cancel(self, "_polypal_write_timer")
+            _lost(self, exc)
+
+        def pause_writing(self, _pause=pause):
+            _pause(self)
+            if getattr(self, "_polypal_write_timer", None) is None:
+                self._polypal_write_timer = self.loop.call_later(type(self)._polypal_timeouts[1], write_stalled, self)
+
+        def resume_writing(self, _resume=resume):
+            cancel(self, "_polypal_write_timer")
+            _resume(self)
+
+        (protocol.connection_made, protocol.data_received, protocol.on_response_complete, protocol.connection_lost,
+         protocol.pause_writing, protocol.resume_writing) = (connection_made, data_received, on_response_complete,
+                                                             connection_lost, pause_writing, resume_writing)
 
 
 class _OncePerMinute(logging.Filter):
@@ -707,19 +764,12 @@ def _in_thread(app, scope, receive, send, loop):
     """Run one request through ``app`` on a new event loop in this worker thread (MONAI Label's
     endpoints are ``async def`` but block inside), talking to the server's loop for I/O."""
 
-    async def s(message):
-        sent = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(send(message), loop))
-        try:
-            await asyncio.wait_for(sent, SEND_TIMEOUT)  # cancels the send on the server's loop when it times out
-        except asyncio.TimeoutError:
-            raise _Stalled() from None
+    async def s(message):  # a client that stops reading: _guard_connections aborts it, and this send returns
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(send(message), loop))
 
     _scratch.files = []
     try:
         asyncio.run(app(scope, receive, s))
-    except _Stalled:  # the thread is free again; the server closes the connection (answer incomplete)
-        logger.warning(f"{scope.get('method')} {scope.get('path')}: the client read nothing for {SEND_TIMEOUT:g} s; "
-                       f"answer abandoned")
     finally:
         for f in _scratch.files:
             try:
@@ -910,7 +960,7 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
         fastapi_app.middleware_stack = fastapi_app.build_middleware_stack()
     _guard_proxy()
     _guard_downloads()
-    _guard_connections(HEADER_TIMEOUT)
+    _guard_connections(HEADER_TIMEOUT, SEND_TIMEOUT)
     if not any(isinstance(f, _OncePerMinute) for f in logging.getLogger("asyncio").filters):
         logging.getLogger("asyncio").addFilter(_OncePerMinute())
     policy = OriginPolicy(origins, _split(allowed_hosts))
