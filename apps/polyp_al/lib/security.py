@@ -16,8 +16,8 @@ middleware (``Gate``) in front of it, which:
   so no browser stores a SEG in the DICOMweb server around the label checks; its calls to the DICOMweb
   server time out (504) and take at most ``POLYPAL_PROXY_THREADS`` worker threads, so a slow or stalled
   DICOMweb server cannot hold the threads that uploads, inference and next-sample need; downloads take at
-  most ``POLYPAL_DOWNLOAD_THREADS`` threads, and an answer the client reads none of for
-  ``POLYPAL_SEND_TIMEOUT`` seconds is abandoned, so clients that never read cannot hold the workers;
+  most ``POLYPAL_DOWNLOAD_THREADS`` threads, and a connection whose client reads nothing of an answer for
+  ``POLYPAL_SEND_TIMEOUT`` seconds is aborted, so clients that never read cannot hold the workers;
 - runs at most ``POLYPAL_INFER_THREADS`` inferences at once (memory: a frame at the pixel cap takes about
   200 MB to infer); the others wait;
 - closes a connection that sends no whole request head within ``POLYPAL_HEADER_TIMEOUT`` seconds (idle
@@ -156,7 +156,8 @@ PROXY_TIMEOUT = float(os.environ.get("POLYPAL_PROXY_TIMEOUT", 60))  # seconds th
 PROXY_THREADS = max(1, int(os.environ.get("POLYPAL_PROXY_THREADS", 8)))  # proxy requests answered at once
 # downloads (frames, labels, models, the dataset zip) answered at once: each holds a worker thread until the
 # client has read it, so they get threads of their own, never all 40 of anyio's (which the checks, uploads,
-# inference and next-sample need); and a client that reads nothing for SEND_TIMEOUT seconds is cut off
+# inference and next-sample need); and a client that reads nothing for SEND_TIMEOUT seconds is aborted
+# (_guard_connections)
 DOWNLOAD_THREADS = max(1, int(os.environ.get("POLYPAL_DOWNLOAD_THREADS", 16)))
 SEND_TIMEOUT = float(os.environ.get("POLYPAL_SEND_TIMEOUT", 60))
 _proxy_limiter: anyio.CapacityLimiter | None = None
