@@ -57,7 +57,7 @@ def _open(path: Path) -> Image.Image:
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except UnidentifiedImageError:
-        raise DataError(path, "not a readable image (unknown or corrupt format)") from None
+        raise DataError(path, "not a readable image (PNG, JPEG or TIFF expected: another format, or corrupt)") from None
     except Image.DecompressionBombError as e:
         raise TooLarge(path, f"image too large to decode ({e})") from None
     except DataError:

@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     a = ap.parse_intermixed_args(argv)
     try:
         return _run(ap, a)
-    except (PolypalError, OSError, RuntimeError) as e:  # a one-line error naming the file or the problem
+    except (PolypalError, urllib.error.URLError, ConnectionError) as e:  # one line naming the file or the problem
         print(f"polypal-dicomweb {a.command}: error: {e}", file=sys.stderr)
         return 2
 
