@@ -59,7 +59,9 @@ def _starting(st: dict) -> dict:
         last = (tasks("train") or [None])[-1]
     except Exception:  # noqa: BLE001 - MONAI Label's bookkeeping: /info still answers
         return st
-    if not isinstance(last, dict) or last.get("status") not in ("SUBMITTED", "RUNNING") or st.get("status") == "RUNNING":
+    if not isinstance(last, dict) or last.get("status") not in ("SUBMITTED", "RUNNING"):
+        return st
+    if st.get("status") == "RUNNING":
         return st
     try:  # a record this task's process wrote already (e.g. DONE, then it scores the pool before it exits)
         asked = time.mktime(time.strptime(str(last.get("start_ts")), "%Y-%m-%d %H:%M:%S"))

@@ -90,7 +90,8 @@ class AppConfig:
         gamma = num("gamma", 0.5)
         if not 0 <= gamma <= 1:
             raise ValueError(f"--conf gamma must be in [0, 1], got {gamma}")
-        state_dir = conf.get("state_dir") or (os.path.join(model_dir, "state") if studies.startswith(("http://", "https://"))
+        dicomweb = studies.startswith(("http://", "https://"))
+        state_dir = conf.get("state_dir") or (os.path.join(model_dir, "state") if dicomweb
                                               else os.path.join(studies, ".polypal"))
         flag = str(conf.get("allow_model_upload", "false")).strip().lower()
         if flag not in ("true", "false", "1", "0", "yes", "no"):
