@@ -100,9 +100,9 @@ def test_cache_decodes_once_and_invalidates(tmp_path, monkeypatch):
     opened = collections.Counter()
     real_open = images._open
 
-    def counting_open(path):
+    def counting_open(path, **kw):
         opened[str(path)] += 1
-        return real_open(path)
+        return real_open(path, **kw)
 
     monkeypatch.setattr(images, "_open", counting_open)  # frames
     monkeypatch.setattr(masks, "_open", counting_open)  # masks

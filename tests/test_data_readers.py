@@ -883,3 +883,65 @@ def test_nan_in_a_float_mask_is_refused(tmp_path):
     Image.fromarray(m).save(tmp_path / "nan.tif")
     with pytest.raises(DataError, match="NaN"):
         read_mask(tmp_path / "nan.tif")
+
+
+def test_label_volume_type_and_size_are_checked_from_the_header(tmp_path):
+    """A complex or wrong-size label volume is refused from its header, before its data is read (a 261 KB
+    complex128 label of 4096 x 4096 took 500 MB of server memory to decode before its size was compared).
+    Shown with headers whose data is missing: reading the data would fail otherwise."""
+    import nibabel as nib
+
+    def header_only(name, shape, dtype):
+        hdr = nib.Nifti1Header()
+        hdr.set_data_dtype(dtype)
+        hdr.set_data_shape(shape)
+        hdr["vox_offset"] = 352
+        (tmp_path / name).write_bytes(hdr.binaryblock + b"\x00" * 4)  # no data at all
+        return tmp_path / name
+
+    with pytest.raises(DataError, match="c.nii: label volume of dtype complex128"):
+        read_mask(header_only("c.nii", (64, 48, 1), np.complex128), expected_hw=(48, 64))
+    with pytest.raises(DataError, match=r"w.nii: label volume size 640x480 \(WxH\) differs from its image's 64x48"):
+        read_mask(header_only("w.nii", (640, 480, 1), np.uint8), expected_hw=(48, 64))
+    (tmp_path / "w.nrrd").write_bytes(b"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 640 480\nencoding: raw\n\n")
+    with pytest.raises(DataError, match=r"w.nrrd: label volume size 640x480 \(WxH\) differs"):
+        read_mask(tmp_path / "w.nrrd", expected_hw=(48, 64))
+
+
+def test_a_mask_image_of_the_wrong_size_is_refused_before_decoding(tmp_path):
+    """A truncated PNG of the wrong size: refused by its size (read from the header), not by its data."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((480, 640), np.uint8)).save(buf, format="PNG")
+    (tmp_path / "m.png").write_bytes(buf.getvalue()[:60])  # the header, not the data
+    with pytest.raises(DataError, match=r"m.png: mask size 640x480 \(WxH\) differs from its image's 64x48"):
+        read_mask(tmp_path / "m.png", expected_hw=(48, 64))
+
+
+def test_jpeg_with_too_many_scans_is_refused_before_decoding(tmp_path):
+    """A progressive JPEG whose last scan is repeated: 3000 scans made a 165 KB file take 30 s to decode.
+    Over MAX_JPEG_SCANS it is refused before decoding; a normal progressive JPEG reads."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 48, 3), 128, np.uint8)).save(buf, format="JPEG", progressive=True, quality=90)
+    d = buf.getvalue()
+    (tmp_path / "ok.jpg").write_bytes(d)
+    assert read_rgb(tmp_path / "ok.jpg").shape == (32, 48, 3)
+    segs, i = [], 2  # the segments; a scan runs to the next marker that is not stuffing or a restart
+    while i < len(d):
+        m = d[i + 1]
+        if m == 0xD9:
+            break
+        n = struct.unpack(">H", d[i + 2:i + 4])[0]
+        j = i + 2 + n
+        if m == 0xDA:
+            while not (d[j] == 0xFF and d[j + 1] != 0 and not 0xD0 <= d[j + 1] <= 0xD7):
+                j += 1
+        segs.append((m, d[i:j]))
+        i = j
+    last = [s for m, s in segs if m == 0xDA][-1]
+    (tmp_path / "many.jpg").write_bytes(d[:2] + b"".join(s for _, s in segs) + last * 300 + b"\xff\xd9")
+    with pytest.raises(DataError, match="many.jpg: JPEG of 3[01][0-9] scans"):
+        read_rgb(tmp_path / "many.jpg")

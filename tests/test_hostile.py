@@ -865,6 +865,27 @@ def test_clients_that_never_read_downloads_cannot_hold_the_workers(tmp_path):
             assert got < size, got
         s, body = http("GET", f"{srv.url}/datastore/image?image=big", timeout=60)  # a reading client: whole
         assert s == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(body))), big)
+        # a client reading 4 kB/s (one at 2 kB/s held a download thread for 100 minutes): aborted with a reset
+        # once its send buffer has been full for 4 s, or longer at under 10 kB/s, long before the file is
+        # through (the kernel's queue for it dropped too: a plain close delivered megabytes at its pace)
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect((host, port))
+        slow.sendall(f"GET /datastore/image?image=big HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        slow.settimeout(10)
+        got, t0 = 0, time.time()
+        try:
+            while time.time() - t0 < 60:
+                chunk = slow.recv(1024)
+                if not chunk:
+                    break
+                got += len(chunk)
+                time.sleep(0.25)
+        except (ConnectionResetError, socket.timeout):
+            pass
+        slow.close()
+        assert got < size and time.time() - t0 < 60, (got, time.time() - t0)
+        assert srv.log.read_text(errors="replace").count("; connection aborted") >= 41
     finally:
         for k in socks:
             k.close()

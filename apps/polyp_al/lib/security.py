@@ -18,8 +18,8 @@ middleware (``Gate``) in front of it, which:
   DICOMweb server cannot hold the threads that uploads, inference and next-sample need; downloads take at
   most ``POLYPAL_DOWNLOAD_THREADS`` threads, and a connection whose client reads nothing of an answer for
   ``POLYPAL_SEND_TIMEOUT`` seconds is aborted, so clients that never read cannot hold the workers;
-- runs at most ``POLYPAL_INFER_THREADS`` inferences at once (memory: a frame at the pixel cap takes about
-  200 MB to infer); the others wait;
+- runs at most ``POLYPAL_INFER_THREADS`` inferences and ``POLYPAL_UPLOAD_THREADS`` uploads at once (memory:
+  a frame at the pixel cap takes about 200 MB to infer or check); the others wait;
 - closes a connection that sends no whole request head within ``POLYPAL_HEADER_TIMEOUT`` seconds (idle
   sockets took every file descriptor), and logs failed accepts once a minute;
 - answers 507 to a request with a body (an upload, a label, a model, inference, next sample, training)
@@ -57,6 +57,7 @@ import pathlib
 import re
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -160,6 +161,8 @@ PROXY_THREADS = max(1, int(os.environ.get("POLYPAL_PROXY_THREADS", 8)))  # proxy
 # (_guard_connections)
 DOWNLOAD_THREADS = max(1, int(os.environ.get("POLYPAL_DOWNLOAD_THREADS", 16)))
 SEND_TIMEOUT = float(os.environ.get("POLYPAL_SEND_TIMEOUT", 60))
+# and one that reads an answer slower than this (bytes/s) for longer than SEND_TIMEOUT (uploads: the same rule)
+MIN_SEND_RATE = float(os.environ.get("POLYPAL_MIN_SEND_RATE", 10_000))
 _proxy_limiter: anyio.CapacityLimiter | None = None
 _download_limiter: anyio.CapacityLimiter | None = None
 
@@ -186,18 +189,25 @@ def _limiter(path: str):
 # inferences at once: each decodes and resizes its frame (about 200 MB at the 4096 x 4096 pixel cap), so 40
 # at once (anyio's threads) could take 8 GB; beyond the cores they only share the CPU. The rest wait.
 INFER_THREADS = max(1, int(os.environ.get("POLYPAL_INFER_THREADS", 4)))
+# uploads at once (frames and labels): each is decoded to be checked, a label also run through the model
+UPLOAD_THREADS = max(1, int(os.environ.get("POLYPAL_UPLOAD_THREADS", 4)))
 _infer_limiter: anyio.CapacityLimiter | None = None
+_upload_limiter: anyio.CapacityLimiter | None = None
 
 
-def _body_limiter(path: str):
-    """The thread limit of a request with a body: inference has its own (POLYPAL_INFER_THREADS); None:
-    anyio's default."""
-    global _infer_limiter
-    if not path.startswith("/infer/"):
-        return None
-    if _infer_limiter is None:
-        _infer_limiter = anyio.CapacityLimiter(INFER_THREADS)
-    return _infer_limiter
+def _body_limiter(method: str, path: str):
+    """The thread limit of a request with a body: inference (POLYPAL_INFER_THREADS) and uploads to the
+    datastore (POLYPAL_UPLOAD_THREADS) have their own; None: anyio's default."""
+    global _infer_limiter, _upload_limiter
+    if path.startswith("/infer/"):
+        if _infer_limiter is None:
+            _infer_limiter = anyio.CapacityLimiter(INFER_THREADS)
+        return _infer_limiter
+    if method == "PUT" and path.startswith("/datastore"):
+        if _upload_limiter is None:
+            _upload_limiter = anyio.CapacityLimiter(UPLOAD_THREADS)
+        return _upload_limiter
+    return None
 
 
 class _ProxyRequests:
@@ -302,8 +312,10 @@ def _guard_connections(head_timeout: float, send_timeout: float) -> None:
       request that was answered early (a 413 or 507 before the body) keeps the connection while it sends at
       least 10 kB/s, so that it reads the answer instead of a reset;
     - a connection whose client reads nothing of an answer for ``send_timeout`` seconds (the send buffer full
-      all that time) is aborted: its worker thread, socket and buffers are freed. A graceful close waits for
-      the buffer to drain, which a client that never reads never allows."""
+      all that time), or reads it at under MIN_SEND_RATE on average once its send buffer has been full for
+      longer than that, is aborted: its worker thread, socket and buffers are freed. (A graceful close waits
+      for the buffer to drain, which a client that never reads never allows; a client reading 2 kB/s held a
+      download thread for 100 minutes.)"""
     import importlib
 
     for mod, cls in (("uvicorn.protocols.http.h11_impl", "H11Protocol"),
@@ -346,12 +358,22 @@ def _guard_connections(head_timeout: float, send_timeout: float) -> None:
             self._polypal_got = 0
             self._polypal_head_timer = self.loop.call_later(type(self)._polypal_timeouts[0], head_due, self)
 
+        def reset(self):
+            """Abort with a reset: the kernel drops what it still holds for the client (a plain close kept
+            megabytes per socket queued, delivered at the client's pace)."""
+            sock = self.transport.get_extra_info("socket")
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except (OSError, AttributeError):
+                pass
+            self.transport.abort()
+
         def write_stalled(self):
             self._polypal_write_timer = None
             if not self.transport.is_closing() or self.transport.get_write_buffer_size():
                 logger.warning(f"{self.client}: the client read nothing for {type(self)._polypal_timeouts[1]:g} s; "
                                f"connection aborted")
-                self.transport.abort()
+                reset(self)
 
         def cancel(self, name):
             timer = getattr(self, name, None)
@@ -368,6 +390,7 @@ def _guard_connections(head_timeout: float, send_timeout: float) -> None:
             _received(self, data)
 
         def on_response_complete(self, _completed=completed):
+            self._polypal_slow_since = None  # the next answer is timed on its own
             _completed(self)
             if not self.transport.is_closing():
                 arm_head(self)
@@ -379,11 +402,21 @@ def _guard_connections(head_timeout: float, send_timeout: float) -> None:
 
         def pause_writing(self, _pause=pause):
             _pause(self)
+            if getattr(self, "_polypal_slow_since", None) is None:  # the answer's first full send buffer
+                self._polypal_slow_since, self._polypal_drained = self.loop.time(), 0
             if getattr(self, "_polypal_write_timer", None) is None:
                 self._polypal_write_timer = self.loop.call_later(type(self)._polypal_timeouts[1], write_stalled, self)
 
         def resume_writing(self, _resume=resume):
             cancel(self, "_polypal_write_timer")
+            low, high = self.transport.get_write_buffer_limits()
+            self._polypal_drained = getattr(self, "_polypal_drained", 0) + max(0, high - low)
+            since = getattr(self, "_polypal_slow_since", None)
+            elapsed = self.loop.time() - since if since is not None else 0.0
+            if elapsed > type(self)._polypal_timeouts[1] and self._polypal_drained < MIN_SEND_RATE * elapsed:
+                logger.warning(f"{self.client}: the client read {self._polypal_drained / elapsed / 1000:.1f} kB/s "
+                               f"over {elapsed:.0f} s (under {MIN_SEND_RATE / 1000:g} kB/s); connection aborted")
+                self.loop.call_soon(reset, self)
             _resume(self)
 
         (protocol.connection_made, protocol.data_received, protocol.on_response_complete, protocol.connection_lost,
@@ -912,7 +945,7 @@ class Gate:
                 return await self.app(scope, receive, send)
             loop = asyncio.get_running_loop()
             return await anyio.to_thread.run_sync(_in_thread, self.app, scope, _replay(spool, receive, loop, size),
-                                                  send, loop, limiter=_body_limiter(path))
+                                                  send, loop, limiter=_body_limiter(method, path))
         finally:
             if spool is not None:
                 spool.close()

@@ -47,10 +47,29 @@ def _check_pixels(path, w: int, h: int, what: str = "image") -> None:
 PIL_FORMATS = ("PNG", "JPEG", "TIFF")  # JPEG covers MPO (camera) files
 
 
-def _open(path: Path) -> Image.Image:
+MAX_JPEG_SCANS = 100  # a progressive JPEG has about 10; 3000 repeated scans made a 165 KB file take 30 s to decode
+
+
+def _check_jpeg_scans(path: Path) -> None:
+    """Count the JPEG's start-of-scan markers before decoding it. In entropy-coded data 0xFF is always
+    followed by 0x00 or a restart marker, so FF DA is a scan (or one in an embedded thumbnail)."""
+    with open(path, "rb") as f:
+        n = f.read().count(b"\xff\xda")
+    if n > MAX_JPEG_SCANS:
+        raise DataError(path, f"JPEG of {n} scans (more than {MAX_JPEG_SCANS}): refused before decoding")
+
+
+def _open(path: Path, expected_hw=None, what: str = "image") -> Image.Image:
+    """Open, check (pixel cap, the expected (H, W) when given, JPEG scans), then decode."""
     try:
         img = Image.open(path, formats=PIL_FORMATS)
         _check_pixels(path, *img.size)
+        w, h = img.size
+        if expected_hw is not None and (h, w) != tuple(expected_hw):
+            raise DataError(path, f"{what} size {w}x{h} (WxH) differs from its image's "
+                                  f"{expected_hw[1]}x{expected_hw[0]}")
+        if img.format in ("JPEG", "MPO"):
+            _check_jpeg_scans(path)
         img.load()
         if img.getexif().get(0x0112, 1) != 1:  # EXIF orientation: read as every viewer shows it (masks alike)
             img = ImageOps.exif_transpose(img)

@@ -22,10 +22,23 @@ MASK_THRESHOLD = 127  # Kvasir masks carry JPEG noise: foreground is > 127
 MAX_AMBIGUOUS_FRACTION = 0.02
 
 
-def _read_volume_mask(path: Path) -> np.ndarray:
+def _check_volume_header(path: Path, shape, dtype: np.dtype, expected_hw) -> None:
+    """From the header, before the data is read: a label map's type (integers, bool or float: a complex
+    or 16-byte type would make a 4096 x 4096 label take 500 MB to decode), and the frame's size."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf" or dtype.itemsize > 8:
+        raise DataError(path, f"label volume of dtype {dtype}: a label map holds integers")
+    shape = [int(x) for x in shape]
+    if expected_hw is not None and len(shape) >= 2 and (shape[1], shape[0]) != tuple(expected_hw):
+        raise DataError(path, f"label volume size {shape[0]}x{shape[1]} (WxH) differs from its "
+                              f"image's {expected_hw[1]}x{expected_hw[0]}")
+
+
+def _read_volume_mask(path: Path, expected_hw=None) -> np.ndarray:
     """A single-slice label volume as 3D Slicer saves it: array (W, H[, 1]) in ITK's x, y order.
 
-    Returned as (H, W) uint8, so that it overlays the frame it was drawn on.
+    Returned as (H, W) uint8, so that it overlays the frame it was drawn on. Its type and size are checked
+    from the header (against ``expected_hw``, the frame's) before its data is read.
     """
     try:
         if path.name.lower().endswith(".nrrd"):
@@ -38,7 +51,9 @@ def _read_volume_mask(path: Path) -> np.ndarray:
                                       "self-contained .nrrd, .nii.gz or .png")
             sizes = [int(x) for x in header.get("sizes", [0, 0])]
             _check_pixels(path, *_plane(sizes), what="label volume")
-            declared = int(np.prod(sizes)) * np.dtype(nrrd.reader._determine_datatype(header)).itemsize
+            dtype = np.dtype(nrrd.reader._determine_datatype(header))
+            _check_volume_header(path, sizes, dtype, expected_hw)
+            declared = int(np.prod(sizes)) * dtype.itemsize
             _check_compressed(path, declared)
             check_nrrd_data(path, declared)  # pynrrd inflates gzip/bzip2 data whole, whatever sizes say
             arr, _ = nrrd.read(str(path))  # index order F: arr[x, y, z]
@@ -48,6 +63,7 @@ def _read_volume_mask(path: Path) -> np.ndarray:
             check_nifti_header(path)  # before nibabel reads header extensions of any declared size
             vol = nib.load(str(path))
             _check_pixels(path, *_plane(vol.shape), what="label volume")
+            _check_volume_header(path, vol.shape, vol.get_data_dtype(), expected_hw)
             _check_compressed(path, int(np.prod(vol.shape)) * vol.get_data_dtype().itemsize)
             arr = np.asarray(vol.dataobj.get_unscaled())  # arr[i=x, j=y, k]; a label map is never scaled
     except DataError:
@@ -76,7 +92,7 @@ def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> n
     """
     path = Path(path)
     if _is_volume(path):
-        vol = _read_volume_mask(path)
+        vol = _read_volume_mask(path, expected_hw)
         if expected_hw is not None and tuple(vol.shape) != tuple(expected_hw):
             raise DataError(path, f"label volume size {vol.shape[1]}x{vol.shape[0]} (WxH) differs from its "
                                   f"image's {expected_hw[1]}x{expected_hw[0]}")
@@ -89,10 +105,7 @@ def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> n
             raise DataError(path, f"label volume has {len(values)} distinct values: it looks like an image, "
                                   f"not a label map")
         return vol > 0
-    img = _open(path)
-    w, h = img.size
-    if expected_hw is not None and (h, w) != tuple(expected_hw):
-        raise DataError(path, f"mask size {w}x{h} (WxH) differs from its image's {expected_hw[1]}x{expected_hw[0]}")
+    img = _open(path, expected_hw=expected_hw, what="mask")  # its size is compared before it is decoded
     return mask_from_pixels(path, img)
 
 
