@@ -1002,6 +1002,33 @@ def test_connections_that_send_no_request_are_closed(tmp_path):
         srv.stop()
 
 
+def test_refusals_cannot_flood_the_log(tmp_path):
+    """8000 refused requests with 15 KB paths in 3 s rotated all 110 MB of app.log away (the audit trail).
+    Refusal lines are now cut short and at most REFUSALS_PER_MINUTE a minute, with a count of the rest."""
+    import http.client
+
+    studies = tmp_path / "studies"
+    make_frames(studies, 2)
+    srv = Server(studies, tmp_path).start()
+    try:
+        before = srv.log.stat().st_size
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        for _ in range(400):
+            c.request("GET", "/x/..%2f" + "b" * 15000)
+            r = c.getresponse()
+            r.read()
+            assert r.status == 404
+        c.close()
+        time.sleep(0.5)
+        text = srv.log.read_bytes()[before:].decode(errors="replace")
+        lines = [line for line in text.splitlines() if "refused GET" in line]
+        assert 100 <= len(lines) <= 121, len(lines)
+        assert max(len(line) for line in lines) < 1000
+        assert len(text) < 400_000, len(text)  # 400 x 15 KB before
+    finally:
+        srv.stop()
+
+
 def test_failed_accepts_are_logged_once_a_minute():
     """Out of file descriptors, asyncio logs every failed accept with a traceback (954,000 in 90 s, which
     rotated every earlier line out of app.log): the server's filter keeps one a minute, with a count."""

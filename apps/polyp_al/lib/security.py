@@ -424,6 +424,33 @@ def _guard_connections(head_timeout: float, send_timeout: float) -> None:
                                                              connection_lost, pause_writing, resume_writing)
 
 
+REFUSALS_PER_MINUTE = 120
+
+
+class _RefusalLog:
+    """A budget of refusal log lines per minute; the refusals over it are counted, not logged."""
+
+    def __init__(self, per_minute: int):
+        self.per_minute, self.window, self.count, self.dropped = per_minute, 0.0, 0, 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self.window >= 60:
+            self.window, self.count = now, 0
+        self.count += 1
+        if self.count > self.per_minute:
+            self.dropped += 1
+            return False
+        return True
+
+    def take_dropped(self) -> int:
+        n, self.dropped = self.dropped, 0
+        return n
+
+
+_refusals = _RefusalLog(REFUSALS_PER_MINUTE)
+
+
 class _OncePerMinute(logging.Filter):
     """asyncio logs every failed accept (out of file descriptors) with a traceback, thousands a second:
     one such line a minute is kept, with the count of those dropped."""
@@ -820,7 +847,11 @@ class Gate:
         self.app, self.guard, self.model_app, self.precheck, self.disk = app, guard, model_app, precheck, disk
 
     async def _answer(self, scope, receive, send, status: int, detail: str):
-        logger.warning(f"refused {scope.get('method')} {scope.get('path')}: {detail}")
+        if _refusals.allow():  # at most REFUSALS_PER_MINUTE lines, each cut short: a client sending 8000
+            # refused requests with 15 KB paths in 3 s rotated every earlier line out of the log
+            more = _refusals.take_dropped()
+            logger.warning(f"refused {str(scope.get('method'))[:10]} {str(scope.get('path'))[:200]!r}: {detail[:300]}"
+                           + (f" ({more} more refusals not logged)" if more else ""))
         await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
