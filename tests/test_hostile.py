@@ -522,6 +522,14 @@ def test_clients_cannot_set_the_apps_keys(env):
     assert s == 200
     s, info = http("GET", f"{url}/datastore/image/info?image=fr009")
     assert info.get("comment") == "blurry" and "al_strategy" not in info and "path" not in info
+    # each update is capped, their sum too: 60 updates of 900 KB made every listing 55 MB
+    codes = []
+    for k in range(4):
+        body, ct = multipart({"info": json.dumps({f"k{k}": "x" * (90 << 10)})}, {})
+        codes.append(http("PUT", f"{url}/datastore/image/info?image=fr009", body, {"Content-Type": ct})[0])
+    assert codes == [200, 200, 413, 413], codes
+    s, info = http("GET", f"{url}/datastore/image/info?image=fr009")
+    assert s == 200 and len(json.dumps(info)) < 256 << 10 and info.get("comment") == "blurry"
 
 
 # -- 10. paths where an id is expected ---------------------------------------------------------------

@@ -33,7 +33,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
 from polypal.data import VOLUME_EXTENSIONS, DataError, TooLarge, read_mask, read_rgb, write_label
-from polypal.serving.framestore import Exists, FrameChanged, FrameStore, NotFound
+from polypal.serving.framestore import Exists, FrameChanged, FrameStore, InfoTooLarge, NotFound
 from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, split_name
 
 logger = logging.getLogger(__name__)
@@ -297,9 +297,13 @@ class PolypDatastore(Datastore):
             self.store.update_image_info(image_id, info)
         except NotFound as e:
             raise HTTPException(status_code=404, detail=str(e)) from None
+        except InfoTooLarge as e:
+            raise HTTPException(status_code=413, detail=f"image {image_id}: {e}") from None
 
     def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
         try:
             self.store.update_label_info(label_id, label_tag, info)
         except NotFound as e:
             raise HTTPException(status_code=404, detail=str(e)) from None
+        except InfoTooLarge as e:
+            raise HTTPException(status_code=413, detail=f"label {label_tag} of {label_id}: {e}") from None

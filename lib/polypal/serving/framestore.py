@@ -63,6 +63,22 @@ class NotFound(KeyError):
     pass
 
 
+MAX_INFO_BYTES = 256 << 10  # one image's or label's info, as stored (JSON), after merges
+
+
+class InfoTooLarge(ValueError):
+    """Merged info past MAX_INFO_BYTES: each update was capped, their sum was not (60 updates of 900 KB
+    made every listing 55 MB)."""
+
+
+def _merged_info(cur: dict, info: dict) -> str:
+    cur.update(info)
+    text = json.dumps(cur)
+    if len(text) > MAX_INFO_BYTES:
+        raise InfoTooLarge(f"info would be {len(text)} bytes, more than {MAX_INFO_BYTES}: not stored")
+    return text
+
+
 class Exists(ValueError):
     """An image id that is already in the store (and replacing it was not asked for)."""
 
@@ -445,18 +461,15 @@ class FrameStore:
             r = c.execute("SELECT info FROM images WHERE id=?", (image_id,)).fetchone()
             if r is None:
                 raise NotFound(f"image {image_id!r} not found")
-            cur = json.loads(r[0])
-            cur.update(info)
-            c.execute("UPDATE images SET info=? WHERE id=?", (json.dumps(cur), image_id))
+            c.execute("UPDATE images SET info=? WHERE id=?", (_merged_info(json.loads(r[0]), info), image_id))
 
     def update_label_info(self, image_id: str, tag: str, info: dict) -> None:
         with self._tx() as c:
             r = c.execute("SELECT info FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
             if r is None:
                 raise NotFound(f"label {image_id!r} with tag {tag!r} not found")
-            cur = json.loads(r[0])
-            cur.update(info)
-            c.execute("UPDATE labels SET info=? WHERE image_id=? AND tag=?", (json.dumps(cur), image_id, tag))
+            c.execute("UPDATE labels SET info=? WHERE image_id=? AND tag=?",
+                      (_merged_info(json.loads(r[0]), info), image_id, tag))
 
     def add_image(self, image_id: str, src_file: str, info: dict | None = None, replace: bool = False) -> str:
         """Add a frame. An id already in the store raises Exists unless ``replace``: then the old
