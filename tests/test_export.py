@@ -1,6 +1,7 @@
 """polypal-export: the labeled set in the Kvasir layout, readable by polypal.data, with a manifest."""
 
 import csv
+from pathlib import Path
 import json
 
 import numpy as np
@@ -89,3 +90,31 @@ def test_export_cli_errors_leave_nothing_half_written(tmp_path, capsys):
     assert main([str(tmp_path / "nope"), str(tmp_path / "out2")]) == 2 and not (tmp_path / "nope").exists()
     Image.fromarray(np.ones((20, 30), np.uint8)).save(studies / "labels" / "final" / "f1.png")
     assert main([str(studies), str(tmp_path / "out")]) == 0 and (tmp_path / "out" / "manifest.csv").exists()
+
+
+def test_a_frame_gone_during_the_export_is_left_out_and_a_broken_label_is_an_error(tmp_path):
+    """A labeled frame deleted while the export runs (its file gone): left out, the rest exported (every
+    export answered 500 while frames were deleted). A label that is there but unreadable stays an error."""
+    import pytest
+
+    from polypal.data import DataError
+    from polypal.serving.export import export_labeled
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    rng = np.random.default_rng(1)
+    masks = []
+    for i in range(3):
+        img, m = synth_frame(rng, 40, 56)
+        Image.fromarray(img).save(studies / f"fr{i}.png")
+        masks.append(m)
+    store = FrameStore(studies)
+    for i, m in enumerate(masks):
+        Image.fromarray(m.astype(np.uint8)).save(tmp_path / "l.png")
+        store.save_label(f"fr{i}", str(tmp_path / "l.png"), "final", {})
+    (studies / "fr1.png").unlink()  # as a delete racing the export leaves it
+    rows = export_labeled(studies, tmp_path / "out")
+    assert [r["id"] for r in rows] == ["fr0", "fr2"]
+    Path(store.label_path("fr2", "final")).write_bytes(b"not a png")
+    with pytest.raises(DataError, match="fr2"):
+        export_labeled(studies, tmp_path / "out2")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import shutil
 import sys
@@ -23,10 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from polypal.data import read_mask, read_rgb
+from polypal.data import DataError, read_mask, read_rgb
 from polypal.errors import PolypalError
 from polypal.serving.framestore import FrameStore
 
+logger = logging.getLogger(__name__)
 FIELDS = ("id", "image", "mask", "polyp_pixels", "labeled_at", "annotator", "served_by_strategy", "picked_by",
           "cycle", "model_version")
 
@@ -41,11 +43,22 @@ def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str 
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in store.labeled_ids(tag)[:limit]:
-        img, lab = store.image_path(i), store.label_path(i, tag)
-        hw = read_rgb(img).shape[:2]
-        mask = read_mask(lab, expected_hw=hw)
-        dst = out / "images" / os.path.basename(img)
-        shutil.copyfile(img, dst)
+        try:
+            img, lab = store.image_path(i), store.label_path(i, tag)
+            if not (os.path.isfile(img) and os.path.isfile(lab)):
+                raise FileNotFoundError(i)
+            hw = read_rgb(img).shape[:2]
+            mask = read_mask(lab, expected_hw=hw)
+            dst = out / "images" / os.path.basename(img)
+            shutil.copyfile(img, dst)
+        except (FileNotFoundError, KeyError, DataError):
+            # deleted (or replaced) while the export ran: left out, as if the export had started later
+            # (it answered 500 before); a frame or label that is there and unreadable is an error
+            if i in set(store.labeled_ids(tag)) and os.path.isfile(store.image_path(i)) and \
+                    os.path.isfile(store.label_path(i, tag) or ""):
+                raise
+            logger.warning(f"export: {i} was removed while the export ran: left out")
+            continue
         Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{i}.png")
         info, linfo = store.image_info(i), store.label_info(i, tag)
         served = info.get("served") or {}
