@@ -724,15 +724,20 @@ def test_nifti_header_extensions_cannot_inflate(env):
     assert ({p.name: sha(p) for p in labels.glob("fr011.*")} if labels.is_dir() else {}) == before  # untouched
 
 
-def test_concurrent_inferences_all_answer(env):
-    url = env["url"]
+def infer_at_once(url, images: list[str], timeout=120) -> list[int]:
+    """POST /infer for every image id at once (one thread each); the status codes."""
     res = []
-    threads = [threading.Thread(target=lambda k=k: res.append(http(
-        "POST", f"{url}/infer/polyp_seg?image=fr00{k % 3}&output=json", timeout=120)[0])) for k in range(8)]
+    threads = [threading.Thread(target=lambda i=i: res.append(http(
+        "POST", f"{url}/infer/polyp_seg?image={i}&output=json", timeout=timeout)[0])) for i in images]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return res
+
+
+def test_concurrent_inferences_all_answer(env):
+    res = infer_at_once(env["url"], [f"fr00{k % 3}" for k in range(8)])
     assert res == [200] * 8, res
 
 
@@ -919,13 +924,7 @@ def test_inferences_at_once_are_capped(tmp_path):
     write_model(tmp_path / "model" / "polyp_seg-smoke.pt")
     srv = Server(studies, tmp_path, env={"POLYPAL_INFER_THREADS": "1"}).start()
     try:
-        res = []
-        threads = [threading.Thread(target=lambda k=k: res.append(http(
-            "POST", f"{srv.url}/infer/polyp_seg?image=big{k % 2}&output=json", timeout=300)[0])) for k in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        res = infer_at_once(srv.url, [f"big{k % 2}" for k in range(6)], timeout=300)
         assert res == [200] * 6, res
         running, most = 0, 0
         for line in srv.log.read_text(errors="replace").splitlines():
