@@ -945,3 +945,25 @@ def test_jpeg_with_too_many_scans_is_refused_before_decoding(tmp_path):
     (tmp_path / "many.jpg").write_bytes(d[:2] + b"".join(s for _, s in segs) + last * 300 + b"\xff\xd9")
     with pytest.raises(DataError, match="many.jpg: JPEG of 3[01][0-9] scans"):
         read_rgb(tmp_path / "many.jpg")
+
+
+def test_a_rotated_mask_is_compared_as_shown_and_a_jpeg_trailer_is_not_scans(tmp_path):
+    """A mask stored 30x20 with EXIF orientation 6 is shown 20x30: it fits a 20-wide, 30-high frame (and
+    is returned that shape), not a 30x20 one. A JPEG with 8 MB of other data after its end (a phone's
+    motion photo) is not a JPEG of many scans."""
+    import io
+
+    m = np.zeros((20, 30), np.uint8)
+    m[2:8, 3:12] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(m).save(tmp_path / "rot.jpg", format="JPEG", quality=100, exif=exif.tobytes())
+    assert read_mask(tmp_path / "rot.jpg", expected_hw=(30, 20)).shape == (30, 20)
+    with pytest.raises(DataError, match=r"rot.jpg: mask size 20x30 \(WxH\) differs from its image's 30x20"):
+        read_mask(tmp_path / "rot.jpg", expected_hw=(20, 30))
+    buf = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 100, np.uint8)).save(buf, format="JPEG")
+    trailer = np.random.default_rng(0).integers(0, 256, 8 << 20, np.uint8).tobytes()
+    assert trailer.count(b"\xff\xda") > 100
+    (tmp_path / "motion.jpg").write_bytes(buf.getvalue() + trailer)
+    assert read_rgb(tmp_path / "motion.jpg").shape == (64, 64, 3)

@@ -50,11 +50,43 @@ PIL_FORMATS = ("PNG", "JPEG", "TIFF")  # JPEG covers MPO (camera) files
 MAX_JPEG_SCANS = 100  # a progressive JPEG has about 10; 3000 repeated scans made a 165 KB file take 30 s to decode
 
 
+def _jpeg_scans(data: bytes) -> int:
+    """The start-of-scan markers of a JPEG's first image, walking its segments from SOI to EOI: segments
+    with a length (APPn with an EXIF thumbnail, tables) are skipped whole, a scan's entropy-coded data runs
+    to the next marker (0xFF not followed by 0x00 or a restart marker); what follows EOI (a motion photo's
+    video, an MPO's second frame) is not read."""
+    n, i, size = 0, 2, len(data)
+    while i + 4 <= size:
+        if data[i] != 0xFF:
+            return n  # not a marker where one must be: Pillow says what is wrong
+        m = data[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+            continue
+        if m == 0xD9:
+            return n
+        if 0xD0 <= m <= 0xD7 or m == 0x01:  # markers without a length
+            i += 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if m == 0xDA:
+            n += 1
+            while True:  # the entropy-coded data
+                j = data.find(b"\xff", i)
+                if j < 0 or j + 1 >= size:
+                    return n
+                if data[j + 1] == 0x00 or 0xD0 <= data[j + 1] <= 0xD7:
+                    i = j + 2
+                    continue
+                i = j
+                break
+    return n
+
+
 def _check_jpeg_scans(path: Path) -> None:
-    """Count the JPEG's start-of-scan markers before decoding it. In entropy-coded data 0xFF is always
-    followed by 0x00 or a restart marker, so FF DA is a scan (or one in an embedded thumbnail)."""
+    """Refuse a JPEG of more than MAX_JPEG_SCANS scans before decoding it."""
     with open(path, "rb") as f:
-        n = f.read().count(b"\xff\xda")
+        n = _jpeg_scans(f.read())
     if n > MAX_JPEG_SCANS:
         raise DataError(path, f"JPEG of {n} scans (more than {MAX_JPEG_SCANS}): refused before decoding")
 
@@ -65,6 +97,11 @@ def _open(path: Path, expected_hw=None, what: str = "image") -> Image.Image:
         img = Image.open(path, formats=PIL_FORMATS)
         _check_pixels(path, *img.size)
         w, h = img.size
+        # shown rotated by 90 degrees (transposed below); a PNG's EXIF only when read with its header (Pillow
+        # would decode the whole file to look for one after the image data)
+        exif = img.getexif() if img.format != "PNG" or "exif" in img.info else {}
+        if exif.get(0x0112, 1) in (5, 6, 7, 8):
+            w, h = h, w
         if expected_hw is not None and (h, w) != tuple(expected_hw):
             raise DataError(path, f"{what} size {w}x{h} (WxH) differs from its image's "
                                   f"{expected_hw[1]}x{expected_hw[0]}")
