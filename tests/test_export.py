@@ -93,8 +93,9 @@ def test_export_cli_errors_leave_nothing_half_written(tmp_path, capsys):
 
 
 def test_a_frame_gone_during_the_export_is_left_out_and_a_broken_label_is_an_error(tmp_path):
-    """A labeled frame deleted while the export runs (its file gone): left out, the rest exported (every
-    export answered 500 while frames were deleted). A label that is there but unreadable stays an error."""
+    """A labeled frame deleted after the export took its list: left out, the rest exported (every export
+    answered 500 while frames were deleted). A label or frame whose row is there but whose file is
+    unreadable or missing stays an error."""
     import pytest
 
     from polypal.data import DataError
@@ -112,9 +113,13 @@ def test_a_frame_gone_during_the_export_is_left_out_and_a_broken_label_is_an_err
     for i, m in enumerate(masks):
         Image.fromarray(m.astype(np.uint8)).save(tmp_path / "l.png")
         store.save_label(f"fr{i}", str(tmp_path / "l.png"), "final", {})
-    (studies / "fr1.png").unlink()  # as a delete racing the export leaves it
-    rows = export_labeled(studies, tmp_path / "out")
+    ids = store.labeled_ids("final")  # the export's list, taken before a delete
+    store.remove_image("fr1")
+    rows = export_labeled(studies, tmp_path / "out", ids=ids)
     assert [r["id"] for r in rows] == ["fr0", "fr2"]
     Path(store.label_path("fr2", "final")).write_bytes(b"not a png")
     with pytest.raises(DataError, match="fr2"):
         export_labeled(studies, tmp_path / "out2")
+    Path(store.image_path("fr0")).unlink()  # its row is there, its file is not: an error, not left out
+    with pytest.raises(DataError, match="fr0"):
+        export_labeled(studies, tmp_path / "out3")

@@ -34,30 +34,31 @@ FIELDS = ("id", "image", "mask", "polyp_pixels", "labeled_at", "annotator", "ser
 
 
 def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str = "final",
-                   limit: int | None = None) -> list[dict]:
-    """Write every frame with a ``tag`` label (the first ``limit`` by id) and its mask (0/255 PNG) to
-    ``out``; returns the manifest rows."""
+                   limit: int | None = None, ids: list[str] | None = None) -> list[dict]:
+    """Write every frame with a ``tag`` label (or those of ``ids`` that have one; the first ``limit``) and
+    its mask (0/255 PNG) to ``out``; returns the manifest rows. A frame whose label is no longer in the
+    store when its turn comes (deleted while the export runs) is left out; one whose row is there and whose
+    file is missing or unreadable is an error."""
     store = FrameStore(studies, read_only=True)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows = []
-    for i in store.labeled_ids(tag)[:limit]:
+    for i in (store.labeled_ids(tag) if ids is None else list(ids))[:limit]:
         try:
             img, lab = store.image_path(i), store.label_path(i, tag)
-            if not (os.path.isfile(img) and os.path.isfile(lab)):
-                raise FileNotFoundError(i)
+            if not (store.image_ext(i) and lab):
+                raise KeyError(i)
             hw = read_rgb(img).shape[:2]
             mask = read_mask(lab, expected_hw=hw)
             dst = out / "images" / os.path.basename(img)
             shutil.copyfile(img, dst)
-        except (FileNotFoundError, KeyError, DataError):
-            # deleted (or replaced) while the export ran: left out, as if the export had started later
-            # (it answered 500 before); a frame or label that is there and unreadable is an error
-            if i in set(store.labeled_ids(tag)) and os.path.isfile(store.image_path(i)) and \
-                    os.path.isfile(store.label_path(i, tag) or ""):
+        except (KeyError, DataError, FileNotFoundError):
+            # deleted while the export ran (every export answered 500 then): left out, as if the export
+            # had started later; a row that is there is an error to report
+            if store.image_ext(i) and store.label_path(i, tag):
                 raise
-            logger.warning(f"export: {i} was removed while the export ran: left out")
+            logger.warning(f"export: {i} has no {tag} label (any more): left out")
             continue
         Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{i}.png")
         info, linfo = store.image_info(i), store.label_info(i, tag)
