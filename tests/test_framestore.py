@@ -275,3 +275,21 @@ def test_a_label_checked_against_a_frame_replaced_since_is_refused(tmp_path):
     # checked against the frame as it is now: stored
     fs.save_label("f000", str(mask_file(tmp_path)), "final", frame_signature=fs.frame_signature("f000"))
     assert fs.label_path("f000", "final")
+
+
+def test_merged_info_is_capped_for_clients_not_for_the_servers_own_record(tmp_path):
+    """Clients' info merges stop at MAX_INFO_BYTES (60 updates of 900 KB made every listing 55 MB); the
+    server's own small record (how a frame was served) still lands on a frame clients filled to the cap."""
+    import pytest
+
+    from polypal.serving.framestore import MAX_INFO_BYTES, FrameStore, InfoTooLarge
+
+    studies = tmp_path / "s"
+    studies.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(studies / "a.png")
+    store = FrameStore(studies)
+    store.update_image_info("a", {"big": "x" * (MAX_INFO_BYTES - 100)})
+    with pytest.raises(InfoTooLarge):
+        store.update_image_info("a", {"more": "y" * 200})
+    store.update_image_info("a", {"served": {"al_strategy": "bvsb", "cycle": 3, "client_id": "dr-a"}}, limit=None)
+    assert store.image_info("a")["served"]["cycle"] == 3 and "more" not in store.image_info("a")

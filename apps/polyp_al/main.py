@@ -299,10 +299,14 @@ class PolypALApp(MONAILabelApp):
         else:
             return {}
         try:  # how the frame was served, for the export's manifest
-            self._datastore.update_image_info(res["id"], {"served": {
+            served = {"served": {
                 "al_strategy": name, "picked_by": res.get("picked_by"), "cycle": res.get("cycle"),
                 "model_version": res.get("model_version"), "client_id": request.get("client_id") or "anonymous",
-                "ts": int(time.time())}})
+                "ts": int(time.time())}}
+            if isinstance(self._datastore, PolypDatastore):  # the server's own record: not under the clients' cap
+                self._datastore.store.update_image_info(res["id"], served, limit=None)
+            else:
+                self._datastore.update_image_info(res["id"], served)
         except Exception as e:  # noqa: BLE001 - e.g. a DICOMweb datastore: the answer matters more
             logger.debug(f"served-info not recorded for {res['id']}: {e}")
         stop = self.state.quality()["stopping"]

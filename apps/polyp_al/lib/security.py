@@ -404,13 +404,14 @@ def _guard_connections(head_timeout: float, send_timeout: float) -> None:
             _pause(self)
             if getattr(self, "_polypal_slow_since", None) is None:  # the answer's first full send buffer
                 self._polypal_slow_since, self._polypal_drained = self.loop.time(), 0
+            self._polypal_buffered = self.transport.get_write_buffer_size()
             if getattr(self, "_polypal_write_timer", None) is None:
                 self._polypal_write_timer = self.loop.call_later(type(self)._polypal_timeouts[1], write_stalled, self)
 
         def resume_writing(self, _resume=resume):
             cancel(self, "_polypal_write_timer")
-            low, high = self.transport.get_write_buffer_limits()
-            self._polypal_drained = getattr(self, "_polypal_drained", 0) + max(0, high - low)
+            drained = getattr(self, "_polypal_buffered", 0) - self.transport.get_write_buffer_size()
+            self._polypal_drained = getattr(self, "_polypal_drained", 0) + max(0, drained)  # since the pause
             since = getattr(self, "_polypal_slow_since", None)
             elapsed = self.loop.time() - since if since is not None else 0.0
             if elapsed > type(self)._polypal_timeouts[1] and self._polypal_drained < MIN_SEND_RATE * elapsed:

@@ -18,6 +18,7 @@ so results can be traced back.
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import os
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
     a = ap.parse_intermixed_args(argv)
     try:
         return _run(ap, a)
-    except (PolypalError, urllib.error.URLError, ConnectionError) as e:  # one line naming the file or the problem
+    except (PolypalError, OSError, http.client.HTTPException) as e:  # one line naming the file or the problem
         print(f"polypal-dicomweb {a.command}: error: {e}", file=sys.stderr)
         return 2
 

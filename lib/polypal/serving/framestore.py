@@ -71,10 +71,10 @@ class InfoTooLarge(ValueError):
     made every listing 55 MB)."""
 
 
-def _merged_info(cur: dict, info: dict) -> str:
+def _merged_info(cur: dict, info: dict, limit: int | None = MAX_INFO_BYTES) -> str:
     cur.update(info)
     text = json.dumps(cur)
-    if len(text) > MAX_INFO_BYTES:
+    if limit is not None and len(text) > limit:
         raise InfoTooLarge(f"info would be {len(text)} bytes, more than {MAX_INFO_BYTES}: not stored")
     return text
 
@@ -455,13 +455,15 @@ class FrameStore:
                        frame=image_id)
             c.execute("DELETE FROM labels WHERE image_id=? AND tag=?", (image_id, tag))
 
-    def update_image_info(self, image_id: str, info: dict) -> None:
-        """Merge ``info`` into one image's info (read and written in one transaction)."""
+    def update_image_info(self, image_id: str, info: dict, limit: int | None = MAX_INFO_BYTES) -> None:
+        """Merge ``info`` into one image's info (read and written in one transaction). ``limit``: the
+        merged info's most bytes (None for the server's own small records, which clients' info must not
+        crowd out)."""
         with self._tx() as c:
             r = c.execute("SELECT info FROM images WHERE id=?", (image_id,)).fetchone()
             if r is None:
                 raise NotFound(f"image {image_id!r} not found")
-            c.execute("UPDATE images SET info=? WHERE id=?", (_merged_info(json.loads(r[0]), info), image_id))
+            c.execute("UPDATE images SET info=? WHERE id=?", (_merged_info(json.loads(r[0]), info, limit), image_id))
 
     def update_label_info(self, image_id: str, tag: str, info: dict) -> None:
         with self._tx() as c:
