@@ -1050,10 +1050,11 @@ def test_failed_accepts_are_logged_once_a_minute():
     import logging
 
     spec = importlib.util.spec_from_file_location(
-        "polyp_al_security_under_test", Path(__file__).resolve().parents[1] / "apps" / "polyp_al" / "lib" / "security.py")
-    security = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(security)
-    f = security._OncePerMinute()
+        "polyp_al_connections_under_test",
+        Path(__file__).resolve().parents[1] / "apps" / "polyp_al" / "lib" / "connections.py")
+    connections = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(connections)
+    f = connections.OncePerMinute()
 
     def record(msg):
         return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None, None)
@@ -1517,10 +1518,11 @@ def test_a_download_survives_its_file_being_moved_and_a_gone_file_is_404(tmp_pat
     from fastapi import HTTPException
 
     spec = importlib.util.spec_from_file_location(
-        "polyp_al_security_under_test", Path(__file__).resolve().parents[1] / "apps" / "polyp_al" / "lib" / "security.py")
-    sec = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sec)
-    Held = sec._held_file_response()
+        "polyp_al_downloads_under_test",
+        Path(__file__).resolve().parents[1] / "apps" / "polyp_al" / "lib" / "downloads.py")
+    downloads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(downloads)
+    Held = downloads.held_file_response()
     f = tmp_path / "fr.png"
     data = os.urandom(200_000)
     f.write_bytes(data)

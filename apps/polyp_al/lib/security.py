@@ -20,8 +20,9 @@ middleware (``Gate``) in front of it, which:
   ``POLYPAL_SEND_TIMEOUT`` seconds is aborted, so clients that never read cannot hold the workers;
 - runs at most ``POLYPAL_INFER_THREADS`` inferences and ``POLYPAL_UPLOAD_THREADS`` uploads at once (memory:
   a frame at the pixel cap takes about 200 MB to infer or check); the others wait;
-- closes a connection that sends no whole request head within ``POLYPAL_HEADER_TIMEOUT`` seconds (idle
-  sockets took every file descriptor), and logs failed accepts once a minute;
+- (``connections.py``) closes a connection that sends no whole request head within
+  ``POLYPAL_HEADER_TIMEOUT`` seconds (idle sockets took every file descriptor), and logs failed accepts
+  once a minute;
 - answers 507 to a request with a body (an upload, a label, a model, inference, next sample, training)
   or a dataset export when it would leave less than ``--conf min_free_mb`` free on the disks of the
   datastore, the app's state, the models or the temp dir: by its declared size (times the copies a body
@@ -42,8 +43,10 @@ middleware (``Gate``) in front of it, which:
   and invalid ids/tags (400); deletes a request's scratch files (the dataset
   zip) once it is answered.
 
-Size (over ~250 lines): every rule of the HTTP surface lives in this one middleware on
-purpose, so that one file is the whole security review.
+Every rule on what a request may do lives in this one middleware on purpose, so that this file is the
+review of the HTTP surface. Below the requests, ``connections.py`` holds the connection timeouts and the
+failed-accept log filter; ``dicom_proxy.py`` and ``downloads.py`` patch two MONAI Label endpoints (the
+proxy's timeouts; downloads that survive their file being moved). ``harden`` installs all of them.
 """
 
 from __future__ import annotations
@@ -57,7 +60,6 @@ import pathlib
 import re
 import shutil
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -153,16 +155,12 @@ _FORMS = {  # multipart uploads: (form field holding JSON, reserved keys)
     "/datastore/updatelabelinfo": ("params", RESERVED_LABEL_KEYS),
 }
 MAX_BODY = 1 << 30  # bytes of one request body (a model upload is the largest legitimate one)
-PROXY_TIMEOUT = float(os.environ.get("POLYPAL_PROXY_TIMEOUT", 60))  # seconds the DICOMweb server may pause
 PROXY_THREADS = max(1, int(os.environ.get("POLYPAL_PROXY_THREADS", 8)))  # proxy requests answered at once
 # downloads (frames, labels, models, the dataset zip) answered at once: each holds a worker thread until the
 # client has read it, so they get threads of their own, never all 40 of anyio's (which the checks, uploads,
-# inference and next-sample need); and a client that reads nothing for SEND_TIMEOUT seconds is aborted
-# (_guard_connections)
+# inference and next-sample need); and a client that reads nothing for POLYPAL_SEND_TIMEOUT seconds is
+# aborted (connections.py)
 DOWNLOAD_THREADS = max(1, int(os.environ.get("POLYPAL_DOWNLOAD_THREADS", 16)))
-SEND_TIMEOUT = float(os.environ.get("POLYPAL_SEND_TIMEOUT", 60))
-# and one that reads an answer slower than this (bytes/s) for longer than SEND_TIMEOUT (uploads: the same rule)
-MIN_SEND_RATE = float(os.environ.get("POLYPAL_MIN_SEND_RATE", 10_000))
 _proxy_limiter: anyio.CapacityLimiter | None = None
 _download_limiter: anyio.CapacityLimiter | None = None
 
@@ -210,221 +208,6 @@ def _body_limiter(method: str, path: str):
     return None
 
 
-class _ProxyRequests:
-    """What MONAI Label's proxy module sees as ``requests``: the same calls, with a timeout (it sets none, so
-    a stalled DICOMweb server held a worker thread for ever) and the body read inside it; a timeout is a
-    504 and an unreachable server a 502, not a 500."""
-
-    def __getattr__(self, name):
-        import requests
-
-        return getattr(requests, name)
-
-    @staticmethod
-    def _call(method: str, url: str, **kw):
-        import io
-
-        import requests
-        from fastapi import HTTPException
-        from urllib3.exceptions import HTTPError as Urllib3Error
-        from urllib3.exceptions import TimeoutError as Urllib3Timeout
-
-        if not str(url).lower().startswith(("http://", "https://")):  # frames in a folder: nothing to proxy to
-            raise HTTPException(status_code=404, detail="no DICOMweb server is configured (--studies is a folder)")
-        kw["timeout"] = (min(10.0, PROXY_TIMEOUT), PROXY_TIMEOUT)
-        try:
-            r = requests.request(method, url, **kw)
-            if kw.get("stream"):  # the proxy reads r.raw: read it here, under the timeout, and hand over the bytes
-                r.raw = io.BytesIO(r.raw.read())
-            return r
-        except requests.ConnectTimeout:  # also a Timeout: a host that drops connections is unreachable
-            logger.warning("DICOMweb proxy: no connection to the DICOMweb server")
-            raise HTTPException(status_code=502, detail="the DICOMweb server is unreachable") from None
-        except (requests.Timeout, Urllib3Timeout) as e:
-            logger.warning(f"DICOMweb proxy: no answer within {PROXY_TIMEOUT:g} s ({type(e).__name__})")
-            raise HTTPException(status_code=504, detail=f"the DICOMweb server did not answer within "
-                                                        f"{PROXY_TIMEOUT:g} s") from None
-        except (requests.RequestException, Urllib3Error) as e:
-            logger.warning(f"DICOMweb proxy: {type(e).__name__}")
-            raise HTTPException(status_code=502, detail="the DICOMweb server is unreachable or broke off") from None
-
-    def get(self, url, **kw):
-        return self._call("GET", url, **kw)
-
-    def post(self, url, **kw):
-        return self._call("POST", url, **kw)
-
-
-def _guard_proxy() -> None:
-    import monailabel.endpoints.proxy as proxy
-
-    proxy.requests = _ProxyRequests()
-
-
-def _held_file_response():
-    """MONAI Label's frame and label downloads, with the file opened when the answer is made: a file deleted
-    or replaced (moved to the trash) a moment later is still sent whole from the open handle, and one already
-    gone is a 404, not a 500 or a body cut short after its headers."""
-    from fastapi import HTTPException
-    from starlette.responses import FileResponse
-
-    class HeldFileResponse(FileResponse):
-        def __init__(self, path, *args, **kwargs):
-            try:
-                self._fh = open(path, "rb")
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                raise HTTPException(status_code=404, detail="not found (deleted or replaced just now)") from None
-            kwargs["stat_result"] = os.fstat(self._fh.fileno())
-            super().__init__(path, *args, **kwargs)
-            del self.headers["accept-ranges"]  # the whole file is sent; a Range header is not honoured
-
-        async def __call__(self, scope, receive, send):
-            block = 1 << 16
-            try:
-                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-                if scope.get("method", "GET").upper() != "HEAD":
-                    while True:
-                        chunk = await anyio.to_thread.run_sync(self._fh.read, block)
-                        more = len(chunk) == block
-                        await send({"type": "http.response.body", "body": chunk, "more_body": more})
-                        if not more:
-                            break
-                else:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-            finally:
-                self._fh.close()
-            if self.background is not None:
-                await self.background()
-
-    return HeldFileResponse
-
-
-HEADER_TIMEOUT = float(os.environ.get("POLYPAL_HEADER_TIMEOUT", 30))  # seconds to send a request's headers
-
-
-def _guard_connections(head_timeout: float, send_timeout: float) -> None:
-    """Two timeouts uvicorn lacks, on its HTTP protocol classes:
-
-    - a connection that has not sent a whole request head within ``head_timeout`` seconds of opening (or of
-      its last answer) is closed. A socket that sent nothing, or a header byte now and then, stayed open for
-      ever, and about 20,000 of them took every file descriptor of the server. (Uvicorn's keep-alive timeout
-      starts only after an answer, and any byte received cancels it.) A client still sending the body of a
-      request that was answered early (a 413 or 507 before the body) keeps the connection while it sends at
-      least 10 kB/s, so that it reads the answer instead of a reset;
-    - a connection whose client reads nothing of an answer for ``send_timeout`` seconds (the send buffer full
-      all that time), or reads it at under MIN_SEND_RATE on average once its send buffer has been full for
-      longer than that, is aborted: its worker thread, socket and buffers are freed. (A graceful close waits
-      for the buffer to drain, which a client that never reads never allows; a client reading 2 kB/s held a
-      download thread for 100 minutes.)"""
-    import importlib
-
-    for mod, cls in (("uvicorn.protocols.http.h11_impl", "H11Protocol"),
-                     ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol")):
-        try:
-            protocol = getattr(importlib.import_module(mod), cls)
-        except (ImportError, AttributeError):  # httptools is not installed: uvicorn uses h11
-            continue
-        protocol._polypal_timeouts = (head_timeout, send_timeout)
-        if getattr(protocol, "_polypal_guarded", False):
-            continue
-        protocol._polypal_guarded = True
-        made, received, completed, lost = (protocol.connection_made, protocol.data_received,
-                                           protocol.on_response_complete, protocol.connection_lost)
-        pause, resume = protocol.pause_writing, protocol.resume_writing
-
-        def still_sending_body(self) -> bool:
-            conn = getattr(self, "conn", None)  # h11
-            if conn is None:
-                return False
-            import h11
-
-            return conn.our_state in (h11.DONE, h11.MUST_CLOSE) and conn.their_state is h11.SEND_BODY
-
-        def head_due(self):
-            self._polypal_head_timer = None
-            cycle = getattr(self, "cycle", None)
-            if cycle is not None and not cycle.response_complete or self.transport.is_closing():
-                return  # a request under way: its body and answer have their own timeouts
-            got, self._polypal_got = getattr(self, "_polypal_got", 0), 0
-            if still_sending_body(self) and got >= 10_000 * type(self)._polypal_timeouts[0]:
-                arm_head(self)  # answered early, the body still coming at >= 10 kB/s: let it drain
-                return
-            self.transport.close()  # no request under way: nothing is lost
-
-        def arm_head(self):
-            timer = getattr(self, "_polypal_head_timer", None)
-            if timer is not None:
-                timer.cancel()
-            self._polypal_got = 0
-            self._polypal_head_timer = self.loop.call_later(type(self)._polypal_timeouts[0], head_due, self)
-
-        def reset(self):
-            """Abort with a reset: the kernel drops what it still holds for the client (a plain close kept
-            megabytes per socket queued, delivered at the client's pace)."""
-            sock = self.transport.get_extra_info("socket")
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except (OSError, AttributeError):
-                pass
-            self.transport.abort()
-
-        def write_stalled(self):
-            self._polypal_write_timer = None
-            if not self.transport.is_closing() or self.transport.get_write_buffer_size():
-                logger.warning(f"{self.client}: the client read nothing for {type(self)._polypal_timeouts[1]:g} s; "
-                               f"connection aborted")
-                reset(self)
-
-        def cancel(self, name):
-            timer = getattr(self, name, None)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, name, None)
-
-        def connection_made(self, transport, _made=made):
-            _made(self, transport)
-            arm_head(self)
-
-        def data_received(self, data, _received=received):
-            self._polypal_got = getattr(self, "_polypal_got", 0) + len(data)
-            _received(self, data)
-
-        def on_response_complete(self, _completed=completed):
-            self._polypal_slow_since = None  # the next answer is timed on its own
-            _completed(self)
-            if not self.transport.is_closing():
-                arm_head(self)
-
-        def connection_lost(self, exc, _lost=lost):
-            cancel(self, "_polypal_head_timer")
-            cancel(self, "_polypal_write_timer")
-            _lost(self, exc)
-
-        def pause_writing(self, _pause=pause):
-            _pause(self)
-            if getattr(self, "_polypal_slow_since", None) is None:  # the answer's first full send buffer
-                self._polypal_slow_since, self._polypal_drained = self.loop.time(), 0
-            self._polypal_buffered = self.transport.get_write_buffer_size()
-            if getattr(self, "_polypal_write_timer", None) is None:
-                self._polypal_write_timer = self.loop.call_later(type(self)._polypal_timeouts[1], write_stalled, self)
-
-        def resume_writing(self, _resume=resume):
-            cancel(self, "_polypal_write_timer")
-            drained = getattr(self, "_polypal_buffered", 0) - self.transport.get_write_buffer_size()
-            self._polypal_drained = getattr(self, "_polypal_drained", 0) + max(0, drained)  # since the pause
-            since = getattr(self, "_polypal_slow_since", None)
-            elapsed = self.loop.time() - since if since is not None else 0.0
-            if elapsed > type(self)._polypal_timeouts[1] and self._polypal_drained < MIN_SEND_RATE * elapsed:
-                logger.warning(f"{self.client}: the client read {self._polypal_drained / elapsed / 1000:.1f} kB/s "
-                               f"over {elapsed:.0f} s (under {MIN_SEND_RATE / 1000:g} kB/s); connection aborted")
-                self.loop.call_soon(reset, self)
-            _resume(self)
-
-        (protocol.connection_made, protocol.data_received, protocol.on_response_complete, protocol.connection_lost,
-         protocol.pause_writing, protocol.resume_writing) = (connection_made, data_received, on_response_complete,
-                                                             connection_lost, pause_writing, resume_writing)
-
-
 REFUSALS_PER_MINUTE = 120
 
 
@@ -450,58 +233,6 @@ class _RefusalLog:
 
 
 _refusals = _RefusalLog(REFUSALS_PER_MINUTE)
-
-
-class _OncePerMinute(logging.Filter):
-    """asyncio logs every failed accept (out of file descriptors) with a traceback, thousands a second:
-    one such line a minute is kept, with the count of those dropped."""
-
-    def __init__(self):
-        super().__init__()
-        self.last, self.dropped = 0.0, 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "socket.accept() out of system resource" not in str(record.msg):
-            return True
-        now = time.monotonic()
-        if now - self.last < 60:
-            self.dropped += 1
-            return False
-        self.last = now
-        if self.dropped:
-            record.msg = f"{record.msg} ({self.dropped} more in the last minute, not logged)"
-            self.dropped = 0
-        return True
-
-
-def _guard_downloads() -> None:
-    import monailabel.endpoints.datastore as ds
-
-    ds.FileResponse = _held_file_response()
-    ds.download_image = _checked_download_image(ds.download_image)
-
-
-def _checked_download_image(download_image):
-    """HEAD /datastore/image?check_sum=...: MONAI Label 0.8.5 compares ``ALGO:hex`` with a digest whose
-    leading characters it strips (``lstrip``), so no sum ever matched. Here a sum (checked by the Gate:
-    ``[ALGO:]hex``, SHA256 by default) is compared with the frame's; 404 when it differs, as MONAI Label meant."""
-    from fastapi import HTTPException
-    from monailabel.interfaces.utils.app import app_instance
-    from monailabel.utils.others.generic import file_checksum
-
-    def checked(image: str, check_only=False, check_sum=None):
-        if not (check_only and check_sum):
-            return download_image(image, check_only=check_only, check_sum=check_sum)
-        path = app_instance().datastore().get_image_uri(image)
-        if not path or not os.path.isfile(path):
-            raise HTTPException(status_code=404, detail="Image NOT Found")
-        algo, _, digest = check_sum.rpartition(":")
-        algo = algo.upper() or "SHA256"
-        if file_checksum(path, algo=algo) != f"{algo}:{digest.lower()}":
-            raise HTTPException(status_code=404, detail="Image NOT Found (checksum failed)")
-        return {}
-
-    return checked
 
 
 BODY_TIMEOUT = float(os.environ.get("POLYPAL_BODY_TIMEOUT", 60))  # seconds a client may pause in a body...
@@ -826,7 +557,7 @@ def _in_thread(app, scope, receive, send, loop):
     """Run one request through ``app`` on a new event loop in this worker thread (MONAI Label's
     endpoints are ``async def`` but block inside), talking to the server's loop for I/O."""
 
-    async def s(message):  # a client that stops reading: _guard_connections aborts it, and this send returns
+    async def s(message):  # a client that stops reading: connections.py aborts it, and this send returns
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(send(message), loop))
 
     _scratch.files = []
@@ -1024,11 +755,13 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
     origins = _split(allowed_origins) + _split(settings.MONAI_LABEL_CORS_ORIGINS)
     if fastapi_app.middleware_stack is None:
         fastapi_app.middleware_stack = fastapi_app.build_middleware_stack()
-    _guard_proxy()
-    _guard_downloads()
-    _guard_connections(HEADER_TIMEOUT, SEND_TIMEOUT)
-    if not any(isinstance(f, _OncePerMinute) for f in logging.getLogger("asyncio").filters):
-        logging.getLogger("asyncio").addFilter(_OncePerMinute())
+    from lib import connections
+    from lib.dicom_proxy import guard_proxy
+    from lib.downloads import guard_downloads
+
+    guard_proxy()
+    guard_downloads()
+    connections.install()
     policy = OriginPolicy(origins, _split(allowed_hosts))
     cfg = app.cfg
     disk = DiskFloor([None if app.studies.startswith(("http://", "https://")) else app.studies, cfg.state_dir,

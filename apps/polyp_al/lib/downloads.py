@@ -1,0 +1,83 @@
+"""MONAI Label's frame and label downloads, made safe against the files changing under them.
+
+``guard_downloads`` (called by ``security.harden``) replaces what MONAI Label's datastore endpoints use:
+its FileResponse by one that opens the file when the answer is made (a delete or replace a moment later no
+longer cuts a body short), and its checksum check by one that works. How many downloads run at once
+(``POLYPAL_DOWNLOAD_THREADS``) is the Gate's rule (``security.py``); a client that stops reading is cut off
+by ``connections.py``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+
+
+def held_file_response():
+    """MONAI Label's frame and label downloads, with the file opened when the answer is made: a file deleted
+    or replaced (moved to the trash) a moment later is still sent whole from the open handle, and one already
+    gone is a 404, not a 500 or a body cut short after its headers."""
+    from fastapi import HTTPException
+    from starlette.responses import FileResponse
+
+    class HeldFileResponse(FileResponse):
+        def __init__(self, path, *args, **kwargs):
+            try:
+                self._fh = open(path, "rb")
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                raise HTTPException(status_code=404, detail="not found (deleted or replaced just now)") from None
+            kwargs["stat_result"] = os.fstat(self._fh.fileno())
+            super().__init__(path, *args, **kwargs)
+            del self.headers["accept-ranges"]  # the whole file is sent; a Range header is not honoured
+
+        async def __call__(self, scope, receive, send):
+            block = 1 << 16
+            try:
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                if scope.get("method", "GET").upper() != "HEAD":
+                    while True:
+                        chunk = await anyio.to_thread.run_sync(self._fh.read, block)
+                        more = len(chunk) == block
+                        await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                        if not more:
+                            break
+                else:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                self._fh.close()
+            if self.background is not None:
+                await self.background()
+
+    return HeldFileResponse
+
+
+def guard_downloads() -> None:
+    """Frame and label downloads through HeldFileResponse; the checksum HEAD fixed."""
+    import monailabel.endpoints.datastore as ds
+
+    ds.FileResponse = held_file_response()
+    ds.download_image = checked_download_image(ds.download_image)
+
+
+def checked_download_image(download_image):
+    """HEAD /datastore/image?check_sum=...: MONAI Label 0.8.5 compares ``ALGO:hex`` with a digest whose
+    leading characters it strips (``lstrip``), so no sum ever matched. Here a sum (checked by the Gate:
+    ``[ALGO:]hex``, SHA256 by default) is compared with the frame's; 404 when it differs, as MONAI Label meant."""
+    from fastapi import HTTPException
+    from monailabel.interfaces.utils.app import app_instance
+    from monailabel.utils.others.generic import file_checksum
+
+    def checked(image: str, check_only=False, check_sum=None):
+        if not (check_only and check_sum):
+            return download_image(image, check_only=check_only, check_sum=check_sum)
+        path = app_instance().datastore().get_image_uri(image)
+        if not path or not os.path.isfile(path):
+            raise HTTPException(status_code=404, detail="Image NOT Found")
+        algo, _, digest = check_sum.rpartition(":")
+        algo = algo.upper() or "SHA256"
+        if file_checksum(path, algo=algo) != f"{algo}:{digest.lower()}":
+            raise HTTPException(status_code=404, detail="Image NOT Found (checksum failed)")
+        return {}
+
+    return checked
