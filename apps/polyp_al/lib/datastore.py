@@ -40,9 +40,11 @@ logger = logging.getLogger(__name__)
 
 
 
-def checked_mask(image_id: str, image_uri: str | None, label_file: str):
+def checked_mask(image_id: str, image_uri: str | None, label_file: str, moved=None):
     """The label file as a bool (H, W) mask, checked against its frame: 404 unknown frame, 422 unreadable
-    frame or a mask that is not a mask of that frame's size (logged, naming the frame and the problem)."""
+    frame or a mask that is not a mask of that frame's size (logged, naming the frame and the problem).
+    ``moved()``: when the frame cannot be read, the answer to give if that is because it was deleted or
+    replaced meanwhile (None if it was not)."""
     if not image_uri:
         raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
     try:
@@ -50,6 +52,10 @@ def checked_mask(image_id: str, image_uri: str | None, label_file: str):
     except TooLarge as e:
         raise HTTPException(status_code=413, detail=f"frame {image_id}: {e.problem}") from None
     except DataError as e:
+        answer = moved() if moved is not None else None
+        if answer is not None:
+            logger.warning(f"label for {image_id} not stored: {answer.detail}")
+            raise answer from None
         logger.error(f"frame {image_id} is unusable: {e}")
         raise HTTPException(status_code=422, detail=f"frame {image_id} is unusable: {e.problem}") from None
     try:
@@ -95,6 +101,8 @@ class PolypDatastore(Datastore):
         self.store = FrameStore(studies, read_only=read_only)
         self._path = self.store.root
         self._on_change = on_change
+        for image_id in self.store.recovered:  # a replace interrupted by a crash, finished or undone at start-up
+            self._changed(image_id)
 
     def _changed(self, image_id: str) -> None:
         if self._on_change is None:
@@ -184,7 +192,13 @@ class PolypDatastore(Datastore):
         scratch_file(path)
         tmp = tempfile.mkdtemp(prefix="polypal-export-")
         try:
-            export_labeled(self.store.root, tmp, limit=limit_cases or None)
+            try:
+                export_labeled(self.store.root, tmp, limit=limit_cases or None)
+            except DataError as e:  # a row whose file is missing or unreadable: the store needs a look
+                logger.error(f"export failed: {e}")
+                raise HTTPException(status_code=500, detail=f"export failed: "
+                                                            f"{os.path.relpath(e.path, self.store.root)}: "
+                                                            f"{e.problem}; see the server log") from None
             with zipfile.ZipFile(path, "w") as z:
                 for root, _, files in os.walk(tmp):
                     for f in sorted(files):
@@ -199,6 +213,8 @@ class PolypDatastore(Datastore):
 
     def refresh(self) -> None:
         self.store.reconcile()
+        for image_id in self.store.recovered:
+            self._changed(image_id)
 
     def status(self) -> Dict[str, Any]:
         c = self.store.counts()
@@ -257,7 +273,18 @@ class PolypDatastore(Datastore):
                                                             f"{ext or '(no extension)'!r} not accepted; send a "
                                                             f"png/jpg/tif mask or a .nii.gz/.nii/.nrrd label map")
             frame = self.store.frame_signature(image_id)  # the file the mask is checked against
-            mask = checked_mask(image_id, self.get_image_uri(image_id), label_filename)
+
+            def moved():
+                if self.store.image_ext(image_id) is None:
+                    return HTTPException(status_code=404, detail=f"image {image_id!r} not found (deleted while "
+                                                                 f"its label was being checked)")
+                now = self.store.frame_signature(image_id)
+                if now is None or now != frame:  # gone (a delete not yet committed) or another file
+                    return HTTPException(status_code=409, detail=f"frame {image_id!r} was replaced or deleted "
+                                                                 f"while its label was being checked; reload it")
+                return None
+
+            mask = checked_mask(image_id, self.get_image_uri(image_id), label_filename, moved)
             # stored re-encoded, never as uploaded: mask images as 0/1 PNG, label volumes as a clean volume
             # of the same format (no trailing bytes, detached data or odd headers survive)
             is_volume = any(ext.lower() == v for v in VOLUME_EXTENSIONS)

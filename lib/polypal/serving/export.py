@@ -36,32 +36,34 @@ FIELDS = ("id", "image", "mask", "polyp_pixels", "labeled_at", "annotator", "ser
 def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str = "final",
                    limit: int | None = None, ids: list[str] | None = None) -> list[dict]:
     """Write every frame with a ``tag`` label (or those of ``ids`` that have one; the first ``limit``) and
-    its mask (0/255 PNG) to ``out``; returns the manifest rows. A frame whose label is no longer in the
-    store when its turn comes (deleted while the export runs) is left out; one whose row is there and whose
-    file is missing or unreadable is an error."""
+    its mask (0/255 PNG) to ``out``; returns the manifest rows. Each frame and its label are copied together
+    (``FrameStore.copy_labeled``), so a frame replaced or deleted while the export runs is exported as it
+    was or left out, never paired with another frame's label; a row whose file is missing or unreadable is
+    an error naming the file."""
     store = FrameStore(studies, read_only=True)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
+    scratch = out / ".labels"
+    scratch.mkdir(exist_ok=True)
     rows = []
     for i in (store.labeled_ids(tag) if ids is None else list(ids))[:limit]:
-        try:
-            img, lab = store.image_path(i), store.label_path(i, tag)
-            if not (store.image_ext(i) and lab):
-                raise KeyError(i)
-            hw = read_rgb(img).shape[:2]
-            mask = read_mask(lab, expected_hw=hw)
-            dst = out / "images" / os.path.basename(img)
-            shutil.copyfile(img, dst)
-        except (KeyError, DataError, FileNotFoundError):
-            # deleted while the export ran (every export answered 500 then): left out, as if the export
-            # had started later; a row that is there is an error to report
-            if store.image_ext(i) and store.label_path(i, tag):
-                raise
+        got = store.copy_labeled(i, tag, str(out / "images"), str(scratch))
+        if got is None:  # deleted while the export ran: left out, as if the export had started later
             logger.warning(f"export: {i} has no {tag} label (any more): left out")
             continue
+        img, lab = got["image"], got["label"]
+        try:
+            hw = read_rgb(img).shape[:2]
+            mask = read_mask(lab, expected_hw=hw)
+        except DataError as e:  # named as the store's file, not the export's copy
+            which = store.image_path(i) if e.path == img else store.label_path(i, tag) or e.path
+            raise DataError(which, e.problem.replace("<file>", which)) from None
+        finally:
+            os.unlink(lab)
+        dst = Path(img)
         Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{i}.png")
-        info, linfo = store.image_info(i), store.label_info(i, tag)
+        info, linfo = got["info"], got["label_info"]
         served = info.get("served") or {}
         strategy = info.get("strategy") or {}
         last = max(strategy.items(), key=lambda kv: (kv[1] or {}).get("ts", 0)) if strategy else (None, {})
@@ -73,6 +75,7 @@ def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str 
             "picked_by": served.get("picked_by"), "cycle": served.get("cycle"),
             "model_version": served.get("model_version"),
         })
+    scratch.rmdir()
     with open(out / "manifest.json", "w") as f:
         json.dump({"source": str(Path(studies).resolve()), "tag": tag, "frames": rows}, f, indent=1)
     with open(out / "manifest.csv", "w", newline="") as f:

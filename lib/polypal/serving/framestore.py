@@ -63,6 +63,9 @@ class NotFound(KeyError):
     pass
 
 
+REPLACE_JOURNAL = "replace.json"  # in a trash folder: a frame replace under way (FrameStore._replace)
+_REPLACE_KEY = "replace:"  # meta key of a committed replace, by its trash folder's name
+
 MAX_INFO_BYTES = 256 << 10  # one image's or label's info, as stored (JSON), after merges
 
 
@@ -148,6 +151,7 @@ class FrameStore:
     def __init__(self, root: str | os.PathLike, patterns=IMAGE_PATTERNS, read_only: bool = False):
         self.root = os.path.realpath(str(root))
         self.patterns = tuple(patterns)
+        self.recovered: list[str] = []  # frames whose interrupted replace the last reconcile finished or undid
         self.db_path = os.path.join(self.root, ".polypal", "datastore.sqlite")
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
         self._db = SQLiteDB(self.db_path, _SCHEMA)
@@ -230,9 +234,14 @@ class FrameStore:
     def reconcile(self) -> dict:
         """Bring the metadata in line with the files (one directory scan, one transaction)."""
         t0 = time.perf_counter()
+        self.recovered = self._recover_replaces()
         files = {}
         with os.scandir(self.root) as it:
             for e in it:
+                if e.name.startswith(".upload-") and e.is_file(follow_symlinks=False) \
+                        and time.time() - e.stat(follow_symlinks=False).st_mtime > 3600:
+                    os.unlink(e.path)  # a frame upload cut off by a crash (never acknowledged): as for labels
+                    continue
                 if e.name.startswith(".") or not self._matches(e.name):
                     continue
                 if not e.is_file():  # follows symlinks
@@ -379,6 +388,29 @@ class FrameStore:
                 out[i]["labels"][t] = {"ext": e, "info": json.loads(info)}
         return out
 
+    def copy_labeled(self, image_id: str, tag: str, frame_dir: str, label_dir: str) -> dict | None:
+        """Copies of a frame (into ``frame_dir``, under its file name) and of its ``tag`` label (into
+        ``label_dir``), with both infos, taken together under the write lock, so that a replace or delete
+        cannot come between them (an export paired a frame with the label of the frame it replaced). Returns
+        {"image", "label": the copies' paths, "info", "label_info"}; None when the frame has no such label now.
+        A row whose file is missing raises DataError naming the file."""
+        from polypal.errors import DataError
+
+        with self._tx() as c:
+            img = c.execute("SELECT ext, info FROM images WHERE id=?", (image_id,)).fetchone()
+            lab = c.execute("SELECT ext, info FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
+            if img is None or lab is None:
+                return None
+            out = {"image": os.path.join(frame_dir, image_id + img[0]), "label": os.path.join(label_dir, image_id + lab[0]),
+                   "info": json.loads(img[1]), "label_info": json.loads(lab[1])}
+            for src, dst in ((os.path.join(self.root, image_id + img[0]), out["image"]),
+                             (os.path.join(self.label_dir(tag), image_id + lab[0]), out["label"])):
+                try:
+                    shutil.copyfile(src, dst)
+                except FileNotFoundError:
+                    raise DataError(src, "file not found (its row is in the datastore)") from None
+        return out
+
     def counts(self) -> dict:
         c = self._conn()
         return {"total": c.execute("SELECT COUNT(*) FROM images").fetchone()[0],
@@ -486,37 +518,172 @@ class FrameStore:
             raise Exists(f"image {image_id!r} already exists; to replace it (the old frame and its labels are "
                          f"kept in the datastore's trash) send params {{\"replace\": true}}")
         tmp = _copy_fsynced(src_file, self.root)
+        journal = None
         try:
             # the check, the old frame's trashing, the swap and the new row in one transaction (the store's
             # write lock): a plain upload racing a replace of the same id is refused, never trashes its file
             with self._tx() as c:
-                if c.execute("SELECT 1 FROM images WHERE id=?", (image_id,)).fetchone() is not None:
-                    if not replace:
-                        raise Exists(f"image {image_id!r} already exists; to replace it (the old frame and its "
-                                     f"labels are kept in the datastore's trash) send params {{\"replace\": true}}")
-                    self._trash_image(c, image_id, f"image {image_id} replaced by an upload")
+                known = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
+                if known is not None and not replace:
+                    raise Exists(f"image {image_id!r} already exists; to replace it (the old frame and its "
+                                 f"labels are kept in the datastore's trash) send params {{\"replace\": true}}")
                 # files of this id on disk without a row (copied into the folder while the server runs, or a
                 # second extension of one id): never overwritten unseen; refused, or kept in the trash on replace
-                strays = self._unregistered_frame_files(image_id, ext)
+                registered = os.path.join(self.root, image_id + known[0]) if known else None
+                strays = [p for p in self._unregistered_frame_files(image_id, ext)
+                          if not (registered and os.path.lexists(registered) and os.path.samefile(p, registered))]
                 if strays and not replace:
                     raise Exists(f"a file {os.path.basename(strays[0])!r} is already in the studies folder but not "
                                  f"yet in the datastore (it is registered at the next start); to replace it (the "
                                  f"file is kept in the datastore's trash) send params {{\"replace\": true}}")
-                if strays:
-                    self.trash({os.path.basename(p): p for p in strays}, f"unregistered file(s) of image {image_id} "
-                               f"replaced by an upload")
-                os.replace(tmp, os.path.join(self.root, image_id + ext))
-                _fsync_dir(self.root)
-                c.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (image_id, ext, json.dumps(info or {})))
+                if known is not None or strays:
+                    journal = self._replace(c, image_id, ext, tmp, info or {}, strays)
+                else:
+                    os.replace(tmp, os.path.join(self.root, image_id + ext))
+                    _fsync_dir(self.root)
+                    c.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?)",
+                              (image_id, ext, json.dumps(info or {})))
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        if journal:
+            self._settle(journal)
         return image_id
 
+    # -- a frame replaced: journaled, so that a crash half-way is finished or undone at the next start ------
+    def _replace(self, c, image_id: str, ext: str, tmp: str, info: dict, strays: list[str]) -> str:
+        """In the caller's transaction ``c``: the old frame, its labels and ``strays`` go to a new trash
+        folder, the upload ``tmp`` becomes the frame, and its row replaces the old one. Several files move, so
+        a journal (``REPLACE_JOURNAL`` in that trash folder, written first) says what was meant; a crash
+        before the commit leaves it for ``_recover_replaces`` at the next start (the frame was destroyed:
+        its labels and file gone from the folder, the row dropped as missing). Returns the folder."""
+        r = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
+        files = {}
+        if r is not None:
+            files[image_id + r[0]] = os.path.join(self.root, image_id + r[0])
+        for t, e in c.execute("SELECT tag, ext FROM labels WHERE image_id=?", (image_id,)).fetchall():
+            f = os.path.join(self.root, "labels", t, image_id + e)
+            files[_label_trash_name(t, f)] = f
+        files.update({os.path.basename(p): p for p in strays})
+        files = {k: v for k, v in files.items() if os.path.lexists(v)}
+        base = os.path.join(self.root, ".polypal", "trash")
+        os.makedirs(base, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=base)
+        dest = os.path.join(self.root, image_id + ext)
+        rel = {k: os.path.relpath(v, self.root) for k, v in files.items()}
+        reason = f"image {image_id} replaced by an upload"
+        intent = {"id": image_id, "ext": ext, "upload": os.path.basename(tmp), "signature": file_signature(tmp),
+                  "info": info, "files": rel}
+        moved = []
+        try:
+            for name, doc in (("manifest.json", {"reason": reason, "time": time.time(), "files": rel}),
+                              (REPLACE_JOURNAL, intent)):
+                with open(os.path.join(folder, name), "w") as f:
+                    json.dump(doc, f, indent=1)
+                    f.flush()
+                    os.fsync(f.fileno())
+            _fsync_dir(folder)
+            for name, src in files.items():
+                os.replace(src, os.path.join(folder, name))
+                moved.append((os.path.join(folder, name), src))
+            _fsync_dir(folder)
+            os.replace(tmp, dest)
+            _fsync_dir(self.root)
+            c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
+            c.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (image_id, ext, json.dumps(info)))
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_REPLACE_KEY + os.path.basename(folder), "1"))
+        except BaseException:
+            # the transaction rolls back: the files go back where its rows say they are
+            stuck = False
+            try:
+                if file_signature(dest) == intent["signature"]:
+                    os.replace(dest, tmp)
+                for d, src in reversed(moved):
+                    os.replace(d, src)
+            except OSError as e:
+                stuck = True
+                logger.error(f"replace of {image_id} failed and could not be undone ({e}); the next start "
+                             f"finishes or undoes it from {folder}")
+            if not stuck:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        logger.info(f"kept in {os.path.relpath(folder, self.root)}: {rel} ({reason})")
+        return folder
+
+    def _settle(self, folder: str) -> None:
+        """A committed replace: its journal and commit mark are no longer needed."""
+        try:
+            os.unlink(os.path.join(folder, REPLACE_JOURNAL))
+        except FileNotFoundError:
+            pass
+        with self._tx() as c:
+            c.execute("DELETE FROM meta WHERE key=?", (_REPLACE_KEY + os.path.basename(folder),))
+
+    def _recover_replaces(self) -> list[str]:
+        """At start-up: each replace whose journal is still there either committed (its mark is in the
+        database: the journal goes), or its process died before the commit. Then it is finished when the
+        upload reached the folder (the upload file or the new frame is there), else undone (the old frame and
+        labels go back from the trash). Under the write lock, so never a replace still under way in
+        another process. Returns the ids of frames whose file changed."""
+        base = os.path.join(self.root, ".polypal", "trash")
+        try:
+            folders = sorted(e.path for e in os.scandir(base) if e.is_dir(follow_symlinks=False)
+                             and os.path.isfile(os.path.join(e.path, REPLACE_JOURNAL)))
+        except FileNotFoundError:
+            return []
+        changed = []
+        for folder in folders:
+            journal = os.path.join(folder, REPLACE_JOURNAL)
+            key = _REPLACE_KEY + os.path.basename(folder)
+            with self._tx() as c:
+                try:
+                    with open(journal) as f:
+                        intent = json.load(f)
+                    image_id, ext = check_name("image id", intent["id"]), str(intent["ext"])
+                    files, sig, tmp = dict(intent["files"]), intent["signature"], str(intent["upload"])
+                except FileNotFoundError:
+                    continue  # settled meanwhile
+                except (ValueError, KeyError, TypeError) as e:
+                    # written whole and fsynced before any file moved: a crash while writing it moved nothing
+                    logger.error(f"unreadable replace journal {journal} ({e}); left as it is")
+                    continue
+                if c.execute("SELECT 1 FROM meta WHERE key=?", (key,)).fetchone():
+                    c.execute("DELETE FROM meta WHERE key=?", (key,))
+                    os.unlink(journal)
+                    continue
+                tmp = os.path.join(self.root, os.path.basename(tmp))
+                dest = os.path.join(self.root, image_id + ext)
+                arrived = file_signature(dest) == sig and sig is not None
+                if os.path.exists(tmp) or arrived:  # the upload is here: finish the replace
+                    for name, rel in files.items():
+                        src, d = os.path.join(self.root, rel), os.path.join(folder, name)
+                        if os.path.lexists(src) and not os.path.lexists(d) and not (src == dest and arrived):
+                            os.replace(src, d)
+                    if not arrived:
+                        os.replace(tmp, dest)
+                    c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
+                    c.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?)",
+                              (image_id, ext, json.dumps(intent.get("info") or {})))
+                    done = "finished: the uploaded frame is in place, the old one and its labels in the trash"
+                else:  # the upload is gone: put the old frame and its labels back
+                    for name, rel in files.items():
+                        src, d = os.path.join(self.root, rel), os.path.join(folder, name)
+                        if os.path.lexists(d) and not os.path.lexists(src):
+                            os.makedirs(os.path.dirname(src), exist_ok=True)
+                            os.replace(d, src)
+                    done = "undone: the old frame and its labels are back"
+                _fsync_dir(self.root)
+                os.unlink(journal)
+            if not any(os.path.lexists(os.path.join(folder, n)) for n in files):
+                shutil.rmtree(folder, ignore_errors=True)  # everything went back: no trash folder
+            changed.append(image_id)
+            logger.warning(f"a replace of frame {image_id} was interrupted (the server stopped during it); {done}")
+        return changed
+
     def _unregistered_frame_files(self, image_id: str, ext: str) -> list[str]:
-        """Files named like a frame of this id (``ext`` and every accepted image extension) that no row
-        points to: called after the id's registered frame, if any, has gone to the trash."""
+        """Files named like a frame of this id (``ext`` and every accepted image extension), the registered
+        one included (the caller leaves it out)."""
         exts = dict.fromkeys([ext] + [e for e in FRAME_EXTENSIONS] + [e.upper() for e in FRAME_EXTENSIONS])
         return [p for p in (os.path.join(self.root, image_id + e) for e in exts) if os.path.lexists(p)]
 

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from polypal.serving.framestore import FrameStore
+from polypal.serving.framestore import REPLACE_JOURNAL, FrameStore
 from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, plain_name, split_name
 
 
@@ -131,6 +131,9 @@ def restore(studies, name: str) -> dict:
     keeps what was refused (its manifest rewritten) and is removed once empty."""
     root = Path(os.path.realpath(str(studies)))
     folder = _folder(studies, name)
+    if (folder / REPLACE_JOURNAL).exists():
+        raise ValueError(f"trash folder {name!r} holds a frame replace under way, or one that a crash interrupted "
+                         f"(the next server start finishes or undoes it); try again after that")
     m = _manifest(folder)
     store = FrameStore(root, read_only=True)
     items = [(t, rel, _kind(store, rel)) for t, rel in m["files"].items()]
