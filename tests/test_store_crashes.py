@@ -39,8 +39,15 @@ def unlink(p, **kw):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_unlink(p, **kw)
 
+real_fsync_dir = framestore._fsync_dir
+
+def fsync_dir(p):
+    if at == "renamed" and os.path.realpath(p) == store.root and calls[0] >= 3:  # the upload is in place
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_fsync_dir(p)
+
 store = FrameStore({root!r})
-framestore.os.replace, framestore.os.unlink = replace, unlink
+framestore.os.replace, framestore.os.unlink, framestore._fsync_dir = replace, unlink, fsync_dir
 store.add_image("x", {new!r}, {{"note": "new"}}, replace=True)
 print("not killed")
 """
@@ -52,7 +59,7 @@ def _frame(tmp_path, name, value, size=(24, 32)):
     return p
 
 
-def _setup(tmp_path):
+def _setup(tmp_path, new_ext=".jpg"):
     root = tmp_path / "studies"
     root.mkdir()
     old = _frame(root, "x.png", 10)
@@ -62,7 +69,7 @@ def _setup(tmp_path):
     Image.fromarray(np.eye(24, 32, dtype=np.uint8)).save(m)
     store.save_label("x", str(m), "final", {"by": "annotator"})
     label_bytes = Path(store.label_path("x", "final")).read_bytes()
-    new = _frame(tmp_path, "up.jpg", 200)  # another extension: the old x.png must not linger beside it
+    new = _frame(tmp_path, "up" + new_ext, 200)  # .jpg: the old x.png must not linger beside it
     return root, old_bytes, label_bytes, new
 
 
@@ -75,7 +82,7 @@ def _journals(root):
     return list((root / ".polypal" / "trash").glob(f"*/{REPLACE_JOURNAL}"))
 
 
-@pytest.mark.parametrize("at", [1, 2, 3, "settle"])
+@pytest.mark.parametrize("at", [1, 2, 3, "renamed", "settle"])
 def test_a_replace_killed_half_way_is_finished_at_the_next_start(tmp_path, at):
     """kill -9 during PUT /datastore/?image=x with replace: before, a kill between moving the old frame and
     its label to the trash and renaming the upload into place made x and its acknowledged label vanish from
@@ -250,3 +257,161 @@ def test_a_label_racing_the_delete_of_its_frame_is_404_or_409_not_unusable(tmp_p
     assert {s[0] for s in seen} <= {200, 404, 409}, seen
     assert st == 200 and not any(k.startswith("r") for k in listing["objects"]), listing
     assert not list((studies / "labels" / "final").glob("r*")) and "is unusable" not in log
+
+
+def test_a_same_name_replace_killed_after_the_upload_landed_is_finished_in_a_copied_folder(tmp_path):
+    """x.png replaced by another x.png, killed once the upload is in place, then the folder copied (a backup
+    restored: every inode changes). The first journal told the upload by its inode, so the copy was 'undone':
+    the old frame's label went back onto the new picture. Now the old frame's place in the trash says it."""
+    import shutil
+
+    root, _, label_bytes, new = _setup(tmp_path, new_ext=".png")
+    assert _kill_replace(root, new, "renamed").returncode == -9
+    copy = tmp_path / "restored"
+    shutil.copytree(root, copy, symlinks=True)
+    store = FrameStore(copy)
+    assert store.image_ext("x") == ".png" and (copy / "x.png").read_bytes() == new.read_bytes()
+    assert store.labels_of("x") == {} and not (copy / "labels" / "final" / "x.png").exists()
+    [kept] = list((copy / ".polypal" / "trash").iterdir())
+    assert (kept / "labels-final-x.png").read_bytes() == label_bytes and not _journals(copy)
+
+
+def test_a_failed_replace_that_could_not_be_undone_then_retried_keeps_old_labels_off_the_new_frame(tmp_path,
+                                                                                                 monkeypatch):
+    """Two I/O errors: the upload's rename fails, and so does moving the label back. The journal stays; the
+    client retries and the replace succeeds. The next start must not undo the stale journal onto the new
+    frame (it put the old frame back beside it and its label on the new one)."""
+    from polypal.serving import framestore
+
+    root, _, _, new = _setup(tmp_path)
+    store = FrameStore(root)
+    real = os.replace
+    fail = {"upload": True, "label back": True}
+
+    def flaky(src, dst, **kw):
+        if fail["upload"] and str(dst).endswith("x.jpg"):
+            raise OSError(5, "Input/output error")
+        if fail["label back"] and str(dst).endswith(os.path.join("labels", "final", "x.png")):
+            raise OSError(5, "Input/output error")
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(framestore.os, "replace", flaky)
+    with pytest.raises(OSError):
+        store.add_image("x", str(new), replace=True)
+    assert len(_journals(root)) == 1
+    fail["upload"] = fail["label back"] = False
+    store.add_image("x", str(new), {"try": 2}, replace=True)
+    monkeypatch.setattr(framestore.os, "replace", real)
+    store = FrameStore(root)  # the next start
+    assert store.image_ids() == ["x"] and store.image_ext("x") == ".jpg" and store.labels_of("x") == {}
+    assert not (root / "x.png").exists() and not list((root / "labels" / "final").iterdir())
+    assert store.image_info("x").get("try") == 2 and not _journals(root)
+
+
+def test_purge_keeps_an_unfinished_replace(tmp_path):
+    """polypal-trash purge deleted a folder whose replace a crash interrupted: the old frame and its labels
+    went, and the next start lost the frame. Such a folder is shown as unfinished and kept."""
+    from polypal.serving.trash import list_trash, purge
+
+    root, _, _, new = _setup(tmp_path)
+    assert _kill_replace(root, new, 2).returncode == -9
+    [entry] = list_trash(root)
+    assert entry["pending"] and "unfinished" in entry["reason"]
+    assert purge(root, 0, dry_run=False) == [] and len(_journals(root)) == 1
+    store = FrameStore(root)
+    assert store.image_ext("x") == ".jpg" and Path(store.image_path("x")).read_bytes() == new.read_bytes()
+
+
+@pytest.mark.parametrize("case", ["registered", "stray"])
+def test_a_dangling_symlink_does_not_block_a_replace(tmp_path, case):
+    """A frame that is a link whose target is gone (or such a link of the same id beside the frame) made
+    every replace of that id fail with a 500."""
+    root = tmp_path / "studies"
+    root.mkdir()
+    target = _frame(tmp_path, "elsewhere.png", 1)
+    if case == "registered":
+        os.symlink(target, root / "x.png")
+    else:
+        _frame(root, "x.jpg", 3)
+    store = FrameStore(root)
+    if case == "stray":
+        os.symlink(target, root / "x.png")
+    target.unlink()
+    new = _frame(tmp_path, "up.tif", 99)
+    store.add_image("x", str(new), replace=True)
+    assert store.image_ext("x") == ".tif" and not os.path.lexists(root / "x.png")
+    assert not (case == "stray" and (root / "x.jpg").exists())
+
+
+def test_a_commit_mark_left_by_a_crash_is_dropped(tmp_path):
+    """A crash inside the settling of a committed replace (journal gone, mark not yet) left the mark for good."""
+    root, _, _, new = _setup(tmp_path)
+    store = FrameStore(root)
+    store.set_meta("replace:20990101-000000-gone", "1")
+    FrameStore(root)
+    assert not store._conn().execute("SELECT * FROM meta WHERE key LIKE 'replace:%'").fetchall()
+
+
+def test_a_label_for_a_frame_whose_file_is_missing_is_422_not_409(tmp_path):
+    """A frame whose file went (a link whose target was removed) is not a race: the label answer is 422
+    naming the frame, not a 409 'replaced' that a client would retry for ever."""
+    import io
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from server_utils import Server, http, multipart
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    target = _frame(tmp_path, "target.png", 7)
+    os.symlink(target, studies / "gone.png")
+    _frame(studies, "other.png", 8)
+    srv = Server(studies, tmp_path).start()
+    try:
+        target.unlink()
+        buf = io.BytesIO()
+        Image.fromarray(np.eye(24, 32, dtype=np.uint8)).save(buf, format="PNG")
+        body, ct = multipart({"params": "{}"}, {"label": ("gone.png", buf.getvalue())})
+        st, r = http("PUT", f"{srv.url}/datastore/label?image=gone&tag=final", body, {"Content-Type": ct})
+    finally:
+        srv.stop()
+    assert st == 422 and "gone" in r["detail"] and "file not found" in r["detail"], (st, r)
+
+
+KILLED_RECOVERY = """
+import os, signal, sys
+sys.path.insert(0, {lib!r})
+from polypal.serving import framestore
+at, root = {at!r}, os.path.realpath({root!r})
+real_fsync_dir, real_unlink = framestore._fsync_dir, os.unlink
+
+def fsync_dir(p):
+    if at == "before commit" and os.path.realpath(p) == root:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_fsync_dir(p)
+
+def unlink(p, **kw):
+    if at == "after commit" and str(p).endswith(framestore.REPLACE_JOURNAL):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_unlink(p, **kw)
+
+framestore._fsync_dir, framestore.os.unlink = fsync_dir, unlink
+framestore.FrameStore(root)
+print("not killed")
+"""
+
+
+@pytest.mark.parametrize("at", ["before commit", "after commit"])
+def test_a_recovery_killed_in_turn_is_finished_by_the_next_start(tmp_path, at):
+    """The start-up that finishes an interrupted replace is itself killed, before or after its commit (before,
+    a kill after its journal went and before its commit gave the new frame the old frame's info)."""
+    root, _, label_bytes, new = _setup(tmp_path)
+    assert _kill_replace(root, new, 2).returncode == -9
+    code = KILLED_RECOVERY.format(lib=str(REPO / "lib"), at=at, root=str(root))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -9, (r.stdout, r.stderr)
+    store = FrameStore(root)
+    assert store.image_ext("x") == ".jpg" and Path(store.image_path("x")).read_bytes() == new.read_bytes()
+    assert store.labels_of("x") == {} and store.image_info("x").get("note") == "new" and not _journals(root)
+    [kept] = list((root / ".polypal" / "trash").iterdir())
+    assert (kept / "labels-final-x.png").read_bytes() == label_bytes
+    assert not store._conn().execute("SELECT * FROM meta WHERE key LIKE 'replace:%'").fetchall()

@@ -275,13 +275,14 @@ class PolypDatastore(Datastore):
             frame = self.store.frame_signature(image_id)  # the file the mask is checked against
 
             def moved():
+                self.store.wait_for_writes()  # a delete or replace moving the frame's file: its outcome
                 if self.store.image_ext(image_id) is None:
                     return HTTPException(status_code=404, detail=f"image {image_id!r} not found (deleted while "
                                                                  f"its label was being checked)")
-                now = self.store.frame_signature(image_id)
-                if now is None or now != frame:  # gone (a delete not yet committed) or another file
-                    return HTTPException(status_code=409, detail=f"frame {image_id!r} was replaced or deleted "
-                                                                 f"while its label was being checked; reload it")
+                if self.store.frame_signature(image_id) != frame:  # another file
+                    return HTTPException(status_code=409, detail=f"frame {image_id!r} was replaced while its "
+                                                                 f"label was being checked; look at the new frame "
+                                                                 f"and label it again")
                 return None
 
             mask = checked_mask(image_id, self.get_image_uri(image_id), label_filename, moved)

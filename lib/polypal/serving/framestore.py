@@ -147,6 +147,31 @@ def _copy_fsynced(src: str, dir_: str) -> str:
     return tmp
 
 
+def _same_entry(a: str, b: str | None) -> bool:
+    """Whether two paths name the same directory entry's file (by lstat: no link followed, so a dangling
+    symlink compares too)."""
+    if not b:
+        return False
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _write_fsynced(path: str, doc: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_manifest(folder: str, intent: dict) -> None:
+    """A replace's trash manifest (what polypal-trash lists and restores), from its journal."""
+    _write_fsynced(os.path.join(folder, "manifest.json"),
+                   {"reason": intent["reason"], "time": intent["time"], "files": intent["files"]})
+
+
 class FrameStore:
     def __init__(self, root: str | os.PathLike, patterns=IMAGE_PATTERNS, read_only: bool = False):
         self.root = os.path.realpath(str(root))
@@ -166,6 +191,11 @@ class FrameStore:
 
     def _tx(self):
         return self._db.tx()
+
+    def wait_for_writes(self) -> None:
+        """Return once no write transaction is under way (a delete or replace moving files commits first)."""
+        with self._tx():
+            pass
 
     def frame_signature(self, image_id: str) -> list | None:
         """[inode, mtime_ns, size] of a frame's file now (a replaced frame has another), None without one."""
@@ -234,7 +264,7 @@ class FrameStore:
     def reconcile(self) -> dict:
         """Bring the metadata in line with the files (one directory scan, one transaction)."""
         t0 = time.perf_counter()
-        self.recovered = self._recover_replaces()
+        self.recovered, blocked = self._recover_replaces()
         files = {}
         with os.scandir(self.root) as it:
             for e in it:
@@ -275,7 +305,7 @@ class FrameStore:
             # re-checked under the write lock: another process (the server, while polypal-trash restores) may
             # have added, replaced or deleted files since the scan
             new = [(i, e) for i, e in files.items() if i not in known and there(i, e)]
-            gone = [i for i in known if i not in files and not there(i, known[i])]
+            gone = [i for i in known if i not in files and not there(i, known[i]) and i not in blocked]
             c.executemany("INSERT INTO images (id, ext) VALUES (?, ?)", new)
             c.executemany("UPDATE images SET ext=? WHERE id=?", [(e, i) for i, e in files.items()
                                                                  if i in known and known[i] != e and there(i, e)
@@ -289,8 +319,8 @@ class FrameStore:
                            and _label_file_exists(self.root, (i, t), e)
                            and c.execute("SELECT 1 FROM images WHERE id=?", (i,)).fetchone()])
             c.executemany("DELETE FROM labels WHERE image_id=? AND tag=?",
-                          [k for k, e in lk.items() if k not in label_files and not _label_file_exists(
-                              self.root, k, e)])
+                          [k for k, e in lk.items() if k not in label_files and k[0] not in blocked
+                           and not _label_file_exists(self.root, k, e)])
         res = {"images": len(files), "added": len(new), "removed": len(gone), "labels": len(label_files),
                "migrated": migrated, "seconds": round(time.perf_counter() - t0, 3)}
         logger.info(f"datastore reconciled: {res}")
@@ -530,8 +560,7 @@ class FrameStore:
                 # files of this id on disk without a row (copied into the folder while the server runs, or a
                 # second extension of one id): never overwritten unseen; refused, or kept in the trash on replace
                 registered = os.path.join(self.root, image_id + known[0]) if known else None
-                strays = [p for p in self._unregistered_frame_files(image_id, ext)
-                          if not (registered and os.path.lexists(registered) and os.path.samefile(p, registered))]
+                strays = [p for p in self._unregistered_frame_files(image_id, ext) if not _same_entry(p, registered)]
                 if strays and not replace:
                     raise Exists(f"a file {os.path.basename(strays[0])!r} is already in the studies folder but not "
                                  f"yet in the datastore (it is registered at the next start); to replace it (the "
@@ -555,14 +584,16 @@ class FrameStore:
     def _replace(self, c, image_id: str, ext: str, tmp: str, info: dict, strays: list[str]) -> str:
         """In the caller's transaction ``c``: the old frame, its labels and ``strays`` go to a new trash
         folder, the upload ``tmp`` becomes the frame, and its row replaces the old one. Several files move, so
-        a journal (``REPLACE_JOURNAL`` in that trash folder, written first) says what was meant; a crash
-        before the commit leaves it for ``_recover_replaces`` at the next start (the frame was destroyed:
-        its labels and file gone from the folder, the row dropped as missing). Returns the folder."""
+        a journal (``REPLACE_JOURNAL`` in that trash folder, written first) says what was meant, and a mark in
+        ``meta``, committed with the rows, says it was done; a crash before the commit leaves the journal for
+        ``_recover_replaces`` at the next start (before, the frame and its acknowledged labels, gone from
+        their places, were dropped from the datastore as missing). Returns the folder."""
         r = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
+        tags = dict(c.execute("SELECT tag, ext FROM labels WHERE image_id=?", (image_id,)).fetchall())
         files = {}
         if r is not None:
             files[image_id + r[0]] = os.path.join(self.root, image_id + r[0])
-        for t, e in c.execute("SELECT tag, ext FROM labels WHERE image_id=?", (image_id,)).fetchall():
+        for t, e in tags.items():
             f = os.path.join(self.root, "labels", t, image_id + e)
             files[_label_trash_name(t, f)] = f
         files.update({os.path.basename(p): p for p in strays})
@@ -573,119 +604,178 @@ class FrameStore:
         dest = os.path.join(self.root, image_id + ext)
         rel = {k: os.path.relpath(v, self.root) for k, v in files.items()}
         reason = f"image {image_id} replaced by an upload"
-        intent = {"id": image_id, "ext": ext, "upload": os.path.basename(tmp), "signature": file_signature(tmp),
-                  "info": info, "files": rel}
+        intent = {"id": image_id, "ext": ext, "upload": os.path.basename(tmp), "info": info, "files": rel,
+                  "frame": (image_id + r[0]) if r is not None else None, "reason": reason, "time": time.time(),
+                  "before": {"ext": r[0] if r is not None else None, "labels": tags}}
         moved = []
         try:
-            for name, doc in (("manifest.json", {"reason": reason, "time": time.time(), "files": rel}),
-                              (REPLACE_JOURNAL, intent)):
-                with open(os.path.join(folder, name), "w") as f:
-                    json.dump(doc, f, indent=1)
-                    f.flush()
-                    os.fsync(f.fileno())
+            _write_fsynced(os.path.join(folder, REPLACE_JOURNAL), intent)  # first: the manifest can be redone
+            _write_manifest(folder, intent)
             _fsync_dir(folder)
             for name, src in files.items():
                 os.replace(src, os.path.join(folder, name))
                 moved.append((os.path.join(folder, name), src))
             _fsync_dir(folder)
             os.replace(tmp, dest)
+            moved.append((dest, tmp))
             _fsync_dir(self.root)
             c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
             c.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (image_id, ext, json.dumps(info)))
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_REPLACE_KEY + os.path.basename(folder), "1"))
         except BaseException:
-            # the transaction rolls back: the files go back where its rows say they are
-            stuck = False
+            # the transaction rolls back: the files go back where its rows say they are (the upload first,
+            # out of the old frame's place)
             try:
-                if file_signature(dest) == intent["signature"]:
-                    os.replace(dest, tmp)
                 for d, src in reversed(moved):
                     os.replace(d, src)
             except OSError as e:
-                stuck = True
                 logger.error(f"replace of {image_id} failed and could not be undone ({e}); the next start "
-                             f"finishes or undoes it from {folder}")
-            if not stuck:
+                             f"undoes it from {folder}")
+            else:
+                os.unlink(os.path.join(folder, REPLACE_JOURNAL))  # first: no half-removed folder is "pending"
                 shutil.rmtree(folder, ignore_errors=True)
             raise
         logger.info(f"kept in {os.path.relpath(folder, self.root)}: {rel} ({reason})")
         return folder
 
     def _settle(self, folder: str) -> None:
-        """A committed replace: its journal and commit mark are no longer needed."""
+        """A committed replace: its journal, then its commit mark, are no longer needed (a crash between the
+        two leaves a mark that ``_recover_replaces`` drops)."""
         try:
             os.unlink(os.path.join(folder, REPLACE_JOURNAL))
+            with self._tx() as c:
+                c.execute("DELETE FROM meta WHERE key=?", (_REPLACE_KEY + os.path.basename(folder),))
         except FileNotFoundError:
-            pass
-        with self._tx() as c:
-            c.execute("DELETE FROM meta WHERE key=?", (_REPLACE_KEY + os.path.basename(folder),))
+            pass  # settled by a recovery meanwhile
+        except Exception as e:  # noqa: BLE001 - committed: the answer is a success; the next start cleans up
+            logger.warning(f"replace committed; its journal in {folder} not cleared yet ({e})")
 
-    def _recover_replaces(self) -> list[str]:
-        """At start-up: each replace whose journal is still there either committed (its mark is in the
-        database: the journal goes), or its process died before the commit. Then it is finished when the
-        upload reached the folder (the upload file or the new frame is there), else undone (the old frame and
-        labels go back from the trash). Under the write lock, so never a replace still under way in
-        another process. Returns the ids of frames whose file changed."""
+    def _recover_replaces(self) -> tuple[list[str], set[str]]:
+        """At start-up, for each replace whose journal is still there, under the write lock (so never one
+        still under way in another process):
+
+        - it committed (its mark is in ``meta``): the journal goes;
+        - the id's rows are no longer those the replace started from (a later write, after a replace that
+          failed and could not be undone): the journal goes, its folder stays as ordinary trash;
+        - its process died before the commit, and the upload reached the folder (the upload file is there,
+          or the new frame is in place: the old frame has left it, or had another name): finished;
+        - else: undone, the old frame and then its labels going back (labels only beside their frame).
+
+        Returns the ids whose frame changed, and the ids whose journal could not be settled (their rows are
+        kept as they are rather than dropped as missing)."""
         base = os.path.join(self.root, ".polypal", "trash")
         try:
             folders = sorted(e.path for e in os.scandir(base) if e.is_dir(follow_symlinks=False)
                              and os.path.isfile(os.path.join(e.path, REPLACE_JOURNAL)))
         except FileNotFoundError:
-            return []
-        changed = []
+            folders = []
+        changed, blocked = [], set()
         for folder in folders:
-            journal = os.path.join(folder, REPLACE_JOURNAL)
-            key = _REPLACE_KEY + os.path.basename(folder)
-            with self._tx() as c:
+            try:
+                image_id, done = self._recover_one(folder)
+            except Exception as e:  # noqa: BLE001 - one bad journal must not stop the server from starting
+                logger.error(f"could not settle the interrupted replace in {folder}: {e}; its frame's rows are "
+                             f"kept as they are until it is")
                 try:
-                    with open(journal) as f:
-                        intent = json.load(f)
-                    image_id, ext = check_name("image id", intent["id"]), str(intent["ext"])
-                    files, sig, tmp = dict(intent["files"]), intent["signature"], str(intent["upload"])
-                except FileNotFoundError:
-                    continue  # settled meanwhile
-                except (ValueError, KeyError, TypeError) as e:
-                    # written whole and fsynced before any file moved: a crash while writing it moved nothing
-                    logger.error(f"unreadable replace journal {journal} ({e}); left as it is")
-                    continue
-                if c.execute("SELECT 1 FROM meta WHERE key=?", (key,)).fetchone():
+                    with open(os.path.join(folder, REPLACE_JOURNAL)) as f:
+                        blocked.add(str(json.load(f)["id"]))
+                except Exception:  # noqa: BLE001
+                    pass
+                continue
+            if done:
+                changed.append(image_id)
+                logger.warning(f"a replace of frame {image_id} was interrupted (the server stopped during it); "
+                               f"{done}")
+        with self._tx() as c:  # marks whose journal is gone (a crash inside _settle)
+            for (key,) in c.execute("SELECT key FROM meta WHERE key LIKE ?", (_REPLACE_KEY + "%",)).fetchall():
+                if not os.path.isfile(os.path.join(base, key[len(_REPLACE_KEY):], REPLACE_JOURNAL)):
                     c.execute("DELETE FROM meta WHERE key=?", (key,))
-                    os.unlink(journal)
-                    continue
-                tmp = os.path.join(self.root, os.path.basename(tmp))
-                dest = os.path.join(self.root, image_id + ext)
-                arrived = file_signature(dest) == sig and sig is not None
-                if os.path.exists(tmp) or arrived:  # the upload is here: finish the replace
+        return changed, blocked
+
+    def _recover_one(self, folder: str) -> tuple[str | None, str | None]:
+        journal = os.path.join(folder, REPLACE_JOURNAL)
+        key = _REPLACE_KEY + os.path.basename(folder)
+        with self._tx() as c:
+            try:
+                with open(journal) as f:
+                    intent = json.load(f)
+            except FileNotFoundError:
+                return None, None  # settled meanwhile
+            image_id, ext = check_name("image id", intent["id"]), str(intent["ext"])
+            files, before = dict(intent["files"]), intent["before"]
+            tmp = os.path.join(self.root, os.path.basename(str(intent["upload"])))
+            dest = os.path.join(self.root, image_id + ext)
+            if not os.path.exists(os.path.join(folder, "manifest.json")):
+                _write_manifest(folder, intent)  # a crash between the journal and the manifest
+            if c.execute("SELECT 1 FROM meta WHERE key=?", (key,)).fetchone():
+                done = None  # committed
+            else:
+                row = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
+                now = {"ext": row[0] if row else None,
+                       "labels": dict(c.execute("SELECT tag, ext FROM labels WHERE image_id=?", (image_id,)))}
+                frame = intent.get("frame")
+                old_in_place = frame is not None and not os.path.lexists(os.path.join(folder, frame))
+                arrived = not os.path.lexists(tmp) and os.path.lexists(dest) and not (
+                    old_in_place and dest == os.path.join(self.root, frame)) and not any(
+                    os.path.join(self.root, rel) == dest and not os.path.lexists(os.path.join(folder, n))
+                    for n, rel in files.items())  # a stray of that name, not moved yet, is not the upload
+                if now != before:
+                    done = None  # written since: the journal is stale
+                    logger.warning(f"replace journal {journal} is older than {image_id}'s rows; dropped, its "
+                                   f"folder kept as trash")
+                elif os.path.lexists(tmp) or arrived:
                     for name, rel in files.items():
                         src, d = os.path.join(self.root, rel), os.path.join(folder, name)
                         if os.path.lexists(src) and not os.path.lexists(d) and not (src == dest and arrived):
                             os.replace(src, d)
                     if not arrived:
                         os.replace(tmp, dest)
+                    _fsync_dir(folder)
                     c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
                     c.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?)",
                               (image_id, ext, json.dumps(intent.get("info") or {})))
                     done = "finished: the uploaded frame is in place, the old one and its labels in the trash"
-                else:  # the upload is gone: put the old frame and its labels back
-                    for name, rel in files.items():
-                        src, d = os.path.join(self.root, rel), os.path.join(folder, name)
-                        if os.path.lexists(d) and not os.path.lexists(src):
-                            os.makedirs(os.path.dirname(src), exist_ok=True)
-                            os.replace(d, src)
-                    done = "undone: the old frame and its labels are back"
+                else:
+                    back = self._undo_moves(folder, files, frame)
+                    done = f"undone: {back}"
                 _fsync_dir(self.root)
-                os.unlink(journal)
-            if not any(os.path.lexists(os.path.join(folder, n)) for n in files):
-                shutil.rmtree(folder, ignore_errors=True)  # everything went back: no trash folder
-            changed.append(image_id)
-            logger.warning(f"a replace of frame {image_id} was interrupted (the server stopped during it); {done}")
-        return changed
+                c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, "1"))
+        self._settle(folder)  # after the commit: a crash before it finds the mark next time
+        if not any(os.path.lexists(os.path.join(folder, n)) for n in files):
+            shutil.rmtree(folder, ignore_errors=True)  # everything went back: no trash folder
+        return image_id, done
+
+    def _undo_moves(self, folder: str, files: dict, frame: str | None) -> str:
+        """Put a replace's moved files back: the old frame first, and its labels only if it is back in its
+        place (a label of the old frame never goes on whatever took that place)."""
+        def back(name):
+            src, d = os.path.join(self.root, files[name]), os.path.join(folder, name)
+            if os.path.lexists(d) and not os.path.lexists(src):
+                os.makedirs(os.path.dirname(src), exist_ok=True)
+                os.replace(d, src)
+            return os.path.lexists(src) and not os.path.lexists(d)
+
+        if frame is not None and frame in files and not back(frame):
+            return "the old frame's place is taken, so it and its labels stay in the trash"
+        for name in files:
+            if name != frame:
+                back(name)
+        return "the old frame and its labels are back"
 
     def _unregistered_frame_files(self, image_id: str, ext: str) -> list[str]:
         """Files named like a frame of this id (``ext`` and every accepted image extension), the registered
         one included (the caller leaves it out)."""
         exts = dict.fromkeys([ext] + [e for e in FRAME_EXTENSIONS] + [e.upper() for e in FRAME_EXTENSIONS])
-        return [p for p in (os.path.join(self.root, image_id + e) for e in exts) if os.path.lexists(p)]
+        out, seen = [], set()
+        for p in (os.path.join(self.root, image_id + e) for e in exts):
+            try:
+                st = os.lstat(p)  # the entry itself: a dangling link is a file of this id too
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:  # x.jpg and x.JPG are one file on a case-insensitive disk
+                seen.add((st.st_dev, st.st_ino))
+                out.append(p)
+        return out
 
     def _trash_image(self, c, image_id: str, reason: str) -> None:
         """In the caller's transaction ``c``: the frame's file and labels are read, moved to the trash and

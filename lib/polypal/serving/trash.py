@@ -67,7 +67,10 @@ def list_trash(studies) -> list[dict]:
     for d in _folders(studies):
         m = _manifest(d)
         size = sum(p.lstat().st_size for p in d.iterdir() if p.is_file() and not p.is_symlink())
-        out.append({"name": d.name, "time": m["time"], "reason": m["reason"], "files": m["files"], "bytes": size})
+        pending = (d / REPLACE_JOURNAL).exists()  # a replace under way, or one a crash interrupted
+        out.append({"name": d.name, "time": m["time"], "files": m["files"], "bytes": size, "pending": pending,
+                    "reason": m["reason"] + (" (unfinished: the next server start finishes or undoes it)"
+                                             if pending else "")})
     return sorted(out, key=lambda e: e["time"], reverse=True)
 
 
@@ -179,7 +182,7 @@ def restore(studies, name: str) -> dict:
 def purge(studies, older_than_days: float, dry_run: bool = True) -> list[dict]:
     """Trash folders older than the given age (by their manifest's time); deleted unless ``dry_run``."""
     cutoff = time.time() - older_than_days * 86400
-    old = [e for e in list_trash(studies) if e["time"] < cutoff]
+    old = [e for e in list_trash(studies) if e["time"] < cutoff and not e["pending"]]  # pending: not trash yet
     if not dry_run:
         for e in old:
             shutil.rmtree(trash_dir(studies) / e["name"])  # real folders only (_folders): no link followed
