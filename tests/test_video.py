@@ -61,6 +61,27 @@ def clip(tmp_path):
     return write_video(tmp_path / "Patient 7 (left).mp4", fr)
 
 
+def test_a_playlist_is_not_a_video_and_opens_no_other_file(tmp_path, capsys):
+    """An HLS playlist (.m3u8) names other files, which FFmpeg opened and decoded: handed to polypal-ingest,
+    one put another local video's frames (another procedure's, another patient's) into the studies folder.
+    Only video containers are opened now, so a playlist is refused by name and nothing is written."""
+    elsewhere = tmp_path / "private"
+    elsewhere.mkdir()
+    write_video(elsewhere / "other_patient.ts", [scene(s) for s in range(10)])
+    st = tmp_path / "st"
+    for name, target in (("list.m3u8", elsewhere / "other_patient.ts"),
+                         ("list2.m3u8", f"file://{elsewhere / 'other_patient.ts'}")):
+        pl = tmp_path / name
+        pl.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:0.4,\n{target}\n#EXT-X-ENDLIST\n")
+        assert ingest_main([str(pl), "--studies", str(st), "--every", "1", "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert str(pl) in err and "accepted container" in err, err
+        assert pngs(st) == []
+    # the video itself, named on the command line, is fine
+    assert ingest_main([str(elsewhere / "other_patient.ts"), "--studies", str(st), "--every", "1", "--quiet"]) == 0
+    assert len(pngs(st)) == 10
+
+
 def test_frames_ids_rate_and_groups(clip, tmp_path):
     st = tmp_path / "st"
     assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0

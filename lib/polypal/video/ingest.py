@@ -80,6 +80,14 @@ def _clean_staging(studies: str) -> None:
             continue
 
 
+# Demuxers FFmpeg may use: video files only. A playlist (HLS .m3u8, ffconcat) names other files, which
+# FFmpeg would open and decode: an .m3u8 handed to polypal-ingest put another local video's frames (another
+# patient's) into the studies folder. Only local files, no other protocol.
+OPEN_OPTIONS = {"format_whitelist": "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,mpeg,asf",
+                "protocol_whitelist": "file"}
+ACCEPTED = "mp4, mov, mkv, webm, avi, MPEG-TS/PS, WMV"
+
+
 def _reason(e: Exception) -> str:
     """FFmpeg's words without its error code and the path again ("[Errno 1094995529] Invalid data found
     when processing input: 'x.mp4'" -> "Invalid data found when processing input")."""
@@ -91,9 +99,11 @@ def _reason(e: Exception) -> str:
 def _decode(path: str, stage: str, name: str, every: int | None, fps: float | None, quiet: bool) -> tuple:
     """Decode ``path``, writing kept frames into ``stage``. Returns (rows, decoded, stream fps)."""
     try:
-        container = av.open(path)
+        container = av.open(path, options=OPEN_OPTIONS)
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise VideoError(f"{path}: not a readable video ({_reason(e)})") from None
+        why = _reason(e)
+        raise VideoError(f"{path}: not a readable video in an accepted container ({ACCEPTED}): "
+                         f"{'its format is none of these' if why == 'Invalid argument' else why}") from None
     with container:
         if not container.streams.video:
             raise VideoError(f"{path}: no video stream in the file")
