@@ -9,6 +9,11 @@ requests) and each latency's last block against its first (a ratio: the same pro
 noise largely cancels).
 
     .venv/bin/python benchmarks/bench_soak.py --frames 600 --block 100
+    .venv/bin/python benchmarks/bench_soak.py --frames 3000 --phases 2000
+
+With ``--phases N``: one request kind at a time (N each, after 200 to warm up), the memory before and after
+each phase, to tell a leak in one handler from growth that follows the datastore (more labels, larger
+listings).
 """
 
 from __future__ import annotations
@@ -59,10 +64,37 @@ def mask_png(stem: str) -> bytes:
     return buf.getvalue()
 
 
+def phases(srv, pid, ids, masks, first, ask, n):
+    rest = [i for i in ids if i not in first]
+
+    def save(k):
+        i = rest[k]
+        body, ct = multipart({"params": "{}"}, {"label": (f"{i}.png", masks[ids[i]])})
+        assert http("PUT", f"{srv.url}/datastore/label?image={i}&tag=final", body, {"Content-Type": ct})[0] == 200
+
+    kinds = [("info", lambda k: http("GET", f"{srv.url}/info/"), n),
+             ("infer", lambda k: http("POST", f"{srv.url}/infer/polyp_seg?image={first[k % 8]}", b"{}", JSON), n),
+             ("download", lambda k: http("GET", f"{srv.url}/datastore/image?image={first[k % 8]}"), n),
+             ("next sample", lambda k: http("POST", f"{srv.url}/activelearning/random", ask, JSON), n),
+             ("save label", save, min(n, len(rest) - 200)),
+             ("listing", lambda k: http("GET", f"{srv.url}/datastore/?output=all"), max(1, n // 10))]
+    for name, fn, count in kinds:
+        for k in range(200):
+            fn(k)
+        before = process_figures(pid)
+        for k in range(count):
+            fn(k + 200)
+        after = process_figures(pid)
+        print(f"{name}: {before['rss_mb']} -> {after['rss_mb']} MB over {count} requests "
+              f"({(after['rss_mb'] - before['rss_mb']) / count * 1000:+.1f} MB per 1000); descriptors "
+              f"{before['fds']} -> {after['fds']}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=600, help="frames in the studies folder (one cycle each)")
     ap.add_argument("--block", type=int, default=100, help="cycles between two readings")
+    ap.add_argument("--phases", type=int, default=0, metavar="N", help="N requests of each kind in turn instead")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="polypal-soak-"))
     ids = make_studies(tmp / "studies", a.frames)
@@ -81,6 +113,8 @@ def main():
                      timeout=1800, every=5, what="the first model")
         pid = srv.proc.pid
         ask = json.dumps({"client_id": "soak"}).encode()
+        if a.phases:
+            return phases(srv, pid, ids, masks, first, ask, a.phases)
         lat = {k: [] for k in ("next", "infer", "download", "save", "listing", "info")}
         rows, requests, cycles = [], 0, 0
 
