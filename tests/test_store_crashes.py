@@ -25,14 +25,16 @@ sys.path.insert(0, {lib!r})
 from polypal.serving import framestore
 from polypal.serving.framestore import FrameStore
 at = {at!r}
-calls = [0]
+calls, uploaded = [0], [False]
 real_replace, real_unlink = os.replace, os.unlink
 
 def replace(src, dst, **kw):
     calls[0] += 1
     if calls[0] == at:
         os.kill(os.getpid(), signal.SIGKILL)
-    return real_replace(src, dst, **kw)
+    out = real_replace(src, dst, **kw)
+    uploaded[0] = uploaded[0] or os.path.basename(str(src)).startswith(".upload-")
+    return out
 
 def unlink(p, **kw):
     if at == "settle" and str(p).endswith(framestore.REPLACE_JOURNAL):
@@ -42,7 +44,7 @@ def unlink(p, **kw):
 real_fsync_dir = framestore._fsync_dir
 
 def fsync_dir(p):
-    if at == "renamed" and os.path.realpath(p) == store.root and calls[0] >= 3:  # the upload is in place
+    if at == "renamed" and os.path.realpath(p) == store.root and uploaded[0]:  # the upload is in place
         os.kill(os.getpid(), signal.SIGKILL)
     return real_fsync_dir(p)
 
@@ -415,3 +417,91 @@ def test_a_recovery_killed_in_turn_is_finished_by_the_next_start(tmp_path, at):
     [kept] = list((root / ".polypal" / "trash").iterdir())
     assert (kept / "labels-final-x.png").read_bytes() == label_bytes
     assert not store._conn().execute("SELECT * FROM meta WHERE key LIKE 'replace:%'").fetchall()
+
+
+def test_a_same_name_replace_of_a_frame_whose_file_was_missing_keeps_its_label_off_the_new_frame(tmp_path):
+    """x.png's file gone by hand (its rows still there), then replaced by another x.png and killed once the
+    upload is in place: the journal named an old frame that was never moved, which read as 'still in place',
+    so the replace was undone and x's old label put back on the new picture."""
+    root, _, _, new = _setup(tmp_path, new_ext=".png")
+    (root / "x.png").unlink()
+    assert _kill_replace(root, new, "renamed").returncode == -9
+    store = FrameStore(root)
+    assert (root / "x.png").read_bytes() == new.read_bytes() and store.labels_of("x") == {}
+    assert not (root / "labels" / "final" / "x.png").exists()
+
+
+def test_a_new_id_that_reads_like_part_of_another_frames_name_leaves_that_frame_alone(tmp_path):
+    """Frame x stored as x.seg.nrrd: a replace of a new id "x.seg" took x's file for its own stray and moved
+    it to the trash, leaving x's rows on a missing file."""
+    root = tmp_path / "studies"
+    root.mkdir()
+    (root / "x.seg.nrrd").write_bytes(b"NRRD0004\n")  # registered by its name; never decoded here
+    store = FrameStore(root)
+    assert store.image_ids() == ["x"]
+    store.add_image("x.seg", str(_frame(tmp_path, "a.png", 4)), replace=True)
+    assert (root / "x.seg.nrrd").exists() and sorted(FrameStore(root).image_ids()) == ["x", "x.seg"]
+
+
+def test_a_torn_manifest_is_rewritten_from_the_journal(tmp_path):
+    """A crash while the trash manifest was written left it empty: the trash tools listed nothing to restore
+    and purge would delete the old frame and labels. The journal rewrites it."""
+    from polypal.serving.trash import list_trash
+
+    root, _, _, new = _setup(tmp_path)
+    assert _kill_replace(root, new, 2).returncode == -9
+    (_journals(root)[0].parent / "manifest.json").write_text("")
+    FrameStore(root)
+    [entry] = list_trash(root)
+    assert entry["files"] == {"x.png": "x.png", "labels-final-x.png": "labels/final/x.png"} and not entry["pending"]
+
+
+def test_a_stale_journal_of_the_same_shape_leaves_a_new_label_alone(tmp_path, monkeypatch):
+    """After a replace that failed and could not be undone, the retry succeeded and a new label was saved:
+    the rows had the old rows' shape again (a .png frame, a final .png label), so the next start 'finished'
+    the old journal, deleting the new label's row or moving its file to the trash. Whole rows are compared."""
+    from polypal.serving import framestore
+
+    root, _, _, new = _setup(tmp_path, new_ext=".png")
+    store = FrameStore(root)
+    real = os.replace
+    fail = {"on": True}
+
+    def flaky(src, dst, **kw):
+        if fail["on"] and (str(src).endswith(os.sep + "x.png") and ".upload-" in str(dst)
+                           or os.path.basename(str(src)).startswith(".upload-")):
+            raise OSError(5, "Input/output error")
+        if fail["on"] and str(dst).endswith(os.path.join("labels", "final", "x.png")):
+            raise OSError(5, "Input/output error")
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(framestore.os, "replace", flaky)
+    with pytest.raises(OSError):
+        store.add_image("x", str(new), replace=True)
+    fail["on"] = False
+    monkeypatch.setattr(framestore.os, "replace", real)
+    assert len(_journals(root)) == 1
+    store.add_image("x", str(new), replace=True)
+    m = tmp_path / "m2.png"
+    Image.fromarray(np.ones((24, 32), np.uint8)).save(m)
+    time.sleep(1.1)  # another second than the first label's
+    store.save_label("x", str(m), "final", {"by": "second annotator"})
+    new_label = Path(store.label_path("x", "final")).read_bytes()
+    store = FrameStore(root)  # the next start
+    assert Path(store.label_path("x", "final")).read_bytes() == new_label
+    assert store.label_info("x", "final").get("by") == "second annotator" and not _journals(root)
+
+
+def test_labels_of_a_frame_missing_at_start_never_land_on_a_later_frame_of_its_id(tmp_path):
+    """A frame file removed by hand: at the next start its rows went but its label files stayed, and a new
+    picture added later under the same id (a re-ingest, an upload) got the old label at the start after."""
+    from polypal.serving.trash import list_trash
+
+    root, _, label_bytes, new = _setup(tmp_path)
+    (root / "x.png").unlink()
+    store = FrameStore(root)
+    assert store.image_ids() == [] and not (root / "labels" / "final" / "x.png").exists()
+    [entry] = list_trash(root)
+    assert entry["files"] == {"labels-final-x.png": "labels/final/x.png"}
+    store.add_image("x", str(new))
+    assert FrameStore(root).labels_of("x") == {}

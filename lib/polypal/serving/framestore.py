@@ -160,10 +160,21 @@ def _same_entry(a: str, b: str | None) -> bool:
 
 
 def _write_fsynced(path: str, doc: dict) -> None:
-    with open(path, "w") as f:
+    """Written whole or not at all (a temporary file, fsynced, renamed): a crash never leaves half of it."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
         json.dump(doc, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def _rows_of(c, image_id: str) -> dict:
+    """An id's rows as they are: its frame's (extension, info) and each label's (extension, info)."""
+    r = c.execute("SELECT ext, info FROM images WHERE id=?", (image_id,)).fetchone()
+    return {"image": list(r) if r else None,
+            "labels": {t: [e, i] for t, e, i in c.execute("SELECT tag, ext, info FROM labels WHERE image_id=?",
+                                                          (image_id,))}}
 
 
 def _write_manifest(folder: str, intent: dict) -> None:
@@ -309,14 +320,26 @@ class FrameStore:
             c.executemany("INSERT INTO images (id, ext) VALUES (?, ?)", new)
             c.executemany("UPDATE images SET ext=? WHERE id=?", [(e, i) for i, e in files.items()
                                                                  if i in known and known[i] != e and there(i, e)
-                                                                 and not there(i, known[i])])
+                                                                 and not there(i, known[i]) and i not in blocked])
+            if gone:  # their label files go to the trash: left in place, a later frame of the id got them
+                orphans = {_label_trash_name(t, f): f for t, f in (
+                    (t, os.path.join(self.root, "labels", t, i + e)) for i in gone
+                    for t, e in c.execute("SELECT tag, ext FROM labels WHERE image_id=?", (i,)).fetchall())
+                    if os.path.lexists(f)}
+                try:
+                    if self.trash(orphans, f"labels of {len(gone)} frame(s) whose file was missing at start-up "
+                                           f"({', '.join(gone[:5])}{'...' if len(gone) > 5 else ''})"):
+                        logger.warning(f"{len(gone)} frame(s) missing at start-up: {len(orphans)} of their "
+                                       f"label file(s) kept in the trash")
+                except OSError as e:
+                    logger.error(f"labels of frames missing at start-up could not be kept in the trash: {e}")
             c.executemany("DELETE FROM images WHERE id=?", [(i,) for i in gone])
             c.executemany("DELETE FROM labels WHERE image_id=?", [(i,) for i in gone])
             lk = {(r[0], r[1]): r[2] for r in c.execute("SELECT image_id, tag, ext FROM labels")}
             c.executemany("INSERT OR REPLACE INTO labels (image_id, tag, ext, info) VALUES (?, ?, ?, "
                           "COALESCE((SELECT info FROM labels WHERE image_id=? AND tag=?), '{}'))",
                           [(i, t, e, i, t) for (i, t), e in label_files.items() if lk.get((i, t)) != e
-                           and _label_file_exists(self.root, (i, t), e)
+                           and i not in blocked and _label_file_exists(self.root, (i, t), e)
                            and c.execute("SELECT 1 FROM images WHERE id=?", (i,)).fetchone()])
             c.executemany("DELETE FROM labels WHERE image_id=? AND tag=?",
                           [k for k, e in lk.items() if k not in label_files and k[0] not in blocked
@@ -590,6 +613,7 @@ class FrameStore:
         their places, were dropped from the datastore as missing). Returns the folder."""
         r = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
         tags = dict(c.execute("SELECT tag, ext FROM labels WHERE image_id=?", (image_id,)).fetchall())
+        before = _rows_of(c, image_id)
         files = {}
         if r is not None:
             files[image_id + r[0]] = os.path.join(self.root, image_id + r[0])
@@ -605,8 +629,9 @@ class FrameStore:
         rel = {k: os.path.relpath(v, self.root) for k, v in files.items()}
         reason = f"image {image_id} replaced by an upload"
         intent = {"id": image_id, "ext": ext, "upload": os.path.basename(tmp), "info": info, "files": rel,
-                  "frame": (image_id + r[0]) if r is not None else None, "reason": reason, "time": time.time(),
-                  "before": {"ext": r[0] if r is not None else None, "labels": tags}}
+                  # the old frame, when its file was there to move (a missing one is not "in place" later)
+                  "frame": (image_id + r[0]) if r is not None and (image_id + r[0]) in files else None,
+                  "reason": reason, "time": time.time(), "before": before}
         moved = []
         try:
             _write_fsynced(os.path.join(folder, REPLACE_JOURNAL), intent)  # first: the manifest can be redone
@@ -705,14 +730,11 @@ class FrameStore:
             files, before = dict(intent["files"]), intent["before"]
             tmp = os.path.join(self.root, os.path.basename(str(intent["upload"])))
             dest = os.path.join(self.root, image_id + ext)
-            if not os.path.exists(os.path.join(folder, "manifest.json")):
-                _write_manifest(folder, intent)  # a crash between the journal and the manifest
+            _write_manifest(folder, intent)  # again: a crash may have cut it or come before it
             if c.execute("SELECT 1 FROM meta WHERE key=?", (key,)).fetchone():
                 done = None  # committed
             else:
-                row = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
-                now = {"ext": row[0] if row else None,
-                       "labels": dict(c.execute("SELECT tag, ext FROM labels WHERE image_id=?", (image_id,)))}
+                now = _rows_of(c, image_id)  # every field: a label saved since has another time
                 frame = intent.get("frame")
                 old_in_place = frame is not None and not os.path.lexists(os.path.join(folder, frame))
                 arrived = not os.path.lexists(tmp) and os.path.lexists(dest) and not (
@@ -768,6 +790,8 @@ class FrameStore:
         exts = dict.fromkeys([ext] + [e for e in FRAME_EXTENSIONS] + [e.upper() for e in FRAME_EXTENSIONS])
         out, seen = [], set()
         for p in (os.path.join(self.root, image_id + e) for e in exts):
+            if split_name(os.path.basename(p))[0] != image_id:  # "x.seg" + ".nrrd" is frame x's file
+                continue
             try:
                 st = os.lstat(p)  # the entry itself: a dangling link is a file of this id too
             except OSError:
