@@ -321,18 +321,6 @@ class FrameStore:
             c.executemany("UPDATE images SET ext=? WHERE id=?", [(e, i) for i, e in files.items()
                                                                  if i in known and known[i] != e and there(i, e)
                                                                  and not there(i, known[i]) and i not in blocked])
-            if gone:  # their label files go to the trash: left in place, a later frame of the id got them
-                orphans = {_label_trash_name(t, f): f for t, f in (
-                    (t, os.path.join(self.root, "labels", t, i + e)) for i in gone
-                    for t, e in c.execute("SELECT tag, ext FROM labels WHERE image_id=?", (i,)).fetchall())
-                    if os.path.lexists(f)}
-                try:
-                    if self.trash(orphans, f"labels of {len(gone)} frame(s) whose file was missing at start-up "
-                                           f"({', '.join(gone[:5])}{'...' if len(gone) > 5 else ''})"):
-                        logger.warning(f"{len(gone)} frame(s) missing at start-up: {len(orphans)} of their "
-                                       f"label file(s) kept in the trash")
-                except OSError as e:
-                    logger.error(f"labels of frames missing at start-up could not be kept in the trash: {e}")
             c.executemany("DELETE FROM images WHERE id=?", [(i,) for i in gone])
             c.executemany("DELETE FROM labels WHERE image_id=?", [(i,) for i in gone])
             lk = {(r[0], r[1]): r[2] for r in c.execute("SELECT image_id, tag, ext FROM labels")}
@@ -711,6 +699,14 @@ class FrameStore:
                 changed.append(image_id)
                 logger.warning(f"a replace of frame {image_id} was interrupted (the server stopped during it); "
                                f"{done}")
+        with self._tx() as c:  # under the lock: no replace is writing its journal now
+            for e in (os.scandir(base) if os.path.isdir(base) else []):
+                try:  # a crash while a replace wrote its journal (moved nothing): only temp files
+                    names = os.listdir(e.path) if e.is_dir(follow_symlinks=False) else None
+                    if names and all(n.endswith(".tmp") for n in names):
+                        shutil.rmtree(e.path)
+                except OSError:
+                    continue
         with self._tx() as c:  # marks whose journal is gone (a crash inside _settle)
             for (key,) in c.execute("SELECT key FROM meta WHERE key LIKE ?", (_REPLACE_KEY + "%",)).fetchall():
                 if not os.path.isfile(os.path.join(base, key[len(_REPLACE_KEY):], REPLACE_JOURNAL)):
