@@ -678,10 +678,13 @@ class FrameStore:
         kept as they are rather than dropped as missing)."""
         base = os.path.join(self.root, ".polypal", "trash")
         try:
-            folders = sorted(e.path for e in os.scandir(base) if e.is_dir(follow_symlinks=False)
-                             and os.path.isfile(os.path.join(e.path, REPLACE_JOURNAL)))
+            dirs = [e.path for e in os.scandir(base) if e.is_dir(follow_symlinks=False)]
         except FileNotFoundError:
-            folders = []
+            dirs = []
+        folders = sorted(d for d in dirs if os.path.isfile(os.path.join(d, REPLACE_JOURNAL)))
+        # a crash while a replace wrote its journal (nothing moved yet) leaves only the journal's temp file
+        cut = [d for d in dirs if os.path.isfile(os.path.join(d, REPLACE_JOURNAL + ".tmp"))
+               and not os.path.exists(os.path.join(d, "manifest.json")) and d not in folders]
         changed, blocked = [], set()
         for folder in folders:
             try:
@@ -700,14 +703,13 @@ class FrameStore:
                 logger.warning(f"a replace of frame {image_id} was interrupted (the server stopped during it); "
                                f"{done}")
         with self._tx() as c:  # under the lock: no replace is writing its journal now
-            for e in (os.scandir(base) if os.path.isdir(base) else []):
-                try:  # a crash while a replace wrote its journal (moved nothing): only temp files
-                    names = os.listdir(e.path) if e.is_dir(follow_symlinks=False) else None
-                    if names and all(n.endswith(".tmp") for n in names):
-                        shutil.rmtree(e.path)
+            for d in cut:
+                try:
+                    if all(n.endswith(".tmp") for n in os.listdir(d)):
+                        shutil.rmtree(d)
                 except OSError:
                     continue
-        with self._tx() as c:  # marks whose journal is gone (a crash inside _settle)
+            # marks whose journal is gone (a crash inside _settle)
             for (key,) in c.execute("SELECT key FROM meta WHERE key LIKE ?", (_REPLACE_KEY + "%",)).fetchall():
                 if not os.path.isfile(os.path.join(base, key[len(_REPLACE_KEY):], REPLACE_JOURNAL)):
                     c.execute("DELETE FROM meta WHERE key=?", (key,))
