@@ -101,7 +101,7 @@ class PolypDatastore(Datastore):
         self.store = FrameStore(studies, read_only=read_only)
         self._path = self.store.root
         self._on_change = on_change
-        for image_id in self.store.recovered:  # a replace interrupted by a crash, finished or undone at start-up
+        for image_id in self.store.recovered:  # an interrupted replace finished or undone, labels moved to the trash
             self._changed(image_id)
 
     def _changed(self, image_id: str) -> None:

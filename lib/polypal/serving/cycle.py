@@ -20,7 +20,7 @@ from polypal.data import DataError, read_rgb, resize_rgb
 from polypal.learner import CheckpointError, load_checkpoint, predict
 from polypal.sampler import BvSB, resolve, server_strategies
 from polypal.serving.features import NO_MODEL, THUMB, model_version
-from polypal.serving.framestore import file_signature
+from polypal.serving.fileops import file_signature
 from polypal.serving.planner import is_fallback
 
 logger = logging.getLogger(__name__)

@@ -17,6 +17,10 @@ labels in ``labels/<tag>/<image id><ext>``. Metadata lives in
   LocalDatastore) once, keeping every image and label info; the JSON file is
   left untouched.
 
+A label stays with the picture it was drawn on: the frame file's SHA-256 is recorded with each label, and
+``reconcile`` keeps the labels of a missing frame aside until the same picture comes back, and moves to the
+trash a label whose frame file now holds another picture.
+
 Ids and tags are checked by ``check_name``: no separators, no '..', no NUL, at most
 MAX_NAME characters.
 
@@ -35,7 +39,6 @@ they are read together.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +46,13 @@ import shutil
 import tempfile
 import time
 
+from polypal.serving import label_frames
+from polypal.serving.fileops import copy_fsynced as _copy_fsynced
+from polypal.serving.fileops import file_signature, frame_digest
+from polypal.serving.fileops import fsync_dir as _fsync_dir
+from polypal.serving.fileops import label_trash_name as _label_trash_name
+from polypal.serving.fileops import same_entry as _same_entry
+from polypal.serving.fileops import write_fsynced as _write_fsynced
 from polypal.serving.sqlite_db import SQLiteDB
 from polypal.vocab import FRAME_EXTENSIONS, LABEL_EXTENSIONS, check_alias, check_name, patterns, plain_name, split_name
 
@@ -95,78 +105,9 @@ def _label_file_exists(root: str, key: tuple[str, str], ext: str) -> bool:
     return os.path.exists(os.path.join(root, "labels", key[1], key[0] + ext))
 
 
-def file_signature(path) -> list | None:
-    """[inode, mtime_ns, size] of a file now, None when it is not there: a file replaced by a rename (an
-    upload, a replace) has another, so a reader can tell whether what it read is still the file."""
-    try:
-        st = os.stat(path)
-    except (OSError, TypeError, ValueError):
-        return None
-    return [st.st_ino, st.st_mtime_ns, st.st_size]
-
-
 def _plain_ext(ext) -> bool:
     """An extension as the store records them: '' or '.' followed by a plain name ('.png', '.nii.gz')."""
     return isinstance(ext, str) and (ext == "" or (ext.startswith(".") and plain_name(ext[1:])))
-
-
-def _label_trash_name(tag: str, path: str) -> str:
-    """A label file's name in a trash folder: ``labels-<tag>-<file>``. A 128-character tag and a 128-character id
-    would make that longer than a file name may be (255 bytes): such a tag is replaced by its digest, after
-    another prefix (``label-sha256-``), so that no other tag's name can be the same (the manifest keeps
-    where the file was, so a restore does not need the name)."""
-    name = f"labels-{tag}-{os.path.basename(path)}"
-    if len(name.encode()) <= 200:
-        return name
-    return f"label-sha256-{hashlib.sha256(tag.encode()).hexdigest()[:32]}-{os.path.basename(path)}"
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _copy_fsynced(src: str, dir_: str) -> str:
-    """Copy ``src`` to a new hidden temporary file in ``dir_`` (fsynced); returns its path."""
-    fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=dir_)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _same_entry(a: str, b: str | None) -> bool:
-    """Whether two paths name the same directory entry's file (by lstat: no link followed, so a dangling
-    symlink compares too)."""
-    if not b:
-        return False
-    try:
-        sa, sb = os.lstat(a), os.lstat(b)
-    except OSError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
-def _write_fsynced(path: str, doc: dict) -> None:
-    """Written whole or not at all (a temporary file, fsynced, renamed): a crash never leaves half of it."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
 
 
 def _rows_of(c, image_id: str) -> dict:
@@ -187,10 +128,10 @@ class FrameStore:
     def __init__(self, root: str | os.PathLike, patterns=IMAGE_PATTERNS, read_only: bool = False):
         self.root = os.path.realpath(str(root))
         self.patterns = tuple(patterns)
-        self.recovered: list[str] = []  # frames whose interrupted replace the last reconcile finished or undid
+        self.recovered: list[str] = []  # frames the last reconcile changed (replace finished/undone, labels trashed)
         self.db_path = os.path.join(self.root, ".polypal", "datastore.sqlite")
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
-        self._db = SQLiteDB(self.db_path, _SCHEMA)
+        self._db = SQLiteDB(self.db_path, _SCHEMA + label_frames.SCHEMA)
         for tag in ("final", "original"):
             os.makedirs(self.label_dir(tag), exist_ok=True)
         if not read_only:
@@ -273,7 +214,11 @@ class FrameStore:
 
     # -- start-up ----------------------------------------------------------------------------
     def reconcile(self) -> dict:
-        """Bring the metadata in line with the files (one directory scan, one transaction)."""
+        """Bring the metadata in line with the files (one directory scan, one transaction).
+
+        A label stays with the picture it was drawn on: labels of a frame missing at a start are kept aside
+        and go back only onto the same picture (the trash takes them when another picture comes under that
+        id), and labels whose frame file was changed on disk for another picture go to the trash."""
         t0 = time.perf_counter()
         self.recovered, blocked = self._recover_replaces()
         files = {}
@@ -307,6 +252,7 @@ class FrameStore:
                 if i in files:
                     label_files[(i, tag)] = ext
         migrated = self._migrate_v2_json()
+        digests = label_frames.digests_needed(self, files, label_files)
         with self._tx() as c:
             known = dict(c.execute("SELECT id, ext FROM images"))
 
@@ -321,19 +267,25 @@ class FrameStore:
             c.executemany("UPDATE images SET ext=? WHERE id=?", [(e, i) for i, e in files.items()
                                                                  if i in known and known[i] != e and there(i, e)
                                                                  and not there(i, known[i]) and i not in blocked])
+            kept_aside = label_frames.detach(self, c, gone)
             c.executemany("DELETE FROM images WHERE id=?", [(i,) for i in gone])
             c.executemany("DELETE FROM labels WHERE image_id=?", [(i,) for i in gone])
             lk = {(r[0], r[1]): r[2] for r in c.execute("SELECT image_id, tag, ext FROM labels")}
-            c.executemany("INSERT OR REPLACE INTO labels (image_id, tag, ext, info) VALUES (?, ?, ?, "
-                          "COALESCE((SELECT info FROM labels WHERE image_id=? AND tag=?), '{}'))",
-                          [(i, t, e, i, t) for (i, t), e in label_files.items() if lk.get((i, t)) != e
-                           and i not in blocked and _label_file_exists(self.root, (i, t), e)
-                           and c.execute("SELECT 1 FROM images WHERE id=?", (i,)).fetchone()])
+            moved = []  # ids whose labels went to the trash
+            for (i, t), e in label_files.items():  # a label file without its row (or with another extension)
+                if lk.get((i, t)) != e and i not in blocked and _label_file_exists(self.root, (i, t), e) \
+                        and c.execute("SELECT 1 FROM images WHERE id=?", (i,)).fetchone() \
+                        and label_frames.attach(self, c, i, t, e, digests.get(i)) == "trash":
+                    moved.append(i)
             c.executemany("DELETE FROM labels WHERE image_id=? AND tag=?",
                           [k for k, e in lk.items() if k not in label_files and k[0] not in blocked
                            and not _label_file_exists(self.root, k, e)])
+            moved += label_frames.check(self, c, blocked, digests)
+            label_frames.purge(self, c)
+        self.recovered += [i for i in dict.fromkeys(moved) if i not in self.recovered]
         res = {"images": len(files), "added": len(new), "removed": len(gone), "labels": len(label_files),
-               "migrated": migrated, "seconds": round(time.perf_counter() - t0, 3)}
+               "labels_kept_aside": kept_aside, "labels_to_trash": len(moved), "migrated": migrated,
+               "seconds": round(time.perf_counter() - t0, 3)}
         logger.info(f"datastore reconciled: {res}")
         return res
 
@@ -477,6 +429,7 @@ class FrameStore:
         os.makedirs(d, exist_ok=True)
         tmp = _copy_fsynced(src_file, d)
         dest = os.path.join(d, image_id + ext)
+        drawn_on = frame_digest(self.image_path(image_id))  # hashed outside the lock; checked again inside
         info = dict(info or {})
         info["ts"] = int(time.time())
         info["name"] = image_id + ext
@@ -488,10 +441,13 @@ class FrameStore:
                 row = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
                 if row is None:
                     raise NotFound(f"image {image_id!r} not found (deleted while its label was being saved)")
-                if frame_signature is not None:
-                    if file_signature(os.path.join(self.root, image_id + row[0])) != list(frame_signature):
-                        raise FrameChanged(f"frame {image_id!r} was replaced while its label was being saved; "
-                                           f"look at the new frame and label it again")
+                frame_path = os.path.join(self.root, image_id + row[0])
+                now = file_signature(frame_path)
+                if frame_signature is not None and now != list(frame_signature):
+                    raise FrameChanged(f"frame {image_id!r} was replaced while its label was being saved; "
+                                       f"look at the new frame and label it again")
+                if drawn_on is None or drawn_on[1] != now:
+                    drawn_on = frame_digest(frame_path)
                 old = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
                 old_path = os.path.join(d, image_id + old[0]) if old else None
                 if old_path and os.path.exists(old_path):
@@ -505,6 +461,7 @@ class FrameStore:
                 _fsync_dir(d)
                 c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)",
                           (image_id, tag, ext, json.dumps(info)))
+                label_frames.record(c, image_id, tag, drawn_on)
                 if old_path and old_path != dest and os.path.exists(old_path):
                     os.unlink(old_path)  # its copy is in the trash (above)
         except BaseException:

@@ -1,0 +1,183 @@
+"""A label stays with the picture it was drawn on, whatever happens to the studies folder between two starts.
+
+Each test opens the store as the server does at start-up (``FrameStore(root)`` reconciles), changes files
+by hand as a user or a flaky share would, and opens it again.
+"""
+import os
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from polypal.serving.framestore import FrameStore
+from polypal.serving.trash import list_trash, restore
+
+
+def picture(path, value, size=(20, 30)):
+    Image.fromarray(np.full((*size, 3), value, np.uint8)).save(path)
+    return path
+
+
+def labeled_store(tmp_path, n=3):
+    root = tmp_path / "s"
+    root.mkdir()
+    for i in range(n):
+        picture(root / f"f{i:03d}.png", 10 * i)
+    fs = FrameStore(root)
+    mask = tmp_path / "m.png"
+    Image.fromarray(np.full((20, 30), 255, np.uint8)).save(mask)
+    fs.save_label("f001", str(mask), "final", {"user": "dr-a"})
+    return root, fs
+
+
+def trashed_labels(root):
+    return [(e["reason"], list(e["files"].values())) for e in list_trash(root)]
+
+
+def test_a_different_picture_under_a_deleted_frames_id_does_not_get_its_label(tmp_path):
+    root, _ = labeled_store(tmp_path)
+    os.unlink(root / "f001.png")  # deleted by hand
+    assert "f001" not in FrameStore(root).image_ids()
+    picture(root / "f001.png", 200)  # later: another picture under the same id (a re-ingest, an upload)
+    fs = FrameStore(root)
+    assert "f001" in fs.image_ids() and fs.labeled_ids() == []
+    assert not (root / "labels" / "final" / "f001.png").exists()
+    (reason, files), = trashed_labels(root)
+    assert "another picture" in reason and files == ["labels/final/f001.png"]
+
+
+def test_another_extension_under_a_deleted_frames_id_does_not_get_its_label(tmp_path):
+    root, _ = labeled_store(tmp_path)
+    os.unlink(root / "f001.png")
+    FrameStore(root)
+    picture(root / "f001.jpg", 200)
+    fs = FrameStore(root)
+    assert fs.image_ext("f001") == ".jpg" and fs.labeled_ids() == []
+
+
+def test_a_frame_back_from_a_share_outage_gets_its_label_and_its_info_back(tmp_path):
+    """A frame missing at one start (a share not mounted) and back at the next, byte for byte: its label
+    goes back on it, with the info it was saved with (who drew it, when)."""
+    root, fs = labeled_store(tmp_path)
+    info = fs.label_info("f001", "final")
+    away = tmp_path / "share"
+    away.mkdir()
+    shutil.move(root / "f001.png", away / "f001.png")
+    assert FrameStore(root).labeled_ids() == []
+    shutil.copy(away / "f001.png", root / "f001.png")  # back: same bytes, another inode and time
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"]
+    assert fs.label_info("f001", "final") == info and info["user"] == "dr-a"
+    assert list_trash(root) == []
+
+
+def test_a_labeled_frame_overwritten_by_hand_loses_its_label_to_the_trash(tmp_path):
+    root, fs = labeled_store(tmp_path)
+    picture(root / "f001.png", 250)  # another picture copied over it while no server ran
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == [] and "f001" in fs.image_ids()
+    (reason, files), = trashed_labels(root)
+    assert "changed on disk" in reason and files == ["labels/final/f001.png"]
+    # the user who knows better can put it back (the trash recorded the frame now there)
+    assert restore(root, list_trash(root)[0]["name"])["refused"] == {}
+    assert FrameStore(root).labeled_ids() == ["f001"]
+
+
+def test_a_frame_touched_or_copied_back_byte_for_byte_keeps_its_label(tmp_path):
+    root, fs = labeled_store(tmp_path)
+    os.utime(root / "f001.png", ns=(1, 1))
+    assert FrameStore(root).labeled_ids() == ["f001"]
+    data = (root / "f001.png").read_bytes()
+    os.unlink(root / "f001.png")
+    (root / "f001.png").write_bytes(data)  # restored from a backup
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"] and fs.label_info("f001", "final")["user"] == "dr-a"
+    assert list_trash(root) == []
+
+
+def test_labels_saved_before_the_frame_record_existed_are_hashed_once_and_then_guarded(tmp_path):
+    root, fs = labeled_store(tmp_path)
+    with fs._tx() as c:  # a datastore from an older version: no record of the frame each label was drawn on
+        c.execute("DELETE FROM label_frames")
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"]
+    assert fs._conn().execute("SELECT COUNT(*) FROM label_frames").fetchone()[0] == 1
+    picture(root / "f001.png", 250)
+    assert FrameStore(root).labeled_ids() == []
+
+
+def test_a_new_label_put_by_hand_for_the_returning_id_is_that_frames_label(tmp_path):
+    root, _ = labeled_store(tmp_path)
+    os.unlink(root / "f001.png")
+    FrameStore(root)
+    picture(root / "f001.png", 200)
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(root / "labels" / "final" / "f001.png")  # drawn for it
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"] and list_trash(root) == []
+
+
+def test_a_label_kept_aside_is_replaced_by_a_save_for_the_new_picture(tmp_path):
+    """The frame comes back as another picture through an upload while the server runs; the annotator
+    saves a label for it: the old file goes to the trash, and the next start keeps the new label."""
+    root, fs = labeled_store(tmp_path)
+    os.unlink(root / "f001.png")
+    fs = FrameStore(root)
+    fs.add_image("f001", str(picture(tmp_path / "up.png", 200)))
+    mask = tmp_path / "m2.png"
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(mask)
+    fs.save_label("f001", str(mask), "final", {"user": "dr-b"})
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"] and fs.label_info("f001", "final")["user"] == "dr-b"
+    assert fs._conn().execute("SELECT COUNT(*) FROM detached_labels").fetchone()[0] == 0
+
+
+def test_through_the_server_labels_follow_their_pictures_across_restarts(tmp_path):
+    """Labels saved through a real server; between starts one frame is overwritten by hand with another
+    picture and another is away (a share not mounted), then back: the first label goes to the trash, the
+    second comes back with its info."""
+    import io
+
+    import pytest
+
+    from server_utils import Server, http, multipart
+
+    pytest.importorskip("monailabel")
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for i in range(4):
+        picture(studies / f"fr{i:03d}.png", 30 * i, size=(48, 64))
+    srv = Server(studies, tmp_path).start()
+    try:
+        for fid in ("fr000", "fr001"):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((48, 64), 255, np.uint8)).save(buf, format="PNG")
+            body, ct = multipart({"params": '{"client_id": "dr-a"}'}, {"label": (f"{fid}.png", buf.getvalue())})
+            s, r = http("PUT", f"{srv.url}/datastore/label?image={fid}&tag=final", body, {"Content-Type": ct})
+            assert s == 200, r
+        s, ds = http("GET", srv.url + "/datastore/?output=all")
+        info = ds["objects"]["fr001"]["labels"]["final"]["info"]
+    finally:
+        srv.stop()
+
+    def labels(server):
+        s, ds = http("GET", server.url + "/datastore/?output=all")
+        assert s == 200
+        return {k: v["labels"]["final"]["info"] for k, v in ds["objects"].items() if "final" in v["labels"]}
+
+    picture(studies / "fr000.png", 250, size=(48, 64))  # another picture over a labeled frame
+    away = tmp_path / "share"
+    away.mkdir()
+    shutil.move(studies / "fr001.png", away / "fr001.png")
+    srv = Server(studies, tmp_path, port=srv.port).start()
+    try:
+        assert labels(srv) == {}
+    finally:
+        srv.stop()
+    shutil.move(away / "fr001.png", studies / "fr001.png")
+    srv = Server(studies, tmp_path, port=srv.port).start()
+    try:
+        assert labels(srv) == {"fr001": info}
+    finally:
+        srv.stop()
+    (reason, files), = trashed_labels(studies)
+    assert "changed on disk" in reason and files == ["labels/final/fr000.png"]
