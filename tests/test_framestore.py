@@ -208,7 +208,7 @@ def test_a_frame_added_again_while_its_delete_finishes_is_never_the_file_trashed
     outcome = []
 
     class OtherClientAddsDuringTrash(FrameStore):
-        def trash(self, files, reason, keep_source=False):
+        def trash(self, files, reason, keep_source=False, **kw):
             if reason == "image x removed" and not outcome:
                 def add():
                     try:
@@ -219,7 +219,7 @@ def test_a_frame_added_again_while_its_delete_finishes_is_never_the_file_trashed
                 t = threading.Thread(target=add)
                 t.start()
                 t.join(30)
-            return super().trash(files, reason, keep_source)
+            return super().trash(files, reason, keep_source, **kw)
 
     fs = OtherClientAddsDuringTrash(root)
     fs.add_image("x", str(src))

@@ -181,3 +181,116 @@ def test_through_the_server_labels_follow_their_pictures_across_restarts(tmp_pat
         srv.stop()
     (reason, files), = trashed_labels(studies)
     assert "changed on disk" in reason and files == ["labels/final/fr000.png"]
+
+
+# -- what a review found (each failed on the first version of this check) ----------------------------------
+
+def test_a_frame_re_encoded_with_the_same_pixels_keeps_its_label_and_info(tmp_path):
+    root, fs = labeled_store(tmp_path)
+    p = root / "f001.png"
+    arr = np.asarray(Image.open(p)).copy()
+    Image.fromarray(arr).convert("P", palette=Image.Palette.ADAPTIVE).save(p, optimize=True)  # a palette PNG
+    assert np.array_equal(np.asarray(Image.open(p).convert("RGB")), arr)  # other bytes, the same picture
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"] and fs.label_info("f001", "final")["user"] == "dr-a"
+    assert list_trash(root) == []
+    picture(p, 251)  # and then really another picture
+    assert FrameStore(root).labeled_ids() == []
+
+
+def test_a_frame_half_copied_at_a_start_keeps_its_label_until_it_can_be_read(tmp_path):
+    root, fs = labeled_store(tmp_path)
+    data = (root / "f001.png").read_bytes()
+    (root / "f001.png").write_bytes(data[: len(data) // 2])  # cp writing the same picture in place
+    assert FrameStore(root).labeled_ids() == ["f001"]  # cannot be told yet: left as it is
+    (root / "f001.png").write_bytes(data)
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"] and list_trash(root) == []
+    # the same while the label is kept aside
+    os.unlink(root / "f001.png")
+    FrameStore(root)
+    (root / "f001.png").write_bytes(data[: len(data) // 2])
+    assert FrameStore(root).labeled_ids() == []
+    (root / "f001.png").write_bytes(data)
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"] and fs.label_info("f001", "final")["user"] == "dr-a"
+    assert list_trash(root) == []
+
+
+def test_a_label_kept_aside_is_known_by_its_content_not_its_file_time(tmp_path):
+    """cp -r of the studies folder (or a backup restore) gives every label file a new time: the kept-aside
+    label is still that label, and still never goes onto another picture."""
+    import subprocess
+
+    root, _ = labeled_store(tmp_path)
+    os.unlink(root / "f001.png")
+    FrameStore(root)
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(root), str(copy)], check=True)
+    picture(copy / "f001.png", 200)
+    fs = FrameStore(copy)
+    assert fs.labeled_ids() == [] and len(list_trash(copy)) == 1
+
+
+def test_a_label_that_cannot_go_to_the_trash_is_kept_aside_and_the_start_goes_on(tmp_path, monkeypatch):
+    import polypal.serving.framestore as framestore
+
+    root, _ = labeled_store(tmp_path)
+    picture(root / "f001.png", 250)
+    picture(root / "f003.png", 77)  # a new frame, registered by the same start
+    real = os.replace
+
+    def full_disk(src, dst, *a, **k):
+        if "/trash/" in str(dst):
+            raise OSError(28, "No space left on device")
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(framestore.os, "replace", full_disk)
+    fs = FrameStore(root)
+    assert "f003" in fs.image_ids() and fs.labeled_ids() == []  # never left on the other picture
+    assert (root / "labels" / "final" / "f001.png").exists() and list_trash(root) == []
+    monkeypatch.setattr(framestore.os, "replace", real)
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == [] and not (root / "labels" / "final" / "f001.png").exists()
+    assert len(list_trash(root)) == 1
+
+
+def test_a_trashed_label_goes_back_with_its_info_once_its_picture_is_back(tmp_path):
+    root, _ = labeled_store(tmp_path)
+    backup = (root / "f001.png").read_bytes()
+    picture(root / "f001.png", 250)  # overwritten by mistake
+    assert FrameStore(root).labeled_ids() == []
+    (root / "f001.png").write_bytes(backup)  # the original back
+    FrameStore(root)
+    assert restore(root, list_trash(root)[0]["name"])["refused"] == {}
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"] and fs.label_info("f001", "final")["user"] == "dr-a"
+
+
+def test_a_removed_label_is_restored_with_its_info(tmp_path):
+    root, fs = labeled_store(tmp_path)
+    fs.remove_label("f001", "final")
+    assert restore(root, list_trash(root)[0]["name"])["refused"] == {}
+    assert FrameStore(root).label_info("f001", "final")["user"] == "dr-a"
+
+
+def test_a_second_file_of_the_id_does_not_hide_an_overwrite_of_the_frame(tmp_path):
+    root, _ = labeled_store(tmp_path)
+    picture(root / "f001.jpg", 123)  # a stray beside the registered f001.png
+    FrameStore(root)
+    picture(root / "f001.png", 250)
+    assert FrameStore(root).labeled_ids() == []
+
+
+def test_a_label_file_put_by_hand_goes_with_its_frame_when_the_frame_is_replaced_or_deleted(tmp_path):
+    """A label file of the id that no row points to yet (copied in by hand, registered at the next start)
+    leaves with the frame it was meant for, and never lands on the upload that replaces it."""
+    root, fs = labeled_store(tmp_path)
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(root / "labels" / "final" / "f002.png")  # not yet registered
+    fs.add_image("f002", str(picture(tmp_path / "up.png", 222)), replace=True)
+    assert FrameStore(root).labeled_ids() == ["f001"]
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(root / "labels" / "final" / "f000.png")
+    fs.remove_image("f000")
+    picture(root / "f000.png", 99)  # a new f000 later
+    assert FrameStore(root).labeled_ids() == ["f001"]
+    assert not (root / "labels" / "final" / "f000.png").exists()

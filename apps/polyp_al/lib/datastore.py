@@ -33,22 +33,27 @@ from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
 from polypal.data import VOLUME_EXTENSIONS, DataError, TooLarge, read_mask, read_rgb, write_label
+from polypal.serving import label_frames
 from polypal.serving.framestore import Exists, FrameChanged, FrameStore, InfoTooLarge, NotFound
-from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, split_name
+from polypal.vocab import FRAME_EXTENSIONS, LABEL_EXTENSIONS, InvalidName, check_name, split_name
 
 logger = logging.getLogger(__name__)
 
 
 
-def checked_mask(image_id: str, image_uri: str | None, label_file: str, moved=None):
+def checked_mask(image_id: str, image_uri: str | None, label_file: str, moved=None, seen: dict | None = None):
     """The label file as a bool (H, W) mask, checked against its frame: 404 unknown frame, 422 unreadable
     frame or a mask that is not a mask of that frame's size (logged, naming the frame and the problem).
     ``moved()``: when the frame cannot be read, the answer to give if that is because it was deleted or
-    replaced meanwhile (None if it was not)."""
+    replaced meanwhile (None if it was not). ``seen["pixels"]``: set to the decoded frame's
+    ``label_frames.pixels_sha`` (the picture the label is drawn on)."""
     if not image_uri:
         raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
     try:
-        hw = read_rgb(image_uri).shape[:2]
+        rgb = read_rgb(image_uri)
+        hw = rgb.shape[:2]
+        if seen is not None:
+            seen["pixels"] = label_frames.pixels_sha(rgb)
     except TooLarge as e:
         raise HTTPException(status_code=413, detail=f"frame {image_id}: {e.problem}") from None
     except DataError as e:
@@ -94,6 +99,18 @@ def take_saved_tag() -> str | None:
     return tag
 
 
+def empty_studies_hint(root: str) -> str:
+    """What to tell a user whose studies folder has no frame (next-sample then answers {})."""
+    exts = ", ".join(e.lstrip(".") for e in FRAME_EXTENSIONS)
+    sub = [d for d in ("images", "Original", "frames") if os.path.isdir(os.path.join(root, d))]
+    if sub:
+        return (f"no frames in {root}: frames go at the top of the studies folder ({exts}), and this one has a "
+                f"{sub[0]}/ subfolder (a dataset layout, as polypal-export writes and polypal-sim reads). To "
+                f"annotate those frames, start with --studies {os.path.join(root, sub[0])} (its masks are not read)")
+    return (f"no frames in {root} ({exts} at the top of the folder): next-sample answers {{}} until frames are "
+            f"added (copy them there and restart, polypal-ingest a video, or PUT /datastore/image)")
+
+
 class PolypDatastore(Datastore):
     def __init__(self, studies: str, read_only: bool = False, on_change=None):
         """``on_change(image_id)``: called after a frame is added, replaced or deleted (the server drops
@@ -103,6 +120,8 @@ class PolypDatastore(Datastore):
         self._on_change = on_change
         for image_id in self.store.recovered:  # an interrupted replace finished or undone, labels moved to the trash
             self._changed(image_id)
+        if not read_only and not self.store.image_ids():
+            logger.warning(empty_studies_hint(self._path))
 
     def _changed(self, image_id: str) -> None:
         if self._on_change is None:
@@ -285,7 +304,8 @@ class PolypDatastore(Datastore):
                                                                  f"and label it again")
                 return None
 
-            mask = checked_mask(image_id, self.get_image_uri(image_id), label_filename, moved)
+            seen: dict = {}
+            mask = checked_mask(image_id, self.get_image_uri(image_id), label_filename, moved, seen)
             # stored re-encoded, never as uploaded: mask images as 0/1 PNG, label volumes as a clean volume
             # of the same format (no trailing bytes, detached data or odd headers survive)
             is_volume = any(ext.lower() == v for v in VOLUME_EXTENSIONS)
@@ -294,7 +314,8 @@ class PolypDatastore(Datastore):
             os.close(fd)
             write_label(mask, stored)
             try:
-                label_id = self.store.save_label(image_id, stored, label_tag, label_info, frame_signature=frame)
+                label_id = self.store.save_label(image_id, stored, label_tag, label_info, frame_signature=frame,
+                                                 frame_pixels=seen.get("pixels"))
             except NotFound as e:
                 raise HTTPException(status_code=404, detail=str(e)) from None
             except FrameChanged as e:

@@ -19,21 +19,6 @@ def file_signature(path) -> list | None:
     return [st.st_ino, st.st_mtime_ns, st.st_size]
 
 
-def frame_digest(path) -> tuple[str, list] | None:
-    """(sha256 of the file's bytes, its ``file_signature``), None when it is not there or changed while read."""
-    sig = file_signature(path)
-    if sig is None:
-        return None
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError:
-        return None
-    return (h.hexdigest(), sig) if file_signature(path) == sig else None
-
-
 def label_trash_name(tag: str, path: str) -> str:
     """A label file's name in a trash folder: ``labels-<tag>-<file>``. A 128-character tag and a 128-character id
     would make that longer than a file name may be (255 bytes): such a tag is replaced by its digest, after

@@ -48,7 +48,7 @@ import time
 
 from polypal.serving import label_frames
 from polypal.serving.fileops import copy_fsynced as _copy_fsynced
-from polypal.serving.fileops import file_signature, frame_digest
+from polypal.serving.fileops import file_signature
 from polypal.serving.fileops import fsync_dir as _fsync_dir
 from polypal.serving.fileops import label_trash_name as _label_trash_name
 from polypal.serving.fileops import same_entry as _same_entry
@@ -155,24 +155,30 @@ class FrameStore:
         return file_signature(path) if path else None
 
     def trash(self, files: dict[str, str], reason: str, keep_source: bool = False,
-              frame: str | None = None) -> str | None:
+              frame: str | None = None, labels: dict[str, dict] | None = None) -> str | None:
         """Move (or, with keep_source, hard-link/copy) files into a new trash folder.
 
         ``files`` maps a name in the trash folder to an existing path. ``frame``: the id of the frame the
         (label) files belong to; its file's signature is recorded, so that a restore can tell a label of
-        this frame from one of a frame that replaced it later. Returns the folder, or None when none of
-        the files exists."""
+        this frame from one of a frame that replaced it later. ``labels``: per trash name of a label file,
+        what a restore needs beside it ({"info": the label's info, "drawn_on": {"sha256", "pixels"} of the
+        picture it was drawn on}). The manifest is written before anything moves (a crash half-way leaves
+        a folder that says what it holds). Returns the folder, or None when none of the files exists."""
         files = {k: v for k, v in files.items() if v and os.path.exists(v)}
         if not files:
             return None
         base = os.path.join(self.root, ".polypal", "trash")
         os.makedirs(base, exist_ok=True)
         folder = tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=base)
-        manifest = {"reason": reason, "time": time.time(), "files": {}}
+        manifest = {"reason": reason, "time": time.time(),
+                    "files": {name: os.path.relpath(src, self.root) for name, src in files.items()}}
         if frame is not None:
             manifest["frame"] = {"id": frame, "signature": self.frame_signature(frame)}
+        if labels:
+            manifest["labels"] = {k: v for k, v in labels.items() if k in files}
         moved = []
         try:
+            _write_fsynced(os.path.join(folder, "manifest.json"), manifest)
             for name, src in files.items():
                 dest = os.path.join(folder, name)
                 if keep_source:
@@ -183,15 +189,10 @@ class FrameStore:
                 else:
                     os.replace(src, dest)
                     moved.append((dest, src))
-                manifest["files"][name] = os.path.relpath(src, self.root)
-            with open(os.path.join(folder, "manifest.json"), "w") as f:
-                json.dump(manifest, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
             _fsync_dir(folder)
         except BaseException:
             # callers trash inside their transaction, which then rolls back: the files go back where the
-            # rows say they are (a disk full while writing the manifest must not leave rows without files)
+            # rows say they are (a disk full while moving must not leave rows without files)
             stuck = False
             for dest, src in reversed(moved):
                 try:
@@ -252,7 +253,7 @@ class FrameStore:
                 if i in files:
                     label_files[(i, tag)] = ext
         migrated = self._migrate_v2_json()
-        digests = label_frames.digests_needed(self, files, label_files)
+        digests = label_frames.hash_frames(self, files, label_files)
         with self._tx() as c:
             known = dict(c.execute("SELECT id, ext FROM images"))
 
@@ -267,7 +268,7 @@ class FrameStore:
             c.executemany("UPDATE images SET ext=? WHERE id=?", [(e, i) for i, e in files.items()
                                                                  if i in known and known[i] != e and there(i, e)
                                                                  and not there(i, known[i]) and i not in blocked])
-            kept_aside = label_frames.detach(self, c, gone)
+            kept_aside = label_frames.keep_aside(self, c, gone)
             c.executemany("DELETE FROM images WHERE id=?", [(i,) for i in gone])
             c.executemany("DELETE FROM labels WHERE image_id=?", [(i,) for i in gone])
             lk = {(r[0], r[1]): r[2] for r in c.execute("SELECT image_id, tag, ext FROM labels")}
@@ -275,13 +276,13 @@ class FrameStore:
             for (i, t), e in label_files.items():  # a label file without its row (or with another extension)
                 if lk.get((i, t)) != e and i not in blocked and _label_file_exists(self.root, (i, t), e) \
                         and c.execute("SELECT 1 FROM images WHERE id=?", (i,)).fetchone() \
-                        and label_frames.attach(self, c, i, t, e, digests.get(i)) == "trash":
+                        and label_frames.take_back(self, c, i, t, e, digests.get(i)) == "trash":
                     moved.append(i)
             c.executemany("DELETE FROM labels WHERE image_id=? AND tag=?",
                           [k for k, e in lk.items() if k not in label_files and k[0] not in blocked
                            and not _label_file_exists(self.root, k, e)])
-            moved += label_frames.check(self, c, blocked, digests)
-            label_frames.purge(self, c)
+            moved += label_frames.check_frames(self, c, blocked, digests)
+            label_frames.drop_stale(self, c)
         self.recovered += [i for i in dict.fromkeys(moved) if i not in self.recovered]
         res = {"images": len(files), "added": len(new), "removed": len(gone), "labels": len(label_files),
                "labels_kept_aside": kept_aside, "labels_to_trash": len(moved), "migrated": migrated,
@@ -411,11 +412,13 @@ class FrameStore:
 
     # -- writes ------------------------------------------------------------------------------
     def save_label(self, image_id: str, src_file: str, tag: str, info: dict | None = None,
-                   frame_signature: list | None = None) -> str:
+                   frame_signature: list | None = None, frame_pixels: str | None = None) -> str:
         """Store a label file crash-safely; returns the label id (= the image id).
 
         ``frame_signature`` (``frame_signature()`` taken when the label was checked against its frame): the
-        label is refused (``FrameChanged``) if the frame's file is another one by the time it is stored.
+        label is refused (``FrameChanged``) if the frame's file is another one by the time it is stored;
+        ``frame_pixels``: the frame's ``label_frames.pixels_sha`` from that check (else decoded again here), for
+        the record of the picture the label was drawn on.
         The label it replaces, if any, is kept in the trash (hard link taken before the rename)."""
         check_name("image id", image_id)
         d = self.label_dir(tag)
@@ -429,7 +432,8 @@ class FrameStore:
         os.makedirs(d, exist_ok=True)
         tmp = _copy_fsynced(src_file, d)
         dest = os.path.join(d, image_id + ext)
-        drawn_on = frame_digest(self.image_path(image_id))  # hashed outside the lock; checked again inside
+        # the picture the label is drawn on, read outside the lock (checked again inside)
+        drawn_on = label_frames.digest(self.image_path(image_id), frame_pixels if frame_signature else None)
         info = dict(info or {})
         info["ts"] = int(time.time())
         info["name"] = image_id + ext
@@ -446,13 +450,14 @@ class FrameStore:
                 if frame_signature is not None and now != list(frame_signature):
                     raise FrameChanged(f"frame {image_id!r} was replaced while its label was being saved; "
                                        f"look at the new frame and label it again")
-                if drawn_on is None or drawn_on[1] != now:
-                    drawn_on = frame_digest(frame_path)
+                if drawn_on is None or drawn_on.sig != label_frames.file_sig(frame_path):
+                    drawn_on = label_frames.digest(frame_path)
                 old = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
                 old_path = os.path.join(d, image_id + old[0]) if old else None
                 if old_path and os.path.exists(old_path):
-                    self.trash({_label_trash_name(tag, old_path): old_path},
-                               f"label {tag} of {image_id} replaced", keep_source=True, frame=image_id)
+                    name = _label_trash_name(tag, old_path)
+                    self.trash({name: old_path}, f"label {tag} of {image_id} replaced", keep_source=True,
+                               frame=image_id, labels=label_frames.for_trash(c, image_id, tag, name))
                 if dest != old_path and os.path.lexists(dest):  # a label file no row points to: kept, not lost
                     self.trash({_label_trash_name(tag, dest): dest},
                                f"unregistered label file {tag}/{os.path.basename(dest)} replaced by a save",
@@ -481,8 +486,9 @@ class FrameStore:
             if r is None:
                 raise NotFound(f"label {image_id!r} with tag {tag!r} not found")
             p = os.path.join(d, image_id + r[0])
-            self.trash({_label_trash_name(tag, p): p}, f"label {tag} of {image_id} removed",
-                       frame=image_id)
+            name = _label_trash_name(tag, p)
+            self.trash({name: p}, f"label {tag} of {image_id} removed", frame=image_id,
+                       labels=label_frames.for_trash(c, image_id, tag, name))
             c.execute("DELETE FROM labels WHERE image_id=? AND tag=?", (image_id, tag))
 
     def update_image_info(self, image_id: str, info: dict, limit: int | None = MAX_INFO_BYTES) -> None:
@@ -565,6 +571,7 @@ class FrameStore:
         for t, e in tags.items():
             f = os.path.join(self.root, "labels", t, image_id + e)
             files[_label_trash_name(t, f)] = f
+        files.update(self._unregistered_label_files(image_id, files.values()))
         files.update({os.path.basename(p): p for p in strays})
         files = {k: v for k, v in files.items() if os.path.lexists(v)}
         base = os.path.join(self.root, ".polypal", "trash")
@@ -756,6 +763,24 @@ class FrameStore:
                 out.append(p)
         return out
 
+    def _unregistered_label_files(self, image_id: str, known) -> dict[str, str]:
+        """Label files of this id on disk that no row points to (put there by hand, or a crash's leftover),
+        as trash name -> path: they go with their frame when it is deleted or replaced, never onto the next
+        frame of that id."""
+        known = {os.path.normpath(k) for k in known}
+        out = {}
+        labels_root = os.path.join(self.root, "labels")
+        for tag in sorted(os.listdir(labels_root)) if os.path.isdir(labels_root) else []:
+            d = os.path.join(labels_root, tag)
+            if not plain_name(tag) or not os.path.isdir(d):
+                continue
+            for ext in LABEL_EXTENSIONS:
+                p = os.path.join(d, image_id + ext)
+                if os.path.lexists(p) and split_name(os.path.basename(p))[0] == image_id \
+                        and os.path.normpath(p) not in known:
+                    out[_label_trash_name(tag, p)] = p
+        return out
+
     def _trash_image(self, c, image_id: str, reason: str) -> None:
         """In the caller's transaction ``c``: the frame's file and labels are read, moved to the trash and
         forgotten. A label saved just before is trashed with its frame, one saved after finds no frame
@@ -765,8 +790,12 @@ class FrameStore:
         labels = {t: os.path.join(self.root, "labels", t, image_id + e) for t, e in c.execute(
             "SELECT tag, ext FROM labels WHERE image_id=?", (image_id,))}
         files = {os.path.basename(p): p} if p else {}
-        files.update({_label_trash_name(t, f): f for t, f in labels.items()})
-        self.trash(files, reason)
+        kept = {}
+        for t, f in labels.items():
+            files[_label_trash_name(t, f)] = f
+            kept.update(label_frames.for_trash(c, image_id, t, _label_trash_name(t, f)))
+        files.update(self._unregistered_label_files(image_id, files.values()))
+        self.trash(files, reason, labels=kept)
         c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
         c.execute("DELETE FROM images WHERE id=?", (image_id,))
 

@@ -1,157 +1,282 @@
 """A label stays with the picture it was drawn on.
 
-The frame file's SHA-256 is recorded with each label (``label_frames``). At each start, ``reconcile`` keeps
-the labels of a frame missing from the studies folder aside (``detached_labels``: a file deleted by hand, a
-share not mounted), with that digest and the label file's [mtime_ns, size]; they go back, with their info,
-only onto the same picture, and to the trash when another picture comes under that id. A labeled frame
-whose file now holds another picture (overwritten by hand while no server ran) loses its labels to the
-trash. Before, such labels were attached to whatever frame next had that id.
+Each label's row has a record (``label_frames``) of its frame at save time: the SHA-256 of the file's bytes
+and of its decoded picture (RGB, upright, as the annotator saw it), and the file's [mtime_ns, size]. At
+each start ``FrameStore.reconcile`` looks again, in this order:
 
-Functions of a ``FrameStore`` (``store``); those taking ``c`` run in reconcile's transaction.
+1. ``hash_frames`` (before its transaction: no lock held while reading files): digests of the frames whose
+   file changed since recorded, or that a label file without a row belongs to.
+2. ``keep_aside``: labels of a frame missing from the studies folder (deleted by hand, a share not
+   mounted) move to ``detached_labels``, with their info, the record, and their own file's SHA-256.
+3. ``take_back``: a label file without a row is that frame's label, unless it is the very file kept
+   aside for that id: then it goes back, with its info, only onto the same picture, and to the trash
+   when another picture has come under that id.
+4. ``check_frames``: a labeled frame whose file now holds another picture (copied over by hand while no
+   server ran) loses its labels to the trash. The same picture re-encoded (bytes differ, pixels do not)
+   keeps them; a file that does not decode now (still being copied?) is looked at again next start.
+5. ``drop_stale``: records of labels that are gone.
+
+A label that cannot be moved to the trash (a disk error) is kept aside instead, never left on the wrong
+picture, and never stops the start. Before this module a label went onto whatever frame next had its
+id, and a share outage lost its info.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
+from typing import NamedTuple
 
-from polypal.serving.fileops import file_signature, frame_digest, label_trash_name
+from polypal.serving.fileops import label_trash_name
 
 logger = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS label_frames (image_id TEXT NOT NULL, tag TEXT NOT NULL, sha256 TEXT NOT NULL,
-                                         sig TEXT NOT NULL, PRIMARY KEY (image_id, tag));
+                                         pixels TEXT, sig TEXT NOT NULL, PRIMARY KEY (image_id, tag));
 CREATE TABLE IF NOT EXISTS detached_labels (image_id TEXT NOT NULL, tag TEXT NOT NULL, ext TEXT NOT NULL,
-                                            info TEXT NOT NULL, sha256 TEXT, label_sig TEXT NOT NULL,
-                                            since REAL NOT NULL, PRIMARY KEY (image_id, tag));
+                                            info TEXT NOT NULL, sha256 TEXT, pixels TEXT,
+                                            label_sha256 TEXT NOT NULL, since REAL NOT NULL,
+                                            PRIMARY KEY (image_id, tag));
 """
 
 
-def label_sig(path) -> list | None:
-    """[mtime_ns, size] of a label file (no inode: a share mounted again may number files anew)."""
-    sig = file_signature(path)
-    return sig[1:] if sig else None
+class Digest(NamedTuple):
+    """A frame file as read: its bytes' SHA-256, its decoded picture's (None: it does not decode), and its
+    [mtime_ns, size] (no inode: a share mounted again may number its files anew)."""
+    sha: str
+    pixels: str | None
+    sig: list
 
 
-def record(c, image_id: str, tag: str, digest: tuple[str, list] | None) -> None:
-    """In transaction ``c``: the frame this label is on now is ``digest`` (None: unknown, hashed at a start)."""
-    if digest is None:
+def file_sig(path) -> list | None:
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return [st.st_mtime_ns, st.st_size]
+
+
+def file_sha(path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def picture_sha(path) -> str | None:
+    """SHA-256 of the decoded picture (shape and RGB bytes, EXIF orientation applied); None when it does
+    not decode."""
+    from polypal.data.images import read_rgb
+    from polypal.errors import PolypalError
+
+    try:
+        arr = read_rgb(path)
+    except (PolypalError, OSError, ValueError):
+        return None
+    return pixels_sha(arr)
+
+
+def pixels_sha(rgb) -> str:
+    """SHA-256 of a decoded frame (``read_rgb``'s array): a caller that decoded it already passes this."""
+    return hashlib.sha256(repr(rgb.shape).encode() + rgb.tobytes()).hexdigest()
+
+
+def digest(path, pixels: str | None = None) -> Digest | None:
+    """The frame file's Digest; None when it is not there or changed while read. ``pixels``: its picture's
+    ``pixels_sha``, when the caller decoded the file already (and checks it is still that file)."""
+    sig = file_sig(path)
+    sha = file_sha(path) if sig else None
+    if sha is None:
+        return None
+    pixels = pixels or picture_sha(path)
+    return Digest(sha, pixels, sig) if file_sig(path) == sig else None
+
+
+def same_picture(sha: str | None, pixels: str | None, now: Digest) -> bool | None:
+    """Whether a label drawn on the picture (sha, pixels) is on the same picture as ``now``: the same bytes,
+    or the same decoded pixels (re-encoded losslessly, metadata stripped). None: cannot be told now."""
+    if sha is not None and sha == now.sha:
+        return True
+    if now.pixels is None:
+        return None
+    return pixels is not None and pixels == now.pixels
+
+
+def record(c, image_id: str, tag: str, d: Digest | None) -> None:
+    """In transaction ``c``: the label (image_id, tag) is on the picture ``d`` (None: not known, so
+    hashed at the next start)."""
+    if d is None:
         c.execute("DELETE FROM label_frames WHERE image_id=? AND tag=?", (image_id, tag))
     else:
-        c.execute("INSERT OR REPLACE INTO label_frames VALUES (?, ?, ?, ?)",
-                  (image_id, tag, digest[0], json.dumps(digest[1])))
+        c.execute("INSERT OR REPLACE INTO label_frames VALUES (?, ?, ?, ?, ?)",
+                  (image_id, tag, d.sha, d.pixels, json.dumps(d.sig)))
 
 
-def digests_needed(store, files: dict, label_files: dict) -> dict:
-    """Before reconcile's transaction (hashing is slow; nothing is locked): the digest of each frame whose
-    labels need one now: a label file without its row, or a label whose frame file has another signature
-    than when it was hashed (or none recorded: labels saved by an older version, hashed once)."""
+def _frame_file(store, c, image_id: str, found_ext: str | None = None) -> str | None:
+    """The frame file whose extension the id's row holds (a second file of the id is not it), else the one
+    the scan found (``found_ext``: its row is about to take that extension)."""
+    r = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
+    if r is not None and (found_ext is None or os.path.lexists(os.path.join(store.root, image_id + r[0]))):
+        return os.path.join(store.root, image_id + r[0])
+    return os.path.join(store.root, image_id + found_ext) if found_ext is not None else None
+
+
+def hash_frames(store, files: dict, label_files: dict) -> dict[str, Digest]:
+    """Before reconcile's transaction: the Digest of each frame some label needs one of: a label file without
+    its row (or with another extension), or a label whose frame file's [mtime_ns, size] is not the
+    recorded one (no record: saved by an older version; hashed once)."""
     c = store._conn()
-    lk = {(i, t): e for i, t, e in c.execute("SELECT image_id, tag, ext FROM labels")}
-    recs = {(i, t): json.loads(sig) for i, t, sig in c.execute("SELECT image_id, tag, sig FROM label_frames")}
-    want = {i for (i, t), e in label_files.items() if lk.get((i, t)) != e}
-    sigs: dict = {}
-    for i, t in lk:
+    rows = {(i, t): e for i, t, e in c.execute("SELECT image_id, tag, ext FROM labels")}
+    sigs, known = {}, {}
+    for i, t, sha, pixels, sig in c.execute("SELECT image_id, tag, sha256, pixels, sig FROM label_frames"):
+        sigs[(i, t)] = json.loads(sig)
+        if pixels:
+            known.setdefault(i, {})[sha] = pixels  # bytes already decoded once: not again (a touch, a cp -a)
+    want = {i for (i, t), e in label_files.items() if rows.get((i, t)) != e}
+    seen: dict = {}
+    for i, t in rows:
         if i in files and i not in want:
-            if i not in sigs:
-                sigs[i] = file_signature(os.path.join(store.root, i + files[i]))
-            if sigs[i] is not None and recs.get((i, t)) != sigs[i]:
+            if i not in seen:
+                seen[i] = file_sig(_frame_file(store, c, i, files[i]))
+            if seen[i] is not None and sigs.get((i, t)) != seen[i]:
                 want.add(i)
     t0 = time.perf_counter()
-    out = {i: d for i in sorted(want) if (d := frame_digest(os.path.join(store.root, i + files[i])))}
+    out = {}
+    for i in sorted(w for w in want if w in files):
+        path = _frame_file(store, c, i, files[i])
+        sig = file_sig(path)
+        sha = file_sha(path) if sig else None
+        if sha is None:
+            continue
+        pixels = known.get(i, {}).get(sha) or picture_sha(path)
+        if file_sig(path) == sig:
+            out[i] = Digest(sha, pixels, sig)
     if len(want) > 100:
-        logger.info(f"hashed {len(want)} labeled frames in {time.perf_counter() - t0:.1f} s (each label is "
-                    f"kept with the picture it was drawn on)")
+        logger.info(f"read {len(want)} labeled frames in {time.perf_counter() - t0:.1f} s (each label is kept "
+                    f"with the picture it was drawn on)")
     return out
 
 
-def detach(store, c, gone: list[str]) -> int:
-    """In reconcile's transaction, before the rows of frames ``gone`` are deleted: their labels' rows are
-    kept aside with the digest of the frame they were drawn on. Returns how many."""
+def keep_aside(store, c, gone: list[str]) -> int:
+    """Before the rows of frames ``gone`` are deleted: their labels go to ``detached_labels``. Returns how
+    many."""
     n = 0
     for i in gone:
         for t, e, info in c.execute("SELECT tag, ext, info FROM labels WHERE image_id=?", (i,)).fetchall():
-            ls = label_sig(os.path.join(store.root, "labels", t, i + e))
-            if ls is None:
-                continue
-            r = c.execute("SELECT sha256 FROM label_frames WHERE image_id=? AND tag=?", (i, t)).fetchone()
-            c.execute("INSERT OR REPLACE INTO detached_labels VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      (i, t, e, info, r[0] if r else None, json.dumps(ls), time.time()))
-            n += 1
-            logger.warning(f"frame {i} is missing from the studies folder; its {t!r} label stays in "
-                           f"labels/{t}/{i + e} and goes back on the frame only if the same picture returns")
+            if _detach(store, c, i, t, e, info):
+                n += 1
+                logger.warning(f"frame {i} is missing from the studies folder; its {t!r} label stays in "
+                               f"labels/{t}/{i + e} and goes back on the frame only if the same picture returns")
     return n
 
 
-def attach(store, c, image_id: str, tag: str, ext: str, digest) -> str:
-    """In reconcile's transaction: a label file without its row. The label kept aside for this id goes
-    back only onto the picture it was drawn on ("trash" otherwise, "wait" when the frame changed since it
-    was hashed); any other file (put there by hand, or saved just before a crash) is the frame's label.
-    Returns "attached", "trash" or "wait"."""
+def _detach(store, c, image_id: str, tag: str, ext: str, info: str) -> bool:
+    label_sha = file_sha(os.path.join(store.root, "labels", tag, image_id + ext))
+    if label_sha is None:
+        return False  # no file to take back
+    r = c.execute("SELECT sha256, pixels FROM label_frames WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
+    sha, pixels = r if r else (None, None)
+    c.execute("INSERT OR REPLACE INTO detached_labels VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+              (image_id, tag, ext, info, sha, pixels, label_sha, time.time()))
+    return True
+
+
+def _to_trash(store, image_id: str, tag: str, ext: str, reason: str, info: str, sha, pixels) -> bool:
+    """The label file to the trash, with its info and the picture it was drawn on (a restore puts it back
+    onto that picture, and its info with it). False (logged) when that failed: nothing moved."""
     path = os.path.join(store.root, "labels", tag, image_id + ext)
-    fext = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()[0]
-    now = file_signature(os.path.join(store.root, image_id + fext))
-    digest = digest if digest is not None and digest[1] == now else None
-    d = c.execute("SELECT ext, info, sha256, label_sig FROM detached_labels WHERE image_id=? AND tag=?",
-                  (image_id, tag)).fetchone()
+    name = label_trash_name(tag, path)
+    try:
+        store.trash({name: path}, reason, frame=image_id,
+                    labels={name: {"info": json.loads(info), "drawn_on": {"sha256": sha, "pixels": pixels}}})
+    except OSError as e:
+        logger.error(f"could not move labels/{tag}/{image_id + ext} to the trash ({e}); it is kept aside and "
+                     f"looked at again at the next start")
+        return False
+    return True
+
+
+def take_back(store, c, image_id: str, tag: str, ext: str, d: Digest | None) -> str:
+    """A label file without its row, for a frame that has a row. Returns "attached", "trash" (another picture
+    is under the id now) or "wait" (cannot be told now)."""
+    frame = _frame_file(store, c, image_id)
+    d = d if d is not None and frame and file_sig(frame) == d.sig else None  # changed since hashed: unknown
+    kept = c.execute("SELECT ext, info, sha256, pixels, label_sha256 FROM detached_labels WHERE image_id=? AND "
+                     "tag=?", (image_id, tag)).fetchone()
     info = None
-    if d is not None and d[0] == ext and json.loads(d[3]) == label_sig(path):  # the very file kept aside
-        if d[2] is not None and digest is None:
-            return "wait"
-        if d[2] is not None and d[2] != digest[0]:
-            store.trash({label_trash_name(tag, path): path},
-                       f"label {tag} of an earlier frame {image_id}: the frame now under that id "
-                       f"({image_id + fext}) is another picture than the one this label was drawn on",
-                       frame=image_id)
-            c.execute("DELETE FROM detached_labels WHERE image_id=? AND tag=?", (image_id, tag))
-            logger.warning(f"frame {image_id + fext} is another picture than the one its {tag!r} label was "
-                           f"drawn on (that frame went missing earlier); the label is kept in the trash")
-            return "trash"
-        info = d[1]
+    if kept is not None and kept[0] == ext and kept[4] == file_sha(os.path.join(store.root, "labels", tag,
+                                                                                  image_id + ext)):
+        _, info, sha, pixels, _ = kept  # the very file kept aside
+        if sha is not None:  # (a label saved by an older version has no record: it goes back as before)
+            same = same_picture(sha, pixels, d) if d is not None else None
+            if same is None:
+                return "wait"
+            if not same:
+                if not _to_trash(store, image_id, tag, ext, f"label {tag} of an earlier frame {image_id}: the "
+                                 f"frame now under that id ({os.path.basename(frame)}) is another picture than "
+                                 f"the one this label was drawn on", info, sha, pixels):
+                    return "wait"
+                c.execute("DELETE FROM detached_labels WHERE image_id=? AND tag=?", (image_id, tag))
+                logger.warning(f"frame {os.path.basename(frame)} is another picture than the one its {tag!r} label "
+                               f"was drawn on (that frame went missing earlier); the label is kept in the trash")
+                return "trash"
     c.execute("INSERT OR REPLACE INTO labels (image_id, tag, ext, info) VALUES (?, ?, ?, "
               "COALESCE(?, (SELECT info FROM labels WHERE image_id=? AND tag=?), '{}'))",
               (image_id, tag, ext, info, image_id, tag))
-    record(c, image_id, tag, digest)
+    record(c, image_id, tag, d)
     c.execute("DELETE FROM detached_labels WHERE image_id=? AND tag=?", (image_id, tag))
     return "attached"
 
 
-def check(store, c, blocked: set, digests: dict) -> list[str]:
-    """In reconcile's transaction: a label whose frame file now holds another picture than the one it was
-    drawn on (changed on disk while no server watched, e.g. another file copied over it) goes to the
-    trash; a label without a record takes the frame there now. Returns the ids whose labels went."""
-    exts = dict(c.execute("SELECT id, ext FROM images"))
-    recs = {(i, t): (sha, json.loads(sig))
-            for i, t, sha, sig in c.execute("SELECT image_id, tag, sha256, sig FROM label_frames")}
-    out = []
-    for i, t, e in c.execute("SELECT image_id, tag, ext FROM labels").fetchall():
-        if i in blocked or i not in exts:
-            continue
-        now = file_signature(os.path.join(store.root, i + exts[i]))
+def check_frames(store, c, blocked: set, digests: dict[str, Digest]) -> list[str]:
+    """Labels whose frame file now holds another picture go to the trash (kept aside if that fails); a
+    label without a record takes the picture there now. Returns the ids whose labels left."""
+    recs = {(i, t): (sha, pixels, json.loads(sig)) for i, t, sha, pixels, sig in
+            c.execute("SELECT image_id, tag, sha256, pixels, sig FROM label_frames")}
+    out, undecided = [], set()
+    for i, t, e, info in c.execute("SELECT image_id, tag, ext, info FROM labels").fetchall():
+        d = digests.get(i)
+        if d is None or i in blocked:
+            continue  # not read this start: unchanged (or gone, or changed while being read)
+        frame = _frame_file(store, c, i)
+        if frame is None or file_sig(frame) != d.sig:
+            continue  # changed since it was read: the next start looks again
         rec = recs.get((i, t))
-        dg = digests.get(i)
-        if now is None or (rec is not None and rec[1] == now) or dg is None or dg[1] != now:
-            continue  # unchanged, or changed since it was hashed (the next start looks again)
-        if rec is None or rec[0] == dg[0]:
-            record(c, i, t, dg)  # the same bytes (copied back, touched), or a first record
+        if rec is not None and rec[2] == d.sig:
             continue
-        path = os.path.join(store.root, "labels", t, i + e)
-        store.trash({label_trash_name(t, path): path},
-                   f"label {t} of {i}: the frame file {i + exts[i]} was changed on disk after this label "
-                   f"was saved (another picture)", frame=i)
+        same = True if rec is None else same_picture(rec[0], rec[1], d)
+        if same is None:
+            undecided.add(i)
+            continue
+        if same:
+            record(c, i, t, d)  # the same picture (touched, copied back, re-encoded), or a first record
+            continue
+        reason = (f"label {t} of {i}: the frame file {os.path.basename(frame)} was changed on disk after this "
+                  f"label was saved (another picture)")
+        if _to_trash(store, i, t, e, reason, info, rec[0], rec[1]):
+            logger.warning(f"frame file {os.path.basename(frame)} is another picture than the one its {t!r} label "
+                           f"was drawn on (changed on disk); the label is kept in the trash (polypal-trash list)")
+        else:
+            _detach(store, c, i, t, e, info)
         c.execute("DELETE FROM labels WHERE image_id=? AND tag=?", (i, t))
         c.execute("DELETE FROM label_frames WHERE image_id=? AND tag=?", (i, t))
-        logger.warning(f"frame file {i + exts[i]} is another picture than the one its {t!r} label was drawn "
-                       f"on (changed on disk); the label is kept in the trash (polypal-trash list)")
         out.append(i)
+    for i in sorted(undecided):
+        logger.warning(f"frame {i}'s file changed and does not decode now (still being copied?); its labels are "
+                       f"checked again at the next start")
     return out
 
 
-def purge(store, c) -> None:
-    """In reconcile's transaction: records of labels that are gone."""
+def drop_stale(store, c) -> None:
+    """Records of labels that are gone, and kept-aside rows whose file is gone or whose label is back."""
     c.execute("DELETE FROM label_frames WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE "
               "l.image_id=label_frames.image_id AND l.tag=label_frames.tag)")
     c.execute("DELETE FROM detached_labels WHERE EXISTS (SELECT 1 FROM labels l WHERE "
@@ -159,3 +284,24 @@ def purge(store, c) -> None:
     c.executemany("DELETE FROM detached_labels WHERE image_id=? AND tag=?",
                   [(i, t) for i, t, e in c.execute("SELECT image_id, tag, ext FROM detached_labels").fetchall()
                    if not os.path.lexists(os.path.join(store.root, "labels", t, i + e))])
+
+
+def same_as_drawn_on(path, drawn_on) -> bool:
+    """Whether the frame file at ``path`` is the picture a trashed label was drawn on (its manifest's
+    ``drawn_on``): polypal-trash restore puts such a label back even when the frame file was replaced in
+    between (the original copied back)."""
+    if not isinstance(drawn_on, dict) or not path:
+        return False
+    d = digest(path)
+    sha, pixels = drawn_on.get("sha256"), drawn_on.get("pixels")
+    return d is not None and isinstance(sha, (str, type(None))) and isinstance(pixels, (str, type(None))) \
+        and same_picture(sha, pixels, d) is True
+
+
+def for_trash(c, image_id: str, tag: str, name: str) -> dict:
+    """``FrameStore.trash``'s ``labels`` entry for a label file going to the trash as ``name``: its row's info
+    and the picture it was drawn on, so that a restore brings both back."""
+    r = c.execute("SELECT info FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
+    f = c.execute("SELECT sha256, pixels FROM label_frames WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
+    return {name: {"info": json.loads(r[0]) if r else {},
+                   "drawn_on": {"sha256": f[0], "pixels": f[1]} if f else None}}

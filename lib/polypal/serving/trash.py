@@ -9,7 +9,9 @@ Deleting or replacing a frame and overwriting or deleting a label move the old f
 ``restore`` works while the server runs: each file is linked back (never over an existing file),
 then the store is reconciled, so the frame or label is listed again at once. It refuses, naming
 the file, a frame whose id is taken again and a label whose frame is gone or whose place is taken.
-A restored label comes back without its info (annotator, time): that lived in the database row.
+A restored label comes back with its info (annotator, time) where its manifest kept it (labels removed,
+overwritten, deleted with their frame, or moved aside at a start), and a label whose frame file was replaced
+goes back when the frame file is again the picture it was drawn on.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from polypal.serving.framestore import REPLACE_JOURNAL, FrameStore
+from polypal.serving import label_frames
+from polypal.serving.framestore import REPLACE_JOURNAL, FrameStore, InfoTooLarge, NotFound
 from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, plain_name, split_name
 
 
@@ -57,7 +60,9 @@ def _manifest(folder: Path) -> dict:
     if not 0 <= when <= time.time() + 86400 * 366:  # nan, inf, 1e300, negative: a time no clock gave
         when = fallback["time"]
     frame = m.get("frame") if isinstance(m.get("frame"), dict) else None
-    return {"reason": str(m.get("reason", "")), "time": when, "files": files, "frame": frame}
+    labels = m.get("labels") if isinstance(m.get("labels"), dict) else {}
+    labels = {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, dict)}
+    return {"reason": str(m.get("reason", "")), "time": when, "files": files, "frame": frame, "labels": labels}
 
 
 def list_trash(studies) -> list[dict]:
@@ -122,7 +127,9 @@ def _why_not(store: FrameStore, root: Path, kind, src: Path, m: dict, frames_bac
     if store.image_ext(image_id) is None and image_id not in frames_back:
         return f"its frame {image_id!r} is not in the datastore"
     fr = m.get("frame") or {}
-    if fr.get("id") == image_id and fr.get("signature") and store.frame_signature(image_id) != fr["signature"]:
+    if fr.get("id") == image_id and fr.get("signature") and store.frame_signature(image_id) != fr["signature"] \
+            and not label_frames.same_as_drawn_on(store.image_path(image_id),
+                                                  m["labels"].get(src.name, {}).get("drawn_on")):
         return f"frame {image_id!r} was replaced after this label was kept"
     if store.label_path(image_id, tag):
         return f"frame {image_id!r} has a {tag!r} label again"
@@ -165,7 +172,14 @@ def restore(studies, name: str) -> dict:
         if kind[0] == "frame":
             frames_back.add(kind[1])
     if restored:
-        FrameStore(root)  # opening reconciles: the files' rows come back (the server sees them at once)
+        store = FrameStore(root)  # opening reconciles: the files' rows come back (the server sees them at once)
+        for trash_name, rel, kind in items:  # and a label's info, where the manifest kept it
+            info = m["labels"].get(trash_name, {}).get("info")
+            if rel in restored and kind[0] == "label" and isinstance(info, dict) and info:
+                try:
+                    store.update_label_info(kind[1], kind[3], info)
+                except (NotFound, InfoTooLarge) as e:
+                    print(f"{rel}: restored without its info ({e})", file=sys.stderr)
     left = {t: r for t, r in m["files"].items() if r in refused}
     if left:
         m["files"] = left
