@@ -52,3 +52,8 @@ if [ ! -d "$DEST/cvc-clinicdb/images" ]; then
   rm -rf "$DEST/cvc-tmp"
 fi
 verify CVC-ClinicDB "$DEST/cvc-clinicdb" 612
+
+# the benchmarks' split files (names only), where polypal-sim looks first: <data>/../splits
+mkdir -p "$DEST/splits"
+cp "$(dirname "$0")/splits/kvasir_sessile.txt" "$(dirname "$0")/splits/cvc_clinicdb_sequences.csv" "$DEST/splits/"
+echo "split files in $DEST/splits"

@@ -254,3 +254,37 @@ def test_cli_errors_are_one_line_and_leave_no_folder(tmp_path, capsys):
     assert "line 1 is not valid JSON" in capsys.readouterr().err
     f.write_text("\n".join(lines[:-1] + [lines[-1][:-5]]) + "\n")
     assert main(["report", str(out)]) == 0
+
+
+def test_what_a_new_user_meets_is_named_before_anything_is_written(tmp_path, capsys):
+    """A fresh machine's first runs: the split files come from the repository when --data has none beside
+    it; a folder of another profile names the --profile that gives its recipe; a pool too small for the
+    protocol is refused before the results folder is written."""
+    import shutil
+
+    import pytest
+
+    from polypal.experiments import cli
+
+    data = write_dataset(tmp_path / "d" / "cvc-clinicdb", 36, seed=8)
+    args = cli.argparse.Namespace(dataset="kvasir", data=str(data), splits=None, cvc_split="sequence")
+    cli._find_splits(args)
+    assert Path(args.splits) == cli.BUNDLED_SPLITS and (cli.BUNDLED_SPLITS / "kvasir_sessile.txt").is_file()
+    (tmp_path / "d" / "splits").mkdir()
+    shutil.copy(cli.BUNDLED_SPLITS / "cvc_clinicdb_sequences.csv", tmp_path / "d" / "splits")
+    args = cli.argparse.Namespace(dataset="cvc", data=str(data), splits=None, cvc_split="sequence")
+    cli._find_splits(args)
+    assert Path(args.splits) == tmp_path / "d" / "splits"  # beside --data first (download.sh puts them there)
+    with pytest.raises(SystemExit, match="no kvasir_sessile.txt .the names of Kvasir-SEG's 196 sessile"):
+        cli._find_splits(cli.argparse.Namespace(dataset="kvasir", data=str(data), splits=str(tmp_path),
+                                                cvc_split="sequence"))
+
+    out = tmp_path / "res"
+    assert run_cli(data, out, "random", cycles=1) == 0
+    with pytest.raises(SystemExit, match="--profile smoke, which gives the folder's recipe"):
+        main(["run", "--dataset", "folder", "--data", str(data), "--strategies", "random", "--seeds", "0",
+              "--initial", "6", "--budget", "4", "--cycles", "1", "--cache-dir", str(out / "cache"), "--out", str(out)])
+    small = tmp_path / "small"
+    with pytest.raises(SystemExit, match=r"the pool holds \d+ frames .* 6 \+ 4 x 9 = 42"):
+        run_cli(data, small, "random", cycles=9)
+    assert sorted(p.name for p in small.iterdir()) == ["cache"]  # only the frame cache this test put there

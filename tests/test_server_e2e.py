@@ -393,7 +393,12 @@ def test_a_model_left_in_the_old_shared_place_is_named_at_start(tmp_path, caplog
     app_dir, studies = tmp_path / "app", tmp_path / "studies"
     new = config.default_model_dir(str(app_dir), str(studies))
     assert new == str(studies / ".polypal" / "model")
-    assert config.default_model_dir(str(app_dir), "http://127.0.0.1:8042/dicom-web") == str(app_dir / "model")
+    # a DICOMweb server's own folder, outside the code, one per server URL
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
+    dw = config.default_model_dir(str(app_dir), "http://127.0.0.1:8042/dicom-web")
+    assert dw.startswith(str(tmp_path / "share" / "polypal" / "dicomweb" / "127.0.0.1-8042-")) and dw.endswith("model")
+    assert dw != config.default_model_dir(str(app_dir), "http://127.0.0.1:8043/dicom-web")
+    assert dw == config.default_model_dir(str(app_dir), "http://127.0.0.1:8042/dicom-web/")
     (app_dir / "model").mkdir(parents=True)
     (app_dir / "model" / "polyp_seg-smoke.pt").write_bytes(b"old")
     with caplog.at_level(logging.WARNING):
@@ -404,3 +409,22 @@ def test_a_model_left_in_the_old_shared_place_is_named_at_start(tmp_path, caplog
         config.warn_unused_model(str(app_dir), str(studies), {"model_dir": str(app_dir / "model")},
                                  str(app_dir / "model" / "polyp_seg-smoke.pt"))
     assert caplog.text == ""
+
+
+def test_a_dataset_folder_given_as_studies_is_named_in_the_log(tmp_path):
+    """A Kvasir-layout folder (images/ and masks/) given as --studies has no frame at the top: the server
+    starts, says so with the --studies that would serve them, and next-sample answers {}."""
+    import shutil
+
+    from server_utils import SAMPLE
+
+    data = tmp_path / "kvasir"
+    shutil.copytree(SAMPLE, data, ignore=lambda d, names: names[3:] if d.endswith(("images", "masks")) else [])
+    srv = Server(data, tmp_path).start()
+    try:
+        assert http("GET", srv.url + "/info/")[1]["datastore"]["total"] == 0
+        assert http("POST", srv.url + "/activelearning/random", b"{}", {"Content-Type": "application/json"}) == (200, {})
+        log = srv.tail(400)
+        assert "frames go at the top of the studies folder" in log and f"--studies {data / 'images'}" in log, log
+    finally:
+        srv.stop()

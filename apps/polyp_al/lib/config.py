@@ -13,25 +13,43 @@ from polypal.learner import Profile, get_profile
 logger = logging.getLogger(__name__)
 
 
+def dicomweb_home(url: str) -> str:
+    """Where a DICOMweb server's model and AL state live: one folder per server URL under
+    ``$XDG_DATA_HOME/polypal/dicomweb`` (``~/.local/share``), named by its host and port and a hash of the URL.
+    Until 2026-12 it was ``<app>/model``, shared by every DICOMweb server (any Orthanc) and inside the code."""
+    import hashlib
+    import re
+    from urllib.parse import urlsplit
+
+    url = url.rstrip("/").strip()
+    host = re.sub(r"[^A-Za-z0-9.-]+", "-", urlsplit(url).netloc or "server").strip("-.")[:60] or "server"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "polypal", "dicomweb", f"{host}-{hashlib.sha256(url.encode()).hexdigest()[:10]}")
+
+
 def default_model_dir(app_dir: str, studies: str) -> str:
     """Where the model lives without ``--conf model_dir``: beside the studies folder's AL state
     (``<studies>/.polypal/model``), so that each folder of frames has its own model; a DICOMweb datastore
-    has no folder of ours: ``<app>/model``. Until 2026-12 every folder shared ``<app>/model``: a server
-    started on new frames served, and its first training overwrote, another folder's model."""
+    has no folder of ours: ``dicomweb_home(url)/model``. Until 2026-12 every folder shared ``<app>/model``: a
+    server started on new frames served, and its first training overwrote, another folder's model."""
     if studies.startswith(("http://", "https://")):
-        return os.path.join(app_dir, "model")
+        return os.path.join(dicomweb_home(studies), "model")
     return os.path.join(studies, ".polypal", "model")
 
 
 def warn_unused_model(app_dir: str, studies: str, conf: dict, model_path: str) -> None:
-    """At start-up: a model in the old shared place that this folder does not use (named, with the fix)."""
+    """At start-up: a model in the old shared place that this server does not use (named, with the fix)."""
     old = os.path.join(app_dir, "model", os.path.basename(model_path))
     if conf.get("model_dir") or os.path.exists(model_path) or not os.path.exists(old) or \
             os.path.realpath(old) == os.path.realpath(model_path):
         return
-    logger.warning(f"{old} is not served: each studies folder now keeps its own model in "
-                   f"<studies>/.polypal/model; to go on with that one, start with --conf model_dir "
-                   f"{os.path.dirname(old)} or copy it (and its .stats.json) into {os.path.dirname(model_path)}")
+    if studies.startswith(("http://", "https://")):  # its AL state (pending labels too) lived beside it
+        now, what = "each DICOMweb server now keeps its own model and AL state", "it and its state/"
+    else:
+        now, what = "each studies folder now keeps its own model in <studies>/.polypal/model", "it"
+    logger.warning(f"{old} is not served: {now} (here {os.path.dirname(model_path)}); if it is this "
+                   f"server's, start with --conf model_dir {os.path.dirname(old)} or move {what} (and its "
+                   f".stats.json) into {os.path.dirname(model_path)}")
 
 
 @dataclass

@@ -82,6 +82,32 @@ def _make_split(args, names):
     return {"test": sorted(perm[:nt]), "val": sorted(perm[nt : 2 * nt]), "pool": sorted(perm[2 * nt :])}
 
 
+BUNDLED_SPLITS = Path(__file__).resolve().parents[3] / "sample-datasets" / "splits"  # in the repository
+_SPLIT_FILES = {"kvasir": ("kvasir_sessile.txt", "the names of Kvasir-SEG's 196 sessile frames, its test set"),
+                "cvc": ("cvc_clinicdb_sequences.csv", "which video sequence each CVC-ClinicDB frame is from")}
+
+
+def _find_splits(args) -> None:
+    """The folder with the dataset's split file, before any frame is read: --splits, else the folder beside
+    --data (where ``sample-datasets/download.sh`` puts it), else the copy in the repository's
+    sample-datasets/splits. A missing file is named with what it holds."""
+    if args.dataset == "cvc" and args.cvc_split != "sequence":
+        args.splits = args.splits or str(Path(args.data).parent / "splits")  # optional there (--video-cap)
+        return
+    name, what = _SPLIT_FILES[args.dataset]
+    if args.splits:
+        if not (Path(args.splits) / name).is_file():
+            raise SystemExit(f"error: --splits {args.splits}: no {name} ({what}); the repository has it in "
+                             f"{BUNDLED_SPLITS}")
+        return
+    for d in (Path(args.data).parent / "splits", BUNDLED_SPLITS):
+        if (d / name).is_file():
+            args.splits = str(d)
+            return
+    raise SystemExit(f"error: no {name} ({what}) beside --data ({Path(args.data).parent / 'splits'}) or in "
+                     f"{BUNDLED_SPLITS}; pass --splits FOLDER")
+
+
 def _log_command(out: Path) -> None:
     with open(out / "commands.txt", "a") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  [{_machine()}]\n  "
@@ -120,8 +146,25 @@ def _refuse_other_recipe(out: Path, profile) -> None:
     flags = " ".join(f"{_FLAGS[k]} {then[k] if k != 'augment' else (then[k] or 'flips')}" for k in differ
                      if k in _FLAGS)
     hint = f"or these flags, which give the folder's recipe: {flags}" if by_flags else \
-        "no polypal-sim flags give the folder's recipe"
+        _profile_hint(was) or "no polypal-sim flags give the folder's recipe"
     raise SystemExit(f"error: {out} holds runs of another training recipe ({diff}). Use a new --out; {hint}.")
+
+
+def _profile_hint(was) -> str | None:
+    """'or --profile NAME [flags]' when a named profile, with flags on flag-set fields only, is the recipe."""
+    from dataclasses import asdict
+
+    from polypal.learner.profiles import PROFILES
+
+    then = asdict(was)
+    for name, p in PROFILES.items():
+        base = asdict(p)
+        differ = [k for k in then if then[k] != base[k] and k != "name" and not (
+            k == "flips" and was.augment and p.augment)]
+        if set(differ) <= set(_FLAGS) and (then["augment"] or then["flips"]):
+            flags = "".join(f" {_FLAGS[k]} {then[k] if k != 'augment' else (then[k] or 'flips')}" for k in differ)
+            return f"or --profile {name}{flags}, which gives the folder's recipe"
+    return None
 
 
 def _folder_seeding(out: Path, asked: str | None) -> str:
@@ -220,6 +263,11 @@ def _setup(args):
                              f"(e.g. {missing[0]!r}): the folder holds runs of another dataset; use a new --out")
     else:
         split = _make_split(args, fs.names)
+    need = init + budget * cycles
+    if args.cmd == "run" and len(split["pool"]) < need:
+        raise SystemExit(f"error: --data {args.data}: the pool holds {len(split['pool'])} frames (after "
+                         f"{len(split['val'])} for validation and {len(split['test'])} for test), and the protocol "
+                         f"labels {init} + {budget} x {cycles} = {need}; lower --initial, --budget or --cycles")
     out.mkdir(parents=True, exist_ok=True)
     _log_command(out)
     if not split_file.exists():
@@ -369,8 +417,8 @@ def main(argv=None) -> int:
                    help="which paper table to show beside ours (default: from the folder's split)")
     p.set_defaults(func=cmd_report)
     args = ap.parse_args(argv)
-    if args.cmd in ("run", "ceiling") and args.dataset in ("kvasir", "cvc") and not args.splits:
-        args.splits = str(Path(args.data).parent / "splits")
+    if args.cmd in ("run", "ceiling") and args.dataset in ("kvasir", "cvc"):
+        _find_splits(args)
     try:
         return args.func(args)
     except (PolypalError, OSError) as e:  # a file of the dataset or the results folder: one line, no traceback

@@ -304,7 +304,7 @@ def main(argv=None) -> int:
     if os.path.exists(os.path.join(a.studies, ".polypal", "datastore.sqlite")):
         from polypal.serving.framestore import FrameStore  # a served folder: its datastore lists the new frames now
 
-        FrameStore(a.studies).reconcile()
+        FrameStore(a.studies)  # opening reconciles
     if failed:
         print(f"{failed} of {len(a.videos)} video(s) failed; nothing was written for them", file=sys.stderr)
     return 1 if failed else 0
