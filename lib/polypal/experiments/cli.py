@@ -263,11 +263,13 @@ def _setup(args):
                              f"(e.g. {missing[0]!r}): the folder holds runs of another dataset; use a new --out")
     else:
         split = _make_split(args, fs.names)
-    need = init + budget * cycles
+    # every stage must have a frame to pick (the last batch may be short)
+    need = init + budget * (cycles - 1) + 1 if cycles else init
     if args.cmd == "run" and len(split["pool"]) < need:
         raise SystemExit(f"error: --data {args.data}: the pool holds {len(split['pool'])} frames (after "
-                         f"{len(split['val'])} for validation and {len(split['test'])} for test), and the protocol "
-                         f"labels {init} + {budget} x {cycles} = {need}; lower --initial, --budget or --cycles")
+                         f"{len(split['val'])} for validation and {len(split['test'])} for test), too few for "
+                         f"{init} + {budget} x {cycles} labels (at least {need}: a frame left for each cycle); "
+                         f"lower --initial, --budget or --cycles")
     out.mkdir(parents=True, exist_ok=True)
     _log_command(out)
     if not split_file.exists():
