@@ -294,3 +294,98 @@ def test_a_label_file_put_by_hand_goes_with_its_frame_when_the_frame_is_replaced
     picture(root / "f000.png", 99)  # a new f000 later
     assert FrameStore(root).labeled_ids() == ["f001"]
     assert not (root / "labels" / "final" / "f000.png").exists()
+
+
+# -- a second review ---------------------------------------------------------------------------------------
+
+def test_a_label_kept_aside_waits_for_its_picture_through_another_frame_of_its_id(tmp_path):
+    """The frame is away at a start; meanwhile another picture is uploaded under its id, labeled, deleted:
+    none of that takes the kept-aside label, which goes back, with its info, when its picture returns."""
+    root, fs = labeled_store(tmp_path)
+    shutil.move(root / "f001.png", tmp_path / "A.png")
+    fs = FrameStore(root)
+    fs.add_image("f001", str(picture(tmp_path / "B.png", 77)))
+    fs.remove_image("f001")
+    shutil.move(tmp_path / "A.png", root / "f001.png")
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"] and fs.label_info("f001", "final")["user"] == "dr-a"
+    # now labeled over by a save for another picture under the id: the kept-aside label goes to the trash
+    # with its info and picture, and a restore puts it back only once that picture is there again
+    shutil.move(root / "f001.png", tmp_path / "A.png")
+    fs = FrameStore(root)
+    fs.add_image("f001", str(picture(tmp_path / "B.png", 77)))
+    mask = tmp_path / "m2.png"
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(mask)
+    fs.save_label("f001", str(mask), "final", {"user": "dr-b"})
+    name = next(e["name"] for e in list_trash(root) if "kept aside" in e["reason"])
+    assert restore(root, name)["refused"]  # B is there, and B has a label
+    fs.remove_image("f001")
+    shutil.move(tmp_path / "A.png", root / "f001.png")
+    FrameStore(root)
+    assert restore(root, name)["refused"] == {}
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"] and fs.label_info("f001", "final")["user"] == "dr-a"
+
+
+def test_no_first_record_of_a_half_copied_frame(tmp_path):
+    root, fs = labeled_store(tmp_path)
+    with fs._tx() as c:  # saved by an earlier version
+        c.execute("DELETE FROM label_frames")
+    data = (root / "f001.png").read_bytes()
+    (root / "f001.png").write_bytes(data[: len(data) // 2])
+    FrameStore(root)
+    (root / "f001.png").write_bytes(data)
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"] and list_trash(root) == []
+
+
+def test_label_files_of_any_case_leave_with_their_frame_and_a_stray_txt_is_no_label(tmp_path):
+    root, fs = labeled_store(tmp_path)
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(root / "labels" / "final" / "f000.PNG")
+    (root / "labels" / "final" / "f002.txt").write_text("notes")
+    fs.remove_image("f000")
+    picture(root / "f000.png", 99)
+    fs = FrameStore(root)
+    assert fs.labels_of("f000") == {} and fs.labels_of("f002") == {}
+
+
+def test_a_replaced_frames_labels_come_back_with_their_info(tmp_path):
+    root, fs = labeled_store(tmp_path)
+    fs.add_image("f001", str(picture(tmp_path / "B.png", 77)), replace=True)
+    fs.remove_image("f001")
+    name = next(e["name"] for e in list_trash(root) if "replaced" in e["reason"])
+    assert restore(root, name)["refused"] == {}
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"] and fs.label_info("f001", "final")["user"] == "dr-a"
+
+
+def test_a_trash_folder_cut_before_its_first_move_is_removed_at_start(tmp_path):
+    root, fs = labeled_store(tmp_path)
+    base = root / ".polypal" / "trash"
+    for name, files in (("20260101-000000-a", {"manifest.json.tmp": "{"}),
+                        ("20260101-000000-b", {"manifest.json": '{"reason": "x", "time": 1, "files": {"f001.png": "f001.png"}}'})):
+        (base / name).mkdir(parents=True)
+        for f, text in files.items():
+            (base / name / f).write_text(text)
+    FrameStore(root)
+    assert list_trash(root) == [] and fs.image_ids() == ["f000", "f001", "f002"]
+
+
+def test_a_save_landing_during_a_restore_keeps_its_own_info(tmp_path, monkeypatch):
+    import polypal.serving.trash as trash
+
+    root, fs = labeled_store(tmp_path)
+    fs.remove_label("f001", "final")
+    name = list_trash(root)[0]["name"]
+    mask = tmp_path / "m2.png"
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(mask)
+
+    class SaveRightAfterTheReconcile(FrameStore):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            if not k.get("read_only"):  # the restore's own reconcile; then a server save lands
+                FrameStore(root, read_only=True).save_label("f001", str(mask), "final", {"user": "dr-b"})
+
+    monkeypatch.setattr(trash, "FrameStore", SaveRightAfterTheReconcile)
+    assert restore(root, name)["refused"] == {}
+    assert FrameStore(root, read_only=True).label_info("f001", "final")["user"] == "dr-b"

@@ -121,7 +121,8 @@ def _rows_of(c, image_id: str) -> dict:
 def _write_manifest(folder: str, intent: dict) -> None:
     """A replace's trash manifest (what polypal-trash lists and restores), from its journal."""
     _write_fsynced(os.path.join(folder, "manifest.json"),
-                   {"reason": intent["reason"], "time": intent["time"], "files": intent["files"]})
+                   {"reason": intent["reason"], "time": intent["time"], "files": intent["files"],
+                    "labels": intent.get("labels") or {}})
 
 
 class FrameStore:
@@ -250,7 +251,7 @@ class FrameStore:
                         os.unlink(p)
                     continue
                 i, ext = split_name(name)
-                if i in files:
+                if i in files and ext.lower() in LABEL_EXTENSIONS:  # a stray .txt is not a label
                     label_files[(i, tag)] = ext
         migrated = self._migrate_v2_json()
         digests = label_frames.hash_frames(self, files, label_files)
@@ -459,9 +460,16 @@ class FrameStore:
                     self.trash({name: old_path}, f"label {tag} of {image_id} replaced", keep_source=True,
                                frame=image_id, labels=label_frames.for_trash(c, image_id, tag, name))
                 if dest != old_path and os.path.lexists(dest):  # a label file no row points to: kept, not lost
-                    self.trash({_label_trash_name(tag, dest): dest},
-                               f"unregistered label file {tag}/{os.path.basename(dest)} replaced by a save",
-                               keep_source=True, frame=image_id)
+                    name = _label_trash_name(tag, dest)
+                    aside = label_frames.aside_entry(c, image_id, tag, ext, dest)
+                    if aside is not None:  # a missing frame's label, waiting for its picture: it keeps that
+                        self.trash({name: dest}, f"label {tag} kept aside for an earlier frame {image_id}, replaced "
+                                   f"by a save for the frame now under that id", keep_source=True,
+                                   labels={name: aside})
+                        c.execute("DELETE FROM detached_labels WHERE image_id=? AND tag=?", (image_id, tag))
+                    else:
+                        self.trash({name: dest}, f"unregistered label file {tag}/{os.path.basename(dest)} replaced "
+                                   f"by a save", keep_source=True, frame=image_id)
                 os.replace(tmp, dest)
                 _fsync_dir(d)
                 c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)",
@@ -568,10 +576,12 @@ class FrameStore:
         files = {}
         if r is not None:
             files[image_id + r[0]] = os.path.join(self.root, image_id + r[0])
+        kept = {}
         for t, e in tags.items():
             f = os.path.join(self.root, "labels", t, image_id + e)
             files[_label_trash_name(t, f)] = f
-        files.update(self._unregistered_label_files(image_id, files.values()))
+            kept.update(label_frames.for_trash(c, image_id, t, _label_trash_name(t, f)))
+        files.update(self._unregistered_label_files(c, image_id, files.values()))
         files.update({os.path.basename(p): p for p in strays})
         files = {k: v for k, v in files.items() if os.path.lexists(v)}
         base = os.path.join(self.root, ".polypal", "trash")
@@ -581,6 +591,7 @@ class FrameStore:
         rel = {k: os.path.relpath(v, self.root) for k, v in files.items()}
         reason = f"image {image_id} replaced by an upload"
         intent = {"id": image_id, "ext": ext, "upload": os.path.basename(tmp), "info": info, "files": rel,
+                  "labels": {k: v for k, v in kept.items() if k in files},
                   # the old frame, when its file was there to move (a missing one is not "in place" later)
                   "frame": (image_id + r[0]) if r is not None and (image_id + r[0]) in files else None,
                   "reason": reason, "time": time.time(), "before": before}
@@ -646,9 +657,9 @@ class FrameStore:
         except FileNotFoundError:
             dirs = []
         folders = sorted(d for d in dirs if os.path.isfile(os.path.join(d, REPLACE_JOURNAL)))
-        # a crash while a replace wrote its journal (nothing moved yet) leaves only the journal's temp file
-        cut = [d for d in dirs if os.path.isfile(os.path.join(d, REPLACE_JOURNAL + ".tmp"))
-               and not os.path.exists(os.path.join(d, "manifest.json")) and d not in folders]
+        # a crash while a replace wrote its journal, or a trash its manifest, or before a trash moved its
+        # first file, leaves a folder holding nothing but those (checked again under the lock below)
+        cut = [d for d in dirs if d not in folders]
         changed, blocked = [], set()
         for folder in folders:
             try:
@@ -667,9 +678,9 @@ class FrameStore:
                 logger.warning(f"a replace of frame {image_id} was interrupted (the server stopped during it); "
                                f"{done}")
         with self._tx() as c:  # under the lock: no replace is writing its journal now
-            for d in cut:
+            for d in cut:  # (every trash and replace writes under this lock: none is half-way now)
                 try:
-                    if all(n.endswith(".tmp") for n in os.listdir(d)):
+                    if set(os.listdir(d)) <= {REPLACE_JOURNAL + ".tmp", "manifest.json.tmp", "manifest.json"}:
                         shutil.rmtree(d)
                 except OSError:
                     continue
@@ -763,10 +774,11 @@ class FrameStore:
                 out.append(p)
         return out
 
-    def _unregistered_label_files(self, image_id: str, known) -> dict[str, str]:
+    def _unregistered_label_files(self, c, image_id: str, known) -> dict[str, str]:
         """Label files of this id on disk that no row points to (put there by hand, or a crash's leftover),
         as trash name -> path: they go with their frame when it is deleted or replaced, never onto the next
-        frame of that id."""
+        frame of that id. A label kept aside for a missing frame (``label_frames``) stays: it waits for its
+        own picture."""
         known = {os.path.normpath(k) for k in known}
         out = {}
         labels_root = os.path.join(self.root, "labels")
@@ -774,11 +786,13 @@ class FrameStore:
             d = os.path.join(labels_root, tag)
             if not plain_name(tag) or not os.path.isdir(d):
                 continue
-            for ext in LABEL_EXTENSIONS:
-                p = os.path.join(d, image_id + ext)
-                if os.path.lexists(p) and split_name(os.path.basename(p))[0] == image_id \
-                        and os.path.normpath(p) not in known:
-                    out[_label_trash_name(tag, p)] = p
+            for name in os.listdir(d):  # as reconcile registers them: any case of a label extension
+                i, ext = split_name(name)
+                p = os.path.join(d, name)
+                if name.startswith(".") or i != image_id or ext.lower() not in LABEL_EXTENSIONS \
+                        or os.path.normpath(p) in known or label_frames.aside_entry(c, image_id, tag, ext, p):
+                    continue
+                out[_label_trash_name(tag, p)] = p
         return out
 
     def _trash_image(self, c, image_id: str, reason: str) -> None:
@@ -794,7 +808,7 @@ class FrameStore:
         for t, f in labels.items():
             files[_label_trash_name(t, f)] = f
             kept.update(label_frames.for_trash(c, image_id, t, _label_trash_name(t, f)))
-        files.update(self._unregistered_label_files(image_id, files.values()))
+        files.update(self._unregistered_label_files(c, image_id, files.values()))
         self.trash(files, reason, labels=kept)
         c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
         c.execute("DELETE FROM images WHERE id=?", (image_id,))

@@ -231,7 +231,7 @@ def take_back(store, c, image_id: str, tag: str, ext: str, d: Digest | None) -> 
     c.execute("INSERT OR REPLACE INTO labels (image_id, tag, ext, info) VALUES (?, ?, ?, "
               "COALESCE(?, (SELECT info FROM labels WHERE image_id=? AND tag=?), '{}'))",
               (image_id, tag, ext, info, image_id, tag))
-    record(c, image_id, tag, d)
+    record(c, image_id, tag, d if d is not None and d.pixels is not None else None)  # else: the next start
     c.execute("DELETE FROM detached_labels WHERE image_id=? AND tag=?", (image_id, tag))
     return "attached"
 
@@ -252,8 +252,8 @@ def check_frames(store, c, blocked: set, digests: dict[str, Digest]) -> list[str
         rec = recs.get((i, t))
         if rec is not None and rec[2] == d.sig:
             continue
-        same = True if rec is None else same_picture(rec[0], rec[1], d)
-        if same is None:
+        same = (True if d.pixels is not None else None) if rec is None else same_picture(rec[0], rec[1], d)
+        if same is None:  # (a first record is never taken of a file that does not decode: half copied?)
             undecided.add(i)
             continue
         if same:
@@ -305,3 +305,13 @@ def for_trash(c, image_id: str, tag: str, name: str) -> dict:
     f = c.execute("SELECT sha256, pixels FROM label_frames WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
     return {name: {"info": json.loads(r[0]) if r else {},
                    "drawn_on": {"sha256": f[0], "pixels": f[1]} if f else None}}
+
+
+def aside_entry(c, image_id: str, tag: str, ext: str, path: str) -> dict | None:
+    """When the label file at ``path`` is the one kept aside for this id (same extension and content): what
+    its trash manifest needs ({"info", "drawn_on"}: ``FrameStore.trash``'s ``labels`` entry); else None."""
+    r = c.execute("SELECT ext, info, sha256, pixels, label_sha256 FROM detached_labels WHERE image_id=? AND "
+                  "tag=?", (image_id, tag)).fetchone()
+    if r is None or r[0] != ext or r[4] != file_sha(path):
+        return None
+    return {"info": json.loads(r[1]), "drawn_on": {"sha256": r[2], "pixels": r[3]} if r[2] else None}

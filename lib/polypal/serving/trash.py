@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from polypal.serving import label_frames
-from polypal.serving.framestore import REPLACE_JOURNAL, FrameStore, InfoTooLarge, NotFound
+from polypal.serving.framestore import MAX_INFO_BYTES, REPLACE_JOURNAL, FrameStore
 from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, plain_name, split_name
 
 
@@ -136,6 +136,31 @@ def _why_not(store: FrameStore, root: Path, kind, src: Path, m: dict, frames_bac
     return None
 
 
+def _restore_info(store: FrameStore, path: Path, inode: int, image_id: str, tag: str, kept: dict) -> None:
+    """A restored label's info from its manifest, in one transaction with a check that the label is still the
+    file put back (a save landing meanwhile keeps its own info) and that the info is plain JSON."""
+    info = kept.get("info")
+    if not isinstance(info, dict) or not info:
+        return
+    try:
+        text = json.dumps(info, allow_nan=False)
+    except (TypeError, ValueError):
+        print(f"{path}: restored without its info (not plain JSON)", file=sys.stderr)
+        return
+    if len(text) > MAX_INFO_BYTES:
+        print(f"{path}: restored without its info (over {MAX_INFO_BYTES} bytes)", file=sys.stderr)
+        return
+    with store._tx() as c:
+        r = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
+        p = os.path.join(store.label_dir(tag), image_id + r[0]) if r else None
+        try:
+            same = p == str(path) and os.lstat(p).st_ino == inode
+        except OSError:
+            same = False
+        if same:
+            c.execute("UPDATE labels SET info=? WHERE image_id=? AND tag=?", (text, image_id, tag))
+
+
 def restore(studies, name: str) -> dict:
     """Put one trash folder's files back. Returns {"restored": [paths], "refused": {path: why}}; the folder
     keeps what was refused (its manifest rewritten) and is removed once empty."""
@@ -150,6 +175,7 @@ def restore(studies, name: str) -> dict:
     trashed_frames = {k[1] for _, _, k in items if k and k[0] == "frame"}
     frames_back: set[str] = set()
     restored, refused = [], {}
+    linked = {}  # rel -> the restored file's inode (its info goes back only onto that file)
     # frames first: a label is only restored beside its frame
     for trash_name, rel, kind in sorted(items, key=lambda x: not (x[2] and x[2][0] == "frame")):
         src = folder / trash_name
@@ -167,6 +193,7 @@ def restore(studies, name: str) -> dict:
         if why is not None:
             refused[rel] = why
             continue
+        linked[rel] = os.lstat(root / rel).st_ino
         os.unlink(src)
         restored.append(rel)
         if kind[0] == "frame":
@@ -174,19 +201,15 @@ def restore(studies, name: str) -> dict:
     if restored:
         store = FrameStore(root)  # opening reconciles: the files' rows come back (the server sees them at once)
         for trash_name, rel, kind in items:  # and a label's info, where the manifest kept it
-            info = m["labels"].get(trash_name, {}).get("info")
-            if rel in restored and kind[0] == "label" and isinstance(info, dict) and info:
-                try:
-                    store.update_label_info(kind[1], kind[3], info)
-                except (NotFound, InfoTooLarge) as e:
-                    print(f"{rel}: restored without its info ({e})", file=sys.stderr)
+            if rel in restored and kind[0] == "label":
+                _restore_info(store, root / rel, linked[rel], kind[1], kind[3], m["labels"].get(trash_name, {}))
     left = {t: r for t, r in m["files"].items() if r in refused}
     if left:
         m["files"] = left
         (folder / "manifest.json").write_text(json.dumps(m, indent=1))
     elif restored:
-        (folder / "manifest.json").unlink()
-        try:
+        try:  # (a server start may have removed the folder, left holding only its manifest, meanwhile)
+            (folder / "manifest.json").unlink()
             folder.rmdir()
         except OSError:  # files the manifest did not list: left as they are
             pass
