@@ -281,6 +281,9 @@ def test_what_a_new_user_meets_is_named_before_anything_is_written(tmp_path, cap
 
     out = tmp_path / "res"
     assert run_cli(data, out, "random", cycles=1) == 0
+    capsys.readouterr()
+    assert run_cli(data, out, "random", cycles=1) == 0  # again: says there is nothing to do
+    assert "nothing to do: the 1 run(s) asked for are complete" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--profile smoke, which gives the folder's recipe"):
         main(["run", "--dataset", "folder", "--data", str(data), "--strategies", "random", "--seeds", "0",
               "--initial", "6", "--budget", "4", "--cycles", "1", "--cache-dir", str(out / "cache"), "--out", str(out)])

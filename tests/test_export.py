@@ -88,6 +88,14 @@ def test_export_cli_errors_leave_nothing_half_written(tmp_path, capsys):
     assert "f1.png" in capsys.readouterr().err and not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
     assert main([str(tmp_path / "nope"), str(tmp_path / "out2")]) == 2 and not (tmp_path / "nope").exists()
+    dataset = tmp_path / "kvasir"  # a dataset folder, never served: refused, and nothing written into it
+    (dataset / "images").mkdir(parents=True)
+    (dataset / "masks").mkdir()
+    capsys.readouterr()
+    assert main([str(dataset), str(tmp_path / "out3")]) == 2
+    err = capsys.readouterr().err
+    assert "not a studies folder a polyp-al server has used" in err and "images/" in err, err
+    assert sorted(p.name for p in dataset.iterdir()) == ["images", "masks"] and not (tmp_path / "out3").exists()
     Image.fromarray(np.ones((20, 30), np.uint8)).save(studies / "labels" / "final" / "f1.png")
     assert main([str(studies), str(tmp_path / "out")]) == 0 and (tmp_path / "out" / "manifest.csv").exists()
 

@@ -183,6 +183,14 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
     pending_dir: str = ""
     unreadable_labels: dict = {}  # frame id -> why its SEG was left out of the last datalist()
     _retry_lock = threading.Lock()
+    _reconcile_guard = threading.RLock()  # class-level: MONAI Label's __init__ reconciles before ours runs
+
+    def _reconcile_datastore(self):
+        """MONAI Label's reconcile of its cache folder, one at a time: its file watcher's thread and a refresh
+        in another thread iterated and changed the same dict at once (a "dictionary changed size during
+        iteration" traceback in the scoring process's log)."""
+        with self._reconcile_guard:
+            return super()._reconcile_datastore()
 
     # --- reads: 503 when the server is down ------------------------------------------------------
     @_online

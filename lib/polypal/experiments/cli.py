@@ -315,14 +315,24 @@ def cmd_run(args) -> int:
         if not video_of:
             raise SystemExit(f"--video-cap {cap}: no video of any pool frame (no .polypal/video.sqlite in "
                              f"{args.data}, no video_of in --video-groups, no <video>_<frame> ids)")
+    from polypal.experiments.simulate import read_records
+
     jobs = [(seed, spec) for seed in seeds for spec in specs]
     bar = tqdm(jobs, desc="runs", unit="run")
+    trained = 0
     for seed, spec in bar:
         bar.set_postfix_str(f"{spec.label} seed {seed}")
-        run(pool, val, test, spec, profile, seed, init, budget, cycles,
-            out / "runs" / f"{spec.label}-seed{seed}.jsonl", pca_feats=pca,
+        path = out / "runs" / f"{spec.label}-seed{seed}.jsonl"
+        before = path.read_text() if path.exists() else None
+        run(pool, val, test, spec, profile, seed, init, budget, cycles, path, pca_feats=pca,
             progress=tqdm.write, extras_dir=out / "extras", video_groups=vg,
             video_of=video_of, video_cap=cap, seeding=args.seeding)
+        trained += (path.read_text() if path.exists() else None) != before
+    if not trained:
+        stages = {len(read_records(out / "runs" / f"{sp.label}-seed{sd}.jsonl")) for sd, sp in jobs}
+        tqdm.write(f"nothing to do: the {len(jobs)} run(s) asked for are complete in {out} "
+                   f"({'/'.join(map(str, sorted(stages)))} stages each); --cycles N adds stages, a new --out "
+                   f"starts over")
     return 0
 
 

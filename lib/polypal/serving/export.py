@@ -121,6 +121,12 @@ def main(argv=None) -> int:
     if not Path(a.studies).is_dir():
         print(f"polypal-export: {a.studies}: no such studies folder", file=sys.stderr)
         return 2
+    if not (Path(a.studies) / ".polypal" / "datastore.sqlite").is_file():  # never create one in someone's folder
+        hint = " (it has images/: a dataset folder, already in the export layout)" \
+            if (Path(a.studies) / "images").is_dir() else ""
+        print(f"polypal-export: {a.studies} is not a studies folder a polyp-al server has used (no "
+              f".polypal/datastore.sqlite){hint}; nothing to export", file=sys.stderr)
+        return 2
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         print(f"polypal-export: {a.out} is {'a file' if not out.is_dir() else 'not empty'}; choose a new folder",
               file=sys.stderr)
