@@ -37,3 +37,24 @@ def test_stopping_rule():
     # too few labels on the last model: the rule looks at the two last models with enough labels
     assert stopping_signal([model(1, 0.50, 0.02), model(2, 0.55, 0.02, n=9)]) is None
     assert stopping_signal([model(1, 0.5, 0.02)]) is None
+
+
+def test_the_servers_curve_from_sql_sums_equals_numpy_on_every_label(tmp_path):
+    """next-sample reads the curve from one GROUP BY (sums), not every label: same numbers as numpy's mean and
+    standard error over the labels themselves."""
+    from polypal.serving.annotations import SCHEMA, AnnotationLog
+    from polypal.serving.sqlite_db import SQLiteDB
+
+    log = AnnotationLog(SQLiteDB(tmp_path / "s.sqlite", SCHEMA))
+    rng = np.random.default_rng(3)
+    dice = {v: rng.beta(5, 2, size=n) for v, n in (("m1", 1), ("m2", 7), ("m3", 2000))}
+    for k, (v, xs) in enumerate(dice.items()):
+        for i, x in enumerate(xs):
+            log.add_quality(f"f{i}", v, float(x), ts=100.0 * k + i)
+    curve = log.quality()["by_model"]
+    assert [c["version"] for c in curve] == ["m1", "m2", "m3"] and curve[0]["se"] is None
+    for c in curve:
+        xs = dice[c["version"]]
+        assert c["labels"] == len(xs) and c["mean_dice"] == round(float(xs.mean()), 4)
+        if len(xs) > 1:
+            assert c["se"] == round(float(xs.std(ddof=1) / math.sqrt(len(xs))), 4)

@@ -770,4 +770,5 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
                                         precheck=getattr(app, "precheck", None), disk=disk)
     logger.info(f"HTTP surface hardened: model upload {'on' if model_app else 'off'}, sessions off, writes keep "
                 f"{cfg.min_free_mb:.0f} MB free, "
-                f"origins allowed: same-origin{', ' + ', '.join(origins) if origins else ''}")
+                f"origins allowed: same-origin{', ' + ', '.join(origins) if origins else ''} (this, not "
+                f"MONAI Label's 'Allow Origins' line above, is what the server enforces)")

@@ -33,9 +33,10 @@ class AnnotationLog:
 
     def quality(self) -> dict:
         """The per-model curve and the stopping signal (polypal.serving.quality)."""
-        from polypal.serving.quality import stopping_signal, summarize
+        from polypal.serving.quality import stopping_signal, summarize_groups
 
-        curve = summarize(self._db.conn().execute("SELECT version, dice, ts FROM quality").fetchall())
+        curve = summarize_groups(self._db.conn().execute(
+            "SELECT version, COUNT(*), SUM(dice), SUM(dice * dice), MIN(ts) FROM quality GROUP BY version").fetchall())
         for c in curve:
             c["first_measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(c["first_measured"]))
         return {"by_model": curve, "stopping": stopping_signal(curve)}

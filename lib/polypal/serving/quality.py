@@ -33,16 +33,21 @@ def summarize(records) -> list[dict]:
 
     ``records``: (model version, dice, time) tuples."""
     by: dict[str, list] = {}
-    first: dict[str, float] = {}
     for version, dice, ts in records:
-        by.setdefault(version, []).append(float(dice))
-        first[version] = min(first.get(version, ts), ts)
+        g = by.setdefault(version, [0, 0.0, 0.0, ts])
+        g[0], g[1], g[2], g[3] = g[0] + 1, g[1] + float(dice), g[2] + float(dice) ** 2, min(g[3], ts)
+    return summarize_groups([(v, *g) for v, g in by.items()])
+
+
+def summarize_groups(groups) -> list[dict]:
+    """``summarize`` from per-model sums: (version, n, sum of Dice, sum of squares, first time) tuples, as one
+    SQL GROUP BY gives them (next-sample asks for the curve on every request: no Python pass over every label)."""
     out = []
-    for k, v in enumerate(sorted(by, key=first.get), start=1):
-        x = np.asarray(by[v])
-        se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
-        out.append({"model": k, "version": v, "labels": len(x), "mean_dice": round(float(x.mean()), 4),
-                    "se": None if se is None else round(se, 4), "first_measured": first[v]})
+    for k, (v, n, s1, s2, first) in enumerate(sorted(groups, key=lambda g: g[4]), start=1):
+        mean = s1 / n
+        se = math.sqrt(max(s2 - s1 * s1 / n, 0.0) / (n - 1) / n) if n > 1 else None
+        out.append({"model": k, "version": v, "labels": int(n), "mean_dice": round(mean, 4),
+                    "se": None if se is None else round(se, 4), "first_measured": first})
     return out
 
 
