@@ -168,14 +168,15 @@ def hash_frames(store, files: dict, label_files: dict) -> dict[str, Digest]:
 def keep_aside(store, c, gone: list[str]) -> int:
     """Before the rows of frames ``gone`` are deleted: their labels go to ``detached_labels``. Returns how
     many."""
-    n = 0
+    aside = []
     for i in gone:
         for t, e, info in c.execute("SELECT tag, ext, info FROM labels WHERE image_id=?", (i,)).fetchall():
             if _detach(store, c, i, t, e, info):
-                n += 1
-                logger.warning(f"frame {i} is missing from the studies folder; its {t!r} label stays in "
-                               f"labels/{t}/{i + e} and goes back on the frame only if the same picture returns")
-    return n
+                aside.append(f"labels/{t}/{i + e}")
+    if aside:  # one line, however many (a share not mounted takes thousands at once)
+        logger.warning(f"{len(aside)} label(s) of frames missing from the studies folder kept aside (e.g. "
+                       f"{', '.join(aside[:3])}): each goes back on its frame only if the same picture returns")
+    return len(aside)
 
 
 def _detach(store, c, image_id: str, tag: str, ext: str, info: str) -> bool:
