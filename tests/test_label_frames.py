@@ -78,9 +78,12 @@ def test_a_labeled_frame_overwritten_by_hand_loses_its_label_to_the_trash(tmp_pa
     assert fs.labeled_ids() == [] and "f001" in fs.image_ids()
     (reason, files), = trashed_labels(root)
     assert "changed on disk" in reason and files == ["labels/final/f001.png"]
-    # the user who knows better can put it back (the trash recorded the frame now there)
-    assert restore(root, list_trash(root)[0]["name"])["refused"] == {}
-    assert FrameStore(root).labeled_ids() == ["f001"]
+    # a restore puts it back only onto the picture it was drawn on (a restore after the frame was
+    # overwritten while the server ran recorded the new picture as its own, and no later start caught it)
+    refused = restore(root, list_trash(root)[0]["name"])["refused"]
+    assert list(refused.values()) == ["frame 'f001' is another picture than the one this label was drawn on "
+                                      "(put that picture back first)"]
+    assert FrameStore(root).labeled_ids() == []
 
 
 def test_a_frame_touched_or_copied_back_byte_for_byte_keeps_its_label(tmp_path):
@@ -389,3 +392,90 @@ def test_a_save_landing_during_a_restore_keeps_its_own_info(tmp_path, monkeypatc
     monkeypatch.setattr(trash, "FrameStore", SaveRightAfterTheReconcile)
     assert restore(root, name)["refused"] == {}
     assert FrameStore(root, read_only=True).label_info("f001", "final")["user"] == "dr-b"
+
+
+# -- a third review, through the server ----------------------------------------------------------------------
+
+def test_a_later_label_of_another_extension_is_never_displaced_by_one_kept_aside(tmp_path):
+    """A PNG label kept aside for a frame that was away; the same frame back, and a Slicer volume saved for
+    it (another extension, so another path): the volume stays its label at every start, the PNG goes to
+    the trash with its info."""
+    root, fs = labeled_store(tmp_path)
+    shutil.move(root / "f001.png", tmp_path / "A.png")
+    fs = FrameStore(root)
+    fs.add_image("f001", str(tmp_path / "A.png"))  # the same picture back, by upload
+    vol = tmp_path / "l2.nii.gz"
+    vol.write_bytes(b"a volume label")
+    fs.save_label("f001", str(vol), "final", {"user": "dr-b"})
+    for _ in range(2):
+        fs = FrameStore(root)
+        assert fs.label_path("f001", "final").endswith("f001.nii.gz") and fs.label_info("f001", "final")["user"] == "dr-b"
+    assert sorted(os.listdir(root / "labels" / "final")) == ["f001.nii.gz"]
+    [entry] = [e for e in list_trash(root) if "kept aside" in e["reason"]]
+    assert entry["files"] == {"labels-final-f001.png": "labels/final/f001.png"}
+
+
+def test_a_second_label_file_put_by_hand_beside_a_label_goes_to_the_trash(tmp_path):
+    root, fs = labeled_store(tmp_path)
+    (root / "labels" / "final" / "f001.nii.gz").write_bytes(b"another label of the same frame")
+    fs = FrameStore(root)
+    assert fs.label_path("f001", "final").endswith("f001.png") and fs.label_info("f001", "final")["user"] == "dr-a"
+    assert not (root / "labels" / "final" / "f001.nii.gz").exists()
+    assert [e["reason"] for e in list_trash(root)] == ["a second label file of frame f001 (labels/final/f001.png "
+                                                      "is its 'final' label)"]
+
+
+def test_a_label_removed_after_its_frame_was_overwritten_goes_back_only_onto_its_picture(tmp_path):
+    root, fs = labeled_store(tmp_path)
+    backup = (root / "f001.png").read_bytes()
+    picture(root / "f001.png", 250)  # overwritten while the server runs (no start in between)
+    fs.remove_label("f001", "final")
+    name = list_trash(root)[0]["name"]
+    assert "another picture" in next(iter(restore(root, name)["refused"].values()))
+    (root / "f001.png").write_bytes(backup)
+    assert restore(root, name)["refused"] == {}
+    assert FrameStore(root).label_info("f001", "final")["user"] == "dr-a"
+
+
+def test_training_and_export_leave_out_a_label_whose_frame_changed_while_the_server_runs(tmp_path, capsys):
+    from polypal.serving import label_frames
+    from polypal.serving.export import main as export
+
+    root, fs = labeled_store(tmp_path)
+    mask = tmp_path / "m.png"
+    fs.save_label("f002", str(mask), "final")
+    os.utime(root / "f002.png")  # touched: the same picture
+    picture(root / "f001.png", 250)  # another picture, no start in between
+    off = label_frames.off_their_picture(fs, fs.labeled_ids())
+    assert list(off) == ["f001"] and "changed on disk" in off["f001"]
+    assert export([str(root), str(tmp_path / "out")]) == 0
+    assert sorted(os.listdir(tmp_path / "out" / "images")) == ["f002.png"] and "left out f001" in capsys.readouterr().err
+
+
+def test_two_frames_of_one_size_and_time_swapped_by_hand_are_told_apart(tmp_path):
+    """Uncompressed TIFFs of one size, extracted from one archive (one mtime): swapped by mv, the label does
+    not follow the name onto the other picture."""
+    root = tmp_path / "s"
+    root.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((20, 30, 3), 40 * i + 5, np.uint8)).save(root / f"f{i}.tif")
+        os.utime(root / f"f{i}.tif", ns=(1_700_000_000 * 10**9,) * 2)
+    assert (root / "f0.tif").stat().st_size == (root / "f1.tif").stat().st_size
+    fs = FrameStore(root)
+    mask = tmp_path / "m.png"
+    Image.fromarray(np.full((20, 30), 255, np.uint8)).save(mask)
+    fs.save_label("f0", str(mask), "final")
+    os.rename(root / "f0.tif", root / "t.tif")
+    os.rename(root / "f1.tif", root / "f0.tif")
+    os.rename(root / "t.tif", root / "f1.tif")
+    assert FrameStore(root).labeled_ids() == []
+
+
+def test_folders_are_neither_labels_nor_frames(tmp_path):
+    root, fs = labeled_store(tmp_path)
+    (root / "labels" / "final" / "f002.png").mkdir()
+    os.unlink(root / "f001.png")
+    (root / "f001.png").mkdir()  # a folder in the labeled frame's place
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == [] and "f001" not in fs.image_ids()
+    assert fs._conn().execute("SELECT COUNT(*) FROM detached_labels").fetchone()[0] == 1  # kept aside

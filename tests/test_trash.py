@@ -92,7 +92,7 @@ def test_labels_of_a_replaced_frame_never_land_on_the_new_one(tmp_path):
     assert r["restored"] == [] and "is in the datastore again" in r["refused"]["f000.png"]
     assert "was not restored" in r["refused"][os.path.join("labels", "final", "f000.png")]
     r = restore(root, names["label final of f001 removed"])
-    assert "was replaced after this label was kept" in next(iter(r["refused"].values()))
+    assert "another picture than the one this label was drawn on" in next(iter(r["refused"].values()))
     assert not fs.label_path("f000", "final") and not fs.label_path("f001", "final")
 
 

@@ -146,10 +146,15 @@ class PolypDatastore(Datastore):
 
     # -- reads -------------------------------------------------------------------------------
     def datalist(self, full_path=True) -> List[Dict[str, Any]]:
-        out = []
-        for i in self.store.labeled_ids(DefaultLabelTag.FINAL.value):
-            out.append({"image": self.store.image_path(i), "label": self.store.label_path(i, "final")})
-        return out
+        """(frame, final label) pairs to train on; a label whose frame file now holds another picture (changed
+        on disk while the server runs) is left out, and said why in ``unreadable_labels`` (the training's
+        skipped list)."""
+        ids = self.store.labeled_ids(DefaultLabelTag.FINAL.value)
+        self.unreadable_labels = label_frames.off_their_picture(self.store, ids, DefaultLabelTag.FINAL.value)
+        for i, why in self.unreadable_labels.items():
+            logger.warning(f"not training on {i}: {why}")
+        return [{"image": self.store.image_path(i), "label": self.store.label_path(i, "final")}
+                for i in ids if i not in self.unreadable_labels]
 
     def get_labels_by_image_id(self, image_id: str) -> Dict[str, str]:
         return {tag: image_id for tag in self.store.labels_of(image_id)}

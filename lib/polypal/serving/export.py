@@ -26,6 +26,7 @@ from PIL import Image
 
 from polypal.data import DataError, read_mask, read_rgb
 from polypal.errors import PolypalError
+from polypal.serving import label_frames
 from polypal.serving.framestore import FrameStore
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,13 @@ def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str 
     scratch = out / ".labels"
     scratch.mkdir(exist_ok=True)
     rows = []
-    for i in (store.labeled_ids(tag) if ids is None else list(ids))[:limit]:
+    todo = (store.labeled_ids(tag) if ids is None else list(ids))[:limit]
+    off = label_frames.off_their_picture(store, todo, tag)  # frame files changed on disk under their labels
+    for i in todo:
+        if i in off:
+            logger.warning(f"export: {i} left out: {off[i]}")
+            print(f"left out {i}: {off[i]}", file=sys.stderr)
+            continue
         got = store.copy_labeled(i, tag, str(out / "images"), str(scratch))
         if got is None:  # deleted while the export ran: left out, as if the export had started later
             logger.warning(f"export: {i} has no {tag} label (any more): left out")
@@ -121,11 +128,11 @@ def main(argv=None) -> int:
     if not Path(a.studies).is_dir():
         print(f"polypal-export: {a.studies}: no such studies folder", file=sys.stderr)
         return 2
-    if not (Path(a.studies) / ".polypal" / "datastore.sqlite").is_file():  # never create one in someone's folder
+    if not (Path(a.studies) / ".polypal").is_dir():  # never create a datastore in someone's folder
         hint = " (it has images/: a dataset folder, already in the export layout)" \
             if (Path(a.studies) / "images").is_dir() else ""
         print(f"polypal-export: {a.studies} is not a studies folder a polyp-al server has used (no "
-              f".polypal/datastore.sqlite){hint}; nothing to export", file=sys.stderr)
+              f".polypal/){hint}; nothing to export", file=sys.stderr)
         return 2
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         print(f"polypal-export: {a.out} is {'a file' if not out.is_dir() else 'not empty'}; choose a new folder",

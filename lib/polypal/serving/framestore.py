@@ -237,7 +237,7 @@ class FrameStore:
                 i, ext = split_name(e.name)
                 if plain_name(i):
                     files.setdefault(i, ext)
-        label_files = {}
+        label_exts: dict = {}  # (id, tag) -> the extension of each label file there
         labels_root = os.path.join(self.root, "labels")
         for tag in sorted(os.listdir(labels_root)) if os.path.isdir(labels_root) else []:
             d = os.path.join(labels_root, tag)
@@ -251,15 +251,17 @@ class FrameStore:
                         os.unlink(p)
                     continue
                 i, ext = split_name(name)
-                if i in files and ext.lower() in LABEL_EXTENSIONS:  # a stray .txt is not a label
-                    label_files[(i, tag)] = ext
+                # a stray .txt is not a label, nor is a folder
+                if i in files and ext.lower() in LABEL_EXTENSIONS and os.path.isfile(os.path.join(d, name)):
+                    label_exts.setdefault((i, tag), []).append(ext)
+        label_files, extras = label_frames.one_per_label(self, label_exts)
         migrated = self._migrate_v2_json()
         digests = label_frames.hash_frames(self, files, label_files)
         with self._tx() as c:
             known = dict(c.execute("SELECT id, ext FROM images"))
 
             def there(i, e):
-                return os.path.exists(os.path.join(self.root, i + e))
+                return os.path.isfile(os.path.join(self.root, i + e))  # (a folder in its place is not the frame)
 
             # re-checked under the write lock: another process (the server, while polypal-trash restores) may
             # have added, replaced or deleted files since the scan
@@ -283,6 +285,7 @@ class FrameStore:
                           [k for k, e in lk.items() if k not in label_files and k[0] not in blocked
                            and not _label_file_exists(self.root, k, e)])
             moved += label_frames.check_frames(self, c, blocked, digests)
+            label_frames.drop_extras(self, c, extras, blocked)
             label_frames.drop_stale(self, c)
         self.recovered += [i for i in dict.fromkeys(moved) if i not in self.recovered]
         res = {"images": len(files), "added": len(new), "removed": len(gone), "labels": len(label_files),
@@ -459,6 +462,7 @@ class FrameStore:
                     name = _label_trash_name(tag, old_path)
                     self.trash({name: old_path}, f"label {tag} of {image_id} replaced", keep_source=True,
                                frame=image_id, labels=label_frames.for_trash(c, image_id, tag, name))
+                label_frames.supersede_aside(self, c, image_id, tag, dest)  # (one of another extension)
                 if dest != old_path and os.path.lexists(dest):  # a label file no row points to: kept, not lost
                     name = _label_trash_name(tag, dest)
                     aside = label_frames.aside_entry(c, image_id, tag, ext, dest)

@@ -1,8 +1,8 @@
 """A label stays with the picture it was drawn on.
 
 Each label's row has a record (``label_frames``) of its frame at save time: the SHA-256 of the file's bytes
-and of its decoded picture (RGB, upright, as the annotator saw it), and the file's [mtime_ns, size]. At
-each start ``FrameStore.reconcile`` looks again, in this order:
+and of its decoded picture (RGB, upright, as the annotator saw it), and the file's ``file_sig``. At each
+start ``FrameStore.reconcile`` looks again, in this order:
 
 1. ``hash_frames`` (before its transaction: no lock held while reading files): digests of the frames whose
    file changed since recorded, or that a label file without a row belongs to.
@@ -14,7 +14,9 @@ each start ``FrameStore.reconcile`` looks again, in this order:
 4. ``check_frames``: a labeled frame whose file now holds another picture (copied over by hand while no
    server ran) loses its labels to the trash. The same picture re-encoded (bytes differ, pixels do not)
    keeps them; a file that does not decode now (still being copied?) is looked at again next start.
-5. ``drop_stale``: records of labels that are gone.
+5. ``drop_extras``: a second label file of one (id, tag) (``one_per_label`` chose the label: the row's, the
+   kept-aside one, else the newest) goes to the trash.
+6. ``drop_stale``: records of labels that are gone.
 
 A label that cannot be moved to the trash (a disk error) is kept aside instead, never left on the wrong
 picture, and never stops the start. Before this module a label went onto whatever frame next had its
@@ -46,18 +48,21 @@ CREATE TABLE IF NOT EXISTS detached_labels (image_id TEXT NOT NULL, tag TEXT NOT
 
 class Digest(NamedTuple):
     """A frame file as read: its bytes' SHA-256, its decoded picture's (None: it does not decode), and its
-    [mtime_ns, size] (no inode: a share mounted again may number its files anew)."""
+    ``file_sig``."""
     sha: str
     pixels: str | None
     sig: list
 
 
 def file_sig(path) -> list | None:
+    """[mtime_ns, ctime_ns, size]: another file moved or copied into a frame's place has another ctime, even
+    with the same size and a preserved mtime (cp -p, archives), which no one can set; no inode (a share
+    mounted again may number its files anew). A different value only means "read the bytes again"."""
     try:
         st = os.stat(path)
     except (OSError, TypeError, ValueError):
         return None
-    return [st.st_mtime_ns, st.st_size]
+    return [st.st_mtime_ns, st.st_ctime_ns, st.st_size]
 
 
 def file_sha(path) -> str | None:
@@ -129,9 +134,68 @@ def _frame_file(store, c, image_id: str, found_ext: str | None = None) -> str | 
     return os.path.join(store.root, image_id + found_ext) if found_ext is not None else None
 
 
+def one_per_label(store, label_exts: dict) -> tuple[dict, list]:
+    """Reconcile's scan found these label files per (id, tag): the one that is the label (the row's, else
+    the one kept aside for its picture, else the newest) and the others, as ``drop_extras`` takes them
+    (a Slicer volume saved beside a PNG kept aside: the older must never take the newer's place)."""
+    c = store._conn()
+    rows = {(i, t): e for i, t, e in c.execute("SELECT image_id, tag, ext FROM labels")}
+    aside = {(i, t): e for i, t, e in c.execute("SELECT image_id, tag, ext FROM detached_labels")}
+    chosen, extras = {}, []
+    for (i, t), exts in label_exts.items():
+        if len(exts) == 1:
+            chosen[(i, t)] = exts[0]
+            continue
+        pick = rows.get((i, t)) if rows.get((i, t)) in exts else aside.get((i, t)) if aside.get((i, t)) in exts \
+            else max(exts, key=lambda e: (file_sig(os.path.join(store.root, "labels", t, i + e)) or [0])[0])
+        chosen[(i, t)] = pick
+        extras += [(i, t, e) for e in exts if e != pick]
+    return chosen, extras
+
+
+def drop_extras(store, c, extras: list, blocked: set) -> None:
+    """A second label file of one (id, tag) goes to the trash: the one kept aside for an earlier picture
+    with its info (a later label of the frame took its place), any other as a second file."""
+    for i, t, e in extras:
+        path = os.path.join(store.root, "labels", t, i + e)
+        row = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (i, t)).fetchone()
+        if i in blocked or not os.path.lexists(path) or (row and row[0] == e) or row is None:
+            continue  # (no row: the next start decides, once one of them is the label)
+        name = label_trash_name(t, path)
+        kept = aside_entry(c, i, t, e, path)
+        reason = (f"label {t} kept aside for an earlier frame {i}, superseded by a later label of that id "
+                  f"(labels/{t}/{i + row[0]})" if kept else
+                  f"a second label file of frame {i} (labels/{t}/{i + row[0]} is its {t!r} label)")
+        try:
+            store.trash({name: path}, reason, labels={name: kept} if kept else None)
+        except OSError as err:
+            logger.error(f"could not move {path} to the trash ({err}); left where it is")
+            continue
+        if kept:
+            c.execute("DELETE FROM detached_labels WHERE image_id=? AND tag=?", (i, t))
+        logger.warning(f"{reason}: moved to the trash")
+
+
+def supersede_aside(store, c, image_id: str, tag: str, dest: str) -> None:
+    """In a label save's transaction: a label kept aside for this id under another extension than the new
+    label's (``dest``) goes to the trash with its info and picture (a Slicer volume saved for the frame
+    while a PNG of an earlier picture waited beside it); the same extension is the save's own case."""
+    r = c.execute("SELECT ext FROM detached_labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
+    path = os.path.join(store.root, "labels", tag, image_id + r[0]) if r else None
+    if path is None or path == dest or not os.path.lexists(path):
+        return
+    kept = aside_entry(c, image_id, tag, r[0], path)
+    if kept is None:
+        return  # not the file kept aside any more: reconcile's scan looks at it
+    name = label_trash_name(tag, path)
+    store.trash({name: path}, f"label {tag} kept aside for an earlier frame {image_id}, superseded by a label "
+                f"saved for the frame now under that id", labels={name: kept})
+    c.execute("DELETE FROM detached_labels WHERE image_id=? AND tag=?", (image_id, tag))
+
+
 def hash_frames(store, files: dict, label_files: dict) -> dict[str, Digest]:
     """Before reconcile's transaction: the Digest of each frame some label needs one of: a label file without
-    its row (or with another extension), or a label whose frame file's [mtime_ns, size] is not the
+    its row (or with another extension), or a label whose frame file's file_sig is not the
     recorded one (no record: saved by an older version; hashed once)."""
     c = store._conn()
     rows = {(i, t): e for i, t, e in c.execute("SELECT image_id, tag, ext FROM labels")}
@@ -316,3 +380,22 @@ def aside_entry(c, image_id: str, tag: str, ext: str, path: str) -> dict | None:
     if r is None or r[0] != ext or r[4] != file_sha(path):
         return None
     return {"info": json.loads(r[1]), "drawn_on": {"sha256": r[2], "pixels": r[3]} if r[2] else None}
+
+
+def off_their_picture(store, ids, tag: str = "final") -> dict[str, str]:
+    """Of these labeled frames, those whose file now holds another picture than their ``tag`` label was drawn
+    on (changed on disk while the server runs; the next start moves such labels to the trash), with why.
+    A training and an export leave them out meanwhile. Reads only frames whose ``file_sig`` changed."""
+    c = store._conn()
+    recs = {i: (sha, pixels, json.loads(sig)) for i, sha, pixels, sig in
+            c.execute("SELECT image_id, sha256, pixels, sig FROM label_frames WHERE tag=?", (tag,))}
+    out = {}
+    for i in ids:
+        rec, path = recs.get(i), store.image_path(i)
+        if rec is None or not path or file_sig(path) == rec[2]:
+            continue
+        d = digest(path)
+        if d is not None and same_picture(rec[0], rec[1], d) is False:
+            out[i] = (f"frame file {os.path.basename(path)} was changed on disk after its label was saved "
+                      f"(another picture); left out, and moved to the trash at the next start")
+    return out

@@ -126,11 +126,15 @@ def _why_not(store: FrameStore, root: Path, kind, src: Path, m: dict, frames_bac
         return f"its frame {image_id!r} was not restored (a label of the old frame never goes on a new one)"
     if store.image_ext(image_id) is None and image_id not in frames_back:
         return f"its frame {image_id!r} is not in the datastore"
-    fr = m.get("frame") or {}
-    if fr.get("id") == image_id and fr.get("signature") and store.frame_signature(image_id) != fr["signature"] \
-            and not label_frames.same_as_drawn_on(store.image_path(image_id),
-                                                  m["labels"].get(src.name, {}).get("drawn_on")):
-        return f"frame {image_id!r} was replaced after this label was kept"
+    drawn_on = m["labels"].get(src.name, {}).get("drawn_on")
+    if isinstance(drawn_on, dict) and drawn_on.get("sha256"):  # the picture it was drawn on is known: only onto it
+        if image_id not in frames_back and not label_frames.same_as_drawn_on(store.image_path(image_id), drawn_on):
+            return (f"frame {image_id!r} is another picture than the one this label was drawn on (put that "
+                    f"picture back first)")
+    else:
+        fr = m.get("frame") or {}
+        if fr.get("id") == image_id and fr.get("signature") and store.frame_signature(image_id) != fr["signature"]:
+            return f"frame {image_id!r} was replaced after this label was kept"
     if store.label_path(image_id, tag):
         return f"frame {image_id!r} has a {tag!r} label again"
     return None
