@@ -479,3 +479,48 @@ def test_folders_are_neither_labels_nor_frames(tmp_path):
     fs = FrameStore(root)
     assert fs.labeled_ids() == [] and "f001" not in fs.image_ids()
     assert fs._conn().execute("SELECT COUNT(*) FROM detached_labels").fetchone()[0] == 1  # kept aside
+
+
+def test_through_the_server_a_label_is_not_served_over_another_picture_put_in_its_frames_place(tmp_path):
+    """A labeled frame overwritten by hand with another picture while the server runs: downloading its label
+    is refused with why (an annotator shown it over the new picture could save it as that picture's label)
+    until a new label is saved; the same picture copied back byte for byte is served its label again."""
+    import io
+
+    import pytest
+
+    from server_utils import Server, http, multipart
+
+    pytest.importorskip("monailabel")
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for i in range(3):
+        picture(studies / f"fr{i:03d}.png", 40 * i, size=(48, 64))
+    original = (studies / "fr001.png").read_bytes()
+    srv = Server(studies, tmp_path).start()
+
+    def save(value):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((48, 64), value, np.uint8)).save(buf, format="PNG")
+        body, ct = multipart({"params": "{}"}, {"label": ("fr001.png", buf.getvalue())})
+        s, r = http("PUT", f"{srv.url}/datastore/label?image=fr001&tag=final", body, {"Content-Type": ct})
+        assert s == 200, r
+
+    def download():
+        return http("GET", f"{srv.url}/datastore/label?label=fr001&tag=final")
+
+    try:
+        save(255)
+        assert download()[0] == 200
+        picture(studies / "fr001.png", 200, size=(48, 64))  # another picture, by hand
+        s, r = download()
+        assert s == 409 and "fr001.png was changed on disk" in r["detail"], (s, r)
+        (studies / "fr001.png").write_bytes(original)  # the drawn-on picture back
+        assert download()[0] == 200
+        picture(studies / "fr001.png", 200, size=(48, 64))
+        assert download()[0] == 409
+        save(0)  # the annotator labels the new picture
+        s, body = download()
+        assert s == 200 and np.asarray(Image.open(io.BytesIO(body))).max() == 0
+    finally:
+        srv.stop()

@@ -200,7 +200,7 @@ class PolypALApp(MONAILabelApp):
         if isinstance(stats.get("polyp_seg"), dict):
             stats["polyp_seg"] = _starting(stats["polyp_seg"])
         try:
-            labeled = set(self.datastore().get_labeled_images())
+            labeled = self.datastore().labeled_set()
         except Exception as e:  # noqa: BLE001 - e.g. the DICOMweb server is down: /info still answers
             logger.debug(f"plan counts not available: {e}")
             labeled = None

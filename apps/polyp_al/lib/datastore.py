@@ -174,11 +174,20 @@ class PolypDatastore(Datastore):
         return open(p, "rb") if p else None
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        """The label's file; a 409 when the frame file was changed on disk to another picture after the label
+        was drawn (until the next start moves the label to the trash): shown over the new picture, it would
+        mislead an annotator into saving it again as that picture's label."""
         try:
             check_name("label tag", label_tag)
         except InvalidName:
             return ""
-        return self.store.label_path(label_id, label_tag)
+        path = self.store.label_path(label_id, label_tag)
+        why = path and label_frames.off_picture(self.store, label_id, label_tag)
+        if why:
+            logger.warning(f"not serving label {label_id} ({label_tag}): {why}")
+            raise HTTPException(status_code=409, detail=f"label {label_id} ({label_tag}) is not served: {why}; "
+                                                        f"save a new label for this frame")
+        return path
 
     def get_image_info(self, image_id: str) -> Dict[str, Any]:
         """The frame's info, without keys only the server may set that a client slipped in (next-sample
@@ -195,6 +204,10 @@ class PolypDatastore(Datastore):
 
     def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
         return self.store.labeled_ids(label_tag or DefaultLabelTag.FINAL.value)
+
+    def labeled_set(self) -> frozenset:
+        """The ids with a final label, kept between requests until a label is added or removed."""
+        return self.store.labeled_set(DefaultLabelTag.FINAL.value)
 
     def get_unlabeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
         return self.store.unlabeled_ids(label_tag or DefaultLabelTag.FINAL.value)

@@ -205,6 +205,9 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
     def get_labeled_images(self, label_tag=None, labels=None):
         return [i for i in super().get_labeled_images(label_tag, labels) if is_uid(i)]
 
+    def labeled_set(self) -> frozenset:
+        return frozenset(self.get_labeled_images())
+
     @_online
     def get_unlabeled_images(self, label_tag=None, labels=None):
         return super().get_unlabeled_images(label_tag, labels)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from fastapi import HTTPException
+
 from polypal.serving import NO_MODEL, model_version
 from polypal.data import DataError, read_mask, read_rgb, resize_mask, resize_rgb
 from polypal.learner import CheckpointError, load_checkpoint, predict
@@ -43,7 +45,11 @@ class LabelQuality:
         version = model_version(self.cfg.model_path)
         if version == NO_MODEL or self.state.has_quality(image_id, version):
             return None
-        label, image = datastore.get_label_uri(image_id, "final"), datastore.get_image_uri(image_id)
+        try:
+            label, image = datastore.get_label_uri(image_id, "final"), datastore.get_image_uri(image_id)
+        except HTTPException as e:  # the frame file changed under the label: nothing to measure
+            logger.warning(f"label quality for {image_id} not measured: {e.detail}")
+            return None
         if not label or not image:
             return None
         try:

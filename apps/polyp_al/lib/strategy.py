@@ -68,7 +68,7 @@ class PlannedStrategy(Strategy):
                 "needs": list(spec.needs), "fallback": spec.fallback, "lease_timeout_s": self.cfg.lease_seconds}
 
     def __call__(self, request, datastore):
-        labeled = set(datastore.get_labeled_images())
+        labeled = datastore.labeled_set() if hasattr(datastore, "labeled_set") else set(datastore.get_labeled_images())
         # the full image list is only read when a batch has to be (re)planned
         store = getattr(datastore, "store", None)  # our datastore (for DICOMweb each check would be a download)
         client = request.get("client_id") or ANONYMOUS

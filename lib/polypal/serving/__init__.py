@@ -10,11 +10,19 @@
 Independent of MONAI Label: tests drive it directly.
 """
 
-from polypal.serving.cycle import refresh, refresh_due
-from polypal.serving.features import NO_MODEL, THUMB, FeatureStore, model_version
-from polypal.serving.planner import FALLBACK_PCA, FALLBACK_RANDOM, Plan, is_fallback, plan_batch
-from polypal.serving.plans import LeaseBook, PlanBook
-from polypal.serving.state import ActiveLearningState, Served
+import importlib
 
-__all__ = ["FALLBACK_PCA", "FALLBACK_RANDOM", "NO_MODEL", "THUMB", "ActiveLearningState", "FeatureStore", "LeaseBook",
-           "Plan", "PlanBook", "Served", "is_fallback", "model_version", "plan_batch", "refresh", "refresh_due"]
+# names resolved on first use (PEP 562): the store and the command-line tools (polypal-export,
+# polypal-trash) import ``polypal.serving.framestore`` without loading torch through ``cycle``
+_WHERE = {"refresh": "cycle", "refresh_due": "cycle", "NO_MODEL": "features", "THUMB": "features",
+          "FeatureStore": "features", "model_version": "features", "FALLBACK_PCA": "planner",
+          "FALLBACK_RANDOM": "planner", "Plan": "planner", "is_fallback": "planner", "plan_batch": "planner",
+          "LeaseBook": "plans", "PlanBook": "plans", "ActiveLearningState": "state", "Served": "state"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

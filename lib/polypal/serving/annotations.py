@@ -6,15 +6,20 @@ stopping signal (``polypal.serving.quality``).
 
 from __future__ import annotations
 
+import copy
 import time
 
-import numpy as np
+from polypal.serving.sqlite_db import counted
 
+# /info (which MONAI Label's next-sample endpoint calls at every request) reads both tables whole: the
+# indexes let SQLite aggregate them without sorting, and the results are kept until a table changes
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS effort (image_id TEXT PRIMARY KEY, client_id TEXT, served REAL, labeled REAL,
                                    version TEXT);
 CREATE TABLE IF NOT EXISTS quality (image_id TEXT, version TEXT, dice REAL, ts REAL, PRIMARY KEY (image_id, version));
-"""
+CREATE INDEX IF NOT EXISTS effort_pace ON effort (client_id, labeled - served);
+CREATE INDEX IF NOT EXISTS quality_by_version ON quality (version, dice, ts);
+""" + counted("effort") + counted("quality")
 
 
 class AnnotationLog:
@@ -33,6 +38,9 @@ class AnnotationLog:
 
     def quality(self) -> dict:
         """The per-model curve and the stopping signal (polypal.serving.quality)."""
+        return copy.deepcopy(self._db.cached("quality", "quality", self._quality))
+
+    def _quality(self) -> dict:
         from polypal.serving.quality import stopping_signal, summarize_groups
 
         curve = summarize_groups(self._db.conn().execute(
@@ -48,13 +56,20 @@ class AnnotationLog:
                       (image_id, client_id, served, labeled, version))
 
     def annotators(self) -> dict:
-        """Per annotator: labels saved and the median seconds from serving to saving."""
-        out: dict[str, list] = {}
-        for client, served, labeled in self._db.conn().execute("SELECT client_id, served, labeled FROM effort"):
-            out.setdefault(client, []).append(None if served is None else labeled - served)
+        """Per annotator: labels saved and the median seconds from serving to saving (of the labels whose
+        serving time is known and not after the save)."""
+        return copy.deepcopy(self._db.cached("annotators", "effort", self._annotators))
+
+    def _annotators(self) -> dict:
+        c = self._db.conn()
         res = {}
-        for client, secs in sorted(out.items()):
-            known = sorted(x for x in secs if x is not None and x >= 0)
-            res[client] = {"labels": len(secs),
-                           "median_seconds_per_label": round(float(np.median(known)), 1) if known else None}
+        for client, n, k in c.execute("SELECT client_id, COUNT(*), SUM(labeled - served >= 0) FROM effort "
+                                      "GROUP BY client_id ORDER BY client_id").fetchall():
+            median = None
+            if k:  # the middle one or two of the client's known paces, read in the order of the index
+                mid = [r[0] for r in c.execute(
+                    "SELECT labeled - served FROM effort WHERE client_id IS ? AND labeled - served >= 0 "
+                    "ORDER BY client_id, labeled - served LIMIT ? OFFSET ?", (client, 2 - k % 2, (k - 1) // 2))]
+                median = round(sum(mid) / len(mid), 1)
+            res[client] = {"labels": n, "median_seconds_per_label": median}
         return res

@@ -53,7 +53,7 @@ from polypal.serving.fileops import fsync_dir as _fsync_dir
 from polypal.serving.fileops import label_trash_name as _label_trash_name
 from polypal.serving.fileops import same_entry as _same_entry
 from polypal.serving.fileops import write_fsynced as _write_fsynced
-from polypal.serving.sqlite_db import SQLiteDB
+from polypal.serving.sqlite_db import SQLiteDB, counted
 from polypal.vocab import FRAME_EXTENSIONS, LABEL_EXTENSIONS, check_alias, check_name, patterns, plain_name, split_name
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, ext TEXT NOT NULL, info 
 CREATE TABLE IF NOT EXISTS labels (image_id TEXT NOT NULL, tag TEXT NOT NULL, ext TEXT NOT NULL,
                                    info TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (image_id, tag));
 CREATE INDEX IF NOT EXISTS labels_by_tag ON labels (tag);
-"""
+-- the labeled set is read from this index alone, already in id order
+CREATE INDEX IF NOT EXISTS labels_tag_id ON labels (tag, image_id);
+""" + counted("labels", "image_id, tag")
 
 
 class NotFound(KeyError):
@@ -340,8 +342,16 @@ class FrameStore:
         return [r[0] for r in self._conn().execute("SELECT id FROM images ORDER BY id")]
 
     def labeled_ids(self, tag: str = "final") -> list[str]:
-        return [r[0] for r in self._conn().execute("SELECT image_id FROM labels WHERE tag=? ORDER BY image_id",
-                                                   (tag,))]
+        return list(self._labeled(tag))
+
+    def labeled_set(self, tag: str = "final") -> frozenset[str]:
+        """The ids labeled under ``tag``, read again only after a label is added or removed (by any process):
+        next sample asks for it at every request."""
+        return self._db.cached(("labeled_set", tag), "labels", lambda: frozenset(self._labeled(tag)))
+
+    def _labeled(self, tag: str) -> tuple[str, ...]:
+        return self._db.cached(("labeled", tag), "labels", lambda: tuple(
+            r[0] for r in self._conn().execute("SELECT image_id FROM labels WHERE tag=? ORDER BY image_id", (tag,))))
 
     def unlabeled_ids(self, tag: str = "final") -> list[str]:
         return [r[0] for r in self._conn().execute(

@@ -391,11 +391,25 @@ def off_their_picture(store, ids, tag: str = "final") -> dict[str, str]:
             c.execute("SELECT image_id, sha256, pixels, sig FROM label_frames WHERE tag=?", (tag,))}
     out = {}
     for i in ids:
-        rec, path = recs.get(i), store.image_path(i)
-        if rec is None or not path or file_sig(path) == rec[2]:
-            continue
-        d = digest(path)
-        if d is not None and same_picture(rec[0], rec[1], d) is False:
-            out[i] = (f"frame file {os.path.basename(path)} was changed on disk after its label was saved "
-                      f"(another picture); left out, and moved to the trash at the next start")
+        why = _off(store.image_path(i), recs.get(i))
+        if why:
+            out[i] = why
     return out
+
+
+def off_picture(store, image_id: str, tag: str) -> str | None:
+    """``off_their_picture`` for one label (one indexed lookup and a stat while the frame file is unchanged):
+    why the ``tag`` label of ``image_id`` is no longer on its frame's picture, or None."""
+    r = store._conn().execute("SELECT sha256, pixels, sig FROM label_frames WHERE image_id=? AND tag=?",
+                              (image_id, tag)).fetchone()
+    return _off(store.image_path(image_id), r and (r[0], r[1], json.loads(r[2])))
+
+
+def _off(path, rec) -> str | None:
+    if rec is None or not path or file_sig(path) == rec[2]:
+        return None
+    d = digest(path)
+    if d is not None and same_picture(rec[0], rec[1], d) is False:
+        return (f"frame file {os.path.basename(path)} was changed on disk after its label was saved "
+                f"(another picture); left out, and moved to the trash at the next start")
+    return None

@@ -18,13 +18,13 @@ import math
 
 import numpy as np
 
-from polypal.learner import per_image_scores
-
 MIN_LABELS = 10  # a model needs this many measured labels before it enters the stopping rule
 
 
 def label_dice(pred_mask, label_mask) -> float:
     """Polyp Dice of one predicted mask against one label (both empty counts as 1.0)."""
+    from polypal.learner import per_image_scores  # torch: only where a prediction is measured, not for /info
+
     return float(per_image_scores(np.asarray(pred_mask)[None], np.asarray(label_mask)[None])["dice"][0])
 
 

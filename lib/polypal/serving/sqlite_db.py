@@ -4,6 +4,10 @@ WAL lets readers proceed while one writer commits; ``synchronous=NORMAL`` in
 WAL mode keeps every committed transaction across a process crash (SIGKILL).
 ``tx()`` takes the write lock at BEGIN (IMMEDIATE), so a read-modify-write
 inside it cannot interleave with another process's.
+
+``counted(table)`` adds triggers that count a table's changes, and ``cached(key, table, compute)``
+keeps a value computed from it until that count moves: a request that reads the whole labeled set
+or annotation log costs one lookup while nothing changed, whichever process or connection writes.
 """
 
 from __future__ import annotations
@@ -13,10 +17,25 @@ import threading
 from contextlib import contextmanager
 
 
+def counted(table: str, columns: str | None = None) -> str:
+    """SQL: triggers that count the inserts and deletes of ``table`` (and updates of ``columns``, a comma
+    list; of any column when None) in table ``changes``. They run in the writing transaction, so a count
+    moves with every commit by any process and never with a rolled-back one."""
+    # no row is written when the schema runs: opening a database must not wait for another's write lock
+    bump = f"BEGIN INSERT INTO changes VALUES ('{table}', 1) ON CONFLICT (name) DO UPDATE SET n = n + 1; END;"
+    return f"""
+CREATE TABLE IF NOT EXISTS changes (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS {table}_inserted AFTER INSERT ON {table} {bump}
+CREATE TRIGGER IF NOT EXISTS {table}_deleted AFTER DELETE ON {table} {bump}
+CREATE TRIGGER IF NOT EXISTS {table}_updated AFTER UPDATE {'OF ' + columns + ' ' if columns else ''}ON {table} {bump}
+"""
+
+
 class SQLiteDB:
     def __init__(self, path, schema: str = ""):
         self.path = str(path)
         self._local = threading.local()
+        self._cache: dict = {}
         if schema:
             self.conn().executescript(schema)
 
@@ -39,3 +58,23 @@ class SQLiteDB:
         except BaseException:
             c.execute("ROLLBACK")
             raise
+
+    def changes(self, table: str) -> int:
+        """How many times ``table`` changed (``counted`` triggers)."""
+        row = self.conn().execute("SELECT n FROM changes WHERE name=?", (table,)).fetchone()
+        return 0 if row is None else row[0]
+
+    def cached(self, key, table: str, compute):
+        """``compute()``, kept until ``table`` changes. Inside a transaction it is computed afresh and not kept
+        (it may see writes that are rolled back). The count is read before computing: a change committed in
+        between makes the value newer than its count says, and the next call computes it again."""
+        c = self.conn()
+        if c.in_transaction:
+            return compute()
+        n = self.changes(table)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == n:
+            return hit[1]
+        value = compute()
+        self._cache[key] = (n, value)
+        return value

@@ -1,0 +1,115 @@
+"""What next sample and /info keep between requests (polypal.serving.sqlite_db.cached): the labeled set, the
+annotators' pace and the quality curve are read again whenever their table changes, whoever changes it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from polypal.serving.annotations import SCHEMA, AnnotationLog
+from polypal.serving.framestore import FrameStore
+from polypal.serving.sqlite_db import SQLiteDB, counted
+
+LIB = Path(__file__).resolve().parents[1] / "lib"
+
+
+def make_store(tmp_path, n=3):
+    root = tmp_path / "s"
+    root.mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((20, 30, 3), i, np.uint8)).save(root / f"f{i:03d}.png")
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "m.png")
+    return root, tmp_path / "m.png"
+
+
+def test_the_labeled_set_follows_labels_saved_and_removed_by_another_process(tmp_path):
+    root, mask = make_store(tmp_path)
+    fs = FrameStore(root)
+    assert fs.labeled_set() == frozenset() and fs.labeled_set() is fs.labeled_set()  # kept between requests
+    other = ("import sys; from polypal.serving.framestore import FrameStore; fs = FrameStore(sys.argv[1], read_only=True); "
+             "getattr(fs, sys.argv[2])('f001', *sys.argv[3:])")
+    run = lambda *a: subprocess.run([sys.executable, "-c", other, str(root), *a], check=True,  # noqa: E731
+                                    env={"PYTHONPATH": str(LIB)}, timeout=120)
+    run("save_label", str(mask), "final")
+    assert fs.labeled_set() == {"f001"} and fs.labeled_ids() == ["f001"]
+    run("save_label", str(mask), "original")  # another tag: the final set is the same
+    assert fs.labeled_set() == {"f001"} and fs.labeled_set("original") == {"f001"}
+    run("remove_label", "final")
+    assert fs.labeled_set() == frozenset() and fs.labeled_ids() == [] and fs.labeled_set("original") == {"f001"}
+
+
+def test_a_value_read_inside_a_rolled_back_transaction_is_never_served_later(tmp_path):
+    """Inside a transaction the count already includes its own uncommitted change: kept, the value would be
+    served again when another connection's commit brings the count back to the same number."""
+    db = SQLiteDB(tmp_path / "d.sqlite", "CREATE TABLE t (x INTEGER);" + counted("t"))
+    read = lambda: db.cached("k", "t", lambda: sorted(r[0] for r in db.conn().execute("SELECT x FROM t")))  # noqa: E731
+    assert read() == []
+    with pytest.raises(RuntimeError):
+        with db.tx() as c:
+            c.execute("INSERT INTO t VALUES (1)")
+            assert read() == [1]
+            raise RuntimeError("rolled back")
+    with SQLiteDB(db.path).tx() as c:  # another connection: the count moves to where the rolled-back one was
+        c.execute("INSERT INTO t VALUES (2)")
+    assert read() == [2]
+
+
+def test_opening_a_database_waits_for_no_other_writer(tmp_path):
+    """The schema writes no row: a store opened (an export, a CLI) while the server holds the write lock."""
+    root, _ = make_store(tmp_path)
+    fs = FrameStore(root)
+    with fs._tx():
+        db = SQLiteDB(fs.db_path, "")
+        db.conn().execute("PRAGMA busy_timeout = 200")
+        from polypal.serving.framestore import _SCHEMA
+        db.conn().executescript(_SCHEMA)  # raised "database is locked" when the schema inserted a count row
+
+
+def reference_annotators(rows):
+    out = {}
+    for client, served, labeled in rows:
+        out.setdefault(client, []).append(None if served is None else labeled - served)
+    res = {}
+    for client, secs in sorted(out.items()):
+        known = sorted(x for x in secs if x is not None and x >= 0)
+        res[client] = {"labels": len(secs),
+                       "median_seconds_per_label": round(float(np.median(known)), 1) if known else None}
+    return res
+
+
+def test_annotators_pace_equals_numpy_and_follows_each_save(tmp_path):
+    """Counts and medians from SQL (one indexed walk per annotator) equal numpy's over every row: odd and even
+    counts, unknown serving times, clocks that put a save before its serving, an annotator with none known."""
+    log = AnnotationLog(SQLiteDB(tmp_path / "s.sqlite", SCHEMA))
+    rng = np.random.default_rng(5)
+    rows = {}
+    for k in range(801):
+        client = ["dr-a", "dr-b", "dr-c", "Dr-A"][k % 4] if k < 800 else "late"
+        served = None if rng.random() < 0.1 or client == "late" else float(rng.uniform(0, 1e6))
+        labeled = (served or 5e5) + float(rng.choice([rng.normal(45, 30), 12.0]))
+        rows[f"f{k}"] = (client, served, labeled)
+        log.add_effort(f"f{k}", client, served, labeled, "v1")
+    assert log.annotators() == reference_annotators(rows.values())
+    assert log.annotators()["late"] == {"labels": 1, "median_seconds_per_label": None}
+    for k, client in ((0, "dr-b"), (1, "new")):  # a frame labeled again (by another annotator), and a new one
+        rows[f"f{k}"] = (client, 100.0, 130.0 + k)
+        log.add_effort(f"f{k}", client, 100.0, 130.0 + k, "v2")
+        assert log.annotators() == reference_annotators(rows.values())
+    res = log.annotators()
+    res["dr-a"]["labels"] = -1  # a caller's edit never reaches the next caller
+    assert log.annotators()["dr-a"]["labels"] == reference_annotators(rows.values())["dr-a"]["labels"]
+
+
+def test_the_quality_curve_follows_each_measurement(tmp_path):
+    log = AnnotationLog(SQLiteDB(tmp_path / "s.sqlite", SCHEMA))
+    assert log.quality()["by_model"] == []
+    log.add_quality("f1", "m1", 0.5, ts=1.0)
+    assert [(c["version"], c["labels"]) for c in log.quality()["by_model"]] == [("m1", 1)]
+    other = AnnotationLog(SQLiteDB(tmp_path / "s.sqlite", SCHEMA))  # another connection, as the training's
+    other.add_quality("f2", "m1", 0.7, ts=2.0)
+    other.add_quality("f2", "m2", 0.9, ts=3.0)
+    curve = log.quality()["by_model"]
+    assert [(c["version"], c["labels"], c["mean_dice"]) for c in curve] == [("m1", 2, 0.6), ("m2", 1, 0.9)]
