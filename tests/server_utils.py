@@ -61,18 +61,7 @@ class Server:
         self.proc = None
 
     def start(self, timeout: float = 120) -> "Server":
-        args = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(APP),
-                "--studies", str(self.studies), "--host", "127.0.0.1", "--port", str(self.port)]
-        for k, v in self.conf.items():
-            if v is not None:  # None: leave the key to the app's default (e.g. model_dir)
-                args += ["--conf", k, str(v)]
-        env = dict(os.environ)
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        env.setdefault("MONAI_LABEL_APP_DIR", str(APP))
-        env.update(self.extra_env)
-        self._logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(args, cwd=str(self.workdir), stdout=self._logf, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
+        self.spawn()
         t0 = time.time()
         while time.time() - t0 < timeout:
             if self.proc.poll() is not None:
@@ -86,6 +75,22 @@ class Server:
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"server did not answer within {timeout}s:\n{self.tail()}")
+
+    def spawn(self) -> "Server":
+        """Start the process without waiting for it to answer."""
+        args = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(APP),
+                "--studies", str(self.studies), "--host", "127.0.0.1", "--port", str(self.port)]
+        for k, v in self.conf.items():
+            if v is not None:  # None: leave the key to the app's default (e.g. model_dir)
+                args += ["--conf", k, str(v)]
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.setdefault("MONAI_LABEL_APP_DIR", str(APP))
+        env.update(self.extra_env)
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(args, cwd=str(self.workdir), stdout=self._logf, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
+        return self
 
     def tail(self, n: int = 60) -> str:
         try:

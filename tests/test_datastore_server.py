@@ -188,3 +188,26 @@ def test_traversal_refused_on_every_label_endpoint(tmp_path):
         assert sorted(p.name for p in (studies / "labels").iterdir()) == ["final", "original"]
     finally:
         srv.stop()
+
+
+def test_a_second_server_on_a_taken_port_exits_without_re_planning_the_running_ones_batches(tmp_path):
+    """The same studies folder started twice by mistake, on the port the first one holds: uvicorn binds after
+    the app's start-up, which ran a scoring subprocess (re-planning the running server's batches) before
+    the bind error. Now the second server says the port is taken, runs no scoring, and exits."""
+    studies = tmp_path / "studies"
+    make_frames(studies, 6)
+    first = Server(studies, tmp_path, env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "true"}).start()
+    try:
+        (tmp_path / "second").mkdir()
+        second = Server(studies, tmp_path / "second", port=first.port,
+                        env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "true"})
+        try:
+            assert second.spawn().proc.wait(timeout=300) != 0
+        finally:
+            second.stop()
+        log = second.log.read_text(errors="replace")
+        assert f"port {first.port} on 127.0.0.1 is in use" in log and "start-up scoring skipped" in log, log[-3000:]
+        assert "-m scoring" not in log, log[-3000:]
+        assert http("GET", first.url + "/info/")[0] == 200  # the first one still serves
+    finally:
+        first.stop()

@@ -74,6 +74,33 @@ def _starting(st: dict) -> dict:
             "requested_at": last.get("start_ts"), "note": "the training process is starting (reading the labeled "
             "frames); the previous model, if any, is served meanwhile", "previous": st}
 
+def _port_taken() -> str | None:
+    """"port P on H is in use" when the address ``monailabel start_server`` is about to listen on is taken
+    (checked the way uvicorn binds, SO_REUSEADDR); None when free or when it cannot be told."""
+    import argparse
+    import socket
+
+    from monailabel.config import settings
+
+    ap = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    ap.add_argument("-i", "--host", default="0.0.0.0")
+    ap.add_argument("-p", "--port", type=int, default=settings.MONAI_LABEL_SERVER_PORT)
+    try:
+        a, _ = ap.parse_known_args(sys.argv[1:])
+        family, kind, proto, _, addr = socket.getaddrinfo(a.host, a.port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as e:
+        import errno
+
+        return f"port {a.port} on {a.host} is in use (another server?)" if e.errno == errno.EADDRINUSE else None
+    except (SystemExit, ValueError, IndexError):  # argv not start_server's: nothing to tell
+        return None
+    return None
+
+
 class PolypALApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         # the venv's tools (dcmqi's itkimage2segimage) even when the server was started without activating it
@@ -111,6 +138,11 @@ class PolypALApp(MONAILabelApp):
 
     def on_init_complete(self):
         """Server process only (MONAI Label calls this once the app exists): narrow the HTTP surface."""
+        taken = _port_taken()
+        if taken:  # uvicorn binds after this and will exit: no start-up scoring run re-planning the batches of
+            # the server that holds the port (the same studies folder, started twice by mistake)
+            logger.error(f"{taken}: start-up scoring skipped; this server will not start")
+            self._auto_update_scoring = False
         super().on_init_complete()
         import monailabel.app
         from lib.security import harden
