@@ -113,3 +113,101 @@ def test_the_quality_curve_follows_each_measurement(tmp_path):
     other.add_quality("f2", "m2", 0.9, ts=3.0)
     curve = log.quality()["by_model"]
     assert [(c["version"], c["labels"], c["mean_dice"]) for c in curve] == [("m1", 2, 0.6), ("m2", 1, 0.9)]
+
+
+# -- what a review found (each failed on the first version of the caches) ----------------------------------
+def test_a_relabel_between_the_counts_and_the_medians_never_fails_info(tmp_path):
+    """The annotators' counts and medians are read in one snapshot: a frame labeled again by another
+    annotator, committed between the two reads, pointed the old count past the end of the paces
+    (ZeroDivisionError: /info, and so every next sample, answered 500)."""
+    path = tmp_path / "s.sqlite"
+    db = SQLiteDB(path, SCHEMA)
+    log = AnnotationLog(db)
+    log.add_effort("f1", "alice", 100.0, 130.0, "v1")
+    other = AnnotationLog(SQLiteDB(path, SCHEMA))  # another request's connection
+
+    class RelabelAfterTheCounts:  # the connection, with the other annotator's save landing after the GROUP BY
+        def __init__(self, c):
+            self.c, self.done = c, False
+
+        def __getattr__(self, name):
+            return getattr(self.c, name)
+
+        def execute(self, sql, *a):
+            r = self.c.execute(sql, *a)
+            if "GROUP BY client_id" in sql and not self.done:
+                self.done = True
+                rows = r.fetchall()
+                other.add_effort("f1", "bob", 100.0, 150.0, "v1")
+                return _Rows(rows)
+            return r
+
+    db._local.conn = RelabelAfterTheCounts(db.conn())
+    try:
+        assert log.annotators() == {"alice": {"labels": 1, "median_seconds_per_label": 30.0}}  # before the relabel
+    finally:
+        db._local.conn = db._local.conn.c
+    assert log.annotators() == {"bob": {"labels": 1, "median_seconds_per_label": 50.0}}
+
+
+class _Rows(list):
+    def fetchall(self):
+        return list(self)
+
+
+OLD_STATE = """
+CREATE TABLE effort (image_id TEXT PRIMARY KEY, client_id TEXT, served REAL, labeled REAL, version TEXT);
+CREATE TABLE quality (image_id TEXT, version TEXT, dice REAL, ts REAL, PRIMARY KEY (image_id, version));
+"""
+
+
+def test_an_earlier_versions_database_read_without_this_versions_schema(tmp_path):
+    """polypal-export reads the state database without its schema (read only): one written before the change
+    counts existed gave no quality curve (the export left quality.json out, silently)."""
+    import sqlite3
+
+    path = tmp_path / "state.sqlite"
+    with sqlite3.connect(path) as c:
+        c.executescript(OLD_STATE)
+        c.executemany("INSERT INTO quality VALUES (?, ?, ?, ?)", [(f"f{i}", "m1", 0.5, float(i)) for i in range(12)])
+        c.executemany("INSERT INTO effort VALUES (?, ?, ?, ?, ?)", [("f1", "dr-a", 1.0, 21.0, "m1")])
+    log = AnnotationLog(SQLiteDB(path))
+    assert [(c["version"], c["labels"]) for c in log.quality()["by_model"]] == [("m1", 12)]
+    assert log.annotators() == {"dr-a": {"labels": 1, "median_seconds_per_label": 20.0}}
+
+
+def test_an_earlier_versions_database_on_read_only_media_opens(tmp_path):
+    """This version's schema adds indexes and triggers: on a database that cannot be written (an archive on
+    read-only media) opening it failed ("attempt to write a readonly database"); it is read as it is."""
+    import sqlite3
+
+    path = tmp_path / "state.sqlite"
+    with sqlite3.connect(path) as c:
+        c.executescript(OLD_STATE)
+        c.execute("INSERT INTO quality VALUES ('f1', 'm1', 0.75, 1.0)")
+
+    class ReadOnlyMedia(SQLiteDB):  # the medium refuses writes (tests run as root: chmod would not)
+        def conn(self):
+            c = super().conn()
+            c.execute("PRAGMA query_only = ON")
+            return c
+
+    log = AnnotationLog(ReadOnlyMedia(path, SCHEMA))
+    assert [(c["version"], c["mean_dice"]) for c in log.quality()["by_model"]] == [("m1", 0.75)]
+    with pytest.raises(sqlite3.OperationalError):  # anything else the schema could fail on still raises
+        SQLiteDB(tmp_path / "other.sqlite", "CREATE TABLE t (x); CREATE TABLE t (y);")
+
+
+def test_info_counts_a_plans_frames_left_with_monai_labels_own_datastore(tmp_path):
+    """``--conf datastore local`` (MONAI Label's LocalDatastore, for comparisons) has no cached labeled set:
+    /info lost each plan's ``left_to_label``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "polyp_al"))
+    try:
+        from lib.datastore import labeled_set
+        from monailabel.datastore.local import LocalDatastore
+    finally:
+        sys.path.pop(0)
+    root, mask = make_store(tmp_path)
+    ds = LocalDatastore(str(root), extensions=["*.png"])
+    ds.save_label("f001", str(mask), "final", {})
+    assert labeled_set(ds) == {"f001"}

@@ -21,7 +21,7 @@ from typing import Dict
 
 from fastapi import HTTPException
 from lib.config import AppConfig, warn_unused_model
-from lib.datastore import PolypDatastore, take_saved_tag
+from lib.datastore import PolypDatastore, labeled_set, take_saved_tag
 from lib.infer import PolypSegInfer, written_results
 from lib.quality import LabelQuality
 from lib.scoring import PolypScoring
@@ -232,7 +232,7 @@ class PolypALApp(MONAILabelApp):
         if isinstance(stats.get("polyp_seg"), dict):
             stats["polyp_seg"] = _starting(stats["polyp_seg"])
         try:
-            labeled = self.datastore().labeled_set()
+            labeled = labeled_set(self.datastore())
         except Exception as e:  # noqa: BLE001 - e.g. the DICOMweb server is down: /info still answers
             logger.debug(f"plan counts not available: {e}")
             labeled = None

@@ -99,6 +99,14 @@ def take_saved_tag() -> str | None:
     return tag
 
 
+def labeled_set(datastore) -> frozenset:
+    """The ids with a final label: kept between requests by our datastores, read whole from any other
+    (MONAI Label's LocalDatastore with ``--conf datastore local``)."""
+    if hasattr(datastore, "labeled_set"):
+        return datastore.labeled_set()
+    return frozenset(datastore.get_labeled_images())
+
+
 def empty_studies_hint(root: str) -> str:
     """What to tell a user whose studies folder has no frame (next-sample then answers {})."""
     exts = ", ".join(e.lstrip(".") for e in FRAME_EXTENSIONS)

@@ -8,6 +8,7 @@ import time
 
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from lib.datastore import labeled_set
 from polypal.data import DataError, TooLarge, read_rgb
 from polypal.serving import model_version
 from polypal.serving.plans import ANONYMOUS
@@ -68,7 +69,7 @@ class PlannedStrategy(Strategy):
                 "needs": list(spec.needs), "fallback": spec.fallback, "lease_timeout_s": self.cfg.lease_seconds}
 
     def __call__(self, request, datastore):
-        labeled = datastore.labeled_set() if hasattr(datastore, "labeled_set") else set(datastore.get_labeled_images())
+        labeled = labeled_set(datastore)
         # the full image list is only read when a batch has to be (re)planned
         store = getattr(datastore, "store", None)  # our datastore (for DICOMweb each check would be a download)
         client = request.get("client_id") or ANONYMOUS

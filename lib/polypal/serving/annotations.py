@@ -61,15 +61,17 @@ class AnnotationLog:
         return copy.deepcopy(self._db.cached("annotators", "effort", self._annotators))
 
     def _annotators(self) -> dict:
-        c = self._db.conn()
         res = {}
-        for client, n, k in c.execute("SELECT client_id, COUNT(*), SUM(labeled - served >= 0) FROM effort "
-                                      "GROUP BY client_id ORDER BY client_id").fetchall():
-            median = None
-            if k:  # the middle one or two of the client's known paces, read in the order of the index
-                mid = [r[0] for r in c.execute(
-                    "SELECT labeled - served FROM effort WHERE client_id IS ? AND labeled - served >= 0 "
-                    "ORDER BY client_id, labeled - served LIMIT ? OFFSET ?", (client, 2 - k % 2, (k - 1) // 2))]
-                median = round(sum(mid) / len(mid), 1)
-            res[client] = {"labels": n, "median_seconds_per_label": median}
+        with self._db.snapshot() as c:  # the counts and the medians of one state (a relabel in between moved
+            # a frame to another annotator: its old count pointed past the end of its paces)
+            for client, n, k in c.execute("SELECT client_id, COUNT(*), SUM(labeled - served >= 0) FROM effort "
+                                          "GROUP BY client_id ORDER BY client_id").fetchall():
+                median = None
+                if k:  # the middle one or two of the client's known paces, read in the order of the index
+                    mid = [r[0] for r in c.execute(
+                        "SELECT labeled - served FROM effort WHERE client_id IS ? AND labeled - served >= 0 "
+                        "ORDER BY client_id, labeled - served LIMIT ? OFFSET ?",
+                        (client, 2 - k % 2, (k - 1) // 2))]
+                    median = round(sum(mid) / len(mid), 1) if mid else None
+                res[client] = {"labels": n, "median_seconds_per_label": median}
         return res

@@ -37,7 +37,12 @@ class SQLiteDB:
         self._local = threading.local()
         self._cache: dict = {}
         if schema:
-            self.conn().executescript(schema)
+            try:
+                self.conn().executescript(schema)
+            except sqlite3.OperationalError as e:  # a read-only copy (an archive, read-only media) made by an
+                # earlier version, which lacks this version's indexes and triggers: read it as it is
+                if getattr(e, "sqlite_errorname", "") != "SQLITE_READONLY" and "readonly" not in str(e):
+                    raise
 
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -59,9 +64,27 @@ class SQLiteDB:
             c.execute("ROLLBACK")
             raise
 
-    def changes(self, table: str) -> int:
-        """How many times ``table`` changed (``counted`` triggers)."""
-        row = self.conn().execute("SELECT n FROM changes WHERE name=?", (table,)).fetchone()
+    @contextmanager
+    def snapshot(self):
+        """Several reads that see one state of the database (a deferred transaction: WAL readers take their
+        snapshot at the first read); within ``tx()`` they see its state already."""
+        c = self.conn()
+        if c.in_transaction:
+            yield c
+            return
+        c.execute("BEGIN")
+        try:
+            yield c
+        finally:
+            c.execute("COMMIT")
+
+    def changes(self, table: str) -> int | None:
+        """How many times ``table`` changed (``counted`` triggers); None when the database has no count (an
+        earlier version's, opened read-only)."""
+        try:
+            row = self.conn().execute("SELECT n FROM changes WHERE name=?", (table,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
         return 0 if row is None else row[0]
 
     def cached(self, key, table: str, compute):
@@ -72,6 +95,8 @@ class SQLiteDB:
         if c.in_transaction:
             return compute()
         n = self.changes(table)
+        if n is None:
+            return compute()
         hit = self._cache.get(key)
         if hit is not None and hit[0] == n:
             return hit[1]
