@@ -86,6 +86,12 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
         s, r = http("POST", srv.url + "/activelearning/random", json.dumps({"client_id": "a"}).encode(),
                     {"Content-Type": "application/json"})
         assert s == 200 and r["id"] and r["Modality"] == "ES"
+        # the series' address on the DICOMweb server, with its port (dicomweb_client's Host header drops it,
+        # and Orthanc builds the address from that header)
+        assert r["RetrieveURL"] == f"{url}/dicom-web/studies/{r['StudyInstanceUID']}/series/{r['id']}", r
+        body, ct = multipart({"info": json.dumps({"RetrieveURL": "http://elsewhere.example/"})}, {})
+        s, _ = http("PUT", f"{srv.url}/datastore/image/info?image={r['id']}", body, {"Content-Type": ct})
+        assert s == 400, s  # a link shown to annotators (OHIF's panel) is the server's to write
         # the frame converts to a (W, H, 1, 1, 3) NIfTI, which the library reads back as (H, W, 3)
         from polypal.data import read_rgb
 

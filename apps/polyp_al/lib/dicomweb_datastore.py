@@ -208,6 +208,31 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
     def labeled_set(self) -> frozenset:
         return frozenset(self.get_labeled_images())
 
+    def _retrieve_url(self, study: str, series: str) -> str:
+        """The series' WADO-RS address on the server we read from. The DICOMweb server computes the one in its
+        answers from the request's Host header, which dicomweb_client sends without the port."""
+        try:
+            from dicomweb_client.web import _Transaction
+
+            return self._client._get_series_url(_Transaction.RETRIEVE, study, series)
+        except (ImportError, AttributeError, TypeError, ValueError):
+            return f"{self._client.base_url.rstrip('/')}/studies/{study}/series/{series}"
+
+    def _dicom_info(self, series_id):
+        info = super()._dicom_info(series_id)
+        if "RetrieveURL" in info and is_uid(info.get("StudyInstanceUID") or ""):
+            info["RetrieveURL"] = self._retrieve_url(info["StudyInstanceUID"], series_id)
+        return info
+
+    def get_image_info(self, image_id: str):
+        """The frame's info (series tags, served-at), its RetrieveURL as ``_dicom_info`` now writes it (frames
+        cached by an earlier version kept the server's, without its port)."""
+        info = super().get_image_info(image_id)
+        if isinstance(info, dict) and "RetrieveURL" in info and is_uid(info.get("StudyInstanceUID") or "") \
+                and is_uid(image_id):
+            info["RetrieveURL"] = self._retrieve_url(info["StudyInstanceUID"], image_id)
+        return info
+
     @_online
     def get_unlabeled_images(self, label_tag=None, labels=None):
         return super().get_unlabeled_images(label_tag, labels)

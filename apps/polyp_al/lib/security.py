@@ -73,10 +73,13 @@ from polypal.vocab import InvalidName, check_name
 
 logger = logging.getLogger(__name__)
 
-# image info keys written by the server (next-sample answers merge image info over their own fields)
+# image info keys written by the server (next-sample answers merge image info over their own fields); with a
+# DICOMweb datastore, the series' tags and its RetrieveURL (a link OHIF's MONAI Label panel shows)
+DICOM_INFO_KEYS = frozenset({"SeriesInstanceUID", "StudyInstanceUID", "StudyDate", "StudyTime", "Modality",
+                             "RetrieveURL", "PatientID"})
 RESERVED_IMAGE_KEYS = frozenset({"id", "path", "name", "ext", "ts", "user", "strategy", "al_strategy", "score",
                                  "picked_by", "cycle", "position", "batch_size", "model_version", "note",
-                                 "served"})
+                                 "served"}) | DICOM_INFO_KEYS
 RESERVED_LABEL_KEYS = frozenset({"id", "name", "ext", "ts", "user"})
 
 
