@@ -211,3 +211,43 @@ def test_info_counts_a_plans_frames_left_with_monai_labels_own_datastore(tmp_pat
     ds = LocalDatastore(str(root), extensions=["*.png"])
     ds.save_label("f001", str(mask), "final", {})
     assert labeled_set(ds) == {"f001"}
+
+
+def test_through_the_server_a_label_put_back_by_another_process_is_never_served_again(tmp_path):
+    """The running server keeps its labeled set between requests: a label that `polypal-trash restore` (another
+    process) puts back while it runs is in the next answer, so that frame is not served for labeling again,
+    and /info counts it."""
+    import io
+    import json
+    import os
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from server_utils import Server, http, multipart
+
+    root, _ = make_store(tmp_path, n=4)
+    srv = Server(root, tmp_path, conf={"batch_size": "4"}, env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}).start()
+    JSON = {"Content-Type": "application/json"}
+
+    def ask(client):
+        s, r = http("POST", f"{srv.url}/activelearning/random", json.dumps({"client_id": client}).encode(), JSON)
+        assert s == 200, r
+        return r.get("id")
+
+    try:
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((20, 30), np.uint8)).save(buf, format="PNG")
+        body, ct = multipart({"params": "{}"}, {"label": ("f001.png", buf.getvalue())})
+        assert http("PUT", f"{srv.url}/datastore/label?image=f001&tag=final", body, {"Content-Type": ct})[0] == 200
+        assert http("DELETE", f"{srv.url}/datastore/label?id=f001&tag=final")[0] == 200  # to the trash
+        ask("warm")  # a batch of all four frames is planned; the server now knows f001 as unlabeled
+        assert http("GET", f"{srv.url}/info/")[1]["polyp_al"]["state"]["plans"]["random"]["left_to_label"] == 4
+        folder = os.listdir(root / ".polypal" / "trash")
+        assert len(folder) == 1, folder
+        done = subprocess.run([str(Path(sys.executable).parent / "polypal-trash"), "restore", str(root), folder[0]],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        served = [ask(c) for c in ("warm", "b", "c", "d")]
+        assert "f001" not in served and {i for i in served if i} == {"f000", "f002", "f003"}, served
+        assert http("GET", f"{srv.url}/info/")[1]["polyp_al"]["state"]["plans"]["random"]["left_to_label"] == 3
+    finally:
+        srv.stop()
