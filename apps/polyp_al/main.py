@@ -74,6 +74,7 @@ def _starting(st: dict) -> dict:
             "requested_at": last.get("start_ts"), "note": "the training process is starting (reading the labeled "
             "frames); the previous model, if any, is served meanwhile", "previous": st}
 
+
 def _port_taken() -> str | None:
     """"port P on H is in use" when the address ``monailabel start_server`` is about to listen on is taken
     (checked the way uvicorn binds, SO_REUSEADDR); None when free or when it cannot be told."""
