@@ -211,3 +211,34 @@ def test_a_second_server_on_a_taken_port_exits_without_re_planning_the_running_o
         assert http("GET", first.url + "/info/")[0] == 200  # the first one still serves
     finally:
         first.stop()
+
+
+def test_the_taken_port_check_agrees_with_how_the_server_binds(monkeypatch):
+    """What a review found in the first version: `--host ::` beside a listener on 127.0.0.1 was called taken
+    (a dual-stack test bind; asyncio binds IPv6 sockets IPv6-only), and so was every worker of `--workers N`
+    (their parent holds the socket): each logged "will not start", then started with scoring off."""
+    import importlib.util
+    import socket
+    import sys
+
+    from server_utils import APP
+
+    monkeypatch.syspath_prepend(str(APP))
+    spec = importlib.util.spec_from_file_location("polyp_al_main_for_port_test", APP / "main.py")
+    main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = str(other.getsockname()[1])
+
+        def taken(*args):
+            monkeypatch.setattr(sys, "argv", ["monailabel", "start_server", "--app", str(APP), *args])
+            return main._port_taken()
+
+        assert taken("--host", "127.0.0.1", "--port", port) == f"port {port} on 127.0.0.1 is in use (another server?)"
+        assert taken("--host", "0.0.0.0", "--port", port)  # uvicorn could not bind either
+        assert taken("--host", "127.0.0.1", "--port", port, "--workers", "2") is None
+        if socket.has_ipv6:
+            assert taken("--host", "::", "--port", port) is None
+    assert taken("--host", "127.0.0.1", "--port", port) is None  # free again

@@ -515,3 +515,21 @@ def test_load_errors_are_one_line(tmp_path, capsys):
     assert dicomweb.main(["load", "--data", str(data), str(frames)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("polypal-dicomweb load: error:") and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_retrieve_url_never_carries_the_dicomweb_servers_credentials(monkeypatch):
+    """``--studies http://user:secret@host/dicom-web``: the RetrieveURL built from the client's address goes
+    to every client in next-sample answers (a review found the password in it)."""
+    from types import SimpleNamespace
+
+    from dicomweb_client.api import DICOMwebClient
+
+    from server_utils import APP
+
+    monkeypatch.syspath_prepend(str(APP))
+    from lib.dicomweb_datastore import PolypDICOMWebDatastore
+
+    for url, base in (("http://orthanc:s3cret@127.0.0.1:8042/dicom-web", "http://127.0.0.1:8042/dicom-web"),
+                      ("http://[::1]:8042/dicom-web", "http://[::1]:8042/dicom-web")):
+        ds = SimpleNamespace(_client=DICOMwebClient(url=url))
+        assert PolypDICOMWebDatastore._retrieve_url(ds, "1.2", "1.2.3") == f"{base}/studies/1.2/series/1.2.3"

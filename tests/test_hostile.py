@@ -522,6 +522,11 @@ def test_clients_cannot_set_the_apps_keys(env):
     assert s == 200
     s, info = http("GET", f"{url}/datastore/image/info?image=fr009")
     assert info.get("comment") == "blurry" and "al_strategy" not in info and "path" not in info
+    # a DICOMweb datastore's series tags are the server's; a folder's frames may carry such keys of their own
+    body, ct = multipart({"info": json.dumps({"PatientID": "p17", "StudyDate": "20240101"})}, {})
+    assert http("PUT", f"{url}/datastore/image/info?image=fr009", body, {"Content-Type": ct})[0] == 200
+    s, info = http("GET", f"{url}/datastore/image/info?image=fr009")
+    assert info.get("PatientID") == "p17" and info.get("StudyDate") == "20240101", info
     # each update is capped, their sum too: 60 updates of 900 KB made every listing 55 MB
     codes = []
     for k in range(4):

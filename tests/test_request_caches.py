@@ -176,28 +176,6 @@ def test_an_earlier_versions_database_read_without_this_versions_schema(tmp_path
     assert log.annotators() == {"dr-a": {"labels": 1, "median_seconds_per_label": 20.0}}
 
 
-def test_an_earlier_versions_database_on_read_only_media_opens(tmp_path):
-    """This version's schema adds indexes and triggers: on a database that cannot be written (an archive on
-    read-only media) opening it failed ("attempt to write a readonly database"); it is read as it is."""
-    import sqlite3
-
-    path = tmp_path / "state.sqlite"
-    with sqlite3.connect(path) as c:
-        c.executescript(OLD_STATE)
-        c.execute("INSERT INTO quality VALUES ('f1', 'm1', 0.75, 1.0)")
-
-    class ReadOnlyMedia(SQLiteDB):  # the medium refuses writes (tests run as root: chmod would not)
-        def conn(self):
-            c = super().conn()
-            c.execute("PRAGMA query_only = ON")
-            return c
-
-    log = AnnotationLog(ReadOnlyMedia(path, SCHEMA))
-    assert [(c["version"], c["mean_dice"]) for c in log.quality()["by_model"]] == [("m1", 0.75)]
-    with pytest.raises(sqlite3.OperationalError):  # anything else the schema could fail on still raises
-        SQLiteDB(tmp_path / "other.sqlite", "CREATE TABLE t (x); CREATE TABLE t (y);")
-
-
 def test_info_counts_a_plans_frames_left_with_monai_labels_own_datastore(tmp_path):
     """``--conf datastore local`` (MONAI Label's LocalDatastore, for comparisons) has no cached labeled set:
     /info lost each plan's ``left_to_label``."""

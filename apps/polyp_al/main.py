@@ -76,26 +76,35 @@ def _starting(st: dict) -> dict:
 
 
 def _port_taken() -> str | None:
-    """"port P on H is in use" when the address ``monailabel start_server`` is about to listen on is taken
-    (checked the way uvicorn binds, SO_REUSEADDR); None when free or when it cannot be told."""
+    """"port P on H is in use" when the address ``monailabel start_server`` is about to listen on is taken,
+    tested as asyncio binds (each address of the host, SO_REUSEADDR, IPv6 sockets IPv6-only); None when free
+    or when it cannot be told. Not in uvicorn's worker processes (``--workers N``): their parent holds the
+    socket, so the port is always taken there."""
     import argparse
+    import errno
+    import multiprocessing
     import socket
 
     from monailabel.config import settings
 
-    ap = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    if multiprocessing.parent_process() is not None:
+        return None
+    ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("-i", "--host", default="0.0.0.0")
     ap.add_argument("-p", "--port", type=int, default=settings.MONAI_LABEL_SERVER_PORT)
+    ap.add_argument("--workers", type=int, default=None)
     try:
         a, _ = ap.parse_known_args(sys.argv[1:])
-        family, kind, proto, _, addr = socket.getaddrinfo(a.host, a.port, type=socket.SOCK_STREAM,
-                                                          flags=socket.AI_PASSIVE)[0]
-        with socket.socket(family, kind, proto) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(addr)
+        if a.workers and a.workers > 1:  # uvicorn's parent binds before it starts the workers, and says so
+            return None
+        for family, kind, proto, _, addr in socket.getaddrinfo(a.host or None, a.port, type=socket.SOCK_STREAM,
+                                                               flags=socket.AI_PASSIVE):
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.bind(addr)
     except OSError as e:
-        import errno
-
         return f"port {a.port} on {a.host} is in use (another server?)" if e.errno == errno.EADDRINUSE else None
     except (SystemExit, ValueError, IndexError):  # argv not start_server's: nothing to tell
         return None
@@ -140,11 +149,15 @@ class PolypALApp(MONAILabelApp):
     def on_init_complete(self):
         """Server process only (MONAI Label calls this once the app exists): narrow the HTTP surface."""
         taken = _port_taken()
+        auto = self._auto_update_scoring
         if taken:  # uvicorn binds after this and will exit: no start-up scoring run re-planning the batches of
             # the server that holds the port (the same studies folder, started twice by mistake)
             logger.error(f"{taken}: start-up scoring skipped; this server will not start")
             self._auto_update_scoring = False
-        super().on_init_complete()
+        try:
+            super().on_init_complete()
+        finally:
+            self._auto_update_scoring = auto
         import monailabel.app
         from lib.security import harden
 

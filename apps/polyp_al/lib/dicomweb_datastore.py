@@ -179,6 +179,15 @@ def _unreadable_series(series_id: str, e: Exception) -> HTTPException:
                                                  f"({type(e).__name__}: {str(e)[:200]})")
 
 
+def _without_credentials(url: str) -> str:
+    """``url`` without a user:password part (``--studies http://user:secret@host/dicom-web``): it goes to
+    every client in next-sample answers."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 class PolypDICOMWebDatastore(DICOMWebDatastore):
     pending_dir: str = ""
     unreadable_labels: dict = {}  # frame id -> why its SEG was left out of the last datalist()
@@ -214,9 +223,10 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         try:
             from dicomweb_client.web import _Transaction
 
-            return self._client._get_series_url(_Transaction.RETRIEVE, study, series)
+            url = self._client._get_series_url(_Transaction.RETRIEVE, study, series)
         except (ImportError, AttributeError, TypeError, ValueError):
-            return f"{self._client.base_url.rstrip('/')}/studies/{study}/series/{series}"
+            url = f"{self._client.base_url.rstrip('/')}/studies/{study}/series/{series}"
+        return _without_credentials(url)
 
     def _dicom_info(self, series_id):
         info = super()._dicom_info(series_id)

@@ -73,13 +73,15 @@ from polypal.vocab import InvalidName, check_name
 
 logger = logging.getLogger(__name__)
 
-# image info keys written by the server (next-sample answers merge image info over their own fields); with a
-# DICOMweb datastore, the series' tags and its RetrieveURL (a link OHIF's MONAI Label panel shows)
-DICOM_INFO_KEYS = frozenset({"SeriesInstanceUID", "StudyInstanceUID", "StudyDate", "StudyTime", "Modality",
-                             "RetrieveURL", "PatientID"})
+# image info keys written by the server (next-sample answers merge image info over their own fields)
 RESERVED_IMAGE_KEYS = frozenset({"id", "path", "name", "ext", "ts", "user", "strategy", "al_strategy", "score",
                                  "picked_by", "cycle", "position", "batch_size", "model_version", "note",
-                                 "served"}) | DICOM_INFO_KEYS
+                                 "served"})
+# and, with a DICOMweb datastore only, the series' tags and its RetrieveURL (a link OHIF's MONAI Label panel
+# shows): a folder of frames may keep such keys of its own (a PatientID to split by)
+DICOM_INFO_KEYS = frozenset({"SeriesInstanceUID", "StudyInstanceUID", "StudyDate", "StudyTime", "Modality",
+                             "RetrieveURL", "PatientID"})
+_RESERVE_DICOM_KEYS = [False]  # set by harden() for a DICOMweb datastore
 RESERVED_LABEL_KEYS = frozenset({"id", "name", "ext", "ts", "user"})
 
 
@@ -499,6 +501,8 @@ async def _check_form(scope, spool, size: int, form_key: str) -> None:
     from starlette.requests import Request
 
     field, keys = _FORMS[form_key]
+    if keys is RESERVED_IMAGE_KEYS and _RESERVE_DICOM_KEYS[0]:
+        keys = keys | DICOM_INFO_KEYS
     try:
         form = await Request(scope, _replay(spool, None, size=size)).form()
     except Exception:  # noqa: BLE001 - a malformed body
@@ -766,6 +770,9 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
     guard_downloads()
     connections.install()
     policy = OriginPolicy(origins, _split(allowed_hosts))
+    from lib.dicomweb_datastore import PolypDICOMWebDatastore
+
+    _RESERVE_DICOM_KEYS[0] = isinstance(app.datastore(), PolypDICOMWebDatastore)
     cfg = app.cfg
     disk = DiskFloor([None if app.studies.startswith(("http://", "https://")) else app.studies, cfg.state_dir,
                       os.path.dirname(cfg.model_path), tempfile.gettempdir()], cfg.min_free_mb * (1 << 20))

@@ -37,12 +37,7 @@ class SQLiteDB:
         self._local = threading.local()
         self._cache: dict = {}
         if schema:
-            try:
-                self.conn().executescript(schema)
-            except sqlite3.OperationalError as e:  # a read-only copy (an archive, read-only media) made by an
-                # earlier version, which lacks this version's indexes and triggers: read it as it is
-                if getattr(e, "sqlite_errorname", "") != "SQLITE_READONLY" and "readonly" not in str(e):
-                    raise
+            self.conn().executescript(schema)
 
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -80,7 +75,7 @@ class SQLiteDB:
 
     def changes(self, table: str) -> int | None:
         """How many times ``table`` changed (``counted`` triggers); None when the database has no count (an
-        earlier version's, opened read-only)."""
+        earlier version's, read without the schema, as polypal-export reads the AL state)."""
         try:
             row = self.conn().execute("SELECT n FROM changes WHERE name=?", (table,)).fetchone()
         except sqlite3.OperationalError:
