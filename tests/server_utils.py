@@ -52,8 +52,9 @@ def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
 
 class Server:
     def __init__(self, studies: Path, workdir: Path, conf: dict | None = None, port: int | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, headers: dict | None = None):
         self.studies, self.workdir, self.extra_env = studies, workdir, dict(env or {})
+        self.headers = dict(headers or {})  # sent with start()'s /info polls (e.g. a bearer token)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.conf = {"profile": "smoke", "model_dir": str(workdir / "model"), "batch_size": "4", **(conf or {})}
@@ -67,7 +68,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.tail()}")
             try:
-                status, _ = http("GET", self.url + "/info/", timeout=5)
+                status, _ = http("GET", self.url + "/info/", headers=self.headers, timeout=5)
                 if status == 200:
                     return self
             except OSError:

@@ -20,6 +20,7 @@ import time
 from typing import Dict
 
 from fastapi import HTTPException
+from lib.auth import current_saver
 from lib.config import AppConfig, warn_unused_model
 from lib.datastore import PolypDatastore, labeled_set, take_saved_tag
 from lib.infer import PolypSegInfer, written_results
@@ -294,8 +295,11 @@ class PolypALApp(MONAILabelApp):
             return res
         try:
             served = (self._datastore.get_image_info(image_id) or {}).get("served") or {}
-            self.state.add_effort(image_id, str(served.get("client_id") or "unknown"), served.get("ts"), time.time(),
-                                  model_version(self.cfg.model_path))
+            who, since = str(served.get("client_id") or "unknown"), served.get("ts")
+            saver = current_saver()  # authentication on: the signed-in user who saved it, served to them or not
+            if saver is not None and saver != who:
+                who, since = saver, None  # not served to them: no pace
+            self.state.add_effort(image_id, who, since, time.time(), model_version(self.cfg.model_path))
         except Exception as e:  # noqa: BLE001 - bookkeeping only
             logger.debug(f"effort not recorded for {image_id}: {e}")
         try:

@@ -8,6 +8,8 @@ middleware (``Gate``) in front of it, which:
   preflight included) and to a ``Host`` that is not this machine (DNS
   rebinding). Same-origin pages (OHIF served at /ohif) work; more origins come
   from ``--conf allowed_origins`` or MONAI Label's ``MONAI_LABEL_CORS_ORIGINS``;
+- with MONAI Label's authentication on, asks for a valid bearer token before it reads a body or runs a
+  handler (401; ``auth.py``, which also makes MONAI Label's own token check work);
 - turns model upload/delete off (403) unless ``--conf allow_model_upload true``;
   then an upload is checked (loads with weights_only, this profile's
   architecture) before it atomically becomes the served model;
@@ -69,6 +71,7 @@ from typing import Iterable
 import anyio
 from fastapi.responses import JSONResponse
 
+from lib import auth
 from polypal.vocab import InvalidName, check_name
 
 logger = logging.getLogger(__name__)
@@ -144,7 +147,8 @@ def _query(scope) -> dict[str, list[str]]:
 
 
 # run in a worker thread: also the DICOMweb proxy, whose ``async def`` calls the blocking requests.get
-_OFFLOAD = ("/infer/", "/datastore", "/activelearning/", "/train", "/scoring", "/proxy/")
+# and sign-in (POST /auth/token asks the realm with a blocking request)
+_OFFLOAD = ("/infer/", "/datastore", "/activelearning/", "/train", "/scoring", "/proxy/", "/auth/")
 _EXPORT = "/datastore/dataset"  # a GET that writes: the export's folder and zip in the temp dir
 _GONE = ("/infer/wsi", "/batch/", "/reload", "/logs/gpu")  # not part of polyp-al (batch infer: use the export)
 _JSON_PATHS = ("/activelearning/", "/train", "/scoring")  # their JSON body becomes a subprocess request
@@ -262,8 +266,8 @@ def scratch_file(path: str) -> None:
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, detail: str):
-        self.status, self.detail = status, detail
+    def __init__(self, status: int, detail: str, headers: dict | None = None):
+        self.status, self.detail, self.headers = status, detail, headers
 
 
 class DiskFloor:
@@ -582,16 +586,18 @@ def _in_thread(app, scope, receive, send, loop):
 class Gate:
     """ASGI middleware in front of MONAI Label's app: see the module docstring."""
 
-    def __init__(self, app, guard: OriginPolicy, model_app=None, precheck=None, disk: DiskFloor | None = None):
+    def __init__(self, app, guard: OriginPolicy, model_app=None, precheck=None, disk: DiskFloor | None = None,
+                 signed_in: bool = False):
         self.app, self.guard, self.model_app, self.precheck, self.disk = app, guard, model_app, precheck, disk
+        self.signed_in = signed_in  # MONAI Label's authentication is on: every request needs a token (auth.py)
 
-    async def _answer(self, scope, receive, send, status: int, detail: str):
+    async def _answer(self, scope, receive, send, status: int, detail: str, headers: dict | None = None):
         if _refusals.allow():  # at most REFUSALS_PER_MINUTE lines, each cut short: a client sending 8000
             # refused requests with 15 KB paths in 3 s rotated every earlier line out of the log
             more = _refusals.take_dropped()
             logger.warning(f"refused {str(scope.get('method'))[:10]} {str(scope.get('path'))[:200]!r}: {detail[:300]}"
                            + (f" ({more} more refusals not logged)" if more else ""))
-        await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+        await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -600,13 +606,15 @@ class Gate:
         try:
             return await self._handle(scope, receive, send)
         except _Refused as e:
-            return await self._answer(scope, receive, send, e.status, e.detail)
+            return await self._answer(scope, receive, send, e.status, e.detail, e.headers)
 
     async def _handle(self, scope, receive, send):
         why = self.guard.refusal(scope)
         if why:
             raise _Refused(403, why)
         path, method = scope.get("path", ""), scope.get("method", "GET")
+        if self.signed_in:
+            await _signed_in(scope, path, method)
         plain = _decoded(path)
         if path.startswith(_GONE) or ".." in plain or "\x00" in plain or (path.startswith("/proxy/") and "%" in plain):
             raise _Refused(404, f"{path[:80]!r} is not part of polyp-al")
@@ -722,6 +730,19 @@ class Gate:
             charge.release()
 
 
+async def _signed_in(scope, path: str, method: str) -> None:
+    """With authentication on: a valid token before anything else is read or run (auth.py). The viewer's page
+    cannot sign in; a CORS preflight carries no token (the origin rule has passed it)."""
+    if path == "/annotate" or path.startswith("/annotate/"):
+        raise _Refused(503, auth.ANNOTATE_OFF)
+    if method == "OPTIONS" or auth.is_free(path):
+        return
+    try:  # in a thread: the first token fetches the realm's key (a blocking request)
+        await anyio.to_thread.run_sync(auth.check, scope, auth.role_for(method, path))
+    except auth.Unauthorized as e:
+        raise _Refused(e.status, e.detail, {"WWW-Authenticate": "Bearer"} if e.status == 401 else None) from None
+
+
 def _with_safe_headers(send):
     async def s(message):
         if message["type"] == "http.response.start":
@@ -769,6 +790,7 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
     guard_proxy()
     guard_downloads()
     connections.install()
+    auth.install()
     policy = OriginPolicy(origins, _split(allowed_hosts))
     from lib.dicomweb_datastore import PolypDICOMWebDatastore
 
@@ -777,7 +799,8 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
     disk = DiskFloor([None if app.studies.startswith(("http://", "https://")) else app.studies, cfg.state_dir,
                       os.path.dirname(cfg.model_path), tempfile.gettempdir()], cfg.min_free_mb * (1 << 20))
     fastapi_app.middleware_stack = Gate(fastapi_app.middleware_stack, policy, model_app,
-                                        precheck=getattr(app, "precheck", None), disk=disk)
+                                        precheck=getattr(app, "precheck", None), disk=disk,
+                                        signed_in=auth.enabled())
     logger.info(f"HTTP surface hardened: model upload {'on' if model_app else 'off'}, sessions off, writes keep "
                 f"{cfg.min_free_mb:.0f} MB free, "
                 f"origins allowed: same-origin{', ' + ', '.join(origins) if origins else ''} (this, not "

@@ -1,0 +1,195 @@
+"""MONAI Label's authentication (``MONAI_LABEL_AUTH_ENABLE``: bearer tokens of a Keycloak realm), made to work
+and enforced in front of every endpoint.
+
+- MONAI Label 0.8.5 decodes tokens with ``jwt.decode`` without ``algorithms``, which PyJWT 2 refuses: with
+  authentication on, every request got 401, a valid token too. ``user_of`` verifies the signature with the
+  realm's public key for ``POLYPAL_AUTH_ALGORITHMS`` (default RS256, Keycloak's), then reads the user and
+  roles as MONAI Label does; ``install`` makes MONAI Label's endpoints use it.
+- The Gate (``security.py``) asks ``refusal`` before it reads a body or runs any handler: without a valid
+  token a request gets 401 (503 when the realm's key cannot be fetched), polyp-al's own model upload and
+  delete included (they had no token check); those take the admin role. Roles of the other endpoints stay
+  MONAI Label's (user: read, next sample, infer; annotator: save labels and frames; admin: delete, train,
+  logs, model). Free: ``/auth/*`` (signing in), the API docs and their static files.
+- The annotator is the token's user: next-sample requests are leased to the user whatever ``client_id``
+  they send, and a saved label is credited to the user who saved it (``current_saver``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+logger = logging.getLogger(__name__)
+
+_ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
+# signatures by the realm's public key only: an HMAC (HS256: the public key as a shared secret) or "none"
+# would let anyone who knows the realm's public key sign tokens
+ALGORITHMS = [a.strip() for a in os.environ.get("POLYPAL_AUTH_ALGORITHMS", "RS256").split(",")
+              if a.strip() in _ASYMMETRIC] or ["RS256"]
+_FREE_EXACT = frozenset({"/", "/docs", "/openapi.json", "/favicon.ico", "/auth", "/auth/"})
+_FREE_PREFIX = ("/static/", "/auth/")
+ANNOTATE_OFF = ("The annotator's page does not sign in: with MONAI Label's authentication on "
+                "(MONAI_LABEL_AUTH_ENABLE), annotate in 3D Slicer's MONAI Label module (it signs in), or run "
+                "a server with authentication off on 127.0.0.1 for the browser.")
+_saver = threading.local()
+
+
+def enabled() -> bool:
+    from monailabel.config import settings
+
+    return bool(settings.MONAI_LABEL_AUTH_ENABLE)
+
+
+class Unauthorized(Exception):
+    def __init__(self, status: int, detail: str):
+        self.status, self.detail = status, detail
+
+
+def user_of(token: str):
+    """MONAI Label's ``User`` of a bearer token, its signature and expiry checked; raises
+    ``jwt.InvalidTokenError`` for a token that is not valid."""
+    import jwt
+    from monailabel.config import settings
+    from monailabel.endpoints.user.auth import DEFAULT_USER, User, get_public_key
+
+    if not settings.MONAI_LABEL_AUTH_ENABLE:
+        return DEFAULT_USER
+    key = get_public_key(settings.MONAI_LABEL_AUTH_REALM_URI)
+    payload = jwt.decode(token, key, algorithms=ALGORITHMS,
+                         options={"verify_signature": True, "verify_aud": False, "verify_exp": True,
+                                  "require": ["exp"]})
+    roles = payload
+    for part in settings.MONAI_LABEL_AUTH_TOKEN_ROLES.split("#"):
+        roles = roles.get(part) if isinstance(roles, dict) else None
+    roles = [r for r in roles if isinstance(r, str)] if isinstance(roles, list) else []
+    name = payload.get(settings.MONAI_LABEL_AUTH_TOKEN_USERNAME)
+    if not isinstance(name, str) or not name.strip():
+        raise jwt.InvalidTokenError(f"the token names no user ({settings.MONAI_LABEL_AUTH_TOKEN_USERNAME})")
+    email, full = payload.get(settings.MONAI_LABEL_AUTH_TOKEN_EMAIL), payload.get(settings.MONAI_LABEL_AUTH_TOKEN_NAME)
+    return User(username=name.strip()[:128], email=email if isinstance(email, str) else None,
+                name=full if isinstance(full, str) else None, roles=roles)
+
+
+def _bearer(scope) -> str | None:
+    for k, v in scope.get("headers", []):
+        if k.lower() == b"authorization":
+            scheme, _, value = v.decode("latin-1").partition(" ")
+            return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    return None
+
+
+def is_free(path: str) -> bool:
+    return path in _FREE_EXACT or path.startswith(_FREE_PREFIX)
+
+
+def check(scope, role: str | None = None):
+    """The request's user (blocking: the first call fetches the realm's key). Raises ``Unauthorized``:
+    401 without a valid token, 403 without ``role``, 503 when the realm cannot be reached."""
+    import jwt
+    import requests
+    from monailabel.config import settings
+
+    token = _bearer(scope)
+    if token is None:
+        raise Unauthorized(401, "not signed in: send 'Authorization: Bearer <token>' (POST /auth/token gives one)")
+    try:
+        user = user_of(token)
+    except jwt.InvalidTokenError as e:
+        raise Unauthorized(401, f"the token is not valid ({str(e)[:120]})") from None
+    except (requests.RequestException, KeyError, ValueError, jwt.PyJWTError) as e:  # e.g. a key that is no key
+        logger.error(f"the realm's public key could not be fetched from {settings.MONAI_LABEL_AUTH_REALM_URI}: {e}")
+        raise Unauthorized(503, "the sign-in realm cannot be reached; try again later") from None
+    if role is not None and role not in user.roles:
+        raise Unauthorized(403, f'role "{role}" is required to perform this action')
+    return user
+
+
+def role_for(method: str, path: str) -> str | None:
+    """The role the Gate itself asks for: polyp-al's model upload/delete (admin), and the trainings and
+    scoring runs whose requests polyp-al looks at before MONAI Label's endpoint does (its roles: admin,
+    annotator), so that a user without the role is told 403, not what the request would have done. None:
+    the endpoint's own role (MONAI Label's) decides."""
+    from monailabel.config import settings
+
+    if path.startswith("/model/") and method in ("PUT", "DELETE"):
+        return settings.MONAI_LABEL_AUTH_ROLE_ADMIN
+    if path.startswith("/train") and method in ("POST", "DELETE"):
+        return settings.MONAI_LABEL_AUTH_ROLE_ADMIN
+    if path.startswith("/scoring") and method in ("POST", "DELETE"):
+        return settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR
+    return None
+
+
+def current_saver() -> str | None:
+    """The signed-in user saving a label in this thread (authentication on), else None."""
+    return getattr(_saver, "user", None)
+
+
+class _RealmRequests:
+    """``requests`` as MONAI Label's ``POST /auth/token`` uses it, the realm's answers told apart: a refused
+    user name or password is a 401 that says so, an unreachable realm a 503 (both were a bare 500)."""
+
+    def post(self, url, **kw):
+        import requests
+        from fastapi import HTTPException
+
+        try:
+            r = requests.post(url, **kw)
+        except requests.RequestException as e:
+            logger.error(f"sign-in: the realm's token endpoint {url} cannot be reached: {e}")
+            raise HTTPException(status_code=503, detail="the sign-in realm cannot be reached; try again later") from None
+        if r.status_code in (400, 401):
+            try:
+                why = str(r.json().get("error_description") or "")[:200]
+            except ValueError:
+                why = ""
+            raise HTTPException(status_code=401, detail="wrong user name or password" + (f" ({why})" if why else ""))
+        return r
+
+
+def _token_uri(token_uri):
+    def checked():
+        from fastapi import HTTPException
+
+        try:
+            uri = token_uri()
+        except Exception as e:  # noqa: BLE001 - requests' errors, a realm answering other than JSON
+            logger.error(f"sign-in: the realm's OpenID configuration could not be read: {e}")
+            uri = None
+        if not uri:
+            raise HTTPException(status_code=503, detail="the sign-in realm cannot be reached; try again later")
+        return uri
+    return checked
+
+
+def install() -> None:
+    """MONAI Label's endpoints decode tokens with ``user_of``; with authentication on, next sample is leased
+    to the token's user and a label save records who saved it."""
+    import monailabel.endpoints.activelearning as al
+    import monailabel.endpoints.datastore as ds
+    import monailabel.endpoints.user.auth as mauth
+
+    mauth.from_token = user_of
+    if not enabled():
+        return
+    import monailabel.endpoints.login as login
+
+    login.requests, login.token_uri = _RealmRequests(), _token_uri(login.token_uri)
+    sample, save_label = al.sample, ds.save_label
+
+    def sample_as_user(strategy, params=None, user=None):
+        return sample(strategy, {**(params or {}), "client_id": user}, user)
+
+    def save_label_as_user(background_tasks, image, params, tag, label, user=None):
+        _saver.user = user
+        try:
+            return save_label(background_tasks, image, params, tag, label, user)
+        finally:
+            _saver.user = None
+
+    al.sample, ds.save_label = sample_as_user, save_label_as_user
+    from monailabel.config import settings
+
+    logger.info(f"authentication on: tokens signed by {settings.MONAI_LABEL_AUTH_REALM_URI} ({', '.join(ALGORITHMS)}); "
+                f"next samples are leased to, and labels credited to, the token's user")

@@ -1,0 +1,282 @@
+"""MONAI Label's authentication (bearer tokens of a Keycloak realm) in front of polyp-al, through a real server.
+
+The README tells a unit serving other machines to turn it on (``MONAI_LABEL_AUTH_ENABLE``). A stand-in for
+the realm on 127.0.0.1 serves its public key the way Keycloak does (``{"public_key": ...}``); the tests sign
+tokens with the matching private key. What must hold: no request without a valid token reaches polyp-al's
+own handlers (the model upload among them) or has its body read; roles are MONAI Label's; the annotator is
+the token's user, not a ``client_id`` the client chooses.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import json
+import threading
+import time
+
+import pytest
+
+from conftest import always_polyp_model
+from server_utils import Server, http, make_studies, multipart, sample_mask
+
+jwt = pytest.importorskip("jwt")
+rsa = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.rsa")
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+
+ADMIN, ANNOTATOR, USER = "monailabel-admin", "monailabel-annotator", "monailabel-user"
+
+
+def _key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+PASSWORDS = {"dr-okafor": ("s3cret", [ANNOTATOR, USER])}
+
+
+def _realm(key) -> tuple[str, ThreadingHTTPServer]:
+    """Keycloak's three answers MONAI Label uses: the realm (its public key), its OpenID configuration and
+    the password grant of its token endpoint (401 for a wrong password, as Keycloak answers)."""
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    realm = json.dumps({"realm": "polypal", "public_key": base64.b64encode(der).decode()}).encode()
+
+    class Realm(BaseHTTPRequestHandler):
+        def _send(self, status: int, body: bytes):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802
+            if self.path.endswith("/.well-known/openid-configuration"):
+                base = f"http://127.0.0.1:{self.server.server_address[1]}/realms/polypal"
+                return self._send(200, json.dumps({"token_endpoint": base + "/protocol/openid-connect/token"}).encode())
+            self._send(200, realm)
+
+        def do_POST(self):  # noqa: N802
+            from urllib.parse import parse_qs
+
+            form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+            user, password = form.get("username", [""])[0], form.get("password", [""])[0]
+            if PASSWORDS.get(user, (None,))[0] != password or form.get("grant_type") != ["password"]:
+                return self._send(401, b'{"error": "invalid_grant", "error_description": "Invalid user credentials"}')
+            t = token(key, user, PASSWORDS[user][1])
+            self._send(200, json.dumps({"access_token": t, "token_type": "Bearer", "expires_in": 3600}).encode())
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Realm)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{srv.server_address[1]}/realms/polypal", srv
+
+
+def token(key, user: str, roles: list[str], ttl: float = 3600) -> str:
+    claims = {"preferred_username": user, "realm_access": {"roles": roles}, "exp": int(time.time() + ttl)}
+    return jwt.encode(claims, key, algorithm="RS256")
+
+
+def _unsigned(claims: dict, alg: str, secret: bytes | None) -> str:
+    """A token PyJWT would not make: alg "none", or HS256 keyed with the realm's public key (which anyone can
+    read from the realm) as the shared secret: the algorithm-confusion forgery."""
+    import hmac
+
+    def b64(b: bytes) -> str:
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": alg, "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
+    sig = b64(hmac.new(secret, head.encode(), hashlib.sha256).digest()) if secret else ""
+    return head + "." + sig
+
+
+def forged(key) -> list[str]:
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = f"-----BEGIN PUBLIC KEY-----\n{base64.b64encode(der).decode()}\n-----END PUBLIC KEY-----".encode()
+    claims = {"preferred_username": "mallory", "realm_access": {"roles": [ADMIN, ANNOTATOR, USER]},
+              "exp": int(time.time() + 3600)}
+    return [_unsigned(claims, "none", None), _unsigned(claims, "HS256", pem),
+            _unsigned(claims, "HS256", base64.b64encode(der))]
+
+
+def bearer(t: str) -> dict:
+    return {"Authorization": f"Bearer {t}"}
+
+
+def sha(p) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("auth")
+    key, stranger = _key(), _key()
+    realm_url, realm = _realm(key)
+    studies = make_studies(base / "studies", 6)
+    model = base / "model" / "polyp_seg-smoke.pt"
+    always_polyp_model(model)
+    admin = token(key, "dr-admin", [ADMIN, ANNOTATOR, USER])
+    srv = Server(studies, base, conf={"allow_model_upload": "true", "batch_size": "6"},
+                 env={"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm_url},
+                 headers=bearer(admin)).start()
+    try:
+        yield {"url": srv.url, "srv": srv, "base": base, "studies": studies, "model": model, "key": key,
+               "stranger": stranger, "admin": admin}
+    finally:
+        srv.stop()
+        realm.shutdown()
+
+
+def _label_body(image_id: str, params: dict | None = None):
+    return multipart({"params": json.dumps(params or {})},
+                     {"label": (f"{image_id}.png", sample_mask(image_id).read_bytes())})
+
+
+def _requests(env):
+    """One request of each kind a client can send (method, path, body, headers)."""
+    some = sorted(p.stem for p in env["studies"].glob("*.jpg"))[0]
+    label, ct = _label_body(some)
+    model_body, model_ct = multipart({}, {"file": ("m.pt", env["model"].read_bytes())})
+    js = {"Content-Type": "application/json"}
+    return some, [
+        ("GET", "/info/", None, {}),
+        ("GET", "/datastore/?output=all", None, {}),
+        ("GET", f"/datastore/image?image={some}", None, {}),
+        ("HEAD", f"/datastore/image?image={some}", None, {}),
+        ("PUT", f"/datastore/label?image={some}&tag=final", label, {"Content-Type": ct}),
+        ("DELETE", f"/datastore/label?id={some}&tag=final", None, {}),
+        ("DELETE", f"/datastore/image?id={some}", None, {}),
+        ("POST", "/activelearning/random", json.dumps({"client_id": "x"}).encode(), js),
+        ("POST", f"/infer/polyp_seg?image={some}", b"{}", js),
+        ("POST", "/train/polyp_seg", json.dumps({"max_steps": 1}).encode(), js),
+        ("GET", "/train/", None, {}),
+        ("POST", "/scoring/polyp_al", b"{}", js),
+        ("GET", "/logs/?lines=5", None, {}),
+        ("GET", "/model/polyp_seg", None, {}),
+        ("PUT", "/model/polyp_seg", model_body, {"Content-Type": model_ct}),
+        ("DELETE", "/model/polyp_seg", None, {}),
+        ("GET", "/datastore/dataset", None, {}),
+    ]
+
+
+def test_no_request_without_a_valid_token_is_served(env):
+    """No token, a token signed by another key, an expired token, one without expiry, forged ones (alg none;
+    HS256 keyed with the realm's public key), a malformed header: 401 on every endpoint,
+    polyp-al's model upload and delete included (before, they took no token at all), and nothing changes."""
+    url, studies, model = env["url"], env["studies"], env["model"]
+    before = {p.name: sha(p) for p in studies.iterdir() if p.is_file()}
+    model_before = sha(model)
+    some, reqs = _requests(env)
+    bad = [{}, bearer(token(env["stranger"], "mallory", [ADMIN, ANNOTATOR, USER])),
+           bearer(token(env["key"], "dr-admin", [ADMIN, ANNOTATOR, USER], ttl=-60)),
+           {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic ZHItYWRtaW46eA=="},
+           bearer(jwt.encode({"preferred_username": "dr-admin", "realm_access": {"roles": [ADMIN]}},
+                             env["key"], algorithm="RS256")),  # no expiry
+           *[bearer(t) for t in forged(env["key"])]]
+    for headers in bad:
+        for method, path, body, h in reqs:
+            s, r = http(method, url + path, body, {**h, **headers})
+            assert s == 401, (method, path, headers, s, r)
+    assert {p.name: sha(p) for p in studies.iterdir() if p.is_file()} == before
+    assert sha(model) == model_before
+    assert not (studies / "labels" / "final").exists() or not any((studies / "labels" / "final").iterdir())
+    assert not list(model.parent.glob("*.replaced")) and not list(model.parent.glob("*.deleted"))
+
+
+def test_a_refused_token_reads_no_body(env):
+    """Without a token, a label upload is answered 401 before its body is read: a client that declares a
+    body and sends none is answered at once, not held until the body timeout."""
+    import socket
+
+    some = sorted(p.stem for p in env["studies"].glob("*.jpg"))[0]
+    port = int(env["url"].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"PUT /datastore/label?image={some}&tag=final HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 100000000\r\n\r\n".encode())
+        head = s.recv(4096).decode(errors="replace")
+    assert head.startswith("HTTP/1.1 401"), head
+    assert "www-authenticate: bearer" in head.lower()
+
+
+def test_roles_are_monai_labels(env):
+    """A user without the annotator role reads but cannot save labels; replacing or deleting the served
+    model takes the admin role (an annotator gets 403 and the model is unchanged)."""
+    url, model = env["url"], env["model"]
+    reader = bearer(token(env["key"], "visitor", [USER]))
+    annotator = bearer(token(env["key"], "ann-1", [ANNOTATOR, USER]))
+    some = sorted(p.stem for p in env["studies"].glob("*.jpg"))[0]
+    assert http("GET", f"{url}/info/", headers=reader)[0] == 200
+    assert http("GET", f"{url}/datastore/image?image={some}", headers=reader)[0] == 200
+    body, ct = _label_body(some)
+    s, r = http("PUT", f"{url}/datastore/label?image={some}&tag=final", body, {"Content-Type": ct, **reader})
+    assert s == 403, r
+    before = sha(model)
+    mb, mct = multipart({}, {"file": ("m.pt", model.read_bytes())})
+    for h in (reader, annotator):
+        s, r = http("PUT", f"{url}/model/polyp_seg", mb, {"Content-Type": mct, **h})
+        assert s == 403, r
+        s, r = http("DELETE", f"{url}/model/polyp_seg", headers=h)
+        assert s == 403, r
+    assert sha(model) == before
+    js = {"Content-Type": "application/json"}
+    s, r = http("POST", f"{url}/train/polyp_seg", b"{}", {**js, **annotator})  # MONAI Label's rule: admin
+    assert s == 403, r
+    assert http("GET", f"{url}/logs/?lines=5", headers=annotator)[0] == 403
+    assert http("GET", f"{url}/logs/?lines=5", headers=bearer(env["admin"]))[0] == 200
+    s, r = http("PUT", f"{url}/model/polyp_seg", mb, {"Content-Type": mct, **bearer(env["admin"])})
+    assert s == 200, r
+    assert len(list(model.parent.glob("*.replaced"))) == 1
+
+
+def test_the_annotator_is_the_tokens_user(env):
+    """With authentication on, leases and the annotation log are by the token's user: a client_id sent
+    with the request does not choose who holds the frame nor who is credited with its label."""
+    url = env["url"]
+    ann = bearer(token(env["key"], "dr-okafor", [ANNOTATOR, USER]))
+    js = {"Content-Type": "application/json", **ann}
+    s, first = http("POST", f"{url}/activelearning/random", json.dumps({"client_id": "someone-else"}).encode(), js)
+    assert s == 200 and first.get("id"), first
+    s, info = http("GET", f"{url}/datastore/image/info?image={first['id']}", headers=ann)
+    assert s == 200 and info["served"]["client_id"] == "dr-okafor", info
+    # asking again under another client_id is the same person asking again: she is served the frame she
+    # holds (two client ids would hold two frames)
+    s, second = http("POST", f"{url}/activelearning/random", json.dumps({"client_id": "alias-2"}).encode(), js)
+    assert s == 200 and second.get("id") == first["id"], second
+    other = bearer(token(env["key"], "dr-lind", [ANNOTATOR, USER]))
+    s, third = http("POST", f"{url}/activelearning/random", json.dumps({"client_id": "alias-2"}).encode(),
+                    {**js, **other})
+    assert s == 200 and third.get("id") and third["id"] != first["id"], third  # another person: another frame
+    body, ct = _label_body(second["id"], {"client_id": "credit-me-instead"})
+    s, r = http("PUT", f"{url}/datastore/label?image={second['id']}&tag=final", body, {"Content-Type": ct, **ann})
+    assert s == 200, r
+    s, info = http("GET", f"{url}/info/", headers=ann)
+    annotators = info["polyp_al"]["annotators"]
+    assert "dr-okafor" in annotators and annotators["dr-okafor"]["labels"] >= 1, annotators
+    assert not {"someone-else", "alias-2", "credit-me-instead"} & set(annotators), annotators
+
+
+def test_signing_in_with_monailabels_client(env):
+    """The flow 3D Slicer uses: /auth/ says authentication is on, POST /auth/token with a user name and
+    password gives a token, and with it MONAILabelClient's next sample and label save work. A wrong password
+    is a 401 that says so (MONAI Label answered 500)."""
+    from monailabel.client import MONAILabelClient
+    from monailabel.client.client import MONAILabelClientException
+
+    c = MONAILabelClient(env["url"], tmpdir=str(env["base"] / "client"), client_id="slicer-1")
+    assert c.auth_enabled()
+    with pytest.raises(MONAILabelClientException) as e:
+        c.auth_token("dr-okafor", "wrong")
+    assert e.value.status_code == 401 and "password" in str(e.value.msg).lower(), (e.value.status_code, e.value.msg)
+    c.update_auth(c.auth_token("dr-okafor", "s3cret"))
+    assert c.auth_valid_token()
+    sample = c.next_sample("random", {})
+    assert sample.get("id")
+    c.save_label(sample["id"], str(sample_mask(sample["id"])), tag="final")
+    s, info = http("GET", f"{env['url']}/datastore/image/info?image={sample['id']}", headers=bearer(env["admin"]))
+    assert info["served"]["client_id"] == "dr-okafor"
+
+
+def test_the_viewer_page_says_it_cannot_sign_in(env):
+    s, r = http("GET", env["url"] + "/annotate/")
+    assert s == 503 and "Slicer" in r["detail"], r
