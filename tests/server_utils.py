@@ -24,11 +24,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(method: str, url: str, body: bytes | None = None, headers=None, timeout=60):
-    """(status, parsed JSON or raw bytes) without raising on 4xx/5xx."""
+def http(method: str, url: str, body: bytes | None = None, headers=None, timeout=60, context=None):
+    """(status, parsed JSON or raw bytes) without raising on 4xx/5xx (``context``: an SSLContext for https)."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             status, data = r.status, r.read()
     except urllib.error.HTTPError as e:
         status, data = e.code, e.read()
@@ -52,11 +52,12 @@ def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
 
 class Server:
     def __init__(self, studies: Path, workdir: Path, conf: dict | None = None, port: int | None = None,
-                 env: dict | None = None, headers: dict | None = None):
+                 env: dict | None = None, headers: dict | None = None, args: list | None = None, ssl_context=None):
         self.studies, self.workdir, self.extra_env = studies, workdir, dict(env or {})
         self.headers = dict(headers or {})  # sent with start()'s /info polls (e.g. a bearer token)
+        self.args, self.ssl_context = list(args or []), ssl_context  # more start_server options; https
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.port}"
         self.conf = {"profile": "smoke", "model_dir": str(workdir / "model"), "batch_size": "4", **(conf or {})}
         self.log = workdir / f"server-{self.port}.log"
         self.proc = None
@@ -68,7 +69,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.tail()}")
             try:
-                status, _ = http("GET", self.url + "/info/", headers=self.headers, timeout=5)
+                status, _ = http("GET", self.url + "/info/", headers=self.headers, timeout=5,
+                                 context=self.ssl_context)
                 if status == 200:
                     return self
             except OSError:
@@ -84,6 +86,7 @@ class Server:
         for k, v in self.conf.items():
             if v is not None:  # None: leave the key to the app's default (e.g. model_dir)
                 args += ["--conf", k, str(v)]
+        args += self.args
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("MONAI_LABEL_APP_DIR", str(APP))
