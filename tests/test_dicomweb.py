@@ -533,3 +533,62 @@ def test_a_retrieve_url_never_carries_the_dicomweb_servers_credentials(monkeypat
                       ("http://[::1]:8042/dicom-web", "http://[::1]:8042/dicom-web")):
         ds = SimpleNamespace(_client=DICOMwebClient(url=url))
         assert PolypDICOMWebDatastore._retrieve_url(ds, "1.2", "1.2.3") == f"{base}/studies/1.2/series/1.2.3"
+
+
+def test_a_dicomweb_server_with_a_password(tmp_path):
+    """A PACS that asks for a password: with MONAI_LABEL_DICOMWEB_USERNAME/PASSWORD polyp-al serves its
+    frames and stores labels there; with a wrong password next sample says the credentials were refused (it
+    said "unreachable"), and the OHIF proxy answers 502 without relaying the PACS's Basic challenge (a
+    browser then asked the annotator for the PACS password, which the proxy never sends on)."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    if not (shutil.which("Orthanc") or Path("/usr/sbin/Orthanc").exists()):
+        pytest.skip("Orthanc not installed (apt-get install orthanc orthanc-dicomweb; scripts/setup.sh does it as root)")
+    data = tmp_path / "orthanc"
+    url = up_reaped(data, port=free_port(), dicom_port=free_port(),
+                    extra={"AuthenticationEnabled": True, "RegisteredUsers": {"pacs": "s3cret"}})
+    basic = {"Authorization": "Basic " + base64.b64encode(b"pacs:s3cret").decode()}
+    try:
+        assert http("GET", url + "/dicom-web/series")[0] == 401
+        names = []
+        for p in sorted((SAMPLE / "images").glob("*.jpg"))[:2]:
+            s, _ = http("POST", url + "/instances", dicomweb.frame_to_dicom(p), {**basic, "Content-Type": "application/dicom"})
+            assert s == 200
+            names.append(p.stem)
+        js = {"Content-Type": "application/json"}
+        wrong = Server(url + "/dicom-web", tmp_path / "wrong", conf={"batch_size": "2"},
+                       env={"MONAI_LABEL_DICOMWEB_USERNAME": "pacs", "MONAI_LABEL_DICOMWEB_PASSWORD": "nope"})
+        (tmp_path / "wrong").mkdir()
+        wrong.start()
+        try:
+            s, r = http("POST", wrong.url + "/activelearning/random", b"{}", js)
+            assert s == 503 and "refused polyp-al's credentials" in r["detail"], (s, r)
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(wrong.url + "/proxy/dicom/qido/studies", timeout=30)
+            assert e.value.code == 502 and "www-authenticate" not in {k.lower() for k in e.value.headers.keys()}
+            assert b"credentials" in e.value.read()
+        finally:
+            wrong.stop()
+        srv = Server(url + "/dicom-web", tmp_path, conf={"batch_size": "2"},
+                     env={"MONAI_LABEL_DICOMWEB_USERNAME": "pacs", "MONAI_LABEL_DICOMWEB_PASSWORD": "s3cret"}).start()
+        try:
+            s, r = http("POST", srv.url + "/activelearning/random", json.dumps({"client_id": "a"}).encode(), js)
+            assert s == 200 and r.get("id"), r
+            desc = http("GET", f"{url}/dicom-web/series?SeriesInstanceUID={r['id']}", headers=basic)[1][0]
+            desc = desc["0008103E"]["Value"][0]
+            body, ct = multipart({"params": "{}"}, {"label": ("m.png", (SAMPLE / "masks" / f"{desc}.png").read_bytes())})
+            s, res = http("PUT", f"{srv.url}/datastore/label?image={r['id']}&tag=final", body, {"Content-Type": ct})
+            assert s == 200, res
+            assert len(http("GET", f"{url}/dicom-web/series?Modality=SEG", headers=basic)[1]) == 1
+            s, studies = http("GET", srv.url + "/proxy/dicom/qido/studies")
+            if isinstance(studies, bytes):  # relayed as Orthanc sent it (Content-Encoding: gzip)
+                import gzip
+
+                studies = json.loads(gzip.decompress(studies))
+            assert s == 200 and len(studies) == 2
+        finally:
+            srv.stop()
+    finally:
+        assert timed_down(data) < 5

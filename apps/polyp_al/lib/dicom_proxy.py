@@ -42,7 +42,6 @@ class ProxyRequests:
             r = requests.request(method, url, **kw)
             if kw.get("stream"):  # the proxy reads r.raw: read it here, under the timeout, and hand over the bytes
                 r.raw = io.BytesIO(r.raw.read())
-            return r
         except requests.ConnectTimeout:  # also a Timeout: a host that drops connections is unreachable
             logger.warning("DICOMweb proxy: no connection to the DICOMweb server")
             raise HTTPException(status_code=502, detail="the DICOMweb server is unreachable") from None
@@ -53,6 +52,16 @@ class ProxyRequests:
         except (requests.RequestException, Urllib3Error) as e:
             logger.warning(f"DICOMweb proxy: {type(e).__name__}")
             raise HTTPException(status_code=502, detail="the DICOMweb server is unreachable or broke off") from None
+        if r.status_code in (401, 403):
+            # the DICOMweb server's own challenge (WWW-Authenticate: Basic) relayed to a browser made it ask the
+            # annotator for the PACS password, which this proxy never sends on: the server's account is wrong
+            logger.error(f"DICOMweb proxy: the DICOMweb server refused polyp-al's credentials ({r.status_code}); "
+                         f"check MONAI_LABEL_DICOMWEB_USERNAME / MONAI_LABEL_DICOMWEB_PASSWORD")
+            raise HTTPException(status_code=502, detail="the DICOMweb server refused this server's credentials "
+                                                        "(MONAI_LABEL_DICOMWEB_USERNAME / _PASSWORD)")
+        for h in ("WWW-Authenticate", "Set-Cookie"):  # the DICOMweb server's sign-in and session: not this origin's
+            r.headers.pop(h, None)
+        return r
 
     def get(self, url, **kw):
         return self._call("GET", url, **kw)

@@ -94,7 +94,12 @@ def _description(series_json: dict) -> str:
 
 
 def _unreachable(url: str, e: Exception) -> HTTPException:
-    msg = f"DICOMweb server {url} is unreachable or failing ({type(e).__name__}: {e})"
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status in (401, 403):  # a password PACS: say what to fix, not "unreachable"
+        msg = (f"DICOMweb server {url} refused polyp-al's credentials ({status}): set MONAI_LABEL_DICOMWEB_USERNAME "
+               f"and MONAI_LABEL_DICOMWEB_PASSWORD to an account of that server and restart")
+    else:
+        msg = f"DICOMweb server {url} is unreachable or failing ({type(e).__name__}: {e})"
     logger.error(msg)
     return HTTPException(status_code=503, detail=msg)
 

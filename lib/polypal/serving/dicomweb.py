@@ -78,6 +78,8 @@ def is_up(url: str) -> bool:
     try:
         _http("GET", url + "/system", timeout=3)
         return True
+    except urllib.error.HTTPError as e:
+        return e.code in (401, 403)  # answering, with a password (``extra`` turned Orthanc's users on)
     except (OSError, urllib.error.URLError, ValueError):
         return False
 
