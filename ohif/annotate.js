@@ -46,8 +46,152 @@
     return sessionStorage.getItem('polypal.strategy') || DEFAULT_STRATEGY;
   }
 
+  // ---------------------------------------------------------------- signing in (MONAI Label's authentication)
+  // With MONAI_LABEL_AUTH_ENABLE on the server, every request needs a bearer token. The page signs in with
+  // POST /auth/token (user name and password, checked by the realm), keeps the token for this tab
+  // (sessionStorage), and every request of the page to its own origin carries it: ours (fetch) and OHIF's
+  // DICOMweb reads through /proxy/dicom (XMLHttpRequest). This file runs before OHIF's bundle, so the two are
+  // wrapped before OHIF makes a request. A request answered 401 (the token expired) asks to sign in again
+  // and is sent again: a labelmap being saved is not lost.
+  const TOKEN = 'polypal.token';
+  const plainFetch = window.fetch.bind(window);
+  let authOn = null;
+
+  function token() {
+    return sessionStorage.getItem(TOKEN);
+  }
+
+  function sameOrigin(url) {
+    try {
+      return new URL(String(url), location.href).origin === location.origin;
+    } catch (e) {
+      return false;
+    }
+  }
+
+  window.fetch = function (input, init) {
+    const t = token();
+    const url = typeof input === 'string' || input instanceof URL ? input : input && input.url;
+    if (t && sameOrigin(url)) {
+      init = Object.assign({}, init);
+      const h = new Headers(init.headers || (input instanceof Request ? input.headers : undefined));
+      if (!h.has('Authorization')) h.set('Authorization', 'Bearer ' + t);
+      init.headers = h;
+    }
+    return plainFetch(input, init);
+  };
+  const xhrOpen = XMLHttpRequest.prototype.open;
+  const xhrSend = XMLHttpRequest.prototype.send;
+  const xhrHeader = XMLHttpRequest.prototype.setRequestHeader;
+  XMLHttpRequest.prototype.open = function (method, url) {
+    this._polypalSame = sameOrigin(url);
+    this._polypalAuth = false;
+    return xhrOpen.apply(this, arguments);
+  };
+  XMLHttpRequest.prototype.setRequestHeader = function (k) {
+    if (String(k).toLowerCase() === 'authorization') this._polypalAuth = true;
+    return xhrHeader.apply(this, arguments);
+  };
+  XMLHttpRequest.prototype.send = function () {
+    const t = token();
+    if (t && this._polypalSame && !this._polypalAuth) xhrHeader.call(this, 'Authorization', 'Bearer ' + t);
+    return xhrSend.apply(this, arguments);
+  };
+
+  async function authEnabled() {
+    if (authOn === null) {
+      try {
+        const r = await plainFetch('/auth/', { credentials: 'same-origin' }); // 404: MONAI Label's auth is off
+        authOn = r.ok && !!(await r.json()).enabled;
+      } catch (e) {
+        authOn = false;
+      }
+    }
+    return authOn;
+  }
+
+  // seconds the stored token has left (its exp claim), or -1 without one
+  function tokenSecondsLeft() {
+    const t = token();
+    if (!t) return -1;
+    try {
+      const p = JSON.parse(atob(t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
+      return typeof p.exp === 'number' ? p.exp - Date.now() / 1000 : -1;
+    } catch (e) {
+      return -1;
+    }
+  }
+
+  let signingIn = null;
+
+  function signIn(why) {
+    if (signingIn) return signingIn; // several requests answered 401 at once: one form
+    signingIn = new Promise(resolve => {
+      state.signIn = why;
+      const box = el('form', { 'data-polypal': 'sign-in' });
+      box.style.cssText = 'position:fixed;left:50%;top:30%;transform:translateX(-50%);z-index:10001;' +
+        'background:#090c29;border:1px solid #5acce6;border-radius:6px;padding:14px;color:#ddd;' +
+        'font:14px sans-serif;width:300px';
+      const title = el('div', {}, why);
+      title.style.cssText = 'margin-bottom:8px';
+      const field = (name, type, label) => {
+        const i = el('input', { 'data-polypal': name, type, name, autocomplete: name === 'password' ? 'current-password' : 'username', placeholder: label });
+        i.style.cssText = 'display:block;width:100%;box-sizing:border-box;margin:4px 0;padding:5px;background:#111;' +
+          'color:#fff;border:1px solid #555';
+        return i;
+      };
+      const user = field('username', 'text', 'user name');
+      const pass = field('password', 'password', 'password');
+      const go = el('button', { 'data-polypal': 'sign-in-button', type: 'submit' }, 'Sign in');
+      const msg = el('div', { 'data-polypal': 'sign-in-message' });
+      msg.style.cssText = 'color:#f88;margin-top:6px';
+      [title, user, pass, go, msg].forEach(x => box.appendChild(x));
+      box.onsubmit = async ev => {
+        ev.preventDefault();
+        msg.textContent = '';
+        let r, d = {};
+        try {
+          r = await plainFetch('/auth/token', {
+            method: 'POST', credentials: 'same-origin',
+            headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+            body: new URLSearchParams({ username: user.value, password: pass.value, grant_type: 'password' }),
+          });
+          d = await r.json().catch(() => ({}));
+        } catch (e) {
+          msg.textContent = 'Not signed in: ' + e.message;
+          return;
+        }
+        if (!r.ok || !d.access_token) {
+          msg.textContent = 'Not signed in: ' + (d.detail || r.status);
+          return;
+        }
+        sessionStorage.setItem(TOKEN, d.access_token);
+        pass.value = '';
+        box.remove();
+        state.signIn = null;
+        signingIn = null;
+        log('signed in as ' + user.value);
+        resolve();
+      };
+      document.body.appendChild(box);
+      user.focus();
+    });
+    return signingIn;
+  }
+
+  // fetch, and after a 401 (no token, or it expired) sign in and send it once more
+  async function authedFetch(path, init) {
+    let r = await fetch(path, init);
+    if (r.status === 401 && (await authEnabled())) {
+      sessionStorage.removeItem(TOKEN);
+      await signIn('Your sign-in has ended: sign in again to go on (nothing is lost).');
+      r = await fetch(path, init);
+    }
+    return r;
+  }
+
   async function api(method, path, body, headers) {
-    const r = await fetch(path, { method, body, headers, credentials: 'same-origin' });
+    const r = await authedFetch(path, { method, body, headers, credentials: 'same-origin' });
     const text = await r.text();
     let data = text;
     try {
@@ -84,6 +228,11 @@
       log(t);
     };
     const cid = clientId();
+    // the viewer's own reads cannot stop to sign in: open it with a token good for a while
+    if ((await authEnabled()) && tokenSecondsLeft() < 120) {
+      say('Sign in to annotate.');
+      await signIn(token() ? 'Your sign-in ends soon: sign in again.' : 'Sign in to annotate (polyp-al).');
+    }
     say(`Asking polyp-al (strategy ${strategy()}) for the next frame for this browser (client ${cid})...`);
     let r;
     try {
@@ -263,7 +412,7 @@
     const t0 = performance.now();
     let blob;
     try {
-      const r = await fetch(`/infer/${MODEL}?image=${encodeURIComponent(imageId)}&output=image`,
+      const r = await authedFetch(`/infer/${MODEL}?image=${encodeURIComponent(imageId)}&output=image`,
         { method: 'POST', credentials: 'same-origin' });
       if (r.status === 409) return 'No model yet: nothing predicted, paint the polyp from scratch.';
       if (!r.ok) return `The model's prediction could not be loaded (${r.status}): paint from scratch.`;

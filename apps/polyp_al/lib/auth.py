@@ -9,7 +9,9 @@ and enforced in front of every endpoint.
   token a request gets 401 (503 when the realm's key cannot be fetched), polyp-al's own model upload and
   delete included (they had no token check); those take the admin role. Roles of the other endpoints stay
   MONAI Label's (user: read, next sample, infer; annotator: save labels and frames; admin: delete, train,
-  logs, model). Free: ``/auth/*`` (signing in), the API docs and their static files.
+  logs, model). Free: ``/auth/*`` (signing in), the API docs and their static files, and the annotator's
+  page's files (``/annotate/``: it signs in with ``POST /auth/token`` and sends the token with every request,
+  OHIF's included: ``ohif/annotate.js``).
 - The annotator is the token's user: next-sample requests are leased to the user whatever ``client_id``
   they send, and a saved label is credited to the user who saved it (``current_saver``).
 """
@@ -27,11 +29,10 @@ _ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "
 # would let anyone who knows the realm's public key sign tokens
 ALGORITHMS = [a.strip() for a in os.environ.get("POLYPAL_AUTH_ALGORITHMS", "RS256").split(",")
               if a.strip() in _ASYMMETRIC] or ["RS256"]
-_FREE_EXACT = frozenset({"/", "/docs", "/openapi.json", "/favicon.ico", "/auth", "/auth/"})
-_FREE_PREFIX = ("/static/", "/auth/")
-ANNOTATE_OFF = ("The annotator's page does not sign in: with MONAI Label's authentication on "
-                "(MONAI_LABEL_AUTH_ENABLE), annotate in 3D Slicer's MONAI Label module (it signs in), or run "
-                "a server with authentication off on 127.0.0.1 for the browser.")
+# signing in, the API docs, and the annotator's page: files of the viewer (OHIF and ours, GET/HEAD only,
+# no data), which has to load before it can ask for a user name and password
+_FREE_EXACT = frozenset({"/", "/docs", "/openapi.json", "/favicon.ico", "/auth", "/auth/", "/annotate"})
+_FREE_PREFIX = ("/static/", "/auth/", "/annotate/")
 _saver = threading.local()
 
 

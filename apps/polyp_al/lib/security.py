@@ -731,10 +731,8 @@ class Gate:
 
 
 async def _signed_in(scope, path: str, method: str) -> None:
-    """With authentication on: a valid token before anything else is read or run (auth.py). The viewer's page
-    cannot sign in; a CORS preflight carries no token (the origin rule has passed it)."""
-    if path == "/annotate" or path.startswith("/annotate/"):
-        raise _Refused(503, auth.ANNOTATE_OFF)
+    """With authentication on: a valid token before anything else is read or run (auth.py). A CORS preflight
+    carries no token (the origin rule has passed it)."""
     if method == "OPTIONS" or auth.is_free(path):
         return
     try:  # in a thread: the first token fetches the realm's key (a blocking request)

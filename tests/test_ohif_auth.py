@@ -1,0 +1,86 @@
+"""Annotating in OHIF with MONAI Label's authentication on: real Orthanc, real OHIF, a real polyp-al server
+with ``MONAI_LABEL_AUTH_ENABLE``, a stand-in Keycloak realm (tests/test_auth.py), headless Chromium.
+
+The page signs in with a user name and password (POST /auth/token), then every request it makes carries
+the token, OHIF's DICOMweb reads through /proxy/dicom included; a token that expires while a frame is being
+annotated asks for the password again at Save, and the labelmap is saved after it, not lost.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from server_utils import SAMPLE, Server, free_port, http
+from test_auth import ADMIN, ANNOTATOR, USER, _key, _realm, bearer, token
+from test_ohif_annotation import (BRUSH_RADIUS, _browser, _check_painted, _frame_size, _page_mapping, _reap,
+                                  _skip_reason, _stadium, _stored_label, _stroke)
+
+from polypal.serving import dicomweb
+
+pytestmark = pytest.mark.server
+
+
+def _sign_in(b, user: str, password: str):
+    b.wait_js("document.querySelector('[data-polypal=sign-in]')", 60, "the sign-in form")
+    b.js(f"document.querySelector('[data-polypal=username]').value = {json.dumps(user)}; "
+         f"document.querySelector('[data-polypal=password]').value = {json.dumps(password)}")
+    b.click_selector('[data-polypal="sign-in-button"]')
+
+
+def test_annotate_in_ohif_with_authentication_on(tmp_path):
+    why = _skip_reason()
+    if why:
+        print(f"SKIP test_ohif_auth: {why}")
+        pytest.skip(why)
+    data = tmp_path / "orthanc"
+    url = dicomweb.up(data, port=free_port(), dicom_port=free_port())
+    _reap(data)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for p in sorted((SAMPLE / "images").glob("*.jpg"))[:3]:
+        shutil.copy(p, frames / p.name)
+    assert dicomweb.load(url, frames)["new"] == 3
+    key = _key()
+    realm_url, realm = _realm(key)
+    admin = bearer(token(key, "dr-admin", [ADMIN, ANNOTATOR, USER]))
+    srv = Server(url + "/dicom-web", tmp_path, conf={"batch_size": "3"}, headers=admin,
+                 env={"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm_url}).start()
+    b = _browser()
+    try:
+        b.goto(f"{srv.url}/annotate/")
+        _sign_in(b, "dr-okafor", "wrong")
+        b.wait_js("document.querySelector('[data-polypal=sign-in-message]').innerText.includes('password')", 30,
+                  "the refusal of a wrong password")
+        _sign_in(b, "dr-okafor", "s3cret")
+        b.wait_js("window.polypal && ['ready', 'error', 'nothing-left'].includes(window.polypal.phase) "
+                  "&& location.pathname.includes('segmentation')", 120, "the annotator's frame")
+        st = b.js("JSON.parse(JSON.stringify(window.polypal))")
+        assert st["phase"] == "ready", st  # OHIF read the frame through the proxy with the token
+        image = b.js("new URLSearchParams(location.search).get('polypal_image')")
+        s, info = http("GET", f"{srv.url}/datastore/image/info?image={image}", headers=admin)
+        assert info["served"]["client_id"] == "dr-okafor", info
+
+        rows, cols = _frame_size(url, image)
+        mapping, _ = _page_mapping(b, cols, rows)
+        p0 = (round(0.25 * cols), round(0.4 * rows))
+        p1 = (p0[0] + round(0.3 * cols), p0[1])
+        _stroke(b, "Brush", mapping, p0, p1)
+        # the token expires while the frame is being annotated: Save asks for the password again, then saves
+        b.js(f"sessionStorage.setItem('polypal.token', {json.dumps(token(key, 'dr-okafor', [ANNOTATOR, USER], -60))})")
+        b.js("window.polypal.saved = null; window.polypal.saveError = null")
+        b.click_selector('[data-polypal="save"]')
+        _sign_in(b, "dr-okafor", "s3cret")
+        b.wait_js("window.polypal.saved || window.polypal.saveError", 60, "the save after signing in again")
+        st = b.js("JSON.parse(JSON.stringify(window.polypal))")
+        assert st["saved"] and not st.get("saveError"), st
+        label = _stored_label(url, image)
+        assert int(label.sum()) == st["saved"]["pixels"]
+        _check_painted(label, _stadium(rows, cols, p0, p1, BRUSH_RADIUS), "brush, saved after signing in again")
+    finally:
+        b.close()
+        srv.stop()
+        realm.shutdown()
+        dicomweb.down(data)
