@@ -37,9 +37,10 @@ PASSWORDS = {"dr-okafor": ("s3cret", [ANNOTATOR, USER])}
 
 def _realm(key) -> tuple[str, ThreadingHTTPServer]:
     """Keycloak's three answers MONAI Label uses: the realm (its public key), its OpenID configuration and
-    the password grant of its token endpoint (401 for a wrong password, as Keycloak answers)."""
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    realm = json.dumps({"realm": "polypal", "public_key": base64.b64encode(der).decode()}).encode()
+    the password grant of its token endpoint (401 for a wrong password, as Keycloak answers). The server
+    object's ``polypal`` dict changes them: ``key`` (a rotation), ``token_answer`` ((status, body) instead of
+    the token endpoint's own answer)."""
+    conf = {"key": key, "token_answer": None}
 
     class Realm(BaseHTTPRequestHandler):
         def _send(self, status: int, body: bytes):
@@ -53,22 +54,27 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
             if self.path.endswith("/.well-known/openid-configuration"):
                 base = f"http://127.0.0.1:{self.server.server_address[1]}/realms/polypal"
                 return self._send(200, json.dumps({"token_endpoint": base + "/protocol/openid-connect/token"}).encode())
-            self._send(200, realm)
+            der = conf["key"].public_key().public_bytes(serialization.Encoding.DER,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+            self._send(200, json.dumps({"realm": "polypal", "public_key": base64.b64encode(der).decode()}).encode())
 
         def do_POST(self):  # noqa: N802
             from urllib.parse import parse_qs
 
             form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+            if conf["token_answer"]:
+                return self._send(*conf["token_answer"])
             user, password = form.get("username", [""])[0], form.get("password", [""])[0]
             if PASSWORDS.get(user, (None,))[0] != password or form.get("grant_type") != ["password"]:
                 return self._send(401, b'{"error": "invalid_grant", "error_description": "Invalid user credentials"}')
-            t = token(key, user, PASSWORDS[user][1])
+            t = token(conf["key"], user, PASSWORDS[user][1])
             self._send(200, json.dumps({"access_token": t, "token_type": "Bearer", "expires_in": 3600}).encode())
 
         def log_message(self, *a):
             pass
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Realm)
+    srv.polypal = conf
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{srv.server_address[1]}/realms/polypal", srv
 
@@ -118,11 +124,12 @@ def env(tmp_path_factory):
     always_polyp_model(model)
     admin = token(key, "dr-admin", [ADMIN, ANNOTATOR, USER])
     srv = Server(studies, base, conf={"allow_model_upload": "true", "batch_size": "6"},
-                 env={"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm_url},
+                 env={"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm_url,
+                      "POLYPAL_AUTH_KEY_RECHECK": "1"},
                  headers=bearer(admin)).start()
     try:
         yield {"url": srv.url, "srv": srv, "base": base, "studies": studies, "model": model, "key": key,
-               "stranger": stranger, "admin": admin}
+               "stranger": stranger, "admin": admin, "realm": realm}
     finally:
         srv.stop()
         realm.shutdown()
@@ -286,3 +293,63 @@ def test_the_viewers_files_load_without_a_token_its_data_does_not(env):
     assert s == 200 and b"/auth/token" in js
     assert http("GET", env["url"] + "/proxy/dicom/qido/studies")[0] == 401
     assert http("PUT", env["url"] + "/annotate/polypal/annotate.js", b"x")[0] in (401, 405)
+
+
+def test_the_sign_in_form_is_small_and_realm_failures_are_told(env):
+    """Anyone may POST /auth/token: its body is read only up to 16 KiB (a client without a token filled the
+    disk room with 1 GB bodies there, and signed-in users got 507). A realm answering other than a token
+    (a 502 of a proxy, an HTML page) is a 503 saying so, not a 500."""
+    import socket
+
+    url, realm = env["url"], env["realm"]
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded"
+                  b"\r\nContent-Length: 100000000\r\n\r\nusername=x")
+        head = s.recv(4096).decode(errors="replace")
+    assert head.startswith("HTTP/1.1 413"), head
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    ok = b"username=dr-okafor&password=s3cret&grant_type=password"
+    try:
+        for answer in ((502, b"<html>Bad Gateway</html>"), (500, b'{"error": "unknown_error"}'),
+                       (200, b"<html>a login page</html>"), (403, b"{}")):
+            realm.polypal["token_answer"] = answer
+            s, r = http("POST", url + "/auth/token", ok, form)
+            assert s == 503 and "realm" in r["detail"], (answer, s, r)
+    finally:
+        realm.polypal["token_answer"] = None
+    s, r = http("POST", url + "/auth/token", ok, form)
+    assert s == 200 and r["access_token"]
+    assert "Exception in ASGI application" not in env["srv"].log.read_text(errors="replace")
+
+
+def test_a_new_realm_key_is_fetched(env):
+    """The realm rotates its key: tokens signed with the new one are accepted (MONAI Label kept the first
+    key for the server's life: everyone got 401 until a restart); tokens of the old key are refused."""
+    url, realm = env["url"], env["realm"]
+    old, new = env["key"], _key()
+    realm.polypal["key"] = new
+    try:
+        time.sleep(1.5)  # POLYPAL_AUTH_KEY_RECHECK=1 here (60 s by default)
+        s, r = http("GET", url + "/info/", headers=bearer(token(new, "dr-admin", [ADMIN, USER])))
+        assert s == 200, r
+        assert http("GET", url + "/info/", headers=bearer(token(old, "dr-admin", [ADMIN, USER])))[0] == 401
+    finally:
+        realm.polypal["key"] = old
+        time.sleep(1.5)
+        assert http("GET", url + "/info/", headers=bearer(env["admin"]))[0] == 200
+
+
+def test_user_names_that_would_merge_or_forge(env):
+    """A realm user named like the server's placeholder for "no client id" ("anonymous") still holds one
+    frame at a time; a user name over 128 characters (two would be cut to one) or with a line break (a
+    forged log line) is refused, not cut or logged."""
+    url = env["url"]
+    js = {"Content-Type": "application/json"}
+    h = {**js, **bearer(token(env["key"], "anonymous", [ANNOTATOR, USER]))}
+    got = {http("POST", url + "/activelearning/random", b"{}", h)[1].get("id") for _ in range(3)}
+    assert len(got) == 1 and None not in got, got
+    for name in ("x" * 128 + "-alice", "mallory\n[2026-12-07 04:00:00,000] [1] [MainThread] [INFO] forged"):
+        s, r = http("POST", url + "/activelearning/random", b"{}", {**js, **bearer(token(env["key"], name, [USER]))})
+        assert s == 401, (name, s, r)
+    assert "forged" not in env["srv"].log.read_text(errors="replace").replace("mallory\\n", "")

@@ -291,8 +291,10 @@ class PolypALApp(MONAILabelApp):
             self.state.leases.release(image_id)
         except Exception as e:  # noqa: BLE001 - the label is saved; an unreleased lease times out
             logger.warning(f"lease of {image_id} not released: {e}")
-        if not isinstance(self._datastore, PolypDatastore):
-            return res
+        from lib.dicomweb_datastore import PolypDICOMWebDatastore
+
+        if not isinstance(self._datastore, (PolypDatastore, PolypDICOMWebDatastore)):  # MONAI Label's own:
+            return res  # no served record to credit
         try:
             served = (self._datastore.get_image_info(image_id) or {}).get("served") or {}
             who, since = str(served.get("client_id") or "unknown"), served.get("ts")
@@ -302,6 +304,8 @@ class PolypALApp(MONAILabelApp):
             self.state.add_effort(image_id, who, since, time.time(), model_version(self.cfg.model_path))
         except Exception as e:  # noqa: BLE001 - bookkeeping only
             logger.debug(f"effort not recorded for {image_id}: {e}")
+        if not isinstance(self._datastore, PolypDatastore):  # DICOMweb: the label is a SEG on the PACS, not
+            return res  # a mask file here; the model's Dice on it is not measured
         try:
             dice = self.quality(self._datastore, image_id)
         except Exception as e:  # noqa: BLE001 - the label is saved; quality is a bonus

@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+import unicodedata
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +33,9 @@ ALGORITHMS = [a.strip() for a in os.environ.get("POLYPAL_AUTH_ALGORITHMS", "RS25
               if a.strip() in _ASYMMETRIC] or ["RS256"]
 # signing in, the API docs, and the annotator's page: files of the viewer (OHIF and ours, GET/HEAD only,
 # no data), which has to load before it can ask for a user name and password
-_FREE_EXACT = frozenset({"/", "/docs", "/openapi.json", "/favicon.ico", "/auth", "/auth/", "/annotate"})
-_FREE_PREFIX = ("/static/", "/auth/", "/annotate/")
+_FREE_EXACT = frozenset({"/", "/docs", "/openapi.json", "/favicon.ico", "/auth", "/auth/", "/auth/token",
+                         "/annotate"})
+_FREE_PREFIX = ("/static/", "/annotate/")
 _saver = threading.local()
 
 
@@ -47,19 +50,86 @@ class Unauthorized(Exception):
         self.status, self.detail = status, detail
 
 
+class _Realm:
+    """The realm's public key and token endpoint, fetched by polyp-al (MONAI Label caches its answers for
+    the server's life, an error answer included, and never fetches the key again: a realm that rotated its
+    key locked everyone out until a restart). The key is fetched again when a token's signature does not
+    verify and the key is over ``KEY_RECHECK_S`` old; only good answers are kept."""
+
+    KEY_RECHECK_S = float(os.environ.get("POLYPAL_AUTH_KEY_RECHECK", 60))
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._key: tuple[str, float] | None = None  # (PEM, when fetched)
+        self._token_endpoint: str | None = None
+
+    @staticmethod
+    def _get(url: str) -> dict:
+        import requests
+        from monailabel.config import settings
+
+        r = requests.get(url, timeout=settings.MONAI_LABEL_AUTH_TIMEOUT)
+        r.raise_for_status()
+        j = r.json()
+        if not isinstance(j, dict):
+            raise ValueError(f"{url} answered {type(j).__name__}, not a JSON object")
+        return j
+
+    def key(self, fresh: bool = False) -> str:
+        from monailabel.config import settings
+
+        with self._lock:
+            if self._key is not None and not fresh:
+                return self._key[0]
+            if fresh and self._key is not None and time.monotonic() - self._key[1] < self.KEY_RECHECK_S:
+                return self._key[0]
+            k = self._get(settings.MONAI_LABEL_AUTH_REALM_URI).get("public_key")
+            if not isinstance(k, str) or not k.strip():
+                raise ValueError(f"{settings.MONAI_LABEL_AUTH_REALM_URI} names no public_key")
+            pem = f"-----BEGIN PUBLIC KEY-----\n{k.strip()}\n-----END PUBLIC KEY-----"
+            if self._key is not None and self._key[0] != pem:
+                logger.warning("the realm's public key changed: tokens are checked with the new one")
+            self._key = (pem, time.monotonic())
+            return pem
+
+    def token_endpoint(self) -> str:
+        from monailabel.config import settings
+
+        with self._lock:
+            if self._token_endpoint is None:
+                uri = self._get(f"{settings.MONAI_LABEL_AUTH_REALM_URI}/.well-known/openid-configuration").get(
+                    "token_endpoint")
+                if not isinstance(uri, str) or not uri.startswith(("http://", "https://")):
+                    raise ValueError("the realm's OpenID configuration names no token_endpoint")
+                self._token_endpoint = uri
+            return self._token_endpoint
+
+
+REALM = _Realm()
+_RESERVED_NAMES = frozenset({"anonymous", "unknown"})  # what the lease book and the log use for no client id
+
+
+def annotator_id(username: str) -> str:
+    """The client id a signed-in user's requests lease frames under and are credited with: the user name,
+    unless it is one of the server's own placeholders."""
+    return f"user:{username}" if username.lower() in _RESERVED_NAMES else username
+
+
 def user_of(token: str):
     """MONAI Label's ``User`` of a bearer token, its signature and expiry checked; raises
-    ``jwt.InvalidTokenError`` for a token that is not valid."""
+    ``jwt.InvalidTokenError`` for a token that is not valid (a user name with control characters or over
+    128 characters included: one would forge log lines, two cut to one length would be one annotator)."""
     import jwt
     from monailabel.config import settings
-    from monailabel.endpoints.user.auth import DEFAULT_USER, User, get_public_key
+    from monailabel.endpoints.user.auth import DEFAULT_USER, User
 
     if not settings.MONAI_LABEL_AUTH_ENABLE:
         return DEFAULT_USER
-    key = get_public_key(settings.MONAI_LABEL_AUTH_REALM_URI)
-    payload = jwt.decode(token, key, algorithms=ALGORITHMS,
-                         options={"verify_signature": True, "verify_aud": False, "verify_exp": True,
-                                  "require": ["exp"]})
+    options = {"verify_signature": True, "verify_aud": False, "verify_exp": True, "require": ["exp"]}
+    try:
+        payload = jwt.decode(token, REALM.key(), algorithms=ALGORITHMS, options=options)
+    except jwt.InvalidSignatureError:
+        payload = jwt.decode(token, REALM.key(fresh=True), algorithms=ALGORITHMS, options=options)
     roles = payload
     for part in settings.MONAI_LABEL_AUTH_TOKEN_ROLES.split("#"):
         roles = roles.get(part) if isinstance(roles, dict) else None
@@ -67,8 +137,12 @@ def user_of(token: str):
     name = payload.get(settings.MONAI_LABEL_AUTH_TOKEN_USERNAME)
     if not isinstance(name, str) or not name.strip():
         raise jwt.InvalidTokenError(f"the token names no user ({settings.MONAI_LABEL_AUTH_TOKEN_USERNAME})")
+    name = name.strip()
+    if len(name) > 128 or any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise jwt.InvalidTokenError("the token's user name is longer than 128 characters or has control "
+                                    "characters: not supported by polyp-al")
     email, full = payload.get(settings.MONAI_LABEL_AUTH_TOKEN_EMAIL), payload.get(settings.MONAI_LABEL_AUTH_TOKEN_NAME)
-    return User(username=name.strip()[:128], email=email if isinstance(email, str) else None,
+    return User(username=name, email=email if isinstance(email, str) else None,
                 name=full if isinstance(full, str) else None, roles=roles)
 
 
@@ -98,8 +172,8 @@ def check(scope, role: str | None = None):
         user = user_of(token)
     except jwt.InvalidTokenError as e:
         raise Unauthorized(401, f"the token is not valid ({str(e)[:120]})") from None
-    except (requests.RequestException, KeyError, ValueError, jwt.PyJWTError) as e:  # e.g. a key that is no key
-        logger.error(f"the realm's public key could not be fetched from {settings.MONAI_LABEL_AUTH_REALM_URI}: {e}")
+    except (requests.RequestException, ValueError, jwt.PyJWTError) as e:  # e.g. a key that is no key
+        logger.error(f"the realm's public key could not be read from {settings.MONAI_LABEL_AUTH_REALM_URI}: {e}")
         raise Unauthorized(503, "the sign-in realm cannot be reached; try again later") from None
     if role is not None and role not in user.roles:
         raise Unauthorized(403, f'role "{role}" is required to perform this action')
@@ -129,39 +203,41 @@ def current_saver() -> str | None:
 
 class _RealmRequests:
     """``requests`` as MONAI Label's ``POST /auth/token`` uses it, the realm's answers told apart: a refused
-    user name or password is a 401 that says so, an unreachable realm a 503 (both were a bare 500)."""
+    user name or password is a 401 that says so; an unreachable realm, or any other answer than a token, a
+    503 (each was a bare 500)."""
 
     def post(self, url, **kw):
         import requests
         from fastapi import HTTPException
 
+        unavailable = HTTPException(status_code=503, detail="the sign-in realm cannot be reached or failed; try "
+                                                            "again later")
         try:
             r = requests.post(url, **kw)
         except requests.RequestException as e:
             logger.error(f"sign-in: the realm's token endpoint {url} cannot be reached: {e}")
-            raise HTTPException(status_code=503, detail="the sign-in realm cannot be reached; try again later") from None
+            raise unavailable from None
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
         if r.status_code in (400, 401):
-            try:
-                why = str(r.json().get("error_description") or "")[:200]
-            except ValueError:
-                why = ""
+            why = str(body.get("error_description") or "")[:200] if isinstance(body, dict) else ""
             raise HTTPException(status_code=401, detail="wrong user name or password" + (f" ({why})" if why else ""))
+        if r.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            logger.error(f"sign-in: the realm's token endpoint {url} answered {r.status_code} without a token")
+            raise unavailable
         return r
 
 
-def _token_uri(token_uri):
-    def checked():
-        from fastapi import HTTPException
+def _token_uri():
+    from fastapi import HTTPException
 
-        try:
-            uri = token_uri()
-        except Exception as e:  # noqa: BLE001 - requests' errors, a realm answering other than JSON
-            logger.error(f"sign-in: the realm's OpenID configuration could not be read: {e}")
-            uri = None
-        if not uri:
-            raise HTTPException(status_code=503, detail="the sign-in realm cannot be reached; try again later")
-        return uri
-    return checked
+    try:
+        return REALM.token_endpoint()
+    except Exception as e:  # noqa: BLE001 - requests' errors, a realm answering other than JSON
+        logger.error(f"sign-in: the realm's OpenID configuration could not be read: {e}")
+        raise HTTPException(status_code=503, detail="the sign-in realm cannot be reached; try again later") from None
 
 
 def install() -> None:
@@ -176,14 +252,14 @@ def install() -> None:
         return
     import monailabel.endpoints.login as login
 
-    login.requests, login.token_uri = _RealmRequests(), _token_uri(login.token_uri)
+    login.requests, login.token_uri = _RealmRequests(), _token_uri
     sample, save_label = al.sample, ds.save_label
 
     def sample_as_user(strategy, params=None, user=None):
-        return sample(strategy, {**(params or {}), "client_id": user}, user)
+        return sample(strategy, {**(params or {}), "client_id": annotator_id(user)}, user)
 
     def save_label_as_user(background_tasks, image, params, tag, label, user=None):
-        _saver.user = user
+        _saver.user = annotator_id(user)
         try:
             return save_label(background_tasks, image, params, tag, label, user)
         finally:

@@ -147,8 +147,11 @@ def _query(scope) -> dict[str, list[str]]:
 
 
 # run in a worker thread: also the DICOMweb proxy, whose ``async def`` calls the blocking requests.get
-# and sign-in (POST /auth/token asks the realm with a blocking request)
-_OFFLOAD = ("/infer/", "/datastore", "/activelearning/", "/train", "/scoring", "/proxy/", "/auth/")
+_OFFLOAD = ("/infer/", "/datastore", "/activelearning/", "/train", "/scoring", "/proxy/")
+# with authentication on, sign-in too (POST /auth/token asks the realm with a blocking request); anyone may
+# send it, so its body is small: a user name and a password
+_SIGN_IN = "/auth/"
+SIGN_IN_MAX_BODY = 16 << 10
 _EXPORT = "/datastore/dataset"  # a GET that writes: the export's folder and zip in the temp dir
 _GONE = ("/infer/wsi", "/batch/", "/reload", "/logs/gpu")  # not part of polyp-al (batch infer: use the export)
 _JSON_PATHS = ("/activelearning/", "/train", "/scoring")  # their JSON body becomes a subprocess request
@@ -358,9 +361,9 @@ def _declared_size(scope) -> int | None:
     return None
 
 
-async def _spool_body(receive, charge: _Charge | None = None):
+async def _spool_body(receive, charge: _Charge | None = None, limit: int = MAX_BODY):
     """The whole request body, read on the event loop (so a slow client holds no worker thread) into a
-    spooled temporary file; 413 over MAX_BODY, 507 when it outgrows the disk floor (``charge``), 408 when
+    spooled temporary file; 413 over ``limit``, 507 when it outgrows the disk floor (``charge``), 408 when
     the client pauses longer than BODY_TIMEOUT."""
     spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)
     total, more = 0, True
@@ -375,8 +378,8 @@ async def _spool_body(receive, charge: _Charge | None = None):
                 raise _Refused(400, "the client went away")
             chunk = m.get("body", b"")
             total += len(chunk)
-            if total > MAX_BODY:
-                raise _Refused(413, f"request body larger than {MAX_BODY} bytes")
+            if total > limit:
+                raise _Refused(413, f"request body larger than {limit} bytes")
             if charge is not None:
                 charge.cover(total)
             elapsed = time.monotonic() - t0
@@ -696,12 +699,17 @@ class Gate:
         for v in q.get("check_sum", []):
             if path.rstrip("/") == "/datastore/image" and not _CHECK_SUM.fullmatch(v):
                 raise _Refused(400, "check_sum must be a hex digest, optionally after SHA256:, SHA512: or MD5:")
-        with_body = path.startswith(_OFFLOAD) and method not in ("OPTIONS", "HEAD", "GET")
+        sign_in = self.signed_in and path.startswith(_SIGN_IN)
+        offload = path.startswith(_OFFLOAD) or sign_in
+        with_body = offload and method not in ("OPTIONS", "HEAD", "GET")
+        limit = SIGN_IN_MAX_BODY if sign_in else MAX_BODY
+        if with_body and declared is not None and declared > limit:
+            raise _Refused(413, f"request body larger than {limit} bytes")
         charged = (with_body and method != "DELETE") or (method == "GET" and path.startswith(_EXPORT))
         charge = _Charge(self.disk if charged else None)  # deletes move files to the trash: no room needed
         try:
             charge.check((declared or 0) if with_body else 0)  # too large, or the disk under its floor: 507
-            spool, size = (await _spool_body(receive, charge)) if with_body else (None, 0)
+            spool, size = (await _spool_body(receive, charge, limit)) if with_body else (None, 0)
         except BaseException:
             charge.release()
             raise
@@ -716,7 +724,7 @@ class Gate:
                 if problem:
                     raise _Refused(*problem)
             if spool is None:
-                if path.startswith(_OFFLOAD) and method in ("GET", "HEAD"):  # downloads, the proxy: off the loop
+                if offload and method in ("GET", "HEAD"):  # downloads, the proxy, token checks: off the loop
                     loop = asyncio.get_running_loop()
                     return await anyio.to_thread.run_sync(_in_thread, self.app, scope, _threadsafe(receive, loop),
                                                           send, loop, limiter=_limiter(path))
