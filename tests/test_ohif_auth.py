@@ -79,6 +79,8 @@ def test_annotate_in_ohif_with_authentication_on(tmp_path):
         label = _stored_label(url, image)
         assert int(label.sum()) == st["saved"]["pixels"]
         _check_painted(label, _stadium(rows, cols, p0, p1, BRUSH_RADIUS), "brush, saved after signing in again")
+        s, info = http("GET", f"{srv.url}/info/", headers=admin)  # a DICOMweb server credits its annotators too
+        assert info["polyp_al"]["annotators"]["dr-okafor"]["labels"] == 1, info["polyp_al"]["annotators"]
     finally:
         b.close()
         srv.stop()

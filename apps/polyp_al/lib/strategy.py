@@ -6,6 +6,7 @@ import logging
 import os
 import time
 
+from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from lib.datastore import labeled_set
@@ -28,11 +29,14 @@ class PlannedStrategy(Strategy):
 
     def _exists(self, store, skip: set):
         """``exists`` for next_frame, run inside the lease's transaction, so only cheap lookups: the frame is
-        still in the datastore, not recorded as unreadable, and not already refused in this request."""
+        still in the datastore, not labeled (read now: a label saved since this request read the labeled set
+        has released its lease, and the frame was served a second time), not recorded as unreadable, and not
+        already refused in this request."""
         bad = self.state.features.bad_ids() | skip
         if store is None:  # a DICOMweb datastore: each lookup would be a request; frames found bad are skipped
             return lambda image_id: image_id not in bad
-        return lambda image_id: image_id not in bad and store.image_ext(image_id) is not None
+        return lambda image_id: (image_id not in bad and store.image_ext(image_id) is not None
+                                 and not store.label_path(image_id, DefaultLabelTag.FINAL.value))
 
     def _decodes(self, store, image_id: str) -> bool:
         """The leased frame decodes (outside any transaction; once per file: frames with a thumbnail

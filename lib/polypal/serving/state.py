@@ -163,6 +163,8 @@ class ActiveLearningState:
             return set(self._planning)
 
     # -- serving -------------------------------------------------------------------------
+    MAX_PLAN_TRIES = 8  # batches planned (or found planned by another request) for one next-sample request
+
     def next_frame(self, strategy: str, client_id: str, all_ids, labeled: set[str],
                    version: str, now: float | None = None, exists=None) -> Served | None:
         """The next frame of the strategy's batch for this client, leased to it; None if none left.
@@ -187,16 +189,21 @@ class ActiveLearningState:
             self._plan_in_background(strategy, all_ids, labeled, version)
         elif p is None or (not self.background and self._needs_replan(strategy, p, version, ids, labeled)):
             p = self.plan(strategy, ids(), labeled, version)
-        for attempt in range(2):
+        gone_all, held_all = set(), set()
+        for _ in range(self.MAX_PLAN_TRIES):
             if p is None:
                 return None
             row, held, gone = self.leases.lease_next(strategy, p, client_id, labeled, now, exists=exists)
             if row is not None:
                 pos, image_id, score, by = row
                 return Served(image_id, strategy, score, by, p["cycle"], pos, p["size"], p["version"], p["note"])
-            if attempt == 0:  # nothing servable left in this batch: plan the next cycle once, without the
-                # frames that could not be served (else a batch of only those is planned again at every request)
-                p = self.plan(strategy, [i for i in ids() if i not in gone], labeled | held, version)
+            # nothing servable left in this batch: plan the next cycle, without the frames that could not be
+            # served (else a batch of only those is planned again at every request) nor those held by others.
+            # With several annotators at once another request may plan that cycle first and lease its frames
+            # before this one gets to them: then plan again (once only, this answered {} with most frames left)
+            gone_all |= gone
+            held_all |= held
+            p = self.plan(strategy, [i for i in ids() if i not in gone_all], labeled | held_all, version)
         return None
 
     def summary(self, labeled: set[str] | None = None) -> dict:

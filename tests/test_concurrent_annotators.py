@@ -1,0 +1,95 @@
+"""Many annotators at once against a real server: what each is served (found by a helper's probe).
+
+Eight annotators ask for the next frame and save its label straight away, in parallel, with batches smaller
+than the number of annotators (so batches are planned while others are being leased). Before: a frame
+whose label was saved while another request was on its way was served again (the request had read the
+labeled set before the save, and the save released the lease), and annotators got ``{}`` ("nothing left")
+while most of the pool was unlabeled (a request that found its batch planned by another request, and
+leased, gave up).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from server_utils import SAMPLE, Server, http, multipart
+
+pytestmark = pytest.mark.server
+
+COPIES = 4  # 120 frames
+CLIENTS = 8
+
+
+def _studies(dest: Path) -> dict[str, Path]:
+    dest.mkdir(parents=True)
+    masks = {}
+    for k in range(COPIES):
+        for p in sorted((SAMPLE / "images").iterdir()):
+            iid = p.stem if k == 0 else f"{p.stem}_{k}"
+            shutil.copy(p, dest / f"{iid}{p.suffix}")
+            masks[iid] = SAMPLE / "masks" / f"{p.stem}.png"
+    return masks
+
+
+@pytest.mark.parametrize("strategy", ["bvsb_ta_coreset", "random"])
+def test_parallel_annotators_are_never_served_a_labeled_frame_nor_told_nothing_is_left(tmp_path, strategy):
+    masks = _studies(tmp_path / "studies")
+    srv = Server(tmp_path / "studies", tmp_path, conf={"batch_size": "4", "threads": "1", "seed": "1"}).start()
+    events, lock, errors = [], threading.Lock(), []
+
+    def worker(client: str):
+        while True:
+            t0 = time.monotonic()
+            s, r = http("POST", f"{srv.url}/activelearning/{strategy}", json.dumps({"client_id": client}).encode(),
+                        {"Content-Type": "application/json"})
+            t1 = time.monotonic()
+            if s != 200:
+                errors.append(("next", client, s, r))
+                return
+            if not r:
+                with lock:
+                    events.append(("empty", client, None, t0, t1))
+                return
+            with lock:
+                events.append(("serve", client, r["id"], t0, t1))
+            body, ct = multipart({"params": "{}"}, {"label": (f"{r['id']}.png", masks[r["id"]].read_bytes())})
+            s, a = http("PUT", f"{srv.url}/datastore/label?image={r['id']}&tag=final", body, {"Content-Type": ct})
+            t2 = time.monotonic()
+            if s != 200:
+                errors.append(("save", client, r["id"], s, a))
+                return
+            with lock:
+                events.append(("saved", client, r["id"], t1, t2))
+
+    try:
+        # the start-up scoring run computes the thumbnails the strategy plans from: wait for it
+        srv.wait_for(lambda: (http("GET", srv.url + "/info/")[1]["polyp_al"]["state"].get("thumbnails") or 0)
+                     >= len(masks), timeout=180, what="thumbnails of every frame")
+        threads = [threading.Thread(target=worker, args=(f"ann{k}",)) for k in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        assert not errors, errors[:5]
+        saved = [e for e in events if e[0] == "saved"]
+        served = [e for e in events if e[0] == "serve"]
+        again = [(e[1], e[2]) for e in served for s in saved if s[2] == e[2] and s[4] < e[3]]
+        assert not again, f"served after its label was saved: {again}"
+        assert len({e[2] for e in served}) == len(served), "a frame was served twice"
+        # {} only once nothing is left: when the server decided, every unlabeled frame was held by one of the
+        # other annotators (one each); of the labeled ones, those others may not have had their save answered
+        # yet (one each again): so at least all but 2 x (CLIENTS - 1) saves answered by the time of the {}
+        for e in events:
+            if e[0] == "empty":
+                done = sum(1 for s in saved if s[4] < e[4])
+                assert done >= len(masks) - 2 * (CLIENTS - 1), f"{e[1]} was told nothing is left with {done} " \
+                                                               f"of {len(masks)} frames labeled"
+        assert len({s[2] for s in saved}) == len(masks)
+    finally:
+        srv.stop()
