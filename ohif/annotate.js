@@ -269,6 +269,10 @@
 
   function describeTraining(st) {
     if (!st || !st.status) return 'No training yet.';
+    if (st.status === 'RUNNING' && st.finishing) {
+      return `Model #${st.model_number} ${st.result === 'DONE' ? 'trained' : String(st.result).toLowerCase()}; ` +
+        'scoring the frames with it...';
+    }
     if (st.status === 'RUNNING') {
       const eta = st.eta_s != null ? `, about ${Math.round(st.eta_s)} s left` : '';
       return `Training model #${st.model_number} on ${st.labeled} label${st.labeled === 1 ? '' : 's'}: step ${st.step || 0}/${st.total_steps || '?'}` +

@@ -93,3 +93,31 @@ def test_parallel_annotators_are_never_served_a_labeled_frame_nor_told_nothing_i
         assert len({s[2] for s in saved}) == len(masks)
     finally:
         srv.stop()
+
+
+def test_info_counts_only_live_leases_and_frames_still_there(tmp_path):
+    """/info's lease count and a plan's frames left to label: timed-out leases were counted until the next
+    frame was leased, and a frame deleted while leased (or planned) stayed counted as both."""
+    masks = _studies(tmp_path / "studies")
+    srv = Server(tmp_path / "studies", tmp_path, conf={"batch_size": "6", "lease_timeout": "3"}).start()
+    js = {"Content-Type": "application/json"}
+
+    def state():
+        return http("GET", srv.url + "/info/")[1]["polyp_al"]["state"]
+
+    try:
+        got = [http("POST", f"{srv.url}/activelearning/random", json.dumps({"client_id": c}).encode(), js)[1]["id"]
+               for c in ("a", "b")]
+        assert state()["leases"] == 2
+        time.sleep(4)
+        assert state()["leases"] == 0  # timed out: nobody is labeling them
+        third = http("POST", f"{srv.url}/activelearning/random", json.dumps({"client_id": "c"}).encode(), js)[1]["id"]
+        st = state()
+        assert st["leases"] == 1 and st["plans"]["random"]["left_to_label"] == 6, st
+        s, r = http("DELETE", f"{srv.url}/datastore/image?id={third}")
+        assert s == 200, r
+        st = state()
+        assert st["leases"] == 0 and st["plans"]["random"]["left_to_label"] == 5, st
+        assert len(got) == 2 and len(masks) == 120
+    finally:
+        srv.stop()

@@ -68,7 +68,11 @@ def _starting(st: dict) -> dict:
         asked = time.mktime(time.strptime(str(last.get("start_ts")), "%Y-%m-%d %H:%M:%S"))
         when = st.get("started_at") or st.get("failed_at")
         if when and datetime.datetime.strptime(when, "%Y-%m-%dT%H:%M:%S%z").timestamp() >= asked:
-            return st
+            # RUNNING until the process has exited: a client that trains again as soon as the status leaves
+            # STARTING/RUNNING got 429 (MONAI Label's task was still running)
+            return {**st, "status": "RUNNING", "result": st.get("status"),
+                    "finishing": f"training {str(st.get('status', '')).lower()}; its process is scoring the pool "
+                                 f"with the model before it exits (a new training can start then)"}
     except (TypeError, ValueError, OverflowError):
         pass
     return {"status": "STARTING", "model_number": st.get("model_number"), "served_labeled": served_labels(st),
@@ -251,7 +255,8 @@ class PolypALApp(MONAILabelApp):
         except Exception as e:  # noqa: BLE001 - e.g. the DICOMweb server is down: /info still answers
             logger.debug(f"plan counts not available: {e}")
             labeled = None
-        state = self.state.summary(labeled)
+        store = getattr(self._datastore, "store", None)
+        state = self.state.summary(labeled, store.image_set() if store is not None else None)
         meta["polyp_al"] = {"profile": self.cfg.profile.name, "batch_size": self.cfg.batch_size,
                             "gamma": self.cfg.gamma, "model": self._model_name(), "state": state,
                             "annotators": self.state.annotators(), "video": self._video_summary(),
@@ -375,6 +380,9 @@ class PolypALApp(MONAILabelApp):
         run is not skipped as "nothing changed" (a replace leaves the frame and label counts as they were)."""
         self.state.features.forget(image_id)
         self._frame_changes = getattr(self, "_frame_changes", 0) + 1
+        store = getattr(self._datastore, "store", None) if hasattr(self, "_datastore") else None
+        if store is not None and store.image_ext(image_id) is None:  # deleted: nobody is labeling it any more
+            self.state.leases.release(image_id)
 
     def _score_if_useful(self):
         """Start one scoring run, unless one is running or the last one saw the same state (model

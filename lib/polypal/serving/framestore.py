@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS labels (image_id TEXT NOT NULL, tag TEXT NOT NULL, ex
 CREATE INDEX IF NOT EXISTS labels_by_tag ON labels (tag);
 -- the labeled set is read from this index alone, already in id order
 CREATE INDEX IF NOT EXISTS labels_tag_id ON labels (tag, image_id);
-""" + counted("labels", "image_id, tag")
+""" + counted("labels", "image_id, tag") + counted("images", "id")
 
 
 class NotFound(KeyError):
@@ -340,6 +340,11 @@ class FrameStore:
 
     def image_ids(self) -> list[str]:
         return [r[0] for r in self._conn().execute("SELECT id FROM images ORDER BY id")]
+
+    def image_set(self) -> frozenset[str]:
+        """The frame ids, read again only after a frame is added or removed (by any process)."""
+        return self._db.cached("image_set", "images", lambda: frozenset(
+            r[0] for r in self._conn().execute("SELECT id FROM images")))
 
     def labeled_ids(self, tag: str = "final") -> list[str]:
         return list(self._labeled(tag))

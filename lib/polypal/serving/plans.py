@@ -104,5 +104,7 @@ class LeaseBook:
         with self._db.tx() as c:
             c.execute("DELETE FROM leases WHERE image_id=?", (image_id,))
 
-    def count(self) -> int:
-        return self._db.conn().execute("SELECT COUNT(*) FROM leases").fetchone()[0]
+    def count(self, now: float | None = None) -> int:
+        """Leases not timed out (expired rows are only deleted when a frame is next leased)."""
+        now = time.time() if now is None else now
+        return self._db.conn().execute("SELECT COUNT(*) FROM leases WHERE expires >= ?", (now,)).fetchone()[0]

@@ -206,11 +206,13 @@ class ActiveLearningState:
             p = self.plan(strategy, [i for i in ids() if i not in gone_all], labeled | held_all, version)
         return None
 
-    def summary(self, labeled: set[str] | None = None) -> dict:
-        """Counts for /info; with ``labeled``, each plan also says how many of its frames are left to label."""
+    def summary(self, labeled: set[str] | None = None, present: set[str] | None = None) -> dict:
+        """Counts for /info; with ``labeled``, each plan also says how many of its frames are left to label
+        (of those still in the datastore, when ``present`` is given: a deleted frame is never served)."""
         plans = self.plans.summary()
         if labeled is not None:
             for name, p in plans.items():
                 cur = self.current_plan(name)
-                p["left_to_label"] = sum(1 for r in cur["rows"] if r[1] not in labeled) if cur else 0
+                p["left_to_label"] = sum(1 for r in cur["rows"] if r[1] not in labeled
+                                         and (present is None or r[1] in present)) if cur else 0
         return {**self.features.summary(), "plans": plans, "leases": self.leases.count()}
