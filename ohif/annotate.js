@@ -270,8 +270,8 @@
   function describeTraining(st) {
     if (!st || !st.status) return 'No training yet.';
     if (st.status === 'RUNNING' && st.finishing) {
-      return `Model #${st.model_number} ${st.result === 'DONE' ? 'trained' : String(st.result).toLowerCase()}; ` +
-        'scoring the frames with it...';
+      return st.result === 'DONE' ? `Model #${st.model_number} trained; scoring the frames with it...`
+        : `Training ${String(st.result).toLowerCase()}${st.error ? ': ' + st.error : ''}; finishing...`;
     }
     if (st.status === 'RUNNING') {
       const eta = st.eta_s != null ? `, about ${Math.round(st.eta_s)} s left` : '';

@@ -38,9 +38,10 @@ PASSWORDS = {"dr-okafor": ("s3cret", [ANNOTATOR, USER])}
 def _realm(key) -> tuple[str, ThreadingHTTPServer]:
     """Keycloak's three answers MONAI Label uses: the realm (its public key), its OpenID configuration and
     the password grant of its token endpoint (401 for a wrong password, as Keycloak answers). The server
-    object's ``polypal`` dict changes them: ``key`` (a rotation), ``token_answer`` ((status, body) instead of
-    the token endpoint's own answer)."""
-    conf = {"key": key, "token_answer": None}
+    object's ``polypal`` dict changes them: ``key`` (a rotation), ``token_answer`` / ``key_answer`` ((status,
+    body) instead of the token endpoint's or the realm's own answer), ``key_delay`` (seconds before the realm
+    answers); ``key_gets`` counts the realm's answers."""
+    conf = {"key": key, "token_answer": None, "key_answer": None, "key_delay": 0.0, "key_gets": 0}
 
     class Realm(BaseHTTPRequestHandler):
         def _send(self, status: int, body: bytes):
@@ -54,6 +55,10 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
             if self.path.endswith("/.well-known/openid-configuration"):
                 base = f"http://127.0.0.1:{self.server.server_address[1]}/realms/polypal"
                 return self._send(200, json.dumps({"token_endpoint": base + "/protocol/openid-connect/token"}).encode())
+            conf["key_gets"] += 1
+            time.sleep(conf["key_delay"])
+            if conf["key_answer"]:
+                return self._send(*conf["key_answer"])
             der = conf["key"].public_key().public_bytes(serialization.Encoding.DER,
                                                         serialization.PublicFormat.SubjectPublicKeyInfo)
             self._send(200, json.dumps({"realm": "polypal", "public_key": base64.b64encode(der).decode()}).encode())
@@ -353,3 +358,37 @@ def test_user_names_that_would_merge_or_forge(env):
         s, r = http("POST", url + "/activelearning/random", b"{}", {**js, **bearer(token(env["key"], name, [USER]))})
         assert s == 401, (name, s, r)
     assert "forged" not in env["srv"].log.read_text(errors="replace").replace("mallory\\n", "")
+
+
+def test_bad_tokens_while_the_realm_is_down_neither_flood_it_nor_hold_up_valid_ones(env):
+    """Tokens signed by another key make the server fetch the realm's key again (it may have rotated): while
+    the realm was slow and failing, each such token fetched it again and every signed-in request waited behind
+    that fetch (1.8-3.8 s in a review's probe). Now at most one fetch a POLYPAL_AUTH_KEY_RECHECK period (1 s
+    here), never waited for by a valid token, and the bad tokens get 401."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, realm = env["url"], env["realm"]
+    time.sleep(1.5)
+    realm.polypal.update(key_answer=(500, b'{"error": "down"}'), key_delay=2.0, key_gets=0)
+    try:
+        bad = bearer(token(env["stranger"], "mallory", [ADMIN, USER]))
+        good = bearer(env["admin"])
+
+        def timed(h):
+            t0 = time.monotonic()
+            s = http("GET", url + "/info/", headers=h, timeout=30)[0]
+            return s, time.monotonic() - t0
+
+        with ThreadPoolExecutor(12) as ex:
+            bads = [ex.submit(timed, bad) for _ in range(8)]
+            time.sleep(0.2)  # one of them is fetching the key now, for 2 s
+            goods = [ex.submit(timed, good) for _ in range(4)]
+            goods = [f.result() for f in goods]
+            bads = [f.result() for f in bads]
+        assert all(s == 200 and t < 1.5 for s, t in goods), goods
+        assert all(s == 401 for s, _ in bads), bads
+        assert realm.polypal["key_gets"] <= 2, realm.polypal["key_gets"]
+    finally:
+        realm.polypal.update(key_answer=None, key_delay=0.0)
+    time.sleep(1.5)
+    assert http("GET", url + "/info/", headers=bearer(env["admin"]))[0] == 200

@@ -121,3 +121,52 @@ def test_info_counts_only_live_leases_and_frames_still_there(tmp_path):
         assert len(got) == 2 and len(masks) == 120
     finally:
         srv.stop()
+
+
+def test_requests_that_find_the_batch_used_up_take_turns_selecting_the_next(tmp_path, monkeypatch):
+    """16 requests at once find their batch (of 2) used up: each ran its own selection of the next batch
+    (seconds each on a large pool), all but one thrown away (114 selections for 9 batches in a review's
+    probe), and requests that lost 8 races answered None ({}) with most of the pool left. Now the first
+    selects and the others lease from its batch, selecting again only when it is used up too."""
+    import polypal.serving.state as state_mod
+    from polypal.serving.state import ActiveLearningState
+
+    selections = []
+    real = state_mod.plan_batch
+
+    def counted(*a, **k):  # the real selection, counted; a little slower, as on a large pool
+        selections.append(1)
+        time.sleep(0.05)
+        return real(*a, **k)
+
+    monkeypatch.setattr(state_mod, "plan_batch", counted)
+    st = ActiveLearningState(tmp_path / "state", batch_size=2, seed=1)
+    ids = [f"f{i:04d}" for i in range(200)]
+    labeled, lock, served, empties = set(), threading.Lock(), [], []
+    st.plan("random", ids, set(), "none")
+    labeled |= {r[1] for r in st.current_plan("random")["rows"]}  # the batch is used up: all hit the boundary
+    selections.clear()
+
+    def worker(c):
+        for _ in range(3):
+            with lock:
+                snap = set(labeled)
+            s = st.next_frame("random", c, ids, snap, "none", exists=lambda i: i not in labeled,
+                              relabel=lambda: set(labeled))
+            if s is None:
+                empties.append(c)
+                return
+            with lock:
+                served.append(s.id)
+                labeled.add(s.id)
+            st.release(s.id)
+
+    threads = [threading.Thread(target=worker, args=(f"c{k}",)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not empties, f"{len(empties)} requests told nothing is left with {200 - len(labeled)} frames unlabeled"
+    assert len(served) == 48 and len(set(served)) == 48
+    cycles = st.plans.last_cycle("random") - 1
+    assert len(selections) == cycles, f"{len(selections)} selections for {cycles} batches"

@@ -70,9 +70,11 @@ def _starting(st: dict) -> dict:
         if when and datetime.datetime.strptime(when, "%Y-%m-%dT%H:%M:%S%z").timestamp() >= asked:
             # RUNNING until the process has exited: a client that trains again as soon as the status leaves
             # STARTING/RUNNING got 429 (MONAI Label's task was still running)
+            done = st.get("status") == "DONE"
             return {**st, "status": "RUNNING", "result": st.get("status"),
-                    "finishing": f"training {str(st.get('status', '')).lower()}; its process is scoring the pool "
-                                 f"with the model before it exits (a new training can start then)"}
+                    "finishing": ("model written and served; its training process is scoring the pool with it "
+                                  "before it exits" if done else f"training {str(st.get('status')).lower()}; its "
+                                  f"process is ending") + " (a new training can start then)"}
     except (TypeError, ValueError, OverflowError):
         pass
     return {"status": "STARTING", "model_number": st.get("model_number"), "served_labeled": served_labels(st),

@@ -57,10 +57,12 @@ class _Realm:
     verify and the key is over ``KEY_RECHECK_S`` old; only good answers are kept."""
 
     KEY_RECHECK_S = float(os.environ.get("POLYPAL_AUTH_KEY_RECHECK", 60))
+    FAILED_RETRY_S = 2.0  # no key yet and the last fetch failed: 503 at once for this long, not a fetch each
 
     def __init__(self):
         self._lock = threading.Lock()
         self._key: tuple[str, float] | None = None  # (PEM, when fetched)
+        self._tried = -1e9  # when a fetch was last started (monotonic)
         self._token_endpoint: str | None = None
 
     @staticmethod
@@ -76,21 +78,37 @@ class _Realm:
         return j
 
     def key(self, fresh: bool = False) -> str:
+        """The realm's public key (PEM). ``fresh``: a signature did not verify; fetch the key again unless it
+        was tried within ``KEY_RECHECK_S`` (a success or not: tokens signed by another key, sent while the
+        realm is down, must not make every request wait on a fetch). Valid tokens never wait on a fetch: the
+        cached key is read without the lock, and a fetch another thread is making is not waited for."""
         from monailabel.config import settings
 
-        with self._lock:
-            if self._key is not None and not fresh:
-                return self._key[0]
-            if fresh and self._key is not None and time.monotonic() - self._key[1] < self.KEY_RECHECK_S:
-                return self._key[0]
-            k = self._get(settings.MONAI_LABEL_AUTH_REALM_URI).get("public_key")
-            if not isinstance(k, str) or not k.strip():
+        k = self._key
+        if k is not None and (not fresh or time.monotonic() - self._tried < self.KEY_RECHECK_S):
+            return k[0]
+        if k is None and time.monotonic() - self._tried < self.FAILED_RETRY_S:
+            raise ValueError(f"the realm's key could not be fetched from {settings.MONAI_LABEL_AUTH_REALM_URI} "
+                             f"a moment ago")
+        if not self._lock.acquire(blocking=k is None):
+            return k[0]  # another thread is fetching it
+        try:
+            if self._key is not None and (self._key is not k or
+                                          time.monotonic() - self._tried < self.KEY_RECHECK_S):
+                return self._key[0]  # fetched while this thread waited
+            if self._key is None and time.monotonic() - self._tried < self.FAILED_RETRY_S:
+                raise ValueError("the realm's key could not be fetched a moment ago")  # by the thread before
+            self._tried = time.monotonic()
+            got = self._get(settings.MONAI_LABEL_AUTH_REALM_URI).get("public_key")
+            if not isinstance(got, str) or not got.strip():
                 raise ValueError(f"{settings.MONAI_LABEL_AUTH_REALM_URI} names no public_key")
-            pem = f"-----BEGIN PUBLIC KEY-----\n{k.strip()}\n-----END PUBLIC KEY-----"
+            pem = f"-----BEGIN PUBLIC KEY-----\n{got.strip()}\n-----END PUBLIC KEY-----"
             if self._key is not None and self._key[0] != pem:
                 logger.warning("the realm's public key changed: tokens are checked with the new one")
             self._key = (pem, time.monotonic())
             return pem
+        finally:
+            self._lock.release()
 
     def token_endpoint(self) -> str:
         from monailabel.config import settings
@@ -129,7 +147,14 @@ def user_of(token: str):
     try:
         payload = jwt.decode(token, REALM.key(), algorithms=ALGORITHMS, options=options)
     except jwt.InvalidSignatureError:
-        payload = jwt.decode(token, REALM.key(fresh=True), algorithms=ALGORITHMS, options=options)
+        import requests
+
+        try:  # the realm may have a new key
+            key = REALM.key(fresh=True)
+        except (requests.RequestException, ValueError) as e:
+            logger.warning(f"a token did not verify and the realm's key could not be fetched again: {e}")
+            raise jwt.InvalidSignatureError("Signature verification failed") from None
+        payload = jwt.decode(token, key, algorithms=ALGORITHMS, options=options)
     roles = payload
     for part in settings.MONAI_LABEL_AUTH_TOKEN_ROLES.split("#"):
         roles = roles.get(part) if isinstance(roles, dict) else None

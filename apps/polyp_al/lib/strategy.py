@@ -27,16 +27,24 @@ class PlannedStrategy(Strategy):
         self.name, self.cfg, self.state = name, cfg, state
         self._readable: set[tuple] = set()  # (id, path, mtime) of frames known to decode
 
-    def _exists(self, store, skip: set):
+    def _exists(self, store, skip: set, datastore=None):
         """``exists`` for next_frame, run inside the lease's transaction, so only cheap lookups: the frame is
         still in the datastore, not labeled (read now: a label saved since this request read the labeled set
         has released its lease, and the frame was served a second time), not recorded as unreadable, and not
         already refused in this request."""
         bad = self.state.features.bad_ids() | skip
-        if store is None:  # a DICOMweb datastore: each lookup would be a request; frames found bad are skipped
-            return lambda image_id: image_id not in bad
+        final = DefaultLabelTag.FINAL.value
+        if store is None:  # a DICOMweb datastore: asking the PACS would be a request per frame; this server's
+            # own saves are in MONAI Label's local record of it (a dict in memory)
+            def saved_here(image_id):
+                try:
+                    return final in (datastore.get_labels_by_image_id(image_id) or {})
+                except Exception:  # noqa: BLE001 - e.g. the record changing under the read: not known here
+                    return False
+
+            return lambda image_id: image_id not in bad and not (datastore is not None and saved_here(image_id))
         return lambda image_id: (image_id not in bad and store.image_ext(image_id) is not None
-                                 and not store.label_path(image_id, DefaultLabelTag.FINAL.value))
+                                 and not store.label_path(image_id, final))
 
     def _decodes(self, store, image_id: str) -> bool:
         """The leased frame decodes (outside any transaction; once per file: frames with a thumbnail
@@ -81,7 +89,8 @@ class PlannedStrategy(Strategy):
         for _ in range(20):  # a frame that fails to decode is skipped (recorded as bad) and the next one leased
             served = self.state.next_frame(self.name, client, datastore.list_images, labeled,
                                            model_version(self.cfg.model_path),
-                                           exists=self._exists(store, skip))
+                                           exists=self._exists(store, skip, datastore),
+                                           relabel=lambda: labeled_set(datastore))
             if served is None or store is None or self._decodes(store, served.id):
                 break
             skip.add(served.id)

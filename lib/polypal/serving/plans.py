@@ -104,7 +104,11 @@ class LeaseBook:
         with self._db.tx() as c:
             c.execute("DELETE FROM leases WHERE image_id=?", (image_id,))
 
-    def count(self, now: float | None = None) -> int:
-        """Leases not timed out (expired rows are only deleted when a frame is next leased)."""
+    def count(self, now: float | None = None, present=None) -> int:
+        """Leases not timed out (expired rows are only deleted when a frame is next leased), of frames still
+        in the datastore when ``present`` (a set of ids) is given."""
         now = time.time() if now is None else now
-        return self._db.conn().execute("SELECT COUNT(*) FROM leases WHERE expires >= ?", (now,)).fetchone()[0]
+        if present is None:
+            return self._db.conn().execute("SELECT COUNT(*) FROM leases WHERE expires >= ?", (now,)).fetchone()[0]
+        return sum(1 for (i,) in self._db.conn().execute("SELECT image_id FROM leases WHERE expires >= ?", (now,))
+                   if i in present)

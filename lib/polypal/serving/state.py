@@ -76,6 +76,7 @@ class ActiveLearningState:
         self._planning: set[str] = set()
         self._not_before: dict[tuple[str, str], float] = {}
         self._planning_lock = threading.Lock()
+        self._next_batch_locks: dict[str, threading.Lock] = {}  # one next-batch selection at a time, per strategy
         f, lg = self.features, self.log  # the parts' API, as the app and tests use it
         self.missing_thumbs, self.add_thumbs, self.thumbs_for = f.missing_thumbs, f.add_thumbs, f.thumbs_for
         self.mark_bad, self.bad_ids, self.bad = f.mark_bad, f.bad_ids, f.bad
@@ -166,12 +167,13 @@ class ActiveLearningState:
     MAX_PLAN_TRIES = 8  # batches planned (or found planned by another request) for one next-sample request
 
     def next_frame(self, strategy: str, client_id: str, all_ids, labeled: set[str],
-                   version: str, now: float | None = None, exists=None) -> Served | None:
+                   version: str, now: float | None = None, exists=None, relabel=None) -> Served | None:
         """The next frame of the strategy's batch for this client, leased to it; None if none left.
 
         ``all_ids`` is the list of frame ids, or a callable returning it: it is only
         needed when a batch has to be (re)planned. ``exists(id)``, when given, skips frames deleted
-        since the batch was planned.
+        (or labeled) since the batch was planned. ``relabel()``, when given, reads the labeled set again
+        for a next batch (frames labeled during this request are centres of a coreset, not left out).
         """
         now = time.time() if now is None else now
         client_id = client_id or ANONYMOUS
@@ -189,22 +191,46 @@ class ActiveLearningState:
             self._plan_in_background(strategy, all_ids, labeled, version)
         elif p is None or (not self.background and self._needs_replan(strategy, p, version, ids, labeled)):
             p = self.plan(strategy, ids(), labeled, version)
-        gone_all, held_all = set(), set()
-        for _ in range(self.MAX_PLAN_TRIES):
-            if p is None:
-                return None
-            row, held, gone = self.leases.lease_next(strategy, p, client_id, labeled, now, exists=exists)
-            if row is not None:
-                pos, image_id, score, by = row
-                return Served(image_id, strategy, score, by, p["cycle"], pos, p["size"], p["version"], p["note"])
-            # nothing servable left in this batch: plan the next cycle, without the frames that could not be
-            # served (else a batch of only those is planned again at every request) nor those held by others.
-            # With several annotators at once another request may plan that cycle first and lease its frames
-            # before this one gets to them: then plan again (once only, this answered {} with most frames left)
-            gone_all |= gone
-            held_all |= held
-            p = self.plan(strategy, [i for i in ids() if i not in gone_all], labeled | held_all, version)
+        if p is None:
+            return None
+        row, held, gone = self.leases.lease_next(strategy, p, client_id, labeled, now, exists=exists)
+        if row is not None:
+            return self._served(strategy, p, row)
+        # nothing servable left in this batch: the next one. Requests that find the batch used up at once (many
+        # annotators) take turns: the first selects the next batch and leases from it, the others lease from
+        # that one, and only select again when it is used up too (each selecting its own, and all but one
+        # thrown away, cost K selections per batch, seconds each on a large pool, and requests that lost
+        # every race answered {} with most frames left)
+        gone_all, held_all = set(gone), set(held)
+        with self._next_batch_lock(strategy):
+            for _ in range(self.MAX_PLAN_TRIES):
+                cur = self.current_plan(strategy)
+                if cur is not None and cur["cycle"] > p["cycle"]:  # planned meanwhile (by a request before us)
+                    p = cur
+                else:
+                    if relabel is not None:
+                        labeled = set(relabel())
+                    # without the frames that could not be served (else a batch of only those is planned again
+                    # at every request) nor those held by others
+                    p = self.plan(strategy, [i for i in ids() if i not in gone_all or i in labeled],
+                                  set(labeled) | held_all, version)
+                    if p is None:
+                        return None
+                row, held, gone = self.leases.lease_next(strategy, p, client_id, labeled, now, exists=exists)
+                if row is not None:
+                    return self._served(strategy, p, row)
+                gone_all |= gone
+                held_all |= held
         return None
+
+    def _next_batch_lock(self, strategy: str) -> threading.Lock:
+        with self._planning_lock:
+            return self._next_batch_locks.setdefault(strategy, threading.Lock())
+
+    @staticmethod
+    def _served(strategy: str, p: dict, row) -> Served:
+        pos, image_id, score, by = row
+        return Served(image_id, strategy, score, by, p["cycle"], pos, p["size"], p["version"], p["note"])
 
     def summary(self, labeled: set[str] | None = None, present: set[str] | None = None) -> dict:
         """Counts for /info; with ``labeled``, each plan also says how many of its frames are left to label
@@ -215,4 +241,4 @@ class ActiveLearningState:
                 cur = self.current_plan(name)
                 p["left_to_label"] = sum(1 for r in cur["rows"] if r[1] not in labeled
                                          and (present is None or r[1] in present)) if cur else 0
-        return {**self.features.summary(), "plans": plans, "leases": self.leases.count()}
+        return {**self.features.summary(), "plans": plans, "leases": self.leases.count(present=present)}
