@@ -5,13 +5,13 @@ and enforced in front of every endpoint.
   authentication on, every request got 401, a valid token too. ``user_of`` verifies the signature with the
   realm's public key for ``POLYPAL_AUTH_ALGORITHMS`` (default RS256, Keycloak's), then reads the user and
   roles as MONAI Label does; ``install`` makes MONAI Label's endpoints use it.
-- The Gate (``security.py``) asks ``refusal`` before it reads a body or runs any handler: without a valid
+- The Gate (``security.py``) asks ``check`` before it reads a body or runs any handler: without a valid
   token a request gets 401 (503 when the realm's key cannot be fetched), polyp-al's own model upload and
   delete included (they had no token check); those take the admin role. Roles of the other endpoints stay
   MONAI Label's (user: read, next sample, infer; annotator: save labels and frames; admin: delete, train,
-  logs, model). Free: ``/auth/*`` (signing in), the API docs and their static files, and the annotator's
-  page's files (``/annotate/``: it signs in with ``POST /auth/token`` and sends the token with every request,
-  OHIF's included: ``ohif/annotate.js``).
+  logs, model). Free: ``/auth/`` and ``POST /auth/token`` (signing in), the API docs and their static files,
+  and the annotator's page's files (``/annotate/``: it signs in with ``POST /auth/token`` and sends the token
+  with every request, OHIF's included: ``ohif/annotate.js``).
 - The annotator is the token's user: next-sample requests are leased to the user whatever ``client_id``
   they send, and a saved label is credited to the user who saved it (``current_saver``).
 """
@@ -54,7 +54,7 @@ class _Realm:
     """The realm's public key and token endpoint, fetched by polyp-al (MONAI Label caches its answers for
     the server's life, an error answer included, and never fetches the key again: a realm that rotated its
     key locked everyone out until a restart). The key is fetched again when a token's signature does not
-    verify and the key is over ``KEY_RECHECK_S`` old; only good answers are kept."""
+    verify and no fetch was tried for ``KEY_RECHECK_S``; only good answers are kept."""
 
     KEY_RECHECK_S = float(os.environ.get("POLYPAL_AUTH_KEY_RECHECK", 60))
     FAILED_RETRY_S = 2.0  # no key yet and the last fetch failed: 503 at once for this long, not a fetch each
