@@ -170,3 +170,62 @@ def test_requests_that_find_the_batch_used_up_take_turns_selecting_the_next(tmp_
     assert len(served) == 48 and len(set(served)) == 48
     cycles = st.plans.last_cycle("random") - 1
     assert len(selections) == cycles, f"{len(selections)} selections for {cycles} batches"
+
+
+def test_the_first_batch_is_selected_once_when_requests_come_at_once(tmp_path, monkeypatch):
+    """16 requests before any batch exists: each selected its own first batch and all but one were thrown
+    away (a probe's log: 16 "cycle 1 was planned elsewhere")."""
+    import polypal.serving.state as state_mod
+    from polypal.serving.state import ActiveLearningState
+
+    selections = []
+    real = state_mod.plan_batch
+
+    def counted(*a, **k):
+        selections.append(1)
+        time.sleep(0.05)
+        return real(*a, **k)
+
+    monkeypatch.setattr(state_mod, "plan_batch", counted)
+    st = ActiveLearningState(tmp_path / "state", batch_size=20, seed=1)
+    ids = [f"f{i:04d}" for i in range(100)]
+    served = []
+    threads = [threading.Thread(target=lambda c=c: served.append(st.next_frame("random", f"c{c}", ids, set(), "none")))
+               for c in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(selections) == 1 and st.plans.last_cycle("random") == 1
+    assert len({s.id for s in served if s}) == 16
+
+
+def test_a_scoring_run_is_never_queued_behind_another(tmp_path):
+    """Two scoring requests back to back: the second is refused (429), and no scoring process starts after
+    the server stops. MONAI Label checks only for a running process, so a second run submitted before the
+    first one's process had started was queued behind it, and such a queued run started its process while
+    the server shut down and outlived it (a probe with 8-16 annotators, whose next-sample requests start
+    scoring runs from several threads at once, saw it plan batches in the next server's folder). Over HTTP
+    the second request comes too late for that race: this test passes on the code before too (a guard);
+    the fix is the submitted-or-running check under one lock in main.py."""
+    studies = tmp_path / "studies"
+    _studies_small = sorted((SAMPLE / "images").iterdir())[:6]
+    studies.mkdir()
+    for p in _studies_small:
+        shutil.copy(p, studies / p.name)
+    srv = Server(studies, tmp_path, conf={"threads": "1"}).start()
+    try:
+        def idle():
+            st = http("GET", srv.url + "/scoring/")[1]
+            return isinstance(st, dict) and st.get("status") not in ("SUBMITTED", "RUNNING")
+
+        srv.wait_for(idle, timeout=180, what="the start-up scoring run to end")
+        first = http("POST", srv.url + "/scoring/polyp_al", b"{}", {"Content-Type": "application/json"})
+        second = http("POST", srv.url + "/scoring/polyp_al", b"{}", {"Content-Type": "application/json"})
+        assert first[0] == 200, first
+        assert second[0] == 429, second
+    finally:
+        srv.stop()
+    log = srv.log.read_text(errors="replace")
+    after = log[log.rfind("Shutting down"):]
+    assert "COMMAND::" not in after, after[-2000:]

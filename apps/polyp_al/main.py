@@ -82,6 +82,23 @@ def _starting(st: dict) -> dict:
             "frames); the previous model, if any, is served meanwhile", "previous": st}
 
 
+_SCORING_SUBMIT = threading.Lock()
+
+
+def _scoring_pending() -> bool:
+    """A scoring run is submitted or running. MONAI Label's own check (``AsyncTask.run``) looks only at running
+    processes: a second run submitted before the first one's process started was queued behind it, and such
+    a queued run started its process while the server was shutting down and outlived it (writing into the
+    studies folder's state after the server had gone)."""
+    from monailabel.utils.async_tasks.utils import tasks
+
+    try:
+        return any(isinstance(t, dict) and t.get("status") in ("SUBMITTED", "RUNNING")
+                   for t in (tasks("scoring") or []))
+    except Exception:  # noqa: BLE001 - MONAI Label's bookkeeping: then its own check decides
+        return False
+
+
 def _port_taken() -> str | None:
     """"port P on H is in use" when the address ``monailabel start_server`` is about to listen on is taken,
     tested as asyncio binds (each address of the host, SO_REUSEADDR, IPv6 sockets IPv6-only); None when free
@@ -184,6 +201,8 @@ class PolypALApp(MONAILabelApp):
             name = path[len("/scoring/"):].strip("/")
             if name not in self._scoring_methods:
                 return 404, f"no scoring method {name[:80]!r}; this app has {sorted(self._scoring_methods)}"
+            if _scoring_pending():  # MONAI Label would queue it behind the one starting (see _scoring_pending)
+                return 429, "a scoring run is starting or running: one at a time (GET /scoring/ shows it)"
         if method == "POST" and (path == "/train/" or path.startswith("/train/")):
             name = path[len("/train/"):].strip("/")
             if name and name not in self._trainers:
@@ -397,7 +416,10 @@ class PolypALApp(MONAILabelApp):
         now = time.time()
         if key == self._last_scoring[0] and now - self._last_scoring[1] < 300:
             return
-        res, why = AsyncTask.run("scoring", request={"method": "polyp_al"}, enqueue=False)
+        with _SCORING_SUBMIT:
+            if _scoring_pending():
+                return
+            res, why = AsyncTask.run("scoring", request={"method": "polyp_al"}, enqueue=False)
         if res is not None:
             self._last_scoring = (key, now)
 
@@ -411,7 +433,10 @@ class PolypALApp(MONAILabelApp):
             # before the task ends) held it: an ERROR "Failed To Trigger Scoring" after every training
             logger.debug("scoring trigger skipped outside the server: the training scored its model")
             return None
-        res, _ = AsyncTask.run("scoring", request={"method": method or "polyp_al"}, params=params, enqueue=False)
+        with _SCORING_SUBMIT:
+            if _scoring_pending():
+                return None
+            res, _ = AsyncTask.run("scoring", request={"method": method or "polyp_al"}, params=params, enqueue=False)
         return res
 
     def infer(self, request, datastore=None):

@@ -190,7 +190,12 @@ class ActiveLearningState:
             # served until the new one is swapped in
             self._plan_in_background(strategy, all_ids, labeled, version)
         elif p is None or (not self.background and self._needs_replan(strategy, p, version, ids, labeled)):
-            p = self.plan(strategy, ids(), labeled, version)
+            with self._next_batch_lock(strategy):  # the first batch too: requests at once take turns (below)
+                cur = self.current_plan(strategy)
+                if cur is not None and (p is None or cur["cycle"] > p["cycle"]):
+                    p = cur  # planned by a request before this one, while it waited
+                else:
+                    p = self.plan(strategy, ids(), labeled, version)
         if p is None:
             return None
         row, held, gone = self.leases.lease_next(strategy, p, client_id, labeled, now, exists=exists)
