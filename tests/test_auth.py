@@ -392,3 +392,42 @@ def test_bad_tokens_while_the_realm_is_down_neither_flood_it_nor_hold_up_valid_o
         realm.polypal.update(key_answer=None, key_delay=0.0)
     time.sleep(1.5)
     assert http("GET", url + "/info/", headers=bearer(env["admin"]))[0] == 200
+
+
+def test_requests_waiting_for_a_first_key_do_not_each_fetch_it_again(monkeypatch):
+    """No key yet (the server started before the realm), and the realm answers slowly and fails: requests
+    that came while a fetch was under way waited for it, then each fetched again in turn (a review: waits of
+    4, 7, 10, 13 s). Now they fail with the fetch they waited for (503 at the Gate), one fetch in all."""
+    from server_utils import APP
+
+    monkeypatch.syspath_prepend(str(APP))
+    from lib import auth
+    from monailabel.config import settings
+
+    url, realm = _realm(_key())
+    realm.polypal.update(key_answer=(500, b'{"error": "starting"}'), key_delay=2.5)  # past FAILED_RETRY_S
+    monkeypatch.setattr(settings, "MONAI_LABEL_AUTH_REALM_URI", url)
+    r = auth._Realm()
+    results = {}
+
+    def ask(n):
+        t0 = time.monotonic()
+        try:
+            r.key()
+            results[n] = ("ok", 0)
+        except Exception as e:  # noqa: BLE001
+            results[n] = (type(e).__name__, time.monotonic() - t0)
+
+    try:
+        first = threading.Thread(target=ask, args=(0,))
+        first.start()
+        time.sleep(2.2)  # later than FAILED_RETRY_S (2 s) after that fetch started, before it fails
+        rest = [threading.Thread(target=ask, args=(n,)) for n in range(1, 6)]
+        for t in rest:
+            t.start()
+        for t in [first, *rest]:
+            t.join()
+    finally:
+        realm.shutdown()
+    assert realm.polypal["key_gets"] == 1, (realm.polypal["key_gets"], results)
+    assert all(kind != "ok" and waited < 3.0 for kind, waited in results.values()), results

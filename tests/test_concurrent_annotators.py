@@ -229,3 +229,36 @@ def test_a_scoring_run_is_never_queued_behind_another(tmp_path):
     log = srv.log.read_text(errors="replace")
     after = log[log.rfind("Shutting down"):]
     assert "COMMAND::" not in after, after[-2000:]
+
+
+def test_a_scoring_run_that_never_started_does_not_stop_scoring(monkeypatch):
+    """MONAI Label marks a scoring task SUBMITTED and loses the error when its process fails to spawn
+    (EAGAIN, ENOMEM, a replaced python): the task stays SUBMITTED for ever. Counting it as pending stopped
+    every later scoring run (a review); one that has not started for 30 s is not pending."""
+    import datetime
+    import importlib.util
+    import subprocess
+
+    import monailabel.utils.async_tasks.utils as tasks_mod
+
+    from server_utils import APP
+
+    monkeypatch.syspath_prepend(str(APP))
+    spec = importlib.util.spec_from_file_location("polyp_al_main", APP / "main.py")
+    main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main)
+
+    def cannot_spawn(*a, **k):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(subprocess, "Popen", cannot_spawn)
+    task = tasks_mod.run_background_task({"method": "polyp_al"}, "scoring")
+    try:
+        time.sleep(0.5)
+        monkeypatch.undo()
+        assert task["status"] == "SUBMITTED" and not tasks_mod.processes("scoring")
+        assert main._scoring_pending()  # just submitted: a run may be starting
+        task["start_ts"] = (datetime.datetime.now() - datetime.timedelta(seconds=60)).strftime("%Y-%m-%d %H:%M:%S")
+        assert not main._scoring_pending()
+    finally:
+        tasks_mod.background_tasks["scoring"].remove(task)

@@ -85,18 +85,53 @@ def _starting(st: dict) -> dict:
 _SCORING_SUBMIT = threading.Lock()
 
 
+SUBMITTED_STALE_S = 30  # a task still SUBMITTED after this never started (its process failed to spawn)
+
+
 def _scoring_pending() -> bool:
     """A scoring run is submitted or running. MONAI Label's own check (``AsyncTask.run``) looks only at running
     processes: a second run submitted before the first one's process started was queued behind it, and such
     a queued run started its process while the server was shutting down and outlived it (writing into the
-    studies folder's state after the server had gone)."""
+    studies folder's state after the server had gone). A task left SUBMITTED for long never started (MONAI
+    Label loses a failed spawn's error and never updates it): not pending, or scoring would stop for good."""
     from monailabel.utils.async_tasks.utils import tasks
 
+    now = time.time()
     try:
-        return any(isinstance(t, dict) and t.get("status") in ("SUBMITTED", "RUNNING")
-                   for t in (tasks("scoring") or []))
+        for t in tasks("scoring") or []:
+            if not isinstance(t, dict):
+                continue
+            if t.get("status") == "RUNNING":
+                return True
+            if t.get("status") == "SUBMITTED":
+                try:
+                    since = time.mktime(time.strptime(str(t.get("start_ts")), "%Y-%m-%d %H:%M:%S"))
+                except (TypeError, ValueError, OverflowError):
+                    continue
+                if now - since < SUBMITTED_STALE_S:
+                    return True
+        return False
     except Exception:  # noqa: BLE001 - MONAI Label's bookkeeping: then its own check decides
         return False
+
+
+def _guard_scoring_endpoint() -> None:
+    """``POST /scoring/<method>`` checks and submits under the same lock as the app's own triggers (a check in
+    the Gate alone let two requests at once, or one racing a trigger, both through: the second was queued)."""
+    import monailabel.endpoints.scoring as scoring
+
+    run_method = scoring.run_method
+
+    def checked(method, params=None, run_sync=False):
+        if run_sync:  # in this process, under the scoring lock file (lib.scoring): nothing is queued
+            return run_method(method, params, run_sync)
+        with _SCORING_SUBMIT:
+            if _scoring_pending():
+                raise HTTPException(status_code=429, detail="a scoring run is starting or running: one at a time "
+                                                            "(GET /scoring/ shows it)")
+            return run_method(method, params, run_sync)
+
+    scoring.run_method = checked
 
 
 def _port_taken() -> str | None:
@@ -186,6 +221,7 @@ class PolypALApp(MONAILabelApp):
         from lib.security import harden
 
         harden(monailabel.app.app, self, self.cfg.allowed_origins, self.cfg.allowed_hosts)
+        _guard_scoring_endpoint()
         from lib.annotate import mount  # the annotator's page: OHIF under /annotate/ (read-only files)
 
         mount(monailabel.app.app, self.conf.get("ohif_dir") or None)

@@ -63,6 +63,8 @@ class _Realm:
         self._lock = threading.Lock()
         self._key: tuple[str, float] | None = None  # (PEM, when fetched)
         self._tried = -1e9  # when a fetch was last started (monotonic)
+        self._failed = -1e9  # when a fetch last failed
+        self._fetches = 0  # fetches finished, good or not
         self._token_endpoint: str | None = None
 
     @staticmethod
@@ -87,21 +89,28 @@ class _Realm:
         k = self._key
         if k is not None and (not fresh or time.monotonic() - self._tried < self.KEY_RECHECK_S):
             return k[0]
-        if k is None and time.monotonic() - self._tried < self.FAILED_RETRY_S:
-            raise ValueError(f"the realm's key could not be fetched from {settings.MONAI_LABEL_AUTH_REALM_URI} "
-                             f"a moment ago")
+        down = f"the realm's key could not be fetched from {settings.MONAI_LABEL_AUTH_REALM_URI} a moment ago"
+        if k is None and time.monotonic() - self._failed < self.FAILED_RETRY_S:
+            raise ValueError(down)
+        seen = self._fetches
         if not self._lock.acquire(blocking=k is None):
             return k[0]  # another thread is fetching it
         try:
             if self._key is not None and (self._key is not k or
                                           time.monotonic() - self._tried < self.KEY_RECHECK_S):
                 return self._key[0]  # fetched while this thread waited
-            if self._key is None and time.monotonic() - self._tried < self.FAILED_RETRY_S:
-                raise ValueError("the realm's key could not be fetched a moment ago")  # by the thread before
+            if self._key is None and self._fetches != seen:  # a fetch failed while this thread waited: not again
+                raise ValueError(down)
             self._tried = time.monotonic()
-            got = self._get(settings.MONAI_LABEL_AUTH_REALM_URI).get("public_key")
-            if not isinstance(got, str) or not got.strip():
-                raise ValueError(f"{settings.MONAI_LABEL_AUTH_REALM_URI} names no public_key")
+            try:
+                got = self._get(settings.MONAI_LABEL_AUTH_REALM_URI).get("public_key")
+                if not isinstance(got, str) or not got.strip():
+                    raise ValueError(f"{settings.MONAI_LABEL_AUTH_REALM_URI} names no public_key")
+            except BaseException:
+                self._failed = time.monotonic()
+                raise
+            finally:
+                self._fetches += 1
             pem = f"-----BEGIN PUBLIC KEY-----\n{got.strip()}\n-----END PUBLIC KEY-----"
             if self._key is not None and self._key[0] != pem:
                 logger.warning("the realm's public key changed: tokens are checked with the new one")
