@@ -123,23 +123,29 @@ def test_info_counts_only_live_leases_and_frames_still_there(tmp_path):
         srv.stop()
 
 
-def test_requests_that_find_the_batch_used_up_take_turns_selecting_the_next(tmp_path, monkeypatch):
-    """16 requests at once find their batch (of 2) used up: each ran its own selection of the next batch
-    (seconds each on a large pool), all but one thrown away (114 selections for 9 batches in a review's
-    probe), and requests that lost 8 races answered None ({}) with most of the pool left. Now the first
-    selects and the others lease from its batch, selecting again only when it is used up too."""
+@pytest.fixture
+def selections(monkeypatch) -> list:
+    """Each batch selection (the real ``plan_batch``), counted; a little slower, as on a large pool."""
     import polypal.serving.state as state_mod
-    from polypal.serving.state import ActiveLearningState
 
-    selections = []
-    real = state_mod.plan_batch
+    made, real = [], state_mod.plan_batch
 
-    def counted(*a, **k):  # the real selection, counted; a little slower, as on a large pool
-        selections.append(1)
+    def counted(*a, **k):
+        made.append(1)
         time.sleep(0.05)
         return real(*a, **k)
 
     monkeypatch.setattr(state_mod, "plan_batch", counted)
+    return made
+
+
+def test_requests_that_find_the_batch_used_up_take_turns_selecting_the_next(tmp_path, selections):
+    """16 requests at once find their batch (of 2) used up: each ran its own selection of the next batch
+    (seconds each on a large pool), all but one thrown away (114 selections for 9 batches in a review's
+    probe), and requests that lost 8 races answered None ({}) with most of the pool left. Now the first
+    selects and the others lease from its batch, selecting again only when it is used up too."""
+    from polypal.serving.state import ActiveLearningState
+
     st = ActiveLearningState(tmp_path / "state", batch_size=2, seed=1)
     ids = [f"f{i:04d}" for i in range(200)]
     labeled, lock, served, empties = set(), threading.Lock(), [], []
@@ -172,21 +178,11 @@ def test_requests_that_find_the_batch_used_up_take_turns_selecting_the_next(tmp_
     assert len(selections) == cycles, f"{len(selections)} selections for {cycles} batches"
 
 
-def test_the_first_batch_is_selected_once_when_requests_come_at_once(tmp_path, monkeypatch):
+def test_the_first_batch_is_selected_once_when_requests_come_at_once(tmp_path, selections):
     """16 requests before any batch exists: each selected its own first batch and all but one were thrown
     away (a probe's log: 16 "cycle 1 was planned elsewhere")."""
-    import polypal.serving.state as state_mod
     from polypal.serving.state import ActiveLearningState
 
-    selections = []
-    real = state_mod.plan_batch
-
-    def counted(*a, **k):
-        selections.append(1)
-        time.sleep(0.05)
-        return real(*a, **k)
-
-    monkeypatch.setattr(state_mod, "plan_batch", counted)
     st = ActiveLearningState(tmp_path / "state", batch_size=20, seed=1)
     ids = [f"f{i:04d}" for i in range(100)]
     served = []
