@@ -51,9 +51,12 @@
   // POST /auth/token (user name and password, checked by the realm), keeps the token for this tab
   // (sessionStorage), and every request of the page to its own origin carries it: ours (fetch) and OHIF's
   // DICOMweb reads through /proxy/dicom (XMLHttpRequest). This file runs before OHIF's bundle, so the two are
-  // wrapped before OHIF makes a request. A request answered 401 (the token expired) asks to sign in again
-  // and is sent again: a labelmap being saved is not lost.
+  // wrapped before OHIF makes a request. The token is renewed before it ends with the realm's refresh token
+  // (POST /auth/token/refresh: no password; Keycloak's tokens last 5 minutes by default). A request answered
+  // 401 (the token expired) renews it, or, when the realm's sign-in has ended, asks to sign in again, and is
+  // sent again: a labelmap being saved is not lost.
   const TOKEN = 'polypal.token';
+  const REFRESH = 'polypal.refresh';
   const plainFetch = window.fetch.bind(window);
   let authOn = null;
 
@@ -110,17 +113,84 @@
     return authOn;
   }
 
-  // seconds the stored token has left (its exp claim), or -1 without one
-  function tokenSecondsLeft() {
+  function claims() {
     const t = token();
-    if (!t) return -1;
     try {
-      const p = JSON.parse(atob(t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
-      return typeof p.exp === 'number' ? p.exp - Date.now() / 1000 : -1;
+      return t ? JSON.parse(atob(t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))) : {};
     } catch (e) {
-      return -1;
+      return {};
     }
   }
+
+  // seconds the stored token has left (its exp claim), or -1 without one
+  function tokenSecondsLeft() {
+    const p = claims();
+    return typeof p.exp === 'number' ? p.exp - Date.now() / 1000 : -1;
+  }
+
+  // renew when this many seconds are left: 2 minutes, or a third of the token's life when that is shorter
+  function renewAt() {
+    const p = claims();
+    const life = typeof p.exp === 'number' && typeof p.iat === 'number' ? p.exp - p.iat : 300;
+    return Math.max(5, Math.min(120, life / 3));
+  }
+
+  function keep(d) {
+    sessionStorage.setItem(TOKEN, d.access_token);
+    if (d.refresh_token) sessionStorage.setItem(REFRESH, d.refresh_token);
+    else sessionStorage.removeItem(REFRESH);
+    keepRenewing();
+  }
+
+  let renewing = null;
+
+  // a new token for the realm's refresh token (no password): true when renewed; false when there is no refresh
+  // token, the realm refused it (the sign-in has ended: the password is asked for next) or could not answer
+  function renew() {
+    const rt = sessionStorage.getItem(REFRESH);
+    if (!rt) return Promise.resolve(false);
+    if (renewing) return renewing;
+    renewing = (async () => {
+      try {
+        const r = await plainFetch('/auth/token/refresh', {
+          method: 'POST', credentials: 'same-origin',
+          headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+          body: new URLSearchParams({ refresh_token: rt }),
+        });
+        const d = await r.json().catch(() => ({}));
+        if (r.ok && d.access_token) {
+          keep(d);
+          state.renewed = (state.renewed || 0) + 1;
+          return true;
+        }
+        if (r.status === 401 && sessionStorage.getItem(REFRESH) === rt) sessionStorage.removeItem(REFRESH);
+        log('the sign-in was not renewed: ' + (d.detail || r.status));
+        return false;
+      } catch (e) {
+        log('the sign-in was not renewed: ' + e.message);
+        return false;
+      } finally {
+        renewing = null;
+      }
+    })();
+    return renewing;
+  }
+
+  // renew the token before it ends, on every page of the tab (the viewer's own reads cannot stop to ask);
+  // background tabs run timers rarely, so also when the tab is shown again
+  let renewTimer = null;
+
+  function keepRenewing() {
+    if (renewTimer) return;
+    const due = () => {
+      if (sessionStorage.getItem(REFRESH) && tokenSecondsLeft() < renewAt()) renew();
+    };
+    renewTimer = setInterval(due, 10000);
+    document.addEventListener('visibilitychange', () => {
+      if (document.visibilityState === 'visible') due();
+    });
+  }
+  if (sessionStorage.getItem(REFRESH)) keepRenewing();
 
   let signingIn = null;
 
@@ -165,7 +235,7 @@
           msg.textContent = 'Not signed in: ' + (d.detail || r.status);
           return;
         }
-        sessionStorage.setItem(TOKEN, d.access_token);
+        keep(d);
         pass.value = '';
         box.remove();
         state.signIn = null;
@@ -184,7 +254,7 @@
     let r = await fetch(path, init);
     if (r.status === 401 && (await authEnabled())) {
       sessionStorage.removeItem(TOKEN);
-      await signIn('Your sign-in has ended: sign in again to go on (nothing is lost).');
+      if (!(await renew())) await signIn('Your sign-in has ended: sign in again to go on (nothing is lost).');
       r = await fetch(path, init);
     }
     return r;
@@ -229,7 +299,7 @@
     };
     const cid = clientId();
     // the viewer's own reads cannot stop to sign in: open it with a token good for a while
-    if ((await authEnabled()) && tokenSecondsLeft() < 120) {
+    if ((await authEnabled()) && tokenSecondsLeft() < 120 && !((await renew()) && tokenSecondsLeft() > 30)) {
       say('Sign in to annotate.');
       await signIn(token() ? 'Your sign-in ends soon: sign in again.' : 'Sign in to annotate (polyp-al).');
     }

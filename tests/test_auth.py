@@ -13,6 +13,7 @@ import base64
 import hashlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
+import secrets
 import threading
 import time
 
@@ -37,11 +38,14 @@ PASSWORDS = {"dr-okafor": ("s3cret", [ANNOTATOR, USER])}
 
 def _realm(key) -> tuple[str, ThreadingHTTPServer]:
     """Keycloak's three answers MONAI Label uses: the realm (its public key), its OpenID configuration and
-    the password grant of its token endpoint (401 for a wrong password, as Keycloak answers). The server
-    object's ``polypal`` dict changes them: ``key`` (a rotation), ``token_answer`` / ``key_answer`` ((status,
-    body) instead of the token endpoint's or the realm's own answer), ``key_delay`` (seconds before the realm
-    answers); ``key_gets`` counts the realm's answers."""
-    conf = {"key": key, "token_answer": None, "key_answer": None, "key_delay": 0.0, "key_gets": 0}
+    the password and refresh-token grants of its token endpoint (401 for a wrong password, 400 for a refresh
+    token it no longer honours, as Keycloak answers). The server object's ``polypal`` dict changes them:
+    ``key`` (a rotation), ``token_answer`` / ``key_answer`` ((status, body) instead of the token endpoint's
+    or the realm's own answer), ``key_delay`` (seconds before the realm answers), ``ttl`` (the access
+    tokens' life, s), ``sessions`` (refresh token -> user: clear it to end every sign-in); ``key_gets``
+    counts the realm's answers, ``renewals`` the refresh grants it honoured."""
+    conf = {"key": key, "token_answer": None, "key_answer": None, "key_delay": 0.0, "key_gets": 0, "ttl": 3600,
+            "sessions": {}, "renewals": 0}
 
     class Realm(BaseHTTPRequestHandler):
         def _send(self, status: int, body: bytes):
@@ -69,11 +73,22 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
             form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
             if conf["token_answer"]:
                 return self._send(*conf["token_answer"])
-            user, password = form.get("username", [""])[0], form.get("password", [""])[0]
-            if PASSWORDS.get(user, (None,))[0] != password or form.get("grant_type") != ["password"]:
-                return self._send(401, b'{"error": "invalid_grant", "error_description": "Invalid user credentials"}')
-            t = token(conf["key"], user, PASSWORDS[user][1])
-            self._send(200, json.dumps({"access_token": t, "token_type": "Bearer", "expires_in": 3600}).encode())
+            if form.get("grant_type") == ["refresh_token"]:
+                user = conf["sessions"].pop(form.get("refresh_token", [""])[0], None)  # each is used once
+                if user is None:
+                    return self._send(400, b'{"error": "invalid_grant", "error_description": "Token is not active"}')
+                conf["renewals"] += 1
+            else:
+                user, password = form.get("username", [""])[0], form.get("password", [""])[0]
+                if PASSWORDS.get(user, (None,))[0] != password or form.get("grant_type") != ["password"]:
+                    return self._send(401, b'{"error": "invalid_grant", '
+                                           b'"error_description": "Invalid user credentials"}')
+            refresh = secrets.token_urlsafe(24)
+            conf["sessions"][refresh] = user
+            t = token(conf["key"], user, PASSWORDS[user][1], conf["ttl"])
+            self._send(200, json.dumps({"access_token": t, "token_type": "Bearer", "expires_in": conf["ttl"],
+                                        "refresh_token": refresh, "refresh_expires_in": 1800,
+                                        "session_state": "realm-private", "not-before-policy": 0}).encode())
 
         def log_message(self, *a):
             pass
@@ -84,8 +99,12 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
     return f"http://127.0.0.1:{srv.server_address[1]}/realms/polypal", srv
 
 
-def token(key, user: str, roles: list[str], ttl: float = 3600) -> str:
-    claims = {"preferred_username": user, "realm_access": {"roles": roles}, "exp": int(time.time() + ttl)}
+def token(key, user: str, roles: list[str], ttl: float = 3600, life: float | None = None) -> str:
+    """A token of ``user`` that ends in ``ttl`` seconds, issued ``life`` seconds before it ends (default
+    ``ttl``)."""
+    now = time.time()
+    claims = {"preferred_username": user, "realm_access": {"roles": roles}, "exp": int(now + ttl),
+              "iat": int(now + ttl - (ttl if life is None else life)), "jti": secrets.token_hex(8)}
     return jwt.encode(claims, key, algorithm="RS256")
 
 
@@ -287,6 +306,49 @@ def test_signing_in_with_monailabels_client(env):
     c.save_label(sample["id"], str(sample_mask(sample["id"])), tag="final")
     s, info = http("GET", f"{env['url']}/datastore/image/info?image={sample['id']}", headers=bearer(env["admin"]))
     assert info["served"]["client_id"] == "dr-okafor"
+
+
+def test_a_sign_in_is_renewed_without_the_password(env):
+    """Keycloak's access tokens last 5 minutes by default: signing in passes on the realm's refresh token
+    (MONAI Label's answer kept the access token only, so a page or client had to ask for the password again),
+    and POST /auth/token/refresh gives a new token for it, with no token needed to ask. A refresh token the
+    realm no longer honours is a 401 saying the sign-in has ended; the realm's other fields are not passed on
+    and token answers are not cached."""
+    import urllib.request
+
+    url, realm = env["url"], env["realm"]
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    req = urllib.request.Request(url + "/auth/token", b"username=dr-okafor&password=s3cret&grant_type=password",
+                                 form, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.headers["Cache-Control"] == "no-store"
+        first = json.loads(r.read())
+    assert set(first) == {"access_token", "token_type", "expires_in", "refresh_token", "refresh_expires_in"}, first
+    renewals = realm.polypal["renewals"]
+    s, second = http("POST", url + "/auth/token/refresh", f"refresh_token={first['refresh_token']}".encode(), form)
+    assert s == 200 and second["access_token"] != first["access_token"] and second["refresh_token"], second
+    assert realm.polypal["renewals"] == renewals + 1
+    s, info = http("GET", url + "/auth/token/valid", headers=bearer(second["access_token"]))
+    assert s == 200 and info["username"] == "dr-okafor", info
+    # used once (the stand-in realm's rule): the first refresh token has ended, the second has not
+    s, r = http("POST", url + "/auth/token/refresh", f"refresh_token={first['refresh_token']}".encode(), form)
+    assert s == 401 and "sign in again" in r["detail"], (s, r)
+    realm.polypal["sessions"].clear()  # the realm ends every sign-in (an administrator, or its idle timeout)
+    s, r = http("POST", url + "/auth/token/refresh", f"refresh_token={second['refresh_token']}".encode(), form)
+    assert s == 401 and "sign in again" in r["detail"], (s, r)
+    for body in (b"", b"refresh_token=", b"username=dr-okafor"):
+        s, r = http("POST", url + "/auth/token/refresh", body, form)
+        assert s == 422 and "refresh_token" in r["detail"], (body, s, r)
+    s, r = http("POST", url + "/auth/token", b"username=dr-okafor&password=s3cret&grant_type=client_credentials",
+                form)
+    assert s == 422, (s, r)
+    try:
+        realm.polypal["token_answer"] = (502, b"<html>Bad Gateway</html>")
+        s, r = http("POST", url + "/auth/token/refresh", b"refresh_token=x", form)
+        assert s == 503 and "realm" in r["detail"], (s, r)
+    finally:
+        realm.polypal["token_answer"] = None
+    assert "Exception in ASGI application" not in env["srv"].log.read_text(errors="replace")
 
 
 def test_the_viewers_files_load_without_a_token_its_data_does_not(env):

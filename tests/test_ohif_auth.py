@@ -2,8 +2,9 @@
 with ``MONAI_LABEL_AUTH_ENABLE``, a stand-in Keycloak realm (tests/test_auth.py), headless Chromium.
 
 The page signs in with a user name and password (POST /auth/token), then every request it makes carries
-the token, OHIF's DICOMweb reads through /proxy/dicom included; a token that expires while a frame is being
-annotated asks for the password again at Save, and the labelmap is saved after it, not lost.
+the token, OHIF's DICOMweb reads through /proxy/dicom included. The token is renewed with the realm's refresh
+token before it ends, and after it has (a 401 at Save), without the password; once the realm has ended the
+sign-in, Save asks for the password again, and the labelmap is saved after it, not lost.
 """
 
 from __future__ import annotations
@@ -68,7 +69,25 @@ def test_annotate_in_ohif_with_authentication_on(tmp_path):
         p0 = (round(0.25 * cols), round(0.4 * rows))
         p1 = (p0[0] + round(0.3 * cols), p0[1])
         _stroke(b, "Brush", mapping, p0, p1)
-        # the token expires while the frame is being annotated: Save asks for the password again, then saves
+        # the token nears its end while the frame is open: the page renews it with the realm's refresh token
+        # (no password), within its 10-second check
+        assert b.js("!!sessionStorage.getItem('polypal.refresh')")
+        ending = token(key, "dr-okafor", [ANNOTATOR, USER], ttl=30, life=300)
+        b.js(f"sessionStorage.setItem('polypal.token', {json.dumps(ending)})")
+        b.wait_js(f"window.polypal.renewed >= 1 && sessionStorage.getItem('polypal.token') !== {json.dumps(ending)}",
+                  30, "the token renewed before its end")
+        # it has expired by Save: the 401 is answered by renewing it, and the label is saved, no password asked
+        renewals = realm.polypal["renewals"]
+        b.js(f"sessionStorage.setItem('polypal.token', {json.dumps(token(key, 'dr-okafor', [ANNOTATOR, USER], -60))})")
+        b.js("window.polypal.saved = null; window.polypal.saveError = null")
+        b.click_selector('[data-polypal="save"]')
+        b.wait_js("window.polypal.saved || window.polypal.saveError", 60, "the save after renewing the token")
+        st = b.js("JSON.parse(JSON.stringify(window.polypal))")
+        assert st["saved"] and not st.get("saveError") and not st.get("signIn"), st
+        assert realm.polypal["renewals"] == renewals + 1
+        assert b.js("document.querySelector('[data-polypal=sign-in]') === null")
+        # the realm has ended the sign-in (its session timed out): Save asks for the password again, then saves
+        realm.polypal["sessions"].clear()
         b.js(f"sessionStorage.setItem('polypal.token', {json.dumps(token(key, 'dr-okafor', [ANNOTATOR, USER], -60))})")
         b.js("window.polypal.saved = null; window.polypal.saveError = null")
         b.click_selector('[data-polypal="save"]')

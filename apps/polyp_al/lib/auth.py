@@ -9,7 +9,8 @@ and enforced in front of every endpoint.
   token a request gets 401 (503 when the realm's key cannot be fetched), polyp-al's own model upload and
   delete included (they had no token check); those take the admin role. Roles of the other endpoints stay
   MONAI Label's (user: read, next sample, infer; annotator: save labels and frames; admin: delete, train,
-  logs, model). Free: ``/auth/`` and ``POST /auth/token`` (signing in), the API docs and their static files,
+  logs, model). Free: ``/auth/``, ``POST /auth/token`` (signing in) and ``POST /auth/token/refresh`` (renewing
+  a token with the realm's refresh token, ``_routes``), the API docs and their static files,
   and the annotator's page's files (``/annotate/``: it signs in with ``POST /auth/token`` and sends the token
   with every request, OHIF's included: ``ohif/annotate.js``).
 - The annotator is the token's user: next-sample requests are leased to the user whatever ``client_id``
@@ -34,7 +35,7 @@ ALGORITHMS = [a.strip() for a in os.environ.get("POLYPAL_AUTH_ALGORITHMS", "RS25
 # signing in, the API docs, and the annotator's page: files of the viewer (OHIF and ours, GET/HEAD only,
 # no data), which has to load before it can ask for a user name and password
 _FREE_EXACT = frozenset({"/", "/docs", "/openapi.json", "/favicon.ico", "/auth", "/auth/", "/auth/token",
-                         "/annotate"})
+                         "/auth/token/refresh", "/annotate"})
 _FREE_PREFIX = ("/static/", "/annotate/")
 _saver = threading.local()
 
@@ -235,48 +236,84 @@ def current_saver() -> str | None:
     return getattr(_saver, "user", None)
 
 
-class _RealmRequests:
-    """``requests`` as MONAI Label's ``POST /auth/token`` uses it, the realm's answers told apart: a refused
-    user name or password is a 401 that says so; an unreachable realm, or any other answer than a token, a
-    503 (each was a bare 500)."""
-
-    def post(self, url, **kw):
-        import requests
-        from fastapi import HTTPException
-
-        unavailable = HTTPException(status_code=503, detail="the sign-in realm cannot be reached or failed; try "
-                                                            "again later")
-        try:
-            r = requests.post(url, **kw)
-        except requests.RequestException as e:
-            logger.error(f"sign-in: the realm's token endpoint {url} cannot be reached: {e}")
-            raise unavailable from None
-        try:
-            body = r.json()
-        except ValueError:
-            body = None
-        if r.status_code in (400, 401):
-            why = str(body.get("error_description") or "")[:200] if isinstance(body, dict) else ""
-            raise HTTPException(status_code=401, detail="wrong user name or password" + (f" ({why})" if why else ""))
-        if r.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
-            logger.error(f"sign-in: the realm's token endpoint {url} answered {r.status_code} without a token")
-            raise unavailable
-        return r
+TOKEN_FIELDS = {"access_token": str, "token_type": str, "expires_in": int, "refresh_token": str,
+                "refresh_expires_in": int}  # what a sign-in or renewal answers: the token, not the realm's extras
 
 
-def _token_uri():
-    from fastapi import HTTPException
+def grant(form: dict) -> dict:
+    """The realm's token endpoint asked for a token with ``form`` (``grant_type`` password or refresh_token,
+    MONAI Label's client id added); its answer cut to ``TOKEN_FIELDS``. Raises ``Unauthorized``: 401 when the
+    realm refuses the password or the refresh token (saying so), 503 when it cannot be reached or answers
+    anything but a token (MONAI Label: a bare 500 for each)."""
+    import requests
+    from monailabel.config import settings
 
+    unavailable = Unauthorized(503, "the sign-in realm cannot be reached or failed; try again later")
     try:
-        return REALM.token_endpoint()
+        url = REALM.token_endpoint()
     except Exception as e:  # noqa: BLE001 - requests' errors, a realm answering other than JSON
         logger.error(f"sign-in: the realm's OpenID configuration could not be read: {e}")
-        raise HTTPException(status_code=503, detail="the sign-in realm cannot be reached; try again later") from None
+        raise unavailable from None
+    try:
+        r = requests.post(url, data={"client_id": settings.MONAI_LABEL_AUTH_CLIENT_ID, **form},
+                          headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
+    except requests.RequestException as e:
+        logger.error(f"sign-in: the realm's token endpoint {url} cannot be reached: {e}")
+        raise unavailable from None
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if r.status_code in (400, 401):
+        why = str(body.get("error_description") or "")[:200] if isinstance(body, dict) else ""
+        what = ("the sign-in has ended: sign in again with your password" if form.get("grant_type") == "refresh_token"
+                else "wrong user name or password")
+        raise Unauthorized(401, what + (f" ({why})" if why else ""))
+    if r.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+        logger.error(f"sign-in: the realm's token endpoint {url} answered {r.status_code} without a token")
+        raise unavailable
+    return {k: body[k] for k, t in TOKEN_FIELDS.items() if isinstance(body.get(k), t)}
 
 
-def install() -> None:
-    """MONAI Label's endpoints decode tokens with ``user_of``; with authentication on, next sample is leased
-    to the token's user and a label save records who saved it."""
+def _routes():
+    """``POST /auth/token`` (in place of MONAI Label's, which kept only the access token: the realm's refresh
+    token is passed on too) and ``POST /auth/token/refresh``: a new token for a refresh token, so that a
+    signed-in annotator is not asked for the password each time the realm's short-lived access token ends
+    (Keycloak's default: 5 minutes). Both answer ``Cache-Control: no-store``."""
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def answer(request, fields: tuple[str, ...], grant_type: str):
+        try:
+            form = await request.form()
+        except Exception:  # noqa: BLE001 - not a form
+            form = {}
+        values = {f: form.get(f) for f in fields}
+        missing = [f for f, v in values.items() if not isinstance(v, str) or not v]
+        if missing:
+            return JSONResponse({"detail": f"{' and '.join(missing)} required (a form, "
+                                           f"application/x-www-form-urlencoded)"}, status_code=422)
+        if grant_type == "password" and form.get("grant_type") not in (None, "", "password"):
+            return JSONResponse({"detail": "grant_type must be password"}, status_code=422)
+        try:  # blocking: the Gate runs /auth/ requests on a worker thread's own loop (authentication on)
+            got = grant({**values, "grant_type": grant_type})
+        except Unauthorized as e:
+            return JSONResponse({"detail": e.detail}, status_code=e.status, headers={"Cache-Control": "no-store"})
+        return JSONResponse(got, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    async def sign_in(request):
+        return await answer(request, ("username", "password"), "password")
+
+    async def renew(request):
+        return await answer(request, ("refresh_token",), "refresh_token")
+
+    return [Route("/auth/token", sign_in, methods=["POST"]), Route("/auth/token/refresh", renew, methods=["POST"])]
+
+
+def install(fastapi_app=None) -> None:
+    """MONAI Label's endpoints decode tokens with ``user_of``; with authentication on, signing in and renewing
+    a token are polyp-al's (``_routes``), next sample is leased to the token's user and a label save records
+    who saved it."""
     import monailabel.endpoints.activelearning as al
     import monailabel.endpoints.datastore as ds
     import monailabel.endpoints.user.auth as mauth
@@ -284,9 +321,8 @@ def install() -> None:
     mauth.from_token = user_of
     if not enabled():
         return
-    import monailabel.endpoints.login as login
-
-    login.requests, login.token_uri = _RealmRequests(), _token_uri
+    if fastapi_app is not None:
+        fastapi_app.router.routes[0:0] = _routes()
     sample, save_label = al.sample, ds.save_label
 
     def sample_as_user(strategy, params=None, user=None):

@@ -796,7 +796,7 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
     guard_proxy()
     guard_downloads()
     connections.install()
-    auth.install()
+    auth.install(fastapi_app)
     policy = OriginPolicy(origins, _split(allowed_hosts))
     from lib.dicomweb_datastore import PolypDICOMWebDatastore
 
