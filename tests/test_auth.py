@@ -407,6 +407,28 @@ def test_a_new_realm_key_is_fetched(env):
         assert http("GET", url + "/info/", headers=bearer(env["admin"]))[0] == 200
 
 
+def test_a_realm_answer_that_is_no_key_is_not_kept(env):
+    """A rotation fetch that gets something other than a public key (a realm mid-upgrade) keeps the key the
+    server had: before, the answer replaced it and every request was 503 until a restart (a key that does not
+    load never reads as a bad signature, so it was never fetched again)."""
+    url, realm = env["url"], env["realm"]
+    old, new = env["key"], _key()
+    try:
+        realm.polypal["key_answer"] = (200, json.dumps({"public_key": base64.b64encode(b"not a key").decode()}).encode())
+        time.sleep(1.5)  # POLYPAL_AUTH_KEY_RECHECK=1
+        assert http("GET", url + "/info/", headers=bearer(token(new, "dr-admin", [ADMIN, USER])))[0] == 401
+        s, r = http("GET", url + "/info/", headers=bearer(env["admin"]))
+        assert s == 200, (s, r)
+        realm.polypal["key_answer"], realm.polypal["key"] = None, new  # the realm is back, with its new key
+        time.sleep(1.5)
+        s, r = http("GET", url + "/info/", headers=bearer(token(new, "dr-admin", [ADMIN, USER])))
+        assert s == 200, (s, r)
+    finally:
+        realm.polypal["key_answer"], realm.polypal["key"] = None, old
+        time.sleep(1.5)
+        assert http("GET", url + "/info/", headers=bearer(env["admin"]))[0] == 200
+
+
 def test_user_names_that_would_merge_or_forge(env):
     """A realm user named like the server's placeholder for "no client id" ("anonymous") still holds one
     frame at a time; a user name over 128 characters (two would be cut to one) or with a line break (a

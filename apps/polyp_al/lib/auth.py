@@ -107,12 +107,13 @@ class _Realm:
                 got = self._get(settings.MONAI_LABEL_AUTH_REALM_URI).get("public_key")
                 if not isinstance(got, str) or not got.strip():
                     raise ValueError(f"{settings.MONAI_LABEL_AUTH_REALM_URI} names no public_key")
+                pem = f"-----BEGIN PUBLIC KEY-----\n{got.strip()}\n-----END PUBLIC KEY-----"
+                _readable(pem)
             except BaseException:
                 self._failed = time.monotonic()
                 raise
             finally:
                 self._fetches += 1
-            pem = f"-----BEGIN PUBLIC KEY-----\n{got.strip()}\n-----END PUBLIC KEY-----"
             if self._key is not None and self._key[0] != pem:
                 logger.warning("the realm's public key changed: tokens are checked with the new one")
             self._key = (pem, time.monotonic())
@@ -131,6 +132,17 @@ class _Realm:
                     raise ValueError("the realm's OpenID configuration names no token_endpoint")
                 self._token_endpoint = uri
             return self._token_endpoint
+
+
+def _readable(pem: str) -> None:
+    """Raises ValueError unless ``pem`` is a public key (a realm answering something else must not be kept:
+    every token would fail on it until a restart)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        load_pem_public_key(pem.encode())
+    except Exception as e:  # noqa: BLE001 - cryptography's errors for bad base64, DER or key types
+        raise ValueError(f"the realm's public_key is not a public key ({str(e)[:120]})") from None
 
 
 REALM = _Realm()
