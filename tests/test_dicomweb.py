@@ -130,6 +130,24 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
                      timeout=300, every=2, what="scores for every DICOMweb frame")
         out, _ = client.infer("polyp_seg", r["id"], {})
         assert np.asarray(Image.open(out)).shape == orig.shape[:2]
+        # a label on a frame the model did not train on: the model's Dice on it, in the answer and in /info
+        # (it was not measured for a DICOMweb server: its labels are SEGs on the PACS)
+        s, r2 = http("POST", srv.url + "/activelearning/random", json.dumps({"client_id": "b"}).encode(),
+                     {"Content-Type": "application/json"})
+        assert s == 200 and r2["id"] not in ("", r["id"]), r2
+        desc2 = http("GET", f"{url}/dicom-web/series?SeriesInstanceUID={r2['id']}")[1][0]["0008103E"]["Value"][0]
+        saved = client.save_label(r2["id"], str(SAMPLE / "masks" / f"{desc2}.png"), tag="final")
+        from polypal.data import read_mask, read_rgb, resize_mask, resize_rgb
+        from polypal.learner import load_checkpoint, predict
+        from polypal.serving.quality import label_dice
+
+        net, prof, _ = load_checkpoint(model, device="cpu")
+        rgb2 = read_rgb(SAMPLE / "images" / f"{desc2}.jpg")
+        prob = predict(net, resize_rgb(rgb2, prof.size)[None], scorers=()).probs[0]
+        want = label_dice(prob > 0.5, resize_mask(read_mask(SAMPLE / "masks" / f"{desc2}.png"), prof.size))
+        assert abs(saved["model_dice"] - want) < 1e-4, (saved, want)
+        q = client.info()["polyp_al"]["quality"]
+        assert q["by_model"][0]["labels"] == 1 and abs(q["by_model"][0]["mean_dice"] - want) < 1e-4, q
     finally:
         srv.stop()
 

@@ -366,8 +366,6 @@ class PolypALApp(MONAILabelApp):
             self.state.add_effort(image_id, who, since, time.time(), model_version(self.cfg.model_path))
         except Exception as e:  # noqa: BLE001 - bookkeeping only
             logger.debug(f"effort not recorded for {image_id}: {e}")
-        if not isinstance(self._datastore, PolypDatastore):  # DICOMweb: the label is a SEG on the PACS, not
-            return res  # a mask file here; the model's Dice on it is not measured
         try:
             dice = self.quality(self._datastore, image_id)
         except Exception as e:  # noqa: BLE001 - the label is saved; quality is a bonus

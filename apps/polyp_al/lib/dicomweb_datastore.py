@@ -375,6 +375,11 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             self.retry_pending()
         return label_id
 
+    def saved_label_uri(self, image_id: str) -> str:
+        """The final label this server stored as a SEG, as it keeps it in its cache: the mask in the frame's
+        NIfTI grid (MONAI Label's local record, the file its training reads); "" when it has none."""
+        return LocalDatastore.get_label_uri(self, image_id, DefaultLabelTag.FINAL)
+
     def store_prediction(self, image_id: str, mask_file: str, description: str = PREDICTION_DESCRIPTION) -> str:
         """Store a predicted mask as a DICOM SEG on its frame (viewable in OHIF); not a training label.
 

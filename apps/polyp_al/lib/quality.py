@@ -41,12 +41,15 @@ class LabelQuality:
 
     def __call__(self, datastore, image_id: str) -> float | None:
         """Dice of the current model on this frame's final label, recorded once per (frame, model);
-        None when there is no model, no final label, or the model trained on this frame."""
+        None when there is no model, no final label, or the model trained on this frame. A datastore with
+        ``saved_label_uri`` (DICOMweb: the label is a SEG on the PACS) gives the mask file it stored."""
         version = model_version(self.cfg.model_path)
         if version == NO_MODEL or self.state.has_quality(image_id, version):
             return None
+        own = getattr(datastore, "saved_label_uri", None)
         try:
-            label, image = datastore.get_label_uri(image_id, "final"), datastore.get_image_uri(image_id)
+            label = own(image_id) if own else datastore.get_label_uri(image_id, "final")
+            image = datastore.get_image_uri(image_id)
         except HTTPException as e:  # the frame file changed under the label: nothing to measure
             logger.warning(f"label quality for {image_id} not measured: {e.detail}")
             return None
