@@ -332,7 +332,7 @@ def test_dicomweb_server_down_or_rejecting_loses_no_label(tmp_path):
     url = f"http://127.0.0.1:{port}"
     lua = tmp_path / "reject-seg.lua"
     lua.write_text(REJECT_SEG_LUA)
-    srv = Server(url + "/dicom-web", tmp_path, conf={"batch_size": "2"}).start(timeout=120)
+    srv = Server(url + "/dicom-web", tmp_path, conf={"batch_size": "2", "lease_timeout": "5"}).start(timeout=120)
     try:
         # down at start-up: the server starts, /info says why, next-sample answers 503 naming the server
         s, info = http("GET", srv.url + "/info/")
@@ -372,6 +372,12 @@ def test_dicomweb_server_down_or_rejecting_loses_no_label(tmp_path):
         with pytest.raises(Exception, match="502.*does not have SEG"):
             client.save_label(b["series"], str(SAMPLE / "masks" / f"{names[1]}.png"), tag="final")
         assert _segs_on(url, b["study"]) == [] and http("GET", srv.url + "/info/")[1]["datastore"]["pending_labels"] == 1
+        # its frame has a label (kept here): not served again once any lease on it has timed out (5 s here)
+        time.sleep(5.5)
+        for who in ("a", "z"):
+            s, r = http("POST", srv.url + "/activelearning/random", json.dumps({"client_id": who}).encode(),
+                        {"Content-Type": "application/json"})
+            assert s == 200 and r.get("id") not in (a["series"], b["series"]), r
         # a normal server again: the next save also sends the kept label
         dicomweb.down(data)
         up_reaped(data, port=port, dicom_port=free_port())

@@ -407,6 +407,10 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             json.dump(info, f)
         return keep
 
+    def has_pending_label(self, image_id: str, tag: str = DefaultLabelTag.FINAL.value) -> bool:
+        """A label of this frame is kept here after a failed store (it is labeled: not to be served again)."""
+        return bool(self.pending_dir) and os.path.exists(os.path.join(self.pending_dir, f"{image_id}.{tag}.nii.gz"))
+
     def pending_labels(self) -> list[str]:
         if not self.pending_dir or not os.path.isdir(self.pending_dir):
             return []

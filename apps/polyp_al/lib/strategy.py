@@ -35,10 +35,13 @@ class PlannedStrategy(Strategy):
         bad = self.state.features.bad_ids() | skip
         final = DefaultLabelTag.FINAL.value
         if store is None:  # a DICOMweb datastore: asking the PACS would be a request per frame; this server's
-            # own saves are in MONAI Label's local record of it (a dict in memory)
+            # own saves are in MONAI Label's local record of it (a dict in memory), or kept here after a failed
+            # store (pending: one stat)
             def saved_here(image_id):
                 try:
-                    return final in (datastore.get_labels_by_image_id(image_id) or {})
+                    pending = getattr(datastore, "has_pending_label", None)
+                    return final in (datastore.get_labels_by_image_id(image_id) or {}) or bool(
+                        pending and pending(image_id))
                 except Exception:  # noqa: BLE001 - e.g. the record changing under the read: not known here
                     return False
 
