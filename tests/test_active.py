@@ -126,6 +126,31 @@ def test_background_replan_serves_the_old_batch_then_swaps(tmp_path):
     assert [r[1] for r in ref.current_plan("bvsb_ta_coreset")["rows"]] == new
 
 
+def test_a_background_replan_waits_for_a_next_batch_selection(tmp_path):
+    """A re-plan for a new model that falls due while a request is selecting the next batch waits for it,
+    then judges the batch that request made (here: made for the new model, so no second selection). It
+    selected beside it, and one of the two batches was thrown away."""
+    import time
+
+    st, ids = setup_state(tmp_path)
+    st.background = True
+    st.next_frame("bvsb_ta_coreset", "a", ids, set(), "v1")
+    rng = np.random.default_rng(1)
+    st.add_scores("v2", ids, rng.random(len(ids)), rng.standard_normal((len(ids), 8)).astype(np.float32))
+    lock = st._next_batch_lock("bvsb_ta_coreset")
+    with lock:  # a request selecting the next batch, as next_frame does when its batch is used up
+        s = st.next_frame("bvsb_ta_coreset", "b", ids, set(), "v2")  # the re-plan falls due: a thread
+        assert s.cycle == 1
+        time.sleep(0.5)
+        assert st.plans.last_cycle("bvsb_ta_coreset") == 1, "the re-plan selected beside the request"
+        st.plan("bvsb_ta_coreset", ids, set(), "v2")  # the request's batch, for the new model
+    t0 = time.time()
+    while st.planning() and time.time() - t0 < 30:
+        time.sleep(0.01)
+    assert not st.planning()
+    assert st.plans.last_cycle("bvsb_ta_coreset") == 2  # judged the request's batch: nothing thrown away
+
+
 def test_a_plan_made_elsewhere_meanwhile_is_kept(tmp_path):
     """Two processes planning the same cycle: the first to commit wins, the other keeps its plan."""
     st, ids = setup_state(tmp_path)

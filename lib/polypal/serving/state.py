@@ -145,11 +145,14 @@ class ActiveLearningState:
         def run():
             try:
                 ids = all_ids() if callable(all_ids) else list(all_ids)
-                p = self.current_plan(strategy)
-                if p is None or self._needs_replan(strategy, p, version, ids, labeled):
-                    self.plan(strategy, ids, set(labeled), version)
-                else:  # the new model is not scored yet: look again in a while, not at every request
-                    self._not_before[(strategy, version)] = time.time() + 2.0
+                # not beside a request selecting the next batch (one of the two would be thrown away): after
+                # it, the batch it made is judged (it may be for the new model already)
+                with self._next_batch_lock(strategy):
+                    p = self.current_plan(strategy)
+                    if p is None or self._needs_replan(strategy, p, version, ids, labeled):
+                        self.plan(strategy, ids, set(labeled), version)
+                    else:  # the new model is not scored yet: look again in a while, not at every request
+                        self._not_before[(strategy, version)] = time.time() + 2.0
             except Exception:  # noqa: BLE001 - logged; the previous plan keeps being served
                 logger.exception(f"background re-plan of {strategy} failed")
             finally:
