@@ -428,6 +428,7 @@
     mk('save', 'Save label', () => save());
     mk('next', 'Next frame', () => next());
     mk('train', 'Train', () => startTraining(t => (trainLine.textContent = t)));
+    if (token()) mk('sign-out', 'Sign out', () => signOut());
     statusLine = el('div', { 'data-polypal': 'status' }, 'Loading the frame...');
     trainLine = el('div', { 'data-polypal': 'training' }, '');
     trainLine.style.cssText = 'color:#aaa;margin-top:4px';
@@ -595,6 +596,34 @@
       state.confirmNext = true;
       return say('Unsaved changes: Save first, or press Next frame again to leave them.');
     }
+    location.href = nextUrl();
+  }
+
+  // a shared workstation: the realm ends this sign-in (its refresh token renews nothing after), the tab forgets
+  // the tokens, and the start page asks the next annotator to sign in
+  async function signOut() {
+    if (state.dirty && !state.confirmSignOut) {
+      state.confirmSignOut = true;
+      return say('Unsaved changes: Save first, or press Sign out again to leave them.');
+    }
+    const rt = sessionStorage.getItem(REFRESH);
+    sessionStorage.removeItem(TOKEN);
+    sessionStorage.removeItem(REFRESH);
+    if (rt) {
+      try {
+        const r = await plainFetch('/auth/logout', {
+          method: 'POST', credentials: 'same-origin',
+          headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+          body: new URLSearchParams({ refresh_token: rt }),
+        });
+        state.signedOut = r.ok ? 'ended' : 'not ended: ' + r.status;
+      } catch (e) {
+        state.signedOut = 'not ended: ' + e.message;
+      }
+    } else {
+      state.signedOut = 'forgotten';
+    }
+    log('signed out (' + state.signedOut + ')');
     location.href = nextUrl();
   }
 

@@ -39,7 +39,7 @@ PASSWORDS = {"dr-okafor": ("s3cret", [ANNOTATOR, USER])}
 def _realm(key) -> tuple[str, ThreadingHTTPServer]:
     """Keycloak's three answers MONAI Label uses: the realm (its public key), its OpenID configuration and
     the password and refresh-token grants of its token endpoint (401 for a wrong password, 400 for a refresh
-    token it no longer honours, as Keycloak answers). The server object's ``polypal`` dict changes them:
+    token it no longer honours, as Keycloak answers) and its logout with a refresh token. The server object's ``polypal`` dict changes them:
     ``key`` (a rotation), ``token_answer`` / ``key_answer`` ((status, body) instead of the token endpoint's
     or the realm's own answer), ``key_delay`` (seconds before the realm answers), ``ttl`` (the access
     tokens' life, s), ``sessions`` (refresh token -> user: clear it to end every sign-in); ``key_gets``
@@ -58,7 +58,9 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
         def do_GET(self):  # noqa: N802
             if self.path.endswith("/.well-known/openid-configuration"):
                 base = f"http://127.0.0.1:{self.server.server_address[1]}/realms/polypal"
-                return self._send(200, json.dumps({"token_endpoint": base + "/protocol/openid-connect/token"}).encode())
+                return self._send(200, json.dumps({"token_endpoint": base + "/protocol/openid-connect/token",
+                                                   "end_session_endpoint": base + "/protocol/openid-connect/logout"}
+                                                  ).encode())
             conf["key_gets"] += 1
             time.sleep(conf["key_delay"])
             if conf["key_answer"]:
@@ -71,6 +73,9 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
             from urllib.parse import parse_qs
 
             form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+            if self.path.endswith("/logout"):  # Keycloak's logout with a refresh token: 204, or 400 if not active
+                ended = conf["sessions"].pop(form.get("refresh_token", [""])[0], None)
+                return self._send(204, b"") if ended else self._send(400, b'{"error": "invalid_grant"}')
             if conf["token_answer"]:
                 return self._send(*conf["token_answer"])
             if form.get("grant_type") == ["refresh_token"]:
@@ -313,7 +318,7 @@ def test_a_sign_in_is_renewed_without_the_password(env):
     (MONAI Label's answer kept the access token only, so a page or client had to ask for the password again),
     and POST /auth/token/refresh gives a new token for it, with no token needed to ask. A refresh token the
     realm no longer honours is a 401 saying the sign-in has ended; the realm's other fields are not passed on
-    and token answers are not cached."""
+    and token answers are not cached. POST /auth/logout has the realm end a sign-in."""
     import urllib.request
 
     url, realm = env["url"], env["realm"]
@@ -333,8 +338,17 @@ def test_a_sign_in_is_renewed_without_the_password(env):
     # used once (the stand-in realm's rule): the first refresh token has ended, the second has not
     s, r = http("POST", url + "/auth/token/refresh", f"refresh_token={first['refresh_token']}".encode(), form)
     assert s == 401 and "sign in again" in r["detail"], (s, r)
-    realm.polypal["sessions"].clear()  # the realm ends every sign-in (an administrator, or its idle timeout)
+    # signing out (a shared workstation): the realm ends the sign-in, its refresh token renews nothing after
+    s, r = http("POST", url + "/auth/logout", f"refresh_token={second['refresh_token']}".encode(), form)
+    assert s == 200 and r == {"signed_out": True}, (s, r)
     s, r = http("POST", url + "/auth/token/refresh", f"refresh_token={second['refresh_token']}".encode(), form)
+    assert s == 401 and "sign in again" in r["detail"], (s, r)
+    s, r = http("POST", url + "/auth/logout", f"refresh_token={second['refresh_token']}".encode(), form)
+    assert s == 200, (s, r)  # ended already: nothing to do
+    assert http("POST", url + "/auth/logout", b"", form)[0] == 422
+    s, third = http("POST", url + "/auth/token", b"username=dr-okafor&password=s3cret", form)
+    realm.polypal["sessions"].clear()  # the realm ends every sign-in (an administrator, or its idle timeout)
+    s, r = http("POST", url + "/auth/token/refresh", f"refresh_token={third['refresh_token']}".encode(), form)
     assert s == 401 and "sign in again" in r["detail"], (s, r)
     for body in (b"", b"refresh_token=", b"username=dr-okafor"):
         s, r = http("POST", url + "/auth/token/refresh", body, form)

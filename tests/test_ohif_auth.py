@@ -4,7 +4,8 @@ with ``MONAI_LABEL_AUTH_ENABLE``, a stand-in Keycloak realm (tests/test_auth.py)
 The page signs in with a user name and password (POST /auth/token), then every request it makes carries
 the token, OHIF's DICOMweb reads through /proxy/dicom included. The token is renewed with the realm's refresh
 token before it ends, and after it has (a 401 at Save), without the password; once the realm has ended the
-sign-in, Save asks for the password again, and the labelmap is saved after it, not lost.
+sign-in, Save asks for the password again, and the labelmap is saved after it, not lost. Sign out ends the
+sign-in at the realm.
 """
 
 from __future__ import annotations
@@ -100,6 +101,15 @@ def test_annotate_in_ohif_with_authentication_on(tmp_path):
         _check_painted(label, _stadium(rows, cols, p0, p1, BRUSH_RADIUS), "brush, saved after signing in again")
         s, info = http("GET", f"{srv.url}/info/", headers=admin)  # a DICOMweb server credits its annotators too
         assert info["polyp_al"]["annotators"]["dr-okafor"]["labels"] == 1, info["polyp_al"]["annotators"]
+        # Sign out (a shared workstation): the realm ends the sign-in, the tab forgets its tokens, and the
+        # start page asks the next annotator to sign in
+        rt = b.js("sessionStorage.getItem('polypal.refresh')")
+        assert rt in realm.polypal["sessions"]
+        b.click_selector('[data-polypal="sign-out"]')
+        b.wait_js("document.querySelector('[data-polypal=sign-in]') && !location.pathname.includes('segmentation')",
+                  60, "the sign-in form after signing out")
+        assert rt not in realm.polypal["sessions"]
+        assert b.js("sessionStorage.getItem('polypal.token') === null && sessionStorage.getItem('polypal.refresh') === null")
     finally:
         b.close()
         srv.stop()

@@ -9,8 +9,9 @@ and enforced in front of every endpoint.
   token a request gets 401 (503 when the realm's key cannot be fetched), polyp-al's own model upload and
   delete included (they had no token check); those take the admin role. Roles of the other endpoints stay
   MONAI Label's (user: read, next sample, infer; annotator: save labels and frames; admin: delete, train,
-  logs, model). Free: ``/auth/``, ``POST /auth/token`` (signing in) and ``POST /auth/token/refresh`` (renewing
-  a token with the realm's refresh token, ``_routes``), the API docs and their static files,
+  logs, model). Free: ``/auth/``, ``POST /auth/token`` (signing in), ``POST /auth/token/refresh`` (renewing
+  a token with the realm's refresh token) and ``POST /auth/logout`` (``_routes``), the API docs and their
+  static files,
   and the annotator's page's files (``/annotate/``: it signs in with ``POST /auth/token`` and sends the token
   with every request, OHIF's included: ``ohif/annotate.js``).
 - The annotator is the token's user: next-sample requests are leased to the user whatever ``client_id``
@@ -35,7 +36,7 @@ ALGORITHMS = [a.strip() for a in os.environ.get("POLYPAL_AUTH_ALGORITHMS", "RS25
 # signing in, the API docs, and the annotator's page: files of the viewer (OHIF and ours, GET/HEAD only,
 # no data), which has to load before it can ask for a user name and password
 _FREE_EXACT = frozenset({"/", "/docs", "/openapi.json", "/favicon.ico", "/auth", "/auth/", "/auth/token",
-                         "/auth/token/refresh", "/annotate"})
+                         "/auth/token/refresh", "/auth/logout", "/annotate"})
 _FREE_PREFIX = ("/static/", "/annotate/")
 _saver = threading.local()
 
@@ -66,7 +67,7 @@ class _Realm:
         self._tried = -1e9  # when a fetch was last started (monotonic)
         self._failed = -1e9  # when a fetch last failed
         self._fetches = 0  # fetches finished, good or not
-        self._token_endpoint: str | None = None
+        self._endpoints: dict[str, str] = {}
 
     @staticmethod
     def _get(url: str) -> dict:
@@ -121,17 +122,18 @@ class _Realm:
         finally:
             self._lock.release()
 
-    def token_endpoint(self) -> str:
+    def endpoint(self, name: str = "token_endpoint") -> str:
+        """An endpoint the realm's OpenID configuration names (``token_endpoint``, ``end_session_endpoint``);
+        the configuration is kept once an answer names the endpoint."""
         from monailabel.config import settings
 
         with self._lock:
-            if self._token_endpoint is None:
-                uri = self._get(f"{settings.MONAI_LABEL_AUTH_REALM_URI}/.well-known/openid-configuration").get(
-                    "token_endpoint")
+            if name not in self._endpoints:
+                uri = self._get(f"{settings.MONAI_LABEL_AUTH_REALM_URI}/.well-known/openid-configuration").get(name)
                 if not isinstance(uri, str) or not uri.startswith(("http://", "https://")):
-                    raise ValueError("the realm's OpenID configuration names no token_endpoint")
-                self._token_endpoint = uri
-            return self._token_endpoint
+                    raise ValueError(f"the realm's OpenID configuration names no {name}")
+                self._endpoints[name] = uri
+            return self._endpoints[name]
 
 
 def _readable(pem: str) -> None:
@@ -262,7 +264,7 @@ def grant(form: dict) -> dict:
 
     unavailable = Unauthorized(503, "the sign-in realm cannot be reached or failed; try again later")
     try:
-        url = REALM.token_endpoint()
+        url = REALM.endpoint("token_endpoint")
     except Exception as e:  # noqa: BLE001 - requests' errors, a realm answering other than JSON
         logger.error(f"sign-in: the realm's OpenID configuration could not be read: {e}")
         raise unavailable from None
@@ -287,11 +289,34 @@ def grant(form: dict) -> dict:
     return {k: body[k] for k, t in TOKEN_FIELDS.items() if isinstance(body.get(k), t)}
 
 
+def end_session(refresh_token: str) -> None:
+    """Ask the realm to end the sign-in of ``refresh_token`` (its ``end_session_endpoint``, as Keycloak's
+    logout with a refresh token): no token of that sign-in is renewed after it. Raises ``Unauthorized`` 503
+    when the realm cannot do it."""
+    import requests
+    from monailabel.config import settings
+
+    try:
+        url = REALM.endpoint("end_session_endpoint")
+        r = requests.post(url, data={"client_id": settings.MONAI_LABEL_AUTH_CLIENT_ID, "refresh_token": refresh_token},
+                          headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
+    except (requests.RequestException, ValueError) as e:
+        logger.error(f"sign-out: the realm's logout endpoint cannot be reached: {e}")
+        raise Unauthorized(503, "the sign-in realm cannot be reached: the sign-in may still be renewable "
+                                "until it times out") from None
+    if r.status_code == 400:  # Keycloak: the refresh token is not active (already ended): nothing to end
+        return
+    if not 200 <= r.status_code < 300:
+        logger.error(f"sign-out: the realm's logout endpoint {url} answered {r.status_code}")
+        raise Unauthorized(503, f"the sign-in realm did not end the sign-in (it answered {r.status_code})")
+
+
 def _routes():
     """``POST /auth/token`` (in place of MONAI Label's, which kept only the access token: the realm's refresh
     token is passed on too) and ``POST /auth/token/refresh``: a new token for a refresh token, so that a
     signed-in annotator is not asked for the password each time the realm's short-lived access token ends
-    (Keycloak's default: 5 minutes). Both answer ``Cache-Control: no-store``."""
+    (Keycloak's default: 5 minutes); both answer ``Cache-Control: no-store``. ``POST /auth/logout``: the
+    realm ends the sign-in of a refresh token (a shared workstation: the next user cannot renew it)."""
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
@@ -319,7 +344,23 @@ def _routes():
     async def renew(request):
         return await answer(request, ("refresh_token",), "refresh_token")
 
-    return [Route("/auth/token", sign_in, methods=["POST"]), Route("/auth/token/refresh", renew, methods=["POST"])]
+    async def sign_out(request):
+        try:
+            form = await request.form()
+        except Exception:  # noqa: BLE001 - not a form
+            form = {}
+        rt = form.get("refresh_token")
+        if not isinstance(rt, str) or not rt:
+            return JSONResponse({"detail": "refresh_token required (a form, application/x-www-form-urlencoded)"},
+                                status_code=422)
+        try:  # blocking, as above
+            end_session(rt)
+        except Unauthorized as e:
+            return JSONResponse({"detail": e.detail}, status_code=e.status)
+        return JSONResponse({"signed_out": True})
+
+    return [Route("/auth/token", sign_in, methods=["POST"]), Route("/auth/token/refresh", renew, methods=["POST"]),
+            Route("/auth/logout", sign_out, methods=["POST"])]
 
 
 def install(fastapi_app=None) -> None:
