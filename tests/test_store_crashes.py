@@ -123,6 +123,38 @@ def test_a_replace_killed_whose_upload_is_gone_is_undone(tmp_path):
     assert not _journals(root) and not list((root / ".polypal" / "trash").iterdir())
 
 
+@pytest.mark.parametrize("upload", ["here", "gone"])
+def test_a_replace_journal_of_an_earlier_version_is_settled(tmp_path, upload):
+    """A replace killed under a version whose journal had no record of the rows ("before": 2026-12-06 before
+    22:20; found by an upgrade probe): it was never settled (every start logged "could not settle ... 'before'"
+    and kept the frame's rows without its files; exports refused; polypal-trash restore refused while the
+    journal was there; after an hour the upload was deleted). Now it is settled as that version did: finished
+    when the upload is there, else undone."""
+    from polypal.serving.fileops import file_signature
+
+    root, old_bytes, label_bytes, new = _setup(tmp_path)
+    assert _kill_replace(root, new, 3).returncode == -9  # old frame and label moved, upload not yet renamed
+    (journal,) = _journals(root)
+    intent = json.loads(journal.read_text())
+    (up,) = root.glob(".upload-*")
+    legacy = {"id": intent["id"], "ext": intent["ext"], "upload": intent["upload"], "signature": file_signature(up),
+              "info": intent["info"], "files": intent["files"]}  # that version's journal
+    journal.write_text(json.dumps(legacy))
+    if upload == "gone":
+        up.unlink()
+    store = FrameStore(root)
+    assert not _journals(root) and store.recovered == ["x"]
+    if upload == "here":
+        assert store.image_ext("x") == ".jpg" and Path(store.image_path("x")).read_bytes() == new.read_bytes()
+        assert store.labels_of("x") == {} and not (root / "x.png").exists()
+        (kept,) = list((root / ".polypal" / "trash").iterdir())
+        assert (kept / "x.png").read_bytes() == old_bytes and (kept / "labels-final-x.png").read_bytes() == label_bytes
+    else:
+        assert store.image_ext("x") == ".png" and (root / "x.png").read_bytes() == old_bytes
+        assert Path(store.label_path("x", "final")).read_bytes() == label_bytes
+        assert not list((root / ".polypal" / "trash").iterdir())
+
+
 def test_a_replace_that_fails_is_undone_at_once(tmp_path, monkeypatch):
     """An error (not a crash) after the old files moved: the files go back before the transaction rolls back,
     and no journal or trash folder is left."""

@@ -719,10 +719,15 @@ class FrameStore:
             except FileNotFoundError:
                 return None, None  # settled meanwhile
             image_id, ext = check_name("image id", intent["id"]), str(intent["ext"])
-            files, before = dict(intent["files"]), intent["before"]
+            files, before = dict(intent["files"]), intent.get("before")
+            # a journal of a version before 2026-12-06 22:20 has no (or another) record of the rows: it is
+            # settled as that version did (finished when the upload is here, else undone), its manifest, written
+            # before any file moved, kept as it is
+            legacy = not (isinstance(before, dict) and set(before) == {"image", "labels"})
             tmp = os.path.join(self.root, os.path.basename(str(intent["upload"])))
             dest = os.path.join(self.root, image_id + ext)
-            _write_manifest(folder, intent)  # again: a crash may have cut it or come before it
+            if not legacy:
+                _write_manifest(folder, intent)  # again: a crash may have cut it or come before it
             if c.execute("SELECT 1 FROM meta WHERE key=?", (key,)).fetchone():
                 done = None  # committed
             else:
@@ -733,7 +738,9 @@ class FrameStore:
                     old_in_place and dest == os.path.join(self.root, frame)) and not any(
                     os.path.join(self.root, rel) == dest and not os.path.lexists(os.path.join(folder, n))
                     for n, rel in files.items())  # a stray of that name, not moved yet, is not the upload
-                if now != before:
+                if legacy and intent.get("signature") is not None:  # that version's test: the upload's file
+                    arrived = not os.path.lexists(tmp) and file_signature(dest) == intent["signature"]
+                if not legacy and now != before:
                     done = None  # written since: the journal is stale
                     logger.warning(f"replace journal {journal} is older than {image_id}'s rows; dropped, its "
                                    f"folder kept as trash")
