@@ -86,6 +86,26 @@ def test_a_labeled_frame_overwritten_by_hand_loses_its_label_to_the_trash(tmp_pa
     assert FrameStore(root).labeled_ids() == []
 
 
+def test_a_label_written_with_its_new_frame_without_a_record_stays_on_it(tmp_path):
+    """A frame and its label both rewritten by something that keeps no record (a version before 2026-12-07
+    after a downgrade: it replaced a labeled frame through the API and saved the new picture's label; or a
+    frame and label copied in together from a backup): the label is the new picture's, not the record's. An
+    upgrade probe found such labels moved to the trash as "another picture than the one its label was drawn
+    on", and polypal-trash restore refused them. A frame overwritten under an unchanged label still loses
+    it (the test above)."""
+    root, fs = labeled_store(tmp_path)
+    picture(root / "f001.png", 250)
+    Image.fromarray(np.eye(20, 30, dtype=np.uint8) * 255).save(root / "labels" / "final" / "f001.png")
+    from polypal.serving.label_frames import off_their_picture
+
+    assert off_their_picture(fs, ["f001"]) == {}  # a training or export now: not left out
+    fs = FrameStore(root)
+    assert fs.labeled_ids() == ["f001"] and list_trash(root) == []
+    # and it is now recorded on that picture: overwriting the frame again (label unchanged) takes it away
+    picture(root / "f001.png", 120)
+    assert FrameStore(root).labeled_ids() == [] and len(list_trash(root)) == 1
+
+
 def test_a_frame_touched_or_copied_back_byte_for_byte_keeps_its_label(tmp_path):
     root, fs = labeled_store(tmp_path)
     os.utime(root / "f001.png", ns=(1, 1))

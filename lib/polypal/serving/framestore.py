@@ -493,7 +493,7 @@ class FrameStore:
                 _fsync_dir(d)
                 c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)",
                           (image_id, tag, ext, json.dumps(info)))
-                label_frames.record(c, image_id, tag, drawn_on)
+                label_frames.record(c, image_id, tag, drawn_on, dest)
                 if old_path and old_path != dest and os.path.exists(old_path):
                     os.unlink(old_path)  # its copy is in the trash (above)
         except BaseException:

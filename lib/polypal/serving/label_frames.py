@@ -43,7 +43,12 @@ CREATE TABLE IF NOT EXISTS detached_labels (image_id TEXT NOT NULL, tag TEXT NOT
                                             info TEXT NOT NULL, sha256 TEXT, pixels TEXT,
                                             label_sha256 TEXT NOT NULL, since REAL NOT NULL,
                                             PRIMARY KEY (image_id, tag));
+CREATE TABLE IF NOT EXISTS label_files (image_id TEXT NOT NULL, tag TEXT NOT NULL, sig TEXT NOT NULL,
+                                        PRIMARY KEY (image_id, tag));
 """
+# label_files: the label file's file_sig when its record was taken. A label file written without a record
+# (by a version before 2026-12-07 after a downgrade, or by hand) has another: its record is of an earlier
+# label, not of this one (a table of its own: versions that write label_frames by position still can)
 
 
 class Digest(NamedTuple):
@@ -115,14 +120,23 @@ def same_picture(sha: str | None, pixels: str | None, now: Digest) -> bool | Non
     return pixels is not None and pixels == now.pixels
 
 
-def record(c, image_id: str, tag: str, d: Digest | None) -> None:
-    """In transaction ``c``: the label (image_id, tag) is on the picture ``d`` (None: not known, so
-    hashed at the next start)."""
+def record(c, image_id: str, tag: str, d: Digest | None, label_path=None) -> None:
+    """In transaction ``c``: the label (image_id, tag), its file at ``label_path``, is on the picture ``d``
+    (None: not known, so hashed at the next start)."""
+    sig = file_sig(label_path) if d is not None and label_path else None
     if d is None:
         c.execute("DELETE FROM label_frames WHERE image_id=? AND tag=?", (image_id, tag))
     else:
         c.execute("INSERT OR REPLACE INTO label_frames VALUES (?, ?, ?, ?, ?)",
                   (image_id, tag, d.sha, d.pixels, json.dumps(d.sig)))
+    if sig is None:
+        c.execute("DELETE FROM label_files WHERE image_id=? AND tag=?", (image_id, tag))
+    else:
+        c.execute("INSERT OR REPLACE INTO label_files VALUES (?, ?, ?)", (image_id, tag, json.dumps(sig)))
+
+
+def _label_path(store, image_id: str, tag: str, ext: str) -> str:
+    return os.path.join(store.root, "labels", tag, image_id + ext)
 
 
 def _frame_file(store, c, image_id: str, found_ext: str | None = None) -> str | None:
@@ -296,7 +310,8 @@ def take_back(store, c, image_id: str, tag: str, ext: str, d: Digest | None) -> 
     c.execute("INSERT OR REPLACE INTO labels (image_id, tag, ext, info) VALUES (?, ?, ?, "
               "COALESCE(?, (SELECT info FROM labels WHERE image_id=? AND tag=?), '{}'))",
               (image_id, tag, ext, info, image_id, tag))
-    record(c, image_id, tag, d if d is not None and d.pixels is not None else None)  # else: the next start
+    record(c, image_id, tag, d if d is not None and d.pixels is not None else None,  # else: the next start
+           _label_path(store, image_id, tag, ext))
     c.execute("DELETE FROM detached_labels WHERE image_id=? AND tag=?", (image_id, tag))
     return "attached"
 
@@ -306,6 +321,7 @@ def check_frames(store, c, blocked: set, digests: dict[str, Digest]) -> list[str
     label without a record takes the picture there now. Returns the ids whose labels left."""
     recs = {(i, t): (sha, pixels, json.loads(sig)) for i, t, sha, pixels, sig in
             c.execute("SELECT image_id, tag, sha256, pixels, sig FROM label_frames")}
+    label_sigs = {(i, t): json.loads(sig) for i, t, sig in c.execute("SELECT image_id, tag, sig FROM label_files")}
     out, undecided = [], set()
     for i, t, e, info in c.execute("SELECT image_id, tag, ext, info FROM labels").fetchall():
         d = digests.get(i)
@@ -317,12 +333,15 @@ def check_frames(store, c, blocked: set, digests: dict[str, Digest]) -> list[str
         rec = recs.get((i, t))
         if rec is not None and rec[2] == d.sig:
             continue
+        if rec is not None and (i, t) in label_sigs and label_sigs[(i, t)] != file_sig(_label_path(store, i, t, e)):
+            rec = None  # the label file was written without a record (an older version, by hand): it is not the
+            # label that record is of, so it takes the picture there now, as a label without a record does
         same = (True if d.pixels is not None else None) if rec is None else same_picture(rec[0], rec[1], d)
         if same is None:  # (a first record is never taken of a file that does not decode: half copied?)
             undecided.add(i)
             continue
-        if same:
-            record(c, i, t, d)  # the same picture (touched, copied back, re-encoded), or a first record
+        if same:  # the same picture (touched, copied back, re-encoded), or a first record
+            record(c, i, t, d, _label_path(store, i, t, e))
             continue
         reason = (f"label {t} of {i}: the frame file {os.path.basename(frame)} was changed on disk after this "
                   f"label was saved (another picture)")
@@ -333,6 +352,7 @@ def check_frames(store, c, blocked: set, digests: dict[str, Digest]) -> list[str
             _detach(store, c, i, t, e, info)
         c.execute("DELETE FROM labels WHERE image_id=? AND tag=?", (i, t))
         c.execute("DELETE FROM label_frames WHERE image_id=? AND tag=?", (i, t))
+        c.execute("DELETE FROM label_files WHERE image_id=? AND tag=?", (i, t))
         out.append(i)
     for i in sorted(undecided):
         logger.warning(f"frame {i}'s file changed and does not decode now (still being copied?); its labels are "
@@ -342,8 +362,9 @@ def check_frames(store, c, blocked: set, digests: dict[str, Digest]) -> list[str
 
 def drop_stale(store, c) -> None:
     """Records of labels that are gone, and kept-aside rows whose file is gone or whose label is back."""
-    c.execute("DELETE FROM label_frames WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE "
-              "l.image_id=label_frames.image_id AND l.tag=label_frames.tag)")
+    for table in ("label_frames", "label_files"):
+        c.execute(f"DELETE FROM {table} WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE "
+                  f"l.image_id={table}.image_id AND l.tag={table}.tag)")
     c.execute("DELETE FROM detached_labels WHERE EXISTS (SELECT 1 FROM labels l WHERE "
               "l.image_id=detached_labels.image_id AND l.tag=detached_labels.tag)")
     c.executemany("DELETE FROM detached_labels WHERE image_id=? AND tag=?",
@@ -391,7 +412,7 @@ def off_their_picture(store, ids, tag: str = "final") -> dict[str, str]:
             c.execute("SELECT image_id, sha256, pixels, sig FROM label_frames WHERE tag=?", (tag,))}
     out = {}
     for i in ids:
-        why = _off(store.image_path(i), recs.get(i))
+        why = _off(store.image_path(i), recs.get(i), lambda i=i: _label_changed(store, c, i, tag))
         if why:
             out[i] = why
     return out
@@ -400,13 +421,22 @@ def off_their_picture(store, ids, tag: str = "final") -> dict[str, str]:
 def off_picture(store, image_id: str, tag: str) -> str | None:
     """``off_their_picture`` for one label (one indexed lookup and a stat while the frame file is unchanged):
     why the ``tag`` label of ``image_id`` is no longer on its frame's picture, or None."""
-    r = store._conn().execute("SELECT sha256, pixels, sig FROM label_frames WHERE image_id=? AND tag=?",
-                              (image_id, tag)).fetchone()
-    return _off(store.image_path(image_id), r and (r[0], r[1], json.loads(r[2])))
+    c = store._conn()
+    r = c.execute("SELECT sha256, pixels, sig FROM label_frames WHERE image_id=? AND tag=?",
+                  (image_id, tag)).fetchone()
+    return _off(store.image_path(image_id), r and (r[0], r[1], json.loads(r[2])),
+                lambda: _label_changed(store, c, image_id, tag))
 
 
-def _off(path, rec) -> str | None:
-    if rec is None or not path or file_sig(path) == rec[2]:
+def _label_changed(store, c, image_id: str, tag: str) -> bool:
+    """The label file is not the one its record was taken with (``check_frames``: the record is not its)."""
+    r = c.execute("SELECT f.sig, l.ext FROM label_files f JOIN labels l ON l.image_id=f.image_id AND l.tag=f.tag "
+                  "WHERE f.image_id=? AND f.tag=?", (image_id, tag)).fetchone()
+    return r is not None and json.loads(r[0]) != file_sig(_label_path(store, image_id, tag, r[1]))
+
+
+def _off(path, rec, label_changed) -> str | None:
+    if rec is None or not path or file_sig(path) == rec[2] or label_changed():
         return None
     d = digest(path)
     if d is not None and same_picture(rec[0], rec[1], d) is False:
