@@ -42,10 +42,11 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
     token it no longer honours, as Keycloak answers) and its logout with a refresh token. The server object's ``polypal`` dict changes them:
     ``key`` (a rotation), ``token_answer`` / ``key_answer`` ((status, body) instead of the token endpoint's
     or the realm's own answer), ``key_delay`` (seconds before the realm answers), ``ttl`` (the access
-    tokens' life, s), ``sessions`` (refresh token -> user: clear it to end every sign-in); ``key_gets``
+    tokens' life, s), ``sessions`` (refresh token -> user: clear it to end every sign-in), ``token_delay``
+    (seconds before the token and logout endpoints answer); ``key_gets``
     counts the realm's answers, ``renewals`` the refresh grants it honoured."""
     conf = {"key": key, "token_answer": None, "key_answer": None, "key_delay": 0.0, "key_gets": 0, "ttl": 3600,
-            "sessions": {}, "renewals": 0}
+            "sessions": {}, "renewals": 0, "token_delay": 0.0}
 
     class Realm(BaseHTTPRequestHandler):
         def _send(self, status: int, body: bytes):
@@ -73,6 +74,7 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
             from urllib.parse import parse_qs
 
             form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+            time.sleep(conf["token_delay"])
             if self.path.endswith("/logout"):  # Keycloak's logout with a refresh token: 204, or 400 if not active
                 ended = conf["sessions"].pop(form.get("refresh_token", [""])[0], None)
                 return self._send(204, b"") if ended else self._send(400, b'{"error": "invalid_grant"}')
@@ -362,7 +364,34 @@ def test_a_sign_in_is_renewed_without_the_password(env):
         assert s == 503 and "realm" in r["detail"], (s, r)
     finally:
         realm.polypal["token_answer"] = None
+    s, api = http("GET", url + "/openapi.json")
+    assert s == 200 and {"/auth/token/refresh", "/auth/logout"} <= set(api["paths"]), sorted(api["paths"])
+    assert "refresh" in api["paths"]["/auth/token"]["post"]["summary"]  # polyp-al's, not MONAI Label's
     assert "Exception in ASGI application" not in env["srv"].log.read_text(errors="replace")
+
+
+def test_sign_in_requests_while_the_realm_is_slow_do_not_hold_up_signed_in_users(env):
+    """Anyone may send sign-in and renewal requests, and each waits on the realm: 48 at once with the realm
+    taking 4 s each held anyio's worker threads, which every signed-in request's token check needs (a signed-in
+    GET /info waited 3 s here, 5 s in a review's probe). They have threads of their own now."""
+    url, realm = env["url"], env["realm"]
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    http("GET", url + "/info/", headers=bearer(env["admin"]))  # the realm's key fetched already
+    realm.polypal["token_delay"] = 4.0
+    threads = [threading.Thread(target=http, args=("POST", url + "/auth/token/refresh", b"refresh_token=zz", form))
+               for _ in range(48)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        t0 = time.perf_counter()
+        s, _ = http("GET", url + "/info/", headers=bearer(env["admin"]))
+        took = time.perf_counter() - t0
+    finally:
+        realm.polypal["token_delay"] = 0.0
+        for t in threads:
+            t.join()
+    assert s == 200 and took < 2.0, took
 
 
 def test_the_viewers_files_load_without_a_token_its_data_does_not(env):
@@ -433,6 +462,14 @@ def test_a_realm_answer_that_is_no_key_is_not_kept(env):
         assert http("GET", url + "/info/", headers=bearer(token(new, "dr-admin", [ADMIN, USER])))[0] == 401
         s, r = http("GET", url + "/info/", headers=bearer(env["admin"]))
         assert s == 200, (s, r)
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        ec_der = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        realm.polypal["key_answer"] = (200, json.dumps({"public_key": base64.b64encode(ec_der).decode()}).encode())
+        time.sleep(1.5)  # a key, but one RS256 does not verify with: not kept either
+        assert http("GET", url + "/info/", headers=bearer(token(new, "dr-admin", [ADMIN, USER])))[0] == 401
+        assert http("GET", url + "/info/", headers=bearer(env["admin"]))[0] == 200
         realm.polypal["key_answer"], realm.polypal["key"] = None, new  # the realm is back, with its new key
         time.sleep(1.5)
         s, r = http("GET", url + "/info/", headers=bearer(token(new, "dr-admin", [ADMIN, USER])))

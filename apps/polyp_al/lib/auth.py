@@ -68,6 +68,8 @@ class _Realm:
         self._failed = -1e9  # when a fetch last failed
         self._fetches = 0  # fetches finished, good or not
         self._endpoints: dict[str, str] = {}
+        self._config_lock = threading.Lock()
+        self._config_failed = -1e9
 
     @staticmethod
     def _get(url: str) -> dict:
@@ -123,15 +125,25 @@ class _Realm:
             self._lock.release()
 
     def endpoint(self, name: str = "token_endpoint") -> str:
-        """An endpoint the realm's OpenID configuration names (``token_endpoint``, ``end_session_endpoint``);
-        the configuration is kept once an answer names the endpoint."""
+        """An endpoint the realm's OpenID configuration names (``token_endpoint``, ``end_session_endpoint``),
+        kept once an answer names it. Under a lock of its own (not the key's: a slow realm must not hold up
+        token checks), and after a failed fetch not fetched again for ``FAILED_RETRY_S``."""
         from monailabel.config import settings
 
-        with self._lock:
+        got = self._endpoints.get(name)
+        if got is not None:
+            return got
+        with self._config_lock:
             if name not in self._endpoints:
-                uri = self._get(f"{settings.MONAI_LABEL_AUTH_REALM_URI}/.well-known/openid-configuration").get(name)
-                if not isinstance(uri, str) or not uri.startswith(("http://", "https://")):
-                    raise ValueError(f"the realm's OpenID configuration names no {name}")
+                if time.monotonic() - self._config_failed < self.FAILED_RETRY_S:
+                    raise ValueError("the realm's OpenID configuration could not be read a moment ago")
+                try:
+                    uri = self._get(f"{settings.MONAI_LABEL_AUTH_REALM_URI}/.well-known/openid-configuration").get(name)
+                    if not isinstance(uri, str) or not uri.startswith(("http://", "https://")):
+                        raise ValueError(f"the realm's OpenID configuration names no {name}")
+                except BaseException:
+                    self._config_failed = time.monotonic()
+                    raise
                 self._endpoints[name] = uri
             return self._endpoints[name]
 
@@ -139,12 +151,18 @@ class _Realm:
 def _readable(pem: str) -> None:
     """Raises ValueError unless ``pem`` is a public key (a realm answering something else must not be kept:
     every token would fail on it until a restart)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     try:
-        load_pem_public_key(pem.encode())
+        key = load_pem_public_key(pem.encode())
     except Exception as e:  # noqa: BLE001 - cryptography's errors for bad base64, DER or key types
         raise ValueError(f"the realm's public_key is not a public key ({str(e)[:120]})") from None
+    kinds = {"R": rsa.RSAPublicKey, "P": rsa.RSAPublicKey, "E": ec.EllipticCurvePublicKey,
+             "Ed": (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)}
+    if not any(isinstance(key, kinds["Ed" if a == "EdDSA" else a[0]]) for a in ALGORITHMS):
+        raise ValueError(f"the realm's public_key is a {type(key).__name__.lstrip('_')}, which none of "
+                         f"{', '.join(ALGORITHMS)} verifies (POLYPAL_AUTH_ALGORITHMS)")
 
 
 REALM = _Realm()
@@ -270,7 +288,8 @@ def grant(form: dict) -> dict:
         raise unavailable from None
     try:
         r = requests.post(url, data={"client_id": settings.MONAI_LABEL_AUTH_CLIENT_ID, **form},
-                          headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
+                          headers={"Content-Type": "application/x-www-form-urlencoded"},
+                          timeout=settings.MONAI_LABEL_AUTH_TIMEOUT)
     except requests.RequestException as e:
         logger.error(f"sign-in: the realm's token endpoint {url} cannot be reached: {e}")
         raise unavailable from None
@@ -299,7 +318,8 @@ def end_session(refresh_token: str) -> None:
     try:
         url = REALM.endpoint("end_session_endpoint")
         r = requests.post(url, data={"client_id": settings.MONAI_LABEL_AUTH_CLIENT_ID, "refresh_token": refresh_token},
-                          headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
+                          headers={"Content-Type": "application/x-www-form-urlencoded"},
+                          timeout=settings.MONAI_LABEL_AUTH_TIMEOUT)
     except (requests.RequestException, ValueError) as e:
         logger.error(f"sign-out: the realm's logout endpoint cannot be reached: {e}")
         raise Unauthorized(503, "the sign-in realm cannot be reached: the sign-in may still be renewable "
@@ -317,8 +337,9 @@ def _routes():
     signed-in annotator is not asked for the password each time the realm's short-lived access token ends
     (Keycloak's default: 5 minutes); both answer ``Cache-Control: no-store``. ``POST /auth/logout``: the
     realm ends the sign-in of a refresh token (a shared workstation: the next user cannot renew it)."""
+    from fastapi import Request
+    from fastapi.routing import APIRoute
     from starlette.responses import JSONResponse
-    from starlette.routing import Route
 
     async def answer(request, fields: tuple[str, ...], grant_type: str):
         try:
@@ -338,13 +359,13 @@ def _routes():
             return JSONResponse({"detail": e.detail}, status_code=e.status, headers={"Cache-Control": "no-store"})
         return JSONResponse(got, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
-    async def sign_in(request):
+    async def sign_in(request: Request):
         return await answer(request, ("username", "password"), "password")
 
-    async def renew(request):
+    async def renew(request: Request):
         return await answer(request, ("refresh_token",), "refresh_token")
 
-    async def sign_out(request):
+    async def sign_out(request: Request):
         try:
             form = await request.form()
         except Exception:  # noqa: BLE001 - not a form
@@ -359,8 +380,14 @@ def _routes():
             return JSONResponse({"detail": e.detail}, status_code=e.status)
         return JSONResponse({"signed_out": True})
 
-    return [Route("/auth/token", sign_in, methods=["POST"]), Route("/auth/token/refresh", renew, methods=["POST"]),
-            Route("/auth/logout", sign_out, methods=["POST"])]
+    for fn in (sign_in, renew, sign_out):  # the class, not the string this module's annotations would be
+        fn.__annotations__ = {"request": Request}
+    return [APIRoute("/auth/token", sign_in, methods=["POST"], tags=["Auth"],
+                     summary="Sign in: a token (and the realm's refresh token) for a user name and password"),
+            APIRoute("/auth/token/refresh", renew, methods=["POST"], tags=["Auth"],
+                     summary="A new token for a refresh token (form field refresh_token)"),
+            APIRoute("/auth/logout", sign_out, methods=["POST"], tags=["Auth"],
+                     summary="The realm ends the sign-in of a refresh token (form field refresh_token)")]
 
 
 def install(fastapi_app=None) -> None:
@@ -374,8 +401,19 @@ def install(fastapi_app=None) -> None:
     mauth.from_token = user_of
     if not enabled():
         return
-    if fastapi_app is not None:
+    if fastapi_app is not None:  # in place of MONAI Label's POST /auth/token (the API docs list these)
+        import monailabel.endpoints.login as login
+
+        def theirs(r):
+            return getattr(r, "path", None) == "/auth/token" and "POST" in (getattr(r, "methods", None) or ())
+
+        # FastAPI copies an included router's routes (older) or keeps the router and reads it (0.16x)
+        for router in (fastapi_app.router, login.router):
+            router.routes[:] = [r for r in router.routes if not theirs(r)]
+            getattr(router, "_mark_routes_changed", lambda: None)()
         fastapi_app.router.routes[0:0] = _routes()
+        getattr(fastapi_app.router, "_mark_routes_changed", lambda: None)()
+        fastapi_app.openapi_schema = None
     sample, save_label = al.sample, ds.save_label
 
     def sample_as_user(strategy, params=None, user=None):

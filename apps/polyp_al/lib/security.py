@@ -203,12 +203,21 @@ INFER_THREADS = max(1, int(os.environ.get("POLYPAL_INFER_THREADS", 4)))
 UPLOAD_THREADS = max(1, int(os.environ.get("POLYPAL_UPLOAD_THREADS", 4)))
 _infer_limiter: anyio.CapacityLimiter | None = None
 _upload_limiter: anyio.CapacityLimiter | None = None
+# sign-in, renewal and sign-out (anyone may send them; each waits on the realm): a few threads of their own, so
+# that a flood of them, with the realm slow, cannot take the threads every signed-in request's token check needs
+SIGN_IN_THREADS = max(1, int(os.environ.get("POLYPAL_SIGN_IN_THREADS", 4)))
+_sign_in_limiter: anyio.CapacityLimiter | None = None
 
 
 def _body_limiter(method: str, path: str):
-    """The thread limit of a request with a body: inference (POLYPAL_INFER_THREADS) and uploads to the
-    datastore (POLYPAL_UPLOAD_THREADS) have their own; None: anyio's default."""
-    global _infer_limiter, _upload_limiter
+    """The thread limit of a request with a body: inference (POLYPAL_INFER_THREADS), uploads to the
+    datastore (POLYPAL_UPLOAD_THREADS) and signing in (POLYPAL_SIGN_IN_THREADS) have their own; None: anyio's
+    default."""
+    global _infer_limiter, _upload_limiter, _sign_in_limiter
+    if path.startswith(_SIGN_IN):
+        if _sign_in_limiter is None:
+            _sign_in_limiter = anyio.CapacityLimiter(SIGN_IN_THREADS)
+        return _sign_in_limiter
     if path.startswith("/infer/"):
         if _infer_limiter is None:
             _infer_limiter = anyio.CapacityLimiter(INFER_THREADS)
