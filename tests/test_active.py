@@ -138,8 +138,9 @@ def test_a_background_replan_waits_for_a_next_batch_selection(tmp_path):
     rng = np.random.default_rng(1)
     st.add_scores("v2", ids, rng.random(len(ids)), rng.standard_normal((len(ids), 8)).astype(np.float32))
     lock = st._next_batch_lock("bvsb_ta_coreset")
+    labeled: set[str] = set()
     with lock:  # a request selecting the next batch, as next_frame does when its batch is used up
-        s = st.next_frame("bvsb_ta_coreset", "b", ids, set(), "v2")  # the re-plan falls due: a thread
+        s = st.next_frame("bvsb_ta_coreset", "b", ids, set(), "v2", relabel=lambda: set(labeled))  # re-plan due
         assert s.cycle == 1
         time.sleep(0.5)
         assert st.plans.last_cycle("bvsb_ta_coreset") == 1, "the re-plan selected beside the request"
@@ -149,6 +150,18 @@ def test_a_background_replan_waits_for_a_next_batch_selection(tmp_path):
         time.sleep(0.01)
     assert not st.planning()
     assert st.plans.last_cycle("bvsb_ta_coreset") == 2  # judged the request's batch: nothing thrown away
+    # a re-plan that waited reads the labeled set again: frames labeled meanwhile are not in its batch
+    st.add_scores("v3", ids, rng.random(len(ids)), rng.standard_normal((len(ids), 8)).astype(np.float32))
+    with lock:
+        st.next_frame("bvsb_ta_coreset", "c", ids, set(), "v3", relabel=lambda: set(labeled))
+        time.sleep(0.3)
+        labeled.update(ids[:20])  # labeled while the re-plan waited
+    t0 = time.time()
+    while st.planning() and time.time() - t0 < 30:
+        time.sleep(0.01)
+    p = st.current_plan("bvsb_ta_coreset")
+    assert p["cycle"] == 3 and p["version"] == "v3"
+    assert not {r[1] for r in p["rows"]} & labeled
 
 
 def test_a_plan_made_elsewhere_meanwhile_is_kept(tmp_path):

@@ -387,6 +387,24 @@ def test_dicomweb_server_down_or_rejecting_loses_no_label(tmp_path):
         srv.wait_for(lambda: http("GET", srv.url + "/info/")[1]["datastore"]["pending_labels"] == 0, timeout=60,
                      what="no pending label")
         assert len(_segs_on(url, b["study"])) == 1
+        # a label kept after a failed store, then a new label of that frame saved: the older is dropped, never
+        # sent after the newer (its SEG would have been the frame's latest, its mask what training reads)
+        dicomweb.down(data)
+        up_reaped(data, port=port, dicom_port=free_port(), extra={"LuaScripts": [str(lua)]})
+        with pytest.raises(Exception, match="502.*does not have SEG"):
+            client.save_label(b["series"], str(SAMPLE / "masks" / f"{names[1]}.png"), tag="final")
+        dicomweb.down(data)
+        up_reaped(data, port=port, dicom_port=free_port())
+        half = np.asarray(Image.open(SAMPLE / "masks" / f"{names[1]}.png").convert("L")) > 127
+        half[:, : half.shape[1] // 2] = False
+        assert half.any()
+        Image.fromarray(half.astype(np.uint8) * 255).save(tmp_path / "half.png")
+        client.save_label(b["series"], str(tmp_path / "half.png"), tag="final")
+        client.save_label(a["series"], str(SAMPLE / "masks" / f"{names[0]}.png"), tag="final")  # a retry runs
+        time.sleep(2)
+        segs = _segs_on(url, b["study"])
+        assert len(segs) == 2, segs  # the first label's SEG and the new one: not the dropped one after them
+        assert http("GET", srv.url + "/info/")[1]["datastore"]["pending_labels"] == 0
         assert srv.proc.poll() is None
         log = srv.log.read_text(errors="replace")
         assert "kept at" in log and "unreachable" in log

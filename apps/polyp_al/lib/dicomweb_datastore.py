@@ -356,6 +356,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         info = {k: v for k, v in dict(label_info or {}).items() if k != "label_info"}
         try:
             if label_tag == DefaultLabelTag.FINAL:
+                self._drop_pending(image_id, label_tag)
                 try:
                     series = self._store_seg(image_dir, nii, LABEL_DESCRIPTION)
                 except Exception as e:  # noqa: BLE001 - keep the label, tell the client
@@ -409,7 +410,29 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
 
     def has_pending_label(self, image_id: str, tag: str = DefaultLabelTag.FINAL.value) -> bool:
         """A label of this frame is kept here after a failed store (it is labeled: not to be served again)."""
-        return bool(self.pending_dir) and os.path.exists(os.path.join(self.pending_dir, f"{image_id}.{tag}.nii.gz"))
+        return bool(self.pending_dir) and is_uid(image_id) and os.path.exists(
+            os.path.join(self.pending_dir, f"{image_id}.{tag}.nii.gz"))
+
+    def _drop_pending(self, image_id: str, tag: str) -> None:
+        """A new label of the frame supersedes one kept after a failed store: the older must never be sent
+        after it (its SEG would be the frame's latest, its mask the record training reads). A retry under way
+        (this process's or another's: the pending folder's lock) is waited for, so that it cannot send the
+        older label after this one either."""
+        tag = str(getattr(tag, "value", tag))
+        if not self.has_pending_label(image_id, tag):
+            return
+        with self._retry_lock:
+            fd = os.open(os.path.join(self.pending_dir, ".retry.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                for suffix in (".nii.gz", ".json"):
+                    try:
+                        os.unlink(os.path.join(self.pending_dir, f"{image_id}.{tag}{suffix}"))
+                    except FileNotFoundError:
+                        pass
+            finally:
+                os.close(fd)  # releases the flock
+        logger.info(f"the label of {image_id} kept after a failed store is superseded by a new one: dropped")
 
     def pending_labels(self) -> list[str]:
         if not self.pending_dir or not os.path.isdir(self.pending_dir):

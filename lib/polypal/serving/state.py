@@ -136,7 +136,7 @@ class ActiveLearningState:
         bad, scored = self.bad_ids(), self.features.scored_ids(version)
         return all(i in scored for i in ids if i not in labeled and i not in bad)
 
-    def _plan_in_background(self, strategy: str, all_ids, labeled: set[str], version: str) -> None:
+    def _plan_in_background(self, strategy: str, all_ids, labeled: set[str], version: str, relabel=None) -> None:
         with self._planning_lock:
             if strategy in self._planning or time.time() < self._not_before.get((strategy, version), 0):
                 return
@@ -148,9 +148,10 @@ class ActiveLearningState:
                 # not beside a request selecting the next batch (one of the two would be thrown away): after
                 # it, the batch it made is judged (it may be for the new model already)
                 with self._next_batch_lock(strategy):
+                    now = set(relabel()) if relabel is not None else set(labeled)  # labeled while it waited too
                     p = self.current_plan(strategy)
-                    if p is None or self._needs_replan(strategy, p, version, ids, labeled):
-                        self.plan(strategy, ids, set(labeled), version)
+                    if p is None or self._needs_replan(strategy, p, version, ids, now):
+                        self.plan(strategy, ids, now, version)
                     else:  # the new model is not scored yet: look again in a while, not at every request
                         self._not_before[(strategy, version)] = time.time() + 2.0
             except Exception:  # noqa: BLE001 - logged; the previous plan keeps being served
@@ -191,7 +192,7 @@ class ActiveLearningState:
         if p is not None and self.background and self._may_need_replan(strategy, p, version):
             # a newer model: checking its scores and re-planning run in a thread; this batch keeps being
             # served until the new one is swapped in
-            self._plan_in_background(strategy, all_ids, labeled, version)
+            self._plan_in_background(strategy, all_ids, labeled, version, relabel)
         elif p is None or (not self.background and self._needs_replan(strategy, p, version, ids, labeled)):
             with self._next_batch_lock(strategy):  # the first batch too: requests at once take turns (below)
                 cur = self.current_plan(strategy)
