@@ -57,8 +57,10 @@
   // sent again: a labelmap being saved is not lost.
   const TOKEN = 'polypal.token';
   const REFRESH = 'polypal.refresh';
+  const SKEW = 'polypal.clock-skew';
   const plainFetch = window.fetch.bind(window);
   let authOn = null;
+  let renewing = null; // the renewal under way (a promise), if any
 
   function token() {
     return sessionStorage.getItem(TOKEN);
@@ -72,9 +74,10 @@
     }
   }
 
-  window.fetch = function (input, init) {
-    const t = token();
+  window.fetch = async function (input, init) {
     const url = typeof input === 'string' || input instanceof URL ? input : input && input.url;
+    if (renewing && sameOrigin(url)) await renewing; // a renewal under way: send the new token
+    const t = token();
     if (t && sameOrigin(url)) {
       init = Object.assign({}, init);
       const h = new Headers(init.headers || (input instanceof Request ? input.headers : undefined));
@@ -96,6 +99,15 @@
     return xhrHeader.apply(this, arguments);
   };
   XMLHttpRequest.prototype.send = function () {
+    if (renewing && this._polypalSame && !this._polypalAuth) { // a renewal under way: send it with the new token
+      const args = arguments;
+      renewing.finally(() => {
+        const t = token();
+        if (t) xhrHeader.call(this, 'Authorization', 'Bearer ' + t);
+        xhrSend.apply(this, args);
+      });
+      return undefined;
+    }
     const t = token();
     if (t && this._polypalSame && !this._polypalAuth) xhrHeader.call(this, 'Authorization', 'Bearer ' + t);
     return xhrSend.apply(this, arguments);
@@ -122,10 +134,12 @@
     }
   }
 
-  // seconds the stored token has left (its exp claim), or -1 without one
+  // seconds the stored token has left (its exp claim, on the realm's clock: the browser's may be minutes off,
+  // so the difference seen when a token arrived is taken off), or -1 without one
   function tokenSecondsLeft() {
     const p = claims();
-    return typeof p.exp === 'number' ? p.exp - Date.now() / 1000 : -1;
+    const skew = Number(sessionStorage.getItem(SKEW)) || 0;
+    return typeof p.exp === 'number' ? p.exp - (Date.now() / 1000 - skew) : -1;
   }
 
   // renew when this many seconds are left: 2 minutes, or a third of the token's life when that is shorter
@@ -135,14 +149,18 @@
     return Math.max(5, Math.min(120, life / 3));
   }
 
-  function keep(d) {
+  // a token answer: its token, its refresh token (a renewal answered without one keeps the one it used, which
+  // stays valid; a sign-in without one has none), and the realm's clock against the browser's
+  function keep(d, renewal) {
     sessionStorage.setItem(TOKEN, d.access_token);
     if (d.refresh_token) sessionStorage.setItem(REFRESH, d.refresh_token);
-    else sessionStorage.removeItem(REFRESH);
+    else if (!renewal) sessionStorage.removeItem(REFRESH);
+    const p = claims();
+    if (typeof p.exp === 'number' && typeof d.expires_in === 'number') {
+      sessionStorage.setItem(SKEW, String(Date.now() / 1000 - (p.exp - d.expires_in)));
+    }
     keepRenewing();
   }
-
-  let renewing = null;
 
   // a new token for the realm's refresh token (no password): true when renewed; false when there is no refresh
   // token, the realm refused it (the sign-in has ended: the password is asked for next) or could not answer
@@ -159,7 +177,7 @@
         });
         const d = await r.json().catch(() => ({}));
         if (r.ok && d.access_token) {
-          keep(d);
+          keep(d, true);
           state.renewed = (state.renewed || 0) + 1;
           return true;
         }
@@ -189,6 +207,7 @@
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible') due();
     });
+    due(); // at once too: a page loaded after a sleep or a reload may hold an ended token
   }
   if (sessionStorage.getItem(REFRESH)) keepRenewing();
 
@@ -251,10 +270,13 @@
 
   // fetch, and after a 401 (no token, or it expired) sign in and send it once more
   async function authedFetch(path, init) {
+    const sent = token();
     let r = await fetch(path, init);
     if (r.status === 401 && (await authEnabled())) {
-      sessionStorage.removeItem(TOKEN);
-      if (!(await renew())) await signIn('Your sign-in has ended: sign in again to go on (nothing is lost).');
+      if (token() === sent) { // (renewed meanwhile: the new token is kept and the request sent again with it)
+        sessionStorage.removeItem(TOKEN);
+        if (!(await renew())) await signIn('Your sign-in has ended: sign in again to go on (nothing is lost).');
+      }
       r = await fetch(path, init);
     }
     return r;

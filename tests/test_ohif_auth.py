@@ -65,6 +65,17 @@ def test_annotate_in_ohif_with_authentication_on(tmp_path):
         s, info = http("GET", f"{srv.url}/datastore/image/info?image={image}", headers=admin)
         assert info["served"]["client_id"] == "dr-okafor", info
 
+        skew = b.js("Number(sessionStorage.getItem('polypal.clock-skew'))")
+        assert abs(skew) < 30, skew  # the realm's clock against the browser's, taken at sign-in (one machine here)
+        # the viewer reloaded with an ended token (a laptop back from sleep): renewed at once, before OHIF's
+        # reads go out (they waited for it), not after 10 s of 401s
+        expired = token(key, "dr-okafor", [ANNOTATOR, USER], -60)
+        b.js(f"window.polypalOld = 1; sessionStorage.setItem('polypal.token', {json.dumps(expired)}); "
+             f"location.reload()")
+        b.wait_js("!window.polypalOld && window.polypal && ['ready', 'error'].includes(window.polypal.phase)", 120,
+                  "the reloaded frame")
+        st = b.js("JSON.parse(JSON.stringify(window.polypal))")
+        assert st["phase"] == "ready" and st.get("renewed", 0) >= 1, st
         rows, cols = _frame_size(url, image)
         mapping, _ = _page_mapping(b, cols, rows)
         p0 = (round(0.25 * cols), round(0.4 * rows))
@@ -73,8 +84,10 @@ def test_annotate_in_ohif_with_authentication_on(tmp_path):
         # the token nears its end while the frame is open: the page renews it with the realm's refresh token
         # (no password), within its 10-second check
         assert b.js("!!sessionStorage.getItem('polypal.refresh')")
-        ending = token(key, "dr-okafor", [ANNOTATOR, USER], ttl=30, life=300)
-        b.js(f"sessionStorage.setItem('polypal.token', {json.dumps(ending)})")
+        # (a browser clock 10 minutes behind the realm's, as measured at sign-in: the token has really ended)
+        ending = token(key, "dr-okafor", [ANNOTATOR, USER], ttl=200, life=300)
+        b.js(f"sessionStorage.setItem('polypal.clock-skew', '-600'); "
+             f"sessionStorage.setItem('polypal.token', {json.dumps(ending)})")
         b.wait_js(f"window.polypal.renewed >= 1 && sessionStorage.getItem('polypal.token') !== {json.dumps(ending)}",
                   30, "the token renewed before its end")
         # it has expired by Save: the 401 is answered by renewing it, and the label is saved, no password asked
