@@ -164,6 +164,16 @@ def test_a_background_replan_waits_for_a_next_batch_selection(tmp_path):
     assert not {r[1] for r in p["rows"]} & labeled
 
 
+def test_a_lease_of_a_frame_labeled_some_other_way_is_not_counted(tmp_path):
+    """A frame labeled without a save through the server (its label put back from the trash; a save by an
+    earlier version, which did not release leases, found by an upgrade probe) keeps its lease until it times
+    out: /info's count of frames being labeled now leaves it out."""
+    st, ids = setup_state(tmp_path)
+    s = st.next_frame("random", "a", ids, set(), "v1")
+    assert st.summary(set(), set(ids))["leases"] == 1
+    assert st.summary({s.id}, set(ids))["leases"] == 0 and st.summary({s.id}, None)["leases"] == 0
+
+
 def test_a_plan_made_elsewhere_meanwhile_is_kept(tmp_path):
     """Two processes planning the same cycle: the first to commit wins, the other keeps its plan."""
     st, ids = setup_state(tmp_path)

@@ -104,11 +104,12 @@ class LeaseBook:
         with self._db.tx() as c:
             c.execute("DELETE FROM leases WHERE image_id=?", (image_id,))
 
-    def count(self, now: float | None = None, present=None) -> int:
+    def count(self, now: float | None = None, present=None, labeled=None) -> int:
         """Leases not timed out (expired rows are only deleted when a frame is next leased), of frames still
-        in the datastore when ``present`` (a set of ids) is given."""
+        in the datastore when ``present`` (a set of ids) is given, and not labeled when ``labeled`` is (a label
+        that did not come through a save, e.g. put back from the trash, leaves its lease until it times out)."""
         now = time.time() if now is None else now
-        if present is None:
+        if present is None and labeled is None:
             return self._db.conn().execute("SELECT COUNT(*) FROM leases WHERE expires >= ?", (now,)).fetchone()[0]
         return sum(1 for (i,) in self._db.conn().execute("SELECT image_id FROM leases WHERE expires >= ?", (now,))
-                   if i in present)
+                   if (present is None or i in present) and (labeled is None or i not in labeled))
