@@ -101,8 +101,14 @@ def test_a_label_written_with_its_new_frame_without_a_record_stays_on_it(tmp_pat
     assert off_their_picture(fs, ["f001"]) == {}  # a training or export now: not left out
     fs = FrameStore(root)
     assert fs.labeled_ids() == ["f001"] and list_trash(root) == []
-    # and it is now recorded on that picture: overwriting the frame again (label unchanged) takes it away
+    # and it is now recorded on that picture: overwriting the frame again takes it away, the label file's
+    # bytes unchanged whatever else happened to it (a chmod, a touch, a copy: a review found those counted
+    # as a new label, which then stayed on the other picture)
     picture(root / "f001.png", 120)
+    label = root / "labels" / "final" / "f001.png"
+    os.chmod(label, 0o600)
+    os.utime(label, ns=(1, 1))
+    assert list(off_their_picture(FrameStore(root, read_only=True), ["f001"])) == ["f001"]
     assert FrameStore(root).labeled_ids() == [] and len(list_trash(root)) == 1
 
 

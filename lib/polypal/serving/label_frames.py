@@ -44,11 +44,14 @@ CREATE TABLE IF NOT EXISTS detached_labels (image_id TEXT NOT NULL, tag TEXT NOT
                                             label_sha256 TEXT NOT NULL, since REAL NOT NULL,
                                             PRIMARY KEY (image_id, tag));
 CREATE TABLE IF NOT EXISTS label_files (image_id TEXT NOT NULL, tag TEXT NOT NULL, sig TEXT NOT NULL,
+                                        sha256 TEXT NOT NULL, frame_sha256 TEXT NOT NULL,
                                         PRIMARY KEY (image_id, tag));
 """
-# label_files: the label file's file_sig when its record was taken. A label file written without a record
-# (by a version before 2026-12-07 after a downgrade, or by hand) has another: its record is of an earlier
-# label, not of this one (a table of its own: versions that write label_frames by position still can)
+# label_files: the label file (its SHA-256, and file_sig to skip reading it while unchanged) when its record
+# was taken, and the frame digest of that record. A label file with other bytes (written without a record: by
+# a version before 2026-12-07 after a downgrade, or by hand) is not the label the record is of. A row whose
+# frame digest is not the record's was left by a later record of a version that does not keep this table:
+# it says nothing. (A table of its own: versions that write label_frames by position still can.)
 
 
 class Digest(NamedTuple):
@@ -124,15 +127,17 @@ def record(c, image_id: str, tag: str, d: Digest | None, label_path=None) -> Non
     """In transaction ``c``: the label (image_id, tag), its file at ``label_path``, is on the picture ``d``
     (None: not known, so hashed at the next start)."""
     sig = file_sig(label_path) if d is not None and label_path else None
+    sha = file_sha(label_path) if sig else None
     if d is None:
         c.execute("DELETE FROM label_frames WHERE image_id=? AND tag=?", (image_id, tag))
     else:
         c.execute("INSERT OR REPLACE INTO label_frames VALUES (?, ?, ?, ?, ?)",
                   (image_id, tag, d.sha, d.pixels, json.dumps(d.sig)))
-    if sig is None:
+    if sha is None or file_sig(label_path) != sig:
         c.execute("DELETE FROM label_files WHERE image_id=? AND tag=?", (image_id, tag))
     else:
-        c.execute("INSERT OR REPLACE INTO label_files VALUES (?, ?, ?)", (image_id, tag, json.dumps(sig)))
+        c.execute("INSERT OR REPLACE INTO label_files VALUES (?, ?, ?, ?, ?)",
+                  (image_id, tag, json.dumps(sig), sha, d.sha))
 
 
 def _label_path(store, image_id: str, tag: str, ext: str) -> str:
@@ -321,7 +326,6 @@ def check_frames(store, c, blocked: set, digests: dict[str, Digest]) -> list[str
     label without a record takes the picture there now. Returns the ids whose labels left."""
     recs = {(i, t): (sha, pixels, json.loads(sig)) for i, t, sha, pixels, sig in
             c.execute("SELECT image_id, tag, sha256, pixels, sig FROM label_frames")}
-    label_sigs = {(i, t): json.loads(sig) for i, t, sig in c.execute("SELECT image_id, tag, sig FROM label_files")}
     out, undecided = [], set()
     for i, t, e, info in c.execute("SELECT image_id, tag, ext, info FROM labels").fetchall():
         d = digests.get(i)
@@ -333,7 +337,7 @@ def check_frames(store, c, blocked: set, digests: dict[str, Digest]) -> list[str
         rec = recs.get((i, t))
         if rec is not None and rec[2] == d.sig:
             continue
-        if rec is not None and (i, t) in label_sigs and label_sigs[(i, t)] != file_sig(_label_path(store, i, t, e)):
+        if rec is not None and _label_changed(store, c, i, t):
             rec = None  # the label file was written without a record (an older version, by hand): it is not the
             # label that record is of, so it takes the picture there now, as a label without a record does
         same = (True if d.pixels is not None else None) if rec is None else same_picture(rec[0], rec[1], d)
@@ -429,10 +433,18 @@ def off_picture(store, image_id: str, tag: str) -> str | None:
 
 
 def _label_changed(store, c, image_id: str, tag: str) -> bool:
-    """The label file is not the one its record was taken with (``check_frames``: the record is not its)."""
-    r = c.execute("SELECT f.sig, l.ext FROM label_files f JOIN labels l ON l.image_id=f.image_id AND l.tag=f.tag "
-                  "WHERE f.image_id=? AND f.tag=?", (image_id, tag)).fetchone()
-    return r is not None and json.loads(r[0]) != file_sig(_label_path(store, image_id, tag, r[1]))
+    """The label file has other bytes than the one its record was taken with (``check_frames``: the record is
+    not its). A chmod, a touch or a copy keeping the bytes is not a change (its file_sig only says "read it")."""
+    r = c.execute("SELECT f.sig, f.sha256, l.ext FROM label_files f JOIN labels l ON l.image_id=f.image_id AND "
+                  "l.tag=f.tag JOIN label_frames r ON r.image_id=f.image_id AND r.tag=f.tag AND "
+                  "r.sha256=f.frame_sha256 WHERE f.image_id=? AND f.tag=?", (image_id, tag)).fetchone()
+    if r is None:
+        return False  # no row, or one a later record (a version without this table) made stale: trust the record
+    path = _label_path(store, image_id, tag, r[2])
+    if file_sig(path) == json.loads(r[0]):
+        return False
+    sha = file_sha(path)
+    return sha is not None and sha != r[1]
 
 
 def _off(path, rec, label_changed) -> str | None:
