@@ -3,6 +3,7 @@ label save racing a delete, uploads stranded by a crash. Real files, real SQLite
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -153,6 +154,38 @@ def test_a_replace_journal_of_an_earlier_version_is_settled(tmp_path, upload):
         assert store.image_ext("x") == ".png" and (root / "x.png").read_bytes() == old_bytes
         assert Path(store.label_path("x", "final")).read_bytes() == label_bytes
         assert not list((root / ".polypal" / "trash").iterdir())
+
+
+def test_a_legacy_replace_journal_left_while_the_id_was_written_again_keeps_its_labels_off_the_new_frame(tmp_path):
+    """The same legacy journal, its upload gone, found only after a version that did not settle it ran a
+    committed replace of the id (another picture at x.png, the old label's row gone). A review: the undo put
+    the old label back, and the next start attached it to that other picture. Now the journal is stale: its
+    folder stays as trash, x keeps its own picture and no label."""
+    from polypal.serving.fileops import file_signature
+
+    root, old_bytes, label_bytes, new = _setup(tmp_path, new_ext=".png")
+    assert _kill_replace(root, new, 3).returncode == -9
+    (journal,) = _journals(root)
+    intent = json.loads(journal.read_text())
+    (up,) = root.glob(".upload-*")
+    journal.write_text(json.dumps({"id": "x", "ext": intent["ext"], "upload": intent["upload"],
+                                   "signature": file_signature(up), "info": intent["info"], "files": intent["files"]}))
+    up.unlink()
+    # what the version in between left: a third picture committed as x, the old label's row gone
+    third = _frame(tmp_path, "third.png", 90)
+    shutil.copy(third, root / "x.png")
+    import sqlite3
+
+    db = sqlite3.connect(root / ".polypal" / "datastore.sqlite")
+    with db:
+        db.execute("DELETE FROM labels WHERE image_id='x'")
+        db.execute("UPDATE images SET info='{}' WHERE id='x'")
+    db.close()
+    store = FrameStore(root)
+    assert store.image_ext("x") == ".png" and (root / "x.png").read_bytes() == third.read_bytes()
+    assert store.labels_of("x") == {} and not (root / "labels" / "final" / "x.png").exists()
+    (kept,) = list((root / ".polypal" / "trash").iterdir())
+    assert (kept / "labels-final-x.png").read_bytes() == label_bytes and not _journals(root)
 
 
 def test_a_replace_that_fails_is_undone_at_once(tmp_path, monkeypatch):

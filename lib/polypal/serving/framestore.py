@@ -120,6 +120,16 @@ def _rows_of(c, image_id: str) -> dict:
                                                           (image_id,))}}
 
 
+def _legacy_stale(now: dict, files: dict, frame: str | None) -> bool:
+    """A journal without a record of the rows (a version before 2026-12-06 22:20): its process died with the
+    id's rows as they were, the old frame's; rows of another frame, or none, were written since."""
+    if frame is None or now["image"] is None or split_name(str(files[frame]))[1] != now["image"][0]:
+        return True
+    tags = {str(rel).split("/")[1] for n, rel in files.items() if n != frame and str(rel).startswith("labels/")
+            and str(rel).count("/") == 2}
+    return not tags <= set(now["labels"])  # a label of the old frame whose row is gone: deleted since
+
+
 def _write_manifest(folder: str, intent: dict) -> None:
     """A replace's trash manifest (what polypal-trash lists and restores), from its journal."""
     _write_fsynced(os.path.join(folder, "manifest.json"),
@@ -733,6 +743,9 @@ class FrameStore:
             else:
                 now = _rows_of(c, image_id)  # every field: a label saved since has another time
                 frame = intent.get("frame")
+                if legacy and frame is None:  # that version named the old frame among its files: the one at the top
+                    frame = next((n for n, rel in files.items() if "/" not in str(rel) and split_name(
+                        str(rel))[0] == image_id), None)
                 old_in_place = frame is not None and not os.path.lexists(os.path.join(folder, frame))
                 arrived = not os.path.lexists(tmp) and os.path.lexists(dest) and not (
                     old_in_place and dest == os.path.join(self.root, frame)) and not any(
@@ -740,7 +753,7 @@ class FrameStore:
                     for n, rel in files.items())  # a stray of that name, not moved yet, is not the upload
                 if legacy and intent.get("signature") is not None:  # that version's test: the upload's file
                     arrived = not os.path.lexists(tmp) and file_signature(dest) == intent["signature"]
-                if not legacy and now != before:
+                if not legacy and now != before or legacy and _legacy_stale(now, files, frame):
                     done = None  # written since: the journal is stale
                     logger.warning(f"replace journal {journal} is older than {image_id}'s rows; dropped, its "
                                    f"folder kept as trash")
