@@ -74,9 +74,15 @@
     }
   }
 
+  // a renewal is under way and the stored token has ended: a request waits for the new one (one still valid
+  // goes out with it: a slow realm must not hold up the viewer)
+  function waitForRenewal() {
+    return renewing && tokenSecondsLeft() <= 5;
+  }
+
   window.fetch = async function (input, init) {
     const url = typeof input === 'string' || input instanceof URL ? input : input && input.url;
-    if (renewing && sameOrigin(url)) await renewing; // a renewal under way: send the new token
+    if (sameOrigin(url) && waitForRenewal()) await renewing;
     const t = token();
     if (t && sameOrigin(url)) {
       init = Object.assign({}, init);
@@ -89,22 +95,36 @@
   const xhrOpen = XMLHttpRequest.prototype.open;
   const xhrSend = XMLHttpRequest.prototype.send;
   const xhrHeader = XMLHttpRequest.prototype.setRequestHeader;
-  XMLHttpRequest.prototype.open = function (method, url) {
+  const xhrAbort = XMLHttpRequest.prototype.abort;
+  XMLHttpRequest.prototype.open = function (method, url, async) {
     this._polypalSame = sameOrigin(url);
     this._polypalAuth = false;
+    this._polypalAsync = async !== false;
+    this._polypalOpened = (this._polypalOpened || 0) + 1;
     return xhrOpen.apply(this, arguments);
+  };
+  XMLHttpRequest.prototype.abort = function () {
+    this._polypalOpened = (this._polypalOpened || 0) + 1; // a send still waiting for a renewal is not made
+    return xhrAbort.apply(this, arguments);
   };
   XMLHttpRequest.prototype.setRequestHeader = function (k) {
     if (String(k).toLowerCase() === 'authorization') this._polypalAuth = true;
     return xhrHeader.apply(this, arguments);
   };
   XMLHttpRequest.prototype.send = function () {
-    if (renewing && this._polypalSame && !this._polypalAuth) { // a renewal under way: send it with the new token
+    if (this._polypalSame && !this._polypalAuth && this._polypalAsync && waitForRenewal()) {
+      // sent once the new token is here, unless aborted or opened again meanwhile
       const args = arguments;
+      const opened = this._polypalOpened;
       renewing.finally(() => {
+        if (this._polypalOpened !== opened) return;
         const t = token();
         if (t) xhrHeader.call(this, 'Authorization', 'Bearer ' + t);
-        xhrSend.apply(this, args);
+        try {
+          xhrSend.apply(this, args);
+        } catch (e) {
+          log('a request was not sent: ' + e.message);
+        }
       });
       return undefined;
     }
@@ -169,13 +189,16 @@
     if (!rt) return Promise.resolve(false);
     if (renewing) return renewing;
     renewing = (async () => {
+      const stop = new AbortController();
+      const timer = setTimeout(() => stop.abort(), 15000); // a server that does not answer: give up
       try {
         const r = await plainFetch('/auth/token/refresh', {
-          method: 'POST', credentials: 'same-origin',
+          method: 'POST', credentials: 'same-origin', signal: stop.signal,
           headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
           body: new URLSearchParams({ refresh_token: rt }),
         });
         const d = await r.json().catch(() => ({}));
+        if (sessionStorage.getItem(REFRESH) !== rt) return false; // signed out (or in again) meanwhile
         if (r.ok && d.access_token) {
           keep(d, true);
           state.renewed = (state.renewed || 0) + 1;
@@ -188,6 +211,7 @@
         log('the sign-in was not renewed: ' + e.message);
         return false;
       } finally {
+        clearTimeout(timer);
         renewing = null;
       }
     })();
@@ -560,7 +584,10 @@
       const msg = await loadPrediction(img);
       const modified = window.cornerstoneTools.Enums.Events.SEGMENTATION_DATA_MODIFIED;
       window.cornerstone.eventTarget.addEventListener(modified, () => {
-        if (state.phase === 'ready') state.dirty = true;
+        if (state.phase === 'ready') {
+          state.dirty = true;
+          state.confirmSignOut = false; // new changes: Sign out asks again
+        }
       });
       await sleep(50);
       state.dirty = false;
@@ -624,10 +651,12 @@
   // a shared workstation: the realm ends this sign-in (its refresh token renews nothing after), the tab forgets
   // the tokens, and the start page asks the next annotator to sign in
   async function signOut() {
+    if (state.phase === 'saving') return say('Saving: sign out once it is saved.');
     if (state.dirty && !state.confirmSignOut) {
       state.confirmSignOut = true;
       return say('Unsaved changes: Save first, or press Sign out again to leave them.');
     }
+    if (renewing) await renewing; // the newest refresh token is the one the realm ends
     const rt = sessionStorage.getItem(REFRESH);
     sessionStorage.removeItem(TOKEN);
     sessionStorage.removeItem(REFRESH);

@@ -76,6 +76,8 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
             form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
             time.sleep(conf["token_delay"])
             if self.path.endswith("/logout"):  # Keycloak's logout with a refresh token: 204, or 400 if not active
+                if conf.get("logout_answer"):
+                    return self._send(*conf["logout_answer"])
                 ended = conf["sessions"].pop(form.get("refresh_token", [""])[0], None)
                 return self._send(204, b"") if ended else self._send(400, b'{"error": "invalid_grant"}')
             if conf["token_answer"]:
@@ -348,6 +350,12 @@ def test_a_sign_in_is_renewed_without_the_password(env):
     s, r = http("POST", url + "/auth/logout", f"refresh_token={second['refresh_token']}".encode(), form)
     assert s == 200, (s, r)  # ended already: nothing to do
     assert http("POST", url + "/auth/logout", b"", form)[0] == 422
+    try:  # a realm refusing the logout itself (not: already ended) is not told as signed out
+        realm.polypal["logout_answer"] = (400, b'{"error": "invalid_client"}')
+        s, r = http("POST", url + "/auth/logout", f"refresh_token={first['refresh_token']}".encode(), form)
+        assert s == 503 and "invalid_client" in r["detail"], (s, r)
+    finally:
+        realm.polypal["logout_answer"] = None
     s, third = http("POST", url + "/auth/token", b"username=dr-okafor&password=s3cret", form)
     realm.polypal["sessions"].clear()  # the realm ends every sign-in (an administrator, or its idle timeout)
     s, r = http("POST", url + "/auth/token/refresh", f"refresh_token={third['refresh_token']}".encode(), form)

@@ -67,7 +67,7 @@ class _Realm:
         self._tried = -1e9  # when a fetch was last started (monotonic)
         self._failed = -1e9  # when a fetch last failed
         self._fetches = 0  # fetches finished, good or not
-        self._endpoints: dict[str, str] = {}
+        self._config: dict | None = None  # the realm's OpenID configuration, once read
         self._config_lock = threading.Lock()
         self._config_failed = -1e9
 
@@ -125,27 +125,30 @@ class _Realm:
             self._lock.release()
 
     def endpoint(self, name: str = "token_endpoint") -> str:
-        """An endpoint the realm's OpenID configuration names (``token_endpoint``, ``end_session_endpoint``),
-        kept once an answer names it. Under a lock of its own (not the key's: a slow realm must not hold up
-        token checks), and after a failed fetch not fetched again for ``FAILED_RETRY_S``."""
+        """An endpoint the realm's OpenID configuration names (``token_endpoint``, ``end_session_endpoint``).
+        The configuration is kept once read; a name it lacks is an error without fetching it again. Read
+        under a lock of its own (not the key's: a slow realm must not hold up token checks), and not again
+        for ``FAILED_RETRY_S`` after a failed read."""
         from monailabel.config import settings
 
-        got = self._endpoints.get(name)
-        if got is not None:
-            return got
-        with self._config_lock:
-            if name not in self._endpoints:
-                if time.monotonic() - self._config_failed < self.FAILED_RETRY_S:
-                    raise ValueError("the realm's OpenID configuration could not be read a moment ago")
-                try:
-                    uri = self._get(f"{settings.MONAI_LABEL_AUTH_REALM_URI}/.well-known/openid-configuration").get(name)
-                    if not isinstance(uri, str) or not uri.startswith(("http://", "https://")):
-                        raise ValueError(f"the realm's OpenID configuration names no {name}")
-                except BaseException:
-                    self._config_failed = time.monotonic()
-                    raise
-                self._endpoints[name] = uri
-            return self._endpoints[name]
+        conf = self._config
+        if conf is None:
+            with self._config_lock:
+                conf = self._config
+                if conf is None:
+                    if time.monotonic() - self._config_failed < self.FAILED_RETRY_S:
+                        raise ValueError("the realm's OpenID configuration could not be read a moment ago")
+                    try:
+                        conf = self._get(f"{settings.MONAI_LABEL_AUTH_REALM_URI}/.well-known/openid-configuration")
+                    except BaseException:
+                        self._config_failed = time.monotonic()
+                        raise
+                    if isinstance(conf.get("token_endpoint"), str):  # a realm's answer, not some other JSON
+                        self._config = conf
+        uri = conf.get(name)
+        if not isinstance(uri, str) or not uri.startswith(("http://", "https://")):
+            raise ValueError(f"the realm's OpenID configuration names no {name}")
+        return uri
 
 
 def _readable(pem: str) -> None:
@@ -324,8 +327,15 @@ def end_session(refresh_token: str) -> None:
         logger.error(f"sign-out: the realm's logout endpoint cannot be reached: {e}")
         raise Unauthorized(503, "the sign-in realm cannot be reached: the sign-in may still be renewable "
                                 "until it times out") from None
-    if r.status_code == 400:  # Keycloak: the refresh token is not active (already ended): nothing to end
-        return
+    if r.status_code == 400:  # Keycloak: invalid_grant, the refresh token is not active (already ended)
+        try:
+            error = r.json().get("error")
+        except (ValueError, AttributeError):
+            error = None
+        if error == "invalid_grant":
+            return
+        logger.error(f"sign-out: the realm's logout endpoint {url} refused it ({str(error)[:80]})")
+        raise Unauthorized(503, f"the sign-in realm did not end the sign-in ({str(error)[:80]})")
     if not 200 <= r.status_code < 300:
         logger.error(f"sign-out: the realm's logout endpoint {url} answered {r.status_code}")
         raise Unauthorized(503, f"the sign-in realm did not end the sign-in (it answered {r.status_code})")

@@ -349,6 +349,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         return series
 
     def save_label(self, image_id, label_filename, label_tag, label_info, label_id=""):
+        label_tag = str(getattr(label_tag, "value", label_tag))  # "final", never "DefaultLabelTag.FINAL" in names
         try:
             image_dir, nii = self._frame_nifti(image_id, label_filename, for_seg=label_tag == DefaultLabelTag.FINAL)
         except requests.RequestException as e:

@@ -156,6 +156,7 @@ class ActiveLearningState:
                         self._not_before[(strategy, version)] = time.time() + 2.0
             except Exception:  # noqa: BLE001 - logged; the previous plan keeps being served
                 logger.exception(f"background re-plan of {strategy} failed")
+                self._not_before[(strategy, version)] = time.time() + 2.0  # not again at every request
             finally:
                 with self._planning_lock:
                     self._planning.discard(strategy)
