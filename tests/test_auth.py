@@ -43,10 +43,11 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
     ``key`` (a rotation), ``token_answer`` / ``key_answer`` ((status, body) instead of the token endpoint's
     or the realm's own answer), ``key_delay`` (seconds before the realm answers), ``ttl`` (the access
     tokens' life, s), ``sessions`` (refresh token -> user: clear it to end every sign-in), ``token_delay``
-    (seconds before the token and logout endpoints answer); ``key_gets``
+    (seconds before the token and logout endpoints answer); ``posts`` counts the requests to those (when they
+    arrive), ``key_gets``
     counts the realm's answers, ``renewals`` the refresh grants it honoured."""
     conf = {"key": key, "token_answer": None, "key_answer": None, "key_delay": 0.0, "key_gets": 0, "ttl": 3600,
-            "sessions": {}, "renewals": 0, "token_delay": 0.0}
+            "sessions": {}, "renewals": 0, "token_delay": 0.0, "posts": 0}
 
     class Realm(BaseHTTPRequestHandler):
         def _send(self, status: int, body: bytes):
@@ -74,6 +75,7 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
             from urllib.parse import parse_qs
 
             form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+            conf["posts"] += 1
             time.sleep(conf["token_delay"])
             if self.path.endswith("/logout"):  # Keycloak's logout with a refresh token: 204, or 400 if not active
                 if conf.get("logout_answer"):

@@ -116,12 +116,23 @@ def test_annotate_in_ohif_with_authentication_on(tmp_path):
         assert info["polyp_al"]["annotators"]["dr-okafor"]["labels"] == 1, info["polyp_al"]["annotators"]
         # Sign out (a shared workstation): the realm ends the sign-in, the tab forgets its tokens, and the
         # start page asks the next annotator to sign in
-        rt = b.js("sessionStorage.getItem('polypal.refresh')")
-        assert rt in realm.polypal["sessions"]
+        # ... pressed while a renewal is under way (the realm slow): its answer must not sign the tab in again
+        # for the next annotator (a review: it was kept, and the start page asked nobody to sign in)
+        assert b.js("sessionStorage.getItem('polypal.refresh')") in realm.polypal["sessions"]
+        realm.polypal["token_delay"] = 3.0
+        posts = realm.polypal["posts"]
+        b.js("sessionStorage.setItem('polypal.clock-skew', '-100000')")  # the token looks ended: renewal due
+        import time
+
+        t0 = time.time()
+        while realm.polypal["posts"] == posts and time.time() - t0 < 30:
+            time.sleep(0.05)
+        assert realm.polypal["posts"] > posts, "no renewal started"
         b.click_selector('[data-polypal="sign-out"]')
         b.wait_js("document.querySelector('[data-polypal=sign-in]') && !location.pathname.includes('segmentation')",
                   60, "the sign-in form after signing out")
-        assert rt not in realm.polypal["sessions"]
+        realm.polypal["token_delay"] = 0.0
+        assert "dr-okafor" not in realm.polypal["sessions"].values()  # the renewed sign-in ended too
         assert b.js("sessionStorage.getItem('polypal.token') === null && sessionStorage.getItem('polypal.refresh') === null")
     finally:
         b.close()
