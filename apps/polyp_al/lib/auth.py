@@ -10,7 +10,7 @@ and enforced in front of every endpoint.
   delete included (they had no token check); those take the admin role. Roles of the other endpoints stay
   MONAI Label's (user: read, next sample, infer; annotator: save labels and frames; admin: delete, train,
   logs, model). Free: ``/auth/``, ``POST /auth/token`` (signing in), ``POST /auth/token/refresh`` (renewing
-  a token with the realm's refresh token) and ``POST /auth/logout`` (``_routes``), the API docs and their
+  a token with the realm's refresh token) and ``POST /auth/logout`` (``signin.py``), the API docs and their
   static files,
   and the annotator's page's files (``/annotate/``: it signs in with ``POST /auth/token`` and sends the token
   with every request, OHIF's included: ``ohif/annotate.js``).
@@ -271,138 +271,9 @@ def current_saver() -> str | None:
     return getattr(_saver, "user", None)
 
 
-TOKEN_FIELDS = {"access_token": str, "token_type": str, "expires_in": int, "refresh_token": str,
-                "refresh_expires_in": int}  # what a sign-in or renewal answers: the token, not the realm's extras
-
-
-def grant(form: dict) -> dict:
-    """The realm's token endpoint asked for a token with ``form`` (``grant_type`` password or refresh_token,
-    MONAI Label's client id added); its answer cut to ``TOKEN_FIELDS``. Raises ``Unauthorized``: 401 when the
-    realm refuses the password or the refresh token (saying so), 503 when it cannot be reached or answers
-    anything but a token (MONAI Label: a bare 500 for each)."""
-    import requests
-    from monailabel.config import settings
-
-    unavailable = Unauthorized(503, "the sign-in realm cannot be reached or failed; try again later")
-    try:
-        url = REALM.endpoint("token_endpoint")
-    except Exception as e:  # noqa: BLE001 - requests' errors, a realm answering other than JSON
-        logger.error(f"sign-in: the realm's OpenID configuration could not be read: {e}")
-        raise unavailable from None
-    try:
-        r = requests.post(url, data={"client_id": settings.MONAI_LABEL_AUTH_CLIENT_ID, **form},
-                          headers={"Content-Type": "application/x-www-form-urlencoded"},
-                          timeout=settings.MONAI_LABEL_AUTH_TIMEOUT)
-    except requests.RequestException as e:
-        logger.error(f"sign-in: the realm's token endpoint {url} cannot be reached: {e}")
-        raise unavailable from None
-    try:
-        body = r.json()
-    except ValueError:
-        body = None
-    if r.status_code in (400, 401):
-        why = str(body.get("error_description") or "")[:200] if isinstance(body, dict) else ""
-        what = ("the sign-in has ended: sign in again with your password" if form.get("grant_type") == "refresh_token"
-                else "wrong user name or password")
-        raise Unauthorized(401, what + (f" ({why})" if why else ""))
-    if r.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
-        logger.error(f"sign-in: the realm's token endpoint {url} answered {r.status_code} without a token")
-        raise unavailable
-    return {k: body[k] for k, t in TOKEN_FIELDS.items() if isinstance(body.get(k), t)}
-
-
-def end_session(refresh_token: str) -> None:
-    """Ask the realm to end the sign-in of ``refresh_token`` (its ``end_session_endpoint``, as Keycloak's
-    logout with a refresh token): no token of that sign-in is renewed after it. Raises ``Unauthorized`` 503
-    when the realm cannot do it."""
-    import requests
-    from monailabel.config import settings
-
-    try:
-        url = REALM.endpoint("end_session_endpoint")
-        r = requests.post(url, data={"client_id": settings.MONAI_LABEL_AUTH_CLIENT_ID, "refresh_token": refresh_token},
-                          headers={"Content-Type": "application/x-www-form-urlencoded"},
-                          timeout=settings.MONAI_LABEL_AUTH_TIMEOUT)
-    except (requests.RequestException, ValueError) as e:
-        logger.error(f"sign-out: the realm's logout endpoint cannot be reached: {e}")
-        raise Unauthorized(503, "the sign-in realm cannot be reached: the sign-in may still be renewable "
-                                "until it times out") from None
-    if r.status_code == 400:  # Keycloak: invalid_grant, the refresh token is not active (already ended)
-        try:
-            error = r.json().get("error")
-        except (ValueError, AttributeError):
-            error = None
-        if error == "invalid_grant":
-            return
-        logger.error(f"sign-out: the realm's logout endpoint {url} refused it ({str(error)[:80]})")
-        raise Unauthorized(503, f"the sign-in realm did not end the sign-in ({str(error)[:80]})")
-    if not 200 <= r.status_code < 300:
-        logger.error(f"sign-out: the realm's logout endpoint {url} answered {r.status_code}")
-        raise Unauthorized(503, f"the sign-in realm did not end the sign-in (it answered {r.status_code})")
-
-
-def _routes():
-    """``POST /auth/token`` (in place of MONAI Label's, which kept only the access token: the realm's refresh
-    token is passed on too) and ``POST /auth/token/refresh``: a new token for a refresh token, so that a
-    signed-in annotator is not asked for the password each time the realm's short-lived access token ends
-    (Keycloak's default: 5 minutes); both answer ``Cache-Control: no-store``. ``POST /auth/logout``: the
-    realm ends the sign-in of a refresh token (a shared workstation: the next user cannot renew it)."""
-    from fastapi import Request
-    from fastapi.routing import APIRoute
-    from starlette.responses import JSONResponse
-
-    async def answer(request, fields: tuple[str, ...], grant_type: str):
-        try:
-            form = await request.form()
-        except Exception:  # noqa: BLE001 - not a form
-            form = {}
-        values = {f: form.get(f) for f in fields}
-        missing = [f for f, v in values.items() if not isinstance(v, str) or not v]
-        if missing:
-            return JSONResponse({"detail": f"{' and '.join(missing)} required (a form, "
-                                           f"application/x-www-form-urlencoded)"}, status_code=422)
-        if grant_type == "password" and form.get("grant_type") not in (None, "", "password"):
-            return JSONResponse({"detail": "grant_type must be password"}, status_code=422)
-        try:  # blocking: the Gate runs /auth/ requests on a worker thread's own loop (authentication on)
-            got = grant({**values, "grant_type": grant_type})
-        except Unauthorized as e:
-            return JSONResponse({"detail": e.detail}, status_code=e.status, headers={"Cache-Control": "no-store"})
-        return JSONResponse(got, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
-
-    async def sign_in(request: Request):
-        return await answer(request, ("username", "password"), "password")
-
-    async def renew(request: Request):
-        return await answer(request, ("refresh_token",), "refresh_token")
-
-    async def sign_out(request: Request):
-        try:
-            form = await request.form()
-        except Exception:  # noqa: BLE001 - not a form
-            form = {}
-        rt = form.get("refresh_token")
-        if not isinstance(rt, str) or not rt:
-            return JSONResponse({"detail": "refresh_token required (a form, application/x-www-form-urlencoded)"},
-                                status_code=422)
-        try:  # blocking, as above
-            end_session(rt)
-        except Unauthorized as e:
-            return JSONResponse({"detail": e.detail}, status_code=e.status)
-        return JSONResponse({"signed_out": True})
-
-    for fn in (sign_in, renew, sign_out):  # the class, not the string this module's annotations would be
-        fn.__annotations__ = {"request": Request}
-    return [APIRoute("/auth/token", sign_in, methods=["POST"], tags=["Auth"],
-                     summary="Sign in: a token (and the realm's refresh token) for a user name and password"),
-            APIRoute("/auth/token/refresh", renew, methods=["POST"], tags=["Auth"],
-                     summary="A new token for a refresh token (form field refresh_token)"),
-            APIRoute("/auth/logout", sign_out, methods=["POST"], tags=["Auth"],
-                     summary="The realm ends the sign-in of a refresh token (form field refresh_token)")]
-
-
 def install(fastapi_app=None) -> None:
     """MONAI Label's endpoints decode tokens with ``user_of``; with authentication on, signing in and renewing
-    a token are polyp-al's (``_routes``), next sample is leased to the token's user and a label save records
+    a token are polyp-al's (``signin.py``), next sample is leased to the token's user and a label save records
     who saved it."""
     import monailabel.endpoints.activelearning as al
     import monailabel.endpoints.datastore as ds
@@ -421,7 +292,9 @@ def install(fastapi_app=None) -> None:
         for router in (fastapi_app.router, login.router):
             router.routes[:] = [r for r in router.routes if not theirs(r)]
             getattr(router, "_mark_routes_changed", lambda: None)()
-        fastapi_app.router.routes[0:0] = _routes()
+        from lib.signin import routes
+
+        fastapi_app.router.routes[0:0] = routes()
         getattr(fastapi_app.router, "_mark_routes_changed", lambda: None)()
         fastapi_app.openapi_schema = None
     sample, save_label = al.sample, ds.save_label
