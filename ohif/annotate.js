@@ -658,13 +658,15 @@
     }
     if (renewing) await renewing; // the newest refresh token is the one the realm ends
     const rt = sessionStorage.getItem(REFRESH);
+    const t = token(); // with it, the server gives the frame this user held back to the pool
     sessionStorage.removeItem(TOKEN);
     sessionStorage.removeItem(REFRESH);
     if (rt) {
       try {
+        const headers = { 'Content-Type': 'application/x-www-form-urlencoded' };
+        if (t) headers.Authorization = 'Bearer ' + t;
         const r = await plainFetch('/auth/logout', {
-          method: 'POST', credentials: 'same-origin',
-          headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+          method: 'POST', credentials: 'same-origin', headers,
           body: new URLSearchParams({ refresh_token: rt }),
         });
         state.signedOut = r.ok ? 'ended' : 'not ended: ' + r.status;

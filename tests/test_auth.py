@@ -33,7 +33,7 @@ def _key():
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-PASSWORDS = {"dr-okafor": ("s3cret", [ANNOTATOR, USER])}
+PASSWORDS = {"dr-okafor": ("s3cret", [ANNOTATOR, USER]), "dr-night": ("n1ght", [ANNOTATOR, USER])}
 
 
 def _realm(key) -> tuple[str, ThreadingHTTPServer]:
@@ -346,7 +346,7 @@ def test_a_sign_in_is_renewed_without_the_password(env):
     assert s == 401 and "sign in again" in r["detail"], (s, r)
     # signing out (a shared workstation): the realm ends the sign-in, its refresh token renews nothing after
     s, r = http("POST", url + "/auth/logout", f"refresh_token={second['refresh_token']}".encode(), form)
-    assert s == 200 and r == {"signed_out": True}, (s, r)
+    assert s == 200 and r == {"signed_out": True, "frames_released": False}, (s, r)
     s, r = http("POST", url + "/auth/token/refresh", f"refresh_token={second['refresh_token']}".encode(), form)
     assert s == 401 and "sign in again" in r["detail"], (s, r)
     s, r = http("POST", url + "/auth/logout", f"refresh_token={second['refresh_token']}".encode(), form)
@@ -378,6 +378,29 @@ def test_a_sign_in_is_renewed_without_the_password(env):
     assert s == 200 and {"/auth/token/refresh", "/auth/logout"} <= set(api["paths"]), sorted(api["paths"])
     assert "refresh" in api["paths"]["/auth/token"]["post"]["summary"]  # polyp-al's, not MONAI Label's
     assert "Exception in ASGI application" not in env["srv"].log.read_text(errors="replace")
+
+
+def test_signing_out_gives_the_held_frame_back(env):
+    """Sign out with the user's token beside the refresh token: the frame the user held goes back to the pool
+    at once (it stayed held until the lease timed out, an hour by default: a shared workstation's next
+    annotator, another user, could not be served it)."""
+    url = env["url"]
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    s, t = http("POST", url + "/auth/token", b"username=dr-night&password=n1ght", form)
+    assert s == 200, t
+    me = bearer(t["access_token"])
+
+    def leases():
+        return http("GET", url + "/info/", headers=me)[1]["polyp_al"]["state"]["leases"]
+
+    before = leases()
+    s, r = http("POST", url + "/activelearning/random", json.dumps({}).encode(),
+                {"Content-Type": "application/json", **me})
+    assert s == 200 and r.get("id"), r
+    assert leases() == before + 1
+    s, r = http("POST", url + "/auth/logout", f"refresh_token={t['refresh_token']}".encode(), {**form, **me})
+    assert s == 200 and r == {"signed_out": True, "frames_released": True}, r
+    assert leases() == before
 
 
 def test_sign_in_requests_while_the_realm_is_slow_do_not_hold_up_signed_in_users(env):

@@ -344,6 +344,13 @@ class PolypALApp(MONAILabelApp):
         labels = served_labels(st) or "?"  # the served model's, not a running training's
         return f"{'model ' + str(n) + ', ' if n else ''}trained {when} on {labels} labels"
 
+    def on_sign_out(self, client_id: str) -> None:
+        """A signed-in annotator signed out (authentication on): the frame they held is served to others now,
+        not after the lease timeout."""
+        n = self.state.leases.release_client(client_id)
+        if n:
+            logger.info(f"{client_id} signed out: {n} leased frame(s) back in the pool")
+
     def on_save_label(self, image_id, label_id):
         """After a label is saved: the current model's Dice on it (a free quality measurement), in the answer."""
         res = super().on_save_label(image_id, label_id) or {}

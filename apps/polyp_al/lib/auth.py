@@ -271,7 +271,7 @@ def current_saver() -> str | None:
     return getattr(_saver, "user", None)
 
 
-def install(fastapi_app=None) -> None:
+def install(fastapi_app=None, on_sign_out=None) -> None:
     """MONAI Label's endpoints decode tokens with ``user_of``; with authentication on, signing in and renewing
     a token are polyp-al's (``signin.py``), next sample is leased to the token's user and a label save records
     who saved it."""
@@ -294,7 +294,7 @@ def install(fastapi_app=None) -> None:
             getattr(router, "_mark_routes_changed", lambda: None)()
         from lib.signin import routes
 
-        fastapi_app.router.routes[0:0] = routes()
+        fastapi_app.router.routes[0:0] = routes(on_sign_out)
         getattr(fastapi_app.router, "_mark_routes_changed", lambda: None)()
         fastapi_app.openapi_schema = None
     sample, save_label = al.sample, ds.save_label

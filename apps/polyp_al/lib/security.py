@@ -805,7 +805,7 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
     guard_proxy()
     guard_downloads()
     connections.install()
-    auth.install(fastapi_app)
+    auth.install(fastapi_app, on_sign_out=getattr(app, "on_sign_out", None))
     policy = OriginPolicy(origins, _split(allowed_hosts))
     from lib.dicomweb_datastore import PolypDICOMWebDatastore
 

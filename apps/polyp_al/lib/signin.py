@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from lib.auth import REALM, Unauthorized
+from lib.auth import REALM, Unauthorized, annotator_id, check
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +86,13 @@ def end_session(refresh_token: str) -> None:
         raise Unauthorized(503, f"the sign-in realm did not end the sign-in (it answered {r.status_code})")
 
 
-def routes():
+def routes(on_sign_out=None):
     """``POST /auth/token`` (in place of MONAI Label's, which kept only the access token: the realm's refresh
     token is passed on too) and ``POST /auth/token/refresh``: a new token for a refresh token, so that a
     signed-in annotator is not asked for the password each time the realm's short-lived access token ends
     (Keycloak's default: 5 minutes); both answer ``Cache-Control: no-store``. ``POST /auth/logout``: the
-    realm ends the sign-in of a refresh token (a shared workstation: the next user cannot renew it)."""
+    realm ends the sign-in of a refresh token (a shared workstation: the next user cannot renew it), and with
+    the user's token beside it, ``on_sign_out(annotator id)`` releases what the user held."""
     from fastapi import Request
     from fastapi.routing import APIRoute
     from starlette.responses import JSONResponse
@@ -133,7 +134,16 @@ def routes():
             end_session(rt)
         except Unauthorized as e:
             return JSONResponse({"detail": e.detail}, status_code=e.status)
-        return JSONResponse({"signed_out": True})
+        released = False
+        if on_sign_out is not None and request.headers.get("authorization"):
+            try:  # the user's own token with it: the frame they held goes back to the pool now
+                on_sign_out(annotator_id(check(request.scope).username))
+                released = True
+            except Unauthorized:
+                pass  # (ended already: their frame goes back when its lease times out)
+            except Exception as e:  # noqa: BLE001 - signed out all the same
+                logger.warning(f"sign-out: the user's leases were not released: {e}")
+        return JSONResponse({"signed_out": True, "frames_released": released})
 
     for fn in (sign_in, renew, sign_out):  # the class, not the string this module's annotations would be
         fn.__annotations__ = {"request": Request}

@@ -104,6 +104,11 @@ class LeaseBook:
         with self._db.tx() as c:
             c.execute("DELETE FROM leases WHERE image_id=?", (image_id,))
 
+    def release_client(self, client_id: str) -> int:
+        """The client's leases go back to the pool (it signed out); how many."""
+        with self._db.tx() as c:
+            return c.execute("DELETE FROM leases WHERE client_id=?", (client_id,)).rowcount
+
     def count(self, now: float | None = None, present=None, labeled=None) -> int:
         """Leases not timed out (expired rows are only deleted when a frame is next leased), of frames still
         in the datastore when ``present`` (a set of ids) is given, and not labeled when ``labeled`` is (a label
