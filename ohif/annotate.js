@@ -357,6 +357,7 @@
     } catch (e) {
       state.error = e.message;
       say('Could not get the next frame: ' + e.message);
+      signOutButton(actions);
       return;
     }
     if (!r || !r.id) {
@@ -366,6 +367,7 @@
       const b = el('button', { 'data-polypal': 'train' }, 'Train model');
       b.onclick = () => startTraining(t => (status.textContent = t));
       actions.appendChild(b);
+      signOutButton(actions);
       return;
     }
     if (!r.StudyInstanceUID) {
@@ -646,6 +648,14 @@
       return say('Unsaved changes: Save first, or press Next frame again to leave them.');
     }
     location.href = nextUrl();
+  }
+
+  // the start page's screens that stay (nothing left, an error): a signed-in annotator can sign out there too
+  function signOutButton(where) {
+    if (!token()) return;
+    const b = el('button', { 'data-polypal': 'sign-out' }, 'Sign out');
+    b.onclick = () => signOut();
+    where.appendChild(b);
   }
 
   // a shared workstation: the realm ends this sign-in (its refresh token renews nothing after), the tab forgets
