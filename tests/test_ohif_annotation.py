@@ -271,8 +271,11 @@ def test_annotate_in_ohif_draw_save_next_train_and_edit_a_prediction(stack, shot
         #    an Eraser stroke removes a band, and the stored label has that band gone
         always_polyp_model(work / "model" / "polyp_seg-smoke.pt")
         time.sleep(1.1)  # the infer task reloads the model when the file's mtime changes
+        a.js("window.polypalOld = 1")
         a.click_selector('[data-polypal="next"]')
-        a.wait_js("location.pathname === '/annotate/'", 90, "the start page")  # a wait, not a speed check (30 s: too short under load)
+        # Next has left the frame (the start page, or already the frame it sent the page on to: waiting for the
+        # start page itself missed it when it redirected between two polls); a wait, not a speed check
+        a.wait_js("!window.polypalOld", 90, "Next to leave the frame")
         sn = _open_next(a, srv)
         assert sn["image"] not in saved and sn["image"] != sb["image"]
         rows, cols = sn["rows"], sn["columns"]
