@@ -439,19 +439,29 @@ def test_the_viewers_files_load_without_a_token_its_data_does_not(env):
 
 
 def test_the_sign_in_form_is_small_and_realm_failures_are_told(env):
-    """Anyone may POST /auth/token: its body is read only up to 16 KiB (a client without a token filled the
-    disk room with 1 GB bodies there, and signed-in users got 507). A realm answering other than a token
-    (a 502 of a proxy, an HTML page) is a 503 saying so, not a 500."""
+    """Anyone may POST /auth/token, /auth/token/refresh and /auth/logout: a body is read only up to 16 KiB (a
+    client without a token filled the disk room with 1 GB bodies there, and signed-in users got 507); another
+    site's page is refused; a body that is not a form is a 422, and none of these reaches the realm. A realm
+    answering other than a token (a 502 of a proxy, an HTML page) is a 503 saying so, not a 500."""
     import socket
 
     url, realm = env["url"], env["realm"]
     port = int(url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"POST /auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded"
-                  b"\r\nContent-Length: 100000000\r\n\r\nusername=x")
-        head = s.recv(4096).decode(errors="replace")
-    assert head.startswith("HTTP/1.1 413"), head
     form = {"Content-Type": "application/x-www-form-urlencoded"}
+    posts = realm.polypal["posts"]
+    for path in ("/auth/token", "/auth/token/refresh", "/auth/logout"):  # the renewal and sign-out alike
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded"
+                      f"\r\nContent-Length: 100000000\r\n\r\nrefresh_token=x".encode())
+            head = s.recv(4096).decode(errors="replace")
+        assert head.startswith("HTTP/1.1 413"), (path, head)
+        # another site's page cannot make a browser sign in, renew or sign out here
+        s, r = http("POST", url + path, b"refresh_token=x&username=dr-okafor&password=s3cret",
+                    {**form, "Origin": "http://evil.example"})
+        assert s == 403, (path, s, r)
+        s, r = http("POST", url + path, json.dumps({"refresh_token": "x"}).encode(), {"Content-Type": "application/json"})
+        assert s == 422, (path, s, r)  # a form only
+    assert realm.polypal["posts"] == posts  # none of them reached the realm
     ok = b"username=dr-okafor&password=s3cret&grant_type=password"
     try:
         for answer in ((502, b"<html>Bad Gateway</html>"), (500, b'{"error": "unknown_error"}'),
