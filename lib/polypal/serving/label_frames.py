@@ -62,6 +62,11 @@ class Digest(NamedTuple):
     sig: list
 
 
+def _label_path(store, image_id: str, tag: str, ext: str) -> str:
+    """Where the (image_id, tag) label file with extension ``ext`` lies."""
+    return os.path.join(store.root, "labels", tag, image_id + ext)
+
+
 def file_sig(path) -> list | None:
     """[mtime_ns, ctime_ns, size]: another file moved or copied into a frame's place has another ctime, even
     with the same size and a preserved mtime (cp -p, archives), which no one can set; no inode (a share
@@ -140,9 +145,6 @@ def record(c, image_id: str, tag: str, d: Digest | None, label_path=None) -> Non
                   (image_id, tag, json.dumps(sig), sha, d.sha))
 
 
-def _label_path(store, image_id: str, tag: str, ext: str) -> str:
-    return os.path.join(store.root, "labels", tag, image_id + ext)
-
 
 def _frame_file(store, c, image_id: str, found_ext: str | None = None) -> str | None:
     """The frame file whose extension the id's row holds (a second file of the id is not it), else the one
@@ -166,7 +168,7 @@ def one_per_label(store, label_exts: dict) -> tuple[dict, list]:
             chosen[(i, t)] = exts[0]
             continue
         pick = rows.get((i, t)) if rows.get((i, t)) in exts else aside.get((i, t)) if aside.get((i, t)) in exts \
-            else max(exts, key=lambda e: (file_sig(os.path.join(store.root, "labels", t, i + e)) or [0])[0])
+            else max(exts, key=lambda e: (file_sig(_label_path(store, i, t, e)) or [0])[0])
         chosen[(i, t)] = pick
         extras += [(i, t, e) for e in exts if e != pick]
     return chosen, extras
@@ -176,7 +178,7 @@ def drop_extras(store, c, extras: list, blocked: set) -> None:
     """A second label file of one (id, tag) goes to the trash: the one kept aside for an earlier picture
     with its info (a later label of the frame took its place), any other as a second file."""
     for i, t, e in extras:
-        path = os.path.join(store.root, "labels", t, i + e)
+        path = _label_path(store, i, t, e)
         row = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (i, t)).fetchone()
         if i in blocked or not os.path.lexists(path) or (row and row[0] == e) or row is None:
             continue  # (no row: the next start decides, once one of them is the label)
@@ -200,7 +202,7 @@ def supersede_aside(store, c, image_id: str, tag: str, dest: str) -> None:
     label's (``dest``) goes to the trash with its info and picture (a Slicer volume saved for the frame
     while a PNG of an earlier picture waited beside it); the same extension is the save's own case."""
     r = c.execute("SELECT ext FROM detached_labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
-    path = os.path.join(store.root, "labels", tag, image_id + r[0]) if r else None
+    path = _label_path(store, image_id, tag, r[0]) if r else None
     if path is None or path == dest or not os.path.lexists(path):
         return
     kept = aside_entry(c, image_id, tag, r[0], path)
@@ -263,7 +265,7 @@ def keep_aside(store, c, gone: list[str]) -> int:
 
 
 def _detach(store, c, image_id: str, tag: str, ext: str, info: str) -> bool:
-    label_sha = file_sha(os.path.join(store.root, "labels", tag, image_id + ext))
+    label_sha = file_sha(_label_path(store, image_id, tag, ext))
     if label_sha is None:
         return False  # no file to take back
     r = c.execute("SELECT sha256, pixels FROM label_frames WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
@@ -276,7 +278,7 @@ def _detach(store, c, image_id: str, tag: str, ext: str, info: str) -> bool:
 def _to_trash(store, image_id: str, tag: str, ext: str, reason: str, info: str, sha, pixels) -> bool:
     """The label file to the trash, with its info and the picture it was drawn on (a restore puts it back
     onto that picture, and its info with it). False (logged) when that failed: nothing moved."""
-    path = os.path.join(store.root, "labels", tag, image_id + ext)
+    path = _label_path(store, image_id, tag, ext)
     name = label_trash_name(tag, path)
     try:
         store.trash({name: path}, reason, frame=image_id,
@@ -296,8 +298,7 @@ def take_back(store, c, image_id: str, tag: str, ext: str, d: Digest | None) -> 
     kept = c.execute("SELECT ext, info, sha256, pixels, label_sha256 FROM detached_labels WHERE image_id=? AND "
                      "tag=?", (image_id, tag)).fetchone()
     info = None
-    if kept is not None and kept[0] == ext and kept[4] == file_sha(os.path.join(store.root, "labels", tag,
-                                                                                  image_id + ext)):
+    if kept is not None and kept[0] == ext and kept[4] == file_sha(_label_path(store, image_id, tag, ext)):
         _, info, sha, pixels, _ = kept  # the very file kept aside
         if sha is not None:  # (a label saved by an older version has no record: it goes back as before)
             same = same_picture(sha, pixels, d) if d is not None else None
@@ -373,7 +374,7 @@ def drop_stale(store, c) -> None:
               "l.image_id=detached_labels.image_id AND l.tag=detached_labels.tag)")
     c.executemany("DELETE FROM detached_labels WHERE image_id=? AND tag=?",
                   [(i, t) for i, t, e in c.execute("SELECT image_id, tag, ext FROM detached_labels").fetchall()
-                   if not os.path.lexists(os.path.join(store.root, "labels", t, i + e))])
+                   if not os.path.lexists(_label_path(store, i, t, e))])
 
 
 def same_as_drawn_on(path, drawn_on) -> bool:

@@ -251,4 +251,5 @@ class ActiveLearningState:
                 cur = self.current_plan(name)
                 p["left_to_label"] = sum(1 for r in cur["rows"] if r[1] not in labeled
                                          and (present is None or r[1] in present)) if cur else 0
-        return {**self.features.summary(), "plans": plans, "leases": self.leases.count(present=present, labeled=labeled)}
+        leases = self.leases.count(present=present, labeled=labeled)
+        return {**self.features.summary(), "plans": plans, "leases": leases}
