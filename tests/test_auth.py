@@ -47,7 +47,7 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
     arrive), ``key_gets``
     counts the realm's answers, ``renewals`` the refresh grants it honoured."""
     conf = {"key": key, "token_answer": None, "key_answer": None, "key_delay": 0.0, "key_gets": 0, "ttl": 3600,
-            "sessions": {}, "renewals": 0, "token_delay": 0.0, "posts": 0}
+            "sessions": {}, "sids": {}, "renewals": 0, "token_delay": 0.0, "posts": 0}
 
     class Realm(BaseHTTPRequestHandler):
         def _send(self, status: int, body: bytes):
@@ -94,9 +94,14 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
                 if PASSWORDS.get(user, (None,))[0] != password or form.get("grant_type") != ["password"]:
                     return self._send(401, b'{"error": "invalid_grant", '
                                            b'"error_description": "Invalid user credentials"}')
-            refresh = secrets.token_urlsafe(24)
-            conf["sessions"][refresh] = user
-            t = token(conf["key"], user, PASSWORDS[user][1], conf["ttl"])
+            # Keycloak's refresh tokens are JWTs (signed with a secret of the realm's) naming the sign-in (sid),
+            # as its access tokens do; a renewal keeps the sign-in
+            sid = conf["sids"].pop(form.get("refresh_token", [""])[0], None) or secrets.token_hex(8)
+            now = int(time.time())
+            refresh = jwt.encode({"sid": sid, "typ": "Refresh", "iat": now, "exp": now + 1800,
+                                  "jti": secrets.token_hex(8)}, "a-secret-of-the-realms-32-bytes-long", algorithm="HS256")
+            conf["sessions"][refresh], conf["sids"][refresh] = user, sid
+            t = token(conf["key"], user, PASSWORDS[user][1], conf["ttl"], sid=sid)
             self._send(200, json.dumps({"access_token": t, "token_type": "Bearer", "expires_in": conf["ttl"],
                                         "refresh_token": refresh, "refresh_expires_in": 1800,
                                         "session_state": "realm-private", "not-before-policy": 0}).encode())
@@ -110,12 +115,15 @@ def _realm(key) -> tuple[str, ThreadingHTTPServer]:
     return f"http://127.0.0.1:{srv.server_address[1]}/realms/polypal", srv
 
 
-def token(key, user: str, roles: list[str], ttl: float = 3600, life: float | None = None) -> str:
+def token(key, user: str, roles: list[str], ttl: float = 3600, life: float | None = None,
+          sid: str | None = None) -> str:
     """A token of ``user`` that ends in ``ttl`` seconds, issued ``life`` seconds before it ends (default
-    ``ttl``)."""
+    ``ttl``), of the sign-in ``sid`` if given (the realm's tokens name it; these tests' own do not)."""
     now = time.time()
     claims = {"preferred_username": user, "realm_access": {"roles": roles}, "exp": int(now + ttl),
               "iat": int(now + ttl - (ttl if life is None else life)), "jti": secrets.token_hex(8)}
+    if sid:
+        claims["sid"] = sid
     return jwt.encode(claims, key, algorithm="RS256")
 
 
@@ -390,8 +398,8 @@ def test_signing_out_gives_the_held_frame_back(env):
     assert s == 200, t
     me = bearer(t["access_token"])
 
-    def leases():
-        return http("GET", url + "/info/", headers=me)[1]["polyp_al"]["state"]["leases"]
+    def leases():  # (asked as the administrator: the user's token is refused once signed out)
+        return http("GET", url + "/info/", headers=bearer(env["admin"]))[1]["polyp_al"]["state"]["leases"]
 
     before = leases()
     s, r = http("POST", url + "/activelearning/random", json.dumps({}).encode(),
@@ -401,6 +409,54 @@ def test_signing_out_gives_the_held_frame_back(env):
     s, r = http("POST", url + "/auth/logout", f"refresh_token={t['refresh_token']}".encode(), {**form, **me})
     assert s == 200 and r == {"signed_out": True, "frames_released": True}, r
     assert leases() == before
+
+
+def test_a_signed_out_token_is_refused_at_once(env):
+    """After sign-out the sign-in's tokens are refused (401), the ones renewed from it in another tab too, not
+    only no longer renewed: before, a token copied before sign-out (a shared workstation) stayed good for
+    the rest of its life (Keycloak: 5 minutes; an hour here). The same user's other sign-ins and other users
+    are not touched; a refresh token the realm did not end (forged, naming another sign-in) ends nothing."""
+    url, key = env["url"], env["key"]
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    def valid(t) -> int:
+        return http("GET", url + "/auth/token/valid", headers=bearer(t))[0]
+
+    def sign_in(user="dr-okafor", password="s3cret"):
+        s, t = http("POST", url + "/auth/token", f"username={user}&password={password}".encode(), form)
+        assert s == 200, t
+        return t
+
+    first = sign_in()
+    s, renewed = http("POST", url + "/auth/token/refresh", f"refresh_token={first['refresh_token']}".encode(), form)
+    assert s == 200, renewed
+    elsewhere, night = sign_in(), sign_in("dr-night", "n1ght")
+    assert all(valid(t["access_token"]) == 200 for t in (first, renewed, elsewhere, night))
+    # signed out with the renewed token beside its refresh token: the first token (same sign-in) ends too
+    s, r = http("POST", url + "/auth/logout", f"refresh_token={renewed['refresh_token']}".encode(),
+                {**form, **bearer(renewed["access_token"])})
+    assert s == 200 and r["signed_out"], (s, r)
+    for t in (first, renewed):
+        s, r = http("GET", url + "/info/", headers=bearer(t["access_token"]))
+        assert s == 401 and "signed out" in r["detail"], (s, r)
+    assert valid(elsewhere["access_token"]) == 200 and valid(night["access_token"]) == 200
+    # a forged refresh token naming another sign-in: the realm does not end it, so nothing here ends either
+    sid = jwt.decode(elsewhere["access_token"], options={"verify_signature": False})["sid"]
+    fake = jwt.encode({"sid": sid, "exp": int(time.time()) + 600, "iat": int(time.time())}, "a-guess-at-the-realms-secret-32-bytes", "HS256")
+    s, r = http("POST", url + "/auth/logout", f"refresh_token={fake}".encode(), form)
+    assert s == 200, (s, r)  # (the realm: not active; already ended, as far as anyone can tell)
+    assert valid(elsewhere["access_token"]) == 200
+    # signed out with the refresh token alone (a client that kept no access token): its sign-in's tokens end
+    s, r = http("POST", url + "/auth/logout", f"refresh_token={elsewhere['refresh_token']}".encode(), form)
+    assert s == 200 and r == {"signed_out": True, "frames_released": False}, (s, r)
+    assert valid(elsewhere["access_token"]) == 401 and valid(night["access_token"]) == 200
+    # a token that names no sign-in (these tests' own): that token alone ends
+    mine, other = (token(key, "dr-okafor", [ANNOTATOR, USER]) for _ in range(2))
+    s, r = http("POST", url + "/auth/logout", f"refresh_token={night['refresh_token']}".encode(),
+                {**form, **bearer(mine)})
+    assert s == 200, (s, r)
+    assert valid(mine) == 401 and valid(other) == 200 and valid(night["access_token"]) == 401
+    assert valid(sign_in()["access_token"]) == 200  # signing in again works
 
 
 def test_sign_in_requests_while_the_realm_is_slow_do_not_hold_up_signed_in_users(env):

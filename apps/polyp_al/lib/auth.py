@@ -169,6 +169,57 @@ def _readable(pem: str) -> None:
 
 
 REALM = _Realm()
+
+
+class _SignedOut:
+    """Sign-ins ended by ``POST /auth/logout``, kept until their tokens would have ended: a token of one is
+    refused (401) from then on. The realm's access tokens are not asked about again once their signature
+    verifies, so without this a token copied before sign-out (a shared workstation's browser history, a
+    second tab) stayed good until it expired. Keyed by the token's sign-in (``sid``: every token renewed
+    from it too), else its ``jti``, else the token itself. In memory: a restart forgets them (Keycloak's
+    tokens last 5 minutes by default)."""
+
+    MAX = 100_000  # entries; the oldest-ending are dropped first beyond it
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._until: dict[tuple[str, str], float] = {}  # key -> when its tokens end (epoch seconds)
+
+    @staticmethod
+    def keys(claims: dict, token: str | None = None) -> list[tuple[str, str]]:
+        keys = [(k, v) for k in ("sid", "jti") if isinstance(v := claims.get(k), str) and v]
+        if not keys and token:
+            import hashlib
+
+            keys = [("token", hashlib.sha256(token.encode()).hexdigest())]
+        return keys
+
+    def add(self, claims: dict, token: str | None = None) -> None:
+        """End the sign-in of a token with these (verified) ``claims``: until its last token could end, the
+        renewed ones of other tabs included (``exp``, or a token's life from now if longer; an hour when the
+        token says neither)."""
+        now = time.time()
+        exp, iat = claims.get("exp"), claims.get("iat")
+        numbers = isinstance(exp, (int, float)) and isinstance(iat, (int, float))
+        until = min(max(float(exp), now + float(exp) - float(iat)), now + 86400) + 60 if numbers else now + 3600
+        with self._lock:
+            for k in self.keys(claims, token)[:1]:  # the widest: the whole sign-in when the token names it
+                self._until[k] = max(until, self._until.get(k, 0.0))
+            if len(self._until) > self.MAX or len(self._until) % 256 == 0:
+                for k in [k for k, t in self._until.items() if t < now]:
+                    del self._until[k]
+                for k in sorted(self._until, key=self._until.get)[:max(0, len(self._until) - self.MAX)]:
+                    del self._until[k]
+
+    def __contains__(self, claims_and_token) -> bool:
+        claims, token = claims_and_token
+        with self._lock:
+            if not self._until:
+                return False
+            return any(k in self._until for k in self.keys(claims, token))
+
+
+SIGNED_OUT = _SignedOut()
 _RESERVED_NAMES = frozenset({"anonymous", "unknown"})  # what the lease book and the log use for no client id
 
 
@@ -200,6 +251,8 @@ def user_of(token: str):
             logger.warning(f"a token did not verify and the realm's key could not be fetched again: {e}")
             raise jwt.InvalidSignatureError("Signature verification failed") from None
         payload = jwt.decode(token, key, algorithms=ALGORITHMS, options=options)
+    if (payload, token) in SIGNED_OUT:
+        raise jwt.InvalidTokenError("signed out: sign in again")
     roles = payload
     for part in settings.MONAI_LABEL_AUTH_TOKEN_ROLES.split("#"):
         roles = roles.get(part) if isinstance(roles, dict) else None
@@ -216,7 +269,7 @@ def user_of(token: str):
                 name=full if isinstance(full, str) else None, roles=roles)
 
 
-def _bearer(scope) -> str | None:
+def bearer_token(scope) -> str | None:
     for k, v in scope.get("headers", []):
         if k.lower() == b"authorization":
             scheme, _, value = v.decode("latin-1").partition(" ")
@@ -235,7 +288,7 @@ def check(scope, role: str | None = None):
     import requests
     from monailabel.config import settings
 
-    token = _bearer(scope)
+    token = bearer_token(scope)
     if token is None:
         raise Unauthorized(401, "not signed in: send 'Authorization: Bearer <token>' (POST /auth/token gives one)")
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from lib.auth import REALM, Unauthorized, annotator_id, check
+from lib.auth import REALM, SIGNED_OUT, Unauthorized, bearer_token, annotator_id, check
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,10 @@ def grant(form: dict) -> dict:
     return {k: body[k] for k, t in TOKEN_FIELDS.items() if isinstance(body.get(k), t)}
 
 
-def end_session(refresh_token: str) -> None:
+def end_session(refresh_token: str) -> bool:
     """Ask the realm to end the sign-in of ``refresh_token`` (its ``end_session_endpoint``, as Keycloak's
-    logout with a refresh token): no token of that sign-in is renewed after it. Raises ``Unauthorized`` 503
-    when the realm cannot do it."""
+    logout with a refresh token): no token of that sign-in is renewed after it. True: the realm ended it;
+    False: it had ended already. Raises ``Unauthorized`` 503 when the realm cannot do it."""
     import requests
     from monailabel.config import settings
 
@@ -78,12 +78,24 @@ def end_session(refresh_token: str) -> None:
         except (ValueError, AttributeError):
             error = None
         if error == "invalid_grant":
-            return
+            return False
         logger.error(f"sign-out: the realm's logout endpoint {url} refused it ({str(error)[:80]})")
         raise Unauthorized(503, f"the sign-in realm did not end the sign-in ({str(error)[:80]})")
     if not 200 <= r.status_code < 300:
         logger.error(f"sign-out: the realm's logout endpoint {url} answered {r.status_code}")
         raise Unauthorized(503, f"the sign-in realm did not end the sign-in (it answered {r.status_code})")
+    return True
+
+
+def _claims(token: str) -> dict:
+    """A JWT's claims, unverified (the caller has verified it, or the realm has accepted it), {} if it is none."""
+    import jwt
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 def routes(on_sign_out=None):
@@ -130,17 +142,26 @@ def routes(on_sign_out=None):
         if not isinstance(rt, str) or not rt:
             return JSONResponse({"detail": "refresh_token required (a form, application/x-www-form-urlencoded)"},
                                 status_code=422)
-        try:  # blocking, as above
-            end_session(rt)
-        except Unauthorized as e:
-            return JSONResponse({"detail": e.detail}, status_code=e.status)
-        released = False
-        if on_sign_out is not None and request.headers.get("authorization"):
-            try:  # the user's own token with it: the frame they held goes back to the pool now
-                on_sign_out(annotator_id(check(request.scope).username))
-                released = True
+        user = None
+        if request.headers.get("authorization"):
+            try:  # blocking, as below: the user's own token with it, verified
+                user = check(request.scope)
             except Unauthorized:
                 pass  # (ended already: their frame goes back when its lease times out)
+        try:  # blocking: the Gate runs /auth/ requests on a worker thread's own loop (authentication on)
+            ended = end_session(rt)
+        except Unauthorized as e:
+            return JSONResponse({"detail": e.detail}, status_code=e.status)
+        if user is not None:  # its tokens are refused from now on, not only no longer renewed
+            token = bearer_token(request.scope)
+            SIGNED_OUT.add(_claims(token), token)
+        if ended and _claims(rt).get("sid"):  # (Keycloak's refresh tokens are JWTs naming the sign-in)
+            SIGNED_OUT.add({"sid": _claims(rt)["sid"], "exp": _claims(rt).get("exp"), "iat": _claims(rt).get("iat")})
+        released = False
+        if on_sign_out is not None and user is not None:
+            try:  # the frame they held goes back to the pool now
+                on_sign_out(annotator_id(user.username))
+                released = True
             except Exception as e:  # noqa: BLE001 - signed out all the same
                 logger.warning(f"sign-out: the user's leases were not released: {e}")
         return JSONResponse({"signed_out": True, "frames_released": released})
