@@ -175,8 +175,8 @@ class _SignedOut:
     """Sign-ins ended by ``POST /auth/logout``, kept until their tokens would have ended: a token of one is
     refused (401) from then on. The realm's access tokens are not asked about again once their signature
     verifies, so without this a token copied before sign-out (a shared workstation's browser history, a
-    second tab) stayed good until it expired. Keyed by the token's sign-in (``sid``: every token renewed
-    from it too), else its ``jti``, else the token itself. In memory: a restart forgets them (Keycloak's
+    second tab) stayed good until it expired. Keyed by the token's sign-in (``sid``, older Keycloaks'
+    ``session_state``: every token renewed from it too), else its ``jti``, else the token itself. In memory: a restart forgets them (Keycloak's
     tokens last 5 minutes by default)."""
 
     MAX = 100_000  # entries; the oldest-ending are dropped first beyond it
@@ -187,7 +187,7 @@ class _SignedOut:
 
     @staticmethod
     def keys(claims: dict, token: str | None = None) -> list[tuple[str, str]]:
-        keys = [(k, v) for k in ("sid", "jti") if isinstance(v := claims.get(k), str) and v]
+        keys = [(k, v) for k in ("sid", "session_state", "jti") if isinstance(v := claims.get(k), str) and v]
         if not keys and token:
             import hashlib
 

@@ -155,8 +155,9 @@ def routes(on_sign_out=None):
         if user is not None:  # its tokens are refused from now on, not only no longer renewed
             token = bearer_token(request.scope)
             SIGNED_OUT.add(_claims(token), token)
-        if ended and _claims(rt).get("sid"):  # (Keycloak's refresh tokens are JWTs naming the sign-in)
-            SIGNED_OUT.add({"sid": _claims(rt)["sid"], "exp": _claims(rt).get("exp"), "iat": _claims(rt).get("iat")})
+        named = {k: v for k, v in _claims(rt).items() if k in ("sid", "session_state", "exp", "iat")}
+        if ended and (named.get("sid") or named.get("session_state")):  # (Keycloak's are JWTs naming the sign-in)
+            SIGNED_OUT.add(named)
         released = False
         if on_sign_out is not None and user is not None:
             try:  # the frame they held goes back to the pool now
