@@ -134,6 +134,21 @@ def test_annotate_in_ohif_with_authentication_on(tmp_path):
         realm.polypal["token_delay"] = 0.0
         assert "dr-okafor" not in realm.polypal["sessions"].values()  # the renewed sign-in ended too
         assert b.js("sessionStorage.getItem('polypal.token') === null && sessionStorage.getItem('polypal.refresh') === null")
+        # the start page's own Sign out (its error screen: here a strategy that does not exist), for the next
+        # annotator; the token it had is refused by the server from then on, not only no longer renewed
+        b.goto(f"{srv.url}/annotate/?strategy=no-such-strategy")
+        _sign_in(b, "dr-night", "n1ght")
+        b.wait_js("!!(window.polypal && window.polypal.error && document.querySelector('[data-polypal=sign-out]'))", 60,
+                  "the start page's error screen with its Sign out")
+        night = b.js("sessionStorage.getItem('polypal.token')")
+        assert http("GET", f"{srv.url}/auth/token/valid", headers=bearer(night))[0] == 200
+        b.js("window.polypalOld = 1")
+        b.click_selector('[data-polypal="sign-out"]')
+        b.wait_js("!window.polypalOld && !!document.querySelector('[data-polypal=sign-in]')", 60,
+                  "the sign-in form after signing out on the start page")
+        assert "dr-night" not in realm.polypal["sessions"].values()
+        assert b.js("sessionStorage.getItem('polypal.token') === null && sessionStorage.getItem('polypal.refresh') === null")
+        assert http("GET", f"{srv.url}/auth/token/valid", headers=bearer(night))[0] == 401
     finally:
         b.close()
         srv.stop()
