@@ -64,9 +64,78 @@ def test_header_bombs_are_refused_before_decoding(tmp_path):
     (tmp_path / "big.png").write_bytes(_png_header_only(5000, 5000))  # 25 MP: over our 16.7 MP cap
     with pytest.raises(TooLarge, match="image of 5000x5000 pixels is larger than the limit"):
         read_rgb(tmp_path / "big.png")
-    (tmp_path / "huge.png").write_bytes(_png_header_only(20000, 20000))  # 400 MP: PIL refuses it first
-    with pytest.raises(TooLarge, match="huge.png: image too large to decode"):
+    (tmp_path / "huge.png").write_bytes(_png_header_only(20000, 20000))  # 400 MP: refused from its header
+    with pytest.raises(TooLarge, match="huge.png: image of 20000x20000 pixels is larger than the limit"):
         read_rgb(tmp_path / "huge.png")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _small_png(extra: bytes = b"", after: bytes = b"") -> bytes:
+    """An 8x8 grey PNG with ``extra`` chunks before its image data and ``after`` after it."""
+    raw = b"".join(b"\x00" + bytes(range(8)) for _ in range(8))
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0)) + extra
+            + _chunk(b"IDAT", zlib.compress(raw)) + after + _chunk(b"IEND", b""))
+
+
+def _small_jpeg(tmp_path) -> bytes:
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / "plain.jpg")
+    return (tmp_path / "plain.jpg").read_bytes()
+
+
+def _tiff_with_strips(n: int) -> bytes:
+    """An 8x8 grey uncompressed TIFF whose one strip is listed ``n`` times (StripOffsets, StripByteCounts)."""
+    pixels = bytes(64)
+    entries = [(256, 3, 1, 8), (257, 3, 1, 8), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, n, None), (277, 3, 1, 1), (278, 3, 1, 8), (279, 4, n, None)]
+    ifd_at = 8 + len(pixels)
+    arrays_at = ifd_at + 2 + 12 * len(entries) + 4
+    table, arrays = b"", b""
+    for tag, kind, count, value in entries:
+        if value is None:  # an array: every strip at the pixels, 64 bytes each (offsets), then counts
+            table += struct.pack("<HHII", tag, kind, count, arrays_at + len(arrays))
+            arrays += struct.pack(f"<{count}I", *([8] * count if tag == 273 else [64] * count))
+        else:
+            table += struct.pack("<HHIHH", tag, kind, count, value, 0)
+    return b"II*\x00" + struct.pack("<I", ifd_at) + pixels + struct.pack("<H", len(entries)) + table + b"\0" * 4 + arrays
+
+
+def test_metadata_bombs_are_refused_before_pillow_parses_them(tmp_path):
+    """Pillow parses a file's metadata in Python before the pixel cap can be asked, at a cost that grows with
+    the file, not its pixels: a hostile client's 8x8 PNG of 3 million empty chunks took 20 s and 1 GB of the
+    server's memory, a JPEG of empty APP segments 30 s and 2 GB, a TIFF listing its one strip a million times
+    9 s. Each is refused from its headers (the same files with a little metadata are read)."""
+    cases = {
+        "chunks.png": _small_png(extra=_chunk(b"abCd", b"") * 200_000),
+        "chunks-after.png": _small_png(after=_chunk(b"abCd", b"") * 200_000),
+        "big-chunk.png": _small_png(extra=_chunk(b"abCd", bytes(9 << 20))),  # one chunk, more than pixels need
+        "idat.png": _small_png(extra=_chunk(b"IDAT", b"") * 200_000),
+        "strips.tif": _tiff_with_strips(200_000),
+    }
+    jpg = _small_jpeg(tmp_path)
+    cases["app.jpg"] = jpg[:2] + b"\xff\xe5\x00\x02" * 200_000 + jpg[2:]
+    sof = jpg.index(b"\xff\xc0")
+    cases["app-after-sof.jpg"] = jpg[:sof] + jpg[sof:jpg.index(b"\xff\xda")] + b"\xff\xe5\x00\x02" * 200_000 + \
+        jpg[jpg.index(b"\xff\xda"):]
+    cases["com-before-eoi.jpg"] = jpg[:-2] + b"\xff\xfe\x00\x02" * 5000 + jpg[-2:]
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match=f"{name}: .*(chunks|segments|tag values|more than its pixels)"):
+            read_rgb(tmp_path / name)
+    # the same with a little metadata: read
+    ok = {"few.png": _small_png(extra=_chunk(b"tEXt", b"Comment\x00fine") * 50, after=_chunk(b"abCd", b"x") * 50),
+          "few.jpg": jpg[:2] + b"\xff\xe5\x00\x02" * 50 + jpg[2:], "few.tif": _tiff_with_strips(8),
+          "exif-sized.png": _small_png(extra=_chunk(b"abCd", bytes(1 << 20)))}
+    for name, data in ok.items():
+        (tmp_path / name).write_bytes(data)
+        assert read_rgb(tmp_path / name).shape == (8, 8, 3), name
+    assert read_mask(tmp_path / "few.png", expected_hw=(8, 8)).shape == (8, 8)
+    with pytest.raises(DataError, match="chunks.png: PNG of more than"):  # masks are read the same way
+        read_mask(tmp_path / "chunks.png", expected_hw=(8, 8))
 
 
 def test_missing_file_is_named(tmp_path):

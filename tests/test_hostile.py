@@ -57,6 +57,36 @@ def write_model(path: Path, profile_name="smoke", **arch):
     return path
 
 
+def chunk_bomb_png(w: int, h: int, n: int = 200_000) -> bytes:
+    """A grey PNG of w x h zeros with ``n`` empty ancillary chunks before its image data (12 bytes each)."""
+    def chunk(t, data):
+        return struct.pack(">I", len(data)) + t + data + struct.pack(">I", zlib.crc32(t + data) & 0xFFFFFFFF)
+
+    empty = chunk(b"abCd", b"")
+    good = png_bytes(np.zeros((h, w), np.uint8))
+    return good[:33] + empty * n + good[33:]  # after the signature and IHDR (8 + 25 bytes)
+
+
+def test_metadata_bombs_are_refused_from_their_headers(env):
+    """A file's metadata is parsed in Python before its pixels are counted, at a cost growing with the file:
+    a hostile client's PNG of 8x8 pixels and 3 million empty chunks took 20 s and 0.7 GB of the server, and
+    was stored, then decoded again by every scoring run. Frames, labels and inference uploads are refused
+    from their headers now (the library's test: tests/test_data_readers.py), and nothing is stored."""
+    url, studies = env["url"], env["studies"]
+    bomb = chunk_bomb_png(8, 8)
+    s, r = put_image(url, "chunkbomb", bomb)
+    assert s in (400, 415, 422) and "chunks" in r["detail"], (s, r)
+    labels = sorted((studies / "labels" / "final").glob("fr007.*"))
+    before = [p.read_bytes() for p in labels]
+    s, r = put_label(url, "fr007", chunk_bomb_png(W, H))
+    assert s in (400, 415, 422) and "chunks" in r["detail"], (s, r)
+    assert sorted((studies / "labels" / "final").glob("fr007.*")) == labels
+    assert [p.read_bytes() for p in labels] == before
+    s, r = infer_upload(url, bomb)
+    assert 400 <= s < 500 and "chunks" in str(r), (s, r)
+    assert not list(studies.glob("chunkbomb*"))
+
+
 def hostile_checkpoint(path: Path, target: Path):
     """A real smoke checkpoint whose metadata carries a pickled object that writes ``target``."""
     from polypal.learner import PolypUNet, get_profile

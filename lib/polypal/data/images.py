@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from polypal.data.image_checks import MAX_SEGMENTS, check_image_file
 from polypal.data.volume_checks import check_nifti_header
 from polypal.errors import DataError
 from polypal.vocab import VOLUME_EXTENSIONS
@@ -50,12 +51,13 @@ PIL_FORMATS = ("PNG", "JPEG", "TIFF")  # JPEG covers MPO (camera) files
 MAX_JPEG_SCANS = 100  # a progressive JPEG has about 10; 3000 repeated scans made a 165 KB file take 30 s to decode
 
 
-def _jpeg_scans(data: bytes) -> int:
+def _jpeg_scans(data: bytes) -> int | None:
     """The start-of-scan markers of a JPEG's first image, walking its segments from SOI to EOI: segments
     with a length (APPn with an EXIF thumbnail, tables) are skipped whole, a scan's entropy-coded data runs
     to the next marker (0xFF not followed by 0x00 or a restart marker); what follows EOI (a motion photo's
-    video, an MPO's second frame) is not read."""
-    n, i, size = 0, 2, len(data)
+    video, an MPO's second frame) is not read. None: more than 4 * MAX_SEGMENTS marker segments (a real
+    file has tens; each costs a step here and in the decoder)."""
+    n, i, size, segments = 0, 2, len(data), 0
     while i + 4 <= size:
         if data[i] != 0xFF:
             return n  # not a marker where one must be: Pillow says what is wrong
@@ -68,6 +70,9 @@ def _jpeg_scans(data: bytes) -> int:
         if 0xD0 <= m <= 0xD7 or m == 0x01:  # markers without a length
             i += 2
             continue
+        segments += 1
+        if segments > 4 * MAX_SEGMENTS:  # (as many scans as could pass, each with its tables, and more)
+            return None
         i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
         if m == 0xDA:
             n += 1
@@ -84,9 +89,11 @@ def _jpeg_scans(data: bytes) -> int:
 
 
 def _check_jpeg_scans(path: Path) -> None:
-    """Refuse a JPEG of more than MAX_JPEG_SCANS scans before decoding it."""
+    """Refuse a JPEG of more than MAX_JPEG_SCANS scans (or 4 * MAX_SEGMENTS segments) before decoding it."""
     with open(path, "rb") as f:
         n = _jpeg_scans(f.read())
+    if n is None:
+        raise DataError(path, f"JPEG of more than {4 * MAX_SEGMENTS} marker segments: refused before decoding")
     if n > MAX_JPEG_SCANS:
         raise DataError(path, f"JPEG of {n} scans (more than {MAX_JPEG_SCANS}): refused before decoding")
 
@@ -94,6 +101,7 @@ def _check_jpeg_scans(path: Path) -> None:
 def _open(path: Path, expected_hw=None, what: str = "image") -> Image.Image:
     """Open, check (pixel cap, the expected (H, W) when given, JPEG scans), then decode."""
     try:
+        check_image_file(path, _check_pixels)  # what Pillow would parse in Python, bounded first
         img = Image.open(path, formats=PIL_FORMATS)
         _check_pixels(path, *img.size)
         w, h = img.size
