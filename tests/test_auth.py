@@ -279,6 +279,49 @@ def test_roles_are_monai_labels(env):
     assert len(list(model.parent.glob("*.replaced"))) == 1
 
 
+def test_replacing_a_frame_takes_the_admin_role(env):
+    """A frame replace moves the old frame and every annotator's labels of it to the trash, as a delete does
+    (admin): an annotator, who may upload frames, got it done with {"replace": true} (a hostile probe). Now
+    403, and the frame and its label stay; the admin replaces it."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    url, studies = env["url"], env["studies"]
+    annotator, admin = bearer(token(env["key"], "ann-2", [ANNOTATOR, USER])), bearer(env["admin"])
+
+    def frame(value):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((48, 64, 3), value, np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def upload(headers, value, params):
+        body, ct = multipart({"params": json.dumps(params)}, {"file": ("f.png", frame(value))})
+        return http("PUT", f"{url}/datastore/?image=ann-frame", body, {"Content-Type": ct, **headers})
+
+    s, r = upload(annotator, 40, {})
+    assert s == 200, r  # uploading a new frame: an annotator's
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:20, 10:30] = 255
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    body, ct = multipart({"params": "{}"}, {"label": ("m.png", buf.getvalue())})
+    s, r = http("PUT", f"{url}/datastore/label?image=ann-frame&tag=final", body, {"Content-Type": ct, **annotator})
+    assert s == 200, r
+    frame_file, label_file = studies / "ann-frame.png", studies / "labels" / "final" / "ann-frame.png"
+    before = (sha(frame_file), sha(label_file))
+    for params in ({"replace": True}, {"replace": True, "comment": "x"}):
+        s, r = upload(annotator, 200, params)
+        assert s == 403 and "replace" in r["detail"], (s, r)
+    assert (sha(frame_file), sha(label_file)) == before
+    s, r = upload(annotator, 200, {"replace": "true"})  # not a replace (JSON true only): the id is taken
+    assert s == 409, (s, r)
+    s, r = upload(admin, 200, {"replace": True})
+    assert s == 200, r
+    assert sha(frame_file) != before[0] and not label_file.exists()
+
+
 def test_the_annotator_is_the_tokens_user(env):
     """With authentication on, leases and the annotation log are by the token's user: a client_id sent
     with the request does not choose who holds the frame nor who is credited with its label."""

@@ -543,9 +543,23 @@ async def _check_form(scope, spool, size: int, form_key: str) -> None:
         for value in form.getlist(field):  # every copy of the field, not only the one a parser keeps
             if not isinstance(value, str):
                 raise _Refused(400, f"{field} must be a JSON object, not a file")
-            _check_keys(_json_object(value, field), keys, field)
+            params = _json_object(value, field)
+            _check_keys(params, keys, field)
+            if form_key in ("/datastore/", "/datastore/image") and params.get("replace") is True:
+                _may_replace(scope)
     finally:
         await form.close()
+
+
+def _may_replace(scope) -> None:
+    """A frame replace moves the old frame and every annotator's labels of it to the trash, as a delete does:
+    with authentication on it takes the role a delete takes (admin), not an upload's (annotator)."""
+    from monailabel.config import settings
+
+    user = scope.get("polypal.user")
+    if user is not None and settings.MONAI_LABEL_AUTH_ROLE_ADMIN not in (user.roles or []):
+        raise _Refused(403, f'role "{settings.MONAI_LABEL_AUTH_ROLE_ADMIN}" is required to replace a frame '
+                            f'(its labels go to the trash, as with a delete)')
 
 
 def _utf8(text: str) -> bytes:
@@ -753,7 +767,7 @@ async def _signed_in(scope, path: str, method: str) -> None:
     if method == "OPTIONS" or auth.is_free(path):
         return
     try:  # in a thread: the first token fetches the realm's key (a blocking request)
-        await anyio.to_thread.run_sync(auth.check, scope, auth.role_for(method, path))
+        scope["polypal.user"] = await anyio.to_thread.run_sync(auth.check, scope, auth.role_for(method, path))
     except auth.Unauthorized as e:
         raise _Refused(e.status, e.detail, {"WWW-Authenticate": "Bearer"} if e.status == 401 else None) from None
 
