@@ -787,6 +787,19 @@ def test_upload_params_are_checked(env):
     body, ct = multipart({"params": json.dumps({"logging": "CRITICAL"})}, {})
     s, r = http("POST", f"{url}/infer/polyp_seg?image=fr000&output=json", body, {"Content-Type": ct})
     assert s == 400
+    # an upload's or a save's info is capped as an update's is (256 KiB): 900 KB of params made every listing
+    # carry them, and no update of that info could be stored after (a hostile probe)
+    big = {"comment": "A" * 900_000}
+    s, r = put_image(url, "bigparams", frame, params=big)
+    assert s == 413 and "info of" in r["detail"], (s, r)
+    assert not list(env["studies"].glob("bigparams*"))
+    labels = env["studies"] / "labels" / "final"
+    before = sorted((p.name, p.read_bytes()) for p in labels.glob("fr011.*"))
+    body, ct = multipart({"params": json.dumps(big)}, {"label": ("m.png", png_bytes(np.zeros((H, W), np.uint8)))})
+    s, r = http("PUT", f"{url}/datastore/label?image=fr011&tag=final", body, {"Content-Type": ct})
+    assert s == 413 and "info of" in r["detail"], (s, r)
+    assert sorted((p.name, p.read_bytes()) for p in labels.glob("fr011.*")) == before
+    assert len(json.dumps(http("GET", f"{url}/datastore/?output=all")[1])) < 200_000
 
 
 # -- 12. the Gate's checks hold whatever the encoding (found by a hostile probe, 2026-12-04) -------------

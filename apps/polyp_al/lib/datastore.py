@@ -34,7 +34,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
 from polypal.data import VOLUME_EXTENSIONS, DataError, TooLarge, read_mask, read_rgb, write_label
 from polypal.serving import label_frames
-from polypal.serving.framestore import Exists, FrameChanged, FrameStore, InfoTooLarge, NotFound
+from polypal.serving.framestore import Exists, FrameChanged, FrameStore, InfoTooLarge, NotFound, check_info_size
 from polypal.vocab import FRAME_EXTENSIONS, LABEL_EXTENSIONS, InvalidName, check_name, split_name
 
 logger = logging.getLogger(__name__)
@@ -277,6 +277,10 @@ class PolypDatastore(Datastore):
             info = dict(image_info or {})
             replace = info.pop("replace", False) is True
             try:
+                check_info_size(info)
+            except InfoTooLarge as e:
+                raise HTTPException(status_code=413, detail=f"image {image_id} rejected: {e}") from None
+            try:
                 read_rgb(image_filename)
             except TooLarge as e:
                 raise HTTPException(status_code=413, detail=f"image {image_id} rejected: {e.problem}") from None
@@ -317,6 +321,10 @@ class PolypDatastore(Datastore):
                 raise HTTPException(status_code=415, detail=f"label for {image_id}: file type "
                                                             f"{ext or '(no extension)'!r} not accepted; send a "
                                                             f"png/jpg/tif mask or a .nii.gz/.nii/.nrrd label map")
+            try:
+                check_info_size(label_info)
+            except InfoTooLarge as e:
+                raise HTTPException(status_code=413, detail=f"label for {image_id} rejected: {e}") from None
             frame = self.store.frame_signature(image_id)  # the file the mask is checked against
 
             def moved():

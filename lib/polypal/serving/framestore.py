@@ -86,6 +86,14 @@ class InfoTooLarge(ValueError):
     made every listing 55 MB)."""
 
 
+def check_info_size(info: dict | None) -> None:
+    """An upload's or a save's info, before anything is stored: at most MAX_INFO_BYTES, as merges are (a
+    frame uploaded with 900 KB of params made every listing carry it, and left no room for any update)."""
+    n = len(json.dumps(info or {}, default=str))
+    if n > MAX_INFO_BYTES:
+        raise InfoTooLarge(f"info of {n} bytes, more than {MAX_INFO_BYTES}: not stored")
+
+
 def _merged_info(cur: dict, info: dict, limit: int | None = MAX_INFO_BYTES) -> str:
     cur.update(info)
     text = json.dumps(cur)
@@ -450,6 +458,7 @@ class FrameStore:
         the record of the picture the label was drawn on.
         The label it replaces, if any, is kept in the trash (hard link taken before the rename)."""
         check_name("image id", image_id)
+        check_info_size(info)
         d = self.label_dir(tag)
         if self.image_ext(image_id) is None:
             raise NotFound(f"image {image_id!r} not found")
@@ -550,6 +559,7 @@ class FrameStore:
         """Add a frame. An id already in the store raises Exists unless ``replace``: then the old
         frame and all its labels go to the trash first (a label of the old frame never stays on the new)."""
         check_name("image id", image_id)
+        check_info_size(info)
         _, ext = split_name(os.path.basename(src_file))
         if not self._matches(image_id + ext):
             raise ValueError(f"extension {ext!r} is not an accepted image type "
