@@ -43,6 +43,15 @@ def test_export_round_trip(tmp_path):
         assert [r["id"] for r in csv.DictReader(f)] == ["fr1", "fr3"]
     assert main([str(studies), str(out)]) == 2  # never into a non-empty folder
     assert not (out / "quality.png").exists()  # never served: no quality curve
+    # served: the annotator is the one the server credited (the signed-in user who saved it), not what the
+    # label's info says (a client's to write: any annotator could rename the author after the fact)
+    from polypal.serving import ActiveLearningState
+
+    ActiveLearningState(studies / ".polypal").add_effort("fr3", "dr-server", None, 1.0, "v9")
+    store.update_label_info("fr3", "final", {"client_id": "mallory"})
+    assert main([str(studies), str(tmp_path / "out2")]) == 0
+    rows = {r["id"]: r for r in json.loads((tmp_path / "out2" / "manifest.json").read_text())["frames"]}
+    assert rows["fr3"]["annotator"] == "dr-server" and rows["fr1"]["annotator"] == "dr-a"
 
 
 def test_export_carries_the_quality_curve(tmp_path):
@@ -98,6 +107,16 @@ def test_export_cli_errors_leave_nothing_half_written(tmp_path, capsys):
     assert sorted(p.name for p in dataset.iterdir()) == ["images", "masks"] and not (tmp_path / "out3").exists()
     Image.fromarray(np.ones((20, 30), np.uint8)).save(studies / "labels" / "final" / "f1.png")
     assert main([str(studies), str(tmp_path / "out")]) == 0 and (tmp_path / "out" / "manifest.csv").exists()
+    # a tag that is no tag, or that no label has (a typo): refused before anything is written, not an
+    # empty export that looks like a success
+    capsys.readouterr()
+    for tag, said in (("../x", "label tag"), ("fianl", "no label has the tag 'fianl'; tags in")):
+        assert main([str(studies), str(tmp_path / "out4"), "--tag", tag]) == 2, tag
+        assert said in capsys.readouterr().err
+        assert not (tmp_path / "out4").exists()
+    store.save_label("f0", str(tmp_path / "m0.png"), "second-reader")
+    assert main([str(studies), str(tmp_path / "out4"), "--tag", "second-reader"]) == 0
+    assert "exported 1 labeled frames" in capsys.readouterr().out
 
 
 def test_a_frame_gone_during_the_export_is_left_out_and_a_broken_label_is_an_error(tmp_path):

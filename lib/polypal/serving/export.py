@@ -5,8 +5,8 @@
 
 The layout is what ``polypal.data.load_folder`` and ``polypal-sim --data`` read,
 and what most segmentation tools expect. The manifest says, per frame: who
-labeled it and when, and how it was served (strategy, picked_by, cycle, model
-version), as recorded by the server.
+labeled it (the annotator the server credited) and when, and how it was served (strategy, picked_by,
+cycle, model version), as recorded by the server.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from polypal.data import DataError, read_mask, read_rgb
 from polypal.errors import PolypalError
 from polypal.serving import label_frames
 from polypal.serving.framestore import FrameStore
+from polypal.vocab import InvalidName, check_name
 
 logger = logging.getLogger(__name__)
 FIELDS = ("id", "image", "mask", "polyp_pixels", "labeled_at", "annotator", "served_by_strategy", "picked_by",
@@ -48,6 +49,7 @@ def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str 
     scratch = out / ".labels"
     scratch.mkdir(exist_ok=True)
     rows = []
+    credited = _credited(Path(studies) / ".polypal" / "state.sqlite") if tag == "final" else {}
     todo = (store.labeled_ids(tag) if ids is None else list(ids))[:limit]
     off = label_frames.off_their_picture(store, todo, tag)  # frame files changed on disk under their labels
     for i in todo:
@@ -77,7 +79,8 @@ def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str 
         rows.append({
             "id": i, "image": f"images/{dst.name}", "mask": f"masks/{i}.png", "polyp_pixels": int(mask.sum()),
             "labeled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(linfo["ts"])) if linfo.get("ts") else None,
-            "annotator": linfo.get("client_id") or served.get("client_id") or (last[1] or {}).get("client_id"),
+            "annotator": credited.get(i) or linfo.get("client_id") or served.get("client_id")
+            or (last[1] or {}).get("client_id"),
             "served_by_strategy": served.get("al_strategy") or last[0],
             "picked_by": served.get("picked_by"), "cycle": served.get("cycle"),
             "model_version": served.get("model_version"),
@@ -101,6 +104,22 @@ def _cell(value):
     return value
 
 
+def _credited(state_db: Path) -> dict[str, str]:
+    """Who the server credited with each frame's final label (its annotation log: the signed-in user, or the
+    client it was served to), read only. A label's info is the client's to write (``client_id`` in its params,
+    changed by any later info update), so it counts only where the server recorded no one."""
+    import sqlite3
+
+    if not state_db.exists():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30) as c:
+            rows = c.execute("SELECT image_id, client_id FROM effort").fetchall()
+    except sqlite3.Error:  # an older state without the log: the labels' info, as before
+        return {}
+    return {i: who for i, who in rows if isinstance(who, str) and who and who != "unknown"}
+
+
 def _export_quality(state_db: Path, out: Path) -> None:
     """The server's per-model quality curve (``/info`` polyp_al.quality) as quality.json and quality.png,
     when the studies folder has been served (read only: no schema is created)."""
@@ -122,7 +141,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="polypal-export", description=__doc__.splitlines()[0])
     ap.add_argument("studies", help="the studies folder the server serves")
     ap.add_argument("out", help="output folder (created)")
-    ap.add_argument("--tag", default="final")
+    ap.add_argument("--tag", default="final", help="the label tag to export (default: final, the annotators' "
+                                                    "labels)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     if not Path(a.studies).is_dir():
@@ -133,6 +153,19 @@ def main(argv=None) -> int:
             if (Path(a.studies) / "images").is_dir() else ""
         print(f"polypal-export: {a.studies} is not a studies folder a polyp-al server has used (no "
               f".polypal/){hint}; nothing to export", file=sys.stderr)
+        return 2
+    try:
+        check_name("label tag", a.tag)
+        tags = FrameStore(a.studies, read_only=True).counts()["label_tags"]
+    except InvalidName as e:
+        print(f"polypal-export: {e}", file=sys.stderr)
+        return 2
+    except (PolypalError, OSError) as e:
+        print(f"polypal-export: error: {e}; nothing was exported", file=sys.stderr)
+        return 1
+    if a.tag != "final" and not tags.get(a.tag):
+        known = ", ".join(f"{t} ({n})" for t, n in sorted(tags.items())) or "none"
+        print(f"polypal-export: no label has the tag {a.tag!r}; tags in {a.studies}: {known}", file=sys.stderr)
         return 2
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         print(f"polypal-export: {a.out} is {'a file' if not out.is_dir() else 'not empty'}; choose a new folder",
@@ -149,7 +182,8 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"polypal-export: error: {e}; nothing was exported", file=sys.stderr)
         return 1
-    print(f"exported {len(rows)} labeled frames to {a.out} (images/, masks/, manifest.json, manifest.csv)")
+    extra = ", quality.json, quality.png" if (out / "quality.json").exists() else ""
+    print(f"exported {len(rows)} labeled frames to {a.out} (images/, masks/, manifest.json, manifest.csv{extra})")
     return 0
 
 
