@@ -1896,6 +1896,17 @@ def test_fit_floor_must_be_a_dice_under_one(tmp_path, value):
     assert AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"fit_floor": "0.55"}).profile.fit_floor == 0.55
 
 
+@pytest.mark.parametrize("value", ["nosuch", "MEAN", ""])
+def test_aggregation_is_checked_at_start(tmp_path, value):
+    """A wrong --conf aggregation started the server; then scoring failed after every training (one log line)
+    and every model-based strategy served PCA-Coreset's frames, saying there was no model yet."""
+    AppConfig = _app_config()
+    (tmp_path / "studies").mkdir()
+    with pytest.raises(ValueError, match="aggregation must be one of mean, topk, region"):
+        AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"aggregation": value})
+    assert AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"aggregation": "topk"}).aggregation == "topk"
+
+
 def test_logs_are_plain_text_and_export_limits_are_checked(env):
     url = env["url"]
     for q in ("", "?lines=5", "?lines=5&text=false&html=true"):

@@ -127,6 +127,12 @@ class AppConfig:
         lease_seconds = num("lease_timeout", 3600)
         if not 0 < lease_seconds < float("inf"):  # negative: every lease expired at once; nan: none ever did
             raise ValueError(f"--conf lease_timeout must be a number of seconds > 0, got {lease_seconds}")
+        from polypal.sampler import AGGREGATIONS
+
+        aggregation = str(conf.get("aggregation", "mean")).strip()
+        if aggregation not in AGGREGATIONS:  # else scoring failed after every training, in the log only, and
+            # every model-based strategy served PCA-Coreset's frames saying there was no model
+            raise ValueError(f"--conf aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
         set_max_pixels(max_pixels)  # every reader of this process (server, training, scoring) obeys it
         return cls(
             profile=profile,
@@ -135,7 +141,7 @@ class AppConfig:
             batch_size=max(1, num("batch_size", 100, int)),
             gamma=gamma,
             lease_seconds=lease_seconds,
-            aggregation=conf.get("aggregation", "mean"),
+            aggregation=aggregation,
             seed=num("seed", 0, int),
             allow_model_upload=flag in ("true", "1", "yes"),
             allowed_origins=str(conf.get("allowed_origins", "")),
