@@ -63,6 +63,20 @@ def test_lease_timeout_frees_frame(tmp_path):
     assert c.id == a.id
 
 
+def test_leases_kept_over_a_restart_take_the_new_timeout(tmp_path):
+    """Leases survive a restart (an annotator's open frame stays theirs), but under the new run's
+    lease_timeout: restarted with 3 s instead of an hour, the old run's frames stayed held for the hour."""
+    st, ids = setup_state(tmp_path)
+    a = st.next_frame("bvsb", "a", ids, set(), "v1", now=0)  # held until 100
+    again = ActiveLearningState(tmp_path / "st", batch_size=5, gamma=0.5, lease_seconds=3)
+    assert again.leases.count(now=50) == 1
+    assert again.leases.shorten_to_timeout(now=10) == 1  # (what the server does at start)
+    assert again.leases.count(now=12) == 1 and again.leases.count(now=14) == 0
+    assert again.next_frame("bvsb", "c", ids, set(), "v1", now=14).id == a.id
+    longer = ActiveLearningState(tmp_path / "st", batch_size=5, gamma=0.5, lease_seconds=1000)
+    assert longer.leases.shorten_to_timeout(now=14) == 0  # a longer timeout extends nothing
+
+
 def test_new_model_replans_only_when_scored(tmp_path):
     st, ids = setup_state(tmp_path)
     first = st.next_frame("bvsb_ta_coreset", "a", ids, set(), "v1")

@@ -182,6 +182,7 @@ class PolypALApp(MONAILabelApp):
                                          lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed, background=True,
                                          video_cap=self.cfg.video_cap,
                                          studies=None if studies.startswith(("http://", "https://")) else studies)
+        self.state.leases.shorten_to_timeout()  # leases survive a restart, under this run's lease_timeout
         self.scorer = PolypScoring(self.cfg, self.state)
         self._last_scoring = (None, 0.0)
         self.quality = LabelQuality(self.cfg, self.state)

@@ -104,6 +104,14 @@ class LeaseBook:
         with self._db.tx() as c:
             c.execute("DELETE FROM leases WHERE image_id=?", (image_id,))
 
+    def shorten_to_timeout(self, now: float | None = None) -> int:
+        """Leases kept from an earlier run end no later than this run's timeout from now (a server restarted
+        with a shorter ``lease_timeout`` held the old run's frames for the old timeout); how many changed."""
+        now = time.time() if now is None else now
+        with self._db.tx() as c:
+            return c.execute("UPDATE leases SET expires=? WHERE expires > ?",
+                             (now + self.lease_seconds, now + self.lease_seconds)).rowcount
+
     def release_client(self, client_id: str) -> int:
         """The client's leases go back to the pool (it signed out); how many."""
         with self._db.tx() as c:
