@@ -218,6 +218,26 @@ def test_library_refuses_pickled_code(tmp_path):
     assert not target.exists()
 
 
+def test_library_refuses_a_checkpoint_that_would_inflate(tmp_path):
+    """torch.save stores a checkpoint's entries uncompressed; an upload whose entries are deflated zeros made
+    torch.load allocate about 1000 times the file (a hostile probe: 195 KB to 200 MB) before refusing it."""
+    import zipfile
+
+    from polypal.learner import CheckpointError, load_checkpoint
+
+    good = write_model(tmp_path / "good.pt")
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bomb, "w") as dst:
+        for e in src.infolist():  # the real checkpoint, plus one deflated entry of 64 MB of zeros
+            dst.writestr(e, src.read(e.filename))
+        dst.writestr(zipfile.ZipInfo(src.infolist()[0].filename.split("/")[0] + "/data/999"), bytes(64 << 20),
+                     compress_type=zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < 2 << 20
+    with pytest.raises(CheckpointError, match="inflate to"):
+        load_checkpoint(bomb, device="cpu")
+    load_checkpoint(good, device="cpu")  # a real one loads
+
+
 def test_model_upload_is_off_by_default(env):
     url, model = env["url"], env["model"]
     before = sha(model)

@@ -95,6 +95,28 @@ def _plain(x):
     raise TypeError(f"checkpoint metadata must be plain data, got {type(x).__name__}")
 
 
+MAX_ARCHIVE_ENTRIES = 10_000  # a polyp-al checkpoint has one per tensor: about 100
+
+
+def _check_archive(path) -> None:
+    """A checkpoint is a zip of stored (uncompressed) entries (``torch.save``): one whose entries would
+    inflate past twice the file, or that has more than MAX_ARCHIVE_ENTRIES of them, is refused before
+    ``torch.load`` inflates anything (a 195 KB upload of deflated zeros made it allocate 200 MB)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # torch.load's own refusal (or the legacy format, read with weights_only)
+    size = os.path.getsize(path)
+    with zipfile.ZipFile(path) as z:
+        entries = z.infolist()
+        if len(entries) > MAX_ARCHIVE_ENTRIES:
+            raise CheckpointError(path, f"archive of {len(entries)} entries: not a polyp-al checkpoint")
+        inflated = sum(e.file_size for e in entries)
+        if inflated > 2 * size + (1 << 20):
+            raise CheckpointError(path, f"archive whose entries inflate to {inflated} bytes from {size}: refused "
+                                        f"before reading (torch.save stores its entries uncompressed)")
+
+
 def load_checkpoint(path, device=None, expect: Profile | None = None) -> tuple[PolypUNet, Profile, dict]:
     """Load a checkpoint with ``weights_only=True`` (no pickled code runs) into a fresh PolypUNet.
 
@@ -102,9 +124,12 @@ def load_checkpoint(path, device=None, expect: Profile | None = None) -> tuple[P
     do not fit its profile's U-Net, or (with ``expect``) when its architecture differs from that profile's.
     """
     try:
+        _check_archive(path)
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(path, "file not found") from None
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - pickle's UnpicklingError, zip errors, ...: all mean "refused"
         raise CheckpointError(path, f"not a loadable polyp-al checkpoint (tensors and plain data only): "
                                     f"{type(e).__name__}: {str(e)[:300]}") from None
