@@ -44,6 +44,7 @@ if [ "${POLYPAL_SKIP_OHIF:-0}" != 1 ]; then
     rm -f "$NPM_LOG"
   fi
   bash ohif/install.sh
+  bash scripts/install_api_docs.sh  # the API page's Swagger UI (served by the server, not from a CDN)
 fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

@@ -1150,6 +1150,48 @@ def test_viewer_folders_are_404_not_500(env):
     assert "is not a file" not in env["srv"].log.read_text(errors="replace")
 
 
+def test_no_page_in_the_apis_origin_loads_scripts_from_elsewhere(env):
+    """MONAI Label's API page (/, Swagger UI) and /docs (ReDoc) loaded unpinned scripts from a public CDN into
+    the API's origin, where a script has every right the API gives, and so did the bundled viewer's
+    /ohif/silent-refresh.html (a hostile probe). / is Swagger UI from the server's own files (set-up's
+    build/api-docs), its answer forbidding scripts from elsewhere, or a page saying how to install it;
+    /docs leads there; OHIF's extra page is not served."""
+    import http.client as hc
+    import re
+
+    url = env["url"]
+    c = hc.HTTPConnection("127.0.0.1", env["srv"].port, timeout=30)
+    c.request("GET", "/")
+    r = c.getresponse()
+    page = r.read().decode()
+    c.close()
+    assert r.status == 200 and r.getheader("Content-Type").startswith("text/html"), r.status
+    csp = r.getheader("Content-Security-Policy")
+    assert "script-src 'self' 'unsafe-inline'" in csp and "default-src 'self'" in csp, csp
+    sources = re.findall(r'(?:src|href)=["\']([^"\']+)', page)
+    assert sources and not [u for u in sources if "//" in u], sources  # every script, style and link: this server's
+    installed = (Path(__file__).resolve().parents[1] / "build" / "api-docs" / "swagger-ui-bundle.js").exists()
+    if installed:
+        assert "/api-docs/swagger-ui-bundle.js" in page and "/openapi.json" in page
+        s, js = http("GET", url + "/api-docs/swagger-ui-bundle.js")
+        assert s == 200 and len(js) > 100_000
+        assert http("GET", url + "/api-docs/package.json")[0] == 404  # only the page's own files
+        assert http("GET", url + "/api-docs/..%2fohif%2fdist%2findex.html")[0] == 404
+    else:
+        print("SKIP part of test_no_page_in_the_apis_origin_loads_scripts_from_elsewhere: build/api-docs is not "
+              "installed (scripts/install_api_docs.sh); checked the page that says so")
+        assert "install_api_docs.sh" in page
+    c = hc.HTTPConnection("127.0.0.1", env["srv"].port, timeout=30)
+    c.request("GET", "/docs")
+    r = c.getresponse()
+    r.read()
+    c.close()
+    assert r.status in (302, 307) and r.getheader("Location") == "/", (r.status, r.getheader("Location"))
+    for path in ("/ohif/silent-refresh.html", "/ohif/SILENT-REFRESH.HTML", "/ohif/silent-refresh.htm"):
+        assert http("GET", url + path)[0] == 404, path
+    assert http("GET", url + "/ohif/index.html")[0] == 200
+
+
 def test_infer_keys_read_after_the_writer_are_refused_and_nothing_is_left(env):
     url, tmpdir = env["url"], env["tmp"]
     before = temp_leftovers(tmpdir)

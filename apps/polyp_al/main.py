@@ -226,6 +226,9 @@ class PolypALApp(MONAILabelApp):
         from lib.annotate import mount  # the annotator's page: OHIF under /annotate/ (read-only files)
 
         mount(monailabel.app.app, self.conf.get("ohif_dir") or None)
+        from lib import api_docs  # the API page at /: Swagger UI served here, not from a CDN
+
+        api_docs.mount(monailabel.app.app)
 
     def bundle_path(self, model):
         """No MONAI bundles here. (MONAI Label puts a request's ``bundle_path`` on a subprocess's PYTHONPATH;

@@ -37,7 +37,7 @@ ALGORITHMS = [a.strip() for a in os.environ.get("POLYPAL_AUTH_ALGORITHMS", "RS25
 # no data), which has to load before it can ask for a user name and password
 _FREE_EXACT = frozenset({"/", "/docs", "/openapi.json", "/favicon.ico", "/auth", "/auth/", "/auth/token",
                          "/auth/token/refresh", "/auth/logout", "/annotate"})
-_FREE_PREFIX = ("/static/", "/annotate/")
+_FREE_PREFIX = ("/static/", "/annotate/", "/api-docs/")
 _saver = threading.local()
 
 

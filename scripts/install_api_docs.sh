@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Swagger UI (swagger-ui-dist, pinned and checked) from the npm registry into build/api-docs/, for the API page
+# the server shows at "/". MONAI Label's page loaded an unpinned swagger-ui from a public CDN into the API's
+# origin (where a script has every right the API gives); polyp-al serves these files itself, or, where they
+# are not installed, a page that says so (README "Security model"). Called by scripts/setup.sh with the OHIF
+# install (npm); idempotent; exits non-zero when the install fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VERSION=5.36.0
+INTEGRITY='sha512-Lt6/Kb0gXmLdiabLhvso4VdJP9V7qJWB0zh0gzeXUV3+CMOTzMmvpJRSXN7EAjfwixwmoi9ezDbLHiexC7lA9A=='
+DEST=build/api-docs
+FILES="swagger-ui-bundle.js swagger-ui.css favicon-32x32.png LICENSE NOTICE"
+if [ -f "$DEST/.polypal-installed" ] && [ "$(cat "$DEST/.polypal-installed")" = "$VERSION" ]; then
+  echo "swagger-ui $VERSION already installed in $DEST"
+  exit 0
+fi
+if ! command -v npm >/dev/null; then
+  echo "error: npm not found; needed once to fetch swagger-ui-dist@$VERSION (the API page at /)." >&2
+  exit 1
+fi
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+(cd "$TMP" && npm pack --silent "swagger-ui-dist@$VERSION" >/dev/null)
+TGZ="$TMP/swagger-ui-dist-$VERSION.tgz"
+GOT=$(python3 -c 'import base64, hashlib, sys; print("sha512-" + base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$TGZ")
+if [ "$GOT" != "$INTEGRITY" ]; then
+  echo "error: swagger-ui-dist@$VERSION tarball integrity $GOT is not the pinned $INTEGRITY" >&2
+  exit 1
+fi
+tar -xzf "$TGZ" -C "$TMP"
+rm -rf "$DEST.new" && mkdir -p "$DEST.new"
+for f in $FILES; do cp "$TMP/package/$f" "$DEST.new/$f"; done
+echo "$VERSION" > "$DEST.new/.polypal-installed"
+rm -rf "$DEST" && mv "$DEST.new" "$DEST"
+echo "swagger-ui $VERSION installed in $DEST (the API page at /)"
