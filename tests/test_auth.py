@@ -535,6 +535,12 @@ def test_the_viewers_files_load_without_a_token_its_data_does_not(env):
     assert s == 200 and b"/auth/token" in js
     assert http("GET", env["url"] + "/proxy/dicom/qido/studies")[0] == 401
     assert http("PUT", env["url"] + "/annotate/polypal/annotate.js", b"x")[0] in (401, 405)
+    # the API page too (it reads the schema, /openapi.json, which lists no data); its calls need a token
+    s, page = http("GET", env["url"] + "/")
+    assert s == 200 and b"<html" in page.lower()
+    if b"/api-docs/swagger-ui.css" in page:  # (set-up installed Swagger UI)
+        assert http("GET", env["url"] + "/api-docs/swagger-ui.css")[0] == 200
+    assert http("GET", env["url"] + "/api-docs/../info/")[0] in (401, 404)
 
 
 def test_the_sign_in_form_is_small_and_realm_failures_are_told(env):
