@@ -8,9 +8,11 @@ Here, in bounded work, a file is refused (``DataError``) when
 
 - it is larger than its declared pixels could need (``raw`` bytes, twice, plus ``SLACK`` for metadata);
 - a PNG has more chunks than its image data could need, or more than ``MAX_SEGMENTS`` others;
-- a JPEG has more than ``MAX_SEGMENTS`` marker segments (before its first scan, or in all);
+- a PNG's EXIF chunk is larger than ``MAX_EXIF``;
+- a JPEG has more than ``MAX_SEGMENTS`` marker segments or fill bytes before its first scan (4 times as many
+  in all: ``images._jpeg_scans``);
 - a TIFF's first directory has more than ``MAX_TIFF_TAGS`` tags, tag values of more than ``MAX_TIFF_BYTES``,
-  or more numbers (strip and tile offsets: one or two per row or tile) than ``4 * rows + 65536``.
+  or more numbers than its strips (one offset and one count per row at most) or 16x16 tiles could need.
 
 Whatever is not one of these formats is left to the reader, which refuses it.
 """
@@ -24,7 +26,9 @@ from pathlib import Path
 from polypal.errors import DataError
 
 SLACK = 8 << 20  # bytes of metadata a frame may carry beyond its pixels (ICC profiles, EXIF and its thumbnail)
-MAX_SEGMENTS = 1000  # JPEG marker segments, PNG chunks other than image data: real files have tens
+MAX_SEGMENTS = 1000  # JPEG marker segments (fill bytes counted), PNG chunks other than image data: real files have tens
+MAX_EXIF = 1 << 20  # a PNG's eXIf chunk (a JPEG's EXIF is one segment: 64 KB at most); Pillow unpacks every
+# value of it when it turns a frame upright (40 MB of EXIF array took 13 s and 3.6 GB)
 MAX_TIFF_TAGS = 1000  # tags of a TIFF's first directory: real files have tens
 MAX_TIFF_BYTES = 16 << 20  # bytes of a TIFF's first directory's tag values (ICC and XMP are the big ones)
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
@@ -55,7 +59,9 @@ def check_image_file(path: str | Path, check_pixels=None) -> tuple[int, int] | N
                 return None
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
-    except (OSError, struct.error) as e:
+    except DataError:
+        raise
+    except (OSError, struct.error, ValueError, OverflowError) as e:  # (a seek past what an offset can be)
         raise DataError(path, f"corrupt or truncated image ({e})") from None
     if size > 2 * raw + SLACK:
         raise DataError(path, f"file of {size} bytes for an image of {w}x{h} pixels: more than its pixels could "
@@ -87,6 +93,9 @@ def _png(path, f, size, check_pixels):
         length, kind = struct.unpack(">I4s", _read(f, 8))
         chunks += 1
         others += kind != b"IDAT"
+        if kind == b"eXIf" and length > MAX_EXIF:
+            raise DataError(path, f"PNG with an EXIF chunk of {length} bytes (more than {MAX_EXIF}): refused "
+                                  f"before decoding")
         if others > MAX_SEGMENTS or chunks > allowed:
             raise DataError(path, f"PNG of more than {min(allowed, MAX_SEGMENTS) if others > MAX_SEGMENTS else allowed}"
                                   f" {'chunks besides image data' if others > MAX_SEGMENTS else 'chunks'} "
@@ -102,6 +111,10 @@ def _jpeg(path, f, size, check_pixels):
     after it by ``images._jpeg_scans``, which reads the whole, by then bounded, file)."""
     pos, segments, found = 2, 0, None
     while pos + 4 <= size:
+        segments += 1  # each step: a segment, a fill byte or a marker without a length (all cost a step)
+        if segments > MAX_SEGMENTS:
+            raise DataError(path, f"JPEG of more than {MAX_SEGMENTS} marker segments (or fill bytes) before its "
+                                  f"image: refused before decoding")
         f.seek(pos)
         ff, m = _read(f, 2)
         if ff != 0xFF:
@@ -112,10 +125,6 @@ def _jpeg(path, f, size, check_pixels):
         if 0xD0 <= m <= 0xD7 or m == 0x01:
             pos += 2
             continue
-        segments += 1
-        if segments > MAX_SEGMENTS:
-            raise DataError(path, f"JPEG of more than {MAX_SEGMENTS} marker segments before its image: "
-                                  f"refused before decoding")
         (length,) = struct.unpack(">H", _read(f, 2))
         if m in _JPEG_SOF and found is None:
             depth, h, w, comps = struct.unpack(">BHHB", _read(f, 6))
@@ -145,7 +154,7 @@ def _tiff(path, f, size, head, check_pixels):
         raise DataError(path, f"TIFF directory of {n} tags (more than {MAX_TIFF_TAGS}): refused before decoding")
     entry = 20 if big else 12
     table = _read(f, n * entry)
-    tags, value_bytes, numbers = {}, 0, 0
+    tags, value_bytes, numbers, bits = {}, 0, 0, 8
     for i in range(n):
         e = table[i * entry:(i + 1) * entry]
         tag, kind = struct.unpack(order + "HH", e[:4])
@@ -157,10 +166,20 @@ def _tiff(path, f, size, head, check_pixels):
             fmt = {3: "H", 4: "I", 16: "Q"}[kind]
             tags[tag] = struct.unpack(order + fmt, e[12:12 + struct.calcsize(fmt)] if big else
                                       e[8:8 + struct.calcsize(fmt)])[0]
+        if tag == 258 and kind == 3 and 1 <= count <= 16:  # BitsPerSample: one per sample (in the entry or not)
+            field = e[12:20] if big else e[8:12]
+            if 2 * count > len(field):
+                here = f.tell()
+                f.seek(struct.unpack(order + ("Q" if big else "I"), field)[0])
+                field = _read(f, 2 * count)
+                f.seek(here)
+            bits = max(struct.unpack(f"{order}{count}H", field[:2 * count]))
     w, h = tags.get(256, 0), tags.get(257, 0)
     check_pixels(path, w, h)
-    if value_bytes > MAX_TIFF_BYTES or numbers > 4 * h + 65536:
+    # strip offsets and counts: one each per row at most; tile offsets and counts: one each per 16x16 tile
+    allowed = 4 * h + 2 * (-(-w // 16)) * (-(-h // 16)) + 65536
+    if value_bytes > MAX_TIFF_BYTES or numbers > allowed:
         raise DataError(path, f"TIFF directory with {value_bytes} bytes of tag values ({numbers} numbers) for "
                               f"{w}x{h} pixels: refused before decoding")
-    spp, bits = tags.get(277, 1), tags.get(258, 8)
+    spp = tags.get(277, 1)
     return w, h, w * h * max(spp, 1) * max(bits, 8) // 8

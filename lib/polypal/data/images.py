@@ -9,6 +9,7 @@ before the reader allocates it (``volume_checks``). Only PNG, JPEG and TIFF are 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,9 @@ def _jpeg_scans(data: bytes) -> int | None:
         if data[i] != 0xFF:
             return n  # not a marker where one must be: Pillow says what is wrong
         m = data[i + 1]
+        segments += 1  # a segment, a fill byte or a marker without a length: each a step
+        if segments > 4 * MAX_SEGMENTS:  # (as many scans as could pass, each with its tables, and more)
+            return None
         if m == 0xFF:  # fill byte
             i += 1
             continue
@@ -70,22 +74,17 @@ def _jpeg_scans(data: bytes) -> int | None:
         if 0xD0 <= m <= 0xD7 or m == 0x01:  # markers without a length
             i += 2
             continue
-        segments += 1
-        if segments > 4 * MAX_SEGMENTS:  # (as many scans as could pass, each with its tables, and more)
-            return None
         i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
         if m == 0xDA:
             n += 1
-            while True:  # the entropy-coded data
-                j = data.find(b"\xff", i)
-                if j < 0 or j + 1 >= size:
-                    return n
-                if data[j + 1] == 0x00 or 0xD0 <= data[j + 1] <= 0xD7:
-                    i = j + 2
-                    continue
-                i = j
-                break
+            found = _NEXT_MARKER.search(data, i)  # past the entropy-coded data (stuffed 0xFF00s, restarts)
+            if found is None:
+                return n
+            i = found.start()
     return n
+
+
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # in C: a scan of stuffed bytes was a step each
 
 
 def _check_jpeg_scans(path: Path) -> None:
