@@ -172,14 +172,16 @@ REALM = _Realm()
 
 
 class _SignedOut:
-    """Sign-ins ended by ``POST /auth/logout``, kept until their tokens would have ended: a token of one is
-    refused (401) from then on. The realm's access tokens are not asked about again once their signature
-    verifies, so without this a token copied before sign-out (a shared workstation's browser history, a
-    second tab) stayed good until it expired. Keyed by the token's sign-in (``sid``, older Keycloaks'
-    ``session_state``: every token renewed from it too), else its ``jti``, else the token itself. In memory: a restart forgets them (Keycloak's
-    tokens last 5 minutes by default)."""
+    """Sign-ins ended by ``POST /auth/logout`` with the user's token, kept until their tokens would have ended:
+    a token of one is refused (401) from then on. The realm's access tokens are not asked about again once
+    their signature verifies, so without this a token copied before sign-out (a shared workstation's browser
+    history, a second tab) stayed good until it expired. Keyed by the token's sign-in (the value of ``sid``,
+    or older Keycloaks' ``session_state``: every token renewed from it too), else its ``jti``, else the token
+    itself. In this process's memory: a restart forgets them, and each server process keeps its own."""
 
     MAX = 100_000  # entries; the oldest-ending are dropped first beyond it
+    SKEW = 300  # seconds the realm's clock may be ahead of this machine's
+    LONGEST = 7 * 86400  # no entry is kept longer
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -187,7 +189,10 @@ class _SignedOut:
 
     @staticmethod
     def keys(claims: dict, token: str | None = None) -> list[tuple[str, str]]:
-        keys = [(k, v) for k in ("sid", "session_state", "jti") if isinstance(v := claims.get(k), str) and v]
+        """The sign-in's keys (both claims' values: a realm may name it either way), else the token's."""
+        keys = [("sign-in", v) for k in ("sid", "session_state") if isinstance(v := claims.get(k), str) and v]
+        if not keys and isinstance(v := claims.get("jti"), str) and v:
+            keys = [("jti", v)]
         if not keys and token:
             import hashlib
 
@@ -195,15 +200,16 @@ class _SignedOut:
         return keys
 
     def add(self, claims: dict, token: str | None = None) -> None:
-        """End the sign-in of a token with these (verified) ``claims``: until its last token could end, the
-        renewed ones of other tabs included (``exp``, or a token's life from now if longer; an hour when the
-        token says neither)."""
+        """End the sign-in of a token with these (verified) ``claims``, until the last token renewed from it
+        before now could end: its ``exp``, or a token's life (``exp - iat``, at least an hour) from now,
+        whichever is later, plus ``SKEW``."""
         now = time.time()
         exp, iat = claims.get("exp"), claims.get("iat")
-        numbers = isinstance(exp, (int, float)) and isinstance(iat, (int, float))
-        until = min(max(float(exp), now + float(exp) - float(iat)), now + 86400) + 60 if numbers else now + 3600
+        exp = float(exp) if isinstance(exp, (int, float)) else now
+        life = exp - float(iat) if isinstance(iat, (int, float)) else 0.0
+        until = min(max(exp, now + max(life, 3600.0)) + self.SKEW, now + self.LONGEST)
         with self._lock:
-            for k in self.keys(claims, token)[:1]:  # the widest: the whole sign-in when the token names it
+            for k in self.keys(claims, token):
                 self._until[k] = max(until, self._until.get(k, 0.0))
             if len(self._until) > self.MAX or len(self._until) % 256 == 0:
                 for k in [k for k, t in self._until.items() if t < now]:

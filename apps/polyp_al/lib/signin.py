@@ -149,15 +149,14 @@ def routes(on_sign_out=None):
             except Unauthorized:
                 pass  # (ended already: their frame goes back when its lease times out)
         try:  # blocking: the Gate runs /auth/ requests on a worker thread's own loop (authentication on)
-            ended = end_session(rt)
+            end_session(rt)
         except Unauthorized as e:
             return JSONResponse({"detail": e.detail}, status_code=e.status)
         if user is not None:  # its tokens are refused from now on, not only no longer renewed
+            # (the refresh token's own claims are not used: it cannot be verified here, and a realm other
+            # than Keycloak may answer 2xx to any logout, so a forged one could name another's sign-in)
             token = bearer_token(request.scope)
             SIGNED_OUT.add(_claims(token), token)
-        named = {k: v for k, v in _claims(rt).items() if k in ("sid", "session_state", "exp", "iat")}
-        if ended and (named.get("sid") or named.get("session_state")):  # (Keycloak's are JWTs naming the sign-in)
-            SIGNED_OUT.add(named)
         released = False
         if on_sign_out is not None and user is not None:
             try:  # the frame they held goes back to the pool now
