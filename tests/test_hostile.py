@@ -1187,7 +1187,8 @@ def test_no_page_in_the_apis_origin_loads_scripts_from_elsewhere(env):
     r.read()
     c.close()
     assert r.status in (302, 307) and r.getheader("Location") == "/", (r.status, r.getheader("Location"))
-    for path in ("/ohif/silent-refresh.html", "/ohif/SILENT-REFRESH.HTML", "/ohif/silent-refresh.htm"):
+    for path in ("/ohif/silent-refresh.html", "/ohif/SILENT-REFRESH.HTML", "/ohif/silent-refresh.htm",
+                 "/static/ohif/silent-refresh.html", "/static/ohif/silent-refresh.html/", "/static//ohif/silent-refresh.html"):
         assert http("GET", url + path)[0] == 404, path
     assert http("GET", url + "/ohif/index.html")[0] == 200
 

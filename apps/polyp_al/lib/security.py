@@ -646,9 +646,10 @@ class Gate:
             raise _Refused(404, f"{path[:80]!r} is not part of polyp-al")
         if path.startswith("/ohif/") and _ohif_folder(plain[len("/ohif/"):]):
             raise _Refused(404, "not a file of the viewer")  # MONAI Label's /ohif serves a folder: a 500
-        if path.startswith("/ohif/") and plain.lower().rstrip("/").endswith((".html", ".htm")) and \
+        if path.startswith(("/ohif/", "/static/")) and plain.lower().rstrip("/").endswith((".html", ".htm")) and \
                 plain.rsplit("/", 1)[-1] != "index.html":
-            # its silent-refresh.html (OIDC sign-in, unused) loads a script from a CDN into this origin
+            # MONAI Label's bundled viewer's silent-refresh.html (OIDC sign-in, unused), at /ohif/ and again
+            # under its /static/ mount, loads a script from a CDN into this origin
             raise _Refused(404, "not a page of the viewer")
         if path.rstrip("/") == "/session" or path.startswith("/session/"):  # answered before any body is read
             raise _Refused(406, "sessions are off in polyp-al: send an image id or upload the image")
