@@ -528,11 +528,16 @@ def test_hostile_series_write_nothing_outside_the_cache_and_get_4xx(orthanc, tmp
         frame = next(s["0020000E"]["Value"][0] for s in http("GET", url + "/dicom-web/series?Modality=ES")[1]
                      if s["0008103E"]["Value"][0] == "hostile-ok")
         mask = SAMPLE / "masks" / f"{names[1]}.png"
+        # params over the info cap (256 KiB): 413 before anything is converted or sent, as on a folder
+        big = multipart({"params": json.dumps({"comment": "A" * 900_000})}, {"label": ("m.png", mask.read_bytes())})
+        s, r = http("PUT", f"{srv.url}/datastore/label?image={frame}&tag=final", big[0], {"Content-Type": big[1]})
+        assert s == 413 and "info of" in r["detail"], (s, r)
+        study = http("GET", f"{url}/dicom-web/series?SeriesInstanceUID={frame}")[1][0]["0020000D"]["Value"][0]
+        assert not _segs_on(url, study)
         body_ct = multipart({"params": "{}"}, {"label": ("m.png", mask.read_bytes())})
         s, r = http("PUT", f"{srv.url}/datastore/label?image={frame}&tag=final", body_ct[0],
                     {"Content-Type": body_ct[1]})
         assert s == 200, r
-        study = http("GET", f"{url}/dicom-web/series?SeriesInstanceUID={frame}")[1][0]["0020000D"]["Value"][0]
         seg = _segs_on(url, study)[0]["0020000E"]["Value"][0]
         s, r = http("PUT", f"{srv.url}/datastore/label?image={seg}&tag=final", body_ct[0], {"Content-Type": body_ct[1]})
         assert s == 404, (s, r)

@@ -48,6 +48,7 @@ from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.datastore import LAST_SAVE, checked_mask
+from polypal.serving.framestore import InfoTooLarge, check_info_size
 from polypal.data import images, read_mask
 
 logger = logging.getLogger(__name__)
@@ -350,6 +351,10 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
 
     def save_label(self, image_id, label_filename, label_tag, label_info, label_id=""):
         label_tag = str(getattr(label_tag, "value", label_tag))  # "final", never "DefaultLabelTag.FINAL" in names
+        try:  # the client's params, capped as on a folder of frames, before anything is converted or sent
+            check_info_size(label_info)
+        except InfoTooLarge as e:
+            raise HTTPException(status_code=413, detail=f"label for {image_id} rejected: {e}") from None
         try:
             image_dir, nii = self._frame_nifti(image_id, label_filename, for_seg=label_tag == DefaultLabelTag.FINAL)
         except requests.RequestException as e:
