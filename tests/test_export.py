@@ -47,7 +47,11 @@ def test_export_round_trip(tmp_path):
     # label's info says (a client's to write: any annotator could rename the author after the fact)
     from polypal.serving import ActiveLearningState
 
-    ActiveLearningState(studies / ".polypal").add_effort("fr3", "dr-server", None, 1.0, "v9")
+    import time
+
+    log = ActiveLearningState(studies / ".polypal")
+    log.add_effort("fr3", "dr-server", None, time.time(), "v9")  # (the server's record of that save)
+    log.add_effort("fr1", "dr-earlier", None, time.time() - 7200, "v8")  # of an older save: not this label's
     store.update_label_info("fr3", "final", {"client_id": "mallory"})
     assert main([str(studies), str(tmp_path / "out2")]) == 0
     rows = {r["id"]: r for r in json.loads((tmp_path / "out2" / "manifest.json").read_text())["frames"]}

@@ -79,7 +79,7 @@ def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str 
         rows.append({
             "id": i, "image": f"images/{dst.name}", "mask": f"masks/{i}.png", "polyp_pixels": int(mask.sum()),
             "labeled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(linfo["ts"])) if linfo.get("ts") else None,
-            "annotator": credited.get(i) or linfo.get("client_id") or served.get("client_id")
+            "annotator": _annotator(credited.get(i), linfo) or linfo.get("client_id") or served.get("client_id")
             or (last[1] or {}).get("client_id"),
             "served_by_strategy": served.get("al_strategy") or last[0],
             "picked_by": served.get("picked_by"), "cycle": served.get("cycle"),
@@ -104,20 +104,34 @@ def _cell(value):
     return value
 
 
-def _credited(state_db: Path) -> dict[str, str]:
-    """Who the server credited with each frame's final label (its annotation log: the signed-in user, or the
-    client it was served to), read only. A label's info is the client's to write (``client_id`` in its params,
-    changed by any later info update), so it counts only where the server recorded no one."""
+def _credited(state_db: Path) -> dict[str, tuple[str, float]]:
+    """Who the server credited with each frame's last final label, and when it was saved (its annotation
+    log: the signed-in user, or the client it was served to), read only. A label's info is the client's to
+    write (``client_id`` in its params, changed by any later info update), so it counts only where the server
+    recorded no one, or recorded another save (a label put back from the trash)."""
+    import contextlib
     import sqlite3
 
     if not state_db.exists():
         return {}
     try:
-        with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30) as c:
-            rows = c.execute("SELECT image_id, client_id FROM effort").fetchall()
-    except sqlite3.Error:  # an older state without the log: the labels' info, as before
+        with contextlib.closing(sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=30)) as c:
+            rows = c.execute("SELECT image_id, client_id, labeled FROM effort").fetchall()
+    except sqlite3.Error as e:  # an older state without the log: the labels' info, as before
+        if "no such table" not in str(e):
+            logger.warning(f"export: the server's annotation log could not be read ({e}); annotators are taken "
+                           f"from the labels' info")
         return {}
-    return {i: who for i, who in rows if isinstance(who, str) and who and who != "unknown"}
+    return {i: (who, float(t)) for i, who, t in rows
+            if isinstance(who, str) and who and who != "unknown" and isinstance(t, (int, float))}
+
+
+def _annotator(credited: tuple[str, float] | None, linfo: dict) -> str | None:
+    """The server's credit when it is of this label's save (saved within seconds of its info's ``ts``)."""
+    ts = linfo.get("ts")
+    if credited and (not isinstance(ts, (int, float)) or -2 <= credited[1] - ts <= 600):
+        return credited[0]
+    return None
 
 
 def _export_quality(state_db: Path, out: Path) -> None:
