@@ -10,7 +10,9 @@ VERSION=5.36.0
 INTEGRITY='sha512-Lt6/Kb0gXmLdiabLhvso4VdJP9V7qJWB0zh0gzeXUV3+CMOTzMmvpJRSXN7EAjfwixwmoi9ezDbLHiexC7lA9A=='
 DEST=build/api-docs
 FILES="swagger-ui-bundle.js swagger-ui.css favicon-32x32.png LICENSE NOTICE"
-if [ -f "$DEST/.polypal-installed" ] && [ "$(cat "$DEST/.polypal-installed")" = "$VERSION" ]; then
+complete=1
+for f in $FILES; do [ -f "$DEST/$f" ] || complete=0; done
+if [ "$complete" = 1 ] && [ -f "$DEST/.polypal-installed" ] && [ "$(cat "$DEST/.polypal-installed")" = "$VERSION" ]; then
   echo "swagger-ui $VERSION already installed in $DEST"
   exit 0
 fi

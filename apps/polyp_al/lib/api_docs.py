@@ -10,7 +10,10 @@ that says how to get them and where the schema is (``/openapi.json``). ``/docs``
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import re
 from pathlib import Path
 
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse
@@ -23,8 +26,8 @@ logger = logging.getLogger(__name__)
 PREFIX = "/api-docs"
 DIST = REPO / "build" / "api-docs"
 FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
-# the page's own inline start-up script and the files above; nothing from elsewhere
-POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+# the files above and the page's own inline start-up script (by its hash); nothing from elsewhere
+POLICY = ("default-src 'self'; script-src 'self' {inline}; style-src 'self' 'unsafe-inline'; "
           "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'self'")
 NOT_INSTALLED = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>polyp-al API</title></head>
 <body style="font:16px sans-serif;margin:3em"><h2>polyp-al: MONAI Label server</h2>
@@ -37,7 +40,8 @@ NOT_INSTALLED = """<!doctype html><html lang="en"><head><meta charset="utf-8"><t
 def page(title: str, dist: Path = DIST) -> HTMLResponse:
     from fastapi.openapi.docs import get_swagger_ui_html
 
-    headers = {"Content-Security-Policy": POLICY, "Cache-Control": "no-cache"}
+    headers = {"Content-Security-Policy": POLICY.format(inline="'none'").replace("'self' 'none'", "'none'"),
+               "Cache-Control": "no-cache"}
     if any(_inside(dist, f) is None for f in FILES):
         return HTMLResponse(NOT_INSTALLED, headers=headers)
     html = get_swagger_ui_html(openapi_url="/openapi.json", title=title,
@@ -47,6 +51,9 @@ def page(title: str, dist: Path = DIST) -> HTMLResponse:
     body = html.body.decode("utf-8")
     # as MONAI Label's page: the schemas' section folded
     body = body.replace("showExtensions: true,", "showExtensions: true, defaultModelsExpandDepth: -1,")
+    inline = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(js.encode()).digest()).decode()}'"
+                      for js in re.findall(r"<script>(.*?)</script>", body, re.S)) or "'none'"
+    headers["Content-Security-Policy"] = POLICY.format(inline=inline)
     return HTMLResponse(body, headers=headers)
 
 
