@@ -104,6 +104,16 @@ def _tiff_with_strips(n: int) -> bytes:
     return b"II*\x00" + struct.pack("<I", ifd_at) + pixels + struct.pack("<H", len(entries)) + table + b"\0" * 4 + arrays
 
 
+def _tiff_tiled(tile: int, data: int = 64) -> bytes:
+    """An 8x8 grey uncompressed TIFF in one ``tile`` x ``tile`` tile of ``data`` bytes."""
+    entries = [(256, 3, 8), (257, 3, 8), (258, 3, 8), (259, 3, 1), (262, 3, 1), (277, 3, 1), (322, 4, tile),
+               (323, 4, tile), (324, 4, 8), (325, 4, data)]
+    table = b"".join(struct.pack("<HHI", t, k, 1) + (struct.pack("<HH", v, 0) if k == 3 else struct.pack("<I", v))
+                     for t, k, v in entries)
+    return (b"II*\x00" + struct.pack("<I", 8 + data) + bytes(data) + struct.pack("<H", len(entries)) + table
+            + b"\0" * 4)
+
+
 def test_metadata_bombs_are_refused_before_pillow_parses_them(tmp_path):
     """Pillow parses a file's metadata in Python before the pixel cap can be asked, at a cost that grows with
     the file, not its pixels: a hostile client's 8x8 PNG of 3 million empty chunks took 20 s and 1 GB of the
@@ -127,9 +137,15 @@ def test_metadata_bombs_are_refused_before_pillow_parses_them(tmp_path):
     cases["fill-before-eoi.jpg"] = jpg[:-2] + b"\xff" * 200_000 + jpg[-2:]
     # an EXIF block Pillow unpacks value by value when it turns the frame upright (40 MB: 13 s, 3.6 GB)
     cases["exif.png"] = _small_png(extra=_chunk(b"eXIf", b"MM\x00*" + bytes(2 << 20)))
+    # a tile far larger than the image: libtiff allocates it whole (26752 x 26752: 2 GB for 154 bytes)
+    cases["tile.tif"] = _tiff_tiled(26752)
+    # many compressed chunks Pillow inflates (each up to 1 MB), many segments of one marker (O(n^2) in Pillow)
+    cases["iccp.png"] = _small_png(extra=_chunk(b"iCCP", b"p\x00\x00" + zlib.compress(bytes(1000))) * 100)
+    dqt = b"\xff\xdb\x00\x43\x00" + bytes(range(64))
+    cases["dqt.jpg"] = jpg[:2] + dqt * 100 + jpg[2:]
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(DataError, match=f"{name}: .*(chunks|segments|tag values|more than its pixels|EXIF)"):
+        with pytest.raises(DataError, match=f"{name}: .*(chunks|segments|tag values|more than its pixels|EXIF|tiles)"):
             read_rgb(tmp_path / name)
     # the same with a little metadata: read
     ok = {"few.png": _small_png(extra=_chunk(b"tEXt", b"Comment\x00fine") * 50, after=_chunk(b"abCd", b"x") * 50),
@@ -141,6 +157,8 @@ def test_metadata_bombs_are_refused_before_pillow_parses_them(tmp_path):
         Image.fromarray(rgb).save(tmp_path / name, **kw)  # (BitsPerSample 8,8,8: an array, read too)
         ok[name] = (tmp_path / name).read_bytes()
     ok["stuffed.jpg"] = jpg[:-2] + b"\xff\x00" * 1000 + jpg[-2:]  # stuffed bytes in a scan are data, not steps
+    ok["tile256.tif"] = _tiff_tiled(256, 256 * 256)  # a usual tile size, larger than a small image: fine
+    ok["dqt.jpg"] = jpg[:2] + dqt * 8 + jpg[2:]
     for name, data in ok.items():
         (tmp_path / name).write_bytes(data)
         assert read_rgb(tmp_path / name).shape == (8, 8, 3), name

@@ -8,11 +8,12 @@ Here, in bounded work, a file is refused (``DataError``) when
 
 - it is larger than its declared pixels could need (``raw`` bytes, twice, plus ``SLACK`` for metadata);
 - a PNG has more chunks than its image data could need, or more than ``MAX_SEGMENTS`` others;
-- a PNG's EXIF chunk is larger than ``MAX_EXIF``;
+- a PNG's EXIF chunk is larger than ``MAX_EXIF``, or it has more than ``MAX_INFLATED_CHUNKS`` compressed ones;
 - a JPEG has more than ``MAX_SEGMENTS`` marker segments or fill bytes before its first scan (4 times as many
-  in all: ``images._jpeg_scans``);
+  in all: ``images._jpeg_scans``), or more than ``MAX_OF_A_KIND`` of one marker there;
 - a TIFF's first directory has more than ``MAX_TIFF_TAGS`` tags, tag values of more than ``MAX_TIFF_BYTES``,
-  or more numbers than its strips (one offset and one count per row at most) or 16x16 tiles could need.
+  or more numbers than its strips (one offset and one count per row at most) or 16x16 tiles could need, or
+  tiles larger than the image (and than ``MAX_TILE``).
 
 Whatever is not one of these formats is left to the reader, which refuses it.
 """
@@ -27,8 +28,13 @@ from polypal.errors import DataError
 
 SLACK = 8 << 20  # bytes of metadata a frame may carry beyond its pixels (ICC profiles, EXIF and its thumbnail)
 MAX_SEGMENTS = 1000  # JPEG marker segments (fill bytes counted), PNG chunks other than image data: real files have tens
-MAX_EXIF = 1 << 20  # a PNG's eXIf chunk (a JPEG's EXIF is one segment: 64 KB at most); Pillow unpacks every
-# value of it when it turns a frame upright (40 MB of EXIF array took 13 s and 3.6 GB)
+MAX_EXIF = 128 << 10  # a PNG's eXIf chunk (a JPEG's EXIF is one segment: 64 KB at most)
+MAX_INFLATED_CHUNKS = 64  # a PNG's iCCP, zTXt and iTXt chunks, each inflated to up to 1 MB by Pillow: real
+# files have a few (990 iCCP chunks took 2 s)
+MAX_OF_A_KIND = 64  # JPEG segments of one marker before the image (DQT, DHT, APP13...; Pillow parses some in
+# O(n^2): 990 DQT segments took 3 s); APP2, which carries an ICC profile in up to 255 pieces, 256
+MAX_TILE = 1024  # a TIFF tile's side beyond the image's own (rounded up to 16): libtiff allocates a whole tile
+# (an 8x8 image with 26752 x 26752 tiles: 2 GB)
 MAX_TIFF_TAGS = 1000  # tags of a TIFF's first directory: real files have tens
 MAX_TIFF_BYTES = 16 << 20  # bytes of a TIFF's first directory's tag values (ICC and XMP are the big ones)
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
@@ -86,7 +92,7 @@ def _png(path, f, size, check_pixels):
     check_pixels(path, w, h)
     raw = w * h * _PNG_CHANNELS.get(colour, 4) * max(depth, 8) // 8 + h
     allowed = MAX_SEGMENTS + raw // 4096  # image data chunks of at least 4 KB each, then some
-    chunks = others = 0
+    chunks = others = inflated = 0
     pos = 8
     while pos + 12 <= size:
         f.seek(pos)
@@ -96,6 +102,10 @@ def _png(path, f, size, check_pixels):
         if kind == b"eXIf" and length > MAX_EXIF:
             raise DataError(path, f"PNG with an EXIF chunk of {length} bytes (more than {MAX_EXIF}): refused "
                                   f"before decoding")
+        inflated += kind in (b"iCCP", b"zTXt", b"iTXt")
+        if inflated > MAX_INFLATED_CHUNKS:
+            raise DataError(path, f"PNG of more than {MAX_INFLATED_CHUNKS} compressed metadata chunks (iCCP, "
+                                  f"zTXt, iTXt): refused before decoding")
         if others > MAX_SEGMENTS or chunks > allowed:
             raise DataError(path, f"PNG of more than {min(allowed, MAX_SEGMENTS) if others > MAX_SEGMENTS else allowed}"
                                   f" {'chunks besides image data' if others > MAX_SEGMENTS else 'chunks'} "
@@ -109,7 +119,7 @@ def _png(path, f, size, check_pixels):
 def _jpeg(path, f, size, check_pixels):
     """The frame header's size; the marker segments up to the first scan walked by their lengths (those
     after it by ``images._jpeg_scans``, which reads the whole, by then bounded, file)."""
-    pos, segments, found = 2, 0, None
+    pos, segments, found, kinds = 2, 0, None, {}
     while pos + 4 <= size:
         segments += 1  # each step: a segment, a fill byte or a marker without a length (all cost a step)
         if segments > MAX_SEGMENTS:
@@ -125,11 +135,16 @@ def _jpeg(path, f, size, check_pixels):
         if 0xD0 <= m <= 0xD7 or m == 0x01:
             pos += 2
             continue
+        kinds[m] = kinds.get(m, 0) + 1
+        if kinds[m] > (limit := (4 if m == 0xE2 else 1) * MAX_OF_A_KIND):
+            raise DataError(path, f"JPEG of more than {limit} segments of marker 0xFF{m:02X} before its image: "
+                                  f"refused before decoding")
         (length,) = struct.unpack(">H", _read(f, 2))
         if m in _JPEG_SOF and found is None:
             depth, h, w, comps = struct.unpack(">BHHB", _read(f, 6))
             check_pixels(path, w, h)
-            found = w, h, w * h * max(comps, 1) * (2 if depth > 8 else 1)
+            # (at most 4 components are decoded: a frame header claiming 255 would lift the size bound)
+            found = w, h, w * h * min(max(comps, 1), 4) * (2 if depth > 8 else 1)
         if m in (0xDA, 0xD9):
             break
         pos += 2 + length
@@ -176,6 +191,10 @@ def _tiff(path, f, size, head, check_pixels):
             bits = max(struct.unpack(f"{order}{count}H", field[:2 * count]))
     w, h = tags.get(256, 0), tags.get(257, 0)
     check_pixels(path, w, h)
+    for side, tag in ((w, 322), (h, 323)):  # TileWidth, TileLength
+        if tags.get(tag, 0) > max(-(-side // 16) * 16, MAX_TILE):
+            raise DataError(path, f"TIFF tiles of {tags.get(322)}x{tags.get(323)} for {w}x{h} pixels: refused "
+                                  f"before decoding")
     # strip offsets and counts: one each per row at most; tile offsets and counts: one each per 16x16 tile
     allowed = 4 * h + 2 * (-(-w // 16)) * (-(-h // 16)) + 65536
     if value_bytes > MAX_TIFF_BYTES or numbers > allowed:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from polypal.data.image_checks import MAX_SEGMENTS, check_image_file
 from polypal.data.volume_checks import check_nifti_header
@@ -97,6 +97,11 @@ def _check_jpeg_scans(path: Path) -> None:
         raise DataError(path, f"JPEG of {n} scans (more than {MAX_JPEG_SCANS}): refused before decoding")
 
 
+_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+          8: Image.Transpose.ROTATE_90}  # by EXIF orientation, as ImageOps.exif_transpose turns them
+
+
 def _open(path: Path, expected_hw=None, what: str = "image") -> Image.Image:
     """Open, check (pixel cap, the expected (H, W) when given, JPEG scans), then decode."""
     try:
@@ -115,8 +120,11 @@ def _open(path: Path, expected_hw=None, what: str = "image") -> Image.Image:
         if img.format in ("JPEG", "MPO"):
             _check_jpeg_scans(path)
         img.load()
-        if img.getexif().get(0x0112, 1) != 1:  # EXIF orientation: read as every viewer shows it (masks alike)
-            img = ImageOps.exif_transpose(img)
+        turn = _TURNS.get(img.getexif().get(0x0112, 1))
+        if turn is not None:  # EXIF orientation: read as every viewer shows it (masks alike). Not with
+            # ImageOps.exif_transpose, which writes the whole EXIF out again, value by value (a PNG's 40 MB
+            # EXIF array: 13 s and 3.6 GB)
+            img = img.transpose(turn)
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except UnidentifiedImageError:
