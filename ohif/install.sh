@@ -19,14 +19,8 @@ if ! command -v npm >/dev/null; then
 fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-(cd "$TMP" && npm pack --silent "@ohif/app@$VERSION" >/dev/null)
-TGZ="$TMP/ohif-app-$VERSION.tgz"
-GOT=$(python3 -c 'import base64, hashlib, sys; print("sha512-" + base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$TGZ")
-if [ "$GOT" != "$INTEGRITY" ]; then
-  echo "error: @ohif/app@$VERSION tarball integrity $GOT is not the pinned $INTEGRITY" >&2
-  exit 1
-fi
-tar -xzf "$TGZ" -C "$TMP"
+. scripts/npm_pack_checked.sh
+npm_pack_checked "@ohif/app@$VERSION" "ohif-app-$VERSION.tgz" "$INTEGRITY" "$TMP"
 # The prebuilt dist expects to be served at "/": move it under /annotate/ (page, chunk loader, router).
 python3 - "$TMP/package/dist" <<'PY'
 import re, sys

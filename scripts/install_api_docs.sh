@@ -22,14 +22,8 @@ if ! command -v npm >/dev/null; then
 fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-(cd "$TMP" && npm pack --silent "swagger-ui-dist@$VERSION" >/dev/null)
-TGZ="$TMP/swagger-ui-dist-$VERSION.tgz"
-GOT=$(python3 -c 'import base64, hashlib, sys; print("sha512-" + base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$TGZ")
-if [ "$GOT" != "$INTEGRITY" ]; then
-  echo "error: swagger-ui-dist@$VERSION tarball integrity $GOT is not the pinned $INTEGRITY" >&2
-  exit 1
-fi
-tar -xzf "$TGZ" -C "$TMP"
+. scripts/npm_pack_checked.sh
+npm_pack_checked "swagger-ui-dist@$VERSION" "swagger-ui-dist-$VERSION.tgz" "$INTEGRITY" "$TMP"
 rm -rf "$DEST.new" && mkdir -p "$DEST.new"
 for f in $FILES; do cp "$TMP/package/$f" "$DEST.new/$f"; done
 echo "$VERSION" > "$DEST.new/.polypal-installed"
