@@ -646,6 +646,84 @@ def test_a_realm_answer_that_is_no_key_is_not_kept(env):
         assert http("GET", url + "/info/", headers=bearer(env["admin"]))[0] == 200
 
 
+def test_only_this_servers_access_tokens_are_taken(env):
+    """The realm signs tokens for every app it serves, with the same realm roles, and its ID and refresh
+    tokens with the same key: a token another app received (azp another client), an ID or refresh token was
+    taken here as the user (a hostile probe), and could sign its user out. Now 401; this server's client's
+    access tokens (and tokens that name no client) are taken."""
+    url, key = env["url"], env["key"]
+
+    def claims_token(**extra):
+        claims = {"preferred_username": "dr-okafor", "realm_access": {"roles": [ANNOTATOR, USER]},
+                  "exp": int(time.time()) + 600, "iat": int(time.time()), "sid": "sid-of-dr-okafor", **extra}
+        return jwt.encode(claims, key, algorithm="RS256")
+
+    ours = claims_token(azp="monailabel-app", typ="Bearer")
+    assert http("GET", url + "/info/", headers=bearer(ours))[0] == 200
+    for bad in (claims_token(azp="other-app"), claims_token(typ="ID", azp="monailabel-app"),
+                claims_token(typ="Refresh"), claims_token(typ="Offline")):
+        s, r = http("GET", url + "/info/", headers=bearer(bad))
+        assert s == 401, (s, r)
+        form = {"Content-Type": "application/x-www-form-urlencoded", **bearer(bad)}
+        s, r = http("POST", url + "/auth/logout", b"refresh_token=not-a-refresh-token", form)
+        assert s == 200 and r["frames_released"] is False, (s, r)  # (the realm: not active) nobody signed out
+    assert http("GET", url + "/info/", headers=bearer(ours))[0] == 200
+
+
+def test_writes_take_their_role_before_a_body_is_read(env):
+    """A token without the annotator role made the server read and spool a datastore upload (up to 1 GiB,
+    charged against the disk floor) before the endpoint's 403; a user-role inference could store its
+    prediction (save_label: a label with tag original, the one before moved to the trash). Now 403 at
+    once, before the body; a user's uploads in flight are capped (429)."""
+    import socket
+
+    url, port = env["url"], env["srv"].port
+    some = sorted(p.stem for p in env["studies"].glob("*.jpg"))[0]
+    reader = token(env["key"], "visitor", [USER])
+    for method, path in (("PUT", f"/datastore/label?image={some}&tag=final"), ("PUT", "/datastore/?image=new1"),
+                         ("PUT", f"/datastore/image/info?image={some}"), ("DELETE", f"/datastore/image?id={some}")):
+        c = socket.create_connection(("127.0.0.1", port), timeout=30)
+        c.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {reader}\r\n"
+                  f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 5000000\r\n\r\n".encode())
+        head = c.recv(200).decode(errors="replace")  # answered without sending the body
+        c.close()
+        assert head.startswith("HTTP/1.1 403"), (method, path, head)
+    labels = env["studies"] / "labels" / "original"
+    before = sorted(p.name for p in labels.glob("*")) if labels.is_dir() else []
+    for params in ({"save_label": True}, {"store_seg": True}, {"save_label": "false"}):
+        body, ct = multipart({"params": json.dumps(params)}, {})
+        s, r = http("POST", f"{url}/infer/polyp_seg?image={some}&output=json", body,
+                    {"Content-Type": ct, **bearer(reader)})
+        assert s == 403 and "store a prediction" in r["detail"], (params, s, r)
+    assert (sorted(p.name for p in labels.glob("*")) if labels.is_dir() else []) == before
+    body, ct = multipart({"params": "{}"}, {})
+    s, r = http("POST", f"{url}/infer/polyp_seg?image={some}&output=json", body, {"Content-Type": ct, **bearer(reader)})
+    assert s == 200, r  # inference itself stays the user role's
+    # one user's requests with a body in flight: at most POLYPAL_UPLOADS_PER_USER (8); the 9th is a 429
+    annotator = token(env["key"], "slow-sender", [ANNOTATOR, USER])
+    held = []
+    try:
+        for _ in range(8):
+            c = socket.create_connection(("127.0.0.1", port), timeout=30)
+            c.sendall(f"PUT /datastore/label?image={some}&tag=final HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                      f"Authorization: Bearer {annotator}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                      f"Content-Length: 100000\r\n\r\n".encode() + b"x" * 1000)
+            held.append(c)
+        time.sleep(1)
+        body, ct = _label_body(some)
+        s, r = http("PUT", f"{url}/datastore/label?image={some}&tag=final", body, {"Content-Type": ct, **bearer(annotator)})
+        assert s == 429, (s, r)
+        s, r = http("GET", url + "/info/", headers=bearer(annotator))
+        assert s == 200  # (requests without a body are not counted)
+    finally:
+        for c in held:
+            c.close()
+    time.sleep(1)
+    body, ct = _label_body(some)
+    s, r = http("PUT", f"{url}/datastore/label?image={some}&tag=final", body, {"Content-Type": ct, **bearer(annotator)})
+    assert s == 200, (s, r)
+
+
 def test_user_names_that_would_merge_or_forge(env):
     """A realm user named like the server's placeholder for "no client id" ("anonymous") still holds one
     frame at a time; a user name over 128 characters (two would be cut to one) or with a line break (a
@@ -655,9 +733,14 @@ def test_user_names_that_would_merge_or_forge(env):
     h = {**js, **bearer(token(env["key"], "anonymous", [ANNOTATOR, USER]))}
     got = {http("POST", url + "/activelearning/random", b"{}", h)[1].get("id") for _ in range(3)}
     assert len(got) == 1 and None not in got, got
-    for name in ("x" * 128 + "-alice", "mallory\n[2026-12-07 04:00:00,000] [1] [MainThread] [INFO] forged"):
+    # (and names that would be credited as another's: spaces around them or other than U+0020, or named like
+    # the server's own "user:" placeholders; a hostile probe: " dr-okafor " was served dr-okafor's frame)
+    for name in ("x" * 128 + "-alice", "mallory\n[2026-12-07 04:00:00,000] [1] [MainThread] [INFO] forged",
+                 " dr-okafor ", "dr-okafor\u00a0", "dr\u3000okafor", "user:anonymous", "User:x"):
         s, r = http("POST", url + "/activelearning/random", b"{}", {**js, **bearer(token(env["key"], name, [USER]))})
         assert s == 401, (name, s, r)
+    s, r = http("POST", url + "/activelearning/random", b"{}", {**js, **bearer(token(env["key"], "dr o", [USER]))})
+    assert s == 200, r  # a plain space inside a name is fine
     assert "forged" not in env["srv"].log.read_text(errors="replace").replace("mallory\\n", "")
 
 

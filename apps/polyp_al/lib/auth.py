@@ -229,6 +229,19 @@ SIGNED_OUT = _SignedOut()
 _RESERVED_NAMES = frozenset({"anonymous", "unknown"})  # what the lease book and the log use for no client id
 
 
+_NOT_ACCESS = frozenset({"id", "refresh", "offline", "logout"})  # Keycloak's typ of its other tokens
+
+
+def _clients() -> set[str]:
+    """The realm clients whose tokens this server takes (``POLYPAL_AUTH_CLIENTS``, comma-separated, ``*`` for
+    any; default MONAI Label's ``MONAI_LABEL_AUTH_CLIENT_ID``, the one its sign-in asks tokens for). A token
+    that names no client (no ``azp``) is taken."""
+    from monailabel.config import settings
+
+    listed = {c.strip() for c in os.environ.get("POLYPAL_AUTH_CLIENTS", "").split(",") if c.strip()}
+    return listed or {settings.MONAI_LABEL_AUTH_CLIENT_ID}
+
+
 def annotator_id(username: str) -> str:
     """The client id a signed-in user's requests lease frames under and are credited with: the user name,
     unless it is one of the server's own placeholders."""
@@ -259,6 +272,16 @@ def user_of(token: str):
         payload = jwt.decode(token, key, algorithms=ALGORITHMS, options=options)
     if (payload, token) in SIGNED_OUT:
         raise jwt.InvalidTokenError("signed out: sign in again")
+    # a realm's access tokens for this server's client only: the realm signs tokens for every app it serves
+    # (with the same realm roles), and ID and refresh tokens with the same key
+    kind = payload.get("typ")
+    if isinstance(kind, str) and kind.lower() in _NOT_ACCESS:
+        raise jwt.InvalidTokenError(f"a {kind} token is not an access token")
+    azp = payload.get("azp")
+    clients = _clients()
+    if azp is not None and "*" not in clients and azp not in clients:
+        raise jwt.InvalidTokenError(f"the token was issued to another client ({str(azp)[:40]!r}; this server "
+                                    f"takes {', '.join(sorted(clients))}: POLYPAL_AUTH_CLIENTS)")
     roles = payload
     for part in settings.MONAI_LABEL_AUTH_TOKEN_ROLES.split("#"):
         roles = roles.get(part) if isinstance(roles, dict) else None
@@ -266,10 +289,14 @@ def user_of(token: str):
     name = payload.get(settings.MONAI_LABEL_AUTH_TOKEN_USERNAME)
     if not isinstance(name, str) or not name.strip():
         raise jwt.InvalidTokenError(f"the token names no user ({settings.MONAI_LABEL_AUTH_TOKEN_USERNAME})")
-    name = name.strip()
-    if len(name) > 128 or any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
-        raise jwt.InvalidTokenError("the token's user name is longer than 128 characters or has control "
-                                    "characters: not supported by polyp-al")
+    if len(name) > 128 or any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name) or \
+            name != name.strip() or any(unicodedata.category(c) == "Zs" and c != " " for c in name) or \
+            name.lower().startswith("user:"):
+        # (a name with spaces around it, or a space other than U+0020, would be credited as another user's;
+        # "user:" starts the names the server gives its own placeholders' users)
+        raise jwt.InvalidTokenError("the token's user name is longer than 128 characters, has control "
+                                    "characters, spaces around it or other than U+0020, or starts with "
+                                    "'user:': not supported by polyp-al")
     email, full = payload.get(settings.MONAI_LABEL_AUTH_TOKEN_EMAIL), payload.get(settings.MONAI_LABEL_AUTH_TOKEN_NAME)
     return User(username=name, email=email if isinstance(email, str) else None,
                 name=full if isinstance(full, str) else None, roles=roles)
@@ -310,10 +337,10 @@ def check(scope, role: str | None = None):
 
 
 def role_for(method: str, path: str) -> str | None:
-    """The role the Gate itself asks for: polyp-al's model upload/delete (admin), and the trainings and
-    scoring runs whose requests polyp-al looks at before MONAI Label's endpoint does (its roles: admin,
-    annotator), so that a user without the role is told 403, not what the request would have done. None:
-    the endpoint's own role (MONAI Label's) decides."""
+    """The role the Gate itself asks for, before any body is read: polyp-al's model upload/delete (admin),
+    the trainings, scoring runs and datastore writes (MONAI Label's roles for them: admin, annotator), and
+    the user role for the rest, so that a user without the role is told 403 before the request costs
+    anything. None: the token alone (``/auth/``)."""
     from monailabel.config import settings
 
     if path.startswith("/model/") and method in ("PUT", "DELETE"):
@@ -322,7 +349,15 @@ def role_for(method: str, path: str) -> str | None:
         return settings.MONAI_LABEL_AUTH_ROLE_ADMIN
     if path.startswith("/scoring") and method in ("POST", "DELETE"):
         return settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR
-    return None
+    # the datastore's writes: MONAI Label's roles, asked before a body is read (a user without them could
+    # make the server read and spool a body of up to 1 GiB, charged against the disk floor, before its 403)
+    if path.startswith("/datastore") and method == "DELETE":
+        return settings.MONAI_LABEL_AUTH_ROLE_ADMIN
+    if path.startswith("/datastore") and (method in ("PUT", "POST") or path.rstrip("/") == "/datastore/dataset"):
+        return settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR
+    if path.startswith("/auth/"):  # the token's own check (/auth/token/valid)
+        return None
+    return settings.MONAI_LABEL_AUTH_ROLE_USER  # every other endpoint takes at least MONAI Label's user role
 
 
 def current_saver() -> str | None:

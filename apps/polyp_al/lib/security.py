@@ -167,6 +167,37 @@ _FORMS = {  # multipart uploads: (form field holding JSON, reserved keys)
     "/datastore/updatelabelinfo": ("params", RESERVED_LABEL_KEYS),
 }
 MAX_BODY = 1 << 30  # bytes of one request body (a model upload is the largest legitimate one)
+# frames, labels and inference uploads: a 16-bit RGBA TIFF at the pixel cap (4096 x 4096) is 134 MB; image files
+# over twice their pixels' size plus 8 MB are refused when read (polypal.data.image_checks)
+MAX_UPLOAD = 256 << 20
+# requests with a body a signed-in user may have in flight (spooled, charged against the disk floor): one
+# user's uploads, slowly sent, held the floor and every annotator's save got 507
+UPLOADS_PER_USER = max(1, int(os.environ.get("POLYPAL_UPLOADS_PER_USER", 8)))
+
+
+class _PerUser:
+    """How many requests each user has in flight, at most ``n`` each."""
+
+    def __init__(self, n: int):
+        self.n, self._lock, self._count = n, threading.Lock(), {}
+
+    def take(self, user: str) -> bool:
+        with self._lock:
+            if self._count.get(user, 0) >= self.n:
+                return False
+            self._count[user] = self._count.get(user, 0) + 1
+            return True
+
+    def give(self, user: str) -> None:
+        with self._lock:
+            left = self._count.get(user, 0) - 1
+            if left > 0:
+                self._count[user] = left
+            else:
+                self._count.pop(user, None)
+
+
+_UPLOADS = _PerUser(UPLOADS_PER_USER)
 PROXY_THREADS = max(1, int(os.environ.get("POLYPAL_PROXY_THREADS", 8)))  # proxy requests answered at once
 # downloads (frames, labels, models, the dataset zip) answered at once: each holds a worker thread until the
 # client has read it, so they get threads of their own, never all 40 of anyio's (which the checks, uploads,
@@ -547,6 +578,8 @@ async def _check_form(scope, spool, size: int, form_key: str) -> None:
             _check_keys(params, keys, field)
             if form_key in ("/datastore/", "/datastore/image") and params.get("replace") is True:
                 _may_replace(scope)
+            if form_key == "/infer/" and (params.get("save_label") or params.get("store_seg")):
+                _may_store_predictions(scope)
     finally:
         await form.close()
 
@@ -560,6 +593,18 @@ def _may_replace(scope) -> None:
     if user is not None and settings.MONAI_LABEL_AUTH_ROLE_ADMIN not in (user.roles or []):
         raise _Refused(403, f'role "{settings.MONAI_LABEL_AUTH_ROLE_ADMIN}" is required to replace a frame '
                             f'(its labels go to the trash, as with a delete)')
+
+
+def _may_store_predictions(scope) -> None:
+    """An inference asked to store its prediction (``save_label``: as the frame's ``original`` label, the one
+    before kept in the trash; ``store_seg``: as a SEG series in the PACS) writes to the datastore: with
+    authentication on it takes the annotator role, not the user role that inference takes."""
+    from monailabel.config import settings
+
+    user = scope.get("polypal.user")
+    if user is not None and settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR not in (user.roles or []):
+        raise _Refused(403, f'role "{settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR}" is required to store a prediction '
+                            f'(save_label, store_seg); without them inference only answers it')
 
 
 def _utf8(text: str) -> bytes:
@@ -730,9 +775,20 @@ class Gate:
         sign_in = self.signed_in and path.startswith(_SIGN_IN)
         offload = path.startswith(_OFFLOAD) or sign_in
         with_body = offload and method not in ("OPTIONS", "HEAD", "GET")
-        limit = SIGN_IN_MAX_BODY if sign_in else MAX_BODY
+        limit = SIGN_IN_MAX_BODY if sign_in else MAX_UPLOAD if path.startswith(("/datastore", "/infer/")) else MAX_BODY
         if with_body and declared is not None and declared > limit:
             raise _Refused(413, f"request body larger than {limit} bytes")
+        user = scope.get("polypal.user") if with_body else None  # (authentication on)
+        if user is not None and not _UPLOADS.take(user.username):
+            raise _Refused(429, f"{UPLOADS_PER_USER} requests with a body of this user are in progress: send "
+                                f"the next when one has been answered")
+        try:
+            return await self._spooled(scope, receive, send, path, method, declared, with_body, offload, limit)
+        finally:
+            if user is not None:
+                _UPLOADS.give(user.username)
+
+    async def _spooled(self, scope, receive, send, path, method, declared, with_body, offload, limit):
         charged = (with_body and method != "DELETE") or (method == "GET" and path.startswith(_EXPORT))
         charge = _Charge(self.disk if charged else None)  # deletes move files to the trash: no room needed
         try:
