@@ -38,12 +38,14 @@ they are read together.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 
 from polypal.serving import label_frames
@@ -102,6 +104,20 @@ def _merged_info(cur: dict, info: dict, limit: int | None = MAX_INFO_BYTES) -> s
     return text
 
 
+def _put_back(copy: str | None, path: str) -> None:
+    """Undo a write over ``path``: its earlier file back from its ``copy`` in the trash, or, without one (the
+    write made the file), the file gone."""
+    if copy is None:
+        os.unlink(path)
+        return
+    tmp = f"{path}.undo-{os.getpid()}"
+    try:
+        os.link(copy, tmp)
+    except OSError:
+        shutil.copy2(copy, tmp)
+    os.replace(tmp, path)
+
+
 class Exists(ValueError):
     """An image id that is already in the store (and replacing it was not asked for)."""
 
@@ -150,6 +166,7 @@ class FrameStore:
         self.root = os.path.realpath(str(root))
         self.patterns = tuple(patterns)
         self.recovered: list[str] = []  # frames the last reconcile changed (replace finished/undone, labels trashed)
+        self._local = threading.local()  # the undo list of this thread's write (``_undoable``)
         self.db_path = os.path.join(self.root, ".polypal", "datastore.sqlite")
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
         self._db = SQLiteDB(self.db_path, _SCHEMA + label_frames.SCHEMA)
@@ -164,6 +181,33 @@ class FrameStore:
 
     def _tx(self):
         return self._db.tx()
+
+    @contextlib.contextmanager
+    def _undoable(self):
+        """A write transaction whose file moves are put back when it fails, at its COMMIT included (a full
+        disk: the rows roll back, and the files moved inside it must follow, or an acknowledged label is
+        replaced by one answered 500, a refused delete leaves rows without files). ``trash`` and the callers
+        register each move's undo (``_on_undo``)."""
+        undo: list = []
+        outer = getattr(self._local, "undo", None)
+        self._local.undo = undo
+        try:
+            with self._tx() as c:
+                yield c
+        except BaseException:
+            for fn in reversed(undo):
+                try:
+                    fn()
+                except Exception as e:  # noqa: BLE001 - the others still go back
+                    logger.error(f"a file move of a failed write could not be undone: {e}")
+            raise
+        finally:
+            self._local.undo = outer
+
+    def _on_undo(self, fn) -> None:
+        undo = getattr(self._local, "undo", None)
+        if undo is not None:
+            undo.append(fn)
 
     def wait_for_writes(self) -> None:
         """Return once no write transaction is under way (a delete or replace moving files commits first)."""
@@ -224,6 +268,13 @@ class FrameStore:
             if not stuck:  # what is left there are copies/links of files still in place
                 shutil.rmtree(folder, ignore_errors=True)
             raise
+
+        def undo():  # the write that trashed them failed: the files go back, the folder goes
+            for dest, src in reversed(moved):
+                os.replace(dest, src)
+            shutil.rmtree(folder, ignore_errors=True)
+
+        self._on_undo(undo)
         logger.info(f"kept in {os.path.relpath(folder, self.root)}: {manifest['files']} ({reason})")
         return folder
 
@@ -477,7 +528,7 @@ class FrameStore:
         info["name"] = image_id + ext
         try:
             # one save per (image, tag) at a time, across processes: keep, rename, record, clean up
-            with self._tx() as c:
+            with self._undoable() as c:
                 # the frame again, inside the transaction: a delete of it may have committed since the check
                 # above, and a label must never outlive its frame (remove_image reads labels in its own tx)
                 row = c.execute("SELECT ext FROM images WHERE id=?", (image_id,)).fetchone()
@@ -492,29 +543,34 @@ class FrameStore:
                     drawn_on = label_frames.digest(frame_path)
                 old = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
                 old_path = os.path.join(d, image_id + old[0]) if old else None
+                copies = {}  # path -> its copy in the trash: what a failed write puts back
                 if old_path and os.path.exists(old_path):
                     name = _label_trash_name(tag, old_path)
-                    self.trash({name: old_path}, f"label {tag} of {image_id} replaced", keep_source=True,
-                               frame=image_id, labels=label_frames.for_trash(c, image_id, tag, name))
+                    kept = self.trash({name: old_path}, f"label {tag} of {image_id} replaced", keep_source=True,
+                                      frame=image_id, labels=label_frames.for_trash(c, image_id, tag, name))
+                    copies[old_path] = os.path.join(kept, name)
                 label_frames.supersede_aside(self, c, image_id, tag, dest)  # (one of another extension)
                 if dest != old_path and os.path.lexists(dest):  # a label file no row points to: kept, not lost
                     name = _label_trash_name(tag, dest)
                     aside = label_frames.aside_entry(c, image_id, tag, ext, dest)
                     if aside is not None:  # a missing frame's label, waiting for its picture: it keeps that
-                        self.trash({name: dest}, f"label {tag} kept aside for an earlier frame {image_id}, replaced "
-                                   f"by a save for the frame now under that id", keep_source=True,
-                                   labels={name: aside})
+                        kept = self.trash({name: dest}, f"label {tag} kept aside for an earlier frame {image_id}, "
+                                          f"replaced by a save for the frame now under that id", keep_source=True,
+                                          labels={name: aside})
                         c.execute("DELETE FROM detached_labels WHERE image_id=? AND tag=?", (image_id, tag))
                     else:
-                        self.trash({name: dest}, f"unregistered label file {tag}/{os.path.basename(dest)} replaced "
-                                   f"by a save", keep_source=True, frame=image_id)
+                        kept = self.trash({name: dest}, f"unregistered label file {tag}/{os.path.basename(dest)} "
+                                          f"replaced by a save", keep_source=True, frame=image_id)
+                    copies[dest] = os.path.join(kept, name)
                 os.replace(tmp, dest)
+                self._on_undo(lambda: _put_back(copies.get(dest), dest))
                 _fsync_dir(d)
                 c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)",
                           (image_id, tag, ext, json.dumps(info)))
                 label_frames.record(c, image_id, tag, drawn_on, dest)
                 if old_path and old_path != dest and os.path.exists(old_path):
                     os.unlink(old_path)  # its copy is in the trash (above)
+                    self._on_undo(lambda: _put_back(copies.get(old_path), old_path))
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -527,7 +583,7 @@ class FrameStore:
         d = self.label_dir(tag)
         # read, trashed and forgotten in one transaction: a save of the same label committed just before
         # is what goes to the trash; one after it finds no row and stores its file afresh (never trashed)
-        with self._tx() as c:
+        with self._undoable() as c:
             r = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
             if r is None:
                 raise NotFound(f"label {image_id!r} with tag {tag!r} not found")
@@ -596,6 +652,12 @@ class FrameStore:
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if journal:  # moved its files, then failed (its COMMIT, on a full disk): settled now, as a start
+                try:     # would (finished, the upload being in place), not left with rows and files apart
+                    self._recover_one(journal)
+                except Exception as e:  # noqa: BLE001 - the next start settles it
+                    logger.error(f"the failed replace of {image_id} could not be settled now ({e}); the next "
+                                 f"start settles it")
             raise
         if journal:
             self._settle(journal)
@@ -863,7 +925,7 @@ class FrameStore:
         c.execute("DELETE FROM images WHERE id=?", (image_id,))
 
     def _remove_image_files(self, image_id: str, reason: str) -> None:
-        with self._tx() as c:
+        with self._undoable() as c:
             self._trash_image(c, image_id, reason)
 
     def remove_image(self, image_id: str) -> None:

@@ -56,7 +56,8 @@ class SQLiteDB:
             yield c
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            if c.in_transaction:  # (a COMMIT that failed, e.g. on a full disk, has rolled back already:
+                c.execute("ROLLBACK")  # a ROLLBACK then raised and hid the real error)
             raise
 
     @contextmanager
