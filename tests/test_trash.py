@@ -38,6 +38,31 @@ def test_a_deleted_frame_and_its_label_come_back(tmp_path, capsys):
     assert list_trash(root) == []
 
 
+def test_a_restore_stopped_half_way_is_finished_by_the_next(tmp_path):
+    """A restore stopped (Ctrl-C, a kill) after it put the frame back and before its label: the next restore
+    of the folder refused both for ever ("missing from the trash folder", "its frame was not restored"), and
+    a purge would then delete the acknowledged label (a crash probe). Now the next restore finishes it: the
+    frame in place is the trash's own file, or the picture the label was drawn on."""
+    root, fs, m = make_store(tmp_path)
+    for i in ("f001", "f002"):
+        fs.save_label(i, str(m), "final", {"client_id": "dr-a"})
+    label_bytes = (root / "labels" / "final" / "f001.png").read_bytes()
+    for i, unlinked in (("f001", True), ("f002", False)):
+        fs.remove_image(i)
+        entry = next(e for e in list_trash(root) if e["reason"] == f"image {i} removed")
+        folder = root / ".polypal" / "trash" / entry["name"]
+        frame_in_trash = next(folder / n for n, rel in entry["files"].items() if rel == f"{i}.png")
+        os.link(frame_in_trash, root / f"{i}.png")  # where the restore stopped: the frame linked back,
+        if unlinked:  # and (f001) its trash copy removed, or (f002) not yet
+            os.unlink(frame_in_trash)
+        got = restore(root, entry["name"])
+        assert not got["refused"] and sorted(got["restored"]) == sorted(entry["files"].values()), got
+        assert (root / "labels" / "final" / f"{i}.png").read_bytes() == label_bytes
+        assert fs.image_ext(i) == ".png" and fs.label_path(i, "final")
+        assert fs.label_info(i, "final").get("client_id") == "dr-a"
+    assert list_trash(root) == []
+
+
 def test_restore_never_overwrites_and_keeps_what_it_refuses(tmp_path, capsys):
     root, fs, m = make_store(tmp_path)
     fs.save_label("f000", str(m), "final")

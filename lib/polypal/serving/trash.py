@@ -110,6 +110,23 @@ def _on_disk(root: Path, store: FrameStore, image_id: str) -> list[str]:
             if split_name(p.name)[0] == image_id and store._matches(p.name)]
 
 
+def _put_back_before(dest: Path, src: Path, image_id: str, m: dict) -> bool:
+    """Whether an earlier restore of this folder, stopped half-way, put this frame back: its file in place
+    is the trash's own (a link not yet removed from the trash), or, the trash's gone, the very picture the
+    folder's labels of it were drawn on. (Before, such a frame was refused for ever, "missing from the
+    trash folder", and so its labels: "its frame was not restored".)"""
+    if not os.path.lexists(dest) or os.path.islink(dest):
+        return False
+    if os.path.lexists(src):
+        try:
+            return os.path.samefile(src, dest)
+        except OSError:
+            return False
+    drawn = [v.get("drawn_on") for v in (m.get("labels") or {}).values() if isinstance(v, dict)]
+    return any(isinstance(d, dict) and d.get("sha256") and label_frames.same_as_drawn_on(str(dest), d)
+               for d in drawn)
+
+
 def _why_not(store: FrameStore, root: Path, kind, src: Path, m: dict, frames_back: set, trashed_frames: set):
     """Why this file cannot be put back now (None: it can)."""
     st = os.lstat(src) if os.path.lexists(src) else None
@@ -183,6 +200,14 @@ def restore(studies, name: str) -> dict:
     # frames first: a label is only restored beside its frame
     for trash_name, rel, kind in sorted(items, key=lambda x: not (x[2] and x[2][0] == "frame")):
         src = folder / trash_name
+        if kind is not None and kind[0] == "frame" and plain_name(trash_name) and \
+                _put_back_before(root / rel, src, kind[1], m):
+            # a restore stopped half-way (Ctrl-C, a kill) had put this frame back: so are its labels now
+            if os.path.lexists(src):
+                os.unlink(src)
+            restored.append(rel)
+            frames_back.add(kind[1])
+            continue
         why = "not a frame or label of this datastore" if kind is None or not plain_name(trash_name) else \
             _why_not(store, root, kind, src, m, frames_back, trashed_frames)
         if why is None:
