@@ -629,3 +629,41 @@ def test_a_write_that_fails_at_its_commit_puts_its_files_back(tmp_path):
     db.close()
     store.save_label("x", str(same), "final", {"k": 4})  # and the store works on
     assert label.read_bytes() != acknowledged
+
+
+def test_a_clean_stop_leaves_the_databases_whole_and_a_lost_one_is_told(tmp_path, caplog):
+    """After a stop the data sat in the -wal files (datastore.sqlite was 4 KB): a backup or rsync of the
+    .sqlite files alone held nothing, and a server started on a folder whose database was lost or empty
+    registered the labels again from their files without a word, their info gone (a crash probe). Now the
+    logs are copied into the databases after writes, and a lost database is a warning naming what is gone."""
+    import json as _json
+    import logging
+    import sqlite3
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from server_utils import Server, http, make_studies, multipart, sample_mask
+
+    studies = make_studies(tmp_path / "studies", 3)
+    some = sorted(p.stem for p in studies.glob("*.jpg"))[0]
+    # (a checkpoint after every write here; 30 s apart at most by default)
+    srv = Server(studies, tmp_path, env={"POLYPAL_CHECKPOINT_SECONDS": "0"}).start()
+    try:
+        body, ct = multipart({"params": _json.dumps({"client_id": "dr-a"})},
+                             {"label": ("m.png", sample_mask(some).read_bytes())})
+        s, r = http("PUT", f"{srv.url}/datastore/label?image={some}&tag=final", body, {"Content-Type": ct})
+        assert s == 200, r
+    finally:
+        srv.stop()
+    backup = tmp_path / "backup.sqlite"  # the .sqlite file alone, without its -wal
+    shutil.copy(studies / ".polypal" / "datastore.sqlite", backup)
+    with sqlite3.connect(backup) as c:
+        info = c.execute("SELECT info FROM labels WHERE image_id=?", (some,)).fetchone()
+    assert info and _json.loads(info[0]).get("client_id") == "dr-a"
+    # the database lost (only the files left): registered again, and said
+    for p in (studies / ".polypal").glob("datastore.sqlite*"):
+        p.unlink()
+    with caplog.at_level(logging.WARNING, logger="polypal.serving.framestore"):
+        store = FrameStore(studies)
+    assert store.label_path(some, "final")
+    assert any("was missing or empty, and this folder has labels" in r.getMessage() for r in caplog.records)

@@ -169,11 +169,19 @@ class FrameStore:
         self._local = threading.local()  # the undo list of this thread's write (``_undoable``)
         self.db_path = os.path.join(self.root, ".polypal", "datastore.sqlite")
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
+        fresh = not os.path.exists(self.db_path) or os.path.getsize(self.db_path) == 0
         self._db = SQLiteDB(self.db_path, _SCHEMA + label_frames.SCHEMA)
         for tag in ("final", "original"):
             os.makedirs(self.label_dir(tag), exist_ok=True)
         if not read_only:
             self.reconcile()
+            if fresh and self.counts()["label_tags"]:
+                logger.warning(
+                    f"{self.db_path} was missing or empty, and this folder has labels: its frames and labels "
+                    f"were registered again from their files, but what only the database held is gone (each "
+                    f"label's info: annotator, time; the pictures labels were drawn on). If it was lost, stop "
+                    f"the server and put it back from a backup with its -wal file beside it.")
+
 
     # -- plumbing --------------------------------------------------------------------------
     def _conn(self):
