@@ -667,3 +667,40 @@ def test_a_clean_stop_leaves_the_databases_whole_and_a_lost_one_is_told(tmp_path
         store = FrameStore(studies)
     assert store.label_path(some, "final")
     assert any("was missing or empty, and this folder has labels" in r.getMessage() for r in caplog.records)
+
+
+def test_a_damaged_database_is_named_and_a_label_deleted_by_hand_is_told(tmp_path, caplog):
+    """A database damaged on disk made the server fail with a bare traceback naming no file, or (garbage in
+    its pages) start and write on it; a label file deleted by hand lost its record without a word (a crash
+    probe). Now the database is checked at open and named with what to do; the lost label is a warning."""
+    import logging
+    import sqlite3
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for i in range(40):
+        Image.fromarray(np.full((20, 30, 3), i, np.uint8)).save(studies / f"f{i:02d}.png")
+    store = FrameStore(studies)
+    m = tmp_path / "m.png"
+    Image.fromarray(np.eye(20, 30, dtype=np.uint8)).save(m)
+    for i in ("f01", "f02"):
+        store.save_label(i, str(m), "final", {"client_id": "dr-a"})
+    (studies / "labels" / "final" / "f02.png").unlink()  # by hand
+    with caplog.at_level(logging.WARNING, logger="polypal.serving.framestore"):
+        store = FrameStore(studies)
+    assert store.label_path("f01", "final") and not store.label_path("f02", "final")
+    assert any("missing from the studies folder" in r.getMessage() and "final/f02" in r.getMessage()
+               for r in caplog.records)
+    db = studies / ".polypal" / "datastore.sqlite"
+    with sqlite3.connect(db) as c:
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(db.read_bytes())
+    page = 4096
+    assert len(data) >= 3 * page
+    data[page:2 * page] = os.urandom(page)  # garbage over a page
+    db.write_bytes(bytes(data))
+    with pytest.raises(sqlite3.DatabaseError, match="(?s)datastore.sqlite: cannot be used .*backup"):
+        FrameStore(studies)
+    db.write_bytes(b"not a database" * 400)
+    with pytest.raises(sqlite3.DatabaseError, match="datastore.sqlite: cannot be used"):
+        FrameStore(studies)

@@ -170,7 +170,7 @@ class FrameStore:
         self.db_path = os.path.join(self.root, ".polypal", "datastore.sqlite")
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
         fresh = not os.path.exists(self.db_path) or os.path.getsize(self.db_path) == 0
-        self._db = SQLiteDB(self.db_path, _SCHEMA + label_frames.SCHEMA)
+        self._db = SQLiteDB(self.db_path, _SCHEMA + label_frames.SCHEMA, check=not read_only)
         for tag in ("final", "original"):
             os.makedirs(self.label_dir(tag), exist_ok=True)
         if not read_only:
@@ -360,9 +360,13 @@ class FrameStore:
                         and c.execute("SELECT 1 FROM images WHERE id=?", (i,)).fetchone() \
                         and label_frames.take_back(self, c, i, t, e, digests.get(i)) == "trash":
                     moved.append(i)
-            c.executemany("DELETE FROM labels WHERE image_id=? AND tag=?",
-                          [k for k, e in lk.items() if k not in label_files and k[0] not in blocked
-                           and not _label_file_exists(self.root, k, e)])
+            lost = [k for k, e in lk.items() if k not in label_files and k[0] not in blocked
+                    and not _label_file_exists(self.root, k, e)]
+            c.executemany("DELETE FROM labels WHERE image_id=? AND tag=?", lost)
+            if lost:  # deleted by hand (the server moves what it deletes to the trash)
+                logger.warning(f"{len(lost)} label file(s) missing from the studies folder, their records dropped "
+                               f"(deleted by hand?): {', '.join(f'{t}/{i}' for i, t in lost[:5])}"
+                               f"{' ...' if len(lost) > 5 else ''}")
             moved += label_frames.check_frames(self, c, blocked, digests)
             label_frames.drop_extras(self, c, extras, blocked)
             label_frames.drop_stale(self, c)

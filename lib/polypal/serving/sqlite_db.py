@@ -36,13 +36,22 @@ CREATE TRIGGER IF NOT EXISTS {table}_updated AFTER UPDATE {'OF ' + columns + ' '
 
 
 class SQLiteDB:
-    def __init__(self, path, schema: str = ""):
+    def __init__(self, path, schema: str = "", check: bool = False):
         self.path = str(path)
         self._local = threading.local()
         self._cache: dict = {}
         self._checkpointed = -1e9  # when a checkpoint was last run (monotonic)
-        if schema:
-            self.conn().executescript(schema)
+        try:
+            if check:  # a database damaged on disk (a bad sector, a bad copy) is refused, not written on
+                problem = self.conn().execute("PRAGMA quick_check(1)").fetchone()[0]
+                if problem != "ok":
+                    raise sqlite3.DatabaseError(problem)
+            if schema:
+                self.conn().executescript(schema)
+        except sqlite3.DatabaseError as e:
+            raise sqlite3.DatabaseError(
+                f"{self.path}: cannot be used ({e}). Put it back from a backup (with its -wal file beside it), "
+                f"or move it aside to start afresh") from None
 
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
