@@ -661,13 +661,17 @@ def test_only_this_servers_access_tokens_are_taken(env):
     ours = claims_token(azp="monailabel-app", typ="Bearer")
     assert http("GET", url + "/info/", headers=bearer(ours))[0] == 200
     for bad in (claims_token(azp="other-app"), claims_token(typ="ID", azp="monailabel-app"),
-                claims_token(typ="Refresh"), claims_token(typ="Offline")):
+                claims_token(typ="Refresh"), claims_token(typ="Offline"), claims_token(azp=["monailabel-app"])):
         s, r = http("GET", url + "/info/", headers=bearer(bad))
         assert s == 401, (s, r)
         form = {"Content-Type": "application/x-www-form-urlencoded", **bearer(bad)}
         s, r = http("POST", url + "/auth/logout", b"refresh_token=not-a-refresh-token", form)
         assert s == 200 and r["frames_released"] is False, (s, r)  # (the realm: not active) nobody signed out
     assert http("GET", url + "/info/", headers=bearer(ours))[0] == 200
+    # MONAI Label's roles are exact: an admin-only account reads the logs (the Gate takes any of the three)
+    admin_only = bearer(token(key, "dr-root", [ADMIN]))
+    assert http("GET", url + "/logs/?lines=5", headers=admin_only)[0] == 200
+    assert http("GET", url + "/info/", headers=bearer(token(key, "nobody", ["offline_access"])))[0] == 403
 
 
 def test_writes_take_their_role_before_a_body_is_read(env):

@@ -8,6 +8,7 @@ label volumes) and write_label's formats.
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 import zlib
@@ -165,6 +166,22 @@ def test_metadata_bombs_are_refused_before_pillow_parses_them(tmp_path):
     assert read_mask(tmp_path / "few.png", expected_hw=(8, 8)).shape == (8, 8)
     with pytest.raises(DataError, match="chunks.png: PNG of more than"):  # masks are read the same way
         read_mask(tmp_path / "chunks.png", expected_hw=(8, 8))
+
+
+def test_an_exif_chunk_after_the_image_data_does_not_turn_a_checked_mask(tmp_path):
+    """A PNG's EXIF after its image data is seen only once the image is loaded: the size was checked
+    without it, then the mask was turned by it (a review: a 30x20 mask passed as 20x30 and came back
+    30x20). The orientation read with the header is the one applied."""
+    orient6 = b"MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00"
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:6, 3:20] = 255
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    png = buf.getvalue()
+    iend = png.rindex(b"IEND") - 4
+    (tmp_path / "m.png").write_bytes(png[:iend] + _chunk(b"eXIf", orient6) + png[iend:])
+    got = read_mask(tmp_path / "m.png", expected_hw=(20, 30))
+    assert got.shape == (20, 30) and (got == (mask > 0)).all()
 
 
 def test_missing_file_is_named(tmp_path):

@@ -478,6 +478,11 @@ def test_pixel_bombs_get_413(env):
     s, r = put_label(url, "fr007", nifti_header_bomb(), name="m.nii.gz")  # label volumes are capped too
     assert s == 413, r
     assert not (env["studies"] / "bomb.png").exists() and not (env["studies"] / "big13k.png").exists()
+    # a body larger than any image at the pixel cap could be (284 MB at 4096 x 4096): 413 from its declared
+    # size, before a byte of it is read (1 GiB was read and spooled)
+    for target in ("/datastore/?image=huge", "/datastore/label?image=fr007&tag=final", "/infer/polyp_seg"):
+        s, body = _declared(env["srv"].port, target, 300 << 20, wait=30)
+        assert s == 413 and b"larger than" in body, (target, s, body[:200])
 
 
 def test_other_requests_are_answered_while_an_inference_runs(env):
@@ -1724,7 +1729,8 @@ def test_uploads_cannot_fill_the_disk(tmp_path):
     free_mb = min(shutil.disk_usage(p).free for p in (tmp_path, tempfile.gettempdir())) // mb
     if free_mb < 3072:
         pytest.skip(f"needs 3 GB free on the test disks, has {free_mb} MB")
-    srv = Server(studies, tmp_path, conf={"min_free_mb": str(free_mb - 1000)}).start()  # 1000 MB of room
+    # 1000 MB of room; a pixel cap of 8192 x 8192, so that uploads may be up to 1 GiB (at 4096 x 4096: 284 MB)
+    srv = Server(studies, tmp_path, conf={"min_free_mb": str(free_mb - 1000), "max_pixels": str(8192 * 8192)}).start()
     try:
         port = int(srv.url.rsplit(":", 1)[1])
         s, r = put_label(srv.url, "fr000", _png(masks["fr000"]))  # small: stored

@@ -704,3 +704,110 @@ def test_a_damaged_database_is_named_and_a_label_deleted_by_hand_is_told(tmp_pat
     db.write_bytes(b"not a database" * 400)
     with pytest.raises(sqlite3.DatabaseError, match="datastore.sqlite: cannot be used"):
         FrameStore(studies)
+
+
+class _CommitFails:
+    """The store's SQLite connection, whose next COMMIT fails as on a full disk: SQLite rolls the
+    transaction back and raises (the failure itself is SQLite's, simulated; the store's code is real)."""
+
+    def __init__(self, conn, times=1, between=None):
+        self._conn, self.times, self.between = conn, times, between
+
+    def execute(self, sql, *a):
+        if sql.strip().upper() == "COMMIT" and self.times > 0:
+            self.times -= 1
+            self._conn.execute("ROLLBACK")
+            if self.between:  # another writer, once the failed COMMIT let the lock go
+                self.between()
+            import sqlite3
+
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.execute(sql, *a)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_a_write_whose_commit_fails_leaves_rows_and_files_together(tmp_path):
+    """The COMMIT itself failing (a full disk; after the write's files moved, SQLite rolls back): the
+    acknowledged label stays, byte for byte, in every format change; a refused delete leaves the file in
+    place; a new frame whose row did not commit leaves no file (a retry would be refused as existing); a
+    replace that moved everything is finished and answered as done (it did happen)."""
+    import sqlite3
+
+    import nibabel as nib
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(studies / "x.png")
+    store = FrameStore(studies)
+    first = tmp_path / "first.png"
+    Image.fromarray(np.eye(20, 30, dtype=np.uint8)).save(first)
+    store.save_label("x", str(first), "final", {"k": 1})
+    label = studies / "labels" / "final" / "x.png"
+    acknowledged = label.read_bytes()
+    trash = studies / ".polypal" / "trash"
+    trashed = sorted(trash.iterdir()) if trash.exists() else []
+    other = tmp_path / "other.png"
+    Image.fromarray((1 - np.eye(20, 30)).astype(np.uint8)).save(other)
+    vol = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(np.eye(30, 20, dtype=np.uint8)[:, :, None], np.eye(4)), vol)
+
+    def failing():
+        store._db._local.conn = _CommitFails(store._db.conn())
+
+    for upload in (other, vol):
+        failing()
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            store.save_label("x", str(upload), "final", {"k": 2})
+        assert label.read_bytes() == acknowledged and store.label_info("x", "final")["k"] == 1
+        assert sorted(p.name for p in label.parent.iterdir() if not p.name.startswith(".")) == ["x.png"]
+        assert (sorted(trash.iterdir()) if trash.exists() else []) == trashed
+    failing()
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        store.remove_label("x", "final")
+    assert label.read_bytes() == acknowledged and store.label_path("x", "final")
+    assert (sorted(trash.iterdir()) if trash.exists() else []) == trashed
+    frame = tmp_path / "y.png"
+    Image.fromarray(np.full((20, 30, 3), 30, np.uint8)).save(frame)
+    failing()
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        store.add_image("y", str(frame))
+    assert not (studies / "y.png").exists() and store.image_ext("y") is None
+    store.add_image("y", str(frame))  # the retry
+    assert store.image_ext("y") == ".png"
+    new = tmp_path / "x-new.png"
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(new)
+    failing()
+    assert store.add_image("x", str(new), replace=True) == "x"  # finished after its failed COMMIT
+    assert (studies / "x.png").read_bytes() == new.read_bytes() and not store.label_path("x", "final")
+    assert any((d / "x.png").exists() or list(d.rglob("x.png")) for d in trash.iterdir())
+    # a file another writer put where the undo would go is never overwritten: the undone one stays in the trash
+    store.save_label("y", str(first), "final", {"k": 5})
+    ylabel = studies / "labels" / "final" / "y.png"
+    kept = ylabel.read_bytes()
+    store._db._local.conn = _CommitFails(store._db.conn(), between=lambda: ylabel.write_bytes(b"another writer"))
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        store.remove_label("y", "final")
+    assert ylabel.read_bytes() == b"another writer"
+    assert any(p.read_bytes() == kept for p in trash.rglob("*-y.png"))
+
+
+def test_the_log_is_copied_into_the_database_after_writes_with_no_later_write(tmp_path):
+    """The copy of the write-ahead log into the database ran only at a later write (a review: two saves and
+    then quiet, and the .sqlite file alone held nothing). It runs on its own within POLYPAL_CHECKPOINT_SECONDS
+    (1 s here) of a write."""
+    script = f"""
+import os, shutil, sqlite3, sys, time
+sys.path.insert(0, {str(REPO / 'lib')!r})
+from polypal.serving.sqlite_db import SQLiteDB
+db = SQLiteDB({str(tmp_path / 't.sqlite')!r}, "CREATE TABLE IF NOT EXISTS t (x INTEGER);")
+with db.tx() as c:
+    c.execute("INSERT INTO t VALUES (1)")
+time.sleep(3)
+shutil.copy({str(tmp_path / 't.sqlite')!r}, {str(tmp_path / 'copy.sqlite')!r})
+print(sqlite3.connect({str(tmp_path / 'copy.sqlite')!r}).execute("SELECT COUNT(*) FROM t").fetchone()[0])
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "POLYPAL_CHECKPOINT_SECONDS": "1"})
+    assert out.stdout.strip() == "1", out

@@ -53,14 +53,28 @@ def test_a_restore_stopped_half_way_is_finished_by_the_next(tmp_path):
         folder = root / ".polypal" / "trash" / entry["name"]
         frame_in_trash = next(folder / n for n, rel in entry["files"].items() if rel == f"{i}.png")
         os.link(frame_in_trash, root / f"{i}.png")  # where the restore stopped: the frame linked back,
-        if unlinked:  # and (f001) its trash copy removed, or (f002) not yet
+        if unlinked:  # and (f001) its trash copy removed, or (f002) not yet, and its label linked back too
             os.unlink(frame_in_trash)
+        else:
+            label_in_trash = next(folder / n for n, rel in entry["files"].items() if rel.startswith("labels"))
+            os.link(label_in_trash, root / "labels" / "final" / f"{i}.png")
         got = restore(root, entry["name"])
         assert not got["refused"] and sorted(got["restored"]) == sorted(entry["files"].values()), got
         assert (root / "labels" / "final" / f"{i}.png").read_bytes() == label_bytes
         assert fs.image_ext(i) == ".png" and fs.label_path(i, "final")
         assert fs.label_info(i, "final").get("client_id") == "dr-a"
     assert list_trash(root) == []
+    # a symlink in a trash folder to the frame in place is no file of the trash: not taken as put back
+    fs.remove_image("f000")
+    entry = list_trash(root)[0]
+    folder = root / ".polypal" / "trash" / entry["name"]
+    frame_in_trash = next(folder / n for n, rel in entry["files"].items() if rel == "f000.png")
+    Image.fromarray(np.full((20, 30, 3), 77, np.uint8)).save(root / "other.png")
+    os.replace(frame_in_trash, tmp_path / "kept.png")
+    os.link(root / "other.png", root / "f000.png")
+    os.symlink(root / "f000.png", frame_in_trash)
+    got = restore(root, entry["name"])
+    assert "f000.png" in got["refused"], got
 
 
 def test_restore_never_overwrites_and_keeps_what_it_refuses(tmp_path, capsys):

@@ -279,7 +279,7 @@ def user_of(token: str):
         raise jwt.InvalidTokenError(f"a {kind} token is not an access token")
     azp = payload.get("azp")
     clients = _clients()
-    if azp is not None and "*" not in clients and azp not in clients:
+    if azp is not None and "*" not in clients and (not isinstance(azp, str) or azp not in clients):
         raise jwt.InvalidTokenError(f"the token was issued to another client ({str(azp)[:40]!r}; this server "
                                     f"takes {', '.join(sorted(clients))}: POLYPAL_AUTH_CLIENTS)")
     roles = payload
@@ -314,7 +314,7 @@ def is_free(path: str) -> bool:
     return path in _FREE_EXACT or path.startswith(_FREE_PREFIX)
 
 
-def check(scope, role: str | None = None):
+def check(scope, role: str | tuple | None = None):
     """The request's user (blocking: the first call fetches the realm's key). Raises ``Unauthorized``:
     401 without a valid token, 403 without ``role``, 503 when the realm cannot be reached."""
     import jwt
@@ -331,12 +331,13 @@ def check(scope, role: str | None = None):
     except (requests.RequestException, ValueError, jwt.PyJWTError) as e:  # e.g. a key that is no key
         logger.error(f"the realm's public key could not be read from {settings.MONAI_LABEL_AUTH_REALM_URI}: {e}")
         raise Unauthorized(503, "the sign-in realm cannot be reached; try again later") from None
-    if role is not None and role not in user.roles:
-        raise Unauthorized(403, f'role "{role}" is required to perform this action')
+    wanted = (role,) if isinstance(role, str) else tuple(role or ())
+    if wanted and not set(wanted) & set(user.roles):
+        raise Unauthorized(403, "role " + " or ".join(f'"{r}"' for r in wanted) + " is required to perform this action")
     return user
 
 
-def role_for(method: str, path: str) -> str | None:
+def role_for(method: str, path: str) -> str | tuple | None:
     """The role the Gate itself asks for, before any body is read: polyp-al's model upload/delete (admin),
     the trainings, scoring runs and datastore writes (MONAI Label's roles for them: admin, annotator), and
     the user role for the rest, so that a user without the role is told 403 before the request costs
@@ -357,7 +358,10 @@ def role_for(method: str, path: str) -> str | None:
         return settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR
     if path.startswith("/auth/"):  # the token's own check (/auth/token/valid)
         return None
-    return settings.MONAI_LABEL_AUTH_ROLE_USER  # every other endpoint takes at least MONAI Label's user role
+    # every other endpoint takes one of MONAI Label's roles (theirs are exact: an admin-only account reads
+    # the logs, so any of the three passes here and the endpoint asks for its own)
+    return (settings.MONAI_LABEL_AUTH_ROLE_USER, settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR,
+            settings.MONAI_LABEL_AUTH_ROLE_ADMIN)
 
 
 def current_saver() -> str | None:

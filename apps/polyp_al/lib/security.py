@@ -167,9 +167,14 @@ _FORMS = {  # multipart uploads: (form field holding JSON, reserved keys)
     "/datastore/updatelabelinfo": ("params", RESERVED_LABEL_KEYS),
 }
 MAX_BODY = 1 << 30  # bytes of one request body (a model upload is the largest legitimate one)
-# frames, labels and inference uploads: a 16-bit RGBA TIFF at the pixel cap (4096 x 4096) is 134 MB; image files
-# over twice their pixels' size plus 8 MB are refused when read (polypal.data.image_checks)
-MAX_UPLOAD = 256 << 20
+
+
+def max_upload() -> int:
+    """Bytes of a frame, label or inference upload: what an image at the pixel cap may be when read (twice a
+    16-bit RGBA frame's raw size plus 8 MB: polypal.data.image_checks), and some. 284 MB at 4096 x 4096."""
+    from polypal.data import images
+
+    return 2 * 8 * images.MAX_PIXELS + (16 << 20)
 # requests with a body a signed-in user may have in flight (spooled, charged against the disk floor): one
 # user's uploads, slowly sent, held the floor and every annotator's save got 507
 UPLOADS_PER_USER = max(1, int(os.environ.get("POLYPAL_UPLOADS_PER_USER", 8)))
@@ -775,7 +780,8 @@ class Gate:
         sign_in = self.signed_in and path.startswith(_SIGN_IN)
         offload = path.startswith(_OFFLOAD) or sign_in
         with_body = offload and method not in ("OPTIONS", "HEAD", "GET")
-        limit = SIGN_IN_MAX_BODY if sign_in else MAX_UPLOAD if path.startswith(("/datastore", "/infer/")) else MAX_BODY
+        limit = SIGN_IN_MAX_BODY if sign_in else min(max_upload(), MAX_BODY) if path.startswith(
+            ("/datastore", "/infer/")) else MAX_BODY
         if with_body and declared is not None and declared > limit:
             raise _Refused(413, f"request body larger than {limit} bytes")
         user = scope.get("polypal.user") if with_body else None  # (authentication on)

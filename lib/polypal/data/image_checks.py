@@ -32,7 +32,7 @@ MAX_EXIF = 128 << 10  # a PNG's eXIf chunk (a JPEG's EXIF is one segment: 64 KB 
 MAX_INFLATED_CHUNKS = 64  # a PNG's iCCP, zTXt and iTXt chunks, each inflated to up to 1 MB by Pillow: real
 # files have a few (990 iCCP chunks took 2 s)
 MAX_OF_A_KIND = 64  # JPEG segments of one marker before the image (DQT, DHT, APP13...; Pillow parses some in
-# O(n^2): 990 DQT segments took 3 s); APP2, which carries an ICC profile in up to 255 pieces, 256
+# O(n^2): 990 DQT segments took 3 s); APP1 (extended XMP) and APP2 (an ICC profile in up to 255 pieces), 256
 MAX_TILE = 1024  # a TIFF tile's side beyond the image's own (rounded up to 16): libtiff allocates a whole tile
 # (an 8x8 image with 26752 x 26752 tiles: 2 GB)
 MAX_TIFF_TAGS = 1000  # tags of a TIFF's first directory: real files have tens
@@ -136,7 +136,7 @@ def _jpeg(path, f, size, check_pixels):
             pos += 2
             continue
         kinds[m] = kinds.get(m, 0) + 1
-        if kinds[m] > (limit := (4 if m == 0xE2 else 1) * MAX_OF_A_KIND):
+        if kinds[m] > (limit := (4 if m in (0xE1, 0xE2) else 1) * MAX_OF_A_KIND):  # (APP1: extended XMP too)
             raise DataError(path, f"JPEG of more than {limit} segments of marker 0xFF{m:02X} before its image: "
                                   f"refused before decoding")
         (length,) = struct.unpack(">H", _read(f, 2))

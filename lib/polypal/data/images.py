@@ -112,7 +112,8 @@ def _open(path: Path, expected_hw=None, what: str = "image") -> Image.Image:
         # shown rotated by 90 degrees (transposed below); a PNG's EXIF only when read with its header (Pillow
         # would decode the whole file to look for one after the image data)
         exif = img.getexif() if img.format != "PNG" or "exif" in img.info else {}
-        if exif.get(0x0112, 1) in (5, 6, 7, 8):
+        orientation = exif.get(0x0112, 1)
+        if orientation in (5, 6, 7, 8):
             w, h = h, w
         if expected_hw is not None and (h, w) != tuple(expected_hw):
             raise DataError(path, f"{what} size {w}x{h} (WxH) differs from its image's "
@@ -120,7 +121,8 @@ def _open(path: Path, expected_hw=None, what: str = "image") -> Image.Image:
         if img.format in ("JPEG", "MPO"):
             _check_jpeg_scans(path)
         img.load()
-        turn = _TURNS.get(img.getexif().get(0x0112, 1))
+        turn = _TURNS.get(orientation)  # (the one the size was checked with: a PNG's EXIF chunk after its image
+        # data, seen only once loaded, turned a mask checked as W x H into H x W)
         if turn is not None:  # EXIF orientation: read as every viewer shows it (masks alike). Not with
             # ImageOps.exif_transpose, which writes the whole EXIF out again, value by value (a PNG's 40 MB
             # EXIF array: 13 s and 3.6 GB)

@@ -104,18 +104,60 @@ def _merged_info(cur: dict, info: dict, limit: int | None = MAX_INFO_BYTES) -> s
     return text
 
 
-def _put_back(copy: str | None, path: str) -> None:
-    """Undo a write over ``path``: its earlier file back from its ``copy`` in the trash, or, without one (the
-    write made the file), the file gone."""
+def _link_back(src: str, path: str) -> bool:
+    """``src`` (a file in the trash) back at ``path``, never over a file there; whether it went."""
+    try:
+        os.link(src, path)
+    except FileExistsError:
+        return False
+    except OSError:
+        try:
+            with open(src, "rb") as f, open(path, "xb") as g:
+                shutil.copyfileobj(f, g)
+        except OSError:
+            return False
+    os.unlink(src)
+    return True
+
+
+def _put_back(copy: str | None, path: str, placed: int | None) -> bool:
+    """Undo a write over ``path`` when the file there is still the one it placed (inode ``placed``): its
+    earlier file back from its ``copy`` in the trash, or, without one (the write made the file), the file
+    gone. False: not done (another write's file is there, or the copy could not be made)."""
+    try:
+        if placed is None or os.lstat(path).st_ino != placed:
+            return False
+    except FileNotFoundError:
+        return copy is not None and _link_copy(copy, path)
     if copy is None:
         os.unlink(path)
-        return
+        return True
     tmp = f"{path}.undo-{os.getpid()}"
     try:
         os.link(copy, tmp)
     except OSError:
-        shutil.copy2(copy, tmp)
+        try:
+            shutil.copy2(copy, tmp)
+        except OSError:
+            return False
     os.replace(tmp, path)
+    return True
+
+
+def _link_copy(copy: str, path: str) -> bool:
+    """A copy of ``copy`` (it stays in the trash) at ``path``, never over a file there."""
+    try:
+        os.link(copy, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        try:
+            with open(copy, "rb") as f, open(path, "xb") as g:
+                shutil.copyfileobj(f, g)
+            return True
+        except OSError:
+            return False
 
 
 class Exists(ValueError):
@@ -192,25 +234,45 @@ class FrameStore:
 
     @contextlib.contextmanager
     def _undoable(self):
-        """A write transaction whose file moves are put back when it fails, at its COMMIT included (a full
-        disk: the rows roll back, and the files moved inside it must follow, or an acknowledged label is
-        replaced by one answered 500, a refused delete leaves rows without files). ``trash`` and the callers
-        register each move's undo (``_on_undo``)."""
+        """A write transaction whose file moves are put back when it fails (a full disk: the rows roll back,
+        and the files moved inside it must follow, or an acknowledged label is replaced by one answered 500,
+        a refused delete leaves rows without files). ``trash`` and the callers register each move's undo
+        (``_on_undo``). A failure inside the transaction is undone under its write lock; a failed COMMIT
+        (SQLite has rolled back and let the lock go) under the lock taken again. An undo never overwrites a
+        file it did not place (another write may have come in between): what it cannot put back stays in
+        the trash, and a trash folder is removed only when everything in it went back."""
         undo: list = []
         outer = getattr(self._local, "undo", None)
         self._local.undo = undo
         try:
             with self._tx() as c:
-                yield c
-        except BaseException:
-            for fn in reversed(undo):
                 try:
-                    fn()
-                except Exception as e:  # noqa: BLE001 - the others still go back
-                    logger.error(f"a file move of a failed write could not be undone: {e}")
+                    yield c
+                except BaseException:
+                    self._run_undo(undo)  # (the lock still held)
+                    undo.clear()
+                    raise
+        except BaseException:
+            if undo:  # the COMMIT failed
+                try:
+                    with self._tx():
+                        self._run_undo(undo)
+                except Exception as e:  # noqa: BLE001 - the disk still full: without the lock, as safely
+                    logger.error(f"a failed write's files are put back without the write lock ({e})")
+                    self._run_undo(undo)
             raise
         finally:
             self._local.undo = outer
+
+    @staticmethod
+    def _run_undo(undo: list) -> None:
+        ok = True  # every undo so far went through: a trash folder may go
+        for fn in reversed(undo):
+            try:
+                ok = fn(ok) is not False and ok
+            except Exception as e:  # noqa: BLE001 - the others still go back
+                ok = False
+                logger.error(f"a file move of a failed write could not be undone: {e}")
 
     def _on_undo(self, fn) -> None:
         undo = getattr(self._local, "undo", None)
@@ -277,10 +339,16 @@ class FrameStore:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
 
-        def undo():  # the write that trashed them failed: the files go back, the folder goes
+        def undo(ok: bool) -> bool:  # the write that trashed them failed: the files go back, the folder goes
+            back = True
             for dest, src in reversed(moved):
-                os.replace(dest, src)
-            shutil.rmtree(folder, ignore_errors=True)
+                back = _link_back(dest, src) and back
+            if ok and back:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                logger.error(f"{os.path.relpath(folder, self.root)} kept: a failed write's files could not all "
+                             f"go back")
+            return back
 
         self._on_undo(undo)
         logger.info(f"kept in {os.path.relpath(folder, self.root)}: {manifest['files']} ({reason})")
@@ -575,14 +643,16 @@ class FrameStore:
                                           f"replaced by a save", keep_source=True, frame=image_id)
                     copies[dest] = os.path.join(kept, name)
                 os.replace(tmp, dest)
-                self._on_undo(lambda: _put_back(copies.get(dest), dest))
+                placed = os.lstat(dest).st_ino
+                self._on_undo(lambda ok: _put_back(copies.get(dest), dest, placed))
                 _fsync_dir(d)
                 c.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)",
                           (image_id, tag, ext, json.dumps(info)))
                 label_frames.record(c, image_id, tag, drawn_on, dest)
                 if old_path and old_path != dest and os.path.exists(old_path):
                     os.unlink(old_path)  # its copy is in the trash (above)
-                    self._on_undo(lambda: _put_back(copies.get(old_path), old_path))
+                    self._on_undo(lambda ok: copies.get(old_path) is not None
+                                  and _link_copy(copies[old_path], old_path))
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -637,7 +707,7 @@ class FrameStore:
             raise Exists(f"image {image_id!r} already exists; to replace it (the old frame and its labels are "
                          f"kept in the datastore's trash) send params {{\"replace\": true}}")
         tmp = _copy_fsynced(src_file, self.root)
-        journal = None
+        journal, placed, placed_ino = None, None, None
         try:
             # the check, the old frame's trashing, the swap and the new row in one transaction (the store's
             # write lock): a plain upload racing a replace of the same id is refused, never trashes its file
@@ -657,19 +727,27 @@ class FrameStore:
                 if known is not None or strays:
                     journal = self._replace(c, image_id, ext, tmp, info or {}, strays)
                 else:
-                    os.replace(tmp, os.path.join(self.root, image_id + ext))
+                    placed = os.path.join(self.root, image_id + ext)
+                    os.replace(tmp, placed)
+                    placed_ino = os.lstat(placed).st_ino
                     _fsync_dir(self.root)
                     c.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?)",
                               (image_id, ext, json.dumps(info or {})))
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if placed_ino is not None:  # a new frame whose row did not commit (a full disk): not left behind
+                _put_back(None, placed, placed_ino)  # unregistered, where a retry would be refused
             if journal:  # moved its files, then failed (its COMMIT, on a full disk): settled now, as a start
-                try:     # would (finished, the upload being in place), not left with rows and files apart
-                    self._recover_one(journal)
+                try:     # would: the upload being in place, finished, so the replace did happen
+                    _, done = self._recover_one(journal)
                 except Exception as e:  # noqa: BLE001 - the next start settles it
                     logger.error(f"the failed replace of {image_id} could not be settled now ({e}); the next "
                                  f"start settles it")
+                    raise
+                if done and done.startswith("finished"):
+                    logger.warning(f"the replace of {image_id} failed at its commit and was finished after it")
+                    return image_id
             raise
         if journal:
             self._settle(journal)

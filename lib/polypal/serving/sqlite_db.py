@@ -35,12 +35,35 @@ CREATE TRIGGER IF NOT EXISTS {table}_updated AFTER UPDATE {'OF ' + columns + ' '
 """
 
 
+_dirty: set = set()  # databases written since their last checkpoint
+_dirty_lock = threading.Lock()
+_checkpointer: list = []  # the background thread, once started
+
+
+def _checkpoint_soon(db) -> None:
+    with _dirty_lock:
+        _dirty.add(db)
+        if not _checkpointer:
+            t = threading.Thread(target=_checkpoint_loop, name="polypal-sqlite-checkpoint", daemon=True)
+            _checkpointer.append(t)
+            t.start()
+
+
+def _checkpoint_loop() -> None:
+    while True:
+        time.sleep(CHECKPOINT_S)
+        with _dirty_lock:
+            dbs = list(_dirty)
+            _dirty.clear()
+        for db in dbs:
+            db.checkpoint()
+
+
 class SQLiteDB:
     def __init__(self, path, schema: str = "", check: bool = False):
         self.path = str(path)
         self._local = threading.local()
         self._cache: dict = {}
-        self._checkpointed = -1e9  # when a checkpoint was last run (monotonic)
         try:
             if check:  # a database damaged on disk (a bad sector, a bad copy) is refused, not written on
                 problem = self.conn().execute("PRAGMA quick_check(1)").fetchone()[0]
@@ -48,6 +71,8 @@ class SQLiteDB:
                     raise sqlite3.DatabaseError(problem)
             if schema:
                 self.conn().executescript(schema)
+        except sqlite3.OperationalError as e:  # locked, read-only, cannot be opened: not damage
+            raise sqlite3.OperationalError(f"{self.path}: {e}") from None
         except sqlite3.DatabaseError as e:
             raise sqlite3.DatabaseError(
                 f"{self.path}: cannot be used ({e}). Put it back from a backup (with its -wal file beside it), "
@@ -63,11 +88,10 @@ class SQLiteDB:
         return c
 
     def checkpoint(self) -> None:
-        """Copy what the write-ahead log holds into the database file, without waiting for readers (after
-        writes, at most every ``CHECKPOINT_S`` seconds: SQLite's own checkpoint waits for 4 MB of log, and
-        until then the data is in the ``-wal`` file alone, which a backup or an rsync of the ``.sqlite``
-        files may leave out; a server stopped by SIGTERM does not run one)."""
-        self._checkpointed = time.monotonic()
+        """Copy what the write-ahead log holds into the database file, without waiting for readers (within
+        ``CHECKPOINT_S`` seconds of a write, by a background thread: SQLite's own checkpoint waits for 4 MB
+        of log, and until then the data is in the ``-wal`` file alone, which a backup or an rsync of the
+        ``.sqlite`` files may leave out; a server stopped by SIGTERM does not run one)."""
         try:
             self.conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error:
@@ -80,8 +104,10 @@ class SQLiteDB:
         try:
             yield c
             c.execute("COMMIT")
-            if time.monotonic() - self._checkpointed >= CHECKPOINT_S:
+            if CHECKPOINT_S <= 0:
                 self.checkpoint()
+            else:
+                _checkpoint_soon(self)
         except BaseException:
             if c.in_transaction:  # (a COMMIT that failed, e.g. on a full disk, has rolled back already:
                 c.execute("ROLLBACK")  # a ROLLBACK then raised and hid the real error)

@@ -110,18 +110,23 @@ def _on_disk(root: Path, store: FrameStore, image_id: str) -> list[str]:
             if split_name(p.name)[0] == image_id and store._matches(p.name)]
 
 
+def _plain_file(p) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
 def _put_back_before(dest: Path, src: Path, image_id: str, m: dict) -> bool:
     """Whether an earlier restore of this folder, stopped half-way, put this frame back: its file in place
     is the trash's own (a link not yet removed from the trash), or, the trash's gone, the very picture the
     folder's labels of it were drawn on. (Before, such a frame was refused for ever, "missing from the
     trash folder", and so its labels: "its frame was not restored".)"""
-    if not os.path.lexists(dest) or os.path.islink(dest):
+    if not _plain_file(dest):
         return False
-    if os.path.lexists(src):
-        try:
-            return os.path.samefile(src, dest)
-        except OSError:
-            return False
+    if os.path.lexists(src):  # (a symlink in the trash is no file of it)
+        return _plain_file(src) and os.lstat(src).st_ino == os.lstat(dest).st_ino and \
+            os.lstat(src).st_dev == os.lstat(dest).st_dev
     drawn = [v.get("drawn_on") for v in (m.get("labels") or {}).values() if isinstance(v, dict)]
     return any(isinstance(d, dict) and d.get("sha256") and label_frames.same_as_drawn_on(str(dest), d)
                for d in drawn)
@@ -207,6 +212,13 @@ def restore(studies, name: str) -> dict:
                 os.unlink(src)
             restored.append(rel)
             frames_back.add(kind[1])
+            continue
+        if kind is not None and kind[0] == "label" and plain_name(trash_name) and _plain_file(src) and \
+                _plain_file(root / rel) and os.lstat(src).st_ino == os.lstat(root / rel).st_ino and \
+                os.lstat(src).st_dev == os.lstat(root / rel).st_dev:
+            linked[rel] = os.lstat(root / rel).st_ino  # linked back by a restore stopped before it went on
+            os.unlink(src)
+            restored.append(rel)
             continue
         why = "not a frame or label of this datastore" if kind is None or not plain_name(trash_name) else \
             _why_not(store, root, kind, src, m, frames_back, trashed_frames)
