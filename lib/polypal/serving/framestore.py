@@ -105,17 +105,9 @@ def _merged_info(cur: dict, info: dict, limit: int | None = MAX_INFO_BYTES) -> s
 
 
 def _link_back(src: str, path: str) -> bool:
-    """``src`` (a file in the trash) back at ``path``, never over a file there; whether it went."""
-    try:
-        os.link(src, path)
-    except FileExistsError:
+    """``src`` (a file in the trash) moved back to ``path``, never over a file there; whether it went."""
+    if not _link_copy(src, path):
         return False
-    except OSError:
-        try:
-            with open(src, "rb") as f, open(path, "xb") as g:
-                shutil.copyfileobj(f, g)
-        except OSError:
-            return False
     os.unlink(src)
     return True
 
