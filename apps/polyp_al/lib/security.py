@@ -175,6 +175,8 @@ def max_upload() -> int:
     from polypal.data import images
 
     return 2 * 8 * images.MAX_PIXELS + (16 << 20)
+
+
 # requests with a body a signed-in user may have in flight (spooled, charged against the disk floor): one
 # user's uploads, slowly sent, held the floor and every annotator's save got 507
 UPLOADS_PER_USER = max(1, int(os.environ.get("POLYPAL_UPLOADS_PER_USER", 8)))
@@ -589,27 +591,31 @@ async def _check_form(scope, spool, size: int, form_key: str) -> None:
         await form.close()
 
 
+def _needs_role(scope, role: str, what: str) -> None:
+    """With authentication on, 403 unless the request's user has ``role`` for ``what`` (a request whose params
+    ask for more than its endpoint's role allows)."""
+    user = scope.get("polypal.user")
+    if user is not None and role not in (user.roles or []):
+        raise _Refused(403, f'role "{role}" is required to {what}')
+
+
 def _may_replace(scope) -> None:
     """A frame replace moves the old frame and every annotator's labels of it to the trash, as a delete does:
-    with authentication on it takes the role a delete takes (admin), not an upload's (annotator)."""
+    it takes the role a delete takes (admin), not an upload's (annotator)."""
     from monailabel.config import settings
 
-    user = scope.get("polypal.user")
-    if user is not None and settings.MONAI_LABEL_AUTH_ROLE_ADMIN not in (user.roles or []):
-        raise _Refused(403, f'role "{settings.MONAI_LABEL_AUTH_ROLE_ADMIN}" is required to replace a frame '
-                            f'(its labels go to the trash, as with a delete)')
+    _needs_role(scope, settings.MONAI_LABEL_AUTH_ROLE_ADMIN,
+                "replace a frame (its labels go to the trash, as with a delete)")
 
 
 def _may_store_predictions(scope) -> None:
     """An inference asked to store its prediction (``save_label``: as the frame's ``original`` label, the one
-    before kept in the trash; ``store_seg``: as a SEG series in the PACS) writes to the datastore: with
-    authentication on it takes the annotator role, not the user role that inference takes."""
+    before kept in the trash; ``store_seg``: as a SEG series in the PACS) writes to the datastore: it takes
+    the annotator role, not the user role that inference takes."""
     from monailabel.config import settings
 
-    user = scope.get("polypal.user")
-    if user is not None and settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR not in (user.roles or []):
-        raise _Refused(403, f'role "{settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR}" is required to store a prediction '
-                            f'(save_label, store_seg); without them inference only answers it')
+    _needs_role(scope, settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR,
+                "store a prediction (save_label, store_seg); without them inference only answers it")
 
 
 def _utf8(text: str) -> bytes:

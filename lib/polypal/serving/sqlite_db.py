@@ -104,14 +104,14 @@ class SQLiteDB:
         try:
             yield c
             c.execute("COMMIT")
-            if CHECKPOINT_S <= 0:
-                self.checkpoint()
-            else:
-                _checkpoint_soon(self)
         except BaseException:
             if c.in_transaction:  # (a COMMIT that failed, e.g. on a full disk, has rolled back already:
                 c.execute("ROLLBACK")  # a ROLLBACK then raised and hid the real error)
             raise
+        if CHECKPOINT_S <= 0:  # (after the commit, outside it: the write is done whatever happens here)
+            self.checkpoint()
+        else:
+            _checkpoint_soon(self)
 
     @contextmanager
     def snapshot(self):
