@@ -685,12 +685,17 @@ def test_a_damaged_database_is_named_and_a_label_deleted_by_hand_is_told(tmp_pat
     Image.fromarray(np.eye(20, 30, dtype=np.uint8)).save(m)
     for i in ("f01", "f02"):
         store.save_label(i, str(m), "final", {"client_id": "dr-a"})
+    store.save_label("f03", str(m), "final", {"client_id": "dr-a"})
     (studies / "labels" / "final" / "f02.png").unlink()  # by hand
+    (studies / "labels" / "final" / "f03.png").write_bytes(b"")  # emptied by hand: was served as 0 bytes
     with caplog.at_level(logging.WARNING, logger="polypal.serving.framestore"):
         store = FrameStore(studies)
     assert store.label_path("f01", "final") and not store.label_path("f02", "final")
+    assert not store.label_path("f03", "final") and not (studies / "labels" / "final" / "f03.png").exists()
+    assert any("empty label file final/f03.png" in json.loads(p.read_text())["reason"]
+               for p in (studies / ".polypal" / "trash").glob("*/manifest.json"))
     assert any("missing from the studies folder" in r.getMessage() and "final/f02" in r.getMessage()
-               for r in caplog.records)
+               and "final/f03" in r.getMessage() for r in caplog.records)
     db = studies / ".polypal" / "datastore.sqlite"
     with sqlite3.connect(db) as c:
         c.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -377,6 +377,7 @@ class FrameStore:
                 if plain_name(i):
                     files.setdefault(i, ext)
         label_exts: dict = {}  # (id, tag) -> the extension of each label file there
+        empty: list = []  # (id, tag, ext, path) of label files of 0 bytes
         labels_root = os.path.join(self.root, "labels")
         for tag in sorted(os.listdir(labels_root)) if os.path.isdir(labels_root) else []:
             d = os.path.join(labels_root, tag)
@@ -392,6 +393,9 @@ class FrameStore:
                 i, ext = split_name(name)
                 # a stray .txt is not a label, nor is a folder
                 if i in files and ext.lower() in LABEL_EXTENSIONS and os.path.isfile(os.path.join(d, name)):
+                    if os.path.getsize(os.path.join(d, name)) == 0:  # emptied outside the server: no label
+                        empty.append((i, tag, ext, os.path.join(d, name)))
+                        continue
                     label_exts.setdefault((i, tag), []).append(ext)
         label_files, extras = label_frames.one_per_label(self, label_exts)
         migrated = self._migrate_v2_json()
@@ -423,10 +427,17 @@ class FrameStore:
             lost = [k for k, e in lk.items() if k not in label_files and k[0] not in blocked
                     and not _label_file_exists(self.root, k, e)]
             c.executemany("DELETE FROM labels WHERE image_id=? AND tag=?", lost)
-            if lost:  # deleted by hand (the server moves what it deletes to the trash)
-                logger.warning(f"{len(lost)} label file(s) missing from the studies folder, their records dropped "
-                               f"(deleted by hand?): {', '.join(f'{t}/{i}' for i, t in lost[:5])}"
-                               f"{' ...' if len(lost) > 5 else ''}")
+            for i, t, e, p in empty:  # (served as 0 bytes, and the export failed on it)
+                if i in blocked or not os.path.isfile(p) or os.path.getsize(p) != 0:
+                    continue
+                self.trash({_label_trash_name(t, p): p}, f"empty label file {t}/{os.path.basename(p)} (emptied "
+                           f"outside the server)", frame=i)
+                c.execute("DELETE FROM labels WHERE image_id=? AND tag=? AND ext=?", (i, t, e))
+                lost.append((i, t))
+            if lost:  # deleted or emptied by hand (the server moves what it deletes to the trash)
+                named = ", ".join(f"{t}/{i}" for i, t in lost[:5]) + (" ..." if len(lost) > 5 else "")
+                logger.warning(f"{len(lost)} label file(s) missing from the studies folder or empty (an empty one "
+                               f"is in the trash), their records dropped (deleted or emptied by hand?): {named}")
             moved += label_frames.check_frames(self, c, blocked, digests)
             label_frames.drop_extras(self, c, extras, blocked)
             label_frames.drop_stale(self, c)
