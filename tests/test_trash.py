@@ -77,6 +77,34 @@ def test_a_restore_stopped_half_way_is_finished_by_the_next(tmp_path):
     assert "f000.png" in got["refused"], got
 
 
+def test_a_restore_stopped_before_the_labels_info_is_finished_with_it(tmp_path, monkeypatch):
+    """A restore killed after it linked a label back and before it put back the label's info: the next
+    restore puts the info back and empties the folder. Before, the label had already left the trash, so the
+    next restore refused it for ever ("missing from the trash folder") and the label stayed without its info
+    (who drew it, when)."""
+    import polypal.serving.trash as trash
+
+    root, fs, m = make_store(tmp_path)
+    fs.save_label("f001", str(m), "final", {"client_id": "dr-a"})
+    fs.remove_image("f001")
+    [entry] = list_trash(root)
+    real = trash._restore_info
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # where the kill lands
+
+    monkeypatch.setattr(trash, "_restore_info", killed)
+    try:
+        restore(root, entry["name"])
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(trash, "_restore_info", real)
+    got = restore(root, entry["name"])
+    assert not got["refused"], got
+    assert fs.label_path("f001", "final") and fs.label_info("f001", "final").get("client_id") == "dr-a"
+    assert list_trash(root) == []
+
+
 def test_restore_never_overwrites_and_keeps_what_it_refuses(tmp_path, capsys):
     root, fs, m = make_store(tmp_path)
     fs.save_label("f000", str(m), "final")

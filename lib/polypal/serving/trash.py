@@ -202,6 +202,10 @@ def restore(studies, name: str) -> dict:
     frames_back: set[str] = set()
     restored, refused = [], {}
     linked = {}  # rel -> the restored file's inode (its info goes back only onto that file)
+    # the trash's own links go last, after the labels' info: a restore stopped before then finds each file
+    # still in both places and finishes it (before, a label already unlinked from the trash without its info
+    # was refused for ever, "missing from the trash folder", and the folder's purge left it infoless)
+    unlink_after: list[Path] = []
     # frames first: a label is only restored beside its frame
     for trash_name, rel, kind in sorted(items, key=lambda x: not (x[2] and x[2][0] == "frame")):
         src = folder / trash_name
@@ -209,7 +213,7 @@ def restore(studies, name: str) -> dict:
                 _put_back_before(root / rel, src, kind[1], m):
             # a restore stopped half-way (Ctrl-C, a kill) had put this frame back: so are its labels now
             if os.path.lexists(src):
-                os.unlink(src)
+                unlink_after.append(src)
             restored.append(rel)
             frames_back.add(kind[1])
             continue
@@ -217,7 +221,7 @@ def restore(studies, name: str) -> dict:
                 _plain_file(root / rel) and os.lstat(src).st_ino == os.lstat(root / rel).st_ino and \
                 os.lstat(src).st_dev == os.lstat(root / rel).st_dev:
             linked[rel] = os.lstat(root / rel).st_ino  # linked back by a restore stopped before it went on
-            os.unlink(src)
+            unlink_after.append(src)
             restored.append(rel)
             continue
         why = "not a frame or label of this datastore" if kind is None or not plain_name(trash_name) else \
@@ -235,7 +239,7 @@ def restore(studies, name: str) -> dict:
             refused[rel] = why
             continue
         linked[rel] = os.lstat(root / rel).st_ino
-        os.unlink(src)
+        unlink_after.append(src)
         restored.append(rel)
         if kind[0] == "frame":
             frames_back.add(kind[1])
@@ -244,6 +248,8 @@ def restore(studies, name: str) -> dict:
         for trash_name, rel, kind in items:  # and a label's info, where the manifest kept it
             if rel in restored and kind[0] == "label":
                 _restore_info(store, root / rel, linked[rel], kind[1], kind[3], m["labels"].get(trash_name, {}))
+    for src in unlink_after:
+        os.unlink(src)
     left = {t: r for t, r in m["files"].items() if r in refused}
     if left:
         m["files"] = left
