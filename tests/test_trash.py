@@ -146,6 +146,31 @@ def test_purge_says_first_and_deletes_only_old_folders_with_yes(tmp_path, capsys
     assert main(["list", str(tmp_path)]) == 2  # not a studies folder a server has used
 
 
+def test_a_purge_never_deletes_the_files_of_a_write_under_way(tmp_path):
+    """A delete moves its files into a trash folder inside its transaction and moves them back when the
+    transaction fails (a full disk). A purge with --older-than 0 running meanwhile deleted that folder, and
+    the frame with it (a race found by reading the code). Now a purge takes each folder under the datastore's
+    write lock, and finds it gone once the failed write put its files back."""
+    import threading
+
+    import pytest
+
+    root, fs, m = make_store(tmp_path)
+    before = (root / "f001.png").read_bytes()
+    got = {}
+    purger = threading.Thread(target=lambda: got.setdefault("purged", purge(root, 0, dry_run=False)))
+    with pytest.raises(OSError, match="disk full"):
+        with fs._undoable():
+            fs.trash({"f001.png": str(root / "f001.png")}, "image f001 removed", frame="f001")
+            purger.start()
+            purger.join(1.0)  # the purge sees the folder (its time is past the cutoff) while the write is on
+            raise OSError("disk full")  # and the write fails: its files go back
+    purger.join(30)
+    assert not purger.is_alive()
+    assert (root / "f001.png").read_bytes() == before and fs.image_ext("f001") == ".png"
+    assert got["purged"] == [] and list_trash(root) == []
+
+
 def test_labels_of_a_replaced_frame_never_land_on_the_new_one(tmp_path):
     root, fs, m = make_store(tmp_path)
     fs.save_label("f000", str(m), "final")

@@ -267,9 +267,20 @@ def purge(studies, older_than_days: float, dry_run: bool = True) -> list[dict]:
     """Trash folders older than the given age (by their manifest's time); deleted unless ``dry_run``."""
     cutoff = time.time() - older_than_days * 86400
     old = [e for e in list_trash(studies) if e["time"] < cutoff and not e["pending"]]  # pending: not trash yet
-    if not dry_run:
+    if not dry_run and old:
+        # each folder goes under the datastore's write lock: a delete or replace moves its files into a
+        # trash folder inside its transaction and, when that fails, moves them back. Before, a purge with
+        # a short --older-than could delete such a folder in between, and the failed write's files with it.
+        store = FrameStore(Path(os.path.realpath(str(studies))), read_only=True)
+        done = []
         for e in old:
-            shutil.rmtree(trash_dir(studies) / e["name"])  # real folders only (_folders): no link followed
+            folder = trash_dir(studies) / e["name"]
+            with store._tx():
+                if not folder.is_dir() or folder.is_symlink() or (folder / REPLACE_JOURNAL).exists():
+                    continue  # put back by a failed write's undo meanwhile, or now a replace's
+                shutil.rmtree(folder)  # real folders only (_folders): no link followed
+            done.append(e)
+        old = done
     return old
 
 
