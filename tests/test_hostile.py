@@ -238,6 +238,22 @@ def test_library_refuses_a_checkpoint_that_would_inflate(tmp_path):
     load_checkpoint(good, device="cpu")  # a real one loads
 
 
+def test_library_refuses_a_checkpoint_directory_of_many_entries_before_parsing_it(tmp_path):
+    """A zip of many empty entries: zipfile builds about 400 bytes of Python objects per 46-byte entry
+    (86 MB of them: 520 MB and 6 s before the old entry-count refusal; a 1 GB upload: about 6 GB). Now the
+    directory's size is read from its end record and refused first."""
+    import zipfile
+
+    from polypal.learner import CheckpointError, load_checkpoint
+
+    many = tmp_path / "many.pt"
+    with zipfile.ZipFile(many, "w") as z:
+        for i in range(100_000):
+            z.writestr(zipfile.ZipInfo(f"{i:x}"), b"")
+    with pytest.raises(CheckpointError, match=r"many.pt: archive directory of \d+ bytes"):
+        load_checkpoint(many, device="cpu")
+
+
 def test_model_upload_is_off_by_default(env):
     url, model = env["url"], env["model"]
     before = sha(model)
