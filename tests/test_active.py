@@ -33,6 +33,30 @@ def test_batch_served_in_order_and_leased(tmp_path):
     assert a.score >= b.score  # most uncertain first
 
 
+def test_a_batch_cut_short_still_holds_gammas_mix(tmp_path):
+    """The server serves a batch from its start and plans anew when a newer model is scored, so a batch
+    may be cut short. Its first frames now hold both samplers' shares (before: every uncertainty pick came
+    first, and frequent retraining turned gamma 0.5 into uncertainty alone). The batch is Algorithm 1's."""
+    from polypal.sampler import PoolInfo, select
+    from polypal.sampler.selection import serving_order
+
+    for gamma, batch in ((0.5, 6), (0.25, 8), (0.75, 8)):
+        st, ids = setup_state(tmp_path / f"g{gamma}", batch=batch)
+        st.gamma = gamma
+        rows = st.plan("bvsb_ta_coreset", ids, set(), "v1")["rows"]
+        by = [r[3] for r in rows]
+        for m in range(1, batch + 1):  # every first m: uncertainty's share of them within half a frame
+            share = sum(p in ("uncertainty", "both") for p in by) / batch
+            assert abs(sum(p in ("uncertainty", "both") for p in by[:m]) - share * m) <= 0.5 + 1e-9, (gamma, by)
+    sc, lat = np.random.default_rng(1).random(40), np.random.default_rng(2).standard_normal((40, 4))
+    sel = select("unc_ta_coreset", PoolInfo(n=40, scores=sc, latents=lat), [0, 1], 10, gamma=0.3)
+    out = serving_order(sel)
+    assert sorted(zip(out.indices.tolist(), out.picked_by)) == sorted(zip(sel.indices.tolist(), sel.picked_by))
+    for kind in ("uncertainty", "diversity"):  # each sampler's own order is kept
+        assert [j for j, p in zip(out.indices, out.picked_by) if p == kind] == \
+            [j for j, p in zip(sel.indices, sel.picked_by) if p == kind]
+
+
 def test_client_asking_again_releases_its_previous_frame(tmp_path):
     st, ids = setup_state(tmp_path)
     a1 = st.next_frame("bvsb", "a", ids, set(), "v1")

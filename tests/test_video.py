@@ -275,6 +275,11 @@ def test_grouped_candidates_for_the_simulation():
     assert grouped_candidates(names, [0], groups, {"c1"}, {"a2", "b2", "c1"}) == [3, 5]
     # nothing clean left: every unlabeled frame
     assert grouped_candidates(names, [0, 3, 5], groups, {"c1"}, {"a2", "b2", "c1"}) == [1, 2, 4]
+    # a simulation's stage needs its budget: fewer clean representatives than it widens to one frame per
+    # group of any tier, then to every unlabeled frame (before, a budget of 3 got 2 picks: stages of
+    # different sizes that the report could no longer pair with Random's)
+    assert grouped_candidates(names, [0], groups, {"c1"}, {"a2", "b2", "c1"}, need=3) == [1, 3, 4, 5]
+    assert grouped_candidates(names, [0], groups, {"c1"}, {"a2", "b2", "c1"}, need=5) == [1, 2, 3, 4, 5]
 
 
 def test_plan_universe_with_a_real_strategy(clip, tmp_path):
@@ -409,6 +414,29 @@ def test_capped_select_is_the_greedy_rule_under_the_cap():
     assert capped_select("uncertainty", info, labeled, b, vids, cap=cap).indices.tolist() == unc
     kc = reference(lambda picked, ok: int(k_center_greedy(info.latents, labeled + picked, 1, candidates=ok)[0]))
     assert capped_select("ta_coreset", info, labeled, b, vids, cap=cap).indices.tolist() == kc
+
+
+def test_capped_select_keeps_the_papers_split_when_the_cap_binds():
+    """unc_ta_coreset under a binding cap: round(gamma * B) picks by uncertainty, the rest by k-center, as
+    without the cap (a correctness review: each rerun split the shortfall by gamma again while the k-center
+    picks after a capped one were dropped, so gamma 0.5 gave about 89% uncertainty picks)."""
+    from polypal.sampler import PoolInfo
+    from polypal.video import capped_select
+
+    rng = np.random.default_rng(0)
+    n_vid, per = 10, 30
+    n = n_vid * per
+    vids = [f"v{j // per}" for j in range(n)]
+    for t in range(3):
+        latents = rng.normal(size=(n, 8)) + np.repeat(rng.normal(size=(n_vid, 8)) * 3, per, axis=0)
+        scores = rng.random(n) + np.repeat(rng.random(n_vid), per)  # some videos far more uncertain
+        info = PoolInfo(n=n, scores=scores, latents=latents)
+        labeled = rng.choice(n, 20, replace=False)
+        for gamma in (0.25, 0.5, 0.75):
+            sel = capped_select("unc_ta_coreset", info, labeled, 20, vids, seed=t, gamma=gamma)
+            by_unc = sum(p in ("uncertainty", "both") for p in sel.picked_by)
+            assert by_unc == round(gamma * 20), (t, gamma, sel.picked_by, sel.notes)
+            assert "selection runs" in sel.notes[-1]  # the cap did bind
 
 
 def test_capped_select_property():

@@ -293,7 +293,7 @@ def _query(model, pool: FrameSet, labeled, spec: RunSpec, budget: int, seed: int
     if video_groups:  # pick in the sub-universe of labeled frames + one representative per fresh group
         from polypal.video.select import grouped_candidates
 
-        sub = np.union1d(labeled, grouped_candidates(pool.names, labeled, **video_groups)).astype(np.int64)
+        sub = np.union1d(labeled, grouped_candidates(pool.names, labeled, **video_groups, need=budget)).astype(np.int64)
         part = PoolInfo(n=len(sub), scores=scores[sub], latents=pred.latents[sub], options=info.options,
                         image_features=None if info.image_features is None else info.image_features[sub],
                         images=None if info.images is None else info.images[sub])

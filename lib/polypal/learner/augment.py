@@ -3,7 +3,7 @@
 ``flips``: random horizontal and vertical flips (the old recipe).
 ``rot``: flips and 90-degree rotations.
 ``endo``: flips, 90-degree rotations (an endoscope has no "up"), a random
-scale (0.8-1.25) with a random shift (a random scale/crop of the frame, reflected
+scale (0.8-1.2) with a random shift (a random scale/crop of the frame, reflected
 at the border), then brightness, contrast, saturation and hue jitter (light and
 white balance vary between endoscopes). Geometric transforms move the mask
 with the image (nearest-neighbour for the mask); colour transforms touch the

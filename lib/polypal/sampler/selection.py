@@ -39,6 +39,29 @@ class Selection:
         return len(self.indices)
 
 
+def serving_order(sel: Selection) -> Selection:
+    """The same picks, ordered so that every first m of them hold each sampler's share of the batch
+    (uncertainty's picks, "both" counted with them, and k-center's, each in its own pick order; ties go
+    to uncertainty). The live server serves a batch from its start and plans a new one when a newer
+    model is scored: in pick order (uncertainty first) a batch cut short by retraining was labelled
+    almost only by uncertainty, whatever gamma said. A selection of one kind is returned unchanged."""
+    by = sel.picked_by
+    u = [k for k, p in enumerate(by) if p in (UNCERTAINTY, BOTH)]
+    d = [k for k, p in enumerate(by) if p == DIVERSITY]
+    if not u or not d or len(u) + len(d) != len(by):
+        return sel
+    share = len(u) / len(by)
+    order, iu, idv = [], 0, 0
+    for m in range(1, len(by) + 1):
+        if idv == len(d) or (iu < len(u) and share * m - iu >= 0.5):
+            order.append(u[iu])
+            iu += 1
+        else:
+            order.append(d[idv])
+            idv += 1
+    return Selection(sel.indices[order], [by[k] for k in order], list(sel.notes))
+
+
 def _unlabeled(n: int, labeled) -> np.ndarray:
     mask = np.ones(n, dtype=bool)
     mask[np.asarray(labeled, dtype=np.int64)] = False

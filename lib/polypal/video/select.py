@@ -96,13 +96,19 @@ def spread_across_videos(ids: Iterable[str], video_of: Mapping[str, str], batch_
 
 
 def grouped_candidates(names: list[str], labeled_idx, groups: Mapping[str, str], flagged: Collection[str] = (),
-                       representatives: Collection[str] | None = None) -> list[int]:
+                       representatives: Collection[str] | None = None, need: int = 1) -> list[int]:
     """Indices into ``names`` that a strategy may pick from when near-duplicates are grouped: tier 0 of
     ``dedupe_candidates`` (one clean representative per group that holds no label yet, and ungrouped
-    frames); every unlabeled index when no such frame is left."""
+    frames). When those are fewer than ``need`` (a simulation's budget: every stage gets its labels),
+    one frame per group of any tier; when those are still too few, every unlabeled index."""
     labeled = {names[i] for i in labeled_idx}
     unlabeled = [n for n in names if n not in labeled]
-    keep = set(dedupe_candidates(unlabeled, groups, flagged, representatives, labeled, max_tier=0) or unlabeled)
+    keep = dedupe_candidates(unlabeled, groups, flagged, representatives, labeled, max_tier=0)
+    if len(keep) < need:
+        keep = dedupe_candidates(unlabeled, groups, flagged, representatives, labeled)
+    if len(keep) < need:
+        keep = unlabeled
+    keep = set(keep)
     return [i for i, n in enumerate(names) if n in keep]
 
 
@@ -177,14 +183,16 @@ def capped_select(name: str, info, labeled, budget: int, video_of_idx, cap: int 
     until the batch is full. For strategies that pick greedily one frame at a time (uncertainty's
     top-k, k-center greedy) this is exactly the strategy's greedy rule restricted to the videos
     below the cap at each pick; for random it is a uniform draw under the cap; for unc_ta_coreset
-    each rerun splits the shortfall by gamma as Algorithm 1's own refill does. When the cap does
+    each rerun asks uncertainty for what is left of the batch's round(gamma * B) and k-center for
+    the rest, so the batch keeps Algorithm 1's split when the cap binds. When the cap does
     not bind, the result is the strategy's own selection (one run). Every round accepts at least
     one pick, so there are at most (videos that reach the cap) + 1 runs. Deterministic: the same
     inputs and seed give the same selection.
 
     Returns the strategy's ``Selection`` (indices into the universe, in accepted order) with a note.
     """
-    from polypal.sampler import Selection, select
+    from polypal.sampler import Selection, resolve, select
+    from polypal.sampler.selection import BOTH, UNCERTAINTY
 
     labeled = np.unique(np.asarray(labeled, dtype=np.int64))
     vid = list(video_of_idx)
@@ -208,14 +216,23 @@ def capped_select(name: str, info, labeled, budget: int, video_of_idx, cap: int 
     full: set = set()
     notes: list[str] = []
     rounds = 0
+    split = resolve(name).uses_gamma
+    b_u = int(round(gamma * b))  # Algorithm 1's uncertainty share of the whole batch
+    g = gamma
     while len(accepted) < b:
         rounds += 1
+        if split and rounds > 1:  # the rerun asks each sampler for what it still owes the batch (before,
+            # it split the shortfall by gamma again: the uncertainty picks, served first, were accepted
+            # and the k-center picks after a capped one dropped, round after round, so that with the
+            # cap on, gamma 0.5 gave about 89% uncertainty picks)
+            owed = b_u - sum(p in (UNCERTAINTY, BOTH) for p in by)
+            g = min(1.0, max(0.0, owed / (b - len(accepted))))
         taken = lab | set(accepted)
         sub = np.asarray([j for j in range(info.n) if j in taken or vid[j] is None or vid[j] not in full],
                          dtype=np.int64)
         sub_lab = np.searchsorted(sub, np.asarray(sorted(taken), dtype=np.int64))
         sel = select(name, _sub_info(info, sub) if len(sub) < info.n else info, sub_lab, b - len(accepted),
-                     seed=seed, gamma=gamma)
+                     seed=seed, gamma=g)
         if rounds == 1:
             notes += sel.notes
         for j, pb in zip(sub[sel.indices].tolist(), sel.picked_by):
