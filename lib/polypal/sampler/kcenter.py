@@ -5,7 +5,10 @@ argmax_i min_j d(z_i, z_j). The labeled set gives the initial centers; with none
 the first center is a seeded uniform choice among the candidates.
 
 Exactness: the greedy rule is applied exactly (no sampling, no approximation of
-the arg-max); ties are broken by the lowest index. Squared distances are
+the arg-max); ties are broken by the lowest index, among computed values: an exact copy of a center
+gets a rounding-noise distance (about 1e-13 in float64), not 0, so once every distinct point is
+covered (a frozen video's copies) the remaining picks follow that noise, not the index, and this
+version and the torch one may order those zero-distance picks differently. Squared distances are
 |x|^2 - 2 x.c + |c|^2 with the norms in float64 and the dot products by BLAS in
 the working dtype (float64 for float64 input, float32 otherwise), so float64
 features reproduce a float64 brute force pick for pick. With float32 features,
