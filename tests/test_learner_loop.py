@@ -161,6 +161,19 @@ def test_hash_validation_yields_validation_frames_on_small_sets():
     assert not hash_validation(sample[:4]).any()  # too few labels: all train
 
 
+def test_the_live_training_holds_labels_out_only_for_a_profile_that_reads_validation():
+    """cpu-lite and paper keep the EMA weights and never read validation: every annotator's label trains.
+    smoke picks its best-validation weights: a fifth validates, as hash_validation says."""
+    from polypal.learner import get_profile, hash_validation, labels_to_validate
+
+    ids = [f"frame{i:03d}" for i in range(40)]
+    for name in ("cpu-lite", "paper"):
+        assert get_profile(name).select == "ema" and not labels_to_validate(get_profile(name), ids).any()
+    assert list(labels_to_validate(get_profile("smoke"), ids)) == list(hash_validation(ids))
+    assert labels_to_validate(get_profile("smoke"), ids).sum() == 8
+    assert labels_to_validate(get_profile("cpu-lite", select="ema_best_val"), ids).sum() == 8
+
+
 def test_a_collapsed_training_is_redone_from_a_fresh_network(tmp_path):
     """profile.collapse_retries: weights that predict no polyp on their own frames are trained again."""
     from polypal.learner import predicts_no_polyp

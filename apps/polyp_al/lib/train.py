@@ -1,9 +1,11 @@
 """Train task ``polyp_seg``: the library's learner on the frames labeled so far.
 
-Runs in MONAI Label's training subprocess. Validation frames are chosen by a
-hash of the image id (about 1 in 5), so the split does not shift when labels
-are added; validation has no augmentation. The cycle's model (the profile's
-selection rule: for cpu-lite, the EMA of the weights at the end) is
+Runs in MONAI Label's training subprocess. When the profile picks its weights
+by validation (smoke), validation frames are chosen by a hash of the image id
+(about 1 in 5), so the split does not shift when labels are added; validation
+has no augmentation. The EMA profiles (cpu-lite, paper) train on every label.
+The cycle's model (the profile's selection rule: for cpu-lite, the EMA of the
+weights at the end) is
 written atomically to the infer task's path, and the run's stats to a JSON
 file shown in /info.
 """
@@ -21,7 +23,7 @@ import numpy as np
 from monailabel.interfaces.tasks.train import TrainTask
 
 from polypal.data import DataError, frame_id, load_frame
-from polypal.learner import hash_validation, predicts_no_polyp, save_checkpoint, train
+from polypal.learner import labels_to_validate, predicts_no_polyp, save_checkpoint, train
 from polypal.learner.augment import augment_kind
 
 logger = logging.getLogger(__name__)
@@ -210,7 +212,9 @@ class PolypSegTrain(TrainTask):
                 raise Unreadable(f"no labeled frame could be read ({len(skipped)} skipped: {why}); the previous "
                                  f"model, if any, is still served")
             raise ValueError("no labeled frames to train on: save at least one final label first")
-        val = hash_validation(used)  # a fifth of the labels (none below 5 labels), stable as labels are added
+        # a fifth of the labels (none below 5), stable as labels are added, when the profile picks its
+        # weights by validation (smoke); the EMA profiles (cpu-lite, paper) train on every label
+        val = labels_to_validate(self.cfg.profile, used)
         images, masks = np.stack(images), np.stack(masks)
         t0 = time.time()
         prev = self.stats()

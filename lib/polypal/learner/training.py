@@ -75,6 +75,16 @@ def hash_validation(ids, fraction: int = 5, min_labels: int = 5) -> np.ndarray:
     return val
 
 
+def labels_to_validate(profile: Profile, ids) -> np.ndarray:
+    """Which labeled frames a live training holds out (bool array): ``hash_validation`` when the profile
+    picks its weights by validation (``best_val``, ``ema_best_val``), else none. A profile that keeps the
+    EMA or the last weights never reads its validation, so holding a fifth of the annotators' labels out
+    of training bought a number no one used (a correctness review)."""
+    if profile.select in ("best_val", "ema_best_val"):
+        return hash_validation(ids)
+    return np.zeros(len(list(ids)), dtype=bool)
+
+
 def lr_factor(profile: Profile, step: int, steps: int) -> float:
     """The learning rate at optimizer step ``step`` (0-based) of ``steps``, as a fraction of ``profile.lr``."""
     if profile.schedule == "constant":
