@@ -267,3 +267,13 @@ def test_vaal_keeps_the_strategy_contract():
     assert len(idx) == 3 and len(set(idx)) == 3 and not {0, 1} & set(idx) and all(2 <= i < 10 for i in idx)
     assert sel.picked_by == ["vaal"] * 3
     assert select("vaal", info, [0, 1], 3, seed=2).indices.tolist() == idx
+
+
+def test_vaal_with_no_labeled_frame_says_it_draws_at_random():
+    """VAAL's discriminator learns labeled against unlabeled: with no labeled frame its scores were
+    near-constant (about 0.49) and its picks a random draw in disguise. Now it is a seeded random draw
+    that says so."""
+    info = PoolInfo(n=10, images=_frames(10), options={"vaal_steps": 1})
+    sel = select("vaal", info, [], 3, seed=2)
+    assert sel.picked_by == ["random"] * 3 and any("no labeled frame" in n for n in sel.notes)
+    assert sel.indices.tolist() == select("random", info, [], 3, seed=2).indices.tolist()

@@ -55,6 +55,10 @@ def _vaal(info, labeled, available, budget, seed, gamma):
 
     if info.images is None or len(info.images) != info.n:
         raise ValueError("strategy 'vaal' needs the pool's images (PoolInfo.images)")
+    if len(labeled) == 0:  # its discriminator learns labeled vs unlabeled: with no labeled frame its scores
+        sel = _random(info, labeled, available, budget, seed, gamma)  # are near-constant, a disguised draw
+        sel.notes.append("vaal: no labeled frame yet, so a seeded random draw")
+        return sel
     return vaal_select(info.images, labeled, budget, seed=seed, steps=int(info.options.get("vaal_steps", 300)))
 
 
