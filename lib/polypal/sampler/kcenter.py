@@ -12,8 +12,9 @@ version and the torch one may order those zero-distance picks differently. Squar
 |x|^2 - 2 x.c + |c|^2 with the norms in float64 and the dot products by BLAS in
 the working dtype (float64 for float64 input, float32 otherwise), so float64
 features reproduce a float64 brute force pick for pick. With float32 features,
-two candidates whose distances differ by less than float32 resolution (~1e-6
-relative) may be ordered differently from a float64 computation; pass
+two candidates whose squared distances differ by less than float32 resolution of
+the squared norms (~1e-6 |x|^2, not of the distance: features with a large common
+offset lose the most) may be ordered differently from a float64 computation; pass
 ``features.astype(np.float64)`` when bit-for-bit agreement with float64 matters
 more than speed.
 
