@@ -548,3 +548,124 @@ def test_polypal_sim_split_by_video_and_cap(tmp_path):
     assert "mode" not in json.loads((tmp_path / "f" / "split.json").read_text())
     assert not any(n.startswith("video cap") for f in (tmp_path / "f" / "runs").glob("*.jsonl")
                    for r in read_records(f) for n in r["notes"])
+
+
+def write_vfr(path, times, frames):
+    """A video whose frames are shown at the given times (a variable frame rate), in the container the
+    path's extension names."""
+    from fractions import Fraction
+
+    c = av.open(str(path), "w")
+    s = c.add_stream("libx264", rate=30)
+    s.height, s.width = frames[0].shape[:2]
+    s.pix_fmt = "yuv420p"
+    s.codec_context.time_base = Fraction(1, 1000)
+    for t, a in zip(times, frames):
+        f = av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format="rgb24")
+        f.pts, f.time_base = int(round(t * 1000)), Fraction(1, 1000)
+        for pk in s.encode(f):
+            c.mux(pk)
+    for pk in s.encode():
+        c.mux(pk)
+    c.close()
+    return path
+
+
+def test_frame_times_that_start_again_and_variable_rates_lose_no_frame(tmp_path, capsys):
+    """A hostile-input probe: (1) two MPEG-TS recordings joined (`cat a.ts b.ts`): the times start again
+    half-way, and --fps dropped every frame after that, in silence; (2) a complete variable-rate MKV (as
+    screen and browser recorders write) was refused as "truncated": its frame count was estimated from
+    duration x average rate. A cut MKV is still refused (test_bad_inputs_named_and_nothing_written)."""
+    one = write_video(tmp_path / "one.ts", [scene(s % 5) for s in range(50)], fps=25)  # 2 s
+    both = tmp_path / "both.ts"
+    both.write_bytes(one.read_bytes() * 2)
+    kept = {}
+    for v in (one, both):
+        assert ingest_main([str(v), "--studies", str(tmp_path / f"st-{v.stem}"), "--fps", "5", "--quiet"]) == 0
+        kept[v.stem] = json_out(capsys)["kept"]
+    assert kept["one"] == 11 and kept["both"] == 22, kept  # times 0.08-2.04 s: 0.08, 0.2, 0.4, ..., 2.0
+    times = [i / 30 for i in range(60)] + [2 + k for k in range(10)]  # 2 s at 30 fps, then 1 frame a second
+    vfr = write_vfr(tmp_path / "vfr.mkv", times, [scene(i % 7) for i in range(len(times))])
+    assert ingest_main([str(vfr), "--studies", str(tmp_path / "st-vfr"), "--quiet"]) == 0, capsys.readouterr().err
+    assert json_out(capsys)["kept"] == 70
+
+
+def json_out(capsys):
+    import json
+
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_bad_settings_and_studies_folders_get_a_clear_error(clip, tmp_path, capsys):
+    """--fps inf hung, --fps nan kept one frame and recorded the video as done, --dup-bits took any
+    number, --studies naming a file and a damaged video.sqlite gave tracebacks."""
+    st = tmp_path / "st"
+    for args in (["--fps", "inf"], ["--fps", "nan"], ["--fps", "1e9"], ["--dup-bits", "-5"],
+                 ["--dup-bits", "100000"]):
+        with pytest.raises(SystemExit) as e:
+            ingest_main([str(clip), "--studies", str(st), "--quiet", *args])
+        assert e.value.code == 2 and args[0] in capsys.readouterr().err
+    assert not st.exists()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert ingest_main([str(clip), "--studies", str(afile), "--quiet"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    (st / ".polypal").mkdir(parents=True)
+    (st / ".polypal" / "video.sqlite").write_bytes(b"garbage " * 512)
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "video.sqlite" in err and "backup" in err and "Traceback" not in err, err
+    assert pngs(st) == []
+    # the server's reader: an empty index that says why, read once, never an exception per request
+    idx = load_index(st)
+    assert not idx.video_of and "unreadable" in idx.summary()["problem"]
+
+
+def test_a_video_name_is_reserved_before_its_frames_are_decoded(tmp_path):
+    """Two videos of one file name ingested at once both took the name (it was reserved only when the
+    frames were recorded), and the second's row replaced the first's over the first's frame records: 400
+    of 400 hashes wrong (a probe with a pause injected). Now name_for reserves the name, and a name given
+    back (a failed video) is free again."""
+    from polypal.video.store import VideoDB
+
+    db = VideoDB(tmp_path / "st")
+    assert db.name_for("proc", "fp-one") == "proc"
+    assert db.name_for("proc", "fp-two") == "proc-2"  # (before: "proc" again, as nothing was recorded yet)
+    assert db.name_for("proc", "fp-one") == "proc"  # the same video: its own name
+    db.release("proc-2", "fp-two")
+    assert db.name_for("proc", "fp-three") == "proc-2"
+
+
+def test_a_stopped_ingest_rerun_at_another_rate_keeps_no_records_of_unwritten_frames(clip, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """A run stopped after recording its frames and before moving them in, then a run with another --every:
+    the first run's records of frames that were never written stayed, and were grouped and chosen as
+    representatives of files that do not exist."""
+    import polypal.video.ingest as ing
+
+    st, real = tmp_path / "st", ing._move_no_replace
+
+    def stopped(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ing, "_move_no_replace", stopped)
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 1  # 20 frames recorded, none moved
+    capsys.readouterr()
+    monkeypatch.setattr(ing, "_move_no_replace", real)
+    assert ingest_main([str(clip), "--studies", str(st), "--every", "5", "--quiet"]) == 0
+    assert json_out(capsys)["frames"] == 4
+    idx = load_index(st)
+    assert sorted(idx.video_of) == [p[:-4] for p in pngs(st)] and len(pngs(st)) == 4
+    assert idx.representatives <= set(idx.video_of)
+
+
+def test_videos_of_one_to_two_mib_are_told_apart(tmp_path):
+    """fingerprint hashed a file of 1-2 MiB on its first MiB only: another video of the same size and start
+    was skipped as "already ingested"."""
+    from polypal.video.ingest import fingerprint
+
+    a = bytes(np.random.default_rng(0).integers(0, 256, 1_500_000, dtype=np.uint8))
+    b = a[:1_200_000] + bytes(300_000)
+    (tmp_path / "a").write_bytes(a)
+    (tmp_path / "b").write_bytes(b)
+    assert fingerprint(tmp_path / "a") != fingerprint(tmp_path / "b")

@@ -334,7 +334,7 @@ class PolypALApp(MONAILabelApp):
         from polypal.video import load_index
 
         vi = load_index(self.state.studies)
-        return vi.summary() if vi.video_of else None
+        return vi.summary() if vi.video_of or vi.problem else None
 
     def _model_name(self) -> str:
         """e.g. "model 3, trained 2026-11-28T10:02:11+0000 on 40 labels" (or "no model yet")."""

@@ -23,7 +23,20 @@ from polypal.vocab import VOLUME_EXTENSIONS
 # Frames and labels larger than this are refused before decoding (a 20 KB PNG can declare 400 MP).
 # 4K endoscopy frames are 8.3 MP. Servers set it from ``--conf max_pixels``; POLYPAL_MAX_PIXELS overrides.
 DEFAULT_MAX_PIXELS = 4096 * 4096
-MAX_PIXELS = int(os.environ.get("POLYPAL_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+
+
+def _env_max_pixels() -> int:
+    raw = os.environ.get("POLYPAL_MAX_PIXELS", "").strip()
+    try:
+        n = int(raw) if raw else DEFAULT_MAX_PIXELS
+    except ValueError:
+        n = 0
+    if n < 4:  # a clear stop for every tool, not a traceback from an import
+        raise SystemExit(f"POLYPAL_MAX_PIXELS must be a whole number of pixels >= 4, got {raw!r}")
+    return n
+
+
+MAX_PIXELS = _env_max_pixels()
 
 
 class TooLarge(DataError):

@@ -20,9 +20,11 @@ import errno
 import filecmp
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
+import sqlite3
 import sys
 import time
 
@@ -33,12 +35,13 @@ from tqdm import tqdm
 from polypal.data import images
 from polypal.video import frames as F
 from polypal.vocab import FRAME_EXTENSIONS
-from polypal.video.store import VideoDB
+from polypal.video.store import VideoDB, db_path
 
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".wmv")
 FRAME_DIGITS = 6
 MAX_ID = 128
 STAGING = os.path.join(".polypal", "ingest-tmp")
+MAX_FPS = 1000.0  # --fps above any recorder's rate keeps every frame anyway
 
 
 class VideoError(Exception):
@@ -55,13 +58,15 @@ def sanitize(stem: str, digits: int = FRAME_DIGITS) -> str:
 
 
 def fingerprint(path: str) -> str:
-    """Size plus SHA-256 of the first and last MiB: the same file gives the same value, cheaply."""
+    """Size plus SHA-256 of the first and last MiB (of the whole file up to 2 MiB): the same file gives the
+    same value, cheaply. (Before, a file of 1-2 MiB was hashed on its first MiB only, so another video of
+    the same size and start was skipped as "already ingested".)"""
     size = os.path.getsize(path)
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
         h.update(f.read(1 << 20))
-        if size > 2 << 20:
-            f.seek(-(1 << 20), os.SEEK_END)
+        if size > 1 << 20:
+            f.seek(max(1 << 20, size - (1 << 20)))
             h.update(f.read(1 << 20))
     return h.hexdigest()[:32]
 
@@ -114,19 +119,29 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
             raise VideoError(f"{path}: frames of {w} x {h} pixels are over the cap of {cap} pixels (the server "
                              f"refuses such frames too; POLYPAL_MAX_PIXELS here and --conf max_pixels there raise it)")
         rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-        declared = stream.frames or 0
-        if not declared and container.duration and rate:
-            declared = int(container.duration / av.time_base * rate)
+        declared = stream.frames or 0  # a count the container states (mp4, avi), else none
+        duration = container.duration / av.time_base if container.duration else None
+        estimate = declared or (int(duration * rate) if duration and rate else 0)  # (for the progress bar)
         rows, n, next_t = [], 0, 0.0
-        bar = tqdm(total=declared or None, unit="frame", desc=name[:30], disable=quiet, leave=False)
+        prev_t = seg_start = None
+        span = 0.0  # seconds of video the decoded frames cover, over every run of increasing times
+        gap = 1.0 / rate if rate else 0.0  # the longest a frame was shown (a variable rate's slow part)
+        bar = tqdm(total=estimate or None, unit="frame", desc=name[:30], disable=quiet, leave=False)
         try:
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else (n / rate if rate else float(n))
+                if prev_t is not None and t < prev_t - 0.1:  # the times start again (streams joined, a
+                    span += prev_t - seg_start  # recorder's reset): keep frames at the rate from here on
+                    seg_start, next_t = t, t  # (before, every frame after a reset was dropped in silence)
+                elif prev_t is not None:
+                    gap = max(gap, t - prev_t)
+                if seg_start is None:
+                    seg_start = t
+                prev_t = t
                 if fps:
                     keep = t + 1e-6 >= next_t
-                    if keep:
-                        while next_t <= t + 1e-6:
-                            next_t += 1.0 / fps
+                    if keep:  # the first multiple of 1/fps after t (one step, whatever the gap)
+                        next_t = (math.floor((t + 1e-6) * fps) + 1) / fps
                 else:
                     keep = n % (every or 1) == 0
                 if frame.width * frame.height > cap:  # a stream may change size midway
@@ -151,6 +166,11 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
     if declared and n < 0.98 * declared - 1:
         raise VideoError(f"{path}: truncated or damaged: the file declares {declared} frames, "
                          f"only {n} could be decoded")
+    if not declared and duration and prev_t is not None:  # (mkv, webm, ts: compared in time, not frames,
+        covered = span + (prev_t - seg_start) + gap  # so a variable frame rate is no "truncation";
+        if covered < 0.98 * duration - (1.0 / rate if rate else 0.0):  # before, a complete one was refused)
+            raise VideoError(f"{path}: truncated or damaged: the file lasts {duration:.1f} s, its decoded frames "
+                             f"cover only {covered:.1f} s")
     return rows, n, rate
 
 
@@ -208,6 +228,7 @@ def _untaken(db, studies: str, stage: str, name: str, fp: str, rows: list[dict])
         new = db.name_for(f"{name}-{k}", fp)
     if new == name:
         return name, rows
+    db.release(name, fp)
     out = []
     for r in rows:
         fid = f"{new}_{r['frame']:0{FRAME_DIGITS}d}"
@@ -235,16 +256,19 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
     if done:
         return {"video": done["name"], "source": path, "decoded": done["decoded"], "kept": done["kept"],
                 "written": 0, "note": "already ingested with these settings: nothing added"}
-    name = db.name_for(sanitize(os.path.splitext(os.path.basename(path))[0]), fp)
+    name = db.name_for(sanitize(os.path.splitext(os.path.basename(path))[0]), fp, settings)
     stage = os.path.join(studies, STAGING, f"{os.getpid()}-{name}")
-    os.makedirs(stage, exist_ok=True)
     try:
+        os.makedirs(stage, exist_ok=True)
         rows, decoded, rate = _decode(path, stage, name, every, fps, quiet)
         name, rows = _untaken(db, studies, stage, name, fp, rows)
         video = {"name": name, "source": os.path.abspath(path), "size": os.path.getsize(path), "fingerprint": fp,
                  "settings": settings, "fps": rate, "decoded": decoded, "kept": len(rows),
                  "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        res = db.add(video, rows, max_bits)  # groups recorded before the frames appear
+        try:
+            res = db.add(video, rows, max_bits)  # groups recorded before the frames appear
+        except ValueError as e:
+            raise VideoError(f"{path}: {e}") from None
         written = 0
         for r in rows:
             src, dst = os.path.join(stage, r["id"] + ".png"), os.path.join(studies, r["id"] + ".png")
@@ -260,6 +284,12 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
                                  f"{written} frames moved, run again to finish") from None
             written += 1
         db.finish(name)  # only now does a re-run skip this video
+    except BaseException:
+        try:
+            db.release(name, fp)  # a name it recorded nothing under goes back (no frame row: no file either)
+        except Exception:  # noqa: BLE001 - the video's own error is the one to report
+            pass
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         try:
@@ -284,9 +314,23 @@ def main(argv=None) -> int:
                          f"(default {F.DUP_BITS})")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
-    if (a.fps is not None and a.fps <= 0) or (a.every is not None and a.every < 1):
-        ap.error("--fps must be > 0 and --every >= 1")
-    os.makedirs(a.studies, exist_ok=True)
+    if a.fps is not None and not 0 < a.fps <= MAX_FPS:  # (nan fails this too; inf hung, 1e9 as good as)
+        ap.error(f"--fps must be a number of frames per second above 0 and at most {MAX_FPS}, got {a.fps}")
+    if a.every is not None and a.every < 1:
+        ap.error(f"--every must be >= 1, got {a.every}")
+    if not 0 <= a.dup_bits <= F.HASH * F.HASH:
+        ap.error(f"--dup-bits must be 0 to {F.HASH * F.HASH} (bits of the {F.HASH}x{F.HASH} dHash), got {a.dup_bits}")
+    if os.path.exists(a.studies) and not os.path.isdir(a.studies):
+        print(f"polypal-ingest: --studies {a.studies} is a file, not a folder", file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(a.studies, exist_ok=True)
+        VideoDB(a.studies)  # its records readable before any video is decoded
+    except (OSError, sqlite3.Error) as e:
+        print(f"polypal-ingest: cannot use {a.studies}: {e}"
+              + (f" (restore {db_path(a.studies)} from a backup, or move it aside to start its records afresh)"
+                 if isinstance(e, sqlite3.DatabaseError) else ""), file=sys.stderr)
+        return 2
     _clean_staging(a.studies)
     failed = 0
     for v in tqdm(a.videos, unit="video", disable=a.quiet or len(a.videos) < 2):
@@ -296,7 +340,7 @@ def main(argv=None) -> int:
             failed += 1
             print(f"error: {e}", file=sys.stderr, flush=True)
             continue
-        except OSError as e:  # the studies folder (not the video) failed: say which video was being ingested
+        except (OSError, sqlite3.Error) as e:  # the studies folder (not the video) failed: say which video
             failed += 1
             print(f"error: {v}: {e}", file=sys.stderr, flush=True)
             continue

@@ -45,6 +45,7 @@ def db_path(studies) -> str:
 class VideoDB:
     def __init__(self, studies):
         os.makedirs(os.path.join(str(studies), ".polypal"), exist_ok=True)
+        self.studies = str(studies)
         self.db = SQLiteDB(db_path(studies), _SCHEMA)
         with self.db.tx() as c:  # records written before the out-of-body measure existed: add its column
             if "red" not in {r[1] for r in c.execute("PRAGMA table_info(frames)")}:
@@ -55,24 +56,48 @@ class VideoDB:
                                    (fingerprint, settings)).fetchone()
         return None if r is None else {"name": r[0], "decoded": r[1], "kept": r[2]}
 
-    def name_for(self, base: str, fingerprint: str) -> str:
-        """``base``, or ``base-2``, ``base-3``... when another video already uses that name."""
-        c = self.db.conn()
-        k, name = 1, base
-        while True:
-            r = c.execute("SELECT fingerprint FROM videos WHERE name=?", (name,)).fetchone()
-            if r is None or r[0] == fingerprint:
-                return name
-            k += 1
-            name = f"{base}-{k}"
+    def name_for(self, base: str, fingerprint: str, settings: str = "") -> str:
+        """``base``, or ``base-2``, ``base-3``... when another video already uses that name; the name is
+        reserved for this video (a row, not done) in the same transaction. Before, it was reserved only
+        when the frames were recorded, so two videos of one file name ingested at once both took it, and
+        the second's row replaced the first's over the first's frame records."""
+        with self.db.tx() as c:
+            k, name = 1, base
+            while True:
+                r = c.execute("SELECT fingerprint FROM videos WHERE name=?", (name,)).fetchone()
+                if r is None:
+                    c.execute("INSERT INTO videos (name, source, size, fingerprint, settings, done) "
+                              "VALUES (?, '', 0, ?, ?, 0)", (name, fingerprint, settings))
+                    return name
+                if r[0] == fingerprint:
+                    return name
+                k += 1
+                name = f"{base}-{k}"
+
+    def release(self, name: str, fingerprint: str) -> None:
+        """Give back a name ``name_for`` reserved for a video that recorded nothing under it (it failed,
+        or was ingested under another name)."""
+        with self.db.tx() as c:
+            c.execute("DELETE FROM videos WHERE name=? AND fingerprint=? AND source='' AND done=0 AND NOT EXISTS "
+                      "(SELECT 1 FROM frames WHERE video=?)", (name, fingerprint, name))
 
     def add(self, video: dict, rows: list[dict], max_bits: int) -> dict:
         """Record a video (not done yet: its name is reserved) and its frames, and regroup all of that
         video's frames, in one transaction."""
         with self.db.tx() as c:
+            r = c.execute("SELECT fingerprint FROM videos WHERE name=?", (video["name"],)).fetchone()
+            if r is not None and r[0] != video["fingerprint"]:  # (name_for reserved it: never another video's)
+                raise ValueError(f"video name {video['name']!r} is another video's in {db_path(self.studies)}")
             c.execute("INSERT OR REPLACE INTO videos (name, source, size, fingerprint, settings, fps, decoded, kept, "
                       "ingested_at, done) VALUES (:name, :source, :size, :fingerprint, :settings, :fps, :decoded, "
                       ":kept, :ingested_at, 0)", video)
+            # records of an earlier run of this video that was stopped before its frames were moved in and
+            # that this run does not write (another --every/--fps): no file will ever be there (before, they
+            # stayed, and were grouped and chosen as representatives of frames that do not exist)
+            new_ids = {r["id"] for r in rows}
+            gone = [(i,) for (i,) in c.execute("SELECT id FROM frames WHERE video=?", (video["name"],))
+                    if i not in new_ids and not os.path.exists(os.path.join(self.studies, i + ".png"))]
+            c.executemany("DELETE FROM frames WHERE id=?", gone)
             c.executemany("INSERT OR IGNORE INTO frames (id, video, frame, time_s, dhash, lapvar, sharp, mean, bright, "
                           "red, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                           [(r["id"], video["name"], r["frame"], r["time_s"], r["dhash"], r["lapvar"], r["sharp"],
@@ -107,30 +132,67 @@ class VideoIndex:
     representatives: set[str] = field(default_factory=set)
     video_of: dict[str, str] = field(default_factory=dict)  # frame id -> video name
 
+    problem: str | None = None  # the records could not be read (a damaged file): what was wrong
+
     def summary(self) -> dict:
-        return {"videos": len(set(self.video_of.values())), "frames": len(self.video_of),
-                "groups": len(set(self.groups.values())), "flagged": len(self.flagged)}
+        if self.problem:
+            return {"problem": self.problem}
+        if "_summary" not in self.__dict__:  # (an index is not changed once read: counted once)
+            self.__dict__["_summary"] = {"videos": len(set(self.video_of.values())), "frames": len(self.video_of),
+                                         "groups": len(set(self.groups.values())), "flagged": len(self.flagged)}
+        return dict(self.__dict__["_summary"])
+
+
+_CACHE: dict[str, tuple] = {}  # db path -> (the files' signature, VideoIndex, summary)
+
+
+def _signature(p: str):
+    out = []
+    for f in (p, p + "-wal"):
+        try:
+            st = os.stat(f)
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
 
 
 def load_index(studies) -> VideoIndex:
-    """The ingest records of a studies folder (an empty index when nothing was ingested). Read-only."""
+    """The ingest records of a studies folder (an empty index when nothing was ingested). Read-only.
+
+    Read again only when ``video.sqlite`` or its write-ahead log changed (the server asks at every /info
+    and every plan: at 150,000 frames a read took 0.2 s); the index returned is shared, so callers never
+    modify it. A file that cannot be read (damaged) gives an empty index whose ``problem`` says why,
+    logged once: no near-duplicate groups or video caps until it is fixed, and no request fails on it."""
     p = db_path(studies)
-    idx = VideoIndex()
     if not os.path.exists(p):
-        return idx
+        return VideoIndex()
+    sig = _signature(p)
+    hit = _CACHE.get(p)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    import logging
     import sqlite3
 
-    c = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=60)
+    idx = VideoIndex()
     try:
-        for i, video, grp, rep, fl in c.execute("SELECT id, video, grp, representative, flags FROM frames"):
-            idx.video_of[i] = video
-            idx.groups[i] = grp or i
-            if rep:
-                idx.representatives.add(i)
-            if fl:
-                idx.flagged[i] = fl
-    finally:
-        c.close()
+        c = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=60)
+        try:
+            for i, video, grp, rep, fl in c.execute("SELECT id, video, grp, representative, flags FROM frames"):
+                idx.video_of[i] = video
+                idx.groups[i] = grp or i
+                if rep:
+                    idx.representatives.add(i)
+                if fl:
+                    idx.flagged[i] = fl
+        finally:
+            c.close()
+    except sqlite3.Error as e:
+        idx = VideoIndex(problem=f"{p}: video records unreadable ({e}); near-duplicate groups and video caps "
+                                 f"are off until the file is restored from a backup or removed")
+        logging.getLogger(__name__).error(idx.problem)
+    if _signature(p) == sig:  # (not cached when an ingest wrote meanwhile: read again next time)
+        _CACHE[p] = (sig, idx)
     return idx
 
 
