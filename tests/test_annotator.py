@@ -77,6 +77,16 @@ def test_errors_scoring_storm_and_training_stats(tmp_path):
         q = info["quality"]
         assert q["by_model"][0]["labels"] == 1 and abs(q["by_model"][0]["mean_dice"] - want) < 1e-4
         assert q["stopping"] is None  # one model, one label: no signal
+        # a label saved by another client than the one the frame was served to last (a lease ran out and
+        # the frame went to another): credited to the client that saved it, with no pace (a probe: the
+        # export and /info credited the one it was served to)
+        other = ids[5]
+        body, ct = multipart({"params": json.dumps({"client_id": "dr-z"})},
+                             {"label": (f"{other}.png", sample_mask(other).read_bytes())})
+        s, r = http("PUT", f"{url}/datastore/label?image={other}&tag=final", body, {"Content-Type": ct})
+        assert s == 200, r
+        ann = http("GET", f"{url}/info/")[1]["polyp_al"]["annotators"]
+        assert ann.get("dr-z") == {"labels": 1, "median_seconds_per_label": None}, ann
         # the labeled set as a zip in the export layout, with the manifest
         import io
         import zipfile
@@ -85,10 +95,11 @@ def test_errors_scoring_storm_and_training_stats(tmp_path):
         assert s == 200
         z = zipfile.ZipFile(io.BytesIO(data))
         names = set(z.namelist())
-        for i in ids[:3] + [new]:
+        for i in ids[:3] + [new, other]:
             assert f"images/{i}.jpg" in names and f"masks/{i}.png" in names
         frames = json.loads(z.read("manifest.json"))["frames"]
-        assert sorted(r["id"] for r in frames) == sorted(ids[:3] + [new])
+        assert sorted(r["id"] for r in frames) == sorted(ids[:3] + [new, other])
+        assert next(r for r in frames if r["id"] == other)["annotator"] == "dr-z"
     finally:
         srv.stop()
 

@@ -21,8 +21,9 @@ from typing import Dict
 
 from fastapi import HTTPException
 from lib.auth import current_saver
+from lib.auth import enabled as auth_enabled
 from lib.config import AppConfig, warn_unused_model
-from lib.datastore import PolypDatastore, labeled_set, take_saved_tag
+from lib.datastore import PolypDatastore, labeled_set, take_saved_client, take_saved_tag
 from lib.infer import PolypSegInfer, written_results
 from lib.quality import LabelQuality
 from lib.scoring import PolypScoring
@@ -358,6 +359,7 @@ class PolypALApp(MONAILabelApp):
     def on_save_label(self, image_id, label_id):
         """After a label is saved: the current model's Dice on it (a free quality measurement), in the answer."""
         res = super().on_save_label(image_id, label_id) or {}
+        sent = take_saved_client()
         if take_saved_tag() != DefaultLabelTag.FINAL:  # e.g. a prediction saved as "original": not a label
             return res
         try:  # labeled: its lease is done (the leases /info counts are the frames being labeled now)
@@ -371,7 +373,12 @@ class PolypALApp(MONAILabelApp):
         try:
             served = (self._datastore.get_image_info(image_id) or {}).get("served") or {}
             who, since = str(served.get("client_id") or "unknown"), served.get("ts")
-            saver = current_saver()  # authentication on: the signed-in user who saved it, served to them or not
+            # authentication on: the signed-in user who saved it, served to them or not; off: the client_id
+            # the save sent (before, the client the frame was served to last, who was credited with a label
+            # another annotator drew after their lease ran out and the frame went to the other)
+            saver = current_saver()
+            if saver is None and not auth_enabled():
+                saver = sent
             if saver is not None and saver != who:
                 who, since = saver, None  # not served to them: no pace
             self.state.add_effort(image_id, who, since, time.time(), model_version(self.cfg.model_path))

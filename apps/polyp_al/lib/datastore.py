@@ -99,6 +99,20 @@ def take_saved_tag() -> str | None:
     return tag
 
 
+def note_save(label_tag: str, label_info) -> None:
+    """What ``on_save_label`` reads of this thread's save: its tag, and the ``client_id`` it sent."""
+    LAST_SAVE.tag = label_tag
+    client = (label_info or {}).get("client_id") if isinstance(label_info, dict) else None
+    LAST_SAVE.client = client if isinstance(client, str) and 0 < len(client.strip()) <= 256 else None
+
+
+def take_saved_client() -> str | None:
+    """The ``client_id`` this thread's last save sent (once; None when it sent none)."""
+    client = getattr(LAST_SAVE, "client", None)
+    LAST_SAVE.client = None
+    return client
+
+
 def labeled_set(datastore) -> frozenset:
     """The ids with a final label: kept between requests by our datastores, read whole from any other
     (MONAI Label's LocalDatastore with ``--conf datastore local``)."""
@@ -364,7 +378,7 @@ class PolypDatastore(Datastore):
             _consumed(label_filename)
             raise
         logger.info(f"label {label_tag} for {image_id} stored: {int(mask.sum())} polyp pixels")
-        LAST_SAVE.tag = label_tag
+        note_save(label_tag, label_info)
         return label_id
 
     def remove_label(self, label_id: str, label_tag: str) -> None:

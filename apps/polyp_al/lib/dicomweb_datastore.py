@@ -47,7 +47,7 @@ from monailabel.datastore.utils.convert import nifti_to_dicom_seg
 from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from lib.datastore import LAST_SAVE, checked_mask
+from lib.datastore import checked_mask, note_save
 from polypal.serving.framestore import InfoTooLarge, check_info_size
 from polypal.data import images, read_mask
 
@@ -377,7 +377,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             label_id = LocalDatastore.save_label(self, image_id, nii, label_tag, info)
         finally:
             os.unlink(nii)
-        LAST_SAVE.tag = label_tag
+        note_save(label_tag, label_info)
         if label_tag == DefaultLabelTag.FINAL:
             self.retry_pending()
         return label_id
