@@ -181,7 +181,7 @@ def test_two_cycles_progress_quality_export(tmp_path):
         for i in next_ids(2, 3):
             label(i)
         q = http("GET", f"{url}/info/")[1]["polyp_al"]["quality"]
-        assert [m["labels"] for m in q["by_model"]] == [4, 2], q
+        assert [m["labels"] for m in q["by_model"]] == [4, 2] and [m["model"] for m in q["by_model"]] == [1, 2], q
         assert "Failed To Trigger" not in srv.log.read_text(errors="replace")  # no refused trigger after training
         runs = len(re.findall(r"Scoring request", srv.log.read_text(errors="replace"))) - runs0
         assert runs <= 2 + 3, f"{runs} scoring runs for 2 models and 3 label batches"

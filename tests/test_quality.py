@@ -37,6 +37,39 @@ def test_stopping_rule():
     # too few labels on the last model: the rule looks at the two last models with enough labels
     assert stopping_signal([model(1, 0.50, 0.02), model(2, 0.55, 0.02, n=9)]) is None
     assert stopping_signal([model(1, 0.5, 0.02)]) is None
+    # a drop of 0.05 is within 0.0566: may have stopped; a drop of 0.40 is not, and is said as a drop (a
+    # probe: it read "difference -0.400, within twice its standard error 0.028")
+    assert "may have stopped" in stopping_signal([model(1, 0.55, 0.02), model(2, 0.50, 0.02)])
+    drop = stopping_signal([model(1, 0.60, 0.02), model(2, 0.20, 0.02)])
+    assert "scores lower than the one before" in drop and "-0.400" in drop and "within" not in drop, drop
+
+
+def test_models_keep_their_training_numbers(tmp_path):
+    """by_model numbered the models by their rank among the measured ones: after a model that no label
+    measured (two trainings in a row), "model 12" was the server's model 13. The number the training gave
+    is now kept with each measurement; records without one (older ones) fall back to the rank."""
+    from polypal.serving.annotations import SCHEMA, AnnotationLog
+    from polypal.serving.sqlite_db import SQLiteDB
+
+    log = AnnotationLog(SQLiteDB(tmp_path / "s.sqlite", SCHEMA))
+    log.add_quality("f1", "v-a", 0.5, ts=1.0, model_number=12)
+    log.add_quality("f2", "v-b", 0.6, ts=2.0, model_number=14)
+    assert [(c["model"], c["version"]) for c in log.quality()["by_model"]] == [(12, "v-a"), (14, "v-b")]
+    log.add_quality("f3", "v-c", 0.7, ts=3.0)  # no number known: ranks for all
+    assert [c["model"] for c in log.quality()["by_model"]] == [1, 2, 3]
+    # a state database written before the number was kept: its column is added, its records still read
+    import sqlite3
+
+    old = tmp_path / "old.sqlite"
+    c = sqlite3.connect(old)
+    c.execute("CREATE TABLE quality (image_id TEXT, version TEXT, dice REAL, ts REAL, PRIMARY KEY (image_id, version))")
+    c.execute("INSERT INTO quality VALUES ('f1', 'v-a', 0.5, 1.0)")
+    c.commit()
+    c.close()
+    assert [c["labels"] for c in AnnotationLog(SQLiteDB(old), migrate=False).quality()["by_model"]] == [1]
+    log2 = AnnotationLog(SQLiteDB(old, SCHEMA))
+    log2.add_quality("f2", "v-b", 0.6, ts=2.0, model_number=3)
+    assert [c["labels"] for c in log2.quality()["by_model"]] == [1, 1]
 
 
 def test_the_servers_curve_from_sql_sums_equals_numpy_on_every_label(tmp_path):

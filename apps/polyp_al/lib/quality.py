@@ -19,10 +19,10 @@ class LabelQuality:
     def __init__(self, cfg, state):
         self.cfg, self.state = cfg, state
         self._lock = threading.Lock()
-        self._model = (None, None, set())  # version, network, frames it trained on
+        self._model = (None, None, set(), None)  # version, network, frames it trained on, its model number
 
     def _current(self, version):
-        """(version, network, frames it trained on) of the served model. A model published while it loads
+        """(version, network, frames it trained on, model number) of the served model. A model published while it loads
         (renamed over the path) would be measured under the older version: the version is read again after
         the load, and the load retried until both reads agree."""
         with self._lock:
@@ -32,7 +32,9 @@ class LabelQuality:
                 model, _, extra = load_checkpoint(self.cfg.model_path, device="cpu", expect=self.cfg.profile)
                 after = model_version(self.cfg.model_path)
                 if after == version:
-                    self._model = (version, model, set(extra.get("trained_on") or []))
+                    number = extra.get("model_number")
+                    self._model = (version, model, set(extra.get("trained_on") or []),
+                                   number if isinstance(number, int) and not isinstance(number, bool) else None)
                     break
                 version = after
             else:
@@ -56,7 +58,7 @@ class LabelQuality:
         if not label or not image:
             return None
         try:
-            version, model, trained_on = self._current(version)
+            version, model, trained_on, number = self._current(version)
             if image_id in trained_on or version == NO_MODEL or self.state.has_quality(image_id, version):
                 return None
             rgb = read_rgb(image)
@@ -68,5 +70,5 @@ class LabelQuality:
         with self._lock:
             prob = predict(model, resize_rgb(rgb, size)[None], scorers=(), keep_probs=True).probs[0]
         dice = label_dice(prob > 0.5, resize_mask(mask, size))
-        self.state.add_quality(image_id, version, dice)
+        self.state.add_quality(image_id, version, dice, model_number=number)
         return dice

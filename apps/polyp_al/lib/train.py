@@ -253,7 +253,7 @@ class PolypSegTrain(TrainTask):
                 logger.error(f"training collapsed: {stats}")
                 return stats
             save_checkpoint(self.cfg.model_path, res.model, self.cfg.profile,
-                            extra={"trained_on": used, "best_val": res.best_val})
+                            extra={"trained_on": used, "best_val": res.best_val, "model_number": number})
         except BaseException as e:
             self._write_stats({**kept, "status": "FAILED", "failed_at": _iso(time.time()),
                                "error": f"{type(e).__name__}: {str(e)[:300]}"})

@@ -144,7 +144,7 @@ def _export_quality(state_db: Path, out: Path) -> None:
     from polypal.serving.sqlite_db import SQLiteDB
 
     try:
-        q = AnnotationLog(SQLiteDB(state_db)).quality()
+        q = AnnotationLog(SQLiteDB(state_db), migrate=False).quality()
     except Exception:  # noqa: BLE001 - an older state without the quality table: nothing to export
         return
     (out / "quality.json").write_text(json.dumps(q, indent=1))

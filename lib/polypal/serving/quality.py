@@ -40,20 +40,29 @@ def summarize(records) -> list[dict]:
 
 
 def summarize_groups(groups) -> list[dict]:
-    """``summarize`` from per-model sums: (version, n, sum of Dice, sum of squares, first time) tuples, as one
-    SQL GROUP BY gives them (next-sample asks for the curve on every request: no Python pass over every label)."""
+    """``summarize`` from per-model sums: (version, n, sum of Dice, sum of squares, first time[, model number])
+    tuples, as one SQL GROUP BY gives them (next-sample asks for the curve on every request: no Python pass
+    over every label). ``model`` is the training's model number when every group has one (recorded with
+    the measurement; before, models were numbered by their rank among the measured ones, which drifted from
+    the server's own numbers once a model went unmeasured), else the rank."""
+    groups = sorted(groups, key=lambda g: g[4])
+    numbers = [g[5] if len(g) > 5 else None for g in groups]
+    known = all(isinstance(x, int) for x in numbers) and len(set(numbers)) == len(numbers)
     out = []
-    for k, (v, n, s1, s2, first) in enumerate(sorted(groups, key=lambda g: g[4]), start=1):
+    for k, (g, number) in enumerate(zip(groups, numbers), start=1):
+        v, n, s1, s2, first = g[:5]
         mean = s1 / n
         se = math.sqrt(max(s2 - s1 * s1 / n, 0.0) / (n - 1) / n) if n > 1 else None
-        out.append({"model": k, "version": v, "labels": int(n), "mean_dice": round(mean, 4),
+        out.append({"model": number if known else k, "version": v, "labels": int(n), "mean_dice": round(mean, 4),
                     "se": None if se is None else round(se, 4), "first_measured": first})
     return out
 
 
 def stopping_signal(curve: list[dict], min_labels: int = MIN_LABELS) -> str | None:
-    """A sentence when the last model is not better than the one before by more than two standard
-    errors of the difference (both measured on at least ``min_labels`` labels); else None."""
+    """A sentence when the last two models (both measured on at least ``min_labels`` labels) differ by no
+    more than two standard errors of the difference: labels may have stopped helping. When the last one
+    is lower by more than that, a sentence saying so instead (before, that case was also called "within
+    twice its standard error", which it was not). None when the last model is clearly better."""
     ready = [c for c in curve if c["labels"] >= min_labels and c["se"] is not None]
     if len(ready) < 2:
         return None
@@ -62,9 +71,14 @@ def stopping_signal(curve: list[dict], min_labels: int = MIN_LABELS) -> str | No
     se = math.sqrt(prev["se"] ** 2 + last["se"] ** 2)
     if diff > 2 * se:
         return None
-    return (f"labels may have stopped helping: model {last['model']} scores Dice {last['mean_dice']:.3f} on "
-            f"{last['labels']} new labels, model {prev['model']} {prev['mean_dice']:.3f} on {prev['labels']} "
-            f"(difference {diff:+.3f}, within twice its standard error {se:.3f})")
+    scores = (f"model {last['model']} scores Dice {last['mean_dice']:.3f} on {last['labels']} new labels, "
+              f"model {prev['model']} {prev['mean_dice']:.3f} on {prev['labels']}")
+    if diff < -2 * se:
+        return (f"the last model scores lower than the one before: {scores} (difference {diff:+.3f}, more than "
+                f"twice its standard error {se:.3f}); they were measured on different frames, which may be "
+                f"harder now, but look at the last training (train_stats) before labeling on")
+    return (f"labels may have stopped helping: {scores} (difference {diff:+.3f}, within twice its standard "
+            f"error {se:.3f})")
 
 
 def plot_quality(curve: list[dict], path, stopping: str | None = None) -> bool:
