@@ -45,9 +45,9 @@ def test_a_batch_cut_short_still_holds_gammas_mix(tmp_path):
         st.gamma = gamma
         rows = st.plan("bvsb_ta_coreset", ids, set(), "v1")["rows"]
         by = [r[3] for r in rows]
-        for m in range(1, batch + 1):  # every first m: uncertainty's share of them within half a frame
+        for m in range(1, batch + 1):  # every first m: uncertainty's share of them within one frame
             share = sum(p in ("uncertainty", "both") for p in by) / batch
-            assert abs(sum(p in ("uncertainty", "both") for p in by[:m]) - share * m) <= 0.5 + 1e-9, (gamma, by)
+            assert abs(sum(p in ("uncertainty", "both") for p in by[:m]) - share * m) < 1, (gamma, by)
     sc, lat = np.random.default_rng(1).random(40), np.random.default_rng(2).standard_normal((40, 4))
     sel = select("unc_ta_coreset", PoolInfo(n=40, scores=sc, latents=lat), [0, 1], 10, gamma=0.3)
     out = serving_order(sel)
@@ -55,6 +55,12 @@ def test_a_batch_cut_short_still_holds_gammas_mix(tmp_path):
     for kind in ("uncertainty", "diversity"):  # each sampler's own order is kept
         assert [j for j, p in zip(out.indices, out.picked_by) if p == kind] == \
             [j for j, p in zip(sel.indices, sel.picked_by) if p == kind]
+    # training after every label serves only each plan's first frame: which sampler leads is drawn with
+    # its share (a probe of the live cycle: with a fixed tie-break, uncertainty led every plan)
+    sel = select("unc_ta_coreset", PoolInfo(n=40, scores=sc, latents=lat), [0, 1], 10, gamma=0.5)
+    first = [serving_order(sel, seed=k).picked_by[0] for k in range(400)]
+    assert 0.4 < sum(p in ("uncertainty", "both") for p in first) / 400 < 0.6
+    assert serving_order(sel, seed=7).indices.tolist() == serving_order(sel, seed=7).indices.tolist()
 
 
 def test_client_asking_again_releases_its_previous_frame(tmp_path):

@@ -39,21 +39,25 @@ class Selection:
         return len(self.indices)
 
 
-def serving_order(sel: Selection) -> Selection:
-    """The same picks, ordered so that every first m of them hold each sampler's share of the batch
-    (uncertainty's picks, "both" counted with them, and k-center's, each in its own pick order; ties go
-    to uncertainty). The live server serves a batch from its start and plans a new one when a newer
-    model is scored: in pick order (uncertainty first) a batch cut short by retraining was labelled
-    almost only by uncertainty, whatever gamma said. A selection of one kind is returned unchanged."""
+def serving_order(sel: Selection, seed: int = 0) -> Selection:
+    """The same picks, ordered so that every first m of them hold each sampler's share of the batch to
+    within one frame (uncertainty's picks, "both" counted with them, and k-center's, each in its own pick
+    order). The live server serves a batch from its start and plans a new one when a newer model is
+    scored: in pick order (uncertainty first) a batch cut short by retraining was labelled almost only by
+    uncertainty, whatever gamma said. Which sampler leads is drawn (seeded) with the probability of its
+    share: a fixed tie-break still gave uncertainty every first frame, so training after every label
+    still served uncertainty alone (a probe of the live cycle). Position m goes to uncertainty when
+    floor(share * m + phase) steps up, phase ~ U[0, 1). A selection of one kind is returned unchanged."""
     by = sel.picked_by
     u = [k for k, p in enumerate(by) if p in (UNCERTAINTY, BOTH)]
     d = [k for k, p in enumerate(by) if p == DIVERSITY]
     if not u or not d or len(u) + len(d) != len(by):
         return sel
     share = len(u) / len(by)
+    phase = float(np.random.default_rng(seed).random())
     order, iu, idv = [], 0, 0
     for m in range(1, len(by) + 1):
-        if idv == len(d) or (iu < len(u) and share * m - iu >= 0.5):
+        if int(np.floor(share * m + phase)) > iu and iu < len(u) or idv == len(d):
             order.append(u[iu])
             iu += 1
         else:

@@ -81,7 +81,7 @@ def plan_batch(strategy: str, all_ids: list[str], labeled: set[str], version: st
     else:
         sel = select(spec.name, info, labeled_idx, batch_size, seed=seed * 1000 + cycle, gamma=gamma)
     notes += sel.notes
-    sel = serving_order(sel)  # a batch cut short by a newer model still got gamma's mix
+    sel = serving_order(sel, seed=seed * 1000 + cycle)  # a batch cut short by a newer model: gamma's mix
     rows = [(universe[j], None if info.scores is None else float(info.scores[j]), by)
             for j, by in zip(sel.indices.tolist(), sel.picked_by)]
     return Plan(rows, plan_version, "; ".join(notes) or None)
