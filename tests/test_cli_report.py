@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from conftest import require_shared, write_dataset
 from polypal.experiments.cli import main
@@ -291,3 +292,67 @@ def test_what_a_new_user_meets_is_named_before_anything_is_written(tmp_path, cap
     with pytest.raises(SystemExit, match=r"the pool holds 24 frames .* 6 \+ 4 x 9 labels .at least 39"):
         run_cli(data, small, "random", cycles=9)
     assert sorted(p.name for p in small.iterdir()) == ["cache"]  # only the frame cache this test put there
+
+
+def test_a_folder_keeps_its_protocol_and_its_files(tmp_path):
+    """Resuming into a results folder with another --initial/--budget, or with other image or mask files
+    under the same names, added stages to the same records in silence (a probe: n_labeled 4, 6, 11 in one
+    file; a stage trained on emptied masks). Both are refused before anything is written; more cycles
+    extend the folder, fewer leave its protocol as it was."""
+    import shutil
+
+    import pytest
+
+    data = write_dataset(tmp_path / "d", 36, seed=6)
+    out = tmp_path / "res"
+    assert run_cli(data, out, "random", cycles=1) == 0
+    meta = (out / "run.json").read_text()
+    assert json.loads(meta)["protocol"] == [6, 4, 1] and len(json.loads(meta)["data_fingerprint"]) == 64
+    with pytest.raises(SystemExit, match=r"protocol 6 \+ 4 x 1, not 5 \+ 4 x 1.*--initial 6 --budget 4"):
+        main(["run", "--dataset", "folder", "--data", str(data), "--profile", "smoke", "--strategies", "random",
+              "--seeds", "0", "--initial", "5", "--budget", "4", "--cycles", "1", "--out", str(out)])
+    emptied = tmp_path / "d2"
+    shutil.copytree(data, emptied)
+    m = sorted((emptied / "masks").iterdir())[0]
+    Image.fromarray(np.zeros_like(np.asarray(Image.open(m)))).save(m)
+    with pytest.raises(SystemExit, match="differ from those .* were made on"):
+        run_cli(emptied, out, "random", cycles=1)
+    assert (out / "run.json").read_text() == meta
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)  # the same files elsewhere: fine
+    assert run_cli(moved, out, "random", cycles=2) == 0
+    assert json.loads((out / "run.json").read_text())["protocol"] == [6, 4, 2]
+    assert run_cli(moved, out, "random", cycles=1) == 0
+    assert json.loads((out / "run.json").read_text())["protocol"] == [6, 4, 2]
+
+
+def test_bad_video_groups_split_and_threads_get_a_clear_error_before_out_is_written(tmp_path, capsys):
+    """A probe: a bad --video-groups file gave a traceback after --out was written; a damaged split.json,
+    --threads -1 and a Kvasir folder without its sessile test frames gave tracebacks (the last after
+    training, on an empty test set)."""
+    import pytest
+
+    data = write_dataset(tmp_path / "d", 36, seed=6)
+    bad = {"nofile.json": None, "notjson.json": "{", "list.json": "[1, 2]", "types.json": '{"groups": [1]}'}
+    for name, text in bad.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        out = tmp_path / f"o-{name}"
+        with pytest.raises(SystemExit, match=f"--video-groups .*{name}"):
+            run_cli(data, out, "random", cycles=1, extra=["--video-groups", str(tmp_path / name)])
+        assert not (out / "run.json").exists() and not (out / "split.json").exists()
+    with pytest.raises(SystemExit) as e:
+        run_cli(data, tmp_path / "o-threads", "random", cycles=1, extra=["--threads", "-1"])
+    assert e.value.code == 2 and "--threads" in capsys.readouterr().err
+    out = tmp_path / "o-split"
+    assert run_cli(data, out, "random", cycles=1) == 0
+    (out / "split.json").write_text('{"pool": [')
+    with pytest.raises(SystemExit, match="split.json is damaged"):
+        run_cli(data, out, "random", cycles=1)
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "kvasir_sessile.txt").write_text("not-a-frame-here\n")
+    with pytest.raises(SystemExit, match="no test frame.*sessile"):
+        main(["run", "--dataset", "kvasir", "--data", str(data), "--splits", str(splits), "--profile", "smoke",
+              "--strategies", "random", "--seeds", "0", "--initial", "4", "--budget", "2", "--cycles", "1",
+              "--out", str(tmp_path / "o-kv")])

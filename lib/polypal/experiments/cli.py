@@ -192,6 +192,46 @@ def _refuse_other_dataset(out: Path, dataset: str) -> None:
         raise SystemExit(f"error: {out} holds runs of --dataset {was}, not {dataset}: use a new --out")
 
 
+def _run_meta(out: Path) -> dict:
+    try:
+        m = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return m if isinstance(m, dict) else {}
+
+
+def data_fingerprint(data, names) -> str:
+    """SHA-256 over the named frames' image and mask files, byte for byte (names sorted): what a results
+    folder's runs were made on, independent of where the folder sits and of any library's decoding."""
+    import hashlib
+
+    from polypal.data import find_pairs
+    from polypal.vocab import frame_id
+
+    want = set(names)
+    h = hashlib.sha256()
+    for img, mask in sorted((p for p in find_pairs(data) if frame_id(p[0]) in want), key=lambda p: frame_id(p[0])):
+        h.update(frame_id(img).encode() + b"\0")
+        for f in (img, mask):
+            h.update(hashlib.sha256(Path(f).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _refuse_other_runs(out: Path, args, init: int, budget: int, cycles: int, fingerprint: str) -> None:
+    """A folder holds runs of one protocol on one set of files: refuse, before anything is written, to add
+    stages of another protocol or trained on other files (before, both were added to the same records in
+    silence: a stage of 4 + 2 x 1 beside stages of 6 + 5 x 2, or stages trained on emptied masks)."""
+    was = _run_meta(out)
+    p = was.get("protocol")
+    if args.cmd == "run" and isinstance(p, list) and len(p) == 3 and list(p[:2]) != [init, budget]:
+        raise SystemExit(f"error: {out} holds runs of protocol {p[0]} + {p[1]} x {p[2]}, not {init} + {budget} "
+                         f"x {cycles}: add runs with --initial {p[0]} --budget {p[1]}, or use a new --out")
+    fp = was.get("data_fingerprint")
+    if fp and fp != fingerprint:
+        raise SystemExit(f"error: the image or mask files of --data {args.data} differ from those {out}'s runs "
+                         f"were made on ({was.get('data')}, by content): use a new --out")
+
+
 def _count(low: int):
     """argparse type: a whole number >= low."""
     def parse(text: str) -> int:
@@ -256,15 +296,29 @@ def _setup(args):
     fs = load_folder(args.data, profile.size, cache_dir=args.cache_dir, progress=True)  # a bad file: before OUT
     split_file = out / "split.json"
     if split_file.exists():
-        split = json.loads(split_file.read_text())
+        try:
+            split = json.loads(split_file.read_text())
+        except (OSError, ValueError):
+            split = None
+        if not (isinstance(split, dict) and all(isinstance(split.get(k), list) and
+                                                all(isinstance(n, str) for n in split[k])
+                                                for k in ("pool", "val", "test"))):
+            raise SystemExit(f"error: {split_file} is damaged (not the JSON lists \"pool\", \"val\", \"test\" of "
+                             f"frame names it was written as): restore it from a copy, or use a new --out") from None
         missing = sorted({n for k in ("pool", "val", "test") for n in split[k]} - set(fs.names))
         if missing:
             raise SystemExit(f"error: {split_file} names {len(missing)} frames that --data {args.data} does not have "
                              f"(e.g. {missing[0]!r}): the folder holds runs of another dataset; use a new --out")
     else:
         split = _make_split(args, fs.names)
+    fingerprint = data_fingerprint(args.data, [n for k in ("pool", "val", "test") for n in split[k]])
+    _refuse_other_runs(out, args, init, budget, cycles, fingerprint)
     # every stage must have a frame to pick (the last batch may be short)
     need = init + budget * (cycles - 1) + 1 if cycles else init
+    if not split["test"]:
+        raise SystemExit(f"error: --data {args.data}: the split leaves no test frame"
+                         + (" (--dataset kvasir tests on the sessile frames that --splits' kvasir_sessile.txt names, "
+                            "and --data has none of them)" if args.dataset == "kvasir" else ""))
     if args.cmd == "run" and len(split["pool"]) < need:
         raise SystemExit(f"error: --data {args.data}: the pool holds {len(split['pool'])} frames (after "
                          f"{len(split['val'])} for validation and {len(split['test'])} for test), too few for "
@@ -274,8 +328,14 @@ def _setup(args):
     _log_command(out)
     if not split_file.exists():
         save_split(split, split_file)
+    was = _run_meta(out)
+    if isinstance(was.get("protocol"), list) and len(was["protocol"]) == 3 and isinstance(was["protocol"][2], int):
+        cycles_held = max(cycles, was["protocol"][2])  # (a run with fewer cycles adds nothing: still held)
+    else:
+        cycles_held = cycles
     meta = {"dataset": args.dataset, "data": str(Path(args.data).resolve()), "profile": profile.to_dict(),
-            "protocol": [init, budget, cycles], "seeding": seeding}
+            "protocol": [init, budget, cycles_held], "seeding": seeding,
+            "data_fingerprint": was.get("data_fingerprint") or fingerprint}
     if args.cmd == "run" or not (out / "run.json").exists():
         (out / "run.json").write_text(json.dumps(meta, indent=1))
     pool, val, test = (fs.subset(fs.index_of(split[k])) for k in ("pool", "val", "test"))
@@ -300,15 +360,16 @@ def cmd_run(args) -> int:
     for s in specs:  # the registered names only: an alias would file the same strategy under a second name
         if s.name not in ALL_STRATEGIES:
             raise SystemExit(f"error: --strategies: unknown strategy {s.name!r}; choose from {', '.join(ALL_STRATEGIES)}")
+    vg = None
+    if args.video_groups:  # checked before _setup writes anything into --out
+        from polypal.experiments.videos import read_video_groups
+
+        vg = {k: v for k, v in read_video_groups(args.video_groups).items() if k != "video_of"}
     out, profile, (init, budget, cycles), pool, val, test = _setup(args)
     pca = None
     if any(s.name == "pca_coreset" for s in specs):
         pca = pca_features(pool.images, seed=args.split_seed)
     seeds = [int(s) for s in str(args.seeds).split(",") if s != ""]
-    vg = None
-    if args.video_groups:
-        vg = {k: v for k, v in json.loads(Path(args.video_groups).read_text()).items()
-              if k in ("groups", "flagged", "representatives")}
     video_of, cap = None, args.video_cap
     if cap != "off":
         video_of = video_of_frames(args, pool.names)
@@ -408,7 +469,7 @@ def main(argv=None) -> int:
                        help="how the initial labeled set is drawn: streams (new folders: its own random stream) "
                             "or shared (folders up to the v3 recipe: the stream of seed 0's first query); "
                             "default: the folder's own, else streams")
-        a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+        a.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (0: torch's default)")
         a.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/polypal"))
         a.add_argument("--out", required=True)
     r.add_argument("--strategies", default=",".join(ALL_STRATEGIES),
