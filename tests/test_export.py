@@ -66,6 +66,7 @@ def test_export_carries_the_quality_curve(tmp_path):
     studies.mkdir()
     img, m = synth_frame(np.random.default_rng(1), 40, 56)
     Image.fromarray(img).save(studies / "fr0.png")
+    FrameStore(studies)  # served: the datastore exists
     st = ActiveLearningState(studies / ".polypal")  # where the server keeps its state (--conf state_dir)
     for k, d in enumerate((0.4, 0.5, 0.6)):
         st.add_quality(f"a{k}", "v1", d, ts=100.0 + k)
@@ -154,3 +155,56 @@ def test_a_frame_gone_during_the_export_is_left_out_and_a_broken_label_is_an_err
     Path(store.image_path("fr0")).unlink()  # its row is there, its file is not: an error, not left out
     with pytest.raises(DataError, match="fr0"):
         export_labeled(studies, tmp_path / "out3")
+
+
+def test_export_of_unserved_empty_or_damaged_folders_and_stale_copies(tmp_path, capsys):
+    """A probe: an ingested-only folder (.polypal/ with video.sqlite) got a datastore created in it and
+    "exported 0 labeled frames", exit 0; an emptied datastore.sqlite beside labels exported 0 frames, exit
+    0; a damaged one gave a traceback; copies left by a killed export stayed beside OUT for ever."""
+    import numpy as np
+    from PIL import Image
+
+    from polypal.serving.export import main
+    from polypal.serving.framestore import FrameStore
+
+    ingested = tmp_path / "ingested"
+    (ingested / ".polypal").mkdir(parents=True)
+    (ingested / ".polypal" / "video.sqlite").write_bytes(b"")
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(ingested / "v_000000.png")
+    assert main([str(ingested), str(tmp_path / "o1")]) == 2
+    assert "not a studies folder a polyp-al server has used" in capsys.readouterr().err
+    assert sorted(p.name for p in (ingested / ".polypal").iterdir()) == ["video.sqlite"]
+    assert not (ingested / "labels").exists() and not (tmp_path / "o1").exists()
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(studies / "f0.png")
+    m = tmp_path / "m.png"
+    Image.fromarray(np.ones((20, 30), np.uint8)).save(m)
+    FrameStore(studies).save_label("f0", str(m), "final")
+    db = studies / ".polypal" / "datastore.sqlite"
+    import sqlite3
+
+    c = sqlite3.connect(db)
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file, to keep it as bytes
+    c.close()
+
+    def only_main_file():
+        for f in studies.glob(".polypal/datastore.sqlite-*"):
+            f.unlink()
+
+    kept = db.read_bytes()
+    only_main_file()
+    db.write_bytes(b"")
+    assert main([str(studies), str(tmp_path / "o2")]) == 1
+    assert "is empty while" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    db.write_bytes(b"this is not a database" * 300)
+    assert main([str(studies), str(tmp_path / "o3")]) == 1
+    err = capsys.readouterr().err
+    assert "damaged" in err and "Traceback" not in err and not (tmp_path / "o3").exists(), err
+    db.write_bytes(kept)
+    only_main_file()
+    dead = tmp_path / ".o4.partial-999999999"  # a pid no process has
+    (dead / "images").mkdir(parents=True)
+    assert main([str(studies), str(tmp_path / "o4")]) == 0
+    assert not dead.exists() and (tmp_path / "o4" / "manifest.json").exists()

@@ -240,3 +240,24 @@ def test_odd_manifests_neither_crash_nor_bring_the_manifest_back(tmp_path, capsy
         with pytest.raises(SystemExit):
             main(["purge", str(root), "--older-than", bad])
     assert "--older-than must be" in capsys.readouterr().err
+
+
+def test_a_damaged_datastore_database_is_said_not_a_traceback(tmp_path, capsys):
+    import sqlite3
+
+    root, fs, m = make_store(tmp_path)
+    fs.remove_image("f001")
+    [entry] = list_trash(root)
+    db = root / ".polypal" / "datastore.sqlite"
+    c = sqlite3.connect(db)
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+    for f in root.glob(".polypal/datastore.sqlite-*"):
+        f.unlink()
+    db.write_bytes(b"not a database" * 500)
+    assert main(["restore", str(root), entry["name"]]) == 1
+    err = capsys.readouterr().err
+    assert "datastore database cannot be used" in err and "backup" in err
+    assert main(["purge", str(root), "--older-than", "0", "--yes"]) == 1
+    assert "nothing purged" in capsys.readouterr().err
+    assert [e["name"] for e in list_trash(root)] == [entry["name"]]

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,12 @@ def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str 
     todo = (store.labeled_ids(tag) if ids is None else list(ids))[:limit]
     off = label_frames.off_their_picture(store, todo, tag)  # frame files changed on disk under their labels
     for i in todo:
+        if i in off:  # looked at again now: a replace and its relabel may have landed since (before, such a
+            now = label_frames.off_their_picture(store, [i], tag)  # frame was left out, wrongly said "off")
+            if i in now:
+                off[i] = now[i]
+            else:
+                del off[i]
         if i in off:
             logger.warning(f"export: {i} left out: {off[i]}")
             print(f"left out {i}: {off[i]}", file=sys.stderr)
@@ -151,6 +158,30 @@ def _export_quality(state_db: Path, out: Path) -> None:
     plot_quality(q["by_model"], out / "quality.png", q["stopping"])
 
 
+def _remove_stale_partials(out: Path) -> None:
+    """Copies that an export into ``out`` killed half-way (kill -9, a power cut) left beside it: removed
+    when the process that wrote each is gone (before, each stayed, hidden, holding a copy of the frames)."""
+    prefix = f".{out.name}.partial-"
+    try:
+        names = [n for n in os.listdir(out.parent) if n.startswith(prefix)]
+    except OSError:
+        return
+    for n in names:
+        pid = n[len(prefix):]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (another export into the same place)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue
+        p = out.parent / n
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="polypal-export", description=__doc__.splitlines()[0])
     ap.add_argument("studies", help="the studies folder the server serves")
@@ -162,11 +193,18 @@ def main(argv=None) -> int:
     if not Path(a.studies).is_dir():
         print(f"polypal-export: {a.studies}: no such studies folder", file=sys.stderr)
         return 2
-    if not (Path(a.studies) / ".polypal").is_dir():  # never create a datastore in someone's folder
+    db = Path(a.studies) / ".polypal" / "datastore.sqlite"
+    if not db.is_file() or db.stat().st_size == 0:  # never create a datastore in someone's folder
         hint = " (it has images/: a dataset folder, already in the export layout)" \
             if (Path(a.studies) / "images").is_dir() else ""
+        labels = Path(a.studies) / "labels" / "final"
+        if db.is_file() and labels.is_dir() and any(labels.iterdir()):
+            print(f"polypal-export: {db} is empty while {labels} holds labels: start the server on the folder once "
+                  f"(it registers them again from their files), or put the database back from a backup; nothing "
+                  f"was exported", file=sys.stderr)
+            return 1
         print(f"polypal-export: {a.studies} is not a studies folder a polyp-al server has used (no "
-              f".polypal/){hint}; nothing to export", file=sys.stderr)
+              f".polypal/datastore.sqlite){hint}; nothing to export", file=sys.stderr)
         return 2
     try:
         check_name("label tag", a.tag)
@@ -174,8 +212,11 @@ def main(argv=None) -> int:
     except InvalidName as e:
         print(f"polypal-export: {e}", file=sys.stderr)
         return 2
-    except (PolypalError, OSError) as e:
-        print(f"polypal-export: error: {e}; nothing was exported", file=sys.stderr)
+    except (PolypalError, OSError, sqlite3.Error) as e:
+        print(f"polypal-export: error: {e}"
+              + (f" ({db} is damaged: put it back from a backup)" if isinstance(e, sqlite3.DatabaseError)
+                 and not isinstance(e, sqlite3.OperationalError) else "")
+              + "; nothing was exported", file=sys.stderr)
         return 1
     if a.tag != "final" and not tags.get(a.tag):
         known = ", ".join(f"{t} ({n})" for t, n in sorted(tags.items())) or "none"
@@ -186,16 +227,21 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     # written beside OUT, renamed into place when complete: a failure leaves no half export to be refused later
+    _remove_stale_partials(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
         rows = export_labeled(a.studies, tmp, a.tag)
         if out.exists():
             out.rmdir()  # the empty folder checked above
         os.replace(tmp, out)
-    except (PolypalError, OSError) as e:
+    except (PolypalError, OSError, sqlite3.Error) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"polypal-export: error: {e}; nothing was exported", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the copy goes, and no traceback
+        shutil.rmtree(tmp, ignore_errors=True)
+        print("polypal-export: interrupted; nothing was exported", file=sys.stderr)
+        return 130
     extra = ", quality.json, quality.png" if (out / "quality.json").exists() else ""
     print(f"exported {len(rows)} labeled frames to {a.out} (images/, masks/, manifest.json, manifest.csv{extra})")
     return 0

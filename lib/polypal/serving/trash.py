@@ -21,6 +21,7 @@ import glob
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import sys
 import time
@@ -330,13 +331,21 @@ def main(argv=None) -> int:
                 print(f"polypal-trash: {e}", file=sys.stderr)
                 code = 2
                 continue
+            except sqlite3.Error as e:  # a damaged datastore database: said, not a traceback
+                print(f"polypal-trash: {name} not restored: the datastore database cannot be used ({e}); put "
+                      f"{Path(a.studies) / '.polypal' / 'datastore.sqlite'} back from a backup first", file=sys.stderr)
+                return 1
             for rel in r["restored"]:
                 print(f"restored {rel}")
             for rel, why in r["refused"].items():
                 print(f"not restored {rel}: {why} (kept in the trash)", file=sys.stderr)
                 code = 1
         return code
-    old = purge(a.studies, a.older_than, dry_run=not a.yes)
+    try:
+        old = purge(a.studies, a.older_than, dry_run=not a.yes)
+    except sqlite3.Error as e:
+        print(f"polypal-trash: nothing purged: the datastore database cannot be used ({e})", file=sys.stderr)
+        return 1
     verb = "deleted" if a.yes else "would delete"
     for e in old:
         print(f"{verb} {e['name']} ({e['reason']}, {_size(e['bytes'])})")
