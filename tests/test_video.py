@@ -669,3 +669,11 @@ def test_videos_of_one_to_two_mib_are_told_apart(tmp_path):
     (tmp_path / "a").write_bytes(a)
     (tmp_path / "b").write_bytes(b)
     assert fingerprint(tmp_path / "a") != fingerprint(tmp_path / "b")
+
+
+def test_frame_ids_past_a_million_frames_still_name_their_video():
+    """Frame 1,000,000 of a video gets 7 digits; the id pattern took exactly 6, so such frames had no video."""
+    from polypal.video.store import videos_from_ids
+
+    assert videos_from_ids(["proc_1000000", "proc_000001", "a_b_123456_000002", "x_12345"]) == \
+        {"proc_1000000": "proc", "proc_000001": "proc", "a_b_123456_000002": "a_b_123456"}

@@ -196,7 +196,7 @@ def load_index(studies) -> VideoIndex:
     return idx
 
 
-FRAME_ID = re.compile(r"^(?P<video>.+)_(?P<frame>\d{6})$")  # polypal-ingest's ids: <video>_<frame, 6 digits>
+FRAME_ID = re.compile(r"^(?P<video>.+)_(?P<frame>\d{6,})$")  # polypal-ingest's ids: <video>_<frame, 6+ digits>
 
 
 def folder_index(root) -> VideoIndex:
