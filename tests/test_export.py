@@ -204,7 +204,11 @@ def test_export_of_unserved_empty_or_damaged_folders_and_stale_copies(tmp_path, 
     assert "damaged" in err and "Traceback" not in err and not (tmp_path / "o3").exists(), err
     db.write_bytes(kept)
     only_main_file()
-    dead = tmp_path / ".o4.partial-999999999"  # a pid no process has
-    (dead / "images").mkdir(parents=True)
+    from polypal.serving.export import _host
+
+    dead = tmp_path / f".o4.partial-{_host()}-999999999"  # a pid no process here has
+    elsewhere = tmp_path / ".o4.partial-otherhost-999999999"  # another machine's (a shared folder)
+    for d in (dead, elsewhere):
+        (d / "images").mkdir(parents=True)
     assert main([str(studies), str(tmp_path / "o4")]) == 0
-    assert not dead.exists() and (tmp_path / "o4" / "manifest.json").exists()
+    assert not dead.exists() and elsewhere.exists() and (tmp_path / "o4" / "manifest.json").exists()

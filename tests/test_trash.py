@@ -146,7 +146,7 @@ def test_purge_says_first_and_deletes_only_old_folders_with_yes(tmp_path, capsys
     assert main(["list", str(tmp_path)]) == 2  # not a studies folder a server has used
 
 
-def test_a_purge_never_deletes_the_files_of_a_write_under_way(tmp_path):
+def test_a_purge_never_deletes_the_files_of_a_write_under_way(tmp_path, monkeypatch):
     """A delete moves its files into a trash folder inside its transaction and moves them back when the
     transaction fails (a full disk). A purge with --older-than 0 running meanwhile deleted that folder, and
     the frame with it (a race found by reading the code). Now a purge takes each folder under the datastore's
@@ -155,7 +155,13 @@ def test_a_purge_never_deletes_the_files_of_a_write_under_way(tmp_path):
 
     import pytest
 
+    import polypal.serving.trash as trash
+
     root, fs, m = make_store(tmp_path)
+    fs.remove_image("f000")
+    assert purge(root, 0, dry_run=True) == []  # under a minute old: never purged (a failed COMMIT's undo
+    monkeypatch.setattr(trash, "MIN_AGE_S", 0.0)  # takes the lock again before moving files back); the lock:
+    assert len(purge(root, 0, dry_run=False)) == 1
     before = (root / "f001.png").read_bytes()
     got = {}
     purger = threading.Thread(target=lambda: got.setdefault("purged", purge(root, 0, dry_run=False)))
@@ -208,6 +214,7 @@ def test_a_crafted_trash_folder_brings_nothing_in(tmp_path, capsys):
     (root / ".polypal" / "trash" / "linked").symlink_to(tmp_path)
     assert main(["restore", str(root), "linked"]) == 2 and "no trash folder" in capsys.readouterr().err
     (folder / "manifest.json").write_text("[1, 2]")
+    os.utime(folder, (time.time() - 3600, time.time() - 3600))  # (its time is the folder's: an hour old)
     assert [e["reason"] for e in list_trash(root)] == ["(no readable manifest)"] and purge(root, 0, dry_run=True)
 
 
@@ -242,8 +249,12 @@ def test_odd_manifests_neither_crash_nor_bring_the_manifest_back(tmp_path, capsy
     assert "--older-than must be" in capsys.readouterr().err
 
 
-def test_a_damaged_datastore_database_is_said_not_a_traceback(tmp_path, capsys):
+def test_a_damaged_datastore_database_is_said_not_a_traceback(tmp_path, capsys, monkeypatch):
     import sqlite3
+
+    import polypal.serving.trash as trash
+
+    monkeypatch.setattr(trash, "MIN_AGE_S", 0.0)
 
     root, fs, m = make_store(tmp_path)
     fs.remove_image("f001")

@@ -273,12 +273,14 @@ def test_grouped_candidates_for_the_simulation():
     groups = {"a1": "a1", "a2": "a1", "b1": "b1", "b2": "b1", "c1": "c1"}
     # a1 labeled: group a is done; b's representative b2; c1 flagged; the still s is its own group
     assert grouped_candidates(names, [0], groups, {"c1"}, {"a2", "b2", "c1"}) == [3, 5]
-    # nothing clean left: every unlabeled frame
-    assert grouped_candidates(names, [0, 3, 5], groups, {"c1"}, {"a2", "b2", "c1"}) == [1, 2, 4]
+    # nothing clean left: second frames of labeled groups (one per group), then flagged ones
+    assert grouped_candidates(names, [0, 3, 5], groups, {"c1"}, {"a2", "b2", "c1"}) == [1, 2]
+    assert grouped_candidates(names, [0, 3, 5], groups, {"c1"}, {"a2", "b2", "c1"}, need=3) == [1, 2, 4]
     # a simulation's stage needs its budget: fewer clean representatives than it widens to one frame per
     # group of any tier, then to every unlabeled frame (before, a budget of 3 got 2 picks: stages of
     # different sizes that the report could no longer pair with Random's)
-    assert grouped_candidates(names, [0], groups, {"c1"}, {"a2", "b2", "c1"}, need=3) == [1, 3, 4, 5]
+    assert grouped_candidates(names, [0], groups, {"c1"}, {"a2", "b2", "c1"}, need=3) == [1, 3, 5]  # tier by tier:
+    assert grouped_candidates(names, [0], groups, {"c1"}, {"a2", "b2", "c1"}, need=4) == [1, 3, 4, 5]  # flagged last
     assert grouped_candidates(names, [0], groups, {"c1"}, {"a2", "b2", "c1"}, need=5) == [1, 2, 3, 4, 5]
 
 
@@ -677,3 +679,61 @@ def test_frame_ids_past_a_million_frames_still_name_their_video():
 
     assert videos_from_ids(["proc_1000000", "proc_000001", "a_b_123456_000002", "x_12345"]) == \
         {"proc_1000000": "proc", "proc_000001": "proc", "a_b_123456_000002": "a_b_123456"}
+
+
+def test_a_video_an_older_version_ingested_is_still_known_and_tried_names_go_back(tmp_path, capsys):
+    """(1) The fingerprint of a 1-2 MiB file changed; a video an older version recorded under the old value
+    was ingested again as <name>-2, every frame twice (a review). (2) Names tried and found taken by other
+    files stayed reserved, with no frames, so a later video of that name got <name>-2-2 (a review)."""
+    import hashlib
+
+    from polypal.video.ingest import fingerprint, legacy_fingerprint
+
+    rng = np.random.default_rng(0)
+    v = write_video(tmp_path / "proc.mp4", [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(170)])
+    size = v.stat().st_size
+    assert (1 << 20) < size <= (2 << 20), size
+    old = hashlib.sha256(str(size).encode() + v.read_bytes()[: 1 << 20]).hexdigest()[:32]  # the older value
+    assert legacy_fingerprint(v) == old != fingerprint(v)
+    st = tmp_path / "st"
+    assert ingest_main([str(v), "--studies", str(st), "--every", "10", "--quiet"]) == 0
+    db = st / ".polypal" / "video.sqlite"
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE videos SET fingerprint=?", (old,))  # as an older version recorded it
+    capsys.readouterr()
+    assert ingest_main([str(v), "--studies", str(st), "--every", "10", "--quiet"]) == 0
+    assert "already ingested" in capsys.readouterr().out and len(pngs(st)) == 17
+    # frame ids of "clip" and "clip-2" taken by other files: ingested as clip-3, and clip-2 is free again
+    st2 = tmp_path / "st2"
+    st2.mkdir()
+    clip = write_video(tmp_path / "clip.mp4", [scene(s) for s in range(3)])
+    for taken in ("clip_000000.png", "clip-2_000000.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(st2 / taken)
+    assert ingest_main([str(clip), "--studies", str(st2), "--quiet"]) == 0
+    assert "ingested as clip-3" in capsys.readouterr().err
+    with sqlite3.connect(st2 / ".polypal" / "video.sqlite") as c:
+        assert [r[0] for r in c.execute("SELECT name FROM videos ORDER BY name")] == ["clip-3"]
+
+
+def test_a_locked_video_database_is_read_again_at_the_next_request(tmp_path, monkeypatch):
+    """A passing error (locked) was cached as a damaged file until the file next changed: near-duplicate
+    groups and video caps stayed off, and /info said to restore a backup (a review)."""
+    import polypal.video.store as store
+
+    st = tmp_path / "st"
+    clip = write_video(tmp_path / "c.mp4", [scene(s) for s in range(3)])
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0
+    real = sqlite3.connect
+    calls = []
+
+    def locked_once(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return real(*a, **k)
+
+    store._CACHE.clear()
+    monkeypatch.setattr(sqlite3, "connect", locked_once)
+    first = load_index(st)
+    assert "asked again" in first.summary()["problem"]
+    assert load_index(st).summary() == {"videos": 1, "frames": 3, "groups": 3, "flagged": 0}

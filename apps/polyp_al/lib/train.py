@@ -239,7 +239,7 @@ class PolypSegTrain(TrainTask):
                                    "eta_at": None if eta is None else _iso(now + eta)})
 
         kept = {"model_number": number - 1, "served_labeled": served, "attempt": number, "started_at": _iso(t0),
-                "skipped": skipped,
+                "skipped": skipped, "train_frames": int((~val).sum()), "val_frames": int(val.sum()),
                 "note": "not published: the previous model, if any, is still served"}
         try:
             res = train(self.cfg.profile, images[~val], masks[~val], images[val], masks[val],

@@ -16,31 +16,26 @@ from polypal.serving.sqlite_db import counted
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS effort (image_id TEXT PRIMARY KEY, client_id TEXT, served REAL, labeled REAL,
                                    version TEXT);
-CREATE TABLE IF NOT EXISTS quality (image_id TEXT, version TEXT, dice REAL, ts REAL, model_number INTEGER,
-                                    PRIMARY KEY (image_id, version));
+CREATE TABLE IF NOT EXISTS quality (image_id TEXT, version TEXT, dice REAL, ts REAL, PRIMARY KEY (image_id, version));
+CREATE TABLE IF NOT EXISTS model_numbers (version TEXT PRIMARY KEY, number INTEGER);
 CREATE INDEX IF NOT EXISTS effort_pace ON effort (client_id, labeled - served);
 CREATE INDEX IF NOT EXISTS quality_by_version ON quality (version, dice, ts);
 """ + counted("effort") + counted("quality")
 
 
 class AnnotationLog:
-    def __init__(self, db, migrate: bool = True):
+    def __init__(self, db):
         self._db = db
-        c = db.conn()  # records made before the model number was kept with them: add its column (not from
-        cols = {r[1] for r in c.execute("PRAGMA table_info(quality)")}  # a reader such as the export)
-        if migrate and cols and "model_number" not in cols:
-            with db.tx() as t:
-                if "model_number" not in {r[1] for r in t.execute("PRAGMA table_info(quality)")}:
-                    t.execute("ALTER TABLE quality ADD COLUMN model_number INTEGER")
 
     def add_quality(self, image_id: str, version: str, dice: float, ts: float | None = None,
                     model_number: int | None = None) -> None:
         """The Dice of a model's prediction against a label saved while it was current (once per frame), and
         the model's number as its training gave it (None when unknown)."""
-        with self._db.tx() as c:
-            c.execute("INSERT OR IGNORE INTO quality (image_id, version, dice, ts, model_number) "
-                      "VALUES (?, ?, ?, ?, ?)", (image_id, version, float(dice), time.time() if ts is None else ts,
-                                                 model_number if isinstance(model_number, int) else None))
+        with self._db.tx() as c:  # (the number in a table of its own: an older version still writes quality)
+            c.execute("INSERT OR IGNORE INTO quality VALUES (?, ?, ?, ?)",
+                      (image_id, version, float(dice), time.time() if ts is None else ts))
+            if isinstance(model_number, int):
+                c.execute("INSERT OR IGNORE INTO model_numbers VALUES (?, ?)", (version, model_number))
 
     def has_quality(self, image_id: str, version: str) -> bool:
         return self._db.conn().execute("SELECT 1 FROM quality WHERE image_id=? AND version=?",
@@ -54,15 +49,18 @@ class AnnotationLog:
         from polypal.serving.quality import stopping_signal, summarize_groups
 
         curve = summarize_groups(self._db.conn().execute(
-            f"SELECT version, COUNT(*), SUM(dice), SUM(dice * dice), MIN(ts), {self._number()} FROM quality "
-            "GROUP BY version").fetchall())
+            "SELECT q.version, COUNT(*), SUM(q.dice), SUM(q.dice * q.dice), MIN(q.ts), " +
+            ("MAX(m.number) FROM quality q LEFT JOIN model_numbers m ON m.version = q.version " if self._numbered()
+             else "NULL FROM quality q ") + "GROUP BY q.version").fetchall())
         for c in curve:
             c["first_measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(c["first_measured"]))
         return {"by_model": curve, "stopping": stopping_signal(curve)}
 
-    def _number(self) -> str:
-        cols = {r[1] for r in self._db.conn().execute("PRAGMA table_info(quality)")}
-        return "MAX(model_number)" if "model_number" in cols else "NULL"
+    def _numbered(self) -> bool:
+        """Whether the database has the model numbers' table (one written by an older version, read by the
+        export, may not)."""
+        return self._db.conn().execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='model_numbers'").fetchone() is not None
 
     def add_effort(self, image_id: str, client_id: str, served: float | None, labeled: float, version: str) -> None:
         """Who labeled a frame, when it was served and labeled, and the model current at the time."""

@@ -151,17 +151,25 @@ def _export_quality(state_db: Path, out: Path) -> None:
     from polypal.serving.sqlite_db import SQLiteDB
 
     try:
-        q = AnnotationLog(SQLiteDB(state_db), migrate=False).quality()
+        q = AnnotationLog(SQLiteDB(state_db)).quality()
     except Exception:  # noqa: BLE001 - an older state without the quality table: nothing to export
         return
     (out / "quality.json").write_text(json.dumps(q, indent=1))
     plot_quality(q["by_model"], out / "quality.png", q["stopping"])
 
 
+def _host() -> str:
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+
+
 def _remove_stale_partials(out: Path) -> None:
     """Copies that an export into ``out`` killed half-way (kill -9, a power cut) left beside it: removed
-    when the process that wrote each is gone (before, each stayed, hidden, holding a copy of the frames)."""
-    prefix = f".{out.name}.partial-"
+    when the process that wrote each, on this machine, is gone (before, each stayed, hidden, holding a copy
+    of the frames). Another machine's (a shared folder) are left alone."""
+    prefix = f".{out.name}.partial-{_host()}-"
     try:
         names = [n for n in os.listdir(out.parent) if n.startswith(prefix)]
     except OSError:
@@ -228,7 +236,7 @@ def main(argv=None) -> int:
         return 2
     # written beside OUT, renamed into place when complete: a failure leaves no half export to be refused later
     _remove_stale_partials(out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp = out.parent / f".{out.name}.partial-{_host()}-{os.getpid()}"
     try:
         rows = export_labeled(a.studies, tmp, a.tag)
         if out.exists():

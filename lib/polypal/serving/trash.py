@@ -32,6 +32,9 @@ from polypal.serving.framestore import MAX_INFO_BYTES, REPLACE_JOURNAL, FrameSto
 from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, plain_name, split_name
 
 
+MIN_AGE_S = 60.0  # a purge leaves younger trash folders alone
+
+
 def trash_dir(studies: str | os.PathLike) -> Path:
     return Path(os.path.realpath(str(studies))) / ".polypal" / "trash"
 
@@ -266,7 +269,9 @@ def restore(studies, name: str) -> dict:
 
 def purge(studies, older_than_days: float, dry_run: bool = True) -> list[dict]:
     """Trash folders older than the given age (by their manifest's time); deleted unless ``dry_run``."""
-    cutoff = time.time() - older_than_days * 86400
+    # never a folder under a minute old, whatever --older-than says: a delete or replace whose COMMIT failed
+    # moves its files back from it after taking the write lock again, and a purge could come in between
+    cutoff = min(time.time() - older_than_days * 86400, time.time() - MIN_AGE_S)
     old = [e for e in list_trash(studies) if e["time"] < cutoff and not e["pending"]]  # pending: not trash yet
     if not dry_run and old:
         # each folder goes under the datastore's write lock: a delete or replace moves its files into a

@@ -71,6 +71,18 @@ def fingerprint(path: str) -> str:
     return h.hexdigest()[:32]
 
 
+def legacy_fingerprint(path: str) -> str | None:
+    """The value versions before 2026-12-07 gave a file of 1-2 MiB (its first MiB only), so that a video
+    they ingested is still known as ingested (None for other sizes: their value did not change)."""
+    size = os.path.getsize(path)
+    if not (1 << 20) < size <= (2 << 20):
+        return None
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:32]
+
+
 def _clean_staging(studies: str) -> None:
     """Remove staging folders of ingest processes that no longer run."""
     root = os.path.join(studies, STAGING)
@@ -224,6 +236,8 @@ def _untaken(db, studies: str, stage: str, name: str, fp: str, rows: list[dict])
 
     new, k = name, 1
     while clash(new):
+        if new != name:
+            db.release(new, fp)  # each name tried and found taken goes back (the first one, below)
         k += 1
         new = db.name_for(f"{name}-{k}", fp)
     if new == name:
@@ -249,9 +263,11 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
     settings = json.dumps({"every": every, "fps": fps}, sort_keys=True)
     db = VideoDB(studies)
     try:
-        fp = fingerprint(path)
+        fp, legacy = fingerprint(path), legacy_fingerprint(path)
     except OSError as e:
         raise VideoError(f"{path}: cannot read it ({e})") from None
+    if legacy:  # recorded by an older version under its value: now under this one (else it was ingested again)
+        db.rename_fingerprint(legacy, fp)
     done = db.find(fp, settings)
     if done:
         return {"video": done["name"], "source": path, "decoded": done["decoded"], "kept": done["kept"],

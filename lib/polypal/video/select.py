@@ -100,12 +100,16 @@ def grouped_candidates(names: list[str], labeled_idx, groups: Mapping[str, str],
     """Indices into ``names`` that a strategy may pick from when near-duplicates are grouped: tier 0 of
     ``dedupe_candidates`` (one clean representative per group that holds no label yet, and ungrouped
     frames). When those are fewer than ``need`` (a simulation's budget: every stage gets its labels),
-    one frame per group of any tier; when those are still too few, every unlabeled index."""
+    the next tiers, one at a time (one frame per group; flagged frames last); when those are still too
+    few, every unlabeled index."""
     labeled = {names[i] for i in labeled_idx}
     unlabeled = [n for n in names if n not in labeled]
-    keep = dedupe_candidates(unlabeled, groups, flagged, representatives, labeled, max_tier=0)
-    if len(keep) < need:
-        keep = dedupe_candidates(unlabeled, groups, flagged, representatives, labeled)
+    tiers = dedupe_tiers(unlabeled, groups, flagged, representatives, labeled)
+    keep = [i for i, t in tiers if t == 0]
+    for tier in (1, 2, 3):
+        if len(keep) >= need:
+            break
+        keep += [i for i, t in tiers if t == tier]
     if len(keep) < need:
         keep = unlabeled
     keep = set(keep)
@@ -115,7 +119,8 @@ def grouped_candidates(names: list[str], labeled_idx, groups: Mapping[str, str],
 def plan_universe(universe: list[str], labeled: Collection[str], groups: Mapping[str, str],
                   flagged: Collection[str] = (), representatives: Collection[str] | None = None) -> list[str]:
     """The frames a batch may be planned over: every labeled frame (k-center's centers) plus
-    ``grouped_candidates`` (one clean representative per group with no label yet), in ``universe`` order.
+    ``grouped_candidates`` (one clean representative per group with no label yet; when none is left, the
+    next tier), in ``universe`` order.
     A plan over this universe never holds two frames of one group, nor a frame whose group is labeled,
     nor a flagged frame, while such frames are left."""
     labeled = set(labeled)

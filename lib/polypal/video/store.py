@@ -74,6 +74,11 @@ class VideoDB:
                 k += 1
                 name = f"{base}-{k}"
 
+    def rename_fingerprint(self, old: str, new: str) -> None:
+        """Rows recorded under a file's older fingerprint value take its current one."""
+        with self.db.tx() as c:
+            c.execute("UPDATE videos SET fingerprint=? WHERE fingerprint=?", (new, old))
+
     def release(self, name: str, fingerprint: str) -> None:
         """Give back a name ``name_for`` reserved for a video that recorded nothing under it (it failed,
         or was ingested under another name)."""
@@ -85,19 +90,23 @@ class VideoDB:
         """Record a video (not done yet: its name is reserved) and its frames, and regroup all of that
         video's frames, in one transaction."""
         with self.db.tx() as c:
-            r = c.execute("SELECT fingerprint FROM videos WHERE name=?", (video["name"],)).fetchone()
+            r = c.execute("SELECT fingerprint, done FROM videos WHERE name=?", (video["name"],)).fetchone()
             if r is not None and r[0] != video["fingerprint"]:  # (name_for reserved it: never another video's)
                 raise ValueError(f"video name {video['name']!r} is another video's in {db_path(self.studies)}")
+            interrupted = r is not None and not r[1]
             c.execute("INSERT OR REPLACE INTO videos (name, source, size, fingerprint, settings, fps, decoded, kept, "
                       "ingested_at, done) VALUES (:name, :source, :size, :fingerprint, :settings, :fps, :decoded, "
                       ":kept, :ingested_at, 0)", video)
             # records of an earlier run of this video that was stopped before its frames were moved in and
             # that this run does not write (another --every/--fps): no file will ever be there (before, they
-            # stayed, and were grouped and chosen as representatives of frames that do not exist)
-            new_ids = {r["id"] for r in rows}
-            gone = [(i,) for (i,) in c.execute("SELECT id FROM frames WHERE video=?", (video["name"],))
-                    if i not in new_ids and not os.path.exists(os.path.join(self.studies, i + ".png"))]
-            c.executemany("DELETE FROM frames WHERE id=?", gone)
+            # stayed, and were grouped and chosen as representatives of frames that do not exist). Only after
+            # a stopped run: a finished one wrote every frame it recorded, and one missing now was deleted
+            # through the server (its records stay, for a restore from the trash)
+            if interrupted:
+                new_ids = {r["id"] for r in rows}
+                gone = [(i,) for (i,) in c.execute("SELECT id FROM frames WHERE video=?", (video["name"],))
+                        if i not in new_ids and not os.path.exists(os.path.join(self.studies, i + ".png"))]
+                c.executemany("DELETE FROM frames WHERE id=?", gone)
             c.executemany("INSERT OR IGNORE INTO frames (id, video, frame, time_s, dhash, lapvar, sharp, mean, bright, "
                           "red, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                           [(r["id"], video["name"], r["frame"], r["time_s"], r["dhash"], r["lapvar"], r["sharp"],
@@ -187,6 +196,9 @@ def load_index(studies) -> VideoIndex:
                     idx.flagged[i] = fl
         finally:
             c.close()
+    except sqlite3.OperationalError as e:  # locked, cannot open: passing, so read again next time
+        logging.getLogger(__name__).warning(f"{p}: video records not read this time ({e})")
+        return VideoIndex(problem=f"{p}: video records not read ({e}); asked again at the next request")
     except sqlite3.Error as e:
         idx = VideoIndex(problem=f"{p}: video records unreadable ({e}); near-duplicate groups and video caps "
                                  f"are off until the file is restored from a backup or removed")
