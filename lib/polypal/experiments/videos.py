@@ -43,7 +43,7 @@ def read_video_groups(path) -> dict:
 def video_of_frames(args, names, quiet: bool = False) -> dict:
     """Frame name -> video for --video-cap and --split-by-video, from the first source that has any: the
     data folder's .polypal/video.sqlite (polypal-ingest), the --video-groups JSON's "video_of", the
-    CVC-ClinicDB sequences (--dataset cvc), ids shaped <video>_<6 digits>. {} when none does."""
+    CVC-ClinicDB sequences (--dataset cvc), ids shaped <video>_<6+ digits>. {} when none does."""
     from polypal.video.store import folder_index, videos_from_ids
 
     names = set(names)

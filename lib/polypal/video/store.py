@@ -221,7 +221,7 @@ def folder_index(root) -> VideoIndex:
 
 
 def videos_from_ids(names) -> dict[str, str]:
-    """frame name -> video for the names shaped like polypal-ingest's ids (``<video>_<6 digits>``)."""
+    """frame name -> video for the names shaped like polypal-ingest's ids (``<video>_<6 or more digits>``)."""
     out = {}
     for n in names:
         m = FRAME_ID.match(n)
