@@ -321,7 +321,7 @@ class PolypALApp(MONAILabelApp):
         state = self.state.summary(labeled, store.image_set() if store is not None else None)
         meta["polyp_al"] = {"profile": self.cfg.profile.name, "batch_size": self.cfg.batch_size,
                             "gamma": self.cfg.gamma, "model": self._model_name(), "state": state,
-                            "annotators": self.state.annotators(), "video": self._video_summary(),
+                            "annotators": self.state.annotators(labeled), "video": self._video_summary(),
                             "quality": {**self.state.quality(),
                                         "what": "per model: polyp Dice of its prediction on frames labeled while it "
                                                 "was current and that it never trained on (harder frames than "

@@ -68,10 +68,20 @@ class AnnotationLog:
             c.execute("INSERT OR REPLACE INTO effort VALUES (?, ?, ?, ?, ?)",
                       (image_id, client_id, served, labeled, version))
 
-    def annotators(self) -> dict:
+    def annotators(self, labeled=None) -> dict:
         """Per annotator: labels saved and the median seconds from serving to saving (of the labels whose
-        serving time is known and not after the save)."""
-        return copy.deepcopy(self._db.cached("annotators", "effort", self._annotators))
+        serving time is known and not after the save). With ``labeled`` (the ids with a final label now),
+        labels since deleted or moved to the trash are not counted, though their paces stay in the medians
+        (before, /info counted them: its annotators' labels added up to more than the datastore's)."""
+        res = copy.deepcopy(self._db.cached("annotators", "effort", self._annotators))
+        if labeled is not None:
+            who = self._db.cached("effort_ids", "effort", lambda: dict(
+                self._db.conn().execute("SELECT image_id, client_id FROM effort").fetchall()))
+            for i, client in who.items():
+                if i not in labeled and client in res:
+                    res[client]["labels"] -= 1
+            res = {k: v for k, v in res.items() if v["labels"] > 0}
+        return res
 
     def _annotators(self) -> dict:
         res = {}
