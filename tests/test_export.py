@@ -212,3 +212,26 @@ def test_export_of_unserved_empty_or_damaged_folders_and_stale_copies(tmp_path, 
         (d / "images").mkdir(parents=True)
     assert main([str(studies), str(tmp_path / "o4")]) == 0
     assert not dead.exists() and elsewhere.exists() and (tmp_path / "o4" / "manifest.json").exists()
+
+
+def test_an_annotator_is_always_a_plain_name_and_csv_cells_never_start_a_formula(tmp_path):
+    """Labels saved before saves checked their client_id could hold a list, a dict or control characters in
+    their info, which the export wrote out as the annotator (a probe). Such values credit no one now. A cell
+    starting with spaces or a line break and then a formula is escaped too."""
+    from polypal.serving.export import _cell, export_labeled
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    clients = (["x", "y"], {"a": 1}, "alice\x00\x1b[31m", "dr-a")
+    for k in range(len(clients)):
+        Image.fromarray(np.full((20, 30, 3), 40 * k, np.uint8)).save(studies / f"f{k}.png")
+    store = FrameStore(studies)
+    m = tmp_path / "m.png"
+    Image.fromarray(np.ones((20, 30), np.uint8)).save(m)
+    for k, client in enumerate(clients):  # (the store takes any info: the server's checks are before it)
+        store.save_label(f"f{k}", str(m), "final", {"client_id": client})
+    rows = {r["id"]: r["annotator"] for r in export_labeled(studies, tmp_path / "out")}
+    assert rows == {"f0": None, "f1": None, "f2": None, "f3": "dr-a"}, rows
+    for v in (" =1+1", "\n=1+1", "  @SUM(A1)"):
+        assert _cell(v) == "'" + v
+    assert _cell("dr-a") == "dr-a"

@@ -21,6 +21,7 @@ from typing import Dict
 
 from fastapi import HTTPException
 from lib.auth import current_saver
+from polypal.vocab import client_name
 from lib.auth import enabled as auth_enabled
 from lib.config import AppConfig, warn_unused_model
 from lib.datastore import PolypDatastore, labeled_set, take_saved_client, take_saved_tag
@@ -404,12 +405,12 @@ class PolypALApp(MONAILabelApp):
         name = request.get("strategy") or "random"
         if not isinstance(name, str):
             raise HTTPException(status_code=400, detail="strategy must be a string")
-        client = request.get("client_id")
-        if client is not None and (not isinstance(client, (str, int)) or isinstance(client, bool)
-                                   or len(str(client)) > 128):
-            raise HTTPException(status_code=400, detail="client_id must be a string of at most 128 characters")
-        if client is not None:  # an int id is kept as its text: SQLite cannot hold a 128-digit integer
-            request = {**request, "client_id": str(client)}
+        try:  # an int id is kept as its text: SQLite cannot hold a 128-digit integer
+            client = client_name(request.get("client_id"))
+        except ValueError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from None
+        if client is not None:
+            request = {**request, "client_id": client}
         task = self._strategies.get(name)
         if task is None:
             raise HTTPException(status_code=404, detail=f"no strategy {name!r}; available: {sorted(self._strategies)}")

@@ -67,3 +67,24 @@ def check_alias(image_id: str, ext: str) -> None:
     if split_name(image_id + ext) != (image_id, ext):
         raise InvalidName(f"id {image_id!r} with a {ext!r} file would be read back as "
                           f"{split_name(image_id + ext)[0]!r}: choose an id that does not end like an extension")
+
+
+MAX_CLIENT = 128
+
+
+def client_name(value) -> str | None:
+    """A client's ``client_id`` (next-sample, label saves) as the text it is credited under; None when not
+    sent. Raises ValueError unless it is a string or integer of 1 to MAX_CLIENT characters without control
+    characters (a NUL, a bell or a terminal escape went into /info and the export's CSV as they were sent,
+    and a list or a dict into the export's manifest)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"client_id must be a string of 1 to {MAX_CLIENT} characters, not a {type(value).__name__}")
+    text = str(value)
+    if not 0 < len(text) <= MAX_CLIENT or not text.strip():
+        raise ValueError(f"client_id must be a string of 1 to {MAX_CLIENT} characters (not blank), got "
+                         f"{len(text)} characters")
+    if any(ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 for ch in text):
+        raise ValueError("client_id must not hold control characters")
+    return text

@@ -35,7 +35,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from polypal.data import VOLUME_EXTENSIONS, DataError, TooLarge, read_mask, read_rgb, write_label
 from polypal.serving import label_frames
 from polypal.serving.framestore import Exists, FrameChanged, FrameStore, InfoTooLarge, NotFound, check_info_size
-from polypal.vocab import FRAME_EXTENSIONS, LABEL_EXTENSIONS, InvalidName, check_name, split_name
+from polypal.vocab import FRAME_EXTENSIONS, LABEL_EXTENSIONS, InvalidName, check_name, client_name, split_name
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +99,23 @@ def take_saved_tag() -> str | None:
     return tag
 
 
+def check_client(image_id: str, label_info) -> None:
+    """A save's ``client_id``, when it sends one, as next-sample takes it (``vocab.client_name``), else 400
+    before anything is stored (before, a list, a dict or a terminal escape was stored and exported)."""
+    try:
+        client_name((label_info or {}).get("client_id") if isinstance(label_info, dict) else None)
+    except ValueError as e:
+        raise HTTPException(status_code=400, detail=f"label for {image_id} rejected: {e}") from None
+
+
 def note_save(label_tag: str, label_info) -> None:
-    """What ``on_save_label`` reads of this thread's save: its tag, and the ``client_id`` it sent."""
+    """What ``on_save_label`` reads of this thread's save: its tag, and the ``client_id`` it sent (checked
+    by ``check_client``)."""
     LAST_SAVE.tag = label_tag
-    client = (label_info or {}).get("client_id") if isinstance(label_info, dict) else None
-    LAST_SAVE.client = client if isinstance(client, str) and 0 < len(client.strip()) <= 256 else None
+    try:
+        LAST_SAVE.client = client_name(label_info.get("client_id")) if isinstance(label_info, dict) else None
+    except ValueError:
+        LAST_SAVE.client = None
 
 
 def take_saved_client() -> str | None:
@@ -339,6 +351,7 @@ class PolypDatastore(Datastore):
                 check_info_size(label_info)
             except InfoTooLarge as e:
                 raise HTTPException(status_code=413, detail=f"label for {image_id} rejected: {e}") from None
+            check_client(image_id, label_info)
             frame = self.store.frame_signature(image_id)  # the file the mask is checked against
 
             def moved():

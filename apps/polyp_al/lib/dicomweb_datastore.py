@@ -47,7 +47,7 @@ from monailabel.datastore.utils.convert import nifti_to_dicom_seg
 from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from lib.datastore import checked_mask, note_save
+from lib.datastore import check_client, checked_mask, note_save
 from polypal.serving.framestore import InfoTooLarge, check_info_size
 from polypal.data import images, read_mask
 
@@ -355,6 +355,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             check_info_size(label_info)
         except InfoTooLarge as e:
             raise HTTPException(status_code=413, detail=f"label for {image_id} rejected: {e}") from None
+        check_client(image_id, label_info)
         try:
             image_dir, nii = self._frame_nifti(image_id, label_filename, for_seg=label_tag == DefaultLabelTag.FINAL)
         except requests.RequestException as e:

@@ -29,7 +29,7 @@ from polypal.data import DataError, read_mask, read_rgb
 from polypal.errors import PolypalError
 from polypal.serving import label_frames
 from polypal.serving.framestore import FrameStore
-from polypal.vocab import InvalidName, check_name
+from polypal.vocab import InvalidName, check_name, client_name
 
 logger = logging.getLogger(__name__)
 FIELDS = ("id", "image", "mask", "polyp_pixels", "labeled_at", "annotator", "served_by_strategy", "picked_by",
@@ -86,8 +86,8 @@ def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str 
         rows.append({
             "id": i, "image": f"images/{dst.name}", "mask": f"masks/{i}.png", "polyp_pixels": int(mask.sum()),
             "labeled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(linfo["ts"])) if linfo.get("ts") else None,
-            "annotator": _annotator(credited.get(i), linfo) or linfo.get("client_id") or served.get("client_id")
-            or (last[1] or {}).get("client_id"),
+            "annotator": _annotator(credited.get(i), linfo) or _client(linfo.get("client_id"))
+            or _client(served.get("client_id")) or _client((last[1] or {}).get("client_id")),
             "served_by_strategy": served.get("al_strategy") or last[0],
             "picked_by": served.get("picked_by"), "cycle": served.get("cycle"),
             "model_version": served.get("model_version"),
@@ -105,10 +105,21 @@ def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str 
 
 def _cell(value):
     """A CSV cell a spreadsheet shows as text: a string (an image id or annotator, both chosen by clients) that
-    starts like a formula gets a leading ' (OWASP's advice on CSV injection); manifest.json keeps it as sent."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    starts like a formula, after any spaces or line breaks, gets a leading ' (OWASP's advice on CSV
+    injection); manifest.json keeps it as sent."""
+    if isinstance(value, str) and (value[:1] in ("=", "+", "-", "@", "\t", "\r")
+                                   or value.lstrip()[:1] in ("=", "+", "-", "@")):
         return "'" + value
     return value
+
+
+def _client(value) -> str | None:
+    """A client_id from a label's info or a served record, when it is one next-sample and saves take (older
+    saves could store a list, a dict or control characters: those credit no one)."""
+    try:
+        return client_name(value)
+    except ValueError:
+        return None
 
 
 def _credited(state_db: Path) -> dict[str, tuple[str, float]]:
