@@ -272,3 +272,36 @@ def test_a_damaged_datastore_database_is_said_not_a_traceback(tmp_path, capsys, 
     assert main(["purge", str(root), "--older-than", "0", "--yes"]) == 1
     assert "nothing purged" in capsys.readouterr().err
     assert [e["name"] for e in list_trash(root)] == [entry["name"]]
+
+
+def test_a_purge_leaves_a_folder_being_restored_alone(tmp_path, monkeypatch, capsys):
+    """A restore and a purge at once: the purge deleted the folder half-way through the restore, which
+    ended in a traceback with a frame restored but not reported (a probe). The restore's marker now keeps
+    the purge off; a folder purged before a restore starts is said in a sentence."""
+    import polypal.serving.trash as trash
+
+    monkeypatch.setattr(trash, "MIN_AGE_S", 0.0)
+    root, fs, m = make_store(tmp_path)
+    fs.remove_image("f000")
+    fs.remove_image("f001")
+    by = {e["reason"]: e["name"] for e in list_trash(root)}
+    a, b = by["image f000 removed"], by["image f001 removed"]
+    marker = root / ".polypal" / "trash" / a / f"{trash.RESTORING}{os.getpid()}"  # a restore of a, under way
+    marker.touch()
+    assert [e["name"] for e in purge(root, 0, dry_run=False)] == [b]
+    marker.unlink()
+    assert restore(root, a)["restored"] == ["f000.png"] and list_trash(root) == []
+    fs.remove_image("f000")
+    [c] = [e["name"] for e in list_trash(root)]
+    real = trash._restore
+
+    def purged_meanwhile(studies, folder):
+        import shutil
+
+        shutil.rmtree(folder)
+        return real(studies, folder)
+
+    monkeypatch.setattr(trash, "_restore", purged_meanwhile)
+    assert main(["restore", str(root), c]) == 2
+    err = capsys.readouterr().err
+    assert "changed while it was restored" in err and "Traceback" not in err, err

@@ -737,3 +737,13 @@ def test_a_locked_video_database_is_read_again_at_the_next_request(tmp_path, mon
     first = load_index(st)
     assert "asked again" in first.summary()["problem"]
     assert load_index(st).summary() == {"videos": 1, "frames": 3, "groups": 3, "flagged": 0}
+    monkeypatch.setattr(sqlite3, "connect", real)
+    # emptied (a probe: ingest then started the records afresh, and re-ingesting would copy each video again
+    # under another name; /info called it a passing "no such table")
+    db = st / ".polypal" / "video.sqlite"
+    for f in st.glob(".polypal/video.sqlite-*"):
+        f.unlink()
+    db.write_bytes(b"")
+    assert "empty" in load_index(st).summary()["problem"]
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 2
+    assert db.stat().st_size == 0 and len(pngs(st)) == 3

@@ -191,14 +191,56 @@ def _restore_info(store: FrameStore, path: Path, inode: int, image_id: str, tag:
             c.execute("UPDATE labels SET info=? WHERE image_id=? AND tag=?", (text, image_id, tag))
 
 
+RESTORING = ".restoring-"  # + pid: a restore under way in the folder, which a purge leaves alone
+
+
+def _restoring(folder: Path) -> bool:
+    """Whether a live process is restoring this folder (its marker, ``.restoring-<pid>``)."""
+    for n in os.listdir(folder):
+        if n.startswith(RESTORING) and n[len(RESTORING):].isdigit():
+            try:
+                os.kill(int(n[len(RESTORING):]), 0)
+                return True
+            except ProcessLookupError:
+                continue
+            except (PermissionError, OverflowError):
+                return True
+    return False
+
+
 def restore(studies, name: str) -> dict:
     """Put one trash folder's files back. Returns {"restored": [paths], "refused": {path: why}}; the folder
-    keeps what was refused (its manifest rewritten) and is removed once empty."""
-    root = Path(os.path.realpath(str(studies)))
+    keeps what was refused (its manifest rewritten) and is removed once empty. A purge leaves the folder
+    alone meanwhile (before, one running at the same time deleted it half-way: a traceback, and a frame
+    restored but not reported)."""
     folder = _folder(studies, name)
     if (folder / REPLACE_JOURNAL).exists():
         raise ValueError(f"trash folder {name!r} holds a frame replace under way, or one that a crash interrupted "
                          f"(the next server start finishes or undoes it); try again after that")
+    marker = folder / f"{RESTORING}{os.getpid()}"
+    try:
+        marker.touch()
+    except FileNotFoundError:
+        raise ValueError(f"trash folder {name!r} was purged meanwhile") from None
+    try:
+        res, empty = _restore(studies, folder)
+    except FileNotFoundError as e:
+        raise ValueError(f"trash folder {name!r} changed while it was restored ({e.filename} is gone); what was "
+                         f"restored is in place: see `polypal-trash list`") from None
+    finally:
+        marker.unlink(missing_ok=True)
+    if empty:
+        try:  # (a server start may have removed the folder, left holding only its manifest, meanwhile)
+            (folder / "manifest.json").unlink()
+            folder.rmdir()
+        except OSError:  # files the manifest did not list: left as they are
+            pass
+    return res
+
+
+def _restore(studies, folder: Path) -> tuple[dict, bool]:
+    """``restore``'s work: (its answer, whether the folder is now empty of listed files)."""
+    root = Path(os.path.realpath(str(studies)))
     m = _manifest(folder)
     store = FrameStore(root, read_only=True)
     items = [(t, rel, _kind(store, rel)) for t, rel in m["files"].items()]
@@ -258,13 +300,7 @@ def restore(studies, name: str) -> dict:
     if left:
         m["files"] = left
         (folder / "manifest.json").write_text(json.dumps(m, indent=1))
-    elif restored:
-        try:  # (a server start may have removed the folder, left holding only its manifest, meanwhile)
-            (folder / "manifest.json").unlink()
-            folder.rmdir()
-        except OSError:  # files the manifest did not list: left as they are
-            pass
-    return {"restored": restored, "refused": refused}
+    return {"restored": restored, "refused": refused}, not left and bool(restored)
 
 
 def purge(studies, older_than_days: float, dry_run: bool = True) -> list[dict]:
@@ -282,8 +318,9 @@ def purge(studies, older_than_days: float, dry_run: bool = True) -> list[dict]:
         for e in old:
             folder = trash_dir(studies) / e["name"]
             with store._tx():
-                if not folder.is_dir() or folder.is_symlink() or (folder / REPLACE_JOURNAL).exists():
-                    continue  # put back by a failed write's undo meanwhile, or now a replace's
+                if not folder.is_dir() or folder.is_symlink() or (folder / REPLACE_JOURNAL).exists() or \
+                        _restoring(folder):
+                    continue  # put back by a failed write's undo meanwhile, now a replace's, or being restored
                 shutil.rmtree(folder)  # real folders only (_folders): no link followed
             done.append(e)
         old = done

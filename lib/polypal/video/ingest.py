@@ -315,6 +315,15 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
     return {"video": name, "source": path, "decoded": decoded, "kept": len(rows), "written": written, **res}
 
 
+def _has_ingested_frames(studies: str) -> bool:
+    from polypal.video.store import FRAME_ID
+
+    try:
+        return any(n.endswith(".png") and FRAME_ID.match(n[:-4]) for n in os.listdir(studies))
+    except OSError:
+        return False
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -338,6 +347,12 @@ def main(argv=None) -> int:
         ap.error(f"--dup-bits must be 0 to {F.HASH * F.HASH} (bits of the {F.HASH}x{F.HASH} dHash), got {a.dup_bits}")
     if os.path.exists(a.studies) and not os.path.isdir(a.studies):
         print(f"polypal-ingest: --studies {a.studies} is a file, not a folder", file=sys.stderr)
+        return 2
+    records = db_path(a.studies)
+    if os.path.isfile(records) and os.path.getsize(records) == 0 and _has_ingested_frames(a.studies):
+        print(f"polypal-ingest: {records} is empty while {a.studies} holds ingested frames: their records (groups, "
+              f"flags, which video they came from) are gone, and ingesting again would add a second copy of "
+              f"each video under another name; put it back from a backup first", file=sys.stderr)
         return 2
     try:
         os.makedirs(a.studies, exist_ok=True)

@@ -184,8 +184,14 @@ def load_index(studies) -> VideoIndex:
     import sqlite3
 
     idx = VideoIndex()
-    try:
-        c = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=60)
+    if sig[0] is not None and sig[0][2] == 0:  # emptied (a failed copy, a truncation): said, not "no table"
+        idx = VideoIndex(problem=f"{p}: empty, so the video records are gone; near-duplicate groups and video "
+                                 f"caps are off until it is restored from a backup")
+        logging.getLogger(__name__).error(idx.problem)
+        _CACHE[p] = (sig, idx)
+        return idx
+    try:  # (a second at most: a file another process holds locked must not hold up /info and next-sample)
+        c = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=1)
         try:
             for i, video, grp, rep, fl in c.execute("SELECT id, video, grp, representative, flags FROM frames"):
                 idx.video_of[i] = video
