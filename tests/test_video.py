@@ -636,6 +636,12 @@ def test_a_video_name_is_reserved_before_its_frames_are_decoded(tmp_path):
     assert db.name_for("proc", "fp-one") == "proc"  # the same video: its own name
     db.release("proc-2", "fp-two")
     assert db.name_for("proc", "fp-three") == "proc-2"
+    # a killed ingest's reservation goes back at the next run, which finds its staging folder (a probe)
+    from polypal.video.ingest import STAGING, _clean_staging
+
+    (tmp_path / "st" / STAGING / "999999999-proc-2").mkdir(parents=True)  # a pid no process has
+    _clean_staging(str(tmp_path / "st"))
+    assert db.name_for("proc", "fp-four") == "proc-2"
 
 
 def test_a_stopped_ingest_rerun_at_another_rate_keeps_no_records_of_unwritten_frames(clip, tmp_path, monkeypatch,

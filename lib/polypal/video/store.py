@@ -79,12 +79,12 @@ class VideoDB:
         with self.db.tx() as c:
             c.execute("UPDATE videos SET fingerprint=? WHERE fingerprint=?", (new, old))
 
-    def release(self, name: str, fingerprint: str) -> None:
+    def release(self, name: str, fingerprint: str | None = None) -> None:
         """Give back a name ``name_for`` reserved for a video that recorded nothing under it (it failed,
-        or was ingested under another name)."""
+        was ingested under another name, or its process was killed: any fingerprint)."""
         with self.db.tx() as c:
-            c.execute("DELETE FROM videos WHERE name=? AND fingerprint=? AND source='' AND done=0 AND NOT EXISTS "
-                      "(SELECT 1 FROM frames WHERE video=?)", (name, fingerprint, name))
+            c.execute("DELETE FROM videos WHERE name=? AND (? IS NULL OR fingerprint=?) AND source='' AND done=0 "
+                      "AND NOT EXISTS (SELECT 1 FROM frames WHERE video=?)", (name, fingerprint, fingerprint, name))
 
     def add(self, video: dict, rows: list[dict], max_bits: int) -> dict:
         """Record a video (not done yet: its name is reserved) and its frames, and regroup all of that
