@@ -89,7 +89,7 @@ def test_errors_scoring_storm_and_training_stats(tmp_path):
         assert ann.get("dr-z") == {"labels": 1, "median_seconds_per_label": None}, ann
         # a client_id next-sample would refuse is refused by a save too, before anything is stored (a probe:
         # lists, dicts and terminal escapes went into the export's manifest as sent)
-        for bad in ([1, 2], {"a": 1}, "alice\u001b[31mred", "x" * 200, "   ", True):
+        for bad in ([1, 2], {"a": 1}, "alice\u001b[31mred", "x" * 200, "dr\u202eevil", True):
             body, ct = multipart({"params": json.dumps({"client_id": bad})},
                                  {"label": (f"{ids[6]}.png", sample_mask(ids[6]).read_bytes())})
             s, r = http("PUT", f"{url}/datastore/label?image={ids[6]}&tag=final", body, {"Content-Type": ct})

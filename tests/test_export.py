@@ -230,6 +230,11 @@ def test_an_annotator_is_always_a_plain_name_and_csv_cells_never_start_a_formula
     Image.fromarray(np.ones((20, 30), np.uint8)).save(m)
     for k, client in enumerate(clients):  # (the store takes any info: the server's checks are before it)
         store.save_label(f"f{k}", str(m), "final", {"client_id": client})
+    # the server's own credit, as an older version wrote it (any string): a name with a terminal escape
+    from polypal.serving import ActiveLearningState
+
+    ts = store.label_info("f3", "final")["ts"]
+    ActiveLearningState(studies / ".polypal").add_effort("f3", "bob\x1b[31m\x07", None, ts, "v1")
     rows = {r["id"]: r["annotator"] for r in export_labeled(studies, tmp_path / "out")}
     assert rows == {"f0": None, "f1": None, "f2": None, "f3": "dr-a"}, rows
     for v in (" =1+1", "\n=1+1", "  @SUM(A1)"):

@@ -270,7 +270,7 @@ def test_a_damaged_datastore_database_is_said_not_a_traceback(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "datastore database cannot be used" in err and "backup" in err
     assert main(["purge", str(root), "--older-than", "0", "--yes"]) == 1
-    assert "nothing purged" in capsys.readouterr().err
+    assert "purge stopped" in capsys.readouterr().err
     assert [e["name"] for e in list_trash(root)] == [entry["name"]]
 
 
@@ -290,7 +290,8 @@ def test_a_purge_leaves_a_folder_being_restored_alone(tmp_path, monkeypatch, cap
     marker.touch()
     assert [e["name"] for e in purge(root, 0, dry_run=False)] == [b]
     marker.unlink()
-    assert restore(root, a)["restored"] == ["f000.png"] and list_trash(root) == []
+    (marker.parent / f"{trash.RESTORING}999999999").touch()  # a restore killed before (a pid no process has)
+    assert restore(root, a)["restored"] == ["f000.png"] and list_trash(root) == []  # finished, folder gone
     fs.remove_image("f000")
     [c] = [e["name"] for e in list_trash(root)]
     real = trash._restore

@@ -21,8 +21,8 @@ from typing import Dict
 
 from fastapi import HTTPException
 from lib.auth import current_saver
-from polypal.vocab import client_name
 from lib.auth import enabled as auth_enabled
+from polypal.vocab import client_name
 from lib.config import AppConfig, warn_unused_model
 from lib.datastore import PolypDatastore, labeled_set, take_saved_client, take_saved_tag
 from lib.infer import PolypSegInfer, written_results

@@ -74,17 +74,18 @@ MAX_CLIENT = 128
 
 def client_name(value) -> str | None:
     """A client's ``client_id`` (next-sample, label saves) as the text it is credited under; None when not
-    sent. Raises ValueError unless it is a string or integer of 1 to MAX_CLIENT characters without control
-    characters (a NUL, a bell or a terminal escape went into /info and the export's CSV as they were sent,
+    sent (or blank). Raises ValueError unless it is a string or integer of 1 to MAX_CLIENT characters
+    without control, format (bidi overrides, zero-width) or line-separator characters (a NUL, a bell or a terminal escape went into /info and the export's CSV as they were sent,
     and a list or a dict into the export's manifest)."""
-    if value is None:
-        return None
+    import unicodedata
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None  # (a blank one is none, as next-sample always took it)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError(f"client_id must be a string of 1 to {MAX_CLIENT} characters, not a {type(value).__name__}")
     text = str(value)
-    if not 0 < len(text) <= MAX_CLIENT or not text.strip():
-        raise ValueError(f"client_id must be a string of 1 to {MAX_CLIENT} characters (not blank), got "
-                         f"{len(text)} characters")
-    if any(ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 for ch in text):
-        raise ValueError("client_id must not hold control characters")
+    if len(text) > MAX_CLIENT:
+        raise ValueError(f"client_id must be a string of 1 to {MAX_CLIENT} characters, got {len(text)}")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text):
+        raise ValueError("client_id must not hold control, format or line-separator characters")
     return text

@@ -101,7 +101,12 @@ def take_saved_tag() -> str | None:
 
 def check_client(image_id: str, label_info) -> None:
     """A save's ``client_id``, when it sends one, as next-sample takes it (``vocab.client_name``), else 400
-    before anything is stored (before, a list, a dict or a terminal escape was stored and exported)."""
+    before anything is stored (before, a list, a dict or a terminal escape was stored and exported). With
+    authentication on, a save is credited to its signed-in user, and its client_id is not looked at."""
+    from lib.auth import enabled as auth_enabled
+
+    if auth_enabled():
+        return
     try:
         client_name((label_info or {}).get("client_id") if isinstance(label_info, dict) else None)
     except ValueError as e:

@@ -86,7 +86,7 @@ def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str 
         rows.append({
             "id": i, "image": f"images/{dst.name}", "mask": f"masks/{i}.png", "polyp_pixels": int(mask.sum()),
             "labeled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(linfo["ts"])) if linfo.get("ts") else None,
-            "annotator": _annotator(credited.get(i), linfo) or _client(linfo.get("client_id"))
+            "annotator": _client(_annotator(credited.get(i), linfo)) or _client(linfo.get("client_id"))
             or _client(served.get("client_id")) or _client((last[1] or {}).get("client_id")),
             "served_by_strategy": served.get("al_strategy") or last[0],
             "picked_by": served.get("picked_by"), "cycle": served.get("cycle"),

@@ -194,18 +194,26 @@ def _restore_info(store: FrameStore, path: Path, inode: int, image_id: str, tag:
 RESTORING = ".restoring-"  # + pid: a restore under way in the folder, which a purge leaves alone
 
 
-def _restoring(folder: Path) -> bool:
-    """Whether a live process is restoring this folder (its marker, ``.restoring-<pid>``)."""
+def _markers(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The folder's restore markers (``.restoring-<pid>``): (of live processes, of dead ones)."""
+    live, dead = [], []
     for n in os.listdir(folder):
-        if n.startswith(RESTORING) and n[len(RESTORING):].isdigit():
-            try:
-                os.kill(int(n[len(RESTORING):]), 0)
-                return True
-            except ProcessLookupError:
-                continue
-            except (PermissionError, OverflowError):
-                return True
-    return False
+        pid = n[len(RESTORING):]
+        if not (n.startswith(RESTORING) and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+            live.append(folder / n)
+        except (ProcessLookupError, OverflowError):
+            dead.append(folder / n)
+        except PermissionError:
+            live.append(folder / n)
+    return live, dead
+
+
+def _restoring(folder: Path) -> bool:
+    """Whether a live process is restoring this folder."""
+    return bool(_markers(folder)[0])
 
 
 def restore(studies, name: str) -> dict:
@@ -218,19 +226,21 @@ def restore(studies, name: str) -> dict:
         raise ValueError(f"trash folder {name!r} holds a frame replace under way, or one that a crash interrupted "
                          f"(the next server start finishes or undoes it); try again after that")
     marker = folder / f"{RESTORING}{os.getpid()}"
-    try:
+    with FrameStore(Path(os.path.realpath(str(studies))), read_only=True)._tx():  # a purge checks under it
+        if not folder.is_dir():
+            raise ValueError(f"trash folder {name!r} was purged meanwhile")
         marker.touch()
-    except FileNotFoundError:
-        raise ValueError(f"trash folder {name!r} was purged meanwhile") from None
     try:
         res, empty = _restore(studies, folder)
     except FileNotFoundError as e:
         raise ValueError(f"trash folder {name!r} changed while it was restored ({e.filename} is gone); what was "
-                         f"restored is in place: see `polypal-trash list`") from None
+                         f"restored is in place") from None
     finally:
         marker.unlink(missing_ok=True)
     if empty:
         try:  # (a server start may have removed the folder, left holding only its manifest, meanwhile)
+            for stale in _markers(folder)[1]:  # a restore killed before this one (this one finished it)
+                stale.unlink(missing_ok=True)
             (folder / "manifest.json").unlink()
             folder.rmdir()
         except OSError:  # files the manifest did not list: left as they are
@@ -385,8 +395,8 @@ def main(argv=None) -> int:
         return code
     try:
         old = purge(a.studies, a.older_than, dry_run=not a.yes)
-    except sqlite3.Error as e:
-        print(f"polypal-trash: nothing purged: the datastore database cannot be used ({e})", file=sys.stderr)
+    except (sqlite3.Error, OSError) as e:
+        print(f"polypal-trash: purge stopped: {e}", file=sys.stderr)
         return 1
     verb = "deleted" if a.yes else "would delete"
     for e in old:

@@ -84,18 +84,16 @@ def legacy_fingerprint(path: str) -> str | None:
 
 
 def _clean_staging(studies: str) -> None:
-    """Remove staging folders of ingest processes that no longer run, and give back the video names they
-    had reserved without recording a frame (before, a killed ingest kept its name for good)."""
+    """Remove staging folders of ingest processes that no longer run. (A killed ingest's name reservation
+    stays: the same file ingested again takes it back; another video of that name gets ``<name>-2``.)"""
     root = os.path.join(studies, STAGING)
     for d in os.listdir(root) if os.path.isdir(root) else []:
-        pid, _, name = d.partition("-")
+        pid = d.split("-", 1)[0]
         try:
             os.kill(int(pid), 0)
             continue
         except (ValueError, ProcessLookupError):
             shutil.rmtree(os.path.join(root, d), ignore_errors=True)
-            if name:
-                VideoDB(studies).release(name)
         except PermissionError:
             continue
 

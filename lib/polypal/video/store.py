@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,12 +80,12 @@ class VideoDB:
         with self.db.tx() as c:
             c.execute("UPDATE videos SET fingerprint=? WHERE fingerprint=?", (new, old))
 
-    def release(self, name: str, fingerprint: str | None = None) -> None:
+    def release(self, name: str, fingerprint: str) -> None:
         """Give back a name ``name_for`` reserved for a video that recorded nothing under it (it failed,
-        was ingested under another name, or its process was killed: any fingerprint)."""
+        or was ingested under another name)."""
         with self.db.tx() as c:
-            c.execute("DELETE FROM videos WHERE name=? AND (? IS NULL OR fingerprint=?) AND source='' AND done=0 "
-                      "AND NOT EXISTS (SELECT 1 FROM frames WHERE video=?)", (name, fingerprint, fingerprint, name))
+            c.execute("DELETE FROM videos WHERE name=? AND fingerprint=? AND source='' AND done=0 AND NOT EXISTS "
+                      "(SELECT 1 FROM frames WHERE video=?)", (name, fingerprint, name))
 
     def add(self, video: dict, rows: list[dict], max_bits: int) -> dict:
         """Record a video (not done yet: its name is reserved) and its frames, and regroup all of that
@@ -184,6 +185,8 @@ def load_index(studies) -> VideoIndex:
     import sqlite3
 
     idx = VideoIndex()
+    if sig[0] is not None and sig[0][2] == 0 and time.time() - sig[0][1] / 1e9 < 5:
+        return VideoIndex()  # (being created by an ingest this moment: its schema lands within milliseconds)
     if sig[0] is not None and sig[0][2] == 0:  # emptied (a failed copy, a truncation): said, not "no table"
         idx = VideoIndex(problem=f"{p}: empty, so the video records are gone; near-duplicate groups and video "
                                  f"caps are off until it is restored from a backup")
