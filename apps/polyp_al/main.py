@@ -22,7 +22,6 @@ from typing import Dict
 from fastapi import HTTPException
 from lib.auth import current_saver
 from lib.auth import enabled as auth_enabled
-from polypal.vocab import client_name
 from lib.config import AppConfig, warn_unused_model
 from lib.datastore import PolypDatastore, labeled_set, take_saved_client, take_saved_tag
 from lib.infer import PolypSegInfer, written_results
@@ -37,7 +36,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from polypal.serving import ActiveLearningState, model_version, refresh_due
 from polypal.sampler import server_strategies
 from polypal.data import DataError, TooLarge
-from polypal.vocab import IMAGE_EXTENSIONS, InvalidName, check_name, patterns
+from polypal.vocab import IMAGE_EXTENSIONS, InvalidName, check_name, client_name, patterns
 
 logger = logging.getLogger(__name__)
 LABELS = {"polyp": 1}
@@ -409,8 +408,7 @@ class PolypALApp(MONAILabelApp):
             client = client_name(request.get("client_id"))
         except ValueError as e:
             raise HTTPException(status_code=400, detail=str(e)) from None
-        if client is not None:
-            request = {**request, "client_id": client}
+        request = {**request, "client_id": client}  # (a blank one is none: the client's own lease, anonymous)
         task = self._strategies.get(name)
         if task is None:
             raise HTTPException(status_code=404, detail=f"no strategy {name!r}; available: {sorted(self._strategies)}")

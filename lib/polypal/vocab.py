@@ -75,8 +75,9 @@ MAX_CLIENT = 128
 def client_name(value) -> str | None:
     """A client's ``client_id`` (next-sample, label saves) as the text it is credited under; None when not
     sent (or blank). Raises ValueError unless it is a string or integer of 1 to MAX_CLIENT characters
-    without control, format (bidi overrides, zero-width) or line-separator characters (a NUL, a bell or a terminal escape went into /info and the export's CSV as they were sent,
-    and a list or a dict into the export's manifest)."""
+    without control, format (bidi overrides, zero-width) or line-separator characters (a NUL, a bell or a
+    terminal escape went into /info and the export's CSV as they were sent, and a list or a dict into the
+    export's manifest)."""
     import unicodedata
 
     if value is None or (isinstance(value, str) and not value.strip()):
