@@ -108,6 +108,12 @@ def test_annotators_pace_equals_numpy_and_follows_each_save(tmp_path):
     want = reference_annotators(v for k, v in rows.items() if k in labeled)
     assert {k: v["labels"] for k, v in got.items()} == {k: v["labels"] for k, v in want.items()}
     assert "late" not in got and sum(v["labels"] for v in got.values()) == len(labeled)
+    # kept between calls, and computed again when the labeled set or the log changes
+    assert log.annotators(labeled) == got
+    assert sum(v["labels"] for v in log.annotators(labeled - {"f3"}).values()) == len(labeled) - 1
+    log.add_effort("f2", "dr-z", 1.0, 2.0, "v3")
+    assert log.annotators(labeled | {"f2"})["dr-z"]["labels"] == 1
+    assert "dr-z" not in log.annotators(labeled)
 
 
 def test_the_quality_curve_follows_each_measurement(tmp_path):
