@@ -1236,6 +1236,33 @@ def test_requests_answered_before_their_body_is_read(env):
                          f"boundary=x\r\nContent-Length: 300000000\r\n\r\n--x\r\n".encode())
             head = sock.recv(4096).decode("latin-1")
         assert head.startswith("HTTP/1.1 406"), (path, head[:200])
+    # a JSON body announced over its 64 KiB: 413 from the Content-Length (before, up to 1 GiB was written to the
+    # temp dir first), and one sent chunked is cut as it passes 64 KiB
+    for path in ("/activelearning/random", "/train/polyp_seg", "/scoring/polyp_al"):
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: 300000000\r\n\r\n{{".encode())
+            head = sock.recv(4096)
+            sock.settimeout(2)
+            try:
+                while b"KiB" not in head:
+                    more = sock.recv(4096)
+                    if not more:
+                        break
+                    head += more
+            except socket.timeout:
+                pass
+        assert head.startswith(b"HTTP/1.1 413") and b"64 KiB" in head, (path, head[:600])
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(f"POST /activelearning/random HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                     f"application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b" " * 4096
+        head = b""
+        for _ in range(17):  # 68 KiB, and no end: the answer comes once 64 KiB have passed
+            sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        sock.settimeout(10)
+        head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 413"), head[:300]
 
 
 def test_trainings_are_not_queued_by_clients(env):
@@ -1461,6 +1488,26 @@ def test_a_body_dripping_in_is_cut_off(tmp_path):
             while time.time() - t0 < 20 and not head:
                 try:
                     sock.sendall(b" ")  # one byte a second: never a pause over 2 s, far below 10 kB/s
+                except OSError:
+                    break
+                try:
+                    head = sock.recv(4096)
+                except socket.timeout:
+                    time.sleep(0.5)
+        assert head.startswith(b"HTTP/1.1 408"), head[:200]
+        assert time.time() - t0 < 10
+        # a fast burst first, then the drip: the rate counts over each stretch of BODY_TIMEOUT on its own (the
+        # average since the start let 3 MB then a byte a second pass for 300 s)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(f"PUT /datastore/image?image=drip HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                         f"multipart/form-data; boundary=x\r\nContent-Length: {8 << 20}\r\n\r\n".encode())
+            sock.sendall(b"--x\r\n" + b" " * (3 << 20))
+            t0 = time.time()
+            head = b""
+            sock.settimeout(0.5)
+            while time.time() - t0 < 20 and not head:
+                try:
+                    sock.sendall(b" ")
                 except OSError:
                     break
                 try:

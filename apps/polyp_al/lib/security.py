@@ -295,7 +295,7 @@ _refusals = _RefusalLog(REFUSALS_PER_MINUTE)
 
 
 BODY_TIMEOUT = float(os.environ.get("POLYPAL_BODY_TIMEOUT", 60))  # seconds a client may pause in a body...
-MIN_BODY_RATE = 10_000  # ...and after that long, bytes per second it must have kept up on average
+MIN_BODY_RATE = 10_000  # ...and bytes per second it must keep up over each such stretch of time
 _FALSE = ("", "0", "false", "f", "no", "n", "off")  # enqueue values that do not queue (pydantic's falsy words)
 MAX_JSON = 64 * 1024  # bytes of a /train, /scoring or /activelearning JSON body
 MAX_SUFFIXES = 200  # characters of an uploaded file name from its first "." (a DICOM UID + ".png" has 60-70)
@@ -408,13 +408,18 @@ def _declared_size(scope) -> int | None:
     return None
 
 
+def _too_large(limit: int) -> str:
+    return f"JSON body larger than {MAX_JSON // 1024} KiB" if limit == MAX_JSON else \
+        f"request body larger than {limit} bytes"
+
+
 async def _spool_body(receive, charge: _Charge | None = None, limit: int = MAX_BODY):
     """The whole request body, read on the event loop (so a slow client holds no worker thread) into a
     spooled temporary file; 413 over ``limit``, 507 when it outgrows the disk floor (``charge``), 408 when
     the client pauses longer than BODY_TIMEOUT."""
     spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)
     total, more = 0, True
-    t0 = time.monotonic()
+    mark_t, mark_total = time.monotonic(), 0  # the start of the window the rate is measured over
     try:
         while more:
             try:
@@ -426,12 +431,17 @@ async def _spool_body(receive, charge: _Charge | None = None, limit: int = MAX_B
             chunk = m.get("body", b"")
             total += len(chunk)
             if total > limit:
-                raise _Refused(413, f"request body larger than {limit} bytes")
+                raise _Refused(413, _too_large(limit))
             if charge is not None:
                 charge.cover(total)
-            elapsed = time.monotonic() - t0
-            if elapsed > BODY_TIMEOUT and total < MIN_BODY_RATE * elapsed:  # a drip: a socket held for ever
-                raise _Refused(408, f"the request body is arriving slower than {MIN_BODY_RATE // 1000} kB/s")
+            # a drip holds a socket (and the disk the body is charged for) for ever. The rate is measured over
+            # windows of BODY_TIMEOUT seconds, each on its own: averaged from the start, as before, a fast
+            # burst then a byte a minute passed for hours (200 MB: 5.5 h)
+            now = time.monotonic()
+            if now - mark_t > BODY_TIMEOUT:
+                if total - mark_total < MIN_BODY_RATE * (now - mark_t):
+                    raise _Refused(408, f"the request body is arriving slower than {MIN_BODY_RATE // 1000} kB/s")
+                mark_t, mark_total = now, total
             spool.write(chunk)
             more = m.get("more_body", False)
     except BaseException:
@@ -786,10 +796,12 @@ class Gate:
         sign_in = self.signed_in and path.startswith(_SIGN_IN)
         offload = path.startswith(_OFFLOAD) or sign_in
         with_body = offload and method not in ("OPTIONS", "HEAD", "GET")
-        limit = SIGN_IN_MAX_BODY if sign_in else min(max_upload(), MAX_BODY) if path.startswith(
-            ("/datastore", "/infer/")) else MAX_BODY
+        # a JSON body is refused at MAX_JSON from its Content-Length (or, sent chunked, as it passes MAX_JSON):
+        # before, it was checked only once the whole body, up to MAX_BODY (1 GiB), was on disk
+        limit = SIGN_IN_MAX_BODY if sign_in else MAX_JSON if path.startswith(_JSON_PATHS) else min(
+            max_upload(), MAX_BODY) if path.startswith(("/datastore", "/infer/")) else MAX_BODY
         if with_body and declared is not None and declared > limit:
-            raise _Refused(413, f"request body larger than {limit} bytes")
+            raise _Refused(413, _too_large(limit))
         user = scope.get("polypal.user") if with_body else None  # (authentication on)
         if user is not None and not _UPLOADS.take(user.username):
             raise _Refused(429, f"{UPLOADS_PER_USER} requests with a body of this user are in progress: send "
