@@ -97,6 +97,14 @@ def test_errors_scoring_storm_and_training_stats(tmp_path):
             s, r = http("POST", f"{url}/activelearning/random", json.dumps({"client_id": bad}).encode(),
                         {"Content-Type": "application/json"})
             assert s == 400 and "client_id" in r["detail"], (bad, s, r)
+            # and by the label-info endpoints (a probe: they stored it as sent, and listings showed it)
+            for path, field in ((f"/datastore/label/info?label={other}&tag=final", "info"),
+                                (f"/datastore/updatelabelinfo?label={other}&tag=final", "params")):
+                body, ct = multipart({field: json.dumps({"client_id": bad})}, {})
+                s, r = http("PUT", f"{url}{path}", body, {"Content-Type": ct})
+                assert s == 400 and "client_id" in r["detail"], (path, bad, s, r)
+        s, r = http("GET", f"{url}/datastore/label/info?label={other}&tag=final")
+        assert s == 200 and r.get("client_id") == "dr-z", r
         # the labeled set as a zip in the export layout, with the manifest
         import io
         import zipfile

@@ -597,6 +597,14 @@ async def _check_form(scope, spool, size: int, form_key: str) -> None:
                 _may_replace(scope)
             if form_key == "/infer/" and (params.get("save_label") or params.get("store_seg")):
                 _may_store_predictions(scope)
+            if form_key in ("/datastore/label/info", "/datastore/updatelabelinfo") and "client_id" in params:
+                # the rule of saves and next-sample (before, a terminal escape or a list went in through here)
+                from polypal.vocab import client_name
+
+                try:
+                    client_name(params["client_id"])
+                except ValueError as e:
+                    raise _Refused(400, f"{field}: {e}") from None
     finally:
         await form.close()
 
