@@ -10,7 +10,7 @@
 new folder.)
 
 Every finished (strategy, seed, stage) is appended to
-``OUT/runs/<strategy>-seed<k>.jsonl`` at once; rerunning the same command skips
+``OUT/runs/<run name>-seed<k>.jsonl`` (e.g. ``unc_ta_coreset@g0.5-seed0.jsonl``; ``RunSpec.label``) at once; rerunning the same command skips
 what is done. ``ceiling`` trains on the whole pool (same split, profile and
 validation; the profile's epochs without its per-stage step cap) and appends one line per seed to ``OUT/ceiling.jsonl``: the
 full-pool model that the report's label savings are measured against. The split is written to ``OUT/split.json`` and every invocation,

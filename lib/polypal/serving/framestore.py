@@ -26,8 +26,9 @@ MAX_NAME characters.
 
 Nothing a client does loses a frame or a label for good: deleting a frame or a
 label, replacing a frame (``replace=True``; otherwise an existing id is refused
-with ``Exists``) and overwriting a label move the old files into
-``.polypal/trash/<time>-<id>/`` with a ``manifest.json`` saying what they were.
+with ``Exists``) and overwriting a label move the old files into a new folder
+``.polypal/trash/<YYYYmmdd-HHMMSS>-<random>/`` (``tempfile.mkdtemp`` with the local time as
+prefix; the frame id is not in the name) with a ``manifest.json`` saying why and where they were.
 ``polypal-trash restore`` (polypal.serving.trash) puts one back while the server
 runs: it links the files back, never over a file, and reconciles.
 

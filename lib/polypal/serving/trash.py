@@ -5,7 +5,9 @@
     polypal-trash purge STUDIES --older-than DAYS   # what would go; add --yes to delete it
 
 Deleting or replacing a frame and overwriting or deleting a label move the old files into
-``STUDIES/.polypal/trash/<time>-<id>/`` with a ``manifest.json`` (polypal.serving.framestore).
+``STUDIES/.polypal/trash/<YYYYmmdd-HHMMSS>-<random>/`` (local time and a random suffix; the frame id
+is not in the name) with a ``manifest.json`` giving the reason and the original paths
+(polypal.serving.framestore).
 ``restore`` works while the server runs: each file is linked back (never over an existing file),
 then the store is reconciled, so the frame or label is listed again at once. It refuses, naming
 the file, a frame whose id is taken again and a label whose frame is gone or whose place is taken.
