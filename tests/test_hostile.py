@@ -213,9 +213,19 @@ def test_library_refuses_pickled_code(tmp_path):
 
     target = tmp_path / "PWNED"
     ck = hostile_checkpoint(tmp_path / "evil.pt", target)
-    with pytest.raises(CheckpointError, match="not a loadable"):
+    with pytest.raises(CheckpointError, match="not a loadable") as e:
         load_checkpoint(ck, device="cpu")
     assert not target.exists()
+    # said in a sentence, without torch's advice to load it with weights_only=False (which would run the code)
+    assert "could run code" in str(e.value) and "weights_only" not in str(e.value), str(e.value)
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint at all\n")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint file"):
+        load_checkpoint(text, device="cpu")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="damaged or cut short"):
+        load_checkpoint(cut, device="cpu")
 
 
 def test_library_refuses_a_checkpoint_that_would_inflate(tmp_path):
@@ -308,7 +318,7 @@ def test_model_upload_when_on_is_checked_and_atomic(tmp_path):
         s, r = upload(hostile_checkpoint(tmp_path / "evil.pt", target).read_bytes())
         assert s == 422 and "refused" in r["detail"]
         s, r = upload(b"not a checkpoint at all")
-        assert s == 422
+        assert s == 422 and "not a PyTorch checkpoint file" in r["detail"], r  # (a "KeyError: 110" before)
         other = write_model(tmp_path / "other.pt", channels=(8, 16, 32))  # another architecture
         s, r = upload(other.read_bytes())
         assert s == 422 and "architecture" in r["detail"]
@@ -325,6 +335,9 @@ def test_model_upload_when_on_is_checked_and_atomic(tmp_path):
         s, r = upload(good.read_bytes())
         assert s == 200, r
         assert sha(model) == sha(good)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        assert model.stat().st_mode & 0o777 == 0o666 & ~umask, oct(model.stat().st_mode)  # not mkstemp's 0600
         assert list(model.parent.glob("polyp_seg-smoke.pt.*.replaced"))
         s, r = http("POST", f"{srv.url}/infer/polyp_seg?image=fr000&output=json")
         assert s == 200, r
@@ -410,6 +423,13 @@ def test_existing_frames_are_not_overwritten_and_deletes_are_recoverable(env):
     assert s == 200, r
     assert (studies / "fr001.jpg").exists() and not (studies / "fr001.png").exists()
     assert not (studies / "labels" / "final" / "fr001.png").exists()
+    # stored with the mode the server's umask gives (mkstemp's 0600 before: unreadable to a backup job or a
+    # viewer running as another user); the server inherited this process's umask
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for p in (studies / "fr001.jpg", studies / "labels" / "final" / "fr002.png"):
+        if p.exists():
+            assert p.stat().st_mode & 0o777 == 0o666 & ~umask, (p, oct(p.stat().st_mode))
     kept = {p.name: p for p in (studies / ".polypal" / "trash").rglob("*") if p.is_file()}
     assert any(sha(p) == frame_before for p in kept.values())
     assert any(sha(p) == label_before for p in kept.values())
@@ -417,6 +437,7 @@ def test_existing_frames_are_not_overwritten_and_deletes_are_recoverable(env):
     s, _ = put_label(url, "fr002", png_bytes(masks["fr002"].astype(np.uint8)))
     assert s == 200
     lab = sha(studies / "labels" / "final" / "fr002.png")
+    assert (studies / "labels" / "final" / "fr002.png").stat().st_mode & 0o777 == 0o666 & ~umask
     s, _ = http("DELETE", f"{url}/datastore/label?id=fr002&tag=final")
     assert s == 200
     s, _ = http("DELETE", f"{url}/datastore/?id=fr003")

@@ -17,6 +17,7 @@ import time
 from fastapi import FastAPI, File, HTTPException, UploadFile
 
 from polypal.learner import CheckpointError, load_checkpoint
+from polypal.serving.fileops import file_mode
 
 logger = logging.getLogger(__name__)
 MAX_MODEL_BYTES = 1 << 30
@@ -45,6 +46,7 @@ def model_api(app):
         dest = app.cfg.model_path
         fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".pt", dir=os.path.dirname(dest))
         try:
+            os.fchmod(fd, file_mode())  # as a trained model's file (mkstemp's 0600 otherwise)
             with os.fdopen(fd, "wb") as out:
                 n = 0
                 while True:

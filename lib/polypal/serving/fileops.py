@@ -41,10 +41,31 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it, for every thread at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def file_mode() -> int:
+    """The mode a file the process creates gets (0666 less the umask). mkstemp makes 0600 files: frames and
+    labels stored through the server were readable by its own user only, unlike every other file there (a
+    backup job or a viewer running as another user could not read them)."""
+    return 0o666 & ~_umask()
+
+
 def copy_fsynced(src: str, dir_: str) -> str:
-    """Copy ``src`` to a new hidden temporary file in ``dir_`` (fsynced); returns its path."""
+    """Copy ``src`` to a new hidden temporary file in ``dir_`` (fsynced, with the umask's mode); returns its
+    path."""
     fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=dir_)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
             shutil.copyfileobj(f, out, 1 << 20)
             out.flush()
