@@ -123,6 +123,29 @@ def _check_archive(path) -> None:
                                         f"before reading (torch.save stores its entries uncompressed)")
 
 
+def _unloadable(path, e: Exception) -> str:
+    """Why torch.load refused a file, in a sentence. torch's own text for a file holding code objects advises
+    loading it with weights_only=False, which would run that code: it is never passed on."""
+    import pickle
+    import zipfile
+
+    try:  # (a pickle protocol 2+ starts with 0x80)
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        head = b""
+    if head != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip (a pickle in the old format)
+        return "not a loadable polyp-al checkpoint: not a PyTorch checkpoint file at all (save one with torch.save " \
+               "or take the .pt a polyp-al training wrote)"
+    if isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e).lower():
+        return "not a loadable polyp-al checkpoint: it holds objects other than tensors and plain data, refused " \
+               "unread (loading them could run code); a polyp-al checkpoint holds its weights, profile and numbers"
+    if head == b"PK" and not zipfile.is_zipfile(path):
+        return "not a loadable polyp-al checkpoint: damaged or cut short (its zip archive has no end record)"
+    first = str(e).split(". ")[0].strip()[:160]
+    return f"not a loadable polyp-al checkpoint: damaged or cut short ({type(e).__name__}{': ' + first if first else ''})"
+
+
 def load_checkpoint(path, device=None, expect: Profile | None = None) -> tuple[PolypUNet, Profile, dict]:
     """Load a checkpoint with ``weights_only=True`` (no pickled code runs) into a fresh PolypUNet.
 
@@ -137,8 +160,7 @@ def load_checkpoint(path, device=None, expect: Profile | None = None) -> tuple[P
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - pickle's UnpicklingError, zip errors, ...: all mean "refused"
-        raise CheckpointError(path, f"not a loadable polyp-al checkpoint (tensors and plain data only): "
-                                    f"{type(e).__name__}: {str(e)[:300]}") from None
+        raise CheckpointError(path, _unloadable(path, e)) from None
     if not isinstance(ck, dict) or not isinstance(ck.get("state_dict"), dict) or not isinstance(ck.get("profile"), dict):
         raise CheckpointError(path, "not a polyp-al checkpoint (needs 'state_dict' and 'profile')")
     try:
