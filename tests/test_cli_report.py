@@ -352,7 +352,88 @@ def test_bad_video_groups_split_and_threads_get_a_clear_error_before_out_is_writ
     splits = tmp_path / "splits"
     splits.mkdir()
     (splits / "kvasir_sessile.txt").write_text("not-a-frame-here\n")
-    with pytest.raises(SystemExit, match="no test frame.*sessile"):
+    with pytest.raises(SystemExit, match="does not look like Kvasir-SEG: .*kvasir_sessile.txt .* names none"):
         main(["run", "--dataset", "kvasir", "--data", str(data), "--splits", str(splits), "--profile", "smoke",
               "--strategies", "random", "--seeds", "0", "--initial", "4", "--budget", "2", "--cycles", "1",
               "--out", str(tmp_path / "o-kv")])
+
+
+def test_another_datasets_folder_is_named_before_any_frame_is_decoded(tmp_path, monkeypatch):
+    """A Kvasir-SEG folder given as --dataset cvc decoded every frame and then blamed the protocol ("the pool
+    holds 0 frames ... lower --initial, --budget or --cycles"): CVC's sequence list names none of its frames,
+    so all went to test. Now the folder is said not to look like CVC-ClinicDB before a frame is decoded, as a
+    CVC folder given as --dataset kvasir is said not to look like Kvasir-SEG."""
+    import shutil
+
+    import pytest
+
+    import polypal.data
+    from polypal.experiments import cli
+
+    def no_decoding(*a, **k):
+        raise AssertionError("frames decoded before the dataset was checked")
+
+    monkeypatch.setattr(polypal.data, "load_folder", no_decoding)
+    splits = tmp_path / "splits"
+    shutil.copytree(cli.BUNDLED_SPLITS, splits)
+    kv = write_dataset(tmp_path / "kv", 12, seed=3)  # frame000..: no CVC name, no sessile name
+
+    def sim(dataset, data, out):
+        return main(["run", "--dataset", dataset, "--data", str(data), "--splits", str(splits), "--profile",
+                     "smoke", "--strategies", "random", "--seeds", "0", "--out", str(out)])
+
+    with pytest.raises(SystemExit, match=r"does not look like CVC-ClinicDB: .*cvc_clinicdb_sequences.csv .* names "
+                                         r"none of its 12 frames .*check --dataset and --data"):
+        sim("cvc", kv, tmp_path / "o1")
+    with pytest.raises(SystemExit, match=r"does not look like Kvasir-SEG: .*kvasir_sessile.txt .* names none of "
+                                         r"its 12 frames .*check --dataset and --data"):
+        sim("kvasir", kv, tmp_path / "o2")
+    cvc = tmp_path / "cvc"  # 4 frames CVC's list names, 8 it does not: those 8 would be one "sequence"
+    shutil.copytree(kv, cvc)
+    for i, img in enumerate(sorted((cvc / "images").iterdir())[:4]):
+        img.rename(cvc / "images" / f"{i + 1}{img.suffix}")
+        (cvc / "masks" / img.name).rename(cvc / "masks" / f"{i + 1}{img.suffix}")
+    with pytest.raises(SystemExit, match="does not look like CVC-ClinicDB: .* names only 4 of its 12 frames"):
+        sim("cvc", cvc, tmp_path / "o3")
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
+    with pytest.raises(AssertionError, match="frames decoded"):  # --cvc-split frame: any names will do
+        main(["run", "--dataset", "cvc", "--cvc-split", "frame", "--data", str(kv), "--profile", "smoke",
+              "--strategies", "random", "--seeds", "0", "--out", str(tmp_path / "o4")])
+
+
+def test_a_pool_too_small_is_told_what_fits(tmp_path):
+    """A folder of 30 frames with --dataset folder's protocol (10 + 10 x 2) was told "too few ... lower
+    --initial, --budget or --cycles", not by how much. Now the message names the largest --initial, --budget
+    and the most --cycles that fit, each one alone, and each does fit (and one more would not)."""
+    import pytest
+
+    data = write_dataset(tmp_path / "d", 30, seed=5)
+    with pytest.raises(SystemExit, match=r"the pool holds 20 frames .* 10 \+ 10 x 2 labels .*rerun with one of "
+                                         r"--initial 9, --budget 9, --cycles 1 \(the other settings as given\)"):
+        main(["run", "--dataset", "folder", "--data", str(data), "--profile", "smoke", "--strategies", "random",
+              "--seeds", "0", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+    from polypal.experiments.cli import _fitting
+
+    def need(i, b, c):
+        return i + b * (c - 1) + 1 if c else i
+
+    for pool in range(0, 30):
+        for init in range(1, 12):
+            for budget in range(1, 8):
+                for cycles in range(0, 6):
+                    if need(init, budget, cycles) <= pool:
+                        continue
+                    said = _fitting(pool, init, budget, cycles)
+                    if not said:
+                        assert pool == 0 or (cycles and pool - 1 < cycles), (pool, init, budget, cycles)
+                        continue
+                    opts = said.removeprefix("rerun with ").removeprefix("one of ").split(" (")[0]
+                    for opt in opts.split(", "):
+                        got = dict(zip(opt.split()[::2], map(int, opt.split()[1::2])))
+                        i, b, c = got.get("--initial", init), got.get("--budget", budget), got.get("--cycles", cycles)
+                        assert need(i, b, c) <= pool and min(i, b) >= 1 and c >= 0, (pool, init, budget, cycles, opt)
+                        if len(got) == 1:  # the largest (most cycles) that fits
+                            k = next(iter(got))
+                            bigger = {"--initial": (i + 1, b, c), "--budget": (i, b + 1, c), "--cycles": (i, b, c + 1)}
+                            assert need(*bigger[k]) > pool, (pool, init, budget, cycles, opt)

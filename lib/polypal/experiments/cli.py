@@ -108,6 +108,66 @@ def _find_splits(args) -> None:
                      f"{BUNDLED_SPLITS}; pass --splits FOLDER")
 
 
+_DATASET_NAMES = {"kvasir": "Kvasir-SEG", "cvc": "CVC-ClinicDB"}
+
+
+def _check_dataset(args) -> None:
+    """Before any frame is decoded: refuse a --data folder whose frames the dataset's split file does not
+    name (a Kvasir-SEG folder given as --dataset cvc put every frame in one "sequence", all of it in test, and
+    was refused only after decoding, as a pool "too few" for the protocol). Kvasir-SEG: none of its frames
+    among the sessile (test) frames; CVC-ClinicDB (split by sequence): fewer than half of them in the
+    sequence list (the frames it does not name would go to one part together)."""
+    from polypal.data import find_pairs
+    from polypal.experiments import splits
+    from polypal.vocab import frame_id
+
+    if args.dataset == "cvc" and args.cvc_split != "sequence":
+        return
+    names = sorted(frame_id(img) for img, _ in find_pairs(args.data))
+    file = Path(args.splits) / _SPLIT_FILES[args.dataset][0]
+    if args.dataset == "kvasir":
+        listed = set(splits.read_names(file))
+        named = [n for n in names if n in listed]
+        if named:
+            return
+    else:
+        seq = splits.read_sequences(file)
+        named = [n for n in names if splits.sequence_of(n, seq) != -1]
+        if 2 * len(named) >= len(names):
+            return
+    unnamed = sorted(set(names) - set(named))
+    how_many = "none" if not named else f"only {len(named)}"
+    raise SystemExit(f"error: --data {args.data} does not look like {_DATASET_NAMES[args.dataset]}: {file} "
+                     f"({_SPLIT_FILES[args.dataset][1]}) names {how_many} of its {len(names)} frames ({unnamed[0]!r}, "
+                     f"for one, is not in it); check --dataset and --data (--dataset folder takes any images/ + "
+                     f"masks/ folder)")
+
+
+def _fitting(pool: int, init: int, budget: int, cycles: int) -> str:
+    """What to rerun with for a pool of ``pool`` frames: the largest --initial, --budget or the most --cycles
+    that fit, each with the other settings as given, else --initial and --budget together; '' when nothing
+    fits."""
+    def need(i, b, c):
+        return i + b * (c - 1) + 1 if c else i
+
+    fits = []
+    i = pool - (need(0, budget, cycles) if cycles else 0)
+    if i >= 1:
+        fits.append(f"--initial {i}")
+    if cycles > 1 and (pool - init - 1) // (cycles - 1) >= 1:
+        fits.append(f"--budget {(pool - init - 1) // (cycles - 1)}")
+    c = max((k for k in range(cycles) if need(init, budget, k) <= pool), default=None)
+    if c is not None:
+        fits.append(f"--cycles {c}")
+    if len(fits) > 1:
+        return f"rerun with one of {', '.join(fits)} (the other settings as given)"
+    if fits:
+        return f"rerun with {fits[0]}"
+    if cycles and (pool - 1) // cycles >= 1:
+        return f"rerun with --initial {(pool - 1) // cycles} --budget {(pool - 1) // cycles}"
+    return ""
+
+
 def _log_command(out: Path) -> None:
     with open(out / "commands.txt", "a") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  [{_machine()}]\n  "
@@ -320,10 +380,11 @@ def _setup(args):
                          + (" (--dataset kvasir tests on the sessile frames that --splits' kvasir_sessile.txt names, "
                             "and --data has none of them)" if args.dataset == "kvasir" else ""))
     if args.cmd == "run" and len(split["pool"]) < need:
+        fits = _fitting(len(split["pool"]), init, budget, cycles)
         raise SystemExit(f"error: --data {args.data}: the pool holds {len(split['pool'])} frames (after "
                          f"{len(split['val'])} for validation and {len(split['test'])} for test), too few for "
                          f"{init} + {budget} x {cycles} labels (at least {need}: a frame left for each cycle); "
-                         f"lower --initial, --budget or --cycles")
+                         + (fits or "use a folder with more frames"))
     out.mkdir(parents=True, exist_ok=True)
     _log_command(out)
     if not split_file.exists():
@@ -493,6 +554,9 @@ def main(argv=None) -> int:
     if args.cmd in ("run", "ceiling") and args.dataset in ("kvasir", "cvc"):
         _find_splits(args)
     try:
+        if args.cmd in ("run", "ceiling") and args.dataset in _DATASET_NAMES and Path(args.data).is_dir() \
+                and not (Path(args.out) / "split.json").exists():
+            _check_dataset(args)  # another dataset's folder: said before the model code loads or a frame is decoded
         return args.func(args)
     except (PolypalError, OSError) as e:  # a file of the dataset or the results folder: one line, no traceback
         print(f"polypal-sim: error: {e}", file=sys.stderr)

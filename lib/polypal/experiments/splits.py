@@ -52,6 +52,12 @@ def read_sequences(csv_path) -> dict[str, int]:
     return out
 
 
+def sequence_of(name: str, sequences: dict[str, int]) -> int:
+    """The CVC-ClinicDB sequence of a frame name ("0012" finds that of "12"); -1 for a frame the list does
+    not name (such frames share that id: one group)."""
+    return sequences.get(name, sequences.get(name.lstrip("0"), -1))
+
+
 def cvc_split(names: list[str], sequences: dict[str, int] | None, n_test: int = 112, n_val: int = 100,
               seed: int = 0, mode: str = "sequence") -> dict:
     rng = np.random.default_rng(seed)
@@ -63,8 +69,8 @@ def cvc_split(names: list[str], sequences: dict[str, int] | None, n_test: int = 
         chosen = set(test) | set(val)
         return {"test": test, "val": val, "pool": [n for n in names if n not in chosen], "mode": "frame"}
 
-    def seq_of(n: str) -> int:  # "0012" finds sequence of "12"; frames without one share the id -1
-        return sequences.get(n, sequences.get(n.lstrip("0"), -1))
+    def seq_of(n: str) -> int:
+        return sequence_of(n, sequences)
 
     by_seq: dict[int, list[str]] = {}
     for n in names:
