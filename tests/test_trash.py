@@ -306,3 +306,32 @@ def test_a_purge_leaves_a_folder_being_restored_alone(tmp_path, monkeypatch, cap
     assert main(["restore", str(root), c]) == 2
     err = capsys.readouterr().err
     assert "changed while it was restored" in err and "Traceback" not in err, err
+
+
+def test_a_purge_says_which_folders_it_kept_and_why(tmp_path, monkeypatch, capsys):
+    """`purge --older-than 0` within a minute of deletes printed "would delete 0 trash folders, 0 B" and
+    nothing about the folders it left for being under a minute old or being restored. Now it says how many
+    it kept and why, in a dry run and with --yes."""
+    import polypal.serving.trash as trash
+
+    root, fs, m = make_store(tmp_path)
+    fs.remove_image("f000")
+    fs.remove_image("f001")
+    assert main(["purge", str(root), "--older-than", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "would delete 0 trash folders" in out and "would keep 2 trash folders: 2 under a minute old" in out, out
+    assert "run it again in a minute" in out
+    assert main(["purge", str(root), "--older-than", "30"]) == 0
+    assert "would keep 2 trash folders: 2 newer than --older-than 30 days" in capsys.readouterr().out
+    monkeypatch.setattr(trash, "MIN_AGE_S", 0.0)
+    a = sorted(e["name"] for e in list_trash(root))[0]
+    (root / ".polypal" / "trash" / a / f"{trash.RESTORING}{os.getpid()}").touch()  # a restore of a, under way
+    assert main(["purge", str(root), "--older-than", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "would delete 1 trash folders" in out and "would keep 1 trash folders: 1 being restored" in out, out
+    kept = {}
+    assert len(purge(root, 0, dry_run=True, kept=kept)) == 1 and kept == {"restoring": 1}
+    assert main(["purge", str(root), "--older-than", "0", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "deleted 1 trash folders" in out and "kept 1 trash folders: 1 being restored" in out, out
+    assert [e["name"] for e in list_trash(root)] == [a]

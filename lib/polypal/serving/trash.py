@@ -315,12 +315,30 @@ def _restore(studies, folder: Path) -> tuple[dict, bool]:
     return {"restored": restored, "refused": refused}, not left and bool(restored)
 
 
-def purge(studies, older_than_days: float, dry_run: bool = True) -> list[dict]:
-    """Trash folders older than the given age (by their manifest's time); deleted unless ``dry_run``."""
+def purge(studies, older_than_days: float, dry_run: bool = True, kept: dict | None = None) -> list[dict]:
+    """Trash folders older than the given age (by their manifest's time); deleted unless ``dry_run``.
+    ``kept``, a dict, is filled with how many folders were left and why: "newer" (than the age asked),
+    "young" (under MIN_AGE_S old, whatever the age asked), "pending" (a frame replace under way or
+    interrupted), "restoring" (a restore under way)."""
     # never a folder under a minute old, whatever --older-than says: a delete or replace whose COMMIT failed
     # moves its files back from it after taking the write lock again, and a purge could come in between
-    cutoff = min(time.time() - older_than_days * 86400, time.time() - MIN_AGE_S)
-    old = [e for e in list_trash(studies) if e["time"] < cutoff and not e["pending"]]  # pending: not trash yet
+    now = time.time()
+    asked = now - older_than_days * 86400
+    cutoff = min(asked, now - MIN_AGE_S)
+    why: dict[str, int] = {}
+    old = []
+    for e in list_trash(studies):
+        folder = trash_dir(studies) / e["name"]
+        try:
+            restoring = e["time"] < cutoff and not e["pending"] and _restoring(folder)
+        except OSError:  # gone meanwhile (a restore finished it)
+            continue
+        reason = "newer" if e["time"] >= asked else "young" if e["time"] >= cutoff else \
+            "pending" if e["pending"] else "restoring" if restoring else None  # pending: not trash yet
+        if reason:
+            why[reason] = why.get(reason, 0) + 1
+        else:
+            old.append(e)
     if not dry_run and old:
         # each folder goes under the datastore's write lock: a delete or replace moves its files into a
         # trash folder inside its transaction and, when that fails, moves them back. Before, a purge with
@@ -330,13 +348,26 @@ def purge(studies, older_than_days: float, dry_run: bool = True) -> list[dict]:
         for e in old:
             folder = trash_dir(studies) / e["name"]
             with store._tx():
-                if not folder.is_dir() or folder.is_symlink() or (folder / REPLACE_JOURNAL).exists() or \
-                        _restoring(folder):
-                    continue  # put back by a failed write's undo meanwhile, now a replace's, or being restored
+                if not folder.is_dir() or folder.is_symlink():
+                    continue  # put back by a failed write's undo meanwhile
+                reason = "pending" if (folder / REPLACE_JOURNAL).exists() else \
+                    "restoring" if _restoring(folder) else None
+                if reason:  # now a replace's, or being restored
+                    why[reason] = why.get(reason, 0) + 1
+                    continue
                 shutil.rmtree(folder)  # real folders only (_folders): no link followed
             done.append(e)
         old = done
+    if kept is not None:
+        kept.update(why)
     return old
+
+
+_KEPT = {"young": "under a minute old (a purge never takes those, whatever --older-than says: a failed delete "
+                  "may still be moving its files back; run it again in a minute)",
+         "restoring": "being restored",
+         "pending": "holding a frame replace under way or interrupted (the next server start finishes or undoes it)",
+         "newer": "newer than --older-than {days:g} days"}
 
 
 def _size(n: int) -> str:
@@ -395,8 +426,9 @@ def main(argv=None) -> int:
                 print(f"not restored {rel}: {why} (kept in the trash)", file=sys.stderr)
                 code = 1
         return code
+    kept: dict[str, int] = {}
     try:
-        old = purge(a.studies, a.older_than, dry_run=not a.yes)
+        old = purge(a.studies, a.older_than, dry_run=not a.yes, kept=kept)
     except (sqlite3.Error, OSError) as e:
         print(f"polypal-trash: purge stopped: {e}", file=sys.stderr)
         return 1
@@ -405,6 +437,9 @@ def main(argv=None) -> int:
         print(f"{verb} {e['name']} ({e['reason']}, {_size(e['bytes'])})")
     print(f"{verb} {len(old)} trash folders, {_size(sum(e['bytes'] for e in old))}"
           + ("" if a.yes or not old else "; add --yes to delete them"))
+    if kept:
+        print(f"{'kept' if a.yes else 'would keep'} {sum(kept.values())} trash folders: "
+              + "; ".join(f"{kept[k]} {_KEPT[k].format(days=a.older_than)}" for k in _KEPT if k in kept))
     return 0
 
 
