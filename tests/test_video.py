@@ -749,3 +749,18 @@ def test_a_locked_video_database_is_read_again_at_the_next_request(tmp_path, mon
     assert "empty" in load_index(st).summary()["problem"]
     assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 2
     assert db.stat().st_size == 0 and len(pngs(st)) == 3
+
+
+def test_a_damaged_video_sqlite_is_said_in_one_sentence(tmp_path, capsys):
+    """A damaged video.sqlite was said with its advice twice: "...Put it back from a backup (with its -wal
+    file beside it), or move it aside to start afresh (restore ... from a backup, or move it aside to start
+    its records afresh)". Now once, naming the file."""
+    st = tmp_path / "st"
+    (st / ".polypal").mkdir(parents=True)
+    (st / ".polypal" / "video.sqlite").write_bytes(b"garbage " * 512)
+    assert ingest_main([str(tmp_path / "none.mp4"), "--studies", str(st), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"polypal-ingest: {st / '.polypal' / 'video.sqlite'}: cannot be used ("), err
+    assert err.count("backup") == 1 and err.count("move it aside") == 1 and "\n" not in err, err
+    assert err.endswith("put it back from a backup (with its -wal file beside it), or move it aside to start "
+                        "afresh"), err

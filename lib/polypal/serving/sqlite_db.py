@@ -59,6 +59,11 @@ def _checkpoint_loop() -> None:
             db.checkpoint()
 
 
+class DamagedDatabase(sqlite3.DatabaseError):
+    """A database file damaged on disk; the message names the file and says what to do (a caller adds no
+    advice of its own)."""
+
+
 class SQLiteDB:
     def __init__(self, path, schema: str = "", check: bool = False):
         self.path = str(path)
@@ -74,8 +79,8 @@ class SQLiteDB:
         except sqlite3.OperationalError as e:  # locked, read-only, cannot be opened: not damage
             raise sqlite3.OperationalError(f"{self.path}: {e}") from None
         except sqlite3.DatabaseError as e:
-            raise sqlite3.DatabaseError(
-                f"{self.path}: cannot be used ({e}). Put it back from a backup (with its -wal file beside it), "
+            raise DamagedDatabase(
+                f"{self.path}: cannot be used ({e}); put it back from a backup (with its -wal file beside it), "
                 f"or move it aside to start afresh") from None
 
     def conn(self) -> sqlite3.Connection:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from polypal.serving import label_frames
 from polypal.serving.framestore import MAX_INFO_BYTES, REPLACE_JOURNAL, FrameStore
+from polypal.serving.sqlite_db import DamagedDatabase
 from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, plain_name, split_name
 
 
@@ -416,6 +417,9 @@ def main(argv=None) -> int:
                 print(f"polypal-trash: {e}", file=sys.stderr)
                 code = 2
                 continue
+            except DamagedDatabase as e:  # its message names the file and says what to do
+                print(f"polypal-trash: {name} not restored: {e}", file=sys.stderr)
+                return 1
             except sqlite3.Error as e:  # a damaged datastore database: said, not a traceback
                 print(f"polypal-trash: {name} not restored: the datastore database cannot be used ({e}); put "
                       f"{Path(a.studies) / '.polypal' / 'datastore.sqlite'} back from a backup first", file=sys.stderr)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from polypal.data import images
 from polypal.video import frames as F
 from polypal.vocab import FRAME_EXTENSIONS
+from polypal.serving.sqlite_db import DamagedDatabase
 from polypal.video.store import VideoDB, db_path
 
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".wmv")
@@ -358,10 +359,18 @@ def main(argv=None) -> int:
     try:
         os.makedirs(a.studies, exist_ok=True)
         VideoDB(a.studies)  # its records readable before any video is decoded
+    except DamagedDatabase as e:  # its message names the file and says what to do
+        print(f"polypal-ingest: {e}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as e:
+        if isinstance(e, sqlite3.OperationalError):  # locked, read-only: not damage, no backup needed
+            print(f"polypal-ingest: cannot use {a.studies}: {e}", file=sys.stderr)
+        else:
+            print(f"polypal-ingest: {records}: cannot be used ({e}); put it back from a backup (with its -wal "
+                  f"file beside it), or move it aside to start its records afresh", file=sys.stderr)
+        return 2
     except (OSError, sqlite3.Error) as e:
-        print(f"polypal-ingest: cannot use {a.studies}: {e}"
-              + (f" (restore {db_path(a.studies)} from a backup, or move it aside to start its records afresh)"
-                 if isinstance(e, sqlite3.DatabaseError) else ""), file=sys.stderr)
+        print(f"polypal-ingest: cannot use {a.studies}: {e}", file=sys.stderr)
         return 2
     _clean_staging(a.studies)
     failed = 0
