@@ -76,11 +76,33 @@ def test_a_playlist_is_not_a_video_and_opens_no_other_file(tmp_path, capsys):
         pl.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:0.4,\n{target}\n#EXT-X-ENDLIST\n")
         assert ingest_main([str(pl), "--studies", str(st), "--every", "1", "--quiet"]) == 1
         err = capsys.readouterr().err
-        assert str(pl) in err and "accepted container" in err, err
+        assert str(pl) in err and "an HLS playlist" in err and "ingest the video files themselves" in err, err
         assert pngs(st) == []
     # the video itself, named on the command line, is fine
     assert ingest_main([str(elsewhere / "other_patient.ts"), "--studies", str(st), "--every", "1", "--quiet"]) == 0
     assert len(pngs(st)) == 10
+
+
+def test_a_playlist_is_said_to_be_one_whatever_its_name(tmp_path, capsys):
+    """An .m3u8 or an ffconcat list was refused as "not a readable video in an accepted container ...:
+    Invalid data found when processing input". Now it is said to be a playlist, which polyp-al does not open,
+    and to ingest the video files themselves; found by its first bytes whatever the file's name, by its
+    extension too."""
+    other = write_video(tmp_path / "other.mp4", [scene(s) for s in range(3)])
+    st = tmp_path / "st"
+    files = {"hls.m3u8": ("an HLS playlist", f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:0.4,\n{other}\n"),
+             "hls-named.mp4": ("an HLS playlist", f"\ufeff#EXTM3U\n#EXT-X-VERSION:3\n#EXTINF:0.4,\n{other}\n"),
+             "plain.m3u": ("an M3U playlist", f"{other}\n"),
+             "list.txt": ("an ffconcat list", f"ffconcat version 1.0\nfile '{other}'\n"),
+             "concat.mkv": ("an ffconcat list", f"  ffconcat version 1.0\nfile '{other}'\n")}
+    for name, (kind, text) in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        assert ingest_main([str(tmp_path / name), "--studies", str(st), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert f"error: {tmp_path / name}: {kind}, which names other files: polyp-al does not open playlists" in err \
+            and "ingest the video files themselves" in err and "Invalid data" not in err, err
+        assert pngs(st) == []
+    assert ingest_main([str(other), "--studies", str(st), "--quiet"]) == 0 and len(pngs(st)) == 3
 
 
 def test_frames_ids_rate_and_groups(clip, tmp_path):

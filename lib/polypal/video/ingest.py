@@ -107,6 +107,25 @@ OPEN_OPTIONS = {"format_whitelist": "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,m
 ACCEPTED = "mp4, mov, mkv, webm, avi, MPEG-TS/PS, WMV"
 
 
+PLAYLIST_EXTS = {".m3u8": "an HLS playlist", ".m3u": "an M3U playlist", ".ffconcat": "an ffconcat list",
+                 ".ffcat": "an ffconcat list"}
+
+
+def _playlist(path: str) -> str | None:
+    """What kind of playlist the file is ("an HLS playlist", ...), by its first bytes (#EXTM3U, "ffconcat
+    version") whatever its name, else by its extension; None for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
+    except OSError:
+        return None  # (said when its fingerprint is read)
+    if head.startswith(b"#EXTM3U"):
+        return "an HLS playlist" if b"#EXT-X-" in head else "an M3U playlist"
+    if head.startswith(b"ffconcat version"):
+        return "an ffconcat list"
+    return PLAYLIST_EXTS.get(os.path.splitext(path)[1].lower())
+
+
 def _reason(e: Exception) -> str:
     """FFmpeg's words without its error code and the path again ("[Errno 1094995529] Invalid data found
     when processing input: 'x.mp4'" -> "Invalid data found when processing input")."""
@@ -262,6 +281,10 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
         raise VideoError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (zero frames)")
+    kind = _playlist(path)
+    if kind:
+        raise VideoError(f"{path}: {kind}, which names other files: polyp-al does not open playlists (it would "
+                         f"read the files they name); ingest the video files themselves")
     settings = json.dumps({"every": every, "fps": fps}, sort_keys=True)
     db = VideoDB(studies)
     try:
