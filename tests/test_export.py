@@ -201,7 +201,8 @@ def test_export_of_unserved_empty_or_damaged_folders_and_stale_copies(tmp_path, 
     db.write_bytes(b"this is not a database" * 300)
     assert main([str(studies), str(tmp_path / "o3")]) == 1
     err = capsys.readouterr().err
-    assert "damaged" in err and "Traceback" not in err and not (tmp_path / "o3").exists(), err
+    assert "cannot be used" in err and "Traceback" not in err and not (tmp_path / "o3").exists(), err
+    assert err.count("backup") == 1, err  # the advice once (it was given twice)
     db.write_bytes(kept)
     only_main_file()
     from polypal.serving.export import _host

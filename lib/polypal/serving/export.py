@@ -29,6 +29,7 @@ from polypal.data import DataError, read_mask, read_rgb
 from polypal.errors import PolypalError
 from polypal.serving import label_frames
 from polypal.serving.framestore import FrameStore
+from polypal.serving.sqlite_db import DamagedDatabase
 from polypal.vocab import InvalidName, check_name, client_name
 
 logger = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
     except (PolypalError, OSError, sqlite3.Error) as e:
         print(f"polypal-export: error: {e}"
               + (f" ({db} is damaged: put it back from a backup)" if isinstance(e, sqlite3.DatabaseError)
-                 and not isinstance(e, sqlite3.OperationalError) else "")
+                 and not isinstance(e, (sqlite3.OperationalError, DamagedDatabase)) else "")
               + "; nothing was exported", file=sys.stderr)
         return 1
     if a.tag != "final" and not tags.get(a.tag):
