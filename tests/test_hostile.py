@@ -549,6 +549,38 @@ def test_other_requests_are_answered_while_an_inference_runs(env):
 
 
 # -- 7. temporary files ------------------------------------------------------------------------------
+def test_result_folders_of_stopped_servers_are_removed_at_the_next_start(tmp_path):
+    """A server stopped with SIGTERM never runs its exit handlers (uvicorn re-raises the signal after its
+    shutdown): each stop left its empty result folder in the temp dir (a probe counted them). The next start
+    removes those of servers that no longer run, and only those."""
+    studies = tmp_path / "studies"
+    make_frames(studies, 3)
+    write_model(tmp_path / "model" / "polyp_seg-smoke.pt")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    live = tmpdir / f"polypal-results-{os.getpid()}-live"  # a running process's (this one's)
+    live.mkdir()
+    legacy_empty, legacy_full = tmpdir / "polypal-results-ab12cd34", tmpdir / "polypal-results-ef56gh78"
+    legacy_empty.mkdir()
+    legacy_full.mkdir()
+    (legacy_full / "polypal-x.png").write_bytes(b"kept")  # an older version's, maybe still serving it
+    srv = Server(studies, tmp_path, env={"TMPDIR": str(tmpdir)}).start()
+    try:
+        s, r = http("POST", f"{srv.url}/infer/polyp_seg?image=fr000&output=json")
+        assert s == 200, r
+        pid = srv.proc.pid
+        own = [p for p in tmpdir.glob("polypal-results-*") if p not in (live, legacy_full)]
+        assert own, list(tmpdir.iterdir())
+    finally:
+        srv.stop()
+    srv = Server(studies, tmp_path, env={"TMPDIR": str(tmpdir)}).start()
+    try:
+        left = sorted(p.name for p in tmpdir.glob("polypal-results-*"))
+        assert left == sorted([live.name, legacy_full.name]), (left, pid)
+    finally:
+        srv.stop()
+
+
 def test_no_temporary_files_are_left(env):
     url, tmpdir, studies = env["url"], env["tmp"], env["studies"]
     before = temp_leftovers(tmpdir)

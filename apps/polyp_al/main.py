@@ -24,7 +24,7 @@ from lib.auth import current_saver
 from lib.auth import enabled as auth_enabled
 from lib.config import AppConfig, warn_unused_model
 from lib.datastore import PolypDatastore, labeled_set, take_saved_client, take_saved_tag
-from lib.infer import PolypSegInfer, written_results
+from lib.infer import PolypSegInfer, clean_stale_result_dirs, written_results
 from lib.quality import LabelQuality
 from lib.scoring import PolypScoring
 from lib.strategy import PlannedStrategy
@@ -178,6 +178,7 @@ class PolypALApp(MONAILabelApp):
         if bindir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         self.cfg = AppConfig.from_conf(app_dir, studies, conf)
+        clean_stale_result_dirs()  # of servers stopped before (a SIGTERM leaves them)
         warn_unused_model(app_dir, studies, conf, self.cfg.model_path)
         self.state = ActiveLearningState(self.cfg.state_dir, batch_size=self.cfg.batch_size, gamma=self.cfg.gamma,
                                          lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed, background=True,

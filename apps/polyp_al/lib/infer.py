@@ -62,9 +62,45 @@ def _result_dir() -> str:
     global _results_dir
     with _written_lock:
         if _results_dir is None or not os.path.isdir(_results_dir):
-            _results_dir = tempfile.mkdtemp(prefix="polypal-results-")
+            _results_dir = tempfile.mkdtemp(prefix=f"{RESULTS_PREFIX}{os.getpid()}-")
             atexit.register(shutil.rmtree, _results_dir, True)
         return _results_dir
+
+
+RESULTS_PREFIX = "polypal-results-"
+
+
+def clean_stale_result_dirs() -> int:
+    """Remove the result folders of servers that no longer run; returns how many. The exit handler above
+    never runs when the server is stopped with SIGTERM (uvicorn re-raises the signal after its shutdown),
+    so each stop left an empty folder in the temp dir. A folder's name carries its server's pid; one of an
+    older version (no pid) is removed when empty."""
+    root, n = tempfile.gettempdir(), 0
+    try:
+        names = [e for e in os.listdir(root) if e.startswith(RESULTS_PREFIX)]
+    except OSError:
+        return 0
+    for name in names:
+        path = os.path.join(root, name)
+        pid = name[len(RESULTS_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and "-" in name[len(RESULTS_PREFIX):]:
+            if int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue  # running (or another user's: PermissionError below)
+            except ProcessLookupError:
+                pass
+            except (PermissionError, OverflowError, ValueError):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.rmdir(path)  # only when empty
+            except OSError:
+                continue
+        n += not os.path.exists(path)
+    return n
 
 
 def _record_written(data: dict, path: str) -> None:
