@@ -2093,6 +2093,37 @@ def test_aggregation_is_checked_at_start(tmp_path, value):
     assert AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"aggregation": "topk"}).aggregation == "topk"
 
 
+def test_a_start_that_cannot_be_is_said_in_one_line_and_a_misspelt_key_is_named(tmp_path):
+    """A wrong --conf value or a damaged datastore database stopped the start with a 90-line traceback before
+    the one line that said why; a misspelt key (batchsize) was ignored without a word (a walkthrough)."""
+    studies = tmp_path / "studies"
+    make_frames(studies, 2)
+    for conf, why in (({"aggregation": "median"}, "--conf aggregation must be one of mean, topk, region"),
+                      ({"batch_size": "abc"}, "--conf batch_size must be a whole number, got 'abc'"),
+                      ({"profile": "gpu"}, "--conf profile: unknown profile 'gpu'")):
+        srv = Server(studies, tmp_path, conf=conf)
+        with pytest.raises(RuntimeError, match="server exited") as e:
+            srv.start()
+        log = srv.log.read_text()
+        assert f"polyp-al cannot start: {why}" in log, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+    db = studies / ".polypal" / "datastore.sqlite"
+    db.parent.mkdir(exist_ok=True)
+    db.write_bytes(b"this is not a database" * 300)
+    srv = Server(studies, tmp_path)
+    with pytest.raises(RuntimeError, match="server exited"):
+        srv.start()
+    log = srv.log.read_text()
+    assert f"polyp-al cannot start: {db}: cannot be used" in log and "Traceback" not in log, log[-3000:]
+    db.unlink()
+    srv = Server(studies, tmp_path, conf={"batchsize": "10"}).start()
+    try:
+        assert "--conf batchsize is not a polyp-al setting and is ignored: did you mean batch_size?" in \
+            srv.log.read_text()
+    finally:
+        srv.stop()
+
+
 def test_logs_are_plain_text_and_export_limits_are_checked(env):
     url = env["url"]
     for q in ("", "?lines=5", "?lines=5&text=false&html=true"):

@@ -22,7 +22,7 @@ from typing import Dict
 from fastapi import HTTPException
 from lib.auth import current_saver
 from lib.auth import enabled as auth_enabled
-from lib.config import AppConfig, warn_unused_model
+from lib.config import AppConfig, ConfError, warn_unused_model
 from lib.datastore import PolypDatastore, labeled_set, take_saved_client, take_saved_tag
 from lib.infer import PolypSegInfer, clean_stale_result_dirs, written_results
 from lib.quality import LabelQuality
@@ -171,8 +171,37 @@ def _port_taken() -> str | None:
     return None
 
 
+STARTUP_FAILED = "polyp-al cannot start: "
+
+
+class StartupError(RuntimeError):
+    """A setting or a file the server cannot start with; its message is the whole story (no traceback)."""
+
+
+class _OneLineStartupErrors(logging.Filter):
+    """uvicorn logs a failed start-up as the whole traceback (90 lines for a misspelt --conf value): for a
+    StartupError, only its message is logged."""
+
+    def filter(self, record):
+        msg = record.msg if isinstance(record.msg, str) else ""
+        if msg.startswith("Traceback") and STARTUP_FAILED in msg:
+            record.msg, record.args = msg[msg.rindex(STARTUP_FAILED):].strip(), ()
+        return True
+
+
+logging.getLogger("uvicorn.error").addFilter(_OneLineStartupErrors())
+
+
 class PolypALApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
+        from polypal.serving.sqlite_db import DamagedDatabase
+
+        try:
+            self._start(app_dir, studies, conf)
+        except (ConfError, DamagedDatabase) as e:
+            raise StartupError(STARTUP_FAILED + str(e)) from None
+
+    def _start(self, app_dir, studies, conf):
         # the venv's tools (dcmqi's itkimage2segimage) even when the server was started without activating it
         bindir = os.path.dirname(sys.executable)
         if bindir not in os.environ.get("PATH", "").split(os.pathsep):

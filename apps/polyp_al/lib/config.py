@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from dataclasses import dataclass
@@ -11,6 +12,18 @@ from polypal.learner import Profile, get_profile
 
 
 logger = logging.getLogger(__name__)
+
+# every --conf key polyp-al reads (README, "Annotating with the MONAI Label server"), and the one MONAI Label
+# itself passes
+SETTINGS = ("profile", "batch_size", "gamma", "lease_timeout", "aggregation", "min_steps", "train_steps",
+            "collapse_retries", "fit_floor", "threads", "seed", "model_dir", "state_dir", "datastore", "video_cap",
+            "max_pixels", "min_free_mb", "allow_model_upload", "allowed_origins", "allowed_hosts", "ohif_dir")
+FRAMEWORK_KEYS = frozenset({"server_mode"})
+KNOWN_KEYS = frozenset(SETTINGS) | FRAMEWORK_KEYS
+
+
+class ConfError(ValueError):
+    """A ``--conf`` value the server cannot start with; its message says which and why."""
 
 
 def dicomweb_home(url: str) -> str:
@@ -72,15 +85,32 @@ class AppConfig:
 
     @classmethod
     def from_conf(cls, app_dir: str, studies: str, conf: dict) -> "AppConfig":
+        """The settings from ``--conf``; ConfError (one sentence) for a value the server cannot start with, and a
+        warning for a key it does not know (a misspelt ``batchsize 10`` was ignored without a word)."""
+        for key in sorted(set(conf) - KNOWN_KEYS):
+            close = difflib.get_close_matches(str(key), sorted(KNOWN_KEYS - FRAMEWORK_KEYS), n=1)
+            logger.warning(f"--conf {key} is not a polyp-al setting and is ignored"
+                           + (f": did you mean {close[0]}?" if close else f" (settings: {', '.join(SETTINGS)})"))
+        try:
+            return cls._from_conf(app_dir, studies, conf)
+        except (ValueError, OSError) as e:  # (OSError: the model folder cannot be made)
+            raise ConfError(str(e)) from None
+
+    @classmethod
+    def _from_conf(cls, app_dir: str, studies: str, conf: dict) -> "AppConfig":
         def num(key, default, kind=float):
             raw = conf.get(key, default)
             try:
                 return kind(raw)
             except (TypeError, ValueError):
-                raise ValueError(f"--conf {key} must be a {kind.__name__}, got {raw!r}") from None
+                raise ValueError(f"--conf {key} must be {'a whole number' if kind is int else 'a number'}, "
+                                 f"got {raw!r}") from None
 
         overrides = {}
-        base = get_profile(conf.get("profile", "cpu-lite"))
+        try:
+            base = get_profile(conf.get("profile", "cpu-lite"))
+        except ValueError as e:
+            raise ValueError(f"--conf profile: {e}") from None
         if conf.get("train_steps"):  # a fixed step budget per training run (min = max)
             overrides = {"min_steps": num("train_steps", 0, int), "max_steps": num("train_steps", 0, int)}
         elif conf.get("min_steps"):  # another floor under the profile's growing budget (cpu-lite: 1200, with the
