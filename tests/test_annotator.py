@@ -156,6 +156,8 @@ def test_two_cycles_progress_quality_export(tmp_path):
         # the README's loop (wait while STARTING or RUNNING) waits for this training
         st = http("GET", f"{url}/info/")[1]["train_stats"]["polyp_seg"]
         assert st["status"] in ("STARTING", "RUNNING"), st
+        s, r = http("POST", f"{url}/train/polyp_seg")  # a second one: said what to do, not MONAI Label's "+++"
+        assert s == 429 and r["detail"].startswith("a training is already running: one at a time"), (s, r)
         seen_progress = False
         t0 = time.time()
         while time.time() - t0 < 300:

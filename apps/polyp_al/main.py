@@ -133,6 +133,27 @@ def _guard_scoring_endpoint() -> None:
             return run_method(method, params, run_sync)
 
     scoring.run_method = checked
+    _guard_train_endpoint()
+
+
+def _guard_train_endpoint() -> None:
+    """``POST /train/<model>`` during a training: MONAI Label's own 429 says "++++++++++ Train Task is Already
+    Running"; said here as what to do."""
+    import monailabel.endpoints.train as train
+
+    run_model = train.run_model
+
+    def said(*args, **kwargs):
+        try:
+            return run_model(*args, **kwargs)
+        except HTTPException as e:
+            if e.status_code == 429 and "already running" in str(e.detail).lower():
+                raise HTTPException(status_code=429, detail="a training is already running: one at a time (GET "
+                                                            "/train/ or /info/ shows it; POST again when it "
+                                                            "has finished)") from None
+            raise
+
+    train.run_model = said
 
 
 def _port_taken() -> str | None:
