@@ -55,3 +55,13 @@ def test_names_are_unique():
     with pytest.raises(ValueError, match="taken"):
         register(StrategySpec("other", "x", strategies._random, server_name="bvsb"))
     assert "other" not in REGISTRY
+
+
+def test_an_alias_runs_under_the_strategys_name():
+    """polypal-sim --strategies bvsb_ta_coreset wrote bvsb_ta_coreset@g0.5-seed0.jsonl beside unc_ta_coreset's,
+    and the report showed the same strategy twice."""
+    from polypal.experiments.simulate import RunSpec
+
+    assert RunSpec.parse("bvsb_ta_coreset:mean:0.25") == RunSpec.parse("unc_ta_coreset:mean:0.25")
+    assert RunSpec.parse("bvsb_ta_coreset").label == "unc_ta_coreset@g0.5"
+    assert RunSpec.parse("bvsb:topk").label == "uncertainty+topk"

@@ -69,7 +69,9 @@ class RunSpec:
             raise ValueError(f"{text!r}: gamma {parts[2]!r} is not a number") from None
         if not 0 <= gamma <= 1:  # nan too
             raise ValueError(f"{text!r}: gamma must be in [0, 1], got {gamma:g}")
-        return cls(parts[0], agg, gamma)
+        # under its registered name: an alias (bvsb_ta_coreset) made other result files and report rows for
+        # the same strategy
+        return cls(resolve(parts[0]).name, agg, gamma)
 
 
 SEEDINGS = ("streams", "shared")
