@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 
 from fastapi import FastAPI, File, HTTPException, UploadFile
 
 from polypal.learner import CheckpointError, load_checkpoint
-from polypal.serving.fileops import file_mode
+from polypal.serving.fileops import create_new
 
 logger = logging.getLogger(__name__)
 MAX_MODEL_BYTES = 1 << 30
@@ -44,9 +43,8 @@ def model_api(app):
     def update_model(model: str, file: UploadFile = File(...)):
         _check_model_name(app, model)
         dest = app.cfg.model_path
-        fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".pt", dir=os.path.dirname(dest))
+        fd, tmp = create_new(os.path.dirname(dest), suffix=".pt")  # its mode as a trained model's (not 0600)
         try:
-            os.fchmod(fd, file_mode())  # as a trained model's file (mkstemp's 0600 otherwise)
             with os.fdopen(fd, "wb") as out:
                 n = 0
                 while True:

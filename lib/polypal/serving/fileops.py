@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 
 
 def file_signature(path) -> list | None:
@@ -41,31 +40,27 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it (os.umask sets it, for every thread at once)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
+def create_new(dir_: str, prefix: str = ".upload-", suffix: str = "") -> tuple[int, str]:
+    """A new file of a unique name in ``dir_``, opened for writing: (fd, path). Created with mode 0666, so
+    the kernel applies the umask or the folder's default ACL, as for any file the server writes.
+    mkstemp's fixed 0600 made frames, labels and uploaded models unreadable to a backup job or a viewer
+    running as another user (and setting the mode afterwards would override a default ACL)."""
+    import secrets
 
-
-def file_mode() -> int:
-    """The mode a file the process creates gets (0666 less the umask). mkstemp makes 0600 files: frames and
-    labels stored through the server were readable by its own user only, unlike every other file there (a
-    backup job or a viewer running as another user could not read them)."""
-    return 0o666 & ~_umask()
+    for _ in range(100):
+        path = os.path.join(dir_, f"{prefix}{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {dir_}")
 
 
 def copy_fsynced(src: str, dir_: str) -> str:
-    """Copy ``src`` to a new hidden temporary file in ``dir_`` (fsynced, with the umask's mode); returns its
-    path."""
-    fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=dir_)
+    """Copy ``src`` to a new hidden temporary file in ``dir_`` (fsynced; its mode as the umask or the folder's
+    default ACL gives); returns its path."""
+    fd, tmp = create_new(dir_)
     try:
-        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
             shutil.copyfileobj(f, out, 1 << 20)
             out.flush()
