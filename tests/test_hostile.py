@@ -552,33 +552,42 @@ def test_other_requests_are_answered_while_an_inference_runs(env):
 def test_result_folders_of_stopped_servers_are_removed_at_the_next_start(tmp_path):
     """A server stopped with SIGTERM never runs its exit handlers (uvicorn re-raises the signal after its
     shutdown): each stop left its empty result folder in the temp dir (a probe counted them). The next start
-    removes those of servers that no longer run, and only those."""
+    removes those of servers that no longer run, and only those: a folder a live process holds locked
+    stays (a pid check would call a server in another PID namespace dead), as does an older version's
+    folder that is not empty."""
+    import fcntl
+
     studies = tmp_path / "studies"
     make_frames(studies, 3)
     write_model(tmp_path / "model" / "polyp_seg-smoke.pt")
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    live = tmpdir / f"polypal-results-{os.getpid()}-live"  # a running process's (this one's)
+    live = tmpdir / "polypal-res-live1234"  # held by a running process (this one)
     live.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     legacy_empty, legacy_full = tmpdir / "polypal-results-ab12cd34", tmpdir / "polypal-results-ef56gh78"
     legacy_empty.mkdir()
     legacy_full.mkdir()
     (legacy_full / "polypal-x.png").write_bytes(b"kept")  # an older version's, maybe still serving it
-    srv = Server(studies, tmp_path, env={"TMPDIR": str(tmpdir)}).start()
     try:
-        s, r = http("POST", f"{srv.url}/infer/polyp_seg?image=fr000&output=json")
-        assert s == 200, r
-        pid = srv.proc.pid
-        own = [p for p in tmpdir.glob("polypal-results-*") if p not in (live, legacy_full)]
-        assert own, list(tmpdir.iterdir())
+        srv = Server(studies, tmp_path, env={"TMPDIR": str(tmpdir)}).start()
+        try:
+            s, r = http("POST", f"{srv.url}/infer/polyp_seg?image=fr000&output=json")
+            assert s == 200, r
+            own = [p for p in tmpdir.glob("polypal-res-*") if p != live]
+            assert len(own) == 1, list(tmpdir.iterdir())
+        finally:
+            srv.stop()
+        assert own[0].is_dir()  # (SIGTERM: no exit handler ran)
+        srv = Server(studies, tmp_path, env={"TMPDIR": str(tmpdir)}).start()
+        try:
+            left = sorted(p.name for p in tmpdir.glob("polypal-res*"))
+            assert left == sorted([live.name, legacy_full.name]), left
+        finally:
+            srv.stop()
     finally:
-        srv.stop()
-    srv = Server(studies, tmp_path, env={"TMPDIR": str(tmpdir)}).start()
-    try:
-        left = sorted(p.name for p in tmpdir.glob("polypal-results-*"))
-        assert left == sorted([live.name, legacy_full.name]), (left, pid)
-    finally:
-        srv.stop()
+        os.close(fd)
 
 
 def test_no_temporary_files_are_left(env):
@@ -962,7 +971,7 @@ def test_a_client_saving_results_in_the_servers_tmpdir_keeps_them(env):
         assert s == 200 and body[:4] == b"\x89PNG"
     assert all(p.parent == tmpdir and p.is_file() for p in got), [str(p) for p in got if not p.exists()]
     assert all(Image.open(p).size == (W, H) for p in got)
-    results = [p for p in tmpdir.iterdir() if p.is_dir() and p.name.startswith("polypal-results-")]
+    results = [p for p in tmpdir.iterdir() if p.is_dir() and p.name.startswith("polypal-res-")]
     assert len(results) == 1, list(tmpdir.iterdir())  # the server's own folder, not TMPDIR itself
     for p in got:
         p.unlink()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import uuid
@@ -58,48 +60,68 @@ def _result_dir() -> str:
 
     Not TMPDIR itself: MONAILabelClient saves the answer as ``<its tmpdir>/<the server's file name>``,
     by default TMPDIR too, so on one machine the client's copy was the server's path, and the server's
-    deletion of its result after answering sometimes deleted the client's copy."""
-    global _results_dir
+    deletion of its result after answering sometimes deleted the client's copy. The folder is locked
+    (flock) for as long as this process lives, which tells a later start that it is in use."""
+    global _results_dir, _results_lock
     with _written_lock:
         if _results_dir is None or not os.path.isdir(_results_dir):
-            _results_dir = tempfile.mkdtemp(prefix=f"{RESULTS_PREFIX}{os.getpid()}-")
-            atexit.register(shutil.rmtree, _results_dir, True)
+            made = tempfile.mkdtemp(prefix=".polypal-results-new-")  # locked before it gets its name
+            fd = os.open(made, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            final = made.replace(".polypal-results-new-", RESULTS_PREFIX, 1)
+            os.rename(made, final)
+            if _results_lock is not None:
+                os.close(_results_lock)
+            _results_dir, _results_lock = final, fd
+            atexit.register(shutil.rmtree, final, True)
         return _results_dir
 
 
-RESULTS_PREFIX = "polypal-results-"
+RESULTS_PREFIX = "polypal-res-"
+_results_lock: int | None = None
+_LEGACY_PREFIX = "polypal-results-"  # before 2026-12-07: no lock
 
 
 def clean_stale_result_dirs() -> int:
-    """Remove the result folders of servers that no longer run; returns how many. The exit handler above
-    never runs when the server is stopped with SIGTERM (uvicorn re-raises the signal after its shutdown),
-    so each stop left an empty folder in the temp dir. A folder's name carries its server's pid; one of an
-    older version (no pid) is removed when empty."""
+    """Remove the result folders, in the temp dir, of servers that no longer run; returns how many. The exit
+    handler above never runs when a server is stopped with SIGTERM (uvicorn re-raises the signal after its
+    shutdown), so each stop left an empty folder there. A folder is stale when it is this user's and its
+    lock can be taken (a live server holds it; flock works across PID namespaces sharing the folder, where
+    a pid check would not). One of an older version (no lock) is removed only when empty."""
     root, n = tempfile.gettempdir(), 0
     try:
-        names = [e for e in os.listdir(root) if e.startswith(RESULTS_PREFIX)]
+        names = [e for e in os.listdir(root) if e.startswith((RESULTS_PREFIX, _LEGACY_PREFIX))]
     except OSError:
         return 0
     for name in names:
         path = os.path.join(root, name)
-        pid = name[len(RESULTS_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and "-" in name[len(RESULTS_PREFIX):]:
-            if int(pid) == os.getpid():
-                continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or path == _results_dir:
+            continue
+        if name.startswith(_LEGACY_PREFIX):
             try:
-                os.kill(int(pid), 0)
-                continue  # running (or another user's: PermissionError below)
-            except ProcessLookupError:
-                pass
-            except (PermissionError, OverflowError, ValueError):
-                continue
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            try:
-                os.rmdir(path)  # only when empty
+                os.rmdir(path)  # only when empty (an older server that is still running makes it again)
+                n += 1
             except OSError:
-                continue
-        n += not os.path.exists(path)
+                pass
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its server runs
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            n += not os.path.exists(path)
+        finally:
+            os.close(fd)
     return n
 
 
