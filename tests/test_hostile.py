@@ -1584,6 +1584,44 @@ def test_a_body_dripping_in_is_cut_off(tmp_path):
         srv.stop()
 
 
+def test_the_body_rate_forgives_one_stall_but_not_a_drip_after_a_burst(monkeypatch):
+    """The rate rule at the body's reader: a link at 5 x the rate that stalls for most of the allowed pause,
+    again and again, keeps going (windows measured each on its own cut one that stalled just after a window
+    began); a burst followed by a drip is cut within two pauses' time (an average from the start let 200 MB
+    then a byte a minute hold the socket for 5.5 h)."""
+    import asyncio
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "polyp_al"))
+    try:
+        from lib import security
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(security, "BODY_TIMEOUT", 1.0)
+    rate = security.MIN_BODY_RATE
+
+    def receiver(plan):
+        steps = list(plan)
+
+        async def receive():
+            delay, n = steps.pop(0)
+            await asyncio.sleep(delay)
+            return {"type": "http.request", "body": b" " * n, "more_body": bool(steps)}
+        return receive
+
+    stalling = []
+    for k in range(8):  # 5 x the rate in 0.05 s chunks, with a 0.9 s stall at a shifting place in every 2 s
+        stalling += [(0.05, rate // 4)] * (12 + 3 * (k % 4)) + [(0.9, rate // 4)]
+    spool, total = asyncio.run(security._spool_body(receiver(stalling)))
+    spool.close()
+    assert total == len(stalling) * (rate // 4)
+
+    t0 = time.monotonic()
+    with pytest.raises(security._Refused) as e:
+        asyncio.run(security._spool_body(receiver([(0, 50 * rate)] + [(0.3, 1)] * 100)))
+    assert e.value.status == 408 and time.monotonic() - t0 < 4, (e.value.detail, time.monotonic() - t0)
+
+
 def test_a_frame_that_cannot_be_decoded_is_never_served(tmp_path):
     studies = tmp_path / "studies"
     make_frames(studies, 3)

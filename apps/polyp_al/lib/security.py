@@ -54,6 +54,7 @@ proxy's timeouts; downloads that survive their file being moved). ``harden`` ins
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import json
 import logging
@@ -295,7 +296,7 @@ _refusals = _RefusalLog(REFUSALS_PER_MINUTE)
 
 
 BODY_TIMEOUT = float(os.environ.get("POLYPAL_BODY_TIMEOUT", 60))  # seconds a client may pause in a body...
-MIN_BODY_RATE = 10_000  # ...and bytes per second it must keep up over each such stretch of time
+MIN_BODY_RATE = 10_000  # ...and bytes per second it must keep up, over any 2 x that time less one pause
 _FALSE = ("", "0", "false", "f", "no", "n", "off")  # enqueue values that do not queue (pydantic's falsy words)
 MAX_JSON = 64 * 1024  # bytes of a /train, /scoring or /activelearning JSON body
 MAX_SUFFIXES = 200  # characters of an uploaded file name from its first "." (a DICOM UID + ".png" has 60-70)
@@ -419,7 +420,8 @@ async def _spool_body(receive, charge: _Charge | None = None, limit: int = MAX_B
     the client pauses longer than BODY_TIMEOUT."""
     spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)
     total, more = 0, True
-    mark_t, mark_total = time.monotonic(), 0  # the start of the window the rate is measured over
+    t0 = time.monotonic()
+    marks = collections.deque([(t0, 0)])  # (time, bytes so far), about one a second, over the last window
     try:
         while more:
             try:
@@ -434,14 +436,19 @@ async def _spool_body(receive, charge: _Charge | None = None, limit: int = MAX_B
                 raise _Refused(413, _too_large(limit))
             if charge is not None:
                 charge.cover(total)
-            # a drip holds a socket (and the disk the body is charged for) for ever. The rate is measured over
-            # windows of BODY_TIMEOUT seconds, each on its own: averaged from the start, as before, a fast
-            # burst then a byte a minute passed for hours (200 MB: 5.5 h)
+            # a drip holds a socket (and the disk the body is charged for) for ever. What arrived over the last
+            # 2 x BODY_TIMEOUT seconds must be what MIN_BODY_RATE gives in BODY_TIMEOUT: one pause as long as
+            # allowed, anywhere, and the rest at the rate. Averaged from the start, as before, a fast burst
+            # then a byte a minute passed for hours (200 MB: 5.5 h); windows measured each on its own cut a
+            # link that stalled just after one began
             now = time.monotonic()
-            if now - mark_t > BODY_TIMEOUT:
-                if total - mark_total < MIN_BODY_RATE * (now - mark_t):
-                    raise _Refused(408, f"the request body is arriving slower than {MIN_BODY_RATE // 1000} kB/s")
-                mark_t, mark_total = now, total
+            if now - marks[-1][0] >= min(1.0, BODY_TIMEOUT / 10):
+                marks.append((now, total))
+            while len(marks) > 1 and marks[1][0] <= now - 2 * BODY_TIMEOUT:
+                marks.popleft()  # marks[0]: the last one at or before the window's start
+            if now - t0 > 2 * BODY_TIMEOUT and total - marks[0][1] < MIN_BODY_RATE * BODY_TIMEOUT:
+                raise _Refused(408, f"the request body is arriving slower than {MIN_BODY_RATE * BODY_TIMEOUT / 1000:.0f}"
+                                    f" kB in {2 * BODY_TIMEOUT:.0f} s")
             spool.write(chunk)
             more = m.get("more_body", False)
     except BaseException:
