@@ -352,7 +352,7 @@ def test_bad_video_groups_split_and_threads_get_a_clear_error_before_out_is_writ
     splits = tmp_path / "splits"
     splits.mkdir()
     (splits / "kvasir_sessile.txt").write_text("not-a-frame-here\n")
-    with pytest.raises(SystemExit, match="does not look like Kvasir-SEG: .*kvasir_sessile.txt .* names none"):
+    with pytest.raises(SystemExit, match="holds none of Kvasir-SEG's sessile frames, its test set .*kvasir_sessile.txt"):
         main(["run", "--dataset", "kvasir", "--data", str(data), "--splits", str(splits), "--profile", "smoke",
               "--strategies", "random", "--seeds", "0", "--initial", "4", "--budget", "2", "--cycles", "1",
               "--out", str(tmp_path / "o-kv")])
@@ -385,8 +385,10 @@ def test_another_datasets_folder_is_named_before_any_frame_is_decoded(tmp_path, 
     with pytest.raises(SystemExit, match=r"does not look like CVC-ClinicDB: .*cvc_clinicdb_sequences.csv .* names "
                                          r"none of its 12 frames .*check --dataset and --data"):
         sim("cvc", kv, tmp_path / "o1")
-    with pytest.raises(SystemExit, match=r"does not look like Kvasir-SEG: .*kvasir_sessile.txt .* names none of "
-                                         r"its 12 frames .*check --dataset and --data"):
+    # a part of Kvasir-SEG without its sessile frames is not called "not Kvasir-SEG" (a review)
+    with pytest.raises(SystemExit, match=r"holds none of Kvasir-SEG's sessile frames, its test set .*"
+                                         r"kvasir_sessile.txt.*: not Kvasir-SEG, or a part of it without its test "
+                                         r"frames; check --dataset and --data"):
         sim("kvasir", kv, tmp_path / "o2")
     cvc = tmp_path / "cvc"  # 4 frames CVC's list names, 8 it does not: those 8 would be one "sequence"
     shutil.copytree(kv, cvc)

@@ -226,6 +226,8 @@ def test_library_refuses_pickled_code(tmp_path):
     cut.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="damaged or cut short"):
         load_checkpoint(cut, device="cpu")
+    with pytest.raises(CheckpointError, match="cannot be read"):  # not called "not a PyTorch file" (a review)
+        load_checkpoint(tmp_path, device="cpu")
 
 
 def test_library_refuses_a_checkpoint_that_would_inflate(tmp_path):

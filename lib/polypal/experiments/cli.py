@@ -137,6 +137,11 @@ def _check_dataset(args) -> None:
             return
     unnamed = sorted(set(names) - set(named))
     how_many = "none" if not named else f"only {len(named)}"
+    if args.dataset == "kvasir":  # (a subset of Kvasir-SEG without sessile frames is Kvasir-SEG all the same)
+        raise SystemExit(f"error: --data {args.data} holds none of Kvasir-SEG's sessile frames, its test set "
+                         f"({file} names them; {unnamed[0]!r}, for one, is not among them): not Kvasir-SEG, or "
+                         f"a part of it without its test frames; check --dataset and --data (--dataset folder "
+                         f"takes any images/ + masks/ folder, with a test set drawn from it)")
     raise SystemExit(f"error: --data {args.data} does not look like {_DATASET_NAMES[args.dataset]}: {file} "
                      f"({_SPLIT_FILES[args.dataset][1]}) names {how_many} of its {len(names)} frames ({unnamed[0]!r}, "
                      f"for one, is not in it); check --dataset and --data (--dataset folder takes any images/ + "

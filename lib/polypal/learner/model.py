@@ -129,11 +129,13 @@ def _unloadable(path, e: Exception) -> str:
     import pickle
     import zipfile
 
+    if isinstance(e, OSError):  # unreadable (permissions, a folder, a disk error): not a verdict on its contents
+        return f"cannot be read ({e.strerror or type(e).__name__})"
     try:  # (a pickle protocol 2+ starts with 0x80)
         with open(path, "rb") as f:
             head = f.read(2)
-    except OSError:
-        head = b""
+    except OSError as err:
+        return f"cannot be read ({err.strerror or type(err).__name__})"
     if head != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip (a pickle in the old format)
         return "not a loadable polyp-al checkpoint: not a PyTorch checkpoint file at all (save one with torch.save " \
                "or take the .pt a polyp-al training wrote)"
