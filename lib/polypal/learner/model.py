@@ -129,9 +129,8 @@ def _unloadable(path, e: Exception) -> str:
     import pickle
     import zipfile
 
-    if isinstance(e, OSError):  # unreadable (permissions, a folder, a disk error): not a verdict on its contents
-        return f"cannot be read ({e.strerror or type(e).__name__})"
-    try:  # (a pickle protocol 2+ starts with 0x80)
+    try:  # (a pickle protocol 2+ starts with 0x80). Unreadable (permissions, a folder, a disk error): no
+        # verdict on its contents (torch raises OSError for a cut zip too, so its error cannot tell)
         with open(path, "rb") as f:
             head = f.read(2)
     except OSError as err:
