@@ -1622,6 +1622,12 @@ def test_the_body_rate_forgives_one_stall_but_not_a_drip_after_a_burst(monkeypat
     with pytest.raises(security._Refused) as e:
         asyncio.run(security._spool_body(receiver([(0, 50 * rate)] + [(0.3, 1)] * 100)))
     assert e.value.status == 408 and time.monotonic() - t0 < 4, (e.value.detail, time.monotonic() - t0)
+    # a chunk just inside every pause, at 0.38 of the rate: the window counts only chunks inside it (a
+    # mark before it counted 3 pauses' worth, and 3.3 kB/s held a socket for good; a review)
+    t0 = time.monotonic()
+    with pytest.raises(security._Refused) as e:
+        asyncio.run(security._spool_body(receiver([(0.95, rate * 36 // 100)] * 12)))
+    assert e.value.status == 408 and time.monotonic() - t0 < 6, (e.value.detail, time.monotonic() - t0)
 
 
 def test_a_frame_that_cannot_be_decoded_is_never_served(tmp_path):

@@ -421,7 +421,9 @@ async def _spool_body(receive, charge: _Charge | None = None, limit: int = MAX_B
     spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)
     total, more = 0, True
     t0 = time.monotonic()
-    marks = collections.deque([(t0, 0)])  # (time, bytes so far), about one a second, over the last window
+    # (time a chunk arrived, bytes with it): about one a second, those of the last 2 x BODY_TIMEOUT
+    marks: collections.deque = collections.deque()
+    step = min(1.0, BODY_TIMEOUT / 10)
     try:
         while more:
             try:
@@ -442,13 +444,17 @@ async def _spool_body(receive, charge: _Charge | None = None, limit: int = MAX_B
             # then a byte a minute passed for hours (200 MB: 5.5 h); windows measured each on its own cut a
             # link that stalled just after one began
             now = time.monotonic()
-            if now - marks[-1][0] >= min(1.0, BODY_TIMEOUT / 10):
+            if not marks or now - marks[-1][0] >= step:
                 marks.append((now, total))
-            while len(marks) > 1 and marks[1][0] <= now - 2 * BODY_TIMEOUT:
-                marks.popleft()  # marks[0]: the last one at or before the window's start
-            if now - t0 > 2 * BODY_TIMEOUT and total - marks[0][1] < MIN_BODY_RATE * BODY_TIMEOUT:
-                raise _Refused(408, f"the request body is arriving slower than {MIN_BODY_RATE * BODY_TIMEOUT / 1000:.0f}"
-                                    f" kB in {2 * BODY_TIMEOUT:.0f} s")
+            while marks[0][0] < now - 2 * BODY_TIMEOUT:
+                marks.popleft()
+            # counted: what arrived after the window's first mark. A chunk stands for the time it took to send,
+            # so the first one inside the window is not counted (counting it, or one before the window, let
+            # a chunk every 59.9 s at 3.3 kB/s pass). That, and the chunks between the window's start and
+            # its first mark, can leave up to two steps' worth uncounted: the rule allows for them
+            if now - t0 > 2 * BODY_TIMEOUT and total - marks[0][1] < MIN_BODY_RATE * (BODY_TIMEOUT - 2 * step):
+                raise _Refused(408, f"the request body is arriving slower than {MIN_BODY_RATE * BODY_TIMEOUT:g} "
+                                    f"bytes in {2 * BODY_TIMEOUT:g} s")
             spool.write(chunk)
             more = m.get("more_body", False)
     except BaseException:

@@ -423,9 +423,7 @@ def cmd_run(args) -> int:
         raise SystemExit(f"error: --strategies {e}") from None
     if not specs:
         raise SystemExit("error: --strategies names no strategy")
-    for s in specs:  # the registered names only: an alias would file the same strategy under a second name
-        if s.name not in ALL_STRATEGIES:
-            raise SystemExit(f"error: --strategies: unknown strategy {s.name!r}; choose from {', '.join(ALL_STRATEGIES)}")
+    specs = list(dict.fromkeys(specs))  # (an alias parses to its registered name: once each, in order)
     vg = None
     if args.video_groups:  # checked before _setup writes anything into --out
         from polypal.experiments.videos import read_video_groups
