@@ -150,13 +150,24 @@ def test_two_cycles_progress_quality_export(tmp_path):
         return out
 
     def train_and_watch(number, served):
-        s, r = http("POST", f"{url}/train/polyp_seg")
-        assert s == 200, r
+        import threading
+
+        # three at once: one training, two told to wait (MONAI Label's own check sees only a started process:
+        # a POST before the first one's process started was queued, a second training run after the first)
+        res = []
+        posts = [threading.Thread(target=lambda: res.append(http("POST", f"{url}/train/polyp_seg")))
+                 for _ in range(3)]
+        for t in posts:
+            t.start()
+        for t in posts:
+            t.join()
+        assert sorted(s for s, _ in res) == [200, 429, 429], res
+        assert all(r["detail"].startswith("a training is already running: one at a time") for s, r in res if s == 429)
         # at once: STARTING (the process is reading frames) or RUNNING, never the last training's DONE, so
         # the README's loop (wait while STARTING or RUNNING) waits for this training
         st = http("GET", f"{url}/info/")[1]["train_stats"]["polyp_seg"]
         assert st["status"] in ("STARTING", "RUNNING"), st
-        s, r = http("POST", f"{url}/train/polyp_seg")  # a second one: said what to do, not MONAI Label's "+++"
+        s, r = http("POST", f"{url}/train/polyp_seg")  # another: said what to do, not MONAI Label's "+++"
         assert s == 429 and r["detail"].startswith("a training is already running: one at a time"), (s, r)
         seen_progress = False
         t0 = time.time()

@@ -89,8 +89,11 @@ _SCORING_SUBMIT = threading.Lock()
 SUBMITTED_STALE_S = 30  # a task still SUBMITTED after this never started (its process failed to spawn)
 
 
-def _scoring_pending() -> bool:
-    """A scoring run is submitted or running. MONAI Label's own check (``AsyncTask.run``) looks only at running
+_TRAIN_SUBMIT = threading.Lock()
+
+
+def _scoring_pending(method: str = "scoring") -> bool:
+    """A scoring run (or a training: ``method`` "train") is submitted or running. MONAI Label's own check (``AsyncTask.run``) looks only at running
     processes: a second run submitted before the first one's process started was queued behind it, and such
     a queued run started its process while the server was shutting down and outlived it (writing into the
     studies folder's state after the server had gone). A task left SUBMITTED for long never started (MONAI
@@ -99,7 +102,7 @@ def _scoring_pending() -> bool:
 
     now = time.time()
     try:
-        for t in tasks("scoring") or []:
+        for t in tasks(method) or []:
             if not isinstance(t, dict):
                 continue
             if t.get("status") == "RUNNING":
@@ -133,7 +136,6 @@ def _guard_scoring_endpoint() -> None:
             return run_method(method, params, run_sync)
 
     scoring.run_method = checked
-    _guard_train_endpoint()
 
 
 def _guard_train_endpoint() -> None:
@@ -143,14 +145,22 @@ def _guard_train_endpoint() -> None:
 
     run_model = train.run_model
 
-    def said(*args, **kwargs):
+    busy = HTTPException(status_code=429, detail="a training is already running: one at a time (GET /train/ or "
+                                                 "/info/ shows it; POST again when it has finished)")
+
+    def said(model, params=None, run_sync=False, enqueue=False):
         try:
-            return run_model(*args, **kwargs)
+            if run_sync:  # in this process, under the model's train lock (lib.train): nothing is queued
+                return run_model(model, params, run_sync, enqueue)
+            # MONAI Label's own check sees only a started process: a second POST before the first one's process
+            # started was queued behind it (a second training, run after the first)
+            with _TRAIN_SUBMIT:
+                if _scoring_pending("train"):
+                    raise busy
+                return run_model(model, params, run_sync, enqueue)
         except HTTPException as e:
             if e.status_code == 429 and "already running" in str(e.detail).lower():
-                raise HTTPException(status_code=429, detail="a training is already running: one at a time (GET "
-                                                            "/train/ or /info/ shows it; POST again when it "
-                                                            "has finished)") from None
+                raise busy from None
             raise
 
     train.run_model = said
@@ -275,6 +285,7 @@ class PolypALApp(MONAILabelApp):
 
         harden(monailabel.app.app, self, self.cfg.allowed_origins, self.cfg.allowed_hosts)
         _guard_scoring_endpoint()
+        _guard_train_endpoint()
         from lib.annotate import mount  # the annotator's page: OHIF under /annotate/ (read-only files)
 
         mount(monailabel.app.app, self.conf.get("ohif_dir") or None)
