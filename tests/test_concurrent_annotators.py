@@ -253,8 +253,8 @@ def test_a_scoring_run_that_never_started_does_not_stop_scoring(monkeypatch):
         time.sleep(0.5)
         monkeypatch.undo()
         assert task["status"] == "SUBMITTED" and not tasks_mod.processes("scoring")
-        assert main._scoring_pending()  # just submitted: a run may be starting
+        assert main._task_pending("scoring")  # just submitted: a run may be starting
         task["start_ts"] = (datetime.datetime.now() - datetime.timedelta(seconds=60)).strftime("%Y-%m-%d %H:%M:%S")
-        assert not main._scoring_pending()
+        assert not main._task_pending("scoring")
     finally:
         tasks_mod.background_tasks["scoring"].remove(task)

@@ -2129,6 +2129,29 @@ def test_fit_floor_must_be_a_dice_under_one(tmp_path, value):
     assert AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"fit_floor": "0.55"}).profile.fit_floor == 0.55
 
 
+def test_every_conf_key_the_app_reads_is_a_known_setting():
+    """The start-up warning for an unknown --conf key reads lib/config.py's SETTINGS, a list kept by hand beside
+    the reads: a key read in the app but missing there would be warned about as misspelt, and one listed but no
+    longer read would pass silently."""
+    import re
+    import sys
+
+    app = Path(__file__).resolve().parents[1] / "apps" / "polyp_al"
+    sys.path.insert(0, str(app))
+    try:
+        from lib.config import SETTINGS
+    finally:
+        sys.path.pop(0)
+    reads = re.compile(r"""conf\.get\(\s*["']([A-Za-z_]+)["']|\bnum\(\s*["']([A-Za-z_]+)["']""")
+    read = set()
+    for f in [app / "main.py", *sorted((app / "lib").glob("*.py"))]:
+        if f.name != "auth.py":  # its conf is a realm's OpenID configuration, not --conf
+            read |= {a or b for a, b in reads.findall(f.read_text())}
+    assert len(read) >= 15, read  # the scan finds the reads
+    assert read - set(SETTINGS) == set(), "read but not in SETTINGS"
+    assert set(SETTINGS) - read == set(), "in SETTINGS but never read"
+
+
 @pytest.mark.parametrize("value", ["nosuch", "MEAN", ""])
 def test_aggregation_is_checked_at_start(tmp_path, value):
     """A wrong --conf aggregation started the server; then scoring failed after every training (one log line)

@@ -92,12 +92,13 @@ SUBMITTED_STALE_S = 30  # a task still SUBMITTED after this never started (its p
 _TRAIN_SUBMIT = threading.Lock()
 
 
-def _scoring_pending(method: str = "scoring") -> bool:
-    """A scoring run (or a training: ``method`` "train") is submitted or running. MONAI Label's own check (``AsyncTask.run``) looks only at running
-    processes: a second run submitted before the first one's process started was queued behind it, and such
-    a queued run started its process while the server was shutting down and outlived it (writing into the
-    studies folder's state after the server had gone). A task left SUBMITTED for long never started (MONAI
-    Label loses a failed spawn's error and never updates it): not pending, or scoring would stop for good."""
+def _task_pending(method: str) -> bool:
+    """A task of ``method`` ("scoring" or "train") is submitted or running. MONAI Label's own check
+    (``AsyncTask.run``) looks only at running processes: a second run submitted before the first one's process
+    started was queued behind it, and such a queued run started its process while the server was shutting down
+    and outlived it (writing into the studies folder's state after the server had gone). A task left SUBMITTED
+    for long never started (MONAI Label loses a failed spawn's error and never updates it): not pending, or
+    scoring would stop for good."""
     from monailabel.utils.async_tasks.utils import tasks
 
     now = time.time()
@@ -130,7 +131,7 @@ def _guard_scoring_endpoint() -> None:
         if run_sync:  # in this process, under the scoring lock file (lib.scoring): nothing is queued
             return run_method(method, params, run_sync)
         with _SCORING_SUBMIT:
-            if _scoring_pending():
+            if _task_pending("scoring"):
                 raise HTTPException(status_code=429, detail="a scoring run is starting or running: one at a time "
                                                             "(GET /scoring/ shows it)")
             return run_method(method, params, run_sync)
@@ -155,7 +156,7 @@ def _guard_train_endpoint() -> None:
             # MONAI Label's own check sees only a started process: a second POST before the first one's process
             # started was queued behind it (a second training, run after the first)
             with _TRAIN_SUBMIT:
-                if _scoring_pending("train"):
+                if _task_pending("train"):
                     raise busy
                 return run_model(model, params, run_sync, enqueue)
         except HTTPException as e:
@@ -238,7 +239,6 @@ class PolypALApp(MONAILabelApp):
         if bindir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         self.cfg = AppConfig.from_conf(app_dir, studies, conf)
-        clean_stale_result_dirs()  # of servers stopped before (a SIGTERM leaves them)
         warn_unused_model(app_dir, studies, conf, self.cfg.model_path)
         self.state = ActiveLearningState(self.cfg.state_dir, batch_size=self.cfg.batch_size, gamma=self.cfg.gamma,
                                          lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed, background=True,
@@ -270,6 +270,8 @@ class PolypALApp(MONAILabelApp):
 
     def on_init_complete(self):
         """Server process only (MONAI Label calls this once the app exists): narrow the HTTP surface."""
+        clean_stale_result_dirs()  # of servers stopped before (a SIGTERM leaves them); not in the training and
+        # scoring subprocesses, which construct the app too
         taken = _port_taken()
         auto = self._auto_update_scoring
         if taken:  # uvicorn binds after this and will exit: no start-up scoring run re-planning the batches of
@@ -304,7 +306,7 @@ class PolypALApp(MONAILabelApp):
             name = path[len("/scoring/"):].strip("/")
             if name not in self._scoring_methods:
                 return 404, f"no scoring method {name[:80]!r}; this app has {sorted(self._scoring_methods)}"
-            if _scoring_pending():  # MONAI Label would queue it behind the one starting (see _scoring_pending)
+            if _task_pending("scoring"):  # MONAI Label would queue it behind the one starting (see _task_pending)
                 return 429, "a scoring run is starting or running: one at a time (GET /scoring/ shows it)"
         if method == "POST" and (path == "/train/" or path.startswith("/train/")):
             name = path[len("/train/"):].strip("/")
@@ -530,7 +532,7 @@ class PolypALApp(MONAILabelApp):
         if key == self._last_scoring[0] and now - self._last_scoring[1] < 300:
             return
         with _SCORING_SUBMIT:
-            if _scoring_pending():
+            if _task_pending("scoring"):
                 return
             res, why = AsyncTask.run("scoring", request={"method": "polyp_al"}, enqueue=False)
         if res is not None:
@@ -547,7 +549,7 @@ class PolypALApp(MONAILabelApp):
             logger.debug("scoring trigger skipped outside the server: the training scored its model")
             return None
         with _SCORING_SUBMIT:
-            if _scoring_pending():
+            if _task_pending("scoring"):
                 return None
             res, _ = AsyncTask.run("scoring", request={"method": method or "polyp_al"}, params=params, enqueue=False)
         return res

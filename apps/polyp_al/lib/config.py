@@ -14,7 +14,7 @@ from polypal.learner import Profile, get_profile
 logger = logging.getLogger(__name__)
 
 # every --conf key polyp-al reads (README, "Annotating with the MONAI Label server"), and the one MONAI Label
-# itself passes
+# itself passes (tests/test_hostile.py checks this list against the keys the app's code reads)
 SETTINGS = ("profile", "batch_size", "gamma", "lease_timeout", "aggregation", "min_steps", "train_steps",
             "collapse_retries", "fit_floor", "threads", "seed", "model_dir", "state_dir", "datastore", "video_cap",
             "max_pixels", "min_free_mb", "allow_model_upload", "allowed_origins", "allowed_hosts", "ohif_dir")
