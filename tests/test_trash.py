@@ -177,6 +177,41 @@ def test_a_purge_never_deletes_the_files_of_a_write_under_way(tmp_path, monkeypa
     assert got["purged"] == [] and list_trash(root) == []
 
 
+def test_a_frame_deleted_while_its_label_is_restored_never_gets_it_back(tmp_path, monkeypatch):
+    """A restore checked that the label's frame was the picture it was drawn on, then linked the label back
+    without the datastore's write lock: a delete of the frame in between (a server answering a client) left
+    the label in labels/final with no frame, and a new picture uploaded under that id later took it at the
+    next start (a review, 2026-12-07). The check and the link are now one step under the lock: the delete
+    waits, and takes the label to the trash with its frame."""
+    import threading
+
+    import polypal.serving.trash as trash
+
+    root, fs, m = make_store(tmp_path)
+    fs.save_label("f001", str(m), "final", {"client_id": "dr-a"})
+    fs.remove_label("f001", "final")
+    [entry] = list_trash(root)
+    deleter = threading.Thread(target=lambda: FrameStore(root).remove_image("f001"))
+    checked = trash._why_not
+
+    def then_a_delete(*a, **k):  # the frame's delete arrives right after the check
+        why = checked(*a, **k)
+        if not deleter.is_alive() and deleter.ident is None:
+            deleter.start()
+            deleter.join(1.0)
+        return why
+
+    monkeypatch.setattr(trash, "_why_not", then_a_delete)
+    got = restore(root, entry["name"])
+    deleter.join(30)
+    assert not deleter.is_alive()
+    assert fs.image_ext("f001") is None
+    # restored, then trashed with its frame: never a label without its frame, where a new f001 would take it
+    assert got["restored"] == [os.path.join("labels", "final", "f001.png")], got
+    assert not (root / "labels" / "final" / "f001.png").exists()
+    assert any(os.path.join("labels", "final", "f001.png") in e["files"].values() for e in list_trash(root))
+
+
 def test_labels_of_a_replaced_frame_never_land_on_the_new_one(tmp_path):
     root, fs, m = make_store(tmp_path)
     fs.save_label("f000", str(m), "final")

@@ -283,17 +283,21 @@ def _restore(studies, folder: Path) -> tuple[dict, bool]:
             unlink_after.append(src)
             restored.append(rel)
             continue
-        why = "not a frame or label of this datastore" if kind is None or not plain_name(trash_name) else \
-            _why_not(store, root, kind, src, m, frames_back, trashed_frames)
-        if why is None:
-            dest = root / rel
-            try:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.link(src, dest, follow_symlinks=False)  # never over an existing file, whoever wrote it
-            except FileExistsError:
-                why = "a file is in its place"
-            except OSError as e:
-                why = f"could not be linked back: {e.strerror}"
+        # the check and the link as one step under the datastore's write lock: a server's delete or replace of
+        # the frame waits, and then takes the label with it (before, one in between left the label back with
+        # no frame, or on the new picture, and a new frame of that id took it at the next start)
+        with store._tx():
+            why = "not a frame or label of this datastore" if kind is None or not plain_name(trash_name) else \
+                _why_not(store, root, kind, src, m, frames_back, trashed_frames)
+            if why is None:
+                dest = root / rel
+                try:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.link(src, dest, follow_symlinks=False)  # never over an existing file, whoever wrote it
+                except FileExistsError:
+                    why = "a file is in its place"
+                except OSError as e:
+                    why = f"could not be linked back: {e.strerror}"
         if why is not None:
             refused[rel] = why
             continue
