@@ -293,3 +293,36 @@ def test_merged_info_is_capped_for_clients_not_for_the_servers_own_record(tmp_pa
         store.update_image_info("a", {"more": "y" * 200})
     store.update_image_info("a", {"served": {"al_strategy": "bvsb", "cycle": 3, "client_id": "dr-a"}}, limit=None)
     assert store.image_info("a")["served"]["cycle"] == 3 and "more" not in store.image_info("a")
+
+
+def test_a_dangling_link_in_a_label_place_is_kept_and_never_blocks_a_save(tmp_path):
+    """A dangling symlink where a label goes (labels/final/x.png, put there by hand or left by a tool) made
+    every save of that label fail (the trash dropped it as missing, then a TypeError: a 500 each time), and a
+    delete of its frame left it in place for the next frame of that id (a review, 2026-12-07). The link itself
+    is kept in the trash; nothing it points to is read or written."""
+    root = make_frames(tmp_path / "s", 2)
+    fs = FrameStore(root)
+    target = tmp_path / "outside.png"  # never created: the link dangles
+    place = root / "labels" / "final" / "f000.png"
+    os.symlink(target, place)
+    fs.save_label("f000", str(mask_file(tmp_path)), "final", {"client_id": "dr-a"})
+    assert place.is_file() and not place.is_symlink() and fs.label_path("f000", "final")
+    kept = [p for p in (root / ".polypal" / "trash").rglob("*") if p.is_symlink()]
+    assert [os.readlink(p) for p in kept] == [str(target)] and not target.exists()
+    # a frame deleted with such a link as its label: the link goes with it
+    fs.save_label("f001", str(mask_file(tmp_path)), "final")
+    other = root / "labels" / "final" / "f001.png"
+    other.unlink()
+    os.symlink(target, other)
+    fs.remove_image("f001")
+    assert not os.path.lexists(other) and not target.exists()
+    # a link to a file outside: kept as the link (before, the trash took a hard link or a copy of that file)
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"not ours")
+    os.unlink(place)
+    fs.remove_label("f000", "final")
+    os.symlink(outside, place)
+    fs.save_label("f000", str(mask_file(tmp_path)), "final")
+    assert os.stat(outside).st_nlink == 1
+    assert not any(p.is_file() and not p.is_symlink() and p.read_bytes() == b"not ours"
+                   for p in (root / ".polypal" / "trash").rglob("*"))

@@ -127,10 +127,10 @@ def _put_back(copy: str | None, path: str, placed: int | None) -> bool:
         return True
     tmp = f"{path}.undo-{os.getpid()}"
     try:
-        os.link(copy, tmp)
+        os.link(copy, tmp, follow_symlinks=False)  # a symlink goes back as the link, never as what it names
     except OSError:
         try:
-            shutil.copy2(copy, tmp)
+            shutil.copy2(copy, tmp, follow_symlinks=False)
         except OSError:
             return False
     os.replace(tmp, path)
@@ -138,14 +138,18 @@ def _put_back(copy: str | None, path: str, placed: int | None) -> bool:
 
 
 def _link_copy(copy: str, path: str) -> bool:
-    """A copy of ``copy`` (it stays in the trash) at ``path``, never over a file there."""
+    """A copy of ``copy`` (it stays in the trash) at ``path``, never over a file there (a symlink is copied
+    as the link)."""
     try:
-        os.link(copy, path)
+        os.link(copy, path, follow_symlinks=False)
         return True
     except FileExistsError:
         return False
     except OSError:
         try:
+            if os.path.islink(copy):
+                os.symlink(os.readlink(copy), path)
+                return True
             with open(copy, "rb") as f, open(path, "xb") as g:
                 shutil.copyfileobj(f, g)
             return True
@@ -292,7 +296,9 @@ class FrameStore:
         what a restore needs beside it ({"info": the label's info, "drawn_on": {"sha256", "pixels"} of the
         picture it was drawn on}). The manifest is written before anything moves (a crash half-way leaves
         a folder that says what it holds). Returns the folder, or None when none of the files exists."""
-        files = {k: v for k, v in files.items() if v and os.path.exists(v)}
+        # lexists: a dangling symlink in a label's place is an entry too, moved (or linked) as the link itself
+        # (before, it was dropped as missing: it stayed, and every save of that label then failed)
+        files = {k: v for k, v in files.items() if v and os.path.lexists(v)}
         if not files:
             return None
         base = os.path.join(self.root, ".polypal", "trash")
@@ -311,9 +317,9 @@ class FrameStore:
                 dest = os.path.join(folder, name)
                 if keep_source:
                     try:
-                        os.link(src, dest)
+                        os.link(src, dest, follow_symlinks=False)
                     except OSError:
-                        shutil.copy2(src, dest)
+                        shutil.copy2(src, dest, follow_symlinks=False)
                 else:
                     os.replace(src, dest)
                     moved.append((dest, src))
