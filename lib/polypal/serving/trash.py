@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from polypal.serving import label_frames
+from polypal.serving.fileops import write_fsynced
 from polypal.serving.framestore import MAX_INFO_BYTES, REPLACE_JOURNAL, FrameStore
 from polypal.serving.sqlite_db import DamagedDatabase
 from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, plain_name, split_name
@@ -316,7 +317,8 @@ def _restore(studies, folder: Path) -> tuple[dict, bool]:
     left = {t: r for t, r in m["files"].items() if r in refused}
     if left:
         m["files"] = left
-        (folder / "manifest.json").write_text(json.dumps(m, indent=1))
+        write_fsynced(str(folder / "manifest.json"), m)  # whole or not at all: a kill mid-write left it cut,
+        # listing no file, and the refused labels were then purged with the folder
     return {"restored": restored, "refused": refused}, not left and bool(restored)
 
 
