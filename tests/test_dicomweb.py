@@ -372,6 +372,11 @@ def test_dicomweb_server_down_or_rejecting_loses_no_label(tmp_path):
         with pytest.raises(Exception, match="502.*does not have SEG"):
             client.save_label(b["series"], str(SAMPLE / "masks" / f"{names[1]}.png"), tag="final")
         assert _segs_on(url, b["study"]) == [] and http("GET", srv.url + "/info/")[1]["datastore"]["pending_labels"] == 1
+        # its info cut, as a kill mid-write left it before 2026-12-07: the label is still sent (each retry failed)
+        pending = Path(http("GET", srv.url + "/info/")[1]["datastore"]["pending_dir"])
+        [meta] = pending.glob("*.json")
+        assert json.loads(meta.read_text())["client_id"] == "a"
+        meta.write_text('{"client_id": "a", "t')
         # its frame has a label (kept here): not served again once any lease on it has timed out (5 s here)
         time.sleep(5.5)
         for who in ("a", "z"):

@@ -25,13 +25,13 @@ share state and must be read together.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 import threading
 
@@ -48,6 +48,7 @@ from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.datastore import check_client, checked_mask, note_save
+from polypal.serving.fileops import copy_fsynced, fsync_dir, write_fsynced
 from polypal.serving.framestore import InfoTooLarge, check_info_size
 from polypal.data import images, read_mask
 
@@ -407,13 +408,29 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
 
     # --- labels that failed to store -------------------------------------------------------------
     def _keep(self, image_id, tag, nii, info) -> str:
+        """A label the DICOMweb server did not store, kept to be sent again: its info first, then the label
+        (a label is pending from the moment its .nii.gz is there), each written whole and fsynced, under the
+        pending folder's lock (no retry reads it half-written). Before, the info was written in place after
+        the label: a kill or a full disk left it cut, and every retry of that label then failed for ever."""
         os.makedirs(self.pending_dir, exist_ok=True)
         keep = os.path.join(self.pending_dir, f"{image_id}.{tag}.nii.gz")
-        shutil.copy(nii, keep + ".tmp")
-        os.replace(keep + ".tmp", keep)
-        with open(keep[: -len(".nii.gz")] + ".json", "w") as f:
-            json.dump(info, f)
+        with self._pending_lock():
+            write_fsynced(keep[: -len(".nii.gz")] + ".json", info)
+            tmp = copy_fsynced(nii, self.pending_dir)
+            os.replace(tmp, keep)
+            fsync_dir(self.pending_dir)
         return keep
+
+    @contextlib.contextmanager
+    def _pending_lock(self):
+        """The pending folder's lock, waited for: this process's threads and the other processes (a retry)."""
+        with self._retry_lock:
+            fd = os.open(os.path.join(self.pending_dir, ".retry.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
 
     def has_pending_label(self, image_id: str, tag: str = DefaultLabelTag.FINAL.value) -> bool:
         """A label of this frame is kept here after a failed store (it is labeled: not to be served again)."""
@@ -428,17 +445,12 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         tag = str(getattr(tag, "value", tag))
         if not self.has_pending_label(image_id, tag):
             return
-        with self._retry_lock:
-            fd = os.open(os.path.join(self.pending_dir, ".retry.lock"), os.O_CREAT | os.O_RDWR, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                for suffix in (".nii.gz", ".json"):
-                    try:
-                        os.unlink(os.path.join(self.pending_dir, f"{image_id}.{tag}{suffix}"))
-                    except FileNotFoundError:
-                        pass
-            finally:
-                os.close(fd)  # releases the flock
+        with self._pending_lock():
+            for suffix in (".nii.gz", ".json"):
+                try:
+                    os.unlink(os.path.join(self.pending_dir, f"{image_id}.{tag}{suffix}"))
+                except FileNotFoundError:
+                    pass
         logger.info(f"the label of {image_id} kept after a failed store is superseded by a new one: dropped")
 
     def pending_labels(self) -> list[str]:
@@ -467,7 +479,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
                 path = os.path.join(self.pending_dir, name)
                 meta = path[: -len(".nii.gz")] + ".json"
                 try:
-                    info = json.load(open(meta)) if os.path.exists(meta) else {}
+                    info = _kept_info(meta)
                     image_dir, nii = self._frame_nifti(image_id, path)
                     try:
                         info["SeriesInstanceUID"] = self._store_seg(image_dir, nii, LABEL_DESCRIPTION)
@@ -489,3 +501,17 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
                 os.close(lock_fd)  # releases the flock
             self._retry_lock.release()
         return {"sent": done, "failed": failed}
+
+
+def _kept_info(meta: str) -> dict:
+    """A kept label's info; {} when it is missing or unreadable (one cut by a kill before 2026-12-07): the
+    label is still sent, without it, rather than failing every retry for ever."""
+    try:
+        with open(meta) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        logger.warning(f"{meta}: unreadable ({e}); its label is sent without its info")
+        return {}
+    return info if isinstance(info, dict) else {}
