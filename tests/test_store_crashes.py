@@ -816,3 +816,21 @@ print(sqlite3.connect({str(tmp_path / 'copy.sqlite')!r}).execute("SELECT COUNT(*
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "POLYPAL_CHECKPOINT_SECONDS": "1"})
     assert out.stdout.strip() == "1", out
+
+
+def test_every_database_syncs_each_commit(tmp_path):
+    """WAL with synchronous=NORMAL keeps commits across a kill -9 but may lose the last ones at a power cut:
+    a label answered 200 then came back from its file alone, without who drew it, or with the record of the
+    label it replaced (a review, 2026-12-07). Each database of a studies folder now syncs every commit."""
+    from polypal.serving.state import ActiveLearningState
+    from polypal.video.store import VideoDB
+
+    root = tmp_path / "studies"
+    root.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "f0.png")
+    conns = {"datastore": FrameStore(root)._conn(),
+             "state": ActiveLearningState(tmp_path / "state")._db.conn(),
+             "video": VideoDB(str(root)).db.conn()}
+    FULL = 2
+    assert {k: c.execute("PRAGMA synchronous").fetchone()[0] for k, c in conns.items()} == dict.fromkeys(conns, FULL)
+    assert {c.execute("PRAGMA journal_mode").fetchone()[0] for c in conns.values()} == {"wal"}

@@ -1,7 +1,10 @@
 """One SQLite database shared by several processes: WAL mode, a connection per thread.
 
-WAL lets readers proceed while one writer commits; ``synchronous=NORMAL`` in
-WAL mode keeps every committed transaction across a process crash (SIGKILL).
+WAL lets readers proceed while one writer commits; ``synchronous=FULL`` keeps
+every committed transaction across a process crash (SIGKILL) and a power cut
+(NORMAL, until 2026-12-07, only across the first: a label saved and answered
+just before a power cut could come back with no record of who drew it, or the
+label it replaced's; about 0.5 ms a commit here).
 ``tx()`` takes the write lock at BEGIN (IMMEDIATE), so a read-modify-write
 inside it cannot interleave with another process's.
 
@@ -88,7 +91,7 @@ class SQLiteDB:
         if c is None:
             c = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA synchronous=FULL")
             self._local.conn = c
         return c
 
