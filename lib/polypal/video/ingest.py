@@ -35,6 +35,7 @@ from tqdm import tqdm
 from polypal.data import images
 from polypal.video import frames as F
 from polypal.vocab import FRAME_EXTENSIONS
+from polypal.serving.fileops import fsync_dir
 from polypal.serving.sqlite_db import DamagedDatabase
 from polypal.video.store import VideoDB, db_path
 
@@ -324,7 +325,8 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
                 raise VideoError(f"{path}: cannot move frame {r['id']} into {studies}: {e}; "
                                  f"{written} frames moved, run again to finish") from None
             written += 1
-        db.finish(name)  # only now does a re-run skip this video
+        _sync(studies, [os.path.join(studies, r["id"] + ".png") for r in rows])  # on disk before it is done:
+        db.finish(name)  # only now does a re-run skip this video (a power cut before had left empty frames)
     except BaseException:
         try:
             db.release(name, fp)  # a name it recorded nothing under goes back (no frame row: no file either)
@@ -338,6 +340,21 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
         except OSError:
             pass
     return {"video": name, "source": path, "decoded": decoded, "kept": len(rows), "written": written, **res}
+
+
+def _sync(folder: str, paths: list[str]) -> None:
+    """The frames' contents and their names in ``folder`` on disk (one fsync each, after all are written:
+    the kernel has flushed most by then)."""
+    for p in paths:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except FileNotFoundError:  # deleted since (a server client): nothing to keep
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(folder)
 
 
 def _has_ingested_frames(studies: str) -> bool:
