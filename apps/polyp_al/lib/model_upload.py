@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
+import threading
 import time
 
 from fastapi import FastAPI, File, HTTPException, UploadFile
 
 from polypal.learner import CheckpointError, load_checkpoint
-from polypal.serving.fileops import create_new
+from polypal.serving.fileops import create_new, fsync_dir
 
 logger = logging.getLogger(__name__)
 MAX_MODEL_BYTES = 1 << 30
@@ -29,6 +29,22 @@ def _kept_name(dest: str, why: str) -> str:
     while os.path.lexists(name := f"{base}{'' if k == 1 else f'-{k}'}.{why}"):
         k += 1
     return name
+
+
+def _keep(dest: str, why: str) -> str:
+    """A hard link to the model under a new kept name: never over another kept model (two uploads at once
+    both picked one name, and the second copy replaced the first), and no copy that a power cut can leave
+    empty."""
+    while True:
+        name = _kept_name(dest, why)
+        try:
+            os.link(dest, name)
+            return name
+        except FileExistsError:  # taken since the check: the next name
+            continue
+
+
+_WRITES = threading.Lock()  # one upload or delete at a time: each keeps the model it found
 
 def _check_model_name(app, model: str) -> None:
     if model not in app._infers:
@@ -61,9 +77,11 @@ def model_api(app):
                 _, profile, _ = load_checkpoint(tmp, device="cpu", expect=app.cfg.profile)
             except CheckpointError as e:
                 raise HTTPException(status_code=422, detail=f"model refused: {e.problem}") from None
-            if os.path.exists(dest):
-                shutil.copy2(dest, _kept_name(dest, "replaced"))
-            os.replace(tmp, dest)
+            with _WRITES:
+                if os.path.exists(dest):
+                    _keep(dest, "replaced")
+                os.replace(tmp, dest)
+                fsync_dir(os.path.dirname(dest))
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -75,9 +93,12 @@ def model_api(app):
     def delete_model(model: str):
         _check_model_name(app, model)
         dest = app.cfg.model_path
-        if not os.path.exists(dest):
-            raise HTTPException(status_code=404, detail=f"no trained model for {model}")
-        os.replace(dest, _kept_name(dest, "deleted"))
+        with _WRITES:
+            if not os.path.exists(dest):
+                raise HTTPException(status_code=404, detail=f"no trained model for {model}")
+            _keep(dest, "deleted")
+            os.unlink(dest)
+            fsync_dir(os.path.dirname(dest))
         return {}
 
     return api

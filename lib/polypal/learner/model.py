@@ -78,8 +78,25 @@ def save_checkpoint(path, model: PolypUNet, profile: Profile, extra: dict | None
     ``weights_only=True``: a checkpoint can never carry code."""
     payload = {"state_dict": model.state_dict(), "profile": _plain(profile.to_dict()), "extra": _plain(extra or {})}
     tmp = f"{path}.tmp"
-    torch.save(payload, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it is renamed in: a power cut never leaves an empty model
     os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _plain(x):
