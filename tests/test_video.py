@@ -786,3 +786,30 @@ def test_a_damaged_video_sqlite_is_said_in_one_sentence(tmp_path, capsys):
     assert err.count("backup") == 1 and err.count("move it aside") == 1 and "\n" not in err, err
     assert err.endswith("put it back from a backup (with its -wal file beside it), or move it aside to start "
                         "afresh"), err
+
+
+def test_a_staging_folder_held_by_a_running_ingest_elsewhere_is_left_alone(tmp_path):
+    """Stale staging folders were found by their pid alone: an ingest in another container or on another
+    machine sharing the studies folder has a pid that means nothing here, and a second ingest removed its
+    folder mid-run (a review, 2026-12-07). A running ingest now holds an flock on its folder."""
+    import fcntl
+    import subprocess
+
+    from polypal.video.ingest import STAGING, _clean_staging
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid with no process behind it here
+    root = tmp_path / "studies" / STAGING
+    held, stale = root / f"{gone.pid}-elsewhere", root / f"{gone.pid}-crashed"
+    for d in (held, stale):
+        d.mkdir(parents=True)
+        (d / "elsewhere_000001.png").write_bytes(b"frame")
+    fd = os.open(held, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as that ingest holds it
+        _clean_staging(str(tmp_path / "studies"))
+        assert (held / "elsewhere_000001.png").exists() and not stale.exists()
+    finally:
+        os.close(fd)
+    _clean_staging(str(tmp_path / "studies"))  # its ingest ended without removing it: now it goes
+    assert not held.exists()

@@ -86,8 +86,13 @@ def legacy_fingerprint(path: str) -> str | None:
 
 
 def _clean_staging(studies: str) -> None:
-    """Remove staging folders of ingest processes that no longer run. (A killed ingest's name reservation
-    stays: the same file ingested again takes it back; another video of that name gets ``<name>-2``.)"""
+    """Remove staging folders of ingest processes that no longer run: no such process here, and no lock on the
+    folder (an ingest holds one on its own while it runs: one in another container or on another machine
+    sharing the studies folder has a pid that means nothing here, and its folder was removed under it). (A
+    killed ingest's name reservation stays: the same file ingested again takes it back; another video of that
+    name gets ``<name>-2``.)"""
+    import fcntl
+
     root = os.path.join(studies, STAGING)
     for d in os.listdir(root) if os.path.isdir(root) else []:
         pid = d.split("-", 1)[0]
@@ -95,9 +100,30 @@ def _clean_staging(studies: str) -> None:
             os.kill(int(pid), 0)
             continue
         except (ValueError, ProcessLookupError):
-            shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+            pass
         except PermissionError:
             continue
+        path = os.path.join(root, d)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its ingest runs elsewhere
+            continue
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _hold(folder: str) -> int:
+    """An flock on ``folder`` for as long as the returned descriptor stays open (``_clean_staging``)."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
 # Demuxers FFmpeg may use: video files only. A playlist (HLS .m3u8, ffconcat) names other files, which
@@ -300,8 +326,10 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
                 "written": 0, "note": "already ingested with these settings: nothing added"}
     name = db.name_for(sanitize(os.path.splitext(os.path.basename(path))[0]), fp, settings)
     stage = os.path.join(studies, STAGING, f"{os.getpid()}-{name}")
+    held = None
     try:
         os.makedirs(stage, exist_ok=True)
+        held = _hold(stage)
         rows, decoded, rate = _decode(path, stage, name, every, fps, quiet)
         name, rows = _untaken(db, studies, stage, name, fp, rows)
         video = {"name": name, "source": os.path.abspath(path), "size": os.path.getsize(path), "fingerprint": fp,
@@ -335,6 +363,8 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if held is not None:
+            os.close(held)
         try:
             os.rmdir(os.path.dirname(stage))  # only when no other ingest is staging
         except OSError:
