@@ -280,6 +280,33 @@ def test_model_upload_is_off_by_default(env):
     assert not target.exists()
 
 
+def test_a_root_path_for_a_reverse_proxy_keeps_every_rule(tmp_path):
+    """``monailabel start_server --root_path /al`` (MONAI Label's option for a server behind a proxy that
+    strips /al): uvicorn puts /al in front of every request's path, the router takes it off, and the Gate
+    compared its rules with /al/model/polyp_seg... and let everything through: a model upload with
+    uploads off, the log viewer's CDN scripts, a replace without the admin role (a review, 2026-12-07)."""
+    studies = tmp_path / "studies"
+    make_frames(studies, 2)
+    model = write_model(tmp_path / "model" / "polyp_seg-smoke.pt")
+    before = sha(model)
+    srv = Server(studies, tmp_path, args=["--root_path", "/al"]).start()
+    try:
+        body, ct = multipart({}, {"file": ("m.pt", model.read_bytes())})
+        s, r = http("PUT", f"{srv.url}/model/polyp_seg", body, {"Content-Type": ct})
+        assert s == 403 and "allow_model_upload" in r["detail"], (s, r)
+        s, r = http("PUT", f"{srv.url}/al/model/polyp_seg", body, {"Content-Type": ct})  # the prefix sent too
+        assert s in (403, 404), (s, r)
+        s, r = http("GET", f"{srv.url}/logs/?lines=0")
+        assert s == 400, (s, r)
+        s, r = http("GET", f"{srv.url}/datastore/?output=train")
+        assert s == 403, (s, r)
+        s, r = http("GET", f"{srv.url}/info/")
+        assert s == 200 and r["datastore"]["total"] == 2, (s, r)
+        assert sha(model) == before
+    finally:
+        srv.stop()
+
+
 def test_hostile_model_file_never_runs_nor_is_served(tmp_path):
     """A hostile file placed as the model (not through the API): scoring, infer and a restart never
     unpickle it; infer answers 503 naming the problem; scoring logs and skips."""

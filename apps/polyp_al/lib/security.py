@@ -696,6 +696,27 @@ def _in_thread(app, scope, receive, send, loop):
         _scratch.files = None
 
 
+def _routed(scope):
+    """The request with the path the router routes on, and no root path left to take off it. With
+    ``start_server --root_path /al`` (a proxy that strips /al), uvicorn puts /al in front of every path and
+    Starlette's router takes it off again: the rules here, compared with "/al/model/...", matched nothing and
+    let every request through. Taken off once here, and cleared, so the router routes on exactly the path
+    checked (left in place, a request for /al/model/... would be checked as that and routed to /model/...)."""
+    root = scope.get("root_path") or ""
+    if not root:
+        return scope
+    path = scope.get("path", "")
+    if path == root:
+        path = "/"
+    elif path.startswith(root) and path[len(root)] == "/":
+        path = path[len(root):]
+    raw = scope.get("raw_path")
+    broot = root.encode("latin-1", "replace")
+    if isinstance(raw, bytes) and raw.startswith(broot + b"/"):
+        raw = raw[len(broot):]
+    return {**scope, "path": path, "raw_path": raw, "root_path": ""}
+
+
 class Gate:
     """ASGI middleware in front of MONAI Label's app: see the module docstring."""
 
@@ -715,6 +736,7 @@ class Gate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope = _routed(scope)
         send = _with_safe_headers(send)
         try:
             return await self._handle(scope, receive, send)
