@@ -2221,6 +2221,31 @@ def test_a_start_that_cannot_be_is_said_in_one_line_and_a_misspelt_key_is_named(
         srv.stop()
 
 
+def test_a_form_with_more_parts_than_its_route_reads_is_refused(env):
+    """The Gate parsed an upload's form with Starlette's defaults (1000 files, each under 1 MB kept in memory):
+    280 file parts of 1 MB were held whole while checked, and again by FastAPI, which used the last one (a
+    review, 2026-12-07). A form may now carry 2 files and 4 other fields, as MONAI Label's routes read."""
+    url = env["url"]
+    frame = png_bytes(np.zeros((H, W, 3), np.uint8))
+
+    def form(files: int, fields: int = 1) -> tuple[bytes, str]:
+        b = "----polypal" + os.urandom(6).hex()
+        parts = [f'--{b}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{}}\r\n'.encode()] * fields
+        parts += [f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="f.png"\r\n'
+                  f"Content-Type: image/png\r\n\r\n".encode() + frame + b"\r\n"] * files
+        return b"".join(parts) + f"--{b}--\r\n".encode(), f"multipart/form-data; boundary={b}"
+
+    for files, fields, route in ((3, 1, "/datastore/?image=manyparts"), (50, 1, "/datastore/?image=manyparts"),
+                                 (1, 5, "/datastore/?image=manyparts"), (3, 1, "/infer/polyp_seg?output=json")):
+        body, ct = form(files, fields)
+        s, r = http("PUT" if route.startswith("/datastore") else "POST", url + route, body, {"Content-Type": ct})
+        assert s == 400 and "too many parts" in r["detail"], (files, fields, route, s, r)
+    assert http("GET", f"{url}/datastore/image?image=manyparts")[0] == 404
+    body, ct = form(1, 1)  # the form a client sends: stored
+    assert http("PUT", f"{url}/datastore/?image=manyparts", body, {"Content-Type": ct})[0] == 200
+    assert http("DELETE", f"{url}/datastore/?id=manyparts")[0] == 200  # the module's frames as they were
+
+
 def test_logs_are_plain_text_and_export_limits_are_checked(env):
     url = env["url"]
     for q in ("", "?lines=5", "?lines=5&text=false&html=true"):

@@ -167,6 +167,7 @@ _FORMS = {  # multipart uploads: (form field holding JSON, reserved keys)
     "/datastore/image/info": ("info", RESERVED_IMAGE_KEYS), "/datastore/label/info": ("info", RESERVED_LABEL_KEYS),
     "/datastore/updatelabelinfo": ("params", RESERVED_LABEL_KEYS),
 }
+MAX_FORM_FILES, MAX_FORM_FIELDS = 2, 4  # parts of one upload's form (file, label; params, info...)
 MAX_BODY = 1 << 30  # bytes of one request body (a model upload is the largest legitimate one)
 
 
@@ -581,8 +582,15 @@ async def _check_form(scope, spool, size: int, form_key: str) -> None:
     if keys is RESERVED_IMAGE_KEYS and _RESERVE_DICOM_KEYS[0]:
         keys = keys | DICOM_INFO_KEYS
     try:
-        form = await Request(scope, _replay(spool, None, size=size)).form()
-    except Exception:  # noqa: BLE001 - a malformed body
+        # at most the parts MONAI Label's routes read (a file or two: frame or label, and infer's label; a
+        # params/info field), each under 1 MB held in memory by the parser: 280 parts of 1 MB each were held
+        # whole, here and again by FastAPI (a review, 2026-12-07)
+        form = await Request(scope, _replay(spool, None, size=size)).form(max_files=MAX_FORM_FILES,
+                                                                          max_fields=MAX_FORM_FIELDS)
+    except Exception as e:  # noqa: BLE001 - a malformed body
+        if "Too many" in str(getattr(e, "message", e)):
+            raise _Refused(400, f"too many parts in the form: at most {MAX_FORM_FILES} files and "
+                                f"{MAX_FORM_FIELDS} other fields") from None
         raise _Refused(400, "malformed form body") from None
     finally:
         spool.seek(0)
