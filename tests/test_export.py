@@ -241,3 +241,36 @@ def test_an_annotator_is_always_a_plain_name_and_csv_cells_never_start_a_formula
     for v in (" =1+1", "\n=1+1", "  @SUM(A1)"):
         assert _cell(v) == "'" + v
     assert _cell("dr-a") == "dr-a"
+
+
+def test_the_servers_export_makes_one_archive_at_a_time(tmp_path):
+    """GET /datastore/dataset copies and zips the whole labeled set into the temp dir: 200 requests at once
+    from one client ran 16 exports in parallel, past the disk floor (a review, 2026-12-07). One at a time
+    now; a request while one is being made gets 429."""
+    import sys
+    import zipfile
+
+    import pytest
+    from fastapi import HTTPException
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "polyp_al"))
+    try:
+        from lib import datastore
+    finally:
+        sys.path.pop(0)
+    root = tmp_path / "studies"
+    root.mkdir()
+    frame, m = synth_frame(np.random.default_rng(0), 32, 32)
+    Image.fromarray(frame).save(root / "f0.png")
+    Image.fromarray(m.astype(np.uint8) * 255).save(tmp_path / "m.png")
+    ds = datastore.PolypDatastore(str(root))
+    ds.store.save_label("f0", str(tmp_path / "m.png"), "final")
+    with datastore._EXPORTING:  # an export under way
+        with pytest.raises(HTTPException) as e:
+            ds.get_dataset_archive(None)
+        assert e.value.status_code == 429 and "one at a time" in e.value.detail
+    path = ds.get_dataset_archive(None)
+    try:
+        assert any(n.startswith("images/") for n in zipfile.ZipFile(path).namelist())
+    finally:
+        Path(path).unlink()

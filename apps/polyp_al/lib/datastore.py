@@ -150,6 +150,9 @@ def empty_studies_hint(root: str) -> str:
             f"added (copy them there and restart, polypal-ingest a video, or PUT /datastore/image)")
 
 
+_EXPORTING = threading.Lock()  # GET /datastore/dataset: one archive made at a time (429 for the others)
+
+
 class PolypDatastore(Datastore):
     def __init__(self, studies: str, read_only: bool = False, on_change=None):
         """``on_change(image_id)``: called after a frame is added, replaced or deleted (the server drops
@@ -256,7 +259,18 @@ class PolypDatastore(Datastore):
 
     def get_dataset_archive(self, limit_cases: Optional[int]) -> str:
         """GET /datastore/dataset: the labeled set as polypal-export writes it (images/, masks/ 0/255,
-        manifest.json/.csv), zipped. The zip is deleted once sent (lib.security)."""
+        manifest.json/.csv), zipped. The zip is deleted once sent (lib.security). One export at a time: each
+        copies and zips the whole labeled set (twice its size in the temp dir, every frame decoded), and 200
+        requests at once from one client ran 16 in parallel past the disk floor; the others get 429."""
+        if not _EXPORTING.acquire(blocking=False):
+            raise HTTPException(status_code=429, detail="an export of the labeled set is being made: one at a "
+                                                        "time; ask again when it is done")
+        try:
+            return self._archive(limit_cases)
+        finally:
+            _EXPORTING.release()
+
+    def _archive(self, limit_cases: Optional[int]) -> str:
         import shutil
         import zipfile
 
