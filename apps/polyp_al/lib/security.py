@@ -148,7 +148,9 @@ def _query(scope) -> dict[str, list[str]]:
 
 
 # run in a worker thread: also the DICOMweb proxy, whose ``async def`` calls the blocking requests.get
-_OFFLOAD = ("/infer/", "/datastore", "/activelearning/", "/train", "/scoring", "/proxy/")
+# and /info: MONAI Label's ``async def`` calls the app's info() on the loop, and with a DICOMweb datastore that
+# asks the DICOMweb server (up to minutes when it stalls: every request waited; a review, 2026-12-07)
+_OFFLOAD = ("/infer/", "/datastore", "/activelearning/", "/train", "/scoring", "/proxy/", "/info", "/model/info")
 # with authentication on, sign-in too (POST /auth/token asks the realm with a blocking request); anyone may
 # send it, so its body is small: a user name and a password
 _SIGN_IN = "/auth/"
@@ -220,15 +222,23 @@ _download_limiter: anyio.CapacityLimiter | None = None
 _DOWNLOADS = ("/datastore/image", "/datastore/label", "/datastore/dataset", "/model/")  # file answers
 
 
+INFO_THREADS = 4
+_info_limiter: anyio.CapacityLimiter | None = None
+
+
 def _limiter(path: str):
     """The thread limit of a GET/HEAD handed to a worker thread (made on first use, on the server's loop):
     the proxy's POLYPAL_PROXY_THREADS, the file downloads' POLYPAL_DOWNLOAD_THREADS, both apart from anyio's
     default 40, which the rest (status, listings) keep (None)."""
-    global _proxy_limiter, _download_limiter
+    global _proxy_limiter, _download_limiter, _info_limiter
     if path.startswith("/proxy/"):
         if _proxy_limiter is None:
             _proxy_limiter = anyio.CapacityLimiter(PROXY_THREADS)
         return _proxy_limiter
+    if path.startswith("/info"):  # polled by every annotator's page: a few threads, whatever the DICOMweb server
+        if _info_limiter is None:
+            _info_limiter = anyio.CapacityLimiter(INFO_THREADS)
+        return _info_limiter
     if not path.startswith(_DOWNLOADS):
         return None
     if _download_limiter is None:
