@@ -283,7 +283,8 @@ class PolypDatastore(Datastore):
         tmp = tempfile.mkdtemp(prefix="polypal-export-")
         try:
             try:
-                export_labeled(self.store.root, tmp, limit=limit_cases or None)
+                export_labeled(self.store.root, tmp, limit=limit_cases or None,
+                               source=os.path.basename(self.store.root.rstrip(os.sep)))  # no server path
             except DataError as e:  # a row whose file is missing or unreadable: the store needs a look
                 logger.error(f"export failed: {e}")
                 raise HTTPException(status_code=500, detail=f"export failed: "

@@ -38,7 +38,7 @@ FIELDS = ("id", "image", "mask", "polyp_pixels", "labeled_at", "annotator", "ser
 
 
 def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str = "final",
-                   limit: int | None = None, ids: list[str] | None = None) -> list[dict]:
+                   limit: int | None = None, ids: list[str] | None = None, source: str | None = None) -> list[dict]:
     """Write every frame with a ``tag`` label (or those of ``ids`` that have one; the first ``limit``) and
     its mask (0/255 PNG) to ``out``; returns the manifest rows. Each frame and its label are copied together
     (``FrameStore.copy_labeled``), so a frame replaced or deleted while the export runs is exported as it
@@ -95,7 +95,9 @@ def export_labeled(studies: str | os.PathLike, out: str | os.PathLike, tag: str 
         })
     scratch.rmdir()
     with open(out / "manifest.json", "w") as f:
-        json.dump({"source": str(Path(studies).resolve()), "tag": tag, "frames": rows}, f, indent=1)
+        # ``source``: what the manifest names as the studies folder (the server's archive gives the folder's
+        # name, not where the server keeps it)
+        json.dump({"source": source or str(Path(studies).resolve()), "tag": tag, "frames": rows}, f, indent=1)
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
