@@ -419,3 +419,25 @@ def test_drops_expected_from_noise_by_hand():
     assert [(o["seed"], o["z"]) for o in dn3["outliers"]] == [(8, None)]
     assert "random seed 8 40->80 (-20.0, a step with no spread)" in _stability_md(tied)
     json.dumps(dn3, allow_nan=False)  # summary.json stays valid JSON
+
+
+def test_random_run_to_more_stages_keeps_the_aulc_over_the_shared_ones(tmp_path):
+    """Random extended with more --cycles and the other strategy not: the summary's AULC row went blank with no
+    word (every pair had to run every stage of the folder; a walkthrough, 2026-12-07). Now, when no pair
+    has them all, the AULC is over the stages every pair shares, and the table says so."""
+    folder = write_folder(tmp_path / "res")
+    for seed in MIOU["random"]:
+        f = folder / "runs" / f"random-seed{seed}.jsonl"
+        last = json.loads(f.read_text().splitlines()[-1])
+        f.write_text(f.read_text() + json.dumps({**last, "stage": 3, "n_labeled": 160}) + "\n")
+    make_report(folder, paper="none")
+    summ = json.loads((folder / "report" / "summary.json").read_text())
+    a = summ["metrics"]["paper_miou"]["vs_random"]["unc_ta_coreset@g0.5"]["aulc"]
+
+    def aulc(y):
+        return ((y[0] + y[1]) / 2 * 40 + (y[1] + y[2]) / 2 * 40) / 80
+
+    strat = "unc_ta_coreset@g0.5"
+    da = [100 * (aulc(MIOU[strat][s]) - aulc(MIOU["random"][s])) for s in range(4)]
+    assert a["mean"] == pytest.approx(np.mean(da)) and a["seeds"] == 4 and a["span"] == [40, 120]
+    assert "AULC over 40-120 labels only" in (folder / "report" / "tables.md").read_text()

@@ -162,12 +162,19 @@ def paired_stats(res: dict, metric: str = "paper_miou", baseline: str = "random"
                  if s in base and n in base[s] and n in _curve(recs, metric)}
             if d:
                 per_stage[str(n)] = _diff_stats(d)
+        pairs = {s: (_curve(recs, metric), base[s]) for s, recs in res[strat].items() if s in base}
+        span = stages  # the pairs that ran every stage; else, over the stages all its pairs share (a folder
+        # where Random was run to more cycles than the rest: its AULC went blank without a word)
+        if not any(set(stages) <= set(c) and set(stages) <= set(b) for c, b in pairs.values()) and pairs:
+            span = sorted(set(stages).intersection(*(set(c) & set(b) for c, b in pairs.values())))
         aulc = {}
-        for s, recs in res[strat].items():
-            c = _curve(recs, metric)
-            if s in base and set(stages) <= set(c) and set(stages) <= set(base[s]):
-                aulc[s] = normalised_aulc(stages, [c[n] for n in stages]) - normalised_aulc(stages, [base[s][n] for n in stages])
-        out[strat] = {"per_stage": per_stage, "aulc": _diff_stats(aulc) if aulc else None}
+        for s, (c, b) in pairs.items():
+            if len(span) >= 2 and set(span) <= set(c) and set(span) <= set(b):
+                aulc[s] = normalised_aulc(span, [c[n] for n in span]) - normalised_aulc(span, [b[n] for n in span])
+        st = _diff_stats(aulc) if aulc else None
+        if st is not None and span != stages:
+            st["span"] = [span[0], span[-1]]  # labels: the AULC is over these stages only
+        out[strat] = {"per_stage": per_stage, "aulc": st}
     return out
 
 

@@ -111,7 +111,9 @@ def summary_table(res: dict, ceiling: dict | None) -> str:
         ps = sv.get(strat, {}).get("saved_vs_random_paired")
         saved = (_fmt_ci(ps, 0).rsplit(" (", 1)[0] + (f" ({len(ps['censored_seeds'])} censored)"
                                                         if ps["censored_seeds"] else "")) if ps else ""
-        lines.append(f"| {strat} | {a['seeds']} | {_fmt_ci(a).rsplit(' (', 1)[0]} | {_fmt_t(a)} | "
+        name = strat + (f" (AULC over {a['span'][0]}-{a['span'][1]} labels only: the stages it shares with "
+                        f"Random)" if a.get("span") else "")
+        lines.append(f"| {name} | {a['seeds']} | {_fmt_ci(a).rsplit(' (', 1)[0]} | {_fmt_t(a)} | "
                      f"{a['ahead']}/{a['seeds']} | {_fmt_ci(b).rsplit(' (', 1)[0]} | {b['ahead']}/{b['seeds']} | {saved} |")
     return "\n".join(lines) + "\n"
 
@@ -171,7 +173,9 @@ def ci_tables(res: dict, ceiling: dict | None) -> str:
                   + " | ".join(str(n) for n in stages[1:]) + " |",
                   "|---|---|---|" + "---|" * len(stages[1:])]
         for strat, v in ps.items():
-            lines.append(f"| {strat} | {_fmt_ci(v['aulc'])} | {_fmt_t(v['aulc'])} | "
+            span = (v["aulc"] or {}).get("span")
+            lines.append(f"| {strat}{f' (AULC over {span[0]}-{span[1]} labels)' if span else ''} | "
+                         f"{_fmt_ci(v['aulc'])} | {_fmt_t(v['aulc'])} | "
                          + " | ".join(_fmt_ci(v["per_stage"].get(str(n))) for n in stages[1:]) + " |")
         lines.append("")
     sv = label_savings(res, ceiling)
