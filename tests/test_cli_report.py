@@ -285,6 +285,11 @@ def test_what_a_new_user_meets_is_named_before_anything_is_written(tmp_path, cap
     capsys.readouterr()
     assert run_cli(data, out, "random", cycles=1) == 0  # again: says there is nothing to do
     assert "nothing to do: the 1 run(s) asked for are complete" in capsys.readouterr().out
+    # split options for a folder that has its split: refused when they ask for another (they were ignored, the
+    # runs going on with the folder's split; a walkthrough, 2026-12-07), accepted when they give the same
+    with pytest.raises(SystemExit, match="--split-seed asks for another split than the one"):
+        run_cli(data, out, "random", cycles=1, extra=("--split-seed", "1"))
+    assert run_cli(data, out, "random", cycles=1, extra=("--split-seed=0",)) == 0
     with pytest.raises(SystemExit, match="--profile smoke, which gives the folder's recipe"):
         main(["run", "--dataset", "folder", "--data", str(data), "--strategies", "random", "--seeds", "0",
               "--initial", "6", "--budget", "4", "--cycles", "1", "--cache-dir", str(out / "cache"), "--out", str(out)])

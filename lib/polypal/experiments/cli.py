@@ -47,6 +47,9 @@ def _machine() -> str:
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__} on {dev}, {torch.get_num_threads()} threads"
 
 
+SPLIT_OPTIONS = ("--cvc-split", "--split-by-video", "--split-seed", "--n-val", "--n-test")
+
+
 def _make_split(args, names):
     from polypal.experiments import splits
 
@@ -374,6 +377,14 @@ def _setup(args):
         if missing:
             raise SystemExit(f"error: {split_file} names {len(missing)} frames that --data {args.data} does not have "
                              f"(e.g. {missing[0]!r}): the folder holds runs of another dataset; use a new --out")
+        if getattr(args, "split_options", None):  # asked for on the command line: the folder's split must be it
+            # (before, they were ignored without a word and the runs went on with the folder's split)
+            asked = _make_split(args, fs.names)
+            if any(sorted(asked[k]) != sorted(split[k]) for k in ("pool", "val", "test")):
+                raise SystemExit(f"error: {', '.join(args.split_options)} asks for another split than the one "
+                                 f"{out}'s runs use ({split_file}: pool {len(split['pool'])}, val "
+                                 f"{len(split['val'])}, test {len(split['test'])}): the runs of one folder share "
+                                 f"a split; leave the option out to go on, or use a new --out")
     else:
         split = _make_split(args, fs.names)
     fingerprint = data_fingerprint(args.data, [n for k in ("pool", "val", "test") for n in split[k]])
@@ -554,6 +565,8 @@ def main(argv=None) -> int:
                    help="which paper table to show beside ours (default: from the folder's split)")
     p.set_defaults(func=cmd_report)
     args = ap.parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    args.split_options = sorted({o for o in SPLIT_OPTIONS for t in given if t == o or t.startswith(o + "=")})
     if args.cmd in ("run", "ceiling") and args.dataset in ("kvasir", "cvc"):
         _find_splits(args)
     try:
