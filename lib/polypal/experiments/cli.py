@@ -577,6 +577,11 @@ def main(argv=None) -> int:
     except (PolypalError, OSError) as e:  # a file of the dataset or the results folder: one line, no traceback
         print(f"polypal-sim: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a traceback looked like a crash (a walkthrough)
+        print("\npolypal-sim: interrupted"
+              + ("; the stages finished so far are kept: run the same command again to go on"
+                 if args.cmd in ("run", "ceiling") else ""), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
