@@ -227,9 +227,16 @@ def test_cli_errors_are_one_line_and_leave_no_folder(tmp_path, capsys):
             main(["run", "--dataset", "folder", "--data", str(data), "--profile", "smoke", "--strategies", spec,
                   "--out", str(tmp_path / "o0")])
         assert not (tmp_path / "o0").exists(), spec
-    with pytest.raises(SystemExit, match="gamma must be in"):
-        main(["run", "--dataset", "folder", "--data", str(data), "--profile", "smoke", "--strategies",
-              "unc_ta_coreset", "--gamma", "-1", "--out", str(tmp_path / "o0")])
+    with pytest.raises(SystemExit, match="no such folder .give the --out folder"):
+        main(["report", str(tmp_path / "nosuch")])
+    (tmp_path / "r" / "runs").mkdir(parents=True)
+    (tmp_path / "r" / "runs" / "random-seed0.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="holds the run records: give the folder above it"):
+        main(["report", str(tmp_path / "r" / "runs")])
+    for strategies in ("unc_ta_coreset", "random"):  # (random's was said as a fault of --strategies 'random')
+        with pytest.raises(SystemExit, match=r"--gamma must be in \[0, 1\], got -1"):
+            main(["run", "--dataset", "folder", "--data", str(data), "--profile", "smoke", "--strategies",
+                  strategies, "--gamma", "-1", "--out", str(tmp_path / "o0")])
     assert not (tmp_path / "o0").exists()
     bad = write_dataset(tmp_path / "bad", 12, seed=2)
     sorted((bad / "masks").iterdir())[3].unlink()

@@ -428,6 +428,8 @@ def cmd_run(args) -> int:
     from polypal.experiments.simulate import RunSpec, run
     from polypal.sampler import pca_features
 
+    if not 0 <= args.gamma <= 1:  # (said as --strategies' fault, for a random run that has no gamma)
+        raise SystemExit(f"error: --gamma must be in [0, 1], got {args.gamma:g}")
     try:  # before _setup writes anything into --out
         specs = [RunSpec.parse(s, default_gamma=args.gamma) for s in args.strategies.split(",") if s.strip()]
     except ValueError as e:
@@ -490,7 +492,12 @@ def cmd_ceiling(args) -> int:
 def cmd_report(args) -> int:
     from polypal.experiments.report import make_report
 
-    paths = make_report(Path(args.results), paper=args.paper)
+    folder = Path(args.results)
+    if not folder.is_dir():
+        raise SystemExit(f"error: {folder}: no such folder (give the --out folder of polypal-sim run)")
+    if folder.name == "runs" and not (folder / "runs").is_dir() and any(folder.glob("*.jsonl")):
+        raise SystemExit(f"error: {folder} holds the run records: give the folder above it ({folder.parent})")
+    paths = make_report(folder, paper=args.paper)
     for p in paths:
         print(p)
     return 0
@@ -516,18 +523,24 @@ def main(argv=None) -> int:
                        help="protocol and split: kvasir (sessile test), cvc (sequence split), folder (any images/+masks/)")
         a.add_argument("--data", required=True, help="dataset folder with images/ and masks/")
         a.add_argument("--splits", default=None, help="folder with kvasir_sessile.txt / cvc_clinicdb_sequences.csv")
-        a.add_argument("--seeds", default="0,1,2", type=_seed_list)
-        a.add_argument("--profile", default="cpu-lite", choices=["paper", "cpu-lite", "smoke"])
-        a.add_argument("--initial", type=_count(1), default=None, help="labels at the first stage")
-        a.add_argument("--budget", type=_count(1), default=None, help="labels added per cycle")
-        a.add_argument("--cycles", type=_count(0), default=None, help="queries after the first stage")
-        a.add_argument("--cvc-split", choices=["sequence", "frame"], default="sequence")
+        a.add_argument("--seeds", default="0,1,2", type=_seed_list, help="comma list (default: 0,1,2)")
+        a.add_argument("--profile", default="cpu-lite", choices=["paper", "cpu-lite", "smoke"],
+                       help="training recipe (default: cpu-lite, minutes per training on a CPU; smoke: seconds, "
+                            "numbers that mean nothing; paper: 256 px, 100 epochs, for a GPU)")
+        a.add_argument("--initial", type=_count(1), default=None,
+                       help="labels at the first stage (default: the dataset's protocol)")
+        a.add_argument("--budget", type=_count(1), default=None,
+                       help="labels added per cycle (default: the dataset's protocol)")
+        a.add_argument("--cycles", type=_count(0), default=None,
+                       help="queries after the first stage (default: the dataset's protocol)")
+        a.add_argument("--cvc-split", choices=["sequence", "frame"], default="sequence",
+                       help="--dataset cvc: whole video sequences to test/val/pool, or frames (default: sequence)")
         a.add_argument("--split-by-video", choices=["auto", "on", "off"], default="auto",
                        help="--dataset folder: whole videos to test/val/pool (auto: when the folder has "
                             ".polypal/video.sqlite; on: also from <video>_<frame> ids)")
-        a.add_argument("--split-seed", type=int, default=0)
-        a.add_argument("--n-val", type=int, default=100)
-        a.add_argument("--n-test", type=int, default=112)
+        a.add_argument("--split-seed", type=int, default=0, help="(default: 0)")
+        a.add_argument("--n-val", type=int, default=100, help="validation frames (default: 100)")
+        a.add_argument("--n-test", type=int, default=112, help="test frames of cvc and folder (default: 112)")
         a.add_argument("--max-steps", type=int, default=None, help="override the profile's step cap")
         a.add_argument("--min-steps", type=int, default=None, help="override the profile's step floor")
         a.add_argument("--augment", choices=["flips", "rot", "endo"], default=None,
@@ -548,8 +561,11 @@ def main(argv=None) -> int:
         a.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/polypal"))
         a.add_argument("--out", required=True)
     r.add_argument("--strategies", default=",".join(ALL_STRATEGIES),
-                   help="comma list; NAME[:aggregation[:gamma]], e.g. uncertainty:topk,unc_ta_coreset:mean:0.25")
-    r.add_argument("--gamma", type=float, default=0.5)
+                   help="comma list; NAME[:aggregation[:gamma]], e.g. uncertainty:topk,unc_ta_coreset:mean:0.25 "
+                        "(default: all six, each a run per seed: " + ",".join(ALL_STRATEGIES) + ")")
+    r.add_argument("--gamma", type=float, default=0.5,
+                   help="unc_ta_coreset's share of the batch picked by uncertainty, when its spec gives none "
+                        "(default: 0.5)")
     r.add_argument("--video-groups", default=None,
                    help="JSON {groups, flagged, representatives} by frame name (benchmarks/video_dup_labels.py): "
                         "pick only one clean representative per group of near-duplicates with no label yet")
