@@ -737,7 +737,7 @@ def test_find_pairs_errors(tmp_path):
     with pytest.raises(DataError, match="images: no images"):
         find_pairs(tmp_path)
     Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "images" / "a.png")
-    with pytest.raises(DataError, match="a.png: missing mask"):  # there is no masks/ folder at all
+    with pytest.raises(DataError, match="masks: no masks/ folder beside images/"):  # there is no masks/ folder
         find_pairs(tmp_path)
     assert [(p.name, q) for p, q in find_pairs(tmp_path, require_masks=False)] == [("a.png", None)]
 

@@ -65,6 +65,9 @@ def find_pairs(root: str | Path, require_masks: bool = True) -> list[tuple[Path,
     for img in images:
         mask = _find_mask(mask_dir, img.stem) if mask_dir.is_dir() else None
         if mask is None and require_masks:
+            if not mask_dir.is_dir():  # the folder itself, not one mask (a walkthrough)
+                raise DataError(mask_dir, "no masks/ folder beside images/ (a dataset folder holds both, a mask "
+                                          "per image under the image's name)")
             raise DataError(img, f"missing mask: no file named {img.stem}.* in {mask_dir}")
         pairs.append((img, mask))
     return pairs

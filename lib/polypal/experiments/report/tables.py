@@ -16,7 +16,10 @@ def markdown_tables(res: dict, paper_key: str | None) -> str:
         stages = sorted({n for s in t.values() for n in s})
         lines += [f"### {title} (`{metric}`, %)", "",
                   "Mean ± std over seeds; (k) = number of seeds finished at that stage."
-                  + (" Paper values (its \"mIoU\", same definition as `paper_miou`) in the rows marked *paper*."
+                  + (" Paper values (its \"mIoU\", same definition as `paper_miou`) in the rows marked *paper*; "
+                     "their last column is the paper's mean over its own stages"
+                     + (f" ({'-'.join(str(x) for x in (PAPER[paper_key]['stages'][0], PAPER[paper_key]['stages'][-1]))}"
+                        f" labels), not over the stages run here" if paper_key in PAPER else "") + "."
                      if metric == "paper_miou" and paper_key else ""), "",
                   "| strategy | " + " | ".join(str(s) for s in stages) + " | mean after stage 0 |",
                   "|---|" + "---|" * (len(stages) + 1)]
