@@ -415,7 +415,7 @@ def test_another_datasets_folder_is_named_before_any_frame_is_decoded(tmp_path, 
               "--strategies", "random", "--seeds", "0", "--out", str(tmp_path / "o4")])
 
 
-def test_a_pool_too_small_is_told_what_fits(tmp_path):
+def test_a_pool_too_small_is_told_what_fits(tmp_path, capsys):
     """A folder of 30 frames with --dataset folder's protocol (10 + 10 x 2) was told "too few ... lower
     --initial, --budget or --cycles", not by how much. Now the message names the largest --initial, --budget
     and the most --cycles that fit, each one alone, and each does fit (and one more would not)."""
@@ -427,6 +427,11 @@ def test_a_pool_too_small_is_told_what_fits(tmp_path):
         main(["run", "--dataset", "folder", "--data", str(data), "--profile", "smoke", "--strategies", "random",
               "--seeds", "0", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+    # one that fits with a short last query is said so on the console (it was only in a record's notes)
+    main(["run", "--dataset", "folder", "--data", str(data), "--profile", "smoke", "--strategies", "random",
+          "--seeds", "0", "--initial", "9", "--budget", "9", "--cycles", "2", "--cache-dir", str(tmp_path / "cache"),
+          "--out", str(tmp_path / "short")])
+    assert "the last query takes the 2 left (stages end at 20)" in capsys.readouterr().out
     from polypal.experiments.cli import _fitting
 
     def need(i, b, c):

@@ -419,6 +419,9 @@ def _setup(args):
     assert not (set(split["test"]) & set(split["pool"])) and not (set(split["val"]) & set(split["pool"]))
     tqdm.write(f"split: pool {len(pool)}, val {len(val)}, test {len(test)}; protocol {init} + {budget} x {cycles}; "
                f"profile {profile.name}")
+    if args.cmd == "run" and cycles and len(pool) < init + budget * cycles:  # (said only in a record's notes)
+        tqdm.write(f"note: the pool holds {len(pool)} frames, fewer than {init} + {budget} x {cycles}: the last "
+                   f"query takes the {len(pool) - init - budget * (cycles - 1)} left (stages end at {len(pool)})")
     return out, profile, (init, budget, cycles), pool, val, test
 
 
