@@ -303,6 +303,14 @@ def test_a_root_path_for_a_reverse_proxy_keeps_every_rule(tmp_path):
         s, r = http("GET", f"{srv.url}/info/")
         assert s == 200 and r["datastore"]["total"] == 2, (s, r)
         assert sha(model) == before
+        from http.client import HTTPConnection  # a redirect keeps the root path (the proxy's address)
+
+        c = HTTPConnection("127.0.0.1", int(srv.url.rsplit(":", 1)[1]), timeout=30)
+        c.request("GET", "/info")
+        resp = c.getresponse()
+        assert resp.status == 307 and resp.getheader("location", "").endswith("/al/info/"), \
+            (resp.status, resp.getheader("location"))
+        c.close()
     finally:
         srv.stop()
 

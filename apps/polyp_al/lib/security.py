@@ -714,25 +714,19 @@ def _in_thread(app, scope, receive, send, loop):
         _scratch.files = None
 
 
-def _routed(scope):
-    """The request with the path the router routes on, and no root path left to take off it. With
-    ``start_server --root_path /al`` (a proxy that strips /al), uvicorn puts /al in front of every path and
-    Starlette's router takes it off again: the rules here, compared with "/al/model/...", matched nothing and
-    let every request through. Taken off once here, and cleared, so the router routes on exactly the path
-    checked (left in place, a request for /al/model/... would be checked as that and routed to /model/...)."""
-    root = scope.get("root_path") or ""
-    if not root:
-        return scope
-    path = scope.get("path", "")
+def _route_path(scope) -> str:
+    """The path the router routes on: the request's path less the root path. With ``start_server --root_path
+    /al`` (a proxy that strips /al), uvicorn puts /al in front of every path and Starlette's router takes it
+    off again (``get_route_path``): the rules here, compared with "/al/model/...", matched nothing and let
+    every request through. Taken off here exactly as the router does, so that both see one path (a request
+    for /al/al/model/... is checked and routed as /al/model/...), and the scope goes on unchanged (the root
+    path stays in redirects)."""
+    path, root = scope.get("path", ""), scope.get("root_path") or ""
+    if not root or not path.startswith(root):
+        return path
     if path == root:
-        path = "/"
-    elif path.startswith(root) and path[len(root)] == "/":
-        path = path[len(root):]
-    raw = scope.get("raw_path")
-    broot = root.encode("latin-1", "replace")
-    if isinstance(raw, bytes) and raw.startswith(broot + b"/"):
-        raw = raw[len(broot):]
-    return {**scope, "path": path, "raw_path": raw, "root_path": ""}
+        return ""
+    return path[len(root):] if path[len(root)] == "/" else path
 
 
 class Gate:
@@ -754,7 +748,6 @@ class Gate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        scope = _routed(scope)
         send = _with_safe_headers(send)
         try:
             return await self._handle(scope, receive, send)
@@ -765,7 +758,7 @@ class Gate:
         why = self.guard.refusal(scope)
         if why:
             raise _Refused(403, why)
-        path, method = scope.get("path", ""), scope.get("method", "GET")
+        path, method = _route_path(scope), scope.get("method", "GET")
         if self.signed_in:
             await _signed_in(scope, path, method)
         plain = _decoded(path)
