@@ -48,7 +48,7 @@ from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.datastore import check_client, checked_mask, note_save
-from polypal.serving.fileops import copy_fsynced, fsync_dir, write_fsynced
+from polypal.serving.fileops import copy_fsynced, create_new, fsync_dir
 from polypal.serving.framestore import InfoTooLarge, check_info_size
 from polypal.data import images, read_mask
 
@@ -409,16 +409,21 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
     # --- labels that failed to store -------------------------------------------------------------
     def _keep(self, image_id, tag, nii, info) -> str:
         """A label the DICOMweb server did not store, kept to be sent again: its info first, then the label
-        (a label is pending from the moment its .nii.gz is there), each written whole and fsynced, under the
-        pending folder's lock (no retry reads it half-written). Before, the info was written in place after
-        the label: a kill or a full disk left it cut, and every retry of that label then failed for ever."""
+        (a label is pending from the moment its .nii.gz is there), each written whole (renamed into place) and
+        fsynced. Before, the info was written in place after the label: a kill or a full disk left it cut, and
+        every retry of that label then failed for ever. (Not under the pending folder's lock: a retry holds it
+        while it sends every kept label, minutes with the DICOMweb server stalled, and the 502 waited.)"""
         os.makedirs(self.pending_dir, exist_ok=True)
         keep = os.path.join(self.pending_dir, f"{image_id}.{tag}.nii.gz")
-        with self._pending_lock():
-            write_fsynced(keep[: -len(".nii.gz")] + ".json", info)
-            tmp = copy_fsynced(nii, self.pending_dir)
-            os.replace(tmp, keep)
-            fsync_dir(self.pending_dir)
+        fd, tmp = create_new(self.pending_dir)  # its own temporary name: two saves of one frame may fail at once
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, keep[: -len(".nii.gz")] + ".json")
+        tmp = copy_fsynced(nii, self.pending_dir)
+        os.replace(tmp, keep)
+        fsync_dir(self.pending_dir)
         return keep
 
     @contextlib.contextmanager
