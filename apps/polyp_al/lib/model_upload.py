@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 
@@ -31,17 +32,39 @@ def _kept_name(dest: str, why: str) -> str:
     return name
 
 
-def _keep(dest: str, why: str) -> str:
-    """A hard link to the model under a new kept name: never over another kept model (two uploads at once
-    both picked one name, and the second copy replaced the first), and no copy that a power cut can leave
-    empty."""
+def _keep(dest: str, why: str, move: bool = False) -> str:
+    """The model at ``dest`` kept under a new name, reserved first (an empty file made with O_EXCL: two uploads
+    at once picked one name, and the second copy replaced the first). ``move``: the model itself goes there
+    (one rename: a training publishing meanwhile is never lost between two steps); else a hard link, or a
+    copy where the file system has none, renamed over the reservation."""
     while True:
         name = _kept_name(dest, why)
         try:
-            os.link(dest, name)
-            return name
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
         except FileExistsError:  # taken since the check: the next name
             continue
+    part = name + ".part"
+    try:
+        if move:
+            os.replace(dest, name)
+            return name
+        try:
+            os.link(dest, part)
+        except OSError:  # no hard links on this file system: a copy
+            shutil.copy2(dest, part)
+            with open(part, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(part, name)
+        return name
+    except BaseException:
+        for p, only_if_empty in ((part, False), (name, True)):  # (the reservation, when nothing went there)
+            try:
+                if not only_if_empty or os.path.getsize(p) == 0:
+                    os.unlink(p)
+            except OSError:
+                pass
+        raise
 
 
 _WRITES = threading.Lock()  # one upload or delete at a time: each keeps the model it found
@@ -96,8 +119,7 @@ def model_api(app):
         with _WRITES:
             if not os.path.exists(dest):
                 raise HTTPException(status_code=404, detail=f"no trained model for {model}")
-            _keep(dest, "deleted")
-            os.unlink(dest)
+            _keep(dest, "deleted", move=True)
             fsync_dir(os.path.dirname(dest))
         return {}
 
