@@ -791,24 +791,27 @@ def test_a_damaged_video_sqlite_is_said_in_one_sentence(tmp_path, capsys):
 def test_a_staging_folder_held_by_a_running_ingest_elsewhere_is_left_alone(tmp_path):
     """Stale staging folders were found by their pid alone: an ingest in another container or on another
     machine sharing the studies folder has a pid that means nothing here, and a second ingest removed its
-    folder mid-run (a review, 2026-12-07). A running ingest now holds an flock on its folder."""
+    folder mid-run (a review, 2026-12-07). A running ingest now holds an flock on a lock file in its folder
+    (a plain file: NFS passes its locks to the server). One without the file goes when an hour old."""
     import fcntl
     import subprocess
 
-    from polypal.video.ingest import STAGING, _clean_staging
+    from polypal.video.ingest import STAGING, STAGING_LOCK, _clean_staging, _hold
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid with no process behind it here
     root = tmp_path / "studies" / STAGING
-    held, stale = root / f"{gone.pid}-elsewhere", root / f"{gone.pid}-crashed"
-    for d in (held, stale):
+    held, crashed, old, young = (root / f"{gone.pid}-{n}" for n in ("elsewhere", "crashed", "old", "young"))
+    for d in (held, crashed, old, young):
         d.mkdir(parents=True)
-        (d / "elsewhere_000001.png").write_bytes(b"frame")
-    fd = os.open(held, os.O_RDONLY)
+        (d / "x_000001.png").write_bytes(b"frame")
+    (crashed / STAGING_LOCK).write_bytes(b"")  # its ingest was killed: the lock file, held by nobody
+    os.utime(old, (time.time() - 7200, time.time() - 7200))  # no lock file (an older version's), 2 h old
+    fd = _hold(str(held))  # as that ingest holds it
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # as that ingest holds it
         _clean_staging(str(tmp_path / "studies"))
-        assert (held / "elsewhere_000001.png").exists() and not stale.exists()
+        assert (held / "x_000001.png").exists() and (young / "x_000001.png").exists()
+        assert not crashed.exists() and not old.exists()
     finally:
         os.close(fd)
     _clean_staging(str(tmp_path / "studies"))  # its ingest ended without removing it: now it goes

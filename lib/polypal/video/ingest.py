@@ -85,12 +85,18 @@ def legacy_fingerprint(path: str) -> str | None:
     return h.hexdigest()[:32]
 
 
+STAGING_LOCK = ".lock"  # in each staging folder: flock'd by its ingest while it runs
+_OLD_STAGING_S = 3600  # a staging folder without a lock file (an older version's) goes only when this old
+
+
 def _clean_staging(studies: str) -> None:
-    """Remove staging folders of ingest processes that no longer run: no such process here, and no lock on the
-    folder (an ingest holds one on its own while it runs: one in another container or on another machine
-    sharing the studies folder has a pid that means nothing here, and its folder was removed under it). (A
-    killed ingest's name reservation stays: the same file ingested again takes it back; another video of that
-    name gets ``<name>-2``.)"""
+    """Remove staging folders of ingest processes that no longer run: no such process here, and the lock file
+    in the folder not held (an ingest holds it while it runs: one in another container or on another machine
+    sharing the studies folder has a pid that means nothing here, and its folder was removed under it; a lock
+    on a plain file, which NFS passes to its server). A folder without the file (made by an older version, or
+    a crash right after its creation) goes when its pid is gone and it is an hour old. (A killed ingest's name
+    reservation stays: the same file ingested again takes it back; another video of that name gets
+    ``<name>-2``.)"""
     import fcntl
 
     root = os.path.join(studies, STAGING)
@@ -105,7 +111,14 @@ def _clean_staging(studies: str) -> None:
             continue
         path = os.path.join(root, d)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            fd = os.open(os.path.join(path, STAGING_LOCK), os.O_RDWR)
+        except FileNotFoundError:
+            try:
+                if time.time() - os.lstat(path).st_mtime > _OLD_STAGING_S:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
+            continue
         except OSError:
             continue
         try:
@@ -118,10 +131,10 @@ def _clean_staging(studies: str) -> None:
 
 
 def _hold(folder: str) -> int:
-    """An flock on ``folder`` for as long as the returned descriptor stays open (``_clean_staging``)."""
+    """The staging folder's lock file, flock'd for as long as the returned descriptor stays open."""
     import fcntl
 
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(os.path.join(folder, STAGING_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
 
