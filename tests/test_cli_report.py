@@ -468,7 +468,7 @@ def test_ctrl_c_says_how_to_go_on_not_a_traceback(tmp_path):
     import pytest
 
     data = write_dataset(tmp_path / "d", 12, seed=1)
-    p = subprocess.Popen([sys.executable, "-m", "polypal.experiments.cli", "run", "--dataset", "folder", "--data",
+    p = subprocess.Popen([sys.executable, "-u", "-m", "polypal.experiments.cli", "run", "--dataset", "folder", "--data",
                           str(data), "--profile", "smoke", "--strategies", "random", "--seeds", "0", "--initial", "4",
                           "--budget", "2", "--cycles", "1", "--out", str(tmp_path / "o")],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

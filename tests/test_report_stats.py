@@ -441,3 +441,10 @@ def test_random_run_to_more_stages_keeps_the_aulc_over_the_shared_ones(tmp_path)
     da = [100 * (aulc(MIOU[strat][s]) - aulc(MIOU["random"][s])) for s in range(4)]
     assert a["mean"] == pytest.approx(np.mean(da)) and a["seeds"] == 4 and a["span"] == [40, 120]
     assert "AULC over 40-120 labels only" in (folder / "report" / "tables.md").read_text()
+    # a seed of the strategy still at its first stage: left out, not the span cut to one stage for all
+    f = folder / "runs" / "unc_ta_coreset@g0.5-seed3.jsonl"
+    f.write_text(f.read_text().splitlines()[0] + "\n")
+    make_report(folder, paper="none")
+    summ = json.loads((folder / "report" / "summary.json").read_text())
+    a = summ["metrics"]["paper_miou"]["vs_random"][strat]["aulc"]
+    assert a["seeds"] == 3 and a["span"] == [40, 120] and a["mean"] == pytest.approx(np.mean(da[:3]))

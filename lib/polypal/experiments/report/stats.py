@@ -166,7 +166,9 @@ def paired_stats(res: dict, metric: str = "paper_miou", baseline: str = "random"
         span = stages  # the pairs that ran every stage; else, over the stages all its pairs share (a folder
         # where Random was run to more cycles than the rest: its AULC went blank without a word)
         if not any(set(stages) <= set(c) and set(stages) <= set(b) for c, b in pairs.values()) and pairs:
-            span = sorted(set(stages).intersection(*(set(c) & set(b) for c, b in pairs.values())))
+            # (a seed still at its first stage is left out, as an unfinished seed is when others are complete)
+            shared = [set(c) & set(b) for c, b in pairs.values() if len(set(c) & set(b)) >= 2]
+            span = sorted(set(stages).intersection(*shared)) if shared else []
         aulc = {}
         for s, (c, b) in pairs.items():
             if len(span) >= 2 and set(span) <= set(c) and set(span) <= set(b):
