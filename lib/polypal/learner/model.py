@@ -10,6 +10,7 @@ from monai.networks.nets import UNet
 from monai.networks.layers.simplelayers import SkipConnection
 from torch import nn
 
+from polypal.durable import fsync_dir
 from polypal.errors import PolypalError
 from polypal.learner.profiles import Profile
 
@@ -83,20 +84,7 @@ def save_checkpoint(path, model: PolypUNet, profile: Profile, extra: dict | None
         f.flush()
         os.fsync(f.fileno())  # on disk before it is renamed in: a power cut never leaves an empty model
     os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _plain(x):

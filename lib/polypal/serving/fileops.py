@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 
+from polypal.durable import fsync_dir  # noqa: F401 - the store's and the app's import it from here
+
 
 def file_signature(path) -> list | None:
     """[inode, mtime_ns, size] of a file now, None when it is not there: a file replaced by a rename (an
@@ -27,17 +29,6 @@ def label_trash_name(tag: str, path: str) -> str:
     if len(name.encode()) <= 200:
         return name
     return f"label-sha256-{hashlib.sha256(tag.encode()).hexdigest()[:32]}-{os.path.basename(path)}"
-
-
-def fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def create_new(dir_: str, prefix: str = ".upload-", suffix: str = "") -> tuple[int, str]:
