@@ -816,3 +816,46 @@ def test_a_staging_folder_held_by_a_running_ingest_elsewhere_is_left_alone(tmp_p
         os.close(fd)
     _clean_staging(str(tmp_path / "studies"))  # its ingest ended without removing it: now it goes
     assert not held.exists()
+
+
+def test_two_ingests_of_one_video_at_once_lose_no_frame_record(clip, tmp_path, monkeypatch):
+    """Two ingests of the same file at once with different settings shared one name, and the second
+    dropped the records of the first's frames not yet moved in (they came in with no group or flag). Now
+    the second waits for the first (an flock per video), then adds only what its settings add. The first
+    runs here, paused after recording its frames; the second is a polypal-ingest process."""
+    import subprocess
+    import sys
+    import threading
+
+    import polypal.video.ingest as ing
+    from polypal.video import ingest_video
+
+    st, real = tmp_path / "st", ing._move_no_replace
+    reached, go = threading.Event(), threading.Event()
+
+    def paused(src, dst):
+        reached.set()
+        assert go.wait(120)
+        return real(src, dst)
+
+    monkeypatch.setattr(ing, "_move_no_replace", paused)
+    out = {}
+    first = threading.Thread(target=lambda: out.update(first=ingest_video(clip, st, quiet=True)))
+    first.start()
+    try:
+        assert reached.wait(60)
+        second = subprocess.Popen([sys.executable, "-m", "polypal.video.ingest", str(clip), "--studies", str(st),
+                                   "--every", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        note = ""
+        while second.poll() is None and "waiting" not in note:
+            note = second.stderr.readline()
+        waiting = second.poll() is None  # (before: it ran to the end, with no note)
+    finally:
+        go.set()
+        first.join(60)
+    rest, err = second.communicate(timeout=120)
+    assert waiting and "another ingest of this same video is running; waiting" in note, (note, err)
+    assert second.returncode == 0, err
+    assert out["first"]["kept"] == 20 and f'"video": "{out["first"]["video"]}"' in rest
+    idx = load_index(st)
+    assert sorted(idx.video_of) == [p[:-4] for p in pngs(st)] and len(pngs(st)) == 20

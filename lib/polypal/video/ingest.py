@@ -130,6 +130,35 @@ def _clean_staging(studies: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+VIDEO_LOCKS = os.path.join(".polypal", "ingest-locks")  # one lock file per video (its fingerprint), kept
+
+
+def _hold_video(studies: str, fp: str, path: str, quiet: bool) -> int:
+    """An flock on this video's lock file, held while it is ingested: a second ingest of the same file waits
+    for the first (and then adds nothing, or only what its own settings add). Before, two at once with
+    different settings shared one name, and the second dropped the records of the first's frames not yet
+    moved in, which then came in with no group or flag. The files stay (never unlinked, so a waiter never
+    locks a file that is no longer there): one empty file per video. Mode 0666 less the umask, so that
+    another account of the unit's group can ingest too."""
+    import fcntl
+
+    d = os.path.join(studies, VIDEO_LOCKS)
+    os.makedirs(d, exist_ok=True)
+    fd = os.open(os.path.join(d, fp + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if not quiet:
+            print(f"note: {path}: another ingest of this same video is running; waiting for it to end",
+                  file=sys.stderr)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
 def _hold(folder: str) -> int:
     """The staging folder's lock file, flock'd for as long as the returned descriptor stays open."""
     import fcntl
@@ -333,6 +362,19 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
         raise VideoError(f"{path}: cannot read it ({e})") from None
     if legacy:  # recorded by an older version under its value: now under this one (else it was ingested again)
         db.rename_fingerprint(legacy, fp)
+    try:
+        vlock = _hold_video(studies, fp, path, quiet)
+    except OSError as e:
+        raise VideoError(f"{path}: cannot lock it in {os.path.join(studies, VIDEO_LOCKS)} ({e})") from None
+    try:
+        return _ingest_held(path, studies, every, fps, max_bits, quiet, db, fp, settings)
+    finally:
+        os.close(vlock)
+
+
+def _ingest_held(path: str, studies: str, every, fps, max_bits: int, quiet: bool, db, fp: str,
+                 settings: str) -> dict:
+    """ingest_video's work, with the video's lock held."""
     done = db.find(fp, settings)
     if done:
         return {"video": done["name"], "source": path, "decoded": done["decoded"], "kept": done["kept"],
