@@ -297,6 +297,8 @@ def test_what_a_new_user_meets_is_named_before_anything_is_written(tmp_path, cap
     with pytest.raises(SystemExit, match="--split-seed asks for another split than the one"):
         run_cli(data, out, "random", cycles=1, extra=("--split-seed", "1"))
     assert run_cli(data, out, "random", cycles=1, extra=("--split-seed=0",)) == 0
+    with pytest.raises(SystemExit, match="--split-seed asks for another split"):  # abbreviated: argparse takes it
+        run_cli(data, out, "random", cycles=1, extra=("--split-s", "1"))
     with pytest.raises(SystemExit, match="--profile smoke, which gives the folder's recipe"):
         main(["run", "--dataset", "folder", "--data", str(data), "--strategies", "random", "--seeds", "0",
               "--initial", "6", "--budget", "4", "--cycles", "1", "--cache-dir", str(out / "cache"), "--out", str(out)])

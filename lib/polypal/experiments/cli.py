@@ -50,6 +50,15 @@ def _machine() -> str:
 SPLIT_OPTIONS = ("--cvc-split", "--split-by-video", "--split-seed", "--n-val", "--n-test")
 
 
+class _SplitOption(argparse.Action):
+    """Stores the value and notes the option as given, however it was spelled (``--split-s 1``, which
+    argparse takes for ``--split-seed``, was missed by a look at the command line's words)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.split_options = sorted({*getattr(namespace, "split_options", ()), self.option_strings[0]})
+
+
 def _make_split(args, names):
     from polypal.experiments import splits
 
@@ -536,14 +545,16 @@ def main(argv=None) -> int:
                        help="labels added per cycle (default: the dataset's protocol)")
         a.add_argument("--cycles", type=_count(0), default=None,
                        help="queries after the first stage (default: the dataset's protocol)")
-        a.add_argument("--cvc-split", choices=["sequence", "frame"], default="sequence",
+        a.add_argument("--cvc-split", action=_SplitOption, choices=["sequence", "frame"], default="sequence",
                        help="--dataset cvc: whole video sequences to test/val/pool, or frames (default: sequence)")
-        a.add_argument("--split-by-video", choices=["auto", "on", "off"], default="auto",
+        a.add_argument("--split-by-video", action=_SplitOption, choices=["auto", "on", "off"], default="auto",
                        help="--dataset folder: whole videos to test/val/pool (auto: when the folder has "
                             ".polypal/video.sqlite; on: also from <video>_<frame> ids)")
-        a.add_argument("--split-seed", type=int, default=0, help="(default: 0)")
-        a.add_argument("--n-val", type=int, default=100, help="validation frames (default: 100)")
-        a.add_argument("--n-test", type=int, default=112, help="test frames of cvc and folder (default: 112)")
+        a.add_argument("--split-seed", action=_SplitOption, type=int, default=0, help="(default: 0)")
+        a.add_argument("--n-val", action=_SplitOption, type=int, default=100,
+                       help="validation frames (default: 100)")
+        a.add_argument("--n-test", action=_SplitOption, type=int, default=112,
+                       help="test frames of cvc and folder (default: 112)")
         a.add_argument("--max-steps", type=int, default=None, help="override the profile's step cap")
         a.add_argument("--min-steps", type=int, default=None, help="override the profile's step floor")
         a.add_argument("--augment", choices=["flips", "rot", "endo"], default=None,
@@ -584,8 +595,7 @@ def main(argv=None) -> int:
                    help="which paper table to show beside ours (default: from the folder's split)")
     p.set_defaults(func=cmd_report)
     args = ap.parse_args(argv)
-    given = sys.argv[1:] if argv is None else list(argv)
-    args.split_options = sorted({o for o in SPLIT_OPTIONS for t in given if t == o or t.startswith(o + "=")})
+    args.split_options = getattr(args, "split_options", [])
     if args.cmd in ("run", "ceiling") and args.dataset in ("kvasir", "cvc"):
         _find_splits(args)
     try:
