@@ -491,3 +491,61 @@ def test_a_model_with_only_nan_outputs_falls_back_instead_of_failing(tmp_path):
     p = st.plan("bvsb_ta_coreset", ids, set(ids[:3]), "v1")
     assert p is not None and len(p["rows"]) == 5 and "gave no finite scores" in p["note"], p
     assert p["version"].startswith("fallback")
+
+
+def test_older_model_versions_scores_and_latents_are_dropped(tmp_path):
+    """Each model version's scores and latents (about 1 KiB a frame) were kept for ever, though only the
+    current model's are read: retraining ten times a day filled a unit's disk within months (a review).
+    A scoring run of a new model now drops the older ones, files included; a frame change no longer scans
+    every score row ever written."""
+    import sqlite3
+
+    import torch
+    from PIL import Image
+
+    from polypal.learner import get_profile
+    from polypal.learner.model import PolypUNet, save_checkpoint
+    from polypal.serving import model_version, refresh
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    ids = [f"f{i:02d}" for i in range(10)]
+    for i in ids:
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+    class Frames:
+        def list_images(self):
+            return list(ids)
+
+        def get_labeled_images(self):
+            return ids[:2]
+
+        def get_image_uri(self, i):
+            return str(folder / f"{i}.png")
+
+    prof = get_profile("smoke")
+    model = tmp_path / "model.pt"
+    st = ActiveLearningState(tmp_path / "st", batch_size=3)
+    latents = tmp_path / "st" / "latents"
+    versions = []
+    for k in range(3):  # three trainings publish three models, each scored in turn
+        torch.manual_seed(k)
+        save_checkpoint(model, PolypUNet.from_profile(prof), prof)
+        os.utime(model, ns=(10**18 + k, 10**18 + k))  # (a distinct version even within one mtime tick)
+        versions.append(model_version(model))
+        assert refresh(st, Frames(), str(model), prof, chunk=4)["scored"] == 10
+        assert st.features.summary()["versions"] == {versions[-1]: 10}
+        assert sorted(os.listdir(latents)) == [f"{versions[-1]}.f32"]
+        assert st.scores_for(versions[-1], ids) is not None
+    assert st.scores_for(versions[0], ids) is None and st.features.scored_ids(versions[0]) == set()
+    with sqlite3.connect(tmp_path / "st" / "state.sqlite") as c:
+        assert c.execute("SELECT DISTINCT version FROM scores").fetchall() == [(versions[-1],)]
+    # a frame changed: its scores go and the count follows; the others are still served from the store
+    st.features.forget("f05")
+    assert st.features.summary()["versions"] == {versions[-1]: 9}
+    assert st.unscored(versions[-1], ids) == ["f05"] and st.scores_for(versions[-1], ids[:5]) is not None
+    # a version kept while another model is current (a model published while the pool was scored)
+    st.add_scores("other", ids[:2], np.zeros(2), np.zeros((2, 4), np.float32))
+    assert st.features.prune({versions[-1], "other"}) == []
+    assert st.features.prune({versions[-1]}) == ["other"] and not (latents / "other.f32").exists()

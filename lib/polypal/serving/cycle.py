@@ -116,6 +116,10 @@ def refresh(state, frames, model_path, profile, aggregation: str = "mean", chunk
                 keep, sc, lat = _keep_unchanged(ok, np.asarray(pred.scores[scorer.name]), pred.latents)
                 state.add_scores(version, keep, sc, lat, read_since=ok.since)
                 scored += len(keep)
+        # the pool is scored with this model: older models' scores and latents are never read again
+        dropped = state.features.prune({version, model_version(model_path)})
+        if dropped:
+            logger.info(f"dropped the scores and latents of {len(dropped)} older model version(s)")
     planned = []
     # the labeled set again: labels saved while the pool was scored (minutes on a large pool) must not be planned
     labeled = set(frames.get_labeled_images())
