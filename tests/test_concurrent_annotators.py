@@ -11,6 +11,7 @@ leased, gave up).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -258,3 +259,70 @@ def test_a_scoring_run_that_never_started_does_not_stop_scoring(monkeypatch):
         assert not main._task_pending("scoring")
     finally:
         tasks_mod.background_tasks["scoring"].remove(task)
+
+
+def test_no_scoring_process_starts_while_a_training_holds_the_lock(tmp_path):
+    """The end of a batch starts a scoring run. While a training ran (or a long scoring run held its lock),
+    each one was a process that imported torch and the app (seconds of CPU) only to say "skipped": about
+    one per label saved on a busy server (a review). The server now looks at the locks first; once the
+    training is over, the next batch's end starts one again."""
+    import fcntl
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for p in sorted((SAMPLE / "images").iterdir())[:8]:
+        shutil.copy(p, studies / p.name)
+    srv = Server(studies, tmp_path, conf={"batch_size": "2"}).start()
+    try:
+        def last_task():
+            st = http("GET", srv.url + "/scoring/")[1]
+            return st if isinstance(st, dict) else {}
+
+        srv.wait_for(lambda: last_task().get("status") not in ("SUBMITTED", "RUNNING", None), timeout=180,
+                     what="the start-up scoring run to end")
+        first = last_task()["id"]
+
+        def next_sample(who):
+            s, r = http("POST", srv.url + "/activelearning/random", json.dumps({"client_id": who}).encode(),
+                        {"Content-Type": "application/json"})
+            assert s == 200 and r.get("id"), r
+            return r
+
+        fd = os.open(str(tmp_path / "model" / "polyp_seg-smoke.pt.train.lock"), os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a training subprocess holds it
+        try:
+            ends = [next_sample(w)["position"] for w in ("a", "b", "c", "d")]
+            assert ends.count(2) == 2, ends  # two batches came to their end
+            time.sleep(2)
+            assert last_task()["id"] == first  # (before: a scoring task at each batch's end)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        next_sample("e"), next_sample("f")
+        srv.wait_for(lambda: last_task().get("id") != first, timeout=30, what="a scoring run at the batch's end")
+    finally:
+        srv.stop()
+
+
+def test_monai_labels_task_history_is_trimmed_to_the_last_hundred(monkeypatch):
+    """MONAI Label keeps every training and scoring task it ran (request and output, ~5 KB each) in the
+    server's memory for as long as it runs; the app now keeps the last TASK_HISTORY finished ones of each
+    kind, and never drops a task still submitted or running."""
+    import importlib.util
+
+    import monailabel.utils.async_tasks.utils as tasks_mod
+
+    from server_utils import APP
+
+    monkeypatch.syspath_prepend(str(APP))
+    spec = importlib.util.spec_from_file_location("polyp_al_main", APP / "main.py")
+    main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main)
+    monkeypatch.setitem(tasks_mod.background_tasks, "train", [])
+    listed = tasks_mod.background_tasks["train"]
+    listed += [{"id": str(i), "status": "DONE"} for i in range(main.TASK_HISTORY + 30)]
+    main._trim_task_history("train")
+    assert [t["id"] for t in listed] == [str(i) for i in range(30, main.TASK_HISTORY + 30)]
+    listed.insert(0, {"id": "r", "status": "RUNNING"})
+    main._trim_task_history("train")
+    assert len(listed) == main.TASK_HISTORY + 1 and listed[0]["id"] == "r"

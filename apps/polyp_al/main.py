@@ -28,7 +28,7 @@ from lib.infer import PolypSegInfer, clean_stale_result_dirs, written_results
 from lib.quality import LabelQuality
 from lib.scoring import PolypScoring
 from lib.strategy import PlannedStrategy
-from lib.train import PolypSegTrain
+from lib.train import PolypSegTrain, scoring_stands_aside
 
 import monailabel
 from monailabel.interfaces.app import MONAILabelApp
@@ -91,6 +91,24 @@ SUBMITTED_STALE_S = 30  # a task still SUBMITTED after this never started (its p
 
 _TRAIN_SUBMIT = threading.Lock()
 
+TASK_HISTORY = 100  # finished tasks of each kind MONAI Label keeps listed (GET /scoring/?all=true, /train/)
+
+
+def _trim_task_history(method: str) -> None:
+    """MONAI Label keeps a record of every task it ever ran (its request and last output lines, about 5 KB)
+    in the server's memory: one per training and scoring run, for as long as the server runs (tens of MB
+    over months, scanned at every trigger). The oldest go, past the last ``TASK_HISTORY``; never a task
+    still submitted or running. Called under the method's submit lock, the only place tasks are added."""
+    from monailabel.utils.async_tasks.utils import tasks
+
+    try:
+        listed = tasks(method)
+        k = len(listed) - TASK_HISTORY
+        if k > 0 and all(isinstance(t, dict) and t.get("status") not in ("SUBMITTED", "RUNNING") for t in listed[:k]):
+            del listed[:k]
+    except Exception as e:  # noqa: BLE001 - MONAI Label's bookkeeping: a longer list is no failure
+        logger.debug(f"{method} task history not trimmed: {e}")
+
 
 def _task_pending(method: str) -> bool:
     """A task of ``method`` ("scoring" or "train") is submitted or running. MONAI Label's own check
@@ -134,6 +152,7 @@ def _guard_scoring_endpoint() -> None:
             if _task_pending("scoring"):
                 raise HTTPException(status_code=429, detail="a scoring run is starting or running: one at a time "
                                                             "(GET /scoring/ shows it)")
+            _trim_task_history("scoring")
             return run_method(method, params, run_sync)
 
     scoring.run_method = checked
@@ -158,6 +177,7 @@ def _guard_train_endpoint() -> None:
             with _TRAIN_SUBMIT:
                 if _task_pending("train"):
                     raise busy
+                _trim_task_history("train")
                 return run_model(model, params, run_sync, enqueue)
         except HTTPException as e:
             if e.status_code == 429 and "already running" in str(e.detail).lower():
@@ -534,6 +554,12 @@ class PolypALApp(MONAILabelApp):
         with _SCORING_SUBMIT:
             if _task_pending("scoring"):
                 return
+            aside = scoring_stands_aside(self.cfg)
+            if aside:  # its process would import torch and the app (seconds of CPU) to say "skipped": one
+                # started per next-sample while a training ran or a long scoring run held the lock
+                logger.debug(f"scoring not started: {aside}")
+                return
+            _trim_task_history("scoring")
             res, why = AsyncTask.run("scoring", request={"method": "polyp_al"}, enqueue=False)
         if res is not None:
             self._last_scoring = (key, now)
@@ -551,6 +577,7 @@ class PolypALApp(MONAILabelApp):
         with _SCORING_SUBMIT:
             if _task_pending("scoring"):
                 return None
+            _trim_task_history("scoring")
             res, _ = AsyncTask.run("scoring", request={"method": method or "polyp_al"}, params=params, enqueue=False)
         return res
 

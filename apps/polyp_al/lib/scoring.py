@@ -24,11 +24,13 @@ class PolypScoring(ScoringMethod):
     def __call__(self, request, datastore):
         from lib.train import Busy, exclusive, training_running
 
-        if training_running(self.cfg):  # never compete with training: it scores its model when it publishes
+        if training_running(self.cfg, wait=0.5):  # never compete with training: it scores its model when it
+            # publishes (the wait: the server's probe of the lock, before it starts a scoring run, is no training)
             logger.info("polyp_al scoring skipped: a training is running")
             return {"skipped": "a training is running; its model is scored when published"}
         try:
-            with exclusive(self.cfg.model_path + ".score.lock"):
+            with exclusive(self.cfg.model_path + ".score.lock", wait=0.5):  # (the server's probe holds it for
+                # microseconds: that must not make a training's scoring of its new model stand aside)
                 return self._score(datastore)
         except Busy:
             logger.info("polyp_al scoring skipped: another scoring run is going")

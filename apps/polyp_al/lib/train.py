@@ -96,14 +96,27 @@ def exclusive(path: str, wait: float = 0.0):
         os.close(fd)
 
 
-def training_running(cfg) -> bool:
+def training_running(cfg, wait: float = 0.0) -> bool:
     """True while a training holds the train lock: in another process, or in this one (``run_sync``).
-    (flock locks belong to an open file, so this process's own training blocks this probe too.)"""
+    (flock locks belong to an open file, so this process's own training blocks this probe too.) ``wait``:
+    longer than another process's probe of the lock holds it (microseconds)."""
     try:
-        with exclusive(cfg.model_path + ".train.lock"):
+        with exclusive(cfg.model_path + ".train.lock", wait=wait):
             return False
     except Busy:
         return True
+
+
+def scoring_stands_aside(cfg) -> str | None:
+    """Why a scoring run started now would only say "skipped" (a training or another scoring run holds its
+    lock), or None. A probe holds a lock for microseconds; scoring waits longer than that for its lock."""
+    if training_running(cfg):
+        return "a training is running; its model is scored when published"
+    try:
+        with exclusive(cfg.model_path + ".score.lock"):
+            return None
+    except Busy:
+        return "another scoring run is going"
 
 
 class PolypSegTrain(TrainTask):
