@@ -255,7 +255,7 @@ def test_the_servers_export_makes_one_archive_at_a_time(tmp_path):
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "polyp_al"))
     try:
-        from lib import datastore
+        from lib import datastore, infer
     finally:
         sys.path.pop(0)
     root = tmp_path / "studies"
@@ -270,7 +270,9 @@ def test_the_servers_export_makes_one_archive_at_a_time(tmp_path):
             ds.get_dataset_archive(None)
         assert e.value.status_code == 429 and "one at a time" in e.value.detail
     path = ds.get_dataset_archive(None)
-    try:
+    try:  # in the server's own folder, which the next start removes once this server is gone (a kill left it)
+        assert Path(path).parent == Path(infer._result_dir()) and Path(path).parent.name.startswith("polypal-res-")
+        assert [p.name for p in Path(path).parent.iterdir()] == [Path(path).name]  # the copy it zipped is gone
         z = zipfile.ZipFile(path)
         assert any(n.startswith("images/") for n in z.namelist())
         assert json.loads(z.read("manifest.json"))["source"] == "studies"  # not where the server keeps it

@@ -274,13 +274,16 @@ class PolypDatastore(Datastore):
         import shutil
         import zipfile
 
+        from lib.infer import _result_dir
         from lib.security import scratch_file
         from polypal.serving.export import export_labeled
 
-        fd, path = tempfile.mkstemp(suffix=".zip")
+        # in the server's own locked folder, which the next start removes once this server is gone: a server
+        # killed during an export left the copy and the zip in the temp dir for good
+        fd, path = tempfile.mkstemp(suffix=".zip", prefix="export-", dir=_result_dir())
         os.close(fd)
         scratch_file(path)
-        tmp = tempfile.mkdtemp(prefix="polypal-export-")
+        tmp = tempfile.mkdtemp(prefix="export-", dir=_result_dir())
         try:
             try:
                 export_labeled(self.store.root, tmp, limit=limit_cases or None,
@@ -390,8 +393,10 @@ class PolypDatastore(Datastore):
             # stored re-encoded, never as uploaded: mask images as 0/1 PNG, label volumes as a clean volume
             # of the same format (no trailing bytes, detached data or odd headers survive)
             is_volume = any(ext.lower() == v for v in VOLUME_EXTENSIONS)
+            from lib.infer import _result_dir
+
             fd, stored = tempfile.mkstemp(suffix=(".seg.nrrd" if ext.lower() == ".seg.nrrd" else ext.lower())
-                                          if is_volume else ".png")
+                                          if is_volume else ".png", dir=_result_dir())  # (gone with it)
             os.close(fd)
             write_label(mask, stored)
             try:
