@@ -266,6 +266,32 @@ def test_library_refuses_a_checkpoint_directory_of_many_entries_before_parsing_i
         load_checkpoint(many, device="cpu")
 
 
+def test_a_linked_label_folder_is_never_written_through(env, tmp_path):
+    """A request names the label file (image id and tag): with a local user's ``labels/<tag> -> /elsewhere``,
+    a remote save of that tag wrote, and replaced, a file there, and a delete moved one away (a probe,
+    2026-12-07). Writes through a linked label folder now get 409 naming it; other tags are unaffected."""
+    url, studies, masks = env["url"], env["studies"], env["masks"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "fr010.png").write_bytes(b"IMPORTANT")
+    (studies / "labels").mkdir(exist_ok=True)
+    link = studies / "labels" / "elsewhere"
+    link.symlink_to(outside, target_is_directory=True)
+    try:
+        for frame in ("fr009", "fr010"):
+            s, r = put_label(url, frame, png_bytes(masks[frame].astype(np.uint8)), tag="elsewhere")
+            assert s == 409 and "labels/elsewhere" in r["detail"] and "symbolic link" in r["detail"], (s, r)
+        s, r = http("DELETE", f"{url}/datastore/label?id=fr010&tag=elsewhere")
+        assert s in (404, 409), (s, r)
+        assert sorted(os.listdir(outside)) == ["fr010.png"] and (outside / "fr010.png").read_bytes() == b"IMPORTANT"
+        s, r = put_label(url, "fr009", png_bytes(masks["fr009"].astype(np.uint8)), tag="final")
+        assert s == 200, r
+        s, r = http("DELETE", f"{url}/datastore/label?id=fr009&tag=final")
+        assert s == 200, r
+    finally:
+        link.unlink()
+
+
 def test_model_upload_is_off_by_default(env):
     url, model = env["url"], env["model"]
     before = sha(model)

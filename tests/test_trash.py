@@ -370,3 +370,28 @@ def test_a_purge_says_which_folders_it_kept_and_why(tmp_path, monkeypatch, capsy
     out = capsys.readouterr().out
     assert "deleted 1 trash folders" in out and "kept 1 trash folders: 1 being restored" in out, out
     assert [e["name"] for e in list_trash(root)] == [a]
+
+
+def test_a_label_is_never_restored_through_a_linked_label_folder(tmp_path):
+    """``labels/<tag>`` made a symbolic link after a label of that tag went to the trash: a restore would
+    link the label into the folder the link names, outside the studies folder. Refused, saying why; the
+    server refuses saves and deletes through such a folder too (tests/test_hostile.py)."""
+    import pytest
+
+    from polypal.serving.framestore import LinkedFolder
+
+    root, fs, m = make_store(tmp_path)
+    fs.save_label("f001", str(m), "extra")
+    fs.remove_label("f001", "extra")
+    [entry] = list_trash(root)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "labels" / "extra").rmdir()
+    (root / "labels" / "extra").symlink_to(outside, target_is_directory=True)
+    res = restore(root, entry["name"])
+    assert res["restored"] == [] and "symbolic link" in next(iter(res["refused"].values()))
+    assert list(outside.iterdir()) == []
+    with pytest.raises(LinkedFolder, match="labels/extra in the studies folder is a symbolic link"):
+        fs.save_label("f002", str(m), "extra")
+    assert list(outside.iterdir()) == []
+    fs.save_label("f002", str(m), "final")  # another tag's folder: unaffected

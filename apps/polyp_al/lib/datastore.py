@@ -34,7 +34,8 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
 from polypal.data import VOLUME_EXTENSIONS, DataError, TooLarge, read_mask, read_rgb, write_label
 from polypal.serving import label_frames
-from polypal.serving.framestore import Exists, FrameChanged, FrameStore, InfoTooLarge, NotFound, check_info_size
+from polypal.serving.framestore import (Exists, FrameChanged, FrameStore, InfoTooLarge, LinkedFolder, NotFound,
+                                        check_info_size)
 from polypal.vocab import FRAME_EXTENSIONS, LABEL_EXTENSIONS, InvalidName, check_name, client_name, split_name
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,13 @@ def take_saved_client() -> str | None:
     client = getattr(LAST_SAVE, "client", None)
     LAST_SAVE.client = None
     return client
+
+
+def _said(e: Exception) -> str:
+    """An error's text, logged as an error too when it is the server's set-up (a linked label folder)."""
+    if isinstance(e, LinkedFolder):
+        logger.error(str(e))
+    return str(e)
 
 
 def labeled_set(datastore) -> frozenset:
@@ -339,8 +347,8 @@ class PolypDatastore(Datastore):
                 out = self.store.add_image(image_id, image_filename, info, replace=replace)
                 self._changed(image_id)
                 return out
-            except Exists as e:
-                raise HTTPException(status_code=409, detail=str(e)) from None
+            except (Exists, LinkedFolder) as e:
+                raise HTTPException(status_code=409, detail=_said(e)) from None
             except InvalidName as e:
                 raise HTTPException(status_code=400, detail=f"image {image_id} rejected: {e}") from None
             except OSError as e:  # e.g. a folder of that name in the studies folder
@@ -359,6 +367,8 @@ class PolypDatastore(Datastore):
             self.store.remove_image(image_id)
         except NotFound as e:
             raise HTTPException(status_code=404, detail=str(e)) from None
+        except LinkedFolder as e:
+            raise HTTPException(status_code=409, detail=_said(e)) from None
         self._changed(image_id)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
@@ -404,8 +414,8 @@ class PolypDatastore(Datastore):
                                                  frame_pixels=seen.get("pixels"))
             except NotFound as e:
                 raise HTTPException(status_code=404, detail=str(e)) from None
-            except FrameChanged as e:
-                raise HTTPException(status_code=409, detail=str(e)) from None
+            except (FrameChanged, LinkedFolder) as e:
+                raise HTTPException(status_code=409, detail=_said(e)) from None
             except InvalidName as e:
                 raise HTTPException(status_code=400, detail=str(e)) from None
             except ValueError as e:
@@ -426,6 +436,8 @@ class PolypDatastore(Datastore):
             self.store.remove_label(label_id, label_tag)
         except NotFound as e:
             raise HTTPException(status_code=404, detail=str(e)) from None
+        except LinkedFolder as e:
+            raise HTTPException(status_code=409, detail=_said(e)) from None
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
         try:

@@ -165,6 +165,32 @@ class FrameChanged(Exception):
     """The frame a label was checked against was replaced before the label could be stored."""
 
 
+class LinkedFolder(Exception):
+    """``labels/`` or a ``labels/<tag>`` folder is a symbolic link: no label is written or moved through it."""
+
+
+def linked_label_folder(root: str, tags=None) -> str | None:
+    """The first of ``labels`` and ``labels/<tag>`` (relative to ``root``; every tag's folder, or those of
+    ``tags``) that is a symbolic link, or None.
+    A request names the label file (its image id and tag): through a link, a save would write it, and a
+    delete move it away, in any folder the server may write, outside the studies folder (a probe: a local
+    user's ``labels/ext -> /elsewhere``, then a remote save of tag ``ext`` replaced a file there). A few
+    lstat calls: run before every write that touches a label folder."""
+    top = os.path.join(root, "labels")
+    if os.path.islink(top):
+        return "labels"
+    if tags is not None:
+        return next((os.path.join("labels", t) for t in tags if os.path.islink(os.path.join(top, t))), None)
+    try:
+        with os.scandir(top) as it:
+            for e in it:
+                if e.is_symlink():
+                    return os.path.join("labels", e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return None
+
+
 def _label_file_exists(root: str, key: tuple[str, str], ext: str) -> bool:
     """True when the label file of a row exists now (saved after the reconcile scan)."""
     return os.path.exists(os.path.join(root, "labels", key[1], key[0] + ext))
@@ -355,6 +381,16 @@ class FrameStore:
 
     def label_dir(self, tag: str) -> str:
         return os.path.join(self.root, "labels", check_name("label tag", tag))
+
+    def check_label_folders(self, tags=None) -> None:
+        """Raise LinkedFolder, naming it, when ``labels`` or the folder of one of ``tags`` (None: any tag) is a
+        symbolic link (``linked_label_folder``)."""
+        linked = linked_label_folder(self.root, tags)
+        if linked:
+            raise LinkedFolder(f"{linked} in the studies folder is a symbolic link: labels are written and "
+                               f"moved only in real folders inside the studies folder (through the link, a "
+                               f"request could name a file anywhere the server may write); replace it with a "
+                               f"folder, or link or mount the whole studies folder instead")
 
     def _matches(self, name: str) -> bool:
         low = name.lower()
@@ -601,6 +637,7 @@ class FrameStore:
         check_name("image id", image_id)
         check_info_size(info)
         d = self.label_dir(tag)
+        self.check_label_folders([tag])
         if self.image_ext(image_id) is None:
             raise NotFound(f"image {image_id!r} not found")
         _, ext = split_name(os.path.basename(src_file))
@@ -673,6 +710,7 @@ class FrameStore:
         """Forget a label; its file goes to the trash."""
         check_name("image id", image_id)
         d = self.label_dir(tag)
+        self.check_label_folders([tag])
         # read, trashed and forgotten in one transaction: a save of the same label committed just before
         # is what goes to the trash; one after it finds no row and stores its file afresh (never trashed)
         with self._undoable() as c:
@@ -716,6 +754,8 @@ class FrameStore:
         if self.image_ext(image_id) is not None and not replace:
             raise Exists(f"image {image_id!r} already exists; to replace it (the old frame and its labels are "
                          f"kept in the datastore's trash) send params {{\"replace\": true}}")
+        if replace:
+            self.check_label_folders(self._tags_of(image_id))  # (the old frame's labels go to the trash)
         tmp = _copy_fsynced(src_file, self.root)
         journal, placed, placed_ino = None, None, None
         try:
@@ -1024,7 +1064,11 @@ class FrameStore:
         c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
         c.execute("DELETE FROM images WHERE id=?", (image_id,))
 
+    def _tags_of(self, image_id: str) -> list[str]:
+        return [t for (t,) in self._conn().execute("SELECT tag FROM labels WHERE image_id=?", (image_id,))]
+
     def _remove_image_files(self, image_id: str, reason: str) -> None:
+        self.check_label_folders(self._tags_of(image_id))  # (its labels go to the trash with it)
         with self._undoable() as c:
             self._trash_image(c, image_id, reason)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from polypal.serving import label_frames
 from polypal.serving.fileops import write_fsynced
-from polypal.serving.framestore import MAX_INFO_BYTES, REPLACE_JOURNAL, FrameStore
+from polypal.serving.framestore import MAX_INFO_BYTES, REPLACE_JOURNAL, FrameStore, linked_label_folder
 from polypal.serving.sqlite_db import DamagedDatabase
 from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, plain_name, split_name
 
@@ -290,6 +290,9 @@ def _restore(studies, folder: Path) -> tuple[dict, bool]:
         with store._tx():
             why = "not a frame or label of this datastore" if kind is None or not plain_name(trash_name) else \
                 _why_not(store, root, kind, src, m, frames_back, trashed_frames)
+            linked = linked_label_folder(str(root), [kind[3]]) if why is None and kind[0] == "label" else None
+            if linked:  # (through the link it would be written outside the studies folder)
+                why = f"{linked} in the studies folder is a symbolic link: make it a real folder first"
             if why is None:
                 dest = root / rel
                 try:
