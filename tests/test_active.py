@@ -545,7 +545,39 @@ def test_older_model_versions_scores_and_latents_are_dropped(tmp_path):
     st.features.forget("f05")
     assert st.features.summary()["versions"] == {versions[-1]: 9}
     assert st.unscored(versions[-1], ids) == ["f05"] and st.scores_for(versions[-1], ids[:5]) is not None
-    # a version kept while another model is current (a model published while the pool was scored)
-    st.add_scores("other", ids[:2], np.zeros(2), np.zeros((2, 4), np.float32))
-    assert st.features.prune({versions[-1], "other"}) == []
-    assert st.features.prune({versions[-1]}) == ["other"] and not (latents / "other.f32").exists()
+    # another profile's model beside it (a server of that profile on the same folder reads its scores): kept
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, PolypUNet.from_profile(prof), prof)
+    st.add_scores(model_version(other), ids[:2], np.zeros(2), np.zeros((2, 4), np.float32))
+    assert refresh(st, Frames(), str(model), prof, chunk=4)["scored"] == 1  # (f05, forgotten above)
+    assert sorted(st.features.summary()["versions"]) == sorted([versions[-1], model_version(other)])
+    assert st.features.prune({versions[-1]}) == [model_version(other)]
+    assert sorted(os.listdir(latents)) == [f"{versions[-1]}.f32"]
+
+
+def test_scores_of_a_version_pruned_while_they_were_written_are_not_stored(tmp_path, monkeypatch):
+    """Two servers on one folder: one's scoring run prunes a version while the other appends its latents.
+    Rows committed after that pointed into a file that was gone, and the next append started a new file at
+    row 0, under other frames' rows (a review reproduced wrong latents). The prune and the commit each
+    check under the write lock: nothing is stored, and the frames are scored again."""
+    from polypal.serving.features import RowStore
+
+    st = ActiveLearningState(tmp_path / "st", batch_size=3)
+    ids = [f"f{i}" for i in range(6)]
+    lat = np.arange(24, dtype=np.float32).reshape(6, 4)
+    st.add_scores("v1", ids[:2], np.zeros(2), lat[:2])
+    real = RowStore.append
+
+    def append_then_pruned(self, rows):
+        start = real(self, rows)
+        st.features.prune({"v2"})  # the other server's run ends just now
+        return start
+
+    monkeypatch.setattr(RowStore, "append", append_then_pruned)
+    st.add_scores("v1", ids[2:4], np.zeros(2), lat[2:4])
+    monkeypatch.undo()
+    assert st.unscored("v1", ids) == ids
+    st.add_scores("v1", ids[4:], np.zeros(2), lat[4:])  # a new file: rows 0-1
+    st.add_scores("v1", ids[:2], np.zeros(2), lat[:2])  # rows 2-3, where f2, f3's rows pointed
+    assert np.array_equal(st.scores_for("v1", ids[4:] + ids[:2])[1], np.concatenate([lat[4:], lat[:2]]))
+    assert st.scores_for("v1", ids[2:4]) is None  # (before: f0 and f1's latents)

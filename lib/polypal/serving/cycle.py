@@ -74,6 +74,15 @@ def _keep_unchanged(ok: _Decoded, *arrays: np.ndarray):
     return (keep, *(a[idx] for a in arrays))
 
 
+def _models_beside(model_path) -> set[str]:
+    """The versions of the model files (``*.pt``) in the served model's folder, the served one included."""
+    import glob
+    import os
+
+    return {model_version(p) for p in glob.glob(os.path.join(glob.escape(os.path.dirname(str(model_path))), "*.pt"))
+            } | {model_version(model_path)}
+
+
 def refresh_due(served: dict, current_version: str) -> bool:
     """Whether a refresh could change the answers, judging by a next-sample answer (``Served.to_dict``):
     the frame came from a fallback plan (no scores or thumbnails yet), from a batch planned with an
@@ -116,8 +125,9 @@ def refresh(state, frames, model_path, profile, aggregation: str = "mean", chunk
                 keep, sc, lat = _keep_unchanged(ok, np.asarray(pred.scores[scorer.name]), pred.latents)
                 state.add_scores(version, keep, sc, lat, read_since=ok.since)
                 scored += len(keep)
-        # the pool is scored with this model: older models' scores and latents are never read again
-        dropped = state.features.prune({version, model_version(model_path)})
+        # the pool is scored with this model: older models' scores and latents are never read again (kept: the
+        # model files beside it, another profile's, which a server of that profile reads)
+        dropped = state.features.prune({version, *_models_beside(model_path)})
         if dropped:
             logger.info(f"dropped the scores and latents of {len(dropped)} older model version(s)")
     planned = []

@@ -24,6 +24,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 NO_MODEL = "none"
+ORPHAN_S = 86400  # a latent file with no version row (a crash between its append and its commit) goes this old
 THUMB = 32  # thumbnails for PCA-Coreset are THUMB x THUMB x 3 uint8
 
 SCHEMA = """
@@ -177,14 +178,17 @@ class FeatureStore:
 
     def prune(self, keep: Iterable[str]) -> list[str]:
         """Drop the scores and the latent file of every model version not in ``keep``; returns those
-        dropped. Only the current model's are ever read, and each version's are about 1 KiB per frame
-        (more for the paper profile): kept for ever, a unit retraining ten times a day filled its disk
-        within months. Called by a scoring run, which holds the score lock (so no version is being
-        written meanwhile). One transaction per version, so that a lease never waits long; the
+        dropped. Only the current model's are read, and each version's are about 1 KiB per frame (more
+        for the paper profile): kept for ever, a unit retraining ten times a day filled its disk within
+        months. Each version's rows and file go in one transaction (the write lock): a writer of that
+        version (another server's scoring run on the same folder) then finds its file gone when it
+        commits and stores nothing (``add_scores``), so no row ever points into another file. Latent
+        files without a row (a crash between the append and the commit) go when a day old. The
         database file keeps its size and reuses the freed pages (VACUUM, with the server stopped, gives
         them back)."""
         keep = set(keep)
         old = [v for (v,) in self._conn().execute("SELECT version FROM versions").fetchall() if v not in keep]
+        listed = set(old) | keep
         old += [v for (v,) in self._conn().execute(
             "SELECT DISTINCT version FROM scores WHERE version NOT IN (SELECT version FROM versions)").fetchall()
             if v not in keep]  # (rows of a store older than the versions table)
@@ -192,14 +196,25 @@ class FeatureStore:
             with self._db.tx() as c:
                 c.execute("DELETE FROM scores WHERE version=?", (v,))
                 c.execute("DELETE FROM versions WHERE version=?", (v,))
+                self._unlink_latents(v)
         folder = self.folder / "latents"
-        for f in (os.listdir(folder) if folder.is_dir() else []):  # dropped ones, and any a crash left unrecorded
-            if f.endswith(".f32") and f[:-4] not in keep:
-                try:
-                    os.unlink(folder / f)
-                except FileNotFoundError:
-                    pass
+        for f in (os.listdir(folder) if folder.is_dir() else []):
+            v = f[:-4]
+            if f.endswith(".f32") and v not in listed:
+                with self._db.tx() as c:  # (a row committed since the listing keeps it)
+                    if c.execute("SELECT 1 FROM versions WHERE version=?", (v,)).fetchone() is None:
+                        try:
+                            if time.time() - os.stat(folder / f).st_mtime > ORPHAN_S:
+                                self._unlink_latents(v)
+                        except FileNotFoundError:
+                            pass
         return old
+
+    def _unlink_latents(self, version: str) -> None:
+        try:
+            os.unlink(self.folder / "latents" / f"{version}.f32")
+        except FileNotFoundError:
+            pass
 
     # -- undecodable frames ----------------------------------------------------------------
     def mark_bad(self, image_id: str, error: str, read_since: float | None = None) -> None:
@@ -230,8 +245,12 @@ class FeatureStore:
                    read_since: float | None = None) -> None:
         if not image_ids:
             return
-        start = self._latents(version, latents.shape[1]).append(latents)
+        store = self._latents(version, latents.shape[1])
+        start = store.append(latents)
         with self._db.tx() as c:
+            if store.rows() < start + len(image_ids):  # its file was pruned since the append: stored nowhere
+                logger.info(f"scores of model {version} not stored: an older model's, dropped meanwhile")
+                return
             skip = self._changed_since(c, image_ids, read_since)
             c.execute("INSERT OR IGNORE INTO versions (version, dim) VALUES (?, ?)", (version, int(latents.shape[1])))
             c.execute("UPDATE versions SET dim=? WHERE version=?", (int(latents.shape[1]), version))
