@@ -318,11 +318,14 @@ def test_monai_labels_task_history_is_trimmed_to_the_last_hundred(monkeypatch):
     spec = importlib.util.spec_from_file_location("polyp_al_main", APP / "main.py")
     main = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(main)
-    monkeypatch.setitem(tasks_mod.background_tasks, "train", [])
-    listed = tasks_mod.background_tasks["train"]
-    listed += [{"id": str(i), "status": "DONE"} for i in range(main.TASK_HISTORY + 30)]
+    stuck = {"id": "s", "status": "SUBMITTED"}  # its process never started: never finishes
+    monkeypatch.setitem(tasks_mod.background_tasks, "train",
+                        [stuck] + [{"id": str(i), "status": "DONE"} for i in range(main.TASK_HISTORY + 30)])
+    old = tasks_mod.tasks("train")
     main._trim_task_history("train")
-    assert [t["id"] for t in listed] == [str(i) for i in range(30, main.TASK_HISTORY + 30)]
-    listed.insert(0, {"id": "r", "status": "RUNNING"})
+    assert [t["id"] for t in tasks_mod.tasks("train")] == ["s"] + [str(i) for i in range(30, main.TASK_HISTORY + 30)]
+    assert len(old) == main.TASK_HISTORY + 31  # (a reader walking it meanwhile is not thrown off)
+    tasks_mod.background_tasks["train"] += [{"id": "r", "status": "RUNNING"}, {"id": "n", "status": "DONE"}]
     main._trim_task_history("train")
-    assert len(listed) == main.TASK_HISTORY + 1 and listed[0]["id"] == "r"
+    listed = [t["id"] for t in tasks_mod.tasks("train")]
+    assert listed[:2] == ["s", "31"] and listed[-2:] == ["r", "n"] and len(listed) == main.TASK_HISTORY + 2

@@ -823,6 +823,7 @@ def test_two_ingests_of_one_video_at_once_lose_no_frame_record(clip, tmp_path, m
     dropped the records of the first's frames not yet moved in (they came in with no group or flag). Now
     the second waits for the first (an flock per video), then adds only what its settings add. The first
     runs here, paused after recording its frames; the second is a polypal-ingest process."""
+    import select
     import subprocess
     import sys
     import threading
@@ -845,10 +846,12 @@ def test_two_ingests_of_one_video_at_once_lose_no_frame_record(clip, tmp_path, m
     try:
         assert reached.wait(60)
         second = subprocess.Popen([sys.executable, "-m", "polypal.video.ingest", str(clip), "--studies", str(st),
-                                   "--every", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        note = ""
-        while second.poll() is None and "waiting" not in note:
-            note = second.stderr.readline()
+                                   "--every", "5", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)  # (--quiet: the wait is said all the same)
+        note, deadline = "", time.monotonic() + 60
+        while second.poll() is None and "waiting" not in note and time.monotonic() < deadline:
+            if select.select([second.stderr], [], [], 1)[0]:  # (never blocks past the deadline)
+                note = second.stderr.readline()
         waiting = second.poll() is None  # (before: it ran to the end, with no note)
     finally:
         go.set()

@@ -97,15 +97,19 @@ TASK_HISTORY = 100  # finished tasks of each kind MONAI Label keeps listed (GET 
 def _trim_task_history(method: str) -> None:
     """MONAI Label keeps a record of every task it ever ran (its request and last output lines, about 5 KB)
     in the server's memory: one per training and scoring run, for as long as the server runs (tens of MB
-    over months, scanned at every trigger). The oldest go, past the last ``TASK_HISTORY``; never a task
-    still submitted or running. Called under the method's submit lock, the only place tasks are added."""
-    from monailabel.utils.async_tasks.utils import tasks
+    over months, scanned at every trigger). Only the last ``TASK_HISTORY`` finished ones stay, with every
+    task not finished (one whose process never started stays SUBMITTED for good: it is kept, and no longer
+    stops the trimming). A new list takes the old one's place, so a reader walking the old one (MONAI
+    Label's status and stop) is not thrown off. Called under the method's submit lock, where tasks are
+    added."""
+    from monailabel.utils.async_tasks import utils as async_utils
 
     try:
-        listed = tasks(method)
-        k = len(listed) - TASK_HISTORY
-        if k > 0 and all(isinstance(t, dict) and t.get("status") not in ("SUBMITTED", "RUNNING") for t in listed[:k]):
-            del listed[:k]
+        listed = async_utils.background_tasks.get(method) or []
+        done = [t for t in listed if isinstance(t, dict) and t.get("status") not in ("SUBMITTED", "RUNNING")]
+        if len(done) > TASK_HISTORY:
+            drop = {id(t) for t in done[: len(done) - TASK_HISTORY]}
+            async_utils.background_tasks[method] = [t for t in listed if id(t) not in drop]
     except Exception as e:  # noqa: BLE001 - MONAI Label's bookkeeping: a longer list is no failure
         logger.debug(f"{method} task history not trimmed: {e}")
 

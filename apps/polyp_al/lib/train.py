@@ -96,15 +96,38 @@ def exclusive(path: str, wait: float = 0.0):
         os.close(fd)
 
 
+def _held(path: str, wait: float = 0.0) -> bool:
+    """Whether another open file holds ``path``'s lock (a training or a scoring run), by a shared probe: two
+    probes never block each other (an exclusive probe in one request thread made another's look like a
+    running training: a 429 for nothing). Opened read-only and never created: a lock file another account
+    made, or a read-only model folder, is no error here. ``wait``: longer than a probe holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return False
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return False
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return True
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
+
+
 def training_running(cfg, wait: float = 0.0) -> bool:
     """True while a training holds the train lock: in another process, or in this one (``run_sync``).
     (flock locks belong to an open file, so this process's own training blocks this probe too.) ``wait``:
     longer than another process's probe of the lock holds it (microseconds)."""
     try:
-        with exclusive(cfg.model_path + ".train.lock", wait=wait):
-            return False
-    except Busy:
-        return True
+        return _held(cfg.model_path + ".train.lock", wait)
+    except OSError as e:  # (e.g. no permission to read it): no training is known to run
+        logger.warning(f"train lock not readable: {e}")
+        return False
 
 
 def scoring_stands_aside(cfg) -> str | None:
@@ -113,10 +136,10 @@ def scoring_stands_aside(cfg) -> str | None:
     if training_running(cfg):
         return "a training is running; its model is scored when published"
     try:
-        with exclusive(cfg.model_path + ".score.lock"):
-            return None
-    except Busy:
-        return "another scoring run is going"
+        return "another scoring run is going" if _held(cfg.model_path + ".score.lock") else None
+    except OSError as e:  # the scoring run says what is wrong with it
+        logger.debug(f"score lock not readable: {e}")
+        return None
 
 
 class PolypSegTrain(TrainTask):

@@ -133,29 +133,37 @@ def _clean_staging(studies: str) -> None:
 VIDEO_LOCKS = os.path.join(".polypal", "ingest-locks")  # one lock file per video (its fingerprint), kept
 
 
-def _hold_video(studies: str, fp: str, path: str, quiet: bool) -> int:
+def _hold_video(studies: str, fp: str, path: str) -> int:
     """An flock on this video's lock file, held while it is ingested: a second ingest of the same file waits
     for the first (and then adds nothing, or only what its own settings add). Before, two at once with
     different settings shared one name, and the second dropped the records of the first's frames not yet
     moved in, which then came in with no group or flag. The files stay (never unlinked, so a waiter never
-    locks a file that is no longer there): one empty file per video. Mode 0666 less the umask, so that
-    another account of the unit's group can ingest too."""
+    locks a file that is no longer there): one empty file per video, with the umask's mode as every file
+    of the folder; one another account made is opened read-only (enough for flock on a local disk). The
+    wait is said even with --quiet: it has no time limit (a lock held by a host that died stays held
+    on some NFS set-ups until its server frees it)."""
     import fcntl
 
     d = os.path.join(studies, VIDEO_LOCKS)
     os.makedirs(d, exist_ok=True)
-    fd = os.open(os.path.join(d, fp + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    lock = os.path.join(d, fp + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        fd = os.open(lock, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        if not quiet:
-            print(f"note: {path}: another ingest of this same video is running; waiting for it to end",
-                  file=sys.stderr)
+        print(f"note: {path}: another ingest of this same video is running; waiting for it to end", file=sys.stderr,
+              flush=True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
             os.close(fd)
             raise
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -363,7 +371,7 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
     if legacy:  # recorded by an older version under its value: now under this one (else it was ingested again)
         db.rename_fingerprint(legacy, fp)
     try:
-        vlock = _hold_video(studies, fp, path, quiet)
+        vlock = _hold_video(studies, fp, path)
     except OSError as e:
         raise VideoError(f"{path}: cannot lock it in {os.path.join(studies, VIDEO_LOCKS)} ({e})") from None
     try:
