@@ -395,6 +395,28 @@ class PolypALApp(MONAILabelApp):
     def init_strategies(self) -> Dict:
         return {name: PlannedStrategy(name, self.cfg, self.state) for name in server_strategies()}
 
+    def model_info(self, model):
+        """MONAI Label's, from one open file: its check, stat and checksum each opened the path, and a model
+        deleted or replaced in between was a 500 (or a checksum of one file with the time of another)."""
+        import hashlib
+
+        file = self.model_file(model)
+        if not file:
+            return None
+        try:
+            with open(file, "rb") as f:
+                st, h = os.fstat(f.fileno()), hashlib.sha256()
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        info = {"checksum": f"SHA256:{h.hexdigest()}", "modified_time": int(st.st_mtime)}
+        task = self._trainers.get(model)
+        train_stats = task.stats() if task else None
+        if train_stats:
+            info["train_stats"] = train_stats
+        return info
+
     def info(self):
         meta = super().info()
         stats = meta.get("train_stats") or {}

@@ -81,7 +81,8 @@ def make_routes(dist: Path | None = None, overlay: Path = OVERLAY_DIR) -> list[R
 
     async def to_slash(request):
         q = request.url.query
-        return RedirectResponse(PREFIX + "/" + ("?" + q if q else ""))
+        return RedirectResponse(request.scope.get("root_path", "") + PREFIX + "/" + ("?" + q if q else ""))
+        # (the root path of ``start_server --root_path``, where a reverse proxy serves the app)
 
     return [Route(PREFIX, to_slash, methods=["GET", "HEAD"]),
             Route(PREFIX + "/{path:path}", serve, methods=["GET", "HEAD"])]

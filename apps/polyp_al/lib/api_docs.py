@@ -62,7 +62,7 @@ def make_routes(title: str = "MONAILabel - APIs", dist: Path = DIST) -> list[Rou
         return page(title, dist)
 
     async def to_index(request):
-        return RedirectResponse("/")
+        return RedirectResponse(request.scope.get("root_path", "") + "/")  # (behind ``--root_path``: under it)
 
     async def asset(request):
         name = request.path_params["name"]

@@ -53,10 +53,12 @@ def held_file_response():
 
 
 def guard_downloads() -> None:
-    """Frame and label downloads through HeldFileResponse; the checksum HEAD fixed."""
+    """Frame, label and model downloads through HeldFileResponse (a model deleted or replaced during its
+    download cut the body short after its headers, or was a 500); the checksum HEAD fixed."""
     import monailabel.endpoints.datastore as ds
+    import monailabel.endpoints.model as md
 
-    ds.FileResponse = held_file_response()
+    ds.FileResponse = md.FileResponse = held_file_response()
     ds.download_image = checked_download_image(ds.download_image)
 
 

@@ -192,15 +192,21 @@ class PolypSegInfer(BasicInferTask):
         """The served model, loaded with weights_only=True and checked against this profile (cached by
         the file's mtime). A file that fails to load is never served: 503 naming the problem."""
         path = self.get_path()
-        if not path or not os.path.exists(path):
-            raise HTTPException(status_code=409, detail="no model trained yet: save some final labels and run "
-                                                        "POST /train/polyp_seg first")
-        st = os.stat(path)
+        none = HTTPException(status_code=409, detail="no model trained yet: save some final labels and run "
+                                                     "POST /train/polyp_seg first")
+        try:
+            st = os.stat(path) if path else None
+        except FileNotFoundError:  # (deleted just now: a DELETE /model/ between a check and this read was a 500)
+            st = None
+        if st is None:
+            raise none
         cached = self._networks.get(device)
         if cached and cached[1] == (st.st_mtime_ns, st.st_size):
             return cached[0]
         try:
             network, _, _ = load_checkpoint(path, device=device, expect=self.profile)
+        except FileNotFoundError:
+            raise none from None
         except CheckpointError as e:
             logger.error(f"model not served: {e}")
             raise HTTPException(status_code=503, detail=f"the model file cannot be served: {e.problem}") from None

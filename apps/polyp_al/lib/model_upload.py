@@ -103,13 +103,13 @@ def model_api(app):
             with _WRITES:
                 if os.path.exists(dest):
                     _keep(dest, "replaced")
+                st = os.stat(tmp)  # (the file that becomes the model: a delete just after made a stat of dest a 500)
                 os.replace(tmp, dest)
                 fsync_dir(os.path.dirname(dest))
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         logger.info(f"model {model} replaced by an upload ({n} bytes, profile {profile.name})")
-        st = os.stat(dest)
         return {"modified_time": int(st.st_mtime), "size": st.st_size}
 
     @api.delete("/model/{model}")
