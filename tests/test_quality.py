@@ -94,3 +94,21 @@ def test_the_servers_curve_from_sql_sums_equals_numpy_on_every_label(tmp_path):
         assert c["labels"] == len(xs) and c["mean_dice"] == round(float(xs.mean()), 4)
         if len(xs) > 1:
             assert c["se"] == round(float(xs.std(ddof=1) / math.sqrt(len(xs))), 4)
+
+
+def test_the_stopping_signal_alone_is_the_curves(tmp_path):
+    """Next-sample reads only the stopping sentence (a copy of the whole per-model curve at every request
+    grew with every model); it is the one the curve gives, and follows a new measurement."""
+    from polypal.serving import ActiveLearningState
+
+    st = ActiveLearningState(tmp_path / "st", batch_size=2)
+    assert st.stopping() is None
+    rng = np.random.default_rng(0)
+    for k, (version, mean) in enumerate((("v1", 0.50), ("v2", 0.51))):
+        for i in range(12):
+            st.add_quality(f"{version}-f{i}", version, float(mean + rng.normal(0, 0.05)), ts=100.0 * k + i,
+                           model_number=k + 1)
+    assert st.stopping() == st.quality()["stopping"] and "may have stopped" in st.stopping()
+    for i in range(12):
+        st.add_quality(f"v3-f{i}", "v3", 0.95, ts=300.0 + i, model_number=3)
+    assert st.stopping() is None and st.quality()["stopping"] is None

@@ -550,7 +550,7 @@ class PolypALApp(MONAILabelApp):
                 self._datastore.update_image_info(res["id"], served)
         except Exception as e:  # noqa: BLE001 - e.g. a DICOMweb datastore: the answer matters more
             logger.debug(f"served-info not recorded for {res['id']}: {e}")
-        stop = self.state.quality()["stopping"]
+        stop = self.state.stopping()
         if stop:
             res["note"] = f"{res['note']}; {stop}" if res.get("note") else stop
         if self._auto_update_scoring and refresh_due(res, model_version(self.cfg.model_path)):

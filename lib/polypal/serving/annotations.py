@@ -45,6 +45,11 @@ class AnnotationLog:
         """The per-model curve and the stopping signal (polypal.serving.quality)."""
         return copy.deepcopy(self._db.cached("quality", "quality", self._quality))
 
+    def stopping(self) -> str | None:
+        """The stopping signal alone (a string or None): next-sample asks at every request, and a copy of
+        the whole curve grew with every model (10 ms at 1,800 models)."""
+        return self._db.cached("quality", "quality", self._quality)["stopping"]
+
     def _quality(self) -> dict:
         from polypal.serving.quality import stopping_signal, summarize_groups
 

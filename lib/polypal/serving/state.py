@@ -82,6 +82,7 @@ class ActiveLearningState:
         self.mark_bad, self.bad_ids, self.bad = f.mark_bad, f.bad_ids, f.bad
         self.unscored, self.add_scores, self.scores_for = f.unscored, f.add_scores, f.scores_for
         self.add_quality, self.has_quality, self.quality = lg.add_quality, lg.has_quality, lg.quality
+        self.stopping = lg.stopping
         self.add_effort, self.annotators = lg.add_effort, lg.annotators
         self.current_plan, self.release = self.plans.current, self.leases.release
 
