@@ -290,9 +290,9 @@ def _restore(studies, folder: Path) -> tuple[dict, bool]:
         with store._tx():
             why = "not a frame or label of this datastore" if kind is None or not plain_name(trash_name) else \
                 _why_not(store, root, kind, src, m, frames_back, trashed_frames)
-            linked = linked_label_folder(str(root), [kind[3]]) if why is None and kind[0] == "label" else None
-            if linked:  # (through the link it would be written outside the studies folder)
-                why = f"{linked} in the studies folder is a symbolic link: make it a real folder first"
+            via = linked_label_folder(str(root), [kind[3]]) if why is None and kind[0] == "label" else None
+            if via:  # (through the link it would be written outside the studies folder)
+                why = f"{via} in the studies folder is a symbolic link: make it a real folder first"
             if why is None:
                 dest = root / rel
                 try:
