@@ -318,7 +318,7 @@ def test_monai_labels_task_history_is_trimmed_to_the_last_hundred(monkeypatch):
     spec = importlib.util.spec_from_file_location("polyp_al_main", APP / "main.py")
     main = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(main)
-    stuck = {"id": "s", "status": "SUBMITTED"}  # its process never started: never finishes
+    stuck = {"id": "s", "status": "SUBMITTED", "start_ts": time.strftime("%Y-%m-%d %H:%M:%S")}  # may start yet
     monkeypatch.setitem(tasks_mod.background_tasks, "train",
                         [stuck] + [{"id": str(i), "status": "DONE"} for i in range(main.TASK_HISTORY + 30)])
     old = tasks_mod.tasks("train")
@@ -329,3 +329,8 @@ def test_monai_labels_task_history_is_trimmed_to_the_last_hundred(monkeypatch):
     main._trim_task_history("train")
     listed = [t["id"] for t in tasks_mod.tasks("train")]
     assert listed[:2] == ["s", "31"] and listed[-2:] == ["r", "n"] and len(listed) == main.TASK_HISTORY + 2
+    stuck["start_ts"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - 7200))  # never started
+    tasks_mod.background_tasks["train"].append({"id": "m", "status": "DONE"})
+    main._trim_task_history("train")
+    listed = [t["id"] for t in tasks_mod.tasks("train")]
+    assert "s" not in listed and listed[-3:] == ["r", "n", "m"] and len(listed) == main.TASK_HISTORY + 1

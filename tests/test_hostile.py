@@ -288,8 +288,28 @@ def test_a_linked_label_folder_is_never_written_through(env, tmp_path):
         assert s == 200, r
         s, r = http("DELETE", f"{url}/datastore/label?id=fr009&tag=final")
         assert s == 200, r
+        # a frame's delete or replace takes every label file of its id, in every tag folder: refused (a
+        # review: the delete of fr010 moved the outside fr010.png into the trash)
+        s, r = http("DELETE", f"{url}/datastore/?id=fr010")
+        assert s == 409 and "labels/elsewhere" in r["detail"], (s, r)
+        s, r = put_image(url, "fr010", (env["studies"] / "fr011.png").read_bytes(), params={"replace": True})
+        assert s == 409 and "labels/elsewhere" in r["detail"], (s, r)
+        assert (outside / "fr010.png").read_bytes() == b"IMPORTANT" and (studies / "fr010.png").exists()
     finally:
         link.unlink()
+    # a server does not start on a folder with one: its start-up scan would read, register and move files
+    # through it (it deleted an old .upload- file and trashed an empty label there)
+    other = tmp_path / "studies"
+    make_frames(other, 2)
+    (other / "labels").mkdir()
+    (other / "labels" / "ext").symlink_to(outside, target_is_directory=True)
+    (outside / "fr000.png").write_bytes(b"")
+    srv = Server(other, tmp_path)
+    with pytest.raises(RuntimeError, match="server exited"):
+        srv.start()
+    log = srv.log.read_text()
+    assert "polyp-al cannot start: labels/ext in the studies folder is a symbolic link" in log, log[-3000:]
+    assert "Traceback" not in log and sorted(os.listdir(outside)) == ["fr000.png", "fr010.png"], log[-3000:]
 
 
 def test_model_upload_is_off_by_default(env):

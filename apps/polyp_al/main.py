@@ -98,20 +98,31 @@ def _trim_task_history(method: str) -> None:
     """MONAI Label keeps a record of every task it ever ran (its request and last output lines, about 5 KB)
     in the server's memory: one per training and scoring run, for as long as the server runs (tens of MB
     over months, scanned at every trigger). Only the last ``TASK_HISTORY`` finished ones stay, with every
-    task not finished (one whose process never started stays SUBMITTED for good: it is kept, and no longer
-    stops the trimming). A new list takes the old one's place, so a reader walking the old one (MONAI
+    task not finished (one SUBMITTED an hour ago never started, its spawn having failed: it counts as
+    finished). A new list takes the old one's place, so a reader walking the old one (MONAI
     Label's status and stop) is not thrown off. Called under the method's submit lock, where tasks are
     added."""
     from monailabel.utils.async_tasks import utils as async_utils
 
     try:
         listed = async_utils.background_tasks.get(method) or []
-        done = [t for t in listed if isinstance(t, dict) and t.get("status") not in ("SUBMITTED", "RUNNING")]
+        done = [t for t in listed if isinstance(t, dict) and (t.get("status") not in ("SUBMITTED", "RUNNING")
+                                                              or (_submitted_for(t) or 0) >= 3600)]
         if len(done) > TASK_HISTORY:
             drop = {id(t) for t in done[: len(done) - TASK_HISTORY]}
             async_utils.background_tasks[method] = [t for t in listed if id(t) not in drop]
     except Exception as e:  # noqa: BLE001 - MONAI Label's bookkeeping: a longer list is no failure
         logger.debug(f"{method} task history not trimmed: {e}")
+
+
+def _submitted_for(task: dict) -> float | None:
+    """Seconds since a SUBMITTED task was submitted; None for any other task, or a time that does not read."""
+    if task.get("status") != "SUBMITTED":
+        return None
+    try:
+        return time.time() - time.mktime(time.strptime(str(task.get("start_ts")), "%Y-%m-%d %H:%M:%S"))
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _task_pending(method: str) -> bool:
@@ -123,20 +134,15 @@ def _task_pending(method: str) -> bool:
     scoring would stop for good."""
     from monailabel.utils.async_tasks.utils import tasks
 
-    now = time.time()
     try:
         for t in tasks(method) or []:
             if not isinstance(t, dict):
                 continue
             if t.get("status") == "RUNNING":
                 return True
-            if t.get("status") == "SUBMITTED":
-                try:
-                    since = time.mktime(time.strptime(str(t.get("start_ts")), "%Y-%m-%d %H:%M:%S"))
-                except (TypeError, ValueError, OverflowError):
-                    continue
-                if now - since < SUBMITTED_STALE_S:
-                    return True
+            age = _submitted_for(t)
+            if age is not None and age < SUBMITTED_STALE_S:
+                return True
         return False
     except Exception:  # noqa: BLE001 - MONAI Label's bookkeeping: then its own check decides
         return False
@@ -250,11 +256,12 @@ logging.getLogger("uvicorn.error").addFilter(_OneLineStartupErrors())
 
 class PolypALApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
+        from polypal.serving.framestore import LinkedFolder
         from polypal.serving.sqlite_db import DamagedDatabase
 
         try:
             self._start(app_dir, studies, conf)
-        except (ConfError, DamagedDatabase) as e:
+        except (ConfError, DamagedDatabase, LinkedFolder) as e:
             raise StartupError(STARTUP_FAILED + str(e)) from None
 
     def _start(self, app_dir, studies, conf):

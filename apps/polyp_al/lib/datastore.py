@@ -131,9 +131,13 @@ def take_saved_client() -> str | None:
     return client
 
 
+_LOGGED_LINKS: set = set()
+
+
 def _said(e: Exception) -> str:
-    """An error's text, logged as an error too when it is the server's set-up (a linked label folder)."""
-    if isinstance(e, LinkedFolder):
+    """An error's text, logged once as an error too when it is the server's set-up (a linked label folder)."""
+    if isinstance(e, LinkedFolder) and str(e) not in _LOGGED_LINKS and len(_LOGGED_LINKS) < 100:
+        _LOGGED_LINKS.add(str(e))
         logger.error(str(e))
     return str(e)
 

@@ -244,8 +244,11 @@ class FrameStore:
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
         fresh = not os.path.exists(self.db_path) or os.path.getsize(self.db_path) == 0
         self._db = SQLiteDB(self.db_path, _SCHEMA + label_frames.SCHEMA, check=not read_only)
-        for tag in ("final", "original"):
-            os.makedirs(self.label_dir(tag), exist_ok=True)
+        if not read_only:
+            self.check_label_folders()  # before anything is made, read or moved through one (a start refuses)
+        if linked_label_folder(self.root, ["final", "original"]) is None:
+            for tag in ("final", "original"):
+                os.makedirs(self.label_dir(tag), exist_ok=True)
         if not read_only:
             self.reconcile()
             if fresh and self.counts()["label_tags"]:
@@ -392,13 +395,15 @@ class FrameStore:
 
     def check_label_folders(self, tags=None) -> None:
         """Raise LinkedFolder, naming it, when ``labels`` or the folder of one of ``tags`` (None: any tag) is a
-        symbolic link (``linked_label_folder``)."""
+        symbolic link (``linked_label_folder``). A server does not start on such a folder; one made while it
+        runs refuses the writes that would go through it."""
         linked = linked_label_folder(self.root, tags)
         if linked:
-            raise LinkedFolder(f"{linked} in the studies folder is a symbolic link: labels are written and "
-                               f"moved only in real folders inside the studies folder (through the link, a "
-                               f"request could name a file anywhere the server may write); replace it with a "
-                               f"folder, or link or mount the whole studies folder instead")
+            raise LinkedFolder(f"{linked} in the studies folder is a symbolic link: labels are read, "
+                               f"written and moved only in real folders inside the studies folder (through the "
+                               f"link, a request could name a file anywhere the server may write, or another "
+                               f"tag's or a frame's); replace it with a folder (a bind mount is fine), or link "
+                               f"or mount the whole studies folder instead")
 
     def _matches(self, name: str) -> bool:
         low = name.lower()
@@ -412,6 +417,7 @@ class FrameStore:
         and go back only onto the same picture (the trash takes them when another picture comes under that
         id), and labels whose frame file was changed on disk for another picture go to the trash."""
         t0 = time.perf_counter()
+        self.check_label_folders()  # its scan would read, register, delete and move files through a link
         self.recovered, blocked = self._recover_replaces()
         files = {}
         with os.scandir(self.root) as it:
@@ -763,7 +769,7 @@ class FrameStore:
             raise Exists(f"image {image_id!r} already exists; to replace it (the old frame and its labels are "
                          f"kept in the datastore's trash) send params {{\"replace\": true}}")
         if replace:
-            self.check_label_folders(self._tags_of(image_id))  # (the old frame's labels go to the trash)
+            self.check_label_folders()  # (the old frame's labels, and label files of its id, go to the trash)
         tmp = _copy_fsynced(src_file, self.root)
         journal, placed, placed_ino = None, None, None
         try:
@@ -1040,9 +1046,11 @@ class FrameStore:
         known = {os.path.normpath(k) for k in known}
         out = {}
         labels_root = os.path.join(self.root, "labels")
+        if os.path.islink(labels_root):  # (refused before this: never a file outside the studies folder)
+            return out
         for tag in sorted(os.listdir(labels_root)) if os.path.isdir(labels_root) else []:
             d = os.path.join(labels_root, tag)
-            if not plain_name(tag) or not os.path.isdir(d):
+            if not plain_name(tag) or os.path.islink(d) or not os.path.isdir(d):
                 continue
             for name in os.listdir(d):  # as reconcile registers them: any case of a label extension
                 i, ext = split_name(name)
@@ -1071,11 +1079,8 @@ class FrameStore:
         c.execute("DELETE FROM labels WHERE image_id=?", (image_id,))
         c.execute("DELETE FROM images WHERE id=?", (image_id,))
 
-    def _tags_of(self, image_id: str) -> list[str]:
-        return [t for (t,) in self._conn().execute("SELECT tag FROM labels WHERE image_id=?", (image_id,))]
-
     def _remove_image_files(self, image_id: str, reason: str) -> None:
-        self.check_label_folders(self._tags_of(image_id))  # (its labels go to the trash with it)
+        self.check_label_folders()  # (its labels, and any label file of its id in any tag, go to the trash)
         with self._undoable() as c:
             self._trash_image(c, image_id, reason)
 
