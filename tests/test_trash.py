@@ -388,9 +388,9 @@ def test_a_label_is_never_restored_through_a_linked_label_folder(tmp_path):
     outside.mkdir()
     (root / "labels" / "extra").rmdir()
     (root / "labels" / "extra").symlink_to(outside, target_is_directory=True)
-    res = restore(root, entry["name"])
-    assert res["restored"] == [] and "symbolic link" in next(iter(res["refused"].values()))
-    assert list(outside.iterdir()) == []
+    with pytest.raises(ValueError, match="labels/extra in the studies folder is a symbolic link"):
+        restore(root, entry["name"])
+    assert list(outside.iterdir()) == [] and list_trash(root) == [entry]
     with pytest.raises(LinkedFolder, match="labels/extra in the studies folder is a symbolic link"):
         fs.save_label("f002", str(m), "extra")
     assert list(outside.iterdir()) == []

@@ -226,6 +226,10 @@ def restore(studies, name: str) -> dict:
     alone meanwhile (before, one running at the same time deleted it half-way: a traceback, and a frame
     restored but not reported)."""
     folder = _folder(studies, name)
+    via = linked_label_folder(os.path.realpath(str(studies)))
+    if via:  # (a restore reconciles the folder, which a link would take outside it)
+        raise ValueError(f"{via} in the studies folder is a symbolic link: make it a real folder first (labels "
+                         f"are restored only into real folders inside the studies folder)")
     if (folder / REPLACE_JOURNAL).exists():
         raise ValueError(f"trash folder {name!r} holds a frame replace under way, or one that a crash interrupted "
                          f"(the next server start finishes or undoes it); try again after that")

@@ -520,9 +520,14 @@ def main(argv=None) -> int:
             continue
         print(json.dumps(r), flush=True)
     if os.path.exists(os.path.join(a.studies, ".polypal", "datastore.sqlite")):
-        from polypal.serving.framestore import FrameStore  # a served folder: its datastore lists the new frames now
+        from polypal.serving.framestore import FrameStore, LinkedFolder  # a served folder: its datastore lists
+        # the new frames now
 
-        FrameStore(a.studies)  # opening reconciles
+        try:
+            FrameStore(a.studies)  # opening reconciles
+        except LinkedFolder as e:  # the frames are in; the server will not start until the link is gone
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 1
     if failed:
         print(f"{failed} of {len(a.videos)} video(s) failed; nothing was written for them", file=sys.stderr)
     return 1 if failed else 0
