@@ -270,7 +270,7 @@ def test_no_scoring_process_starts_while_a_training_holds_the_lock(tmp_path):
 
     studies = tmp_path / "studies"
     studies.mkdir()
-    for p in sorted((SAMPLE / "images").iterdir())[:8]:
+    for p in sorted((SAMPLE / "images").iterdir())[:16]:
         shutil.copy(p, studies / p.name)
     srv = Server(studies, tmp_path, conf={"batch_size": "2"}).start()
     try:
@@ -300,6 +300,24 @@ def test_no_scoring_process_starts_while_a_training_holds_the_lock(tmp_path):
             os.close(fd)
         next_sample("e"), next_sample("f")
         srv.wait_for(lambda: last_task().get("id") != first, timeout=30, what="a scoring run at the batch's end")
+        # a training submitted but not yet holding its lock (its process imports torch first, seconds): a batch
+        # ending then started a scoring process too, which found the lock taken by then (a soak)
+        for name in ("e", "f"):
+            frame = next_sample(name + "2")["id"]
+            mask = next((SAMPLE / "masks").glob(frame + ".*"))
+            body, ct = multipart({"params": "{}"}, {"label": (mask.name, mask.read_bytes())})
+            assert http("PUT", f"{srv.url}/datastore/label?image={frame}", body, {"Content-Type": ct})[0] == 200
+        time.sleep(1)
+        srv.wait_for(lambda: last_task().get("status") not in ("SUBMITTED", "RUNNING"), timeout=180,
+                     what="the scoring runs so far to end")
+        second = last_task()["id"]
+        s, r = http("POST", srv.url + "/train/polyp_seg", b"{}", {"Content-Type": "application/json"})
+        assert s == 200, (s, r)
+        ends = [next_sample(w)["position"] for w in ("g", "h", "i", "j")]
+        assert ends.count(2) >= 1, ends
+        srv.wait_for(lambda: http("GET", srv.url + "/train/")[1].get("status") not in ("SUBMITTED", "RUNNING"),
+                     timeout=300, what="the training to end")
+        assert last_task()["id"] == second  # (the training scored its own model)
     finally:
         srv.stop()
 

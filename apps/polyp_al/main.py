@@ -587,8 +587,8 @@ class PolypALApp(MONAILabelApp):
         with _SCORING_SUBMIT:
             if _task_pending("scoring"):
                 return
-            aside = scoring_stands_aside(self.cfg)
-            if aside:  # its process would import torch and the app (seconds of CPU) to say "skipped": one
+            aside = "a training is starting" if _task_pending("train") else scoring_stands_aside(self.cfg)
+            if aside:  # (a training takes its lock only once its process has imported torch: 10 s here)  # its process would import torch and the app (seconds of CPU) to say "skipped": one
                 # started per next-sample while a training ran or a long scoring run held the lock
                 logger.debug(f"scoring not started: {aside}")
                 return
