@@ -295,6 +295,9 @@ def test_a_linked_label_folder_is_never_written_through(env, tmp_path):
         s, r = put_image(url, "fr010", (env["studies"] / "fr011.png").read_bytes(), params={"replace": True})
         assert s == 409 and "labels/elsewhere" in r["detail"], (s, r)
         assert (outside / "fr010.png").read_bytes() == b"IMPORTANT" and (studies / "fr010.png").exists()
+        for path in ("/train/polyp_seg", "/scoring/polyp_al"):  # (their processes would not start: a traceback)
+            s, r = http("POST", f"{url}{path}", b"{}", {"Content-Type": "application/json"})
+            assert s == 409 and "labels/elsewhere" in r["detail"], (path, s, r)
     finally:
         link.unlink()
     # a server does not start on a folder with one: its start-up scan would read, register and move files

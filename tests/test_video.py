@@ -849,8 +849,10 @@ def test_two_ingests_of_one_video_at_once_lose_no_frame_record(clip, tmp_path, m
                                    "--every", "5", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True)  # (--quiet: the wait is said all the same)
         note, deadline = "", time.monotonic() + 60
+        waits = select.poll()  # (not select(): a descriptor above 1023 in a long test run is out of its range)
+        waits.register(second.stderr, select.POLLIN)
         while second.poll() is None and "waiting" not in note and time.monotonic() < deadline:
-            if select.select([second.stderr], [], [], 1)[0]:  # (never blocks past the deadline)
+            if waits.poll(1000):  # (never blocks past the deadline)
                 note = second.stderr.readline()
         waiting = second.poll() is None  # (before: it ran to the end, with no note)
     finally:

@@ -333,6 +333,10 @@ class PolypALApp(MONAILabelApp):
 
     def precheck(self, method: str, path: str):
         """(status, sentence) for a request that cannot work, before MONAI Label starts a subprocess for it."""
+        if method == "POST" and path.startswith(("/scoring/", "/train/")):
+            linked = self._linked_label_folder()
+            if linked:  # its process would not start (it opens the datastore): a traceback in the task's log
+                return 409, linked
         if method == "POST" and path.startswith("/scoring/") and path.strip("/") != "scoring":
             name = path[len("/scoring/"):].strip("/")
             if name not in self._scoring_methods:
@@ -349,6 +353,19 @@ class PolypALApp(MONAILabelApp):
 
             if training_running(self.cfg):  # before a subprocess is started that would only find the lock held
                 return 429, "a training is already running: one at a time (GET /info shows its progress)"
+        return None
+
+    def _linked_label_folder(self) -> str | None:
+        """Why no training or scoring process can start now: a label folder of the studies folder made a
+        symbolic link while the server runs (``FrameStore.check_label_folders``); None otherwise."""
+        from polypal.serving.framestore import LinkedFolder
+
+        store = getattr(getattr(self, "_datastore", None), "store", None)
+        try:
+            if store is not None:
+                store.check_label_folders()
+        except LinkedFolder as e:
+            return str(e)
         return None
 
     def init_datastore(self) -> Datastore:
@@ -587,8 +604,10 @@ class PolypALApp(MONAILabelApp):
         with _SCORING_SUBMIT:
             if _task_pending("scoring"):
                 return
-            aside = "a training is starting" if _task_pending("train") else scoring_stands_aside(self.cfg)
-            if aside:  # (a training takes its lock only once its process has imported torch: 10 s here)  # its process would import torch and the app (seconds of CPU) to say "skipped": one
+            # (a training takes its lock only once its process has imported torch: 10 s here)
+            aside = "a training is starting" if _task_pending("train") else \
+                self._linked_label_folder() or scoring_stands_aside(self.cfg)
+            if aside:  # its process would import torch and the app (seconds of CPU) to say "skipped": one
                 # started per next-sample while a training ran or a long scoring run held the lock
                 logger.debug(f"scoring not started: {aside}")
                 return

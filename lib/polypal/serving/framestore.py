@@ -184,7 +184,7 @@ def linked_label_folder(root: str, tags=None) -> str | None:
     try:
         with os.scandir(top) as it:
             for e in it:
-                if e.is_symlink():
+                if e.is_symlink() and plain_name(e.name):  # (other names are no tag: never scanned)
                     return os.path.join("labels", e.name)
     except (FileNotFoundError, NotADirectoryError):
         pass
@@ -399,8 +399,8 @@ class FrameStore:
         runs refuses the writes that would go through it."""
         linked = linked_label_folder(self.root, tags)
         if linked:
-            raise LinkedFolder(f"{linked} in the studies folder is a symbolic link: labels are read, "
-                               f"written and moved only in real folders inside the studies folder (through the "
+            raise LinkedFolder(f"{linked} in the studies folder is a symbolic link: labels are written "
+                               f"and moved only in real folders inside the studies folder (through the "
                                f"link, a request could name a file anywhere the server may write, or another "
                                f"tag's or a frame's); replace it with a folder (a bind mount is fine), or link "
                                f"or mount the whole studies folder instead")

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from polypal.serving import label_frames
 from polypal.serving.fileops import write_fsynced
-from polypal.serving.framestore import MAX_INFO_BYTES, REPLACE_JOURNAL, FrameStore, linked_label_folder
+from polypal.serving.framestore import (MAX_INFO_BYTES, REPLACE_JOURNAL, FrameStore, LinkedFolder,
+                                        linked_label_folder)
 from polypal.serving.sqlite_db import DamagedDatabase
 from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, plain_name, split_name
 
@@ -315,7 +316,11 @@ def _restore(studies, folder: Path) -> tuple[dict, bool]:
         if kind[0] == "frame":
             frames_back.add(kind[1])
     if restored:
-        store = FrameStore(root)  # opening reconciles: the files' rows come back (the server sees them at once)
+        try:
+            store = FrameStore(root)  # opening reconciles: the files' rows come back (the server sees them at once)
+        except LinkedFolder as e:  # made during this restore: the files are back; their rows come at the next open
+            raise ValueError(f"{len(restored)} file(s) linked back, then: {e}; run the restore again once it "
+                             f"is a real folder to finish") from None
         for trash_name, rel, kind in items:  # and a label's info, where the manifest kept it
             if rel in restored and kind[0] == "label":
                 _restore_info(store, root / rel, linked[rel], kind[1], kind[3], m["labels"].get(trash_name, {}))

@@ -519,6 +519,7 @@ def main(argv=None) -> int:
             print(f"error: {v}: {e}", file=sys.stderr, flush=True)
             continue
         print(json.dumps(r), flush=True)
+    unlisted = False
     if os.path.exists(os.path.join(a.studies, ".polypal", "datastore.sqlite")):
         from polypal.serving.framestore import FrameStore, LinkedFolder  # a served folder: its datastore lists
         # the new frames now
@@ -526,11 +527,12 @@ def main(argv=None) -> int:
         try:
             FrameStore(a.studies)  # opening reconciles
         except LinkedFolder as e:  # the frames are in; the server will not start until the link is gone
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            return 1
+            print(f"polypal-ingest: the frames are in {a.studies}, but its datastore cannot list them: {e}",
+                  file=sys.stderr, flush=True)
+            unlisted = True
     if failed:
         print(f"{failed} of {len(a.videos)} video(s) failed; nothing was written for them", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or unlisted else 0
 
 
 if __name__ == "__main__":
