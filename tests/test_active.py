@@ -423,22 +423,29 @@ def test_frames_that_cannot_be_served_do_not_start_a_cycle_per_request(tmp_path)
     assert s is not None and s.id == ids[4]
 
 
+def noise_frames(tmp_path, n: int):
+    """(folder, ids): ``n`` 32 x 32 frames of random pixels, f00, f01..."""
+    from PIL import Image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    ids = [f"f{i:02d}" for i in range(n)]
+    for i in ids:
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder, ids
+
+
 def test_labels_saved_while_the_pool_is_scored_are_not_planned(tmp_path):
     """refresh reads the labeled set, scores the pool (minutes on a large one), then plans: labels saved
     meanwhile are read again before planning, so the batch holds none of them."""
     import torch
-    from PIL import Image
 
     from polypal.learner import get_profile
     from polypal.learner.model import PolypUNet, save_checkpoint
     from polypal.serving import refresh
 
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    ids = [f"f{i:02d}" for i in range(12)]
-    for i in ids:
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    folder, ids = noise_frames(tmp_path, 12)
     prof = get_profile("smoke")
     torch.manual_seed(0)
     model = tmp_path / "model.pt"
@@ -501,18 +508,12 @@ def test_older_model_versions_scores_and_latents_are_dropped(tmp_path):
     import sqlite3
 
     import torch
-    from PIL import Image
 
     from polypal.learner import get_profile
     from polypal.learner.model import PolypUNet, save_checkpoint
     from polypal.serving import model_version, refresh
 
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    ids = [f"f{i:02d}" for i in range(10)]
-    for i in ids:
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    folder, ids = noise_frames(tmp_path, 10)
 
     class Frames:
         def list_images(self):
