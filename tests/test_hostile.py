@@ -838,6 +838,34 @@ def test_interrupted_training_is_cleaned_at_start(tmp_path):
         srv.stop()
 
 
+def test_a_model_written_before_its_done_record_reads_as_done(tmp_path):
+    """A training writes its model, fsyncs it, then its DONE record: /info read that moment as RUNNING with
+    the new model served "on ? labels" (a CI run caught it). The record of a RUNNING training whose model
+    file is newer than its start now reads as that model's DONE; an older model file changes nothing."""
+    import sys
+
+    AppConfig = _app_config()
+    (tmp_path / "studies").mkdir()
+    cfg = AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"profile": "smoke",
+                                                                           "model_dir": str(tmp_path / "model")})
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "polyp_al"))
+    try:
+        from lib.train import PolypSegTrain
+    finally:
+        sys.path.pop(0)
+    model = write_model(Path(cfg.model_path))
+    os.utime(model, (time.time() - 120, time.time() - 120))  # the served model, from before this training
+    Path(cfg.model_path + ".stats.json").write_text(json.dumps(
+        {"status": "RUNNING", "started": time.time() - 60, "labeled": 7, "pid": os.getpid(), "model_number": 4,
+         "served_labeled": 5}))
+    task = PolypSegTrain(cfg)
+    st = task.stats()
+    assert st["status"] == "RUNNING" and st["served_labeled"] == 5, st
+    os.utime(model)  # the training has just written its model
+    st = task.stats()
+    assert st["status"] == "DONE" and st["model_number"] == 4 and st["served_labeled"] == 7, st
+
+
 # -- found by a second hostile probe --------------------------------------------------------------------
 def test_bundle_path_cannot_put_an_upload_on_a_subprocess_path(env):
     """A frame with a ZIP appended (Python imports modules from a ZIP on PYTHONPATH) uploaded, then named

@@ -188,9 +188,23 @@ class PolypSegTrain(TrainTask):
         """The last training's record. RUNNING from a process that is gone reads INTERRUPTED (a training killed
         mid-run, e.g. out of memory, never writes its end)."""
         st = self._read_stats()
-        if st.get("status") == "RUNNING" and not _alive(st.get("pid")):
+        published = self._published(st)
+        if published is not None:  # its model is written and served; its DONE record comes a moment later (the
+            # model's fsyncs between): /info read that moment as "RUNNING" with the new model served "on ? labels"
+            st = {**st, "status": "DONE", "served_labeled": st.get("labeled"), "finished_at": _iso(published)}
+        elif st.get("status") == "RUNNING" and not _alive(st.get("pid")):
             st = _interrupted(st)
         return st
+
+    def _published(self, st: dict) -> float | None:
+        """The model file's time when a RUNNING training has already written it (newer than its start)."""
+        if st.get("status") != "RUNNING" or not isinstance(st.get("started"), (int, float)):
+            return None
+        try:
+            mtime = os.path.getmtime(self.cfg.model_path)
+        except OSError:
+            return None
+        return mtime if mtime >= st["started"] else None
 
     def _write_stats(self, stats: dict) -> None:
         tmp = self.stats_path + ".tmp"
