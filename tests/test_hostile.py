@@ -866,6 +866,41 @@ def test_a_model_written_before_its_done_record_reads_as_done(tmp_path):
     assert st["status"] == "DONE" and st["model_number"] == 4 and st["served_labeled"] == 7, st
 
 
+def test_a_training_killed_after_publishing_is_recorded_done_at_the_next_start(tmp_path):
+    """Killed between its model's write and its DONE record: the next start recorded it INTERRUPTED with the
+    previous number, while the new model was served. recover() now records the published model as DONE; a
+    dead RUNNING record with only an older model file stays INTERRUPTED."""
+    import subprocess
+    import sys
+
+    AppConfig = _app_config()
+    (tmp_path / "studies").mkdir()
+    cfg = AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"profile": "smoke",
+                                                                           "model_dir": str(tmp_path / "model")})
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "polyp_al"))
+    try:
+        from lib.train import PolypSegTrain
+    finally:
+        sys.path.pop(0)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stats_path = Path(cfg.model_path + ".stats.json")
+    model = write_model(Path(cfg.model_path))
+    record = {"status": "RUNNING", "started": time.time() - 60, "labeled": 7, "pid": dead.pid,
+              "model_number": 4, "served_labeled": 5}
+    os.utime(model, (time.time() - 120, time.time() - 120))  # the model served before that training
+    stats_path.write_text(json.dumps(record))
+    PolypSegTrain(cfg)
+    on_disk = json.loads(stats_path.read_text())
+    assert on_disk["status"] == "INTERRUPTED" and on_disk["model_number"] == 3, on_disk
+    os.utime(model)  # that training wrote its model, then was killed
+    stats_path.write_text(json.dumps(record))
+    task = PolypSegTrain(cfg)
+    on_disk = json.loads(stats_path.read_text())
+    assert on_disk["status"] == "DONE" and on_disk["model_number"] == 4 and on_disk["served_labeled"] == 7, on_disk
+    assert task.stats()["status"] == "DONE"
+
+
 # -- found by a second hostile probe --------------------------------------------------------------------
 def test_bundle_path_cannot_put_an_upload_on_a_subprocess_path(env):
     """A frame with a ZIP appended (Python imports modules from a ZIP on PYTHONPATH) uploaded, then named

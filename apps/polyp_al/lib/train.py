@@ -166,6 +166,11 @@ class PolypSegTrain(TrainTask):
                 logger.error(f"could not remove {tmp}: {e}")
         if not running:
             return
+        if self._published(st) is not None:  # killed after its model was written, before its DONE record
+            self._write_stats(self._as_done(st))
+            logger.warning(f"training started at {st.get('started')} ended after publishing model "
+                           f"{st.get('model_number')}; recorded DONE")
+            return
         self._write_stats(_interrupted(st))
         logger.warning(f"training started at {st.get('started')} was interrupted; marked INTERRUPTED")
 
@@ -188,13 +193,18 @@ class PolypSegTrain(TrainTask):
         """The last training's record. RUNNING from a process that is gone reads INTERRUPTED (a training killed
         mid-run, e.g. out of memory, never writes its end)."""
         st = self._read_stats()
-        published = self._published(st)
-        if published is not None:  # its model is written and served; its DONE record comes a moment later (the
-            # model's fsyncs between): /info read that moment as "RUNNING" with the new model served "on ? labels"
-            st = {**st, "status": "DONE", "served_labeled": st.get("labeled"), "finished_at": _iso(published)}
+        if self._published(st) is not None:  # its model is written and served; its DONE record comes a moment
+            # later (the model's fsyncs between): /info read that moment as "RUNNING" with the new model served
+            # "on ? labels"
+            st = self._as_done(st)
         elif st.get("status") == "RUNNING" and not _alive(st.get("pid")):
             st = _interrupted(st)
         return st
+
+    def _as_done(self, st: dict) -> dict:
+        """A RUNNING record whose model is already written, as that model's DONE record."""
+        return {**st, "status": "DONE", "served_labeled": st.get("labeled"),
+                "finished_at": _iso(self._published(st) or time.time())}
 
     def _published(self, st: dict) -> float | None:
         """The model file's time when a RUNNING training has already written it (newer than its start)."""
