@@ -266,7 +266,7 @@ def test_library_refuses_a_checkpoint_directory_of_many_entries_before_parsing_i
         load_checkpoint(many, device="cpu")
 
 
-def test_a_linked_label_folder_is_never_written_through(env, tmp_path):
+def test_a_linked_folder_is_never_written_through(env, tmp_path):
     """A request names the label file (image id and tag): with a local user's ``labels/<tag> -> /elsewhere``,
     a remote save of that tag wrote, and replaced, a file there, and a delete moved one away (a probe,
     2026-12-07). Writes through a linked label folder now get 409 naming it; other tags are unaffected."""

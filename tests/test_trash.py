@@ -372,7 +372,7 @@ def test_a_purge_says_which_folders_it_kept_and_why(tmp_path, monkeypatch, capsy
     assert [e["name"] for e in list_trash(root)] == [a]
 
 
-def test_a_label_is_never_restored_through_a_linked_label_folder(tmp_path):
+def test_a_label_is_never_restored_through_a_linked_folder(tmp_path):
     """``labels/<tag>`` made a symbolic link after a label of that tag went to the trash: a restore would
     link the label into the folder the link names, outside the studies folder. Refused, saying why; the
     server refuses saves and deletes through such a folder too (tests/test_hostile.py)."""
@@ -395,3 +395,36 @@ def test_a_label_is_never_restored_through_a_linked_label_folder(tmp_path):
         fs.save_label("f002", str(m), "extra")
     assert list(outside.iterdir()) == []
     fs.save_label("f002", str(m), "final")  # another tag's folder: unaffected
+
+
+def test_a_linked_trash_takes_no_file_out_and_a_purge_deletes_nothing_through_it(tmp_path, capsys):
+    """``.polypal/trash`` made a symbolic link: every delete moved its frame and labels out of the studies
+    folder, and ``polypal-trash purge --yes`` deleted every old folder where the link pointed. Now a delete is
+    refused (the server answers 409, as for a linked label folder), a purge too, and a datastore does not
+    open on such a folder (the server does not start)."""
+    import pytest
+
+    from polypal.serving.framestore import LinkedFolder
+
+    root, fs, m = make_store(tmp_path)
+    fs.save_label("f001", str(m), "final")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "project-2019").mkdir(parents=True)
+    old = time.time() - 90 * 86400
+    os.utime(elsewhere / "project-2019", (old, old))
+    trash = root / ".polypal" / "trash"
+    if trash.exists():
+        trash.rmdir()
+    trash.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(LinkedFolder, match=r"\.polypal/trash in the studies folder is a symbolic link"):
+        fs.remove_image("f001")
+    with pytest.raises(LinkedFolder, match=r"\.polypal/trash"):
+        fs.remove_label("f001", "final")
+    assert (root / "f001.png").exists() and (root / "labels" / "final" / "f001.png").exists()
+    assert os.listdir(elsewhere) == ["project-2019"]
+    with pytest.raises(ValueError, match=r"\.polypal/trash in the studies folder is a symbolic link"):
+        purge(root, 30, dry_run=False)
+    assert main(["purge", str(root), "--older-than", "30", "--yes"]) == 1
+    assert "symbolic link" in capsys.readouterr().err and (elsewhere / "project-2019").is_dir()
+    with pytest.raises(LinkedFolder, match=r"\.polypal/trash"):
+        FrameStore(root)

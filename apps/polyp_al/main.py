@@ -334,7 +334,7 @@ class PolypALApp(MONAILabelApp):
     def precheck(self, method: str, path: str):
         """(status, sentence) for a request that cannot work, before MONAI Label starts a subprocess for it."""
         if method == "POST" and path.startswith(("/scoring/", "/train/")):
-            linked = self._linked_label_folder()
+            linked = self._linked_folder()
             if linked:  # its process would not start (it opens the datastore): a traceback in the task's log
                 return 409, linked
         if method == "POST" and path.startswith("/scoring/") and path.strip("/") != "scoring":
@@ -355,15 +355,15 @@ class PolypALApp(MONAILabelApp):
                 return 429, "a training is already running: one at a time (GET /info shows its progress)"
         return None
 
-    def _linked_label_folder(self) -> str | None:
+    def _linked_folder(self) -> str | None:
         """Why no training or scoring process can start now: a label folder of the studies folder made a
-        symbolic link while the server runs (``FrameStore.check_label_folders``); None otherwise."""
+        symbolic link while the server runs (``FrameStore.check_folders``); None otherwise."""
         from polypal.serving.framestore import LinkedFolder
 
         store = getattr(getattr(self, "_datastore", None), "store", None)
         try:
             if store is not None:
-                store.check_label_folders()
+                store.check_folders()
         except LinkedFolder as e:
             return str(e)
         return None
@@ -606,7 +606,7 @@ class PolypALApp(MONAILabelApp):
                 return
             # (a training takes its lock only once its process has imported torch: 10 s here)
             aside = "a training is starting" if _task_pending("train") else \
-                self._linked_label_folder() or scoring_stands_aside(self.cfg)
+                self._linked_folder() or scoring_stands_aside(self.cfg)
             if aside:  # its process would import torch and the app (seconds of CPU) to say "skipped": one
                 # started per next-sample while a training ran or a long scoring run held the lock
                 logger.debug(f"scoring not started: {aside}")

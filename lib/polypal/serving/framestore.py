@@ -166,16 +166,26 @@ class FrameChanged(Exception):
 
 
 class LinkedFolder(Exception):
-    """``labels/`` or a ``labels/<tag>`` folder is a symbolic link: no label is written or moved through it."""
+    """``.polypal``, ``.polypal/trash``, ``labels/`` or a ``labels/<tag>`` folder is a symbolic link: no file is
+    written, moved or deleted through it."""
 
 
-def linked_label_folder(root: str, tags=None) -> str | None:
-    """The first of ``labels`` and ``labels/<tag>`` (relative to ``root``; every tag's folder, or those of
-    ``tags``) that is a symbolic link, or None.
+# the folders whose files a request or a purge writes, moves or deletes by name (each checked before labels/<tag>)
+WRITTEN_FOLDERS = (".polypal", os.path.join(".polypal", "trash"), "labels")
+
+
+def linked_folder(root: str, tags=None) -> str | None:
+    """The first of ``.polypal``, ``.polypal/trash``, ``labels`` and ``labels/<tag>`` (relative to ``root``;
+    every tag's folder, or those of ``tags``) that is a symbolic link, or None.
     A request names the label file (its image id and tag): through a link, a save would write it, and a
     delete move it away, in any folder the server may write, outside the studies folder (a probe: a local
-    user's ``labels/ext -> /elsewhere``, then a remote save of tag ``ext`` replaced a file there). A few
-    lstat calls: run before every write that touches a label folder."""
+    user's ``labels/ext -> /elsewhere``, then a remote save of tag ``ext`` replaced a file there). Every delete
+    moves files into the trash, and ``polypal-trash purge`` deletes its old folders: through a linked trash,
+    frames and labels would leave the studies folder and a purge delete folders elsewhere. A few lstat calls:
+    run before every write that touches these folders."""
+    linked = next((f for f in WRITTEN_FOLDERS[:2] if os.path.islink(os.path.join(root, f))), None)
+    if linked:
+        return linked
     top = os.path.join(root, "labels")
     if os.path.islink(top):
         return "labels"
@@ -245,8 +255,8 @@ class FrameStore:
         fresh = not os.path.exists(self.db_path) or os.path.getsize(self.db_path) == 0
         self._db = SQLiteDB(self.db_path, _SCHEMA + label_frames.SCHEMA, check=not read_only)
         if not read_only:
-            self.check_label_folders()  # before anything is made, read or moved through one (a start refuses)
-        if linked_label_folder(self.root, ["final", "original"]) is None:
+            self.check_folders()  # before anything is made, read or moved through one (a start refuses)
+        if linked_folder(self.root, ["final", "original"]) is None:
             for tag in ("final", "original"):
                 os.makedirs(self.label_dir(tag), exist_ok=True)
         if not read_only:
@@ -393,17 +403,17 @@ class FrameStore:
     def label_dir(self, tag: str) -> str:
         return os.path.join(self.root, "labels", check_name("label tag", tag))
 
-    def check_label_folders(self, tags=None) -> None:
-        """Raise LinkedFolder, naming it, when ``labels`` or the folder of one of ``tags`` (None: any tag) is a
-        symbolic link (``linked_label_folder``). A server does not start on such a folder; one made while it
+    def check_folders(self, tags=None) -> None:
+        """Raise LinkedFolder, naming it, when ``.polypal``, its trash, ``labels`` or the folder of one of
+        ``tags`` (None: any tag) is a symbolic link (``linked_folder``). A server does not start on such a folder; one made while it
         runs refuses the writes that would go through it."""
-        linked = linked_label_folder(self.root, tags)
+        linked = linked_folder(self.root, tags)
         if linked:
-            raise LinkedFolder(f"{linked} in the studies folder is a symbolic link: labels are written "
-                               f"and moved only in real folders inside the studies folder (through the "
-                               f"link, a request could name a file anywhere the server may write, or another "
-                               f"tag's or a frame's); replace it with a folder (a bind mount is fine), or link "
-                               f"or mount the whole studies folder instead")
+            raise LinkedFolder(f"{linked} in the studies folder is a symbolic link: labels and trashed files "
+                               f"are written, moved and deleted only in real folders inside the studies folder "
+                               f"(through the link, a request could name a file anywhere the server may write, "
+                               f"or another tag's or a frame's); replace it with a folder (a bind mount is "
+                               f"fine), or link or mount the whole studies folder instead")
 
     def _matches(self, name: str) -> bool:
         low = name.lower()
@@ -417,7 +427,7 @@ class FrameStore:
         and go back only onto the same picture (the trash takes them when another picture comes under that
         id), and labels whose frame file was changed on disk for another picture go to the trash."""
         t0 = time.perf_counter()
-        self.check_label_folders()  # its scan would read, register, delete and move files through a link
+        self.check_folders()  # its scan would read, register, delete and move files through a link
         self.recovered, blocked = self._recover_replaces()
         files = {}
         with os.scandir(self.root) as it:
@@ -651,7 +661,7 @@ class FrameStore:
         check_name("image id", image_id)
         check_info_size(info)
         d = self.label_dir(tag)
-        self.check_label_folders([tag])
+        self.check_folders([tag])
         if self.image_ext(image_id) is None:
             raise NotFound(f"image {image_id!r} not found")
         _, ext = split_name(os.path.basename(src_file))
@@ -724,7 +734,7 @@ class FrameStore:
         """Forget a label; its file goes to the trash."""
         check_name("image id", image_id)
         d = self.label_dir(tag)
-        self.check_label_folders([tag])
+        self.check_folders([tag])
         # read, trashed and forgotten in one transaction: a save of the same label committed just before
         # is what goes to the trash; one after it finds no row and stores its file afresh (never trashed)
         with self._undoable() as c:
@@ -769,7 +779,7 @@ class FrameStore:
             raise Exists(f"image {image_id!r} already exists; to replace it (the old frame and its labels are "
                          f"kept in the datastore's trash) send params {{\"replace\": true}}")
         if replace:
-            self.check_label_folders()  # (the old frame's labels, and label files of its id, go to the trash)
+            self.check_folders()  # (the old frame's labels, and label files of its id, go to the trash)
         tmp = _copy_fsynced(src_file, self.root)
         journal, placed, placed_ino = None, None, None
         try:
@@ -1080,7 +1090,7 @@ class FrameStore:
         c.execute("DELETE FROM images WHERE id=?", (image_id,))
 
     def _remove_image_files(self, image_id: str, reason: str) -> None:
-        self.check_label_folders()  # (its labels, and any label file of its id in any tag, go to the trash)
+        self.check_folders()  # (its labels, and any label file of its id in any tag, go to the trash)
         with self._undoable() as c:
             self._trash_image(c, image_id, reason)
 

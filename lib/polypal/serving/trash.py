@@ -32,7 +32,7 @@ from pathlib import Path
 from polypal.serving import label_frames
 from polypal.serving.fileops import write_fsynced
 from polypal.serving.framestore import (MAX_INFO_BYTES, REPLACE_JOURNAL, FrameStore, LinkedFolder,
-                                        linked_label_folder)
+                                        linked_folder)
 from polypal.serving.sqlite_db import DamagedDatabase
 from polypal.vocab import LABEL_EXTENSIONS, InvalidName, check_name, plain_name, split_name
 
@@ -227,7 +227,7 @@ def restore(studies, name: str) -> dict:
     alone meanwhile (before, one running at the same time deleted it half-way: a traceback, and a frame
     restored but not reported)."""
     folder = _folder(studies, name)
-    via = linked_label_folder(os.path.realpath(str(studies)))
+    via = linked_folder(os.path.realpath(str(studies)))
     if via:  # (a restore reconciles the folder, which a link would take outside it)
         raise ValueError(f"{via} in the studies folder is a symbolic link: make it a real folder first (labels "
                          f"are restored only into real folders inside the studies folder)")
@@ -295,7 +295,7 @@ def _restore(studies, folder: Path) -> tuple[dict, bool]:
         with store._tx():
             why = "not a frame or label of this datastore" if kind is None or not plain_name(trash_name) else \
                 _why_not(store, root, kind, src, m, frames_back, trashed_frames)
-            via = linked_label_folder(str(root), [kind[3]]) if why is None and kind[0] == "label" else None
+            via = linked_folder(str(root), [kind[3]]) if why is None and kind[0] == "label" else None
             if via:  # (through the link it would be written outside the studies folder)
                 why = f"{via} in the studies folder is a symbolic link: make it a real folder first"
             if why is None:
@@ -341,6 +341,10 @@ def purge(studies, older_than_days: float, dry_run: bool = True, kept: dict | No
     interrupted), "restoring" (a restore under way)."""
     # never a folder under a minute old, whatever --older-than says: a delete or replace whose COMMIT failed
     # moves its files back from it after taking the write lock again, and a purge could come in between
+    via = linked_folder(os.path.realpath(str(studies)), tags=[])
+    if via in (".polypal", os.path.join(".polypal", "trash")):  # its folders would be deleted elsewhere
+        raise ValueError(f"{via} in the studies folder is a symbolic link: a purge deletes only folders of the "
+                         f"trash inside the studies folder; make it a real folder first")
     now = time.time()
     asked = now - older_than_days * 86400
     cutoff = min(asked, now - MIN_AGE_S)
@@ -451,7 +455,7 @@ def main(argv=None) -> int:
     kept: dict[str, int] = {}
     try:
         old = purge(a.studies, a.older_than, dry_run=not a.yes, kept=kept)
-    except (sqlite3.Error, OSError) as e:
+    except (sqlite3.Error, OSError, ValueError) as e:
         print(f"polypal-trash: purge stopped: {e}", file=sys.stderr)
         return 1
     verb = "deleted" if a.yes else "would delete"
