@@ -112,3 +112,23 @@ def test_the_stopping_signal_alone_is_the_curves(tmp_path):
     for i in range(12):
         st.add_quality(f"v3-f{i}", "v3", 0.95, ts=300.0 + i, model_number=3)
     assert st.stopping() is None and st.quality()["stopping"] is None
+
+
+def test_info_shows_the_newest_models_and_the_stopping_signal_of_all(tmp_path):
+    """/info (read at every next-sample) grew by one entry per model; ``last`` keeps the newest ones, says
+    how many were left out, and the stopping signal still reads the last two models."""
+    from polypal.serving.annotations import SCHEMA, AnnotationLog
+    from polypal.serving.sqlite_db import SQLiteDB
+
+    log = AnnotationLog(SQLiteDB(tmp_path / "s.sqlite", SCHEMA))
+    for k in range(1, 8):
+        for j in range(10):
+            log.add_quality(f"f{k}-{j}", f"v{k}", 0.5 + 0.001 * j, ts=k * 100.0 + j, model_number=k)
+    full, short = log.quality(), log.quality(last=3)
+    assert [c["model"] for c in full["by_model"]] == list(range(1, 8)) and full["models"] == 7
+    assert "earlier_not_shown" not in full
+    assert [c["model"] for c in short["by_model"]] == [5, 6, 7]
+    assert short["models"] == 7 and short["earlier_not_shown"] == 4
+    assert short["stopping"] == full["stopping"] and "model 7" in short["stopping"]
+    short["by_model"].clear()  # a copy: the cached curve is not changed
+    assert len(log.quality(last=3)["by_model"]) == 3 and log.quality(last=10)["by_model"] == full["by_model"]

@@ -92,6 +92,7 @@ SUBMITTED_STALE_S = 30  # a task still SUBMITTED after this never started (its p
 _TRAIN_SUBMIT = threading.Lock()
 
 TASK_HISTORY = 100  # finished tasks of each kind MONAI Label keeps listed (GET /scoring/?all=true, /train/)
+INFO_MODELS = 50  # /info lists the quality of the newest that many models (one entry each: ~140 bytes)
 
 
 def _trim_task_history(method: str) -> None:
@@ -456,10 +457,12 @@ class PolypALApp(MONAILabelApp):
         meta["polyp_al"] = {"profile": self.cfg.profile.name, "batch_size": self.cfg.batch_size,
                             "gamma": self.cfg.gamma, "model": self._model_name(), "state": state,
                             "annotators": self.state.annotators(labeled), "video": self._video_summary(),
-                            "quality": {**self.state.quality(),
+                            "quality": {**self.state.quality(last=INFO_MODELS),
                                         "what": "per model: polyp Dice of its prediction on frames labeled while it "
                                                 "was current and that it never trained on (harder frames than "
-                                                "average when the strategy picks uncertain ones)"}}
+                                                "average when the strategy picks uncertain ones); the newest "
+                                                f"{INFO_MODELS} models here, every model in the export's "
+                                                "quality.json"}}
         return meta
 
     def _video_summary(self):

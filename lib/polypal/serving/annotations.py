@@ -41,9 +41,16 @@ class AnnotationLog:
         return self._db.conn().execute("SELECT 1 FROM quality WHERE image_id=? AND version=?",
                                        (image_id, version)).fetchone() is not None
 
-    def quality(self) -> dict:
-        """The per-model curve and the stopping signal (polypal.serving.quality)."""
-        return copy.deepcopy(self._db.cached("quality", "quality", self._quality))
+    def quality(self, last: int | None = None) -> dict:
+        """The per-model curve and the stopping signal (polypal.serving.quality). ``last``: only the newest
+        that many models (/info, read at every next-sample, grew by one entry per model: 259 KB at 1,800),
+        with ``models`` (how many there are) and ``earlier_not_shown``; the export keeps the whole curve."""
+        q = self._db.cached("quality", "quality", self._quality)
+        curve = q["by_model"]
+        if last is None or len(curve) <= last:
+            return {**copy.deepcopy(q), "models": len(curve)}
+        return {"by_model": copy.deepcopy(curve[len(curve) - last:]), "stopping": q["stopping"],
+                "models": len(curve), "earlier_not_shown": len(curve) - last}
 
     def stopping(self) -> str | None:
         """The stopping signal alone (a string or None): next-sample asks at every request, and a copy of
