@@ -2484,3 +2484,41 @@ def test_odd_client_ids_digits_long_names_and_path_listings(env):
             and long_id in p.name]
     assert len(kept) >= 6, kept  # replaced/removed labels, the last two labels and the frame (twice): kept
     assert all(len(p.name.encode()) <= 255 for p in kept)
+
+
+def test_one_address_cannot_hold_every_upload_with_authentication_off(env):
+    """With authentication off nothing capped one client's requests with a body: its slow uploads could hold
+    the disk floor while every annotator's save got 507. Now at most POLYPAL_UPLOADS_PER_CLIENT (16) per client
+    address; another address (X-Forwarded-For from 127.0.0.1, which uvicorn trusts, as a local proxy sends it)
+    is not held up, and the slots come back when the uploads end."""
+    import socket
+
+    url, masks = env["url"], env["masks"]
+    port = int(url.rsplit(":", 1)[1])
+    held = []
+
+    def save(headers=None):
+        body, ct = multipart({"params": "{}"}, {"label": ("m.png", png_bytes(masks["fr004"]))})
+        return http("PUT", f"{url}/datastore/label?image=fr004&tag=final", body,
+                    {"Content-Type": ct, **(headers or {})})
+
+    try:
+        for _ in range(16):
+            c = socket.create_connection(("127.0.0.1", port), timeout=30)
+            c.sendall(f"PUT /datastore/label?image=fr003&tag=final HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                      f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 100000\r\n\r\n".encode()
+                      + b"x" * 1000)
+            held.append(c)
+        time.sleep(1)
+        s, r = save()
+        assert s == 429 and "from this address" in r["detail"], (s, r)
+        s, r = save({"X-Forwarded-For": "10.1.2.3"})
+        assert s == 200, (s, r)
+        assert http("GET", f"{url}/info/")[0] == 200  # (requests without a body are not counted)
+    finally:
+        for c in held:
+            c.close()
+    deadline = time.time() + 20
+    while (s := save()[0]) == 429 and time.time() < deadline:
+        time.sleep(0.5)
+    assert s == 200, s

@@ -209,6 +209,11 @@ class _PerUser:
 
 
 _UPLOADS = _PerUser(UPLOADS_PER_USER)
+# with authentication off, the same per client address (the proxy's, unless it sends X-Forwarded-For and
+# FORWARDED_ALLOW_IPS names it): one client's slow uploads held the disk floor and every annotator's save
+# got 507. Higher than per user: annotators behind one NAT address share it
+UPLOADS_PER_CLIENT = max(1, int(os.environ.get("POLYPAL_UPLOADS_PER_CLIENT", 16)))
+_CLIENT_UPLOADS = _PerUser(UPLOADS_PER_CLIENT)
 PROXY_THREADS = max(1, int(os.environ.get("POLYPAL_PROXY_THREADS", 8)))  # proxy requests answered at once
 # downloads (frames, labels, models, the dataset zip) answered at once: each holds a worker thread until the
 # client has read it, so they get threads of their own, never all 40 of anyio's (which the checks, uploads,
@@ -906,14 +911,23 @@ class Gate:
         if with_body and declared is not None and declared > limit:
             raise _Refused(413, _too_large(limit))
         user = scope.get("polypal.user") if with_body else None  # (authentication on)
-        if user is not None and not _UPLOADS.take(user.username):
-            raise _Refused(429, f"{UPLOADS_PER_USER} requests with a body of this user are in progress: send "
-                                f"the next when one has been answered")
+        client = None
+        if user is not None:
+            if not _UPLOADS.take(user.username):
+                raise _Refused(429, f"{UPLOADS_PER_USER} requests with a body of this user are in progress: "
+                                    f"send the next when one has been answered")
+        elif with_body:
+            client = str((scope.get("client") or ("unknown",))[0])
+            if not _CLIENT_UPLOADS.take(client):
+                raise _Refused(429, f"{UPLOADS_PER_CLIENT} requests with a body from this address are in "
+                                    f"progress: send the next when one has been answered")
         try:
             return await self._spooled(scope, receive, send, path, method, declared, with_body, offload, limit)
         finally:
             if user is not None:
                 _UPLOADS.give(user.username)
+            elif client is not None:
+                _CLIENT_UPLOADS.give(client)
 
     async def _spooled(self, scope, receive, send, path, method, declared, with_body, offload, limit):
         charged = (with_body and method != "DELETE") or (method == "GET" and path.startswith(_EXPORT))
