@@ -2522,3 +2522,64 @@ def test_one_address_cannot_hold_every_upload_with_authentication_off(env):
     while (s := save()[0]) == 429 and time.time() < deadline:
         time.sleep(0.5)
     assert s == 200, s
+
+
+def test_a_delete_body_an_infer_timeout_and_a_wrong_method_are_refused_plainly(env):
+    """From a hostile probe (2026-12-07): a DELETE's body was spooled to disk up to 1 GiB and not charged
+    against the disk floor (400 MB went 150 MB past it), the infer param ``timeout`` (MONAI Label's wait for
+    a pooled inference) of 0 gave a 500 and left the inference queued past the cap, and a PUT on /infer/ was
+    told to "send an image id" instead of 405."""
+    import socket
+
+    url = env["url"]
+    port = int(url.rsplit(":", 1)[1])
+    for target in ("/info/", "/datastore/?id=fr005", "/datastore/label?id=fr005&tag=final"):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+            c.sendall(f"DELETE {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {400 << 20}\r\n\r\n"
+                      .encode())
+            head = c.recv(300).decode(errors="replace")  # answered before any of the body is sent
+        assert head.startswith("HTTP/1.1 413"), (target, head)
+    assert (env["studies"] / "fr005.png").exists()
+    body, ct = multipart({"params": json.dumps({"timeout": 0})}, {})
+    s, r = http("POST", f"{url}/infer/polyp_seg?image=fr002&output=json", body, {"Content-Type": ct})
+    assert s == 400 and "timeout" in r["detail"], (s, r)
+    for method in ("PUT", "DELETE", "PATCH"):
+        s, _ = http(method, f"{url}/infer/polyp_seg", body, {"Content-Type": ct})
+        assert s == 405, (method, s)
+
+
+def test_a_label_downloaded_while_its_frame_is_replaced_is_never_a_false_409(env):
+    """A replace puts the new frame file in place inside its transaction: a download reading the committed
+    rows saw the old label beside the new picture and answered 409 "changed on disk ... moved to the trash at
+    the next start" (a probe: 63 of 2873 downloads). It is judged again once the write is over: the old
+    label (200) or none (404)."""
+    import threading
+
+    url, masks = env["url"], env["masks"]
+    frames = [png_bytes(np.full((H, W, 3), v, np.uint8)) for v in (40, 200)]
+    assert put_image(url, "race7", frames[0])[0] == 200
+    stop, seen, lock = threading.Event(), {}, threading.Lock()
+
+    def replace():
+        k = 0
+        while not stop.is_set():
+            k += 1
+            put_image(url, "race7", frames[k % 2], params={"replace": True})
+            put_label(url, "race7", png_bytes(masks["fr001"]))
+
+    def download():
+        while not stop.is_set():
+            s, r = http("GET", f"{url}/datastore/label?label=race7&tag=final")
+            with lock:
+                seen.setdefault(s, r)
+                seen[f"n{s}"] = seen.get(f"n{s}", 0) + 1
+
+    threads = [threading.Thread(target=replace)] + [threading.Thread(target=download) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(8)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert seen.get("n200", 0) > 20, seen.keys()
+    assert set(k for k in seen if isinstance(k, int)) <= {200, 404}, {k: v for k, v in seen.items() if k == 409}

@@ -679,6 +679,9 @@ class PolypALApp(MONAILabelApp):
                 raise HTTPException(status_code=413, detail=f"{name}: {e.problem}") from None
             except DataError as e:
                 raise HTTPException(status_code=422, detail=f"{name}: {e.problem}") from None
+            except TimeoutError:  # MONAI_LABEL_INFER_CONCURRENCY > 0: waited MONAI_LABEL_INFER_TIMEOUT seconds
+                raise HTTPException(status_code=504, detail=f"{name}: the inference did not finish in time (the "
+                                                            f"server is busy); try again") from None
             except (ValueError, TypeError, AttributeError, KeyError) as e:  # bad request parameters
                 logger.warning(f"infer refused: {type(e).__name__}: {e}")
                 raise HTTPException(status_code=400, detail=f"bad request parameters: "

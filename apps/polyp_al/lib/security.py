@@ -165,7 +165,10 @@ _FORMS = {  # multipart uploads: (form field holding JSON, reserved keys)
     # infer: no path where the image goes (MONAI Label lets params override the upload's own path), and
     # none of the keys MONAI Label's infer task reads after its writer (a failure there strands the result)
     "/infer/": ("params", _FORBIDDEN_KEYS | {"image", "image_path", "model", "label", "session", "session_id",
-                                             "centroids", "skip_writer", "pred", "latencies"}),
+                                             "centroids", "skip_writer", "pred", "latencies",
+                                             # how long MONAI Label waits for a pooled inference: 0 was a 500 at
+                                             # once and left the inference queued, past the inference cap
+                                             "timeout"}),
     "/datastore/image/info": ("info", RESERVED_IMAGE_KEYS), "/datastore/label/info": ("info", RESERVED_LABEL_KEYS),
     "/datastore/updatelabelinfo": ("params", RESERVED_LABEL_KEYS),
 }
@@ -582,8 +585,8 @@ async def _check_body(scope, spool, size: int, path: str) -> None:
                 raise _Refused(400, "the request body's strategy differs from the one in the path")
         return
     form_key = next((k for k in _FORMS if path == k or (k == "/infer/" and path.startswith(k))), None)
-    if form_key is None:
-        return
+    if form_key is None or (form_key == "/infer/" and scope.get("method") != "POST"):
+        return  # (a PUT or DELETE on /infer/: the route's 405, not "send an image id")
     if size > (1 << 20):  # parsing a large upload (up to MAX_BODY) must not stall the event loop
         await anyio.to_thread.run_sync(lambda: asyncio.run(_check_form(scope, spool, size, form_key)))
     else:
@@ -908,6 +911,8 @@ class Gate:
         # before, it was checked only once the whole body, up to MAX_BODY (1 GiB), was on disk
         limit = SIGN_IN_MAX_BODY if sign_in else MAX_JSON if path.startswith(_JSON_PATHS) else min(
             max_upload(), MAX_BODY) if path.startswith(("/datastore", "/infer/")) else MAX_BODY
+        if method not in ("POST", "PUT"):  # no endpoint reads a DELETE's (or PATCH's...) body, and a DELETE's is
+            limit = min(limit, MAX_JSON)  # not charged against the disk floor: 400 MB of one went 150 MB past it
         if with_body and declared is not None and declared > limit:
             raise _Refused(413, _too_large(limit))
         user = scope.get("polypal.user") if with_body else None  # (authentication on)
