@@ -448,3 +448,58 @@ def test_random_run_to_more_stages_keeps_the_aulc_over_the_shared_ones(tmp_path)
     summ = json.loads((folder / "report" / "summary.json").read_text())
     a = summ["metrics"]["paper_miou"]["vs_random"][strat]["aulc"]
     assert a["seeds"] == 3 and a["span"] == [40, 120] and a["mean"] == pytest.approx(np.mean(da[:3]))
+
+
+def _res(curves: dict, stages=(40, 80, 120)) -> dict:
+    """{strategy: {seed: [Dice % per stage]}} as load_results gives it (fractions in the records)."""
+    return {strat: {seed: [{"n_labeled": n, "test": {"polyp_dice": v / 100, "paper_miou": v / 100, "polyp_iou": v / 200}}
+                           for n, v in zip(stages, vals)]
+                    for seed, vals in seeds.items()} for strat, seeds in curves.items()}
+
+
+def test_label_savings_compare_the_same_seeds_and_say_what_the_first_crossing_hides():
+    """A review (2026-12-07) found the mean-curve saving compared a 3-seed strategy with Random over 5 seeds
+    (cvc-v3: Random needed 82 labels over seeds 0-4, 99 over 0-2), reported only the first crossing of a curve
+    that falls back below the target, counted seeds reaching the target at the first stage (0 by
+    construction) in the interval, ignored the full-pool reference's own noise, and dropped every strategy
+    when one Random seed had an extra stage. Hand-computed values; target 0.95 * 60 = 57."""
+    from polypal.experiments.report.stats import label_savings, labels_to_stay
+
+    assert labels_to_stay([40, 80, 120], [60, 50, 70], 57) == pytest.approx(80 + 7 / 20 * 40)
+    assert labels_to_stay([40, 80, 120], [60, 70, 50], 57) is None
+    assert labels_to_stay([40, 80, 120], [60, 70, 80], 57) == 40.0
+    curves = {"random": {0: [40, 60, 60], 1: [40, 50, 60], 2: [40, 50, 60], 3: [60, 70, 80], 4: [60, 70, 80]},
+              "x": {0: [40, 70, 50], 1: [40, 60, 56], 2: [40, 60, 56], 3: [60, 56, 50]}}
+    ceiling = {"polyp_dice": 60.0, "seeds": [0, 1], "polyp_dice_per_seed": [58.0, 62.0]}
+    for extended in (False, True):
+        res = _res(curves)
+        if extended:  # one Random seed run one stage further: nothing else changes
+            res["random"][0].append({"n_labeled": 160, "test": {"polyp_dice": 0.70, "paper_miou": 0.7, "polyp_iou": 0.35}})
+        ls = label_savings(res, ceiling)
+        assert ls["target"] == pytest.approx(57.0)
+        r, x = ls["strategies"]["random"], ls["strategies"]["x"]
+        # Random over its 5 seeds: mean 48, 60, 68 -> 40 + 9/12*40 = 70
+        assert r["labels"] == pytest.approx(70.0) and r["seeds"] == 5 and r["first_stage_seeds"] == ["3", "4"]
+        # x: mean 45, 61.5, 53 -> first at 40 + 12/16.5*40, and it ends below
+        assert x["labels"] == pytest.approx(40 + 12 / 16.5 * 40) and x["labels_stay"] is None
+        # Random over x's seeds 0-3: 45, 57.5, 65 -> 40 + 12/12.5*40 = 78.4 (not 70)
+        assert x["paired_seeds"] == ["0", "1", "2", "3"]
+        assert x["random_labels_same_seeds"] == pytest.approx(78.4)
+        assert x["saved_vs_random"] == pytest.approx(78.4 - (40 + 12 / 16.5 * 40))
+        assert x["saved_vs_random_stay"] is None
+        # per seed: x 40+17/30*40, 74, 74, 40 (first stage); Random 74, 108, 108, 40 (first stage)
+        p = x["saved_vs_random_paired"]
+        saved = [74 - (40 + 17 / 30 * 40), 34.0, 34.0, 0.0]
+        assert p["per_seed"] == pytest.approx({str(k): v for k, v in enumerate(saved)})
+        assert p["first_stage_seeds"] == ["3"] and p["censored_seeds"] == []
+        assert p["without_first_stage_seeds"]["mean"] == pytest.approx(np.mean(saved[:3]))
+        assert p["without_first_stage_seeds"]["ci95"] == pytest.approx(list(brute_ci(saved[:3])))
+        # against each full-pool seed's reference: targets 55.1 and 58.9
+        by = x["saved_vs_random_by_ceiling_seed"]
+        assert by["0"] == pytest.approx((40 + 10.1 / 12.5 * 40) - (40 + 10.1 / 16.5 * 40))
+        assert by["1"] == pytest.approx((80 + 1.4 / 7.5 * 40) - (40 + 13.9 / 16.5 * 40))
+        assert x.get("span") == ([40, 120] if extended else None)  # (said when it differs from the folder's)
+    from polypal.experiments.report.tables import ci_tables
+
+    md = ci_tables(_res(curves), {**ceiling, "n_labeled": 300, "paper_miou": 70.0})
+    assert "ends below" in md and "Random 78 over s0,s1,s2,s3" in md and "f: s3" in md and "by full-pool seed" in md

@@ -48,7 +48,9 @@ def summary(folder: Path, res: dict, dataset: str | None, ceiling: dict | None =
         "warning": SMOKE_WARNING if profile == "smoke" else None,
         "stages": all_stages(res),
         "seeds": {s: sorted(v) for s, v in res.items()},
-        "ci_method": "percentile bootstrap of the mean over seeds, 95%, exact enumeration up to 10 seeds",
+        "ci_method": "percentile bootstrap of the mean over seeds, 95%, exact enumeration up to 10 seeds; with 3 "
+                     "seeds the interval is the range of the per-seed values (it holds the mean about 3 times in 4, "
+                     "not 19 in 20): see t95 beside it for a wider view",
         "metrics": {m: {"strategies": strategy_stats(res, m), "vs_random": paired_stats(res, m)} for m, _ in METRICS},
         "ceiling": ceiling,
         "ceiling_records_of_another_recipe": ceilings_left_out(folder, run_recipes(res)),

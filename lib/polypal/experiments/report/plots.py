@@ -48,7 +48,9 @@ def plot_curves(res, path: Path, title: str = "", ceiling: dict | None = None, p
                 xs = sorted(t[strat])
                 m = np.array([np.mean(t[strat][x]) for x in xs])
                 sd = np.array([np.std(t[strat][x], ddof=1) if len(t[strat][x]) > 1 else 0 for x in xs])
-                ax.plot(xs, m, marker="o", color=colour[strat], label=f"{strat} ({_seeds(len(res[strat]))})")
+                counts = sorted({len(t[strat][x]) for x in xs})  # an unfinished run: fewer seeds at its later stages
+                seeds = _seeds(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds by stage"
+                ax.plot(xs, m, marker="o", color=colour[strat], label=f"{strat} ({seeds})")
                 ax.fill_between(xs, m - sd, m + sd, color=colour[strat], alpha=0.15)
             if ceiling:
                 ax.axhline(ceiling[metric], color="k", ls="--", lw=1,
@@ -75,7 +77,10 @@ def plot_gamma(res, path: Path, title: str = "") -> bool:
         lo, hi = np.array([c[0] for c in p["ci95"]]), np.array([c[1] for c in p["ci95"]])
         k = len(p["seeds"])
         ax.errorbar(gs, m, yerr=[m - lo, hi - m], marker="o", capsize=3, label=f"{st} labels ({k} seed{'s' * (k > 1)})")
-    ax.set_title(title + "\nmean and 95% bootstrap CI over the seeds every gamma has at that stage", fontsize=9)
+    few = min(len(p["seeds"]) for p in sweep.values()) <= 4
+    ax.set_title(title + "\nmean and 95% bootstrap CI over the seeds every gamma has at that stage"
+                 + ("\n(with 3 seeds that interval is their range: it holds the mean about 3 times in 4)" if few
+                    else ""), fontsize=9)
     ax.set_xlabel("gamma (0 = TA-Coreset, 1 = Uncertainty)")
     ax.set_ylabel("paper mIoU (%)")
     ax.legend(fontsize=8)
@@ -87,12 +92,13 @@ def plot_gamma(res, path: Path, title: str = "") -> bool:
 
 
 def plot_overlap(res, path: Path, title: str = "") -> bool:
-    per = defaultdict(list)
-    for seeds in res.values():
+    per, strategies = defaultdict(list), set()
+    for strat, seeds in res.items():
         for recs in seeds.values():
             for r in recs:
                 if "overlap_ta_unc" in r:
                     per[r["n_labeled"]].append(r["overlap_ta_unc"])
+                    strategies.add(strat)
     if not per:
         return False
     plt = _plt()
@@ -101,8 +107,9 @@ def plot_overlap(res, path: Path, title: str = "") -> bool:
     ax.bar([str(x) for x in xs], [np.mean(per[x]) for x in xs], yerr=[np.std(per[x]) for x in xs], capsize=3)
     ax.set_xlabel("labeled frames when querying")
     ax.set_ylabel("frames picked by both TA-Coreset and Uncertainty")
-    if title:
-        ax.set_title(title, fontsize=8)
+    # every run records, at each stage, what both would pick from its own labeled set: pooled over strategies
+    ax.set_title((title + "\n" if title else "") + f"mean ± sd over the runs of {len(strategies)} "
+                 f"strateg{'y' if len(strategies) == 1 else 'ies'} pooled (each run's own labeled set)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -124,6 +124,7 @@ def load_ceiling(folder: Path, recipes: set | None = None) -> dict | None:
         v = [100 * r["test"][m] for r in recs]
         out[m] = float(np.mean(v))
         out[m + "_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else None
+        out[m + "_per_seed"] = v  # (the reference's own noise: label savings are shown against each too)
     return out
 
 

@@ -112,8 +112,9 @@ def summary_table(res: dict, ceiling: dict | None) -> str:
         if not a:
             continue
         ps = sv.get(strat, {}).get("saved_vs_random_paired")
-        saved = (_fmt_ci(ps, 0).rsplit(" (", 1)[0] + (f" ({len(ps['censored_seeds'])} censored)"
-                                                        if ps["censored_seeds"] else "")) if ps else ""
+        notes = ([f"{len(ps['censored_seeds'])} censored"] if ps and ps["censored_seeds"] else []) + (
+            [f"{len(ps['first_stage_seeds'])} at the first stage"] if ps and ps.get("first_stage_seeds") else [])
+        saved = (_fmt_ci(ps, 0).rsplit(" (", 1)[0] + (f" ({', '.join(notes)})" if notes else "")) if ps else ""
         name = strat + (f" (AULC over {a['span'][0]}-{a['span'][1]} labels only: the stages it shares with "
                         f"Random)" if a.get("span") else "")
         lines.append(f"| {name} | {a['seeds']} | {_fmt_ci(a).rsplit(' (', 1)[0]} | {_fmt_t(a)} | "
@@ -141,6 +142,34 @@ def _detectable_md(res: dict) -> str:
                       "\"no measurable gain\".", ""] + rows) + "\n"
 
 
+def _stage0_sentence(res: dict, stages: list) -> str:
+    """What stage 0's paired differences are in these runs: it is meant to be the same initial draw and
+    training for every strategy at a seed, but each run trains it again, and runs that differ in threads or
+    library versions differ there (the report said "its difference is 0" where it was up to 2.6 points)."""
+    if "random" not in res or not stages:
+        return ""
+    diffs = []
+    for strat, seeds in res.items():
+        if strat == "random":
+            continue
+        for seed, recs in seeds.items():
+            a = {r["n_labeled"]: r for r in recs}.get(stages[0])
+            b = {r["n_labeled"]: r for r in res["random"].get(seed, [])}.get(stages[0])
+            if a and b:
+                diffs.append((abs(100 * (a["test"]["paper_miou"] - b["test"]["paper_miou"])), strat, seed))
+    if not diffs:
+        return ""
+    big = max(diffs)
+    if big[0] < 0.005:
+        return (f"Stage 0 is the same initial draw and the same training for every strategy at a seed: its "
+                f"paired paper-mIoU difference is 0 in all {len(diffs)} pairs here.")
+    differ = sum(d[0] >= 0.005 for d in diffs)
+    return (f"Stage 0 is the same initial draw for every strategy at a seed, but each run trains it again: "
+            f"its paper mIoU differs from Random's at the same seed in {differ} of {len(diffs)} pairs here, by up "
+            f"to {big[0]:.2f} points ({big[1]}, seed {big[2]}; training noise, e.g. another thread count), and "
+            f"that difference enters the AULC difference with the first stage's weight.")
+
+
 def ci_tables(res: dict, ceiling: dict | None) -> str:
     stages = all_stages(res)
     lines = ["## Summary: every strategy against Random", "",
@@ -161,9 +190,8 @@ def ci_tables(res: dict, ceiling: dict | None) -> str:
              "the Student-t 95% interval of the mean over seeds and the paired t-test's p (assumes roughly "
              "normal differences). AULC = area under the learning curve over "
              f"all stages ({stages[0] if stages else ''}-{stages[-1] if stages else ''} labels) divided by the "
-             "label range, i.e. the curve's mean height. Stage 0 is the same initial draw and the same training "
-             "for every strategy at a seed, so its difference is 0; it stays in the AULC as the start of the "
-             "curve, which pulls every AULC difference a little toward 0 (the paired table at the end, 'mean over "
+             "label range, i.e. the curve's mean height. " + _stage0_sentence(res, stages) + " Stage 0 stays in "
+             "the AULC as the start of the curve (the paired table at the end, 'mean over "
              "the queried stages', leaves it out). The per-stage columns are many comparisons (stages x "
              "metrics): a CI excluding 0 among them now and then is expected by chance; the AULC difference is "
              "the headline comparison, fixed before the runs (issue 11).", ""]
@@ -197,27 +225,64 @@ def ci_tables(res: dict, ceiling: dict | None) -> str:
                 lines.append(f"Random at {stages[-1]} labels reaches {100 * last['mean'] / ceiling['polyp_dice']:.1f}% "
                              f"of the full-pool polyp Dice and {100 * lastm['mean'] / ceiling['paper_miou']:.1f}% of its "
                              f"paper mIoU ({last['seeds']} seeds).")
+        refs = sv.get("targets_by_ceiling_seed")
         lines += ["", f"Labels needed to reach 95% of the full-pool polyp Dice ({sv['target']:.2f}), interpolated "
-                  "on each strategy's mean curve (over its seeds that finished every stage). The mean-curve figure "
+                  "on each strategy's mean curve (over its seeds that finished every stage): where it first "
+                  "reaches the target, and, where that differs, the labels from which it stays above it to the "
+                  "last stage (a curve that falls back below after its first crossing reached it by noise as much "
+                  "as by labels; '-': it ends below). 'Saved vs Random' compares the two mean curves over the "
+                  "same seeds (the strategy's seeds that Random has; Random's own labels over those seeds in "
+                  "brackets), first crossing, then staying above. The mean-curve figure "
                   "has no uncertainty of its own: the per-seed columns show the spread behind it (each seed's own "
-                  "curve; '-' = not reached by the last stage), and the paired saving is Random's labels minus the "
-                  "strategy's at the same seed: mean [95% bootstrap CI] (seeds saving / seeds), t [Student-t interval] p. A seed that never "
-                  "reaches the target counts as reaching it at the last stage (censored, marked 'c': flattering "
-                  "to that run, so read those savings as bounds).", "",
-                  "| strategy | seeds | labels (mean curve) | saved vs Random | per seed | paired saving |",
+                  "curve; '-' = not reached by the last stage; 'f' = reached at the first stage, before any "
+                  "selection), and the paired saving is Random's labels minus the "
+                  "strategy's at the same seed: mean [95% bootstrap CI] (seeds saving / seeds), t [Student-t "
+                  "interval] p. A seed that never reaches the target counts as reaching it at the last stage "
+                  "(censored, marked 'c': flattering to that run, so read those savings as bounds). A seed where "
+                  "both reach it at the first stage saves 0 by construction (marked 'f'); with such seeds the "
+                  "interval over the other seeds follows ('without f')."
+                  + (" The target is itself an estimate: with each full-pool seed's own Dice as the reference "
+                     f"(targets {', '.join(f'{t:.2f}' for t in refs.values())}), the mean-curve saving is given "
+                     "after 'by full-pool seed'." if refs else ""), "",
+                  "| strategy | seeds | labels (mean curve) | saved vs Random, same seeds | per seed | paired saving |",
                   "|---|---|---|---|---|---|"]
         for strat, v in sv["strategies"].items():
-            lab = f"{v['labels']:.0f}" if v["labels"] is not None else f"not reached by {v['max_labels']}"
-            sav = (f"{v['saved_vs_random']:+.0f}" if v["saved_vs_random"] is not None else
-                   f"at least {v['saved_vs_random_at_least']:+.0f} (Random does not reach it)"
-                   if v["saved_vs_random_at_least"] is not None else "")
-            per = ", ".join(f"s{s}: " + (f"{x:.0f}" if x is not None else "-") for s, x in v["per_seed"].items())
-            lines.append(f"| {strat} | {v['seeds']} | {lab} | {sav} | {per} | "
-                         f"{_fmt_ci(v['saved_vs_random_paired'], 0)}"
-                         + (f", t {_fmt_t(v['saved_vs_random_paired'], 0)}" if _fmt_t(v['saved_vs_random_paired']) else "")
-                         + (f" c: {', '.join('s' + x for x in v['saved_vs_random_paired']['censored_seeds'])}"
-                            if v["saved_vs_random_paired"] and v["saved_vs_random_paired"]["censored_seeds"] else "")
-                         + " |")
+            lab = (f"{v['labels']:.0f}" if v["labels"] is not None else f"not reached by {v['max_labels']}") + (
+                "" if v["labels"] is None or v["labels_stay"] == v["labels"] else
+                f"; stays above from {v['labels_stay']:.0f}" if v["labels_stay"] is not None else "; ends below")
+            if v.get("span"):
+                lab += f" (over {v['span'][0]}-{v['span'][1]} labels)"
+            parts = []
+            if strat != "random":
+                rl = v.get("random_labels_same_seeds")
+                ctx = f" (Random {rl:.0f} over s{',s'.join(v['paired_seeds'])})" if rl is not None else ""
+                if v.get("saved_vs_random") is not None:
+                    parts.append(f"{v['saved_vs_random']:+.0f}{ctx}")
+                    if v.get("saved_vs_random_stay") is not None and v["saved_vs_random_stay"] != v["saved_vs_random"]:
+                        parts.append(f"staying above {v['saved_vs_random_stay']:+.0f}")
+                elif v.get("saved_vs_random_at_least") is not None:
+                    parts.append(f"at least {v['saved_vs_random_at_least']:+.0f} (Random does not reach it)")
+                elif v.get("saved_vs_random_at_most") is not None:
+                    parts.append(f"at most {v['saved_vs_random_at_most']:+.0f}{ctx}, not reaching it")
+                by = v.get("saved_vs_random_by_ceiling_seed")
+                if by:
+                    parts.append("by full-pool seed " + ", ".join(f"{k}: " + (f"{x:+.0f}" if x is not None else "-")
+                                                                  for k, x in by.items()))
+            sav = "; ".join(parts)
+            first = set(v.get("first_stage_seeds") or [])
+            per = ", ".join(f"s{s}: " + (f"{x:.0f}" if x is not None else "-") + (" f" if s in first else "")
+                            for s, x in v["per_seed"].items())
+            p = v.get("saved_vs_random_paired")
+            cell = ""
+            if p:
+                cell = _fmt_ci(p, 0) + (f", t {_fmt_t(p, 0)}" if _fmt_t(p) else "")
+                if p["censored_seeds"]:
+                    cell += f" c: {', '.join('s' + x for x in p['censored_seeds'])}"
+                if p.get("first_stage_seeds"):
+                    cell += f" f: {', '.join('s' + x for x in p['first_stage_seeds'])}"
+                    if p.get("without_first_stage_seeds"):
+                        cell += f"; without f {_fmt_ci(p['without_first_stage_seeds'], 0)}"
+            lines.append(f"| {strat} | {v['seeds']} | {lab} | {sav} | {per} | {cell} |")
         lines.append("")
     else:
         lines += ["No full-pool ceiling measured yet (`polypal-sim ceiling ... --out THIS_FOLDER`): no label savings.", ""]
