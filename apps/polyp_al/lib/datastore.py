@@ -239,10 +239,13 @@ class PolypDatastore(Datastore):
         why = path and label_frames.off_picture(self.store, label_id, label_tag)
         if why:  # again once a write under way is over: a frame replace puts its new file in place inside its
             # transaction, and a reader of the committed rows saw the label with the new picture (a 409 saying
-            # the frame was "changed on disk"; a probe: 63 of 2873 downloads during replaces)
+            # the frame was "changed on disk"; a probe: 63 of 2873 downloads during replaces). The write lock is
+            # only passed through (the frame's digest is not computed under it: repeated downloads of a label
+            # whose frame really changed on disk would hold up every writer)
             with self.store._tx():
-                path = self.store.label_path(label_id, label_tag)
-                why = path and label_frames.off_picture(self.store, label_id, label_tag)
+                pass
+            path = self.store.label_path(label_id, label_tag)
+            why = path and label_frames.off_picture(self.store, label_id, label_tag)
         if why:
             logger.warning(f"not serving label {label_id} ({label_tag}): {why}")
             raise HTTPException(status_code=409, detail=f"label {label_id} ({label_tag}) is not served: {why}; "
