@@ -1984,13 +1984,42 @@ def test_a_download_survives_its_file_being_moved_and_a_gone_file_is_404(tmp_pat
     async def send(m):
         sent.append(m)
 
-    asyncio.run(resp(dict(type="http", method="GET"), None, send))
+    def scope(method="GET", **headers):
+        return dict(type="http", method=method, asgi={"spec_version": "2.4"},
+                    headers=[(k.lower().encode(), v.encode()) for k, v in headers.items()])
+
+    asyncio.run(resp(scope(), None, send))
     headers = dict(sent[0]["headers"])
     assert sent[0]["status"] == 200 and int(headers[b"content-length"]) == len(data)
     assert b"".join(m.get("body", b"") for m in sent[1:]) == data and sent[-1]["more_body"] is False
     with pytest.raises(HTTPException) as e:
         Held(str(f), media_type="image/png", filename="fr.png")
     assert e.value.status_code == 404
+    # Range requests are honoured again (Starlette's FileResponse did; a resumed model download), from the
+    # file as it was when the answer was made: here it is replaced by other bytes after the answer is made
+    for rng, status, want in (("bytes=100-199", 206, data[100:200]), ("bytes=-50", 206, data[-50:]),
+                              ("bytes=199990-", 206, data[199990:])):
+        g, other = tmp_path / "g.png", tmp_path / "other.png"
+        g.write_bytes(data)
+        resp = Held(str(g), media_type="image/png", filename="g.png")
+        other.write_bytes(b"x" * len(data))
+        os.replace(other, g)  # a replace just after the answer was made: another file under that name
+        sent.clear()
+        asyncio.run(resp(scope(range=rng), None, send))
+        assert sent[0]["status"] == status and b"".join(m.get("body", b"") for m in sent[1:]) == want, rng
+        assert dict(sent[0]["headers"])[b"content-range"].startswith(b"bytes "), sent[0]["headers"]
+    g = tmp_path / "g.png"
+    g.write_bytes(data)
+    sent.clear()
+    asyncio.run(Held(str(g), media_type="image/png")(scope(range="bytes=300000-"), None, send))
+    assert sent[0]["status"] == 416  # past the end
+    sent.clear()
+    asyncio.run(Held(str(g), media_type="image/png")(scope(range="bytes=0-9,20-29"), None, send))
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    assert sent[0]["status"] == 206 and data[0:10] in body and data[20:30] in body  # multipart/byteranges
+    sent.clear()
+    asyncio.run(Held(str(g), media_type="image/png")(scope("HEAD", range="bytes=0-9"), None, send))
+    assert sent[0]["status"] == 206 and b"".join(m.get("body", b"") for m in sent[1:]) == b"" 
 
 
 def test_training_reports_a_skipped_label_without_server_paths(tmp_path):
@@ -2546,6 +2575,18 @@ def test_a_delete_body_an_infer_timeout_and_a_wrong_method_are_refused_plainly(e
     for method in ("PUT", "DELETE", "PATCH"):
         s, _ = http(method, f"{url}/infer/polyp_seg", body, {"Content-Type": ct})
         assert s == 405, (method, s)
+
+
+def test_downloads_honour_range_requests_again(env):
+    """Frame, label and model downloads go through the app's held-file response, which sent the whole file
+    whatever the Range (Starlette's own honoured it: a resumed model download)."""
+    url = env["url"]
+    whole = (env["studies"] / "fr002.png").read_bytes()
+    s, part = http("GET", f"{url}/datastore/image?image=fr002", headers={"Range": "bytes=8-23"})
+    assert s == 206 and part == whole[8:24], s
+    model = env["model"].read_bytes()
+    s, part = http("GET", f"{url}/model/polyp_seg", headers={"Range": f"bytes={len(model) - 100}-"})
+    assert s == 206 and part == model[-100:], s
 
 
 def test_a_label_downloaded_while_its_frame_is_replaced_is_never_a_false_409(env):

@@ -10,6 +10,7 @@ by ``connections.py``.
 from __future__ import annotations
 
 import os
+from contextlib import asynccontextmanager
 
 import anyio
 
@@ -29,25 +30,22 @@ def held_file_response():
                 raise HTTPException(status_code=404, detail="not found (deleted or replaced just now)") from None
             kwargs["stat_result"] = os.fstat(self._fh.fileno())
             super().__init__(path, *args, **kwargs)
-            del self.headers["accept-ranges"]  # the whole file is sent; a Range header is not honoured
+
+        @asynccontextmanager
+        async def _open_file(self):
+            """Starlette's reads (whole file, one range or several) go to the handle opened above, not to the
+            path again: Range requests are honoured as Starlette does (a resumed model download), from the file
+            as it was when the answer was made."""
+            yield anyio.wrap_file(self._fh)
 
         async def __call__(self, scope, receive, send):
-            block = 1 << 16
+            ext = scope.get("extensions") or {}
+            if "http.response.pathsend" in ext:  # (a server that sends a path itself would open it again)
+                scope = {**scope, "extensions": {k: v for k, v in ext.items() if k != "http.response.pathsend"}}
             try:
-                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-                if scope.get("method", "GET").upper() != "HEAD":
-                    while True:
-                        chunk = await anyio.to_thread.run_sync(self._fh.read, block)
-                        more = len(chunk) == block
-                        await send({"type": "http.response.body", "body": chunk, "more_body": more})
-                        if not more:
-                            break
-                else:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await super().__call__(scope, receive, send)
             finally:
                 self._fh.close()
-            if self.background is not None:
-                await self.background()
 
     return HeldFileResponse
 
