@@ -921,7 +921,8 @@ class Gate:
             if not _UPLOADS.take(user.username):
                 raise _Refused(429, f"{UPLOADS_PER_USER} requests with a body of this user are in progress: "
                                     f"send the next when one has been answered")
-        elif with_body:
+        elif with_body and not sign_in:  # (sign-ins have their own threads and small bodies; counted with the
+            # uploads, 16 slow sign-ins from a shared proxy address locked every user out of signing in)
             client = str((scope.get("client") or ("unknown",))[0])
             if not _CLIENT_UPLOADS.take(client):
                 raise _Refused(429, f"{UPLOADS_PER_CLIENT} requests with a body from this address are in "

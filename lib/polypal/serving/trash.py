@@ -373,6 +373,9 @@ def purge(studies, older_than_days: float, dry_run: bool = True, kept: dict | No
             with store._tx():
                 if not folder.is_dir() or folder.is_symlink():
                     continue  # put back by a failed write's undo meanwhile
+                if linked_folder(os.path.realpath(str(studies)), tags=[]) in (".polypal",
+                                                                               os.path.join(".polypal", "trash")):
+                    raise ValueError("the trash was made a symbolic link during the purge; it stopped there")
                 reason = "pending" if (folder / REPLACE_JOURNAL).exists() else \
                     "restoring" if _restoring(folder) else None
                 if reason:  # now a replace's, or being restored

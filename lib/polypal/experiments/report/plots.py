@@ -77,10 +77,10 @@ def plot_gamma(res, path: Path, title: str = "") -> bool:
         lo, hi = np.array([c[0] for c in p["ci95"]]), np.array([c[1] for c in p["ci95"]])
         k = len(p["seeds"])
         ax.errorbar(gs, m, yerr=[m - lo, hi - m], marker="o", capsize=3, label=f"{st} labels ({k} seed{'s' * (k > 1)})")
-    few = min(len(p["seeds"]) for p in sweep.values()) <= 4
+    few = min(len(p["seeds"]) for p in sweep.values()) <= 3
     ax.set_title(title + "\nmean and 95% bootstrap CI over the seeds every gamma has at that stage"
-                 + ("\n(with 3 seeds that interval is their range: it holds the mean about 3 times in 4)" if few
-                    else ""), fontsize=9)
+                 + ("\n(with 3 seeds or fewer that interval is their range: with 3 it holds the mean about 3 "
+                    "times in 4)" if few else ""), fontsize=9)
     ax.set_xlabel("gamma (0 = TA-Coreset, 1 = Uncertainty)")
     ax.set_ylabel("paper mIoU (%)")
     ax.legend(fontsize=8)

@@ -159,15 +159,18 @@ def _stage0_sentence(res: dict, stages: list) -> str:
                 diffs.append((abs(100 * (a["test"]["paper_miou"] - b["test"]["paper_miou"])), strat, seed))
     if not diffs:
         return ""
-    big = max(diffs)
-    if big[0] < 0.005:
+    big = max(d[0] for d in diffs)
+    if big < 0.005:
         return (f"Stage 0 is the same initial draw and the same training for every strategy at a seed: its "
                 f"paired paper-mIoU difference is 0 in all {len(diffs)} pairs here.")
-    differ = sum(d[0] >= 0.005 for d in diffs)
+    differ = [d for d in diffs if d[0] >= 0.005]
+    seeds = sorted({str(d[2]) for d in differ})
     return (f"Stage 0 is the same initial draw for every strategy at a seed, but each run trains it again: "
-            f"its paper mIoU differs from Random's at the same seed in {differ} of {len(diffs)} pairs here, by up "
-            f"to {big[0]:.2f} points ({big[1]}, seed {big[2]}; training noise, e.g. another thread count), and "
-            f"that difference enters the AULC difference with the first stage's weight.")
+            f"its paper mIoU differs from Random's at the same seed in {len(differ)} of {len(diffs)} pairs here "
+            f"(seed{'s' * (len(seeds) > 1)} {', '.join(seeds)}), by up to {big:.2f} points (training noise, e.g. "
+            f"another thread count; when every strategy differs by the same amount at a seed, it is Random's "
+            f"own stage 0 that differs), and that difference enters the AULC difference with the first stage's "
+            f"weight.")
 
 
 def ci_tables(res: dict, ceiling: dict | None) -> str:
