@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import io
 import json
 import secrets
 import threading
@@ -347,6 +348,66 @@ def test_the_annotator_is_the_tokens_user(env):
     annotators = info["polyp_al"]["annotators"]
     assert "dr-okafor" in annotators and annotators["dr-okafor"]["labels"] >= 1, annotators
     assert not {"someone-else", "alias-2", "credit-me-instead"} & set(annotators), annotators
+
+
+def test_an_identical_label_saved_again_by_another_user_keeps_its_credit(env):
+    """A hostile probe (2026-12-07): another annotator downloaded dr-okafor's label and saved the same bytes
+    back; the credit (/info, the export) moved to them and her record was gone. The same label on the same
+    picture is now kept as it was (answer "unchanged", nothing trashed); a label that differs is a new save,
+    credited to whoever saved it."""
+    import numpy as np
+    from PIL import Image
+
+    url = env["url"]
+    ann = bearer(token(env["key"], "dr-vance", [ANNOTATOR, USER]))
+    thief = bearer(token(env["key"], "mallory", [ANNOTATOR, USER]))
+    s, got = http("POST", f"{url}/activelearning/random", b"{}", {"Content-Type": "application/json", **ann})
+    assert s == 200 and got.get("id"), got
+    i = got["id"]
+    body, ct = _label_body(i)
+    assert http("PUT", f"{url}/datastore/label?image={i}&tag=final", body, {"Content-Type": ct, **ann})[0] == 200
+    trash = env["studies"] / ".polypal" / "trash"
+    before = sorted(trash.iterdir()) if trash.is_dir() else []
+    s, stored = http("GET", f"{url}/datastore/label?label={i}&tag=final", headers=thief)
+    assert s == 200
+    body, ct = multipart({"params": "{}"}, {"label": (f"{i}.png", stored)})
+    s, r = http("PUT", f"{url}/datastore/label?image={i}&tag=final", body, {"Content-Type": ct, **thief})
+    assert s == 200, r
+    annotators = http("GET", f"{url}/info/", headers=ann)[1]["polyp_al"]["annotators"]
+    assert "dr-vance" in annotators and "mallory" not in annotators, annotators
+    assert (sorted(trash.iterdir()) if trash.is_dir() else []) == before  # nothing replaced, nothing trashed
+    # a different label is a new save: credited to its saver
+    m = np.array(Image.open(sample_mask(i))) > 0
+    buf = io.BytesIO()
+    Image.fromarray((~m).astype(np.uint8) * 255).save(buf, format="PNG")
+    body, ct = multipart({"params": "{}"}, {"label": (f"{i}.png", buf.getvalue())})
+    assert http("PUT", f"{url}/datastore/label?image={i}&tag=final", body, {"Content-Type": ct, **thief})[0] == 200
+    annotators = http("GET", f"{url}/info/", headers=ann)[1]["polyp_al"]["annotators"]
+    assert "mallory" in annotators, annotators
+
+
+def test_slow_sign_ins_from_one_address_do_not_lock_out_the_others(env):
+    """The per-address cap on requests with a body is for authentication off; with it on, sign-ins (free
+    paths: no user yet) were counted against it, so 16 slow sign-in bodies from a proxy's address gave every
+    user 429 on signing in (a review, 2026-12-07). Sign-ins have their own threads and a 16 KiB body cap."""
+    import socket
+
+    url = env["url"]
+    port = int(url.rsplit(":", 1)[1])
+    held = []
+    try:
+        for _ in range(17):
+            c = socket.create_connection(("127.0.0.1", port), timeout=30)
+            c.sendall(f"POST /auth/token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                      f"application/x-www-form-urlencoded\r\nContent-Length: 5000\r\n\r\nusername=x".encode())
+            held.append(c)
+        time.sleep(1)
+        s, t = http("POST", url + "/auth/token", b"username=dr-okafor&password=s3cret",
+                    {"Content-Type": "application/x-www-form-urlencoded"})
+        assert s == 200 and t.get("access_token"), (s, t)
+    finally:
+        for c in held:
+            c.close()
 
 
 def test_signing_in_with_monailabels_client(env):

@@ -326,3 +326,30 @@ def test_a_dangling_link_in_a_label_place_is_kept_and_never_blocks_a_save(tmp_pa
     assert os.stat(outside).st_nlink == 1
     assert not any(p.is_file() and not p.is_symlink() and p.read_bytes() == b"not ours"
                    for p in (root / ".polypal" / "trash").rglob("*"))
+
+
+def test_the_same_label_saved_again_changes_nothing(tmp_path):
+    """The same bytes on the same picture again: no write, no trash folder, the first save's info kept, and
+    the store says so (the server then keeps the label's credit); another mask is a new save."""
+    from polypal.serving.framestore import FrameStore
+
+    root = tmp_path / "studies"
+    root.mkdir()
+    Image.fromarray(np.full((20, 30, 3), 50, np.uint8)).save(root / "f0.png")
+    m1, m2 = tmp_path / "m1.png", tmp_path / "m2.png"
+    Image.fromarray((np.arange(600).reshape(20, 30) % 2).astype(np.uint8)).save(m1)
+    Image.fromarray((np.arange(600).reshape(20, 30) % 3 == 0).astype(np.uint8)).save(m2)
+    fs = FrameStore(root)
+    fs.save_label("f0", str(m1), "final", {"client_id": "first"})
+    assert not fs.last_save_unchanged()
+    trash = root / ".polypal" / "trash"
+    fs.save_label("f0", str(m1), "final", {"client_id": "second"})
+    assert fs.last_save_unchanged() and fs.label_info("f0", "final")["client_id"] == "first"
+    assert not trash.exists() or not list(trash.iterdir())
+    fs.save_label("f0", str(m2), "final", {"client_id": "second"})
+    assert not fs.last_save_unchanged() and fs.label_info("f0", "final")["client_id"] == "second"
+    assert len(list(trash.iterdir())) == 1
+    # the same bytes after the frame became another picture: stored again (on the new picture)
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(root / "f0.png")
+    fs.save_label("f0", str(m2), "final")
+    assert not fs.last_save_unchanged()

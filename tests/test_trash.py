@@ -108,7 +108,9 @@ def test_a_restore_stopped_before_the_labels_info_is_finished_with_it(tmp_path, 
 def test_restore_never_overwrites_and_keeps_what_it_refuses(tmp_path, capsys):
     root, fs, m = make_store(tmp_path)
     fs.save_label("f000", str(m), "final")
-    fs.save_label("f000", str(m), "final")  # an overwrite: the first label goes to the trash
+    m2 = tmp_path / "m2.png"
+    Image.fromarray((np.arange(600).reshape(20, 30) % 3 == 0).astype(np.uint8)).save(m2)
+    fs.save_label("f000", str(m2), "final")  # an overwrite: the first label goes to the trash
     new = (root / "labels" / "final" / "f000.png").read_bytes()
     fs.remove_image("f002")
     Image.fromarray(np.full((20, 30, 3), 99, np.uint8)).save(tmp_path / "other.png")

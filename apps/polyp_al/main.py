@@ -23,7 +23,7 @@ from fastapi import HTTPException
 from lib.auth import current_saver
 from lib.auth import enabled as auth_enabled
 from lib.config import AppConfig, ConfError, warn_unused_model
-from lib.datastore import PolypDatastore, labeled_set, take_saved_client, take_saved_tag
+from lib.datastore import PolypDatastore, labeled_set, take_saved_client, take_saved_tag, take_saved_unchanged
 from lib.infer import PolypSegInfer, clean_stale_result_dirs, written_results
 from lib.quality import LabelQuality
 from lib.scoring import PolypScoring
@@ -496,9 +496,11 @@ class PolypALApp(MONAILabelApp):
     def on_save_label(self, image_id, label_id):
         """After a label is saved: the current model's Dice on it (a free quality measurement), in the answer."""
         res = super().on_save_label(image_id, label_id) or {}
-        sent = take_saved_client()
+        sent, unchanged = take_saved_client(), take_saved_unchanged()
         if take_saved_tag() != DefaultLabelTag.FINAL:  # e.g. a prediction saved as "original": not a label
             return res
+        if unchanged:  # the same label already stored: its annotator keeps the credit
+            res["unchanged"] = True
         try:  # labeled: its lease is done (the leases /info counts are the frames being labeled now)
             self.state.leases.release(image_id)
         except Exception as e:  # noqa: BLE001 - the label is saved; an unreleased lease times out
@@ -518,7 +520,8 @@ class PolypALApp(MONAILabelApp):
                 saver = sent
             if saver is not None and saver != who:
                 who, since = saver, None  # not served to them: no pace
-            self.state.add_effort(image_id, who, since, time.time(), model_version(self.cfg.model_path))
+            if not unchanged:
+                self.state.add_effort(image_id, who, since, time.time(), model_version(self.cfg.model_path))
         except Exception as e:  # noqa: BLE001 - bookkeeping only
             logger.debug(f"effort not recorded for {image_id}: {e}")
         try:

@@ -114,14 +114,22 @@ def check_client(image_id: str, label_info) -> None:
         raise HTTPException(status_code=400, detail=f"label for {image_id} rejected: {e}") from None
 
 
-def note_save(label_tag: str, label_info) -> None:
-    """What ``on_save_label`` reads of this thread's save: its tag, and the ``client_id`` it sent (checked
-    by ``check_client``)."""
+def note_save(label_tag: str, label_info, unchanged: bool = False) -> None:
+    """What ``on_save_label`` reads of this thread's save: its tag, the ``client_id`` it sent (checked
+    by ``check_client``), and whether the same label was already stored (its credit stays)."""
     LAST_SAVE.tag = label_tag
+    LAST_SAVE.unchanged = unchanged
     try:
         LAST_SAVE.client = client_name(label_info.get("client_id")) if isinstance(label_info, dict) else None
     except ValueError:
         LAST_SAVE.client = None
+
+
+def take_saved_unchanged() -> bool:
+    """Whether this thread's last save found the same label already stored (once)."""
+    unchanged = bool(getattr(LAST_SAVE, "unchanged", False))
+    LAST_SAVE.unchanged = False
+    return unchanged
 
 
 def take_saved_client() -> str | None:
@@ -438,8 +446,10 @@ class PolypDatastore(Datastore):
         except BaseException:
             _consumed(label_filename)
             raise
-        logger.info(f"label {label_tag} for {image_id} stored: {int(mask.sum())} polyp pixels")
-        note_save(label_tag, label_info)
+        unchanged = self.store.last_save_unchanged()
+        logger.info(f"label {label_tag} for {image_id} " + ("saved again unchanged: kept as it was" if unchanged
+                    else f"stored: {int(mask.sum())} polyp pixels"))
+        note_save(label_tag, label_info, unchanged)
         return label_id
 
     def remove_label(self, label_id: str, label_tag: str) -> None:

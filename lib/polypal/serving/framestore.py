@@ -40,6 +40,7 @@ they are read together.
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import fnmatch
 import json
 import logging
@@ -251,11 +252,11 @@ class FrameStore:
         self.recovered: list[str] = []  # frames the last reconcile changed (replace finished/undone, labels trashed)
         self._local = threading.local()  # the undo list of this thread's write (``_undoable``)
         self.db_path = os.path.join(self.root, ".polypal", "datastore.sqlite")
+        if not read_only:  # before anything is made, read or moved through one (a start refuses): a linked
+            self.check_folders()  # .polypal got its database written through the link before the refusal
         os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
         fresh = not os.path.exists(self.db_path) or os.path.getsize(self.db_path) == 0
         self._db = SQLiteDB(self.db_path, _SCHEMA + label_frames.SCHEMA, check=not read_only)
-        if not read_only:
-            self.check_folders()  # before anything is made, read or moved through one (a start refuses)
         if linked_folder(self.root, ["final", "original"]) is None:
             for tag in ("final", "original"):
                 os.makedirs(self.label_dir(tag), exist_ok=True)
@@ -660,6 +661,7 @@ class FrameStore:
         The label it replaces, if any, is kept in the trash (hard link taken before the rename)."""
         check_name("image id", image_id)
         check_info_size(info)
+        self._local.unchanged = False
         d = self.label_dir(tag)
         self.check_folders([tag])
         if self.image_ext(image_id) is None:
@@ -694,6 +696,13 @@ class FrameStore:
                     drawn_on = label_frames.digest(frame_path)
                 old = c.execute("SELECT ext FROM labels WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
                 old_path = os.path.join(d, image_id + old[0]) if old else None
+                if old_path == dest and self._same_label(c, image_id, tag, tmp, dest, drawn_on):
+                    # the same label on the same picture again (a client saving twice, or another user
+                    # uploading the label they downloaded): nothing changes, its info and its credit stay the
+                    # first save's (a probe: another annotator's identical re-upload took the credit)
+                    os.unlink(tmp)
+                    self._local.unchanged = True
+                    return image_id
                 copies = {}  # path -> its copy in the trash: what a failed write puts back
                 if old_path and os.path.exists(old_path):
                     name = _label_trash_name(tag, old_path)
@@ -729,6 +738,22 @@ class FrameStore:
                 os.unlink(tmp)
             raise
         return image_id
+
+    @staticmethod
+    def _same_label(c, image_id: str, tag: str, new_file: str, path: str, drawn_on) -> bool:
+        """Whether ``new_file`` holds the bytes of the stored label at ``path``, recorded on the picture
+        ``drawn_on`` (labels are stored re-encoded, so the same mask gives the same bytes)."""
+        rec = c.execute("SELECT sha256 FROM label_frames WHERE image_id=? AND tag=?", (image_id, tag)).fetchone()
+        if drawn_on is None or rec is None or rec[0] != drawn_on.sha:
+            return False
+        try:
+            return filecmp.cmp(new_file, path, shallow=False)
+        except OSError:
+            return False
+
+    def last_save_unchanged(self) -> bool:
+        """Whether this thread's last ``save_label`` found the same label already stored (nothing written)."""
+        return bool(getattr(self._local, "unchanged", False))
 
     def remove_label(self, image_id: str, tag: str) -> None:
         """Forget a label; its file goes to the trash."""
