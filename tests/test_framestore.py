@@ -349,6 +349,17 @@ def test_the_same_label_saved_again_changes_nothing(tmp_path):
     fs.save_label("f0", str(m2), "final", {"client_id": "second"})
     assert not fs.last_save_unchanged() and fs.label_info("f0", "final")["client_id"] == "second"
     assert len(list(trash.iterdir())) == 1
+    # a label file changed by hand, then the same bytes saved: nothing written, but its records are taken
+    # again (before, a stale record of the file hid a later change of the frame: off_picture said nothing)
+    from polypal.serving import label_frames
+
+    (root / "labels" / "final" / "f0.png").write_bytes(m1.read_bytes())
+    fs.save_label("f0", str(m1), "final")
+    assert fs.last_save_unchanged()
+    Image.fromarray(np.full((20, 30, 3), 120, np.uint8)).save(root / "f0.png")  # another picture, on disk
+    assert label_frames.off_picture(fs, "f0", "final")
+    Image.fromarray(np.full((20, 30, 3), 50, np.uint8)).save(root / "f0.png")
+    fs.save_label("f0", str(m2), "final")
     # the same bytes after the frame became another picture: stored again (on the new picture)
     Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(root / "f0.png")
     fs.save_label("f0", str(m2), "final")

@@ -42,6 +42,10 @@ def held_file_response():
             ext = scope.get("extensions") or {}
             if "http.response.pathsend" in ext:  # (a server that sends a path itself would open it again)
                 scope = {**scope, "extensions": {k: v for k, v in ext.items() if k != "http.response.pathsend"}}
+            if str(scope.get("path", "")).rstrip("/").endswith("/datastore/dataset"):
+                # the export is a new zip at every request: a resumed download would splice two of them
+                scope = {**scope, "headers": [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"range"]}
+                del self.headers["accept-ranges"]
             try:
                 await super().__call__(scope, receive, send)
             finally:

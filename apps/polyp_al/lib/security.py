@@ -217,6 +217,10 @@ _UPLOADS = _PerUser(UPLOADS_PER_USER)
 # got 507. Higher than per user: annotators behind one NAT address share it
 UPLOADS_PER_CLIENT = max(1, int(os.environ.get("POLYPAL_UPLOADS_PER_CLIENT", 16)))
 _CLIENT_UPLOADS = _PerUser(UPLOADS_PER_CLIENT)
+# sign-ins (anyone may send them; each waits on the realm in one of SIGN_IN_THREADS threads) per client
+# address, a cap of their own: in the upload cap, slow ones locked every user out of signing in
+SIGN_INS_PER_CLIENT = max(1, int(os.environ.get("POLYPAL_SIGN_INS_PER_CLIENT", 64)))
+_CLIENT_SIGN_INS = _PerUser(SIGN_INS_PER_CLIENT)
 PROXY_THREADS = max(1, int(os.environ.get("POLYPAL_PROXY_THREADS", 8)))  # proxy requests answered at once
 # downloads (frames, labels, models, the dataset zip) answered at once: each holds a worker thread until the
 # client has read it, so they get threads of their own, never all 40 of anyio's (which the checks, uploads,
@@ -921,19 +925,20 @@ class Gate:
             if not _UPLOADS.take(user.username):
                 raise _Refused(429, f"{UPLOADS_PER_USER} requests with a body of this user are in progress: "
                                     f"send the next when one has been answered")
-        elif with_body and not sign_in:  # (sign-ins have their own threads and small bodies; counted with the
-            # uploads, 16 slow sign-ins from a shared proxy address locked every user out of signing in)
+        elif with_body:  # sign-ins in a count of their own (counted with the uploads, 16 slow sign-ins from a
+            # shared proxy address locked every user out of signing in)
             client = str((scope.get("client") or ("unknown",))[0])
-            if not _CLIENT_UPLOADS.take(client):
-                raise _Refused(429, f"{UPLOADS_PER_CLIENT} requests with a body from this address are in "
-                                    f"progress: send the next when one has been answered")
+            count, n = (_CLIENT_SIGN_INS, SIGN_INS_PER_CLIENT) if sign_in else (_CLIENT_UPLOADS, UPLOADS_PER_CLIENT)
+            if not count.take(client):
+                raise _Refused(429, f"{n} {'sign-ins' if sign_in else 'requests with a body'} from this address "
+                                    f"are in progress: send the next when one has been answered")
         try:
             return await self._spooled(scope, receive, send, path, method, declared, with_body, offload, limit)
         finally:
             if user is not None:
                 _UPLOADS.give(user.username)
             elif client is not None:
-                _CLIENT_UPLOADS.give(client)
+                (_CLIENT_SIGN_INS if sign_in else _CLIENT_UPLOADS).give(client)
 
     async def _spooled(self, scope, receive, send, path, method, declared, with_body, offload, limit):
         charged = (with_body and method != "DELETE") or (method == "GET" and path.startswith(_EXPORT))

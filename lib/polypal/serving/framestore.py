@@ -699,8 +699,11 @@ class FrameStore:
                 if old_path == dest and self._same_label(c, image_id, tag, tmp, dest, drawn_on):
                     # the same label on the same picture again (a client saving twice, or another user
                     # uploading the label they downloaded): nothing changes, its info and its credit stay the
-                    # first save's (a probe: another annotator's identical re-upload took the credit)
+                    # first save's (a probe: another annotator's identical re-upload took the credit). Its
+                    # records of the picture and of the file are taken again, as any save takes them (a stale
+                    # record of the label file hid a later change of the frame)
                     os.unlink(tmp)
+                    label_frames.record(c, image_id, tag, drawn_on, dest)
                     self._local.unchanged = True
                     return image_id
                 copies = {}  # path -> its copy in the trash: what a failed write puts back
