@@ -196,7 +196,9 @@ class _SignedOut:
         if not keys and token:
             import hashlib
 
-            keys = [("token", hashlib.sha256(token.encode()).hexdigest())]
+            # its signed part (header.payload): the signature's text can be written more than one way (with
+            # '=' padding appended it still verifies), so a signed-out token came back that way (a probe)
+            keys = [("token", hashlib.sha256(token.strip().rsplit(".", 1)[0].encode()).hexdigest())]
         return keys
 
     def add(self, claims: dict, token: str | None = None) -> None:
