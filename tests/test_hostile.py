@@ -838,10 +838,8 @@ def test_interrupted_training_is_cleaned_at_start(tmp_path):
         srv.stop()
 
 
-def test_a_model_written_before_its_done_record_reads_as_done(tmp_path):
-    """A training writes its model, fsyncs it, then its DONE record: /info read that moment as RUNNING with
-    the new model served "on ? labels" (a CI run caught it). The record of a RUNNING training whose model
-    file is newer than its start now reads as that model's DONE; an older model file changes nothing."""
+def _smoke_train_task(tmp_path):
+    """(the app's config for a smoke server on tmp_path, the app's train task class)."""
     import sys
 
     AppConfig = _app_config()
@@ -853,6 +851,14 @@ def test_a_model_written_before_its_done_record_reads_as_done(tmp_path):
         from lib.train import PolypSegTrain
     finally:
         sys.path.pop(0)
+    return cfg, PolypSegTrain
+
+
+def test_a_model_written_before_its_done_record_reads_as_done(tmp_path):
+    """A training writes its model, fsyncs it, then its DONE record: /info read that moment as RUNNING with
+    the new model served "on ? labels" (a CI run caught it). The record of a RUNNING training whose model
+    file is newer than its start now reads as that model's DONE; an older model file changes nothing."""
+    cfg, PolypSegTrain = _smoke_train_task(tmp_path)
     model = write_model(Path(cfg.model_path))
     os.utime(model, (time.time() - 120, time.time() - 120))  # the served model, from before this training
     Path(cfg.model_path + ".stats.json").write_text(json.dumps(
@@ -873,15 +879,7 @@ def test_a_training_killed_after_publishing_is_recorded_done_at_the_next_start(t
     import subprocess
     import sys
 
-    AppConfig = _app_config()
-    (tmp_path / "studies").mkdir()
-    cfg = AppConfig.from_conf(str(tmp_path), str(tmp_path / "studies"), {"profile": "smoke",
-                                                                           "model_dir": str(tmp_path / "model")})
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "polyp_al"))
-    try:
-        from lib.train import PolypSegTrain
-    finally:
-        sys.path.pop(0)
+    cfg, PolypSegTrain = _smoke_train_task(tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stats_path = Path(cfg.model_path + ".stats.json")
