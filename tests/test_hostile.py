@@ -313,6 +313,17 @@ def test_a_linked_folder_is_never_written_through(env, tmp_path):
     log = srv.log.read_text()
     assert "polyp-al cannot start: labels/ext in the studies folder is a symbolic link" in log, log[-3000:]
     assert "Traceback" not in log and sorted(os.listdir(outside)) == ["fr000.png", "fr010.png"], log[-3000:]
+    # nor on one whose .polypal is a link: refused before any database is made or opened through it (the
+    # state database was, the datastore's refusal coming after it)
+    third, state_elsewhere = tmp_path / "studies3", tmp_path / "state-elsewhere"
+    make_frames(third, 2)
+    state_elsewhere.mkdir()
+    (third / ".polypal").symlink_to(state_elsewhere, target_is_directory=True)
+    srv = Server(third, tmp_path)
+    with pytest.raises(RuntimeError, match="server exited"):
+        srv.start()
+    assert "polyp-al cannot start: .polypal in the studies folder is a symbolic link" in srv.log.read_text()
+    assert os.listdir(state_elsewhere) == []
 
 
 def test_model_upload_is_off_by_default(env):
@@ -2573,6 +2584,33 @@ def test_a_delete_body_an_infer_timeout_and_a_wrong_method_are_refused_plainly(e
     for method in ("PUT", "DELETE", "PATCH"):
         s, _ = http(method, f"{url}/infer/polyp_seg", body, {"Content-Type": ct})
         assert s == 405, (method, s)
+
+
+def test_clients_at_the_cap_one_request_at_a_time_are_never_refused(env):
+    """A request's slot of the per-address cap came back only after its thread's clean-up, after the answer
+    had reached the client: 16 clients each sending their next request as soon as an answer came got 429s (a
+    probe: 34 of 240) though never more than 16 were in flight. It comes back with the answer's last byte."""
+    import threading
+    from collections import Counter
+
+    url, masks = env["url"], env["masks"]
+    assert put_label(url, "fr006", png_bytes(masks["fr006"]))[0] == 200
+    seen, lock = Counter(), threading.Lock()
+
+    def one_after_another(k):
+        for i in range(10):
+            body = urllib.parse.urlencode({"info": json.dumps({"n": i, "k": k})}).encode()
+            s, _ = http("PUT", f"{url}/datastore/label/info?label=fr006&tag=final", body,
+                        {"Content-Type": "application/x-www-form-urlencoded"})
+            with lock:
+                seen[s] += 1
+
+    threads = [threading.Thread(target=one_after_another, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {200: 160}, seen
 
 
 def test_downloads_honour_range_requests_again(env):

@@ -272,6 +272,10 @@ class PolypALApp(MONAILabelApp):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         self.cfg = AppConfig.from_conf(app_dir, studies, conf)
         warn_unused_model(app_dir, studies, conf, self.cfg.model_path)
+        if not studies.startswith(("http://", "https://")):  # before the state database is opened in .polypal
+            from polypal.serving.framestore import check_folders  # (through a linked one it was made or opened)
+
+            check_folders(os.path.realpath(studies))
         self.state = ActiveLearningState(self.cfg.state_dir, batch_size=self.cfg.batch_size, gamma=self.cfg.gamma,
                                          lease_seconds=self.cfg.lease_seconds, seed=self.cfg.seed, background=True,
                                          video_cap=self.cfg.video_cap,

@@ -202,6 +202,20 @@ def linked_folder(root: str, tags=None) -> str | None:
     return None
 
 
+def check_folders(root: str, tags=None) -> None:
+    """Raise LinkedFolder, naming it, when ``.polypal``, its trash, ``labels`` or the folder of one of
+    ``tags`` (None: any tag) under ``root`` is a symbolic link (``linked_folder``). A server does not start on
+    such a folder (checked before its databases are opened); one made while it runs refuses the writes that
+    would go through it."""
+    linked = linked_folder(root, tags)
+    if linked:
+        raise LinkedFolder(f"{linked} in the studies folder is a symbolic link: labels and trashed files "
+                           f"are written, moved and deleted only in real folders inside the studies folder "
+                           f"(through the link, a request could name a file anywhere the server may write, "
+                           f"or another tag's or a frame's); replace it with a folder (a bind mount is "
+                           f"fine), or link or mount the whole studies folder instead")
+
+
 def _only_leftovers(folder: str) -> bool:
     """A trash folder holding nothing but a cut journal or manifest (a crash before its first file moved)."""
     try:
@@ -405,16 +419,8 @@ class FrameStore:
         return os.path.join(self.root, "labels", check_name("label tag", tag))
 
     def check_folders(self, tags=None) -> None:
-        """Raise LinkedFolder, naming it, when ``.polypal``, its trash, ``labels`` or the folder of one of
-        ``tags`` (None: any tag) is a symbolic link (``linked_folder``). A server does not start on such a folder; one made while it
-        runs refuses the writes that would go through it."""
-        linked = linked_folder(self.root, tags)
-        if linked:
-            raise LinkedFolder(f"{linked} in the studies folder is a symbolic link: labels and trashed files "
-                               f"are written, moved and deleted only in real folders inside the studies folder "
-                               f"(through the link, a request could name a file anywhere the server may write, "
-                               f"or another tag's or a frame's); replace it with a folder (a bind mount is "
-                               f"fine), or link or mount the whole studies folder instead")
+        """``check_folders`` on this store's folder."""
+        check_folders(self.root, tags)
 
     def _matches(self, name: str) -> bool:
         low = name.lower()
