@@ -334,6 +334,12 @@ def _restore(studies, folder: Path) -> tuple[dict, bool]:
     return {"restored": restored, "refused": refused}, not left and bool(restored)
 
 
+def _linked_trash(studies) -> str | None:
+    """``.polypal`` or ``.polypal/trash`` when it is a symbolic link (a purge would delete through it)."""
+    via = linked_folder(os.path.realpath(str(studies)), tags=[])
+    return via if via in (".polypal", os.path.join(".polypal", "trash")) else None
+
+
 def purge(studies, older_than_days: float, dry_run: bool = True, kept: dict | None = None) -> list[dict]:
     """Trash folders older than the given age (by their manifest's time); deleted unless ``dry_run``.
     ``kept``, a dict, is filled with how many folders were left and why: "newer" (than the age asked),
@@ -341,8 +347,8 @@ def purge(studies, older_than_days: float, dry_run: bool = True, kept: dict | No
     interrupted), "restoring" (a restore under way)."""
     # never a folder under a minute old, whatever --older-than says: a delete or replace whose COMMIT failed
     # moves its files back from it after taking the write lock again, and a purge could come in between
-    via = linked_folder(os.path.realpath(str(studies)), tags=[])
-    if via in (".polypal", os.path.join(".polypal", "trash")):  # its folders would be deleted elsewhere
+    via = _linked_trash(studies)
+    if via:  # its folders would be deleted elsewhere
         raise ValueError(f"{via} in the studies folder is a symbolic link: a purge deletes only folders of the "
                          f"trash inside the studies folder; make it a real folder first")
     now = time.time()
@@ -373,8 +379,7 @@ def purge(studies, older_than_days: float, dry_run: bool = True, kept: dict | No
             with store._tx():
                 if not folder.is_dir() or folder.is_symlink():
                     continue  # put back by a failed write's undo meanwhile
-                if linked_folder(os.path.realpath(str(studies)), tags=[]) in (".polypal",
-                                                                               os.path.join(".polypal", "trash")):
+                if _linked_trash(studies):
                     raise ValueError("the trash was made a symbolic link during the purge; it stopped there")
                 reason = "pending" if (folder / REPLACE_JOURNAL).exists() else \
                     "restoring" if _restoring(folder) else None
