@@ -503,3 +503,19 @@ def test_label_savings_compare_the_same_seeds_and_say_what_the_first_crossing_hi
 
     md = ci_tables(_res(curves), {**ceiling, "n_labeled": 300, "paper_miou": 70.0})
     assert "ends below" in md and "Random 78 over s0,s1,s2,s3" in md and "f: s3" in md and "by full-pool seed" in md
+
+
+def test_aulc_and_label_savings_compare_over_the_same_stages():
+    """Three of four seeds of a strategy still running (two stages of three): the paired AULC was over every
+    stage from the one finished seed, while the label savings (``_span``: every stage when at least half the
+    runs have them all) used the two stages all four share. Both read one rule now."""
+    from polypal.experiments.report.stats import label_savings, paired_stats
+
+    curves = {"random": {s: [50 + s, 60 + s, 70 + s] for s in range(4)},
+              "uncertainty": {0: [50, 66], 1: [51, 67], 2: [52, 68], 3: [53, 69, 75]}}
+    res = _res(curves)
+    a = paired_stats(res, "paper_miou")["uncertainty"]["aulc"]
+    # the same-seed difference over 40-80: (0 + 6) / 2 = +3 points at every seed
+    assert a["seeds"] == 4 and a["span"] == [40, 80] and a["mean"] == pytest.approx(3.0)
+    sav = label_savings(res, {"polyp_dice": 0.7, "seeds": [0], "polyp_dice_per_seed": [0.7]})
+    assert sav["strategies"]["uncertainty"]["span"] == [40, 80] and sav["strategies"]["uncertainty"]["seeds"] == 4

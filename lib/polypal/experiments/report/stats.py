@@ -163,12 +163,9 @@ def paired_stats(res: dict, metric: str = "paper_miou", baseline: str = "random"
             if d:
                 per_stage[str(n)] = _diff_stats(d)
         pairs = {s: (_curve(recs, metric), base[s]) for s, recs in res[strat].items() if s in base}
-        span = stages  # the pairs that ran every stage; else, over the stages all its pairs share (a folder
-        # where Random was run to more cycles than the rest: its AULC went blank without a word)
-        if not any(set(stages) <= set(c) and set(stages) <= set(b) for c, b in pairs.values()) and pairs:
-            # (a seed still at its first stage is left out, as an unfinished seed is when others are complete)
-            shared = [set(c) & set(b) for c, b in pairs.values() if len(set(c) & set(b)) >= 2]
-            span = sorted(set(stages).intersection(*shared)) if shared else []
+        # the stages both curves of a pair have, compared as the label savings are (``_span``): a folder where
+        # Random was run to more cycles than the rest had its AULC go blank without a word
+        span = _span([set(c) & set(b) for c, b in pairs.values()])
         aulc = {}
         for s, (c, b) in pairs.items():
             if len(span) >= 2 and set(span) <= set(c) and set(span) <= set(b):
@@ -286,13 +283,13 @@ def label_savings(res: dict, ceiling: dict | None, fraction: float = 0.95, metri
             continue
         mine, theirs = _mean_curve([done[s] for s in both], span), _mean_curve([rcurves[s] for s in both], span)
 
-        def saving(t, mine=mine, theirs=theirs, span=span):
+        def reach(t, mine=mine, theirs=theirs, span=span):
+            """(this strategy's labels, Random's) to reach ``t`` on the same-seed mean curves, and the saving."""
             a, b = labels_to_reach(span, mine, t), labels_to_reach(span, theirs, t)
-            return None if a is None or b is None else b - a
+            return a, b, (None if a is None or b is None else b - a)
 
-        a, b = labels_to_reach(span, mine, target), labels_to_reach(span, theirs, target)
+        a, b, v["saved_vs_random"] = reach(target)
         v["labels_same_seeds"], v["random_labels_same_seeds"] = a, b
-        v["saved_vs_random"] = None if a is None or b is None else b - a
         # Random never got there: the savings are at least (the last stage - these labels)
         v["saved_vs_random_at_least"] = (span[-1] - a) if (b is None and a is not None) else None
         # it never got there, Random did: it costs at least (Random's labels - the last stage)
@@ -300,7 +297,7 @@ def label_savings(res: dict, ceiling: dict | None, fraction: float = 0.95, metri
         a2, b2 = labels_to_stay(span, mine, target), labels_to_stay(span, theirs, target)
         v["saved_vs_random_stay"] = None if a2 is None or b2 is None else b2 - a2
         if refs and len(refs) > 1:  # the reference's own noise: the saving against each full-pool seed's Dice
-            v["saved_vs_random_by_ceiling_seed"] = {k: saving(t) for k, t in refs.items()}
+            v["saved_vs_random_by_ceiling_seed"] = {k: reach(t)[2] for k, t in refs.items()}
         # the same per seed, paired with Random's run at that seed: the spread behind the mean-curve figure
         # above, which has no uncertainty of its own. A seed that never reaches the target counts as reaching
         # it at the last stage (censored: that flatters it, so a strategy's failed seeds still cost it labels
