@@ -587,6 +587,23 @@ def test_a_retrieve_url_never_carries_the_dicomweb_servers_credentials(monkeypat
         assert PolypDICOMWebDatastore._retrieve_url(ds, "1.2", "1.2.3") == f"{base}/studies/1.2/series/1.2.3"
 
 
+def test_the_dicomweb_password_in_studies_never_reaches_a_client(tmp_path):
+    """``--studies http://user:secret@host/dicom-web`` with that server down: the 503 of a next sample and
+    /info's datastore error named the server by its address with the password in it (a review, 2026-12-08).
+    Needs no Orthanc: nothing listens on the port."""
+    js = {"Content-Type": "application/json"}
+    srv = Server(f"http://pacs:s3cretpw@127.0.0.1:{free_port()}/dicom-web", tmp_path, conf={"batch_size": "2"}).start()
+    try:
+        s, r = http("POST", srv.url + "/activelearning/random", b"{}", js)
+        assert s == 503 and "unreachable" in r["detail"] and "127.0.0.1" in r["detail"], (s, r)
+        s2, info = http("GET", srv.url + "/info/")
+        assert s2 == 200 and info["datastore"].get("error"), info.get("datastore")
+        for answer in (r, info):
+            assert "s3cretpw" not in json.dumps(answer) and "pacs:" not in json.dumps(answer)
+    finally:
+        srv.stop()
+
+
 def test_a_dicomweb_server_with_a_password(tmp_path):
     """A PACS that asks for a password: with MONAI_LABEL_DICOMWEB_USERNAME/PASSWORD polyp-al serves its
     frames and stores labels there; with a wrong password next sample says the credentials were refused (it

@@ -95,13 +95,28 @@ def _description(series_json: dict) -> str:
     return str(v[0])
 
 
+def _scrubbed(url: str, text: str) -> str:
+    """``text`` without the user:password part of ``url`` (``--studies http://user:secret@host/dicom-web``),
+    wherever it appears, the address itself or an error that quotes it: it goes to every client in 503s and
+    in /info."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(str(url))
+    if parts.password:
+        text = text.replace(parts.password, "***")
+    if parts.username:
+        text = text.replace(f"{parts.username}:***@", "").replace(f"{parts.username}@", "")
+    return text
+
+
 def _unreachable(url: str, e: Exception) -> HTTPException:
     status = getattr(getattr(e, "response", None), "status_code", None)
+    where = _without_credentials(url)
     if status in (401, 403):  # a password PACS: say what to fix, not "unreachable"
-        msg = (f"DICOMweb server {url} refused polyp-al's credentials ({status}): set MONAI_LABEL_DICOMWEB_USERNAME "
+        msg = (f"DICOMweb server {where} refused polyp-al's credentials ({status}): set MONAI_LABEL_DICOMWEB_USERNAME "
                f"and MONAI_LABEL_DICOMWEB_PASSWORD to an account of that server and restart")
     else:
-        msg = f"DICOMweb server {url} is unreachable or failing ({type(e).__name__}: {e})"
+        msg = f"DICOMweb server {where} is unreachable or failing ({type(e).__name__}: {_scrubbed(url, str(e))})"
     logger.error(msg)
     return HTTPException(status_code=503, detail=msg)
 
@@ -369,10 +384,11 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
                     series = self._store_seg(image_dir, nii, LABEL_DESCRIPTION)
                 except Exception as e:  # noqa: BLE001 - keep the label, tell the client
                     keep = self._keep(image_id, label_tag, nii, info)
+                    why = _scrubbed(self._client.base_url, f"{type(e).__name__}: {e}")
                     logger.error(f"label for {image_id} was not stored in the DICOMweb server "
-                                 f"{self._client.base_url} ({type(e).__name__}: {e}); kept at {keep}, will retry")
+                                 f"{_without_credentials(self._client.base_url)} ({why}); kept at {keep}, will retry")
                     raise HTTPException(status_code=502, detail=f"the DICOMweb server did not store the label "
-                                                                f"({type(e).__name__}: {e}); it is kept on the polyp-al "
+                                                                f"({why}); it is kept on the polyp-al "
                                                                 f"server (pending labels, /info) and will be sent "
                                                                 f"again") from None
                 info["SeriesInstanceUID"] = series
