@@ -81,7 +81,11 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
     for p in sorted((SAMPLE / "images").glob("*.jpg"))[3:6]:
         shutil.copy(p, frames / p.name)
     dicomweb.load(url, frames)
-    srv = Server(url + "/dicom-web", tmp_path, conf={"batch_size": "2"}).start()
+    tmp = tmp_path / "tmp"  # the server's temp folder: each frame's conversion was left there (a review)
+    tmp.mkdir()
+    cache = tmp_path / "cache"  # MONAI Label's copy of the DICOMweb server's series
+    srv = Server(url + "/dicom-web", tmp_path, conf={"batch_size": "2"},
+                 env={"TMPDIR": str(tmp), "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(cache)}).start()
     try:
         s, r = http("POST", srv.url + "/activelearning/random", json.dumps({"client_id": "a"}).encode(),
                     {"Content-Type": "application/json"})
@@ -148,6 +152,32 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
         assert abs(saved["model_dice"] - want) < 1e-4, (saved, want)
         q = client.info()["polyp_al"]["quality"]
         assert q["by_model"][0]["labels"] == 1 and abs(q["by_model"][0]["mean_dice"] - want) < 1e-4, q
+        # every frame was converted (scored, served, trained on): none of the conversions stayed behind, nor the
+        # refused label's upload (MONAI Label deletes it only on success)
+        left = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.suffix != ".json")  # (its log config)
+        assert not left and not [p.name for p in tmp.rglob("*.nii.gz")], sorted(p.name for p in tmp.rglob("*"))
+        # frames and labels live in the DICOMweb server: uploads and deletes of them here are refused (a frame
+        # upload put any file, a text file too, in the cache unchecked; a delete dropped a frame's cached copy
+        # and its label record, not the series)
+        cached = sorted(cache.rglob("*"))
+        assert any(p.name == f"{r['id']}.nii.gz" for p in cached), cached
+        for method, path in (("PUT", "/datastore/?image=1.2.3"), ("PUT", "/datastore/image?image=abc"),
+                             ("DELETE", f"/datastore/?id={r['id']}"), ("DELETE", f"/datastore/image?id={r['id']}"),
+                             ("DELETE", f"/datastore/label?id={r['id']}&tag=final")):
+            body, ct = multipart({"params": "{}"}, {"file": ("x.txt", b"hello")}) if method == "PUT" else (b"", "")
+            s, res = http(method, srv.url + path, body, {"Content-Type": ct} if ct else {})
+            assert s == 405 and "DICOMweb server" in res["detail"], (method, path, s, res)
+        assert sorted(cache.rglob("*")) == cached
+        # a frame's label by the frame's id: the mask saved (MONAI Label fetched the frame's own series as if it
+        # were the SEG, into the label cache, and answered 500)
+        s, got = http("GET", f"{srv.url}/datastore/label?label={r['id']}&tag=final")
+        assert s == 200, got
+        (tmp_path / "got.nii.gz").write_bytes(got)
+        import nibabel as nib
+
+        np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "got.nii.gz").dataobj)[:, :, 0].T > 0, mask)
+        assert http("GET", f"{srv.url}/datastore/label?label=1.2.3&tag=final")[0] == 404
+        assert not list(cache.rglob(f"labels/final/{r['id']}/*"))  # (the frame's series, there as a "SEG")
     finally:
         srv.stop()
 

@@ -47,7 +47,7 @@ from monailabel.datastore.utils.convert import nifti_to_dicom_seg
 from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from lib.datastore import check_client, checked_mask, note_save
+from lib.datastore import _consumed, check_client, checked_mask, note_save
 from polypal.serving.fileops import copy_fsynced, create_new, fsync_dir
 from polypal.serving.framestore import InfoTooLarge, check_info_size
 from polypal.data import images, read_mask
@@ -282,11 +282,27 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             if not any((f.get("0020000E") or {}).get("Value") == [image_id] for f in frames):
                 raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
         try:
-            return super().get_image_uri(image_id)
+            uri = super().get_image_uri(image_id)
         except (requests.RequestException, HTTPException):
             raise
         except Exception as e:  # noqa: BLE001 - a series whose instances do not convert (pydicom, dicom2nifti)
             raise _unreadable_series(image_id, e) from None
+        return self._cached_not_temp(uri, image_id)
+
+    def _cached_not_temp(self, uri: str, image_id: str) -> str:
+        """The frame's NIfTI in the cache, not the temp file it was converted to: MONAI Label's first
+        ``get_image_uri`` of a frame copies its conversion into the cache and returns the temp file, left
+        in the temp folder (one per frame: a scoring run of the pool left the pool there, under the disk
+        floor's watch)."""
+        cached = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
+        if uri and uri != cached and uri.endswith(".nii.gz") and os.path.exists(cached) and \
+                os.path.dirname(os.path.realpath(uri)) == os.path.realpath(tempfile.gettempdir()):
+            try:
+                os.unlink(uri)
+            except OSError:
+                pass
+            return cached
+        return uri
 
     @_online
     def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
@@ -295,6 +311,11 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
                 self.unreadable_labels[str(image_id or label_id)[:80]] = "invalid series UID: left out"
                 return ""
             raise HTTPException(status_code=404, detail=f"unknown label {str(label_id)[:80]!r}")
+        if not image_id and str(getattr(label_tag, "value", label_tag)) == DefaultLabelTag.FINAL:
+            # a frame's label by the frame's id (GET /datastore/label): the copy this server keeps of the SEG it
+            # stored. MONAI Label downloaded the frame's own series as if it were the SEG, into the label cache,
+            # and answered 500 ("not a DICOM-SEG storage")
+            return self.saved_label_uri(label_id)
         try:
             return super().get_label_uri(label_id, label_tag, image_id)
         except (requests.RequestException, HTTPException):
@@ -366,6 +387,13 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         return series
 
     def save_label(self, image_id, label_filename, label_tag, label_info, label_id=""):
+        try:
+            return self._save_label(image_id, label_filename, label_tag, label_info)
+        except BaseException:
+            _consumed(label_filename)  # MONAI Label's endpoint deletes its upload only on success
+            raise
+
+    def _save_label(self, image_id, label_filename, label_tag, label_info):
         label_tag = str(getattr(label_tag, "value", label_tag))  # "final", never "DefaultLabelTag.FINAL" in names
         try:  # the client's params, capped as on a folder of frames, before anything is converted or sent
             check_info_size(label_info)

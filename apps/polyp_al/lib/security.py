@@ -85,7 +85,7 @@ RESERVED_IMAGE_KEYS = frozenset({"id", "path", "name", "ext", "ts", "user", "str
 # shows): a folder of frames may keep such keys of its own (a PatientID to split by)
 DICOM_INFO_KEYS = frozenset({"SeriesInstanceUID", "StudyInstanceUID", "StudyDate", "StudyTime", "Modality",
                              "RetrieveURL", "PatientID"})
-_RESERVE_DICOM_KEYS = [False]  # set by harden() for a DICOMweb datastore
+_RESERVE_DICOM_KEYS = [False]  # set by harden() for a DICOMweb datastore (also: no frame uploads or deletes)
 RESERVED_LABEL_KEYS = frozenset({"id", "name", "ext", "ts", "user"})
 
 
@@ -863,6 +863,14 @@ class Gate:
         if path.startswith("/proxy/") and method not in ("GET", "HEAD"):  # OHIF's "store SEG" would skip the checks
             raise _Refused(405, "the DICOMweb proxy is read-only in polyp-al: save labels with PUT /datastore/label "
                                 "(checked, then stored as DICOM SEG)")
+        if _RESERVE_DICOM_KEYS[0] and (
+                (method == "PUT" and path.rstrip("/") in ("/datastore", "/datastore/image"))
+                or (method == "DELETE" and path.rstrip("/") in ("/datastore", "/datastore/image", "/datastore/label"))):
+            # MONAI Label's local copy behind a DICOMweb datastore took any upload, unchecked (a text file too),
+            # and a delete dropped a frame's cached copy and its label record, not the series
+            raise _Refused(405, "with a DICOMweb datastore the frames and labels are series in the DICOMweb "
+                                "server: add or delete them there (polypal-dicomweb load adds frames); save a "
+                                "corrected label with PUT /datastore/label")
         declared = _declared_size(scope)
         if declared is not None and declared > MAX_BODY:
             raise _Refused(413, f"request body larger than {MAX_BODY} bytes")
