@@ -864,3 +864,26 @@ def test_two_ingests_of_one_video_at_once_lose_no_frame_record(clip, tmp_path, m
     assert out["first"]["kept"] == 20 and f'"video": "{out["first"]["video"]}"' in rest
     idx = load_index(st)
     assert sorted(idx.video_of) == [p[:-4] for p in pngs(st)] and len(pngs(st)) == 20
+
+
+def test_frames_deleted_through_the_server_are_not_written_again(tmp_path, capsys):
+    """A re-ingest at another rate wrote every frame whose file was missing, frames an annotator deleted on
+    purpose included (one showing a patient's name); and the video's one row of settings was overwritten,
+    so the first command run again brought them back too (a review). Now a frame once moved in and gone
+    since is never written again, and the JSON line says how many were not restored."""
+    v = write_video(tmp_path / "proc.mp4", [scene(s) for s in range(6)])
+    st = tmp_path / "st"
+    assert ingest_main([str(v), "--studies", str(st), "--quiet"]) == 0
+    capsys.readouterr()
+    FrameStore(st).remove_image("proc_000000")
+    FrameStore(st).remove_image("proc_000003")
+    assert "proc_000000.png" not in pngs(st)
+    assert ingest_main([str(v), "--studies", str(st), "--every", "2", "--quiet"]) == 0
+    r = json_out(capsys)
+    assert r["not_restored"] == 1 and "deleted since" in r["note"] and r["written"] == 0, r
+    assert ingest_main([str(v), "--studies", str(st), "--every", "3", "--quiet"]) == 0
+    assert json_out(capsys)["not_restored"] == 2
+    assert ingest_main([str(v), "--studies", str(st), "--quiet"]) == 0  # the first command again: nothing
+    assert "nothing added" in capsys.readouterr().out
+    assert pngs(st) == [f"proc_{i:06d}.png" for i in (1, 2, 4, 5)]
+    assert len(load_index(st).video_of) == 6  # (the records stay, for a restore from the trash)

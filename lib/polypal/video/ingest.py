@@ -394,30 +394,51 @@ def _ingest_held(path: str, studies: str, every, fps, max_bits: int, quiet: bool
         os.makedirs(stage, exist_ok=True)
         held = _hold(stage)
         rows, decoded, rate = _decode(path, stage, name, every, fps, quiet)
+        kept = len(rows)
+        # frames an earlier run moved in whose files are gone were deleted since (through the server, into
+        # its trash: e.g. a frame that shows a patient's name): never written again
+        placed = db.placed(r["id"] for r in rows)
+        deleted = {i for i in placed if not os.path.lexists(os.path.join(studies, i + ".png"))}
+        if deleted:
+            for i in deleted:
+                os.unlink(os.path.join(stage, i + ".png"))
+            rows = [r for r in rows if r["id"] not in deleted]
         name, rows = _untaken(db, studies, stage, name, fp, rows)
         video = {"name": name, "source": os.path.abspath(path), "size": os.path.getsize(path), "fingerprint": fp,
-                 "settings": settings, "fps": rate, "decoded": decoded, "kept": len(rows),
+                 "settings": settings, "fps": rate, "decoded": decoded, "kept": kept,
                  "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
             res = db.add(video, rows, max_bits)  # groups recorded before the frames appear
         except ValueError as e:
             raise VideoError(f"{path}: {e}") from None
-        written = 0
-        for r in rows:
-            src, dst = os.path.join(stage, r["id"] + ".png"), os.path.join(studies, r["id"] + ".png")
-            if os.path.exists(dst) and filecmp.cmp(src, dst, shallow=False):  # an earlier run wrote it
-                continue
-            try:
-                _move_no_replace(src, dst)  # never over a file: one that appeared since _untaken stays as it is
-            except FileExistsError:
-                raise VideoError(f"{path}: frame id {r['id']} was taken by another file while ingesting; "
-                                 f"{written} frames moved, run again to finish under another name") from None
-            except OSError as e:
-                raise VideoError(f"{path}: cannot move frame {r['id']} into {studies}: {e}; "
-                                 f"{written} frames moved, run again to finish") from None
-            written += 1
+        written, moved = 0, []
+        try:
+            for r in rows:
+                src, dst = os.path.join(stage, r["id"] + ".png"), os.path.join(studies, r["id"] + ".png")
+                if os.path.exists(dst) and filecmp.cmp(src, dst, shallow=False):  # an earlier run wrote it
+                    moved.append(r["id"])
+                    continue
+                try:
+                    _move_no_replace(src, dst)  # never over a file: one that appeared since _untaken stays
+                except FileExistsError:
+                    raise VideoError(f"{path}: frame id {r['id']} was taken by another file while ingesting; "
+                                     f"{written} frames moved, run again to finish under another name") from None
+                except OSError as e:
+                    raise VideoError(f"{path}: cannot move frame {r['id']} into {studies}: {e}; "
+                                     f"{written} frames moved, run again to finish") from None
+                moved.append(r["id"])
+                written += 1
+        except BaseException:
+            if moved:  # those in place count as placed: one deleted before the next run stays deleted
+                try:
+                    _sync(studies, [os.path.join(studies, i + ".png") for i in moved])
+                    db.mark_placed(moved)
+                except Exception:  # noqa: BLE001 - the move's own error is the one to report
+                    pass
+            raise
         _sync(studies, [os.path.join(studies, r["id"] + ".png") for r in rows])  # on disk before it is done:
-        db.finish(name)  # only now does a re-run skip this video (a power cut before had left empty frames)
+        # only now does a re-run with these settings skip this video (a power cut before had left empty frames)
+        db.finish(name, fp, settings, decoded, kept, [r["id"] for r in rows])
     except BaseException:
         try:
             db.release(name, fp)  # a name it recorded nothing under goes back (no frame row: no file either)
@@ -432,7 +453,12 @@ def _ingest_held(path: str, studies: str, every, fps, max_bits: int, quiet: bool
             os.rmdir(os.path.dirname(stage))  # only when no other ingest is staging
         except OSError:
             pass
-    return {"video": name, "source": path, "decoded": decoded, "kept": len(rows), "written": written, **res}
+    out = {"video": name, "source": path, "decoded": decoded, "kept": kept, "written": written, **res}
+    if deleted:
+        out["not_restored"] = len(deleted)
+        out["note"] = (f"{len(deleted)} frame(s) deleted since an earlier ingest (through the server, into its "
+                       f"trash) not written again")
+    return out
 
 
 def _sync(folder: str, paths: list[str]) -> None:

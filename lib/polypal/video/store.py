@@ -9,8 +9,12 @@ is not touched. Tables:
 - ``frames``: one row per ingested frame: ``id`` (the image id), ``video``,
   ``frame`` (0-based index in the decoded stream), ``time_s``, the dHash (hex),
   the quality measures (``lapvar``, ``sharp``, ``mean``, ``bright``, ``red``), ``flags`` (comma-separated, '' when fine), ``grp``
-  (the id of the group's first frame) and ``representative`` (1 for the one
-  frame of its group to annotate).
+  (the id of the group's first frame), ``representative`` (1 for the one
+  frame of its group to annotate) and ``placed`` (1 once its file was moved
+  into the studies folder: a placed frame whose file is gone was deleted, and
+  a re-ingest never writes it again);
+- ``runs``: one row per finished run of a video with given settings
+  (``fingerprint``, ``settings``): a re-run with those settings adds nothing.
 
 ``load_index(studies)`` reads it back for the server or ``polypal-sim``.
 """
@@ -34,7 +38,9 @@ CREATE TABLE IF NOT EXISTS videos (name TEXT PRIMARY KEY, source TEXT NOT NULL, 
     ingested_at TEXT, done INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS frames (id TEXT PRIMARY KEY, video TEXT NOT NULL, frame INTEGER NOT NULL,
     time_s REAL, dhash TEXT NOT NULL, lapvar REAL, sharp REAL, mean REAL, bright REAL, red REAL, flags TEXT NOT NULL DEFAULT '',
-    grp TEXT, representative INTEGER NOT NULL DEFAULT 0);
+    grp TEXT, representative INTEGER NOT NULL DEFAULT 0, placed INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS runs (fingerprint TEXT NOT NULL, settings TEXT NOT NULL, name TEXT NOT NULL,
+    decoded INTEGER, kept INTEGER, PRIMARY KEY (fingerprint, settings));
 CREATE INDEX IF NOT EXISTS frames_by_video ON frames (video, frame);
 """
 
@@ -49,11 +55,17 @@ class VideoDB:
         self.studies = str(studies)
         self.db = SQLiteDB(db_path(studies), _SCHEMA)
         with self.db.tx() as c:  # records written before the out-of-body measure existed: add its column
-            if "red" not in {r[1] for r in c.execute("PRAGMA table_info(frames)")}:
+            cols = {r[1] for r in c.execute("PRAGMA table_info(frames)")}
+            if "red" not in cols:
                 c.execute("ALTER TABLE frames ADD COLUMN red REAL")
+            if "placed" not in cols:  # (records of a version with one finished run per video: its frames were
+                c.execute("ALTER TABLE frames ADD COLUMN placed INTEGER NOT NULL DEFAULT 0")  # all moved in)
+                c.execute("UPDATE frames SET placed=1 WHERE video IN (SELECT name FROM videos WHERE done=1)")
+                c.execute("INSERT OR IGNORE INTO runs (fingerprint, settings, name, decoded, kept) "
+                          "SELECT fingerprint, settings, name, decoded, kept FROM videos WHERE done=1")
 
     def find(self, fingerprint: str, settings: str) -> dict | None:
-        r = self.db.conn().execute("SELECT name, decoded, kept FROM videos WHERE fingerprint=? AND settings=? AND done=1",
+        r = self.db.conn().execute("SELECT name, decoded, kept FROM runs WHERE fingerprint=? AND settings=?",
                                    (fingerprint, settings)).fetchone()
         return None if r is None else {"name": r[0], "decoded": r[1], "kept": r[2]}
 
@@ -79,6 +91,7 @@ class VideoDB:
         """Rows recorded under a file's older fingerprint value take its current one."""
         with self.db.tx() as c:
             c.execute("UPDATE videos SET fingerprint=? WHERE fingerprint=?", (new, old))
+            c.execute("UPDATE OR IGNORE runs SET fingerprint=? WHERE fingerprint=?", (new, old))
 
     def release(self, name: str, fingerprint: str) -> None:
         """Give back a name ``name_for`` reserved for a video that recorded nothing under it (it failed,
@@ -105,7 +118,8 @@ class VideoDB:
             # through the server (its records stay, for a restore from the trash)
             if interrupted:
                 new_ids = {r["id"] for r in rows}
-                gone = [(i,) for (i,) in c.execute("SELECT id FROM frames WHERE video=?", (video["name"],))
+                gone = [(i,) for (i,) in c.execute("SELECT id FROM frames WHERE video=? AND placed=0",
+                                                   (video["name"],))
                         if i not in new_ids and not os.path.exists(os.path.join(self.studies, i + ".png"))]
                 c.executemany("DELETE FROM frames WHERE id=?", gone)
             c.executemany("INSERT OR IGNORE INTO frames (id, video, frame, time_s, dhash, lapvar, sharp, mean, bright, "
@@ -127,10 +141,31 @@ class VideoDB:
         return {"frames": len(allf), "groups": len(groups),
                 "flagged": sum(1 for f in allf if F.flags(f))}
 
-    def finish(self, name: str) -> None:
-        """Mark a video ingested (after its frames are in place): a re-run with its settings adds nothing."""
+    def placed(self, ids) -> set[str]:
+        """Those of ``ids`` whose frames were once moved into the studies folder."""
+        ids, out, con = list(ids), set(), self.db.conn()
+        for k in range(0, len(ids), 500):
+            chunk = ids[k:k + 500]
+            out.update(i for (i,) in con.execute(
+                f"SELECT id FROM frames WHERE placed=1 AND id IN ({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    def mark_placed(self, ids) -> None:
+        """These frames are in the studies folder (moved there by this run or an earlier one)."""
+        with self.db.tx() as c:
+            c.executemany("UPDATE frames SET placed=1 WHERE id=?", [(i,) for i in ids])
+
+    def finish(self, name: str, fingerprint: str = "", settings: str = "", decoded: int | None = None,
+               kept: int | None = None, ids=()) -> None:
+        """Mark a video ingested (after its frames are in place): a re-run with its settings adds nothing.
+        Each finished (fingerprint, settings) is kept: before, one row per video held the last run's settings
+        only, so after a run at another rate the first command ran again and wrote its frames anew."""
         with self.db.tx() as c:
             c.execute("UPDATE videos SET done=1 WHERE name=?", (name,))
+            c.executemany("UPDATE frames SET placed=1 WHERE id=?", [(i,) for i in ids])
+            if fingerprint:
+                c.execute("INSERT OR REPLACE INTO runs (fingerprint, settings, name, decoded, kept) "
+                          "VALUES (?, ?, ?, ?, ?)", (fingerprint, settings, name, decoded, kept))
 
 
 @dataclass
