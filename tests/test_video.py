@@ -887,3 +887,69 @@ def test_frames_deleted_through_the_server_are_not_written_again(tmp_path, capsy
     assert "nothing added" in capsys.readouterr().out
     assert pngs(st) == [f"proc_{i:06d}.png" for i in (1, 2, 4, 5)]
     assert len(load_index(st).video_of) == 6  # (the records stay, for a restore from the trash)
+
+
+def _write_clip(path, n, gop=None, shift=0, audio_s=None, options=None):
+    """n frames at 25 fps (GOP ``gop``), times moved back ``shift`` frames (the mp4 muxer then writes an edit
+    list that hides them, as `ffmpeg -ss ... -c copy` does), with ``audio_s`` seconds of silence beside."""
+    c = av.open(str(path), "w", options=options or {})
+    s = c.add_stream("libx264", rate=25)
+    s.height, s.width, s.pix_fmt = 120, 160, "yuv420p"
+    if gop:
+        s.codec_context.gop_size = gop
+    a = c.add_stream("pcm_s16le" if path.suffix != ".mp4" else "aac", rate=8000) if audio_s else None
+    pks = []
+    for i in range(n):
+        pks += s.encode(av.VideoFrame.from_ndarray(scene(i), format="rgb24"))
+    for pk in pks + list(s.encode()):
+        d = shift * pk.time_base.denominator // (25 * pk.time_base.numerator)
+        pk.pts, pk.dts = pk.pts - d, pk.dts - d
+        c.mux(pk)
+    t = 0
+    while a is not None and t < audio_s * 8000:
+        af = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        af.sample_rate, af.pts, t = 8000, t, t + 800
+        for pk in a.encode(af):
+            c.mux(pk)
+    for pk in a.encode() if a is not None else ():
+        c.mux(pk)
+    c.close()
+    return path
+
+
+def _cut_before(src, dst, skip):
+    """``src``'s video from its packet ``skip`` on (mid-GOP), copied into ``dst``'s container."""
+    i, o = av.open(str(src)), av.open(str(dst), "w")
+    t = o.add_stream_from_template(i.streams.video[0])
+    for k, pk in enumerate(p for p in i.demux(i.streams.video[0]) if p.size):
+        if k >= skip:
+            pk.stream = t
+            o.mux(pk)
+    o.close()
+    i.close()
+    return dst
+
+
+def test_complete_videos_are_not_taken_for_truncated_ones(tmp_path, capsys):
+    """Complete files were refused as "truncated" (a review): an mp4 trimmed with an edit list (its stated
+    count includes the hidden samples), an mkv whose audio goes on after the video (the file's duration
+    covers every stream), mkv and ts clips cut mid-GOP (their first frames cannot be decoded). Now the
+    video's own packets and end are compared; cut files are still refused, naming the file and the problem."""
+    gop = _write_clip(tmp_path / "gop.mkv", 30, gop=5)
+    cases = {_write_clip(tmp_path / "trim.mp4", 20, shift=5): 15,
+             _write_clip(tmp_path / "audio.mkv", 10, audio_s=1.0): 10,
+             _write_clip(tmp_path / "audio.ts", 10, audio_s=1.0): 10,
+             _cut_before(gop, tmp_path / "cut.mkv", 7): 20,  # packets 7-9 come before the keyframe at 10
+             _cut_before(gop, tmp_path / "cut.ts", 7): 20}
+    for v, frames in cases.items():
+        assert ingest_main([str(v), "--studies", str(tmp_path / f"st-{v.name}"), "--quiet"]) == 0, \
+            capsys.readouterr().err
+        assert frames <= json_out(capsys)["kept"] <= frames + 3, v  # (a decoder may show a frame before the key)
+    whole = _write_clip(tmp_path / "fast.mp4", 40, gop=5, options={"movflags": "faststart"})
+    for v, data in ((tmp_path / "half.mp4", whole.read_bytes()),
+                    (tmp_path / "half.mkv", (tmp_path / "audio.mkv").read_bytes())):
+        v.write_bytes(data[: len(data) // 2])
+        assert ingest_main([str(v), "--studies", str(tmp_path / "st-cut"), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert f"error: {v}: " in err and "truncated" in err, err
+    assert pngs(tmp_path / "st-cut") == []

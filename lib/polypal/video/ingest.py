@@ -233,55 +233,102 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
         duration = container.duration / av.time_base if container.duration else None
         estimate = declared or (int(duration * rate) if duration and rate else 0)  # (for the progress bar)
         rows, n, next_t = [], 0, 0.0
-        prev_t = seg_start = None
-        span = 0.0  # seconds of video the decoded frames cover, over every run of increasing times
+        prev_t = None
         gap = 1.0 / rate if rate else 0.0  # the longest a frame was shown (a variable rate's slow part)
+        tb = stream.time_base
+        packets = 0  # the video's packets from its first keyframe on, less those its container says to drop
+        lead = True  # before the first keyframe: packets of a clip cut mid-GOP, which no decoder can show
+        vend = None  # the end of the video's last packet or frame, in its own time (seconds)
+        fend = None  # the end of the last packet of any stream, in the file's time (seconds)
         bar = tqdm(total=estimate or None, unit="frame", desc=name[:30], disable=quiet, leave=False)
         try:
-            for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else (n / rate if rate else float(n))
-                if prev_t is not None and t < prev_t - 0.1:  # the times start again (streams joined, a
-                    span += prev_t - seg_start  # recorder's reset): keep frames at the rate from here on
-                    seg_start, next_t = t, t  # (before, every frame after a reset was dropped in silence)
-                elif prev_t is not None:
-                    gap = max(gap, t - prev_t)
-                if seg_start is None:
-                    seg_start = t
-                prev_t = t
-                if fps:
-                    keep = t + 1e-6 >= next_t
-                    if keep:  # the first multiple of 1/fps after t (one step, whatever the gap)
-                        next_t = (math.floor((t + 1e-6) * fps) + 1) / fps
-                else:
-                    keep = n % (every or 1) == 0
-                if frame.width * frame.height > cap:  # a stream may change size midway
-                    raise VideoError(f"{path}: frame {n} is {frame.width} x {frame.height} pixels, over the cap of "
-                                     f"{cap} pixels")
-                if keep:
-                    rgb = frame.to_ndarray(format="rgb24")
-                    fid = f"{name}_{n:0{FRAME_DIGITS}d}"
-                    try:
-                        Image.fromarray(rgb).save(os.path.join(stage, fid + ".png"), compress_level=1)
-                    except OSError as e:  # disk full, permissions: not the video's fault
-                        raise VideoError(f"{path}: cannot write its frames under {stage}: {e}") from None
-                    rows.append({"id": fid, "frame": n, "time_s": round(t, 4), **F.measure(rgb)})
-                n += 1
-                bar.update(1)
+            for packet in container.demux():  # every stream: the end of the file is the end of its last one
+                at = packet.pts if packet.pts is not None else packet.dts
+                end = None
+                if at is not None and packet.time_base:
+                    end = float((at + (packet.duration or 0)) * packet.time_base)
+                    fend = end if fend is None else max(fend, end)
+                if packet.stream.index != stream.index:
+                    continue
+                if packet.size:  # (not the empty packet that flushes the decoder at the end)
+                    lead = lead and not packet.is_keyframe
+                    if not lead and not packet.is_discard:  # (an mp4 edit list's hidden samples: not shown)
+                        packets += 1
+                    if end is not None:
+                        vend = end if vend is None else max(vend, end)
+                try:
+                    decoded = packet.decode()
+                except av.FFmpegError:
+                    if lead and n == 0:  # (a cut before a keyframe: the video starts at the next one)
+                        continue
+                    raise
+                for frame in decoded:
+                    raw = float(frame.time) if frame.time is not None else (n / rate if rate else float(n))
+                    if frame.time is not None:
+                        ve = raw + 1.0 / (rate or 25.0)
+                        vend = ve if vend is None else max(vend, ve)
+                    t = raw
+                    if prev_t is not None and t < prev_t - 0.1:  # the times start again (streams joined, a
+                        next_t = t  # recorder's reset): keep frames at the rate from here on (before, every
+                    elif prev_t is not None:  # frame after a reset was dropped in silence)
+                        gap = max(gap, t - prev_t)
+                    prev_t = t
+                    if fps:
+                        keep = t + 1e-6 >= next_t
+                        if keep:  # the first multiple of 1/fps after t (one step, whatever the gap)
+                            next_t = (math.floor((t + 1e-6) * fps) + 1) / fps
+                    else:
+                        keep = n % (every or 1) == 0
+                    if frame.width * frame.height > cap:  # a stream may change size midway
+                        raise VideoError(f"{path}: frame {n} is {frame.width} x {frame.height} pixels, over the cap "
+                                         f"of {cap} pixels")
+                    if keep:
+                        rgb = frame.to_ndarray(format="rgb24")
+                        fid = f"{name}_{n:0{FRAME_DIGITS}d}"
+                        try:
+                            Image.fromarray(rgb).save(os.path.join(stage, fid + ".png"), compress_level=1)
+                        except OSError as e:  # disk full, permissions: not the video's fault
+                            raise VideoError(f"{path}: cannot write its frames under {stage}: {e}") from None
+                        rows.append({"id": fid, "frame": n, "time_s": round(t, 4), **F.measure(rgb)})
+                    n += 1
+                    bar.update(1)
         except (av.FFmpegError, OSError, ValueError) as e:
             raise VideoError(f"{path}: damaged or truncated video after {n} frames ({_reason(e)})") from None
         finally:
             bar.close()
+        # the video stream's own end: from its header's length (mp4, avi, ts: counted from its first time),
+        # or an mkv's DURATION tag (its end time); not the file's, which covers every stream (audio may go on
+        # after the video). An mkv's duration is its end time too (a clip cut from 0.52 s to 10 s "lasts 10 s")
+        vstart = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+        vdur, vfrom = (float(stream.duration * tb), vstart) if stream.duration and tb else \
+            (_tag_seconds(stream.metadata), 0.0)
+        fstart = container.start_time / av.time_base if container.start_time is not None else 0.0
+        if "matroska" in (container.format.name or ""):
+            fstart = 0.0
     if n == 0:
         raise VideoError(f"{path}: no frame could be decoded (empty or damaged video)")
-    if declared and n < 0.98 * declared - 1:
-        raise VideoError(f"{path}: truncated or damaged: the file declares {declared} frames, "
+    # A cut file ends before its header says. Compared: the video's packets with the frames decoded (not
+    # the count an mp4 states, which counts the samples an edit list hides), the end of the video's last
+    # packet with the video's own end, and the end of the file's last packet (any stream) with the file's end
+    # (not the first decoded frame's time: a clip cut mid-GOP starts later; before, such files were refused)
+    slack = max(gap, 1.0 / rate if rate else 0.0)
+    if packets and n < 0.98 * packets - 1:
+        raise VideoError(f"{path}: truncated or damaged: the file holds {packets} video frames, "
                          f"only {n} could be decoded")
-    if not declared and duration and prev_t is not None:  # (mkv, webm, ts: compared in time, not frames,
-        covered = span + (prev_t - seg_start) + gap  # so a variable frame rate is no "truncation";
-        if covered < 0.98 * duration - (1.0 / rate if rate else 0.0):  # before, a complete one was refused)
-            raise VideoError(f"{path}: truncated or damaged: the file lasts {duration:.1f} s, its decoded frames "
-                             f"cover only {covered:.1f} s")
+    if vdur and vend is not None:
+        if vend - vfrom < 0.98 * vdur - slack:
+            raise VideoError(f"{path}: truncated or damaged: its video lasts {vdur:.1f} s, the file holds only "
+                             f"{max(vend - vfrom, 0):.1f} s of it")
+    if duration and fend is not None and fend - fstart < 0.98 * duration - slack:  # (every stream cut short)
+        raise VideoError(f"{path}: truncated or damaged: the file lasts {duration:.1f} s, its streams end after "
+                         f"{max(fend - fstart, 0):.1f} s")
     return rows, n, rate
+
+
+def _tag_seconds(meta) -> float | None:
+    """An mkv track's DURATION tag ("00:00:04.000000000") in seconds; None when absent or unreadable."""
+    m = re.fullmatch(r"\s*(\d+):(\d\d):(\d\d(?:\.\d*)?)\s*", (meta or {}).get("DURATION", "") or "")
+    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)) if m else None
 
 
 def _move_no_replace(src: str, dst: str) -> None:
