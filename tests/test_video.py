@@ -608,7 +608,7 @@ def test_frame_times_that_start_again_and_variable_rates_lose_no_frame(tmp_path,
     for v in (one, both):
         assert ingest_main([str(v), "--studies", str(tmp_path / f"st-{v.stem}"), "--fps", "5", "--quiet"]) == 0
         kept[v.stem] = json_out(capsys)["kept"]
-    assert kept["one"] == 11 and kept["both"] == 22, kept  # times 0.08-2.04 s: 0.08, 0.2, 0.4, ..., 2.0
+    assert kept["one"] == 10 and kept["both"] == 20, kept  # times from the first frame: 0, 0.2, ..., 1.8
     times = [i / 30 for i in range(60)] + [2 + k for k in range(10)]  # 2 s at 30 fps, then 1 frame a second
     vfr = write_vfr(tmp_path / "vfr.mkv", times, [scene(i % 7) for i in range(len(times))])
     assert ingest_main([str(vfr), "--studies", str(tmp_path / "st-vfr"), "--quiet"]) == 0, capsys.readouterr().err
@@ -953,3 +953,16 @@ def test_complete_videos_are_not_taken_for_truncated_ones(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"error: {v}: " in err and "truncated" in err, err
     assert pngs(tmp_path / "st-cut") == []
+
+
+def test_frame_times_count_from_the_first_frame(tmp_path, capsys):
+    """time_s was the stream's raw time, so a .ts whose first frame is at 0.08 s got an --fps grid from 0
+    (frames 0, 3, 8, ... of a 25 fps video at --fps 5). Times now count from the first frame, and the grid
+    starts there; an mp4's (first frame at 0) are as before."""
+    for ext in ("ts", "mp4"):
+        v = write_video(tmp_path / f"v.{ext}", [scene(s) for s in range(12)])
+        st = tmp_path / f"st-{ext}"
+        assert ingest_main([str(v), "--studies", str(st), "--fps", "5", "--quiet"]) == 0
+        with sqlite3.connect(st / ".polypal" / "video.sqlite") as c:
+            assert c.execute("SELECT frame, time_s FROM frames ORDER BY frame").fetchall() == \
+                [(0, 0.0), (5, 0.2), (10, 0.4)], ext

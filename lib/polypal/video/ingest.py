@@ -233,7 +233,7 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
         duration = container.duration / av.time_base if container.duration else None
         estimate = declared or (int(duration * rate) if duration and rate else 0)  # (for the progress bar)
         rows, n, next_t = [], 0, 0.0
-        prev_t = None
+        prev_t = t0 = None
         gap = 1.0 / rate if rate else 0.0  # the longest a frame was shown (a variable rate's slow part)
         tb = stream.time_base
         packets = 0  # the video's packets from its first keyframe on, less those its container says to drop
@@ -267,7 +267,9 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
                     if frame.time is not None:
                         ve = raw + 1.0 / (rate or 25.0)
                         vend = ve if vend is None else max(vend, ve)
-                    t = raw
+                    if t0 is None:
+                        t0 = raw
+                    t = raw - t0  # times from the first frame (a .ts starts at 0.08 s, a cut clip anywhere)
                     if prev_t is not None and t < prev_t - 0.1:  # the times start again (streams joined, a
                         next_t = t  # recorder's reset): keep frames at the rate from here on (before, every
                     elif prev_t is not None:  # frame after a reset was dropped in silence)
