@@ -966,3 +966,24 @@ def test_frame_times_count_from_the_first_frame(tmp_path, capsys):
         with sqlite3.connect(st / ".polypal" / "video.sqlite") as c:
             assert c.execute("SELECT frame, time_s FROM frames ORDER BY frame").fetchall() == \
                 [(0, 0.0), (5, 0.2), (10, 0.4)], ext
+
+
+def test_a_damaged_datastore_after_the_frames_are_in_is_one_line(clip, tmp_path, capsys):
+    """A damaged .polypal/datastore.sqlite raised an uncaught DamagedDatabase once the frames were in (a
+    traceback). Now one line naming the problem, exit code 1, the frames kept."""
+    st = tmp_path / "st"
+    (st / ".polypal").mkdir(parents=True)
+    (st / ".polypal" / "datastore.sqlite").write_bytes(b"garbage " * 512)
+    assert ingest_main([str(clip), "--studies", str(st), "--every", "5", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"polypal-ingest: the frames are in {st}, but its datastore") and "\n" not in err, err
+    assert "datastore.sqlite" in err and len(pngs(st)) == 4
+
+
+def test_a_folder_given_as_a_video_is_said_to_be_one(tmp_path, capsys):
+    """A folder named as the video was "no such file"."""
+    d = tmp_path / "procs.mp4"
+    d.mkdir()
+    assert ingest_main([str(d), "--studies", str(tmp_path / "st"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {d}: a folder, not a video file" in err and "no such file" not in err, err

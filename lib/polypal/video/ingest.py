@@ -403,6 +403,8 @@ def ingest_video(path: str, studies: str, every: int | None = None, fps: float |
                  max_bits: int = F.DUP_BITS, quiet: bool = False) -> dict:
     """Ingest one video into ``studies``; raises VideoError (naming the file) and leaves nothing behind."""
     path, studies = str(path), str(studies)
+    if os.path.isdir(path):
+        raise VideoError(f"{path}: a folder, not a video file (name the video files in it)")
     if not os.path.isfile(path):
         raise VideoError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
@@ -603,6 +605,15 @@ def main(argv=None) -> int:
             FrameStore(a.studies)  # opening reconciles
         except LinkedFolder as e:  # the frames are in; the server will not start until the link is gone
             print(f"polypal-ingest: the frames are in {a.studies}, but its datastore cannot list them: {e}",
+                  file=sys.stderr, flush=True)
+            unlisted = True
+        except DamagedDatabase as e:  # (its message names the file and says what to do; was a traceback)
+            print(f"polypal-ingest: the frames are in {a.studies}, but its datastore cannot list them: {e}",
+                  file=sys.stderr, flush=True)
+            unlisted = True
+        except (sqlite3.Error, OSError) as e:
+            print(f"polypal-ingest: the frames are in {a.studies}, but its datastore "
+                  f"{os.path.join(a.studies, '.polypal', 'datastore.sqlite')} cannot list them: {e}",
                   file=sys.stderr, flush=True)
             unlisted = True
     if failed:
