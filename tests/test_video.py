@@ -181,7 +181,9 @@ def test_interrupted_move_resumes(clip, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(ing.os, "link", flaky)
     assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 1
-    assert "No space left" in capsys.readouterr().err and len(pngs(st)) == 3
+    err = capsys.readouterr().err
+    assert "No space left" in err and "3 frames moved" in err and len(pngs(st)) == 3
+    assert "3 frame(s) of them are in" in err and "nothing was written" not in err, err
     assert all(Image.open(p).size == (160, 120) for p in st.glob("*.png"))
     assert not (st / ".polypal" / "ingest-tmp").exists()
     monkeypatch.setattr(ing.os, "link", real)
@@ -987,3 +989,31 @@ def test_a_folder_given_as_a_video_is_said_to_be_one(tmp_path, capsys):
     assert ingest_main([str(d), "--studies", str(tmp_path / "st"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert f"error: {d}: a folder, not a video file" in err and "no such file" not in err, err
+
+
+def test_a_frame_id_taken_during_the_move_leaves_no_duplicate(clip, tmp_path, monkeypatch, capsys):
+    """A frame id taken by another file while the frames were moved in: the message said "N frames moved,
+    run again to finish under another name", and the re-run wrote the whole video again under <name>-2,
+    so the N frames moved were there twice. Now the failed run takes out what it moved, says so, and the
+    re-run ingests the video once, under <name>-2."""
+    import polypal.video.ingest as ing
+
+    st, real, calls = tmp_path / "st", ing._move_no_replace, []
+
+    def raced(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:  # a client uploads this id first
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(ing, "_move_no_replace", raced)
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Patient_7_left_000002 was taken by another file" in err and "the 2 frames moved in before were " \
+        "taken out again" in err and "nothing was written for them" in err, err
+    assert pngs(st) == ["Patient_7_left_000002.png"] and load_index(st).summary()["frames"] == 0
+    monkeypatch.setattr(ing, "_move_no_replace", real)
+    assert ingest_main([str(clip), "--studies", str(st), "--quiet"]) == 0
+    assert json_out(capsys)["written"] == 20
+    assert pngs(st) == sorted(["Patient_7_left_000002.png"] + [f"Patient_7_left-2_{i:06d}.png" for i in range(20)])
+    assert load_index(st).summary() == {"videos": 1, "frames": 20, "groups": 4, "flagged": 0}

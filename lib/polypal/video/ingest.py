@@ -47,7 +47,10 @@ MAX_FPS = 1000.0  # --fps above any recorder's rate keeps every frame anyway
 
 
 class VideoError(Exception):
-    """A video that cannot be ingested; the message names the file."""
+    """A video that cannot be ingested; the message names the file. ``left``: frames of it left in the
+    studies folder (a move that failed midway: the next run moves the rest)."""
+
+    left = 0
 
 
 def sanitize(stem: str, digits: int = FRAME_DIGITS) -> str:
@@ -458,11 +461,12 @@ def _ingest_held(path: str, studies: str, every, fps, max_bits: int, quiet: bool
         video = {"name": name, "source": os.path.abspath(path), "size": os.path.getsize(path), "fingerprint": fp,
                  "settings": settings, "fps": rate, "decoded": decoded, "kept": kept,
                  "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        before = db.recorded(r["id"] for r in rows)  # (what a failed move takes out again: the rest)
         try:
             res = db.add(video, rows, max_bits)  # groups recorded before the frames appear
         except ValueError as e:
             raise VideoError(f"{path}: {e}") from None
-        written, moved = 0, []
+        written, moved, mine = 0, [], []  # (mine: moved by this run)
         try:
             for r in rows:
                 src, dst = os.path.join(stage, r["id"] + ".png"), os.path.join(studies, r["id"] + ".png")
@@ -472,12 +476,25 @@ def _ingest_held(path: str, studies: str, every, fps, max_bits: int, quiet: bool
                 try:
                     _move_no_replace(src, dst)  # never over a file: one that appeared since _untaken stays
                 except FileExistsError:
-                    raise VideoError(f"{path}: frame id {r['id']} was taken by another file while ingesting; "
-                                     f"{written} frames moved, run again to finish under another name") from None
+                    # the frames this run moved are taken out again and their new records dropped: the next
+                    # run ingests the video under another name, whole (before, the frames moved stayed, and
+                    # the next run wrote them all again under <name>-2: each of them twice)
+                    out = _take_out(studies, mine)
+                    moved = [i for i in moved if i not in set(mine)]
+                    db.forget(name, [x["id"] for x in rows if x["id"] not in before], max_bits)
+                    left = f"; {len(mine) - out} of them could not be taken out" if out < len(mine) else ""
+                    err = VideoError(f"{path}: frame id {r['id']} was taken by another file while ingesting; the "
+                                     f"{out} frames moved in before were taken out again{left}; run again to "
+                                     f"ingest it under another name")
+                    err.left = len(mine) - out
+                    raise err from None
                 except OSError as e:
-                    raise VideoError(f"{path}: cannot move frame {r['id']} into {studies}: {e}; "
-                                     f"{written} frames moved, run again to finish") from None
+                    err = VideoError(f"{path}: cannot move frame {r['id']} into {studies}: {e}; "
+                                     f"{written} frames moved, run again to finish")
+                    err.left = written
+                    raise err from None
                 moved.append(r["id"])
+                mine.append(r["id"])
                 written += 1
         except BaseException:
             if moved:  # those in place count as placed: one deleted before the next run stays deleted
@@ -510,6 +527,24 @@ def _ingest_held(path: str, studies: str, every, fps, max_bits: int, quiet: bool
         out["note"] = (f"{len(deleted)} frame(s) deleted since an earlier ingest (through the server, into its "
                        f"trash) not written again")
     return out
+
+
+def _take_out(studies: str, ids: list[str]) -> int:
+    """Remove the frames of these ids that this run moved into ``studies``; how many went."""
+    n = 0
+    for i in ids:
+        try:
+            os.unlink(os.path.join(studies, i + ".png"))
+            n += 1
+        except FileNotFoundError:  # (deleted meanwhile: gone all the same)
+            n += 1
+        except OSError:
+            pass
+    try:
+        fsync_dir(studies)
+    except OSError:
+        pass
+    return n
 
 
 def _sync(folder: str, paths: list[str]) -> None:
@@ -583,12 +618,13 @@ def main(argv=None) -> int:
         print(f"polypal-ingest: cannot use {a.studies}: {e}", file=sys.stderr)
         return 2
     _clean_staging(a.studies)
-    failed = 0
+    failed = left = 0
     for v in tqdm(a.videos, unit="video", disable=a.quiet or len(a.videos) < 2):
         try:
             r = ingest_video(v, a.studies, a.every, a.fps, a.dup_bits, a.quiet)
         except VideoError as e:
             failed += 1
+            left += e.left
             print(f"error: {e}", file=sys.stderr, flush=True)
             continue
         except (OSError, sqlite3.Error) as e:  # the studies folder (not the video) failed: say which video
@@ -617,7 +653,8 @@ def main(argv=None) -> int:
                   file=sys.stderr, flush=True)
             unlisted = True
     if failed:
-        print(f"{failed} of {len(a.videos)} video(s) failed; nothing was written for them", file=sys.stderr)
+        print(f"{failed} of {len(a.videos)} video(s) failed; " + (f"{left} frame(s) of them are in, the rest not "
+              f"(see above)" if left else "nothing was written for them"), file=sys.stderr)
     return 1 if failed or unlisted else 0
 
 

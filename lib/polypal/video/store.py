@@ -126,20 +126,25 @@ class VideoDB:
                           "red, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                           [(r["id"], video["name"], r["frame"], r["time_s"], r["dhash"], r["lapvar"], r["sharp"],
                             r["mean"], r["bright"], r.get("red"), ",".join(F.flags(r))) for r in rows])
-            allf = [dict(zip(("id", "dhash", "lapvar", "sharp", "mean", "bright", "red"), t)) for t in c.execute(
-                "SELECT id, dhash, lapvar, sharp, mean, bright, red FROM frames WHERE video=? ORDER BY frame",
-                (video["name"],))]
-            gi = F.group_consecutive([f["dhash"] for f in allf], max_bits)
-            groups: dict[int, list[int]] = {}
-            for i, g in enumerate(gi):
-                groups.setdefault(g, []).append(i)
-            upd = []
-            for members in groups.values():
-                rep = F.representative(members, allf)
-                upd += [(allf[members[0]]["id"], int(i == rep), allf[i]["id"]) for i in members]
-            c.executemany("UPDATE frames SET grp=?, representative=? WHERE id=?", upd)
+            allf, groups = _regroup(c, video["name"], max_bits)
         return {"frames": len(allf), "groups": len(groups),
                 "flagged": sum(1 for f in allf if F.flags(f))}
+
+    def recorded(self, ids) -> set[str]:
+        """Those of ``ids`` that have a frame record."""
+        ids, out, con = list(ids), set(), self.db.conn()
+        for k in range(0, len(ids), 500):
+            chunk = ids[k:k + 500]
+            out.update(i for (i,) in con.execute(f"SELECT id FROM frames WHERE id IN ({','.join('?' * len(chunk))})",
+                                                 chunk))
+        return out
+
+    def forget(self, name: str, ids, max_bits: int) -> None:
+        """Drop the records of frames a failed run recorded and took out again (never placed), and regroup
+        what is left of the video."""
+        with self.db.tx() as c:
+            c.executemany("DELETE FROM frames WHERE id=? AND video=? AND placed=0", [(i, name) for i in ids])
+            _regroup(c, name, max_bits)
 
     def placed(self, ids) -> set[str]:
         """Those of ``ids`` whose frames were once moved into the studies folder."""
@@ -166,6 +171,22 @@ class VideoDB:
             if fingerprint:
                 c.execute("INSERT OR REPLACE INTO runs (fingerprint, settings, name, decoded, kept) "
                           "VALUES (?, ?, ?, ?, ?)", (fingerprint, settings, name, decoded, kept))
+
+
+def _regroup(c, name: str, max_bits: int) -> tuple[list[dict], dict[int, list[int]]]:
+    """Group all of a video's recorded frames again and choose each group's representative."""
+    allf = [dict(zip(("id", "dhash", "lapvar", "sharp", "mean", "bright", "red"), t)) for t in c.execute(
+        "SELECT id, dhash, lapvar, sharp, mean, bright, red FROM frames WHERE video=? ORDER BY frame", (name,))]
+    gi = F.group_consecutive([f["dhash"] for f in allf], max_bits)
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(gi):
+        groups.setdefault(g, []).append(i)
+    upd = []
+    for members in groups.values():
+        rep = F.representative(members, allf)
+        upd += [(allf[members[0]]["id"], int(i == rep), allf[i]["id"]) for i in members]
+    c.executemany("UPDATE frames SET grp=?, representative=? WHERE id=?", upd)
+    return allf, groups
 
 
 @dataclass
