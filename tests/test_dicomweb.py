@@ -178,6 +178,20 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
         np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "got.nii.gz").dataobj)[:, :, 0].T > 0, mask)
         assert http("GET", f"{srv.url}/datastore/label?label=1.2.3&tag=final")[0] == 404
         assert not list(cache.rglob(f"labels/final/{r['id']}/*"))  # (the frame's series, there as a "SEG")
+        # a frame deleted in the DICOMweb server (still in the cache): its label is refused, not stored as a
+        # SEG on no listed frame (answered 200, never trained on)
+        s, r3 = http("POST", srv.url + "/activelearning/random", json.dumps({"client_id": "c"}).encode(),
+                     {"Content-Type": "application/json"})
+        assert s == 200 and r3["id"] not in (r["id"], r2["id"]), r3
+        assert http("GET", f"{srv.url}/datastore/image?image={r3['id']}")[0] == 200  # (cached)
+        desc3 = http("GET", f"{url}/dicom-web/series?SeriesInstanceUID={r3['id']}")[1][0]["0008103E"]["Value"][0]
+        orthanc_id = http("POST", f"{url}/tools/lookup", r3["id"].encode())[1][0]["ID"]
+        assert http("DELETE", f"{url}/series/{orthanc_id}")[0] == 200
+        segs_before = len(http("GET", f"{url}/dicom-web/series?Modality=SEG")[1])
+        body, ct = multipart({"params": "{}"}, {"label": ("m.png", (SAMPLE / "masks" / f"{desc3}.png").read_bytes())})
+        s, res = http("PUT", f"{srv.url}/datastore/label?image={r3['id']}&tag=final", body, {"Content-Type": ct})
+        assert s == 404 and "no longer in the DICOMweb server" in res["detail"], (s, res)
+        assert len(http("GET", f"{url}/dicom-web/series?Modality=SEG")[1]) == segs_before
     finally:
         srv.stop()
 
@@ -632,6 +646,52 @@ def test_the_dicomweb_password_in_studies_never_reaches_a_client(tmp_path):
             assert "s3cretpw" not in json.dumps(answer) and "pacs:" not in json.dumps(answer)
     finally:
         srv.stop()
+
+
+def test_the_label_listing_reads_each_segs_metadata_once(orthanc, tmp_path, monkeypatch):
+    """MONAI Label's label listing (at the next /info or next sample after every save) read every SEG's
+    metadata again, one request each, and searched the whole frame list once per SEG: thousands of requests
+    at a few thousand labels (a review). Each SEG's frame is read once now; the list is the one MONAI Label
+    makes."""
+    from monailabel.datastore.dicom import DICOMWebDatastore
+
+    from server_utils import APP
+
+    url, _ = orthanc
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for p in sorted((SAMPLE / "images").glob("*.jpg"))[8:11]:
+        shutil.copy(p, frames / p.name)
+    dicomweb.load(url, frames)
+    monkeypatch.syspath_prepend(str(APP))
+    import os
+    import sys
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")  # dcmqi
+    from lib.dicomweb_datastore import LABEL_DESCRIPTION, PolypDICOMwebClient, PolypDICOMWebDatastore
+
+    ds = PolypDICOMWebDatastore(client=PolypDICOMwebClient(url=url + "/dicom-web"),
+                                search_filter={"Modality": "ES"}, cache_path=str(tmp_path / "cache"))  # (as main.py)
+    by_name = {http("GET", f"{url}/dicom-web/series?SeriesInstanceUID={i}")[1][0]["0008103E"]["Value"][0]: i
+               for i in ds.list_images()}
+    labeled = [by_name[p.stem] for p in sorted(frames.iterdir())[:2]]
+    for i in labeled:  # two labels stored as a save stores them
+        desc = next(k for k, v in by_name.items() if v == i)
+        image_dir, nii = ds._frame_nifti(i, str(SAMPLE / "masks" / f"{desc}.png"))
+        ds._store_seg(image_dir, nii, LABEL_DESCRIPTION)
+    calls = []
+    real = ds._client.retrieve_series_metadata
+    monkeypatch.setattr(ds._client, "retrieve_series_metadata", lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = ds.get_labeled_images()
+    segs = len([x for x in http("GET", f"{url}/dicom-web/series?Modality=SEG")[1]  # (other tests' included,
+                if not (x.get("0008103E", {}).get("Value") or [""])[0].startswith("polyp-al prediction")])  # not
+    # their prediction SEGs, which are never labels
+    assert set(labeled) <= set(first) and len(calls) == segs, (len(calls), segs)
+    ds._labeled_memo = None  # as after a save
+    DICOMWebDatastore.get_labeled_images.cache_clear()
+    again = ds.get_labeled_images()
+    assert again == first and len(calls) == segs  # no SEG read twice
+    assert sorted(again) == sorted(i for i in DICOMWebDatastore.get_labeled_images(ds) if i in ds.list_images())
 
 
 def test_a_dicomweb_server_with_a_password(tmp_path):

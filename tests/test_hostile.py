@@ -1892,7 +1892,9 @@ def test_result_files_of_a_request_are_tracked_when_inference_runs_in_a_thread_p
 
 class _StallingDICOMweb:
     """A DICOMweb stand-in on loopback (not our code): answers '[]' at once, except paths holding 'stall',
-    which it holds until ``release`` is set (at most 120 s). Counts the stalled requests it has open."""
+    which it holds until ``release`` is set (at most 120 s). Counts the stalled requests it has open.
+    Paths holding 'big' answer 3 MB (with its length declared unless the path holds 'undeclared'), paths
+    holding 'trickle' send a byte every 0.2 s for a minute."""
 
     def __init__(self):
         import http.server
@@ -1905,6 +1907,23 @@ class _StallingDICOMweb:
                 pass
 
             def do_GET(self):
+                if "big" in self.path or "trickle" in self.path:
+                    try:
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/dicom+json")
+                        if "big" in self.path and "undeclared" not in self.path:
+                            self.send_header("Content-Length", str(3 << 20))
+                        self.end_headers()
+                        if "big" in self.path:
+                            self.wfile.write(b" " * (3 << 20))
+                        else:
+                            for _ in range(300):
+                                self.wfile.write(b" ")
+                                self.wfile.flush()
+                                time.sleep(0.2)
+                    except OSError:  # the proxy gave up on it
+                        pass
+                    return
                 if "stall" in self.path:
                     with outer.lock:
                         outer.open += 1
@@ -1963,6 +1982,27 @@ def test_a_stalled_dicomweb_server_holds_neither_the_workers_nor_the_proxy_for_e
         t0 = time.monotonic()
         s, r = http("GET", f"{srv.url}/proxy/dicom/wado/stall/once", timeout=120)
         assert s == 504 and "did not answer within 20 s" in r["detail"] and time.monotonic() - t0 < 60, (s, r)
+    finally:
+        pacs.stop()
+        srv.stop()
+
+
+def test_the_proxy_holds_no_answer_past_its_size_or_time(tmp_path):
+    """MONAI Label's proxy holds a whole answer in memory before relaying it: any user could ask a real PACS
+    for a whole large study, several at once, and a server trickling bytes (the timeout is per read) held a
+    proxy thread for ever (a review). Now an answer over POLYPAL_PROXY_MAX_MB is 502, one still coming after
+    POLYPAL_PROXY_DEADLINE seconds 504; small answers pass."""
+    pacs = _StallingDICOMweb()
+    srv = Server(pacs.url, tmp_path, env={"POLYPAL_PROXY_MAX_MB": "1", "POLYPAL_PROXY_DEADLINE": "4"}).start()
+    try:
+        for path in ("big", "big-undeclared"):
+            s, r = http("GET", f"{srv.url}/proxy/dicom/wado/{path}", timeout=60)
+            assert s == 502 and "over 1 MB" in r["detail"] and "POLYPAL_PROXY_MAX_MB" in r["detail"], (path, s, r)
+        t0 = time.monotonic()
+        s, r = http("GET", f"{srv.url}/proxy/dicom/wado/trickle", timeout=60)
+        assert s == 504 and "within 4 s" in r["detail"] and time.monotonic() - t0 < 20, (s, r)
+        s, r = http("GET", f"{srv.url}/proxy/dicom/qido/studies", timeout=60)
+        assert s == 200 and r == [], (s, r)
     finally:
         pacs.stop()
         srv.stop()

@@ -2,7 +2,8 @@
 
 MONAI Label calls the DICOMweb server with no timeout, so a stalled server held a worker thread for ever.
 ``guard_proxy`` (called by ``security.harden``) gives its calls a connect and read timeout of
-``POLYPAL_PROXY_TIMEOUT`` seconds and turns failures into 502/504 answers. How many proxy requests run at
+``POLYPAL_PROXY_TIMEOUT`` seconds (and a whole answer ``POLYPAL_PROXY_DEADLINE`` seconds and at most
+``POLYPAL_PROXY_MAX_MB``) and turns failures into 502/504 answers. How many proxy requests run at
 once (``POLYPAL_PROXY_THREADS``) and that the proxy is read-only are the Gate's rules (``security.py``).
 """
 
@@ -14,6 +15,11 @@ import os
 logger = logging.getLogger(__name__)
 
 PROXY_TIMEOUT = float(os.environ.get("POLYPAL_PROXY_TIMEOUT", 60))  # seconds the DICOMweb server may pause
+# an answer is held in memory whole before it is relayed (MONAI Label's proxy sends bytes): at most this many
+# MB each (any user could ask for a whole large study from a real PACS, several at once), and read within
+# this many seconds in all (the timeout above is per read: a server trickling bytes held a thread for ever)
+PROXY_MAX_BYTES = int(float(os.environ.get("POLYPAL_PROXY_MAX_MB", 256)) * (1 << 20))
+PROXY_DEADLINE = float(os.environ.get("POLYPAL_PROXY_DEADLINE", 300))
 
 
 class ProxyRequests:
@@ -40,8 +46,8 @@ class ProxyRequests:
         kw["timeout"] = (min(10.0, PROXY_TIMEOUT), PROXY_TIMEOUT)
         try:
             r = requests.request(method, url, **kw)
-            if kw.get("stream"):  # the proxy reads r.raw: read it here, under the timeout, and hand over the bytes
-                r.raw = io.BytesIO(r.raw.read())
+            if kw.get("stream"):  # the proxy reads r.raw: read it here, under the timeouts, and hand over the bytes
+                r.raw = io.BytesIO(_read_capped(r))
         except requests.ConnectTimeout:  # also a Timeout: a host that drops connections is unreachable
             logger.warning("DICOMweb proxy: no connection to the DICOMweb server")
             raise HTTPException(status_code=502, detail="the DICOMweb server is unreachable") from None
@@ -68,6 +74,42 @@ class ProxyRequests:
 
     def post(self, url, **kw):
         return self._call("POST", url, **kw)
+
+
+def _read_capped(r) -> bytes:
+    """The answer's body, at most PROXY_MAX_BYTES (502 past it) and within PROXY_DEADLINE seconds (504)."""
+    import time
+
+    from fastapi import HTTPException
+
+    mb = f"{PROXY_MAX_BYTES / (1 << 20):g} MB"
+    over = HTTPException(status_code=502, detail=f"the DICOMweb server's answer is over {mb}, more than the "
+                                                 f"proxy relays (POLYPAL_PROXY_MAX_MB)")
+    try:
+        declared = int(r.headers.get("Content-Length") or -1)
+    except ValueError:
+        declared = -1
+    if declared > PROXY_MAX_BYTES:
+        r.close()
+        logger.warning(f"DICOMweb proxy: an answer of {declared} bytes refused (over {mb})")
+        raise over
+    buf, size, end = [], 0, time.monotonic() + PROXY_DEADLINE
+    read = getattr(r.raw, "read1", r.raw.read)  # what has arrived (read() waits for the whole chunk)
+    while True:
+        chunk = read(1 << 20)
+        if not chunk:
+            return b"".join(buf)
+        size += len(chunk)
+        buf.append(chunk)
+        if size > PROXY_MAX_BYTES:
+            r.close()
+            logger.warning(f"DICOMweb proxy: an answer cut off past {mb}")
+            raise over
+        if time.monotonic() > end:
+            r.close()
+            logger.warning(f"DICOMweb proxy: an answer still coming after {PROXY_DEADLINE:g} s: cut off")
+            raise HTTPException(status_code=504, detail=f"the DICOMweb server did not send its answer within "
+                                                        f"{PROXY_DEADLINE:g} s (POLYPAL_PROXY_DEADLINE)")
 
 
 def guard_proxy() -> None:

@@ -34,12 +34,14 @@ import os
 import re
 import tempfile
 import threading
+import time
 
 import nibabel as nib
 import numpy as np
 import monailabel.datastore.dicom
 import requests
 from fastapi import HTTPException
+from monailabel.config import settings
 from pydicom.dataset import Dataset
 from monailabel.datastore.dicom import DICOMWebDatastore, DICOMwebClientX
 from monailabel.datastore.local import LocalDatastore
@@ -146,6 +148,17 @@ def is_uid(value) -> bool:
     return isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
+class _Frames(list):
+    """The frames' series ids, with a set behind ``in`` (MONAI Label asks it once per SEG)."""
+
+    def __init__(self, ids):
+        super().__init__(ids)
+        self._set = frozenset(self)
+
+    def __contains__(self, x):
+        return x in self._set
+
+
 def download_series(study_id, series_id, save_dir, client, frame_fetch=False):
     """MONAI Label's ``dicom_web_download_series`` without its two hazards: each instance is saved as
     ``<index>.dcm``, never under its SOPInstanceUID (a value the DICOM file chooses: "/tmp/x" or "../../x"
@@ -224,17 +237,56 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             return super()._reconcile_datastore()
 
     # --- reads: 503 when the server is down ------------------------------------------------------
+    _frames_memo = None  # (MONAI Label's cached list, ours made from it)
+    _labeled_memo = None  # (when, the labeled frames): until a label is stored or the cache time passes
+
     @_online
     def list_images(self):
+        """The frames' series ids (valid UIDs only), made once per listing MONAI Label caches: its label
+        listing asks ``frame in self.list_images()`` once per SEG, which filtered and searched the whole
+        list each time (62 ms a SEG at 100,000 frames)."""
         ids = super().list_images()
+        memo = self._frames_memo
+        if memo is not None and memo[0] is ids:
+            return memo[1]
         bad = [i for i in ids if not is_uid(i)]
         if bad:
             logger.warning(f"{len(bad)} series with an invalid SeriesInstanceUID left out (e.g. {bad[0][:80]!r})")
-        return [i for i in ids if is_uid(i)]
+        frames = _Frames(i for i in ids if is_uid(i))
+        self._frames_memo = (ids, frames)
+        return frames
 
     @_online
     def get_labeled_images(self, label_tag=None, labels=None):
-        return [i for i in super().get_labeled_images(label_tag, labels) if is_uid(i)]
+        """The frames that have a label SEG. MONAI Label read every SEG's metadata at every listing, and its
+        listing is made again after every label saved: thousands of requests at the next /info or next
+        sample. A SEG's frame is read once (it never changes) and the list kept as MONAI Label kept its own
+        (``MONAI_LABEL_DICOMWEB_CACHE_EXPIRY``, or until a label is stored)."""
+        now = time.monotonic()
+        memo = self._labeled_memo
+        if memo is not None and now - memo[0] < settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY:
+            return list(memo[1])
+        refs = self.__dict__.setdefault("_seg_refs", {})  # SEG series -> its frame series ("" for none)
+        frames = self.list_images()
+        out = []
+        for seg in self._client.search_for_series(search_filters={"Modality": "SEG"}):
+            series = ((seg.get("0020000E") or {}).get("Value") or [""])[0]
+            study = ((seg.get("0020000D") or {}).get("Value") or [""])[0]
+            if not (is_uid(series) and is_uid(study)):
+                continue
+            ref = refs.get(series)
+            if ref is None:
+                meta = self._client.retrieve_series_metadata(study, series)
+                rs = Dataset.from_json(meta[0]).get("ReferencedSeriesSequence") if meta else None
+                ref = str(rs[0].get("SeriesInstanceUID", "") or "") if rs else ""
+                refs[series] = ref
+                if ref not in frames:
+                    why = f"references {ref}, not a frame listed" if ref else "references no series"
+                    logger.warning(f"label SEG {series} ignored: it {why}")
+            if ref in frames:
+                out.append(ref)
+        self._labeled_memo = (now, out)
+        return list(out)
 
     def labeled_set(self) -> frozenset:
         return frozenset(self.get_labeled_images())
@@ -277,9 +329,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             raise HTTPException(status_code=404, detail=f"unknown image id {str(image_id)[:80]!r}")
         cache = os.path.join(self._datastore.image_path(), image_id)
         if not (os.path.exists(cache + ".nii.gz") or (os.path.isdir(cache) and os.listdir(cache))):
-            frames = self._client.search_for_series(search_filters={**self._search_filter,
-                                                                    "SeriesInstanceUID": image_id})
-            if not any((f.get("0020000E") or {}).get("Value") == [image_id] for f in frames):
+            if not self._in_server(image_id):
                 raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
         try:
             uri = super().get_image_uri(image_id)
@@ -288,6 +338,11 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         except Exception as e:  # noqa: BLE001 - a series whose instances do not convert (pydicom, dicom2nifti)
             raise _unreadable_series(image_id, e) from None
         return self._cached_not_temp(uri, image_id)
+
+    def _in_server(self, image_id: str) -> bool:
+        """The DICOMweb server lists this series as a frame (the search filter's, not a SEG)."""
+        frames = self._client.search_for_series(search_filters={**self._search_filter, "SeriesInstanceUID": image_id})
+        return any((f.get("0020000E") or {}).get("Value") == [image_id] for f in frames)
 
     def _cached_not_temp(self, uri: str, image_id: str) -> str:
         """The frame's NIfTI in the cache, not the temp file it was converted to: MONAI Label's first
@@ -384,14 +439,28 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             raise RuntimeError(f"the server answered the upload but does not have SEG series {series or '?'} "
                                f"(rejected by its filters or storage)")
         DICOMWebDatastore.get_labeled_images.cache_clear()  # MONAI Label caches the label list for minutes
+        self._labeled_memo = None  # (and so does this class)
         return series
 
+    _frame_locks: dict = {}
+    _frame_locks_guard = threading.Lock()
+
+    def _frame_lock(self, image_id: str) -> threading.Lock:
+        with self._frame_locks_guard:
+            return self._frame_locks.setdefault(image_id, threading.Lock())
+
     def save_label(self, image_id, label_filename, label_tag, label_info, label_id=""):
+        """One save of a frame's label at a time: two at once, the older failing to store after the newer
+        was stored (and answered 200), kept the older to be sent again, over the newer."""
         try:
-            return self._save_label(image_id, label_filename, label_tag, label_info)
+            with self._frame_lock(str(image_id)):
+                label_id = self._save_label(image_id, label_filename, label_tag, label_info)
         except BaseException:
             _consumed(label_filename)  # MONAI Label's endpoint deletes its upload only on success
             raise
+        if str(getattr(label_tag, "value", label_tag)) == DefaultLabelTag.FINAL:
+            self.retry_pending()
+        return label_id
 
     def _save_label(self, image_id, label_filename, label_tag, label_info):
         label_tag = str(getattr(label_tag, "value", label_tag))  # "final", never "DefaultLabelTag.FINAL" in names
@@ -401,6 +470,11 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             raise HTTPException(status_code=413, detail=f"label for {image_id} rejected: {e}") from None
         check_client(image_id, label_info)
         try:
+            # a frame deleted from the DICOMweb server is still in the cache: its SEG would reference no frame
+            # listed, and the label, answered 200, would never be trained on
+            if label_tag == DefaultLabelTag.FINAL and is_uid(image_id) and not self._in_server(image_id):
+                raise HTTPException(status_code=404, detail=f"frame {image_id} is no longer in the DICOMweb server "
+                                                            f"(deleted there): its label is not stored")
             image_dir, nii = self._frame_nifti(image_id, label_filename, for_seg=label_tag == DefaultLabelTag.FINAL)
         except requests.RequestException as e:
             raise _unreachable(self._client.base_url, e) from None
@@ -424,8 +498,6 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         finally:
             os.unlink(nii)
         note_save(label_tag, label_info)
-        if label_tag == DefaultLabelTag.FINAL:
-            self.retry_pending()
         return label_id
 
     def saved_label_uri(self, image_id: str) -> str:
