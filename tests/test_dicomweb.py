@@ -72,6 +72,16 @@ def test_load_is_idempotent_and_traceable(orthanc, tmp_path):
     assert all(names.count(p.stem) == 1 for p in frames.glob("*.jpg")) and "broken" not in names
     sop = http("GET", url + "/dicom-web/instances")[1][0]
     assert sop["00080016"]["Value"][0] == dicomweb.VL_ENDOSCOPIC
+    # the UIDs come from the file name: another frame of a loaded name (another folder's, or the file edited)
+    # was counted "already" and never loaded; two files of one name in a folder got one frame's UIDs
+    other = tmp_path / "other"
+    other.mkdir()
+    first_jpg = sorted(frames.glob("*.jpg"))[0]
+    Image.open(first_jpg).transpose(Image.FLIP_LEFT_RIGHT).save(other / first_jpg.name)
+    Image.open(first_jpg).save(other / (first_jpg.stem + ".png"))
+    res = dicomweb.load(url, other)
+    assert res["new"] == 0 and res["already"] == 0, res
+    assert "pixels differ" in res["failed"][first_jpg.name] and "same name as" in res["failed"][first_jpg.stem + ".png"]
 
 
 def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):

@@ -55,11 +55,11 @@ def find_dicomweb_plugin() -> str:
     raise SystemExit("Orthanc's DICOMweb plugin is missing: run `apt-get install orthanc-dicomweb`")
 
 
-def _http(method, url, body=None, headers=None, timeout=30):
+def _http(method, url, body=None, headers=None, timeout=30, raw=False):
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         data = r.read()
-    return json.loads(data) if data[:1] in (b"{", b"[") else data
+    return data if raw else json.loads(data) if data[:1] in (b"{", b"[") else data
 
 
 def _state(data: Path) -> dict:
@@ -142,6 +142,11 @@ def _uid(name: str, kind: str) -> str:
 
 def frame_to_dicom(path: Path) -> bytes:
     """One frame as a VL Endoscopic Image Storage instance (explicit VR little endian)."""
+    return _frame_dicom(path)[0]
+
+
+def _frame_dicom(path: Path) -> tuple[bytes, bytes]:
+    """(the instance, its pixel data)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
@@ -186,20 +191,40 @@ def frame_to_dicom(path: Path) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True) if "enforce_file_format" in ds.save_as.__code__.co_varnames \
         else ds.save_as(buf, write_like_original=False)
-    return buf.getvalue()
+    return buf.getvalue(), ds.PixelData
 
 
 def load(url: str, folder: Path) -> dict:
-    """Convert and upload every frame of ``folder``; returns counts (new, already stored, failed)."""
+    """Convert and upload every frame of ``folder``; returns counts (new, already stored, failed).
+
+    A frame's UIDs come from its file name, so that loading a folder again stores nothing twice. A frame
+    "already stored" is checked to be that frame (its pixels): another folder's frame of the same name, or
+    this file edited since, was counted as stored and never loaded. Two files of one name in the folder
+    (``a.jpg``, ``a.png``): the second fails."""
     out = {"new": 0, "already": 0, "failed": {}}
+    names: dict[str, str] = {}
     for p in list_images(folder):
+        if p.stem in names:
+            out["failed"][p.name] = (f"same name as {names[p.stem]}: both would get the same DICOM UIDs "
+                                     f"(rename one to load it)")
+            continue
+        names[p.stem] = p.name
         try:
-            body = frame_to_dicom(p)
+            body, pixels = _frame_dicom(p)
         except DataError as e:
             out["failed"][p.name] = e.problem
             continue
         r = _http("POST", url + "/instances", body, {"Content-Type": "application/dicom"})
-        out["already" if r.get("Status") == "AlreadyStored" else "new"] += 1
+        if r.get("Status") != "AlreadyStored":
+            out["new"] += 1
+            continue
+        stored = _http("GET", f"{url}/instances/{r['ID']}/content/7fe0-0010/0", raw=True)  # (one frame)
+        if stored[: len(pixels)] != pixels or len(stored) - len(pixels) > 1:  # (DICOM pads to an even length)
+            out["failed"][p.name] = (f"another frame named {p.stem!r} is already stored (its pixels differ: "
+                                     f"another folder's, or this file changed since); UIDs come from the file "
+                                     f"name: rename this file to load it")
+            continue
+        out["already"] += 1
     return out
 
 
