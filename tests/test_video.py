@@ -1017,3 +1017,36 @@ def test_a_frame_id_taken_during_the_move_leaves_no_duplicate(clip, tmp_path, mo
     assert json_out(capsys)["written"] == 20
     assert pngs(st) == sorted(["Patient_7_left_000002.png"] + [f"Patient_7_left-2_{i:06d}.png" for i in range(20)])
     assert load_index(st).summary() == {"videos": 1, "frames": 20, "groups": 4, "flagged": 0}
+
+
+def test_frames_the_decoder_reports_damaged_are_flagged(tmp_path, capsys):
+    """FFmpeg paints over a damaged picture (and the frames predicted from it) and only logs an error; PyAV
+    raises nothing, so smeared frames went to annotators unflagged (a review). Frames from a reported error
+    to the next keyframe shown after it are flagged "damaged" now. FFmpeg conceals some damage without a
+    message: those stay unflagged, so the test asks for most, not all, of the damaged packets."""
+    v = _write_clip(tmp_path / "g.mkv", 30, gop=10)  # keyframes at 0, 10, 20
+    assert ingest_main([str(v), "--studies", str(tmp_path / "st"), "--quiet"]) == 0
+    assert "damaged" not in json_out(capsys) and not load_index(tmp_path / "st").flagged
+    clean = [f.to_ndarray(format="rgb24") for f in av.open(str(v)).decode(video=0)]
+    pks = [p for p in av.open(str(v)).demux(video=0) if p.size]
+    found = 0
+    for k in range(11, 17):  # P/B frames of the second GOP
+        data = bytearray(v.read_bytes())
+        mid = pks[k].pos + pks[k].size // 2
+        data[mid: mid + 16] = b"\xff" * 16
+        bad = tmp_path / f"bad{k}.mkv"
+        bad.write_bytes(bytes(data))
+        st = tmp_path / f"st{k}"
+        if ingest_main([str(bad), "--studies", str(st), "--quiet"]) != 0:  # decoding stopped: refused, named
+            assert f"error: {bad}: damaged or truncated" in capsys.readouterr().err
+            continue
+        out = json_out(capsys)
+        flagged = sorted(int(i[-6:]) for i, f in load_index(st).flagged.items() if f == "damaged")
+        assert out.get("damaged", 0) == len(flagged)
+        assert all(8 <= i < 20 for i in flagged), (k, flagged)  # nothing past the next keyframe
+        differ = [i for i, f in enumerate(av.open(str(bad)).decode(video=0))
+                  if not np.array_equal(f.to_ndarray(format="rgb24"), clean[i])]
+        if flagged:
+            found += 1
+            assert set(differ) <= set(flagged), (k, differ, flagged)
+    assert found >= 2, found

@@ -111,6 +111,8 @@ def measure(rgb: np.ndarray) -> dict:
 
 def flags(m: dict) -> list[str]:
     """Why a frame carries little information ([] when it looks fine)."""
+    if m.get("damaged"):  # the decoder reported an error in it or in the frames it was predicted from
+        return ["damaged"]
     out = []
     if m["mean"] < BLACK_MEAN:
         out.append("black")

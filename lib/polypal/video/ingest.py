@@ -244,59 +244,72 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
         vend = None  # the end of the video's last packet or frame, in its own time (seconds)
         fend = None  # the end of the last packet of any stream, in the file's time (seconds)
         bar = tqdm(total=estimate or None, unit="frame", desc=name[:30], disable=quiet, leave=False)
+        damaged, errors = False, _DecodeErrors()  # FFmpeg hides damage (it paints over it) and only logs it
+        err_pts = None  # the latest packet (its time) whose decoding logged an error
         try:
-            for packet in container.demux():  # every stream: the end of the file is the end of its last one
-                at = packet.pts if packet.pts is not None else packet.dts
-                end = None
-                if at is not None and packet.time_base:
-                    end = float((at + (packet.duration or 0)) * packet.time_base)
-                    fend = end if fend is None else max(fend, end)
-                if packet.stream.index != stream.index:
-                    continue
-                if packet.size:  # (not the empty packet that flushes the decoder at the end)
-                    lead = lead and not packet.is_keyframe
-                    if not lead and not packet.is_discard:  # (an mp4 edit list's hidden samples: not shown)
-                        packets += 1
-                    if end is not None:
-                        vend = end if vend is None else max(vend, end)
-                try:
-                    decoded = packet.decode()
-                except av.FFmpegError:
-                    if lead and n == 0:  # (a cut before a keyframe: the video starts at the next one)
+            with errors:
+                for packet in container.demux():  # every stream: the file ends with its last one
+                    at = packet.pts if packet.pts is not None else packet.dts
+                    end = None
+                    if at is not None and packet.time_base:
+                        end = float((at + (packet.duration or 0)) * packet.time_base)
+                        fend = end if fend is None else max(fend, end)
+                    if packet.stream.index != stream.index:
                         continue
-                    raise
-                for frame in decoded:
-                    raw = float(frame.time) if frame.time is not None else (n / rate if rate else float(n))
-                    if frame.time is not None:
-                        ve = raw + 1.0 / (rate or 25.0)
-                        vend = ve if vend is None else max(vend, ve)
-                    if t0 is None:
-                        t0 = raw
-                    t = raw - t0  # times from the first frame (a .ts starts at 0.08 s, a cut clip anywhere)
-                    if prev_t is not None and t < prev_t - 0.1:  # the times start again (streams joined, a
-                        next_t = t  # recorder's reset): keep frames at the rate from here on (before, every
-                    elif prev_t is not None:  # frame after a reset was dropped in silence)
-                        gap = max(gap, t - prev_t)
-                    prev_t = t
-                    if fps:
-                        keep = t + 1e-6 >= next_t
-                        if keep:  # the first multiple of 1/fps after t (one step, whatever the gap)
-                            next_t = (math.floor((t + 1e-6) * fps) + 1) / fps
-                    else:
-                        keep = n % (every or 1) == 0
-                    if frame.width * frame.height > cap:  # a stream may change size midway
-                        raise VideoError(f"{path}: frame {n} is {frame.width} x {frame.height} pixels, over the cap "
-                                         f"of {cap} pixels")
-                    if keep:
-                        rgb = frame.to_ndarray(format="rgb24")
-                        fid = f"{name}_{n:0{FRAME_DIGITS}d}"
-                        try:
-                            Image.fromarray(rgb).save(os.path.join(stage, fid + ".png"), compress_level=1)
-                        except OSError as e:  # disk full, permissions: not the video's fault
-                            raise VideoError(f"{path}: cannot write its frames under {stage}: {e}") from None
-                        rows.append({"id": fid, "frame": n, "time_s": round(t, 4), **F.measure(rgb)})
-                    n += 1
-                    bar.update(1)
+                    if packet.size:  # (not the empty packet that flushes the decoder at the end)
+                        lead = lead and not packet.is_keyframe
+                        if not lead and not packet.is_discard:  # (an mp4 edit list's hidden samples: not shown)
+                            packets += 1
+                        if end is not None:
+                            vend = end if vend is None else max(vend, end)
+                    seen = errors.count()
+                    try:
+                        decoded = packet.decode()
+                    except av.FFmpegError:
+                        if lead and n == 0:  # (a cut before a keyframe: the video starts at the next one)
+                            continue
+                        raise
+                    new_errors = errors.count() > seen
+                    if new_errors and packet.pts is not None:
+                        err_pts = packet.pts if err_pts is None else max(err_pts, packet.pts)
+                    for frame in decoded:
+                        # a decoding error damages the packet's picture and every one predicted from it: the
+                        # frames until a keyframe shown after it (a damaged keyframe is itself damaged; the
+                        # errors of a clip cut before its first keyframe end there too)
+                        clean_key = frame.key_frame and (err_pts is None or frame.pts is None or frame.pts > err_pts)
+                        damaged = new_errors or (damaged and not clean_key)
+                        raw = float(frame.time) if frame.time is not None else (n / rate if rate else float(n))
+                        if frame.time is not None:
+                            ve = raw + 1.0 / (rate or 25.0)
+                            vend = ve if vend is None else max(vend, ve)
+                        if t0 is None:
+                            t0 = raw
+                        t = raw - t0  # times from the first frame (a .ts starts at 0.08 s, a cut clip anywhere)
+                        if prev_t is not None and t < prev_t - 0.1:  # the times start again (streams joined, a
+                            next_t = t  # recorder's reset): keep frames at the rate from here on (before, every
+                        elif prev_t is not None:  # frame after a reset was dropped in silence)
+                            gap = max(gap, t - prev_t)
+                        prev_t = t
+                        if fps:
+                            keep = t + 1e-6 >= next_t
+                            if keep:  # the first multiple of 1/fps after t (one step, whatever the gap)
+                                next_t = (math.floor((t + 1e-6) * fps) + 1) / fps
+                        else:
+                            keep = n % (every or 1) == 0
+                        if frame.width * frame.height > cap:  # a stream may change size midway
+                            raise VideoError(f"{path}: frame {n} is {frame.width} x {frame.height} pixels, over the cap "
+                                             f"of {cap} pixels")
+                        if keep:
+                            rgb = frame.to_ndarray(format="rgb24")
+                            fid = f"{name}_{n:0{FRAME_DIGITS}d}"
+                            try:
+                                Image.fromarray(rgb).save(os.path.join(stage, fid + ".png"), compress_level=1)
+                            except OSError as e:  # disk full, permissions: not the video's fault
+                                raise VideoError(f"{path}: cannot write its frames under {stage}: {e}") from None
+                            rows.append({"id": fid, "frame": n, "time_s": round(t, 4), **F.measure(rgb),
+                                         **({"damaged": True} if damaged else {})})
+                        n += 1
+                        bar.update(1)
         except (av.FFmpegError, OSError, ValueError) as e:
             raise VideoError(f"{path}: damaged or truncated video after {n} frames ({_reason(e)})") from None
         finally:
@@ -328,6 +341,35 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
         raise VideoError(f"{path}: truncated or damaged: the file lasts {duration:.1f} s, its streams end after "
                          f"{max(fend - fstart, 0):.1f} s")
     return rows, n, rate
+
+
+class _DecodeErrors:
+    """FFmpeg's error messages while a video is decoded (it conceals damaged pictures and only logs it; PyAV
+    raises nothing): ``count()`` grows with each one."""
+
+    def __init__(self):
+        self._logs = self._capture = self._level = None
+
+    def __enter__(self):
+        import av.logging
+
+        self._level = av.logging.get_level()
+        av.logging.set_level(av.logging.ERROR)
+        self._capture = av.logging.Capture(local=False)  # (frame threads log from FFmpeg's own threads)
+        self._logs = self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        import av.logging
+
+        try:
+            self._capture.__exit__(*exc)
+        finally:
+            av.logging.set_level(self._level)
+        return False
+
+    def count(self) -> int:
+        return len(self._logs) if self._logs is not None else 0
 
 
 def _tag_seconds(meta) -> float | None:
@@ -522,6 +564,9 @@ def _ingest_held(path: str, studies: str, every, fps, max_bits: int, quiet: bool
         except OSError:
             pass
     out = {"video": name, "source": path, "decoded": decoded, "kept": kept, "written": written, **res}
+    bad = sum(1 for r in rows if r.get("damaged"))
+    if bad:  # (flagged "damaged": never served first)
+        out["damaged"] = bad
     if deleted:
         out["not_restored"] = len(deleted)
         out["note"] = (f"{len(deleted)} frame(s) deleted since an earlier ingest (through the server, into its "

@@ -175,8 +175,9 @@ class VideoDB:
 
 def _regroup(c, name: str, max_bits: int) -> tuple[list[dict], dict[int, list[int]]]:
     """Group all of a video's recorded frames again and choose each group's representative."""
-    allf = [dict(zip(("id", "dhash", "lapvar", "sharp", "mean", "bright", "red"), t)) for t in c.execute(
-        "SELECT id, dhash, lapvar, sharp, mean, bright, red FROM frames WHERE video=? ORDER BY frame", (name,))]
+    allf = [dict(zip(("id", "dhash", "lapvar", "sharp", "mean", "bright", "red", "damaged"), t)) for t in c.execute(
+        "SELECT id, dhash, lapvar, sharp, mean, bright, red, ',' || flags || ',' LIKE '%,damaged,%' FROM frames "
+        "WHERE video=? ORDER BY frame", (name,))]
     gi = F.group_consecutive([f["dhash"] for f in allf], max_bits)
     groups: dict[int, list[int]] = {}
     for i, g in enumerate(gi):
