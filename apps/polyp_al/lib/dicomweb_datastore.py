@@ -344,6 +344,14 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         frames = self._client.search_for_series(search_filters={**self._search_filter, "SeriesInstanceUID": image_id})
         return any((f.get("0020000E") or {}).get("Value") == [image_id] for f in frames)
 
+    def _listed_or_down(self, image_id: str) -> bool:
+        """``_in_server``, or True when the DICOMweb server does not answer: the label is then kept and sent
+        when it is back (checked again then), not refused."""
+        try:
+            return self._in_server(image_id)
+        except requests.RequestException:
+            return True
+
     def _cached_not_temp(self, uri: str, image_id: str) -> str:
         """The frame's NIfTI in the cache, not the temp file it was converted to: MONAI Label's first
         ``get_image_uri`` of a frame copies its conversion into the cache and returns the temp file, left
@@ -472,7 +480,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         try:
             # a frame deleted from the DICOMweb server is still in the cache: its SEG would reference no frame
             # listed, and the label, answered 200, would never be trained on
-            if label_tag == DefaultLabelTag.FINAL and is_uid(image_id) and not self._in_server(image_id):
+            if label_tag == DefaultLabelTag.FINAL and is_uid(image_id) and not self._listed_or_down(image_id):
                 raise HTTPException(status_code=404, detail=f"frame {image_id} is no longer in the DICOMweb server "
                                                             f"(deleted there): its label is not stored")
             image_dir, nii = self._frame_nifti(image_id, label_filename, for_seg=label_tag == DefaultLabelTag.FINAL)
@@ -601,6 +609,8 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
                 meta = path[: -len(".nii.gz")] + ".json"
                 try:
                     info = _kept_info(meta)
+                    if not self._in_server(image_id):  # deleted there since: stays pending, said in /info
+                        raise LookupError(f"frame {image_id} is no longer in the DICOMweb server")
                     image_dir, nii = self._frame_nifti(image_id, path)
                     try:
                         info["SeriesInstanceUID"] = self._store_seg(image_dir, nii, LABEL_DESCRIPTION)
