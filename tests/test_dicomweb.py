@@ -200,7 +200,7 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
         segs_before = len(http("GET", f"{url}/dicom-web/series?Modality=SEG")[1])
         body, ct = multipart({"params": "{}"}, {"label": ("m.png", (SAMPLE / "masks" / f"{desc3}.png").read_bytes())})
         s, res = http("PUT", f"{srv.url}/datastore/label?image={r3['id']}&tag=final", body, {"Content-Type": ct})
-        assert s == 404 and "no longer in the DICOMweb server" in res["detail"], (s, res)
+        assert s == 404 and "not a frame in the DICOMweb server" in res["detail"], (s, res)
         assert len(http("GET", f"{url}/dicom-web/series?Modality=SEG")[1]) == segs_before
     finally:
         srv.stop()
@@ -654,6 +654,14 @@ def test_the_dicomweb_password_in_studies_never_reaches_a_client(tmp_path):
         assert s2 == 200 and info["datastore"].get("error"), info.get("datastore")
         for answer in (r, info):
             assert "s3cretpw" not in json.dumps(answer) and "pacs:" not in json.dumps(answer)
+        # MONAI Label logs the address before the app is loaded, and in every training and scoring subprocess:
+        # /logs, /scoring/ and /train/ answered those lines (a probe)
+        srv.wait_for(lambda: "s3cretpw" in srv.tail(100000), timeout=30, what="the address in the server's log")
+        for path in ("/logs/?lines=5000", "/scoring/", "/train/"):
+            s3, body = http("GET", srv.url + path)
+            text = body.decode(errors="replace") if isinstance(body, bytes) else json.dumps(body)
+            assert s3 in (200, 404) and "s3cretpw" not in text, (path, s3, text[:300])  # (404: no training yet)
+        assert "pacs:***@127.0.0.1" in http("GET", srv.url + "/logs/?lines=5000")[1].decode()  # (the line is there)
     finally:
         srv.stop()
 
@@ -701,7 +709,31 @@ def test_the_label_listing_reads_each_segs_metadata_once(orthanc, tmp_path, monk
     DICOMWebDatastore.get_labeled_images.cache_clear()
     again = ds.get_labeled_images()
     assert again == first and len(calls) == segs  # no SEG read twice
-    assert sorted(again) == sorted(i for i in DICOMWebDatastore.get_labeled_images(ds) if i in ds.list_images())
+    assert sorted(again) == sorted(set(i for i in DICOMWebDatastore.get_labeled_images(ds) if i in ds.list_images()))
+    # the first frame labeled again, with another mask: listed once (a SEG per save: /info counted SEGs as
+    # labels); a cache made again (another cache folder) takes the newest SEG, not the first listed, and
+    # leaves none of its conversions in the temp folder
+    import tempfile
+
+    desc = next(k for k, v in by_name.items() if v == labeled[0])
+    newer = np.asarray(Image.open(SAMPLE / "masks" / f"{desc}.png").convert("L"))[:, ::-1]
+    Image.fromarray(newer).save(tmp_path / "newer.png")
+    image_dir, nii = ds._frame_nifti(labeled[0], str(tmp_path / "newer.png"))
+    ds._store_seg(image_dir, nii, LABEL_DESCRIPTION)
+    listed = ds.get_labeled_images()
+    assert len(listed) == len(set(listed)) and set(labeled) <= set(listed)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    ds2 = PolypDICOMWebDatastore(client=PolypDICOMwebClient(url=url + "/dicom-web"), search_filter={"Modality": "ES"},
+                                 cache_path=str(tmp_path / "cache2"))
+    ds2.datalist()
+    from polypal.data import read_mask
+
+    got = read_mask(ds2.saved_label_uri(labeled[0]))  # (a .nrrd made from the SEG)
+    assert got.shape == newer.shape, (got.shape, newer.shape)
+    np.testing.assert_array_equal(got, newer > 127)
+    assert not [p.name for p in tmp.iterdir() if p.is_file()], sorted(p.name for p in tmp.iterdir())
 
 
 def test_a_dicomweb_server_with_a_password(tmp_path):

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -146,6 +147,20 @@ _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 
 def is_uid(value) -> bool:
     return isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
+def _stamp(seg_file: str) -> None:
+    """The SEG's series and content time to the microsecond (dcmqi writes whole seconds): the newest of a
+    frame's SEGs is its label, and two saves of one frame fall within a second."""
+    import datetime
+
+    import pydicom
+
+    now = datetime.datetime.now()
+    d = pydicom.dcmread(seg_file)
+    d.SeriesDate = d.ContentDate = now.strftime("%Y%m%d")
+    d.SeriesTime = d.ContentTime = now.strftime("%H%M%S.%f")
+    d.save_as(seg_file)
 
 
 class _Frames(list):
@@ -266,27 +281,49 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         memo = self._labeled_memo
         if memo is not None and now - memo[0] < settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY:
             return list(memo[1])
-        refs = self.__dict__.setdefault("_seg_refs", {})  # SEG series -> its frame series ("" for none)
+        out = list(self._newest_segs())  # (a frame labeled again has a SEG per save: listed once)
+        self._labeled_memo = (now, out)
+        return list(out)
+
+    def _newest_segs(self) -> dict:
+        """Frame series -> its newest label SEG series, for the frames listed. Each SEG's metadata (its frame,
+        its time) is read once: a SEG never changes."""
+        refs = self.__dict__.setdefault("_seg_refs", {})  # SEG series -> (its frame series or "", its time)
         frames = self.list_images()
-        out = []
+        newest: dict = {}
         for seg in self._client.search_for_series(search_filters={"Modality": "SEG"}):
             series = ((seg.get("0020000E") or {}).get("Value") or [""])[0]
             study = ((seg.get("0020000D") or {}).get("Value") or [""])[0]
             if not (is_uid(series) and is_uid(study)):
                 continue
-            ref = refs.get(series)
-            if ref is None:
+            if series not in refs:
                 meta = self._client.retrieve_series_metadata(study, series)
-                rs = Dataset.from_json(meta[0]).get("ReferencedSeriesSequence") if meta else None
+                d = Dataset.from_json(meta[0]) if meta else Dataset()
+                rs = d.get("ReferencedSeriesSequence")
                 ref = str(rs[0].get("SeriesInstanceUID", "") or "") if rs else ""
-                refs[series] = ref
+                refs[series] = (ref, (str(d.get("SeriesDate", "") or ""), str(d.get("SeriesTime", "") or "")))
                 if ref not in frames:
                     why = f"references {ref}, not a frame listed" if ref else "references no series"
                     logger.warning(f"label SEG {series} ignored: it {why}")
-            if ref in frames:
-                out.append(ref)
-        self._labeled_memo = (now, out)
-        return list(out)
+            ref, when = refs[series]
+            if ref in frames and (ref not in newest or when >= newest[ref][1]):
+                newest[ref] = (series, when)
+        return {ref: series for ref, (series, _) in newest.items()}
+
+    def _download_labeled_data(self):
+        """MONAI Label's download of every frame's label into the cache (before a training), from the newest
+        SEG of each frame: it took the first one listed, so a cache made again (another cache folder, a
+        wiped one) trained on a frame's oldest label. Local labels of frames with no SEG left are removed."""
+        newest = self._newest_segs()
+        for e in set(LocalDatastore.get_labeled_images(self)) - set(newest):
+            label_uri = LocalDatastore.get_label_uri(self, e, DefaultLabelTag.FINAL)
+            if label_uri and os.path.exists(label_uri) and is_uid(e):
+                logger.info(f"label of {e} is no longer in the DICOMweb server: its local copy is removed")
+                shutil.rmtree(os.path.join(os.path.dirname(label_uri), e), ignore_errors=True)
+                os.unlink(label_uri)
+        for image_id, seg in newest.items():
+            self.get_image_uri(image_id=image_id)
+            self.get_label_uri(label_id=seg, label_tag=DefaultLabelTag.FINAL, image_id=image_id)
 
     def labeled_set(self) -> frozenset:
         return frozenset(self.get_labeled_images())
@@ -332,7 +369,11 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             if not self._in_server(image_id):
                 raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
         try:
-            uri = super().get_image_uri(image_id)
+            if os.path.exists(cache + ".nii.gz"):
+                uri = super().get_image_uri(image_id)
+            else:  # its conversion adds the frame's record: not while MONAI Label's file watcher reconciles the
+                with self._reconcile_guard:  # records (a "dictionary changed size during iteration" killed it)
+                    uri = super().get_image_uri(image_id)
         except (requests.RequestException, HTTPException):
             raise
         except Exception as e:  # noqa: BLE001 - a series whose instances do not convert (pydicom, dicom2nifti)
@@ -380,7 +421,16 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             # and answered 500 ("not a DICOM-SEG storage")
             return self.saved_label_uri(label_id)
         try:
-            return super().get_label_uri(label_id, label_tag, image_id)
+            with self._reconcile_guard:  # (it may add a label record: see get_image_uri)
+                uri = super().get_label_uri(label_id, label_tag, image_id)
+            if uri and image_id and os.path.dirname(os.path.realpath(uri)) == os.path.realpath(tempfile.gettempdir()):
+                # MONAI Label's first conversion of a SEG is copied into the cache and its temp file returned,
+                # left in the temp folder (one per label at a training after the cache is made again)
+                kept = self.saved_label_uri(image_id)
+                if kept and os.path.exists(kept):
+                    _consumed(uri)
+                    uri = kept
+            return uri
         except (requests.RequestException, HTTPException):
             raise
         except Exception as e:  # noqa: BLE001 - e.g. pydicom_seg: "not a DICOM-SEG storage"
@@ -438,6 +488,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
                                                    "segmentAttribute": _segment(predicted)}])
         if not seg:
             raise RuntimeError("dcmqi produced no DICOM SEG")
+        _stamp(seg)
         try:
             series = dicom_web_upload_dcm(seg, self._client)
         finally:
@@ -481,8 +532,8 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             # a frame deleted from the DICOMweb server is still in the cache: its SEG would reference no frame
             # listed, and the label, answered 200, would never be trained on
             if label_tag == DefaultLabelTag.FINAL and is_uid(image_id) and not self._listed_or_down(image_id):
-                raise HTTPException(status_code=404, detail=f"frame {image_id} is no longer in the DICOMweb server "
-                                                            f"(deleted there): its label is not stored")
+                raise HTTPException(status_code=404, detail=f"{image_id} is not a frame in the DICOMweb server (not "
+                                                            f"one, or deleted there): its label is not stored")
             image_dir, nii = self._frame_nifti(image_id, label_filename, for_seg=label_tag == DefaultLabelTag.FINAL)
         except requests.RequestException as e:
             raise _unreachable(self._client.base_url, e) from None
@@ -502,7 +553,8 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
                                                                 f"server (pending labels, /info) and will be sent "
                                                                 f"again") from None
                 info["SeriesInstanceUID"] = series
-            label_id = LocalDatastore.save_label(self, image_id, nii, label_tag, info)
+            with self._reconcile_guard:  # (a record added while the file watcher reconciles: see get_image_uri)
+                label_id = LocalDatastore.save_label(self, image_id, nii, label_tag, info)
         finally:
             os.unlink(nii)
         note_save(label_tag, label_info)
@@ -614,7 +666,8 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
                     image_dir, nii = self._frame_nifti(image_id, path)
                     try:
                         info["SeriesInstanceUID"] = self._store_seg(image_dir, nii, LABEL_DESCRIPTION)
-                        LocalDatastore.save_label(self, image_id, nii, tag, info)
+                        with self._reconcile_guard:
+                            LocalDatastore.save_label(self, image_id, nii, tag, info)
                     finally:
                         os.unlink(nii)
                 except Exception as e:  # noqa: BLE001 - stays pending

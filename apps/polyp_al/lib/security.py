@@ -809,6 +809,8 @@ class Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         send = _with_safe_headers(send)
+        if _SECRETS and _route_path(scope).startswith(_LOG_PATHS):
+            send = _redacted(send, _SECRETS)
         try:
             return await self._handle(scope, receive, send)
         except _Refused as e:
@@ -1010,6 +1012,47 @@ async def _signed_in(scope, path: str, method: str) -> None:
         raise _Refused(e.status, e.detail, {"WWW-Authenticate": "Bearer"} if e.status == 401 else None) from None
 
 
+# the password of --studies http://user:password@host/...: MONAI Label logs the address (before the app is
+# loaded, in every training and scoring subprocess too), and /logs, /train/ and /scoring/ answer those lines
+_SECRETS: list[bytes] = []
+_LOG_PATHS = ("/logs", "/train", "/scoring", "/batch")
+
+
+def set_secrets(studies: str) -> None:
+    """Remember the password of the studies address, as written and percent-decoded, to redact it."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        pw = urlsplit(str(studies)).password
+    except ValueError:
+        pw = None
+    _SECRETS[:] = sorted({x.encode() for x in (pw, unquote(pw or "")) if x}, key=len, reverse=True)
+
+
+def _redacted(send, secrets: list[bytes]):
+    """The answer with every secret replaced by ***: held whole (these answers are text, at most
+    MAX_LOG_LINES lines), its length set again."""
+    held: dict = {"start": None, "body": []}
+
+    async def s(message):
+        if message["type"] == "http.response.start":
+            held["start"] = message
+            return
+        if message["type"] != "http.response.body" or held["start"] is None:
+            return await send(message)
+        held["body"].append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = b"".join(held["body"])
+        for x in secrets:
+            body = body.replace(x, b"***")
+        start = held["start"]
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send(dict(start, headers=headers + [(b"content-length", str(len(body)).encode())]))
+        await send({"type": "http.response.body", "body": body})
+    return s
+
+
 def _with_safe_headers(send):
     async def s(message):
         if message["type"] == "http.response.start":
@@ -1062,6 +1105,7 @@ def harden(fastapi_app, app, allowed_origins, allowed_hosts) -> None:
     from lib.dicomweb_datastore import PolypDICOMWebDatastore
 
     _RESERVE_DICOM_KEYS[0] = isinstance(app.datastore(), PolypDICOMWebDatastore)
+    set_secrets(app.studies)
     cfg = app.cfg
     disk = DiskFloor([None if app.studies.startswith(("http://", "https://")) else app.studies, cfg.state_dir,
                       os.path.dirname(cfg.model_path), tempfile.gettempdir()], cfg.min_free_mb * (1 << 20))
