@@ -1050,3 +1050,28 @@ def test_frames_the_decoder_reports_damaged_are_flagged(tmp_path, capsys):
             found += 1
             assert set(differ) <= set(flagged), (k, differ, flagged)
     assert found >= 2, found
+
+
+def test_an_avi_cut_short_is_refused(tmp_path, capsys):
+    """An avi cut short passed every check of the video's own packets and end (FFmpeg reads its length from
+    the index it finds; a review): its header's frame count is compared with the packets it holds again."""
+    for codec in ("mjpeg", "libx264"):
+        v = tmp_path / f"{codec}.avi"
+        c = av.open(str(v), "w")
+        s = c.add_stream(codec, rate=25)
+        s.height, s.width, s.pix_fmt = 120, 160, "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        for i in range(40):
+            for pk in s.encode(av.VideoFrame.from_ndarray(scene(i), format="rgb24")):
+                c.mux(pk)
+        for pk in s.encode():
+            c.mux(pk)
+        c.close()
+        assert ingest_main([str(v), "--studies", str(tmp_path / f"st-{codec}"), "--quiet"]) == 0, \
+            capsys.readouterr().err
+        assert json_out(capsys)["kept"] == 40
+        cut = tmp_path / f"cut-{codec}.avi"
+        cut.write_bytes(v.read_bytes()[: int(v.stat().st_size * 0.9)])  # (a tenth gone: passed before)
+        assert ingest_main([str(cut), "--studies", str(tmp_path / "st-cut"), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert f"error: {cut}: truncated or damaged: the file declares 40 frames" in err, err
+    assert pngs(tmp_path / "st-cut") == []

@@ -254,6 +254,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
     # --- reads: 503 when the server is down ------------------------------------------------------
     _frames_memo = None  # (MONAI Label's cached list, ours made from it)
     _labeled_memo = None  # (when, the labeled frames): until a label is stored or the cache time passes
+    _labeled_gen = 0  # labels stored by this process: a listing begun before one is not kept
 
     @_online
     def list_images(self):
@@ -281,8 +282,10 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         memo = self._labeled_memo
         if memo is not None and now - memo[0] < settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY:
             return list(memo[1])
+        gen = self._labeled_gen
         out = list(self._newest_segs())  # (a frame labeled again has a SEG per save: listed once)
-        self._labeled_memo = (now, out)
+        if gen == self._labeled_gen:  # (a label stored meanwhile: this list may lack it, not kept)
+            self._labeled_memo = (now, out)
         return list(out)
 
     def _newest_segs(self) -> dict:
@@ -298,7 +301,9 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
                 continue
             if series not in refs:
                 meta = self._client.retrieve_series_metadata(study, series)
-                d = Dataset.from_json(meta[0]) if meta else Dataset()
+                if not meta:  # (no instance yet: asked again at the next listing)
+                    continue
+                d = Dataset.from_json(meta[0])
                 rs = d.get("ReferencedSeriesSequence")
                 ref = str(rs[0].get("SeriesInstanceUID", "") or "") if rs else ""
                 refs[series] = (ref, (str(d.get("SeriesDate", "") or ""), str(d.get("SeriesTime", "") or "")))
@@ -498,15 +503,17 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             raise RuntimeError(f"the server answered the upload but does not have SEG series {series or '?'} "
                                f"(rejected by its filters or storage)")
         DICOMWebDatastore.get_labeled_images.cache_clear()  # MONAI Label caches the label list for minutes
+        self._labeled_gen += 1
         self._labeled_memo = None  # (and so does this class)
         return series
 
-    _frame_locks: dict = {}
-    _frame_locks_guard = threading.Lock()
+    _frame_locks = [threading.Lock() for _ in range(64)]  # a frame's is always the same one (a fixed pool:
+    # a lock per id a client sends would stay for the life of the process)
 
     def _frame_lock(self, image_id: str) -> threading.Lock:
-        with self._frame_locks_guard:
-            return self._frame_locks.setdefault(image_id, threading.Lock())
+        import zlib
+
+        return self._frame_locks[zlib.crc32(image_id.encode("utf-8", "replace")) % len(self._frame_locks)]
 
     def save_label(self, image_id, label_filename, label_tag, label_info, label_id=""):
         """One save of a frame's label at a time: two at once, the older failing to store after the newer

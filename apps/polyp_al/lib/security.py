@@ -1026,7 +1026,9 @@ def set_secrets(studies: str) -> None:
         pw = urlsplit(str(studies)).password
     except ValueError:
         pw = None
-    _SECRETS[:] = sorted({x.encode() for x in (pw, unquote(pw or "")) if x}, key=len, reverse=True)
+    forms = {x for x in (pw, unquote(pw or "")) if x}
+    forms |= {json.dumps(x)[1:-1] for x in forms} | {json.dumps(x, ensure_ascii=False)[1:-1] for x in forms}
+    _SECRETS[:] = sorted({x.encode() for x in forms}, key=len, reverse=True)  # (as written, decoded, in JSON)
 
 
 def _redacted(send, secrets: list[bytes]):

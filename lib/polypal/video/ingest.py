@@ -246,6 +246,7 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
         bar = tqdm(total=estimate or None, unit="frame", desc=name[:30], disable=quiet, leave=False)
         damaged, errors = False, _DecodeErrors()  # FFmpeg hides damage (it paints over it) and only logs it
         err_pts = None  # the latest packet (its time) whose decoding logged an error
+        stored = 0  # every video packet in the file (an mp4 edit list's hidden ones and those before a key too)
         try:
             with errors:
                 for packet in container.demux():  # every stream: the file ends with its last one
@@ -257,6 +258,7 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
                     if packet.stream.index != stream.index:
                         continue
                     if packet.size:  # (not the empty packet that flushes the decoder at the end)
+                        stored += 1
                         lead = lead and not packet.is_keyframe
                         if not lead and not packet.is_discard:  # (an mp4 edit list's hidden samples: not shown)
                             packets += 1
@@ -330,6 +332,10 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
     # packet with the video's own end, and the end of the file's last packet (any stream) with the file's end
     # (not the first decoded frame's time: a clip cut mid-GOP starts later; before, such files were refused)
     slack = max(gap, 1.0 / rate if rate else 0.0)
+    if declared and stored < 0.98 * declared - 1:  # (an avi cut short: FFmpeg reads its length from the index
+        # it finds, so the checks below pass; its header still says how many frames it had)
+        raise VideoError(f"{path}: truncated or damaged: the file declares {declared} frames, it holds "
+                         f"{stored}")
     if packets and n < 0.98 * packets - 1:
         raise VideoError(f"{path}: truncated or damaged: the file holds {packets} video frames, "
                          f"only {n} could be decoded")
@@ -348,13 +354,14 @@ class _DecodeErrors:
     raises nothing): ``count()`` grows with each one."""
 
     def __init__(self):
-        self._logs = self._capture = self._level = None
+        self._logs = self._capture = self._level = self._repeats = None
 
     def __enter__(self):
         import av.logging
 
-        self._level = av.logging.get_level()
+        self._level, self._repeats = av.logging.get_level(), av.logging.get_skip_repeated()
         av.logging.set_level(av.logging.ERROR)
+        av.logging.set_skip_repeated(False)  # (one message per damaged frame, even the same text each time)
         self._capture = av.logging.Capture(local=False)  # (frame threads log from FFmpeg's own threads)
         self._logs = self._capture.__enter__()
         return self
@@ -366,6 +373,7 @@ class _DecodeErrors:
             self._capture.__exit__(*exc)
         finally:
             av.logging.set_level(self._level)
+            av.logging.set_skip_repeated(self._repeats)
         return False
 
     def count(self) -> int:
