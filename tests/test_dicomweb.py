@@ -676,11 +676,7 @@ def test_the_label_listing_reads_each_segs_metadata_once(orthanc, tmp_path, monk
     from server_utils import APP
 
     url, _ = orthanc
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for p in sorted((SAMPLE / "images").glob("*.jpg"))[8:11]:
-        shutil.copy(p, frames / p.name)
-    dicomweb.load(url, frames)
+    names = _load_sample_frames(url, tmp_path, slice(8, 11))
     monkeypatch.syspath_prepend(str(APP))
     import os
     import sys
@@ -692,7 +688,7 @@ def test_the_label_listing_reads_each_segs_metadata_once(orthanc, tmp_path, monk
                                 search_filter={"Modality": "ES"}, cache_path=str(tmp_path / "cache"))  # (as main.py)
     by_name = {http("GET", f"{url}/dicom-web/series?SeriesInstanceUID={i}")[1][0]["0008103E"]["Value"][0]: i
                for i in ds.list_images()}
-    labeled = [by_name[p.stem] for p in sorted(frames.iterdir())[:2]]
+    labeled = [by_name[n] for n in names[:2]]
     for i in labeled:  # two labels stored as a save stores them
         desc = next(k for k, v in by_name.items() if v == i)
         image_dir, nii = ds._frame_nifti(i, str(SAMPLE / "masks" / f"{desc}.png"))
