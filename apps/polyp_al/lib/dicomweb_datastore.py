@@ -163,6 +163,15 @@ def _stamp(seg_file: str) -> None:
     d.save_as(seg_file)
 
 
+def _instead_of_temp(uri: str, kept: str) -> str:
+    """``kept`` (the cache's copy) in place of ``uri`` when ``uri`` is a file in the temp folder, deleted."""
+    if uri and kept and uri != kept and os.path.exists(kept) and \
+            os.path.dirname(os.path.realpath(uri)) == os.path.realpath(tempfile.gettempdir()):
+        _consumed(uri)
+        return kept
+    return uri
+
+
 class _Frames(list):
     """The frames' series ids, with a set behind ``in`` (MONAI Label asks it once per SEG)."""
 
@@ -403,15 +412,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         ``get_image_uri`` of a frame copies its conversion into the cache and returns the temp file, left
         in the temp folder (one per frame: a scoring run of the pool left the pool there, under the disk
         floor's watch)."""
-        cached = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
-        if uri and uri != cached and uri.endswith(".nii.gz") and os.path.exists(cached) and \
-                os.path.dirname(os.path.realpath(uri)) == os.path.realpath(tempfile.gettempdir()):
-            try:
-                os.unlink(uri)
-            except OSError:
-                pass
-            return cached
-        return uri
+        return _instead_of_temp(uri, os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz")))
 
     @_online
     def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
@@ -428,14 +429,9 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         try:
             with self._reconcile_guard:  # (it may add a label record: see get_image_uri)
                 uri = super().get_label_uri(label_id, label_tag, image_id)
-            if uri and image_id and os.path.dirname(os.path.realpath(uri)) == os.path.realpath(tempfile.gettempdir()):
-                # MONAI Label's first conversion of a SEG is copied into the cache and its temp file returned,
-                # left in the temp folder (one per label at a training after the cache is made again)
-                kept = self.saved_label_uri(image_id)
-                if kept and os.path.exists(kept):
-                    _consumed(uri)
-                    uri = kept
-            return uri
+            # MONAI Label's first conversion of a SEG is copied into the cache and its temp file returned, left in
+            # the temp folder (one per label at a training after the cache is made again)
+            return _instead_of_temp(uri, self.saved_label_uri(image_id)) if image_id else uri
         except (requests.RequestException, HTTPException):
             raise
         except Exception as e:  # noqa: BLE001 - e.g. pydicom_seg: "not a DICOM-SEG storage"
