@@ -100,6 +100,16 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
         s, r = http("POST", srv.url + "/activelearning/random", json.dumps({"client_id": "a"}).encode(),
                     {"Content-Type": "application/json"})
         assert s == 200 and r["id"] and r["Modality"] == "ES"
+        # OHIF's searches through the proxy keep their query (MONAI Label's proxy sent the path alone: a search
+        # for one series, or a study list's limit, answered every series in the server)
+        assert len(http("GET", f"{url}/dicom-web/series")[1]) >= 3
+        for query in (f"SeriesInstanceUID={r['id']}", "limit=1"):
+            s, found = http("GET", f"{srv.url}/proxy/dicom/qido/series?{query}")
+            if isinstance(found, bytes):  # relayed as Orthanc sent it (Content-Encoding: gzip)
+                import gzip
+
+                found = json.loads(gzip.decompress(found))
+            assert s == 200 and len(found) == 1, (query, len(found))
         # the series' address on the DICOMweb server, with its port (dicomweb_client's Host header drops it,
         # and Orthanc builds the address from that header)
         assert r["RetrieveURL"] == f"{url}/dicom-web/studies/{r['StudyInstanceUID']}/series/{r['id']}", r

@@ -9,10 +9,15 @@ once (``POLYPAL_PROXY_THREADS``) and that the proxy is read-only are the Gate's 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 
 logger = logging.getLogger(__name__)
+
+# the query string of the request being proxied (MONAI Label's proxy sends the path alone: OHIF's study search,
+# ``/studies?PatientName=...&limit=101``, listed every study in the DICOMweb server)
+_QUERY: contextvars.ContextVar[str] = contextvars.ContextVar("polypal_proxy_query", default="")
 
 PROXY_TIMEOUT = float(os.environ.get("POLYPAL_PROXY_TIMEOUT", 60))  # seconds the DICOMweb server may pause
 # an answer is held in memory whole before it is relayed (MONAI Label's proxy sends bytes): at most this many
@@ -44,6 +49,9 @@ class ProxyRequests:
         if not str(url).lower().startswith(("http://", "https://")):  # frames in a folder: nothing to proxy to
             raise HTTPException(status_code=404, detail="no DICOMweb server is configured (--studies is a folder)")
         kw["timeout"] = (min(10.0, PROXY_TIMEOUT), PROXY_TIMEOUT)
+        query = _QUERY.get()
+        if query:
+            url = f"{url}?{query}"
         try:
             r = requests.request(method, url, **kw)
             if kw.get("stream"):  # the proxy reads r.raw: read it here, under the timeouts, and hand over the bytes
@@ -113,7 +121,20 @@ def _read_capped(r) -> bytes:
 
 
 def guard_proxy() -> None:
-    """MONAI Label's DICOMweb proxy calls the DICOMweb server through ProxyRequests."""
+    """MONAI Label's DICOMweb proxy calls the DICOMweb server through ProxyRequests, with the request's
+    query string (its routes call the module's ``proxy_dicom`` by name: the wrapper puts the query where
+    ProxyRequests finds it)."""
     import monailabel.endpoints.proxy as proxy
 
     proxy.requests = ProxyRequests()
+    relay = getattr(proxy.proxy_dicom, "__wrapped__", proxy.proxy_dicom)
+
+    async def proxy_dicom(request, op: str, path: str):
+        token = _QUERY.set(request.url.query)
+        try:
+            return await relay(request, op, path)
+        finally:
+            _QUERY.reset(token)
+
+    proxy_dicom.__wrapped__ = relay
+    proxy.proxy_dicom = proxy_dicom
