@@ -742,6 +742,67 @@ def test_the_label_listing_reads_each_segs_metadata_once(orthanc, tmp_path, monk
     assert not [p.name for p in tmp.iterdir() if p.is_file()], sorted(p.name for p in tmp.iterdir())
 
 
+def test_the_cache_index_is_written_per_burst_and_its_records_heal(orthanc, tmp_path, monkeypatch):
+    """MONAI Label rewrote its whole cache index (datastore_v2.json) for every frame it converted, and its file
+    watcher reconciled the whole cache at every file: per frame over the whole pool (3000 frames: 60 ms a
+    frame by the end). The index is now written after a burst; a record rebuilt from the cached file alone
+    (the write lost with a killed process) gets its DICOM tags again when asked."""
+    from server_utils import APP
+
+    url, _ = orthanc
+    names = _load_sample_frames(url, tmp_path, slice(14, 17))
+    monkeypatch.syspath_prepend(str(APP))
+    import lib.dicomweb_datastore as dwd
+
+    monkeypatch.setattr(dwd, "INDEX_EVERY", 3.0)
+    ds = dwd.PolypDICOMWebDatastore(client=dwd.PolypDICOMwebClient(url=url + "/dicom-web"),
+                                    search_filter={"Modality": "ES"}, cache_path=str(tmp_path / "cache"))
+    series = {s["0008103E"]["Value"][0]: s["0020000E"]["Value"][0]
+              for s in http("GET", f"{url}/dicom-web/series?Modality=ES")[1]}
+    ids = [series[n] for n in names]
+    index = Path(ds._datastore_config_path)
+
+    def on_disk() -> dict:
+        return json.loads(index.read_text())["objects"] if index.exists() else {}
+
+    for i in ids:
+        ds.get_image_uri(i)
+    assert len(set(ids) & set(on_disk())) < len(ids)  # (MONAI Label: written at each frame)
+    deadline = time.monotonic() + 30
+    while not set(ids) <= set(on_disk()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    written = on_disk()
+    assert set(ids) <= set(written), "the deferred records were never written"
+    assert all(written[i]["image"]["info"]["StudyInstanceUID"] not in ("", "UNK") for i in ids)
+    # the index lost (a process killed before its write): a datastore on that cache rebuilds the records from
+    # the files, without tags, and asks the DICOMweb server again for them
+    cache2 = tmp_path / "cache2"
+    shutil.copytree(tmp_path / "cache", cache2)
+    for p in cache2.rglob("datastore_v2.json"):
+        p.unlink()
+    ds2 = dwd.PolypDICOMWebDatastore(client=dwd.PolypDICOMwebClient(url=url + "/dicom-web"),
+                                     search_filter={"Modality": "ES"}, cache_path=str(cache2))
+    assert "StudyInstanceUID" not in ds2._datastore.objects[ids[0]].image.info  # (rebuilt bare)
+    info = ds2.get_image_info(ids[0])
+    assert info["StudyInstanceUID"] == written[ids[0]]["image"]["info"]["StudyInstanceUID"], info
+    assert info["RetrieveURL"].endswith(f"/series/{ids[0]}") and info["Modality"] == "ES", info
+    # a record missing in memory (this process reloaded an index another wrote before it had the frame): made
+    # again when the frame is asked for (a label save on it failed: "Image ... not found")
+    del ds2._datastore.objects[ids[2]]
+    ds2.get_image_uri(ids[2])
+    assert ds2._datastore.objects[ids[2]].image.info["StudyInstanceUID"] == \
+        written[ids[2]]["image"]["info"]["StudyInstanceUID"]
+    # a frame put in the cache by another process is still recorded by the file watcher (once, after its burst)
+    src = Path(ds2._datastore.image_path()) / f"{ids[1]}.nii.gz"
+    shutil.copy(src, src.with_name("1.2.826.0.1.3680043.99.1.nii.gz"))
+    deadline = time.monotonic() + 30
+    while "1.2.826.0.1.3680043.99.1" not in ds2._datastore.objects and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "1.2.826.0.1.3680043.99.1" in ds2._datastore.objects
+    for d in (ds, ds2):
+        d._observer.stop()
+
+
 def test_a_dicomweb_server_with_a_password(tmp_path):
     """A PACS that asks for a password: with MONAI_LABEL_DICOMWEB_USERNAME/PASSWORD polyp-al serves its
     frames and stores labels there; with a wrong password next sample says the credentials were refused (it

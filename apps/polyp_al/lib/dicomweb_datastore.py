@@ -16,7 +16,10 @@ one retry) with HTTP 503 naming the server; /info still answers and reports
 it. Predictions can be stored as SEG too (``store_prediction``), with a series
 description that keeps them out of the training labels.
 
-start.
+MONAI Label's cache index (``datastore_v2.json``) is written at most every
+``POLYPAL_CACHE_INDEX_EVERY`` seconds while frames are added, and its file
+watcher reconciles once per burst of files, not once per file: both were
+per frame, each over the whole cache (quadratic in the pool).
 
 Size (over ~250 lines): MONAI Label's DICOMweb datastore class and its client are extended
 here in one place because the pending-label queue, the SEG conversion and the verified store
@@ -45,7 +48,7 @@ from fastapi import HTTPException
 from monailabel.config import settings
 from pydicom.dataset import Dataset
 from monailabel.datastore.dicom import DICOMWebDatastore, DICOMwebClientX
-from monailabel.datastore.local import LocalDatastore
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 from monailabel.datastore.utils.convert import nifti_to_dicom_seg
 from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
@@ -60,6 +63,20 @@ logger = logging.getLogger(__name__)
 LABEL_DESCRIPTION = "polyp-al label"
 PREDICTION_DESCRIPTION = "polyp-al prediction"
 TIMEOUT = (5, 120)  # seconds: connect, read
+# MONAI Label rewrote its whole cache index for each frame it added (3000 frames: 60 ms a frame by the end,
+# 122 s in all; quadratic in the pool): written at most this often while frames are added, and at exit
+INDEX_EVERY = float(os.environ.get("POLYPAL_CACHE_INDEX_EVERY", 5))
+REFRESH_AFTER = 2.0  # seconds: the file watcher reconciles once per burst of files, this long after its first
+_DEFERRED = threading.local()  # set while a frame's record is added: its index write may wait
+
+
+@contextlib.contextmanager
+def _deferring():
+    _DEFERRED.active = True
+    try:
+        yield
+    finally:
+        _DEFERRED.active = False
 
 
 class PolypDICOMwebClient(DICOMwebClientX):
@@ -260,6 +277,81 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         with self._reconcile_guard:
             return super()._reconcile_datastore()
 
+    # --- the cache's index (datastore_v2.json) and its file watcher -------------------------------
+    _index_lock = threading.Lock()  # (brief: the timers' bookkeeping)
+    _index_timer = None
+    _index_written = 0.0
+    _refresh_timer = None
+
+    def _update_datastore_file(self, lock=True):
+        """MONAI Label's rewrite of the whole index; while frames are added (``_deferring``: MONAI Label's
+        ``get_image_uri`` calls LocalDatastore's ``add_image`` past this class), at most every INDEX_EVERY seconds
+        (a timer writes what was deferred, and so does the process's exit). A record lost with a killed process
+        comes back from the file at the next reconcile, and its DICOM tags at the next ``get_image_info``."""
+        if getattr(_DEFERRED, "active", False):
+            with self._index_lock:
+                if time.monotonic() - self._index_written < INDEX_EVERY:
+                    if self._index_timer is None:
+                        if not self.__dict__.get("_at_exit"):
+                            import atexit
+
+                            atexit.register(self._flush_index)
+                            self._at_exit = True
+                        self._index_timer = threading.Timer(INDEX_EVERY, self._flush_index)
+                        self._index_timer.daemon = True
+                        self._index_timer.start()
+                    return
+        super()._update_datastore_file(lock)
+        self._index_written = time.monotonic()
+
+    def _flush_index(self) -> None:
+        """Write the index if a write is waiting (the timer, and the process's exit)."""
+        with self._index_lock:
+            timer, self._index_timer = self._index_timer, None
+        if timer is None:
+            return
+        timer.cancel()
+        try:
+            with self._reconcile_guard:  # (records are added under it: none changes while the index is dumped)
+                super()._update_datastore_file(lock=True)
+                self._index_written = time.monotonic()
+        except Exception:  # noqa: BLE001 - a timer thread: say it, the records are rebuilt at the next reconcile
+            logger.exception("writing MONAI Label's cache index failed")
+
+    def _registered(self, path: str) -> bool:
+        """A file in the cache that already has its record (a frame or label this process just added)."""
+        folder, name = os.path.split(os.path.realpath(path))
+        image_id = self._to_id(name)[0]
+        with self._reconcile_guard:  # (an add holds it from the file's copy to its record)
+            obj = self._datastore.objects.get(image_id)
+            if obj is None:
+                return False
+            if folder == os.path.realpath(self._datastore.image_path()):
+                return True
+            return any(folder == os.path.realpath(self._datastore.label_path(tag)) for tag in obj.labels)
+
+    def _on_any_event(self, event):
+        """MONAI Label reconciled the whole cache (every record's file checked, the folder listed, the index
+        written) at each file created or deleted in it: per frame a scoring run adds, in each process watching.
+        A file this process has just recorded needs nothing; other changes are reconciled once, REFRESH_AFTER
+        seconds after the first of a burst."""
+        if getattr(event, "event_type", "") == "created" and self._registered(str(event.src_path)):
+            return
+        with self._index_lock:
+            if self._refresh_timer is not None:
+                return
+            self._refresh_timer = threading.Timer(REFRESH_AFTER, self._timed_refresh)
+            self._refresh_timer.daemon = True
+            self._refresh_timer.start()
+
+    def _timed_refresh(self) -> None:
+        with self._index_lock:
+            self._refresh_timer = None
+        try:
+            self.refresh()
+        except Exception:  # noqa: BLE001 - a timer thread: say it; the next change reconciles again
+            logger.exception("reconciling MONAI Label's cache failed")
+
     # --- reads: 503 when the server is down ------------------------------------------------------
     _frames_memo = None  # (MONAI Label's cached list, ours made from it)
     _labeled_memo = None  # (when, the labeled frames): until a label is stored or the cache time passes
@@ -363,10 +455,33 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         """The frame's info (series tags, served-at), its RetrieveURL as ``_dicom_info`` now writes it (frames
         cached by an earlier version kept the server's, without its port)."""
         info = super().get_image_info(image_id)
+        if isinstance(info, dict) and "StudyInstanceUID" not in info and is_uid(image_id):
+            info = self._whole_record(image_id) or info
         if isinstance(info, dict) and "RetrieveURL" in info and is_uid(info.get("StudyInstanceUID") or "") \
                 and is_uid(image_id):
             info["RetrieveURL"] = self._retrieve_url(info["StudyInstanceUID"], image_id)
         return info
+
+    def _whole_record(self, image_id: str) -> dict | None:
+        """The record of a cached frame made whole, and its info; None when there is no cached file or the
+        DICOMweb server cannot say. A record can lack its DICOM tags (rebuilt from the file at a reconcile:
+        its deferred index write lost with a killed process) or be missing (this process reloaded the index
+        another process wrote before it had the frame; a label save then failed: "Image ... not found")."""
+        if not os.path.exists(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz")):
+            return None
+        try:
+            tags = self._dicom_info(image_id)
+        except (requests.RequestException, HTTPException, IndexError, KeyError):  # (down, or no longer listed)
+            return None
+        with self._reconcile_guard:
+            obj = self._datastore.objects.get(image_id)
+            if obj is None:
+                info = {"ts": int(time.time()), "name": f"{image_id}.nii.gz"}
+                obj = self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=".nii.gz"))
+            obj.image.info.update(tags)
+            with _deferring():
+                self._update_datastore_file()
+        return LocalDatastore.get_image_info(self, image_id)
 
     @_online
     def get_unlabeled_images(self, label_tag=None, labels=None):
@@ -386,12 +501,14 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             if os.path.exists(cache + ".nii.gz"):
                 uri = super().get_image_uri(image_id)
             else:  # its conversion adds the frame's record: not while MONAI Label's file watcher reconciles the
-                with self._reconcile_guard:  # records (a "dictionary changed size during iteration" killed it)
-                    uri = super().get_image_uri(image_id)
+                with self._reconcile_guard, _deferring():  # records (a "dictionary changed size during iteration"
+                    uri = super().get_image_uri(image_id)  # killed it); the index written after a burst
         except (requests.RequestException, HTTPException):
             raise
         except Exception as e:  # noqa: BLE001 - a series whose instances do not convert (pydicom, dicom2nifti)
             raise _unreadable_series(image_id, e) from None
+        if image_id not in self._datastore.objects:  # (see _whole_record)
+            self._whole_record(image_id)
         return self._cached_not_temp(uri, image_id)
 
     def _in_server(self, image_id: str) -> bool:
