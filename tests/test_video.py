@@ -1023,13 +1023,14 @@ def test_frames_the_decoder_reports_damaged_are_flagged(tmp_path, capsys):
     """FFmpeg paints over a damaged picture (and the frames predicted from it) and only logs an error; PyAV
     raises nothing, so smeared frames went to annotators unflagged (a review). Frames from a reported error
     to the next keyframe shown after it are flagged "damaged" now. FFmpeg conceals some damage without a
-    message: those stay unflagged, so the test asks for most, not all, of the damaged packets."""
+    message: those stay unflagged, so the test asks for most, not all, of the damaged packets. A packet the
+    decoder refuses outright refused the whole video: its picture is left out now, unless many are."""
     v = _write_clip(tmp_path / "g.mkv", 30, gop=10)  # keyframes at 0, 10, 20
     assert ingest_main([str(v), "--studies", str(tmp_path / "st"), "--quiet"]) == 0
     assert "damaged" not in json_out(capsys) and not load_index(tmp_path / "st").flagged
     clean = [f.to_ndarray(format="rgb24") for f in av.open(str(v)).decode(video=0)]
     pks = [p for p in av.open(str(v)).demux(video=0) if p.size]
-    found = 0
+    found = lost = 0
     for k in range(11, 17):  # P/B frames of the second GOP
         data = bytearray(v.read_bytes())
         mid = pks[k].pos + pks[k].size // 2
@@ -1037,19 +1038,45 @@ def test_frames_the_decoder_reports_damaged_are_flagged(tmp_path, capsys):
         bad = tmp_path / f"bad{k}.mkv"
         bad.write_bytes(bytes(data))
         st = tmp_path / f"st{k}"
-        if ingest_main([str(bad), "--studies", str(st), "--quiet"]) != 0:  # decoding stopped: refused, named
-            assert f"error: {bad}: damaged or truncated" in capsys.readouterr().err
-            continue
+        assert ingest_main([str(bad), "--studies", str(st), "--quiet"]) == 0, capsys.readouterr().err
         out = json_out(capsys)
         flagged = sorted(int(i[-6:]) for i, f in load_index(st).flagged.items() if f == "damaged")
         assert out.get("damaged", 0) == len(flagged)
+        if out.get("undecodable"):  # a packet the decoder refused (the whole video was refused): its picture is
+            # missing, those predicted from it flagged, up to the next keyframe (video frame 20, the 19th decoded)
+            lost += 1
+            assert out["undecodable"] == 1 and out["decoded"] == 29 and len(pngs(st)) == 29, out
+            assert "1 video frame(s) could not be decoded and are missing (the first at 0.56 s: Invalid data" in \
+                out["undecodable_note"], out
+            assert flagged and all(10 < i < 19 for i in flagged), (k, flagged)  # (in its GOP)
+            shown = {f.pts: f.to_ndarray(format="rgb24") for f in av.open(str(v)).decode(video=0)}
+            got = []
+            for p in av.open(str(bad)).demux(video=0):
+                try:
+                    got += p.decode()
+                except av.FFmpegError:  # (the packet refused)
+                    pass
+            differ = [i for i, f in enumerate(got) if not np.array_equal(f.to_ndarray(format="rgb24"), shown[f.pts])]
+            assert set(differ) <= set(flagged), (k, differ, flagged)
+            continue
         assert all(8 <= i < 20 for i in flagged), (k, flagged)  # nothing past the next keyframe
         differ = [i for i, f in enumerate(av.open(str(bad)).decode(video=0))
                   if not np.array_equal(f.to_ndarray(format="rgb24"), clean[i])]
         if flagged:
             found += 1
             assert set(differ) <= set(flagged), (k, differ, flagged)
-    assert found >= 2, found
+    assert found >= 2 and lost >= 1, (found, lost)
+    # every P frame damaged: more than a damaged spot (5 of 30 frames refused by the decoder), refused, named
+    data = bytearray(v.read_bytes())
+    for k in [k for k in range(1, 30) if k % 10]:
+        mid = pks[k].pos + pks[k].size // 2
+        data[mid: mid + 16] = b"\xff" * 16
+    broken = tmp_path / "broken.mkv"
+    broken.write_bytes(bytes(data))
+    assert ingest_main([str(broken), "--studies", str(tmp_path / "stb"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {broken}: damaged: 5 of its 30 video frames could not be decoded (the first at" in err, err
+    assert not pngs(tmp_path / "stb")
 
 
 def test_an_avi_cut_short_is_refused(tmp_path, capsys):

@@ -44,6 +44,9 @@ FRAME_DIGITS = 6
 MAX_ID = 128
 STAGING = os.path.join(".polypal", "ingest-tmp")
 MAX_FPS = 1000.0  # --fps above any recorder's rate keeps every frame anyway
+# a video some of whose packets the decoder refuses is ingested without their pictures (a damaged spot in a
+# long recording); more than this share of its frames lost is a broken stream, refused
+LOST_FRACTION = 0.02
 
 
 class VideoError(Exception):
@@ -247,6 +250,8 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
         damaged, errors = False, _DecodeErrors()  # FFmpeg hides damage (it paints over it) and only logs it
         err_pts = None  # the latest packet (its time) whose decoding logged an error
         stored = 0  # every video packet in the file (an mp4 edit list's hidden ones and those before a key too)
+        lost, lost_at, lost_why = 0, None, None  # packets the decoder refused (their pictures lost): how many,
+        # where the first was, and why
         try:
             with errors:
                 for packet in container.demux():  # every stream: the file ends with its last one
@@ -267,10 +272,20 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
                     seen = errors.count()
                     try:
                         decoded = packet.decode()
-                    except av.FFmpegError:
+                    except av.FFmpegError as e:
                         if lead and n == 0:  # (a cut before a keyframe: the video starts at the next one)
                             continue
-                        raise
+                        # a packet the decoder refuses: its picture is lost, those predicted from it are
+                        # damaged (below); the decoder goes on with the next packet (the whole video was refused)
+                        lost += 1
+                        if lost_at is None:
+                            lost_at = f"{float(packet.pts * tb) - (t0 or 0.0):.2f} s" \
+                                if packet.pts is not None and tb else f"after frame {n}"
+                        lost_why = lost_why or _reason(e)
+                        if packet.pts is not None:
+                            err_pts = packet.pts if err_pts is None else max(err_pts, packet.pts)
+                        damaged = True
+                        continue
                     new_errors = errors.count() > seen
                     if new_errors and packet.pts is not None:
                         err_pts = packet.pts if err_pts is None else max(err_pts, packet.pts)
@@ -326,7 +341,11 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
         if "matroska" in (container.format.name or ""):
             fstart = 0.0
     if n == 0:
-        raise VideoError(f"{path}: no frame could be decoded (empty or damaged video)")
+        raise VideoError(f"{path}: no frame could be decoded (empty or damaged video"
+                         f"{f': {lost_why}' if lost_why else ''})")
+    if lost > LOST_FRACTION * (n + lost) + 1:  # (more than a damaged spot: a wrong or broken stream)
+        raise VideoError(f"{path}: damaged: {lost} of its {n + lost} video frames could not be decoded (the first "
+                         f"at {lost_at}: {lost_why})")
     # A cut file ends before its header says. Compared: the video's packets with the frames decoded (not
     # the count an mp4 states, which counts the samples an edit list hides), the end of the video's last
     # packet with the video's own end, and the end of the file's last packet (any stream) with the file's end
@@ -336,7 +355,7 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
         # it finds, so the checks below pass; its header still says how many frames it had)
         raise VideoError(f"{path}: truncated or damaged: the file declares {declared} frames, it holds "
                          f"{stored}")
-    if packets and n < 0.98 * packets - 1:
+    if packets and n + lost < 0.98 * packets - 1:
         raise VideoError(f"{path}: truncated or damaged: the file holds {packets} video frames, "
                          f"only {n} could be decoded")
     if vdur and vend is not None:
@@ -346,7 +365,7 @@ def _decode(path: str, stage: str, name: str, every: int | None, fps: float | No
     if duration and fend is not None and fend - fstart < 0.98 * duration - slack:  # (every stream cut short)
         raise VideoError(f"{path}: truncated or damaged: the file lasts {duration:.1f} s, its streams end after "
                          f"{max(fend - fstart, 0):.1f} s")
-    return rows, n, rate
+    return rows, n, rate, {"lost": lost, "at": lost_at, "why": lost_why} if lost else None
 
 
 class _DecodeErrors:
@@ -497,7 +516,7 @@ def _ingest_held(path: str, studies: str, every, fps, max_bits: int, quiet: bool
     try:
         os.makedirs(stage, exist_ok=True)
         held = _hold(stage)
-        rows, decoded, rate = _decode(path, stage, name, every, fps, quiet)
+        rows, decoded, rate, lost = _decode(path, stage, name, every, fps, quiet)
         kept = len(rows)
         # frames an earlier run moved in whose files are gone were deleted since (through the server, into
         # its trash: e.g. a frame that shows a patient's name): never written again
@@ -575,6 +594,10 @@ def _ingest_held(path: str, studies: str, every, fps, max_bits: int, quiet: bool
     bad = sum(1 for r in rows if r.get("damaged"))
     if bad:  # (flagged "damaged": never served first)
         out["damaged"] = bad
+    if lost:  # (their pictures are not among the frames; those predicted from them are flagged "damaged")
+        out["undecodable"] = lost["lost"]
+        out["undecodable_note"] = (f"{lost['lost']} video frame(s) could not be decoded and are missing (the "
+                                   f"first at {lost['at']}: {lost['why']})")
     if deleted:
         out["not_restored"] = len(deleted)
         out["note"] = (f"{len(deleted)} frame(s) deleted since an earlier ingest (through the server, into its "
