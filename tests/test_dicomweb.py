@@ -625,6 +625,12 @@ def test_load_errors_are_one_line(tmp_path, capsys):
     assert dicomweb.main(["load", "--data", str(data), str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "nope: not a directory" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # a dataset folder (frames under images/) loaded nothing and said {"new": 0, ...}, exit 0 (a fresh user's
+    # walkthrough): now the folder to load is named (before Orthanc is asked: it is not running here)
+    (tmp_path / "kvasir" / "images").mkdir(parents=True)
+    assert dicomweb.main(["load", "--data", str(data), str(tmp_path / "kvasir")]) == 2
+    err = capsys.readouterr().err
+    assert "kvasir: no frames at the top of the folder" in err and "under images/: load that folder" in err, err
     frames = tmp_path / "frames"
     frames.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(frames / "f1.png")

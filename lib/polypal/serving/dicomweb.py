@@ -35,6 +35,7 @@ import numpy as np
 
 from polypal.data import list_images, read_rgb
 from polypal.errors import DataError, PolypalError
+from polypal.vocab import IMAGE_EXTENSIONS
 
 VL_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1"
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins")
@@ -203,7 +204,12 @@ def load(url: str, folder: Path) -> dict:
     (``a.jpg``, ``a.png``): the second fails."""
     out = {"new": 0, "already": 0, "failed": {}}
     names: dict[str, str] = {}
-    for p in list_images(folder):
+    frames = list_images(folder)
+    if not frames:  # (a dataset folder loaded nothing and said {"new": 0, ...}, exit 0: an empty viewer)
+        sub = [d for d in ("images", "Original", "frames") if (Path(folder) / d).is_dir()]
+        raise DataError(folder, f"no frames at the top of the folder ({', '.join(IMAGE_EXTENSIONS)})"
+                                + (f"; its frames are under {sub[0]}/: load that folder" if sub else ""))
+    for p in frames:
         if p.stem in names:
             out["failed"][p.name] = (f"same name as {names[p.stem]}: both would get the same DICOM UIDs "
                                      f"(rename one to load it)")
