@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -221,6 +222,16 @@ def test_infer_png_and_nrrd_at_frame_size(server, client, trained):
 def test_infer_on_rgb_tiff(server, client, trained):
     out, params = client.infer("polyp_seg", "cvc_style", {})
     assert np.asarray(Image.open(out)).shape == frame_hw(server, "cvc_style")
+
+
+def test_a_strategy_by_its_offline_name(server):
+    """polypal-sim and the paper call them unc_ta_coreset and uncertainty; the server answered 404 to those
+    names (its own: bvsb_ta_coreset, bvsb), naming only its own (a fresh user's walkthrough)."""
+    js = {"Content-Type": "application/json"}
+    s, r = http("POST", f"{server.url}/activelearning/unc_ta_coreset", json.dumps({"client_id": "alias"}).encode(), js)
+    assert s == 200 and r.get("id") and r["al_strategy"] == "bvsb_ta_coreset", (s, r)
+    s, r = http("POST", f"{server.url}/activelearning/no_such", b"{}", js)
+    assert s == 404 and "unc_ta_coreset" in r["detail"] and "'bvsb_ta_coreset'" in r["detail"], r
 
 
 def test_infer_unknown_id_is_404(server):

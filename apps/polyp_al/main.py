@@ -34,7 +34,7 @@ import monailabel
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from polypal.serving import ActiveLearningState, model_version, refresh_due
-from polypal.sampler import server_strategies
+from polypal.sampler import resolve, server_strategies
 from polypal.data import DataError, TooLarge
 from polypal.vocab import IMAGE_EXTENSIONS, InvalidName, check_name, client_name, patterns
 
@@ -554,8 +554,18 @@ class PolypALApp(MONAILabelApp):
             raise HTTPException(status_code=400, detail=str(e)) from None
         request = {**request, "client_id": client}  # (a blank one is none: the client's own lease, anonymous)
         task = self._strategies.get(name)
+        if task is None:  # the paper's and polypal-sim's names too (unc_ta_coreset, uncertainty): one method each
+            try:
+                spec = resolve(name)
+            except ValueError:
+                spec = None
+            if spec is not None and spec.server_name in self._strategies:
+                name, task = spec.server_name, self._strategies[spec.server_name]
+                request = {**request, "strategy": name}
         if task is None:
-            raise HTTPException(status_code=404, detail=f"no strategy {name!r}; available: {sorted(self._strategies)}")
+            also = sorted({a for s in server_strategies().values() for a in (s.name, *s.aliases)} - set(self._strategies))
+            raise HTTPException(status_code=404, detail=f"no strategy {name!r}; available: {sorted(self._strategies)}"
+                                                        f" (also by their offline names: {', '.join(also)})")
         for _ in range(5):  # a frame the datastore refuses (a DICOM series that is no frame: 4xx) is marked bad
             res = task(request, self.datastore())
             if not res or not res.get("id"):
