@@ -437,5 +437,14 @@ def test_a_dataset_folder_given_as_studies_is_named_in_the_log(tmp_path):
         assert http("POST", srv.url + "/activelearning/random", b"{}", {"Content-Type": "application/json"}) == (200, {})
         log = srv.tail(400)
         assert "frames go at the top of the studies folder" in log and f"--studies {data / 'images'}" in log, log
+        assert "check the path" not in log
+    finally:
+        srv.stop()
+    # a mistyped --studies: MONAI Label makes the folder, and the log says it was empty (a fresh user's walkthrough)
+    srv = Server(tmp_path / "no-such-frames", tmp_path).start()
+    try:
+        assert http("GET", srv.url + "/info/")[1]["datastore"]["total"] == 0
+        assert "MONAI Label makes a --studies folder that does not exist, so if you meant a folder of frames, " \
+               "check the path" in srv.tail(400)
     finally:
         srv.stop()

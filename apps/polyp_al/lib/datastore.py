@@ -166,8 +166,14 @@ def empty_studies_hint(root: str) -> str:
         return (f"no frames in {root}: frames go at the top of the studies folder ({exts}), and this one has a "
                 f"{sub[0]}/ subfolder (a dataset layout, as polypal-export writes and polypal-sim reads). To "
                 f"annotate those frames, start with --studies {os.path.join(root, sub[0])} (its masks are not read)")
+    try:  # what MONAI Label and polyp-al make in it aside (labels/, .polypal/), anything at all?
+        other = [n for n in os.listdir(root) if n not in ("labels", ".polypal")]
+    except OSError:
+        other = []
+    typo = ("; the folder is empty: MONAI Label makes a --studies folder that does not exist, so if you meant "
+            "a folder of frames, check the path") if not other else ""
     return (f"no frames in {root} ({exts} at the top of the folder): next-sample answers {{}} until frames are "
-            f"added (copy them there and restart, polypal-ingest a video, or PUT /datastore/image)")
+            f"added (copy them there and restart, polypal-ingest a video, or PUT /datastore/image){typo}")
 
 
 _EXPORTING = threading.Lock()  # GET /datastore/dataset: one archive made at a time (429 for the others)
