@@ -95,7 +95,8 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
     tmp.mkdir()
     cache = tmp_path / "cache"  # MONAI Label's copy of the DICOMweb server's series
     srv = Server(url + "/dicom-web", tmp_path, conf={"batch_size": "2"},
-                 env={"TMPDIR": str(tmp), "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(cache)}).start()
+                 env={"TMPDIR": str(tmp), "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(cache),
+                      "POLYPAL_DICOMWEB_LIST_EVERY": "2"}).start()  # (the server's frame list: 2 s old at most)
     try:
         s, r = http("POST", srv.url + "/activelearning/random", json.dumps({"client_id": "a"}).encode(),
                     {"Content-Type": "application/json"})
@@ -206,12 +207,26 @@ def test_polyp_al_serves_dicomweb_frames(orthanc, tmp_path):
         assert http("GET", f"{srv.url}/datastore/image?image={r3['id']}")[0] == 200  # (cached)
         desc3 = http("GET", f"{url}/dicom-web/series?SeriesInstanceUID={r3['id']}")[1][0]["0008103E"]["Value"][0]
         orthanc_id = http("POST", f"{url}/tools/lookup", r3["id"].encode())[1][0]["ID"]
+        total = http("GET", srv.url + "/info/")[1]["datastore"]["total"]
         assert http("DELETE", f"{url}/series/{orthanc_id}")[0] == 200
         segs_before = len(http("GET", f"{url}/dicom-web/series?Modality=SEG")[1])
         body, ct = multipart({"params": "{}"}, {"label": ("m.png", (SAMPLE / "masks" / f"{desc3}.png").read_bytes())})
         s, res = http("PUT", f"{srv.url}/datastore/label?image={r3['id']}&tag=final", body, {"Content-Type": ct})
-        assert s == 404 and "not a frame in the DICOMweb server" in res["detail"], (s, res)
+        assert s == 404 and "DICOMweb server" in res["detail"], (s, res)
         assert len(http("GET", f"{url}/dicom-web/series?Modality=SEG")[1]) == segs_before
+        # nor is it served from the cache any more once the frame list is made again (MONAI Label kept its list
+        # 2 h and served the cached copy for ever), and a frame loaded into the PACS meanwhile is listed
+        time.sleep(2.5)
+        s, res = http("GET", f"{srv.url}/datastore/image?image={r3['id']}")
+        assert s == 404 and "no longer in the DICOMweb server" in res["detail"], (s, res)
+        assert not list(cache.rglob(f"{r3['id']}*")), sorted(cache.rglob(f"{r3['id']}*"))
+        assert http("GET", srv.url + "/info/")[1]["datastore"]["total"] == total - 1
+        late = tmp_path / "late"
+        late.mkdir()
+        shutil.copy(sorted((SAMPLE / "images").glob("*.jpg"))[20], late)
+        assert dicomweb.load(url, late)["new"] == 1
+        time.sleep(2.5)
+        assert http("GET", srv.url + "/info/")[1]["datastore"]["total"] == total
     finally:
         srv.stop()
 

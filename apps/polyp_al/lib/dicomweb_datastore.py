@@ -66,6 +66,8 @@ TIMEOUT = (5, 120)  # seconds: connect, read
 # MONAI Label rewrote its whole cache index for each frame it added (3000 frames: 60 ms a frame by the end,
 # 122 s in all; quadratic in the pool): written at most this often while frames are added, and at exit
 INDEX_EVERY = float(os.environ.get("POLYPAL_CACHE_INDEX_EVERY", 5))
+# the frames in the DICOMweb server are listed again after this many seconds (MONAI Label: 2 h)
+LIST_EVERY = float(os.environ.get("POLYPAL_DICOMWEB_LIST_EVERY", 120))
 REFRESH_AFTER = 2.0  # seconds: the file watcher reconciles once per burst of files, this long after its first
 _DEFERRED = threading.local()  # set while a frame's record is added: its index write may wait
 
@@ -353,24 +355,33 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             logger.exception("reconciling MONAI Label's cache failed")
 
     # --- reads: 503 when the server is down ------------------------------------------------------
-    _frames_memo = None  # (MONAI Label's cached list, ours made from it)
+    _frames_memo = None  # (when, the frames listed)
     _labeled_memo = None  # (when, the labeled frames): until a label is stored or the cache time passes
     _labeled_gen = 0  # labels stored by this process: a listing begun before one is not kept
 
+    _listing = threading.Lock()  # one listing asked of the DICOMweb server at a time
+
     @_online
     def list_images(self):
-        """The frames' series ids (valid UIDs only), made once per listing MONAI Label caches: its label
-        listing asks ``frame in self.list_images()`` once per SEG, which filtered and searched the whole
-        list each time."""
-        ids = super().list_images()
+        """The frames' series ids (valid UIDs only), asked of the DICOMweb server again after LIST_EVERY
+        seconds. MONAI Label kept its listing ``MONAI_LABEL_DICOMWEB_CACHE_EXPIRY`` (2 h by default): frames
+        loaded into the PACS meanwhile were not served, and deleted ones still were, for up to 2 h. The list
+        is a set too: MONAI Label's label listing asks ``frame in self.list_images()`` once per SEG."""
         memo = self._frames_memo
-        if memo is not None and memo[0] is ids:
+        ttl = min(LIST_EVERY, settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY)
+        if memo is not None and time.monotonic() - memo[0] < ttl:
             return memo[1]
+        if not self._listing.acquire(blocking=memo is None):  # another thread is asking: the last list meanwhile
+            return memo[1]
+        try:
+            ids = DICOMWebDatastore.list_images.__wrapped__(self)  # (MONAI Label's, past its 2 h cache)
+        finally:
+            self._listing.release()
         bad = [i for i in ids if not is_uid(i)]
         if bad:
             logger.warning(f"{len(bad)} series with an invalid SeriesInstanceUID left out (e.g. {bad[0][:80]!r})")
         frames = _Frames(i for i in ids if is_uid(i))
-        self._frames_memo = (ids, frames)
+        self._frames_memo = (time.monotonic(), frames)
         return frames
 
     @_online
@@ -497,6 +508,9 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         if not (os.path.exists(cache + ".nii.gz") or (os.path.isdir(cache) and os.listdir(cache))):
             if not self._in_server(image_id):
                 raise HTTPException(status_code=404, detail=f"unknown image id {image_id!r}")
+        elif self._gone(image_id):  # deleted in the DICOMweb server: its cached copy went on being served
+            self._drop_cached(image_id)
+            raise HTTPException(status_code=404, detail=f"frame {image_id} is no longer in the DICOMweb server")
         try:
             if os.path.exists(cache + ".nii.gz"):
                 uri = super().get_image_uri(image_id)
@@ -510,6 +524,29 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         if image_id not in self._datastore.objects:  # (see _whole_record)
             self._whole_record(image_id)
         return self._cached_not_temp(uri, image_id)
+
+    def _gone(self, image_id: str) -> bool:
+        """A cached frame the DICOMweb server no longer lists (asked again when the listing lacks it: it may be
+        older than the frame). With the server not answering, no: the cached copy is served, as before."""
+        try:
+            if image_id in self.list_images():
+                return False
+        except (requests.RequestException, HTTPException):
+            return False
+        return not self._listed_or_down(image_id)
+
+    def _drop_cached(self, image_id: str) -> None:
+        """The cached copy of a frame deleted in the DICOMweb server, and its record (its label files stay:
+        a label SEG left in the server is the server's to delete)."""
+        logger.info(f"frame {image_id} is no longer in the DICOMweb server: its cached copy is removed")
+        with self._reconcile_guard:
+            folder = os.path.join(self._datastore.image_path(), image_id)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder + ".nii.gz")
+            shutil.rmtree(folder, ignore_errors=True)
+            if self._datastore.objects.pop(image_id, None) is not None:
+                with _deferring():
+                    self._update_datastore_file()
 
     def _in_server(self, image_id: str) -> bool:
         """The DICOMweb server lists this series as a frame (the search filter's, not a SEG)."""
