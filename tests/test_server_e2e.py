@@ -379,14 +379,16 @@ def test_each_studies_folder_keeps_its_own_model_by_default(tmp_path):
         s, r = http("POST", srv.url + "/train/polyp_seg?run_sync=true", timeout=600)
         assert s == 200, r
         assert (a / ".polypal" / "model" / "polyp_seg-smoke.pt").is_file()
-        assert http("GET", srv.url + "/info/")[1]["polyp_al"]["model"].startswith("model 1, trained ")
+        pa = http("GET", srv.url + "/info/")[1]["polyp_al"]
+        assert pa["model"].startswith("model 1, trained ") and pa["has_model"] is True, pa
         _, ds = http("GET", srv.url + "/datastore/?output=all")
         assert sorted(ds["objects"]) == sorted(p.stem for p in a.glob("*.jpg"))  # no model file among frames
     finally:
         srv.stop()
     other = Server(b, tmp_path, conf={"model_dir": None}).start()
     try:
-        assert http("GET", other.url + "/info/")[1]["polyp_al"]["model"] == "no model yet"
+        pa = http("GET", other.url + "/info/")[1]["polyp_al"]
+        assert pa["model"] == "no model yet" and pa["has_model"] is False, pa  # (a flag: clients compared the text)
     finally:
         other.stop()
     assert not (b / ".polypal" / "model" / "polyp_seg-smoke.pt").exists()

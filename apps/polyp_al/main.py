@@ -459,7 +459,8 @@ class PolypALApp(MONAILabelApp):
         store = getattr(self._datastore, "store", None)
         state = self.state.summary(labeled, store.image_set() if store is not None else None)
         meta["polyp_al"] = {"profile": self.cfg.profile.name, "batch_size": self.cfg.batch_size,
-                            "gamma": self.cfg.gamma, "model": self._model_name(), "state": state,
+                            "gamma": self.cfg.gamma, "model": self._model_name(),
+                            "has_model": os.path.exists(self.cfg.model_path), "state": state,
                             "annotators": self.state.annotators(labeled), "video": self._video_summary(),
                             "quality": {**self.state.quality(last=INFO_MODELS),
                                         "what": "per model: polyp Dice of its prediction on frames labeled while it "
