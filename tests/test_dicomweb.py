@@ -766,8 +766,9 @@ def test_the_label_listing_reads_each_segs_metadata_once(orthanc, tmp_path, monk
 def test_the_cache_index_is_written_per_burst_and_its_records_heal(orthanc, tmp_path, monkeypatch):
     """MONAI Label rewrote its whole cache index (datastore_v2.json) for every frame it converted, and its file
     watcher reconciled the whole cache at every file: per frame over the whole pool (3000 frames: 60 ms a
-    frame by the end). The index is now written after a burst; a record rebuilt from the cached file alone
-    (the write lost with a killed process) gets its DICOM tags again when asked."""
+    frame by the end). The index is now written after a burst; a record not yet written survives another
+    process's write, and one rebuilt from the cached file alone (the write lost with a killed process) gets
+    its DICOM tags again when asked."""
     from server_utils import APP
 
     url, _ = orthanc
@@ -775,9 +776,14 @@ def test_the_cache_index_is_written_per_burst_and_its_records_heal(orthanc, tmp_
     monkeypatch.syspath_prepend(str(APP))
     import lib.dicomweb_datastore as dwd
 
-    monkeypatch.setattr(dwd, "INDEX_EVERY", 3.0)
-    ds = dwd.PolypDICOMWebDatastore(client=dwd.PolypDICOMwebClient(url=url + "/dicom-web"),
-                                    search_filter={"Modality": "ES"}, cache_path=str(tmp_path / "cache"))
+    monkeypatch.setattr(dwd, "INDEX_EVERY", 600.0)  # (written by the explicit flush below, not by the clock)
+    monkeypatch.setattr(dwd, "REFRESH_AFTER", 600.0)  # (the watchers' reconciles: not during this part)
+
+    def store(cache):
+        return dwd.PolypDICOMWebDatastore(client=dwd.PolypDICOMwebClient(url=url + "/dicom-web"),
+                                          search_filter={"Modality": "ES"}, cache_path=str(cache))
+
+    ds, other = store(tmp_path / "cache"), store(tmp_path / "cache")  # (two processes' datastores on one cache)
     series = {s["0008103E"]["Value"][0]: s["0020000E"]["Value"][0]
               for s in http("GET", f"{url}/dicom-web/series?Modality=ES")[1]}
     ids = [series[n] for n in names]
@@ -786,15 +792,33 @@ def test_the_cache_index_is_written_per_burst_and_its_records_heal(orthanc, tmp_
     def on_disk() -> dict:
         return json.loads(index.read_text())["objects"] if index.exists() else {}
 
-    for i in ids:
-        ds.get_image_uri(i)
-    assert len(set(ids) & set(on_disk())) < len(ids)  # (MONAI Label: written at each frame)
+    ds.get_image_uri(ids[0])  # written at once (the first in a while)
+    ds.get_image_uri(ids[1])  # waits (MONAI Label: written at each frame)
+    assert ids[0] in on_disk() and ids[1] not in on_disk()
+    # the other process writes the index as it knows it (without ids[1]); this one reloads it: the record not yet
+    # written stays (it was dropped, and a label save on that frame failed: "Image ... not found")
+    other.get_image_uri(ids[2])
     deadline = time.monotonic() + 30
-    while not set(ids) <= set(on_disk()) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while ids[2] not in ds._datastore.objects and time.monotonic() < deadline:  # (its watcher's reload)
+        time.sleep(0.1)
+    assert ids[2] in ds._datastore.objects and ids[1] in ds._datastore.objects
+    from monailabel.datastore.local import LocalDatastore
+
+    LocalDatastore.save_label(ds, ids[1], ds.get_image_uri(ids[1]), "final", {})  # (any file stands in for a label)
+    ds._flush_index()
     written = on_disk()
     assert set(ids) <= set(written), "the deferred records were never written"
     assert all(written[i]["image"]["info"]["StudyInstanceUID"] not in ("", "UNK") for i in ids)
+    assert "final" in written[ids[1]]["labels"]
+    # an index cut short (a process killed while writing it): set aside, records made again (MONAI Label: no start)
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "cache", cut)
+    bad = next(cut.rglob("datastore_v2.json"))
+    bad.write_text(bad.read_text()[:200])
+    made = store(cut)
+    assert set(ids) <= set(made._datastore.objects) and list(bad.parent.glob("datastore_v2.json.unreadable-*"))
+    made._observer.stop()
+    monkeypatch.setattr(dwd, "REFRESH_AFTER", 2.0)
     # the index lost (a process killed before its write): a datastore on that cache rebuilds the records from
     # the files, without tags, and asks the DICOMweb server again for them
     cache2 = tmp_path / "cache2"
@@ -820,7 +844,7 @@ def test_the_cache_index_is_written_per_burst_and_its_records_heal(orthanc, tmp_
     while "1.2.826.0.1.3680043.99.1" not in ds2._datastore.objects and time.monotonic() < deadline:
         time.sleep(0.2)
     assert "1.2.826.0.1.3680043.99.1" in ds2._datastore.objects
-    for d in (ds, ds2):
+    for d in (ds, other, ds2):
         d._observer.stop()
 
 

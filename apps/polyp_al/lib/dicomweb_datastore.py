@@ -285,14 +285,19 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
     _index_written = 0.0
     _refresh_timer = None
 
+    _index_dirty = False
+    _flushing = threading.Lock()  # one deferred write at a time (the timer's, the exit's)
+
     def _update_datastore_file(self, lock=True):
         """MONAI Label's rewrite of the whole index; while frames are added (``_deferring``: MONAI Label's
         ``get_image_uri`` calls LocalDatastore's ``add_image`` past this class), at most every INDEX_EVERY seconds
-        (a timer writes what was deferred, and so does the process's exit). A record lost with a killed process
-        comes back from the file at the next reconcile, and its DICOM tags at the next ``get_image_info``."""
+        (a timer writes what was deferred, and so does the process's exit). A record not yet written survives
+        another process's write (``_init_from_datastore_file``); one lost with a killed process comes back
+        from its file at the next reconcile, and its DICOM tags at the next ``get_image_info``."""
         if getattr(_DEFERRED, "active", False):
             with self._index_lock:
                 if time.monotonic() - self._index_written < INDEX_EVERY:
+                    self._index_dirty = True
                     if self._index_timer is None:
                         if not self.__dict__.get("_at_exit"):
                             import atexit
@@ -307,18 +312,59 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         self._index_written = time.monotonic()
 
     def _flush_index(self) -> None:
-        """Write the index if a write is waiting (the timer, and the process's exit)."""
-        with self._index_lock:
-            timer, self._index_timer = self._index_timer, None
-        if timer is None:
-            return
-        timer.cancel()
-        try:
-            with self._reconcile_guard:  # (records are added under it: none changes while the index is dumped)
-                super()._update_datastore_file(lock=True)
-                self._index_written = time.monotonic()
-        except Exception:  # noqa: BLE001 - a timer thread: say it, the records are rebuilt at the next reconcile
-            logger.exception("writing MONAI Label's cache index failed")
+        """Write the index if a write is waiting (the timer, and the process's exit: it waits for a write the
+        timer is making, which a daemon thread would leave cut off at exit)."""
+        with self._flushing:
+            with self._index_lock:
+                timer, self._index_timer = self._index_timer, None
+                dirty, self._index_dirty = self._index_dirty, False
+            if timer is not None:
+                timer.cancel()
+            if not dirty:
+                return
+            try:
+                with self._reconcile_guard:  # (records are added under it: none changes while the index is dumped)
+                    super()._update_datastore_file(lock=True)
+                    self._index_written = time.monotonic()
+            except Exception:  # noqa: BLE001 - a timer thread: say it, the records are rebuilt at the next reconcile
+                logger.exception("writing MONAI Label's cache index failed")
+
+    def _init_from_datastore_file(self, throw_exception=False):
+        """MONAI Label's reload of the index another process wrote, which replaced every record with the file's:
+        a record this process had not written yet (deferred above), or one the other process's older copy of
+        the index lacked, was gone, and a label save on that frame failed ("Image ... not found"). Records whose
+        files are in the cache are kept (the files are the truth: MONAI Label's reconcile makes records from
+        them), and a label record too. Under the reconcile guard: during the reload the records' base path is
+        briefly unset, and a frame added then was written into the working directory (a review). An index cut
+        short (a process killed while writing it) is set aside and the records made again from the files,
+        where MONAI Label refused to start."""
+        with self._reconcile_guard:
+            model = self._datastore
+            before = dict(model.objects)
+            try:
+                LocalDatastore._init_from_datastore_file(self, throw_exception=True)
+            except ValueError as e:
+                if not os.path.exists(self._datastore_config_path):
+                    raise
+                bad = f"{self._datastore_config_path}.unreadable-{int(time.time())}"
+                logger.warning(f"MONAI Label's cache index {self._datastore_config_path} cannot be read ({e}); "
+                               f"set aside as {bad}, its records are made again from the cached files")
+                with contextlib.suppress(OSError):
+                    os.replace(self._datastore_config_path, bad)
+                return
+            if self._datastore is model or not before:  # (not reloaded: the file had not changed)
+                return
+            objects = self._datastore.objects
+            for image_id, old in before.items():
+                new = objects.get(image_id)
+                if new is None:
+                    if os.path.exists(os.path.join(self._datastore.image_path(), self._filename(image_id, old.image.ext))):
+                        objects[image_id] = old
+                    continue
+                for tag, label in old.labels.items():
+                    if tag not in new.labels and os.path.exists(
+                            os.path.join(self._datastore.label_path(tag), self._filename(image_id, label.ext))):
+                        new.labels[tag] = label
 
     def _registered(self, path: str) -> bool:
         """A file in the cache that already has its record (a frame or label this process just added)."""
