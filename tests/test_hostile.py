@@ -1900,6 +1900,7 @@ class _StallingDICOMweb:
         import http.server
 
         self.release, self.open, self.lock = threading.Event(), 0, threading.Lock()
+        self.paths = []  # every path asked, with its query
         outer = self
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -1907,6 +1908,7 @@ class _StallingDICOMweb:
                 pass
 
             def do_GET(self):
+                outer.paths.append(self.path)
                 if "big" in self.path or "trickle" in self.path:
                     try:
                         self.send_response(200)
@@ -2003,6 +2005,14 @@ def test_the_proxy_holds_no_answer_past_its_size_or_time(tmp_path):
         assert s == 504 and "within 4 s" in r["detail"] and time.monotonic() - t0 < 20, (s, r)
         s, r = http("GET", f"{srv.url}/proxy/dicom/qido/studies", timeout=60)
         assert s == 200 and r == [], (s, r)
+        # a QIDO search keeps its query (OHIF's study search listed every study); no other path does (Orthanc's
+        # /dicom-web/servers?expand lists its remote servers' addresses and user names; a review)
+        for path, sent in (("qido/studies?PatientName=A*&limit=101", "/studies?PatientName=A*&limit=101"),
+                           ("qido/studies/1.2/series?Modality=ES", "/studies/1.2/series?Modality=ES"),
+                           ("servers?expand", "/servers"), ("wado/studies/1.2/series/1.3/metadata?x=1",
+                                                            "/studies/1.2/series/1.3/metadata")):
+            assert http("GET", f"{srv.url}/proxy/dicom/{path}", timeout=60)[0] == 200, path
+            assert pacs.paths[-1] == "/dicom-web" + sent, (path, pacs.paths[-1])
     finally:
         pacs.stop()
         srv.stop()

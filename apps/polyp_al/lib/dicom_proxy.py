@@ -12,12 +12,16 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import re
 
 logger = logging.getLogger(__name__)
 
 # the query string of the request being proxied (MONAI Label's proxy sends the path alone: OHIF's study search,
 # ``/studies?PatientName=...&limit=101``, listed every study in the DICOMweb server)
 _QUERY: contextvars.ContextVar[str] = contextvars.ContextVar("polypal_proxy_query", default="")
+_UIDP = r"/[0-9.]+/"
+_SEARCH = re.compile(rf"(?:studies(?:{_UIDP}(?:series(?:{_UIDP}instances)?|instances))?|series(?:{_UIDP}instances)?"
+                     rf"|instances)/?")  # QIDO-RS's searches
 
 PROXY_TIMEOUT = float(os.environ.get("POLYPAL_PROXY_TIMEOUT", 60))  # seconds the DICOMweb server may pause
 # an answer is held in memory whole before it is relayed (MONAI Label's proxy sends bytes): at most this many
@@ -130,7 +134,9 @@ def guard_proxy() -> None:
     relay = getattr(proxy.proxy_dicom, "__wrapped__", proxy.proxy_dicom)
 
     async def proxy_dicom(request, op: str, path: str):
-        token = _QUERY.set(request.url.query)
+        # QIDO searches only: another path's query reaches the DICOMweb server's other options (Orthanc's
+        # ``/dicom-web/servers?expand`` lists its remote servers with their addresses and user names; a review)
+        token = _QUERY.set(request.url.query if _SEARCH.fullmatch(str(path)) else "")
         try:
             return await relay(request, op, path)
         finally:
