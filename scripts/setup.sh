@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# polyp-al is tested on Python 3.11 (pyproject allows 3.10 and later): said before anything is installed
+if [ ! -x .venv/bin/python ]; then
+  pyver="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
+  case "$pyver" in
+    3.1[0-9]) [ "$pyver" = 3.11 ] || echo "note: $PY is Python $pyver; polyp-al is tested on 3.11 (PYTHON=python3.11 picks it)" >&2 ;;
+    *) echo "error: $PY is Python ${pyver:-?}; polyp-al needs 3.10 or later (tested on 3.11): set PYTHON=python3.11" >&2
+       exit 1 ;;
+  esac
+fi
 # Orthanc + its DICOMweb plugin (Debian packages) for the DICOMweb path, and Chromium for the
 # OHIF browser tests. Installed when running as root with apt-get (POLYPAL_SKIP_APT=1 opts out;
 # without root or apt-get those tests skip and say why). When the install is attempted and fails,
@@ -47,13 +56,6 @@ if [ "${POLYPAL_SKIP_OHIF:-0}" != 1 ]; then
   bash scripts/install_api_docs.sh  # the API page's Swagger UI (served by the server, not from a CDN)
 fi
 if [ ! -x .venv/bin/python ]; then
-  # polyp-al is tested on Python 3.11 (pyproject allows 3.10 and later): say so before a long install fails
-  pyver="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
-  case "$pyver" in
-    3.1[0-9]) [ "$pyver" = 3.11 ] || echo "note: $PY is Python $pyver; polyp-al is tested on 3.11 (PYTHON=python3.11 picks it)" >&2 ;;
-    *) echo "error: $PY is Python ${pyver:-?}; polyp-al needs 3.10 or later (tested on 3.11): set PYTHON=python3.11" >&2
-       exit 1 ;;
-  esac
   "$PY" -m venv .venv
 fi
 PIP=".venv/bin/python -m pip"
