@@ -249,7 +249,11 @@ class PolypSegTrain(TrainTask):
         size = self.cfg.profile.size
         # datalist(): (image, final label) file pairs; the DICOMweb datastore downloads SEGs as NIfTI here
         pairs = sorted((frame_id(d["image"]), d["image"], d["label"]) for d in datastore.datalist())
-        images, masks, used, skipped = [], [], [], dict(getattr(datastore, "unreadable_labels", None) or {})
+        # filled in place (a list of arrays stacked after held every label twice at the peak: 5 GB at 10,000
+        # labels of the paper profile)
+        images = np.empty((len(pairs), size, size, 3), np.uint8)
+        masks = np.empty((len(pairs), size, size), bool)
+        used, skipped = [], dict(getattr(datastore, "unreadable_labels", None) or {})
         for i, image_path, label_path in pairs:
             try:
                 im, m, _ = load_frame(image_path, label_path, size)
@@ -258,9 +262,9 @@ class PolypSegTrain(TrainTask):
                 # shown in /info: which file and the problem, not the server's path
                 skipped[i] = f"{'label' if e.path == str(label_path) else 'frame'}: {e.problem}"
                 continue
-            images.append(im)
-            masks.append(m)
+            images[len(used)], masks[len(used)] = im, m
             used.append(i)
+        images, masks = images[:len(used)], masks[:len(used)]
         if not used:
             if skipped:  # every label there is unreadable: say which and why, in /info too
                 why = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:5])
@@ -275,7 +279,6 @@ class PolypSegTrain(TrainTask):
         # a fifth of the labels (none below 5), stable as labels are added, when the profile picks its
         # weights by validation (smoke); the EMA profiles (cpu-lite, paper) train on every label
         val = labels_to_validate(self.cfg.profile, used)
-        images, masks = np.stack(images), np.stack(masks)
         t0 = time.time()
         prev = self.stats()
         number = int(prev.get("model_number") or 0) + 1
