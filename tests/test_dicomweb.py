@@ -817,6 +817,22 @@ def test_the_cache_index_is_written_per_burst_and_its_records_heal(orthanc, tmp_
     bad.write_text(bad.read_text()[:200])
     made = store(cut)
     assert set(ids) <= set(made._datastore.objects) and list(bad.parent.glob("datastore_v2.json.unreadable-*"))
+    # cut again while a process watches it: set aside, and that process writes what it knows (its file watcher
+    # died on the error before, and the cut file stayed for every process to trip on)
+    bad.write_text(bad.read_text()[:200])
+
+    def rewritten() -> set:
+        try:
+            return set(json.loads(bad.read_text())["objects"])
+        except (OSError, ValueError):
+            return set()
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (len(list(bad.parent.glob("datastore_v2.json.unreadable-*"))) == 2
+                                               and set(ids) <= rewritten()):
+        time.sleep(0.2)
+    assert len(list(bad.parent.glob("datastore_v2.json.unreadable-*"))) == 2
+    assert set(ids) <= rewritten()
     made._observer.stop()
     monkeypatch.setattr(dwd, "REFRESH_AFTER", 2.0)
     # the index lost (a process killed before its write): a datastore on that cache rebuilds the records from
@@ -844,6 +860,13 @@ def test_the_cache_index_is_written_per_burst_and_its_records_heal(orthanc, tmp_
     while "1.2.826.0.1.3680043.99.1" not in ds2._datastore.objects and time.monotonic() < deadline:
         time.sleep(0.2)
     assert "1.2.826.0.1.3680043.99.1" in ds2._datastore.objects
+    # a local label whose SEG is not in the DICOMweb server goes before a training, its record with it (left to
+    # the next reconcile, the training just after skipped the frame: "label: file not found"; a review)
+    LocalDatastore.save_label(ds2, ids[1], ds2.get_image_uri(ids[1]), "final", {})
+    assert "final" in ds2._datastore.objects[ids[1]].labels
+    listed = ds2.datalist()  # (as a training lists its labels)
+    assert "final" not in ds2._datastore.objects[ids[1]].labels
+    assert not any(ids[1] in d["label"] for d in listed), listed
     for d in (ds, other, ds2):
         d._observer.stop()
 

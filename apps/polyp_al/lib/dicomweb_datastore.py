@@ -299,11 +299,7 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
                 if time.monotonic() - self._index_written < INDEX_EVERY:
                     self._index_dirty = True
                     if self._index_timer is None:
-                        if not self.__dict__.get("_at_exit"):
-                            import atexit
-
-                            atexit.register(self._flush_index)
-                            self._at_exit = True
+                        self._arm_exit()
                         self._index_timer = threading.Timer(INDEX_EVERY, self._flush_index)
                         self._index_timer.daemon = True
                         self._index_timer.start()
@@ -343,28 +339,53 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             before = dict(model.objects)
             try:
                 LocalDatastore._init_from_datastore_file(self, throw_exception=True)
-            except ValueError as e:
-                if not os.path.exists(self._datastore_config_path):
-                    raise
-                bad = f"{self._datastore_config_path}.unreadable-{int(time.time())}"
-                logger.warning(f"MONAI Label's cache index {self._datastore_config_path} cannot be read ({e}); "
-                               f"set aside as {bad}, its records are made again from the cached files")
-                with contextlib.suppress(OSError):
-                    os.replace(self._datastore_config_path, bad)
+            except (ValueError, OSError) as e:  # (OSError: set aside by another process meanwhile)
+                if self._set_aside_if_cut(e) and not throw_exception:
+                    super()._update_datastore_file(lock=True)  # (a live process: the others get an index again)
                 return
             if self._datastore is model or not before:  # (not reloaded: the file had not changed)
                 return
-            objects = self._datastore.objects
+            merged = dict(self._datastore.objects)  # (assigned whole: other threads iterate the records unguarded)
             for image_id, old in before.items():
-                new = objects.get(image_id)
+                new = merged.get(image_id)
                 if new is None:
                     if os.path.exists(os.path.join(self._datastore.image_path(), self._filename(image_id, old.image.ext))):
-                        objects[image_id] = old
+                        merged[image_id] = old
                     continue
+                for key, value in old.image.info.items():  # (a record another process rebuilt bare from the file
+                    new.image.info.setdefault(key, value)  # keeps the DICOM tags this one had)
                 for tag, label in old.labels.items():
                     if tag not in new.labels and os.path.exists(
                             os.path.join(self._datastore.label_path(tag), self._filename(image_id, label.ext))):
                         new.labels[tag] = label
+            self._datastore.objects = merged
+
+    def _set_aside_if_cut(self, e: Exception) -> bool:
+        """The index set aside when it cannot be read (cut short by a process killed while writing it: MONAI
+        Label then refused to start, and a live process's file watcher died on it); checked again under the
+        cache's lock, so that an index another process has set aside or rewritten meanwhile is left alone.
+        True when it was set aside here."""
+        from filelock import FileLock
+        from monailabel.datastore.local import LocalDatastoreModel
+
+        path = self._datastore_config_path
+        with FileLock(self._lock_file):
+            try:
+                with open(path) as f:
+                    LocalDatastoreModel.model_validate_json(f.read())
+                return False  # (rewritten meanwhile: its own change event reloads it)
+            except FileNotFoundError:
+                return False  # (set aside by another process)
+            except (ValueError, OSError):
+                pass
+            bad = f"{path}.unreadable-{time.time_ns()}"
+            try:
+                os.replace(path, bad)
+            except OSError:
+                return False
+        logger.warning(f"MONAI Label's cache index {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); set "
+                       f"aside as {bad}, its records are made again from the cached files")
+        return True
 
     def _registered(self, path: str) -> bool:
         """A file in the cache that already has its record (a frame or label this process just added)."""
@@ -388,17 +409,37 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
         with self._index_lock:
             if self._refresh_timer is not None:
                 return
+            self._arm_exit()
             self._refresh_timer = threading.Timer(REFRESH_AFTER, self._timed_refresh)
             self._refresh_timer.daemon = True
             self._refresh_timer.start()
 
     def _timed_refresh(self) -> None:
+        with self._flushing:  # (the exit waits for it: a daemon thread stopped mid-write left the index cut)
+            with self._index_lock:
+                if self._refresh_timer is None:  # (cancelled by the exit)
+                    return
+                self._refresh_timer = None
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - a timer thread: say it; the next change reconciles again
+                logger.exception("reconciling MONAI Label's cache failed")
+
+    def _at_exit(self) -> None:
+        """At the process's exit: no reconcile starts any more, one under way is waited for, and the index
+        is written if a write is waiting."""
         with self._index_lock:
-            self._refresh_timer = None
-        try:
-            self.refresh()
-        except Exception:  # noqa: BLE001 - a timer thread: say it; the next change reconciles again
-            logger.exception("reconciling MONAI Label's cache failed")
+            timer, self._refresh_timer = self._refresh_timer, None
+        if timer is not None:
+            timer.cancel()
+        self._flush_index()
+
+    def _arm_exit(self) -> None:
+        if not self.__dict__.get("_exit_armed"):
+            import atexit
+
+            atexit.register(self._at_exit)
+            self._exit_armed = True
 
     # --- reads: 503 when the server is down ------------------------------------------------------
     _frames_memo = None  # (when, the frames listed)
@@ -482,8 +523,14 @@ class PolypDICOMWebDatastore(DICOMWebDatastore):
             label_uri = LocalDatastore.get_label_uri(self, e, DefaultLabelTag.FINAL)
             if label_uri and os.path.exists(label_uri) and is_uid(e):
                 logger.info(f"label of {e} is no longer in the DICOMweb server: its local copy is removed")
-                shutil.rmtree(os.path.join(os.path.dirname(label_uri), e), ignore_errors=True)
-                os.unlink(label_uri)
+                with self._reconcile_guard:  # its record with it (left to the next reconcile, the training
+                    # just after skipped the frame: "label: file not found")
+                    shutil.rmtree(os.path.join(os.path.dirname(label_uri), e), ignore_errors=True)
+                    os.unlink(label_uri)
+                    obj = self._datastore.objects.get(e)
+                    if obj is not None and obj.labels.pop(DefaultLabelTag.FINAL.value, None) is not None:
+                        with _deferring():
+                            self._update_datastore_file()
         for image_id, seg in newest.items():
             self.get_image_uri(image_id=image_id)
             self.get_label_uri(label_id=seg, label_tag=DefaultLabelTag.FINAL, image_id=image_id)
