@@ -304,10 +304,14 @@ class PolypSegTrain(TrainTask):
         kept = {"model_number": number - 1, "served_labeled": served, "attempt": number, "started_at": _iso(t0),
                 "skipped": skipped, "train_frames": int((~val).sum()), "val_frames": int(val.sum()),
                 "note": "not published: the previous model, if any, is still served"}
+        if val.any():
+            fit_x, fit_y, val_x, val_y = images[~val], masks[~val], images[val], masks[val]
+        else:  # (the EMA profiles: every label trains; images[~val] copied them all again)
+            fit_x, fit_y, val_x, val_y = images, masks, images[:0], masks[:0]
+        del images, masks
         try:
-            res = train(self.cfg.profile, images[~val], masks[~val], images[val], masks[val],
-                        seed=self.cfg.seed, on_step=on_step)
-            if predicts_no_polyp(res.model, images[~val], masks[~val]):  # collapsed after every retry
+            res = train(self.cfg.profile, fit_x, fit_y, val_x, val_y, seed=self.cfg.seed, on_step=on_step)
+            if predicts_no_polyp(res.model, fit_x, fit_y):  # collapsed after every retry
                 stats = {**kept, "status": "COLLAPSED", "retries": res.retries, "steps": res.steps,
                          "finished_at": _iso(time.time()),
                          "error": f"the model predicts no polyp on any of its training frames after "
