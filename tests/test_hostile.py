@@ -2010,7 +2010,8 @@ def test_the_proxy_holds_no_answer_past_its_size_or_time(tmp_path):
         for path, sent in (("qido/studies?PatientName=A*&limit=101", "/studies?PatientName=A*&limit=101"),
                            ("qido/studies/1.2/series?Modality=ES", "/studies/1.2/series?Modality=ES"),
                            ("servers?expand", "/servers"), ("wado/studies/1.2/series/1.3/metadata?x=1",
-                                                            "/studies/1.2/series/1.3/metadata")):
+                                                            "/studies/1.2/series/1.3/metadata"),
+                           ("studies?expand", "/studies")):  # (not through qido/: no query)
             assert http("GET", f"{srv.url}/proxy/dicom/{path}", timeout=60)[0] == 200, path
             assert pacs.paths[-1] == "/dicom-web" + sent, (path, pacs.paths[-1])
     finally:

@@ -134,9 +134,10 @@ def guard_proxy() -> None:
     relay = getattr(proxy.proxy_dicom, "__wrapped__", proxy.proxy_dicom)
 
     async def proxy_dicom(request, op: str, path: str):
-        # QIDO searches only: another path's query reaches the DICOMweb server's other options (Orthanc's
-        # ``/dicom-web/servers?expand`` lists its remote servers with their addresses and user names; a review)
-        token = _QUERY.set(request.url.query if _SEARCH.fullmatch(str(path)) else "")
+        # QIDO searches through /proxy/dicom/qido (OHIF's qidoRoot) only: another path's query reaches the
+        # DICOMweb server's other options (Orthanc's ``/dicom-web/servers?expand`` lists its remote servers with
+        # their addresses and user names; a review)
+        token = _QUERY.set(request.url.query if op == "qido" and _SEARCH.fullmatch(str(path)) else "")
         try:
             return await relay(request, op, path)
         finally:
