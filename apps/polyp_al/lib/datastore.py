@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional
 from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
-from polypal.data import VOLUME_EXTENSIONS, DataError, TooLarge, read_mask, read_rgb, write_label
+from polypal.data import VOLUME_EXTENSIONS, DataError, TooLarge, frames_subfolder, read_mask, read_rgb, write_label
 from polypal.serving import label_frames
 from polypal.serving.framestore import (Exists, FrameChanged, FrameStore, InfoTooLarge, LinkedFolder, NotFound,
                                         check_info_size)
@@ -161,11 +161,11 @@ def labeled_set(datastore) -> frozenset:
 def empty_studies_hint(root: str) -> str:
     """What to tell a user whose studies folder has no frame (next-sample then answers {})."""
     exts = ", ".join(e.lstrip(".") for e in FRAME_EXTENSIONS)
-    sub = [d for d in ("images", "Original", "frames") if os.path.isdir(os.path.join(root, d))]
+    sub = frames_subfolder(root)
     if sub:
         return (f"no frames in {root}: frames go at the top of the studies folder ({exts}), and this one has a "
-                f"{sub[0]}/ subfolder (a dataset layout, as polypal-export writes and polypal-sim reads). To "
-                f"annotate those frames, start with --studies {os.path.join(root, sub[0])} (its masks are not read)")
+                f"{sub}/ subfolder (a dataset layout, as polypal-export writes and polypal-sim reads). To "
+                f"annotate those frames, start with --studies {os.path.join(root, sub)} (its masks are not read)")
     try:  # what MONAI Label and polyp-al make in it aside (labels/, .polypal/), anything at all?
         other = [n for n in os.listdir(root) if n not in ("labels", ".polypal")]
     except OSError:

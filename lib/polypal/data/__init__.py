@@ -7,7 +7,7 @@
 Every problem is a ``DataError`` that names the file.
 """
 
-from polypal.data.folders import FrameSet, find_pairs, list_images, load_folder, load_frame
+from polypal.data.folders import FrameSet, find_pairs, frames_subfolder, list_images, load_folder, load_frame
 from polypal.data.images import (DEFAULT_MAX_PIXELS, TooLarge, normalize, read_rgb, resize_mask, resize_prob,
                                  resize_rgb, set_max_pixels)
 from polypal.data.masks import MASK_THRESHOLD, MAX_AMBIGUOUS_FRACTION, mask_from_pixels, read_mask, write_label
@@ -15,6 +15,6 @@ from polypal.errors import DataError
 from polypal.vocab import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, VOLUME_EXTENSIONS, frame_id
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "LABEL_EXTENSIONS", "MASK_THRESHOLD", "MAX_AMBIGUOUS_FRACTION",
-           "VOLUME_EXTENSIONS", "DataError", "FrameSet", "TooLarge", "find_pairs", "frame_id", "list_images",
+           "VOLUME_EXTENSIONS", "DataError", "FrameSet", "TooLarge", "find_pairs", "frame_id", "frames_subfolder", "list_images",
            "load_folder", "load_frame", "mask_from_pixels", "normalize", "read_mask", "read_rgb", "resize_mask",
            "resize_prob", "resize_rgb", "set_max_pixels", "write_label"]

@@ -29,6 +29,12 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def frames_subfolder(root: str | Path) -> str | None:
+    """The subfolder a dataset layout keeps its frames in (``images/``, CVC's ``Original/``, ``frames/``), when a
+    folder given for its frames has one: what to tell a user whose folder has none at its top."""
+    return next((d for d in ("images", "Original", "frames") if (Path(root) / d).is_dir()), None)
+
+
 def _find_mask(mask_dir: Path, stem: str) -> Path | None:
     for ext in LABEL_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
         p = mask_dir / f"{stem}{ext}"

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polypal.data import list_images, read_rgb
+from polypal.data import frames_subfolder, list_images, read_rgb
 from polypal.errors import DataError, PolypalError
 from polypal.vocab import IMAGE_EXTENSIONS
 
@@ -206,9 +206,9 @@ def load(url: str, folder: Path) -> dict:
     names: dict[str, str] = {}
     frames = list_images(folder)
     if not frames:  # (a dataset folder loaded nothing and said {"new": 0, ...}, exit 0: an empty viewer)
-        sub = [d for d in ("images", "Original", "frames") if (Path(folder) / d).is_dir()]
+        sub = frames_subfolder(folder)
         raise DataError(folder, f"no frames at the top of the folder ({', '.join(IMAGE_EXTENSIONS)})"
-                                + (f"; its frames are under {sub[0]}/: load that folder" if sub else ""))
+                                + (f"; its frames are under {sub}/: load that folder" if sub else ""))
     for p in frames:
         if p.stem in names:
             out["failed"][p.name] = (f"same name as {names[p.stem]}: both would get the same DICOM UIDs "
